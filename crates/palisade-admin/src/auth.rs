@@ -1,0 +1,362 @@
+//! Admin authentication: Argon2id passwords, signed expiring bearer tokens, roles, login throttling.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use palisade_core::crypto::{hash_password, verify_password};
+use palisade_core::now_ms;
+use palisade_store::Actor;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ValidJson;
+use crate::{AppState, RequestId};
+
+/// Lifetime of an admin token.
+pub const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+
+/// Signed claims of an admin token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: String,
+    exp: i64,
+    /// Password change pending: only the password route is allowed.
+    #[serde(default)]
+    pwc: bool,
+}
+
+/// An authenticated console/API user.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+    /// Request id of this API call.
+    pub request_id: String,
+    must_change_password: bool,
+}
+
+impl User {
+    /// The audit actor for changes this user makes.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self.name.clone(),
+            request_id: Some(self.request_id.clone()),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
+    let token = bearer(parts).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>`; log in at POST /api/v1/auth/login",
+        )
+    })?;
+    let payload = state
+        .signer
+        .verify(token)
+        .ok_or_else(|| ApiError::unauthorized("invalid token"))?;
+    let claims: Claims =
+        serde_json::from_slice(&payload).map_err(|_| ApiError::unauthorized("invalid token"))?;
+    if claims.exp <= now_ms() {
+        return Err(ApiError::unauthorized("token expired; log in again"));
+    }
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    Ok(User {
+        name: claims.sub,
+        role: claims.role,
+        request_id,
+        must_change_password: claims.pwc,
+    })
+}
+
+/// Any holder of a valid token, even one whose password change is pending.
+pub struct AnyUser(pub User);
+
+impl FromRequestParts<AppState> for AnyUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        user_from_parts(parts, state).map(AnyUser)
+    }
+}
+
+/// Any authenticated user (admin or viewer) — for read-only routes.
+pub struct Viewer(pub User);
+/// An authenticated admin — for every route that changes state.
+pub struct Admin(pub User);
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let u = user_from_parts(parts, state)?;
+        if u.must_change_password {
+            return Err(ApiError::forbidden(
+                "the generated admin password must be changed first: POST /api/v1/auth/password",
+            ));
+        }
+        Ok(Viewer(u))
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Viewer(u) = Viewer::from_request_parts(parts, state).await?;
+        if u.role != "admin" {
+            return Err(ApiError::forbidden("this action needs the admin role"));
+        }
+        Ok(Admin(u))
+    }
+}
+
+/// Counts failed logins per client address and per user name.
+#[derive(Default)]
+pub struct LoginLimiter {
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl LoginLimiter {
+    fn blocked(&self, keys: &[String]) -> Option<Duration> {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().find_map(|k| {
+            let (n, since) = map.get(k)?;
+            let age = since.elapsed();
+            (*n >= MAX_FAILURES && age < FAILURE_WINDOW).then(|| FAILURE_WINDOW - age)
+        })
+    }
+
+    fn fail(&self, keys: &[String]) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, (_, t)| t.elapsed() < FAILURE_WINDOW);
+        }
+        for k in keys {
+            let e = map.entry(k.clone()).or_insert((0, Instant::now()));
+            if e.1.elapsed() >= FAILURE_WINDOW {
+                *e = (0, Instant::now());
+            }
+            e.0 += 1;
+        }
+    }
+
+    fn succeed(&self, keys: &[String]) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            map.remove(k);
+        }
+    }
+}
+
+/// Login request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Login answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// Bearer token for `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Expiry, Unix ms.
+    pub expires_at: i64,
+    /// Role of the user.
+    pub role: String,
+    /// The password was generated and must be changed before anything else.
+    pub must_change_password: bool,
+}
+
+/// Log in with user name and password; returns a bearer token.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(rid): axum::Extension<RequestId>,
+    ValidJson(req): ValidJson<LoginRequest>,
+) -> ApiResult<Json<LoginResponse>> {
+    let ip: IpAddr = peer.ip();
+    let keys = [format!("ip:{ip}"), format!("user:{}", req.username)];
+    if let Some(wait) = state.limiter.blocked(&keys) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs() + 1
+            ),
+        ));
+    }
+    let user = state.store.user_by_name(&req.username).await?;
+    // Verify against a dummy hash for unknown users so timing does not reveal which names exist.
+    let phc = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| state.dummy_hash.clone());
+    let password = req.password;
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+        .await
+        .map_err(ApiError::internal)?;
+    let actor = Actor {
+        name: req.username.clone(),
+        request_id: Some(rid.0.clone()),
+    };
+    let Some(user) = user.filter(|_| ok) else {
+        state.limiter.fail(&keys);
+        let _ = state
+            .store
+            .record_event(
+                actor,
+                "auth.login_failed",
+                "user",
+                &req.username,
+                Some(serde_json::json!({"ip": ip.to_string()})),
+            )
+            .await;
+        return Err(ApiError::unauthorized("wrong user name or password"));
+    };
+    state.limiter.succeed(&keys);
+    let exp = now_ms() + TOKEN_TTL.as_millis() as i64;
+    let claims = Claims {
+        sub: user.username.clone(),
+        role: user.role.clone(),
+        exp,
+        pwc: user.must_change_password,
+    };
+    let token = state
+        .signer
+        .sign(&serde_json::to_vec(&claims).map_err(ApiError::internal)?);
+    state
+        .store
+        .record_event(
+            actor,
+            "auth.login",
+            "user",
+            &user.username,
+            Some(serde_json::json!({"ip": ip.to_string()})),
+        )
+        .await?;
+    Ok(Json(LoginResponse {
+        token,
+        expires_at: exp,
+        role: user.role,
+        must_change_password: user.must_change_password,
+    }))
+}
+
+/// Password change request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    /// Current password.
+    pub current_password: String,
+    /// New password (at least 12 characters).
+    pub new_password: String,
+}
+
+/// Change the caller's own password; returns a fresh token.
+#[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth", request_body = PasswordChange,
+    responses((status = 200, body = LoginResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    AnyUser(user): AnyUser,
+    ValidJson(req): ValidJson<PasswordChange>,
+) -> ApiResult<Json<LoginResponse>> {
+    if req.new_password.chars().count() < 12 {
+        return Err(ApiError::field(
+            "new_password",
+            "must be at least 12 characters",
+        ));
+    }
+    if req.new_password == req.current_password {
+        return Err(ApiError::field(
+            "new_password",
+            "must differ from the current password",
+        ));
+    }
+    let row = state
+        .store
+        .user_by_name(&user.name)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
+    let (cur, phc) = (req.current_password, row.password_hash);
+    let ok = tokio::task::spawn_blocking(move || verify_password(&cur, &phc))
+        .await
+        .map_err(ApiError::internal)?;
+    if !ok {
+        return Err(ApiError::field("current_password", "is wrong"));
+    }
+    let new = req.new_password;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&new))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    state
+        .store
+        .set_password(&user.name, hash, user.actor())
+        .await?;
+    let exp = now_ms() + TOKEN_TTL.as_millis() as i64;
+    let claims = Claims {
+        sub: user.name.clone(),
+        role: user.role.clone(),
+        exp,
+        pwc: false,
+    };
+    let token = state
+        .signer
+        .sign(&serde_json::to_vec(&claims).map_err(ApiError::internal)?);
+    Ok(Json(LoginResponse {
+        token,
+        expires_at: exp,
+        role: user.role,
+        must_change_password: false,
+    }))
+}
+
+/// The caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// User name.
+    pub username: String,
+    /// Role.
+    pub role: String,
+}
+
+/// Who am I.
+#[utoipa::path(get, path = "/api/v1/me", tag = "auth", responses((status = 200, body = Me), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn me(Viewer(u): Viewer) -> Json<Me> {
+    Json(Me {
+        username: u.name,
+        role: u.role,
+    })
+}

@@ -1,0 +1,102 @@
+//! A JSON body extractor whose errors name the offending field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Like `axum::Json`, but a 400 says which field is wrong (`name`, `proxies[0].listen`, …).
+pub struct ValidJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ValidJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+        parse(&bytes).map(ValidJson)
+    }
+}
+
+/// Parses JSON into `T`, mapping errors to a field-naming 400.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // Missing/unknown fields are reported on the parent; pull the name out of serde's text.
+        let named = ["missing field `", "unknown field `"].iter().find_map(|p| {
+            msg.split_once(p)
+                .and_then(|(_, r)| r.split_once('`'))
+                .map(|(f, _)| f.to_string())
+        });
+        let field = match (path.as_str(), named) {
+            (".", Some(f)) => f,
+            (p, Some(f)) if p == f || p.ends_with(&format!(".{f}")) => p.to_string(),
+            (_, Some(f)) => format!("{path}.{f}"),
+            (".", None) => String::new(),
+            (p, None) => p.to_string(),
+        };
+        if field.is_empty() || inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("invalid JSON body: {msg}"))
+        } else {
+            ApiError::field(field, msg)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct T {
+        name: String,
+        port: u16,
+    }
+
+    #[test]
+    fn errors_name_fields() {
+        assert_eq!(
+            parse::<T>(br#"{"port": 1}"#).unwrap_err().field.as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            parse::<T>(br#"{"name": "a", "port": "x"}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("port")
+        );
+        assert_eq!(
+            parse::<T>(br#"{"name": "a", "port": 1, "zz": 0}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("zz")
+        );
+        let e = parse::<T>(b"{not json").unwrap_err();
+        assert!(e.field.is_none() && e.message.contains("invalid JSON"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Palisade's control plane: the authenticated REST API under `/api/v1`, its OpenAPI document,
+//! and the service operations the binary also uses to apply a config file.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+pub mod identity;
+pub mod json;
+pub mod logs;
+pub mod proxies;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use palisade_core::crypto::{MasterKey, TokenSigner};
+use palisade_gateway::ProxyManager;
+use palisade_store::Store;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, ApiResult};
+
+/// Largest admin API request body.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// The request id of an admin API call (also in audit rows and the `x-request-id` header).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Everything handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence.
+    pub store: Store,
+    /// Running proxies.
+    pub manager: Arc<ProxyManager>,
+    /// Seals stored secrets.
+    pub master: MasterKey,
+    /// Signs admin tokens.
+    pub signer: TokenSigner,
+    limiter: Arc<auth::LoginLimiter>,
+    dummy_hash: String,
+}
+
+impl AppState {
+    /// Builds the state; `master` also keys the token signer.
+    pub fn new(
+        store: Store,
+        manager: Arc<ProxyManager>,
+        master: MasterKey,
+    ) -> Result<Self, ApiError> {
+        let signer = TokenSigner::new(&master, "admin-session");
+        let dummy_hash =
+            palisade_core::crypto::hash_password(&palisade_core::crypto::random_token(16))
+                .map_err(ApiError::internal)?;
+        Ok(Self {
+            store,
+            manager,
+            master,
+            signer,
+            limiter: Default::default(),
+            dummy_hash,
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Palisade admin API", description = "Control plane of the Palisade AI security gateway."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Log in, tokens, passwords"),
+        (name = "proxies", description = "Proxy instances: create, change, start, stop"),
+        (name = "identity", description = "Groups and gateway API keys"),
+        (name = "logs", description = "Request log and audit log"),
+        (name = "health", description = "Liveness")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Liveness answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` when the process serves.
+    pub status: &'static str,
+    /// Version of the binary.
+    pub version: &'static str,
+}
+
+/// Liveness probe (no authentication).
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Adds a request id and strict security headers to every admin response.
+async fn headers_mw(mut req: Request, next: Next) -> Response {
+    let id = palisade_core::crypto::random_id();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    resp
+}
+
+/// Builds the API router and its OpenAPI document.
+pub fn router(state: AppState) -> Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::change_password))
+        .routes(routes!(auth::me))
+        .routes(routes!(proxies::list, proxies::create))
+        .routes(routes!(
+            proxies::get,
+            proxies::replace,
+            proxies::patch,
+            proxies::delete
+        ))
+        .routes(routes!(proxies::start))
+        .routes(routes!(proxies::stop))
+        .routes(routes!(proxies::restart))
+        .routes(routes!(identity::list_groups, identity::create_group))
+        .routes(routes!(identity::delete_group))
+        .routes(routes!(identity::list_keys, identity::create_key))
+        .routes(routes!(identity::revoke_key))
+        .routes(routes!(logs::requests))
+        .routes(routes!(logs::audit))
+        .with_state(state)
+        .split_for_parts();
+    let doc = Arc::new(api);
+    router
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .layer(axum::middleware::from_fn(headers_mw))
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves; in-flight calls finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

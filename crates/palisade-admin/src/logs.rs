@@ -1,0 +1,56 @@
+//! Read-only views: the request log and the audit log.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use palisade_store::{AuditEntry, AuditFilter, RequestFilter, RequestPage};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::auth::Viewer;
+use crate::error::{ApiResult, ErrorBody};
+
+/// Search the request log (newest first).
+#[utoipa::path(get, path = "/api/v1/requests", tag = "logs", security(("bearer" = [])), params(RequestFilter),
+    responses((status = 200, body = RequestPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn requests(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Query(f): Query<RequestFilter>,
+) -> ApiResult<Json<RequestPage>> {
+    Ok(Json(s.store.query_requests(f).await?))
+}
+
+/// Audit log filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this action (e.g. `proxy.create`).
+    pub action: Option<String>,
+    /// Only this target name.
+    pub target: Option<String>,
+    /// Page size (1–500, default 100).
+    pub limit: Option<u32>,
+    /// Entries older than this id (paging).
+    pub before_id: Option<i64>,
+}
+
+/// Read the append-only audit log (newest first).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "logs", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = [AuditEntry]), (status = 401, body = ErrorBody)))]
+pub async fn audit(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    let f = AuditFilter {
+        actor: q.actor,
+        action: q.action,
+        target: q.target,
+        limit: q.limit.unwrap_or(100),
+        before_id: q.before_id,
+    };
+    Ok(Json(s.store.list_audit(f).await?))
+}

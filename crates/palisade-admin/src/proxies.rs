@@ -1,0 +1,431 @@
+//! Proxy management: the service operations (shared by the API and the config file) and handlers.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use palisade_core::model::ProxySpec;
+use palisade_gateway::{ProxyRuntime, ProxyStatus};
+use palisade_store::{Actor, ProxyRow, SealedUpdate};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::{Admin, Viewer};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::{ValidJson, parse};
+
+/// A proxy as the API shows it: its spec, whether it holds an upstream key, and its run state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProxyView {
+    /// Configuration.
+    #[serde(flatten)]
+    pub spec: ProxySpec,
+    /// Whether an upstream credential is stored (it is never shown).
+    pub has_upstream_key: bool,
+    /// `running`, `stopped` or `failed`.
+    pub status: &'static str,
+    /// Address actually bound while running.
+    pub bound_addr: Option<String>,
+    /// Why the last start failed.
+    pub error: Option<String>,
+    /// Creation time, Unix ms.
+    pub created_at: i64,
+    /// Last change, Unix ms.
+    pub updated_at: i64,
+}
+
+/// Body of create/update: the proxy fields plus an optional `upstream_key`
+/// (on update: absent keeps the stored key, `""` removes it).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ProxyInput {
+    #[schema(inline)]
+    spec: ProxySpec,
+    /// Provider credential injected upstream; stored encrypted, never returned.
+    upstream_key: Option<String>,
+}
+
+/// What an update does with the stored upstream key.
+pub enum KeyChange {
+    /// Keep it.
+    Keep,
+    /// Replace it.
+    Set(String),
+    /// Remove it.
+    Clear,
+}
+
+/// Splits `upstream_key` out of a JSON body.
+fn take_key(body: &mut Value) -> ApiResult<KeyChange> {
+    let Value::Object(map) = body else {
+        return Err(ApiError::bad_request("body must be a JSON object"));
+    };
+    match map.remove("upstream_key") {
+        None | Some(Value::Null) => Ok(KeyChange::Keep),
+        Some(Value::String(s)) if s.is_empty() => Ok(KeyChange::Clear),
+        Some(Value::String(s)) => Ok(KeyChange::Set(s)),
+        Some(_) => Err(ApiError::field("upstream_key", "must be a string")),
+    }
+}
+
+impl AppState {
+    async fn view(&self, row: ProxyRow) -> ProxyView {
+        let (status, bound_addr, error) = match self.manager.status(&row.spec.name).await {
+            ProxyStatus::Running(a) => ("running", Some(a.to_string()), None),
+            ProxyStatus::Stopped => ("stopped", None, None),
+            ProxyStatus::Failed(e) => ("failed", None, Some(e)),
+        };
+        ProxyView {
+            has_upstream_key: row.upstream_key_sealed.is_some(),
+            spec: row.spec,
+            status,
+            bound_addr,
+            error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+
+    fn runtime(&self, spec: &ProxySpec, sealed: Option<&str>) -> ApiResult<ProxyRuntime> {
+        let key = sealed
+            .map(|s| self.master.open(s))
+            .transpose()
+            .map_err(ApiError::internal)?;
+        ProxyRuntime::new(spec.clone(), key.as_deref())
+            .map_err(|e| ApiError::field("upstream_key", e.to_string()))
+    }
+
+    async fn get_row(&self, name: &str) -> ApiResult<ProxyRow> {
+        self.store
+            .get_proxy(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("proxy `{name}`")))
+    }
+
+    /// Creates a proxy. An enabled proxy's listener is bound before anything is stored, so a
+    /// taken port is an error that leaves no trace.
+    pub async fn create_proxy(
+        &self,
+        spec: ProxySpec,
+        key: Option<String>,
+        actor: Actor,
+    ) -> ApiResult<ProxyView> {
+        spec.validate()?;
+        if self.store.get_proxy(&spec.name).await?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "proxy `{}` already exists",
+                spec.name
+            )));
+        }
+        let sealed = key.filter(|k| !k.is_empty()).map(|k| self.master.seal(&k));
+        let rt = self.runtime(&spec, sealed.as_deref())?;
+        if spec.enabled {
+            self.manager
+                .start(rt)
+                .await
+                .map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
+        match self.store.create_proxy(spec.clone(), sealed, actor).await {
+            Ok(row) => Ok(self.view(row).await),
+            Err(e) => {
+                self.manager.stop(&spec.name).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Replaces a proxy's configuration and brings the running listener in line with it.
+    pub async fn update_proxy(
+        &self,
+        spec: ProxySpec,
+        key: KeyChange,
+        actor: Actor,
+    ) -> ApiResult<ProxyView> {
+        spec.validate()?;
+        let current = self.get_row(&spec.name).await?;
+        let (sealed, upd) = match key {
+            KeyChange::Keep => (current.upstream_key_sealed.clone(), SealedUpdate::Keep),
+            KeyChange::Clear => (None, SealedUpdate::Clear),
+            KeyChange::Set(k) => {
+                let s = self.master.seal(&k);
+                (Some(s.clone()), SealedUpdate::Set(s))
+            }
+        };
+        if current.spec == spec && matches!(upd, SealedUpdate::Keep) {
+            return Ok(self.view(current).await);
+        }
+        let rt = self.runtime(&spec, sealed.as_deref())?;
+        let running = matches!(
+            self.manager.status(&spec.name).await,
+            ProxyStatus::Running(_)
+        );
+        match (spec.enabled, running) {
+            (true, true) => self.manager.reconfigure(rt).await,
+            (true, false) => self.manager.start(rt).await.map(|_| ()),
+            (false, true) => {
+                self.manager.stop(&spec.name).await;
+                Ok(())
+            }
+            (false, false) => Ok(()),
+        }
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+        let (_, after) = self
+            .store
+            .update_proxy(spec, upd, "proxy.update", actor)
+            .await?;
+        Ok(self.view(after).await)
+    }
+
+    /// Creates or updates a proxy from the config file.
+    pub async fn apply_proxy(
+        &self,
+        spec: ProxySpec,
+        key: Option<String>,
+        actor: Actor,
+    ) -> ApiResult<ProxyView> {
+        match self.store.get_proxy(&spec.name).await? {
+            None => self.create_proxy(spec, key, actor).await,
+            Some(row) => {
+                let change = match key {
+                    None => KeyChange::Clear,
+                    Some(k) => {
+                        let same = row
+                            .upstream_key_sealed
+                            .as_deref()
+                            .and_then(|s| self.master.open(s).ok())
+                            .as_deref()
+                            == Some(k.as_str());
+                        if same {
+                            KeyChange::Keep
+                        } else {
+                            KeyChange::Set(k)
+                        }
+                    }
+                };
+                let change = match (&change, &row.upstream_key_sealed) {
+                    (KeyChange::Clear, None) => KeyChange::Keep,
+                    _ => change,
+                };
+                self.update_proxy(spec, change, actor).await
+            }
+        }
+    }
+
+    async fn set_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        action: &'static str,
+        actor: Actor,
+    ) -> ApiResult<ProxyView> {
+        let row = self.get_row(name).await?;
+        if enabled {
+            let rt = self.runtime(&row.spec, row.upstream_key_sealed.as_deref())?;
+            self.manager
+                .start(rt)
+                .await
+                .map_err(|e| ApiError::conflict(e.to_string()))?;
+        } else {
+            self.manager.stop(name).await;
+        }
+        let spec = ProxySpec {
+            enabled,
+            ..row.spec
+        };
+        let (_, after) = self
+            .store
+            .update_proxy(spec, SealedUpdate::Keep, action, actor)
+            .await?;
+        Ok(self.view(after).await)
+    }
+
+    /// Starts every enabled proxy (at process start). Failures are reported per proxy.
+    pub async fn boot_proxies(&self) -> Result<Vec<(String, Result<String, String>)>, ApiError> {
+        let mut out = Vec::new();
+        for row in self.store.list_proxies().await? {
+            if !row.spec.enabled {
+                continue;
+            }
+            let name = row.spec.name.clone();
+            let res = match self.runtime(&row.spec, row.upstream_key_sealed.as_deref()) {
+                Ok(rt) => self
+                    .manager
+                    .start(rt)
+                    .await
+                    .map(|a| a.to_string())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.message),
+            };
+            out.push((name, res));
+        }
+        Ok(out)
+    }
+}
+
+/// List proxies.
+#[utoipa::path(get, path = "/api/v1/proxies", tag = "proxies", security(("bearer" = [])),
+    responses((status = 200, body = [ProxyView]), (status = 401, body = ErrorBody)))]
+pub async fn list(State(s): State<AppState>, _v: Viewer) -> ApiResult<Json<Vec<ProxyView>>> {
+    let mut out = Vec::new();
+    for row in s.store.list_proxies().await? {
+        out.push(s.view(row).await);
+    }
+    Ok(Json(out))
+}
+
+/// Get one proxy.
+#[utoipa::path(get, path = "/api/v1/proxies/{name}", tag = "proxies", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, body = ProxyView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ProxyView>> {
+    let row = s.get_row(&name).await?;
+    Ok(Json(s.view(row).await))
+}
+
+/// Create a proxy (started at once when `enabled`, the default).
+#[utoipa::path(post, path = "/api/v1/proxies", tag = "proxies", security(("bearer" = [])), request_body = ProxyInput,
+    responses((status = 201, body = ProxyView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    ValidJson(mut body): ValidJson<Value>,
+) -> ApiResult<(StatusCode, Json<ProxyView>)> {
+    let key = match take_key(&mut body)? {
+        KeyChange::Set(k) => Some(k),
+        _ => None,
+    };
+    let spec: ProxySpec = parse(body.to_string().as_bytes())?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.create_proxy(spec, key, u.actor()).await?),
+    ))
+}
+
+/// Replace a proxy's configuration (omitted optional fields take their defaults).
+#[utoipa::path(put, path = "/api/v1/proxies/{name}", tag = "proxies", security(("bearer" = [])), request_body = ProxyInput,
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, body = ProxyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn replace(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+    ValidJson(mut body): ValidJson<Value>,
+) -> ApiResult<Json<ProxyView>> {
+    let key = take_key(&mut body)?;
+    if let Value::Object(m) = &mut body {
+        let named = m
+            .entry("name")
+            .or_insert_with(|| Value::String(name.clone()));
+        if named.as_str() != Some(name.as_str()) {
+            return Err(ApiError::field(
+                "name",
+                "cannot be changed; create a new proxy instead",
+            ));
+        }
+    }
+    let spec: ProxySpec = parse(body.to_string().as_bytes())?;
+    Ok(Json(s.update_proxy(spec, key, u.actor()).await?))
+}
+
+/// Change some fields of a proxy.
+#[utoipa::path(patch, path = "/api/v1/proxies/{name}", tag = "proxies", security(("bearer" = [])), request_body = Object,
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, body = ProxyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn patch(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+    ValidJson(mut body): ValidJson<Value>,
+) -> ApiResult<Json<ProxyView>> {
+    let key = take_key(&mut body)?;
+    let row = s.get_row(&name).await?;
+    let mut merged = serde_json::to_value(&row.spec).map_err(ApiError::internal)?;
+    if let (Value::Object(m), Value::Object(p)) = (&mut merged, body) {
+        for (k, v) in p {
+            m.insert(k, v);
+        }
+    }
+    if merged.get("name").and_then(Value::as_str) != Some(name.as_str()) {
+        return Err(ApiError::field(
+            "name",
+            "cannot be changed; create a new proxy instead",
+        ));
+    }
+    let spec: ProxySpec = parse(merged.to_string().as_bytes())?;
+    Ok(Json(s.update_proxy(spec, key, u.actor()).await?))
+}
+
+/// Delete a proxy (stopped first; in-flight requests finish).
+#[utoipa::path(delete, path = "/api/v1/proxies/{name}", tag = "proxies", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.get_row(&name).await?;
+    s.manager.stop(&name).await;
+    s.store.delete_proxy(&name, u.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Start a proxy.
+#[utoipa::path(post, path = "/api/v1/proxies/{name}/start", tag = "proxies", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, body = ProxyView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn start(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ProxyView>> {
+    Ok(Json(
+        s.set_enabled(&name, true, "proxy.start", u.actor()).await?,
+    ))
+}
+
+/// Stop a proxy: it stops accepting connections at once; in-flight requests finish.
+#[utoipa::path(post, path = "/api/v1/proxies/{name}/stop", tag = "proxies", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, body = ProxyView), (status = 404, body = ErrorBody)))]
+pub async fn stop(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ProxyView>> {
+    Ok(Json(
+        s.set_enabled(&name, false, "proxy.stop", u.actor()).await?,
+    ))
+}
+
+/// Restart a proxy (drain, rebind).
+#[utoipa::path(post, path = "/api/v1/proxies/{name}/restart", tag = "proxies", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, body = ProxyView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn restart(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ProxyView>> {
+    let row = s.get_row(&name).await?;
+    let rt = s.runtime(&row.spec, row.upstream_key_sealed.as_deref())?;
+    s.manager.stop(&name).await;
+    s.manager
+        .start(rt)
+        .await
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    let spec = ProxySpec {
+        enabled: true,
+        ..row.spec
+    };
+    let (_, after) = s
+        .store
+        .update_proxy(spec, SealedUpdate::Keep, "proxy.restart", u.actor())
+        .await?;
+    Ok(Json(s.view(after).await))
+}

@@ -1,0 +1,88 @@
+//! Gateway API key identities, as an immutable index the data plane consults per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::crypto::hash_api_key;
+
+/// Who a presented API key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Stable key id.
+    pub id: String,
+    /// Human name of the key.
+    pub name: String,
+    /// Group (team) the key belongs to, if any.
+    pub group: Option<String>,
+    /// Expiry in Unix milliseconds; `None` never expires.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Immutable index of active keys by SHA-256 digest. Rebuilt and swapped on every key change,
+/// so a revocation takes effect for the very next request.
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    by_hash: HashMap<[u8; 32], Arc<KeyInfo>>,
+}
+
+impl KeyIndex {
+    /// Builds an index from `(digest, info)` pairs.
+    pub fn new(entries: impl IntoIterator<Item = ([u8; 32], KeyInfo)>) -> Self {
+        Self {
+            by_hash: entries.into_iter().map(|(h, k)| (h, Arc::new(k))).collect(),
+        }
+    }
+
+    /// Resolves a presented key. The lookup is by digest: timing reveals nothing about stored
+    /// keys because the attacker controls only the pre-image of what is compared.
+    pub fn lookup(&self, presented: &str, now_ms: i64) -> Option<Arc<KeyInfo>> {
+        let info = self.by_hash.get(&hash_api_key(presented))?;
+        match info.expires_at_ms {
+            Some(exp) if exp <= now_ms => None,
+            _ => Some(info.clone()),
+        }
+    }
+
+    /// Number of active keys.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// True when no key is active.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_honours_expiry() {
+        let idx = KeyIndex::new([
+            (
+                hash_api_key("pal_a"),
+                KeyInfo {
+                    id: "1".into(),
+                    name: "a".into(),
+                    group: None,
+                    expires_at_ms: None,
+                },
+            ),
+            (
+                hash_api_key("pal_b"),
+                KeyInfo {
+                    id: "2".into(),
+                    name: "b".into(),
+                    group: None,
+                    expires_at_ms: Some(100),
+                },
+            ),
+        ]);
+        assert_eq!(idx.lookup("pal_a", 1000).unwrap().name, "a");
+        assert!(idx.lookup("pal_b", 50).is_some());
+        assert!(idx.lookup("pal_b", 100).is_none());
+        assert!(idx.lookup("pal_c", 0).is_none());
+    }
+}

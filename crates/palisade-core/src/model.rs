@@ -1,0 +1,234 @@
+//! The validated configuration model of proxies.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A validation failure that names the offending field, so API and config errors point at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, ToSchema)]
+#[error("invalid `{field}`: {message}")]
+pub struct FieldError {
+    /// Name of the field (dotted path for nested fields).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What a proxy carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyKind {
+    /// LLM provider APIs (OpenAI / Anthropic shapes).
+    Llm,
+    /// Model Context Protocol servers.
+    Mcp,
+    /// Agent-to-Agent agents.
+    A2a,
+}
+
+impl ProxyKind {
+    /// Lower-case name as used in config and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyKind::Llm => "llm",
+            ProxyKind::Mcp => "mcp",
+            ProxyKind::A2a => "a2a",
+        }
+    }
+}
+
+/// The API dialect an LLM proxy speaks; it decides error shapes and credential headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmApi {
+    /// OpenAI-compatible (`/v1/chat/completions`, `/v1/responses`, `/v1/embeddings`, `/v1/models`).
+    #[default]
+    Openai,
+    /// Anthropic Messages (`/v1/messages`).
+    Anthropic,
+}
+
+impl LlmApi {
+    /// Lower-case name as used in config and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmApi::Openai => "openai",
+            LlmApi::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// Default cap on a request body the gateway buffers for inspection (10 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default time the gateway waits for an upstream's response headers.
+pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 300;
+
+/// A proxy's configuration as stored and served (the upstream credential is kept apart, sealed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySpec {
+    /// Unique name: lower-case letters, digits, `-` and `_`, 1–64 characters.
+    pub name: String,
+    /// Traffic kind.
+    pub kind: ProxyKind,
+    /// Listener address, `host:port` (port 0 picks a free port).
+    pub listen: String,
+    /// Upstream base URL, `http://` or `https://`.
+    pub upstream: String,
+    /// API dialect (LLM proxies).
+    #[serde(default)]
+    pub api: LlmApi,
+    /// Whether the proxy should be running; start/stop change it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Seconds to wait for upstream response headers (and between stream chunks).
+    #[serde(default = "default_timeout")]
+    pub upstream_timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Free text for operators.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_timeout() -> u64 {
+    DEFAULT_UPSTREAM_TIMEOUT_SECS
+}
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// Validates an object name (proxies, groups, keys): 1–64 of `[a-z0-9_-]`, starting alphanumeric.
+pub fn validate_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            "must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
+        ))
+    }
+}
+
+impl ProxySpec {
+    /// Checks every field; the first problem found is returned with its field name.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_name("name", &self.name)?;
+        if self.kind != ProxyKind::Llm {
+            return Err(FieldError::new(
+                "kind",
+                format!(
+                    "proxies of kind `{}` are not available in this version; use `llm`",
+                    self.kind.as_str()
+                ),
+            ));
+        }
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            FieldError::new(
+                "listen",
+                "must be an IP address and port, e.g. 127.0.0.1:9000",
+            )
+        })?;
+        let uri: http::Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| FieldError::new("upstream", format!("not a valid URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(FieldError::new(
+                    "upstream",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(FieldError::new("upstream", "must include a host"));
+        }
+        if uri.query().is_some() {
+            return Err(FieldError::new("upstream", "must not carry a query string"));
+        }
+        if self.upstream_timeout_secs == 0 || self.upstream_timeout_secs > 3600 {
+            return Err(FieldError::new(
+                "upstream_timeout_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 256 * 1024 * 1024 {
+            return Err(FieldError::new(
+                "max_body_bytes",
+                "must be between 1024 and 268435456",
+            ));
+        }
+        if self.description.len() > 1024 {
+            return Err(FieldError::new("description", "must be at most 1024 bytes"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ProxySpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "demo-llm", "kind": "llm", "listen": "127.0.0.1:9000",
+            "upstream": "http://127.0.0.1:9100"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_valid_spec() {
+        let s = spec();
+        assert!(s.enabled);
+        assert_eq!(s.api, LlmApi::Openai);
+        assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut s = spec();
+        s.listen = "localhost".into();
+        assert_eq!(s.validate().unwrap_err().field, "listen");
+        let mut s = spec();
+        s.upstream = "ftp://x".into();
+        assert_eq!(s.validate().unwrap_err().field, "upstream");
+        let mut s = spec();
+        s.name = "Bad Name".into();
+        assert_eq!(s.validate().unwrap_err().field, "name");
+        let mut s = spec();
+        s.kind = ProxyKind::Mcp;
+        assert_eq!(s.validate().unwrap_err().field, "kind");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let e = serde_json::from_value::<ProxySpec>(serde_json::json!({
+            "name": "a", "kind": "llm", "listen": "127.0.0.1:1", "upstream": "http://x", "upstrem": 1
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("upstrem"));
+    }
+}

@@ -1,0 +1,260 @@
+//! Response bodies: a buffered body, and a relay that forwards an upstream body frame by frame
+//! (event by event for SSE), tracks usage, enforces an idle timeout, turns a broken upstream into
+//! a well-formed terminal error event, and writes the request record when it ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use palisade_core::model::LlmApi;
+use palisade_core::record::RequestRecord;
+
+use crate::manager::RecordFn;
+use crate::shape::sse_error_event;
+use crate::sse::{SseSplitter, for_each_event};
+use crate::usage::Usage;
+
+/// Error type of relayed bodies (raw pass-through bodies abort the connection on failure).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest unfinished SSE event the relay will hold (a guard against an endless line).
+const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The body of every response the proxy sends.
+pub enum ProxyBody {
+    /// A complete body (errors, buffered JSON answers).
+    Full(Option<Bytes>),
+    /// A streamed upstream body.
+    Relay(Box<Relay>),
+}
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(b.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            ProxyBody::Relay(r) => Pin::new(r.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ProxyBody::Relay(r) => r.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Relay(r) => r.inner.size_hint(),
+        }
+    }
+}
+
+/// Completes a request record when its response ends, however it ends.
+pub struct Finisher {
+    /// The record being completed.
+    pub record: RequestRecord,
+    /// When the request arrived.
+    pub t0: Instant,
+    /// Where the record goes.
+    pub sink: RecordFn,
+}
+
+impl Finisher {
+    fn finish(mut self, usage: Usage, ttfb: Option<Duration>, error: Option<String>) {
+        let r = &mut self.record;
+        r.latency_us = self.t0.elapsed().as_micros() as i64;
+        r.ttfb_us = ttfb.map(|d| d.as_micros() as i64);
+        r.prompt_tokens = usage.prompt;
+        r.completion_tokens = usage.completion;
+        r.cached_tokens = usage.cached;
+        r.total_tokens = usage.total_or_sum();
+        if error.is_some() {
+            r.error = error;
+        }
+        (self.sink)(self.record);
+    }
+}
+
+/// How a relay treats the bytes it forwards.
+enum Mode {
+    /// Server-sent events: forward whole events, read usage, end with an error event on failure.
+    Sse(SseSplitter),
+    /// Opaque bytes: forward as they come; a failure aborts the response.
+    Raw,
+}
+
+/// A streamed upstream body on its way to the client.
+pub struct Relay {
+    inner: Incoming,
+    mode: Mode,
+    api: LlmApi,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    usage: Usage,
+    ttfb: Option<Duration>,
+    finisher: Option<Finisher>,
+}
+
+impl Relay {
+    /// Relays `inner`; `sse` selects event-wise forwarding; `idle` bounds the gap between chunks.
+    pub fn new(
+        inner: Incoming,
+        sse: bool,
+        api: LlmApi,
+        idle: Duration,
+        finisher: Finisher,
+    ) -> Self {
+        Self {
+            inner,
+            mode: if sse {
+                Mode::Sse(SseSplitter::new(MAX_EVENT_BYTES))
+            } else {
+                Mode::Raw
+            },
+            api,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            done: false,
+            usage: Usage::default(),
+            ttfb: None,
+            finisher: Some(finisher),
+        }
+    }
+
+    fn mark_first_byte(&mut self) {
+        if self.ttfb.is_none() {
+            self.ttfb = self.finisher.as_ref().map(|f| f.t0.elapsed());
+        }
+    }
+
+    fn finish(&mut self, error: Option<String>) {
+        self.done = true;
+        if let Some(f) = self.finisher.take() {
+            f.finish(self.usage, self.ttfb, error);
+        }
+    }
+
+    fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        tracing::warn!(error = %message, "upstream stream ended abnormally");
+        let request_id = self
+            .finisher
+            .as_ref()
+            .map(|f| f.record.id.clone())
+            .unwrap_or_default();
+        let sse = matches!(self.mode, Mode::Sse(_));
+        self.finish(Some(message.clone()));
+        if sse {
+            let (t, code) = match self.api {
+                LlmApi::Openai => ("upstream_error", "upstream_stream_error"),
+                LlmApi::Anthropic => ("api_error", "upstream_stream_error"),
+            };
+            let ev = sse_error_event(
+                self.api,
+                t,
+                code,
+                &format!("upstream stream failed: {message}"),
+                &request_id,
+            );
+            Poll::Ready(Some(Ok(Frame::data(ev))))
+        } else {
+            Poll::Ready(Some(Err(message.into())))
+        }
+    }
+
+    fn inspect(&mut self, run: &[u8]) {
+        let usage = &mut self.usage;
+        for_each_event(run, |_, data| usage.absorb_json(data));
+    }
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.sleep.as_mut().reset(deadline);
+                    let out = match &mut this.mode {
+                        Mode::Raw => data,
+                        Mode::Sse(split) => match split.push(data) {
+                            Ok(run) => run,
+                            Err(_) => {
+                                return this
+                                    .fail("upstream sent an SSE event larger than 4 MiB".into());
+                            }
+                        },
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    if matches!(this.mode, Mode::Sse(_)) {
+                        this.inspect(&out);
+                    }
+                    this.mark_first_byte();
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return this.fail(format!("connection to upstream broke: {e}"));
+                }
+                Poll::Ready(None) => {
+                    let rest = match &mut this.mode {
+                        Mode::Sse(split) => split.take_rest(),
+                        Mode::Raw => Bytes::new(),
+                    };
+                    if !rest.is_empty() {
+                        this.inspect(&rest);
+                    }
+                    this.finish(None);
+                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
+                }
+                Poll::Pending => {
+                    if this.sleep.as_mut().poll(cx).is_ready() {
+                        let secs = this.idle.as_secs();
+                        return this.fail(format!("upstream sent nothing for {secs} s"));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Some("client disconnected before the answer ended".into()));
+        }
+    }
+}

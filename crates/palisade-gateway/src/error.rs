@@ -1,0 +1,84 @@
+//! The data path's single error type; each variant knows its HTTP status and API error type.
+
+use http::StatusCode;
+
+/// Everything that can end a proxied request early.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// No or unknown gateway API key.
+    #[error(
+        "missing or invalid API key; send a Palisade key as `Authorization: Bearer <key>` or `x-api-key`"
+    )]
+    Unauthorized,
+    /// The request body exceeds the proxy's limit.
+    #[error("request body exceeds the limit of {0} bytes")]
+    BodyTooLarge(u64),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The upstream could not be reached or broke the connection.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream did not answer in time.
+    #[error("upstream did not respond within {0} s")]
+    UpstreamTimeout(u64),
+    /// The upstream's answer exceeded what the gateway will buffer.
+    #[error("upstream response exceeds the limit of {0} bytes")]
+    UpstreamTooLarge(u64),
+    /// The client's body could not be read.
+    #[error("could not read request body: {0}")]
+    ClientBody(String),
+}
+
+impl ProxyError {
+    /// HTTP status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTooLarge(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Error `type` in the OpenAI shape (also a bounded metric label).
+    pub fn openai_type(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "authentication_error",
+            ProxyError::BodyTooLarge(_) | ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => {
+                "invalid_request_error"
+            }
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTooLarge(_) => {
+                "upstream_error"
+            }
+            ProxyError::UpstreamTimeout(_) => "timeout",
+        }
+    }
+
+    /// Error `type` in the Anthropic shape.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "authentication_error",
+            ProxyError::BodyTooLarge(_) => "request_too_large",
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "invalid_request_error",
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTooLarge(_) => "api_error",
+            ProxyError::UpstreamTimeout(_) => "timeout_error",
+        }
+    }
+
+    /// Machine-readable code (OpenAI `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "invalid_api_key",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::BadRequest(_) => "invalid_request",
+            ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamTooLarge(_) => "upstream_response_too_large",
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Palisade's data plane: per-proxy listeners and the LLM proxy pipeline.
+//!
+//! A request moves through small phases (`llm.rs`): authenticate → read and classify the body →
+//! build the upstream request → send → relay the answer (buffered JSON or event-by-event SSE) →
+//! record. Everything a phase needs comes from one immutable [`ProxyRuntime`] snapshot that the
+//! control plane swaps atomically, so configuration changes never tear a request in half.
+#![forbid(unsafe_code)]
+
+mod body;
+mod error;
+mod listener;
+mod llm;
+mod manager;
+mod shape;
+mod sse;
+mod upstream;
+mod usage;
+
+pub use error::ProxyError;
+pub use manager::{GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn};
+pub use shape::Endpoint;
+pub use sse::SseSplitter;
+pub use usage::Usage;

@@ -1,0 +1,99 @@
+//! A proxy's listener: accept loop, HTTP/1.1 connections with `TCP_NODELAY`, graceful drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::manager::{GatewayShared, ProxyRuntime};
+
+/// A bound, serving listener.
+pub struct RunningListener {
+    /// The address actually bound (resolves port 0).
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningListener {
+    /// Binds `addr` and starts serving; binding errors are returned, not logged and swallowed.
+    pub async fn bind(
+        addr: SocketAddr,
+        shared: Arc<GatewayShared>,
+        runtime: Arc<ArcSwap<ProxyRuntime>>,
+        drain: Duration,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, shared, runtime, stop_rx, drain));
+        Ok(Self {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting at once, lets in-flight requests finish (up to the drain time), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<GatewayShared>,
+    runtime: Arc<ArcSwap<ProxyRuntime>>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let runtime = runtime.clone();
+                let svc = service_fn(move |req| {
+                    crate::llm::handle(shared.clone(), runtime.load_full(), req, peer)
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = watched.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain time elapsed with requests still in flight; closing them");
+    }
+}

@@ -1,0 +1,308 @@
+//! The LLM proxy pipeline, one small function per phase.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use palisade_core::identity::KeyInfo;
+use palisade_core::model::LlmApi;
+use palisade_core::now_ms;
+use palisade_core::record::RequestRecord;
+use serde::Deserialize;
+
+use crate::body::{Finisher, ProxyBody, Relay};
+use crate::error::ProxyError;
+use crate::manager::{GatewayShared, ProxyRuntime};
+use crate::shape::{Endpoint, error_body};
+use crate::upstream::{client_response_headers, upstream_request_headers};
+use crate::usage::Usage;
+
+/// Largest non-streamed upstream answer the gateway buffers for inspection.
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+/// Time a client gets to send its whole request body.
+const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+static OVERHEAD: http::HeaderName = http::HeaderName::from_static("x-palisade-overhead-us");
+static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The few request fields the gateway needs; everything else is skipped without allocation.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// Serves one request on an LLM proxy. Never fails: every error becomes a well-formed answer.
+pub async fn handle(
+    shared: Arc<GatewayShared>,
+    rt: Arc<ProxyRuntime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let t0 = Instant::now();
+    let endpoint = Endpoint::classify(req.method(), req.uri().path());
+    let mut rec = RequestRecord {
+        id: palisade_core::crypto::random_id(),
+        ts_ms: now_ms(),
+        proxy: rt.spec.name.clone(),
+        api: rt.spec.api.as_str().to_string(),
+        method: req.method().to_string(),
+        path: req.uri().path().chars().take(512).collect(),
+        endpoint: endpoint.as_str().to_string(),
+        client: peer.to_string(),
+        ..Default::default()
+    };
+    let span = tracing::debug_span!("request", id = %rec.id, proxy = %rec.proxy);
+    let _enter = span.enter();
+    match proxy(&shared, &rt, req, endpoint, &mut rec, t0).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            tracing::debug!(error = %e, "request refused");
+            let status = e.status();
+            rec.status = status.as_u16();
+            rec.error = Some(e.to_string());
+            rec.latency_us = t0.elapsed().as_micros() as i64;
+            if rec.overhead_us == 0 {
+                rec.overhead_us = rec.latency_us;
+            }
+            let id = rec.id.clone();
+            (shared.record)(rec);
+            Ok(error_response(rt.spec.api, &e, &id, t0))
+        }
+    }
+}
+
+/// An error answer in the proxy's API shape.
+fn error_response(
+    api: LlmApi,
+    e: &ProxyError,
+    request_id: &str,
+    t0: Instant,
+) -> Response<ProxyBody> {
+    let ty = match api {
+        LlmApi::Openai => e.openai_type(),
+        LlmApi::Anthropic => e.anthropic_type(),
+    };
+    let body = error_body(api, ty, e.code(), &e.to_string(), request_id);
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(REQUEST_ID.clone(), v);
+    }
+    if matches!(e, ProxyError::Unauthorized) {
+        h.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
+    h.insert(
+        OVERHEAD.clone(),
+        HeaderValue::from(t0.elapsed().as_micros() as u64),
+    );
+    resp
+}
+
+/// Phase 1: authenticate with a gateway key (`Authorization: Bearer` or `x-api-key`).
+fn authenticate(
+    shared: &GatewayShared,
+    headers: &http::HeaderMap,
+) -> Result<Arc<KeyInfo>, ProxyError> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or(ProxyError::Unauthorized)?;
+    shared
+        .keys
+        .load()
+        .lookup(presented, now_ms())
+        .ok_or(ProxyError::Unauthorized)
+}
+
+/// Phase 2: read the body within the proxy's size limit.
+async fn read_body(body: Incoming, limit: u64, declared: Option<u64>) -> Result<Bytes, ProxyError> {
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge(limit));
+    }
+    let collected = tokio::time::timeout(
+        CLIENT_BODY_TIMEOUT,
+        Limited::new(body, limit as usize).collect(),
+    )
+    .await
+    .map_err(|_| ProxyError::ClientBody("timed out".into()))?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge(limit))
+        }
+        Err(e) => Err(ProxyError::ClientBody(e.to_string())),
+    }
+}
+
+async fn proxy(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    rec: &mut RequestRecord,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let key = authenticate(shared, req.headers())?;
+    rec.key_id = Some(key.id.clone());
+    rec.key_name = Some(key.name.clone());
+    rec.group = key.group.clone();
+
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = read_body(body, rt.spec.max_body_bytes, declared).await?;
+
+    if endpoint.has_json_body() {
+        let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
+            ProxyError::BadRequest(format!("request body is not a valid JSON object: {e}"))
+        })?;
+        rec.model = peek.model.map(|m| m.chars().take(200).collect());
+        rec.stream = peek.stream.unwrap_or(false);
+    }
+
+    // Phase 3: the upstream request.
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = rt
+        .target
+        .uri_for(path_and_query)
+        .map_err(|e| ProxyError::BadRequest(format!("cannot map path upstream: {e}")))?;
+    let mut headers = upstream_request_headers(&parts.headers);
+    headers.insert(http::header::HOST, rt.target.host.clone());
+    if let Some((name, value)) = &rt.auth_header {
+        headers.insert(name.clone(), value.clone());
+    }
+    let mut up = Request::new(Full::new(body));
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.headers_mut() = headers;
+
+    // Phase 4: send, bounded by the upstream timeout.
+    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
+    let sent = Instant::now();
+    let pre = sent.duration_since(t0);
+    rec.overhead_us = pre.as_micros() as i64;
+    let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
+        Ok(Err(e)) => {
+            let detail = if e.is_connect() {
+                let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                let mut last = e.to_string();
+                while let Some(s) = src {
+                    last = s.to_string();
+                    src = s.source();
+                }
+                format!("cannot connect to {}: {last}", rt.spec.upstream)
+            } else {
+                e.to_string()
+            };
+            return Err(ProxyError::UpstreamUnavailable(detail));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let headers_at = Instant::now();
+    let (up_parts, up_body) = resp.into_parts();
+    rec.status = up_parts.status.as_u16();
+    let is_sse = up_parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_sse {
+        rec.stream = true;
+    }
+
+    // Phase 5: relay the answer.
+    if is_sse || !(endpoint.has_json_body() || endpoint == Endpoint::Models) {
+        let mut headers = client_response_headers(&up_parts.headers, !is_sse);
+        if is_sse {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        }
+        let overhead = pre + headers_at.elapsed();
+        rec.overhead_us = overhead.as_micros() as i64;
+        finish_headers(&mut headers, &rec.id, overhead);
+        let finisher = Finisher {
+            record: std::mem::take(rec),
+            t0,
+            sink: shared.record.clone(),
+        };
+        let relay = Relay::new(up_body, is_sse, rt.spec.api, timeout, finisher);
+        let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
+        *resp.status_mut() = up_parts.status;
+        *resp.headers_mut() = headers;
+        return Ok(resp);
+    }
+
+    let collected =
+        tokio::time::timeout(timeout, Limited::new(up_body, MAX_UPSTREAM_BODY).collect()).await;
+    let bytes = match collected {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ProxyError::UpstreamTooLarge(MAX_UPSTREAM_BODY as u64));
+        }
+        Ok(Err(e)) => {
+            return Err(ProxyError::UpstreamUnavailable(format!(
+                "upstream body broke: {e}"
+            )));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let received = Instant::now();
+    let mut usage = Usage::default();
+    if up_parts.status == StatusCode::OK {
+        usage.absorb_json(&bytes);
+    }
+    let mut headers = client_response_headers(&up_parts.headers, false);
+    let overhead = pre + received.elapsed();
+    finish_headers(&mut headers, &rec.id, overhead);
+    let mut resp = Response::new(ProxyBody::full(bytes));
+    *resp.status_mut() = up_parts.status;
+    *resp.headers_mut() = headers;
+
+    rec.overhead_us = overhead.as_micros() as i64;
+    rec.latency_us = t0.elapsed().as_micros() as i64;
+    rec.ttfb_us = Some(rec.latency_us);
+    rec.prompt_tokens = usage.prompt;
+    rec.completion_tokens = usage.completion;
+    rec.cached_tokens = usage.cached;
+    rec.total_tokens = usage.total_or_sum();
+    if up_parts.status.as_u16() >= 400 {
+        rec.error = Some(format!("upstream answered {}", up_parts.status));
+    }
+    (shared.record)(std::mem::take(rec));
+    Ok(resp)
+}
+
+fn finish_headers(h: &mut http::HeaderMap, request_id: &str, overhead: Duration) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(REQUEST_ID.clone(), v);
+    }
+    h.insert(
+        OVERHEAD.clone(),
+        HeaderValue::from(overhead.as_micros() as u64),
+    );
+}

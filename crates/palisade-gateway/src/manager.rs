@@ -1,0 +1,251 @@
+//! Run-time control of proxies: start, stop, restart and live reconfiguration.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue};
+use palisade_core::identity::KeyIndex;
+use palisade_core::model::{LlmApi, ProxySpec};
+use palisade_core::record::RequestRecord;
+use tokio::sync::Mutex;
+
+use crate::listener::RunningListener;
+use crate::upstream::{HttpClient, UpstreamTarget, build_client};
+
+/// Where finished request records go (the store's batched writer, in the binary).
+pub type RecordFn = Arc<dyn Fn(RequestRecord) + Send + Sync>;
+
+/// State shared by every proxy: identities, the upstream client and the record sink.
+pub struct GatewayShared {
+    /// Active API keys; swapped whole on every key change.
+    pub keys: ArcSwap<KeyIndex>,
+    /// Pooled upstream client.
+    pub(crate) client: HttpClient,
+    /// Request record sink.
+    pub record: RecordFn,
+}
+
+impl GatewayShared {
+    /// Shared state with an empty key index.
+    pub fn new(record: RecordFn) -> Self {
+        Self {
+            keys: ArcSwap::from_pointee(KeyIndex::default()),
+            client: build_client(),
+            record,
+        }
+    }
+}
+
+/// Errors of proxy control.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The spec cannot be turned into a runtime.
+    #[error("invalid proxy configuration: {0}")]
+    Invalid(String),
+}
+
+/// One proxy's compiled, immutable configuration; requests load it once and keep it.
+pub struct ProxyRuntime {
+    /// The spec it was built from.
+    pub spec: ProxySpec,
+    pub(crate) target: UpstreamTarget,
+    pub(crate) auth_header: Option<(HeaderName, HeaderValue)>,
+}
+
+impl ProxyRuntime {
+    /// Compiles a spec and its (decrypted) upstream credential.
+    pub fn new(spec: ProxySpec, upstream_key: Option<&str>) -> Result<Self, GatewayError> {
+        let target = UpstreamTarget::parse(&spec.upstream).map_err(GatewayError::Invalid)?;
+        let auth_header = match upstream_key {
+            None => None,
+            Some(k) => {
+                let (name, value) = match spec.api {
+                    LlmApi::Openai => (http::header::AUTHORIZATION, format!("Bearer {k}")),
+                    LlmApi::Anthropic => (HeaderName::from_static("x-api-key"), k.to_string()),
+                };
+                let mut v = HeaderValue::from_str(&value).map_err(|_| {
+                    GatewayError::Invalid(
+                        "upstream_key contains characters not allowed in a header".into(),
+                    )
+                })?;
+                v.set_sensitive(true);
+                Some((name, v))
+            }
+        };
+        Ok(Self {
+            spec,
+            target,
+            auth_header,
+        })
+    }
+}
+
+/// A proxy's run state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyStatus {
+    /// Serving on this address.
+    Running(SocketAddr),
+    /// Not running.
+    Stopped,
+    /// Last start failed with this message.
+    Failed(String),
+}
+
+struct Running {
+    runtime: Arc<ArcSwap<ProxyRuntime>>,
+    listener: RunningListener,
+}
+
+/// Owns the running proxies.
+pub struct ProxyManager {
+    shared: Arc<GatewayShared>,
+    running: Mutex<HashMap<String, Running>>,
+    failures: std::sync::Mutex<HashMap<String, String>>,
+    drain: Duration,
+}
+
+impl ProxyManager {
+    /// A manager whose proxies drain for at most `drain` when stopped.
+    pub fn new(shared: Arc<GatewayShared>, drain: Duration) -> Self {
+        Self {
+            shared,
+            running: Mutex::new(HashMap::new()),
+            failures: Default::default(),
+            drain,
+        }
+    }
+
+    /// The shared state (key index, sink).
+    pub fn shared(&self) -> &Arc<GatewayShared> {
+        &self.shared
+    }
+
+    fn set_failure(&self, name: &str, msg: Option<String>) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match msg {
+            Some(m) => f.insert(name.to_string(), m),
+            None => f.remove(name),
+        };
+    }
+
+    /// Starts a proxy (no-op if it is already running); returns the bound address.
+    pub async fn start(&self, runtime: ProxyRuntime) -> Result<SocketAddr, GatewayError> {
+        let name = runtime.spec.name.clone();
+        let mut running = self.running.lock().await;
+        if let Some(r) = running.get(&name) {
+            return Ok(r.listener.local_addr);
+        }
+        let addr: SocketAddr = runtime.spec.listen.parse().map_err(|_| {
+            GatewayError::Invalid(format!("listen address `{}`", runtime.spec.listen))
+        })?;
+        let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+        match RunningListener::bind(addr, self.shared.clone(), runtime.clone(), self.drain).await {
+            Ok(listener) => {
+                let local = listener.local_addr;
+                tracing::info!(proxy = %name, addr = %local, "proxy started");
+                running.insert(name.clone(), Running { runtime, listener });
+                self.set_failure(&name, None);
+                Ok(local)
+            }
+            Err(source) => {
+                let e = GatewayError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                };
+                self.set_failure(&name, Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops a proxy: it stops accepting at once; in-flight requests finish. Returns whether it ran.
+    pub async fn stop(&self, name: &str) -> bool {
+        let r = self.running.lock().await.remove(name);
+        self.set_failure(name, None);
+        match r {
+            Some(r) => {
+                r.listener.shutdown().await;
+                tracing::info!(proxy = %name, "proxy stopped");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies a new configuration to a running proxy: swapped in place when the listener is
+    /// unchanged (no dropped connections); otherwise the new address is bound first and only
+    /// then is the old listener drained, so a failed rebind leaves the proxy serving as before.
+    /// Stopped proxies are left stopped.
+    pub async fn reconfigure(&self, runtime: ProxyRuntime) -> Result<(), GatewayError> {
+        let name = runtime.spec.name.clone();
+        let mut running = self.running.lock().await;
+        let Some(current) = running.get(&name) else {
+            return Ok(());
+        };
+        if current.runtime.load().spec.listen == runtime.spec.listen {
+            current.runtime.store(Arc::new(runtime));
+            return Ok(());
+        }
+        let addr: SocketAddr = runtime.spec.listen.parse().map_err(|_| {
+            GatewayError::Invalid(format!("listen address `{}`", runtime.spec.listen))
+        })?;
+        let swap = Arc::new(ArcSwap::from_pointee(runtime));
+        let listener = RunningListener::bind(addr, self.shared.clone(), swap.clone(), self.drain)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(proxy = %name, addr = %listener.local_addr, "proxy rebound");
+        let old = running.insert(
+            name,
+            Running {
+                runtime: swap,
+                listener,
+            },
+        );
+        drop(running);
+        if let Some(old) = old {
+            old.listener.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Current status of a proxy.
+    pub async fn status(&self, name: &str) -> ProxyStatus {
+        if let Some(r) = self.running.lock().await.get(name) {
+            return ProxyStatus::Running(r.listener.local_addr);
+        }
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match f.get(name) {
+            Some(m) => ProxyStatus::Failed(m.clone()),
+            None => ProxyStatus::Stopped,
+        }
+    }
+
+    /// Stops every proxy, draining them in parallel.
+    pub async fn stop_all(&self) {
+        let all: Vec<(String, Running)> = self.running.lock().await.drain().collect();
+        let mut tasks = Vec::new();
+        for (name, r) in all {
+            tasks.push(tokio::spawn(async move {
+                r.listener.shutdown().await;
+                tracing::info!(proxy = %name, "proxy stopped");
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

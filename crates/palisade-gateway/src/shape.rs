@@ -1,0 +1,159 @@
+//! API shapes: endpoint recognition and error bodies in each provider's own format.
+
+use bytes::Bytes;
+use http::Method;
+use palisade_core::model::LlmApi;
+use serde_json::json;
+
+/// The LLM endpoints the gateway understands; anything else passes through after auth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
+    /// OpenAI `POST /v1/embeddings`.
+    Embeddings,
+    /// OpenAI `GET /v1/models` (and `/v1/models/{id}`).
+    Models,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Any other path.
+    Other,
+}
+
+impl Endpoint {
+    /// Classifies a request by method and path.
+    pub fn classify(method: &Method, path: &str) -> Self {
+        let p = path.trim_end_matches('/');
+        let p = p.strip_prefix("/v1").unwrap_or(p);
+        match (method, p) {
+            (&Method::POST, "/chat/completions") => Endpoint::ChatCompletions,
+            (&Method::POST, "/responses") => Endpoint::Responses,
+            (&Method::POST, "/embeddings") => Endpoint::Embeddings,
+            (&Method::POST, "/messages") => Endpoint::Messages,
+            (&Method::GET, m) if m == "/models" || m.starts_with("/models/") => Endpoint::Models,
+            _ => Endpoint::Other,
+        }
+    }
+
+    /// Name used in the request log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Responses => "responses",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Models => "models",
+            Endpoint::Messages => "messages",
+            Endpoint::Other => "other",
+        }
+    }
+
+    /// Whether the body is a JSON object the gateway parses (model, stream flag, usage).
+    pub fn has_json_body(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ChatCompletions
+                | Endpoint::Responses
+                | Endpoint::Embeddings
+                | Endpoint::Messages
+        )
+    }
+}
+
+/// A JSON error body in the API's own shape, carrying the request id.
+pub fn error_body(
+    api: LlmApi,
+    err_type: &str,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Bytes {
+    let v = match api {
+        LlmApi::Openai => json!({
+            "error": { "message": message, "type": err_type, "param": null, "code": code, "request_id": request_id }
+        }),
+        LlmApi::Anthropic => json!({
+            "type": "error",
+            "error": { "type": err_type, "message": message },
+            "request_id": request_id
+        }),
+    };
+    Bytes::from(v.to_string())
+}
+
+/// A terminal SSE error event in the API's own streaming shape; SDKs raise it as an error.
+pub fn sse_error_event(
+    api: LlmApi,
+    err_type: &str,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Bytes {
+    let body = error_body(api, err_type, code, message, request_id);
+    let body = String::from_utf8_lossy(&body);
+    Bytes::from(match api {
+        LlmApi::Openai => format!("data: {body}\n\n"),
+        LlmApi::Anthropic => format!("event: error\ndata: {body}\n\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_endpoints() {
+        assert_eq!(
+            Endpoint::classify(&Method::POST, "/v1/chat/completions"),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(
+            Endpoint::classify(&Method::POST, "/chat/completions/"),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(
+            Endpoint::classify(&Method::GET, "/v1/models/gpt-4o"),
+            Endpoint::Models
+        );
+        assert_eq!(
+            Endpoint::classify(&Method::POST, "/v1/messages"),
+            Endpoint::Messages
+        );
+        assert_eq!(
+            Endpoint::classify(&Method::GET, "/v1/chat/completions"),
+            Endpoint::Other
+        );
+        assert_eq!(
+            Endpoint::classify(&Method::POST, "/v1/files"),
+            Endpoint::Other
+        );
+    }
+
+    #[test]
+    fn error_shapes() {
+        let o: serde_json::Value = serde_json::from_slice(&error_body(
+            LlmApi::Openai,
+            "authentication_error",
+            "invalid_api_key",
+            "no",
+            "r1",
+        ))
+        .unwrap();
+        assert_eq!(o["error"]["type"], "authentication_error");
+        assert_eq!(o["error"]["request_id"], "r1");
+        let a: serde_json::Value = serde_json::from_slice(&error_body(
+            LlmApi::Anthropic,
+            "api_error",
+            "x",
+            "boom",
+            "r2",
+        ))
+        .unwrap();
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["message"], "boom");
+        let e = sse_error_event(LlmApi::Anthropic, "api_error", "x", "boom", "r2");
+        assert!(e.starts_with(b"event: error\ndata: {"));
+        assert!(e.ends_with(b"\n\n"));
+    }
+}

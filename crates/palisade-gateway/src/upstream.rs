@@ -1,0 +1,158 @@
+//! The shared upstream HTTP client and per-proxy upstream targets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, Uri};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// The pooled HTTP/1.1 client (TLS via rustls with the Mozilla root set compiled in).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the client shared by all proxies.
+pub fn build_client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .build(https)
+}
+
+/// Where a proxy sends its traffic.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    /// `Host` header value for upstream requests.
+    pub host: HeaderValue,
+}
+
+impl UpstreamTarget {
+    /// Parses a validated upstream base URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("invalid upstream URL: {e}"))?;
+        let scheme = uri.scheme().cloned().ok_or("upstream URL has no scheme")?;
+        let authority = uri.authority().cloned().ok_or("upstream URL has no host")?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Self {
+            scheme,
+            authority,
+            base_path,
+            host,
+        })
+    }
+
+    /// The upstream URI for a client path and query.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.base_path, path_and_query))
+            .build()
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus those the gateway owns on each side.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Copies client headers for the upstream request, dropping hop-by-hop headers, `Host`,
+/// the body length (recomputed), compression negotiation (the gateway reads answers), and the
+/// client's credentials: a gateway key must never reach a provider.
+pub fn upstream_request_headers(src: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(src.len());
+    for (name, value) in src {
+        if is_hop_by_hop(name)
+            || matches!(
+                name.as_str(),
+                "host"
+                    | "content-length"
+                    | "authorization"
+                    | "x-api-key"
+                    | "accept-encoding"
+                    | "cookie"
+            )
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Copies upstream response headers for the client, dropping hop-by-hop headers and, when the
+/// gateway re-frames the body, `Content-Length`.
+pub fn client_response_headers(src: &HeaderMap, keep_length: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(src.len() + 4);
+    for (name, value) in src {
+        if is_hop_by_hop(name) || (!keep_length && name == http::header::CONTENT_LENGTH) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_joins_base_path() {
+        let t = UpstreamTarget::parse("https://example.test:8443/openai/").unwrap();
+        assert_eq!(
+            t.uri_for("/v1/models?x=1").unwrap().to_string(),
+            "https://example.test:8443/openai/v1/models?x=1"
+        );
+        assert_eq!(t.host, "example.test:8443");
+    }
+
+    #[test]
+    fn credentials_and_hop_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer pal_secret"),
+        );
+        h.insert("x-api-key", HeaderValue::from_static("pal_secret"));
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let out = upstream_request_headers(&h);
+        assert!(out.get("authorization").is_none() && out.get("x-api-key").is_none());
+        assert!(out.get("connection").is_none());
+        assert_eq!(out.get("anthropic-version").unwrap(), "2023-06-01");
+        assert_eq!(out.len(), 2);
+    }
+}

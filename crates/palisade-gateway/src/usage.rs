@@ -1,0 +1,124 @@
+//! Token usage as reported by providers, merged across the shapes of OpenAI and Anthropic.
+
+use serde_json::Value;
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt / input tokens.
+    pub prompt: Option<i64>,
+    /// Completion / output tokens.
+    pub completion: Option<i64>,
+    /// Cached input tokens.
+    pub cached: Option<i64>,
+    /// Total tokens (computed when the provider omits it).
+    pub total: Option<i64>,
+}
+
+fn int(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+impl Usage {
+    /// Merges any usage object found in a response body or stream event. Knows OpenAI Chat
+    /// (`usage.prompt_tokens`), Responses (`response.usage.input_tokens`), Embeddings, and
+    /// Anthropic (`message.usage` in `message_start`, cumulative `usage` in `message_delta`).
+    pub fn absorb(&mut self, v: &Value) {
+        let u = v
+            .get("usage")
+            .or_else(|| v.get("response").and_then(|r| r.get("usage")))
+            .or_else(|| v.get("message").and_then(|m| m.get("usage")));
+        let Some(u) = u.filter(|u| u.is_object()) else {
+            return;
+        };
+        if let Some(p) = int(u, "prompt_tokens").or_else(|| int(u, "input_tokens")) {
+            self.prompt = Some(p);
+        }
+        if let Some(c) = int(u, "completion_tokens").or_else(|| int(u, "output_tokens")) {
+            self.completion = Some(c);
+        }
+        let cached = u
+            .get("prompt_tokens_details")
+            .and_then(|d| int(d, "cached_tokens"))
+            .or_else(|| {
+                u.get("input_tokens_details")
+                    .and_then(|d| int(d, "cached_tokens"))
+            })
+            .or_else(|| int(u, "cache_read_input_tokens"));
+        if cached.is_some() {
+            self.cached = cached;
+        }
+        if let Some(t) = int(u, "total_tokens") {
+            self.total = Some(t);
+        }
+    }
+
+    /// Parses a JSON document and absorbs its usage, if the text mentions one at all.
+    pub fn absorb_json(&mut self, bytes: &[u8]) {
+        if !contains(bytes, b"\"usage\"") {
+            return;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            self.absorb(&v);
+        }
+    }
+
+    /// Total tokens, reported or derived.
+    pub fn total_or_sum(&self) -> Option<i64> {
+        self.total.or(match (self.prompt, self.completion) {
+            (Some(p), Some(c)) => Some(p + c),
+            (Some(p), None) => Some(p),
+            _ => None,
+        })
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn openai_chat_usage() {
+        let mut u = Usage::default();
+        u.absorb(
+            &json!({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 4}}}),
+        );
+        assert_eq!(
+            u,
+            Usage {
+                prompt: Some(10),
+                completion: Some(5),
+                cached: Some(4),
+                total: Some(15)
+            }
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_usage_accumulates() {
+        let mut u = Usage::default();
+        u.absorb_json(br#"{"type":"message_start","message":{"usage":{"input_tokens":12,"output_tokens":1,"cache_read_input_tokens":2}}}"#);
+        u.absorb_json(br#"{"type":"content_block_delta","delta":{"text":"hi"}}"#);
+        u.absorb_json(br#"{"type":"message_delta","usage":{"output_tokens":30}}"#);
+        assert_eq!(u.prompt, Some(12));
+        assert_eq!(u.completion, Some(30));
+        assert_eq!(u.cached, Some(2));
+        assert_eq!(u.total_or_sum(), Some(42));
+    }
+
+    #[test]
+    fn responses_usage_and_null_usage() {
+        let mut u = Usage::default();
+        u.absorb(&json!({"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}}}));
+        assert_eq!(u.total, Some(7));
+        let mut n = Usage::default();
+        n.absorb(&json!({"usage": null}));
+        assert_eq!(n, Usage::default());
+    }
+}

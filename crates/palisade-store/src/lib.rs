@@ -1,0 +1,16 @@
+//! Palisade persistence. SQLite today, behind the [`Store`] facade so a PostgreSQL backend can
+//! follow without touching callers. Every mutation that changes configuration writes its audit
+//! row in the same transaction, so a change and its audit record land together or not at all.
+#![forbid(unsafe_code)]
+
+mod migrations;
+mod requests;
+mod store;
+mod writer;
+
+pub use requests::{RequestFilter, RequestPage};
+pub use store::{
+    Actor, ApiKeyRow, AuditEntry, AuditFilter, GroupRow, ProxyRow, SealedUpdate, Store, StoreError,
+    UserRow,
+};
+pub use writer::{LogSink, LogWriter, WriterStats};

@@ -1,0 +1,109 @@
+//! Ordered schema migrations; each runs once, inside a transaction, recorded in `schema_version`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: foundation.
+    r#"
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+        must_change_password INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE proxies (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        upstream_key_sealed TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE groups (
+        name TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        group_name TEXT REFERENCES groups(name) ON DELETE RESTRICT,
+        key_hash BLOB NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT 'api',
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target_type TEXT NOT NULL,
+        target TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        request_id TEXT
+    );
+    CREATE INDEX audit_log_ts ON audit_log (ts_ms);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+    CREATE TABLE requests (
+        id TEXT PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        proxy TEXT NOT NULL,
+        api TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        model TEXT,
+        stream INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        key_id TEXT,
+        key_name TEXT,
+        group_name TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        cached_tokens INTEGER,
+        total_tokens INTEGER,
+        latency_us INTEGER NOT NULL,
+        ttfb_us INTEGER,
+        overhead_us INTEGER NOT NULL,
+        error TEXT,
+        client TEXT NOT NULL
+    );
+    CREATE INDEX requests_ts ON requests (ts_ms);
+    CREATE INDEX requests_proxy_ts ON requests (proxy, ts_ms);
+    "#,
+];
+
+/// Brings the schema up to date; returns the number of migrations applied.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut applied = 0;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version],
+        )?;
+        tx.commit()?;
+        applied += 1;
+    }
+    Ok(applied)
+}

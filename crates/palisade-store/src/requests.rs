@@ -1,0 +1,175 @@
+//! The request log: batched inserts from the writer and filtered, paged queries for the API.
+
+use palisade_core::record::RequestRecord;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{Store, StoreError};
+
+/// Filters of `GET /api/v1/requests`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFilter {
+    /// Only this proxy.
+    pub proxy: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only requests authenticated by this key name.
+    pub key: Option<String>,
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only this HTTP status.
+    pub status: Option<u16>,
+    /// Only failed (`true`, status ≥ 400) or successful (`false`) requests.
+    pub errors: Option<bool>,
+    /// Only this endpoint (`chat_completions`, `messages`, …).
+    pub endpoint: Option<String>,
+    /// Only requests at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only requests before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Page size (1–500, default 50).
+    pub limit: Option<u32>,
+    /// Rows to skip.
+    pub offset: Option<u32>,
+}
+
+/// One page of the request log.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RequestPage {
+    /// Rows, newest first.
+    pub items: Vec<RequestRecord>,
+    /// Number of rows matching the filter.
+    pub total: i64,
+    /// Page size used.
+    pub limit: u32,
+    /// Offset used.
+    pub offset: u32,
+}
+
+pub(crate) fn insert_batch(conn: &mut Connection, rows: &[RequestRecord]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT OR REPLACE INTO requests (id, ts_ms, proxy, api, method, path, endpoint, model, stream, status,
+             key_id, key_name, group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens,
+             latency_us, ttfb_us, overhead_us, error, client)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+        )?;
+        for r in rows {
+            st.execute(params![
+                r.id,
+                r.ts_ms,
+                r.proxy,
+                r.api,
+                r.method,
+                r.path,
+                r.endpoint,
+                r.model,
+                r.stream,
+                r.status,
+                r.key_id,
+                r.key_name,
+                r.group,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cached_tokens,
+                r.total_tokens,
+                r.latency_us,
+                r.ttfb_us,
+                r.overhead_us,
+                r.error,
+                r.client
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+impl Store {
+    /// A filtered page of the request log, newest first.
+    pub async fn query_requests(&self, f: RequestFilter) -> Result<RequestPage, StoreError> {
+        self.call(move |c| {
+            let mut wh = String::from(" WHERE 1=1");
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+            let text_filters = [
+                ("proxy", &f.proxy),
+                ("model", &f.model),
+                ("key_name", &f.key),
+                ("group_name", &f.group),
+                ("endpoint", &f.endpoint),
+            ];
+            for (col, val) in text_filters {
+                if let Some(v) = val {
+                    args.push(Box::new(v.clone()));
+                    wh.push_str(&format!(" AND {col} = ?{}", args.len()));
+                }
+            }
+            if let Some(s) = f.status {
+                args.push(Box::new(s));
+                wh.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            match f.errors {
+                Some(true) => wh.push_str(" AND status >= 400"),
+                Some(false) => wh.push_str(" AND status < 400"),
+                None => {}
+            }
+            if let Some(s) = f.since_ms {
+                args.push(Box::new(s));
+                wh.push_str(&format!(" AND ts_ms >= ?{}", args.len()));
+            }
+            if let Some(u) = f.until_ms {
+                args.push(Box::new(u));
+                wh.push_str(&format!(" AND ts_ms < ?{}", args.len()));
+            }
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM requests{wh}"),
+                rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
+                |r| r.get(0),
+            )?;
+            let limit = f.limit.unwrap_or(50).clamp(1, 500);
+            let offset = f.offset.unwrap_or(0);
+            args.push(Box::new(limit));
+            let li = args.len();
+            args.push(Box::new(offset));
+            let oi = args.len();
+            let sql = format!(
+                "SELECT id, ts_ms, proxy, api, method, path, endpoint, model, stream, status, key_id, key_name,
+                 group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens, latency_us, ttfb_us,
+                 overhead_us, error, client FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
+            );
+            let mut st = c.prepare(&sql)?;
+            let items = st
+                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
+                    Ok(RequestRecord {
+                        id: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        proxy: r.get(2)?,
+                        api: r.get(3)?,
+                        method: r.get(4)?,
+                        path: r.get(5)?,
+                        endpoint: r.get(6)?,
+                        model: r.get(7)?,
+                        stream: r.get(8)?,
+                        status: r.get(9)?,
+                        key_id: r.get(10)?,
+                        key_name: r.get(11)?,
+                        group: r.get(12)?,
+                        prompt_tokens: r.get(13)?,
+                        completion_tokens: r.get(14)?,
+                        cached_tokens: r.get(15)?,
+                        total_tokens: r.get(16)?,
+                        latency_us: r.get(17)?,
+                        ttfb_us: r.get(18)?,
+                        overhead_us: r.get(19)?,
+                        error: r.get(20)?,
+                        client: r.get(21)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RequestPage { items, total, limit, offset })
+        })
+        .await
+    }
+}

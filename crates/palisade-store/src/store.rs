@@ -1,0 +1,876 @@
+//! The SQLite-backed store: configuration objects, users, API keys and the audit log.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use palisade_core::identity::KeyInfo;
+use palisade_core::model::ProxySpec;
+use palisade_core::now_ms;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The object already exists or is still referenced.
+    #[error("{0}")]
+    Conflict(String),
+    /// A stored row could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The blocking task running the query was lost (runtime shutting down).
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Who makes a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// User name, or `config` / `system` for changes made at start.
+    pub name: String,
+    /// Request id of the API call that made the change.
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    /// An actor with no request id (start-up, config file).
+    pub fn system(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            request_id: None,
+        }
+    }
+}
+
+/// A proxy as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyRow {
+    /// The validated specification.
+    pub spec: ProxySpec,
+    /// The upstream credential, sealed with the master key.
+    pub upstream_key_sealed: Option<String>,
+    /// Creation time, Unix ms.
+    pub created_at: i64,
+    /// Last update, Unix ms.
+    pub updated_at: i64,
+}
+
+impl ProxyRow {
+    fn audit_view(&self) -> Value {
+        let mut v = serde_json::to_value(&self.spec).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert(
+                "has_upstream_key".into(),
+                Value::Bool(self.upstream_key_sealed.is_some()),
+            );
+        }
+        v
+    }
+}
+
+/// A user group (team).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct GroupRow {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Creation time, Unix ms.
+    pub created_at: i64,
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ApiKeyRow {
+    /// Key id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Owning group.
+    pub group: Option<String>,
+    /// Visible prefix of the key for recognition.
+    pub prefix: String,
+    /// `api` (issued by the API) or `config` (fixed key from the config file).
+    pub source: String,
+    /// Creation time, Unix ms.
+    pub created_at: i64,
+    /// Expiry, Unix ms.
+    pub expires_at: Option<i64>,
+    /// Revocation time, Unix ms.
+    pub revoked_at: Option<i64>,
+}
+
+/// A console/API user.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    /// User id.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// Argon2id PHC hash.
+    pub password_hash: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+    /// Set when the password was generated and must be changed at first login.
+    pub must_change_password: bool,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub id: i64,
+    /// Time, Unix ms.
+    pub ts_ms: i64,
+    /// Who.
+    pub actor: String,
+    /// What (`proxy.create`, `proxy.start`, …).
+    pub action: String,
+    /// Kind of object changed.
+    pub target_type: String,
+    /// Name of the object changed.
+    pub target: String,
+    /// State before the change.
+    pub before: Option<Value>,
+    /// State after the change.
+    pub after: Option<Value>,
+    /// API request id.
+    pub request_id: Option<String>,
+}
+
+/// Filters for the audit log listing.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Only entries with id below this (paging backwards).
+    pub before_id: Option<i64>,
+}
+
+/// The database facade; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+fn audit(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    action: &str,
+    target_type: &str,
+    target: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO audit_log (ts_ms, actor, action, target_type, target, before, after, request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            now_ms(),
+            actor.name,
+            action,
+            target_type,
+            target,
+            before.map(Value::to_string),
+            after.map(Value::to_string),
+            actor.request_id
+        ],
+    )?;
+    Ok(())
+}
+
+fn proxy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Option<String>, i64, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn decode_proxy(raw: (String, Option<String>, i64, i64)) -> Result<ProxyRow, StoreError> {
+    let spec: ProxySpec = serde_json::from_str(&raw.0)
+        .map_err(|e| StoreError::Corrupt(format!("proxy spec: {e}")))?;
+    Ok(ProxyRow {
+        spec,
+        upstream_key_sealed: raw.1,
+        created_at: raw.2,
+        updated_at: raw.3,
+    })
+}
+
+fn get_proxy_tx(c: &Connection, name: &str) -> Result<Option<ProxyRow>, StoreError> {
+    c.query_row(
+        "SELECT spec, upstream_key_sealed, created_at, updated_at FROM proxies WHERE name = ?1",
+        [name],
+        proxy_from_row,
+    )
+    .optional()?
+    .map(decode_proxy)
+    .transpose()
+}
+
+const KEY_COLS: &str = "id, name, group_name, prefix, source, created_at, expires_at, revoked_at";
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        group: r.get(2)?,
+        prefix: r.get(3)?,
+        source: r.get(4)?,
+        created_at: r.get(5)?,
+        expires_at: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// How an update treats the stored upstream credential.
+#[derive(Debug, Clone)]
+pub enum SealedUpdate {
+    /// Leave it as it is.
+    Keep,
+    /// Replace it with this sealed value.
+    Set(String),
+    /// Remove it.
+    Clear,
+}
+
+impl Store {
+    /// Opens (creating if needed) `palisade.db` in `data_dir` and applies pending migrations.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Corrupt(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join("palisade.db");
+        let mut conn = open_connection(&path)?;
+        let applied = crate::migrations::migrate(&mut conn)?;
+        if applied > 0 {
+            tracing::info!(applied, path = %path.display(), "database migrations applied");
+        }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking thread pool, off the async workers.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    // ---- proxies ----
+
+    /// All proxies, by name.
+    pub async fn list_proxies(&self) -> Result<Vec<ProxyRow>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT spec, upstream_key_sealed, created_at, updated_at FROM proxies ORDER BY name",
+            )?;
+            let raw = st.query_map([], proxy_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            raw.into_iter().map(decode_proxy).collect()
+        })
+        .await
+    }
+
+    /// One proxy by name.
+    pub async fn get_proxy(&self, name: &str) -> Result<Option<ProxyRow>, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| get_proxy_tx(c, &name)).await
+    }
+
+    /// Creates a proxy; fails with `Conflict` if the name or listen address is taken.
+    pub async fn create_proxy(
+        &self,
+        spec: ProxySpec,
+        sealed: Option<String>,
+        actor: Actor,
+    ) -> Result<ProxyRow, StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            if get_proxy_tx(&tx, &spec.name)?.is_some() {
+                return Err(StoreError::Conflict(format!("proxy `{}` already exists", spec.name)));
+            }
+            let now = now_ms();
+            let json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO proxies (name, spec, upstream_key_sealed, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![spec.name, json, sealed, now],
+            )?;
+            let row = ProxyRow { spec, upstream_key_sealed: sealed, created_at: now, updated_at: now };
+            audit(&tx, &actor, "proxy.create", "proxy", &row.spec.name, None, Some(&row.audit_view()))?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Replaces a proxy's spec (the name cannot change); returns (before, after).
+    pub async fn update_proxy(
+        &self,
+        spec: ProxySpec,
+        sealed: SealedUpdate,
+        action: &'static str,
+        actor: Actor,
+    ) -> Result<(ProxyRow, ProxyRow), StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let before = get_proxy_tx(&tx, &spec.name)?
+                .ok_or_else(|| StoreError::NotFound(format!("proxy `{}`", spec.name)))?;
+            let upstream_key_sealed = match sealed {
+                SealedUpdate::Keep => before.upstream_key_sealed.clone(),
+                SealedUpdate::Set(s) => Some(s),
+                SealedUpdate::Clear => None,
+            };
+            let now = now_ms();
+            let json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE proxies SET spec = ?2, upstream_key_sealed = ?3, updated_at = ?4 WHERE name = ?1",
+                params![spec.name, json, upstream_key_sealed, now],
+            )?;
+            let after = ProxyRow { spec, upstream_key_sealed, created_at: before.created_at, updated_at: now };
+            audit(
+                &tx,
+                &actor,
+                action,
+                "proxy",
+                &after.spec.name,
+                Some(&before.audit_view()),
+                Some(&after.audit_view()),
+            )?;
+            tx.commit()?;
+            Ok((before, after))
+        })
+        .await
+    }
+
+    /// Deletes a proxy; returns the deleted row.
+    pub async fn delete_proxy(&self, name: &str, actor: Actor) -> Result<ProxyRow, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let before = get_proxy_tx(&tx, &name)?
+                .ok_or_else(|| StoreError::NotFound(format!("proxy `{name}`")))?;
+            tx.execute("DELETE FROM proxies WHERE name = ?1", [&name])?;
+            audit(
+                &tx,
+                &actor,
+                "proxy.delete",
+                "proxy",
+                &name,
+                Some(&before.audit_view()),
+                None,
+            )?;
+            tx.commit()?;
+            Ok(before)
+        })
+        .await
+    }
+
+    // ---- groups ----
+
+    /// All groups.
+    pub async fn list_groups(&self) -> Result<Vec<GroupRow>, StoreError> {
+        self.call(|c| {
+            let mut st =
+                c.prepare("SELECT name, description, created_at FROM groups ORDER BY name")?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(GroupRow {
+                        name: r.get(0)?,
+                        description: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Creates a group, or with `upsert` updates its description if it exists (config apply).
+    pub async fn put_group(
+        &self,
+        name: &str,
+        description: &str,
+        upsert: bool,
+        actor: Actor,
+    ) -> Result<GroupRow, StoreError> {
+        let (name, description) = (name.to_string(), description.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let before = tx
+                .query_row(
+                    "SELECT name, description, created_at FROM groups WHERE name = ?1",
+                    [&name],
+                    |r| {
+                        Ok(GroupRow {
+                            name: r.get(0)?,
+                            description: r.get(1)?,
+                            created_at: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let row = match before {
+                Some(b) if !upsert => {
+                    return Err(StoreError::Conflict(format!(
+                        "group `{}` already exists",
+                        b.name
+                    )));
+                }
+                Some(b) if b.description == description => return Ok(b),
+                Some(b) => {
+                    tx.execute(
+                        "UPDATE groups SET description = ?2 WHERE name = ?1",
+                        params![name, description],
+                    )?;
+                    let after = GroupRow {
+                        description,
+                        ..b.clone()
+                    };
+                    audit(
+                        &tx,
+                        &actor,
+                        "group.update",
+                        "group",
+                        &name,
+                        Some(&to_json(&b)),
+                        Some(&to_json(&after)),
+                    )?;
+                    after
+                }
+                None => {
+                    let row = GroupRow {
+                        name: name.clone(),
+                        description,
+                        created_at: now_ms(),
+                    };
+                    tx.execute(
+                        "INSERT INTO groups (name, description, created_at) VALUES (?1, ?2, ?3)",
+                        params![row.name, row.description, row.created_at],
+                    )?;
+                    audit(
+                        &tx,
+                        &actor,
+                        "group.create",
+                        "group",
+                        &name,
+                        None,
+                        Some(&to_json(&row)),
+                    )?;
+                    row
+                }
+            };
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Deletes a group that no active key belongs to.
+    pub async fn delete_group(&self, name: &str, actor: Actor) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let before = tx
+                .query_row(
+                    "SELECT name, description, created_at FROM groups WHERE name = ?1",
+                    [&name],
+                    |r| {
+                        Ok(GroupRow {
+                            name: r.get(0)?,
+                            description: r.get(1)?,
+                            created_at: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("group `{name}`")))?;
+            let keys: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE group_name = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if keys > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "group `{name}` still has {keys} API key(s); delete or move them first"
+                )));
+            }
+            tx.execute("DELETE FROM groups WHERE name = ?1", [&name])?;
+            audit(
+                &tx,
+                &actor,
+                "group.delete",
+                "group",
+                &name,
+                Some(&to_json(&before)),
+                None,
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- API keys ----
+
+    /// All keys (including revoked ones), newest first.
+    pub async fn list_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {KEY_COLS} FROM api_keys ORDER BY created_at DESC, name"
+            ))?;
+            let rows = st
+                .query_map([], key_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Stores a new key by digest. With `replace`, an existing key of that name gets the new
+    /// digest (config files that rotate a fixed key).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_key(
+        &self,
+        name: &str,
+        group: Option<String>,
+        hash: [u8; 32],
+        prefix: String,
+        source: &'static str,
+        expires_at: Option<i64>,
+        replace: bool,
+        actor: Actor,
+    ) -> Result<ApiKeyRow, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            if let Some(g) = &group {
+                let exists: bool = tx
+                    .query_row("SELECT 1 FROM groups WHERE name = ?1", [g], |_| Ok(true))
+                    .optional()?
+                    .unwrap_or(false);
+                if !exists {
+                    return Err(StoreError::NotFound(format!("group `{g}`")));
+                }
+            }
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {KEY_COLS}, key_hash FROM api_keys WHERE name = ?1"),
+                    [&name],
+                    |r| Ok((key_from_row(r)?, r.get::<_, Vec<u8>>(8)?)),
+                )
+                .optional()?;
+            let row = match existing {
+                Some((old, _)) if !replace => {
+                    return Err(StoreError::Conflict(format!("API key `{}` already exists", old.name)));
+                }
+                Some((old, old_hash))
+                    if old_hash == hash
+                        && old.group == group
+                        && old.revoked_at.is_none()
+                        && old.expires_at == expires_at =>
+                {
+                    return Ok(old);
+                }
+                Some((old, _)) => {
+                    tx.execute(
+                        "UPDATE api_keys SET group_name = ?2, key_hash = ?3, prefix = ?4, source = ?5,
+                         expires_at = ?6, revoked_at = NULL WHERE id = ?1",
+                        params![old.id, group, hash.to_vec(), prefix, source, expires_at],
+                    )?;
+                    let new = ApiKeyRow { group, prefix, source: source.into(), expires_at, revoked_at: None, ..old.clone() };
+                    audit(&tx, &actor, "api_key.update", "api_key", &name, Some(&to_json(&old)), Some(&to_json(&new)))?;
+                    new
+                }
+                None => {
+                    let row = ApiKeyRow {
+                        id: palisade_core::crypto::random_id(),
+                        name: name.clone(),
+                        group,
+                        prefix,
+                        source: source.into(),
+                        created_at: now_ms(),
+                        expires_at,
+                        revoked_at: None,
+                    };
+                    tx.execute(
+                        "INSERT INTO api_keys (id, name, group_name, key_hash, prefix, source, created_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![row.id, row.name, row.group, hash.to_vec(), row.prefix, row.source, row.created_at, row.expires_at],
+                    ).map_err(|e| match e {
+                        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                            StoreError::Conflict("that key value is already registered under another name".into()),
+                        other => StoreError::Db(other),
+                    })?;
+                    audit(&tx, &actor, "api_key.create", "api_key", &name, None, Some(&to_json(&row)))?;
+                    row
+                }
+            };
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Revokes a key by name; it stops working at once.
+    pub async fn revoke_key(&self, name: &str, actor: Actor) -> Result<ApiKeyRow, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let old = tx
+                .query_row(
+                    &format!("SELECT {KEY_COLS} FROM api_keys WHERE name = ?1"),
+                    [&name],
+                    key_from_row,
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("API key `{name}`")))?;
+            if old.revoked_at.is_some() {
+                return Ok(old);
+            }
+            let now = now_ms();
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                params![old.id, now],
+            )?;
+            let new = ApiKeyRow {
+                revoked_at: Some(now),
+                ..old.clone()
+            };
+            audit(
+                &tx,
+                &actor,
+                "api_key.revoke",
+                "api_key",
+                &name,
+                Some(&to_json(&old)),
+                Some(&to_json(&new)),
+            )?;
+            tx.commit()?;
+            Ok(new)
+        })
+        .await
+    }
+
+    /// Digests and identities of every key that is not revoked, for the data plane's index.
+    pub async fn active_keys(&self) -> Result<Vec<([u8; 32], KeyInfo)>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT key_hash, id, name, group_name, expires_at FROM api_keys WHERE revoked_at IS NULL",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    let h: Vec<u8> = r.get(0)?;
+                    Ok((h, KeyInfo { id: r.get(1)?, name: r.get(2)?, group: r.get(3)?, expires_at_ms: r.get(4)? }))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(h, k)| {
+                    let arr: [u8; 32] =
+                        h.try_into().map_err(|_| StoreError::Corrupt(format!("key `{}` digest", k.name)))?;
+                    Ok((arr, k))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    // ---- users ----
+
+    /// Number of users.
+    pub async fn user_count(&self) -> Result<i64, StoreError> {
+        self.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?))
+            .await
+    }
+
+    /// A user by login name.
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        let username = username.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, username, password_hash, role, must_change_password FROM users WHERE username = ?1",
+                [&username],
+                |r| {
+                    Ok(UserRow {
+                        id: r.get(0)?,
+                        username: r.get(1)?,
+                        password_hash: r.get(2)?,
+                        role: r.get(3)?,
+                        must_change_password: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Creates a user with an already hashed password.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: String,
+        role: &str,
+        must_change_password: bool,
+        actor: Actor,
+    ) -> Result<(), StoreError> {
+        let (username, role) = (username.to_string(), role.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                params![palisade_core::crypto::random_id(), username, password_hash, role, must_change_password, now],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("user `{username}` already exists"))
+                }
+                other => StoreError::Db(other),
+            })?;
+            let after = serde_json::json!({ "username": username, "role": role });
+            audit(&tx, &actor, "user.create", "user", &username, None, Some(&after))?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a user's password hash and clears the forced-change flag.
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password_hash: String,
+        actor: Actor,
+    ) -> Result<(), StoreError> {
+        let username = username.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE users SET password_hash = ?2, must_change_password = 0, updated_at = ?3 WHERE username = ?1",
+                params![username, password_hash, now_ms()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user `{username}`")));
+            }
+            audit(&tx, &actor, "user.password_change", "user", &username, None, None)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- audit ----
+
+    /// Appends an audit entry for an event that changes no table (logins, restarts).
+    pub async fn record_event(
+        &self,
+        actor: Actor,
+        action: &str,
+        target_type: &str,
+        target: &str,
+        detail: Option<Value>,
+    ) -> Result<(), StoreError> {
+        let (action, target_type, target) = (
+            action.to_string(),
+            target_type.to_string(),
+            target.to_string(),
+        );
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            audit(
+                &tx,
+                &actor,
+                &action,
+                &target_type,
+                &target,
+                None,
+                detail.as_ref(),
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Audit entries, newest first.
+    pub async fn list_audit(&self, f: AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        self.call(move |c| {
+            let mut sql = String::from(
+                "SELECT id, ts_ms, actor, action, target_type, target, before, after, request_id FROM audit_log WHERE 1=1",
+            );
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+            for (col, val) in [("actor", &f.actor), ("action", &f.action), ("target", &f.target)] {
+                if let Some(v) = val {
+                    args.push(Box::new(v.clone()));
+                    sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+                }
+            }
+            if let Some(b) = f.before_id {
+                args.push(Box::new(b));
+                sql.push_str(&format!(" AND id < ?{}", args.len()));
+            }
+            args.push(Box::new(f.limit.clamp(1, 500)));
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+            let mut st = c.prepare(&sql)?;
+            let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+            let rows = st
+                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
+                    Ok(AuditEntry {
+                        id: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        target_type: r.get(4)?,
+                        target: r.get(5)?,
+                        before: parse(r.get(6)?),
+                        after: parse(r.get(7)?),
+                        request_id: r.get(8)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}

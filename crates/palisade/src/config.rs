@@ -1,0 +1,139 @@
+//! The declarative TOML config: parsed and validated whole before anything is applied.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use palisade_core::model::{ProxySpec, validate_name};
+use serde::Deserialize;
+
+/// A parsed, validated config file with secrets resolved.
+#[derive(Debug)]
+pub struct Config {
+    pub proxies: Vec<(ProxySpec, Option<String>)>,
+    pub groups: Vec<GroupConf>,
+    pub api_keys: Vec<KeyConf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxies: Vec<toml::Table>,
+    #[serde(default)]
+    groups: Vec<GroupConf>,
+    #[serde(default)]
+    api_keys: Vec<KeyConf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConf {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConf {
+    pub name: String,
+    pub group: Option<String>,
+    /// The key itself, or `env:NAME`.
+    pub key: String,
+}
+
+/// Resolves `env:NAME` to the variable's value; other strings are literal.
+fn resolve_secret(field: &str, value: &str) -> anyhow::Result<String> {
+    match value.strip_prefix("env:") {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => bail!("{field}: environment variable `{var}` is not set"),
+        },
+        None => Ok(value.to_string()),
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> anyhow::Result<Config> {
+    let raw: RawConfig = toml::from_str(text)?;
+    let mut proxies = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, mut table) in raw.proxies.into_iter().enumerate() {
+        let key = match table.remove("upstream_key") {
+            None => None,
+            Some(toml::Value::String(s)) => {
+                Some(resolve_secret(&format!("proxies[{i}].upstream_key"), &s)?)
+            }
+            Some(_) => bail!("proxies[{i}].upstream_key: must be a string"),
+        };
+        let spec: ProxySpec = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("proxies[{i}]: {e}"))?;
+        spec.validate()
+            .map_err(|e| anyhow::anyhow!("proxies[{i}] ({}): {e}", spec.name))?;
+        if !names.insert(spec.name.clone()) {
+            bail!("proxies[{i}]: duplicate proxy name `{}`", spec.name);
+        }
+        proxies.push((spec, key));
+    }
+    let mut groups = std::collections::HashSet::new();
+    for (i, g) in raw.groups.iter().enumerate() {
+        validate_name("name", &g.name).map_err(|e| anyhow::anyhow!("groups[{i}]: {e}"))?;
+        if !groups.insert(g.name.clone()) {
+            bail!("groups[{i}]: duplicate group `{}`", g.name);
+        }
+    }
+    let mut api_keys = Vec::new();
+    for (i, k) in raw.api_keys.into_iter().enumerate() {
+        validate_name("name", &k.name).map_err(|e| anyhow::anyhow!("api_keys[{i}]: {e}"))?;
+        let key = resolve_secret(&format!("api_keys[{i}].key"), &k.key)?;
+        if key.len() < 20 {
+            bail!("api_keys[{i}].key: must be at least 20 characters");
+        }
+        api_keys.push(KeyConf { key, ..k });
+    }
+    Ok(Config {
+        proxies,
+        groups: raw.groups,
+        api_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quickstart_example_loads() {
+        let text = include_str!("../../../examples/quickstart.toml");
+        // SAFETY of test env: the example reads its CI key from the environment.
+        let cfg = parse(&text.replace("env:PALISADE_CI_KEY", "pal_example_key_0123456789abcdef"))
+            .unwrap();
+        assert_eq!(cfg.proxies.len(), 2);
+        assert_eq!(cfg.groups[0].name, "engineering");
+        assert_eq!(cfg.api_keys[0].group.as_deref(), Some("engineering"));
+    }
+
+    #[test]
+    fn errors_point_at_the_entry() {
+        let e = parse("[[proxies]]\nname='a'\nkind='llm'\nlisten='nope'\nupstream='http://x'\n")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("proxies[0]"), "{e:#}");
+        assert!(format!("{e:#}").contains("listen"), "{e:#}");
+        let e = parse("[[proxies]]\nname='a'\nkind='llm'\nlisten='127.0.0.1:1'\nupstream='http://x'\nbogus=1\n").unwrap_err();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        let e = parse("[[api_keys]]\nname='k'\nkey='env:PALISADE_SURELY_UNSET_VAR'\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("PALISADE_SURELY_UNSET_VAR"),
+            "{e:#}"
+        );
+        assert!(parse("[[nonsense]]\n").is_err());
+    }
+}

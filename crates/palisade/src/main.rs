@@ -1,0 +1,92 @@
+//! `palisade`: the single binary — gateway, admin API and built-in mock model.
+#![forbid(unsafe_code)]
+
+mod config;
+mod mock;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Security gateway for AI traffic: LLM APIs, MCP servers and A2A agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: admin API plus every enabled proxy.
+    Serve(serve::ServeArgs),
+    /// Run a deterministic OpenAI- and Anthropic-compatible fake model (for tests and demos).
+    MockLlm(MockArgs),
+    /// Check a config file without starting anything.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    addr: SocketAddr,
+    /// Delay before the answer starts, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Number of content chunks in a streamed answer.
+    #[arg(long, default_value_t = 8)]
+    chunks: usize,
+    /// Delay between streamed chunks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+    /// Refuse requests that do not carry this key (`Authorization: Bearer` or `x-api-key`).
+    #[arg(long, env = "MOCK_LLM_REQUIRE_KEY")]
+    require_key: Option<String>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve::run(args)),
+        Command::MockLlm(a) => rt.block_on(mock::run(mock::MockConfig {
+            addr: a.addr,
+            latency_ms: a.latency_ms,
+            chunks: a.chunks.max(1),
+            chunk_delay_ms: a.chunk_delay_ms,
+            require_key: a.require_key,
+        })),
+        Command::CheckConfig { file } => {
+            let cfg = config::load(&file)?;
+            println!(
+                "{}: OK ({} proxies, {} groups, {} API keys)",
+                file.display(),
+                cfg.proxies.len(),
+                cfg.groups.len(),
+                cfg.api_keys.len()
+            );
+            Ok(())
+        }
+    }
+}

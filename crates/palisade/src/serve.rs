@@ -1,0 +1,207 @@
+//! `palisade serve`: wiring of store, writer, gateway and admin API, with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use palisade_admin::AppState;
+use palisade_core::crypto::{MasterKey, hash_password, random_token};
+use palisade_gateway::{GatewayShared, ProxyManager, RecordFn};
+use palisade_store::{Actor, LogWriter, Store};
+
+/// Time in-flight requests get to finish when a proxy stops or the process shuts down.
+const DRAIN: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Declarative TOML config applied at start (and on SIGHUP).
+    #[arg(long, env = "PALISADE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the embedded database and the master key.
+    #[arg(long, env = "PALISADE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Address of the admin API.
+    #[arg(long, env = "PALISADE_ADMIN_ADDR", default_value = "127.0.0.1:8080")]
+    admin_addr: SocketAddr,
+}
+
+/// Loads the master key from `PALISADE_MASTER_KEY`, or from `<data>/master.key`, creating it
+/// (mode 0600) on first run.
+fn master_key(data_dir: &Path) -> anyhow::Result<MasterKey> {
+    if let Ok(v) = std::env::var("PALISADE_MASTER_KEY") {
+        return MasterKey::parse(&v).context("PALISADE_MASTER_KEY");
+    }
+    let path = data_dir.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => MasterKey::parse(&text).with_context(|| format!("{}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate();
+            write_private(&path, &key.to_hex())?;
+            tracing::info!(path = %path.display(), "generated a new master key; back it up with the database");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
+    if state.store.user_count().await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match std::env::var("PALISADE_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => (random_token(18), true),
+    };
+    let p = password.clone();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&p)).await??;
+    state
+        .store
+        .create_user("admin", hash, "admin", generated, Actor::system("system"))
+        .await?;
+    if generated {
+        // Printed once, straight to the terminal, never to the log.
+        println!("palisade: first run: created user `admin` with password: {password}");
+        println!("palisade: (shown only now; you will be asked to change it at first login)");
+    } else {
+        println!(
+            "palisade: first run: created user `admin` with the password from PALISADE_ADMIN_PASSWORD"
+        );
+    }
+    Ok(())
+}
+
+/// Applies a config file: everything is validated first, then applied in dependency order.
+async fn apply_config(state: &AppState, path: &Path) -> anyhow::Result<()> {
+    let cfg = crate::config::load(path)?;
+    let actor = || Actor::system("config");
+    for g in &cfg.groups {
+        state
+            .put_group(&g.name, &g.description, true, actor())
+            .await
+            .map_err(|e| anyhow::anyhow!("group `{}`: {}", g.name, e.message))?;
+    }
+    for k in &cfg.api_keys {
+        state
+            .put_fixed_key(&k.name, k.group.clone(), &k.key, actor())
+            .await
+            .map_err(|e| anyhow::anyhow!("api key `{}`: {}", k.name, e.message))?;
+    }
+    for (spec, key) in cfg.proxies {
+        let name = spec.name.clone();
+        state
+            .apply_proxy(spec, key, actor())
+            .await
+            .map_err(|e| anyhow::anyhow!("proxy `{name}`: {}", e.message))?;
+    }
+    tracing::info!(path = %path.display(), "config applied");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let master = master_key(&args.data_dir)?;
+    let store = Store::open(&args.data_dir)?;
+    let writer = LogWriter::start(store.path().to_path_buf())?;
+    let sink = writer.sink();
+    let record: RecordFn = Arc::new(move |r| sink.record(r));
+    let manager = Arc::new(ProxyManager::new(
+        Arc::new(GatewayShared::new(record)),
+        DRAIN,
+    ));
+    let state =
+        AppState::new(store, manager.clone(), master).map_err(|e| anyhow::anyhow!(e.message))?;
+
+    ensure_admin(&state).await?;
+    state
+        .reload_keys()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    if let Some(path) = &args.config {
+        apply_config(&state, path).await?;
+    }
+    for (name, res) in state
+        .boot_proxies()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?
+    {
+        match res {
+            Ok(addr) => println!("palisade: proxy `{name}` listening on http://{addr}"),
+            Err(e) => tracing::error!(proxy = %name, error = %e, "proxy failed to start"),
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
+    let local = listener.local_addr()?;
+    println!("palisade: admin API listening on http://{local}");
+
+    #[cfg(unix)]
+    if let Some(path) = args.config.clone() {
+        let st = state.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match apply_config(&st, &path).await {
+                    Ok(()) => tracing::info!("config reloaded"),
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "config reload refused; previous configuration keeps serving"
+                    ),
+                }
+            }
+        });
+    }
+
+    palisade_admin::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("shutting down: draining proxies");
+    manager.stop_all().await;
+    writer.close().await;
+    tracing::info!("request log flushed; bye");
+    Ok(())
+}

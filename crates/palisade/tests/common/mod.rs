@@ -1,0 +1,230 @@
+//! Helpers that start the real `palisade` binary (gateway and mock model) on ephemeral ports.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
+pub const CI_KEY: &str = "pal_test_fixed_key_000000000001";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_palisade")
+}
+
+/// A child process whose stdout lines are collected; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn palisade");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[child] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines: rx }
+    }
+
+    /// Waits for a stdout line containing `needle`; returns the rest of the line after it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some((_, rest)) = l.split_once(needle) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(_) => panic!("timed out waiting for `{needle}`"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The built-in mock model on an ephemeral loopback port.
+pub struct Mock {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl Mock {
+    pub fn start(extra: &[&str]) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.args(["mock-llm", "--addr", "127.0.0.1:0"]).args(extra);
+        let proc = Proc::spawn(cmd);
+        let url = proc.wait_for("listening on");
+        Self { proc, url }
+    }
+}
+
+/// A running gateway with its own data directory and an admin token.
+pub struct Gateway {
+    pub proc: Proc,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    pub async fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Self {
+        let cfg = dir.path().join("palisade.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--admin-addr", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("PALISADE_CI_KEY", CI_KEY)
+            .env("RUST_LOG", "warn");
+        let proc = Proc::spawn(cmd);
+        let admin = proc.wait_for("admin API listening on");
+        let http = reqwest::Client::new();
+        let login: Value = http
+            .post(format!("{admin}/api/v1/auth/login"))
+            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["token"].as_str().expect("token").to_string();
+        Self {
+            proc,
+            admin,
+            dir,
+            token,
+            http,
+        }
+    }
+
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.admin))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.api(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.api(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Base URL of a running proxy.
+    pub async fn proxy_url(&self, name: &str) -> String {
+        let (s, v) = self.get(&format!("/api/v1/proxies/{name}")).await;
+        assert_eq!(s, 200, "{v}");
+        format!(
+            "http://{}",
+            v["bound_addr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} not running: {v}"))
+        )
+    }
+
+    /// Polls the request log until `n` rows match `query` (the writer is asynchronous).
+    pub async fn wait_requests(&self, query: &str, n: usize) -> Vec<Value> {
+        for _ in 0..100 {
+            let (_, v) = self.get(&format!("/api/v1/requests?{query}")).await;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if items.len() >= n {
+                return items;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("request log never reached {n} rows for `{query}`");
+    }
+}
+
+/// A config with one OpenAI-shaped and one Anthropic-shaped proxy in front of `upstream`.
+pub fn config_for(upstream: &str) -> String {
+    format!(
+        r#"
+[[groups]]
+name = "engineering"
+
+[[api_keys]]
+name = "ci"
+group = "engineering"
+key = "env:PALISADE_CI_KEY"
+
+[[proxies]]
+name = "oai"
+kind = "llm"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+api = "openai"
+
+[[proxies]]
+name = "ant"
+kind = "llm"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+api = "anthropic"
+"#
+    )
+}

@@ -1,0 +1,528 @@
+//! End-to-end tests of the real binary: admin API, proxy lifecycle, LLM proxying and failures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn chat_body(stream: bool) -> Value {
+    json!({"model": "mock-gpt", "stream": stream, "messages": [{"role": "user", "content": "hello gateway"}]})
+}
+
+#[tokio::test]
+async fn admin_api_requires_auth_and_names_bad_fields() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let c = reqwest::Client::new();
+
+    let health: Value = c
+        .get(format!("{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    for path in [
+        "/api/v1/proxies",
+        "/api/v1/requests",
+        "/api/v1/audit",
+        "/api/v1/keys",
+        "/api/v1/groups",
+    ] {
+        let r = c.get(format!("{}{path}", gw.admin)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} must need a token");
+    }
+    let r = c
+        .get(format!("{}/api/v1/proxies", gw.admin))
+        .bearer_auth("forged.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{}/api/v1/auth/login", gw.admin))
+        .json(&json!({"username": "admin", "password": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "p1", "kind": "llm", "listen": "127.0.0.1:0"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["field"], "upstream", "{v}");
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "p1", "kind": "llm", "listen": "nowhere", "upstream": "http://127.0.0.1:1"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["field"], "listen", "{v}");
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "p1", "kind": "llm", "listen": "127.0.0.1:0", "upstream": "http://x", "max_body_bytes": "big"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["field"], "max_body_bytes", "{v}");
+    // Nothing was created by the refused calls.
+    let (_, list) = gw.get("/api/v1/proxies").await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    let spec: Value = c
+        .get(format!("{}/api/v1/openapi.json", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/api/v1/proxies",
+        "/api/v1/proxies/{name}/start",
+        "/api/v1/auth/login",
+        "/api/v1/requests",
+    ] {
+        assert!(spec["paths"].get(p).is_some(), "openapi lacks {p}");
+    }
+}
+
+#[tokio::test]
+async fn proxies_are_managed_at_run_time_and_audited() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let client = reqwest::Client::new();
+
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "live", "kind": "llm", "listen": "127.0.0.1:0", "upstream": mock.url, "api": "openai"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["status"], "running");
+    let url = gw.proxy_url("live").await;
+    let addr = url.trim_start_matches("http://").to_string();
+    let call = || {
+        client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&chat_body(false))
+            .send()
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+
+    let (s, v) = gw.post("/api/v1/proxies/live/stop", json!({})).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("stopped")));
+    let refused = tokio::net::TcpStream::connect(&addr).await;
+    assert!(
+        refused.is_err(),
+        "a stopped proxy must not accept connections"
+    );
+
+    let (s, v) = gw.post("/api/v1/proxies/live/start", json!({})).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+    let url2 = gw.proxy_url("live").await;
+    let r = client
+        .post(format!("{url2}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (s, _) = gw.post("/api/v1/proxies/live/restart", json!({})).await;
+    assert_eq!(s, 200);
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/live",
+            Some(json!({"description": "changed", "upstream_timeout_secs": 5})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["description"], "changed");
+    assert_eq!(v["status"], "running");
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/live",
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("name")));
+
+    let (s, _) = gw.api(Method::DELETE, "/api/v1/proxies/live", None).await;
+    assert_eq!(s, 204);
+    let (s, _) = gw.get("/api/v1/proxies/live").await;
+    assert_eq!(s, 404);
+
+    let (_, audit) = gw.get("/api/v1/audit?target=live").await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "proxy.create",
+        "proxy.stop",
+        "proxy.start",
+        "proxy.restart",
+        "proxy.update",
+        "proxy.delete",
+    ] {
+        assert!(actions.contains(&a), "audit lacks {a}: {actions:?}");
+    }
+    let create = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "proxy.create")
+        .unwrap();
+    assert_eq!(create["actor"], "admin");
+    assert_eq!(create["after"]["upstream"], mock.url.as_str());
+    assert!(create["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn keys_authenticate_and_revocation_is_immediate() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+
+    let r = c.get(format!("{url}/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "authentication_error");
+    let r = c
+        .get(format!("{url}/v1/models"))
+        .bearer_auth("pal_not_a_real_key_at_all_0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let (s, issued) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "temp", "group": "engineering"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("pal_"));
+    let (_, keys) = gw.get("/api/v1/keys").await;
+    assert!(
+        !keys.to_string().contains(&key),
+        "the key itself must never be listed"
+    );
+
+    let r = c
+        .get(format!("{url}/v1/models"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _) = gw.api(Method::DELETE, "/api/v1/keys/temp", None).await;
+    assert_eq!(s, 200);
+    let r = c
+        .get(format!("{url}/v1/models"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a revoked key must be refused at once");
+
+    let ant = gw.proxy_url("ant").await;
+    let r = c
+        .post(format!("{ant}/v1/messages"))
+        .header("x-api-key", "nope")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "authentication_error");
+    assert!(body["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn upstream_key_is_injected_and_client_key_never_forwarded() {
+    let mock = Mock::start(&["--require-key", "sk-provider-secret"]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let c = reqwest::Client::new();
+    // Without an upstream key, the provider refuses (the gateway key is not forwarded).
+    let url = gw.proxy_url("oai").await;
+    let r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"upstream_key": "sk-provider-secret"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["has_upstream_key"], true);
+    assert!(!v.to_string().contains("sk-provider-secret"));
+    let r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Stored encrypted: the plaintext is nowhere in the database file.
+    let db = std::fs::read(gw.dir.path().join("data/palisade.db")).unwrap();
+    let wal = std::fs::read(gw.dir.path().join("data/palisade.db-wal")).unwrap_or_default();
+    let needle = b"sk-provider-secret";
+    assert!(!db.windows(needle.len()).any(|w| w == needle));
+    assert!(!wal.windows(needle.len()).any(|w| w == needle));
+}
+
+#[tokio::test]
+async fn usage_is_logged_for_plain_and_streamed_calls() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    let plain = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.headers().get("x-palisade-overhead-us").is_some());
+    assert!(plain.headers().get("x-request-id").is_some());
+    let plain: Value = plain.json().await.unwrap();
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let text = resp.text().await.unwrap();
+    let mut streamed = String::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(s) = v["choices"][0]["delta"]["content"].as_str() {
+            streamed.push_str(s);
+        }
+    }
+    assert_eq!(
+        streamed,
+        plain["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+
+    let rows = gw
+        .wait_requests("proxy=oai&endpoint=chat_completions", 2)
+        .await;
+    for r in &rows {
+        assert_eq!(r["status"], 200);
+        assert_eq!(r["key_name"], "ci");
+        assert_eq!(r["group"], "engineering");
+        assert_eq!(r["model"], "mock-gpt");
+        assert_eq!(r["prompt_tokens"], plain["usage"]["prompt_tokens"]);
+        assert_eq!(r["completion_tokens"], plain["usage"]["completion_tokens"]);
+        assert!(r["latency_us"].as_i64().unwrap() > 0);
+    }
+    assert!(rows.iter().any(|r| r["stream"] == true) && rows.iter().any(|r| r["stream"] == false));
+}
+
+#[tokio::test]
+async fn upstream_failures_are_well_formed() {
+    let mock = Mock::start(&["--latency-ms", "3000"]);
+    let cfg = format!(
+        "{}\n[[proxies]]\nname = \"dead\"\nkind = \"llm\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n\n\
+         [[proxies]]\nname = \"slow\"\nkind = \"llm\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nupstream_timeout_secs = 1\nmax_body_bytes = 2048\n",
+        config_for(&mock.url),
+        mock.url
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = reqwest::Client::new();
+
+    let dead = gw.proxy_url("dead").await;
+    let r = c
+        .post(format!("{dead}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unavailable", "{v}");
+
+    let slow = gw.proxy_url("slow").await;
+    let t = std::time::Instant::now();
+    let r = c
+        .post(format!("{slow}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let r = c
+        .post(format!("{slow}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = c
+        .post(format!("{slow}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+
+    let rows = gw.wait_requests("errors=true", 4).await;
+    assert!(rows.iter().any(|r| r["status"] == 502));
+    assert!(rows.iter().any(|r| r["status"] == 504));
+}
+
+#[tokio::test]
+async fn killed_upstream_mid_stream_ends_with_an_error_event() {
+    let mut mock = Mock::start(&["--chunks", "40", "--chunk-delay-ms", "100"]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let ant = gw.proxy_url("ant").await;
+    let c = reqwest::Client::new();
+    let mut resp = c
+        .post(format!("{ant}/v1/messages"))
+        .header("x-api-key", CI_KEY)
+        .json(
+            &json!({"model": "mock-claude", "max_tokens": 50, "stream": true,
+            "messages": [{"role": "user", "content": "tell me a long story"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = String::new();
+    while !got.contains("content_block_delta") {
+        let chunk = resp.chunk().await.unwrap().expect("stream ended early");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    mock.proc.kill();
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            s.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        s
+    })
+    .await
+    .expect("the stream must end, not hang");
+    let all = got + &rest;
+    assert!(
+        all.contains("event: error\ndata: {"),
+        "no error event in: {all}"
+    );
+    assert!(!all.contains("message_stop"));
+    let last = all.trim_end().rsplit("\n\n").next().unwrap();
+    let data: Value = serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(data["type"], "error");
+
+    // The gateway keeps serving: the admin API and the other proxy still answer.
+    let (s, _) = gw.get("/api/v1/proxies").await;
+    assert_eq!(s, 200);
+    let oai = gw.proxy_url("oai").await;
+    let r = c
+        .get(format!("{oai}/v1/models"))
+        .bearer_auth(CI_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "upstream is gone; the gateway must say so cleanly"
+    );
+    let rows = gw.wait_requests("proxy=ant", 1).await;
+    assert!(
+        rows[0]["error"].as_str().unwrap_or("").contains("upstream"),
+        "{}",
+        rows[0]
+    );
+}
+
+#[tokio::test]
+async fn sigterm_flushes_the_request_log_and_state_survives_restart() {
+    let mock = Mock::start(&[]);
+    let mut gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    for _ in 0..50 {
+        let r = c
+            .get(format!("{url}/v1/models"))
+            .bearer_auth(CI_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (s, _) = gw.post("/api/v1/proxies/ant/stop", json!({})).await;
+    assert_eq!(s, 200);
+    let status = gw.proc.terminate();
+    assert!(status.success(), "graceful exit expected, got {status}");
+
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    drop(gw);
+    let gw2 = Gateway::start_in(dir, &config_for(&mock.url)).await;
+    let (_, page) = gw2.get("/api/v1/requests?proxy=oai&endpoint=models").await;
+    assert_eq!(
+        page["total"], 50,
+        "every request of the first run must be in the log"
+    );
+    // The config file re-applies `ant` as enabled; the API-made stop is in the audit trail.
+    let (_, audit) = gw2.get("/api/v1/audit?action=proxy.stop").await;
+    assert_eq!(audit.as_array().unwrap().len(), 1);
+}
