@@ -304,18 +304,34 @@ fn responses(cfg: &MockConfig, body: &Value, model: &str, stream: bool) -> Respo
         let name = v["type"].as_str().unwrap_or("message").to_string();
         event(&name, &v)
     };
-    let mut events = vec![next(
-        json!({"type": "response.created", "response": response("in_progress", json!([]))}),
-    )];
+    let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
+    let mut events = vec![
+        next(json!({"type": "response.created", "response": response("in_progress", json!([]))})),
+        next(
+            json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "message",
+            "id": "msg_mock", "status": "in_progress", "role": "assistant", "content": []}}),
+        ),
+        next(
+            json!({"type": "response.content_part.added", "item_id": "msg_mock", "output_index": 0,
+            "content_index": 0, "part": part("")}),
+        ),
+    ];
     for piece in split_chunks(&text, cfg.chunks) {
         events.push(next(
             json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0,
-            "content_index": 0, "delta": piece}),
+            "content_index": 0, "delta": piece, "logprobs": []}),
         ));
     }
     events.push(next(
         json!({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0,
-        "content_index": 0, "text": text}),
+        "content_index": 0, "text": text, "logprobs": []}),
+    ));
+    events.push(next(
+        json!({"type": "response.content_part.done", "item_id": "msg_mock", "output_index": 0,
+        "content_index": 0, "part": part(&text)}),
+    ));
+    events.push(next(
+        json!({"type": "response.output_item.done", "output_index": 0, "item": message[0].clone()}),
     ));
     events.push(next(
         json!({"type": "response.completed", "response": response("completed", message)}),
