@@ -1,0 +1,220 @@
+//! Engine benchmark: `evaluate()` on benign 1 KiB / 4 KiB / 32 KiB prompts with every pack in
+//! `policies/` loaded (or, while no pack exists yet, a synthetic 300-rule stand-in).
+//!
+//! Run: `cargo bench -p palisade-policy --bench engine`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use palisade_policy::{Policy, PolicySet, Target, find_segments, load_dir, normalize};
+
+const WORDS: &[&str] = &[
+    "the",
+    "quarterly",
+    "report",
+    "shows",
+    "revenue",
+    "growth",
+    "in",
+    "our",
+    "European",
+    "market",
+    "and",
+    "we",
+    "should",
+    "discuss",
+    "the",
+    "next",
+    "steps",
+    "with",
+    "the",
+    "team",
+    "please",
+    "summarise",
+    "these",
+    "findings",
+    "for",
+    "a",
+    "board",
+    "meeting",
+    "including",
+    "risks",
+    "customer",
+    "churn",
+    "pricing",
+    "strategy",
+    "system",
+    "design",
+    "notes",
+    "ignore",
+    "typos",
+    "previous",
+    "version",
+    "of",
+    "document",
+    "attached",
+    "below",
+    "code",
+    "function",
+    "returns",
+    "value",
+    "database",
+    "query",
+    "results",
+    "are",
+    "cached",
+    "for",
+    "performance",
+    "reasons",
+];
+
+/// Deterministic benign English-like text of `len` bytes with sentences and paragraphs.
+fn benign_text(len: usize) -> String {
+    let mut out = String::with_capacity(len + 16);
+    let mut x: u32 = 12345;
+    let mut n = 0;
+    while out.len() < len {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let w = WORDS[(x >> 16) as usize % WORDS.len()];
+        out.push_str(w);
+        n += 1;
+        if n % 13 == 0 {
+            out.push_str(". ");
+        } else if n % 97 == 0 {
+            out.push_str(".\n\n");
+        } else {
+            out.push(' ');
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A synthetic pack shaped like the real ones, used only while `policies/` holds no pack.
+fn synthetic_pack() -> Policy {
+    let verbs = [
+        "ignore",
+        "disregard",
+        "forget",
+        "override",
+        "bypass",
+        "skip",
+    ];
+    let objects = [
+        "instructions",
+        "rules",
+        "guidelines",
+        "prompt",
+        "directives",
+    ];
+    let mut rules = Vec::new();
+    let mut id = 0;
+    for v in verbs {
+        for o in objects {
+            for q in [
+                "previous", "prior", "above", "earlier", "system", "safety", "original", "initial",
+                "all",
+            ] {
+                id += 1;
+                rules.push(format!(
+                    r#"{{"id":"S-{id}","name":"n","category":"prompt_injection","severity":"high",
+                    "targets":["llm_request"],"patterns":{{"regex":["(?i)\\b{v}\\s+(?:all\\s+|any\\s+|the\\s+)?{q}\\s+{o}\\b"],
+                    "keywords":["{v} {q} {o} now"]}},"action":"block"}}"#
+                ));
+            }
+        }
+    }
+    for (i, re) in [
+        r"AKIA[0-9A-Z]{16}",
+        r"sk-[A-Za-z0-9_-]{20,}",
+        r"ghp_[A-Za-z0-9]{36}",
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+        r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
+        r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+        r"\b(?:\d[ -]?){12,18}\d\b",
+        r"(?i)\bunion\s+(?:all\s+)?select\b",
+        r"(?i)(?:\.\./){2,}",
+        r"!\[[^\]]*\]\(https?://[^)]+\?[^)]*=",
+    ]
+    .iter()
+    .enumerate()
+    {
+        rules.push(format!(
+            r#"{{"id":"X-{i}","name":"n","category":"secrets","severity":"critical",
+            "targets":["llm_request"],"patterns":{{"regex":[{}]}},"action":"alert"}}"#,
+            serde_json::to_string(re).unwrap_or_default()
+        ));
+    }
+    let json = format!(
+        r#"{{"id":"synthetic","name":"Synthetic","version":"0","rules":[{}]}}"#,
+        rules.join(",")
+    );
+    Policy::from_json(&json).unwrap_or_else(|e| panic!("synthetic pack: {e}"))
+}
+
+fn policies() -> Vec<Policy> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let packs = load_dir(&dir).unwrap_or_else(|e| panic!("loading packs: {e}"));
+    if packs.is_empty() {
+        eprintln!("no packs in {}: using a synthetic stand-in", dir.display());
+        vec![synthetic_pack()]
+    } else {
+        packs
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let policies = policies();
+    let set = PolicySet::compile(&policies).unwrap_or_else(|e| panic!("compile: {e}"));
+    eprintln!(
+        "{} policies, {} rules ({} for llm_request)",
+        set.policies().len(),
+        set.rule_count(),
+        set.rule_count_for(Target::LlmRequest)
+    );
+    let mut group = c.benchmark_group("evaluate_benign");
+    for size in [1024usize, 4096, 32768] {
+        let text = benign_text(size);
+        let e = set.evaluate(Target::LlmRequest, &text);
+        if !e.is_clean() {
+            eprintln!("note: benign {size}-byte text matched {:?}", e.matches);
+        }
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(format!("{}KiB", size / 1024), |b| {
+            b.iter(|| set.evaluate(Target::LlmRequest, black_box(&text)))
+        });
+    }
+    group.finish();
+
+    // Components on 4 KiB, to see where the time goes.
+    let text = benign_text(4096);
+    let mut group = c.benchmark_group("components_4KiB");
+    group.throughput(Throughput::Bytes(4096));
+    group.bench_function("normalize", |b| {
+        b.iter(|| normalize(black_box(&text)).len())
+    });
+    group.bench_function("find_segments", |b| {
+        b.iter(|| {
+            let mut budget = 1 << 20;
+            let mut out = Vec::new();
+            find_segments(black_box(&text), &mut budget, &mut out);
+            out.len()
+        })
+    });
+    group.bench_function("evaluate_raw", |b| {
+        b.iter(|| set.evaluate_raw(Target::LlmRequest, black_box(&text)))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("redact_benign");
+    let text = benign_text(4096);
+    group.throughput(Throughput::Bytes(4096));
+    group.bench_function("4KiB", |b| {
+        b.iter(|| set.redact(Target::LlmRequest, black_box(&text)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

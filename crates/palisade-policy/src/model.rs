@@ -1,0 +1,736 @@
+//! The policy format (JSON), its validation and loading from files.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PolicyError, Result};
+
+/// What kind of traffic a rule inspects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A request to an LLM (messages, system prompt, tool definitions and results inside the prompt).
+    LlmRequest,
+    /// An LLM's answer.
+    LlmResponse,
+    /// An MCP tool's description and schema.
+    ToolDescription,
+    /// The arguments of an MCP tool call.
+    ToolArguments,
+    /// The result of an MCP tool call.
+    ToolResult,
+    /// An agent-to-agent (A2A) message.
+    A2aMessage,
+}
+
+impl Target {
+    /// All targets, in declaration order.
+    pub const ALL: [Target; 6] = [
+        Target::LlmRequest,
+        Target::LlmResponse,
+        Target::ToolDescription,
+        Target::ToolArguments,
+        Target::ToolResult,
+        Target::A2aMessage,
+    ];
+
+    /// Dense index of this target (0..6), used for per-target matcher tables.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The snake_case name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::LlmRequest => "llm_request",
+            Target::LlmResponse => "llm_response",
+            Target::ToolDescription => "tool_description",
+            Target::ToolArguments => "tool_arguments",
+            Target::ToolResult => "tool_result",
+            Target::A2aMessage => "a2a_message",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How serious a rule's finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Informational / weak signal.
+    Low,
+    /// Suspicious.
+    Medium,
+    /// Likely an attack or leak.
+    High,
+    /// Almost certainly an attack or leak.
+    Critical,
+}
+
+impl Severity {
+    /// Score weight used when a rule does not set `score`.
+    pub fn default_score(self) -> u8 {
+        match self {
+            Severity::Critical => 40,
+            Severity::High => 25,
+            Severity::Medium => 10,
+            Severity::Low => 5,
+        }
+    }
+
+    /// The snake_case name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the gateway should do when a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Record the match only.
+    Log,
+    /// Record the match and raise an alert.
+    Alert,
+    /// Replace the matched value with a placeholder before forwarding.
+    Redact,
+    /// Refuse the request or response.
+    Block,
+}
+
+impl Action {
+    /// The snake_case name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Log => "log",
+            Action::Alert => "alert",
+            Action::Redact => "redact",
+            Action::Block => "block",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A check a matched value must pass before it counts (cuts false positives on numbers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Validator {
+    /// No extra check.
+    #[default]
+    None,
+    /// Luhn checksum over the digits (payment cards).
+    Luhn,
+    /// ISO 13616 mod-97 check (IBANs).
+    Iban,
+}
+
+/// Redaction settings of a rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redact {
+    /// Placeholder label, `[A-Z0-9_]+`; placeholders look like `[LABEL_1]`.
+    pub label: String,
+    /// Optional validator a match must pass.
+    #[serde(default, skip_serializing_if = "is_default_validator")]
+    pub validator: Validator,
+}
+
+fn is_default_validator(v: &Validator) -> bool {
+    *v == Validator::None
+}
+
+/// What a rule looks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patterns {
+    /// Regular expressions in Rust `regex` syntax (no look-around, no back-references).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regex: Vec<String>,
+    /// Literal phrases, matched on word boundaries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+    /// Whether keywords match case-sensitively (default false). Regexes carry their own flags.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub case_sensitive: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// In-file examples that the test-suite runs against the rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Examples {
+    /// Texts the rule must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positive: Vec<String>,
+    /// Texts the rule must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub negative: Vec<String>,
+}
+
+/// One detection rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Id, unique within the policy (`[A-Za-z0-9_.-]+`).
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Free snake_case category (prompt_injection, secrets, pii…).
+    pub category: String,
+    /// Severity of a finding.
+    pub severity: Severity,
+    /// Kinds of traffic the rule inspects (non-empty).
+    pub targets: Vec<Target>,
+    /// What to look for.
+    pub patterns: Patterns,
+    /// Regexes that cancel the rule's match when they match the same scanned text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// What to do on a match.
+    pub action: Action,
+    /// Score weight 0..=100; defaults by severity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<u32>,
+    /// Redaction label and validator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact: Option<Redact>,
+    /// Why the rule exists.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rationale: String,
+    /// Examples the test-suite checks.
+    #[serde(default, skip_serializing_if = "is_empty_examples")]
+    pub examples: Examples,
+}
+
+fn is_empty_examples(e: &Examples) -> bool {
+    e.positive.is_empty() && e.negative.is_empty()
+}
+
+impl Rule {
+    /// The score this rule contributes when it matches (explicit or by severity).
+    pub fn effective_score(&self) -> u8 {
+        match self.score {
+            Some(s) => u8::try_from(s.min(100)).unwrap_or(100),
+            None => self.severity.default_score(),
+        }
+    }
+
+    /// The placeholder label used by redaction (explicit, else the category upper-cased).
+    pub fn redact_label(&self) -> String {
+        match &self.redact {
+            Some(r) => r.label.clone(),
+            None => {
+                let label: String = self
+                    .category
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .map(|c| c.to_ascii_uppercase())
+                    .collect();
+                if label.is_empty() {
+                    "REDACTED".to_owned()
+                } else {
+                    label
+                }
+            }
+        }
+    }
+
+    /// The validator a match must pass (none unless `redact.validator` says so).
+    pub fn validator(&self) -> Validator {
+        self.redact
+            .as_ref()
+            .map(|r| r.validator)
+            .unwrap_or_default()
+    }
+}
+
+/// A policy: a named, versioned list of rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Id, `[a-z0-9-]+`, unique across loaded policies.
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// What the policy is for.
+    #[serde(default)]
+    pub description: String,
+    /// Version string of the policy document.
+    #[serde(default)]
+    pub version: String,
+    /// The rules.
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// Parses and validates a policy document.
+    pub fn from_json(json: &str) -> Result<Policy> {
+        let policy: Policy = serde_json::from_str(json).map_err(|e| PolicyError::Json {
+            message: e.to_string(),
+        })?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Reads, parses and validates a policy file; errors carry the file's path.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Policy> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Policy::from_json(&text).map_err(|e| PolicyError::File {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Serialises the policy back to pretty JSON.
+    pub fn to_json_pretty(&self) -> String {
+        // Serialising plain data structs with string keys cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks everything serde cannot: ids, patterns compile, targets, labels, scores.
+    pub fn validate(&self) -> Result<()> {
+        let pid = &self.id;
+        if self.id.is_empty()
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(PolicyError::InvalidPolicy {
+                policy: pid.clone(),
+                problem: "policy id must match [a-z0-9-]+".into(),
+            });
+        }
+        if self.name.trim().is_empty() {
+            return Err(PolicyError::InvalidPolicy {
+                policy: pid.clone(),
+                problem: "name must not be empty".into(),
+            });
+        }
+        let mut seen = HashSet::new();
+        for rule in &self.rules {
+            validate_rule(pid, rule)?;
+            if !seen.insert(rule.id.as_str()) {
+                return Err(PolicyError::DuplicateRule {
+                    policy: pid.clone(),
+                    rule: rule.id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rule_err(policy: &str, rule: &str, problem: impl Into<String>) -> PolicyError {
+    PolicyError::InvalidRule {
+        policy: policy.to_owned(),
+        rule: rule.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
+    let rid = rule.id.as_str();
+    if rid.is_empty()
+        || !rid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(rule_err(pid, rid, "rule id must match [A-Za-z0-9_.-]+"));
+    }
+    if rule.name.trim().is_empty() {
+        return Err(rule_err(pid, rid, "name must not be empty"));
+    }
+    if rule.category.is_empty()
+        || !rule
+            .category
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(rule_err(
+            pid,
+            rid,
+            format!(
+                "category `{}` must be snake_case ([a-z0-9_]+)",
+                rule.category
+            ),
+        ));
+    }
+    if rule.targets.is_empty() {
+        return Err(rule_err(pid, rid, "targets must not be empty"));
+    }
+    if rule.patterns.regex.is_empty() && rule.patterns.keywords.is_empty() {
+        return Err(rule_err(
+            pid,
+            rid,
+            "patterns must contain at least one regex or keyword",
+        ));
+    }
+    if let Some(score) = rule.score
+        && score > 100
+    {
+        return Err(rule_err(
+            pid,
+            rid,
+            format!("score {score} is out of range 0..=100"),
+        ));
+    }
+    if let Some(redact) = &rule.redact
+        && (redact.label.is_empty()
+            || !redact
+                .label
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+    {
+        return Err(rule_err(
+            pid,
+            rid,
+            format!("redact label `{}` must match [A-Z0-9_]+", redact.label),
+        ));
+    }
+    for kw in &rule.patterns.keywords {
+        if kw.trim().is_empty() {
+            return Err(rule_err(pid, rid, "keywords must not be empty strings"));
+        }
+    }
+    for pattern in &rule.patterns.regex {
+        let re = compile_regex(pid, rid, pattern)?;
+        if re.is_match("") {
+            return Err(PolicyError::BadRegex {
+                policy: pid.to_owned(),
+                rule: rid.to_owned(),
+                pattern: pattern.clone(),
+                message: "pattern matches the empty string, so it would match every text".into(),
+            });
+        }
+    }
+    for pattern in &rule.allow {
+        compile_regex(pid, rid, pattern)?;
+    }
+    Ok(())
+}
+
+/// Size limit for one compiled regex; generous, but stops pathological patterns.
+const REGEX_SIZE_LIMIT: usize = 4 << 20;
+
+/// Compiles one rule regex exactly as the engine will use it.
+pub(crate) fn compile_regex(policy: &str, rule: &str, pattern: &str) -> Result<regex::Regex> {
+    regex::RegexBuilder::new(&prepare_regex(pattern))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| PolicyError::BadRegex {
+            policy: policy.to_owned(),
+            rule: rule.to_owned(),
+            pattern: pattern.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Rewrites `\b` / `\B` outside character classes to their ASCII forms `(?-u:\b)` / `(?-u:\B)`.
+///
+/// Why: the regex crate's fast lazy DFA cannot evaluate Unicode word boundaries on non-ASCII
+/// text and falls back to the (much slower) PikeVM, which for a set of hundreds of patterns
+/// would cost milliseconds per request whenever a prompt contains a single accented letter.
+/// Normalised text is overwhelmingly ASCII (confusables are folded), so ASCII boundaries lose
+/// almost nothing while keeping the scan on the DFA.
+pub(crate) fn prepare_regex(pattern: &str) -> String {
+    if !pattern.contains("\\b") && !pattern.contains("\\B") {
+        return pattern.to_owned();
+    }
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars().peekable();
+    let mut class_depth = 0usize;
+    // True right after a `[` or `[^` that opened a class: a `]` there is a literal.
+    let mut class_just_opened = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next();
+                match next {
+                    Some(b @ ('b' | 'B')) if class_depth == 0 => {
+                        out.push_str("(?-u:\\");
+                        out.push(b);
+                        out.push(')');
+                    }
+                    Some(n) => {
+                        out.push('\\');
+                        out.push(n);
+                    }
+                    None => out.push('\\'),
+                }
+            }
+            '[' => {
+                out.push('[');
+                class_depth += 1;
+                class_just_opened = true;
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+                continue;
+            }
+            ']' if class_depth > 0 && !class_just_opened => {
+                out.push(']');
+                class_depth -= 1;
+            }
+            other => out.push(other),
+        }
+        class_just_opened = false;
+    }
+    out
+}
+
+/// Loads every `*.json` policy in a directory (sorted by file name, `*.schema.json` excluded).
+///
+/// Fails on the first file that does not load (the error names the file) and on duplicate
+/// policy ids across files.
+pub fn load_dir(dir: impl AsRef<Path>) -> Result<Vec<Policy>> {
+    let dir = dir.as_ref();
+    let io_err = |source| PolicyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let path = entry.map_err(io_err)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".json") && !name.ends_with(".schema.json") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut policies: Vec<Policy> = Vec::with_capacity(files.len());
+    for path in files {
+        let policy = Policy::from_path(&path)?;
+        if policies.iter().any(|p| p.id == policy.id) {
+            return Err(PolicyError::File {
+                path,
+                source: Box::new(PolicyError::DuplicatePolicy(policy.id)),
+            });
+        }
+        policies.push(policy);
+    }
+    Ok(policies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_json(rules: &str) -> String {
+        format!(
+            r#"{{"id":"test-policy","name":"Test","description":"d","version":"1.0.0","rules":[{rules}]}}"#
+        )
+    }
+
+    const GOOD_RULE: &str = r#"{"id":"R-1","name":"n","category":"prompt_injection","severity":"high",
+        "targets":["llm_request"],"patterns":{"regex":["(?i)ignore previous"]},"action":"block"}"#;
+
+    #[test]
+    fn loads_a_minimal_policy() {
+        let p = Policy::from_json(&policy_json(GOOD_RULE)).unwrap();
+        assert_eq!(p.id, "test-policy");
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.rules[0].effective_score(), 25);
+        assert_eq!(p.rules[0].targets, vec![Target::LlmRequest]);
+    }
+
+    #[test]
+    fn invalid_json_is_an_error() {
+        let err = Policy::from_json("{ not json").unwrap_err();
+        assert!(matches!(err, PolicyError::Json { .. }), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let rule = GOOD_RULE.replace(r#""action":"block""#, r#""action":"block","colour":"red""#);
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+        let err = Policy::from_json(r#"{"id":"x","name":"x","rules":[],"extra":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+    }
+
+    #[test]
+    fn bad_regex_names_policy_rule_and_problem() {
+        let rule = GOOD_RULE.replace("(?i)ignore previous", "(unclosed");
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, PolicyError::BadRegex { .. }));
+        assert!(msg.contains("test-policy"), "{msg}");
+        assert!(msg.contains("R-1"), "{msg}");
+        assert!(msg.contains("(unclosed"), "{msg}");
+        assert!(msg.contains("unclosed group"), "{msg}");
+    }
+
+    #[test]
+    fn look_around_is_a_bad_regex() {
+        let rule = GOOD_RULE.replace("(?i)ignore previous", "foo(?=bar)");
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("look-around"), "{err}");
+    }
+
+    #[test]
+    fn bad_allow_regex_names_rule() {
+        let rule = GOOD_RULE.replace(r#""action""#, r#""allow":["[z-a]"],"action""#);
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(matches!(err, PolicyError::BadRegex { ref rule, .. } if rule == "R-1"));
+    }
+
+    #[test]
+    fn empty_matching_regex_is_rejected() {
+        let rule = GOOD_RULE.replace("(?i)ignore previous", "a*");
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("empty string"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_rule_id() {
+        let err = Policy::from_json(&policy_json(&format!("{GOOD_RULE},{GOOD_RULE}"))).unwrap_err();
+        assert!(matches!(err, PolicyError::DuplicateRule { .. }));
+        assert_eq!(
+            err.to_string(),
+            "policy `test-policy` rule `R-1`: duplicate rule id"
+        );
+    }
+
+    #[test]
+    fn empty_targets() {
+        let rule = GOOD_RULE.replace(r#"["llm_request"]"#, "[]");
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy `test-policy` rule `R-1`: targets must not be empty"
+        );
+    }
+
+    #[test]
+    fn unknown_target_is_rejected() {
+        let rule = GOOD_RULE.replace(r#"["llm_request"]"#, r#"["email"]"#);
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `email`"), "{err}");
+    }
+
+    #[test]
+    fn no_patterns() {
+        let rule = GOOD_RULE.replace(r#"{"regex":["(?i)ignore previous"]}"#, r#"{"regex":[]}"#);
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("R-1"), "{err}");
+        assert!(err.to_string().contains("at least one regex or keyword"));
+    }
+
+    #[test]
+    fn bad_redact_label() {
+        let rule = GOOD_RULE.replace(
+            r#""action":"block""#,
+            r#""action":"redact","redact":{"label":"email"}"#,
+        );
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("redact label `email`"), "{err}");
+    }
+
+    #[test]
+    fn score_over_100() {
+        let rule = GOOD_RULE.replace(r#""action":"block""#, r#""action":"block","score":101"#);
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy `test-policy` rule `R-1`: score 101 is out of range 0..=100"
+        );
+    }
+
+    #[test]
+    fn bad_ids() {
+        let err = Policy::from_json(r#"{"id":"Bad Id","name":"x","rules":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("[a-z0-9-]+"), "{err}");
+        let rule = GOOD_RULE.replace(r#""id":"R-1""#, r#""id":"R 1""#);
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("rule id must match"), "{err}");
+        let rule = GOOD_RULE.replace("prompt_injection", "Prompt Injection");
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("snake_case"), "{err}");
+    }
+
+    #[test]
+    fn redact_label_defaults_to_category() {
+        let rule = GOOD_RULE.replace(r#""action":"block""#, r#""action":"redact""#);
+        let p = Policy::from_json(&policy_json(&rule)).unwrap();
+        assert_eq!(p.rules[0].redact_label(), "PROMPT_INJECTION");
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let p = Policy::from_json(&policy_json(GOOD_RULE)).unwrap();
+        let again = Policy::from_json(&p.to_json_pretty()).unwrap();
+        assert_eq!(p, again);
+    }
+
+    #[test]
+    fn prepare_regex_rewrites_word_boundaries_outside_classes() {
+        assert_eq!(prepare_regex(r"\bdan\b"), r"(?-u:\b)dan(?-u:\b)");
+        assert_eq!(prepare_regex(r"\\b"), r"\\b");
+        assert_eq!(prepare_regex(r"[\b]x\B"), r"[\b]x(?-u:\B)");
+        assert_eq!(prepare_regex(r"[]\b]\b"), r"[]\b](?-u:\b)");
+        assert_eq!(prepare_regex(r"[^]a]\b"), r"[^]a](?-u:\b)");
+        assert_eq!(prepare_regex("plain"), "plain");
+    }
+
+    #[test]
+    fn load_dir_sorts_skips_schema_and_names_file() {
+        let dir = std::env::temp_dir().join(format!("palisade-policy-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let b = policy_json(GOOD_RULE).replace("test-policy", "b-policy");
+        let a = policy_json(GOOD_RULE).replace("test-policy", "a-policy");
+        std::fs::write(dir.join("b.json"), b).unwrap();
+        std::fs::write(dir.join("a.json"), a).unwrap();
+        std::fs::write(dir.join("policy.schema.json"), "{}").unwrap();
+        std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
+        let loaded = load_dir(&dir).unwrap();
+        let ids: Vec<&str> = loaded.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["a-policy", "b-policy"]);
+
+        std::fs::write(dir.join("c.json"), "{\"id\":1}").unwrap();
+        let err = load_dir(&dir).unwrap_err();
+        assert!(err.to_string().contains("c.json"), "{err}");
+        std::fs::remove_file(dir.join("c.json")).unwrap();
+
+        let dup = policy_json(GOOD_RULE).replace("test-policy", "a-policy");
+        std::fs::write(dir.join("d.json"), dup).unwrap();
+        let err = load_dir(&dir).unwrap_err();
+        assert!(matches!(err.root(), PolicyError::DuplicatePolicy(id) if id == "a-policy"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

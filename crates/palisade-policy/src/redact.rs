@@ -1,0 +1,263 @@
+//! Redaction with stable placeholders, unmasking, and the value validators (Luhn, IBAN).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::engine::PolicySet;
+use crate::model::{Target, Validator};
+
+/// Text with sensitive values replaced by placeholders, and the map to restore them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Redacted {
+    /// The redacted text.
+    pub text: String,
+    /// `(placeholder, original)` pairs, one per distinct value, in order of first appearance.
+    pub map: Vec<(String, String)>,
+}
+
+impl Redacted {
+    /// True when nothing was redacted.
+    pub fn is_unchanged(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Applies a validator to a matched value.
+pub(crate) fn validate(validator: Validator, value: &str) -> bool {
+    match validator {
+        Validator::None => true,
+        Validator::Luhn => luhn_valid(value),
+        Validator::Iban => iban_valid(value),
+    }
+}
+
+/// Luhn check over the digits of `value` (separators ignored); requires 12..=19 digits.
+pub fn luhn_valid(value: &str) -> bool {
+    let mut sum = 0u32;
+    let mut count = 0usize;
+    for c in value.chars().rev() {
+        let Some(d) = c.to_digit(10) else {
+            if c == ' ' || c == '-' {
+                continue;
+            }
+            return false;
+        };
+        let d = if count % 2 == 1 {
+            let x = d * 2;
+            if x > 9 { x - 9 } else { x }
+        } else {
+            d
+        };
+        sum += d;
+        count += 1;
+    }
+    (12..=19).contains(&count) && sum.is_multiple_of(10)
+}
+
+/// ISO 13616 IBAN check: country code, check digits, length 15..=34, mod 97 == 1 (spaces ignored).
+pub fn iban_valid(value: &str) -> bool {
+    let chars: Vec<char> = value.chars().filter(|c| *c != ' ' && *c != '-').collect();
+    if !(15..=34).contains(&chars.len()) {
+        return false;
+    }
+    if !chars[..2].iter().all(char::is_ascii_alphabetic)
+        || !chars[2..4].iter().all(char::is_ascii_digit)
+        || !chars.iter().all(char::is_ascii_alphanumeric)
+    {
+        return false;
+    }
+    let mut rem: u32 = 0;
+    for c in chars[4..].iter().chain(&chars[..4]) {
+        let c = c.to_ascii_uppercase();
+        let v = if c.is_ascii_digit() {
+            u32::from(c) - u32::from('0')
+        } else {
+            u32::from(c) - u32::from('A') + 10
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+impl PolicySet {
+    /// Replaces every match of the `redact` rules for `target` with a stable placeholder.
+    ///
+    /// Operates on the raw text (no normalisation) so the originals can be restored exactly with
+    /// [`unmask`]. The same value gets the same placeholder (`[EMAIL_1]`) within one call;
+    /// overlapping matches are resolved leftmost-longest. Validators (Luhn, IBAN) must pass, and
+    /// an occurrence is kept in clear when one of the rule's allow-patterns matches the value.
+    pub fn redact(&self, target: Target, text: &str) -> Redacted {
+        let tm = &self.targets[target.index()];
+        let mut candidates: Vec<u32> = Vec::new();
+        if let Some(set) = &tm.redact_set
+            && set.is_match(text)
+        {
+            for idx in set.matches(text).iter() {
+                let r = tm.redact_set_owner[idx];
+                if !candidates.contains(&r) {
+                    candidates.push(r);
+                }
+            }
+        }
+        let mut hits: Vec<(usize, usize, u32)> = Vec::new();
+        for r in candidates {
+            let rule = &self.rules[r as usize];
+            rule.for_each_match(text, |m| {
+                let value = &text[m.clone()];
+                if !rule.allow.iter().any(|a| a.is_match(value)) {
+                    hits.push((m.start, m.end, r));
+                }
+            });
+        }
+        if hits.is_empty() {
+            return Redacted {
+                text: text.to_owned(),
+                map: Vec::new(),
+            };
+        }
+        hits.sort_by_key(|&(s, e, r)| (s, std::cmp::Reverse(e), r));
+
+        let mut out = String::with_capacity(text.len());
+        let mut map: Vec<(String, String)> = Vec::new();
+        let mut by_value: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut counters: HashMap<&str, usize> = HashMap::new();
+        let literal = literal_placeholders(text);
+        let mut pos = 0usize;
+        for (s, e, r) in hits {
+            if s < pos {
+                continue;
+            }
+            let label = self.rules[r as usize].label.as_str();
+            let value = &text[s..e];
+            let idx = match by_value.get(&(label, value)) {
+                Some(&i) => i,
+                None => {
+                    let n = counters.entry(label).or_insert(0);
+                    // Skip numbers whose placeholder already appears in the input, so unmasking
+                    // never rewrites text the client wrote itself.
+                    let placeholder = loop {
+                        *n += 1;
+                        let p = format!("[{label}_{n}]");
+                        if !literal.contains(p.as_str()) {
+                            break p;
+                        }
+                    };
+                    map.push((placeholder, value.to_owned()));
+                    by_value.insert((label, value), map.len() - 1);
+                    map.len() - 1
+                }
+            };
+            out.push_str(&text[pos..s]);
+            out.push_str(&map[idx].0);
+            pos = e;
+        }
+        out.push_str(&text[pos..]);
+        Redacted { text: out, map }
+    }
+}
+
+/// Placeholder-shaped tokens (`[LABEL_12]`) the input already contains, found in one pass.
+fn literal_placeholders(text: &str) -> HashSet<&str> {
+    let mut found = HashSet::new();
+    let mut rest = 0usize;
+    while let Some(off) = text[rest..].find('[') {
+        let open = rest + off;
+        let token_len = text.as_bytes()[open + 1..]
+            .iter()
+            .position(|&b| !(b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+            .map_or(text.len() - open - 1, |p| p);
+        let close = open + 1 + token_len;
+        if text.as_bytes().get(close) == Some(&b']') && token_len > 0 {
+            found.insert(&text[open..=close]);
+        }
+        rest = open + 1;
+    }
+    found
+}
+
+/// Restores the originals of a [`Redacted`] map in `text` (single pass, leftmost placeholders).
+pub fn unmask(text: &str, map: &[(String, String)]) -> String {
+    if map.is_empty() || !text.contains('[') {
+        return text.to_owned();
+    }
+    let lookup: HashMap<&str, &str> = map.iter().map(|(p, o)| (p.as_str(), o.as_str())).collect();
+    let max_len = map.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0usize;
+    let mut search = 0usize;
+    while let Some(off) = text[search..].find('[') {
+        let open = search + off;
+        let window_end = (open + max_len).min(text.len());
+        // Byte search: `window_end` may fall inside a multi-byte char, `]` never does.
+        let replaced = text.as_bytes()[open..window_end]
+            .iter()
+            .position(|&b| b == b']')
+            .map(|close| &text[open..open + close + 1])
+            .and_then(|candidate| lookup.get(candidate).map(|orig| (candidate.len(), *orig)));
+        match replaced {
+            Some((len, orig)) => {
+                out.push_str(&text[pos..open]);
+                out.push_str(orig);
+                pos = open + len;
+                search = pos;
+            }
+            None => search = open + 1,
+        }
+    }
+    out.push_str(&text[pos..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn() {
+        assert!(luhn_valid("4111 1111 1111 1111"));
+        assert!(luhn_valid("4111-1111-1111-1111"));
+        assert!(luhn_valid("5500005555555559"));
+        assert!(luhn_valid("378282246310005"));
+        assert!(!luhn_valid("4111 1111 1111 1112"));
+        assert!(!luhn_valid("1234"));
+        assert!(!luhn_valid("4111x1111 1111 1111"));
+    }
+
+    #[test]
+    fn iban() {
+        assert!(iban_valid("DE89 3704 0044 0532 0130 00"));
+        assert!(iban_valid("GB82WEST12345698765432"));
+        assert!(iban_valid("fr1420041010050500013m02606"));
+        assert!(!iban_valid("DE89 3704 0044 0532 0130 01"));
+        assert!(!iban_valid("DE89"));
+        assert!(!iban_valid("1289370400440532013000"));
+    }
+
+    #[test]
+    fn unmask_restores_and_ignores_unknown() {
+        let map = vec![
+            ("[EMAIL_1]".to_owned(), "a@b.io".to_owned()),
+            ("[EMAIL_2]".to_owned(), "c@d.io".to_owned()),
+        ];
+        assert_eq!(
+            unmask("to [EMAIL_2], cc [EMAIL_1] [EMAIL_3] [x", &map),
+            "to c@d.io, cc a@b.io [EMAIL_3] [x"
+        );
+        assert_eq!(unmask("nothing", &map), "nothing");
+        assert_eq!(unmask("[[EMAIL_1]]", &map), "[a@b.io]");
+        // A multi-byte char right where the search window ends must not panic.
+        assert_eq!(unmask("[ééééé] [EMAIL_1]", &map), "[ééééé] a@b.io");
+    }
+
+    #[test]
+    fn literal_placeholders_are_found() {
+        let found = literal_placeholders("a [EMAIL_1] b [x] [CARD_22][ [");
+        assert!(found.contains("[EMAIL_1]") && found.contains("[CARD_22]"));
+        assert_eq!(found.len(), 2);
+    }
+}
