@@ -7,6 +7,7 @@ pub mod error;
 pub mod identity;
 pub mod json;
 pub mod logs;
+pub mod policies;
 pub mod proxies;
 
 use std::net::SocketAddr;
@@ -45,16 +46,19 @@ pub struct AppState {
     pub master: MasterKey,
     /// Signs admin tokens.
     pub signer: TokenSigner,
+    /// Built-in and custom policies, and compiled sets.
+    pub policies: Arc<std::sync::Mutex<policies::PolicyRegistry>>,
     limiter: Arc<auth::LoginLimiter>,
     dummy_hash: String,
 }
 
 impl AppState {
-    /// Builds the state; `master` also keys the token signer.
+    /// Builds the state; `master` also keys the token signer; `builtin` are the shipped packs.
     pub fn new(
         store: Store,
         manager: Arc<ProxyManager>,
         master: MasterKey,
+        builtin: Vec<palisade_policy::Policy>,
     ) -> Result<Self, ApiError> {
         let signer = TokenSigner::new(&master, "admin-session");
         let dummy_hash =
@@ -65,6 +69,9 @@ impl AppState {
             manager,
             master,
             signer,
+            policies: Arc::new(std::sync::Mutex::new(policies::PolicyRegistry::new(
+                builtin,
+            ))),
             limiter: Default::default(),
             dummy_hash,
         })
@@ -80,6 +87,8 @@ impl AppState {
         (name = "proxies", description = "Proxy instances: create, change, start, stop"),
         (name = "identity", description = "Groups and gateway API keys"),
         (name = "logs", description = "Request log and audit log"),
+        (name = "policies", description = "Guardrail policies: packs, custom policies, validation, playground"),
+        (name = "alerts", description = "Alerts and their status workflow"),
         (name = "health", description = "Liveness")
     )
 )]
@@ -160,6 +169,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::revoke_key))
         .routes(routes!(logs::requests))
         .routes(routes!(logs::audit))
+        .routes(routes!(policies::list, policies::create))
+        .routes(routes!(policies::get, policies::replace, policies::delete))
+        .routes(routes!(policies::validate))
+        .routes(routes!(policies::test))
+        .routes(routes!(policies::alerts))
+        .routes(routes!(policies::update_alert))
         .with_state(state)
         .split_for_parts();
     let doc = Arc::new(api);

@@ -87,12 +87,18 @@ impl AppState {
         }
     }
 
-    fn runtime(&self, spec: &ProxySpec, sealed: Option<&str>) -> ApiResult<ProxyRuntime> {
+    /// Compiles a proxy's runtime: decrypted upstream key and compiled policies.
+    pub(crate) async fn runtime(
+        &self,
+        spec: &ProxySpec,
+        sealed: Option<&str>,
+    ) -> ApiResult<ProxyRuntime> {
         let key = sealed
             .map(|s| self.master.open(s))
             .transpose()
             .map_err(ApiError::internal)?;
-        ProxyRuntime::new(spec.clone(), key.as_deref())
+        let policies = self.compile_policies(&spec.policies).await?;
+        ProxyRuntime::new(spec.clone(), key.as_deref(), policies)
             .map_err(|e| ApiError::field("upstream_key", e.to_string()))
     }
 
@@ -119,7 +125,7 @@ impl AppState {
             )));
         }
         let sealed = key.filter(|k| !k.is_empty()).map(|k| self.master.seal(&k));
-        let rt = self.runtime(&spec, sealed.as_deref())?;
+        let rt = self.runtime(&spec, sealed.as_deref()).await?;
         if spec.enabled {
             self.manager
                 .start(rt)
@@ -155,7 +161,7 @@ impl AppState {
         if current.spec == spec && matches!(upd, SealedUpdate::Keep) {
             return Ok(self.view(current).await);
         }
-        let rt = self.runtime(&spec, sealed.as_deref())?;
+        let rt = self.runtime(&spec, sealed.as_deref()).await?;
         let running = matches!(
             self.manager.status(&spec.name).await,
             ProxyStatus::Running(_)
@@ -221,7 +227,9 @@ impl AppState {
     ) -> ApiResult<ProxyView> {
         let row = self.get_row(name).await?;
         if enabled {
-            let rt = self.runtime(&row.spec, row.upstream_key_sealed.as_deref())?;
+            let rt = self
+                .runtime(&row.spec, row.upstream_key_sealed.as_deref())
+                .await?;
             self.manager
                 .start(rt)
                 .await
@@ -248,7 +256,10 @@ impl AppState {
                 continue;
             }
             let name = row.spec.name.clone();
-            let res = match self.runtime(&row.spec, row.upstream_key_sealed.as_deref()) {
+            let res = match self
+                .runtime(&row.spec, row.upstream_key_sealed.as_deref())
+                .await
+            {
                 Ok(rt) => self
                     .manager
                     .start(rt)
@@ -413,7 +424,9 @@ pub async fn restart(
     Path(name): Path<String>,
 ) -> ApiResult<Json<ProxyView>> {
     let row = s.get_row(&name).await?;
-    let rt = s.runtime(&row.spec, row.upstream_key_sealed.as_deref())?;
+    let rt = s
+        .runtime(&row.spec, row.upstream_key_sealed.as_deref())
+        .await?;
     s.manager.stop(&name).await;
     s.manager
         .start(rt)

@@ -99,6 +99,33 @@ pub struct ProxySpec {
     /// Free text for operators.
     #[serde(default)]
     pub description: String,
+    /// Ids of the policies checked on this proxy's traffic.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// `enforce` blocks on a blocking rule; `monitor` only records alerts (dry run).
+    #[serde(default)]
+    pub policy_mode: PolicyMode,
+}
+
+/// Whether a proxy's policies block or only observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Blocking rules block.
+    #[default]
+    Enforce,
+    /// Nothing is blocked; matches become alerts (dry run).
+    Monitor,
+}
+
+impl PolicyMode {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Monitor => "monitor",
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -125,6 +152,22 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), FieldError> {
         Err(FieldError::new(
             field,
             "must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
+        ))
+    }
+}
+
+/// Checks the shape of a policy id (`[a-z0-9-]+`, at most 64 characters).
+pub fn validate_policy_id(id: &str) -> Result<(), String> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not a policy id (a-z, 0-9 and '-', at most 64 characters)"
         ))
     }
 }
@@ -181,6 +224,16 @@ impl ProxySpec {
         }
         if self.description.len() > 1024 {
             return Err(FieldError::new("description", "must be at most 1024 bytes"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            validate_policy_id(p).map_err(|m| FieldError::new(format!("policies[{i}]"), m))?;
+            if !seen.insert(p) {
+                return Err(FieldError::new(
+                    format!("policies[{i}]"),
+                    format!("`{p}` is listed twice"),
+                ));
+            }
         }
         Ok(())
     }

@@ -50,4 +50,56 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// Client socket address.
     pub client: String,
+    /// Policy decision (`allow`, `log`, `alert`, `redact`, `block`), when policies ran.
+    pub decision: Option<String>,
+    /// Highest risk score (0–100) of the policy evaluations.
+    pub risk_score: Option<i64>,
+    /// Ids of the rules that matched (`policy/rule`), comma-separated.
+    pub matched_rules: Option<String>,
+}
+
+/// A security or spend event worth a human's attention.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertRecord {
+    /// Alert id.
+    pub id: String,
+    /// Time, Unix ms.
+    pub ts_ms: i64,
+    /// `policy` or `budget`.
+    pub kind: String,
+    /// Policy id of the rule (policy alerts).
+    pub policy_id: Option<String>,
+    /// Rule id.
+    pub rule_id: Option<String>,
+    /// Rule name or alert title.
+    pub title: String,
+    /// Rule category.
+    pub category: Option<String>,
+    /// `critical`, `high`, `medium` or `low`.
+    pub severity: String,
+    /// Action of the rule (`block`, `alert`, `redact`, `log`).
+    pub action: Option<String>,
+    /// Whether the proxy blocked the request (false in monitor mode).
+    pub blocked: bool,
+    /// Where it was seen (`llm_request`, `llm_response`, …).
+    pub target: Option<String>,
+    /// Proxy name.
+    pub proxy: Option<String>,
+    /// Group (team).
+    pub group: Option<String>,
+    /// Key name.
+    pub key_name: Option<String>,
+    /// Request id of the request that raised it.
+    pub request_id: Option<String>,
+    /// The offending excerpt, with secrets masked.
+    pub excerpt: Option<String>,
+    /// Encoding the match was found under (`base64`, `url`, …), if decoded.
+    pub decoded: Option<String>,
+    /// Human-readable detail.
+    pub message: String,
+    /// `new`, `acknowledged`, `resolved` or `false_positive`.
+    pub status: String,
+    /// Alerts with the same key are stored once (e.g. one budget warning per group and month).
+    #[serde(skip)]
+    pub dedup_key: Option<String>,
 }

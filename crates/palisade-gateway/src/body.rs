@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use palisade_core::model::LlmApi;
 use palisade_core::record::RequestRecord;
 
-use crate::manager::RecordFn;
+use crate::inspect::{Findings, Inspector, StreamGuard, stream_delta_text};
+use crate::manager::{AlertFn, RecordFn};
 use crate::shape::sse_error_event;
 use crate::sse::{SseSplitter, for_each_event};
 use crate::usage::Usage;
@@ -80,10 +81,22 @@ pub struct Finisher {
     pub t0: Instant,
     /// Where the record goes.
     pub sink: RecordFn,
+    /// Where alerts go.
+    pub alert: AlertFn,
+    /// Policy findings of the request phase (moved into the stream guard when there is one).
+    pub findings: Findings,
 }
 
 impl Finisher {
-    fn finish(mut self, usage: Usage, ttfb: Option<Duration>, error: Option<String>) {
+    fn finish(
+        mut self,
+        usage: Usage,
+        ttfb: Option<Duration>,
+        error: Option<String>,
+        findings: Option<Findings>,
+    ) {
+        let findings = findings.unwrap_or(std::mem::take(&mut self.findings));
+        findings.finalize(&mut self.record, self.alert.as_ref());
         let r = &mut self.record;
         r.latency_us = self.t0.elapsed().as_micros() as i64;
         r.ttfb_us = ttfb.map(|d| d.as_micros() as i64);
@@ -117,17 +130,23 @@ pub struct Relay {
     usage: Usage,
     ttfb: Option<Duration>,
     finisher: Option<Finisher>,
+    guard: Option<StreamGuard>,
 }
 
 impl Relay {
-    /// Relays `inner`; `sse` selects event-wise forwarding; `idle` bounds the gap between chunks.
+    /// Relays `inner`; `sse` selects event-wise forwarding; `idle` bounds the gap between chunks;
+    /// with an inspector, every run of SSE events is checked before it is forwarded.
     pub fn new(
         inner: Incoming,
         sse: bool,
         api: LlmApi,
         idle: Duration,
-        finisher: Finisher,
+        mut finisher: Finisher,
+        inspector: Option<Inspector>,
     ) -> Self {
+        let guard = inspector
+            .filter(|i| sse && i.inspects_responses())
+            .map(|i| StreamGuard::new(i, std::mem::take(&mut finisher.findings)));
         Self {
             inner,
             mode: if sse {
@@ -142,6 +161,7 @@ impl Relay {
             usage: Usage::default(),
             ttfb: None,
             finisher: Some(finisher),
+            guard,
         }
     }
 
@@ -154,40 +174,81 @@ impl Relay {
     fn finish(&mut self, error: Option<String>) {
         self.done = true;
         if let Some(f) = self.finisher.take() {
-            f.finish(self.usage, self.ttfb, error);
+            f.finish(
+                self.usage,
+                self.ttfb,
+                error,
+                self.guard.take().map(|g| g.findings),
+            );
         }
     }
 
     fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         tracing::warn!(error = %message, "upstream stream ended abnormally");
+        let (t, code) = match self.api {
+            LlmApi::Openai => ("upstream_error", "upstream_stream_error"),
+            LlmApi::Anthropic => ("api_error", "upstream_stream_error"),
+        };
+        self.end_with_error(
+            t,
+            code,
+            format!("upstream stream failed: {message}"),
+            message,
+        )
+    }
+
+    fn policy_block(&mut self, rules: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let t = match self.api {
+            LlmApi::Openai => "policy_violation",
+            LlmApi::Anthropic => "permission_error",
+        };
+        let msg = format!("response blocked by policy (rules: {rules})");
+        self.end_with_error(t, "blocked_by_policy", msg.clone(), msg)
+    }
+
+    /// Ends the stream: SSE clients get a terminal error event, raw bodies are aborted.
+    fn end_with_error(
+        &mut self,
+        err_type: &str,
+        code: &str,
+        client_message: String,
+        log_message: String,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let request_id = self
             .finisher
             .as_ref()
             .map(|f| f.record.id.clone())
             .unwrap_or_default();
         let sse = matches!(self.mode, Mode::Sse(_));
-        self.finish(Some(message.clone()));
+        self.finish(Some(log_message.clone()));
         if sse {
-            let (t, code) = match self.api {
-                LlmApi::Openai => ("upstream_error", "upstream_stream_error"),
-                LlmApi::Anthropic => ("api_error", "upstream_stream_error"),
-            };
-            let ev = sse_error_event(
-                self.api,
-                t,
-                code,
-                &format!("upstream stream failed: {message}"),
-                &request_id,
-            );
+            let ev = sse_error_event(self.api, err_type, code, &client_message, &request_id);
             Poll::Ready(Some(Ok(Frame::data(ev))))
         } else {
-            Poll::Ready(Some(Err(message.into())))
+            Poll::Ready(Some(Err(log_message.into())))
         }
     }
 
-    fn inspect(&mut self, run: &[u8]) {
+    /// Reads usage from a run of events and, with a guard, scans its new answer text.
+    /// Returns the blocking rule ids when the run must not be forwarded.
+    fn inspect(&mut self, run: &[u8]) -> Option<String> {
         let usage = &mut self.usage;
-        for_each_event(run, |_, data| usage.absorb_json(data));
+        let Some(guard) = self.guard.as_mut() else {
+            for_each_event(run, |_, data| usage.absorb_json(data));
+            return None;
+        };
+        let mut text = String::new();
+        for_each_event(run, |_, data| {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+                usage.absorb(&v);
+                stream_delta_text(&v, &mut text);
+            }
+        });
+        if guard.check(&text) {
+            guard.findings.set_blocked();
+            return Some(guard.findings.blocking_rules());
+        }
+        None
     }
 
     fn poll_frame(
@@ -219,8 +280,10 @@ impl Relay {
                     if out.is_empty() {
                         continue;
                     }
-                    if matches!(this.mode, Mode::Sse(_)) {
-                        this.inspect(&out);
+                    if matches!(this.mode, Mode::Sse(_))
+                        && let Some(rules) = this.inspect(&out)
+                    {
+                        return this.policy_block(rules);
                     }
                     this.mark_first_byte();
                     return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -233,8 +296,10 @@ impl Relay {
                         Mode::Sse(split) => split.take_rest(),
                         Mode::Raw => Bytes::new(),
                     };
-                    if !rest.is_empty() {
-                        this.inspect(&rest);
+                    if !rest.is_empty()
+                        && let Some(rules) = this.inspect(&rest)
+                    {
+                        return this.policy_block(rules);
                     }
                     this.finish(None);
                     return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));

@@ -28,6 +28,14 @@ pub enum ProxyError {
     /// The client's body could not be read.
     #[error("could not read request body: {0}")]
     ClientBody(String),
+    /// A policy rule with action `block` matched (the rule ids, never the patterns).
+    #[error("{phase} blocked by policy (rules: {rules})")]
+    PolicyBlocked {
+        /// `request` or `response`.
+        phase: &'static str,
+        /// `policy/rule` ids.
+        rules: String,
+    },
 }
 
 impl ProxyError {
@@ -41,6 +49,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::PolicyBlocked { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -55,6 +64,7 @@ impl ProxyError {
                 "upstream_error"
             }
             ProxyError::UpstreamTimeout(_) => "timeout",
+            ProxyError::PolicyBlocked { .. } => "policy_violation",
         }
     }
 
@@ -66,6 +76,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "invalid_request_error",
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTooLarge(_) => "api_error",
             ProxyError::UpstreamTimeout(_) => "timeout_error",
+            ProxyError::PolicyBlocked { .. } => "permission_error",
         }
     }
 
@@ -79,6 +90,7 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamTooLarge(_) => "upstream_response_too_large",
+            ProxyError::PolicyBlocked { .. } => "blocked_by_policy",
         }
     }
 }

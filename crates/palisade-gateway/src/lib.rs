@@ -8,6 +8,7 @@
 
 mod body;
 mod error;
+mod inspect;
 mod listener;
 mod llm;
 mod manager;
@@ -17,7 +18,10 @@ mod upstream;
 mod usage;
 
 pub use error::ProxyError;
-pub use manager::{GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn};
+pub use inspect::{Inspector, request_texts, response_text};
+pub use manager::{
+    AlertFn, GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn,
+};
 pub use shape::Endpoint;
 pub use sse::SseSplitter;
 pub use usage::Usage;

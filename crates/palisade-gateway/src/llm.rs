@@ -18,10 +18,12 @@ use serde::Deserialize;
 
 use crate::body::{Finisher, ProxyBody, Relay};
 use crate::error::ProxyError;
+use crate::inspect::{Findings, Inspector, request_texts, response_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::shape::{Endpoint, error_body};
 use crate::upstream::{client_response_headers, upstream_request_headers};
 use crate::usage::Usage;
+use palisade_policy::Target;
 
 /// Largest non-streamed upstream answer the gateway buffers for inspection.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -62,10 +64,12 @@ pub async fn handle(
     };
     let span = tracing::debug_span!("request", id = %rec.id, proxy = %rec.proxy);
     let _enter = span.enter();
-    match proxy(&shared, &rt, req, endpoint, &mut rec, t0).await {
+    let mut findings = Findings::default();
+    match proxy(&shared, &rt, req, endpoint, &mut rec, &mut findings, t0).await {
         Ok(resp) => Ok(resp),
         Err(e) => {
             tracing::debug!(error = %e, "request refused");
+            findings.finalize(&mut rec, shared.alert.as_ref());
             let status = e.status();
             rec.status = status.as_u16();
             rec.error = Some(e.to_string());
@@ -155,12 +159,54 @@ async fn read_body(body: Incoming, limit: u64, declared: Option<u64>) -> Result<
     }
 }
 
+/// Phase 2b: scan the request's text with the proxy's policies.
+fn inspect_request(
+    insp: &Inspector,
+    body: &[u8],
+    findings: &mut Findings,
+) -> Result<(), ProxyError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let texts = request_texts(&v);
+    let mut blocks = findings.scan(insp, Target::LlmRequest, &texts.prompt);
+    blocks |= findings.scan(insp, Target::ToolResult, &texts.tool_results);
+    blocks |= findings.scan(insp, Target::ToolDescription, &texts.tool_descriptions);
+    if blocks && insp.enforces() {
+        findings.set_blocked();
+        return Err(ProxyError::PolicyBlocked {
+            phase: "request",
+            rules: findings.blocking_rules(),
+        });
+    }
+    Ok(())
+}
+
+/// Phase 5b: scan a buffered answer.
+fn inspect_response(
+    insp: &Inspector,
+    body: &[u8],
+    findings: &mut Findings,
+) -> Result<(), ProxyError> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    if findings.scan(insp, Target::LlmResponse, &response_text(&v)) && insp.enforces() {
+        findings.set_blocked();
+        return Err(ProxyError::PolicyBlocked {
+            phase: "response",
+            rules: findings.blocking_rules(),
+        });
+    }
+    Ok(())
+}
+
 async fn proxy(
     shared: &GatewayShared,
     rt: &ProxyRuntime,
     req: Request<Incoming>,
     endpoint: Endpoint,
     rec: &mut RequestRecord,
+    findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let key = authenticate(shared, req.headers())?;
@@ -182,6 +228,9 @@ async fn proxy(
         })?;
         rec.model = peek.model.map(|m| m.chars().take(200).collect());
         rec.stream = peek.stream.unwrap_or(false);
+        if let Some(insp) = &rt.inspector {
+            inspect_request(insp, &body, findings)?;
+        }
     }
 
     // Phase 3: the upstream request.
@@ -249,8 +298,17 @@ async fn proxy(
             record: std::mem::take(rec),
             t0,
             sink: shared.record.clone(),
+            alert: shared.alert.clone(),
+            findings: std::mem::take(findings),
         };
-        let relay = Relay::new(up_body, is_sse, rt.spec.api, timeout, finisher);
+        let relay = Relay::new(
+            up_body,
+            is_sse,
+            rt.spec.api,
+            timeout,
+            finisher,
+            rt.inspector.clone(),
+        );
         let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
         *resp.status_mut() = up_parts.status;
         *resp.headers_mut() = headers;
@@ -275,6 +333,13 @@ async fn proxy(
     let mut usage = Usage::default();
     if up_parts.status == StatusCode::OK {
         usage.absorb_json(&bytes);
+        if let Some(insp) = rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
+            rec.prompt_tokens = usage.prompt;
+            rec.completion_tokens = usage.completion;
+            rec.cached_tokens = usage.cached;
+            rec.total_tokens = usage.total_or_sum();
+            inspect_response(insp, &bytes, findings)?;
+        }
     }
     let mut headers = client_response_headers(&up_parts.headers, false);
     let overhead = pre + received.elapsed();
@@ -293,6 +358,7 @@ async fn proxy(
     if up_parts.status.as_u16() >= 400 {
         rec.error = Some(format!("upstream answered {}", up_parts.status));
     }
+    std::mem::take(findings).finalize(rec, shared.alert.as_ref());
     (shared.record)(std::mem::take(rec));
     Ok(resp)
 }

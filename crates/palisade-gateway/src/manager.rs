@@ -9,14 +9,18 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use palisade_core::identity::KeyIndex;
 use palisade_core::model::{LlmApi, ProxySpec};
-use palisade_core::record::RequestRecord;
+use palisade_core::record::{AlertRecord, RequestRecord};
 use tokio::sync::Mutex;
 
+use crate::inspect::Inspector;
 use crate::listener::RunningListener;
 use crate::upstream::{HttpClient, UpstreamTarget, build_client};
+use palisade_policy::PolicySet;
 
 /// Where finished request records go (the store's batched writer, in the binary).
 pub type RecordFn = Arc<dyn Fn(RequestRecord) + Send + Sync>;
+/// Where alerts go (the same writer; alerts are never dropped).
+pub type AlertFn = Arc<dyn Fn(AlertRecord) + Send + Sync>;
 
 /// State shared by every proxy: identities, the upstream client and the record sink.
 pub struct GatewayShared {
@@ -26,15 +30,18 @@ pub struct GatewayShared {
     pub(crate) client: HttpClient,
     /// Request record sink.
     pub record: RecordFn,
+    /// Alert sink.
+    pub alert: AlertFn,
 }
 
 impl GatewayShared {
     /// Shared state with an empty key index.
-    pub fn new(record: RecordFn) -> Self {
+    pub fn new(record: RecordFn, alert: AlertFn) -> Self {
         Self {
             keys: ArcSwap::from_pointee(KeyIndex::default()),
             client: build_client(),
             record,
+            alert,
         }
     }
 }
@@ -61,11 +68,17 @@ pub struct ProxyRuntime {
     pub spec: ProxySpec,
     pub(crate) target: UpstreamTarget,
     pub(crate) auth_header: Option<(HeaderName, HeaderValue)>,
+    pub(crate) inspector: Option<Inspector>,
 }
 
 impl ProxyRuntime {
-    /// Compiles a spec and its (decrypted) upstream credential.
-    pub fn new(spec: ProxySpec, upstream_key: Option<&str>) -> Result<Self, GatewayError> {
+    /// Compiles a spec, its (decrypted) upstream credential and its compiled policies.
+    pub fn new(
+        spec: ProxySpec,
+        upstream_key: Option<&str>,
+        policies: Option<Arc<PolicySet>>,
+    ) -> Result<Self, GatewayError> {
+        let inspector = policies.map(|set| Inspector::new(set, spec.policy_mode));
         let target = UpstreamTarget::parse(&spec.upstream).map_err(GatewayError::Invalid)?;
         let auth_header = match upstream_key {
             None => None,
@@ -87,6 +100,7 @@ impl ProxyRuntime {
             spec,
             target,
             auth_header,
+            inspector,
         })
     }
 }

@@ -3,11 +3,13 @@
 //! row in the same transaction, so a change and its audit record land together or not at all.
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod migrations;
 mod requests;
 mod store;
 mod writer;
 
+pub use alerts::{ALERT_STATUSES, AlertFilter, AlertPage};
 pub use requests::{RequestFilter, RequestPage};
 pub use store::{
     Actor, ApiKeyRow, AuditEntry, AuditFilter, GroupRow, ProxyRow, SealedUpdate, Store, StoreError,

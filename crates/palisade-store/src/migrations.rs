@@ -80,6 +80,44 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX requests_ts ON requests (ts_ms);
     CREATE INDEX requests_proxy_ts ON requests (proxy, ts_ms);
     "#,
+    // 2: policy engine: decisions in the request log, alerts, custom policies.
+    r#"
+    ALTER TABLE requests ADD COLUMN decision TEXT;
+    ALTER TABLE requests ADD COLUMN risk_score INTEGER;
+    ALTER TABLE requests ADD COLUMN matched_rules TEXT;
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        policy_id TEXT,
+        rule_id TEXT,
+        title TEXT NOT NULL,
+        category TEXT,
+        severity TEXT NOT NULL,
+        action TEXT,
+        blocked INTEGER NOT NULL DEFAULT 0,
+        target TEXT,
+        proxy TEXT,
+        group_name TEXT,
+        key_name TEXT,
+        request_id TEXT,
+        excerpt TEXT,
+        decoded TEXT,
+        message TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'new'
+            CHECK (status IN ('new', 'acknowledged', 'resolved', 'false_positive')),
+        dedup_key TEXT UNIQUE,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX alerts_ts ON alerts (ts_ms);
+    CREATE INDEX alerts_status_ts ON alerts (status, ts_ms);
+    CREATE TABLE policies (
+        id TEXT PRIMARY KEY,
+        document TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.
@@ -96,7 +134,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
         if version <= current {
             continue;
         }
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",

@@ -1,6 +1,6 @@
 //! The request log: batched inserts from the writer and filtered, paged queries for the API.
 
-use palisade_core::record::RequestRecord;
+use palisade_core::record::{AlertRecord, RequestRecord};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -25,6 +25,8 @@ pub struct RequestFilter {
     pub errors: Option<bool>,
     /// Only this endpoint (`chat_completions`, `messages`, …).
     pub endpoint: Option<String>,
+    /// Only this policy decision (`block`, `alert`, …).
+    pub decision: Option<String>,
     /// Only requests at or after this time (Unix ms).
     pub since_ms: Option<i64>,
     /// Only requests before this time (Unix ms).
@@ -48,14 +50,20 @@ pub struct RequestPage {
     pub offset: u32,
 }
 
-pub(crate) fn insert_batch(conn: &mut Connection, rows: &[RequestRecord]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+pub(crate) fn insert_batch(
+    conn: &mut Connection,
+    rows: &[RequestRecord],
+    alerts: &[AlertRecord],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    crate::alerts::insert_alerts(&tx, alerts)?;
     {
         let mut st = tx.prepare_cached(
             "INSERT OR REPLACE INTO requests (id, ts_ms, proxy, api, method, path, endpoint, model, stream, status,
              key_id, key_name, group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens,
-             latency_us, ttfb_us, overhead_us, error, client)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+             latency_us, ttfb_us, overhead_us, error, client, decision, risk_score, matched_rules)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
+                     ?23, ?24, ?25)",
         )?;
         for r in rows {
             st.execute(params![
@@ -80,7 +88,10 @@ pub(crate) fn insert_batch(conn: &mut Connection, rows: &[RequestRecord]) -> rus
                 r.ttfb_us,
                 r.overhead_us,
                 r.error,
-                r.client
+                r.client,
+                r.decision,
+                r.risk_score,
+                r.matched_rules
             ])?;
         }
     }
@@ -99,6 +110,7 @@ impl Store {
                 ("key_name", &f.key),
                 ("group_name", &f.group),
                 ("endpoint", &f.endpoint),
+                ("decision", &f.decision),
             ];
             for (col, val) in text_filters {
                 if let Some(v) = val {
@@ -137,7 +149,7 @@ impl Store {
             let sql = format!(
                 "SELECT id, ts_ms, proxy, api, method, path, endpoint, model, stream, status, key_id, key_name,
                  group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens, latency_us, ttfb_us,
-                 overhead_us, error, client FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
+                 overhead_us, error, client, decision, risk_score, matched_rules FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
             );
             let mut st = c.prepare(&sql)?;
             let items = st
@@ -165,6 +177,9 @@ impl Store {
                         overhead_us: r.get(19)?,
                         error: r.get(20)?,
                         client: r.get(21)?,
+                        decision: r.get(22)?,
+                        risk_score: r.get(23)?,
+                        matched_rules: r.get(24)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -176,7 +176,7 @@ pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn audit(
+pub(crate) fn audit_tx(
     tx: &Transaction<'_>,
     actor: &Actor,
     action: &str,
@@ -324,7 +324,7 @@ impl Store {
         actor: Actor,
     ) -> Result<ProxyRow, StoreError> {
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if get_proxy_tx(&tx, &spec.name)?.is_some() {
                 return Err(StoreError::Conflict(format!("proxy `{}` already exists", spec.name)));
             }
@@ -335,7 +335,7 @@ impl Store {
                 params![spec.name, json, sealed, now],
             )?;
             let row = ProxyRow { spec, upstream_key_sealed: sealed, created_at: now, updated_at: now };
-            audit(&tx, &actor, "proxy.create", "proxy", &row.spec.name, None, Some(&row.audit_view()))?;
+            audit_tx(&tx, &actor, "proxy.create", "proxy", &row.spec.name, None, Some(&row.audit_view()))?;
             tx.commit()?;
             Ok(row)
         })
@@ -351,7 +351,7 @@ impl Store {
         actor: Actor,
     ) -> Result<(ProxyRow, ProxyRow), StoreError> {
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before = get_proxy_tx(&tx, &spec.name)?
                 .ok_or_else(|| StoreError::NotFound(format!("proxy `{}`", spec.name)))?;
             let upstream_key_sealed = match sealed {
@@ -366,7 +366,7 @@ impl Store {
                 params![spec.name, json, upstream_key_sealed, now],
             )?;
             let after = ProxyRow { spec, upstream_key_sealed, created_at: before.created_at, updated_at: now };
-            audit(
+            audit_tx(
                 &tx,
                 &actor,
                 action,
@@ -385,11 +385,11 @@ impl Store {
     pub async fn delete_proxy(&self, name: &str, actor: Actor) -> Result<ProxyRow, StoreError> {
         let name = name.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before = get_proxy_tx(&tx, &name)?
                 .ok_or_else(|| StoreError::NotFound(format!("proxy `{name}`")))?;
             tx.execute("DELETE FROM proxies WHERE name = ?1", [&name])?;
-            audit(
+            audit_tx(
                 &tx,
                 &actor,
                 "proxy.delete",
@@ -435,7 +435,7 @@ impl Store {
     ) -> Result<GroupRow, StoreError> {
         let (name, description) = (name.to_string(), description.to_string());
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before = tx
                 .query_row(
                     "SELECT name, description, created_at FROM groups WHERE name = ?1",
@@ -466,7 +466,7 @@ impl Store {
                         description,
                         ..b.clone()
                     };
-                    audit(
+                    audit_tx(
                         &tx,
                         &actor,
                         "group.update",
@@ -487,7 +487,7 @@ impl Store {
                         "INSERT INTO groups (name, description, created_at) VALUES (?1, ?2, ?3)",
                         params![row.name, row.description, row.created_at],
                     )?;
-                    audit(
+                    audit_tx(
                         &tx,
                         &actor,
                         "group.create",
@@ -509,7 +509,7 @@ impl Store {
     pub async fn delete_group(&self, name: &str, actor: Actor) -> Result<(), StoreError> {
         let name = name.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before = tx
                 .query_row(
                     "SELECT name, description, created_at FROM groups WHERE name = ?1",
@@ -535,7 +535,7 @@ impl Store {
                 )));
             }
             tx.execute("DELETE FROM groups WHERE name = ?1", [&name])?;
-            audit(
+            audit_tx(
                 &tx,
                 &actor,
                 "group.delete",
@@ -582,7 +582,7 @@ impl Store {
     ) -> Result<ApiKeyRow, StoreError> {
         let name = name.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if let Some(g) = &group {
                 let exists: bool = tx
                     .query_row("SELECT 1 FROM groups WHERE name = ?1", [g], |_| Ok(true))
@@ -618,7 +618,7 @@ impl Store {
                         params![old.id, group, hash.to_vec(), prefix, source, expires_at],
                     )?;
                     let new = ApiKeyRow { group, prefix, source: source.into(), expires_at, revoked_at: None, ..old.clone() };
-                    audit(&tx, &actor, "api_key.update", "api_key", &name, Some(&to_json(&old)), Some(&to_json(&new)))?;
+                    audit_tx(&tx, &actor, "api_key.update", "api_key", &name, Some(&to_json(&old)), Some(&to_json(&new)))?;
                     new
                 }
                 None => {
@@ -641,7 +641,7 @@ impl Store {
                             StoreError::Conflict("that key value is already registered under another name".into()),
                         other => StoreError::Db(other),
                     })?;
-                    audit(&tx, &actor, "api_key.create", "api_key", &name, None, Some(&to_json(&row)))?;
+                    audit_tx(&tx, &actor, "api_key.create", "api_key", &name, None, Some(&to_json(&row)))?;
                     row
                 }
             };
@@ -655,7 +655,7 @@ impl Store {
     pub async fn revoke_key(&self, name: &str, actor: Actor) -> Result<ApiKeyRow, StoreError> {
         let name = name.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let old = tx
                 .query_row(
                     &format!("SELECT {KEY_COLS} FROM api_keys WHERE name = ?1"),
@@ -676,7 +676,7 @@ impl Store {
                 revoked_at: Some(now),
                 ..old.clone()
             };
-            audit(
+            audit_tx(
                 &tx,
                 &actor,
                 "api_key.revoke",
@@ -755,7 +755,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (username, role) = (username.to_string(), role.to_string());
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now_ms();
             tx.execute(
                 "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at)
@@ -769,7 +769,7 @@ impl Store {
                 other => StoreError::Db(other),
             })?;
             let after = serde_json::json!({ "username": username, "role": role });
-            audit(&tx, &actor, "user.create", "user", &username, None, Some(&after))?;
+            audit_tx(&tx, &actor, "user.create", "user", &username, None, Some(&after))?;
             tx.commit()?;
             Ok(())
         })
@@ -785,7 +785,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let username = username.to_string();
         self.call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let n = tx.execute(
                 "UPDATE users SET password_hash = ?2, must_change_password = 0, updated_at = ?3 WHERE username = ?1",
                 params![username, password_hash, now_ms()],
@@ -793,7 +793,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("user `{username}`")));
             }
-            audit(&tx, &actor, "user.password_change", "user", &username, None, None)?;
+            audit_tx(&tx, &actor, "user.password_change", "user", &username, None, None)?;
             tx.commit()?;
             Ok(())
         })
@@ -817,8 +817,8 @@ impl Store {
             target.to_string(),
         );
         self.call(move |c| {
-            let tx = c.transaction()?;
-            audit(
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            audit_tx(
                 &tx,
                 &actor,
                 &action,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use palisade_core::record::RequestRecord;
+use palisade_core::record::{AlertRecord, RequestRecord};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::open_connection;
@@ -20,8 +20,12 @@ const BATCH: usize = 1_024;
 
 enum Msg {
     Record(Box<RequestRecord>),
+    Alert(Box<AlertRecord>),
     Close(oneshot::Sender<()>),
 }
+
+/// Alerts that found the queue full wait here (bounded) instead of being dropped.
+const ALERT_OVERFLOW: usize = 100_000;
 
 /// Counters of the writer.
 #[derive(Debug, Default)]
@@ -32,6 +36,8 @@ pub struct WriterStats {
     pub dropped: AtomicU64,
     /// Batches that failed to write (each is retried once, then counted here).
     pub failed: AtomicU64,
+    /// Alerts lost because both the queue and the overflow list were full.
+    pub alerts_lost: AtomicU64,
 }
 
 /// The sending side handed to proxies; cloning is cheap.
@@ -39,6 +45,7 @@ pub struct WriterStats {
 pub struct LogSink {
     tx: mpsc::Sender<Msg>,
     stats: Arc<WriterStats>,
+    overflow: Arc<std::sync::Mutex<Vec<AlertRecord>>>,
 }
 
 impl LogSink {
@@ -48,6 +55,23 @@ impl LogSink {
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n, "request log queue full; records dropped");
+            }
+        }
+    }
+
+    /// Queues an alert. Alerts are never dropped for a full queue: they wait in a bounded
+    /// overflow list that the writer drains with its next batch.
+    pub fn alert(&self, a: AlertRecord) {
+        if let Err(e) = self.tx.try_send(Msg::Alert(Box::new(a))) {
+            let Msg::Alert(a) = e.into_inner() else {
+                return;
+            };
+            let mut o = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+            if o.len() < ALERT_OVERFLOW {
+                o.push(*a);
+            } else {
+                self.stats.alerts_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(alert = %a.title, "alert overflow full; alert lost");
             }
         }
     }
@@ -71,15 +95,19 @@ impl LogWriter {
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let st = stats.clone();
+        let overflow: Arc<std::sync::Mutex<Vec<AlertRecord>>> = Default::default();
+        let ov = overflow.clone();
         let task = tokio::spawn(async move {
             let mut conn = Some(conn);
             let mut batch: Vec<RequestRecord> = Vec::with_capacity(BATCH);
+            let mut alerts: Vec<AlertRecord> = Vec::new();
             while let Some(first) = rx.recv().await {
                 let mut close = None;
                 let mut msg = Some(first);
                 while let Some(m) = msg.take() {
                     match m {
                         Msg::Record(r) => batch.push(*r),
+                        Msg::Alert(a) => alerts.push(*a),
                         Msg::Close(ack) => {
                             close = Some(ack);
                             break;
@@ -90,16 +118,18 @@ impl LogWriter {
                     }
                     msg = rx.try_recv().ok();
                 }
-                if !batch.is_empty() {
+                alerts.append(&mut ov.lock().unwrap_or_else(|p| p.into_inner()));
+                if !batch.is_empty() || !alerts.is_empty() {
                     let rows = std::mem::take(&mut batch);
+                    let alert_rows = std::mem::take(&mut alerts);
                     let Some(c) = conn.take() else { break };
                     let st2 = st.clone();
                     let res = tokio::task::spawn_blocking(move || {
                         let mut c = c;
                         let n = rows.len() as u64;
-                        let mut result = crate::requests::insert_batch(&mut c, &rows);
+                        let mut result = crate::requests::insert_batch(&mut c, &rows, &alert_rows);
                         if result.is_err() {
-                            result = crate::requests::insert_batch(&mut c, &rows);
+                            result = crate::requests::insert_batch(&mut c, &rows, &alert_rows);
                         }
                         match result {
                             Ok(()) => {
@@ -132,7 +162,11 @@ impl LogWriter {
             }
         });
         Ok(Self {
-            sink: LogSink { tx, stats },
+            sink: LogSink {
+                tx,
+                stats,
+                overflow,
+            },
             task,
         })
     }

@@ -8,8 +8,23 @@ use std::time::Duration;
 use anyhow::Context;
 use palisade_admin::AppState;
 use palisade_core::crypto::{MasterKey, hash_password, random_token};
-use palisade_gateway::{GatewayShared, ProxyManager, RecordFn};
+use palisade_gateway::{AlertFn, GatewayShared, ProxyManager, RecordFn};
 use palisade_store::{Actor, LogWriter, Store};
+
+mod packs {
+    include!(concat!(env!("OUT_DIR"), "/builtin_packs.rs"));
+}
+
+/// The shipped policy packs, parsed (a broken pack is a build defect, reported clearly).
+pub fn builtin_policies() -> anyhow::Result<Vec<palisade_policy::Policy>> {
+    packs::PACKS
+        .iter()
+        .map(|(file, text)| {
+            palisade_policy::Policy::from_json(text)
+                .with_context(|| format!("built-in pack {file}"))
+        })
+        .collect()
+}
 
 /// Time in-flight requests get to finish when a proxy stops or the process shuts down.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -146,12 +161,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let writer = LogWriter::start(store.path().to_path_buf())?;
     let sink = writer.sink();
     let record: RecordFn = Arc::new(move |r| sink.record(r));
+    let sink = writer.sink();
+    let alert: AlertFn = Arc::new(move |a| sink.alert(a));
     let manager = Arc::new(ProxyManager::new(
-        Arc::new(GatewayShared::new(record)),
+        Arc::new(GatewayShared::new(record, alert)),
         DRAIN,
     ));
-    let state =
-        AppState::new(store, manager.clone(), master).map_err(|e| anyhow::anyhow!(e.message))?;
+    let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    state
+        .load_custom_policies()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
 
     ensure_admin(&state).await?;
     state

@@ -1,0 +1,447 @@
+//! Policies: the built-in packs and custom policies, their compilation for proxies, the policy
+//! API (CRUD, validate, test) and alerts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use palisade_core::record::AlertRecord;
+use palisade_policy::{Evaluation, Policy, PolicySet, Target};
+use palisade_store::{ALERT_STATUSES, AlertFilter, AlertPage};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::{Admin, Viewer};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ValidJson;
+
+/// Built-in packs plus custom policies, and a cache of compiled sets by id list.
+#[derive(Default)]
+pub struct PolicyRegistry {
+    builtin: BTreeMap<String, Arc<Policy>>,
+    custom: BTreeMap<String, Arc<Policy>>,
+    compiled: HashMap<Vec<String>, Arc<PolicySet>>,
+}
+
+impl PolicyRegistry {
+    /// A registry of the given built-in packs.
+    pub fn new(builtin: Vec<Policy>) -> Self {
+        Self {
+            builtin: builtin
+                .into_iter()
+                .map(|p| (p.id.clone(), Arc::new(p)))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<(Arc<Policy>, bool)> {
+        self.builtin
+            .get(id)
+            .map(|p| (p.clone(), true))
+            .or_else(|| self.custom.get(id).map(|p| (p.clone(), false)))
+    }
+}
+
+/// Locks the registry (a poisoned lock still holds consistent data: every write is one insert).
+fn lock(r: &Mutex<PolicyRegistry>) -> std::sync::MutexGuard<'_, PolicyRegistry> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AppState {
+    /// Loads custom policies from the store (at start).
+    pub async fn load_custom_policies(&self) -> ApiResult<()> {
+        let rows = self.store.list_policies().await?;
+        let mut reg = lock(&self.policies);
+        for (id, doc, _) in rows {
+            match Policy::from_json(&doc) {
+                Ok(p) => {
+                    reg.custom.insert(id, Arc::new(p));
+                }
+                Err(e) => {
+                    tracing::error!(policy = %id, error = %e, "stored policy no longer loads; skipped")
+                }
+            }
+        }
+        reg.compiled.clear();
+        Ok(())
+    }
+
+    /// The compiled set for a proxy's policy ids (cached; compiled off the async threads).
+    pub async fn compile_policies(&self, ids: &[String]) -> ApiResult<Option<Arc<PolicySet>>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let mut key = ids.to_vec();
+        key.sort();
+        let policies = {
+            let reg = lock(&self.policies);
+            if let Some(set) = reg.compiled.get(&key) {
+                return Ok(Some(set.clone()));
+            }
+            let mut out = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let (p, _) = reg.get(id).ok_or_else(|| {
+                    ApiError::field(
+                        format!("policies[{i}]"),
+                        format!("no policy with id `{id}`"),
+                    )
+                })?;
+                out.push((*p).clone());
+            }
+            out
+        };
+        let set = tokio::task::spawn_blocking(move || PolicySet::compile(&policies))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::field("policies", e.to_string()))?;
+        let set = Arc::new(set);
+        lock(&self.policies).compiled.insert(key, set.clone());
+        Ok(Some(set))
+    }
+
+    /// Recompiles and swaps every running proxy that uses `policy_id` (after it changed).
+    async fn refresh_proxies_using(&self, policy_id: &str) -> ApiResult<()> {
+        lock(&self.policies)
+            .compiled
+            .retain(|k, _| !k.iter().any(|id| id == policy_id));
+        for row in self.store.list_proxies().await? {
+            if row.spec.policies.iter().any(|p| p == policy_id) {
+                let rt = self
+                    .runtime(&row.spec, row.upstream_key_sealed.as_deref())
+                    .await?;
+                self.manager
+                    .reconfigure(rt)
+                    .await
+                    .map_err(|e| ApiError::conflict(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn proxies_using(&self, policy_id: &str) -> ApiResult<Vec<String>> {
+        Ok(self
+            .store
+            .list_proxies()
+            .await?
+            .into_iter()
+            .filter(|r| r.spec.policies.iter().any(|p| p == policy_id))
+            .map(|r| r.spec.name)
+            .collect())
+    }
+}
+
+/// A policy in the list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyInfo {
+    /// Policy id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Version.
+    pub version: String,
+    /// Number of rules.
+    pub rule_count: usize,
+    /// Shipped with Palisade (read-only).
+    pub builtin: bool,
+    /// Proxies that use it.
+    pub used_by: Vec<String>,
+}
+
+fn info(p: &Policy, builtin: bool, used_by: Vec<String>) -> PolicyInfo {
+    PolicyInfo {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        version: p.version.clone(),
+        rule_count: p.rules.len(),
+        builtin,
+        used_by,
+    }
+}
+
+/// List policies (built-in packs and custom).
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policies", security(("bearer" = [])),
+    responses((status = 200, body = [PolicyInfo]), (status = 401, body = ErrorBody)))]
+pub async fn list(State(s): State<AppState>, _v: Viewer) -> ApiResult<Json<Vec<PolicyInfo>>> {
+    let proxies = s.store.list_proxies().await?;
+    let used = |id: &str| {
+        proxies
+            .iter()
+            .filter(|r| r.spec.policies.iter().any(|p| p == id))
+            .map(|r| r.spec.name.clone())
+            .collect()
+    };
+    let reg = lock(&s.policies);
+    let mut out: Vec<PolicyInfo> = reg
+        .builtin
+        .values()
+        .map(|p| info(p, true, used(&p.id)))
+        .collect();
+    out.extend(reg.custom.values().map(|p| info(p, false, used(&p.id))));
+    Ok(Json(out))
+}
+
+/// Get a policy document with all its rules.
+#[utoipa::path(get, path = "/api/v1/policies/{id}", tag = "policies", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Policy id")),
+    responses((status = 200, description = "The policy document (see policies/policy.schema.json)", body = Object),
+        (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Policy>> {
+    let p = lock(&s.policies)
+        .get(&id)
+        .map(|(p, _)| p)
+        .ok_or_else(|| ApiError::not_found(format!("policy `{id}`")))?;
+    Ok(Json((*p).clone()))
+}
+
+/// Parses and compiles a policy document, with errors naming the policy, rule and problem.
+async fn parse_policy(body: Bytes) -> ApiResult<Policy> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("body is not UTF-8"))?
+        .to_string();
+    tokio::task::spawn_blocking(move || {
+        let p = Policy::from_json(&text)?;
+        PolicySet::compile(std::slice::from_ref(&p))?;
+        Ok::<_, palisade_policy::PolicyError>(p)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string()))
+}
+
+/// Create a custom policy.
+#[utoipa::path(post, path = "/api/v1/policies", tag = "policies", security(("bearer" = [])),
+    request_body(content = Object, description = "A policy document"),
+    responses((status = 201, body = PolicyInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<PolicyInfo>)> {
+    let p = parse_policy(body).await?;
+    if lock(&s.policies).get(&p.id).is_some() {
+        return Err(ApiError::conflict(format!(
+            "a policy with id `{}` already exists",
+            p.id
+        )));
+    }
+    s.store
+        .put_policy(&p.id, p.to_json_pretty(), true, u.actor())
+        .await?;
+    let out = info(&p, false, vec![]);
+    lock(&s.policies).custom.insert(p.id.clone(), Arc::new(p));
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Replace a custom policy; proxies using it switch to the new rules at once.
+#[utoipa::path(put, path = "/api/v1/policies/{id}", tag = "policies", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Policy id")),
+    request_body(content = Object, description = "A policy document"),
+    responses((status = 200, body = PolicyInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn replace(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<PolicyInfo>> {
+    let p = parse_policy(body).await?;
+    if p.id != id {
+        return Err(ApiError::field(
+            "id",
+            "must match the policy id in the path",
+        ));
+    }
+    match lock(&s.policies).get(&id) {
+        None => return Err(ApiError::not_found(format!("policy `{id}`"))),
+        Some((_, true)) => {
+            return Err(ApiError::forbidden(
+                "built-in packs are read-only; create a custom policy",
+            ));
+        }
+        Some(_) => {}
+    }
+    s.store
+        .put_policy(&id, p.to_json_pretty(), false, u.actor())
+        .await?;
+    lock(&s.policies)
+        .custom
+        .insert(id.clone(), Arc::new(p.clone()));
+    s.refresh_proxies_using(&id).await?;
+    Ok(Json(info(&p, false, s.proxies_using(&id).await?)))
+}
+
+/// Delete a custom policy that no proxy uses.
+#[utoipa::path(delete, path = "/api/v1/policies/{id}", tag = "policies", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Policy id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    match lock(&s.policies).get(&id) {
+        None => return Err(ApiError::not_found(format!("policy `{id}`"))),
+        Some((_, true)) => return Err(ApiError::forbidden("built-in packs cannot be deleted")),
+        Some(_) => {}
+    }
+    let used = s.proxies_using(&id).await?;
+    if !used.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "policy `{id}` is used by proxies: {}",
+            used.join(", ")
+        )));
+    }
+    s.store.delete_policy(&id, u.actor()).await?;
+    lock(&s.policies).custom.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Result of a validation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Validation {
+    /// Whether the document loads and compiles.
+    pub valid: bool,
+    /// Number of rules when valid.
+    pub rule_count: Option<usize>,
+    /// The problem, naming the policy and rule, when invalid.
+    pub error: Option<String>,
+}
+
+/// Validate a policy document without storing it.
+#[utoipa::path(post, path = "/api/v1/policies/validate", tag = "policies", security(("bearer" = [])),
+    request_body(content = Object, description = "A policy document"),
+    responses((status = 200, body = Validation), (status = 401, body = ErrorBody)))]
+pub async fn validate(
+    State(s): State<AppState>,
+    Viewer(u): Viewer,
+    body: Bytes,
+) -> ApiResult<Json<Validation>> {
+    let out = match parse_policy(body).await {
+        Ok(p) => Validation {
+            valid: true,
+            rule_count: Some(p.rules.len()),
+            error: None,
+        },
+        Err(e) => Validation {
+            valid: false,
+            rule_count: None,
+            error: Some(e.message),
+        },
+    };
+    let detail = serde_json::json!({"valid": out.valid});
+    s.store
+        .record_event(u.actor(), "policy.validate", "policy", "-", Some(detail))
+        .await?;
+    Ok(Json(out))
+}
+
+/// Playground request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    /// Text to check.
+    pub text: String,
+    /// Policy ids to check it against (default: every policy).
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// Target (`llm_request` by default).
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// Playground: which rules match a text, its risk score and the decision.
+#[utoipa::path(post, path = "/api/v1/policies/test", tag = "policies", security(("bearer" = [])),
+    request_body = TestRequest,
+    responses((status = 200, description = "matches, score and decision", body = Object), (status = 400, body = ErrorBody)))]
+pub async fn test(
+    State(s): State<AppState>,
+    Viewer(u): Viewer,
+    ValidJson(req): ValidJson<TestRequest>,
+) -> ApiResult<Json<Evaluation>> {
+    if req.text.len() > 1024 * 1024 {
+        return Err(ApiError::field("text", "must be at most 1 MiB"));
+    }
+    let t = req.target.as_deref().unwrap_or("llm_request");
+    let target = Target::ALL
+        .iter()
+        .copied()
+        .find(|x| x.as_str() == t)
+        .ok_or_else(|| ApiError::field("target", format!("unknown target `{t}`")))?;
+    let ids = if req.policies.is_empty() {
+        let reg = lock(&s.policies);
+        reg.builtin
+            .keys()
+            .chain(reg.custom.keys())
+            .cloned()
+            .collect()
+    } else {
+        req.policies.clone()
+    };
+    let set = s
+        .compile_policies(&ids)
+        .await?
+        .ok_or_else(|| ApiError::field("policies", "no policy to test"))?;
+    let text = req.text;
+    let ev = tokio::task::spawn_blocking(move || set.evaluate(target, &text))
+        .await
+        .map_err(ApiError::internal)?;
+    let detail = serde_json::json!({"policies": ids, "target": target.as_str(), "matches": ev.matches.len()});
+    s.store
+        .record_event(u.actor(), "policy.test", "policy", "-", Some(detail))
+        .await?;
+    Ok(Json(ev))
+}
+
+/// List alerts with filters and paging (newest first).
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("bearer" = [])), params(AlertFilter),
+    responses((status = 200, body = AlertPage), (status = 401, body = ErrorBody)))]
+pub async fn alerts(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Query(f): Query<AlertFilter>,
+) -> ApiResult<Json<AlertPage>> {
+    Ok(Json(s.store.query_alerts(f).await?))
+}
+
+/// Alert status change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertUpdate {
+    /// `new`, `acknowledged`, `resolved` or `false_positive`.
+    pub status: String,
+}
+
+/// Move an alert through the workflow.
+#[utoipa::path(patch, path = "/api/v1/alerts/{id}", tag = "alerts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Alert id")), request_body = AlertUpdate,
+    responses((status = 200, body = AlertRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_alert(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(id): Path<String>,
+    ValidJson(upd): ValidJson<AlertUpdate>,
+) -> ApiResult<Json<AlertRecord>> {
+    if !ALERT_STATUSES.contains(&upd.status.as_str()) {
+        return Err(ApiError::field(
+            "status",
+            format!("must be one of {}", ALERT_STATUSES.join(", ")),
+        ));
+    }
+    Ok(Json(
+        s.store
+            .set_alert_status(&id, &upd.status, u.actor())
+            .await?,
+    ))
+}

@@ -1,0 +1,415 @@
+//! Policy inspection of LLM traffic: which text of a request or answer is scanned as which
+//! target, the findings of one request, and the alerts they raise.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use palisade_core::model::PolicyMode;
+use palisade_core::now_ms;
+use palisade_core::record::{AlertRecord, RequestRecord};
+use palisade_policy::{Action, Decision, PolicySet, RuleMatch, Target};
+use serde_json::Value;
+
+/// A proxy's compiled policies and how they act.
+#[derive(Clone)]
+pub struct Inspector {
+    /// All rules of the proxy's policies, compiled once.
+    pub set: Arc<PolicySet>,
+    /// Enforce or monitor.
+    pub mode: PolicyMode,
+    inspect_responses: bool,
+}
+
+impl Inspector {
+    /// Wraps a compiled set.
+    pub fn new(set: Arc<PolicySet>, mode: PolicyMode) -> Self {
+        let inspect_responses = set.rule_count_for(Target::LlmResponse) > 0;
+        Self {
+            set,
+            mode,
+            inspect_responses,
+        }
+    }
+
+    /// Whether answers need scanning at all (some rule targets `llm_response`).
+    pub fn inspects_responses(&self) -> bool {
+        self.inspect_responses
+    }
+
+    /// Whether a blocking finding stops the request.
+    pub fn enforces(&self) -> bool {
+        self.mode == PolicyMode::Enforce
+    }
+}
+
+/// Name of a decision, as stored in the request log.
+pub fn decision_str(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Log => "log",
+        Decision::Alert => "alert",
+        Decision::Redact => "redact",
+        Decision::Block => "block",
+    }
+}
+
+/// Everything the policies found in one request, across phases and stream windows.
+#[derive(Default)]
+pub struct Findings {
+    matches: Vec<(Target, RuleMatch)>,
+    seen: HashSet<(Arc<str>, Arc<str>)>,
+    score: u8,
+    decision: Decision,
+    evaluated: bool,
+    blocked: bool,
+}
+
+impl Findings {
+    /// Scans `text` as `target`; returns true when a blocking rule matched.
+    pub fn scan(&mut self, insp: &Inspector, target: Target, text: &str) -> bool {
+        if text.is_empty() {
+            return false;
+        }
+        self.evaluated = true;
+        let ev = insp.set.evaluate(target, text);
+        self.score = self.score.max(ev.score);
+        self.decision = self.decision.max(ev.decision);
+        let mut blocks = false;
+        for m in ev.matches {
+            blocks |= m.action == Action::Block;
+            if self.seen.insert((m.policy_id.clone(), m.rule_id.clone())) {
+                self.matches.push((target, m));
+            }
+        }
+        blocks
+    }
+
+    /// Marks the request as stopped by policy.
+    pub fn set_blocked(&mut self) {
+        self.blocked = true;
+    }
+
+    /// `policy/rule` ids of blocking matches (for the client's error message; no patterns).
+    pub fn blocking_rules(&self) -> String {
+        let ids: Vec<String> = self
+            .matches
+            .iter()
+            .filter(|(_, m)| m.action == Action::Block)
+            .map(|(_, m)| format!("{}/{}", m.policy_id, m.rule_id))
+            .collect();
+        ids.join(", ")
+    }
+
+    /// Writes the verdict into the request record and emits one alert per matched rule whose
+    /// action asks for attention (block, redact, alert); `log` matches stay in the request log.
+    pub fn finalize(self, rec: &mut RequestRecord, alert: &dyn Fn(AlertRecord)) {
+        if !self.evaluated {
+            return;
+        }
+        rec.decision = Some(decision_str(self.decision).to_string());
+        rec.risk_score = Some(self.score as i64);
+        if !self.matches.is_empty() {
+            let ids: Vec<String> = self
+                .matches
+                .iter()
+                .map(|(_, m)| format!("{}/{}", m.policy_id, m.rule_id))
+                .collect();
+            rec.matched_rules = Some(ids.join(","));
+        }
+        for (target, m) in self.matches {
+            if m.action == Action::Log {
+                continue;
+            }
+            let blocked = self.blocked && m.action == Action::Block;
+            let verb = if blocked { "blocked" } else { "matched" };
+            alert(AlertRecord {
+                id: palisade_core::crypto::random_id(),
+                ts_ms: now_ms(),
+                kind: "policy".into(),
+                policy_id: Some(m.policy_id.to_string()),
+                rule_id: Some(m.rule_id.to_string()),
+                title: m.rule_name.to_string(),
+                category: Some(m.category.to_string()),
+                severity: m.severity.as_str().to_string(),
+                action: Some(m.action.as_str().to_string()),
+                blocked,
+                target: Some(target.as_str().to_string()),
+                proxy: Some(rec.proxy.clone()),
+                group: rec.group.clone(),
+                key_name: rec.key_name.clone(),
+                request_id: Some(rec.id.clone()),
+                excerpt: Some(m.excerpt.clone()),
+                decoded: m.decoded.map(|e| format!("{e:?}").to_lowercase()),
+                message: format!(
+                    "{} {} rule {}/{} in {}",
+                    m.severity.as_str(),
+                    verb,
+                    m.policy_id,
+                    m.rule_id,
+                    target.as_str()
+                ),
+                status: "new".into(),
+                dedup_key: None,
+            });
+        }
+    }
+}
+
+/// Text of a request, split by what it is.
+#[derive(Default, Debug)]
+pub struct RequestTexts {
+    /// Prompt text: system, user and assistant turns.
+    pub prompt: String,
+    /// Results of tools, fed back into the prompt.
+    pub tool_results: String,
+    /// Tool definitions offered to the model.
+    pub tool_descriptions: String,
+}
+
+/// Keys whose values are identifiers or settings, never content.
+fn is_meta_key(k: &str) -> bool {
+    matches!(
+        k,
+        "model"
+            | "role"
+            | "type"
+            | "id"
+            | "tool_call_id"
+            | "tool_use_id"
+            | "call_id"
+            | "object"
+            | "finish_reason"
+            | "stop_reason"
+            | "system_fingerprint"
+            | "service_tier"
+            | "media_type"
+            | "detail"
+            | "format"
+            | "encoding_format"
+            | "status"
+            | "user"
+            | "image_url"
+            | "url"
+            | "data"
+            | "signature"
+    )
+}
+
+fn push(out: &mut String, s: &str) {
+    if !s.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(s);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Bucket {
+    Prompt,
+    ToolResult,
+    ToolDef,
+}
+
+fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
+    match v {
+        Value::String(s) => push(
+            match bucket {
+                Bucket::Prompt => &mut out.prompt,
+                Bucket::ToolResult => &mut out.tool_results,
+                Bucket::ToolDef => &mut out.tool_descriptions,
+            },
+            s,
+        ),
+        Value::Array(a) => a.iter().for_each(|x| walk(x, bucket, out)),
+        Value::Object(m) => {
+            // Tool output fed back to the model: OpenAI `role: tool`, Anthropic `tool_result`
+            // blocks, Responses `function_call_output` items.
+            let role = m.get("role").and_then(Value::as_str);
+            let ty = m.get("type").and_then(Value::as_str);
+            let bucket = if role == Some("tool")
+                || matches!(
+                    ty,
+                    Some("tool_result") | Some("function_call_output") | Some("mcp_tool_result")
+                ) {
+                Bucket::ToolResult
+            } else {
+                bucket
+            };
+            for (k, x) in m {
+                if is_meta_key(k) {
+                    continue;
+                }
+                let b = if k == "tools" || k == "functions" {
+                    Bucket::ToolDef
+                } else {
+                    bucket
+                };
+                walk(x, b, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Splits a request body into prompt text, tool results and tool definitions.
+pub fn request_texts(body: &Value) -> RequestTexts {
+    let mut out = RequestTexts::default();
+    if let Value::Object(m) = body {
+        for (k, v) in m {
+            if is_meta_key(k) || matches!(k.as_str(), "stream" | "stream_options" | "metadata") {
+                continue;
+            }
+            let b = if k == "tools" || k == "functions" {
+                Bucket::ToolDef
+            } else {
+                Bucket::Prompt
+            };
+            walk(v, b, &mut out);
+        }
+    }
+    out
+}
+
+/// The content of a non-streamed answer (message text, tool-call arguments, refusals).
+pub fn response_text(body: &Value) -> String {
+    let mut out = RequestTexts::default();
+    for key in ["choices", "content", "output", "data"] {
+        if let Some(v) = body.get(key) {
+            walk(v, Bucket::Prompt, &mut out);
+        }
+    }
+    out.prompt
+}
+
+/// New content carried by one stream event: OpenAI chat deltas, Responses `*.delta` events,
+/// Anthropic `content_block_delta`. Summary events that repeat the whole text are skipped.
+pub fn stream_delta_text(v: &Value, out: &mut String) {
+    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+        for c in choices {
+            if let Some(d) = c.get("delta") {
+                for key in ["content", "refusal", "reasoning_content"] {
+                    if let Some(s) = d.get(key).and_then(Value::as_str) {
+                        out.push_str(s);
+                    }
+                }
+                if let Some(calls) = d.get("tool_calls").and_then(Value::as_array) {
+                    for call in calls {
+                        if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str)
+                        {
+                            out.push_str(a);
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
+    if ty == "content_block_delta" {
+        if let Some(d) = v.get("delta") {
+            for key in ["text", "partial_json", "thinking"] {
+                if let Some(s) = d.get(key).and_then(Value::as_str) {
+                    out.push_str(s);
+                }
+            }
+        }
+    } else if ty.ends_with(".delta")
+        && let Some(s) = v.get("delta").and_then(Value::as_str)
+    {
+        out.push_str(s);
+    }
+}
+
+/// Incremental inspection of a streamed answer. Each run of events is scanned together with
+/// the tail of what came before, so a pattern split across chunks is still seen.
+pub struct StreamGuard {
+    /// The proxy's inspector.
+    pub insp: Inspector,
+    window: String,
+    /// Findings of the whole request (request phase included).
+    pub findings: Findings,
+}
+
+/// Bytes of earlier answer text kept to catch patterns that span chunk boundaries.
+const WINDOW: usize = 1024;
+
+impl StreamGuard {
+    /// A guard continuing the request's findings.
+    pub fn new(insp: Inspector, findings: Findings) -> Self {
+        Self {
+            insp,
+            window: String::new(),
+            findings,
+        }
+    }
+
+    /// Scans new answer text; returns true if it must not reach the client.
+    pub fn check(&mut self, new_text: &str) -> bool {
+        if new_text.is_empty() {
+            return false;
+        }
+        self.window.push_str(new_text);
+        let blocks = self
+            .findings
+            .scan(&self.insp, Target::LlmResponse, &self.window);
+        if self.window.len() > WINDOW {
+            let mut cut = self.window.len() - WINDOW;
+            while !self.window.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.window.drain(..cut);
+        }
+        blocks && self.insp.enforces()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_text_is_split_by_role() {
+        let t = request_texts(&json!({
+            "model": "gpt-x",
+            "messages": [
+                {"role": "system", "content": "be nice"},
+                {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "tool says hi"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "does things"}}]
+        }));
+        assert_eq!(t.prompt, "be nice\nhello");
+        assert_eq!(t.tool_results, "tool says hi");
+        assert!(t.tool_descriptions.contains("does things"));
+        assert!(!t.prompt.contains("gpt-x"));
+
+        let a = request_texts(
+            &json!({"system": "sys", "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "x", "content": [{"type": "text", "text": "result text"}]},
+            {"type": "text", "text": "question"}]}]}),
+        );
+        assert_eq!(a.prompt, "sys\nquestion");
+        assert_eq!(a.tool_results, "result text");
+    }
+
+    #[test]
+    fn stream_deltas_across_shapes() {
+        let mut s = String::new();
+        stream_delta_text(&json!({"choices": [{"delta": {"content": "ab"}}]}), &mut s);
+        stream_delta_text(
+            &json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "cd"}}),
+            &mut s,
+        );
+        stream_delta_text(
+            &json!({"type": "response.output_text.delta", "delta": "ef"}),
+            &mut s,
+        );
+        stream_delta_text(
+            &json!({"type": "response.output_text.done", "text": "abcdef"}),
+            &mut s,
+        );
+        assert_eq!(s, "abcdef");
+    }
+}
