@@ -1,25 +1,32 @@
-//! Groups (teams) and gateway API keys.
+//! Groups (teams) with budgets and limits, gateway API keys, prices and usage.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use palisade_core::crypto::{generate_api_key, hash_api_key, key_display_prefix};
 use palisade_core::identity::KeyIndex;
 use palisade_core::model::validate_name;
-use palisade_store::{Actor, ApiKeyRow, GroupRow};
+use palisade_core::spend::{GroupSpec, Price, PriceTable};
+use palisade_store::{Actor, ApiKeyRow, BudgetStatus, GroupRow, KeyOptions, UsageQuery, UsageRow};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::ValidJson;
+use crate::json::{ValidJson, parse};
 
 impl AppState {
-    /// Rebuilds the data plane's key index from the store; called after every key change so a
-    /// revoked key is refused by the very next request on every proxy.
+    fn now(&self) -> i64 {
+        (self.manager.shared().accounting.clock)()
+    }
+
+    /// Rebuilds the data plane's key index from the store; called after every key or group
+    /// change so a revoked key is refused by the very next request on every proxy.
     pub async fn reload_keys(&self) -> ApiResult<()> {
         let keys = self.store.active_keys().await?;
         self.manager
@@ -29,22 +36,58 @@ impl AppState {
         Ok(())
     }
 
-    /// Creates (or with `upsert`, updates) a group.
+    /// Reloads groups (budgets, limits) into the data plane, and the keys that inherit limits.
+    pub async fn reload_groups(&self) -> ApiResult<()> {
+        let groups: HashMap<String, GroupSpec> = self
+            .store
+            .list_groups()
+            .await?
+            .into_iter()
+            .map(|g| (g.spec.name.clone(), g.spec))
+            .collect();
+        self.manager
+            .shared()
+            .accounting
+            .groups
+            .store(Arc::new(groups));
+        self.reload_keys().await
+    }
+
+    /// Reloads the price table into the data plane.
+    pub async fn reload_prices(&self) -> ApiResult<()> {
+        let prices = self.store.list_prices().await?;
+        self.manager
+            .shared()
+            .accounting
+            .prices
+            .store(Arc::new(PriceTable::new(prices)));
+        Ok(())
+    }
+
+    /// Loads each group's spend this month from the request log (at start).
+    pub async fn seed_spend(&self) -> ApiResult<()> {
+        let now = self.now();
+        for (group, nano) in self.store.month_spend(now).await? {
+            self.manager
+                .shared()
+                .accounting
+                .spend
+                .set(&group, nano, now);
+        }
+        Ok(())
+    }
+
+    /// Creates (or with `upsert`, replaces) a group and applies it to the data plane.
     pub async fn put_group(
         &self,
-        name: &str,
-        description: &str,
+        spec: GroupSpec,
         upsert: bool,
         actor: Actor,
     ) -> ApiResult<GroupRow> {
-        validate_name("name", name)?;
-        if description.len() > 1024 {
-            return Err(ApiError::field("description", "must be at most 1024 bytes"));
-        }
-        Ok(self
-            .store
-            .put_group(name, description, upsert, actor)
-            .await?)
+        spec.validate()?;
+        let row = self.store.put_group(spec, upsert, actor).await?;
+        self.reload_groups().await?;
+        Ok(row)
     }
 
     /// Stores a key given in full (config files); replaces the digest of a same-named key.
@@ -53,12 +96,14 @@ impl AppState {
         name: &str,
         group: Option<String>,
         key: &str,
+        opts: KeyOptions,
         actor: Actor,
     ) -> ApiResult<ApiKeyRow> {
         validate_name("name", name)?;
         if key.len() < 20 {
             return Err(ApiError::field("key", "must be at least 20 characters"));
         }
+        validate_key_options(&opts)?;
         let row = self
             .store
             .put_key(
@@ -67,7 +112,7 @@ impl AppState {
                 hash_api_key(key),
                 key_display_prefix(key),
                 "config",
-                None,
+                opts,
                 true,
                 actor,
             )
@@ -75,17 +120,35 @@ impl AppState {
         self.reload_keys().await?;
         Ok(row)
     }
+
+    /// Sets a price and applies it.
+    pub async fn put_price(&self, p: Price, source: &'static str, actor: Actor) -> ApiResult<()> {
+        p.validate()?;
+        self.store.put_price(p, source, actor).await?;
+        self.reload_prices().await
+    }
 }
 
-/// Group creation.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GroupInput {
-    /// Unique name.
-    pub name: String,
-    /// Free text.
-    #[serde(default)]
-    pub description: String,
+fn validate_key_options(o: &KeyOptions) -> ApiResult<()> {
+    for (i, p) in o.allowed_proxies.iter().enumerate() {
+        validate_name(&format!("allowed_proxies[{i}]"), p)?;
+    }
+    if o.allowed_models
+        .iter()
+        .any(|m| m.is_empty() || m.len() > 200)
+    {
+        return Err(ApiError::field(
+            "allowed_models",
+            "entries must be 1-200 characters",
+        ));
+    }
+    if o.rpm == Some(0) || o.tpm == Some(0) {
+        return Err(ApiError::field(
+            if o.rpm == Some(0) { "rpm" } else { "tpm" },
+            "must be at least 1",
+        ));
+    }
+    Ok(())
 }
 
 /// List groups.
@@ -95,21 +158,61 @@ pub async fn list_groups(State(s): State<AppState>, _v: Viewer) -> ApiResult<Jso
     Ok(Json(s.store.list_groups().await?))
 }
 
-/// Create a group.
-#[utoipa::path(post, path = "/api/v1/groups", tag = "identity", security(("bearer" = [])), request_body = GroupInput,
+/// Create a group, with optional budget and rate limits.
+#[utoipa::path(post, path = "/api/v1/groups", tag = "identity", security(("bearer" = [])), request_body = GroupSpec,
     responses((status = 201, body = GroupRow), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_group(
     State(s): State<AppState>,
     Admin(u): Admin,
-    ValidJson(g): ValidJson<GroupInput>,
+    ValidJson(g): ValidJson<GroupSpec>,
 ) -> ApiResult<(StatusCode, Json<GroupRow>)> {
     Ok((
         StatusCode::CREATED,
-        Json(
-            s.put_group(&g.name, &g.description, false, u.actor())
-                .await?,
-        ),
+        Json(s.put_group(g, false, u.actor()).await?),
     ))
+}
+
+/// Get a group.
+#[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "identity", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Group name")),
+    responses((status = 200, body = GroupRow), (status = 404, body = ErrorBody)))]
+pub async fn get_group(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<GroupRow>> {
+    Ok(Json(s.store.group(&name).await?.ok_or_else(|| {
+        ApiError::not_found(format!("group `{name}`"))
+    })?))
+}
+
+/// Change some fields of a group (budget, limits, description).
+#[utoipa::path(patch, path = "/api/v1/groups/{name}", tag = "identity", security(("bearer" = [])), request_body = Object,
+    params(("name" = String, Path, description = "Group name")),
+    responses((status = 200, body = GroupRow), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn patch_group(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+    ValidJson(body): ValidJson<Value>,
+) -> ApiResult<Json<GroupRow>> {
+    let row = s
+        .store
+        .group(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("group `{name}`")))?;
+    let mut merged = serde_json::to_value(&row.spec).map_err(ApiError::internal)?;
+    let (Value::Object(m), Value::Object(p)) = (&mut merged, body) else {
+        return Err(ApiError::bad_request("body must be a JSON object"));
+    };
+    for (k, v) in p {
+        m.insert(k, v);
+    }
+    if merged.get("name").and_then(Value::as_str) != Some(name.as_str()) {
+        return Err(ApiError::field("name", "cannot be changed"));
+    }
+    let spec: GroupSpec = parse(merged.to_string().as_bytes())?;
+    Ok(Json(s.put_group(spec, true, u.actor()).await?))
 }
 
 /// Delete a group that has no keys.
@@ -122,7 +225,48 @@ pub async fn delete_group(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.store.delete_group(&name, u.actor()).await?;
+    s.reload_groups().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Live spend and remaining budget of a group this month.
+#[utoipa::path(get, path = "/api/v1/groups/{name}/budget", tag = "identity", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Group name")),
+    responses((status = 200, body = BudgetStatus), (status = 404, body = ErrorBody)))]
+pub async fn budget(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<BudgetStatus>> {
+    let g = s
+        .store
+        .group(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("group `{name}`")))?;
+    let now = s.now();
+    // The live figure the data plane enforces (includes requests not yet flushed to the log).
+    let spent = s.manager.shared().accounting.spend.spent(&name, now);
+    Ok(Json(palisade_store::budget_of(&g, spent, now)))
+}
+
+/// Reset a group's budget by hand: spend counts from now (audited).
+#[utoipa::path(post, path = "/api/v1/groups/{name}/budget/reset", tag = "identity", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Group name")),
+    responses((status = 200, body = BudgetStatus), (status = 404, body = ErrorBody)))]
+pub async fn reset_budget(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<BudgetStatus>> {
+    let now = s.now();
+    s.store.reset_budget(&name, now, u.actor()).await?;
+    s.manager.shared().accounting.spend.set(&name, 0, now);
+    let g = s
+        .store
+        .group(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("group `{name}`")))?;
+    Ok(Json(palisade_store::budget_of(&g, 0, now)))
 }
 
 /// Key issuance.
@@ -135,6 +279,16 @@ pub struct KeyInput {
     pub group: Option<String>,
     /// Optional expiry, Unix ms (must be in the future).
     pub expires_at: Option<i64>,
+    /// Proxies the key may use (empty: all).
+    #[serde(default)]
+    pub allowed_proxies: Vec<String>,
+    /// Models the key may request (empty: all).
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Requests per minute (overrides the group's).
+    pub rpm: Option<u32>,
+    /// Tokens per minute (overrides the group's).
+    pub tpm: Option<u32>,
 }
 
 /// A newly issued key: the only time the full key is shown.
@@ -166,6 +320,14 @@ pub async fn create_key(
     if k.expires_at.is_some_and(|e| e <= palisade_core::now_ms()) {
         return Err(ApiError::field("expires_at", "must be in the future"));
     }
+    let opts = KeyOptions {
+        expires_at: k.expires_at,
+        allowed_proxies: k.allowed_proxies,
+        allowed_models: k.allowed_models,
+        rpm: k.rpm,
+        tpm: k.tpm,
+    };
+    validate_key_options(&opts)?;
     let key = generate_api_key();
     let record = s
         .store
@@ -175,7 +337,7 @@ pub async fn create_key(
             hash_api_key(&key),
             key_display_prefix(&key),
             "api",
-            k.expires_at,
+            opts,
             false,
             u.actor(),
         )
@@ -196,4 +358,63 @@ pub async fn revoke_key(
     let row = s.store.revoke_key(&name, u.actor()).await?;
     s.reload_keys().await?;
     Ok(Json(row))
+}
+
+/// The price table.
+#[utoipa::path(get, path = "/api/v1/prices", tag = "spend", security(("bearer" = [])),
+    responses((status = 200, body = [Price]), (status = 401, body = ErrorBody)))]
+pub async fn list_prices(State(s): State<AppState>, _v: Viewer) -> ApiResult<Json<Vec<Price>>> {
+    Ok(Json(s.store.list_prices().await?))
+}
+
+/// Set a model's price (USD per million tokens).
+#[utoipa::path(put, path = "/api/v1/prices/{model}", tag = "spend", security(("bearer" = [])), request_body = Price,
+    params(("model" = String, Path, description = "Model name")),
+    responses((status = 200, body = Price), (status = 400, body = ErrorBody)))]
+pub async fn put_price(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(model): Path<String>,
+    ValidJson(mut body): ValidJson<Value>,
+) -> ApiResult<Json<Price>> {
+    if let Value::Object(m) = &mut body {
+        let named = m
+            .entry("model")
+            .or_insert_with(|| Value::String(model.clone()));
+        if named.as_str() != Some(model.as_str()) {
+            return Err(ApiError::field("model", "must match the path"));
+        }
+    }
+    let p: Price = parse(body.to_string().as_bytes())?;
+    s.put_price(p.clone(), "api", u.actor()).await?;
+    Ok(Json(p))
+}
+
+/// Remove a model's price (its requests are then recorded at cost 0 and flagged).
+#[utoipa::path(delete, path = "/api/v1/prices/{model}", tag = "spend", security(("bearer" = [])),
+    params(("model" = String, Path, description = "Model name")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_price(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(model): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_price(&model, u.actor()).await?;
+    s.reload_prices().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Usage and cost by group, key, proxy, model or day (default: this month, by group).
+#[utoipa::path(get, path = "/api/v1/usage", tag = "spend", security(("bearer" = [])), params(UsageQuery),
+    responses((status = 200, body = [UsageRow]), (status = 400, body = ErrorBody)))]
+pub async fn usage(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Query(q): Query<UsageQuery>,
+) -> ApiResult<Json<Vec<UsageRow>>> {
+    let now = s.now();
+    s.store.usage(q, now).await.map(Json).map_err(|e| match e {
+        palisade_store::StoreError::Conflict(m) => ApiError::field("group_by", m),
+        other => other.into(),
+    })
 }

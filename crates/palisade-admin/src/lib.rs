@@ -89,6 +89,7 @@ impl AppState {
         (name = "logs", description = "Request log and audit log"),
         (name = "policies", description = "Guardrail policies: packs, custom policies, validation, playground"),
         (name = "alerts", description = "Alerts and their status workflow"),
+        (name = "spend", description = "Prices, usage and cost"),
         (name = "health", description = "Liveness")
     )
 )]
@@ -164,7 +165,16 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(proxies::stop))
         .routes(routes!(proxies::restart))
         .routes(routes!(identity::list_groups, identity::create_group))
-        .routes(routes!(identity::delete_group))
+        .routes(routes!(
+            identity::get_group,
+            identity::patch_group,
+            identity::delete_group
+        ))
+        .routes(routes!(identity::budget))
+        .routes(routes!(identity::reset_budget))
+        .routes(routes!(identity::list_prices))
+        .routes(routes!(identity::put_price, identity::delete_price))
+        .routes(routes!(identity::usage))
         .routes(routes!(identity::list_keys, identity::create_key))
         .routes(routes!(identity::revoke_key))
         .routes(routes!(logs::requests))

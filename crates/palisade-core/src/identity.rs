@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::crypto::hash_api_key;
 
 /// Who a presented API key belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyInfo {
     /// Stable key id.
     pub id: String,
@@ -16,6 +16,14 @@ pub struct KeyInfo {
     pub group: Option<String>,
     /// Expiry in Unix milliseconds; `None` never expires.
     pub expires_at_ms: Option<i64>,
+    /// Proxies the key may use (empty: all).
+    pub allowed_proxies: Vec<String>,
+    /// Models the key may ask for (empty: all).
+    pub allowed_models: Vec<String>,
+    /// Effective requests per minute for this key (its own, else its group's).
+    pub rpm: Option<u32>,
+    /// Effective tokens per minute for this key (its own, else its group's).
+    pub tpm: Option<u32>,
 }
 
 /// Immutable index of active keys by SHA-256 digest. Rebuilt and swapped on every key change,
@@ -68,6 +76,7 @@ mod tests {
                     name: "a".into(),
                     group: None,
                     expires_at_ms: None,
+                    ..Default::default()
                 },
             ),
             (
@@ -77,6 +86,7 @@ mod tests {
                     name: "b".into(),
                     group: None,
                     expires_at_ms: Some(100),
+                    ..Default::default()
                 },
             ),
         ]);

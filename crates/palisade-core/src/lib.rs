@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod identity;
 pub mod model;
 pub mod record;
+pub mod spend;
 
 /// Milliseconds since the Unix epoch, the timestamp unit used across the store and the API.
 pub fn now_ms() -> i64 {

@@ -56,6 +56,10 @@ pub struct RequestRecord {
     pub risk_score: Option<i64>,
     /// Ids of the rules that matched (`policy/rule`), comma-separated.
     pub matched_rules: Option<String>,
+    /// Cost in USD from the price table (0 for unknown models, see `cost_unknown`).
+    pub cost_usd: Option<f64>,
+    /// The model had no price: the cost is recorded as 0 and flagged.
+    pub cost_unknown: bool,
 }
 
 /// A security or spend event worth a human's attention.

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,11 @@ use hyper::body::Incoming;
 use palisade_core::model::LlmApi;
 use palisade_core::record::RequestRecord;
 
+use crate::accounting::Accounting;
 use crate::inspect::{Findings, Inspector, StreamGuard, stream_delta_text};
 use crate::manager::{AlertFn, RecordFn};
 use crate::shape::sse_error_event;
-use crate::sse::{SseSplitter, for_each_event};
+use crate::sse::{SseSplitter, for_each_event, raw_events};
 use crate::usage::Usage;
 
 /// Error type of relayed bodies (raw pass-through bodies abort the connection on failure).
@@ -85,6 +87,10 @@ pub struct Finisher {
     pub alert: AlertFn,
     /// Policy findings of the request phase (moved into the stream guard when there is one).
     pub findings: Findings,
+    /// Prices and spend.
+    pub accounting: Arc<Accounting>,
+    /// The key's tokens-per-minute limit, charged with the answer's tokens.
+    pub key_tpm: Option<u32>,
 }
 
 impl Finisher {
@@ -107,6 +113,8 @@ impl Finisher {
         if error.is_some() {
             r.error = error;
         }
+        self.accounting
+            .settle(&mut self.record, &usage, self.key_tpm, self.alert.as_ref());
         (self.sink)(self.record);
     }
 }
@@ -131,6 +139,7 @@ pub struct Relay {
     ttfb: Option<Duration>,
     finisher: Option<Finisher>,
     guard: Option<StreamGuard>,
+    strip_usage: bool,
 }
 
 impl Relay {
@@ -162,7 +171,40 @@ impl Relay {
             ttfb: None,
             finisher: Some(finisher),
             guard,
+            strip_usage: false,
         }
+    }
+
+    /// Drops the usage-only chunk from the client's stream (the gateway asked for usage on
+    /// the client's behalf; a client that did not ask must not see the extra chunk).
+    pub fn strip_usage_chunk(mut self) -> Self {
+        self.strip_usage = true;
+        self
+    }
+
+    fn without_usage_chunk(run: Bytes) -> Bytes {
+        let events = raw_events(&run);
+        let keep: Vec<&[u8]> = events
+            .iter()
+            .copied()
+            .filter(|ev| {
+                let mut usage_only = false;
+                for_each_event(ev, |_, data| {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+                        usage_only = v
+                            .get("choices")
+                            .and_then(|c| c.as_array())
+                            .is_some_and(|c| c.is_empty())
+                            && v.get("usage").is_some_and(|u| !u.is_null());
+                    }
+                });
+                !usage_only
+            })
+            .collect();
+        if keep.len() == events.len() {
+            return run;
+        }
+        Bytes::from(keep.concat())
     }
 
     fn mark_first_byte(&mut self) {
@@ -285,6 +327,14 @@ impl Relay {
                     {
                         return this.policy_block(rules);
                     }
+                    let out = if this.strip_usage && contains_usage(&out) {
+                        Self::without_usage_chunk(out)
+                    } else {
+                        out
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
                     this.mark_first_byte();
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
@@ -301,6 +351,11 @@ impl Relay {
                     {
                         return this.policy_block(rules);
                     }
+                    let rest = if this.strip_usage && contains_usage(&rest) {
+                        Self::without_usage_chunk(rest)
+                    } else {
+                        rest
+                    };
                     this.finish(None);
                     return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }
@@ -314,6 +369,10 @@ impl Relay {
             }
         }
     }
+}
+
+fn contains_usage(b: &[u8]) -> bool {
+    b.windows(7).any(|w| w == b"\"usage\"")
 }
 
 impl Drop for Relay {

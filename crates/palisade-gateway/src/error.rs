@@ -28,6 +28,20 @@ pub enum ProxyError {
     /// The client's body could not be read.
     #[error("could not read request body: {0}")]
     ClientBody(String),
+    /// The key may not do this (proxy or model outside its scope).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A rate limit is exhausted.
+    #[error("rate limit reached for {what}; retry in {retry_after} s")]
+    RateLimited {
+        /// Seconds until a request would be admitted.
+        retry_after: u64,
+        /// Which limit.
+        what: String,
+    },
+    /// The group's monthly budget is spent and its action is `block`.
+    #[error("{0}; requests are refused until the budget resets")]
+    BudgetExceeded(String),
     /// A policy rule with action `block` matched (the rule ids, never the patterns).
     #[error("{phase} blocked by policy (rules: {rules})")]
     PolicyBlocked {
@@ -49,7 +63,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::PolicyBlocked { .. } => StatusCode::FORBIDDEN,
+            ProxyError::PolicyBlocked { .. } | ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
         }
     }
 
@@ -65,6 +81,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout(_) => "timeout",
             ProxyError::PolicyBlocked { .. } => "policy_violation",
+            ProxyError::Forbidden(_) => "permission_error",
+            ProxyError::RateLimited { .. } => "rate_limit_error",
+            ProxyError::BudgetExceeded(_) => "insufficient_quota",
         }
     }
 
@@ -76,7 +95,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "invalid_request_error",
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTooLarge(_) => "api_error",
             ProxyError::UpstreamTimeout(_) => "timeout_error",
-            ProxyError::PolicyBlocked { .. } => "permission_error",
+            ProxyError::PolicyBlocked { .. } | ProxyError::Forbidden(_) => "permission_error",
+            ProxyError::RateLimited { .. } => "rate_limit_error",
+            ProxyError::BudgetExceeded(_) => "billing_error",
         }
     }
 
@@ -91,6 +112,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamTooLarge(_) => "upstream_response_too_large",
             ProxyError::PolicyBlocked { .. } => "blocked_by_policy",
+            ProxyError::Forbidden(_) => "key_scope",
+            ProxyError::RateLimited { .. } => "rate_limit_exceeded",
+            ProxyError::BudgetExceeded(_) => "budget_exceeded",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! control plane swaps atomically, so configuration changes never tear a request in half.
 #![forbid(unsafe_code)]
 
+mod accounting;
 mod body;
 mod error;
 mod inspect;
@@ -17,6 +18,7 @@ mod sse;
 mod upstream;
 mod usage;
 
+pub use accounting::{Accounting, Clock};
 pub use error::ProxyError;
 pub use inspect::{Inspector, request_texts, response_text};
 pub use manager::{

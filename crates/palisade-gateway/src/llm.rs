@@ -16,6 +16,7 @@ use palisade_core::now_ms;
 use palisade_core::record::RequestRecord;
 use serde::Deserialize;
 
+use crate::accounting::Admission;
 use crate::body::{Finisher, ProxyBody, Relay};
 use crate::error::ProxyError;
 use crate::inspect::{Findings, Inspector, request_texts, response_text};
@@ -40,6 +41,14 @@ struct Peek<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 /// Serves one request on an LLM proxy. Never fails: every error becomes a well-formed answer.
@@ -108,6 +117,9 @@ fn error_response(
             http::header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer"),
         );
+    }
+    if let ProxyError::RateLimited { retry_after, .. } = e {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
     }
     h.insert(
         OVERHEAD.clone(),
@@ -213,6 +225,9 @@ async fn proxy(
     rec.key_id = Some(key.id.clone());
     rec.key_name = Some(key.name.clone());
     rec.group = key.group.clone();
+    let admission = shared
+        .accounting
+        .admit(&key, &rt.spec.name, shared.alert.as_ref(), rec)?;
 
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -221,6 +236,7 @@ async fn proxy(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let body = read_body(body, rt.spec.max_body_bytes, declared).await?;
+    let mut strip_usage = false;
 
     if endpoint.has_json_body() {
         let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
@@ -228,10 +244,21 @@ async fn proxy(
         })?;
         rec.model = peek.model.map(|m| m.chars().take(200).collect());
         rec.stream = peek.stream.unwrap_or(false);
+        shared.accounting.check_model(&key, rec.model.as_deref())?;
+        strip_usage = endpoint == Endpoint::ChatCompletions
+            && rec.stream
+            && peek.stream_options.and_then(|o| o.include_usage) != Some(true);
         if let Some(insp) = &rt.inspector {
             inspect_request(insp, &body, findings)?;
         }
     }
+    // Streamed chat completions report usage only when asked: ask on the client's behalf
+    // (and drop the extra chunk from its stream) so every request is accounted.
+    let body = if strip_usage {
+        with_stream_usage(&body)?
+    } else {
+        body
+    };
 
     // Phase 3: the upstream request.
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -294,12 +321,15 @@ async fn proxy(
         let overhead = pre + headers_at.elapsed();
         rec.overhead_us = overhead.as_micros() as i64;
         finish_headers(&mut headers, &rec.id, overhead);
+        warn_header(&mut headers, &admission);
         let finisher = Finisher {
             record: std::mem::take(rec),
             t0,
             sink: shared.record.clone(),
             alert: shared.alert.clone(),
             findings: std::mem::take(findings),
+            accounting: shared.accounting.clone(),
+            key_tpm: key.tpm,
         };
         let relay = Relay::new(
             up_body,
@@ -309,6 +339,11 @@ async fn proxy(
             finisher,
             rt.inspector.clone(),
         );
+        let relay = if strip_usage && is_sse {
+            relay.strip_usage_chunk()
+        } else {
+            relay
+        };
         let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
         *resp.status_mut() = up_parts.status;
         *resp.headers_mut() = headers;
@@ -344,6 +379,7 @@ async fn proxy(
     let mut headers = client_response_headers(&up_parts.headers, false);
     let overhead = pre + received.elapsed();
     finish_headers(&mut headers, &rec.id, overhead);
+    warn_header(&mut headers, &admission);
     let mut resp = Response::new(ProxyBody::full(bytes));
     *resp.status_mut() = up_parts.status;
     *resp.headers_mut() = headers;
@@ -359,8 +395,37 @@ async fn proxy(
         rec.error = Some(format!("upstream answered {}", up_parts.status));
     }
     std::mem::take(findings).finalize(rec, shared.alert.as_ref());
+    shared
+        .accounting
+        .settle(rec, &usage, key.tpm, shared.alert.as_ref());
     (shared.record)(std::mem::take(rec));
     Ok(resp)
+}
+
+/// The budget warning of a `warn` group over its limit.
+fn warn_header(h: &mut http::HeaderMap, adm: &Admission) {
+    if let Some(w) = &adm.budget_warning
+        && let Ok(v) = HeaderValue::from_str(w)
+    {
+        h.insert("x-palisade-budget-warning", v);
+    }
+}
+
+/// The request body with `stream_options.include_usage = true`.
+fn with_stream_usage(body: &Bytes) -> Result<Bytes, ProxyError> {
+    let mut v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    if let Some(m) = v.as_object_mut() {
+        let opts = m
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(o) = opts.as_object_mut() {
+            o.insert("include_usage".into(), serde_json::Value::Bool(true));
+        }
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))
 }
 
 fn finish_headers(h: &mut http::HeaderMap, request_id: &str, overhead: Duration) {

@@ -12,6 +12,7 @@ use palisade_core::model::{LlmApi, ProxySpec};
 use palisade_core::record::{AlertRecord, RequestRecord};
 use tokio::sync::Mutex;
 
+use crate::accounting::Accounting;
 use crate::inspect::Inspector;
 use crate::listener::RunningListener;
 use crate::upstream::{HttpClient, UpstreamTarget, build_client};
@@ -32,6 +33,8 @@ pub struct GatewayShared {
     pub record: RecordFn,
     /// Alert sink.
     pub alert: AlertFn,
+    /// Budgets, prices and rate limits.
+    pub accounting: Arc<Accounting>,
 }
 
 impl GatewayShared {
@@ -42,6 +45,7 @@ impl GatewayShared {
             client: build_client(),
             record,
             alert,
+            accounting: Arc::new(Accounting::default()),
         }
     }
 }

@@ -82,6 +82,34 @@ impl SseSplitter {
     }
 }
 
+/// The raw events of a run, each with its terminator.
+pub fn raw_events(run: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < run.len() {
+        let rest = &run[i..];
+        let term = if rest.starts_with(b"\r\n\r\n") {
+            4
+        } else if rest.starts_with(b"\n\n") || rest.starts_with(b"\r\r") {
+            2
+        } else {
+            0
+        };
+        if term > 0 {
+            out.push(&run[start..i + term]);
+            i += term;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    if start < run.len() {
+        out.push(&run[start..]);
+    }
+    out
+}
+
 /// Calls `f(event_name, data)` for each event in a run of complete events. Multi-line data is
 /// joined with `\n` as the SSE specification says.
 pub fn for_each_event(run: &[u8], mut f: impl FnMut(&str, &[u8])) {
@@ -153,6 +181,15 @@ mod tests {
             b"data: a\r\n\r\n"
         );
         assert!(s.push(Bytes::from_static(b"data: 0123456789")).is_err());
+    }
+
+    #[test]
+    fn raw_events_keep_terminators() {
+        let ev = raw_events(b"data: a\n\ndata: b\r\n\r\ntail");
+        assert_eq!(
+            ev,
+            vec![&b"data: a\n\n"[..], &b"data: b\r\n\r\n"[..], &b"tail"[..]]
+        );
     }
 
     #[test]

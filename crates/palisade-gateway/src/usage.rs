@@ -31,8 +31,14 @@ impl Usage {
         let Some(u) = u.filter(|u| u.is_object()) else {
             return;
         };
-        if let Some(p) = int(u, "prompt_tokens").or_else(|| int(u, "input_tokens")) {
+        if let Some(p) = int(u, "prompt_tokens") {
             self.prompt = Some(p);
+        } else if let Some(p) = int(u, "input_tokens") {
+            // Anthropic counts cache reads and writes apart from `input_tokens`; fold them in so
+            // `prompt` always includes cached tokens (OpenAI's convention, used for pricing).
+            let extra = int(u, "cache_read_input_tokens").unwrap_or(0)
+                + int(u, "cache_creation_input_tokens").unwrap_or(0);
+            self.prompt = Some(p + extra);
         }
         if let Some(c) = int(u, "completion_tokens").or_else(|| int(u, "output_tokens")) {
             self.completion = Some(c);
@@ -106,10 +112,10 @@ mod tests {
         u.absorb_json(br#"{"type":"message_start","message":{"usage":{"input_tokens":12,"output_tokens":1,"cache_read_input_tokens":2}}}"#);
         u.absorb_json(br#"{"type":"content_block_delta","delta":{"text":"hi"}}"#);
         u.absorb_json(br#"{"type":"message_delta","usage":{"output_tokens":30}}"#);
-        assert_eq!(u.prompt, Some(12));
+        assert_eq!(u.prompt, Some(14));
         assert_eq!(u.completion, Some(30));
         assert_eq!(u.cached, Some(2));
-        assert_eq!(u.total_or_sum(), Some(42));
+        assert_eq!(u.total_or_sum(), Some(44));
     }
 
     #[test]

@@ -4,15 +4,18 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod identity;
 mod migrations;
 mod requests;
 mod store;
 mod writer;
 
 pub use alerts::{ALERT_STATUSES, AlertFilter, AlertPage};
+pub use identity::{
+    ApiKeyRow, BudgetStatus, GroupRow, KeyOptions, UsageQuery, UsageRow, budget_of,
+};
 pub use requests::{RequestFilter, RequestPage};
 pub use store::{
-    Actor, ApiKeyRow, AuditEntry, AuditFilter, GroupRow, ProxyRow, SealedUpdate, Store, StoreError,
-    UserRow,
+    Actor, AuditEntry, AuditFilter, ProxyRow, SealedUpdate, Store, StoreError, UserRow,
 };
 pub use writer::{LogSink, LogWriter, WriterStats};

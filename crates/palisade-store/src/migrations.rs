@@ -118,6 +118,26 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // 3: spend control: group budgets and limits, key restrictions, prices, request cost.
+    r#"
+    ALTER TABLE groups ADD COLUMN spec TEXT;
+    ALTER TABLE groups ADD COLUMN budget_reset_at INTEGER;
+    ALTER TABLE api_keys ADD COLUMN allowed_proxies TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE api_keys ADD COLUMN allowed_models TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE api_keys ADD COLUMN rpm INTEGER;
+    ALTER TABLE api_keys ADD COLUMN tpm INTEGER;
+    ALTER TABLE requests ADD COLUMN cost_nano INTEGER;
+    ALTER TABLE requests ADD COLUMN cost_unknown INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX requests_group_ts ON requests (group_name, ts_ms);
+    CREATE TABLE prices (
+        model TEXT PRIMARY KEY,
+        input_per_mtok REAL NOT NULL,
+        output_per_mtok REAL NOT NULL,
+        cached_input_per_mtok REAL,
+        source TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

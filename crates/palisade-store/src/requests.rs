@@ -61,9 +61,10 @@ pub(crate) fn insert_batch(
         let mut st = tx.prepare_cached(
             "INSERT OR REPLACE INTO requests (id, ts_ms, proxy, api, method, path, endpoint, model, stream, status,
              key_id, key_name, group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens,
-             latency_us, ttfb_us, overhead_us, error, client, decision, risk_score, matched_rules)
+             latency_us, ttfb_us, overhead_us, error, client, decision, risk_score, matched_rules, cost_nano,
+             cost_unknown)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-                     ?23, ?24, ?25)",
+                     ?23, ?24, ?25, ?26, ?27)",
         )?;
         for r in rows {
             st.execute(params![
@@ -91,7 +92,10 @@ pub(crate) fn insert_batch(
                 r.client,
                 r.decision,
                 r.risk_score,
-                r.matched_rules
+                r.matched_rules,
+                r.cost_usd
+                    .map(|c| (c * palisade_core::spend::NANO_PER_USD).round() as i64),
+                r.cost_unknown
             ])?;
         }
     }
@@ -149,7 +153,7 @@ impl Store {
             let sql = format!(
                 "SELECT id, ts_ms, proxy, api, method, path, endpoint, model, stream, status, key_id, key_name,
                  group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens, latency_us, ttfb_us,
-                 overhead_us, error, client, decision, risk_score, matched_rules FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
+                 overhead_us, error, client, decision, risk_score, matched_rules, cost_nano, cost_unknown FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
             );
             let mut st = c.prepare(&sql)?;
             let items = st
@@ -180,6 +184,10 @@ impl Store {
                         decision: r.get(22)?,
                         risk_score: r.get(23)?,
                         matched_rules: r.get(24)?,
+                        cost_usd: r
+                            .get::<_, Option<i64>>(25)?
+                            .map(|n| n as f64 / palisade_core::spend::NANO_PER_USD),
+                        cost_unknown: r.get(26)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

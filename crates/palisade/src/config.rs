@@ -4,14 +4,16 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use palisade_core::model::{ProxySpec, validate_name};
+use palisade_core::spend::{GroupSpec, Price};
 use serde::Deserialize;
 
 /// A parsed, validated config file with secrets resolved.
 #[derive(Debug)]
 pub struct Config {
     pub proxies: Vec<(ProxySpec, Option<String>)>,
-    pub groups: Vec<GroupConf>,
+    pub groups: Vec<GroupSpec>,
     pub api_keys: Vec<KeyConf>,
+    pub prices: Vec<Price>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -20,17 +22,11 @@ struct RawConfig {
     #[serde(default)]
     proxies: Vec<toml::Table>,
     #[serde(default)]
-    groups: Vec<GroupConf>,
+    groups: Vec<toml::Table>,
     #[serde(default)]
     api_keys: Vec<KeyConf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupConf {
-    pub name: String,
     #[serde(default)]
-    pub description: String,
+    prices: Vec<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +36,14 @@ pub struct KeyConf {
     pub group: Option<String>,
     /// The key itself, or `env:NAME`.
     pub key: String,
+    #[serde(default)]
+    pub allowed_proxies: Vec<String>,
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    #[serde(default)]
+    pub tpm: Option<u32>,
 }
 
 /// Resolves `env:NAME` to the variable's value; other strings are literal.
@@ -83,12 +87,26 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         }
         proxies.push((spec, key));
     }
-    let mut groups = std::collections::HashSet::new();
-    for (i, g) in raw.groups.iter().enumerate() {
-        validate_name("name", &g.name).map_err(|e| anyhow::anyhow!("groups[{i}]: {e}"))?;
-        if !groups.insert(g.name.clone()) {
+    let mut groups = Vec::new();
+    for (i, table) in raw.groups.into_iter().enumerate() {
+        let g: GroupSpec = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("groups[{i}]: {e}"))?;
+        g.validate()
+            .map_err(|e| anyhow::anyhow!("groups[{i}] ({}): {e}", g.name))?;
+        if groups.iter().any(|x: &GroupSpec| x.name == g.name) {
             bail!("groups[{i}]: duplicate group `{}`", g.name);
         }
+        groups.push(g);
+    }
+    let mut prices = Vec::new();
+    for (i, table) in raw.prices.into_iter().enumerate() {
+        let p: Price = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("prices[{i}]: {e}"))?;
+        p.validate()
+            .map_err(|e| anyhow::anyhow!("prices[{i}] ({}): {e}", p.model))?;
+        prices.push(p);
     }
     let mut api_keys = Vec::new();
     for (i, k) in raw.api_keys.into_iter().enumerate() {
@@ -101,8 +119,9 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
     }
     Ok(Config {
         proxies,
-        groups: raw.groups,
+        groups,
         api_keys,
+        prices,
     })
 }
 
@@ -118,6 +137,8 @@ mod tests {
             .unwrap();
         assert_eq!(cfg.proxies.len(), 2);
         assert_eq!(cfg.groups[0].name, "engineering");
+        assert_eq!(cfg.groups[0].monthly_budget_usd, Some(500.0));
+        assert_eq!(cfg.prices[0].model, "mock-gpt");
         assert_eq!(cfg.api_keys[0].group.as_deref(), Some("engineering"));
     }
 

@@ -108,15 +108,30 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
 async fn apply_config(state: &AppState, path: &Path) -> anyhow::Result<()> {
     let cfg = crate::config::load(path)?;
     let actor = || Actor::system("config");
-    for g in &cfg.groups {
+    for g in cfg.groups {
+        let name = g.name.clone();
         state
-            .put_group(&g.name, &g.description, true, actor())
+            .put_group(g, true, actor())
             .await
-            .map_err(|e| anyhow::anyhow!("group `{}`: {}", g.name, e.message))?;
+            .map_err(|e| anyhow::anyhow!("group `{name}`: {}", e.message))?;
     }
-    for k in &cfg.api_keys {
+    for p in cfg.prices {
+        let model = p.model.clone();
         state
-            .put_fixed_key(&k.name, k.group.clone(), &k.key, actor())
+            .put_price(p, "config", actor())
+            .await
+            .map_err(|e| anyhow::anyhow!("price `{model}`: {}", e.message))?;
+    }
+    for k in cfg.api_keys {
+        let opts = palisade_store::KeyOptions {
+            allowed_proxies: k.allowed_proxies.clone(),
+            allowed_models: k.allowed_models.clone(),
+            rpm: k.rpm,
+            tpm: k.tpm,
+            expires_at: None,
+        };
+        state
+            .put_fixed_key(&k.name, k.group.clone(), &k.key, opts, actor())
             .await
             .map_err(|e| anyhow::anyhow!("api key `{}`: {}", k.name, e.message))?;
     }
@@ -175,6 +190,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e.message))?;
 
     ensure_admin(&state).await?;
+    state
+        .store
+        .seed_prices(palisade_core::spend::default_prices())
+        .await?;
+    let init = async {
+        state.reload_prices().await?;
+        state.reload_groups().await?;
+        state.seed_spend().await
+    };
+    init.await.map_err(|e| anyhow::anyhow!(e.message))?;
     state
         .reload_keys()
         .await

@@ -1,0 +1,315 @@
+//! Money and time for spend control: prices and costs, calendar months (UTC), group budgets.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::FieldError;
+
+/// Nano-dollars in one dollar: costs are kept as integers so sums are exact.
+pub const NANO_PER_USD: f64 = 1e9;
+
+/// Price of a model in USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Model name (a request's model matches it exactly, or by the longest prefix,
+    /// so `gpt-4o-mini` prices `gpt-4o-mini-2024-07-18`).
+    pub model: String,
+    /// USD per million input tokens.
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_per_mtok: f64,
+    /// USD per million cached input tokens (defaults to the input price).
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+impl Price {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.model.is_empty() || self.model.len() > 200 {
+            return Err(FieldError::new("model", "must be 1-200 characters"));
+        }
+        for (f, v) in [
+            ("input_per_mtok", Some(self.input_per_mtok)),
+            ("output_per_mtok", Some(self.output_per_mtok)),
+            ("cached_input_per_mtok", self.cached_input_per_mtok),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && (0.0..=100_000.0).contains(&v))
+            {
+                return Err(FieldError::new(
+                    f,
+                    "must be between 0 and 100000 USD per million tokens",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cost in nano-dollars of a request's tokens. `prompt` includes `cached` (OpenAI's
+    /// convention; Anthropic usage is normalised to it when read).
+    pub fn cost_nano(&self, prompt: i64, completion: i64, cached: i64) -> i64 {
+        let cached = cached.clamp(0, prompt.max(0));
+        let uncached = (prompt - cached).max(0) as f64;
+        let usd = uncached * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok.unwrap_or(self.input_per_mtok)
+            + completion.max(0) as f64 * self.output_per_mtok;
+        // per-million prices times tokens = micro-dollars; × 1000 = nano-dollars.
+        (usd * 1000.0).round() as i64
+    }
+}
+
+/// The shipped price list.
+pub fn default_prices() -> Vec<Price> {
+    #[derive(Deserialize)]
+    struct File {
+        prices: Vec<Price>,
+    }
+    serde_json::from_str::<File>(include_str!("../data/prices.json"))
+        .map(|f| f.prices)
+        .unwrap_or_default()
+}
+
+/// Prices by model with longest-prefix fallback.
+#[derive(Debug, Default)]
+pub struct PriceTable {
+    exact: HashMap<String, Price>,
+    by_len: Vec<String>,
+}
+
+impl PriceTable {
+    /// Builds the table.
+    pub fn new(prices: impl IntoIterator<Item = Price>) -> Self {
+        let exact: HashMap<String, Price> =
+            prices.into_iter().map(|p| (p.model.clone(), p)).collect();
+        let mut by_len: Vec<String> = exact.keys().cloned().collect();
+        by_len.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        Self { exact, by_len }
+    }
+
+    /// The price of a model: exact name, else the longest known name it starts with.
+    pub fn lookup(&self, model: &str) -> Option<&Price> {
+        self.exact.get(model).or_else(|| {
+            self.by_len
+                .iter()
+                .find(|k| {
+                    model.starts_with(k.as_str())
+                        && model[k.len()..].starts_with(['-', '@', ':', '.'])
+                })
+                .and_then(|k| self.exact.get(k))
+        })
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month) of a number of days since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+/// The calendar month (UTC) of a Unix-ms time, as `yyyymm`.
+pub fn month_key(ms: i64) -> i32 {
+    let (y, m) = civil_from_days(ms.div_euclid(86_400_000));
+    (y * 100 + m) as i32
+}
+
+/// Unix ms of the first instant of the UTC month containing `ms`.
+pub fn month_start_ms(ms: i64) -> i64 {
+    let (y, m) = civil_from_days(ms.div_euclid(86_400_000));
+    days_from_civil(y, m, 1) * 86_400_000
+}
+
+/// The UTC day of a Unix-ms time, as `yyyy-mm-dd`.
+pub fn day_string(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let (y, m) = civil_from_days(days);
+    let d = days - days_from_civil(y, m, 1) + 1;
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// What happens when a group's monthly budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetAction {
+    /// Refuse with 402 before calling the upstream.
+    #[default]
+    Block,
+    /// Serve, with a warning header and an alert.
+    Warn,
+}
+
+/// A group (team) with its budget and default rate limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Monthly budget in USD; none means unlimited.
+    #[serde(default)]
+    pub monthly_budget_usd: Option<f64>,
+    /// Percent of the budget at which one warning alert is raised per month.
+    #[serde(default = "default_warn")]
+    pub budget_warn_percent: u8,
+    /// `block` (402) or `warn` once the budget is spent.
+    #[serde(default)]
+    pub budget_action: BudgetAction,
+    /// Requests per minute allowed to each key of the group (keys may override).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute allowed to each key of the group (keys may override).
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Requests per minute for the whole group together.
+    #[serde(default)]
+    pub group_rpm: Option<u32>,
+    /// Tokens per minute for the whole group together.
+    #[serde(default)]
+    pub group_tpm: Option<u32>,
+}
+
+fn default_warn() -> u8 {
+    80
+}
+
+impl GroupSpec {
+    /// A group with no budget or limits.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            description: String::new(),
+            monthly_budget_usd: None,
+            budget_warn_percent: 80,
+            budget_action: BudgetAction::Block,
+            rpm: None,
+            tpm: None,
+            group_rpm: None,
+            group_tpm: None,
+        }
+    }
+
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        crate::model::validate_name("name", &self.name)?;
+        if self.description.len() > 1024 {
+            return Err(FieldError::new("description", "must be at most 1024 bytes"));
+        }
+        if let Some(b) = self.monthly_budget_usd
+            && !(b.is_finite() && (0.0..=1e9).contains(&b))
+        {
+            return Err(FieldError::new(
+                "monthly_budget_usd",
+                "must be between 0 and 1e9",
+            ));
+        }
+        if !(1..=100).contains(&self.budget_warn_percent) {
+            return Err(FieldError::new(
+                "budget_warn_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        for (f, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("group_rpm", self.group_rpm),
+            ("group_tpm", self.group_tpm),
+        ] {
+            if v == Some(0) {
+                return Err(FieldError::new(
+                    f,
+                    "must be at least 1 (omit it for no limit)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The budget in nano-dollars.
+    pub fn budget_nano(&self) -> Option<i64> {
+        self.monthly_budget_usd
+            .map(|b| (b * NANO_PER_USD).round() as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_and_days() {
+        // 2026-11-25T16:00:00Z
+        let t = 1_795_622_400_000;
+        assert_eq!(month_key(t), 202611);
+        assert_eq!(day_string(t), "2026-11-25");
+        assert_eq!(day_string(month_start_ms(t)), "2026-11-01");
+        // New year and leap day boundaries.
+        let ny = days_from_civil(2027, 1, 1) * 86_400_000;
+        assert_eq!(month_key(ny - 1), 202612);
+        assert_eq!(month_key(ny), 202701);
+        assert_eq!(
+            day_string(days_from_civil(2028, 2, 29) * 86_400_000),
+            "2028-02-29"
+        );
+        assert_eq!(month_key(0), 197001);
+    }
+
+    #[test]
+    fn costs_are_exact_in_nano_dollars() {
+        let p = Price {
+            model: "m".into(),
+            input_per_mtok: 0.15,
+            output_per_mtok: 0.60,
+            cached_input_per_mtok: Some(0.075),
+        };
+        // 1000 prompt (200 cached), 500 completion: 800*0.15 + 200*0.075 + 500*0.6 = 435 µ$.
+        assert_eq!(p.cost_nano(1000, 500, 200), 435_000);
+        assert_eq!(p.cost_nano(0, 0, 0), 0);
+        let t = PriceTable::new([
+            p.clone(),
+            Price {
+                model: "m-large".into(),
+                ..p.clone()
+            },
+        ]);
+        assert!(t.lookup("m-2024-07-18").is_some());
+        assert_eq!(t.lookup("m-large-2").unwrap().model, "m-large");
+        assert!(t.lookup("mx").is_none());
+        assert!(default_prices().len() > 10);
+    }
+
+    #[test]
+    fn group_validation_names_fields() {
+        let mut g = GroupSpec::named("eng");
+        g.budget_warn_percent = 0;
+        assert_eq!(g.validate().unwrap_err().field, "budget_warn_percent");
+        let mut g = GroupSpec::named("eng");
+        g.rpm = Some(0);
+        assert_eq!(g.validate().unwrap_err().field, "rpm");
+        let mut g = GroupSpec::named("eng");
+        g.monthly_budget_usd = Some(-1.0);
+        assert_eq!(g.validate().unwrap_err().field, "monthly_budget_usd");
+    }
+}

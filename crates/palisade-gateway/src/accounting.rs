@@ -1,0 +1,514 @@
+//! Spend and rate control on the data path: per-key and per-group token buckets, monthly group
+//! spend kept in memory (seeded from the store, rolled over by the calendar), prices, and the
+//! budget alerts.
+//!
+//! Budgets are checked before the upstream is called and charged when the answer's usage is
+//! known, so concurrent requests can overspend only by what is already in flight.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use palisade_core::identity::KeyInfo;
+use palisade_core::record::{AlertRecord, RequestRecord};
+use palisade_core::spend::{BudgetAction, GroupSpec, NANO_PER_USD, PriceTable, month_key};
+
+use crate::error::ProxyError;
+use crate::usage::Usage;
+
+/// A clock in Unix ms; injectable so month roll-over can be tested.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// A token bucket refilled continuously at `limit` per minute.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: i64,
+}
+
+/// Per-minute limits keyed by scope (`k:<key id>`, `g:<group>`, `t…` for tokens).
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    fn refill(b: &mut Bucket, limit: f64, now: i64) {
+        let elapsed = (now - b.at_ms).max(0) as f64;
+        b.tokens = (b.tokens + elapsed * limit / 60_000.0).min(limit);
+        b.at_ms = now;
+    }
+
+    /// Checks that `scope` has budget left (> 0) and, with `take`, takes that many units.
+    /// On refusal returns the seconds until one unit is available.
+    fn acquire(&self, scope: &str, limit: u32, take: f64, now: i64) -> Result<(), u64> {
+        let limit = f64::from(limit);
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, b| now - b.at_ms < 120_000);
+        }
+        let b = map.entry(scope.to_string()).or_insert(Bucket {
+            tokens: limit,
+            at_ms: now,
+        });
+        Self::refill(b, limit, now);
+        let need = take.max(f64::MIN_POSITIVE);
+        if b.tokens >= need {
+            b.tokens -= take;
+            Ok(())
+        } else {
+            let missing = need - b.tokens;
+            Err(((missing * 60.0 / limit).ceil() as u64).max(1))
+        }
+    }
+
+    /// Charges units after the fact (tokens); the balance may go negative and then refuses.
+    fn charge(&self, scope: &str, limit: u32, amount: f64, now: i64) {
+        let limit = f64::from(limit);
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = map.entry(scope.to_string()).or_insert(Bucket {
+            tokens: limit,
+            at_ms: now,
+        });
+        Self::refill(b, limit, now);
+        b.tokens -= amount;
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct GroupSpend {
+    month: i32,
+    nano: i64,
+    warned: bool,
+    exceeded: bool,
+}
+
+/// Spend of each group in the current calendar month (UTC).
+#[derive(Default)]
+pub struct SpendBook {
+    groups: Mutex<HashMap<String, GroupSpend>>,
+}
+
+impl SpendBook {
+    fn entry<'a>(
+        map: &'a mut HashMap<String, GroupSpend>,
+        group: &str,
+        now: i64,
+    ) -> &'a mut GroupSpend {
+        let month = month_key(now);
+        let e = map.entry(group.to_string()).or_insert(GroupSpend {
+            month,
+            ..Default::default()
+        });
+        if e.month != month {
+            // A new month: spend starts from zero without any job having to run.
+            *e = GroupSpend {
+                month,
+                ..Default::default()
+            };
+        }
+        e
+    }
+
+    /// Sets a group's spend (start-up seeding from the store, manual reset).
+    pub fn set(&self, group: &str, nano: i64, now: i64) {
+        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        *Self::entry(&mut map, group, now) = GroupSpend {
+            month: month_key(now),
+            nano,
+            ..Default::default()
+        };
+    }
+
+    /// Spend this month in nano-dollars.
+    pub fn spent(&self, group: &str, now: i64) -> i64 {
+        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        Self::entry(&mut map, group, now).nano
+    }
+}
+
+/// What the pre-check decided.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// A warning for the client (`warn` budgets over their limit).
+    pub budget_warning: Option<String>,
+}
+
+/// The accounting state shared by all proxies.
+pub struct Accounting {
+    /// Groups by name.
+    pub groups: ArcSwap<HashMap<String, GroupSpec>>,
+    /// Prices.
+    pub prices: ArcSwap<PriceTable>,
+    /// Rate limits.
+    pub limiter: RateLimiter,
+    /// Group spend.
+    pub spend: SpendBook,
+    /// Time source.
+    pub clock: Clock,
+}
+
+impl Default for Accounting {
+    fn default() -> Self {
+        Self {
+            groups: ArcSwap::from_pointee(HashMap::new()),
+            prices: ArcSwap::from_pointee(PriceTable::default()),
+            limiter: RateLimiter::default(),
+            spend: SpendBook::default(),
+            clock: Arc::new(palisade_core::now_ms),
+        }
+    }
+}
+
+fn usd(nano: i64) -> f64 {
+    nano as f64 / NANO_PER_USD
+}
+
+impl Accounting {
+    /// Phase 1b: key scope, rate limits and budget, before any upstream work.
+    pub fn admit(
+        &self,
+        key: &KeyInfo,
+        proxy: &str,
+        alert: &dyn Fn(AlertRecord),
+        rec: &RequestRecord,
+    ) -> Result<Admission, ProxyError> {
+        if !key.allowed_proxies.is_empty() && !key.allowed_proxies.iter().any(|p| p == proxy) {
+            return Err(ProxyError::Forbidden(format!(
+                "key `{}` may not use proxy `{proxy}`",
+                key.name
+            )));
+        }
+        let now = (self.clock)();
+        let groups = self.groups.load();
+        let group = key.group.as_ref().and_then(|g| groups.get(g));
+        if let Some(rpm) = key.rpm {
+            self.limiter
+                .acquire(&format!("k:{}", key.id), rpm, 1.0, now)
+                .map_err(|s| ProxyError::RateLimited {
+                    retry_after: s,
+                    what: format!("key `{}`: {rpm} requests per minute", key.name),
+                })?;
+        }
+        if let Some(tpm) = key.tpm {
+            self.limiter
+                .acquire(&format!("t:{}", key.id), tpm, 0.0, now)
+                .map_err(|s| ProxyError::RateLimited {
+                    retry_after: s,
+                    what: format!("key `{}`: {tpm} tokens per minute", key.name),
+                })?;
+        }
+        let mut out = Admission::default();
+        let Some(g) = group else { return Ok(out) };
+        if let Some(rpm) = g.group_rpm {
+            self.limiter
+                .acquire(&format!("g:{}", g.name), rpm, 1.0, now)
+                .map_err(|s| ProxyError::RateLimited {
+                    retry_after: s,
+                    what: format!("group `{}`: {rpm} requests per minute", g.name),
+                })?;
+        }
+        if let Some(tpm) = g.group_tpm {
+            self.limiter
+                .acquire(&format!("gt:{}", g.name), tpm, 0.0, now)
+                .map_err(|s| ProxyError::RateLimited {
+                    retry_after: s,
+                    what: format!("group `{}`: {tpm} tokens per minute", g.name),
+                })?;
+        }
+        if let Some(limit) = g.budget_nano() {
+            let spent = self.spend.spent(&g.name, now);
+            if spent >= limit {
+                let msg = format!(
+                    "group `{}` has spent ${:.2} of its ${:.2} monthly budget",
+                    g.name,
+                    usd(spent),
+                    usd(limit)
+                );
+                self.budget_alert(g, spent, limit, now, true, alert, rec);
+                match g.budget_action {
+                    BudgetAction::Block => return Err(ProxyError::BudgetExceeded(msg)),
+                    BudgetAction::Warn => out.budget_warning = Some(msg),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks a request's model against the key's allowed models.
+    pub fn check_model(&self, key: &KeyInfo, model: Option<&str>) -> Result<(), ProxyError> {
+        if key.allowed_models.is_empty() {
+            return Ok(());
+        }
+        match model {
+            Some(m) if key.allowed_models.iter().any(|a| a == m) => Ok(()),
+            m => Err(ProxyError::Forbidden(format!(
+                "key `{}` may not use model `{}`",
+                key.name,
+                m.unwrap_or("(none)")
+            ))),
+        }
+    }
+
+    /// Completion: prices the usage into the record, charges spend and token buckets, and
+    /// raises the month's warning alert when the threshold is crossed.
+    pub fn settle(
+        &self,
+        rec: &mut RequestRecord,
+        usage: &Usage,
+        key_tpm: Option<u32>,
+        alert: &dyn Fn(AlertRecord),
+    ) {
+        let now = (self.clock)();
+        let tokens = usage.total_or_sum().unwrap_or(0);
+        if tokens > 0 {
+            if let (Some(id), Some(tpm)) = (&rec.key_id, key_tpm) {
+                self.limiter
+                    .charge(&format!("t:{id}"), tpm, tokens as f64, now);
+            }
+            if let Some(g) = rec
+                .group
+                .as_ref()
+                .and_then(|g| self.groups.load().get(g).cloned())
+                && let Some(tpm) = g.group_tpm
+            {
+                self.limiter
+                    .charge(&format!("gt:{}", g.name), tpm, tokens as f64, now);
+            }
+        }
+        if usage.prompt.is_none() && usage.completion.is_none() {
+            return;
+        }
+        let model = rec.model.clone().unwrap_or_default();
+        let nano = match self.prices.load().lookup(&model) {
+            Some(p) => p.cost_nano(
+                usage.prompt.unwrap_or(0),
+                usage.completion.unwrap_or(0),
+                usage.cached.unwrap_or(0),
+            ),
+            None => {
+                rec.cost_unknown = true;
+                0
+            }
+        };
+        rec.cost_usd = Some(usd(nano));
+        let Some(group) = rec.group.clone() else {
+            return;
+        };
+        let groups = self.groups.load();
+        let Some(g) = groups.get(&group) else { return };
+        let (spent, crossed) = {
+            let mut map = self.spend.groups.lock().unwrap_or_else(|p| p.into_inner());
+            let e = SpendBook::entry(&mut map, &group, now);
+            e.nano += nano;
+            let crossed = match g.budget_nano() {
+                Some(limit)
+                    if !e.warned && e.nano * 100 >= limit * i64::from(g.budget_warn_percent) =>
+                {
+                    e.warned = true;
+                    Some(limit)
+                }
+                _ => None,
+            };
+            (e.nano, crossed)
+        };
+        if let Some(limit) = crossed {
+            self.budget_alert(g, spent, limit, now, false, alert, rec);
+        }
+    }
+
+    /// One alert per group and month for crossing the warning threshold, and one for
+    /// exceeding the budget (deduplicated in memory and by key in the store).
+    #[allow(clippy::too_many_arguments)]
+    fn budget_alert(
+        &self,
+        g: &GroupSpec,
+        spent: i64,
+        limit: i64,
+        now: i64,
+        exceeded: bool,
+        alert: &dyn Fn(AlertRecord),
+        rec: &RequestRecord,
+    ) {
+        if exceeded {
+            let mut map = self.spend.groups.lock().unwrap_or_else(|p| p.into_inner());
+            let e = SpendBook::entry(&mut map, &g.name, now);
+            if e.exceeded {
+                return;
+            }
+            e.exceeded = true;
+        }
+        let month = month_key(now);
+        let (kind, title, severity) = if exceeded {
+            ("exceeded", "Monthly budget exhausted", "high")
+        } else {
+            ("warn", "Monthly budget warning threshold crossed", "medium")
+        };
+        let what = match (exceeded, g.budget_action) {
+            (false, _) => format!("crossed {}% of", g.budget_warn_percent),
+            (true, BudgetAction::Block) => {
+                "exhausted; requests are refused (402) for the rest of the month".into()
+            }
+            (true, BudgetAction::Warn) => "exhausted; requests are served with a warning".into(),
+        };
+        alert(AlertRecord {
+            id: palisade_core::crypto::random_id(),
+            ts_ms: palisade_core::now_ms(),
+            kind: "budget".into(),
+            title: title.into(),
+            category: Some("budget".into()),
+            severity: severity.into(),
+            proxy: Some(rec.proxy.clone()),
+            group: Some(g.name.clone()),
+            key_name: rec.key_name.clone(),
+            request_id: Some(rec.id.clone()),
+            message: format!(
+                "group `{}` spent ${:.4} of its ${:.2} monthly budget: {what}",
+                g.name,
+                usd(spent),
+                usd(limit)
+            ),
+            status: "new".into(),
+            dedup_key: Some(format!("budget-{kind}:{}:{month}", g.name)),
+            ..Default::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    fn key(rpm: Option<u32>) -> KeyInfo {
+        KeyInfo {
+            id: "k1".into(),
+            name: "ci".into(),
+            group: Some("eng".into()),
+            rpm,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rpm_limits_and_refills() {
+        let acc = Accounting::default();
+        let now = Arc::new(AtomicI64::new(1_000_000));
+        let n = now.clone();
+        let acc = Accounting {
+            clock: Arc::new(move || n.load(Ordering::SeqCst)),
+            ..acc
+        };
+        let rec = RequestRecord::default();
+        for _ in 0..3 {
+            acc.admit(&key(Some(3)), "p", &|_| {}, &rec).unwrap();
+        }
+        match acc.admit(&key(Some(3)), "p", &|_| {}, &rec) {
+            Err(ProxyError::RateLimited { retry_after, .. }) => {
+                assert!((1..=20).contains(&retry_after))
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        now.fetch_add(20_000, Ordering::SeqCst);
+        acc.admit(&key(Some(3)), "p", &|_| {}, &rec).unwrap();
+        // Another key is unaffected.
+        let other = KeyInfo {
+            id: "k2".into(),
+            ..key(Some(3))
+        };
+        acc.admit(&other, "p", &|_| {}, &rec).unwrap();
+    }
+
+    #[test]
+    fn spend_rolls_over_with_the_month_and_alerts_once() {
+        let now = Arc::new(AtomicI64::new(1_795_622_400_000)); // 2026-11-25
+        let n = now.clone();
+        let acc = Accounting {
+            clock: Arc::new(move || n.load(Ordering::SeqCst)),
+            ..Default::default()
+        };
+        let mut g = GroupSpec::named("eng");
+        g.monthly_budget_usd = Some(1.0);
+        acc.groups
+            .store(Arc::new([("eng".to_string(), g)].into_iter().collect()));
+        acc.prices
+            .store(Arc::new(PriceTable::new([palisade_core::spend::Price {
+                model: "m".into(),
+                input_per_mtok: 100_000.0,
+                output_per_mtok: 0.0,
+                cached_input_per_mtok: None,
+            }])));
+        let alerts = Mutex::new(Vec::new());
+        let push = |a: AlertRecord| alerts.lock().unwrap().push(a);
+        let usage = Usage {
+            prompt: Some(3),
+            completion: Some(0),
+            ..Default::default()
+        }; // $0.30
+        for _ in 0..4 {
+            let mut rec = RequestRecord {
+                group: Some("eng".into()),
+                model: Some("m".into()),
+                ..Default::default()
+            };
+            acc.admit(&key(None), "p", &push, &rec).unwrap();
+            acc.settle(&mut rec, &usage, None, &push);
+            assert_eq!(rec.cost_usd, Some(0.3));
+        }
+        assert_eq!(
+            acc.spend.spent("eng", now.load(Ordering::SeqCst)),
+            1_200_000_000
+        );
+        let warns = alerts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| {
+                a.dedup_key
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("budget-warn")
+            })
+            .count();
+        assert_eq!(warns, 1, "one warning per month");
+        let rec = RequestRecord::default();
+        assert!(matches!(
+            acc.admit(&key(None), "p", &push, &rec),
+            Err(ProxyError::BudgetExceeded(_))
+        ));
+        assert!(matches!(
+            acc.admit(&key(None), "p", &push, &rec),
+            Err(ProxyError::BudgetExceeded(_))
+        ));
+        let exceeded = alerts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.title.contains("exhausted"))
+            .count();
+        assert_eq!(exceeded, 1);
+        // 2026-12-01: a new month, spend is zero again.
+        now.store(1_796_083_200_000, Ordering::SeqCst);
+        assert_eq!(month_key(now.load(Ordering::SeqCst)), 202612);
+        acc.admit(&key(None), "p", &push, &rec).unwrap();
+        assert_eq!(acc.spend.spent("eng", now.load(Ordering::SeqCst)), 0);
+    }
+
+    #[test]
+    fn key_scope_is_enforced() {
+        let acc = Accounting::default();
+        let k = KeyInfo {
+            allowed_proxies: vec!["a".into()],
+            allowed_models: vec!["m1".into()],
+            ..key(None)
+        };
+        let rec = RequestRecord::default();
+        assert!(acc.admit(&k, "a", &|_| {}, &rec).is_ok());
+        assert!(matches!(
+            acc.admit(&k, "b", &|_| {}, &rec),
+            Err(ProxyError::Forbidden(_))
+        ));
+        assert!(acc.check_model(&k, Some("m1")).is_ok());
+        assert!(acc.check_model(&k, Some("m2")).is_err());
+    }
+}

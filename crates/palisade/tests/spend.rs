@@ -1,0 +1,271 @@
+//! Usage, cost, budgets and rate limits, end to end with the mock model's known token counts.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const PRICE_IN: f64 = 1000.0; // USD per million tokens: large, so costs are cents per request
+const PRICE_OUT: f64 = 2000.0;
+
+fn config(upstream: &str, budget: f64, action: &str) -> String {
+    format!(
+        r#"
+[[groups]]
+name = "engineering"
+monthly_budget_usd = {budget}
+budget_warn_percent = 50
+budget_action = "{action}"
+
+[[prices]]
+model = "mock-gpt"
+input_per_mtok = {PRICE_IN}
+output_per_mtok = {PRICE_OUT}
+
+[[api_keys]]
+name = "ci"
+group = "engineering"
+key = "env:PALISADE_CI_KEY"
+
+[[proxies]]
+name = "oai"
+kind = "llm"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+"#
+    )
+}
+
+async fn chat(c: &reqwest::Client, url: &str, key: &str) -> reqwest::Response {
+    c.post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "price this request"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn cost_of(body: &Value) -> f64 {
+    let u = &body["usage"];
+    (u["prompt_tokens"].as_f64().unwrap() * PRICE_IN
+        + u["completion_tokens"].as_f64().unwrap() * PRICE_OUT)
+        / 1e6
+}
+
+#[tokio::test]
+async fn spend_accumulates_alerts_once_blocks_and_resets() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, 0.5, "block")).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+
+    let mut expected = 0.0;
+    let mut served = 0;
+    let mut refused = None;
+    for _ in 0..30 {
+        let r = chat(&c, &url, CI_KEY).await;
+        if r.status() == 402 {
+            refused = Some(r.json::<Value>().await.unwrap());
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        expected += cost_of(&r.json().await.unwrap());
+        served += 1;
+    }
+    let refused = refused.expect("the budget must run out");
+    assert_eq!(refused["error"]["code"], "budget_exceeded");
+    assert!(
+        (0.5..0.6).contains(&expected),
+        "overspend bounded by one request: {expected}"
+    );
+
+    let (_, b) = gw.get("/api/v1/groups/engineering/budget").await;
+    assert!(
+        (b["spent_usd"].as_f64().unwrap() - expected).abs() < 1e-6,
+        "{b} vs {expected}"
+    );
+    assert_eq!(b["limit_usd"], 0.5);
+    assert_eq!(b["remaining_usd"], 0.0);
+
+    // The request log carries the same costs, to the cent and below.
+    let rows = gw.wait_requests("proxy=oai&limit=500", served + 1).await;
+    let logged: f64 = rows.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
+    assert!((logged - expected).abs() < 1e-6, "{logged} vs {expected}");
+    let (_, usage) = gw.get("/api/v1/usage?group_by=key").await;
+    assert_eq!(usage[0]["key"], "ci");
+    assert_eq!(usage[0]["requests"].as_i64().unwrap(), served as i64 + 1);
+    assert!((usage[0]["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-6);
+
+    // One warning alert (50 %) and one exhaustion alert for the month, however many requests.
+    for _ in 0..3 {
+        assert_eq!(chat(&c, &url, CI_KEY).await.status(), 402);
+    }
+    let mut alerts = Value::Null;
+    for _ in 0..50 {
+        alerts = gw.get("/api/v1/alerts?kind=budget").await.1;
+        if alerts["total"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(alerts["total"], 2, "{alerts}");
+
+    // A manual reset re-opens the group (and is audited).
+    let (s, b) = gw
+        .post("/api/v1/groups/engineering/budget/reset", json!({}))
+        .await;
+    assert_eq!((s, b["spent_usd"].as_f64()), (200, Some(0.0)));
+    assert_eq!(chat(&c, &url, CI_KEY).await.status(), 200);
+    let (_, audit) = gw.get("/api/v1/audit?action=group.budget_reset").await;
+    assert_eq!(audit.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn warn_budgets_serve_with_a_warning() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, 0.0001, "warn")).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    assert_eq!(chat(&c, &url, CI_KEY).await.status(), 200);
+    let r = chat(&c, &url, CI_KEY).await;
+    assert_eq!(r.status(), 200);
+    let w = r
+        .headers()
+        .get("x-palisade-budget-warning")
+        .expect("warning header")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(w.contains("engineering"), "{w}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_lose_usage_rows() {
+    let mock = Mock::start(&["--latency-ms", "20"]);
+    let gw = Gateway::start(&config(&mock.url, 1.0, "block")).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    let one = cost_of(&chat(&c, &url, CI_KEY).await.json().await.unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (c, url) = (c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            chat(&c, &url, CI_KEY).await.status().as_u16()
+        }));
+    }
+    let mut ok = 1;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            402 => {}
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let (_, b) = gw.get("/api/v1/groups/engineering/budget").await;
+    let spent = b["spent_usd"].as_f64().unwrap();
+    assert!(
+        (spent - ok as f64 * one).abs() < 1e-6,
+        "spend {spent} must equal {ok} served requests"
+    );
+    // Overspend is bounded by the requests already in flight when the limit was reached.
+    assert!(spent < 1.0 + 200.0 * one);
+    let rows = gw.wait_requests("proxy=oai&status=200&limit=500", ok).await;
+    assert_eq!(rows.len(), ok, "every served request has its usage row");
+    let logged: f64 = rows.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
+    assert!((logged - spent).abs() < 1e-6);
+}
+
+#[tokio::test]
+async fn rate_limited_key_gets_429_and_others_are_unaffected() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, 1000.0, "block")).await;
+    let url = gw.proxy_url("oai").await;
+    let (s, limited) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "slow", "group": "engineering", "rpm": 2}),
+        )
+        .await;
+    assert_eq!(s, 201, "{limited}");
+    let limited = limited["key"].as_str().unwrap().to_string();
+    let c = reqwest::Client::new();
+    assert_eq!(chat(&c, &url, &limited).await.status(), 200);
+    assert_eq!(chat(&c, &url, &limited).await.status(), 200);
+    let r = chat(&c, &url, &limited).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    for _ in 0..5 {
+        assert_eq!(
+            chat(&c, &url, CI_KEY).await.status(),
+            200,
+            "another key is unaffected"
+        );
+    }
+    // Keys limited to some proxies or models are refused elsewhere.
+    let (_, scoped) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "scoped", "group": "engineering", "allowed_models": ["other-model"]}),
+        )
+        .await;
+    let r = chat(&c, &url, scoped["key"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 403);
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/groups/engineering",
+            Some(json!({"rpm": 0})),
+        )
+        .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("rpm")));
+}
+
+#[tokio::test]
+async fn streams_are_accounted_without_showing_the_usage_chunk() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, 1000.0, "block")).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    let text = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "stream": true, "messages": [{"role": "user", "content": "stream me"}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("\"usage\""),
+        "the client did not ask for usage: {text}"
+    );
+    assert!(text.contains("[DONE]"));
+    let rows = gw.wait_requests("proxy=oai", 1).await;
+    assert!(
+        rows[0]["completion_tokens"].as_i64().unwrap() > 0,
+        "{}",
+        rows[0]
+    );
+    assert!(rows[0]["cost_usd"].as_f64().unwrap() > 0.0);
+    // Unknown models cost 0 and are flagged.
+    let r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "unpriced-model", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows = gw.wait_requests("proxy=oai&model=unpriced-model", 1).await;
+    assert_eq!(rows[0]["cost_unknown"], true);
+    assert_eq!(rows[0]["cost_usd"], 0.0);
+}
