@@ -8,6 +8,7 @@ pub mod identity;
 pub mod json;
 pub mod logs;
 pub mod policies;
+pub mod prompts;
 pub mod proxies;
 
 use std::net::SocketAddr;
@@ -90,6 +91,7 @@ impl AppState {
         (name = "policies", description = "Guardrail policies: packs, custom policies, validation, playground"),
         (name = "alerts", description = "Alerts and their status workflow"),
         (name = "spend", description = "Prices, usage and cost"),
+        (name = "prompts", description = "Governance prompts injected into LLM requests"),
         (name = "health", description = "Liveness")
     )
 )]
@@ -175,6 +177,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::list_prices))
         .routes(routes!(identity::put_price, identity::delete_price))
         .routes(routes!(identity::usage))
+        .routes(routes!(prompts::list, prompts::create))
+        .routes(routes!(prompts::replace, prompts::delete))
         .routes(routes!(identity::list_keys, identity::create_key))
         .routes(routes!(identity::revoke_key))
         .routes(routes!(logs::requests))

@@ -105,6 +105,72 @@ pub struct ProxySpec {
     /// `enforce` blocks on a blocking rule; `monitor` only records alerts (dry run).
     #[serde(default)]
     pub policy_mode: PolicyMode,
+    /// Restore redacted values in answers (`false`: one-way redaction).
+    #[serde(default = "default_true")]
+    pub unmask: bool,
+}
+
+/// A governance prompt injected into LLM requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    /// Unique name.
+    pub name: String,
+    /// Text, with `{{user}}`, `{{group}}`, `{{date}}`, `{{organization}}` and `{{proxy}}`.
+    pub text: String,
+    /// Proxies it applies to.
+    #[serde(default)]
+    pub proxies: Vec<String>,
+    /// Groups it applies to (a group's prompt outranks a proxy's at equal priority).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Higher wins; only the single highest-priority applicable prompt is injected.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// Template variables a prompt may use.
+pub const PROMPT_VARIABLES: [&str; 5] = ["user", "group", "date", "organization", "proxy"];
+
+impl PromptSpec {
+    /// Checks the fields, including that every `{{variable}}` is known.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_name("name", &self.name)?;
+        if self.text.trim().is_empty() || self.text.len() > 32 * 1024 {
+            return Err(FieldError::new("text", "must be 1 byte to 32 KiB of text"));
+        }
+        let mut rest = self.text.as_str();
+        while let Some(i) = rest.find("{{") {
+            let after = &rest[i + 2..];
+            let Some(j) = after.find("}}") else {
+                return Err(FieldError::new("text", "has an unclosed `{{`"));
+            };
+            let var = after[..j].trim();
+            if !PROMPT_VARIABLES.contains(&var) {
+                return Err(FieldError::new(
+                    "text",
+                    format!(
+                        "unknown variable `{{{{{var}}}}}`; known: {}",
+                        PROMPT_VARIABLES.join(", ")
+                    ),
+                ));
+            }
+            rest = &after[j + 2..];
+        }
+        if self.proxies.is_empty() && self.groups.is_empty() {
+            return Err(FieldError::new(
+                "proxies",
+                "a prompt must name at least one proxy or group",
+            ));
+        }
+        for (i, p) in self.proxies.iter().enumerate() {
+            validate_name(&format!("proxies[{i}]"), p)?;
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            validate_name(&format!("groups[{i}]"), g)?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a proxy's policies block or only observe.

@@ -60,6 +60,10 @@ pub struct RequestRecord {
     pub cost_usd: Option<f64>,
     /// The model had no price: the cost is recorded as 0 and flagged.
     pub cost_unknown: bool,
+    /// Name of the governance prompt injected, if any.
+    pub prompt: Option<String>,
+    /// Number of distinct sensitive values replaced by placeholders before the request left.
+    pub redactions: Option<i64>,
 }
 
 /// A security or spend event worth a human's attention.

@@ -17,6 +17,7 @@ use palisade_core::record::RequestRecord;
 use crate::accounting::Accounting;
 use crate::inspect::{Findings, Inspector, StreamGuard, stream_delta_text};
 use crate::manager::{AlertFn, RecordFn};
+use crate::redact::StreamUnmasker;
 use crate::shape::sse_error_event;
 use crate::sse::{SseSplitter, for_each_event, raw_events};
 use crate::usage::Usage;
@@ -140,6 +141,7 @@ pub struct Relay {
     finisher: Option<Finisher>,
     guard: Option<StreamGuard>,
     strip_usage: bool,
+    unmasker: Option<StreamUnmasker>,
 }
 
 impl Relay {
@@ -172,6 +174,7 @@ impl Relay {
             finisher: Some(finisher),
             guard,
             strip_usage: false,
+            unmasker: None,
         }
     }
 
@@ -179,6 +182,12 @@ impl Relay {
     /// the client's behalf; a client that did not ask must not see the extra chunk).
     pub fn strip_usage_chunk(mut self) -> Self {
         self.strip_usage = true;
+        self
+    }
+
+    /// Restores redacted values in the answer's events before they are forwarded.
+    pub fn unmask_with(mut self, u: StreamUnmasker) -> Self {
+        self.unmasker = Some(u);
         self
     }
 
@@ -332,6 +341,10 @@ impl Relay {
                     } else {
                         out
                     };
+                    let out = match this.unmasker.as_mut() {
+                        Some(u) => u.rewrite(out),
+                        None => out,
+                    };
                     if out.is_empty() {
                         continue;
                     }
@@ -355,6 +368,10 @@ impl Relay {
                         Self::without_usage_chunk(rest)
                     } else {
                         rest
+                    };
+                    let rest = match this.unmasker.as_mut() {
+                        Some(u) if !rest.is_empty() => u.rewrite(rest),
+                        _ => rest,
                     };
                     this.finish(None);
                     return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));

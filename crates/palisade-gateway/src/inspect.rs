@@ -167,7 +167,7 @@ pub struct RequestTexts {
 }
 
 /// Keys whose values are identifiers or settings, never content.
-fn is_meta_key(k: &str) -> bool {
+pub(crate) fn is_meta_key(k: &str) -> bool {
     matches!(
         k,
         "model"

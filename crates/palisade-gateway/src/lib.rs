@@ -13,8 +13,10 @@ mod inspect;
 mod listener;
 mod llm;
 mod manager;
+mod prompts;
+pub mod redact;
 mod shape;
-mod sse;
+pub mod sse;
 mod upstream;
 mod usage;
 

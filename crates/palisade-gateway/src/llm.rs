@@ -21,9 +21,11 @@ use crate::body::{Finisher, ProxyBody, Relay};
 use crate::error::ProxyError;
 use crate::inspect::{Findings, Inspector, request_texts, response_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
+use crate::redact::{RedactionMap, StreamUnmasker, redact_request, unmask_body};
 use crate::shape::{Endpoint, error_body};
 use crate::upstream::{client_response_headers, upstream_request_headers};
 use crate::usage::Usage;
+use palisade_core::model::PromptSpec;
 use palisade_policy::Target;
 
 /// Largest non-streamed upstream answer the gateway buffers for inspection.
@@ -174,12 +176,10 @@ async fn read_body(body: Incoming, limit: u64, declared: Option<u64>) -> Result<
 /// Phase 2b: scan the request's text with the proxy's policies.
 fn inspect_request(
     insp: &Inspector,
-    body: &[u8],
+    v: &serde_json::Value,
     findings: &mut Findings,
 ) -> Result<(), ProxyError> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ProxyError::BadRequest(format!("request body is not valid JSON: {e}")))?;
-    let texts = request_texts(&v);
+    let texts = request_texts(v);
     let mut blocks = findings.scan(insp, Target::LlmRequest, &texts.prompt);
     blocks |= findings.scan(insp, Target::ToolResult, &texts.tool_results);
     blocks |= findings.scan(insp, Target::ToolDescription, &texts.tool_descriptions);
@@ -235,8 +235,9 @@ async fn proxy(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = read_body(body, rt.spec.max_body_bytes, declared).await?;
+    let mut body = read_body(body, rt.spec.max_body_bytes, declared).await?;
     let mut strip_usage = false;
+    let mut redactions = RedactionMap::new();
 
     if endpoint.has_json_body() {
         let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
@@ -248,17 +249,23 @@ async fn proxy(
         strip_usage = endpoint == Endpoint::ChatCompletions
             && rec.stream
             && peek.stream_options.and_then(|o| o.include_usage) != Some(true);
-        if let Some(insp) = &rt.inspector {
-            inspect_request(insp, &body, findings)?;
+        let prompts = shared.prompts.load();
+        let prompt = crate::prompts::select(&prompts, &rt.spec.name, key.group.as_deref());
+        if rt.inspector.is_some() || strip_usage || prompt.is_some() {
+            body = rewrite_request(
+                shared,
+                rt,
+                &key,
+                endpoint,
+                &body,
+                strip_usage,
+                prompt,
+                rec,
+                findings,
+                &mut redactions,
+            )?;
         }
     }
-    // Streamed chat completions report usage only when asked: ask on the client's behalf
-    // (and drop the extra chunk from its stream) so every request is accounted.
-    let body = if strip_usage {
-        with_stream_usage(&body)?
-    } else {
-        body
-    };
 
     // Phase 3: the upstream request.
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -344,6 +351,11 @@ async fn proxy(
         } else {
             relay
         };
+        let relay = if is_sse && rt.spec.unmask && !redactions.is_empty() {
+            relay.unmask_with(StreamUnmasker::new(std::mem::take(&mut redactions)))
+        } else {
+            relay
+        };
         let mut resp = Response::new(ProxyBody::Relay(Box::new(relay)));
         *resp.status_mut() = up_parts.status;
         *resp.headers_mut() = headers;
@@ -376,6 +388,11 @@ async fn proxy(
             inspect_response(insp, &bytes, findings)?;
         }
     }
+    let bytes = if rt.spec.unmask && !redactions.is_empty() {
+        unmask_body(bytes, &redactions)
+    } else {
+        bytes
+    };
     let mut headers = client_response_headers(&up_parts.headers, false);
     let overhead = pre + received.elapsed();
     finish_headers(&mut headers, &rec.id, overhead);
@@ -411,17 +428,70 @@ fn warn_header(h: &mut http::HeaderMap, adm: &Admission) {
     }
 }
 
-/// The request body with `stream_options.include_usage = true`.
-fn with_stream_usage(body: &Bytes) -> Result<Bytes, ProxyError> {
+/// Phase 2b: everything that reads or edits the request's JSON, with one parse and at most one
+/// serialisation: policy scan, redaction, governance prompt, and asking for stream usage.
+#[allow(clippy::too_many_arguments)]
+fn rewrite_request(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+    key: &KeyInfo,
+    endpoint: Endpoint,
+    body: &Bytes,
+    strip_usage: bool,
+    prompt: Option<&PromptSpec>,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    redactions: &mut RedactionMap,
+) -> Result<Bytes, ProxyError> {
     let mut v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ProxyError::BadRequest(format!("request body is not valid JSON: {e}")))?;
-    if let Some(m) = v.as_object_mut() {
+    let mut changed = false;
+    if let Some(insp) = &rt.inspector {
+        inspect_request(insp, &v, findings)?;
+        if insp.set.redacts(Target::LlmRequest)
+            || insp.set.redacts(Target::ToolResult)
+            || insp.set.redacts(Target::ToolDescription)
+        {
+            *redactions = redact_request(&insp.set, &mut v);
+            if !redactions.is_empty() {
+                rec.redactions = Some(redactions.len() as i64);
+                changed = true;
+            }
+        }
+    }
+    if let Some(p) = prompt {
+        let date = palisade_core::spend::day_string((shared.accounting.clock)());
+        let org = shared.organization.load();
+        let vars = [
+            ("user", key.name.as_str()),
+            ("group", key.group.as_deref().unwrap_or("")),
+            ("date", date.as_str()),
+            ("organization", org.as_str()),
+            ("proxy", rt.spec.name.as_str()),
+        ];
+        if crate::prompts::inject(
+            &mut v,
+            rt.spec.api,
+            endpoint,
+            &crate::prompts::render(&p.text, &vars),
+        ) {
+            rec.prompt = Some(p.name.clone());
+            changed = true;
+        }
+    }
+    // Streamed chat completions report usage only when asked: ask on the client's behalf
+    // (and drop the extra chunk from its stream) so every request is accounted.
+    if strip_usage && let Some(m) = v.as_object_mut() {
         let opts = m
             .entry("stream_options")
             .or_insert_with(|| serde_json::json!({}));
         if let Some(o) = opts.as_object_mut() {
             o.insert("include_usage".into(), serde_json::Value::Bool(true));
+            changed = true;
         }
+    }
+    if !changed {
+        return Ok(body.clone());
     }
     serde_json::to_vec(&v)
         .map(Bytes::from)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use palisade_core::identity::KeyIndex;
-use palisade_core::model::{LlmApi, ProxySpec};
+use palisade_core::model::{LlmApi, PromptSpec, ProxySpec};
 use palisade_core::record::{AlertRecord, RequestRecord};
 use tokio::sync::Mutex;
 
@@ -35,6 +35,10 @@ pub struct GatewayShared {
     pub alert: AlertFn,
     /// Budgets, prices and rate limits.
     pub accounting: Arc<Accounting>,
+    /// Governance prompts.
+    pub prompts: ArcSwap<Vec<PromptSpec>>,
+    /// Organisation name for the `{{organization}}` prompt variable.
+    pub organization: ArcSwap<String>,
 }
 
 impl GatewayShared {
@@ -46,6 +50,8 @@ impl GatewayShared {
             record,
             alert,
             accounting: Arc::new(Accounting::default()),
+            prompts: ArcSwap::from_pointee(Vec::new()),
+            organization: ArcSwap::from_pointee(String::new()),
         }
     }
 }

@@ -486,6 +486,11 @@ impl PolicySet {
         self.targets[target.index()].rules.len()
     }
 
+    /// Whether any rule with action `redact` applies to `target`.
+    pub fn redacts(&self, target: Target) -> bool {
+        self.targets[target.index()].redact_set.is_some()
+    }
+
     /// Evaluates `text` for `target` with default options (normalise and decode).
     ///
     /// Spans refer to the normalised text (see [`crate::normalize()`]); use

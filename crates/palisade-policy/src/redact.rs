@@ -122,8 +122,91 @@ impl PolicySet {
         }
         hits.sort_by_key(|&(s, e, r)| (s, std::cmp::Reverse(e), r));
 
+        let mut map = Vec::new();
+        let text = self.apply_redactions(text, hits, &mut map);
+        Redacted { text, map }
+    }
+
+    /// Like [`PolicySet::redact`], but continues an existing placeholder map, so that the same
+    /// value gets the same placeholder across all the strings of one request.
+    pub fn redact_into(
+        &self,
+        target: Target,
+        text: &str,
+        map: &mut Vec<(String, String)>,
+    ) -> String {
+        let fresh = self.redact(target, text);
+        if fresh.map.is_empty() {
+            return fresh.text;
+        }
+        // Renumber this text's placeholders into the shared map.
+        let mut renames: Vec<(String, String)> = Vec::new();
+        for (placeholder, value) in fresh.map {
+            let label = placeholder
+                .trim_start_matches('[')
+                .rsplit_once('_')
+                .map_or("", |(l, _)| l)
+                .to_string();
+            let existing = map
+                .iter()
+                .find(|(p, v)| *v == value && p.starts_with(&format!("[{label}_")));
+            let target_ph = match existing {
+                Some((p, _)) => p.clone(),
+                None => {
+                    let mut n = map
+                        .iter()
+                        .filter(|(p, _)| p.starts_with(&format!("[{label}_")))
+                        .count();
+                    let p = loop {
+                        n += 1;
+                        let p = format!("[{label}_{n}]");
+                        if !text.contains(p.as_str()) && !map.iter().any(|(q, _)| *q == p) {
+                            break p;
+                        }
+                    };
+                    map.push((p.clone(), value));
+                    p
+                }
+            };
+            renames.push((placeholder, target_ph));
+        }
+        // One pass over the redacted text, mapping each fresh placeholder to its shared one.
+        let lookup: HashMap<&str, &str> = renames
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let t = fresh.text;
+        let mut out = String::with_capacity(t.len());
+        let mut pos = 0;
+        while let Some(off) = t[pos..].find('[') {
+            let open = pos + off;
+            let Some(close) = t[open..].find(']') else {
+                break;
+            };
+            let cand = &t[open..=open + close];
+            match lookup.get(cand) {
+                Some(new) => {
+                    out.push_str(&t[pos..open]);
+                    out.push_str(new);
+                    pos = open + close + 1;
+                }
+                None => {
+                    out.push_str(&t[pos..=open]);
+                    pos = open + 1;
+                }
+            }
+        }
+        out.push_str(&t[pos..]);
+        out
+    }
+
+    fn apply_redactions(
+        &self,
+        text: &str,
+        hits: Vec<(usize, usize, u32)>,
+        map: &mut Vec<(String, String)>,
+    ) -> String {
         let mut out = String::with_capacity(text.len());
-        let mut map: Vec<(String, String)> = Vec::new();
         let mut by_value: HashMap<(&str, &str), usize> = HashMap::new();
         let mut counters: HashMap<&str, usize> = HashMap::new();
         let literal = literal_placeholders(text);
@@ -157,7 +240,7 @@ impl PolicySet {
             pos = e;
         }
         out.push_str(&text[pos..]);
-        Redacted { text: out, map }
+        out
     }
 }
 
@@ -216,6 +299,28 @@ pub fn unmask(text: &str, map: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn email_policy() -> crate::Policy {
+        crate::Policy::from_json(
+            r#"{"id": "pii", "name": "p", "description": "", "version": "1", "rules": [{
+                "id": "E-1", "name": "email", "category": "pii", "severity": "low",
+                "targets": ["llm_request"], "patterns": {"regex": ["[a-z]+@[a-z]+\\.io"]},
+                "action": "redact", "redact": {"label": "EMAIL"}, "rationale": "r",
+                "examples": {"positive": ["a@b.io"], "negative": ["nothing"]}}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn redact_into_shares_placeholders_across_strings() {
+        let set = crate::PolicySet::compile(&[email_policy()]).unwrap();
+        let mut map = Vec::new();
+        let a = set.redact_into(Target::LlmRequest, "mail a@x.io and b@y.io", &mut map);
+        let b = set.redact_into(Target::LlmRequest, "again b@y.io, new c@z.io", &mut map);
+        assert_eq!(a, "mail [EMAIL_1] and [EMAIL_2]");
+        assert_eq!(b, "again [EMAIL_2], new [EMAIL_3]");
+        assert_eq!(unmask(&b, &map), "again b@y.io, new c@z.io");
+    }
 
     #[test]
     fn luhn() {

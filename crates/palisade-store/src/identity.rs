@@ -712,3 +712,84 @@ pub fn budget_of(g: &GroupRow, spent_nano: i64, now: i64) -> BudgetStatus {
         period_start_ms: month_start_ms(now).max(g.budget_reset_at.unwrap_or(0)),
     }
 }
+
+impl Store {
+    /// All governance prompts.
+    pub async fn list_prompts(&self) -> Result<Vec<palisade_core::model::PromptSpec>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT spec FROM prompts ORDER BY name")?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.iter()
+                .map(|s| {
+                    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("prompt: {e}")))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Creates (or with `upsert`, replaces) a prompt (audited).
+    pub async fn put_prompt(
+        &self,
+        spec: palisade_core::model::PromptSpec,
+        upsert: bool,
+        actor: Actor,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before: Option<String> =
+                tx.query_row("SELECT spec FROM prompts WHERE name = ?1", [&spec.name], |r| r.get(0)).optional()?;
+            let json = serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let now = now_ms();
+            match &before {
+                Some(_) if !upsert => return Err(StoreError::Conflict(format!("prompt `{}` already exists", spec.name))),
+                Some(b) if *b == json => return Ok(()),
+                Some(_) => {
+                    tx.execute("UPDATE prompts SET spec = ?2, updated_at = ?3 WHERE name = ?1", params![spec.name, json, now])?;
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO prompts (name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                        params![spec.name, json, now],
+                    )?;
+                }
+            }
+            let b = before.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            let action = if b.is_some() { "prompt.update" } else { "prompt.create" };
+            audit_tx(&tx, &actor, action, "prompt", &spec.name, b.as_ref(), Some(&to_json(&spec)))?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a prompt (audited).
+    pub async fn delete_prompt(&self, name: &str, actor: Actor) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before: String = tx
+                .query_row("SELECT spec FROM prompts WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("prompt `{name}`")))?;
+            tx.execute("DELETE FROM prompts WHERE name = ?1", [&name])?;
+            let b = serde_json::from_str::<serde_json::Value>(&before).ok();
+            audit_tx(
+                &tx,
+                &actor,
+                "prompt.delete",
+                "prompt",
+                &name,
+                b.as_ref(),
+                None,
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}

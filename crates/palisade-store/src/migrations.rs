@@ -138,6 +138,17 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // 4: governance prompts and redaction counts.
+    r#"
+    ALTER TABLE requests ADD COLUMN prompt TEXT;
+    ALTER TABLE requests ADD COLUMN redactions INTEGER;
+    CREATE TABLE prompts (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

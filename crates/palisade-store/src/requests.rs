@@ -62,9 +62,9 @@ pub(crate) fn insert_batch(
             "INSERT OR REPLACE INTO requests (id, ts_ms, proxy, api, method, path, endpoint, model, stream, status,
              key_id, key_name, group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens,
              latency_us, ttfb_us, overhead_us, error, client, decision, risk_score, matched_rules, cost_nano,
-             cost_unknown)
+             cost_unknown, prompt, redactions)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-                     ?23, ?24, ?25, ?26, ?27)",
+                     ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
         )?;
         for r in rows {
             st.execute(params![
@@ -95,7 +95,9 @@ pub(crate) fn insert_batch(
                 r.matched_rules,
                 r.cost_usd
                     .map(|c| (c * palisade_core::spend::NANO_PER_USD).round() as i64),
-                r.cost_unknown
+                r.cost_unknown,
+                r.prompt,
+                r.redactions
             ])?;
         }
     }
@@ -153,7 +155,7 @@ impl Store {
             let sql = format!(
                 "SELECT id, ts_ms, proxy, api, method, path, endpoint, model, stream, status, key_id, key_name,
                  group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens, latency_us, ttfb_us,
-                 overhead_us, error, client, decision, risk_score, matched_rules, cost_nano, cost_unknown FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
+                 overhead_us, error, client, decision, risk_score, matched_rules, cost_nano, cost_unknown, prompt, redactions FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
             );
             let mut st = c.prepare(&sql)?;
             let items = st
@@ -188,6 +190,8 @@ impl Store {
                             .get::<_, Option<i64>>(25)?
                             .map(|n| n as f64 / palisade_core::spend::NANO_PER_USD),
                         cost_unknown: r.get(26)?,
+                        prompt: r.get(27)?,
+                        redactions: r.get(28)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

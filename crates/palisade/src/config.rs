@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use palisade_core::model::{ProxySpec, validate_name};
+use palisade_core::model::{PromptSpec, ProxySpec, validate_name};
 use palisade_core::spend::{GroupSpec, Price};
 use serde::Deserialize;
 
@@ -14,6 +14,8 @@ pub struct Config {
     pub groups: Vec<GroupSpec>,
     pub api_keys: Vec<KeyConf>,
     pub prices: Vec<Price>,
+    pub prompts: Vec<PromptSpec>,
+    pub organization: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +29,11 @@ struct RawConfig {
     api_keys: Vec<KeyConf>,
     #[serde(default)]
     prices: Vec<toml::Table>,
+    #[serde(default)]
+    prompts: Vec<toml::Table>,
+    /// Organisation name for the `{{organization}}` prompt variable.
+    #[serde(default)]
+    organization: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +115,15 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
             .map_err(|e| anyhow::anyhow!("prices[{i}] ({}): {e}", p.model))?;
         prices.push(p);
     }
+    let mut prompts = Vec::new();
+    for (i, table) in raw.prompts.into_iter().enumerate() {
+        let p: PromptSpec = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("prompts[{i}]: {e}"))?;
+        p.validate()
+            .map_err(|e| anyhow::anyhow!("prompts[{i}] ({}): {e}", p.name))?;
+        prompts.push(p);
+    }
     let mut api_keys = Vec::new();
     for (i, k) in raw.api_keys.into_iter().enumerate() {
         validate_name("name", &k.name).map_err(|e| anyhow::anyhow!("api_keys[{i}]: {e}"))?;
@@ -122,6 +138,8 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         groups,
         api_keys,
         prices,
+        prompts,
+        organization: raw.organization,
     })
 }
 

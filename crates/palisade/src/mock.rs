@@ -17,6 +17,19 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+/// Bodies the mock received, newest last (bounded), served at `GET /_mock/requests` so tests
+/// can check exactly what reached the upstream.
+static RECEIVED: std::sync::Mutex<std::collections::VecDeque<Value>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn remember(v: &Value) {
+    let mut r = RECEIVED.lock().unwrap_or_else(|p| p.into_inner());
+    if r.len() >= 200 {
+        r.pop_front();
+    }
+    r.push_back(v.clone());
+}
+
 pub struct MockConfig {
     pub addr: SocketAddr,
     pub latency_ms: u64,
@@ -165,6 +178,9 @@ async fn handle(
             }
         }
     };
+    if !json_body.is_null() {
+        remember(&json_body);
+    }
     let model = json_body
         .get("model")
         .and_then(Value::as_str)
@@ -175,6 +191,10 @@ async fn handle(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let resp = match (&method, path.as_str()) {
+        (&Method::GET, "/_mock/requests") => {
+            let r = RECEIVED.lock().unwrap_or_else(|p| p.into_inner());
+            full(StatusCode::OK, Value::Array(r.iter().cloned().collect()))
+        }
         (&Method::GET, "/v1/models") => full(
             StatusCode::OK,
             json!({"object": "list", "data": [

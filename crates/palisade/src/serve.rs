@@ -135,6 +135,20 @@ async fn apply_config(state: &AppState, path: &Path) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("api key `{}`: {}", k.name, e.message))?;
     }
+    if let Some(org) = cfg.organization {
+        state
+            .manager
+            .shared()
+            .organization
+            .store(std::sync::Arc::new(org));
+    }
+    for p in cfg.prompts {
+        let name = p.name.clone();
+        state
+            .put_prompt(p, true, actor())
+            .await
+            .map_err(|e| anyhow::anyhow!("prompt `{name}`: {}", e.message))?;
+    }
     for (spec, key) in cfg.proxies {
         let name = spec.name.clone();
         state
@@ -197,6 +211,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let init = async {
         state.reload_prices().await?;
         state.reload_groups().await?;
+        state.reload_prompts().await?;
         state.seed_spend().await
     };
     init.await.map_err(|e| anyhow::anyhow!(e.message))?;

@@ -1,0 +1,152 @@
+//! System-prompt governance: choosing the one applicable prompt, filling its variables, and
+//! injecting it ahead of any client system prompt in each API shape.
+
+use palisade_core::model::{LlmApi, PromptSpec};
+use serde_json::{Value, json};
+
+use crate::shape::Endpoint;
+
+/// The prompt to inject for a proxy and group: highest priority wins; at equal priority a
+/// group's prompt outranks a proxy's.
+pub fn select<'a>(
+    prompts: &'a [PromptSpec],
+    proxy: &str,
+    group: Option<&str>,
+) -> Option<&'a PromptSpec> {
+    prompts
+        .iter()
+        .filter_map(|p| {
+            let by_group = group.is_some_and(|g| p.groups.iter().any(|x| x == g));
+            let by_proxy = p.proxies.iter().any(|x| x == proxy);
+            (by_group || by_proxy).then_some((p.priority, by_group, p))
+        })
+        .max_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| b.2.name.cmp(&a.2.name))
+        })
+        .map(|(_, _, p)| p)
+}
+
+/// Fills `{{variable}}`s.
+pub fn render(text: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut rest = text;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        match after.find("}}") {
+            Some(j) => {
+                let var = after[..j].trim();
+                match vars.iter().find(|(k, _)| *k == var) {
+                    Some((_, v)) => out.push_str(v),
+                    None => out.push_str(&rest[i..i + 2 + j + 2]),
+                }
+                rest = &after[j + 2..];
+            }
+            None => {
+                out.push_str(&rest[i..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Puts `text` first among the system instructions of a request body.
+pub fn inject(body: &mut Value, api: LlmApi, endpoint: Endpoint, text: &str) -> bool {
+    let Some(m) = body.as_object_mut() else {
+        return false;
+    };
+    match (api, endpoint) {
+        (_, Endpoint::Messages) | (LlmApi::Anthropic, _) => {
+            match m.get_mut("system") {
+                Some(Value::String(s)) => *s = format!("{text}\n\n{s}"),
+                Some(Value::Array(blocks)) => {
+                    blocks.insert(0, json!({"type": "text", "text": text}))
+                }
+                _ => {
+                    m.insert("system".into(), Value::String(text.to_string()));
+                }
+            }
+            true
+        }
+        (_, Endpoint::ChatCompletions) => {
+            let Some(Value::Array(msgs)) = m.get_mut("messages") else {
+                return false;
+            };
+            msgs.insert(0, json!({"role": "system", "content": text}));
+            true
+        }
+        (_, Endpoint::Responses) => {
+            let merged = match m.get("instructions").and_then(Value::as_str) {
+                Some(s) if !s.is_empty() => format!("{text}\n\n{s}"),
+                _ => text.to_string(),
+            };
+            m.insert("instructions".into(), Value::String(merged));
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str, proxies: &[&str], groups: &[&str], priority: i32) -> PromptSpec {
+        PromptSpec {
+            name: name.into(),
+            text: format!("{name} {{{{user}}}}"),
+            proxies: proxies.iter().map(|s| s.to_string()).collect(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+            priority,
+        }
+    }
+
+    #[test]
+    fn priority_and_group_precedence() {
+        let all = vec![
+            p("proxy10", &["px"], &[], 10),
+            p("group10", &[], &["eng"], 10),
+            p("proxy5", &["px"], &[], 5),
+        ];
+        assert_eq!(select(&all, "px", Some("eng")).unwrap().name, "group10");
+        assert_eq!(select(&all, "px", Some("ops")).unwrap().name, "proxy10");
+        assert_eq!(select(&all, "other", Some("eng")).unwrap().name, "group10");
+        assert!(select(&all, "other", None).is_none());
+        let all = vec![
+            p("proxy20", &["px"], &[], 20),
+            p("group10", &[], &["eng"], 10),
+        ];
+        assert_eq!(select(&all, "px", Some("eng")).unwrap().name, "proxy20");
+    }
+
+    #[test]
+    fn variables_are_filled_and_injected_first() {
+        let t = render(
+            "Hi {{user}} of {{ group }} on {{date}} {{unknown}}",
+            &[("user", "ci"), ("group", "eng"), ("date", "2026-11-25")],
+        );
+        assert_eq!(t, "Hi ci of eng on 2026-11-25 {{unknown}}");
+        let mut chat = json!({"messages": [{"role": "system", "content": "client"}, {"role": "user", "content": "q"}]});
+        assert!(inject(
+            &mut chat,
+            LlmApi::Openai,
+            Endpoint::ChatCompletions,
+            "gov"
+        ));
+        assert_eq!(chat["messages"][0]["content"], "gov");
+        assert_eq!(chat["messages"][1]["content"], "client");
+        let mut msg = json!({"system": "client", "messages": []});
+        inject(&mut msg, LlmApi::Anthropic, Endpoint::Messages, "gov");
+        assert_eq!(msg["system"], "gov\n\nclient");
+        let mut blocks = json!({"system": [{"type": "text", "text": "client"}]});
+        inject(&mut blocks, LlmApi::Anthropic, Endpoint::Messages, "gov");
+        assert_eq!(blocks["system"][0]["text"], "gov");
+        let mut resp = json!({"input": "q"});
+        inject(&mut resp, LlmApi::Openai, Endpoint::Responses, "gov");
+        assert_eq!(resp["instructions"], "gov");
+    }
+}

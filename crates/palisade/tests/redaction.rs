@@ -1,0 +1,240 @@
+//! Redaction round trips and governance prompts, checked against what the mock upstream received.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const EMAIL: &str = "ana.lopez@example.com";
+const CARD: &str = "4111 1111 1111 1111";
+const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd";
+
+fn config(upstream: &str, unmask: bool) -> String {
+    format!(
+        "{}\norganization = \"Acme\"\n[[proxies]]\nname = \"private\"\nkind = \"llm\"\nlisten = \"127.0.0.1:0\"\n\
+         upstream = \"{upstream}\"\npolicies = [\"llm-compliance-gdpr\", \"secrets-detection\"]\nunmask = {unmask}\n\n\
+         [[prompts]]\nname = \"house-rules\"\ntext = \"You assist {{{{user}}}} of {{{{group}}}} via {{{{proxy}}}} for {{{{organization}}}} on {{{{date}}}}.\"\n\
+         proxies = [\"private\", \"oai\", \"ant\"]\npriority = 10\n",
+        config_for(upstream).replacen("[[groups]]", "organization = \"Acme\"\n[[groups]]", 1)
+    )
+    .replacen("\norganization = \"Acme\"\n[[proxies]]", "\n[[proxies]]", 1)
+}
+
+async fn received(mock: &Mock) -> Vec<Value> {
+    reqwest::get(format!("{}/_mock/requests", mock.url))
+        .await
+        .unwrap()
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+}
+
+fn secret_text() -> String {
+    format!("Contact {EMAIL}, card {CARD}, key {KEY}. Again: {EMAIL}.")
+}
+
+#[tokio::test]
+async fn upstream_sees_placeholders_and_client_gets_originals() {
+    let mock = Mock::start(&["--chunks", "400"]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    let c = reqwest::Client::new();
+    let prompt = secret_text();
+
+    // Plain answer.
+    let r: Value = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        answer.ends_with(&prompt),
+        "client must get its originals back: {answer}"
+    );
+
+    let got = received(&mock).await;
+    let last = got.last().unwrap().to_string();
+    for original in [EMAIL, CARD, KEY] {
+        assert!(
+            !last.contains(original),
+            "{original} reached the upstream: {last}"
+        );
+    }
+    let user = got.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        user.contains("[EMAIL_1]") && user.matches("[EMAIL_1]").count() == 2,
+        "same value, same placeholder: {user}"
+    );
+
+    // Streamed answer, one character per event: placeholders arrive split across many events.
+    let text = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "stream": true, "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut streamed = String::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if let Ok(v) = serde_json::from_str::<Value>(line)
+            && let Some(s) = v["choices"][0]["delta"]["content"].as_str()
+        {
+            streamed.push_str(s);
+        }
+    }
+    assert_eq!(
+        streamed, answer,
+        "streamed and plain answers agree after unmasking"
+    );
+
+    // Anthropic shape, streamed.
+    let ant = gw.proxy_url("ant").await;
+    let _ = ant; // the governance prompt is checked on it below
+
+    // Nothing in clear in the database (request log, alerts, audit).
+    let rows = gw.wait_requests("proxy=private", 2).await;
+    assert!(
+        rows.iter().all(|r| r["redactions"].as_i64() == Some(3)),
+        "{rows:?}"
+    );
+    let (_, alerts) = gw.get("/api/v1/alerts?proxy=private&limit=500").await;
+    assert!(alerts["total"].as_i64().unwrap() > 0);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut db = std::fs::read(gw.dir.path().join("data/palisade.db")).unwrap();
+    db.extend(std::fs::read(gw.dir.path().join("data/palisade.db-wal")).unwrap_or_default());
+    for original in [EMAIL, KEY] {
+        assert!(
+            !db.windows(original.len()).any(|w| w == original.as_bytes()),
+            "{original} written to disk"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_way_redaction_keeps_placeholders() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, false)).await;
+    let url = gw.proxy_url("private").await;
+    let r: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(
+            &json!({"model": "mock-gpt", "messages": [{"role": "user", "content": secret_text()}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        answer.contains("[EMAIL_1]") && !answer.contains(EMAIL),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn governance_prompt_is_injected_with_variables_for_both_shapes() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let c = reqwest::Client::new();
+    let oai = gw.proxy_url("oai").await;
+    c.post(format!("{oai}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [
+            {"role": "system", "content": "client system"}, {"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let got = received(&mock).await;
+    let msgs = got.last().unwrap()["messages"].as_array().unwrap().clone();
+    let first = msgs[0]["content"].as_str().unwrap();
+    assert_eq!(msgs[0]["role"], "system");
+    assert!(
+        first.starts_with("You assist ci of engineering via oai for Acme on 20"),
+        "{first}"
+    );
+    assert_eq!(
+        msgs[1]["content"], "client system",
+        "the governance prompt goes before the client's"
+    );
+
+    let ant = gw.proxy_url("ant").await;
+    c.post(format!("{ant}/v1/messages"))
+        .header("x-api-key", CI_KEY)
+        .json(
+            &json!({"model": "mock-claude", "max_tokens": 10, "system": "client system",
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let got = received(&mock).await;
+    let system = got.last().unwrap()["system"].as_str().unwrap().to_string();
+    assert!(
+        system.starts_with("You assist ci of engineering via ant for Acme"),
+        "{system}"
+    );
+    assert!(system.ends_with("client system"));
+
+    // A group prompt of equal priority outranks the proxy prompt; a higher priority wins.
+    let (s, v) = gw
+        .post("/api/v1/prompts", json!({"name": "team", "text": "Team rules for {{group}}.", "groups": ["engineering"], "priority": 10}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    c.post(format!("{oai}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let got = received(&mock).await;
+    assert_eq!(
+        got.last().unwrap()["messages"][0]["content"],
+        "Team rules for engineering."
+    );
+    let (s, _) = gw
+        .api(Method::PUT, "/api/v1/prompts/house-rules", Some(json!({"name": "house-rules", "text": "Top rules.", "proxies": ["oai"], "priority": 20})))
+        .await;
+    assert_eq!(s, 200);
+    c.post(format!("{oai}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let got = received(&mock).await;
+    assert_eq!(got.last().unwrap()["messages"][0]["content"], "Top rules.");
+    let rows = gw.wait_requests("proxy=oai", 3).await;
+    assert_eq!(
+        rows[0]["prompt"], "house-rules",
+        "every injection is recorded in the request log"
+    );
+    let (s, v) = gw
+        .post(
+            "/api/v1/prompts",
+            json!({"name": "bad", "text": "{{nope}}", "proxies": ["oai"]}),
+        )
+        .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("text")));
+    let (_, audit) = gw.get("/api/v1/audit?target=team").await;
+    assert_eq!(audit[0]["action"], "prompt.create");
+}
