@@ -130,3 +130,170 @@ def gateway(mock):
     gw = Gateway(mock)
     yield gw
     gw.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# MCP peers: the npm reference server (`@modelcontextprotocol/server-everything`, installed by
+# scripts/setup-test-deps into tests/interop/node_modules) and a gateway with MCP proxies.
+
+import shutil
+import socket
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+INTEROP = os.path.join(REPO, "tests/interop")
+EVERYTHING_JS = os.path.join(INTEROP, "node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+# Preload that binds `listen(port)` to 127.0.0.1 (server-everything listens on every interface when given only PORT).
+LOOPBACK_CJS = os.path.abspath(os.path.join(REPO, "../shared/mcp-conformance/loopback.cjs"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.p.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.p.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def listening_addresses(port):
+    """Local addresses (hex, as in /proc/net/tcp*) of the sockets listening on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    addr, hexport = cols[1].rsplit(":", 1)
+                    if int(hexport, 16) == port and cols[3] == "0A":  # 0A = LISTEN
+                        found.append(addr)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def start_server_everything(transport="streamableHttp"):
+    """Starts server-everything on a free loopback port; returns (proc, base_url) — the Streamable HTTP
+    endpoint is base_url + "/mcp"."""
+    node = shutil.which("node")
+    assert node, "node is not installed"
+    assert os.path.exists(EVERYTHING_JS), f"{EVERYTHING_JS} is missing: run scripts/setup-test-deps"
+    assert os.path.exists(LOOPBACK_CJS), f"{LOOPBACK_CJS} is missing (shared/ beside the repo)"
+    port = free_port()
+    env = dict(os.environ, PORT=str(port))
+    proc = Proc([node, "--require", LOOPBACK_CJS, EVERYTHING_JS, transport], env=env)
+    try:
+        wait_port(port, proc)
+        # The preload must have kept it on loopback: only 127.0.0.1 (0100007F) may listen on the port.
+        addrs = listening_addresses(port)
+        assert addrs and all(a == "0100007F" for a in addrs), f"server-everything listens on {addrs}, not loopback only"
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def everything():
+    """server-everything in Streamable HTTP mode; yields its endpoint URL (…/mcp)."""
+    proc, base = start_server_everything()
+    yield base + "/mcp"
+    proc.stop()
+
+
+def mcp_proxy_toml(name, upstream, tool_approval="manual", approved_tools=None):
+    lines = [
+        "[[proxies]]",
+        f'name = "{name}"',
+        'kind = "mcp"',
+        'listen = "127.0.0.1:0"',
+        f'upstream = "{upstream}"',
+        f'tool_approval = "{tool_approval}"',
+    ]
+    if approved_tools is not None:
+        lines.append("approved_tools = [" + ", ".join(json.dumps(t) for t in approved_tools) + "]")
+    return "\n".join(lines) + "\n"
+
+
+_KEY_TOML = """
+[[groups]]
+name = "engineering"
+
+[[api_keys]]
+name = "ci"
+group = "engineering"
+key = "env:PALISADE_CI_KEY"
+"""
+
+_mcp_support = None
+
+
+def mcp_support():
+    """(supported, reason): whether `palisade check-config` accepts a config with an MCP proxy. A binary
+    that refuses even a plain LLM config is an error, not a reason to skip."""
+    global _mcp_support
+    if _mcp_support is None:
+        env = dict(os.environ, PALISADE_CI_KEY=CI_KEY)
+        with tempfile.TemporaryDirectory() as d:
+
+            def check(text):
+                path = os.path.join(d, "check.toml")
+                with open(path, "w") as f:
+                    f.write(_KEY_TOML + text)
+                return subprocess.run(
+                    [BIN, "check-config", path], capture_output=True, text=True, env=env, timeout=60
+                )
+
+            base = check('[[proxies]]\nname = "oai"\nkind = "llm"\nlisten = "127.0.0.1:0"\n'
+                         'upstream = "http://127.0.0.1:9/"\napi = "openai"\n')
+            assert base.returncode == 0, f"palisade check-config refuses a plain LLM config: {base.stderr[:2000]}"
+            r = check(mcp_proxy_toml("mcp-check", "http://127.0.0.1:9/mcp", "manual", ["echo"]))
+            said = (r.stderr or r.stdout).split("Stack backtrace")[0]
+            _mcp_support = (r.returncode == 0, " ".join(l.strip() for l in said.splitlines() if l.strip()))
+    return _mcp_support
+
+
+def require_mcp_gateway():
+    ok, reason = mcp_support()
+    if not ok:
+        pytest.skip(f"the gateway does not support MCP proxies yet (check-config refuses kind = \"mcp\": {reason})")
+
+
+class McpGateway(Gateway):
+    """`palisade serve` with the given MCP proxies (TOML from mcp_proxy_toml) and the fixed CI key."""
+
+    def __init__(self, proxies_toml):
+        self.dir = tempfile.TemporaryDirectory()
+        cfg = os.path.join(self.dir.name, "palisade.toml")
+        with open(cfg, "w") as f:
+            f.write(_KEY_TOML + "\n" + proxies_toml)
+        env = dict(os.environ, PALISADE_ADMIN_PASSWORD=ADMIN_PASSWORD, PALISADE_CI_KEY=CI_KEY, RUST_LOG="warn")
+        self.proc = Proc(
+            [BIN, "serve", "--admin-addr", "127.0.0.1:0", "--data-dir", os.path.join(self.dir.name, "data"), "--config", cfg],
+            env=env,
+        )
+        try:
+            self.admin = self.proc.wait_for("admin API listening on")
+            self.token = self.call(
+                "POST", "/api/v1/auth/login", {"username": "admin", "password": ADMIN_PASSWORD}, auth=False
+            )["token"]
+        except BaseException:
+            self.stop()
+            raise
+
+    def mcp_url(self, name):
+        return self.proxy_url(name) + "/mcp"
+
+    def tools(self, name):
+        body = self.call("GET", f"/api/v1/proxies/{name}/tools")
+        return body["items"] if isinstance(body, dict) and "items" in body else body

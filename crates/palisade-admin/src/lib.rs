@@ -7,6 +7,7 @@ pub mod error;
 pub mod identity;
 pub mod json;
 pub mod logs;
+pub mod mcp;
 pub mod policies;
 pub mod prompts;
 pub mod proxies;
@@ -91,6 +92,7 @@ impl AppState {
         (name = "policies", description = "Guardrail policies: packs, custom policies, validation, playground"),
         (name = "alerts", description = "Alerts and their status workflow"),
         (name = "spend", description = "Prices, usage and cost"),
+        (name = "mcp", description = "MCP tool inventory, approval and history"),
         (name = "prompts", description = "Governance prompts injected into LLM requests"),
         (name = "health", description = "Liveness")
     )
@@ -166,6 +168,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(proxies::start))
         .routes(routes!(proxies::stop))
         .routes(routes!(proxies::restart))
+        .routes(routes!(mcp::list))
+        .routes(routes!(mcp::approve))
+        .routes(routes!(mcp::disable))
+        .routes(routes!(mcp::history))
         .routes(routes!(identity::list_groups, identity::create_group))
         .routes(routes!(
             identity::get_group,

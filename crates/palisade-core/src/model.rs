@@ -108,6 +108,23 @@ pub struct ProxySpec {
     /// Restore redacted values in answers (`false`: one-way redaction).
     #[serde(default = "default_true")]
     pub unmask: bool,
+    /// MCP: `manual` (new tools wait for an administrator; the default) or `auto` (trusted servers).
+    #[serde(default)]
+    pub tool_approval: ToolApproval,
+    /// MCP: tools approved from the start.
+    #[serde(default)]
+    pub approved_tools: Vec<String>,
+}
+
+/// How an MCP proxy treats tools it has not seen before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolApproval {
+    /// Fail closed: hidden and refused until approved.
+    #[default]
+    Manual,
+    /// Approved on discovery unless poisoning is detected.
+    Auto,
 }
 
 /// A governance prompt injected into LLM requests.
@@ -242,13 +259,18 @@ impl ProxySpec {
     /// Checks every field; the first problem found is returned with its field name.
     pub fn validate(&self) -> Result<(), FieldError> {
         validate_name("name", &self.name)?;
-        if self.kind != ProxyKind::Llm {
+        if self.kind == ProxyKind::A2a {
             return Err(FieldError::new(
                 "kind",
-                format!(
-                    "proxies of kind `{}` are not available in this version; use `llm`",
-                    self.kind.as_str()
-                ),
+                "proxies of kind `a2a` are not available in this version; use `llm` or `mcp`",
+            ));
+        }
+        if self.kind != ProxyKind::Mcp
+            && (!self.approved_tools.is_empty() || self.tool_approval == ToolApproval::Auto)
+        {
+            return Err(FieldError::new(
+                "approved_tools",
+                "tool approval settings apply to `mcp` proxies only",
             ));
         }
         self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -338,7 +360,7 @@ mod tests {
         s.name = "Bad Name".into();
         assert_eq!(s.validate().unwrap_err().field, "name");
         let mut s = spec();
-        s.kind = ProxyKind::Mcp;
+        s.kind = ProxyKind::A2a;
         assert_eq!(s.validate().unwrap_err().field, "kind");
     }
 

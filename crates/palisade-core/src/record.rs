@@ -64,6 +64,36 @@ pub struct RequestRecord {
     pub prompt: Option<String>,
     /// Number of distinct sensitive values replaced by placeholders before the request left.
     pub redactions: Option<i64>,
+    /// MCP session id.
+    pub session: Option<String>,
+    /// MCP tool name (for `tools/call`).
+    pub tool: Option<String>,
+}
+
+/// An MCP tool as the gateway knows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct McpTool {
+    /// Proxy that offers it.
+    pub proxy: String,
+    /// Tool name.
+    pub name: String,
+    /// `pending`, `approved`, `quarantined` or `disabled`.
+    pub status: String,
+    /// SHA-256 of the canonical definition currently offered.
+    pub fingerprint: String,
+    /// Fingerprint an administrator approved (pinned).
+    pub approved_fingerprint: Option<String>,
+    /// The definition as last offered.
+    #[schema(value_type = Object)]
+    pub definition: serde_json::Value,
+    /// Poisoning findings (`policy/rule: name`, or built-in checks).
+    pub findings: Vec<String>,
+    /// Whether the last full listing offered it.
+    pub present: bool,
+    /// First seen, Unix ms.
+    pub first_seen_ms: i64,
+    /// Last change, Unix ms.
+    pub updated_ms: i64,
 }
 
 /// A security or spend event worth a human's attention.

@@ -71,6 +71,8 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            // SSE relays may rewrite events (unmasking, MCP filtering): never promise a length.
+            ProxyBody::Relay(r) if matches!(r.mode, Mode::Sse(_)) => SizeHint::default(),
             ProxyBody::Relay(r) => r.inner.size_hint(),
         }
     }
@@ -142,7 +144,12 @@ pub struct Relay {
     guard: Option<StreamGuard>,
     strip_usage: bool,
     unmasker: Option<StreamUnmasker>,
+    mapper: Option<EventMapper>,
+    abort_on_failure: bool,
 }
+
+/// Rewrites runs of complete SSE events before they are forwarded (MCP message processing).
+pub type EventMapper = Box<dyn FnMut(Bytes) -> Bytes + Send>;
 
 impl Relay {
     /// Relays `inner`; `sse` selects event-wise forwarding; `idle` bounds the gap between chunks;
@@ -175,6 +182,8 @@ impl Relay {
             guard,
             strip_usage: false,
             unmasker: None,
+            mapper: None,
+            abort_on_failure: false,
         }
     }
 
@@ -182,6 +191,19 @@ impl Relay {
     /// the client's behalf; a client that did not ask must not see the extra chunk).
     pub fn strip_usage_chunk(mut self) -> Self {
         self.strip_usage = true;
+        self
+    }
+
+    /// Passes every run of events through `m` before it is forwarded.
+    pub fn map_events(mut self, m: EventMapper) -> Self {
+        self.mapper = Some(m);
+        self
+    }
+
+    /// A broken upstream aborts the response instead of sending an LLM-style error event
+    /// (MCP clients resume with `Last-Event-ID`).
+    pub fn abort_on_failure(mut self) -> Self {
+        self.abort_on_failure = true;
         self
     }
 
@@ -265,6 +287,10 @@ impl Relay {
         client_message: String,
         log_message: String,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.abort_on_failure {
+            self.finish(Some(log_message.clone()));
+            return Poll::Ready(Some(Err(log_message.into())));
+        }
         let request_id = self
             .finisher
             .as_ref()
@@ -345,6 +371,10 @@ impl Relay {
                         Some(u) => u.rewrite(out),
                         None => out,
                     };
+                    let out = match this.mapper.as_mut() {
+                        Some(m) => m(out),
+                        None => out,
+                    };
                     if out.is_empty() {
                         continue;
                     }
@@ -371,6 +401,10 @@ impl Relay {
                     };
                     let rest = match this.unmasker.as_mut() {
                         Some(u) if !rest.is_empty() => u.rewrite(rest),
+                        _ => rest,
+                    };
+                    let rest = match this.mapper.as_mut() {
+                        Some(m) if !rest.is_empty() => m(rest),
                         _ => rest,
                     };
                     this.finish(None);

@@ -13,6 +13,8 @@ mod inspect;
 mod listener;
 mod llm;
 mod manager;
+mod mcp;
+pub mod mcp_tools;
 mod prompts;
 pub mod redact;
 mod shape;
@@ -24,7 +26,7 @@ pub use accounting::{Accounting, Clock};
 pub use error::ProxyError;
 pub use inspect::{Inspector, request_texts, response_text};
 pub use manager::{
-    AlertFn, GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn,
+    AlertFn, GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn, ToolFn,
 };
 pub use shape::Endpoint;
 pub use sse::SseSplitter;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::manager::{GatewayShared, ProxyRuntime};
+use palisade_core::model::ProxyKind;
 
 /// A bound, serving listener.
 pub struct RunningListener {
@@ -72,7 +73,14 @@ async fn serve(
                 let shared = shared.clone();
                 let runtime = runtime.clone();
                 let svc = service_fn(move |req| {
-                    crate::llm::handle(shared.clone(), runtime.load_full(), req, peer)
+                    let rt = runtime.load_full();
+                    let shared = shared.clone();
+                    async move {
+                        match rt.spec.kind {
+                            ProxyKind::Mcp => crate::mcp::handle(shared, rt, req, peer).await,
+                            _ => crate::llm::handle(shared, rt, req, peer).await,
+                        }
+                    }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())

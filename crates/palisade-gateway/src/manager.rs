@@ -9,12 +9,13 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use palisade_core::identity::KeyIndex;
 use palisade_core::model::{LlmApi, PromptSpec, ProxySpec};
-use palisade_core::record::{AlertRecord, RequestRecord};
+use palisade_core::record::{AlertRecord, McpTool, RequestRecord};
 use tokio::sync::Mutex;
 
 use crate::accounting::Accounting;
 use crate::inspect::Inspector;
 use crate::listener::RunningListener;
+use crate::mcp_tools::McpRegistry;
 use crate::upstream::{HttpClient, UpstreamTarget, build_client};
 use palisade_policy::PolicySet;
 
@@ -22,6 +23,8 @@ use palisade_policy::PolicySet;
 pub type RecordFn = Arc<dyn Fn(RequestRecord) + Send + Sync>;
 /// Where alerts go (the same writer; alerts are never dropped).
 pub type AlertFn = Arc<dyn Fn(AlertRecord) + Send + Sync>;
+/// Where changes to the MCP tool inventory go (the store).
+pub type ToolFn = Arc<dyn Fn(McpTool) + Send + Sync>;
 
 /// State shared by every proxy: identities, the upstream client and the record sink.
 pub struct GatewayShared {
@@ -39,11 +42,15 @@ pub struct GatewayShared {
     pub prompts: ArcSwap<Vec<PromptSpec>>,
     /// Organisation name for the `{{organization}}` prompt variable.
     pub organization: ArcSwap<String>,
+    /// MCP tool inventory and approvals.
+    pub mcp: McpRegistry,
+    /// Persists inventory changes.
+    pub tool_sink: ToolFn,
 }
 
 impl GatewayShared {
     /// Shared state with an empty key index.
-    pub fn new(record: RecordFn, alert: AlertFn) -> Self {
+    pub fn new(record: RecordFn, alert: AlertFn, tool_sink: ToolFn) -> Self {
         Self {
             keys: ArcSwap::from_pointee(KeyIndex::default()),
             client: build_client(),
@@ -52,6 +59,8 @@ impl GatewayShared {
             accounting: Arc::new(Accounting::default()),
             prompts: ArcSwap::from_pointee(Vec::new()),
             organization: ArcSwap::from_pointee(String::new()),
+            mcp: McpRegistry::default(),
+            tool_sink,
         }
     }
 }

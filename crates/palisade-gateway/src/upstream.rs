@@ -66,7 +66,14 @@ impl UpstreamTarget {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.base_path, path_and_query))
+            .path_and_query({
+                let pq = format!("{}{}", self.base_path, path_and_query);
+                if pq.starts_with('/') {
+                    pq
+                } else {
+                    format!("/{pq}")
+                }
+            })
             .build()
     }
 }

@@ -5,6 +5,7 @@
 
 mod alerts;
 mod identity;
+mod mcp;
 mod migrations;
 mod requests;
 mod store;
@@ -14,6 +15,7 @@ pub use alerts::{ALERT_STATUSES, AlertFilter, AlertPage};
 pub use identity::{
     ApiKeyRow, BudgetStatus, GroupRow, KeyOptions, UsageQuery, UsageRow, budget_of,
 };
+pub use mcp::ToolVersion;
 pub use requests::{RequestFilter, RequestPage};
 pub use store::{
     Actor, AuditEntry, AuditFilter, ProxyRow, SealedUpdate, Store, StoreError, UserRow,

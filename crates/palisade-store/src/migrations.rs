@@ -149,6 +149,33 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // 5: MCP: tools with approval state and definition history, MCP fields in the request log.
+    r#"
+    ALTER TABLE requests ADD COLUMN session TEXT;
+    ALTER TABLE requests ADD COLUMN tool TEXT;
+    CREATE TABLE mcp_tools (
+        proxy TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'quarantined', 'disabled')),
+        fingerprint TEXT NOT NULL,
+        approved_fingerprint TEXT,
+        definition TEXT NOT NULL,
+        findings TEXT NOT NULL DEFAULT '[]',
+        present INTEGER NOT NULL DEFAULT 1,
+        first_seen_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (proxy, name)
+    );
+    CREATE TABLE mcp_tool_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        proxy TEXT NOT NULL,
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL
+    );
+    CREATE INDEX mcp_tool_history_tool ON mcp_tool_history (proxy, name, id);
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

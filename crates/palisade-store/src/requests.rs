@@ -27,6 +27,8 @@ pub struct RequestFilter {
     pub endpoint: Option<String>,
     /// Only this policy decision (`block`, `alert`, …).
     pub decision: Option<String>,
+    /// Only this MCP tool.
+    pub tool: Option<String>,
     /// Only requests at or after this time (Unix ms).
     pub since_ms: Option<i64>,
     /// Only requests before this time (Unix ms).
@@ -62,9 +64,9 @@ pub(crate) fn insert_batch(
             "INSERT OR REPLACE INTO requests (id, ts_ms, proxy, api, method, path, endpoint, model, stream, status,
              key_id, key_name, group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens,
              latency_us, ttfb_us, overhead_us, error, client, decision, risk_score, matched_rules, cost_nano,
-             cost_unknown, prompt, redactions)
+             cost_unknown, prompt, redactions, session, tool)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-                     ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+                     ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
         )?;
         for r in rows {
             st.execute(params![
@@ -97,7 +99,9 @@ pub(crate) fn insert_batch(
                     .map(|c| (c * palisade_core::spend::NANO_PER_USD).round() as i64),
                 r.cost_unknown,
                 r.prompt,
-                r.redactions
+                r.redactions,
+                r.session,
+                r.tool
             ])?;
         }
     }
@@ -117,6 +121,7 @@ impl Store {
                 ("group_name", &f.group),
                 ("endpoint", &f.endpoint),
                 ("decision", &f.decision),
+                ("tool", &f.tool),
             ];
             for (col, val) in text_filters {
                 if let Some(v) = val {
@@ -155,7 +160,7 @@ impl Store {
             let sql = format!(
                 "SELECT id, ts_ms, proxy, api, method, path, endpoint, model, stream, status, key_id, key_name,
                  group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens, latency_us, ttfb_us,
-                 overhead_us, error, client, decision, risk_score, matched_rules, cost_nano, cost_unknown, prompt, redactions FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
+                 overhead_us, error, client, decision, risk_score, matched_rules, cost_nano, cost_unknown, prompt, redactions, session, tool FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
             );
             let mut st = c.prepare(&sql)?;
             let items = st
@@ -192,6 +197,8 @@ impl Store {
                         cost_unknown: r.get(26)?,
                         prompt: r.get(27)?,
                         redactions: r.get(28)?,
+                        session: r.get(29)?,
+                        tool: r.get(30)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -3,6 +3,7 @@
 
 mod config;
 mod mock;
+mod mock_mcp;
 mod serve;
 
 use std::net::SocketAddr;
@@ -27,6 +28,15 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a deterministic OpenAI- and Anthropic-compatible fake model (for tests and demos).
     MockLlm(MockArgs),
+    /// Run a small MCP test server (Streamable HTTP) whose tools can be changed at run time.
+    MockMcp {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9200")]
+        addr: SocketAddr,
+        /// Answer requests with SSE streams instead of JSON.
+        #[arg(long)]
+        sse: bool,
+    },
     /// Check a config file without starting anything.
     CheckConfig {
         /// The TOML file.
@@ -77,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             chunk_delay_ms: a.chunk_delay_ms,
             require_key: a.require_key,
         })),
+        Command::MockMcp { addr, sse } => rt.block_on(mock_mcp::run(addr, sse)),
         Command::CheckConfig { file } => {
             let cfg = config::load(&file)?;
             println!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use palisade_admin::AppState;
 use palisade_core::crypto::{MasterKey, hash_password, random_token};
-use palisade_gateway::{AlertFn, GatewayShared, ProxyManager, RecordFn};
+use palisade_gateway::{AlertFn, GatewayShared, ProxyManager, RecordFn, ToolFn};
 use palisade_store::{Actor, LogWriter, Store};
 
 mod packs {
@@ -192,8 +192,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let record: RecordFn = Arc::new(move |r| sink.record(r));
     let sink = writer.sink();
     let alert: AlertFn = Arc::new(move |a| sink.alert(a));
+    let tools_store = store.clone();
+    let tool_sink: ToolFn = Arc::new(move |t| {
+        let st = tools_store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = st.upsert_tool(t).await {
+                tracing::error!(error = %e, "MCP tool inventory could not be saved");
+            }
+        });
+    });
     let manager = Arc::new(ProxyManager::new(
-        Arc::new(GatewayShared::new(record, alert)),
+        Arc::new(GatewayShared::new(record, alert, tool_sink)),
         DRAIN,
     ));
     let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
@@ -212,6 +221,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state.reload_prices().await?;
         state.reload_groups().await?;
         state.reload_prompts().await?;
+        state.load_tools().await?;
         state.seed_spend().await
     };
     init.await.map_err(|e| anyhow::anyhow!(e.message))?;

@@ -22,6 +22,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Spawns a command (stdout collected, stderr inherited).
+    pub fn spawn_cmd(cmd: Command) -> Self {
+        Self::spawn(cmd)
+    }
+
     fn spawn(mut cmd: Command) -> Self {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,99 @@
+//! MCP tool inventory and approvals.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use palisade_core::model::ProxyKind;
+use palisade_core::record::McpTool;
+use palisade_store::ToolVersion;
+
+use crate::AppState;
+use crate::auth::{Admin, Viewer};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+impl AppState {
+    /// Loads the stored tool inventory into the data plane (at start).
+    pub async fn load_tools(&self) -> ApiResult<()> {
+        self.manager
+            .shared()
+            .mcp
+            .load(self.store.all_tools().await?);
+        Ok(())
+    }
+
+    async fn mcp_proxy(&self, name: &str) -> ApiResult<()> {
+        let row = self
+            .store
+            .get_proxy(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("proxy `{name}`")))?;
+        if row.spec.kind != ProxyKind::Mcp {
+            return Err(ApiError::bad_request(format!(
+                "proxy `{name}` is not an MCP proxy"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Tools an MCP proxy's upstream has offered, with approval status and findings.
+#[utoipa::path(get, path = "/api/v1/proxies/{name}/tools", tag = "mcp", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, body = [McpTool]), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<McpTool>>> {
+    s.mcp_proxy(&name).await?;
+    Ok(Json(s.manager.shared().mcp.list(&name)))
+}
+
+async fn decide(
+    s: &AppState,
+    proxy: &str,
+    tool: &str,
+    status: &'static str,
+    actor: palisade_store::Actor,
+) -> ApiResult<McpTool> {
+    s.mcp_proxy(proxy).await?;
+    let t = s.store.set_tool_status(proxy, tool, status, actor).await?;
+    s.manager.shared().mcp.apply(t.clone());
+    Ok(t)
+}
+
+/// Approve a tool (pins its current definition); also re-enables a disabled or quarantined one.
+#[utoipa::path(post, path = "/api/v1/proxies/{name}/tools/{tool}/approve", tag = "mcp", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name"), ("tool" = String, Path, description = "Tool name")),
+    responses((status = 200, body = McpTool), (status = 404, body = ErrorBody)))]
+pub async fn approve(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path((name, tool)): Path<(String, String)>,
+) -> ApiResult<Json<McpTool>> {
+    Ok(Json(decide(&s, &name, &tool, "approved", u.actor()).await?))
+}
+
+/// Disable a tool: hidden from listings and refused.
+#[utoipa::path(post, path = "/api/v1/proxies/{name}/tools/{tool}/disable", tag = "mcp", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name"), ("tool" = String, Path, description = "Tool name")),
+    responses((status = 200, body = McpTool), (status = 404, body = ErrorBody)))]
+pub async fn disable(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path((name, tool)): Path<(String, String)>,
+) -> ApiResult<Json<McpTool>> {
+    Ok(Json(decide(&s, &name, &tool, "disabled", u.actor()).await?))
+}
+
+/// Definitions a tool has had (newest first), for diffing.
+#[utoipa::path(get, path = "/api/v1/proxies/{name}/tools/{tool}/history", tag = "mcp", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name"), ("tool" = String, Path, description = "Tool name")),
+    responses((status = 200, body = [ToolVersion]), (status = 404, body = ErrorBody)))]
+pub async fn history(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Path((name, tool)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<ToolVersion>>> {
+    s.mcp_proxy(&name).await?;
+    Ok(Json(s.store.tool_history(&name, &tool).await?))
+}

@@ -1,0 +1,722 @@
+//! The MCP proxy (Streamable HTTP on both sides): authentication, DNS-rebinding protection,
+//! JSON-RPC validation, header/body consistency, fail-closed tool approval, policy checks of
+//! tool arguments and results, and the tool inventory fed by every `tools/list` answer.
+//!
+//! Every decision keys on the JSON-RPC body; `Mcp-*` headers are only checked against it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use palisade_core::now_ms;
+use palisade_core::record::RequestRecord;
+use palisade_policy::Target;
+use serde_json::{Value, json};
+
+use crate::body::{Finisher, ProxyBody, Relay};
+use crate::inspect::{Findings, request_texts};
+use crate::manager::{GatewayShared, ProxyRuntime};
+use crate::sse::{for_each_event, raw_events};
+
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// JSON-RPC error codes the gateway answers with.
+mod code {
+    pub const PARSE: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// The tool is not approved (pending, quarantined or disabled).
+    pub const NOT_APPROVED: i64 = -32003;
+    /// A policy blocked the call or its result.
+    pub const POLICY: i64 = -32002;
+}
+
+fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+fn json_response(status: StatusCode, v: &Value, request_id: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
+}
+
+/// Hosts a loopback listener answers to; anything else is a DNS-rebinding attempt.
+fn host_allowed(host: &str, listen: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let listen_ip = listen
+        .rsplit_once(':')
+        .map_or(listen, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if listen_ip == "0.0.0.0" || listen_ip == "::" {
+        return true;
+    }
+    matches!(name, "localhost" | "127.0.0.1" | "::1") || name == listen_ip
+}
+
+fn origin_allowed(origin: &str) -> bool {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    let host = rest.split('/').next().unwrap_or("");
+    let name = host
+        .rsplit_once(':')
+        .map_or(host, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    matches!(name, "localhost" | "127.0.0.1" | "::1")
+}
+
+/// Per-POST context: what each request id asked for, to process its response.
+#[derive(Clone, Default)]
+struct Pending {
+    by_id: HashMap<String, (String, Option<String>, bool)>,
+}
+
+/// Serves one request on an MCP proxy.
+pub async fn handle(
+    shared: Arc<GatewayShared>,
+    rt: Arc<ProxyRuntime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let t0 = Instant::now();
+    let mut rec = RequestRecord {
+        id: palisade_core::crypto::random_id(),
+        ts_ms: now_ms(),
+        proxy: rt.spec.name.clone(),
+        api: "mcp".into(),
+        method: req.method().to_string(),
+        path: req.uri().path().chars().take(512).collect(),
+        endpoint: req.method().as_str().to_lowercase(),
+        client: peer.to_string(),
+        session: req
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        ..Default::default()
+    };
+    let mut findings = Findings::default();
+    let resp = match serve(&shared, &rt, req, &mut rec, &mut findings, t0).await {
+        Ok(r) => r,
+        Err((status, body)) => {
+            rec.status = status.as_u16();
+            rec.error = body["error"]["message"].as_str().map(str::to_string);
+            let id = rec.id.clone();
+            json_response(status, &body, &id)
+        }
+    };
+    if !rec.id.is_empty() {
+        // Not handed to a streaming relay: record now.
+        if rec.status == 0 {
+            rec.status = resp.status().as_u16();
+        }
+        rec.latency_us = t0.elapsed().as_micros() as i64;
+        if rec.overhead_us == 0 {
+            rec.overhead_us = rec.latency_us;
+        }
+        findings.finalize(&mut rec, shared.alert.as_ref());
+        (shared.record)(rec);
+    }
+    Ok(resp)
+}
+
+type Refusal = (StatusCode, Value);
+
+fn refuse(status: StatusCode, code: i64, msg: &str) -> Refusal {
+    (status, rpc_error(&Value::Null, code, msg))
+}
+
+async fn serve(
+    shared: &Arc<GatewayShared>,
+    rt: &Arc<ProxyRuntime>,
+    req: Request<Incoming>,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    // DNS-rebinding protection: the upstream only sees our Host, so the check is ours.
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !host_allowed(host, &rt.spec.listen) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            code::INVALID_REQUEST,
+            &format!("Host `{host}` is not allowed"),
+        ));
+    }
+    if let Some(origin) = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        && !origin_allowed(origin)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            code::INVALID_REQUEST,
+            &format!("Origin `{origin}` is not allowed"),
+        ));
+    }
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let Some(key) = shared.keys.load().lookup(presented, now_ms()) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            code::INVALID_REQUEST,
+            "missing or invalid API key",
+        ));
+    };
+    rec.key_id = Some(key.id.clone());
+    rec.key_name = Some(key.name.clone());
+    rec.group = key.group.clone();
+    shared
+        .accounting
+        .admit(&key, &rt.spec.name, shared.alert.as_ref(), rec)
+        .map_err(|e| refuse(e.status(), code::INVALID_REQUEST, &e.to_string()))?;
+
+    let (parts, body) = req.into_parts();
+    let mut pending = Pending::default();
+    let body = match parts.method {
+        Method::POST => {
+            let ct = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !ct.starts_with("application/json") {
+                return Err(refuse(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    code::INVALID_REQUEST,
+                    "Content-Type must be application/json",
+                ));
+            }
+            let limit = rt.spec.max_body_bytes as usize;
+            let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        code::INVALID_REQUEST,
+                        &format!("body exceeds {limit} bytes"),
+                    )
+                } else {
+                    refuse(
+                        StatusCode::BAD_REQUEST,
+                        code::INVALID_REQUEST,
+                        &format!("cannot read body: {e}"),
+                    )
+                }
+            })?;
+            let bytes = bytes.to_bytes();
+            if let Some(answer) = check_post(
+                shared,
+                rt,
+                &parts.headers,
+                &bytes,
+                rec,
+                findings,
+                &mut pending,
+            )? {
+                return Ok(json_response(StatusCode::OK, &answer, &rec.id));
+            }
+            Full::new(bytes)
+        }
+        Method::GET | Method::DELETE => Full::new(Bytes::new()),
+        _ => {
+            return Err(refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                code::INVALID_REQUEST,
+                "use POST, GET or DELETE",
+            ));
+        }
+    };
+
+    // Upstream request: the upstream's own Host, our credential (never the client's key).
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if n == "accept"
+            || n == "content-type"
+            || n == "last-event-id"
+            || n.starts_with("mcp-")
+            || n == "mcp-protocol-version"
+        {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(http::header::HOST, rt.target.host.clone());
+    if let Some((name, value)) = &rt.auth_header {
+        headers.insert(name.clone(), value.clone());
+    }
+    let uri = rt
+        .target
+        .uri_for(
+            parts
+                .uri
+                .query()
+                .map_or(String::new(), |q| format!("?{q}"))
+                .as_str(),
+        )
+        .map_err(|e| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                &e.to_string(),
+            )
+        })?;
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = uri;
+    *up.headers_mut() = headers;
+    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
+    let pre = t0.elapsed();
+    let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                -32000,
+                "upstream MCP server did not respond in time",
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(refuse(
+                StatusCode::BAD_GATEWAY,
+                -32000,
+                &format!("upstream MCP server unavailable: {e}"),
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (up_parts, up_body) = resp.into_parts();
+    rec.status = up_parts.status.as_u16();
+    if let Some(s) = up_parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        rec.session = Some(s.to_string());
+    }
+    let ct = up_parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &up_parts.headers {
+        let n = name.as_str();
+        if matches!(
+            n,
+            "content-type"
+                | "cache-control"
+                | "mcp-session-id"
+                | "mcp-protocol-version"
+                | "www-authenticate"
+        ) || n.starts_with("mcp-")
+        {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&rec.id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    rec.overhead_us = pre.as_micros() as i64;
+
+    if ct.starts_with("text/event-stream") {
+        rec.stream = true;
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let ctx = Ctx {
+            shared: shared.clone(),
+            rt: rt.clone(),
+            pending,
+        };
+        let mut f = Findings::default();
+        std::mem::swap(&mut f, findings);
+        let finisher = Finisher {
+            record: std::mem::take(rec),
+            t0,
+            sink: shared.record.clone(),
+            alert: shared.alert.clone(),
+            findings: f,
+            accounting: shared.accounting.clone(),
+            key_tpm: None,
+        };
+        let mut ctx = ctx;
+        let relay = Relay::new(
+            up_body,
+            true,
+            palisade_core::model::LlmApi::Openai,
+            timeout,
+            finisher,
+            None,
+        )
+        .abort_on_failure()
+        .map_events(Box::new(move |run| ctx.map_run(run)));
+        let mut r = Response::new(ProxyBody::Relay(Box::new(relay)));
+        *r.status_mut() = up_parts.status;
+        *r.headers_mut() = headers;
+        return Ok(r);
+    }
+
+    let bytes = Limited::new(up_body, MAX_UPSTREAM_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                -32000,
+                &format!("upstream body broke: {e}"),
+            )
+        })?
+        .to_bytes();
+    let bytes = if ct.starts_with("application/json") && !pending.by_id.is_empty() {
+        let mut ctx = Ctx {
+            shared: shared.clone(),
+            rt: rt.clone(),
+            pending,
+        };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut v) => {
+                let changed = ctx.process(&mut v, rec, findings);
+                if changed {
+                    Bytes::from(v.to_string())
+                } else {
+                    bytes
+                }
+            }
+            Err(_) => bytes,
+        }
+    } else {
+        bytes
+    };
+    let mut r = Response::new(ProxyBody::full(bytes));
+    *r.status_mut() = up_parts.status;
+    *r.headers_mut() = headers;
+    Ok(r)
+}
+
+/// Validates a POST body and applies approval and argument policies. Returns an answer to
+/// send instead of forwarding, when every request in it is refused.
+fn check_post(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+    headers: &http::HeaderMap,
+    bytes: &[u8],
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    pending: &mut Pending,
+) -> Result<Option<Value>, Refusal> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            code::PARSE,
+            &format!("parse error: {e}"),
+        )
+    })?;
+    let batch = v.is_array();
+    let msgs: Vec<&Value> = match &v {
+        Value::Array(a) if a.is_empty() => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "empty batch",
+            ));
+        }
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(_) => vec![&v],
+        _ => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "body must be a JSON-RPC message",
+            ));
+        }
+    };
+    let mut refusals = Vec::new();
+    for m in &msgs {
+        if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "`jsonrpc` must be \"2.0\"",
+            ));
+        }
+        let method = m.get("method").and_then(Value::as_str);
+        let is_response = m.get("result").is_some() || m.get("error").is_some();
+        if method.is_none() && !is_response {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "message has neither `method` nor a result",
+            ));
+        }
+        let Some(method) = method else { continue };
+        let params = m.get("params");
+        let name = match method {
+            "tools/call" | "prompts/get" => {
+                params.and_then(|p| p.get("name")).and_then(Value::as_str)
+            }
+            "resources/read" | "resources/subscribe" => {
+                params.and_then(|p| p.get("uri")).and_then(Value::as_str)
+            }
+            _ => None,
+        };
+        // Headers may only repeat the body (stateless era); a mismatch is refused outright.
+        if !batch {
+            if let Some(h) = headers.get("mcp-method").and_then(|v| v.to_str().ok())
+                && h != method
+            {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    code::HEADER_MISMATCH,
+                    "Mcp-Method header does not match the body",
+                ));
+            }
+            if let Some(h) = headers.get("mcp-name").and_then(|v| v.to_str().ok())
+                && Some(h) != name
+            {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    code::HEADER_MISMATCH,
+                    "Mcp-Name header does not match the body",
+                ));
+            }
+        }
+        rec.endpoint = if batch {
+            "batch".into()
+        } else {
+            method.to_string()
+        };
+        let id = m.get("id").cloned();
+        let full_list = method == "tools/list" && params.and_then(|p| p.get("cursor")).is_none();
+        if let Some(id) = &id {
+            pending.by_id.insert(
+                id.to_string(),
+                (method.to_string(), name.map(str::to_string), full_list),
+            );
+        }
+        if method != "tools/call" {
+            continue;
+        }
+        let tool = name.unwrap_or("");
+        rec.tool = Some(tool.to_string());
+        if let Some(why) = shared.mcp.refusal(&rt.spec.name, tool) {
+            refusals.push(rpc_error(
+                id.as_ref().unwrap_or(&Value::Null),
+                code::NOT_APPROVED,
+                &why,
+            ));
+            continue;
+        }
+        if let Some(insp) = &rt.inspector
+            && let Some(args) = params.and_then(|p| p.get("arguments"))
+        {
+            let texts = request_texts(&json!({"arguments": args}));
+            let blocks = findings.scan(insp, Target::ToolArguments, &texts.prompt);
+            if blocks && insp.enforces() {
+                findings.set_blocked();
+                let msg = format!(
+                    "tool call blocked by policy (rules: {})",
+                    findings.blocking_rules()
+                );
+                refusals.push(rpc_error(
+                    id.as_ref().unwrap_or(&Value::Null),
+                    code::POLICY,
+                    &msg,
+                ));
+            }
+        }
+    }
+    if refusals.is_empty() {
+        return Ok(None);
+    }
+    rec.decision = Some("block".into());
+    rec.error = refusals[0]["error"]["message"].as_str().map(str::to_string);
+    // A batch with a refused call is refused whole: forwarding half of it would split its answer.
+    if batch {
+        let answers: Vec<Value> = msgs
+            .iter()
+            .filter_map(|m| m.get("id"))
+            .map(|id| {
+                refusals
+                    .iter()
+                    .find(|r| &r["id"] == id)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        rpc_error(
+                            id,
+                            code::NOT_APPROVED,
+                            "batch refused: it contains a refused tool call",
+                        )
+                    })
+            })
+            .collect();
+        return Ok(Some(Value::Array(answers)));
+    }
+    Ok(refusals.into_iter().next())
+}
+
+/// What response processing needs after the request phase has returned.
+struct Ctx {
+    shared: Arc<GatewayShared>,
+    rt: Arc<ProxyRuntime>,
+    pending: Pending,
+}
+
+impl Ctx {
+    /// Processes one message or batch of responses; returns whether it changed.
+    fn process(&mut self, v: &mut Value, rec: &mut RequestRecord, findings: &mut Findings) -> bool {
+        match v {
+            Value::Array(a) => {
+                // Every message is processed (no short circuit): each may need rewriting.
+                let mut changed = false;
+                for m in a.iter_mut() {
+                    changed |= self.process_one(m, rec, findings);
+                }
+                changed
+            }
+            _ => self.process_one(v, rec, findings),
+        }
+    }
+
+    fn process_one(
+        &mut self,
+        m: &mut Value,
+        rec: &mut RequestRecord,
+        findings: &mut Findings,
+    ) -> bool {
+        let Some(id) = m.get("id").map(Value::to_string) else {
+            return false;
+        };
+        let Some((method, _tool, full)) = self.pending.by_id.get(&id).cloned() else {
+            return false;
+        };
+        if m.get("result").is_none() {
+            return false;
+        }
+        let shared = &self.shared;
+        match method.as_str() {
+            "tools/list" => {
+                let tools = m["result"]["tools"].as_array().cloned().unwrap_or_default();
+                let paged = m["result"].get("nextCursor").is_some_and(|c| !c.is_null());
+                let obs = shared.mcp.observe(&self.rt, &tools, full && !paged);
+                for t in obs.changed {
+                    (shared.tool_sink)(t);
+                }
+                for a in obs.alerts {
+                    (shared.alert)(a);
+                }
+                m["result"]["tools"] = Value::Array(obs.visible);
+                true
+            }
+            "tools/call" => {
+                let Some(insp) = &self.rt.inspector else {
+                    return false;
+                };
+                let texts = request_texts(&json!({"result": m["result"].clone()}));
+                let blocks = findings.scan(insp, Target::ToolResult, &texts.prompt);
+                if blocks && insp.enforces() {
+                    findings.set_blocked();
+                    let msg = format!(
+                        "tool result blocked by policy (rules: {})",
+                        findings.blocking_rules()
+                    );
+                    rec.decision = Some("block".into());
+                    *m = rpc_error(&m["id"], code::POLICY, &msg);
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Processes the JSON-RPC messages of a run of SSE events, keeping `id:`/`retry:` lines.
+    fn map_run(&mut self, run: Bytes) -> Bytes {
+        if self.pending.by_id.is_empty() {
+            return run;
+        }
+        let mut out: Vec<u8> = Vec::with_capacity(run.len());
+        let mut changed = false;
+        let mut scratch = RequestRecord::default();
+        let mut f = Findings::default();
+        for ev in raw_events(&run) {
+            let mut data = None;
+            for_each_event(ev, |_, d| data = Some(d.to_vec()));
+            let Some(mut v) = data.and_then(|d| serde_json::from_slice::<Value>(&d).ok()) else {
+                out.extend_from_slice(ev);
+                continue;
+            };
+            if !self.process(&mut v, &mut scratch, &mut f) {
+                out.extend_from_slice(ev);
+                continue;
+            }
+            changed = true;
+            let text = String::from_utf8_lossy(ev);
+            let mut wrote_data = false;
+            for line in text.split_inclusive('\n') {
+                let l = line.trim_end_matches(['\r', '\n']);
+                if l.starts_with("data:") {
+                    if !wrote_data {
+                        out.extend_from_slice(format!("data: {v}\n").as_bytes());
+                        wrote_data = true;
+                    }
+                } else if !l.is_empty() {
+                    out.extend_from_slice(l.as_bytes());
+                    out.push(b'\n');
+                }
+            }
+            out.push(b'\n');
+        }
+        f.finalize(&mut scratch, self.shared.alert.as_ref());
+        if changed { Bytes::from(out) } else { run }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_origins() {
+        assert!(host_allowed("127.0.0.1:9300", "127.0.0.1:9300"));
+        assert!(host_allowed("localhost:9300", "127.0.0.1:0"));
+        assert!(host_allowed("[::1]:80", "127.0.0.1:0"));
+        assert!(!host_allowed("evil.example:9300", "127.0.0.1:9300"));
+        assert!(!host_allowed("", "127.0.0.1:9300"));
+        assert!(origin_allowed("http://localhost:3000"));
+        assert!(!origin_allowed("https://evil.example"));
+    }
+}

@@ -1,0 +1,408 @@
+//! MCP tool inventory: canonical fingerprints, fail-closed approval, rug-pull quarantine with
+//! diffs, and tool-poisoning checks.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use palisade_core::model::ToolApproval;
+use palisade_core::now_ms;
+use palisade_core::record::{AlertRecord, McpTool};
+use palisade_policy::Target;
+use serde_json::{Map, Value};
+
+use crate::inspect::Inspector;
+use crate::manager::ProxyRuntime;
+
+/// Fields of a tool definition that make up its identity for rug-pull detection.
+const DEFINING: [&str; 6] = [
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+];
+
+/// The canonical definition: the defining fields only, keys sorted (serde_json's map is
+/// ordered), compact — so key order and whitespace never change the fingerprint.
+pub fn canonical(tool: &Value) -> Value {
+    let mut m = Map::new();
+    for k in DEFINING {
+        if let Some(v) = tool.get(k) {
+            m.insert(k.to_string(), v.clone());
+        }
+    }
+    Value::Object(m)
+}
+
+/// SHA-256 of the canonical definition.
+pub fn fingerprint(canonical: &Value) -> String {
+    palisade_core::crypto::sha256_hex(canonical.to_string().as_bytes())
+}
+
+fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push(k);
+                strings(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn hidden_char(c: char) -> bool {
+    matches!(c as u32, 0x200B..=0x200F | 0x2060..=0x2064 | 0xFEFF | 0x202A..=0x202E | 0x2066..=0x2069 | 0xE0000..=0xE007F)
+}
+
+/// Poisoning findings of a definition: the proxy's `tool_description` rules over every string
+/// (names, descriptions, enums, defaults), plus hidden characters and terminal escapes that
+/// normalisation would otherwise erase.
+pub fn poisoning(def: &Value, insp: Option<&Inspector>) -> Vec<String> {
+    let mut parts = Vec::new();
+    strings(def, &mut parts);
+    let mut out = Vec::new();
+    if parts.iter().any(|s| s.chars().any(hidden_char)) {
+        out.push("builtin: invisible, bidi or tag characters in the definition".to_string());
+    }
+    if parts.iter().any(|s| s.contains('\u{1b}')) {
+        out.push("builtin: terminal escape sequences in the definition".to_string());
+    }
+    if let Some(insp) = insp {
+        let text = parts.join("\n");
+        let ev = insp.set.evaluate(Target::ToolDescription, &text);
+        for m in ev.matches {
+            if matches!(
+                m.action,
+                palisade_policy::Action::Block | palisade_policy::Action::Alert
+            ) {
+                out.push(format!("{}/{}: {}", m.policy_id, m.rule_id, m.rule_name));
+            }
+        }
+    }
+    out
+}
+
+/// Paths where two definitions differ, with before → after values (bounded).
+pub fn diff(before: &Value, after: &Value) -> Vec<String> {
+    fn short(v: Option<&Value>) -> String {
+        match v {
+            None => "(absent)".into(),
+            Some(v) => {
+                let s = v.to_string();
+                if s.len() > 160 {
+                    format!(
+                        "{}…",
+                        &s[..s.char_indices().nth(160).map_or(s.len(), |(i, _)| i)]
+                    )
+                } else {
+                    s
+                }
+            }
+        }
+    }
+    fn walk(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
+        if out.len() >= 12 || a == b {
+            return;
+        }
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&p, x.get(k), y.get(k), out);
+                }
+            }
+            _ => out.push(format!(
+                "{}: {} → {}",
+                if path.is_empty() { "(root)" } else { path },
+                short(a),
+                short(b)
+            )),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(before), Some(after), &mut out);
+    out
+}
+
+/// Outcome of observing one listing.
+pub struct Observation {
+    /// The tools a client may see (approved, with their approved definition).
+    pub visible: Vec<Value>,
+    /// Records to persist.
+    pub changed: Vec<McpTool>,
+    /// Alerts to raise.
+    pub alerts: Vec<AlertRecord>,
+}
+
+/// All MCP tools the gateway knows, per proxy.
+#[derive(Default)]
+pub struct McpRegistry {
+    tools: Mutex<HashMap<String, HashMap<String, McpTool>>>,
+}
+
+fn tool_alert(
+    proxy: &str,
+    tool: &str,
+    severity: &str,
+    title: &str,
+    message: String,
+    excerpt: Option<String>,
+) -> AlertRecord {
+    AlertRecord {
+        id: palisade_core::crypto::random_id(),
+        ts_ms: now_ms(),
+        kind: "mcp_tool".into(),
+        rule_id: Some(tool.to_string()),
+        title: title.into(),
+        category: Some("tool_integrity".into()),
+        severity: severity.into(),
+        target: Some("tool_description".into()),
+        proxy: Some(proxy.to_string()),
+        excerpt,
+        message,
+        status: "new".into(),
+        ..Default::default()
+    }
+}
+
+impl McpRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, McpTool>>> {
+        self.tools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the stored inventory (at start).
+    pub fn load(&self, tools: Vec<McpTool>) {
+        let mut map = self.lock();
+        for t in tools {
+            map.entry(t.proxy.clone())
+                .or_default()
+                .insert(t.name.clone(), t);
+        }
+    }
+
+    /// The tools of a proxy.
+    pub fn list(&self, proxy: &str) -> Vec<McpTool> {
+        let mut v: Vec<McpTool> = self
+            .lock()
+            .get(proxy)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Applies an administrator's decision made through the store.
+    pub fn apply(&self, t: McpTool) {
+        self.lock()
+            .entry(t.proxy.clone())
+            .or_default()
+            .insert(t.name.clone(), t);
+    }
+
+    /// Why a call to `tool` must be refused, if it must.
+    pub fn refusal(&self, proxy: &str, tool: &str) -> Option<String> {
+        let map = self.lock();
+        match map.get(proxy).and_then(|m| m.get(tool)) {
+            None => Some(format!(
+                "tool `{tool}` awaits approval: it has not been listed and approved on this gateway"
+            )),
+            Some(t) => match t.status.as_str() {
+                "approved" if t.approved_fingerprint.as_deref() == Some(t.fingerprint.as_str()) => {
+                    None
+                }
+                "approved" | "quarantined" => Some(format!(
+                    "tool `{tool}` is quarantined: its definition changed since it was approved; it awaits approval again"
+                )),
+                "disabled" => Some(format!("tool `{tool}` is disabled by an administrator")),
+                _ => Some(format!("tool `{tool}` awaits approval by an administrator")),
+            },
+        }
+    }
+
+    /// Records a `tools/list` answer and decides what the client sees. `full` is true when the
+    /// listing was not paginated, so missing tools really disappeared.
+    pub fn observe(&self, rt: &ProxyRuntime, tools: &[Value], full: bool) -> Observation {
+        let proxy = rt.spec.name.as_str();
+        let now = now_ms();
+        let mut out = Observation {
+            visible: Vec::new(),
+            changed: Vec::new(),
+            alerts: Vec::new(),
+        };
+        let mut map = self.lock();
+        let inventory = map.entry(proxy.to_string()).or_default();
+        let had_inventory = !inventory.is_empty();
+        let mut seen = std::collections::HashSet::new();
+        for t in tools {
+            let Some(name) = t.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            seen.insert(name.to_string());
+            let def = canonical(t);
+            let fp = fingerprint(&def);
+            match inventory.get_mut(name) {
+                None => {
+                    let findings = poisoning(&def, rt.inspector.as_ref());
+                    let pre_approved = rt.spec.tool_approval == ToolApproval::Auto
+                        || rt.spec.approved_tools.iter().any(|a| a == name);
+                    let approved = pre_approved && findings.is_empty();
+                    let rec = McpTool {
+                        proxy: proxy.to_string(),
+                        name: name.to_string(),
+                        status: if approved { "approved" } else { "pending" }.into(),
+                        fingerprint: fp.clone(),
+                        approved_fingerprint: approved.then(|| fp.clone()),
+                        definition: def.clone(),
+                        findings: findings.clone(),
+                        present: true,
+                        first_seen_ms: now,
+                        updated_ms: now,
+                    };
+                    if !findings.is_empty() {
+                        out.alerts.push(tool_alert(
+                            proxy,
+                            name,
+                            "high",
+                            "Tool poisoning suspected",
+                            format!(
+                                "tool `{name}` on `{proxy}` is held for review: {}",
+                                findings.join("; ")
+                            ),
+                            def.get("description")
+                                .and_then(Value::as_str)
+                                .map(|d| d.chars().take(200).collect()),
+                        ));
+                    } else if had_inventory {
+                        out.alerts.push(tool_alert(
+                            proxy,
+                            name,
+                            "medium",
+                            "New tool offered",
+                            format!(
+                                "upstream of `{proxy}` now offers tool `{name}` ({})",
+                                rec.status
+                            ),
+                            None,
+                        ));
+                    }
+                    inventory.insert(name.to_string(), rec.clone());
+                    out.changed.push(rec);
+                }
+                Some(rec) if rec.fingerprint == fp => {
+                    if !rec.present {
+                        rec.present = true;
+                        rec.updated_ms = now;
+                        out.changed.push(rec.clone());
+                    }
+                }
+                Some(rec) => {
+                    let changes = diff(&rec.definition, &def);
+                    let findings = poisoning(&def, rt.inspector.as_ref());
+                    let back_to_approved = rec.approved_fingerprint.as_deref() == Some(fp.as_str());
+                    let was_trusted = rec.status == "approved" || rec.status == "quarantined";
+                    rec.status = if back_to_approved && findings.is_empty() {
+                        "approved".into()
+                    } else if was_trusted {
+                        "quarantined".into()
+                    } else {
+                        rec.status.clone()
+                    };
+                    rec.fingerprint = fp.clone();
+                    rec.definition = def.clone();
+                    rec.findings = findings;
+                    rec.present = true;
+                    rec.updated_ms = now;
+                    out.alerts.push(tool_alert(
+                        proxy,
+                        name,
+                        if rec.status == "quarantined" {
+                            "critical"
+                        } else {
+                            "medium"
+                        },
+                        "Tool definition changed (possible rug pull)",
+                        format!(
+                            "tool `{name}` on `{proxy}` changed and is now {}: {}",
+                            rec.status,
+                            changes.join("; ")
+                        ),
+                        Some(changes.join("\n")),
+                    ));
+                    out.changed.push(rec.clone());
+                }
+            }
+        }
+        if full {
+            for (name, rec) in inventory.iter_mut() {
+                if rec.present && !seen.contains(name) {
+                    rec.present = false;
+                    rec.updated_ms = now;
+                    out.alerts.push(tool_alert(
+                        proxy,
+                        name,
+                        "medium",
+                        "Tool removed",
+                        format!("upstream of `{proxy}` no longer offers tool `{name}`"),
+                        None,
+                    ));
+                    out.changed.push(rec.clone());
+                }
+            }
+        }
+        for t in tools {
+            let Some(name) = t.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(rec) = inventory.get(name)
+                && rec.status == "approved"
+                && rec.approved_fingerprint.as_deref() == Some(rec.fingerprint.as_str())
+            {
+                out.visible.push(t.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"name":"t","description":"d","inputSchema":{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"number"}}}}"#).unwrap();
+        let b: Value = serde_json::from_str(
+            r#"{ "inputSchema" : { "properties": { "b": {"type":"number"}, "a": {"type":"string"} }, "type":"object" },
+                 "description":"d", "name":"t", "_meta": {"x": 1} }"#,
+        )
+        .unwrap();
+        assert_eq!(fingerprint(&canonical(&a)), fingerprint(&canonical(&b)));
+        let mut c = a.clone();
+        c["inputSchema"]["properties"]["a"]["enum"] = json!(["x"]);
+        assert_ne!(fingerprint(&canonical(&a)), fingerprint(&canonical(&c)));
+        let d = diff(&canonical(&a), &canonical(&c));
+        assert_eq!(
+            d,
+            vec!["inputSchema.properties.a.enum: (absent) → [\"x\"]".to_string()]
+        );
+    }
+
+    #[test]
+    fn hidden_characters_are_findings() {
+        let def = json!({"name": "t", "description": "Adds numbers\u{200b}\u{e0049}"});
+        assert!(!poisoning(&def, None).is_empty());
+        assert!(poisoning(&json!({"name": "t", "description": "Adds numbers"}), None).is_empty());
+    }
+}

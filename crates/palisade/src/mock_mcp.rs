@@ -1,0 +1,205 @@
+//! `palisade mock-mcp`: a small MCP server (Streamable HTTP, session era) for tests and demos.
+//! Its tool set can be replaced at run time (`POST /_mock/tools`), to play a server whose tools
+//! change under the gateway (rug pulls), and it answers in JSON or, with `--sse`, in SSE streams.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+struct State {
+    tools: Mutex<Value>,
+    sse: bool,
+}
+
+fn default_tools() -> Value {
+    json!([
+        {"name": "echo", "description": "Echoes the message back.",
+         "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}},
+        {"name": "add", "description": "Adds two numbers.",
+         "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}
+    ])
+}
+
+pub async fn run(addr: SocketAddr, sse: bool) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!(
+        "palisade mock-mcp listening on http://{}/mcp",
+        listener.local_addr()?
+    );
+    let state = Arc::new(State {
+        tools: Mutex::new(default_tools()),
+        sse,
+    });
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    body: String,
+    ct: &str,
+    session: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(ct) {
+        r.headers_mut().insert("content-type", v);
+    }
+    if let Some(s) = session.and_then(|s| http::HeaderValue::from_str(s).ok()) {
+        r.headers_mut().insert("mcp-session-id", s);
+    }
+    r
+}
+
+fn answer(id: &Value, method: &str, params: &Value, tools: &Value) -> Value {
+    let result = match method {
+        "initialize" => {
+            json!({"protocolVersion": params.get("protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
+            "capabilities": {"tools": {"listChanged": true}}, "serverInfo": {"name": "palisade-mock-mcp", "version": "1.0.0"},
+            "instructions": "A test server."})
+        }
+        "tools/list" => json!({"tools": tools}),
+        "ping" => json!({}),
+        "tools/call" => {
+            let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+            let args = params.get("arguments").cloned().unwrap_or(json!({}));
+            let text = match name {
+                "echo" => args
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                "add" => format!(
+                    "{}",
+                    args["a"].as_f64().unwrap_or(0.0) + args["b"].as_f64().unwrap_or(0.0)
+                ),
+                other => format!("called {other} with {args}"),
+            };
+            json!({"content": [{"type": "text", "text": text}], "isError": false})
+        }
+        _ => {
+            return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("method not found: {method}")}});
+        }
+    };
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if path == "/_mock/tools" && method == Method::POST {
+        return Ok(match serde_json::from_slice::<Value>(&body) {
+            Ok(v) if v.is_array() => {
+                *state.tools.lock().unwrap_or_else(|p| p.into_inner()) = v;
+                reply(StatusCode::OK, "{}".into(), "application/json", None)
+            }
+            _ => reply(
+                StatusCode::BAD_REQUEST,
+                "{\"error\":\"expected a JSON array of tools\"}".into(),
+                "application/json",
+                None,
+            ),
+        });
+    }
+    if path != "/mcp" {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            "{}".into(),
+            "application/json",
+            None,
+        ));
+    }
+    match method {
+        Method::DELETE => return Ok(reply(StatusCode::OK, String::new(), "text/plain", None)),
+        Method::GET => {
+            return Ok(reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                String::new(),
+                "text/plain",
+                None,
+            ));
+        }
+        _ => {}
+    }
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            "{}".into(),
+            "application/json",
+            None,
+        ));
+    };
+    let Some(m) = msg.get("method").and_then(Value::as_str) else {
+        return Ok(reply(
+            StatusCode::ACCEPTED,
+            String::new(),
+            "text/plain",
+            None,
+        ));
+    };
+    let Some(id) = msg.get("id") else {
+        return Ok(reply(
+            StatusCode::ACCEPTED,
+            String::new(),
+            "text/plain",
+            None,
+        ));
+    };
+    let new_session = (m == "initialize").then(palisade_core::crypto::random_id);
+    if m != "initialize" && session.is_none() {
+        let e = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": "missing session"}});
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            "application/json",
+            None,
+        ));
+    }
+    let tools = state
+        .tools
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let out = answer(id, m, msg.get("params").unwrap_or(&Value::Null), &tools);
+    let sid = new_session.as_deref().or(session.as_deref());
+    Ok(if state.sse {
+        let body = format!("id: 1\nevent: message\ndata: {out}\n\n");
+        reply(StatusCode::OK, body, "text/event-stream", sid)
+    } else {
+        reply(StatusCode::OK, out.to_string(), "application/json", sid)
+    })
+}

@@ -1,0 +1,302 @@
+"""The official Python `mcp` client SDK against the npm reference server `@modelcontextprotocol/server-everything`
+(Streamable HTTP, kept on loopback), first directly and then through a Palisade MCP proxy: fail-closed tool
+approval, approval through the API, resources, progress and logging notifications, auto approval, bad keys.
+
+The through-gateway tests are skipped only while `palisade check-config` refuses a `kind = "mcp"` proxy."""
+
+import contextlib
+import re
+import time
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from conftest import CI_KEY, McpGateway, mcp_proxy_toml, require_mcp_gateway
+
+# "auto" is the SDK's default (probes the stateless 2026-07-28 era with server/discover, falls back to initialize);
+# "legacy" pins the session era (initialize handshake at the newest handshake-era version).
+MODES = ["auto", "legacy"]
+PROXY = "mcp-everything"
+# Tools that server-everything always registers (others depend on the client's capabilities).
+CORE_TOOLS = {
+    "echo",
+    "get-sum",
+    "get-tiny-image",
+    "get-structured-content",
+    "toggle-simulated-logging",
+    "trigger-long-running-operation",
+}
+RESOURCE = "demo://resource/static/document/features.md"
+WRONG_KEY = "pal_wrong_key_000000000000000000"
+
+
+def run(scenario, *args, timeout=120):
+    async def bounded():
+        with anyio.fail_after(timeout):
+            return await scenario(*args)
+
+    return anyio.run(bounded)
+
+
+@contextlib.asynccontextmanager
+async def connect(url, key=None, mode="auto", **kw):
+    """An SDK client over Streamable HTTP; `key` goes in `Authorization: Bearer`. The response cache is off so
+    a listing after an approval reaches the gateway."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http:
+        async with Client(
+            streamable_http_client(url, http_client=http), mode=mode, cache=None, read_timeout_seconds=30, **kw
+        ) as c:
+            yield c
+
+
+def text(result):
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def tool_names(c):
+    return [t.name for t in (await c.list_tools()).tools]
+
+
+async def refusal(c, name, args):
+    """The message of a refused tools/call: a JSON-RPC error (MCPError) or an isError result."""
+    try:
+        r = await c.call_tool(name, args)
+    except MCPError as e:
+        return e.message
+    assert r.is_error, f"tools/call {name} was not refused: {r}"
+    return text(r)
+
+
+async def progress_and_logging(c):
+    """Calls trigger-long-running-operation with a progress callback; returns (result text, progress list)."""
+    progress = []
+
+    async def on_progress(p, total, message):
+        progress.append((p, total))
+
+    r = await c.call_tool(
+        "trigger-long-running-operation", {"duration": 0.6, "steps": 3}, progress_callback=on_progress
+    )
+    return text(r), progress
+
+
+# ---------------------------------------------------------------------------------------------- directly
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sdk_against_server_everything_directly(everything, mode):
+    async def scenario():
+        async with connect(everything, mode=mode) as c:
+            # server-everything (npm SDK 1.x) is a session-era server: auto mode must fall back to initialize.
+            assert c.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+            assert c.server_info.name == "mcp-servers/everything"
+            assert CORE_TOOLS <= set(await tool_names(c))
+            r = await c.call_tool("echo", {"message": "directly"})
+            assert not r.is_error and text(r) == "Echo: directly"
+            assert text(await c.call_tool("get-sum", {"a": 2, "b": 3})) == "The sum of 2 and 3 is 5."
+            assert RESOURCE in [str(x.uri) for x in (await c.list_resources()).resources]
+            doc = (await c.read_resource(RESOURCE)).contents[0]
+            assert doc.text.startswith("# Everything Server")
+            done, progress = await progress_and_logging(c)
+            assert done.startswith("Long running operation completed")
+            assert progress == [(1, 3), (2, 3), (3, 3)]
+
+    run(scenario)
+
+
+# ---------------------------------------------------------------------------------------------- gateway
+
+
+@pytest.fixture
+def mcp_gateway():
+    """Starts gateways with the given MCP proxy TOML; skipped while the gateway has no MCP support."""
+    require_mcp_gateway()
+    started = []
+
+    def start(proxies_toml):
+        gw = McpGateway(proxies_toml)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gateway_fail_closed_approval_then_api_approval(everything, mcp_gateway, mode):
+    gw = mcp_gateway(mcp_proxy_toml(PROXY, everything, "manual", ["echo"]))
+    url = gw.mcp_url(PROXY)
+
+    async def scenario():
+        async with connect(url, CI_KEY, mode) as c:
+            if mode == "legacy":
+                assert c.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+            assert c.server_info is None or c.server_info.name == "mcp-servers/everything"
+
+            # Only the approved tool is visible, and it works.
+            assert await tool_names(c) == ["echo"]
+            r = await c.call_tool("echo", {"message": "through the gateway"})
+            assert not r.is_error and text(r) == "Echo: through the gateway"
+
+            # A real tool of the upstream that is not approved: refused, fail-closed.
+            msg = await refusal(c, "get-sum", {"a": 2, "b": 3})
+            assert "awaits approval" in msg
+
+            # The gateway recorded every tool the upstream offered, with definitions and fingerprints.
+            tools = {t["name"]: t for t in gw.tools(PROXY)}
+            assert CORE_TOOLS <= set(tools), sorted(tools)
+            assert tools["echo"]["status"] == "approved"
+            for name in CORE_TOOLS - {"echo"}:
+                assert tools[name]["status"] == "pending", (name, tools[name]["status"])
+            for t in tools.values():
+                assert re.fullmatch(r"[0-9a-f]{64}", t["fingerprint"]), t
+                assert t["definition"]["name"] == t["name"]
+            for name in CORE_TOOLS:  # plainly benign tools of the reference server: no poisoning findings
+                assert tools[name]["findings"] == [], (name, tools[name]["findings"])
+            assert tools["get-sum"]["definition"]["description"] == "Returns the sum of two numbers"
+            assert set(tools["get-sum"]["definition"]["inputSchema"]["properties"]) == {"a", "b"}
+
+            # Approve through the API: listed and callable in the same session.
+            gw.call("POST", f"/api/v1/proxies/{PROXY}/tools/get-sum/approve", {})
+            assert {t["name"]: t["status"] for t in gw.tools(PROXY)}["get-sum"] == "approved"
+            assert sorted(await tool_names(c)) == ["echo", "get-sum"]
+            r = await c.call_tool("get-sum", {"a": 2, "b": 3})
+            assert not r.is_error and text(r) == "The sum of 2 and 3 is 5."
+
+            # Disable it again: hidden and refused.
+            gw.call("POST", f"/api/v1/proxies/{PROXY}/tools/get-sum/disable", {})
+            assert {t["name"]: t["status"] for t in gw.tools(PROXY)}["get-sum"] == "disabled"
+            assert await tool_names(c) == ["echo"]
+            await refusal(c, "get-sum", {"a": 2, "b": 3})
+
+        # A new session sees the same approvals (they are per proxy, not per session).
+        async with connect(url, CI_KEY, mode) as c:
+            assert await tool_names(c) == ["echo"]
+
+    run(scenario)
+
+    # The request log has the tools/call messages, with the tool and the key.
+    deadline = time.time() + 10  # the log is written in batches
+    while True:
+        rows = gw.requests(f"proxy={PROXY}&limit=500", 1)
+        calls = [r for r in rows if r["endpoint"] == "tools/call"]
+        if len(calls) >= 4 or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(calls) >= 4, [(r["endpoint"], r.get("tool"), r["status"]) for r in rows]
+    assert {r.get("tool") for r in calls} >= {"echo", "get-sum"}
+    assert all(r["key_name"] == "ci" for r in calls), calls
+    assert all(r["proxy"] == PROXY for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
+@pytest.mark.parametrize("mode", MODES)
+def test_gateway_resources_progress_and_logging_pass_through(everything, mcp_gateway, mode):
+    approved = ["echo", "trigger-long-running-operation", "toggle-simulated-logging"]
+    gw = mcp_gateway(mcp_proxy_toml(PROXY, everything, "manual", approved))
+    url = gw.mcp_url(PROXY)
+
+    async def direct_doc():
+        async with connect(everything, mode=mode) as c:
+            return (await c.read_resource(RESOURCE)).contents[0].text
+
+    expected_doc = run(direct_doc)
+
+    async def scenario():
+        logs = []
+
+        async def on_log(params):
+            logs.append(params)
+
+        async with connect(url, CI_KEY, mode, logging_callback=on_log, log_level="debug") as c:
+            assert sorted(await tool_names(c)) == sorted(approved)
+
+            # Resources: listed and read through the gateway, same content as directly.
+            assert RESOURCE in [str(x.uri) for x in (await c.list_resources()).resources]
+            doc = (await c.read_resource(RESOURCE)).contents[0]
+            assert doc.text == expected_doc
+
+            # Progress notifications for an approved tool come back through the gateway.
+            done, progress = await progress_and_logging(c)
+            assert done.startswith("Long running operation completed")
+            assert progress == [(1, 3), (2, 3), (3, 3)]
+
+            # Logging: the server sends simulated log messages outside any request (every 5 s), so in the
+            # session era they travel on the GET stream; the modern era only carries request-scoped logs.
+            if c.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+                await c.set_logging_level("debug")
+                r = await c.call_tool("toggle-simulated-logging", {})
+                assert not r.is_error and "Started simulated" in text(r), text(r)
+                with anyio.fail_after(15):
+                    while not logs:
+                        await anyio.sleep(0.1)
+                assert "-level message" in str(logs[0].data) or "level-message" in str(logs[0].data), logs[0]
+                await c.call_tool("toggle-simulated-logging", {})
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gateway_auto_approval_shows_every_tool(everything, mcp_gateway, mode):
+    gw = mcp_gateway(mcp_proxy_toml("mcp-auto", everything, "auto"))
+
+    async def direct():
+        async with connect(everything, mode=mode) as c:
+            return set(await tool_names(c))
+
+    upstream_tools = run(direct)
+
+    async def scenario():
+        async with connect(gw.mcp_url("mcp-auto"), CI_KEY, mode) as c:
+            visible = set(await tool_names(c))
+            assert CORE_TOOLS <= visible
+            hidden = {t["name"]: (t["status"], t["findings"]) for t in gw.tools("mcp-auto") if t["name"] not in visible}
+            assert visible == upstream_tools, f"hidden under auto approval: {hidden}"
+            r = await c.call_tool("get-sum", {"a": 40, "b": 2})
+            assert not r.is_error and text(r) == "The sum of 40 and 2 is 42."
+
+    run(scenario)
+    recorded = gw.tools("mcp-auto")
+    assert CORE_TOOLS <= {t["name"] for t in recorded}
+    not_approved = {t["name"]: (t["status"], t["findings"]) for t in recorded if t["status"] != "approved"}
+    assert not_approved == {}, f"auto approval left tools of the reference server unapproved: {not_approved}"
+
+
+def test_gateway_refuses_bad_or_missing_key(everything, mcp_gateway):
+    gw = mcp_gateway(mcp_proxy_toml(PROXY, everything, "manual", ["echo"]))
+    url = gw.mcp_url(PROXY)
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "interop", "version": "0"},
+        },
+    }
+    accept = {"accept": "application/json, text/event-stream"}
+    for headers in ({"authorization": f"Bearer {WRONG_KEY}"}, {}):
+        r = httpx.post(url, json=init, headers={**accept, **headers}, timeout=10)
+        assert r.status_code == 401, (headers, r.status_code, r.text)
+
+    # The SDK with a wrong key fails to connect (in either mode) …
+    async def with_wrong_key(mode):
+        async with connect(url, WRONG_KEY, mode) as c:
+            await tool_names(c)
+
+    for mode in MODES:
+        with pytest.raises(Exception) as e:
+            run(with_wrong_key, mode, timeout=60)
+        assert not isinstance(e.value, TimeoutError), f"{mode}: a wrong key hung instead of failing"
+
+    # … and the right key still works on the same proxy afterwards.
+    r = httpx.post(url, json=init, headers={**accept, "authorization": f"Bearer {CI_KEY}"}, timeout=10)
+    assert r.status_code == 200, r.text
