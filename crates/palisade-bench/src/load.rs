@@ -1,0 +1,498 @@
+//! The load loops: closed loop (saturation) and open loop (fixed rate, latency from the
+//! scheduled send time), over raw hyper HTTP/1.1 connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::stats::{Stats, percentiles};
+use crate::{LoadArgs, procstat, prompt};
+
+static OVERHEAD: HeaderName = HeaderName::from_static("x-palisade-overhead-us");
+
+/// Everything a worker needs, shared read-only.
+struct Shared {
+    addr: SocketAddr,
+    path: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+    fresh: bool,
+    /// Start of the measured window (end of warm-up).
+    window_start: Instant,
+    /// Nothing is sent after this, and requests in flight are cut off at it.
+    hard_deadline: Instant,
+}
+
+/// What one request produced.
+struct Outcome {
+    status: u16,
+    first_byte: Option<Instant>,
+    done: Instant,
+    overhead_us: Option<u64>,
+    bytes: u64,
+}
+
+enum ReqError {
+    Io(String),
+    Timeout,
+}
+
+fn build_shared(args: &LoadArgs, now: Instant) -> Result<Shared, String> {
+    let uri: Uri = args
+        .url
+        .parse()
+        .map_err(|e| format!("invalid --url {}: {e}", args.url))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("--url must be an http:// URL".into());
+    }
+    let authority = uri
+        .authority()
+        .ok_or("--url has no host")?
+        .as_str()
+        .to_string();
+    let host = uri.host().ok_or("--url has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to nothing"))?;
+    let path: Uri = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|e| format!("invalid path: {e}"))?;
+
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
+    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(key) = &args.key {
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|e| format!("invalid --key: {e}"))?,
+        );
+    }
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header `{h}`: expected NAME: VALUE"))?;
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|e| format!("--header `{h}`: {e}"))?,
+            HeaderValue::from_str(value.trim()).map_err(|e| format!("--header `{h}`: {e}"))?,
+        );
+    }
+    let body = match &args.body_file {
+        Some(p) => {
+            Bytes::from(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?)
+        }
+        None => prompt::chat_body(&args.model, args.prompt_bytes, args.pii, args.stream),
+    };
+    let window_start = now + args.warmup();
+    let end = window_start + args.duration();
+    Ok(Shared {
+        addr,
+        path,
+        headers,
+        body,
+        timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+        fresh: args.fresh_connections,
+        window_start,
+        hard_deadline: end + Duration::from_secs_f64(args.drain_timeout.max(0.0)),
+    })
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        // The connection's errors surface on the request that was using it.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Sends one request on the kept-alive connection in `conn` (opening one if needed) and reads
+/// the whole answer. `opened` counts TCP connections.
+async fn one_request(
+    shared: &Shared,
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    opened: &mut u64,
+) -> Result<Outcome, ReqError> {
+    let budget = shared.timeout.min(
+        shared
+            .hard_deadline
+            .saturating_duration_since(Instant::now()),
+    );
+    let work = async {
+        let mut sender = match conn.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                *opened += 1;
+                connect(shared.addr).await.map_err(ReqError::Io)?
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| ReqError::Io(format!("connection not ready: {e}")))?;
+        let mut req = Request::new(Full::new(shared.body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = shared.path.clone();
+        *req.headers_mut() = shared.headers.clone();
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ReqError::Io(format!("send: {e}")))?;
+        let status = resp.status().as_u16();
+        let overhead_us = resp
+            .headers()
+            .get(&OVERHEAD)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut body = resp.into_body();
+        let mut first_byte = None;
+        let mut bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ReqError::Io(format!("body: {e}")))?;
+            if let Some(d) = frame.data_ref()
+                && !d.is_empty()
+            {
+                if first_byte.is_none() {
+                    first_byte = Some(Instant::now());
+                }
+                bytes += d.len() as u64;
+            }
+        }
+        let done = Instant::now();
+        if !shared.fresh {
+            *conn = Some(sender);
+        }
+        Ok(Outcome {
+            status,
+            first_byte,
+            done,
+            overhead_us,
+            bytes,
+        })
+    };
+    match tokio::time::timeout(budget, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            // The connection may still carry the late answer: never reuse it.
+            *conn = None;
+            Err(ReqError::Timeout)
+        }
+    }
+}
+
+/// Records a finished request whose latency counts from `origin`.
+fn record(stats: &mut Stats, shared: &Shared, origin: Instant, o: &Outcome) {
+    *stats.statuses.entry(o.status).or_default() += 1;
+    stats.bytes_received += o.bytes;
+    if (200..300).contains(&o.status) {
+        stats.ok += 1;
+        let total = o.done.saturating_duration_since(origin);
+        let first = o
+            .first_byte
+            .unwrap_or(o.done)
+            .saturating_duration_since(origin);
+        stats.latency.saturating_record(total.as_micros() as u64);
+        stats.ttfb.saturating_record(first.as_micros() as u64);
+        if let Some(v) = o.overhead_us {
+            stats.overhead_sum_us += v;
+            stats.overhead_count += 1;
+        }
+    } else {
+        stats.non_2xx += 1;
+    }
+    let done_us = o
+        .done
+        .saturating_duration_since(shared.window_start)
+        .as_micros() as u64;
+    stats.last_done_us = stats.last_done_us.max(done_us);
+}
+
+fn record_error(stats: &mut Stats, e: ReqError) {
+    match e {
+        ReqError::Timeout => {
+            stats.timeouts += 1;
+            stats.error(|| "timeout".into());
+        }
+        ReqError::Io(msg) => stats.error(|| msg),
+    }
+}
+
+/// Closed loop: send, wait for the whole answer, send again, until `end`.
+async fn closed_worker(shared: Arc<Shared>, end: Instant) -> (Stats, u64) {
+    let mut stats = Stats::new();
+    let mut conn = None;
+    let mut opened = 0;
+    loop {
+        let start = Instant::now();
+        if start >= end {
+            break;
+        }
+        let measured = start >= shared.window_start;
+        match one_request(&shared, &mut conn, &mut opened).await {
+            Ok(o) if measured => record(&mut stats, &shared, start, &o),
+            Ok(_) => {}
+            Err(e) => {
+                if measured {
+                    record_error(&mut stats, e);
+                }
+                // A refused connection fails at once; do not spin.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    (stats, opened)
+}
+
+type Schedule = Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>;
+
+/// Open loop: take the next scheduled send time, send (late if every connection was busy),
+/// and charge the whole delay since the schedule to the request.
+async fn open_worker(shared: Arc<Shared>, schedule: Schedule) -> (Stats, u64) {
+    let mut stats = Stats::new();
+    let mut conn = None;
+    let mut opened = 0;
+    loop {
+        let next = schedule.lock().await.recv().await;
+        let Some(scheduled) = next else { break };
+        let measured = scheduled >= shared.window_start;
+        let now = Instant::now();
+        if !measured && now >= shared.window_start {
+            // A warm-up request still queued when the window opens: an overloaded target
+            // would otherwise spend the whole window on warm-up backlog. Not sent, not counted.
+            continue;
+        }
+        if now >= shared.hard_deadline {
+            if measured {
+                stats.unsent += 1;
+            }
+            continue;
+        }
+        if measured {
+            stats
+                .send_lag
+                .saturating_record(now.saturating_duration_since(scheduled).as_micros() as u64);
+        }
+        match one_request(&shared, &mut conn, &mut opened).await {
+            Ok(o) if measured => record(&mut stats, &shared, scheduled, &o),
+            Ok(_) => {}
+            Err(e) if measured => record_error(&mut stats, e),
+            Err(_) => {}
+        }
+    }
+    (stats, opened)
+}
+
+/// The pacer: a plain thread with a precise sleep (tokio timers tick in milliseconds, too
+/// coarse for 5 000 RPS), handing out one send time per request until `end`.
+fn spawn_pacer(
+    tx: mpsc::UnboundedSender<Instant>,
+    start: Instant,
+    end: Instant,
+    rate: f64,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let interval_ns = 1e9 / rate;
+        let mut i: u64 = 0;
+        loop {
+            let at = start + Duration::from_nanos((i as f64 * interval_ns) as u64);
+            if at >= end {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if tx.send(at).is_err() {
+                break;
+            }
+            i += 1;
+        }
+    })
+}
+
+/// Process measurements taken at the start of the measured window.
+struct Watch {
+    pids: Vec<u32>,
+    cpu_start: u64,
+    rss_start_kib: u64,
+}
+
+fn watch_start(pid: u32) -> Result<Watch, String> {
+    let pids = procstat::tree_pids(pid);
+    let mut cpu_start = 0;
+    let mut rss_start_kib = 0;
+    for &p in &pids {
+        procstat::reset_peak_rss(p)?;
+        cpu_start += procstat::cpu_ticks(p)?;
+        rss_start_kib += procstat::status_kib(p, "VmRSS")?;
+    }
+    Ok(Watch {
+        pids,
+        cpu_start,
+        rss_start_kib,
+    })
+}
+
+fn watch_end(w: &Watch, clk_tck: u64, requests: u64) -> Value {
+    let mut cpu_end = 0;
+    let mut peak = 0;
+    let mut rss = 0;
+    for &p in &w.pids {
+        cpu_end += procstat::cpu_ticks(p).unwrap_or(0);
+        peak += procstat::status_kib(p, "VmHWM").unwrap_or(0);
+        rss += procstat::status_kib(p, "VmRSS").unwrap_or(0);
+    }
+    let cpu_us = cpu_end.saturating_sub(w.cpu_start) * 1_000_000 / clk_tck.max(1);
+    json!({
+        "pids": w.pids,
+        "cpu_ms": cpu_us / 1000,
+        "cpu_us_per_request": if requests > 0 { (cpu_us as f64 / requests as f64 * 10.0).round() / 10.0 } else { 0.0 },
+        "peak_rss_kib": peak,
+        "rss_start_kib": w.rss_start_kib,
+        "rss_end_kib": rss,
+    })
+}
+
+/// Runs the load described by `args` and returns the JSON result.
+pub async fn run(args: &LoadArgs) -> Result<Value, String> {
+    let t0 = Instant::now();
+    let shared = Arc::new(build_shared(args, t0)?);
+    let end = shared.window_start + args.duration();
+    let me = std::process::id();
+
+    // Process measurements start when the warm-up ends.
+    let watch_task = {
+        let (pid, at) = (args.watch_pid, shared.window_start);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let own = procstat::cpu_ticks(me).ok();
+            let w = pid.map(watch_start);
+            (own, w)
+        })
+    };
+
+    let mut handles = Vec::with_capacity(args.connections);
+    let mut pacer = None;
+    match args.rate {
+        None => {
+            for _ in 0..args.connections {
+                handles.push(tokio::spawn(closed_worker(shared.clone(), end)));
+            }
+        }
+        Some(rate) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let schedule: Schedule = Arc::new(Mutex::new(rx));
+            for _ in 0..args.connections {
+                handles.push(tokio::spawn(open_worker(shared.clone(), schedule.clone())));
+            }
+            pacer = Some(spawn_pacer(tx, t0, end, rate));
+        }
+    }
+    let mut stats = Stats::new();
+    let mut opened = 0;
+    for h in handles {
+        match h.await {
+            Ok((s, o)) => {
+                stats.merge(s);
+                opened += o;
+            }
+            Err(e) => return Err(format!("worker failed: {e}")),
+        }
+    }
+    if let Some(p) = pacer
+        && p.join().is_err()
+    {
+        return Err("pacer thread failed".into());
+    }
+    let (own_start, watch) = watch_task
+        .await
+        .map_err(|e| format!("watch task failed: {e}"))?;
+    let process = match watch {
+        Some(Ok(w)) => watch_end(&w, args.clk_tck, stats.completed()),
+        Some(Err(e)) => json!({"error": e}),
+        None => Value::Null,
+    };
+
+    let window_us = stats
+        .last_done_us
+        .max(args.duration().as_micros() as u64)
+        .max(1);
+    let window_s = window_us as f64 / 1e6;
+    let own_cpu_ms = match (own_start, procstat::cpu_ticks(me).ok()) {
+        (Some(a), Some(b)) => b.saturating_sub(a) * 1000 / args.clk_tck.max(1),
+        _ => 0,
+    };
+    let round1 = |v: f64| (v * 10.0).round() / 10.0;
+    let statuses: serde_json::Map<String, Value> = stats
+        .statuses
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    Ok(json!({
+        "scenario": args.scenario,
+        "target": args.target,
+        "url": args.url,
+        "mode": if args.rate.is_some() { "open" } else { "closed" },
+        "rate_target": args.rate,
+        "connections": args.connections,
+        "keep_alive": !args.fresh_connections,
+        "stream": args.stream,
+        "body_bytes": shared.body.len(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "requests": stats.completed(),
+        "ok": stats.ok,
+        "errors": {
+            "non_2xx": stats.non_2xx,
+            "io": stats.io_errors,
+            "timeouts": stats.timeouts,
+            "unsent": stats.unsent,
+        },
+        "statuses": statuses,
+        "first_error": stats.first_error,
+        "rps": round1(stats.completed() as f64 / window_s),
+        "latency_us": percentiles(&stats.latency),
+        "ttfb_us": percentiles(&stats.ttfb),
+        "send_lag_us": percentiles(&stats.send_lag),
+        "overhead_us_mean": if stats.overhead_count > 0 {
+            json!(round1(stats.overhead_sum_us as f64 / stats.overhead_count as f64))
+        } else {
+            Value::Null
+        },
+        "overhead_samples": stats.overhead_count,
+        "bytes_received": stats.bytes_received,
+        "connections_opened": opened,
+        "process": process,
+        "generator": {
+            "cpu_ms": own_cpu_ms,
+            "cpu_pct": round1(own_cpu_ms as f64 / 10.0 / window_s),
+        },
+    }))
+}

@@ -1,0 +1,472 @@
+//! `palisade-bench report DIR`: the side-by-side table of one `bench/run.sh` invocation.
+//!
+//! DIR holds JSON files, read in name order: load results (`scenario`, `target`), skipped
+//! scenarios (`scenario`, `skipped`), idle memory readings (`kind: "idle"`) and one `kind:
+//! "meta"` file describing the run. Scenarios are printed in the order they first appear.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::Value;
+
+/// Options of `palisade-bench report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Directory of result files written by `bench/run.sh`.
+    pub dir: PathBuf,
+    /// Scenarios whose added latency and peak RSS are checked against the goals, in order of
+    /// preference (the first one present is used).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "chat1k-allpacks-ka-r2000,chat1k-nopolicy-ka-r2000"
+    )]
+    pub latency_goal: Vec<String>,
+    /// Scenarios whose throughput ratio is checked against the goal, in order of preference.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "chat1k-allpacks-ka-sat,chat1k-nopolicy-ka-sat"
+    )]
+    pub saturation_goal: Vec<String>,
+}
+
+struct Scenario {
+    name: String,
+    results: Vec<Value>,
+    skipped: Option<String>,
+}
+
+fn u(v: &Value, path: &[&str]) -> i64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().map(|f| f as i64).unwrap_or(0)
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().unwrap_or(0.0)
+}
+
+/// Microseconds, compact: 812, 12.3k (ms shown as k µs would confuse; use ms).
+fn us(v: i64) -> String {
+    if v.abs() >= 100_000 {
+        format!("{:.0}ms", v as f64 / 1000.0)
+    } else if v.abs() >= 10_000 {
+        format!("{:.1}ms", v as f64 / 1000.0)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn signed(v: i64) -> String {
+    if v >= 0 {
+        format!("+{}", us(v))
+    } else {
+        format!("-{}", us(-v))
+    }
+}
+
+fn mib(kib: i64) -> String {
+    if kib <= 0 {
+        "-".into()
+    } else {
+        format!("{:.1}MiB", kib as f64 / 1024.0)
+    }
+}
+
+const PCTS: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
+
+/// Scenarios, idle readings and the meta record of a result directory.
+type Loaded = (Vec<Scenario>, Vec<Value>, Option<Value>);
+
+fn load_dir(dir: &PathBuf) -> Result<Loaded, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    let mut idle = Vec::new();
+    let mut meta = None;
+    for p in files {
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let v: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("palisade-bench: skipping {}: {e}", p.display());
+                continue;
+            }
+        };
+        match v["kind"].as_str() {
+            Some("idle") => {
+                idle.push(v);
+                continue;
+            }
+            Some("meta") => {
+                meta = Some(v);
+                continue;
+            }
+            _ => {}
+        }
+        let Some(name) = v["scenario"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let idx = match scenarios.iter().position(|s| s.name == name) {
+            Some(i) => i,
+            None => {
+                scenarios.push(Scenario {
+                    name,
+                    results: Vec::new(),
+                    skipped: None,
+                });
+                scenarios.len() - 1
+            }
+        };
+        if let Some(reason) = v["skipped"].as_str() {
+            scenarios[idx].skipped = Some(reason.to_string());
+        } else {
+            scenarios[idx].results.push(v);
+        }
+    }
+    Ok((scenarios, idle, meta))
+}
+
+fn find<'a>(s: &'a Scenario, target: &str) -> Option<&'a Value> {
+    s.results.iter().find(|r| r["target"] == target)
+}
+
+fn describe(r: &Value) -> String {
+    let mode = match r["rate_target"].as_f64() {
+        Some(rate) => format!("open loop {rate:.0} RPS, {} conns", u(r, &["connections"])),
+        None => format!("closed loop (saturation), {} conns", u(r, &["connections"])),
+    };
+    let conn = if r["keep_alive"] == true {
+        "keep-alive"
+    } else {
+        "fresh connection per request"
+    };
+    let stream = if r["stream"] == true {
+        "streamed"
+    } else {
+        "non-streamed"
+    };
+    format!(
+        "{mode}; {conn}; {stream}; request body {} B; {}s measured",
+        u(r, &["body_bytes"]),
+        f(r, &["duration_s"])
+    )
+}
+
+fn row(out: &mut String, label: &str, r: &Value, metric: &str, extra: bool) {
+    let mut line = format!("  {label:<16}");
+    for p in PCTS {
+        let _ = write!(line, "{:>9}", us(u(r, &[metric, p])));
+    }
+    let _ = write!(line, "{:>10.1}", f(r, &["rps"]));
+    if extra {
+        let errs = format!(
+            "{}/{}",
+            u(r, &["errors", "non_2xx"]),
+            u(r, &["errors", "io"]) + u(r, &["errors", "unsent"])
+        );
+        let _ = write!(line, "{errs:>10}");
+        let ovh = r["overhead_us_mean"]
+            .as_f64()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or_else(|| "-".into());
+        let _ = write!(line, "{ovh:>8}");
+        let p = &r["process"];
+        if p.is_object() && p.get("error").is_none() {
+            let _ = write!(
+                line,
+                "{:>10.1}{:>10}",
+                f(p, &["cpu_us_per_request"]),
+                mib(u(p, &["peak_rss_kib"]))
+            );
+        }
+    }
+    let _ = writeln!(out, "{}", line.trim_end());
+}
+
+fn added_row(out: &mut String, label: &str, base: &Value, other: &Value, metric: &str) {
+    let mut line = format!("  {label:<16}");
+    if u(other, &["ok"]) == 0 || u(base, &["ok"]) == 0 {
+        let _ = writeln!(out, "{line}{:>9}", "(no successful answers to compare)");
+        return;
+    }
+    for p in PCTS {
+        let d = u(other, &[metric, p]) - u(base, &[metric, p]);
+        let _ = write!(line, "{:>9}", signed(d));
+    }
+    let (rb, ro) = (f(base, &["rps"]), f(other, &["rps"]));
+    if rb > 0.0 {
+        let _ = write!(line, "{:>10}", format!("x{:.2}", ro / rb));
+    }
+    let _ = writeln!(out, "{line}");
+}
+
+/// Says when an open-loop target could not keep up with the schedule.
+fn overload_note(r: &Value) -> Option<String> {
+    let rate = r["rate_target"].as_f64()?;
+    let unsent = u(r, &["errors", "unsent"]);
+    let rps = f(r, &["rps"]);
+    if unsent == 0 && rps >= 0.95 * rate {
+        return None;
+    }
+    Some(format!(
+        "OVERLOADED: achieved {rps:.0} of {rate:.0} RPS; {unsent} scheduled requests never sent before the drain deadline"
+    ))
+}
+
+/// No errors of any kind and at least one answer.
+fn clean(r: &Value) -> bool {
+    u(r, &["ok"]) > 0
+        && u(r, &["errors", "non_2xx"]) + u(r, &["errors", "io"]) + u(r, &["errors", "unsent"]) == 0
+}
+
+fn added(base: &Value, other: &Value, p: &str) -> i64 {
+    u(other, &["latency_us", p]) - u(base, &["latency_us", p])
+}
+
+pub fn run(args: &ReportArgs) -> Result<(), String> {
+    let (scenarios, idle, meta) = load_dir(&args.dir)?;
+    let mut out = String::new();
+    if let Some(m) = &meta {
+        let _ = writeln!(
+            out,
+            "Palisade benchmark — {}",
+            m["date"].as_str().unwrap_or("?")
+        );
+        for k in ["machine", "commit", "load", "pinning", "mode"] {
+            if let Some(v) = m[k].as_str() {
+                let _ = writeln!(out, "  {k:<8} {v}");
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "Latencies in µs (ms where marked). errs = non-2xx / I/O (incl. timeouts, unsent).\n\
+         ovh = mean x-palisade-overhead-us. cpu/req = CPU µs per request of the server process\n\
+         (the mock on the direct row, the gateway or LiteLLM on theirs); rss = its peak RSS in the window.\n\
+         Open loop latency counts from the scheduled send time (no coordinated omission)."
+    );
+    for s in &scenarios {
+        let _ = writeln!(out);
+        if let Some(reason) = &s.skipped {
+            let _ = writeln!(out, "== {}: {reason}", s.name);
+            continue;
+        }
+        let Some(first) = s.results.first() else {
+            continue;
+        };
+        let _ = writeln!(out, "== {}  ({})", s.name, describe(first));
+        let _ = writeln!(
+            out,
+            "  {:<16}{:>9}{:>9}{:>9}{:>9}{:>9}{:>10}{:>10}{:>8}{:>10}{:>10}",
+            "", "p50", "p90", "p99", "p99.9", "max", "rps", "errs", "ovh", "cpu/req", "rss"
+        );
+        let stream = first["stream"] == true;
+        let direct = find(s, "direct");
+        for r in &s.results {
+            let target = r["target"].as_str().unwrap_or("?");
+            if stream {
+                row(&mut out, &format!("{target} ttfb"), r, "ttfb_us", false);
+                row(&mut out, &format!("{target} total"), r, "latency_us", true);
+            } else {
+                row(&mut out, target, r, "latency_us", true);
+            }
+            if let Some(d) = direct
+                && target != "direct"
+            {
+                if stream {
+                    added_row(&mut out, "  added ttfb", d, r, "ttfb_us");
+                    added_row(&mut out, "  added total", d, r, "latency_us");
+                } else {
+                    added_row(&mut out, "  added", d, r, "latency_us");
+                }
+            }
+            if let Some(e) = r["first_error"].as_str() {
+                let _ = writeln!(out, "    first error ({target}): {e}");
+            }
+            if let Some(note) = overload_note(r) {
+                let _ = writeln!(out, "    {target}: {note}");
+            } else if u(r, &["requests"]) == 0 && u(r, &["errors", "io"]) == 0 {
+                let _ = writeln!(
+                    out,
+                    "    {target}: no request started in the measured window finished before it closed (each took longer than the run)"
+                );
+            }
+        }
+        if let (Some(g), Some(l)) = (find(s, "gateway"), find(s, "litellm"))
+            && let Some(d) = direct
+            && u(g, &["ok"]) > 0
+            && u(l, &["ok"]) > 0
+        {
+            let (ag, al) = (added(d, g, "p99"), added(d, l, "p99"));
+            let lat = if ag > 0 {
+                format!("{:.1}x", al as f64 / ag as f64)
+            } else {
+                "n/a (Palisade added p99 <= 0)".into()
+            };
+            let (rg, rl) = (f(g, &["rps"]), f(l, &["rps"]));
+            let tput = if rl > 0.0 {
+                format!("{:.1}x", rg / rl)
+            } else {
+                "n/a".into()
+            };
+            let _ = writeln!(
+                out,
+                "  Palisade vs LiteLLM: added p99 {} vs {} µs (LiteLLM/Palisade {lat}); achieved RPS Palisade/LiteLLM {tput}",
+                us(ag),
+                us(al)
+            );
+        }
+    }
+    if !idle.is_empty() {
+        let _ = writeln!(out, "\nIdle memory (after start, before any traffic):");
+        for i in &idle {
+            let _ = writeln!(
+                out,
+                "  {:<28} RSS {}",
+                i["config"].as_str().unwrap_or("?"),
+                mib(u(i, &["rss_kib"]))
+            );
+        }
+    }
+    goals(&mut out, args, &scenarios, &idle);
+    print!("{out}");
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "MET" } else { "NOT MET" }
+}
+
+/// A duration in µs with its unit: `812 µs`, `12.3 ms`.
+fn dur(v: i64) -> String {
+    if v.abs() >= 10_000 {
+        us(v)
+    } else {
+        format!("{v} µs")
+    }
+}
+
+fn goals(out: &mut String, args: &ReportArgs, scenarios: &[Scenario], idle: &[Value]) {
+    // Every candidate scenario that ran is judged (the first is the one the issue names).
+    let present = |names: &[String]| -> Vec<(String, Value, Value, Option<Value>)> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let s = scenarios
+                    .iter()
+                    .find(|s| &s.name == n && s.skipped.is_none())?;
+                Some((
+                    s.name.clone(),
+                    find(s, "direct")?.clone(),
+                    find(s, "gateway")?.clone(),
+                    find(s, "litellm").cloned(),
+                ))
+            })
+            .collect()
+    };
+    let _ = writeln!(out, "\nGoals (issue 8):");
+    let lat = present(&args.latency_goal);
+    if lat.is_empty() {
+        let _ = writeln!(
+            out,
+            "  latency goals: no result for {:?}",
+            args.latency_goal
+        );
+    }
+    for (name, d, g, l) in &lat {
+        let (a50, a99) = (added(d, g, "p50"), added(d, g, "p99"));
+        let both_clean = clean(g) && clean(d);
+        if !both_clean {
+            let _ = writeln!(
+                out,
+                "  [{name}] gateway or direct run had errors or overload: latency goals not met"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  added p50 < 100 µs  [{name}]: {} — {}",
+            dur(a50),
+            verdict(a50 < 100 && both_clean)
+        );
+        let _ = writeln!(
+            out,
+            "  added p99 < 1 ms    [{name}]: {} — {}",
+            dur(a99),
+            verdict(a99 < 1000 && both_clean)
+        );
+        let peak = u(g, &["process", "peak_rss_kib"]);
+        let _ = writeln!(
+            out,
+            "  peak RSS < 64 MiB   [{name}]: {} — {}",
+            mib(peak),
+            verdict(peak > 0 && peak < 64 * 1024)
+        );
+        if let Some(l) = l {
+            let al = added(d, l, "p99");
+            // An overloaded LiteLLM still counts: its added latency is then the queueing it caused.
+            let ok = both_clean
+                && u(l, &["ok"]) > 0
+                && (a99 > 0 && al >= 20 * a99 || a99 <= 0 && al > 0);
+            let _ = writeln!(
+                out,
+                "  added p99 20x lower than LiteLLM [{name}]: Palisade {}, LiteLLM {} — {}",
+                dur(a99),
+                dur(al),
+                verdict(ok)
+            );
+        }
+    }
+    let sat = present(&args.saturation_goal);
+    if sat.is_empty() {
+        let _ = writeln!(
+            out,
+            "  throughput goal: no result for {:?}",
+            args.saturation_goal
+        );
+    }
+    for (name, d, g, l) in &sat {
+        let ratio = f(g, &["rps"]) / f(d, &["rps"]).max(1e-9);
+        let _ = writeln!(
+            out,
+            "  throughput >= 80 % of direct [{name}]: {:.0} % ({:.0} vs {:.0} RPS) — {}",
+            ratio * 100.0,
+            f(g, &["rps"]),
+            f(d, &["rps"]),
+            verdict(ratio >= 0.8 && clean(g))
+        );
+        if let Some(l) = l {
+            let _ = writeln!(
+                out,
+                "  max throughput vs LiteLLM   [{name}]: {:.0} vs {:.0} RPS ({:.1}x)",
+                f(g, &["rps"]),
+                f(l, &["rps"]),
+                f(g, &["rps"]) / f(l, &["rps"]).max(1e-9)
+            );
+        }
+    }
+    for i in idle {
+        let rss = u(i, &["rss_kib"]);
+        let _ = writeln!(
+            out,
+            "  idle RSS < 30 MiB   [{}]: {} — {}",
+            i["config"].as_str().unwrap_or("?"),
+            mib(rss),
+            verdict(rss > 0 && rss < 30 * 1024)
+        );
+    }
+}
