@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::body::{Finisher, ProxyBody, Relay};
 use crate::inspect::{Findings, request_texts};
 use crate::manager::{GatewayShared, ProxyRuntime};
+use crate::redact::{RedactionMap, redact_value, unmask_value};
 use crate::sse::{for_each_event, raw_events};
 
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -91,6 +92,16 @@ fn origin_allowed(origin: &str) -> bool {
 #[derive(Clone, Default)]
 struct Pending {
     by_id: HashMap<String, (String, Option<String>, bool)>,
+    /// Placeholders put into tool arguments, restored in the results.
+    unmask: RedactionMap,
+}
+
+/// What to do with a POST after the gateway's checks.
+enum PostOutcome {
+    /// Answer the client directly (every request in it was refused).
+    Answer(Value),
+    /// Forward it, rewritten when tool arguments were redacted.
+    Forward(Option<Bytes>),
 }
 
 /// Serves one request on an MCP proxy.
@@ -236,7 +247,7 @@ async fn serve(
                 }
             })?;
             let bytes = bytes.to_bytes();
-            if let Some(answer) = check_post(
+            match check_post(
                 shared,
                 rt,
                 &parts.headers,
@@ -245,9 +256,12 @@ async fn serve(
                 findings,
                 &mut pending,
             )? {
-                return Ok(json_response(StatusCode::OK, &answer, &rec.id));
+                PostOutcome::Answer(answer) => {
+                    return Ok(json_response(StatusCode::OK, &answer, &rec.id));
+                }
+                PostOutcome::Forward(Some(rewritten)) => Full::new(rewritten),
+                PostOutcome::Forward(None) => Full::new(bytes),
             }
-            Full::new(bytes)
         }
         Method::GET | Method::DELETE => Full::new(Bytes::new()),
         _ => {
@@ -437,8 +451,8 @@ fn check_post(
     rec: &mut RequestRecord,
     findings: &mut Findings,
     pending: &mut Pending,
-) -> Result<Option<Value>, Refusal> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+) -> Result<PostOutcome, Refusal> {
+    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,
             code::PARSE,
@@ -560,7 +574,7 @@ fn check_post(
         }
     }
     if refusals.is_empty() {
-        return Ok(None);
+        return Ok(PostOutcome::Forward(redact_arguments(rt, &mut v, pending)));
     }
     rec.decision = Some("block".into());
     rec.error = refusals[0]["error"]["message"].as_str().map(str::to_string);
@@ -583,9 +597,38 @@ fn check_post(
                     })
             })
             .collect();
-        return Ok(Some(Value::Array(answers)));
+        return Ok(PostOutcome::Answer(Value::Array(answers)));
     }
-    Ok(refusals.into_iter().next())
+    Ok(refusals
+        .into_iter()
+        .next()
+        .map_or(PostOutcome::Forward(None), PostOutcome::Answer))
+}
+
+/// Replaces sensitive values in `tools/call` arguments (rules with action `redact` for
+/// `tool_arguments`); returns the rewritten body when anything changed.
+fn redact_arguments(rt: &ProxyRuntime, v: &mut Value, pending: &mut Pending) -> Option<Bytes> {
+    let insp = rt.inspector.as_ref()?;
+    if !insp.set.redacts(Target::ToolArguments) {
+        return None;
+    }
+    let mut map = RedactionMap::new();
+    let calls: Vec<&mut Value> = match &mut *v {
+        Value::Array(a) => a.iter_mut().collect(),
+        other => vec![other],
+    };
+    for m in calls {
+        if m.get("method").and_then(Value::as_str) == Some("tools/call")
+            && let Some(args) = m.get_mut("params").and_then(|p| p.get_mut("arguments"))
+        {
+            redact_value(&insp.set, args, Target::ToolArguments, &mut map);
+        }
+    }
+    if map.is_empty() {
+        return None;
+    }
+    pending.unmask = map;
+    Some(Bytes::from(v.to_string()))
 }
 
 /// What response processing needs after the request phase has returned.
@@ -645,6 +688,10 @@ impl Ctx {
                 let Some(insp) = &self.rt.inspector else {
                     return false;
                 };
+                let unmasking = self.rt.spec.unmask && !self.pending.unmask.is_empty();
+                if unmasking {
+                    unmask_value(&mut m["result"], &self.pending.unmask);
+                }
                 let texts = request_texts(&json!({"result": m["result"].clone()}));
                 let blocks = findings.scan(insp, Target::ToolResult, &texts.prompt);
                 if blocks && insp.enforces() {
@@ -657,7 +704,7 @@ impl Ctx {
                     *m = rpc_error(&m["id"], code::POLICY, &msg);
                     return true;
                 }
-                false
+                unmasking
             }
             _ => false,
         }

@@ -54,6 +54,11 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
     }
 }
 
+/// Replaces sensitive values in every string of `v` as `target`, continuing `map`.
+pub fn redact_value(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap) {
+    walk_mut(set, v, target, map);
+}
+
 /// Replaces sensitive values in a request body's content; returns the placeholder map.
 pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
     let mut map = RedactionMap::new();

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 struct State {
     tools: Mutex<Value>,
     sse: bool,
+    /// Messages received, newest last (bounded), served at `GET /_mock/requests`.
+    received: Mutex<Vec<Value>>,
 }
 
 fn default_tools() -> Value {
@@ -38,6 +40,7 @@ pub async fn run(addr: SocketAddr, sse: bool) -> anyhow::Result<()> {
     let state = Arc::new(State {
         tools: Mutex::new(default_tools()),
         sse,
+        received: Mutex::new(Vec::new()),
     });
     loop {
         let (stream, _) = tokio::select! {
@@ -135,6 +138,15 @@ async fn handle(
             ),
         });
     }
+    if path == "/_mock/requests" {
+        let r = state.received.lock().unwrap_or_else(|p| p.into_inner());
+        return Ok(reply(
+            StatusCode::OK,
+            Value::Array(r.clone()).to_string(),
+            "application/json",
+            None,
+        ));
+    }
     if path != "/mcp" {
         return Ok(reply(
             StatusCode::NOT_FOUND,
@@ -163,6 +175,13 @@ async fn handle(
             None,
         ));
     };
+    {
+        let mut r = state.received.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() >= 200 {
+            r.remove(0);
+        }
+        r.push(msg.clone());
+    }
     let Some(m) = msg.get("method").and_then(Value::as_str) else {
         return Ok(reply(
             StatusCode::ACCEPTED,

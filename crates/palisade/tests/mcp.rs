@@ -442,3 +442,43 @@ async fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
         .await;
     assert_eq!(ok["result"]["content"][0]["text"], "still here");
 }
+
+#[tokio::test]
+async fn secrets_in_tool_arguments_are_redacted_and_restored() {
+    let mock = mock_mcp(false);
+    let gw = Gateway::start(&config(
+        &mock.url,
+        "approved_tools = [\"echo\"]\npolicies = [\"secrets-detection\"]",
+    ))
+    .await;
+    let mut c = Client::new(&gw).await;
+    c.tool_names().await;
+    let secret = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
+    let r = c
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": format!("token {secret}")}}),
+        )
+        .await;
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        format!("token {secret}"),
+        "{r}"
+    );
+    let base = mock.url.trim_end_matches("/mcp");
+    let got: Value = reqwest::get(format!("{base}/_mock/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upstream = got.to_string();
+    assert!(
+        !upstream.contains(secret),
+        "the secret reached the MCP server: {upstream}"
+    );
+    assert!(
+        upstream.contains("_1]"),
+        "a placeholder went upstream instead: {upstream}"
+    );
+}
