@@ -119,45 +119,24 @@ impl Store {
     /// A filtered page of alerts, newest first.
     pub async fn query_alerts(&self, f: AlertFilter) -> Result<AlertPage, StoreError> {
         self.call(move |c| {
-            let mut wh = String::from(" WHERE 1=1");
-            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-            let text = [
-                ("kind", &f.kind),
-                ("severity", &f.severity),
-                ("proxy", &f.proxy),
-                ("status", &f.status),
-                ("rule_id", &f.rule_id),
-                ("request_id", &f.request_id),
-                ("group_name", &f.group),
-            ];
-            for (col, val) in text {
-                if let Some(v) = val {
-                    args.push(Box::new(v.clone()));
-                    wh.push_str(&format!(" AND {col} = ?{}", args.len()));
-                }
-            }
-            if let Some(s) = f.since_ms {
-                args.push(Box::new(s));
-                wh.push_str(&format!(" AND ts_ms >= ?{}", args.len()));
-            }
-            if let Some(u) = f.until_ms {
-                args.push(Box::new(u));
-                wh.push_str(&format!(" AND ts_ms < ?{}", args.len()));
-            }
-            let total: i64 = c.query_row(
-                &format!("SELECT COUNT(*) FROM alerts{wh}"),
-                rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
-                |r| r.get(0),
-            )?;
-            args.push(Box::new(f.limit.unwrap_or(50).clamp(1, 500)));
-            let li = args.len();
-            args.push(Box::new(f.offset.unwrap_or(0)));
-            let oi = args.len();
+            let mut w = crate::filter::Where::new();
+            w.eq("kind", &f.kind)
+                .eq("severity", &f.severity)
+                .eq("proxy", &f.proxy)
+                .eq("status", &f.status)
+                .eq("rule_id", &f.rule_id)
+                .eq("request_id", &f.request_id)
+                .eq("group_name", &f.group)
+                .window(f.since_ms, f.until_ms);
+            let wh = w.sql.clone();
+            let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM alerts{wh}"), w.params(), |r| r.get(0))?;
+            let li = w.bind(f.limit.unwrap_or(50).clamp(1, 500));
+            let oi = w.bind(f.offset.unwrap_or(0));
             let mut st = c.prepare(&format!(
                 "SELECT {ALERT_COLS} FROM alerts{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
             ))?;
             let items = st
-                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), alert_from_row)?
+                .query_map(w.params(), alert_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(AlertPage { items, total })
         })

@@ -651,18 +651,13 @@ impl Store {
         };
         self.call(move |c| {
             let since = q.since_ms.unwrap_or_else(|| month_start_ms(now));
-            let mut wh = String::from(" WHERE ts_ms >= ?1");
-            let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(since)];
-            if let Some(u) = q.until_ms {
-                args.push(Box::new(u));
-                wh.push_str(&format!(" AND ts_ms < ?{}", args.len()));
-            }
-            for (col, v) in [("group_name", &q.group), ("key_name", &q.key), ("proxy", &q.proxy), ("model", &q.model)] {
-                if let Some(v) = v {
-                    args.push(Box::new(v.clone()));
-                    wh.push_str(&format!(" AND {col} = ?{}", args.len()));
-                }
-            }
+            let mut w = crate::filter::Where::new();
+            w.window(Some(since), q.until_ms)
+                .eq("group_name", &q.group)
+                .eq("key_name", &q.key)
+                .eq("proxy", &q.proxy)
+                .eq("model", &q.model);
+            let wh = w.sql.clone();
             // Days are formed in Rust (UTC), so group by the day number here.
             let key_expr = if dim == "day" { "CAST(ts_ms / 86400000 AS TEXT)" } else { dim };
             let sql = format!(
@@ -672,7 +667,7 @@ impl Store {
             );
             let mut st = c.prepare(&sql)?;
             let rows = st
-                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
+                .query_map(w.params(), |r| {
                     let key: Option<String> = r.get(0)?;
                     Ok(UsageRow {
                         key: if dim == "day" {

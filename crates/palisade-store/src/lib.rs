@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod filter;
 mod identity;
 mod mcp;
 mod migrations;

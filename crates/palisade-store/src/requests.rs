@@ -112,51 +112,27 @@ impl Store {
     /// A filtered page of the request log, newest first.
     pub async fn query_requests(&self, f: RequestFilter) -> Result<RequestPage, StoreError> {
         self.call(move |c| {
-            let mut wh = String::from(" WHERE 1=1");
-            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-            let text_filters = [
-                ("proxy", &f.proxy),
-                ("model", &f.model),
-                ("key_name", &f.key),
-                ("group_name", &f.group),
-                ("endpoint", &f.endpoint),
-                ("decision", &f.decision),
-                ("tool", &f.tool),
-            ];
-            for (col, val) in text_filters {
-                if let Some(v) = val {
-                    args.push(Box::new(v.clone()));
-                    wh.push_str(&format!(" AND {col} = ?{}", args.len()));
-                }
-            }
-            if let Some(s) = f.status {
-                args.push(Box::new(s));
-                wh.push_str(&format!(" AND status = ?{}", args.len()));
-            }
+            let mut w = crate::filter::Where::new();
+            w.eq("proxy", &f.proxy)
+                .eq("model", &f.model)
+                .eq("key_name", &f.key)
+                .eq("group_name", &f.group)
+                .eq("endpoint", &f.endpoint)
+                .eq("decision", &f.decision)
+                .eq("tool", &f.tool)
+                .eq("status", &f.status)
+                .window(f.since_ms, f.until_ms);
             match f.errors {
-                Some(true) => wh.push_str(" AND status >= 400"),
-                Some(false) => wh.push_str(" AND status < 400"),
+                Some(true) => w.sql.push_str(" AND status >= 400"),
+                Some(false) => w.sql.push_str(" AND status < 400"),
                 None => {}
             }
-            if let Some(s) = f.since_ms {
-                args.push(Box::new(s));
-                wh.push_str(&format!(" AND ts_ms >= ?{}", args.len()));
-            }
-            if let Some(u) = f.until_ms {
-                args.push(Box::new(u));
-                wh.push_str(&format!(" AND ts_ms < ?{}", args.len()));
-            }
-            let total: i64 = c.query_row(
-                &format!("SELECT COUNT(*) FROM requests{wh}"),
-                rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())),
-                |r| r.get(0),
-            )?;
+            let wh = w.sql.clone();
+            let total: i64 = c.query_row(&format!("SELECT COUNT(*) FROM requests{wh}"), w.params(), |r| r.get(0))?;
             let limit = f.limit.unwrap_or(50).clamp(1, 500);
             let offset = f.offset.unwrap_or(0);
-            args.push(Box::new(limit));
-            let li = args.len();
-            args.push(Box::new(offset));
-            let oi = args.len();
+            let li = w.bind(limit);
+            let oi = w.bind(offset);
             let sql = format!(
                 "SELECT id, ts_ms, proxy, api, method, path, endpoint, model, stream, status, key_id, key_name,
                  group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens, latency_us, ttfb_us,
@@ -164,7 +140,7 @@ impl Store {
             );
             let mut st = c.prepare(&sql)?;
             let items = st
-                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
+                .query_map(w.params(), |r| {
                     Ok(RequestRecord {
                         id: r.get(0)?,
                         ts_ms: r.get(1)?,

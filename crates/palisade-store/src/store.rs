@@ -478,26 +478,18 @@ impl Store {
     /// Audit entries, newest first.
     pub async fn list_audit(&self, f: AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         self.call(move |c| {
-            let mut sql = String::from(
-                "SELECT id, ts_ms, actor, action, target_type, target, before, after, request_id FROM audit_log WHERE 1=1",
+            let mut w = crate::filter::Where::new();
+            w.eq("actor", &f.actor).eq("action", &f.action).eq("target", &f.target).cmp("id", "<", &f.before_id);
+            let li = w.bind(f.limit.clamp(1, 500));
+            let sql = format!(
+                "SELECT id, ts_ms, actor, action, target_type, target, before, after, request_id FROM audit_log{}
+                 ORDER BY id DESC LIMIT ?{li}",
+                w.sql
             );
-            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-            for (col, val) in [("actor", &f.actor), ("action", &f.action), ("target", &f.target)] {
-                if let Some(v) = val {
-                    args.push(Box::new(v.clone()));
-                    sql.push_str(&format!(" AND {col} = ?{}", args.len()));
-                }
-            }
-            if let Some(b) = f.before_id {
-                args.push(Box::new(b));
-                sql.push_str(&format!(" AND id < ?{}", args.len()));
-            }
-            args.push(Box::new(f.limit.clamp(1, 500)));
-            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
             let mut st = c.prepare(&sql)?;
             let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
             let rows = st
-                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
+                .query_map(w.params(), |r| {
                     Ok(AuditEntry {
                         id: r.get(0)?,
                         ts_ms: r.get(1)?,

@@ -123,7 +123,10 @@ impl LogWriter {
                     }
                     msg = match rx.try_recv() {
                         Ok(m) => Some(m),
-                        Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                        Err(_) => tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten(),
                     };
                 }
                 alerts.append(&mut ov.lock().unwrap_or_else(|p| p.into_inner()));
