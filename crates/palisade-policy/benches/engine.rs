@@ -1,10 +1,17 @@
 //! Engine benchmark: `evaluate()` on benign 1 KiB / 4 KiB / 32 KiB prompts with every pack in
 //! `policies/` loaded (or, while no pack exists yet, a synthetic 300-rule stand-in).
 //!
-//! Run: `cargo bench -p palisade-policy --bench engine`.
+//! Also `evaluate()` and `redact()` on the adversarial inputs of `tests/support/adversarial.rs`
+//! (long and nested encodings, many short segments, invisible characters, homoglyphs, 1 MiB).
+//!
+//! Run: `cargo bench -p palisade-policy --bench engine` (`-- adversarial` for those only).
+
+#[path = "../tests/support/adversarial.rs"]
+mod adversarial;
 
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use palisade_policy::{Policy, PolicySet, Target, find_segments, load_dir, normalize};
@@ -213,6 +220,23 @@ fn bench(c: &mut Criterion) {
     group.bench_function("4KiB", |b| {
         b.iter(|| set.redact(Target::LlmRequest, black_box(&text)))
     });
+    group.finish();
+
+    // Worst cases: every adversarial input, evaluate and redact.
+    let mut group = c.benchmark_group("adversarial");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(1));
+    for (name, text) in adversarial::cases() {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(format!("evaluate/{name}"), |b| {
+            b.iter(|| set.evaluate(Target::LlmRequest, black_box(&text)))
+        });
+        group.bench_function(format!("redact/{name}"), |b| {
+            b.iter(|| set.redact(Target::LlmRequest, black_box(&text)))
+        });
+    }
     group.finish();
 }
 

@@ -7,6 +7,11 @@
 //! Aho-Corasick automaton for keyword spans with exact word-boundary checks — and only for those
 //! candidates are validators and allow-patterns run.
 //!
+//! The shared set is a prefilter built from *widened* sources (large Unicode classes such as `\w`
+//! accept any non-ASCII char, see `crate::widen`): it may report a rule that does not match, never
+//! miss one that does, and its automaton is small enough for the lazy DFA to stay cached on any
+//! input, so a pass costs a few ns per byte.
+//!
 //! Why keywords share the regex set instead of having their own Aho-Corasick pass: measured with
 //! ~270 case-insensitive phrases on a 4 KiB benign prompt, a separate overlapping Aho-Corasick pass
 //! cost 8–24 µs (its prefilter degrades on common start letters), while adding the same phrases
@@ -26,11 +31,15 @@ use crate::error::{PolicyError, Result};
 use crate::model::{Action, Policy, Severity, Target, Validator, compile_regex, prepare_regex};
 use crate::normalize::normalize;
 use crate::redact::validate;
+use crate::widen::widen_pattern;
 
 /// Decoding recursion limit: a segment found inside decoded text is decoded once more, no deeper.
 const MAX_DECODE_DEPTH: usize = 2;
 /// Hard cap on decoded bytes per evaluation.
 const MAX_DECODED_BYTES: usize = 1 << 20;
+/// Hard cap on decoded segments scanned per evaluation (each costs a set pass of its own); the
+/// per-evaluation cap is `input / 8`, at least 64 (the byte budget usually binds first).
+const MAX_SEGMENTS: usize = 16 << 10;
 /// NFA size limit of one per-target regex set.
 const SET_SIZE_LIMIT: usize = 256 << 20;
 /// Lazy-DFA cache capacity of one per-target regex set.
@@ -440,6 +449,11 @@ impl PolicySet {
             }
         }
 
+        // Prefilter sources: large Unicode classes widened (see `crate::widen`).
+        let widened: Vec<Vec<String>> = sources
+            .iter()
+            .map(|srcs| srcs.iter().map(|s| widen_pattern(s)).collect())
+            .collect();
         let mut targets: Vec<TargetMatcher> = Vec::with_capacity(Target::ALL.len());
         for target in Target::ALL {
             let mut tm = TargetMatcher::default();
@@ -451,7 +465,7 @@ impl PolicySet {
                 }
                 let r = u32::try_from(idx).map_err(compile_err)?;
                 tm.rules.push(r);
-                for src in &sources[idx] {
+                for src in &widened[idx] {
                     set_patterns.push(src.clone());
                     tm.set_owner.push(r);
                     if rule.action == Action::Redact {
@@ -506,9 +520,22 @@ impl PolicySet {
 
     /// Evaluates `text` for `target` with explicit options.
     pub fn evaluate_with(&self, target: Target, text: &str, opts: &EvalOptions) -> Evaluation {
+        self.evaluate_with_stats(target, text, opts).0
+    }
+
+    /// Like [`PolicySet::evaluate_with`], also returning how much work the evaluation did.
+    ///
+    /// For tests and benchmarks that bound the engine's work on hostile input.
+    #[doc(hidden)]
+    pub fn evaluate_with_stats(
+        &self,
+        target: Target,
+        text: &str,
+        opts: &EvalOptions,
+    ) -> (Evaluation, ScanStats) {
         let tm = &self.targets[target.index()];
         if tm.rules.is_empty() {
-            return Evaluation::default();
+            return (Evaluation::default(), ScanStats::default());
         }
         let budget = text
             .len()
@@ -518,6 +545,8 @@ impl PolicySet {
         let mut st = EvalState {
             hits: Vec::new(),
             budget,
+            segments_left: (text.len() / 8).clamp(64, MAX_SEGMENTS),
+            stats: ScanStats::default(),
         };
         let scanned = if opts.normalize {
             normalize(text)
@@ -528,7 +557,8 @@ impl PolicySet {
         if opts.decode {
             self.scan_decoded(tm, &scanned, None, 1, opts, &mut st);
         }
-        self.finish(st.hits)
+        st.stats.bytes_decoded = budget - st.budget;
+        (self.finish(st.hits), st.stats)
     }
 
     fn scan_decoded(
@@ -540,12 +570,17 @@ impl PolicySet {
         opts: &EvalOptions,
         st: &mut EvalState,
     ) {
-        if st.budget == 0 {
+        if st.budget == 0 || st.segments_left == 0 {
             return;
         }
         let mut segments: Vec<Segment> = Vec::new();
         find_segments(text, &mut st.budget, &mut segments);
         for seg in segments {
+            if st.segments_left == 0 {
+                return;
+            }
+            st.segments_left -= 1;
+            st.stats.segments += 1;
             let origin = origin
                 .cloned()
                 .unwrap_or_else(|| (seg.kind, seg.range.clone()));
@@ -569,6 +604,8 @@ impl PolicySet {
         origin: Option<&(Encoding, Range<usize>)>,
         st: &mut EvalState,
     ) {
+        st.stats.units += 1;
+        st.stats.bytes_scanned += text.len();
         // Candidate rules from the shared automata; allocated only when something fires.
         let mut candidates: Vec<u32> = Vec::new();
         let seen =
@@ -588,6 +625,7 @@ impl PolicySet {
         }
         candidates.sort_unstable();
         let first_new = st.hits.len();
+        st.stats.rule_checks += candidates.len();
         for r in candidates {
             let rule = &self.rules[r as usize];
             let Some(span) = rule.find_first(text) else {
@@ -707,7 +745,27 @@ struct Hit {
 
 struct EvalState {
     hits: Vec<Hit>,
+    /// Decoded bytes still allowed.
     budget: usize,
+    /// Decoded segments still allowed.
+    segments_left: usize,
+    stats: ScanStats,
+}
+
+/// Work done by one evaluation (see [`PolicySet::evaluate_with_stats`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Text units scanned: the (normalised) input plus every decoded segment.
+    pub units: usize,
+    /// Total bytes of those units (each is one pass of the shared prefilter set).
+    pub bytes_scanned: usize,
+    /// Decoded-byte budget spent.
+    pub bytes_decoded: usize,
+    /// Decoded segments scanned.
+    pub segments: usize,
+    /// Candidate rules checked individually (one bounded pass each over its unit).
+    pub rule_checks: usize,
 }
 
 impl PolicySet {

@@ -6,7 +6,8 @@
 //! Semantics worth knowing when wiring it in:
 //! - [`PolicySet::evaluate`] normalises the text first ([`normalize()`]) and also scans decoded
 //!   base64 / hex / URL / HTML-entity segments (two levels deep, at most 4 × input and 1 MiB of
-//!   decoded bytes). Spans are byte offsets in the *normalised* text; for a match found in
+//!   decoded bytes, at most input/8 (min 64, max 16 Ki) segments), so its work is linear in the
+//!   input's size. Spans are byte offsets in the *normalised* text; for a match found in
 //!   decoded text the span is that of the encoded segment and [`RuleMatch::decoded`] is set.
 //!   [`PolicySet::evaluate_raw`] skips both steps and reports spans in the raw text.
 //! - One [`RuleMatch`] per distinct rule (the first occurrence, plain text before decoded).
@@ -36,10 +37,11 @@ mod error;
 mod model;
 mod normalize;
 mod redact;
+mod widen;
 
 pub use decode::{Encoding, Segment, encode_base64, find_segments};
 pub use engine::{
-    Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, mask_secret,
+    Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
 };
 pub use error::{PolicyError, Result};
 pub use model::{

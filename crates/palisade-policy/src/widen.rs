@@ -1,0 +1,123 @@
+//! Widening of the shared prefilter patterns, so the per-target regex sets stay small.
+//!
+//! The shared `RegexSet`s are only a prefilter: every rule they report is confirmed by the rule's
+//! own regexes (exact Unicode semantics) before it counts. A prefilter pattern may therefore match
+//! *more* than the rule, never less. That freedom is used here: a character class whose
+//! non-ASCII part is large (Unicode `\w`, `\d`, `\s`, `\p{L}`, case-folded classes with many
+//! non-ASCII members…) keeps its ASCII part exactly and has its non-ASCII part replaced by "any
+//! non-ASCII scalar value".
+//!
+//! Why: Unicode classes compile to large UTF-8 automata (`\w` alone is hundreds of NFA states,
+//! and every bounded repetition such as `(?:\w+\s+){0,3}` copies it). With a few hundred rules
+//! the combined NFA reached ~260 000 states, so every lazy-DFA state cost a closure over
+//! thousands of NFA states, the DFA cache thrashed on long inputs, and the regex crate fell back
+//! to the PikeVM: ~30 µs per input byte (two seconds for 64 KiB). "Any non-ASCII" is a handful of
+//! UTF-8 states, so the widened set's NFA is an order of magnitude smaller and its DFA stays
+//! cached. Normalised text is overwhelmingly ASCII, so widening rarely adds candidates.
+
+use regex_syntax::ParserBuilder;
+use regex_syntax::hir::{
+    Capture, Class, ClassUnicode, ClassUnicodeRange, Hir, HirKind, Repetition,
+};
+
+/// A class keeps its exact non-ASCII members when it has at most this many non-ASCII ranges
+/// (so case folding of `k`/`s` to the Kelvin / long-s signs stays exact and cheap).
+const MAX_EXACT_NON_ASCII_RANGES: usize = 3;
+
+/// Returns a pattern matching a superset of `pattern`'s matches, with large Unicode classes
+/// widened; returns `pattern` unchanged when it cannot be parsed or nothing needs widening.
+pub(crate) fn widen_pattern(pattern: &str) -> String {
+    let Ok(hir) = ParserBuilder::new().build().parse(pattern) else {
+        return pattern.to_owned();
+    };
+    let mut changed = false;
+    let widened = widen(hir, &mut changed);
+    if changed {
+        widened.to_string()
+    } else {
+        pattern.to_owned()
+    }
+}
+
+fn widen(hir: Hir, changed: &mut bool) -> Hir {
+    match hir.into_kind() {
+        HirKind::Empty => Hir::empty(),
+        HirKind::Literal(lit) => Hir::literal(lit.0),
+        HirKind::Look(look) => Hir::look(look),
+        HirKind::Class(Class::Unicode(c)) => Hir::class(Class::Unicode(widen_class(c, changed))),
+        HirKind::Class(c @ Class::Bytes(_)) => Hir::class(c),
+        HirKind::Repetition(rep) => Hir::repetition(Repetition {
+            sub: Box::new(widen(*rep.sub, changed)),
+            ..rep
+        }),
+        HirKind::Capture(cap) => Hir::capture(Capture {
+            sub: Box::new(widen(*cap.sub, changed)),
+            ..cap
+        }),
+        HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(|h| widen(h, changed)).collect()),
+        HirKind::Alternation(subs) => {
+            Hir::alternation(subs.into_iter().map(|h| widen(h, changed)).collect())
+        }
+    }
+}
+
+fn widen_class(class: ClassUnicode, changed: &mut bool) -> ClassUnicode {
+    let non_ascii = class
+        .ranges()
+        .iter()
+        .filter(|r| u32::from(r.end()) >= 0x80)
+        .count();
+    if non_ascii <= MAX_EXACT_NON_ASCII_RANGES {
+        return class;
+    }
+    *changed = true;
+    let mut ranges: Vec<ClassUnicodeRange> = class
+        .ranges()
+        .iter()
+        .filter(|r| u32::from(r.start()) < 0x80)
+        .map(|r| ClassUnicodeRange::new(r.start(), r.end().min('\u{7F}')))
+        .collect();
+    ranges.push(ClassUnicodeRange::new('\u{80}', char::MAX));
+    ClassUnicode::new(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex::Regex;
+
+    #[test]
+    fn widened_pattern_matches_a_superset() {
+        let cases = [
+            (
+                r"(?i)\bignore\s+(?:\w+\s+){0,3}instructions\b",
+                "Ignore  all the   instructions",
+            ),
+            (r"\d{3}-\d{4}", "555-1234"),
+            (r"[^.]{0,5}x", "abx"),
+            (r"(?i)ask", "AS\u{212A}"),
+            (r"\p{L}+", "Жук"),
+            (r"(?-u:\b)foo(?-u:\b)", "a foo b"),
+        ];
+        for (p, text) in cases {
+            let w = widen_pattern(p);
+            let (orig, wide) = (Regex::new(p).unwrap(), Regex::new(&w).unwrap());
+            assert!(orig.is_match(text), "{p}");
+            assert!(wide.is_match(text), "{p} -> {w}");
+        }
+    }
+
+    #[test]
+    fn large_classes_are_widened_small_ones_kept() {
+        let w = widen_pattern(r"\w+");
+        assert_ne!(w, r"\w+");
+        assert!(Regex::new(&w).unwrap().is_match("ß"));
+        assert!(!Regex::new(&w).unwrap().is_match("-"));
+        // `(?i)k` folds to K, k and the Kelvin sign only: kept exact.
+        let w = widen_pattern("(?i)k");
+        let re = Regex::new(&w).unwrap();
+        assert!(re.is_match("\u{212A}") && !re.is_match("é"));
+        assert_eq!(widen_pattern("plain"), "plain");
+        assert_eq!(widen_pattern("("), "(");
+    }
+}
