@@ -245,11 +245,11 @@ start_gateway() {
   PIDS+=("$GW_PID")
   local i
   for i in $(seq 1 200); do
-    grep -q 'proxy `bench-llm` listening' "$WORK/gateway-$name.log" 2>/dev/null && break
+    grep -q "proxy \`${GW_PROXY:-bench-llm}\` listening" "$WORK/gateway-$name.log" 2>/dev/null && break
     if ! [ -d "/proc/$GW_PID" ]; then break; fi
     sleep 0.1
   done
-  if ! grep -q 'proxy `bench-llm` listening' "$WORK/gateway-$name.log" 2>/dev/null; then
+  if ! grep -q "proxy \`${GW_PROXY:-bench-llm}\` listening" "$WORK/gateway-$name.log" 2>/dev/null; then
     GW_REFUSED="not available yet: the gateway did not start the proxy ($(grep -iE 'error|refus|fail|invalid' "$WORK/gateway-$name.log" | head -n1 | cut -c1-160))"
     cp "$WORK/gateway-$name.log" "$RUN_DIR/gateway-$name.log" 2>/dev/null || true
     stop_gateway
@@ -365,16 +365,55 @@ if [ "$QUICK" = 0 ]; then
   else
     run_config redact redact_scenarios "${REDACT_PACKS[@]}"
   fi
-  # MCP tools/call through an MCP proxy: needs kind = "mcp" proxies and an MCP upstream to
-  # stand behind them (a mock MCP server); until both exist the scenario is reported as such.
-  printf '[[proxies]]\nname = "bench-mcp"\nkind = "mcp"\nlisten = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s/mcp"\n' \
-    "$GW_PORT" "$MOCK_PORT" >"$WORK/mcp.toml"
-  if ! "$BIN/palisade" check-config "$WORK/mcp.toml" >"$WORK/mcp-check.log" 2>&1; then
-    skip mcp-toolscall-ka-r2000 "not available yet: palisade check-config refuses kind = \"mcp\" ($(reason "$WORK/mcp-check.log"))"
-  else
-    skip mcp-toolscall-ka-r2000 "not available yet: MCP proxies are accepted but the harness has no MCP mock upstream wired in (see bench/README.md)"
-  fi
 fi
+
+# MCP tools/call through an MCP proxy (approved tool, mcp-advanced-security on arguments and
+# results) in front of `palisade mock-mcp --stateless`, against the same mock directly.
+MCP_PORT=$(pick_port $((BASE + 5)))
+"${ON_CLIENT[@]}" "$BIN/palisade" mock-mcp --addr "127.0.0.1:$MCP_PORT" --stateless >"$WORK/mock-mcp.log" 2>&1 &
+MCP_PID=$!
+PIDS+=("$MCP_PID")
+if wait_port "$MCP_PORT" 10 "$MCP_PID"; then
+  python3 -c '
+import json, sys
+msg = ("Please echo this line of ordinary business text back. " * 19)[:1024]
+json.dump({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+           "params": {"name": "echo", "arguments": {"message": msg}}}, open(sys.argv[1], "w"))
+' "$WORK/mcp-call.json"
+  {
+    echo '[[api_keys]]'
+    echo 'name = "bench"'
+    echo "key = \"$KEY\""
+    echo '[[proxies]]'
+    echo 'name = "bench-mcp"'
+    echo 'kind = "mcp"'
+    echo "listen = \"127.0.0.1:$GW_PORT\""
+    echo "upstream = \"http://127.0.0.1:$MCP_PORT/mcp\""
+    echo 'approved_tools = ["echo"]'
+    echo 'policies = ["mcp-advanced-security"]'
+  } >"$WORK/gateway-mcp.toml"
+  if GW_PROXY=bench-mcp start_gateway mcp "$WORK/gateway-mcp.toml"; then
+    for spec in "mcp-toolscall-ka-r2000 --rate 2000 ${OPEN[*]}" "mcp-toolscall-ka-sat ${SAT[*]}"; do
+      read -r name args <<<"$spec"
+      if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
+      next_seq
+      log "scenario $name"
+      # shellcheck disable=SC2086
+      load direct "$name" "http://127.0.0.1:$MCP_PORT/mcp" --body-file "$WORK/mcp-call.json" --watch-pid "$MCP_PID" $args
+      summary "$name" direct >&2
+      # shellcheck disable=SC2086
+      load gateway "$name" "http://127.0.0.1:$GW_PORT/mcp" --key "$KEY" --body-file "$WORK/mcp-call.json" --watch-pid "$GW_PID" $args
+      summary "$name" gateway >&2
+    done
+    stop_gateway
+  else
+    skip mcp-toolscall-ka-r2000 "$GW_REFUSED"
+  fi
+else
+  skip mcp-toolscall-ka-r2000 "mock-mcp did not start"
+fi
+stop_pid "$MCP_PID"
+forget_pid "$MCP_PID"
 
 # ---------------------------------------------------------------- LiteLLM comparison
 if [ "$LITELLM" = 1 ]; then

@@ -329,6 +329,7 @@ async fn serve(
         }
         Ok(Ok(r)) => r,
     };
+    let received = Instant::now();
     let (up_parts, up_body) = resp.into_parts();
     rec.status = up_parts.status.as_u16();
     if let Some(s) = up_parts
@@ -371,6 +372,11 @@ async fn serve(
             HeaderValue::from_static("no-cache"),
         );
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let overhead = pre + received.elapsed();
+        headers.insert(
+            "x-palisade-overhead-us",
+            HeaderValue::from(overhead.as_micros() as u64),
+        );
         let ctx = Ctx {
             shared: shared.clone(),
             rt: rt.clone(),
@@ -435,6 +441,13 @@ async fn serve(
     } else {
         bytes
     };
+    // Time in the gateway: before the upstream call, plus after its answer arrived.
+    let overhead = pre + received.elapsed();
+    rec.overhead_us = overhead.as_micros() as i64;
+    headers.insert(
+        "x-palisade-overhead-us",
+        HeaderValue::from(overhead.as_micros() as u64),
+    );
     let mut r = Response::new(ProxyBody::full(bytes));
     *r.status_mut() = up_parts.status;
     *r.headers_mut() = headers;

@@ -36,6 +36,9 @@ enum Command {
         /// Answer requests with SSE streams instead of JSON.
         #[arg(long)]
         sse: bool,
+        /// Serve requests that carry no session (for load tests of `tools/call`).
+        #[arg(long)]
+        stateless: bool,
     },
     /// Check a config file without starting anything.
     CheckConfig {
@@ -87,7 +90,11 @@ fn main() -> anyhow::Result<()> {
             chunk_delay_ms: a.chunk_delay_ms,
             require_key: a.require_key,
         })),
-        Command::MockMcp { addr, sse } => rt.block_on(mock_mcp::run(addr, sse)),
+        Command::MockMcp {
+            addr,
+            sse,
+            stateless,
+        } => rt.block_on(mock_mcp::run(addr, sse, stateless)),
         Command::CheckConfig { file } => {
             let cfg = config::load(&file)?;
             println!(

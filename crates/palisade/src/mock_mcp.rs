@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 struct State {
     tools: Mutex<Value>,
     sse: bool,
+    /// Accept requests without a session (benchmarks send `tools/call` directly).
+    stateless: bool,
     /// Messages received, newest last (bounded), served at `GET /_mock/requests`.
     received: Mutex<Vec<Value>>,
 }
@@ -31,7 +33,7 @@ fn default_tools() -> Value {
     ])
 }
 
-pub async fn run(addr: SocketAddr, sse: bool) -> anyhow::Result<()> {
+pub async fn run(addr: SocketAddr, sse: bool, stateless: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "palisade mock-mcp listening on http://{}/mcp",
@@ -40,6 +42,7 @@ pub async fn run(addr: SocketAddr, sse: bool) -> anyhow::Result<()> {
     let state = Arc::new(State {
         tools: Mutex::new(default_tools()),
         sse,
+        stateless,
         received: Mutex::new(Vec::new()),
     });
     loop {
@@ -199,7 +202,7 @@ async fn handle(
         ));
     };
     let new_session = (m == "initialize").then(palisade_core::crypto::random_id);
-    if m != "initialize" && session.is_none() {
+    if m != "initialize" && session.is_none() && !state.stateless {
         let e = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": "missing session"}});
         return Ok(reply(
             StatusCode::BAD_REQUEST,
