@@ -50,7 +50,10 @@ impl Client {
         let r = c.raw(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}), &[]).await;
         assert_eq!(r.status(), 200);
-        assert!(r.headers().contains_key("x-palisade-overhead-us"), "every answer reports the gateway overhead");
+        assert!(
+            r.headers().contains_key("x-palisade-overhead-us"),
+            "every answer reports the gateway overhead"
+        );
         c.session = r
             .headers()
             .get("mcp-session-id")
