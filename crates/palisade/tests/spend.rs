@@ -269,3 +269,50 @@ async fn streams_are_accounted_without_showing_the_usage_chunk() {
     assert_eq!(rows[0]["cost_unknown"], true);
     assert_eq!(rows[0]["cost_usd"], 0.0);
 }
+
+#[tokio::test]
+async fn prices_are_editable_through_the_api_and_audited() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, 1000.0, "block")).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    let (s, v) = gw
+        .api(
+            Method::PUT,
+            "/api/v1/prices/mock-gpt",
+            Some(json!({"input_per_mtok": 0.0, "output_per_mtok": 0.0})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(chat(&c, &url, CI_KEY).await.status(), 200);
+    let rows = gw.wait_requests("proxy=oai", 1).await;
+    assert_eq!(
+        rows[0]["cost_usd"], 0.0,
+        "the new price applies to the next request"
+    );
+    assert_eq!(rows[0]["cost_unknown"], false);
+    let (s, v) = gw
+        .api(
+            Method::PUT,
+            "/api/v1/prices/mock-gpt",
+            Some(json!({"input_per_mtok": -1.0, "output_per_mtok": 0.0})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("input_per_mtok"))
+    );
+    let (_, prices) = gw.get("/api/v1/prices").await;
+    assert!(
+        prices
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["model"] == "gpt-4o-mini"),
+        "shipped prices are listed"
+    );
+    let (_, audit) = gw
+        .get("/api/v1/audit?action=price.put&target=mock-gpt")
+        .await;
+    assert!(!audit.as_array().unwrap().is_empty());
+}
