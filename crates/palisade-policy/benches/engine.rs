@@ -16,88 +16,6 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use palisade_policy::{Policy, PolicySet, Target, find_segments, load_dir, normalize};
 
-const WORDS: &[&str] = &[
-    "the",
-    "quarterly",
-    "report",
-    "shows",
-    "revenue",
-    "growth",
-    "in",
-    "our",
-    "European",
-    "market",
-    "and",
-    "we",
-    "should",
-    "discuss",
-    "the",
-    "next",
-    "steps",
-    "with",
-    "the",
-    "team",
-    "please",
-    "summarise",
-    "these",
-    "findings",
-    "for",
-    "a",
-    "board",
-    "meeting",
-    "including",
-    "risks",
-    "customer",
-    "churn",
-    "pricing",
-    "strategy",
-    "system",
-    "design",
-    "notes",
-    "ignore",
-    "typos",
-    "previous",
-    "version",
-    "of",
-    "document",
-    "attached",
-    "below",
-    "code",
-    "function",
-    "returns",
-    "value",
-    "database",
-    "query",
-    "results",
-    "are",
-    "cached",
-    "for",
-    "performance",
-    "reasons",
-];
-
-/// Deterministic benign English-like text of `len` bytes with sentences and paragraphs.
-fn benign_text(len: usize) -> String {
-    let mut out = String::with_capacity(len + 16);
-    let mut x: u32 = 12345;
-    let mut n = 0;
-    while out.len() < len {
-        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        let w = WORDS[(x >> 16) as usize % WORDS.len()];
-        out.push_str(w);
-        n += 1;
-        if n % 13 == 0 {
-            out.push_str(". ");
-        } else if n % 97 == 0 {
-            out.push_str(".\n\n");
-        } else {
-            out.push(' ');
-        }
-    }
-    out.truncate(len);
-    out
-}
-
 /// A synthetic pack shaped like the real ones, used only while `policies/` holds no pack.
 fn synthetic_pack() -> Policy {
     let verbs = [
@@ -182,7 +100,7 @@ fn bench(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("evaluate_benign");
     for size in [1024usize, 4096, 32768] {
-        let text = benign_text(size);
+        let text = adversarial::benign(size);
         let e = set.evaluate(Target::LlmRequest, &text);
         if !e.is_clean() {
             eprintln!("note: benign {size}-byte text matched {:?}", e.matches);
@@ -195,7 +113,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Components on 4 KiB, to see where the time goes.
-    let text = benign_text(4096);
+    let text = adversarial::benign(4096);
     let mut group = c.benchmark_group("components_4KiB");
     group.throughput(Throughput::Bytes(4096));
     group.bench_function("normalize", |b| {
@@ -215,7 +133,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("redact_benign");
-    let text = benign_text(4096);
+    let text = adversarial::benign(4096);
     group.throughput(Throughput::Bytes(4096));
     group.bench_function("4KiB", |b| {
         b.iter(|| set.redact(Target::LlmRequest, black_box(&text)))
