@@ -32,6 +32,14 @@ struct Claims {
     /// Password change pending: only the password route is allowed.
     #[serde(default)]
     pwc: bool,
+    /// Version of the password the token was issued under; a password change revokes it.
+    #[serde(default)]
+    pv: String,
+}
+
+/// A short fingerprint of a stored password hash, carried in tokens.
+fn password_version(phc: &str) -> String {
+    palisade_core::crypto::sha256_hex(phc.as_bytes())[..16].to_string()
 }
 
 /// An authenticated console/API user.
@@ -66,7 +74,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
+async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
     let token = bearer(parts).ok_or_else(|| {
         ApiError::unauthorized(
             "missing `Authorization: Bearer <token>`; log in at POST /api/v1/auth/login",
@@ -81,6 +89,21 @@ fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
     if claims.exp <= now_ms() {
         return Err(ApiError::unauthorized("token expired; log in again"));
     }
+    // The user's current state decides: a deleted user or a changed password revokes the
+    // token at once, and the role is the stored one.
+    let row = state
+        .store
+        .user_by_name(&claims.sub)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
+    if !palisade_core::crypto::ct_eq(
+        password_version(&row.password_hash).as_bytes(),
+        claims.pv.as_bytes(),
+    ) {
+        return Err(ApiError::unauthorized(
+            "token revoked: the password changed; log in again",
+        ));
+    }
     let request_id = parts
         .extensions
         .get::<RequestId>()
@@ -88,7 +111,7 @@ fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
         .unwrap_or_default();
     Ok(User {
         name: claims.sub,
-        role: claims.role,
+        role: row.role,
         request_id,
         must_change_password: claims.pwc,
     })
@@ -100,7 +123,7 @@ pub struct AnyUser(pub User);
 impl FromRequestParts<AppState> for AnyUser {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        user_from_parts(parts, state).map(AnyUser)
+        user_from_parts(parts, state).await.map(AnyUser)
     }
 }
 
@@ -112,7 +135,7 @@ pub struct Admin(pub User);
 impl FromRequestParts<AppState> for Viewer {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let u = user_from_parts(parts, state)?;
+        let u = user_from_parts(parts, state).await?;
         if u.must_change_password {
             return Err(ApiError::forbidden(
                 "the generated admin password must be changed first: POST /api/v1/auth/password",
@@ -250,6 +273,7 @@ pub async fn login(
         role: user.role.clone(),
         exp,
         pwc: user.must_change_password,
+        pv: password_version(&user.password_hash),
     };
     let token = state
         .signer
@@ -320,6 +344,7 @@ pub async fn change_password(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    let pv = password_version(&hash);
     state
         .store
         .set_password(&user.name, hash, user.actor())
@@ -330,6 +355,7 @@ pub async fn change_password(
         role: user.role.clone(),
         exp,
         pwc: false,
+        pv,
     };
     let token = state
         .signer

@@ -526,3 +526,48 @@ async fn sigterm_flushes_the_request_log_and_state_survives_restart() {
     let (_, audit) = gw2.get("/api/v1/audit?action=proxy.stop").await;
     assert_eq!(audit.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_password_change_revokes_earlier_tokens() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let c = reqwest::Client::new();
+    let old = gw.token.clone();
+    let r = c
+        .post(format!("{}/api/v1/auth/password", gw.admin))
+        .bearer_auth(&old)
+        .json(
+            &json!({"current_password": ADMIN_PASSWORD, "new_password": "a-brand-new-password-42"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let new: Value = r.json().await.unwrap();
+    let new = new["token"].as_str().unwrap().to_string();
+    let r = c
+        .get(format!("{}/api/v1/proxies", gw.admin))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a token issued before the change must stop working"
+    );
+    let r = c
+        .get(format!("{}/api/v1/proxies", gw.admin))
+        .bearer_auth(&new)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(format!("{}/api/v1/auth/login", gw.admin))
+        .json(&json!({"username": "admin", "password": "a-brand-new-password-42"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
