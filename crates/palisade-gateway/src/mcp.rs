@@ -381,6 +381,15 @@ async fn serve(
             shared: shared.clone(),
             rt: rt.clone(),
             pending,
+            origin: RequestRecord {
+                id: rec.id.clone(),
+                proxy: rec.proxy.clone(),
+                key_name: rec.key_name.clone(),
+                group: rec.group.clone(),
+                session: rec.session.clone(),
+                tool: rec.tool.clone(),
+                ..Default::default()
+            },
         };
         let mut f = Findings::default();
         std::mem::swap(&mut f, findings);
@@ -426,6 +435,7 @@ async fn serve(
             shared: shared.clone(),
             rt: rt.clone(),
             pending,
+            origin: RequestRecord::default(),
         };
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut v) => {
@@ -649,6 +659,9 @@ struct Ctx {
     shared: Arc<GatewayShared>,
     rt: Arc<ProxyRuntime>,
     pending: Pending,
+    /// Identity of the request (id, proxy, key, group, session) for alerts raised while its
+    /// answer streams, after the request record itself has moved into the relay.
+    origin: RequestRecord,
 }
 
 impl Ctx {
@@ -730,7 +743,7 @@ impl Ctx {
         }
         let mut out: Vec<u8> = Vec::with_capacity(run.len());
         let mut changed = false;
-        let mut scratch = RequestRecord::default();
+        let mut scratch = self.origin.clone();
         let mut f = Findings::default();
         for ev in raw_events(&run) {
             let mut data = None;
