@@ -298,7 +298,7 @@ impl ProxySpec {
                     }));
             if !ok {
                 return Err(FieldError::new(
-                    &format!("allowed_hosts[{i}]"),
+                    format!("allowed_hosts[{i}]"),
                     "must be a host name or address, optionally with :port (e.g. mcp.example.com:443), or \"*\"",
                 ));
             }
@@ -318,7 +318,7 @@ impl ProxySpec {
                 });
             if !ok {
                 return Err(FieldError::new(
-                    &format!("allowed_origins[{i}]"),
+                    format!("allowed_origins[{i}]"),
                     "must be an origin such as https://app.example.com (scheme, host, optional port; no path), or \"*\"",
                 ));
             }
