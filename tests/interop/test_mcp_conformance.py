@@ -15,6 +15,8 @@ import signal
 import subprocess
 import tempfile
 
+import pytest
+
 from conftest import ADMIN_PASSWORD, BIN, CI_KEY, REPO, Proc, free_port, wait_port
 
 RUN_SH = os.environ.get("MCP_CONFORMANCE_RUN", os.path.join(REPO, "../shared/mcp-conformance/run.sh"))
@@ -53,9 +55,9 @@ def failed_checks(out, scenario):
 class Fixture:
     """The fixture command on a free loopback port, stopped by PID (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, log):
+    def __init__(self, log, **env_extra):
         self.port = free_port()
-        env = dict(os.environ, PORT=str(self.port))
+        env = dict(os.environ, PORT=str(self.port), **env_extra)
         self.p = subprocess.Popen(
             shlex.split(FIXTURE_CMD), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
@@ -141,8 +143,38 @@ def test_conformance_suite_passes_through_the_gateway_as_it_does_directly():
             f"the fixture passes only {len(passed_direct)} scenarios directly (at least {MIN_DIRECT} expected); "
             + "; ".join(f"{n}: {f}" for n, (ok, _, f) in direct.items() if not ok)
         )
-        lost = {n: via.get(n, (False, 0, ["scenario did not run through the gateway"]))[2] for n in passed_direct
-                if not via.get(n, (False,))[0]}
-        assert not lost, "passes directly but not through the gateway (" + summary + "):\n" + "\n".join(
-            f"  {n}: " + " | ".join(f or ["failed"]) for n, f in lost.items()
-        )
+        assert_kept(passed_direct, via, "passes directly but not through the gateway (" + summary + ")")
+
+
+def assert_kept(scenarios, via, what):
+    lost = {n: via.get(n, (False, 0, ["scenario did not run through the gateway"]))[2] for n in scenarios
+            if not via.get(n, (False,))[0]}
+    assert not lost, what + ":\n" + "\n".join(f"  {n}: " + " | ".join(f or ["failed"]) for n, f in lost.items())
+
+
+# Scenarios that need the server to check the stateless-era routing headers (Mcp-Method, Mcp-Name,
+# Mcp-Param-*, MCP-Protocol-Version against the body); our fixture fails them directly when started
+# with FIXTURE_NO_HEADER_CHECKS=1 (tests/conformance/README.md).
+HEADER_SCENARIOS = ["http-header-validation", "http-custom-header-server-validation", "tasks-request-headers",
+                    "server-stateless"]
+
+
+def test_the_gateway_checks_routing_headers_for_a_server_that_does_not():
+    if "MCP_FIXTURE_CMD" in os.environ:
+        pytest.skip("FIXTURE_NO_HEADER_CHECKS is a switch of our fixture, not of MCP_FIXTURE_CMD")
+    assert os.path.exists(RUN_SH), f"{RUN_SH} is missing: ../shared/mcp-conformance must sit beside the repository"
+    with tempfile.TemporaryDirectory() as work:
+        log = open(os.path.join(work, "fixture.log"), "w")
+        fixture = Fixture(log, FIXTURE_NO_HEADER_CHECKS="1")
+        gw = None
+        try:
+            gw, url = gateway_in_front(fixture.url, work)
+            via = run_suite(url, CI_KEY, os.path.join(work, "gateway"))
+        finally:
+            if gw is not None:
+                gw.stop()
+            fixture.stop()
+            log.close()
+        print(f"\nMCP conformance through Palisade, server without header checks: {describe(via)}")
+        assert_kept(HEADER_SCENARIOS, via, "the gateway did not enforce the routing headers itself")
+        assert_kept([n for n in via], via, "scenarios failing through the gateway")

@@ -14,6 +14,7 @@ mod listener;
 mod llm;
 mod manager;
 mod mcp;
+mod mcp_headers;
 pub mod mcp_tools;
 mod prompts;
 pub mod redact;

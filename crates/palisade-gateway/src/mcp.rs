@@ -536,42 +536,24 @@ fn check_post(
         }
         let Some(method) = method else { continue };
         let params = m.get("params");
-        let name = match method {
-            "tools/call" | "prompts/get" => {
-                params.and_then(|p| p.get("name")).and_then(Value::as_str)
-            }
-            "resources/read" | "resources/subscribe" => {
-                params.and_then(|p| p.get("uri")).and_then(Value::as_str)
-            }
-            // Tasks extension: the routing name of a task request is its task id.
-            "tasks/get" | "tasks/update" | "tasks/cancel" => {
-                params.and_then(|p| p.get("taskId")).and_then(Value::as_str)
-            }
-            _ => None,
-        };
+        let name = crate::mcp_headers::name_param(method)
+            .and_then(|k| params.and_then(|p| p.get(k)))
+            .and_then(Value::as_str);
         let id = m.get("id").cloned();
-        let mismatch = |what: &str| {
-            (
+        // Headers may only repeat the body; a mismatch is refused outright.
+        if !batch
+            && let Err(why) = crate::mcp_headers::check(headers, m, |tool| {
+                shared.mcp.input_schema(&rt.spec.name, tool)
+            })
+        {
+            return Err((
                 StatusCode::BAD_REQUEST,
                 rpc_error(
                     id.as_ref().unwrap_or(&Value::Null),
                     code::HEADER_MISMATCH,
-                    &format!("{what} header does not match the body"),
+                    &format!("header mismatch: {why}"),
                 ),
-            )
-        };
-        // Headers may only repeat the body (stateless era); a mismatch is refused outright.
-        if !batch {
-            if let Some(h) = headers.get("mcp-method").and_then(|v| v.to_str().ok())
-                && h.trim() != method
-            {
-                return Err(mismatch("Mcp-Method"));
-            }
-            if let Some(h) = headers.get("mcp-name").and_then(|v| v.to_str().ok())
-                && Some(h.trim()) != name
-            {
-                return Err(mismatch("Mcp-Name"));
-            }
+            ));
         }
         rec.endpoint = if batch {
             "batch".into()

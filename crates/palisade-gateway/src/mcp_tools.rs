@@ -202,6 +202,14 @@ impl McpRegistry {
         v
     }
 
+    /// The input schema of a tool as last listed by the proxy's server.
+    pub fn input_schema(&self, proxy: &str, tool: &str) -> Option<Value> {
+        self.lock()
+            .get(proxy)
+            .and_then(|m| m.get(tool))
+            .and_then(|t| t.definition.get("inputSchema").cloned())
+    }
+
     /// Applies an administrator's decision made through the store.
     pub fn apply(&self, t: McpTool) {
         self.lock()
