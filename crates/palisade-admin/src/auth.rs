@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::response::IntoResponse;
 use palisade_core::crypto::{hash_password, verify_password};
 use palisade_core::now_ms;
 use palisade_store::Actor;
@@ -64,6 +65,51 @@ impl User {
     }
 }
 
+/// Cookie that carries the console's session token (HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "palisade_session";
+/// Cookie readable by the console's script, echoed in [`CSRF_HEADER`].
+pub const CSRF_COOKIE: &str = "palisade_csrf";
+/// Header that must carry the CSRF token on every cookie-authenticated change.
+pub const CSRF_HEADER: &str = "x-palisade-csrf";
+
+/// The CSRF token bound to a session token: only a page that can read our cookies knows it,
+/// and a cookie planted by another site cannot match a session it does not hold.
+pub fn csrf_for(token: &str) -> String {
+    palisade_core::crypto::sha256_hex(format!("palisade-csrf\0{token}").as_bytes())[..32]
+        .to_string()
+}
+
+/// The value of cookie `name` in the request, if any.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// `Set-Cookie` values that open a console session with `token`.
+pub(crate) fn session_cookies(token: &str) -> [(axum::http::HeaderName, String); 2] {
+    let age = TOKEN_TTL.as_secs();
+    [
+        (
+            axum::http::header::SET_COOKIE,
+            format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={age}"),
+        ),
+        (
+            axum::http::header::SET_COOKIE,
+            format!(
+                "{CSRF_COOKIE}={}; Path=/; SameSite=Strict; Max-Age={age}",
+                csrf_for(token)
+            ),
+        ),
+    ]
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
@@ -75,11 +121,31 @@ fn bearer(parts: &Parts) -> Option<&str> {
 }
 
 async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
-    let token = bearer(parts).ok_or_else(|| {
-        ApiError::unauthorized(
-            "missing `Authorization: Bearer <token>`; log in at POST /api/v1/auth/login",
-        )
-    })?;
+    // A bearer header wins; otherwise the console's session cookie, which a browser attaches
+    // by itself, so a change made with it must also prove it comes from our own page.
+    let token = match bearer(parts) {
+        Some(t) => t,
+        None => {
+            let t = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing `Authorization: Bearer <token>`; log in at POST /api/v1/auth/login",
+                )
+            })?;
+            if !parts.method.is_safe() {
+                let sent = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !palisade_core::crypto::ct_eq(sent.as_bytes(), csrf_for(t).as_bytes()) {
+                    return Err(ApiError::forbidden(
+                        "missing or wrong CSRF token (header `x-palisade-csrf`); reload the console",
+                    ));
+                }
+            }
+            t
+        }
+    };
     let payload = state
         .signer
         .verify(token)
@@ -225,7 +291,10 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::Extension(rid): axum::Extension<RequestId>,
     ValidJson(req): ValidJson<LoginRequest>,
-) -> ApiResult<Json<LoginResponse>> {
+) -> ApiResult<(
+    axum::response::AppendHeaders<[(axum::http::HeaderName, String); 2]>,
+    Json<LoginResponse>,
+)> {
     let ip: IpAddr = peer.ip();
     let keys = [format!("ip:{ip}"), format!("user:{}", req.username)];
     if let Some(wait) = state.limiter.blocked(&keys) {
@@ -288,12 +357,16 @@ pub async fn login(
             Some(serde_json::json!({"ip": ip.to_string()})),
         )
         .await?;
-    Ok(Json(LoginResponse {
-        token,
-        expires_at: exp,
-        role: user.role,
-        must_change_password: user.must_change_password,
-    }))
+    let cookies = axum::response::AppendHeaders(session_cookies(&token));
+    Ok((
+        cookies,
+        Json(LoginResponse {
+            token,
+            expires_at: exp,
+            role: user.role,
+            must_change_password: user.must_change_password,
+        }),
+    ))
 }
 
 /// Password change request.
@@ -313,8 +386,9 @@ pub struct PasswordChange {
 pub async fn change_password(
     State(state): State<AppState>,
     AnyUser(user): AnyUser,
+    headers: axum::http::HeaderMap,
     ValidJson(req): ValidJson<PasswordChange>,
-) -> ApiResult<Json<LoginResponse>> {
+) -> ApiResult<axum::response::Response> {
     if req.new_password.chars().count() < 12 {
         return Err(ApiError::field(
             "new_password",
@@ -360,12 +434,43 @@ pub async fn change_password(
     let token = state
         .signer
         .sign(&serde_json::to_vec(&claims).map_err(ApiError::internal)?);
-    Ok(Json(LoginResponse {
-        token,
+    let body = Json(LoginResponse {
+        token: token.clone(),
         expires_at: exp,
         role: user.role,
         must_change_password: false,
-    }))
+    });
+    // A console session moves to the new token (the old one is revoked by the change).
+    if bearer_header(&headers) {
+        Ok(body.into_response())
+    } else {
+        Ok((axum::response::AppendHeaders(session_cookies(&token)), body).into_response())
+    }
+}
+
+fn bearer_header(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "))
+}
+
+/// End the console session: the session and CSRF cookies are cleared.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", responses((status = 204)))]
+pub async fn logout() -> impl IntoResponse {
+    (
+        axum::http::StatusCode::NO_CONTENT,
+        axum::response::AppendHeaders([
+            (
+                axum::http::header::SET_COOKIE,
+                format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            ),
+            (
+                axum::http::header::SET_COOKIE,
+                format!("{CSRF_COOKIE}=; Path=/; SameSite=Strict; Max-Age=0"),
+            ),
+        ]),
+    )
 }
 
 /// The caller.
@@ -375,14 +480,17 @@ pub struct Me {
     pub username: String,
     /// Role.
     pub role: String,
+    /// The password must be changed before anything else.
+    pub must_change_password: bool,
 }
 
-/// Who am I.
+/// Who am I (answers also while a password change is pending, so the console can ask for it).
 #[utoipa::path(get, path = "/api/v1/me", tag = "auth", responses((status = 200, body = Me), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn me(Viewer(u): Viewer) -> Json<Me> {
+pub async fn me(AnyUser(u): AnyUser) -> Json<Me> {
     Json(Me {
         username: u.name,
         role: u.role,
+        must_change_password: u.must_change_password,
     })
 }
