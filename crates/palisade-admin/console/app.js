@@ -10,6 +10,8 @@ const bus = new EventTarget();
 let me = null;
 let source = null;
 let pageAbort = null;
+// Latest process-wide counters (from the stream's `hello` and `stats` events).
+let latestStats = null;
 
 const NAV = [
   ['dashboard', 'Dashboard'], ['proxies', 'Proxies'], ['policies', 'Policies'], ['alerts', 'Alerts'],
@@ -95,8 +97,8 @@ function startShell() {
   clear(app).appendChild(h('div', { class: 'shell' }, nav, h('div', { class: 'content' }, top, main)));
   startLive(live);
   window.onhashchange = route;
-  if (!location.hash || location.hash === '#' || location.hash === '#/') location.hash = '#/dashboard';
-  else route();
+  if (!location.hash || location.hash === '#' || location.hash === '#/') history.replaceState(null, '', '#/dashboard');
+  route();
 }
 
 async function logout() {
@@ -106,7 +108,8 @@ async function logout() {
   showLogin('You are logged out.');
 }
 
-function route() {
+// `ev` is set when the user navigated: focus then moves to the new page's content.
+function route(ev) {
   if (!me) return;
   const raw = location.hash.replace(/^#\/?/, '');
   const [pathPart, query = ''] = raw.split('?');
@@ -118,7 +121,11 @@ function route() {
   }
   if (pageAbort) pageAbort.abort();
   pageAbort = new AbortController();
-  const main = clear(document.getElementById('main'));
+  // Each render gets its own container: a slower render that finishes after a newer one
+  // writes into a detached element instead of doubling the page.
+  const outer = document.getElementById('main');
+  const main = h('div', { class: 'view' });
+  clear(outer).appendChild(main);
   if (!page) { main.appendChild(h('h1', {}, 'Not found')); return; }
   const label = (NAV.find(([n]) => n === id) || [id, id])[1];
   document.title = `${label} · Palisade`;
@@ -126,13 +133,14 @@ function route() {
     me, admin: me.role === 'admin', bus, signal: pageAbort.signal,
     args: parts.slice(1), query: new URLSearchParams(query),
     go: (hash) => { location.hash = hash; },
-    refresh: route,
+    stats: () => latestStats,
+    refresh: () => route(),
   };
   page(ctx, main).catch((e) => {
     if (e.status === 401) return;
     main.appendChild(h('p', { class: 'error', role: 'alert' }, `Could not load this page: ${e.message}`));
   });
-  main.focus({ preventScroll: true });
+  if (ev) outer.focus({ preventScroll: true });
 }
 
 function startLive(indicator) {
@@ -144,6 +152,8 @@ function startLive(indicator) {
     source.addEventListener(name, (ev) => {
       let data = null;
       try { data = JSON.parse(ev.data); } catch { return; }
+      if (name === 'hello') latestStats = { ts_ms: Date.now(), totals: data };
+      if (name === 'stats') latestStats = data;
       bus.dispatchEvent(new CustomEvent(name, { detail: data }));
       if (name === 'alert' && (data.severity === 'critical' || data.severity === 'high') && !location.hash.startsWith('#/dashboard')) {
         toast(`New ${data.severity} alert: ${data.title}`, 'warn');
@@ -155,5 +165,12 @@ function startLive(indicator) {
 function stopLive() {
   if (source) { source.close(); source = null; }
 }
+
+// The skip link moves focus to the content without touching the hash (which is the route).
+document.querySelector('.skip').addEventListener('click', (ev) => {
+  ev.preventDefault();
+  const m = document.getElementById('main');
+  if (m) m.focus();
+});
 
 boot();

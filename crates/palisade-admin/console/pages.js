@@ -39,6 +39,8 @@ function statusBadge(s) { return badge(s, s === 'running' ? 'ok' : s === 'failed
 // Dashboard
 
 async function dashboard(ctx, main) {
+  // Counters pushed from now on are added to the figures fetched below.
+  let last = ctx.stats();
   main.appendChild(header('Dashboard', h('span', { class: 'muted' }, 'Last hour · updates live')));
   const s = await get('/api/v1/metrics/summary?window=3600&bucket=60');
   const alerts = await get('/api/v1/alerts?limit=8');
@@ -120,7 +122,6 @@ async function dashboard(ctx, main) {
     reqBox.prepend(reqItem(r));
     while (reqBox.children.length > 10) reqBox.lastChild.remove();
   });
-  let last = null;
   on(ctx, 'stats', (st) => {
     if (last) {
       const dn = st.totals.requests - last.totals.requests;
@@ -134,7 +135,6 @@ async function dashboard(ctx, main) {
         setStat('stat-blocked', fmtNum(totals.blocked));
         setStat('stat-rps', fmtNum(dn / Math.max(1, (st.ts_ms - last.ts_ms) / 1000), 2));
         drawCharts();
-        for (const p of proxyList) p._seen = true;
       }
     }
     last = st;
