@@ -147,6 +147,9 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     expect(page.locator("#live-alerts li.sev-critical").first).to_be_visible(timeout=10000)
     expect(page.locator("#live-alerts")).to_contain_text("blocked")
     expect(page.locator('[data-stat="stat-blocked"]')).to_have_text("1", timeout=10000)
+    # The derived figures follow: the error rate (1 of 2 failed) and the per-proxy traffic.
+    expect(page.locator('[data-stat="stat-errors"]')).to_have_text("50.0 %", timeout=15000)
+    expect(page.locator('tr[data-proxy="llm-demo"]')).to_contain_text("2")
     assert page.evaluate("window.__sameDocument") == "yes", "the dashboard reloaded"
     shots(page, "04-dashboard-live")
 

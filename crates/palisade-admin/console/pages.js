@@ -122,6 +122,27 @@ async function dashboard(ctx, main) {
     reqBox.prepend(reqItem(r));
     while (reqBox.children.length > 10) reqBox.lastChild.remove();
   });
+  // Pushed counters move the figures at once; the derived ones (error rate, percentiles,
+  // per-proxy traffic) are recomputed by the server at most every 5 s while traffic flows.
+  let refetchAt = 0;
+  let refetching = false;
+  let pending = null;
+  const refetch = async () => {
+    if (refetching || pending) return;
+    if (Date.now() < refetchAt) { pending = setTimeout(() => { pending = null; refetch(); }, refetchAt - Date.now()); return; }
+    refetching = true;
+    refetchAt = Date.now() + 5000;
+    try {
+      const f = await get('/api/v1/metrics/summary?window=3600&bucket=60');
+      if (ctx.signal.aborted) return;
+      setStat('stat-errors', `${fmtNum(f.error_rate * 100, 1)} %`);
+      setStat('stat-latency', [f.p50_ms, f.p95_ms, f.p99_ms].map((v) => (v === null ? '—' : `${fmtNum(v, 1)}`)).join(' / ') + ' ms');
+      setStat('stat-spend', fmtUsd(f.month_spend_usd));
+      const states = Object.fromEntries(proxyList.map((p) => [p.name, p]));
+      proxyList = f.proxies.map((p) => ({ ...p, ...(states[p.name] ? { status: states[p.name].status, bound_addr: states[p.name].bound_addr } : {}) }));
+      drawProxies(proxyList);
+    } catch { /* the next push retries */ } finally { refetching = false; }
+  };
   on(ctx, 'stats', (st) => {
     if (last) {
       const dn = st.totals.requests - last.totals.requests;
@@ -135,6 +156,7 @@ async function dashboard(ctx, main) {
         setStat('stat-blocked', fmtNum(totals.blocked));
         setStat('stat-rps', fmtNum(dn / Math.max(1, (st.ts_ms - last.ts_ms) / 1000), 2));
         drawCharts();
+        setTimeout(refetch, 1200);
       }
     }
     last = st;
@@ -433,9 +455,8 @@ function alertActions(ctx, a, done) {
 }
 
 async function alertDetail(ctx, main, id) {
-  const page = await get(`/api/v1/alerts?limit=500`);
-  let a = page.items.find((x) => x.id === id);
-  if (!a) { main.appendChild(empty('Alert not found', 'It may be older than the newest 500 alerts; use the filters on the Alerts page.', link('#/alerts', 'All alerts'))); return; }
+  const a = (await get(`/api/v1/alerts${qs({ id })}`)).items[0];
+  if (!a) { main.appendChild(empty('Alert not found', 'The link may be wrong; the Alerts page lists every alert.', link('#/alerts', 'All alerts'))); return; }
   main.appendChild(header(a.title, link('#/alerts', '← All alerts')));
   main.appendChild(h('div', { class: 'stats' }, stat('Severity', badge(a.severity)), stat('Status', badge(a.status.replace('_', ' '), a.status)),
     stat('Blocked', a.blocked ? 'yes' : 'no'), stat('Proxy', a.proxy || '—'), stat('Time', fmtTime(a.ts_ms))));
