@@ -189,7 +189,7 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     pg = page.locator("#playground")
     pg.locator("[name=text]").fill(INJECTION)
     pg.locator("button[type=submit]").click()
-    expect(page.locator("#playground-result")).to_contain_text("block")
+    expect(page.locator("#playground-result")).to_contain_text("block", timeout=30000)
     shots(page, "11-policies")
     page.goto(gateway.admin + "/#/policies/new")
     doc = {"id": "acme-rules", "name": "Acme", "version": "1", "rules": [{
@@ -260,6 +260,20 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     uf.locator("button[type=submit]").click()
     expect(page.locator("table.grid")).to_contain_text("olivia")
     shots(page, "17-settings")
+
+    # Proxies with health, a proxy's own metrics, and an edit.
+    nav(page, "proxies")
+    expect(page.locator('tr[data-proxy="llm-demo"]')).to_contain_text("50.0 % errors")
+    shots(page, "21-proxies")
+    page.locator('tr[data-proxy="llm-demo"] a[href="#/proxies/llm-demo"]').click()
+    expect(page.locator(".page-head h1")).to_have_text("Proxy llm-demo")
+    expect(page.locator("svg.chart").first).to_be_visible()
+    page.locator('.page-head [data-action="edit"]').click()
+    page.locator("#proxy-form [name=description]").fill("Demo proxy in front of the mock model")
+    page.locator("#proxy-form button[type=submit]").click()
+    expect(page.locator("dl.kv")).to_contain_text("Demo proxy in front of the mock model")
+    assert gateway.call("GET", "/api/v1/proxies/llm-demo")["description"] == "Demo proxy in front of the mock model"
+    shots(page, "22-proxy-detail")
 
     # Destructive actions ask first; cancelling keeps the proxy.
     nav(page, "proxies")
@@ -353,6 +367,13 @@ def test_cross_site_form_post_is_refused(gateway, browser, shots):
         assert resp.value.status == 403
         shots(page, "20-cross-site-refused")
         assert "evil" not in [g["name"] for g in gateway.call("GET", "/api/v1/groups")]
+        # Logging out ends the console session: the cookies are gone and the login form is back.
+        page.goto(gateway.admin + "/")
+        page.click("#logout")
+        expect(page.locator("#login-form")).to_be_visible()
+        assert "palisade_session" not in {c["name"] for c in ctx.cookies()}
+        page.reload()
+        expect(page.locator("#login-form")).to_be_visible()
         ctx.close()
     finally:
         evil.shutdown()

@@ -217,8 +217,18 @@ function proxyForm(ctx, existing, policyIds, onDone) {
 
 async function proxies(ctx, main) {
   if (ctx.args[0]) return proxyDetail(ctx, main, ctx.args[0]);
-  const [list, pols] = await Promise.all([get('/api/v1/proxies'), get('/api/v1/policies')]);
+  const [list, pols, sum] = await Promise.all([get('/api/v1/proxies'), get('/api/v1/policies'), get('/api/v1/metrics/summary?window=3600')]);
   const policyIds = pols.map((p) => p.id);
+  const traffic = Object.fromEntries(sum.proxies.map((p) => [p.name, p]));
+  const health = (p) => {
+    const t = traffic[p.name];
+    if (p.status === 'failed') return badge('failing', 'bad');
+    if (p.status !== 'running') return h('span', { class: 'muted' }, 'not serving');
+    if (!t || !t.requests) return h('span', { class: 'muted' }, 'no traffic (1 h)');
+    const rate = t.errors / t.requests;
+    return h('span', {}, badge(rate > 0.2 ? 'degraded' : 'healthy', rate > 0.2 ? 'bad' : 'ok'),
+      ` ${fmtNum(t.requests)} req · ${fmtNum(rate * 100, 1)} % errors · ${fmtNum(t.avg_latency_ms, 1)} ms`);
+  };
   const formBox = h('div');
   const openForm = (existing) => {
     clear(formBox).appendChild(proxyForm(ctx, existing, policyIds, (r) => { clear(formBox); if (r) ctx.refresh(); }));
@@ -233,6 +243,7 @@ async function proxies(ctx, main) {
       { label: 'Name', render: (p) => link(`#/proxies/${enc(p.name)}`, p.name) },
       { label: 'Kind', render: (p) => p.kind + (p.kind === 'llm' ? ` (${p.api})` : '') },
       { label: 'Status', render: (p) => [statusBadge(p.status), p.error ? h('div', { class: 'error small' }, p.error) : null] },
+      { label: 'Health (1 h)', render: health },
       { label: 'Address', render: (p) => p.bound_addr || p.listen },
       { label: 'Upstream', key: 'upstream' },
       { label: 'Policies', render: (p) => (p.policies.length ? p.policies.join(', ') : h('span', { class: 'muted' }, 'none')) },
@@ -265,7 +276,7 @@ function proxyActions(ctx, p, done, edit) {
 }
 
 async function proxyDetail(ctx, main, name) {
-  const [p, s, pols] = await Promise.all([get(`/api/v1/proxies/${enc(name)}`), get('/api/v1/metrics/summary?window=3600&bucket=60'), get('/api/v1/policies')]);
+  const [p, s, pols] = await Promise.all([get(`/api/v1/proxies/${enc(name)}`), get(`/api/v1/metrics/summary${qs({ window: 3600, bucket: 60, proxy: name })}`), get('/api/v1/policies')]);
   const t = s.proxies.find((x) => x.name === name) || {};
   const formBox = h('div');
   main.appendChild(header(`Proxy ${p.name}`, proxyActions(ctx, p, () => ctx.refresh(), () => {
@@ -275,7 +286,16 @@ async function proxyDetail(ctx, main, name) {
   main.appendChild(h('div', { class: 'stats' },
     stat('Status', statusBadge(p.status)), stat('Address', p.bound_addr || p.listen),
     stat('Requests (1 h)', fmtNum(t.requests || 0)), stat('Errors (1 h)', fmtNum(t.errors || 0)),
-    stat('Blocked (1 h)', fmtNum(t.blocked || 0)), stat('Mean latency', `${fmtNum(t.avg_latency_ms || 0, 1)} ms`)));
+    stat('Blocked (1 h)', fmtNum(t.blocked || 0)),
+    stat('Latency p50 / p95 / p99', [s.p50_ms, s.p95_ms, s.p99_ms].map((v) => (v === null ? '—' : fmtNum(v, 1))).join(' / ') + ' ms')));
+  const labels = s.series.map((x) => new Date(x.ts_ms).toISOString().slice(11, 16));
+  main.appendChild(h('div', { class: 'charts' },
+    section('Requests per minute', lineChart(`Requests per minute of ${name} over the last hour`, labels, [
+      { name: 'requests', cls: 'c1', values: s.series.map((x) => x.requests) },
+      { name: 'errors', cls: 'c2', values: s.series.map((x) => x.errors) }]),
+    h('p', { class: 'legend' }, h('span', { class: 'key c1' }), 'requests ', h('span', { class: 'key c2' }), 'errors')),
+    section('Blocked per minute', lineChart(`Blocked requests per minute of ${name} over the last hour`, labels, [
+      { name: 'blocked', cls: 'c3', values: s.series.map((x) => x.blocked) }]))));
   if (p.error) main.appendChild(h('p', { class: 'error', role: 'alert' }, `Last start failed: ${p.error}`));
   main.appendChild(section('Configuration', h('dl', { class: 'kv' },
     ['kind', 'api', 'listen', 'upstream', 'policy_mode', 'upstream_timeout_secs', 'max_body_bytes', 'unmask', 'tool_approval', 'description']

@@ -19,6 +19,9 @@ pub struct SummaryQuery {
     pub window: Option<i64>,
     /// Bucket of the series in seconds (default: window / 60, at least 1).
     pub bucket: Option<i64>,
+    /// Only the traffic of this proxy (series, percentiles, counts; open alerts and month spend
+    /// stay global).
+    pub proxy: Option<String>,
 }
 
 /// One proxy on the dashboard.
@@ -107,7 +110,15 @@ pub async fn summary(
     }
     let now = palisade_core::now_ms();
     let since = now - window * 1000;
-    let d = s.store.dashboard(since, bucket * 1000).await?;
+    if let Some(p) = &q.proxy
+        && s.store.get_proxy(p).await?.is_none()
+    {
+        return Err(ApiError::not_found(format!("proxy `{p}`")));
+    }
+    let d = s
+        .store
+        .dashboard(since, bucket * 1000, q.proxy.clone())
+        .await?;
     let requests: i64 = d.series.iter().map(|p| p.requests).sum();
     let errors: i64 = d.series.iter().map(|p| p.errors).sum();
     let blocked: i64 = d.series.iter().map(|p| p.blocked).sum();
@@ -115,6 +126,9 @@ pub async fn summary(
         d.proxies.iter().map(|p| (p.proxy.as_str(), p)).collect();
     let mut proxies = Vec::new();
     for row in s.store.list_proxies().await? {
+        if q.proxy.as_ref().is_some_and(|p| *p != row.spec.name) {
+            continue;
+        }
         let (status, bound_addr, error) = match s.manager.status(&row.spec.name).await {
             palisade_gateway::ProxyStatus::Running(a) => ("running", Some(a.to_string()), None),
             palisade_gateway::ProxyStatus::Stopped => ("stopped", None, None),

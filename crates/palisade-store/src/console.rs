@@ -228,22 +228,26 @@ impl Store {
         .await
     }
 
-    /// Dashboard figures for requests at or after `since_ms`, bucketed by `bucket_ms`.
+    /// Dashboard figures for requests at or after `since_ms`, bucketed by `bucket_ms`; with
+    /// `proxy`, the request figures of that proxy only.
     pub async fn dashboard(
         &self,
         since_ms: i64,
         bucket_ms: i64,
+        proxy: Option<String>,
     ) -> Result<DashboardData, StoreError> {
         let bucket_ms = bucket_ms.max(1_000);
         self.call(move |c| {
+            // `?3 IS NULL OR` would keep SQLite off the (proxy, ts_ms) index: pick the clause.
+            let scope = if proxy.is_some() { "proxy = ?3 AND ts_ms >= ?1" } else { "ts_ms >= ?1 AND ?3 IS NULL" };
             let now = now_ms();
             let mut counts = std::collections::HashMap::new();
             {
-                let mut st = c.prepare(
+                let mut st = c.prepare(&format!(
                     "SELECT (ts_ms - ?1) / ?2, COUNT(*), SUM(status >= 400), SUM(decision = 'block')
-                     FROM requests WHERE ts_ms >= ?1 GROUP BY 1",
-                )?;
-                let rows = st.query_map(params![since_ms, bucket_ms], |r| {
+                     FROM requests WHERE {scope} GROUP BY 1"
+                ))?;
+                let rows = st.query_map(params![since_ms, bucket_ms, proxy], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i64>(1)?,
@@ -264,11 +268,11 @@ impl Store {
                 })
                 .collect();
             let proxies = {
-                let mut st = c.prepare(
+                let mut st = c.prepare(&format!(
                     "SELECT proxy, COUNT(*), SUM(status >= 400), SUM(decision = 'block'), AVG(latency_us)
-                     FROM requests WHERE ts_ms >= ?1 GROUP BY proxy ORDER BY proxy",
-                )?;
-                st.query_map([since_ms], |r| {
+                     FROM requests WHERE {scope} AND ?2 > 0 GROUP BY proxy ORDER BY proxy"
+                ))?;
+                st.query_map(params![since_ms, bucket_ms, proxy], |r| {
                     Ok(ProxyTraffic {
                         proxy: r.get(0)?,
                         requests: r.get(1)?,
@@ -280,10 +284,10 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?
             };
             let mut latencies_us = {
-                let mut st = c.prepare(
-                    "SELECT latency_us FROM requests WHERE ts_ms >= ?1 ORDER BY ts_ms DESC LIMIT ?2",
-                )?;
-                st.query_map(params![since_ms, LATENCY_SAMPLE as i64], |r| r.get::<_, i64>(0))?
+                let mut st = c.prepare(&format!(
+                    "SELECT latency_us FROM requests WHERE {scope} ORDER BY ts_ms DESC LIMIT ?2"
+                ))?;
+                st.query_map(params![since_ms, LATENCY_SAMPLE as i64, proxy], |r| r.get::<_, i64>(0))?
                     .collect::<Result<Vec<_>, _>>()?
             };
             latencies_us.sort_unstable();
