@@ -263,7 +263,8 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
 
     # Proxies with health, a proxy's own metrics, and an edit.
     nav(page, "proxies")
-    expect(page.locator('tr[data-proxy="llm-demo"]')).to_contain_text("50.0 % errors")
+    expect(page.locator('tr[data-proxy="llm-demo"]')).to_contain_text("healthy")
+    expect(page.locator('tr[data-proxy="llm-demo"]')).to_contain_text("1 blocked")
     shots(page, "21-proxies")
     page.locator('tr[data-proxy="llm-demo"] a[href="#/proxies/llm-demo"]').click()
     expect(page.locator(".page-head h1")).to_have_text("Proxy llm-demo")

@@ -225,9 +225,10 @@ async function proxies(ctx, main) {
     if (p.status === 'failed') return badge('failing', 'bad');
     if (p.status !== 'running') return h('span', { class: 'muted' }, 'not serving');
     if (!t || !t.requests) return h('span', { class: 'muted' }, 'no traffic (1 h)');
-    const rate = t.errors / t.requests;
+    // Policy blocks are the gateway doing its job, not ill health: they do not count here.
+    const rate = Math.max(0, t.errors - t.blocked) / t.requests;
     return h('span', {}, badge(rate > 0.2 ? 'degraded' : 'healthy', rate > 0.2 ? 'bad' : 'ok'),
-      ` ${fmtNum(t.requests)} req · ${fmtNum(rate * 100, 1)} % errors · ${fmtNum(t.avg_latency_ms, 1)} ms`);
+      ` ${fmtNum(t.requests)} req · ${fmtNum(rate * 100, 1)} % failed · ${fmtNum(t.blocked)} blocked · ${fmtNum(t.avg_latency_ms, 1)} ms`);
   };
   const formBox = h('div');
   const openForm = (existing) => {

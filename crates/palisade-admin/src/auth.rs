@@ -53,6 +53,8 @@ pub struct User {
     /// Request id of this API call.
     pub request_id: String,
     must_change_password: bool,
+    /// The token this call came with (a live event stream re-checks it).
+    pub(crate) token: String,
 }
 
 impl User {
@@ -120,6 +122,39 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Checks a token against its signature, expiry and the user's current row; returns the user
+/// name, the stored role and the pending-password-change flag.
+pub(crate) async fn verify_token(
+    state: &AppState,
+    token: &str,
+) -> Result<(String, String, bool), ApiError> {
+    let payload = state
+        .signer
+        .verify(token)
+        .ok_or_else(|| ApiError::unauthorized("invalid token"))?;
+    let claims: Claims =
+        serde_json::from_slice(&payload).map_err(|_| ApiError::unauthorized("invalid token"))?;
+    if claims.exp <= now_ms() {
+        return Err(ApiError::unauthorized("token expired; log in again"));
+    }
+    // The user's current state decides: a deleted user or a changed password revokes the
+    // token at once, and the role is the stored one.
+    let row = state
+        .store
+        .user_by_name(&claims.sub)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
+    if !palisade_core::crypto::ct_eq(
+        password_version(&row.password_hash).as_bytes(),
+        claims.pv.as_bytes(),
+    ) {
+        return Err(ApiError::unauthorized(
+            "token revoked: the password changed; log in again",
+        ));
+    }
+    Ok((claims.sub, row.role, claims.pwc))
+}
+
 async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
     // A bearer header wins; otherwise the console's session cookie, which a browser attaches
     // by itself, so a change made with it must also prove it comes from our own page.
@@ -146,40 +181,18 @@ async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiErr
             t
         }
     };
-    let payload = state
-        .signer
-        .verify(token)
-        .ok_or_else(|| ApiError::unauthorized("invalid token"))?;
-    let claims: Claims =
-        serde_json::from_slice(&payload).map_err(|_| ApiError::unauthorized("invalid token"))?;
-    if claims.exp <= now_ms() {
-        return Err(ApiError::unauthorized("token expired; log in again"));
-    }
-    // The user's current state decides: a deleted user or a changed password revokes the
-    // token at once, and the role is the stored one.
-    let row = state
-        .store
-        .user_by_name(&claims.sub)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
-    if !palisade_core::crypto::ct_eq(
-        password_version(&row.password_hash).as_bytes(),
-        claims.pv.as_bytes(),
-    ) {
-        return Err(ApiError::unauthorized(
-            "token revoked: the password changed; log in again",
-        ));
-    }
+    let (name, role, pwc) = verify_token(state, token).await?;
     let request_id = parts
         .extensions
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
     Ok(User {
-        name: claims.sub,
-        role: row.role,
+        name,
+        role,
         request_id,
-        must_change_password: claims.pwc,
+        must_change_password: pwc,
+        token: token.to_string(),
     })
 }
 

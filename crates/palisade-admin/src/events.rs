@@ -194,6 +194,16 @@ impl Hub {
     }
 }
 
+/// How often an open event stream re-checks its session.
+const RECHECK: Duration = Duration::from_secs(10);
+
+struct Live {
+    sub: Subscription,
+    state: AppState,
+    token: String,
+    next_check: tokio::time::Instant,
+}
+
 struct Subscription {
     rx: broadcast::Receiver<LiveEvent>,
     hub: Arc<Hub>,
@@ -276,7 +286,7 @@ pub(crate) async fn ticker(state: AppState) {
         (status = 401), (status = 503, description = "too many live consoles")))]
 pub async fn stream(
     State(s): State<AppState>,
-    _v: Viewer,
+    v: Viewer,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let sub = s.events.subscribe().ok_or_else(|| {
         ApiError::new(
@@ -288,21 +298,48 @@ pub async fn stream(
     let hello = Event::default()
         .event("hello")
         .data(serde_json::to_string(&s.events.totals()).unwrap_or_default());
-    let stream = futures_util::stream::unfold((Some(hello), sub), |(first, mut sub)| async move {
-        if let Some(ev) = first {
-            return Some((Ok(ev), (None, sub)));
-        }
-        match sub.rx.recv().await {
-            Ok(ev) => Some((
-                Ok(Event::default().event(ev.name).data(&*ev.data)),
-                (None, sub),
-            )),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some((
-                Ok(Event::default().event("resync").data(n.to_string())),
-                (None, sub),
-            )),
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    });
+    // The session is re-checked while the stream is open: a logout elsewhere, a password
+    // change, a deleted user or an expired token ends it within RECHECK.
+    let live = Live {
+        sub,
+        state: s,
+        token: v.0.token,
+        next_check: tokio::time::Instant::now() + RECHECK,
+    };
+    let stream =
+        futures_util::stream::unfold((Some(hello), live), |(first, mut live)| async move {
+            if let Some(ev) = first {
+                return Some((Ok(ev), (None, live)));
+            }
+            loop {
+                let got = {
+                    let recv = live.sub.rx.recv();
+                    let check = tokio::time::sleep_until(live.next_check);
+                    futures_util::pin_mut!(recv, check);
+                    match futures_util::future::select(recv, check).await {
+                        futures_util::future::Either::Left((res, _)) => Some(res),
+                        futures_util::future::Either::Right(_) => None,
+                    }
+                };
+                let ev = match got {
+                    Some(Ok(ev)) => Event::default().event(ev.name).data(&*ev.data),
+                    Some(Err(broadcast::error::RecvError::Lagged(n))) => {
+                        Event::default().event("resync").data(n.to_string())
+                    }
+                    Some(Err(broadcast::error::RecvError::Closed)) => return None,
+                    None => {
+                        if crate::auth::verify_token(&live.state, &live.token)
+                            .await
+                            .is_err()
+                        {
+                            return None;
+                        }
+                        live.next_check = tokio::time::Instant::now() + RECHECK;
+                        continue;
+                    }
+                };
+                return Some((Ok(ev), (None, live)));
+            }
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

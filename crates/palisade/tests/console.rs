@@ -500,9 +500,22 @@ async fn users_are_managed_by_admins_and_one_admin_always_remains() {
         .unwrap();
     assert_eq!(r.status(), 201);
 
-    // Deleting a user revokes their tokens at once.
+    // Deleting a user revokes their tokens at once, and ends their open live stream.
+    let mut stream = gw
+        .http
+        .get(format!("{}/api/v1/events", gw.admin))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
     let (s, _) = gw.api(Method::DELETE, "/api/v1/users/vera", None).await;
     assert_eq!(s, 204);
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the deleted user's event stream stayed open");
     let r = gw
         .http
         .get(format!("{}/api/v1/me", gw.admin))
