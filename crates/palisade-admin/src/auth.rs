@@ -137,6 +137,9 @@ pub(crate) async fn verify_token(
     if claims.exp <= now_ms() {
         return Err(ApiError::unauthorized("token expired; log in again"));
     }
+    if state.revoked.is_revoked(token) {
+        return Err(ApiError::unauthorized("logged out; log in again"));
+    }
     // The user's current state decides: a deleted user or a changed password revokes the
     // token at once, and the role is the stored one.
     let row = state
@@ -232,6 +235,36 @@ impl FromRequestParts<AppState> for Admin {
             return Err(ApiError::forbidden("this action needs the admin role"));
         }
         Ok(Admin(u))
+    }
+}
+
+/// Tokens ended by a logout before their expiry, kept (by digest) until they expire. In
+/// memory: a restart forgets them, which leaves them valid at most until their own expiry.
+#[derive(Default)]
+pub struct RevokedTokens {
+    map: Mutex<HashMap<String, i64>>,
+}
+
+/// Logged-out tokens remembered at most (the oldest expiries are forgotten first beyond it).
+const MAX_REVOKED: usize = 100_000;
+
+impl RevokedTokens {
+    fn revoke(&self, token: &str, exp: i64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        m.retain(|_, e| *e > now);
+        if m.len() >= MAX_REVOKED {
+            let mut exps: Vec<i64> = m.values().copied().collect();
+            exps.sort_unstable();
+            let cut = exps[exps.len() / 10];
+            m.retain(|_, e| *e > cut);
+        }
+        m.insert(palisade_core::crypto::sha256_hex(token.as_bytes()), exp);
+    }
+
+    fn is_revoked(&self, token: &str) -> bool {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        !m.is_empty() && m.contains_key(&palisade_core::crypto::sha256_hex(token.as_bytes()))
     }
 }
 
@@ -468,9 +501,36 @@ fn bearer_header(headers: &axum::http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("Bearer "))
 }
 
-/// End the console session: the session and CSRF cookies are cleared.
+/// Log out: the caller's token (Bearer or session cookie) stops working and the console's
+/// cookies are cleared.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", responses((status = 204)))]
-pub async fn logout() -> impl IntoResponse {
+pub async fn logout(
+    State(state): State<AppState>,
+    axum::Extension(rid): axum::Extension<RequestId>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| cookie(&headers, SESSION_COOKIE));
+    if let Some(t) = token
+        && let Some(claims) = state
+            .signer
+            .verify(t)
+            .and_then(|p| serde_json::from_slice::<Claims>(&p).ok())
+    {
+        state.revoked.revoke(t, claims.exp);
+        let actor = Actor {
+            name: claims.sub.clone(),
+            request_id: Some(rid.0),
+        };
+        let _ = state
+            .store
+            .record_event(actor, "auth.logout", "user", &claims.sub, None)
+            .await;
+    }
     (
         axum::http::StatusCode::NO_CONTENT,
         axum::response::AppendHeaders([

@@ -57,6 +57,7 @@ pub struct AppState {
     /// Live events for consoles.
     pub events: Arc<events::Hub>,
     limiter: Arc<auth::LoginLimiter>,
+    revoked: Arc<auth::RevokedTokens>,
     dummy_hash: String,
 }
 
@@ -82,6 +83,7 @@ impl AppState {
             ))),
             events: Default::default(),
             limiter: Default::default(),
+            revoked: Default::default(),
             dummy_hash,
         })
     }

@@ -270,14 +270,25 @@ async fn cookie_session_needs_csrf_and_cross_site_posts_are_refused() {
         "{names:?}"
     );
 
-    // Logout clears both cookies.
+    // Logout ends the session (the token stops working) and clears both cookies.
     let r = gw
         .http
         .post(url("/api/v1/auth/logout"))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    let after = gw
+        .http
+        .get(url("/api/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401, "a logged-out session must not work");
+    let (s, _) = gw.get("/api/v1/me").await;
+    assert_eq!(s, 200, "other sessions are unaffected");
     let set: Vec<&str> = r
         .headers()
         .get_all("set-cookie")
