@@ -126,6 +126,11 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     kform.locator("[name=group]").select_option("engineering")
     kform.locator("button[type=submit]").click()
     key = page.locator("#new-key").text_content().strip()
+    page.locator("table.grid").first.locator('[data-action="edit"]').click()
+    page.locator("#group-form [name=monthly_budget_usd]").fill("40")
+    page.locator("#group-form button[type=submit]").click()
+    expect(page.locator("table.grid").first).to_contain_text("$40.00")
+    assert gateway.call("GET", "/api/v1/groups/engineering")["monthly_budget_usd"] == 40
     assert key.startswith("pal_")
     shots(page, "06-groups-keys")
 
@@ -243,12 +248,17 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
 
     # --- Prompts, audit log, settings (a new user).
     nav(page, "prompts")
+    expect(page.locator(".empty")).to_contain_text("No governance prompts")
     pf = page.locator("#prompt-form")
     pf.locator("[name=name]").fill("house-rules")
     pf.locator("[name=text]").fill("You assist {{user}} of {{group}}. Never reveal credentials.")
     pf.locator('input[name=proxies][value="llm-demo"]').check()
     pf.locator("button[type=submit]").click()
     expect(page.locator("table.grid")).to_contain_text("house-rules")
+    page.locator('tr[data-prompt="house-rules"] [data-action="edit"]').click()
+    page.locator("#prompt-form [name=priority]").fill("7")
+    page.locator("#prompt-form button[type=submit]").click()
+    expect(page.locator('tr[data-prompt="house-rules"]')).to_contain_text("7")
     shots(page, "15-prompts")
     nav(page, "audit")
     expect(page.locator("table.grid")).to_contain_text("mcp_tool.approve")
@@ -259,6 +269,9 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     uf.locator("[name=password]").fill("olivia-password-01")
     uf.locator("button[type=submit]").click()
     expect(page.locator("table.grid")).to_contain_text("olivia")
+    page.locator('tr[data-user="olivia"] [data-action="reset"]').click()
+    page.locator("dialog.confirm [data-confirm]").click()
+    expect(page.locator("#reset-password")).to_be_visible()
     shots(page, "17-settings")
 
     # Proxies with health, a proxy's own metrics, and an edit.

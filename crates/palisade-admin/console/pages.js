@@ -631,13 +631,28 @@ async function groups(ctx, main) {
       field('When the budget is spent', h('select', { name: 'budget_action' }, h('option', { value: 'block' }, 'block (HTTP 402)'), h('option', { value: 'warn' }, 'warn only'))),
       field('Requests per minute per key (optional)', h('input', { name: 'rpm', type: 'number', min: 1 }))),
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', disabled: !ctx.admin }, 'Create group')));
+  let editing = null;
+  const editGroup = (g) => {
+    editing = g.name;
+    gForm.querySelector('h2').textContent = `Edit group ${g.name}`;
+    const set = (n, v) => { gForm.querySelector(`[name=${n}]`).value = v ?? ''; };
+    set('name', g.name); set('monthly_budget_usd', g.monthly_budget_usd); set('budget_action', g.budget_action || 'block'); set('rpm', g.rpm);
+    gForm.querySelector('[name=name]').readOnly = true;
+    gForm.querySelector('button[type=submit]').textContent = 'Save group';
+    gForm.scrollIntoView();
+    gForm.querySelector('[name=monthly_budget_usd]').focus();
+  };
   gForm.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const fd = new FormData(gForm);
-    const body = { name: fd.get('name').trim(), budget_action: fd.get('budget_action') };
-    if (fd.get('monthly_budget_usd')) body.monthly_budget_usd = Number(fd.get('monthly_budget_usd'));
-    if (fd.get('rpm')) body.rpm = Number(fd.get('rpm'));
-    try { await post('/api/v1/groups', body); toast(`Group ${body.name} created.`, 'ok'); ctx.refresh(); } catch (e) { showFormError(gForm, e); }
+    const body = { budget_action: fd.get('budget_action') };
+    body.monthly_budget_usd = fd.get('monthly_budget_usd') ? Number(fd.get('monthly_budget_usd')) : null;
+    body.rpm = fd.get('rpm') ? Number(fd.get('rpm')) : null;
+    try {
+      if (editing) { await patch(`/api/v1/groups/${enc(editing)}`, body); toast(`Group ${editing} saved.`, 'ok'); }
+      else { body.name = fd.get('name').trim(); await post('/api/v1/groups', body); toast(`Group ${body.name} created.`, 'ok'); }
+      ctx.refresh();
+    } catch (e) { showFormError(gForm, e); }
   });
   const bar = (b) => {
     if (!b || b.limit_usd === null || b.limit_usd === undefined) return h('span', { class: 'muted' }, `${fmtUsd(b ? b.spent_usd : 0)} spent · no budget`);
@@ -650,6 +665,7 @@ async function groups(ctx, main) {
     { label: 'Group', key: 'name' }, { label: 'Budget this month', render: (g) => bar(budgets[gs.indexOf(g)]) },
     { label: 'Limits', render: (g) => [g.rpm ? `${g.rpm} rpm` : null, g.tpm ? `${g.tpm} tpm` : null].filter(Boolean).join(' · ') || '—' },
     { label: 'Actions', class: 'nowrap', render: (g) => h('div', { class: 'btns' },
+      act(ctx, 'Edit', async () => editGroup(g), 'secondary', { 'data-action': 'edit' }),
       act(ctx, 'Reset budget', async () => {
         if (!(await confirmDialog(`Reset the budget of ${g.name}?`, 'Spend counts from now for the rest of the month.', 'Reset'))) return;
         await post(`/api/v1/groups/${enc(g.name)}/budget/reset`); toast('Budget reset.', 'ok'); ctx.refresh();
@@ -702,33 +718,50 @@ function keyTable(ctx, keys) {
 
 async function prompts(ctx, main) {
   const [list, proxiesList, gs] = await Promise.all([get('/api/v1/prompts'), get('/api/v1/proxies'), get('/api/v1/groups')]);
-  main.appendChild(header('Governance prompts'));
+  const formBox = h('div');
+  const openForm = (existing) => {
+    clear(formBox).appendChild(promptForm(ctx, existing, proxiesList, gs));
+    formBox.querySelector('input:not([readonly]), textarea').focus();
+  };
+  main.appendChild(header('Governance prompts', act(ctx, 'New prompt', async () => openForm(null), 'primary', { id: 'new-prompt' })));
+  main.appendChild(formBox);
   main.appendChild(list.length ? table([
     { label: 'Name', key: 'name' }, { label: 'Priority', render: (p) => p.priority ?? 0 },
     { label: 'Applies to', render: (p) => [...(p.proxies || []).map((x) => `proxy ${x}`), ...(p.groups || []).map((x) => `group ${x}`)].join(', ') || '—' },
-    { label: 'Text', render: (p) => h('span', { class: 'clip' }, p.text) },
-    { label: 'Actions', render: (p) => act(ctx, 'Delete', async () => {
-      if (!(await confirmDialog(`Delete prompt ${p.name}?`, 'It is no longer injected into requests.'))) return;
-      await del(`/api/v1/prompts/${enc(p.name)}`); toast('Prompt deleted.', 'ok'); ctx.refresh();
-    }, 'danger') },
-  ], list, { caption: 'Prompts' }) : empty('No governance prompts', 'A governance prompt is injected ahead of the client\'s system prompt on the proxies or groups you choose. Variables: {{user}}, {{group}}, {{proxy}}, {{date}}, {{organization}}.'));
-  if (!ctx.admin) return;
-  const form = h('form', { class: 'card form', id: 'prompt-form', novalidate: true }, h('h2', {}, 'New prompt'),
+    { label: 'Text', render: (p) => h('span', { class: 'clip', title: p.text }, p.text) },
+    { label: 'Actions', class: 'nowrap', render: (p) => h('div', { class: 'btns' },
+      act(ctx, 'Edit', async () => openForm(p), 'secondary', { 'data-action': 'edit' }),
+      act(ctx, 'Delete', async () => {
+        if (!(await confirmDialog(`Delete prompt ${p.name}?`, 'It is no longer injected into requests.'))) return;
+        await del(`/api/v1/prompts/${enc(p.name)}`); toast('Prompt deleted.', 'ok'); ctx.refresh();
+      }, 'danger', { 'data-action': 'delete' })) },
+  ], list, { caption: 'Prompts', rowAttrs: (p) => ({ 'data-prompt': p.name }) }) : empty('No governance prompts', 'A governance prompt is injected ahead of the client\'s system prompt on the proxies or groups you choose. Variables: {{user}}, {{group}}, {{proxy}}, {{date}}, {{organization}}.'));
+  if (!list.length && ctx.admin) openForm(null);
+}
+
+function promptForm(ctx, existing, proxiesList, gs) {
+  const p = existing || { name: '', text: '', priority: 0, proxies: [], groups: [] };
+  const form = h('form', { class: 'card form', id: 'prompt-form', novalidate: true }, h('h2', {}, existing ? `Edit prompt ${p.name}` : 'New prompt'),
     h('p', { class: 'form-error', role: 'alert', hidden: true }),
-    h('div', { class: 'grid2' }, field('Name', h('input', { name: 'name', required: true })), field('Priority', h('input', { name: 'priority', type: 'number', value: '0' }))),
+    h('div', { class: 'grid2' },
+      field('Name', h('input', { name: 'name', required: true, value: p.name, readonly: existing ? true : null })),
+      field('Priority', h('input', { name: 'priority', type: 'number', value: String(p.priority ?? 0) }), 'The highest applicable priority wins; at equal priority a group\'s prompt wins.')),
     field('Text', h('textarea', { name: 'text', rows: 4, required: true, placeholder: 'You assist {{user}} of {{group}}. Never reveal credentials.' })),
-    h('fieldset', { class: 'checks' }, h('legend', {}, 'Proxies'), proxiesList.filter((p) => p.kind === 'llm').map((p) => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'proxies', value: p.name }), p.name))),
-    h('fieldset', { class: 'checks' }, h('legend', {}, 'Groups'), gs.map((g) => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'groups', value: g.name }), g.name))),
-    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Create prompt')));
+    h('fieldset', { class: 'checks' }, h('legend', {}, 'Proxies'), proxiesList.filter((x) => x.kind === 'llm').map((x) => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'proxies', value: x.name, checked: (p.proxies || []).includes(x.name) }), x.name))),
+    h('fieldset', { class: 'checks' }, h('legend', {}, 'Groups'), gs.length ? gs.map((g) => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'groups', value: g.name, checked: (p.groups || []).includes(g.name) }), g.name)) : h('span', { class: 'muted' }, 'no groups yet')),
+    h('div', { class: 'actions' }, existing ? h('button', { type: 'button', class: 'secondary', onclick: () => ctx.refresh() }, 'Cancel') : null,
+      h('button', { type: 'submit', class: 'primary' }, existing ? 'Save prompt' : 'Create prompt')));
+  form.querySelector('textarea').value = p.text;
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const fd = new FormData(form);
+    const body = { name: fd.get('name').trim(), text: fd.get('text'), priority: Number(fd.get('priority') || 0), proxies: fd.getAll('proxies'), groups: fd.getAll('groups') };
     try {
-      await post('/api/v1/prompts', { name: fd.get('name').trim(), text: fd.get('text'), priority: Number(fd.get('priority') || 0), proxies: fd.getAll('proxies'), groups: fd.getAll('groups') });
-      toast('Prompt created.', 'ok'); ctx.refresh();
+      if (existing) await put(`/api/v1/prompts/${enc(existing.name)}`, body); else await post('/api/v1/prompts', body);
+      toast(existing ? 'Prompt saved.' : 'Prompt created.', 'ok'); ctx.refresh();
     } catch (e) { showFormError(form, e); }
   });
-  main.appendChild(form);
+  return form;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -757,8 +790,15 @@ async function audit(ctx, main) {
 // ---------------------------------------------------------------------------------------------
 // Settings: users and roles, integrations
 
+function randomPassword() {
+  const a = new Uint8Array(15);
+  crypto.getRandomValues(a);
+  return btoa(String.fromCharCode(...a)).replace(/[+/=]/g, 'x');
+}
+
 async function settings(ctx, main) {
   const users = await get('/api/v1/users');
+  const resetBox = h('div');
   main.appendChild(header('Settings'));
   main.appendChild(section('Users and roles',
     h('p', { class: 'muted' }, 'Admins change configuration; viewers see everything but cannot change anything (enforced by the server).'),
@@ -769,11 +809,18 @@ async function settings(ctx, main) {
       } }, ['admin', 'viewer'].map((r) => h('option', { value: r, selected: r === u.role ? true : null }, r))) : u.role) },
       { label: 'Password', render: (u) => (u.must_change_password ? badge('change pending', 'idle') : 'set') },
       { label: 'Created', render: (u) => fmtTime(u.created_at) },
-      { label: 'Actions', render: (u) => act(ctx, 'Delete', async () => {
-        if (!(await confirmDialog(`Delete user ${u.username}?`, 'Their sessions end at once. The last admin cannot be deleted.'))) return;
-        await del(`/api/v1/users/${enc(u.username)}`); toast('User deleted.', 'ok'); ctx.refresh();
-      }, 'danger') },
-    ], users, { caption: 'Users' })));
+      { label: 'Actions', class: 'nowrap', render: (u) => h('div', { class: 'btns' },
+        u.username === ctx.me.username ? null : act(ctx, 'Reset password', async () => {
+          const pw = randomPassword();
+          if (!(await confirmDialog(`Reset the password of ${u.username}?`, `Their sessions end at once. The new password is shown once; they choose their own at next login.`, 'Reset'))) return;
+          await patch(`/api/v1/users/${enc(u.username)}`, { password: pw });
+          clear(resetBox).appendChild(h('div', { class: 'notice', role: 'status' }, `New password of ${u.username} (shown once): `, h('code', { class: 'secret', id: 'reset-password' }, pw)));
+        }, 'secondary', { 'data-action': 'reset' }),
+        act(ctx, 'Delete', async () => {
+          if (!(await confirmDialog(`Delete user ${u.username}?`, 'Their sessions end at once. The last admin cannot be deleted.'))) return;
+          await del(`/api/v1/users/${enc(u.username)}`); toast('User deleted.', 'ok'); ctx.refresh();
+        }, 'danger', { 'data-action': 'delete' })) },
+    ], users, { caption: 'Users', rowAttrs: (u) => ({ 'data-user': u.username }) }), resetBox));
   if (ctx.admin) {
     const form = h('form', { class: 'card form', id: 'user-form', novalidate: true }, h('h2', {}, 'New user'),
       h('p', { class: 'form-error', role: 'alert', hidden: true }),
