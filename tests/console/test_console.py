@@ -314,6 +314,15 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     page.keyboard.press("Enter")
     expect(page.locator(".page-head h1")).to_have_text("Settings")
 
+    # Readable from a small laptop to a wide screen.
+    for w, h in ((1024, 768), (2560, 1300)):
+        page.set_viewport_size({"width": w, "height": h})
+        nav(page, "alerts")
+        nav(page, "dashboard")
+        expect(page.locator('tr[data-proxy="llm-demo"]')).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), f"horizontal scroll at {w}px"
+        shots(page, f"23-dashboard-{w}px")
+
     assert not errors, errors
     state["key"] = key
     ctx.close()

@@ -567,3 +567,47 @@ pub async fn me(AnyUser(u): AnyUser) -> Json<Me> {
         must_change_password: u.must_change_password,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            axum::http::header::COOKIE,
+            "a=1; palisade_session_x=no; palisade_session=tok.sig"
+                .parse()
+                .unwrap(),
+        );
+        h.append(
+            axum::http::header::COOKIE,
+            "palisade_csrf=abc".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("tok.sig"));
+        assert_eq!(cookie(&h, CSRF_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn csrf_tokens_are_bound_to_the_session() {
+        assert_eq!(csrf_for("t1"), csrf_for("t1"));
+        assert_ne!(csrf_for("t1"), csrf_for("t2"));
+        assert_eq!(csrf_for("t1").len(), 32);
+        let set = session_cookies("tok");
+        assert!(set[0].1.contains("HttpOnly") && set[0].1.contains("SameSite=Strict"));
+        assert!(!set[1].1.contains("HttpOnly"));
+    }
+
+    #[test]
+    fn logged_out_tokens_stay_refused_until_they_expire() {
+        let r = RevokedTokens::default();
+        assert!(!r.is_revoked("a"));
+        r.revoke("a", now_ms() + 60_000);
+        r.revoke("old", now_ms() - 1);
+        assert!(r.is_revoked("a"));
+        r.revoke("b", now_ms() + 60_000);
+        assert!(!r.is_revoked("old"), "expired entries are pruned");
+    }
+}
