@@ -168,6 +168,8 @@ async fn cookie_session_needs_csrf_and_cross_site_posts_are_refused() {
     assert_eq!(r.status(), 200);
     let me: Value = r.json().await.unwrap();
     assert_eq!(me["username"], "admin");
+    // The password came from PALISADE_ADMIN_PASSWORD: no forced change.
+    assert_eq!(me["must_change_password"], false);
 
     // A change with the cookie but without (or with a wrong) CSRF header is refused.
     let group = |name: &str| json!({"name": name});
