@@ -114,6 +114,14 @@ pub struct ProxySpec {
     /// MCP: tools approved from the start.
     #[serde(default)]
     pub approved_tools: Vec<String>,
+    /// MCP: `Host` names (`name` or `name:port`) the listener answers to besides loopback names
+    /// and its own address (DNS-rebinding protection); `"*"` accepts any Host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// MCP: browser origins (`https://app.example.com`) allowed besides loopback origins; `"*"`
+    /// accepts any Origin.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// How an MCP proxy treats tools it has not seen before.
@@ -272,6 +280,48 @@ impl ProxySpec {
                 "approved_tools",
                 "tool approval settings apply to `mcp` proxies only",
             ));
+        }
+        if self.kind != ProxyKind::Mcp
+            && (!self.allowed_hosts.is_empty() || !self.allowed_origins.is_empty())
+        {
+            return Err(FieldError::new(
+                "allowed_hosts",
+                "allowed hosts and origins apply to `mcp` proxies only",
+            ));
+        }
+        for (i, h) in self.allowed_hosts.iter().enumerate() {
+            let ok = h == "*"
+                || (!h.is_empty()
+                    && h.len() <= 260
+                    && h.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_')
+                    }));
+            if !ok {
+                return Err(FieldError::new(
+                    format!("allowed_hosts[{i}]"),
+                    "must be a host name or address, optionally with :port (e.g. mcp.example.com:443), or \"*\"",
+                ));
+            }
+        }
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
+            let ok = o == "*"
+                || rest.is_some_and(|r| {
+                    !r.is_empty()
+                        && r.len() <= 260
+                        && r.chars().all(|c| {
+                            c.is_ascii_alphanumeric()
+                                || matches!(c, '.' | '-' | ':' | '[' | ']' | '_')
+                        })
+                });
+            if !ok {
+                return Err(FieldError::new(
+                    format!("allowed_origins[{i}]"),
+                    "must be an origin such as https://app.example.com (scheme, host, optional port; no path), or \"*\"",
+                ));
+            }
         }
         self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
             FieldError::new(

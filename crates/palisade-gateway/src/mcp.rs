@@ -53,39 +53,54 @@ fn json_response(status: StatusCode, v: &Value, request_id: &str) -> Response<Pr
     r
 }
 
-/// Hosts a loopback listener answers to; anything else is a DNS-rebinding attempt.
-fn host_allowed(host: &str, listen: &str) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    let listen_ip = listen
-        .rsplit_once(':')
-        .map_or(listen, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    if listen_ip == "0.0.0.0" || listen_ip == "::" {
-        return true;
-    }
-    matches!(name, "localhost" | "127.0.0.1" | "::1") || name == listen_ip
+/// Strips an optional `:port` and IPv6 brackets from a Host value.
+fn host_name(host: &str) -> &str {
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    name.trim_start_matches('[').trim_end_matches(']')
 }
 
-fn origin_allowed(origin: &str) -> bool {
+fn is_loopback_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "::1"
+}
+
+/// Whether a `Host` header names this listener: a loopback name, the listener's own address, or
+/// an operator-allowed name. A listener on every interface with no allowed names answers to any
+/// Host (its API key still guards it); anything else is a DNS-rebinding attempt.
+fn host_allowed(host: &str, listen: &str, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    let name = host_name(host);
+    let listen_ip = host_name(listen);
+    if is_loopback_name(name) || name == listen_ip {
+        return true;
+    }
+    if allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+    {
+        return true;
+    }
+    allowed.is_empty() && (listen_ip == "0.0.0.0" || listen_ip == "::")
+}
+
+/// Whether a browser `Origin` may call this listener: loopback origins and operator-allowed ones.
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
     let rest = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
         .unwrap_or("");
-    let host = rest.split('/').next().unwrap_or("");
-    let name = host
-        .rsplit_once(':')
-        .map_or(host, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    matches!(name, "localhost" | "127.0.0.1" | "::1")
+    is_loopback_name(host_name(rest.split('/').next().unwrap_or("")))
 }
 
 /// Per-POST context: what each request id asked for, to process its response.
@@ -173,7 +188,7 @@ async fn serve(
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !host_allowed(host, &rt.spec.listen) {
+    if !host_allowed(host, &rt.spec.listen, &rt.spec.allowed_hosts) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             code::INVALID_REQUEST,
@@ -184,7 +199,7 @@ async fn serve(
         .headers()
         .get(http::header::ORIGIN)
         .and_then(|v| v.to_str().ok())
-        && !origin_allowed(origin)
+        && !origin_allowed(origin, &rt.spec.allowed_origins)
     {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -528,27 +543,34 @@ fn check_post(
             "resources/read" | "resources/subscribe" => {
                 params.and_then(|p| p.get("uri")).and_then(Value::as_str)
             }
+            // Tasks extension: the routing name of a task request is its task id.
+            "tasks/get" | "tasks/update" | "tasks/cancel" => {
+                params.and_then(|p| p.get("taskId")).and_then(Value::as_str)
+            }
             _ => None,
+        };
+        let id = m.get("id").cloned();
+        let mismatch = |what: &str| {
+            (
+                StatusCode::BAD_REQUEST,
+                rpc_error(
+                    id.as_ref().unwrap_or(&Value::Null),
+                    code::HEADER_MISMATCH,
+                    &format!("{what} header does not match the body"),
+                ),
+            )
         };
         // Headers may only repeat the body (stateless era); a mismatch is refused outright.
         if !batch {
             if let Some(h) = headers.get("mcp-method").and_then(|v| v.to_str().ok())
-                && h != method
+                && h.trim() != method
             {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    code::HEADER_MISMATCH,
-                    "Mcp-Method header does not match the body",
-                ));
+                return Err(mismatch("Mcp-Method"));
             }
             if let Some(h) = headers.get("mcp-name").and_then(|v| v.to_str().ok())
-                && Some(h) != name
+                && Some(h.trim()) != name
             {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    code::HEADER_MISMATCH,
-                    "Mcp-Name header does not match the body",
-                ));
+                return Err(mismatch("Mcp-Name"));
             }
         }
         rec.endpoint = if batch {
@@ -556,7 +578,6 @@ fn check_post(
         } else {
             method.to_string()
         };
-        let id = m.get("id").cloned();
         let full_list = method == "tools/list" && params.and_then(|p| p.get("cursor")).is_none();
         if let Some(id) = &id {
             pending.by_id.insert(
@@ -784,12 +805,28 @@ mod tests {
 
     #[test]
     fn hosts_and_origins() {
-        assert!(host_allowed("127.0.0.1:9300", "127.0.0.1:9300"));
-        assert!(host_allowed("localhost:9300", "127.0.0.1:0"));
-        assert!(host_allowed("[::1]:80", "127.0.0.1:0"));
-        assert!(!host_allowed("evil.example:9300", "127.0.0.1:9300"));
-        assert!(!host_allowed("", "127.0.0.1:9300"));
-        assert!(origin_allowed("http://localhost:3000"));
-        assert!(!origin_allowed("https://evil.example"));
+        let none: &[String] = &[];
+        assert!(host_allowed("127.0.0.1:9300", "127.0.0.1:9300", none));
+        assert!(host_allowed("localhost:9300", "127.0.0.1:0", none));
+        assert!(host_allowed("LOCALHOST", "127.0.0.1:0", none));
+        assert!(host_allowed("[::1]:80", "127.0.0.1:0", none));
+        assert!(host_allowed("::1", "127.0.0.1:0", none));
+        assert!(!host_allowed("evil.example:9300", "127.0.0.1:9300", none));
+        assert!(!host_allowed("", "127.0.0.1:9300", none));
+        // A wildcard listener answers to any Host until names are configured.
+        assert!(host_allowed("10.0.0.5:9300", "0.0.0.0:9300", none));
+        let named = ["mcp.internal".to_string(), "gw.example:8443".to_string()];
+        assert!(host_allowed("mcp.internal:9300", "0.0.0.0:9300", &named));
+        assert!(host_allowed("gw.example:8443", "0.0.0.0:9300", &named));
+        assert!(!host_allowed("evil.example", "0.0.0.0:9300", &named));
+        assert!(host_allowed("anything", "127.0.0.1:1", &["*".to_string()]));
+        assert!(origin_allowed("http://localhost:3000", none));
+        assert!(origin_allowed("http://[::1]:3000", none));
+        assert!(!origin_allowed("https://evil.example", none));
+        assert!(!origin_allowed("http://localhost.evil.example", none));
+        let apps = ["https://app.example.com".to_string()];
+        assert!(origin_allowed("https://app.example.com", &apps));
+        assert!(!origin_allowed("http://app.example.com", &apps));
+        assert!(origin_allowed("null", &["*".to_string()]));
     }
 }

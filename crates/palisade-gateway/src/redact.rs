@@ -94,17 +94,39 @@ pub fn unmask_value(v: &mut Value, map: &RedactionMap) {
 }
 
 /// Unmasks a buffered JSON answer; non-JSON answers are returned unchanged.
+///
+/// Placeholders are ASCII tokens (`[EMAIL_1]`), and `[` followed by a letter is never JSON
+/// syntax, so in a valid JSON answer they only occur inside strings. They are replaced in place
+/// by the JSON-escaped original: no tree is built and the answer keeps its exact layout.
 pub fn unmask_body(body: Bytes, map: &RedactionMap) -> Bytes {
     if map.is_empty() || !body.contains(&b'[') {
         return body;
     }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(mut v) => {
-            unmask_value(&mut v, map);
-            serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
-        }
-        Err(_) => body,
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return body;
+    };
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        return body;
     }
+    let escaped: RedactionMap = map
+        .iter()
+        .map(|(p, o)| (p.clone(), json_escaped(o)))
+        .collect();
+    let out = unmask(text, &escaped);
+    if out.len() == text.len() && out == text {
+        return body;
+    }
+    Bytes::from(out)
+}
+
+/// `s` as the inside of a JSON string literal.
+fn json_escaped(s: &str) -> String {
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Streaming unmasker of one answer.
@@ -364,6 +386,24 @@ mod tests {
                 .trim_end()
                 .ends_with("\"content_block_stop\"}")
         );
+    }
+
+    #[test]
+    fn originals_are_escaped_for_json_and_non_json_bodies_pass_unchanged() {
+        let map: RedactionMap = vec![
+            ("[SECRET_1]".into(), "pa\"ss\\word\n".into()),
+            ("[EMAIL_1]".into(), "ana@example.com".into()),
+        ];
+        let body = Bytes::from(
+            json!({"content": "use [SECRET_1] for [EMAIL_1]", "n": [1, 2]}).to_string(),
+        );
+        let v: Value = serde_json::from_slice(&unmask_body(body, &map)).unwrap();
+        assert_eq!(v["content"], "use pa\"ss\\word\n for ana@example.com");
+        assert_eq!(v["n"], json!([1, 2]));
+        let text = Bytes::from_static(b"plain [EMAIL_1] {");
+        assert_eq!(unmask_body(text.clone(), &map), text);
+        let untouched = Bytes::from_static(b"{\"content\": \"[EMAIL_9] [x]\"}");
+        assert_eq!(unmask_body(untouched.clone(), &map), untouched);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex_automata::{MatchKind as RegexMatchKind, meta};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{Encoding, Segment, find_segments};
@@ -248,7 +249,12 @@ impl CompiledRule {
         best
     }
 
-    fn accept(&self, text: &str, r: &Range<usize>, bounds: Option<(bool, bool)>) -> bool {
+    pub(crate) fn accept(
+        &self,
+        text: &str,
+        r: &Range<usize>,
+        bounds: Option<(bool, bool)>,
+    ) -> bool {
         if let Some(b) = bounds
             && !on_word_boundaries(text, r, b)
         {
@@ -287,9 +293,68 @@ pub(crate) struct TargetMatcher {
     /// Every regex and keyword of those rules.
     set: Option<RegexSet>,
     set_owner: Vec<u32>,
-    /// Regexes and keywords of redact rules only (redaction scans raw text).
-    pub(crate) redact_set: Option<RegexSet>,
-    pub(crate) redact_set_owner: Vec<u32>,
+    /// Matchers of the redact rules (redaction scans raw text).
+    pub(crate) redact: Option<RedactMatcher>,
+}
+
+/// The redact rules of one target, compiled for a single pass over the text.
+pub(crate) struct RedactMatcher {
+    /// Every regex of the redact rules as one leftmost-first matcher: finds where the next
+    /// sensitive value starts, and (anchored to one pattern) where it ends.
+    pub(crate) first: Option<meta::Regex>,
+    /// The same patterns with all-matches semantics: which patterns match at a given start.
+    pub(crate) all: Option<meta::Regex>,
+    /// Per pattern: owning rule and word-boundary requirement (keyword regexes).
+    pub(crate) owner: Vec<(u32, Option<(bool, bool)>)>,
+    /// Redact rules that also have Aho-Corasick keywords (matched rule by rule).
+    pub(crate) keyword_rules: Vec<u32>,
+}
+
+fn build_multi(patterns: &[&str], kind: RegexMatchKind) -> Result<meta::Regex> {
+    meta::Regex::builder()
+        .configure(
+            meta::Config::new()
+                .match_kind(kind)
+                .nfa_size_limit(Some(SET_SIZE_LIMIT))
+                .hybrid_cache_capacity(SET_DFA_LIMIT),
+        )
+        .build_many(patterns)
+        .map_err(compile_err)
+}
+
+impl RedactMatcher {
+    fn build(rules: &[CompiledRule], ids: &[u32]) -> Result<Option<RedactMatcher>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let mut patterns: Vec<&str> = Vec::new();
+        let mut owner = Vec::new();
+        let mut keyword_rules = Vec::new();
+        for &r in ids {
+            let rule = &rules[r as usize];
+            for (re, bounds) in rule.regexes.iter().zip(&rule.regex_bounds) {
+                patterns.push(re.as_str());
+                owner.push((r, *bounds));
+            }
+            if rule.keywords.is_some() {
+                keyword_rules.push(r);
+            }
+        }
+        let (first, all) = if patterns.is_empty() {
+            (None, None)
+        } else {
+            (
+                Some(build_multi(&patterns, RegexMatchKind::LeftmostFirst)?),
+                Some(build_multi(&patterns, RegexMatchKind::All)?),
+            )
+        };
+        Ok(Some(RedactMatcher {
+            first,
+            all,
+            owner,
+            keyword_rules,
+        }))
+    }
 }
 
 /// All rules of a list of policies, compiled for evaluation. Immutable, `Send + Sync`.
@@ -458,7 +523,7 @@ impl PolicySet {
         for target in Target::ALL {
             let mut tm = TargetMatcher::default();
             let mut set_patterns: Vec<String> = Vec::new();
-            let mut redact_patterns: Vec<String> = Vec::new();
+            let mut redact_rules: Vec<u32> = Vec::new();
             for (idx, rule) in rules.iter().enumerate() {
                 if !rule.targets.contains(&target) {
                     continue;
@@ -468,14 +533,13 @@ impl PolicySet {
                 for src in &widened[idx] {
                     set_patterns.push(src.clone());
                     tm.set_owner.push(r);
-                    if rule.action == Action::Redact {
-                        redact_patterns.push(src.clone());
-                        tm.redact_set_owner.push(r);
-                    }
+                }
+                if rule.action == Action::Redact {
+                    redact_rules.push(r);
                 }
             }
             tm.set = build_set(&set_patterns)?;
-            tm.redact_set = build_set(&redact_patterns)?;
+            tm.redact = RedactMatcher::build(&rules, &redact_rules)?;
             targets.push(tm);
         }
         Ok(PolicySet {
@@ -502,7 +566,7 @@ impl PolicySet {
 
     /// Whether any rule with action `redact` applies to `target`.
     pub fn redacts(&self, target: Target) -> bool {
-        self.targets[target.index()].redact_set.is_some()
+        self.targets[target.index()].redact.is_some()
     }
 
     /// Evaluates `text` for `target` with default options (normalise and decode).

@@ -4,7 +4,11 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::engine::PolicySet;
+use std::ops::Range;
+
+use regex_automata::{Anchored, Input, PatternSet};
+
+use crate::engine::{PolicySet, RedactMatcher};
 use crate::model::{Target, Validator};
 
 /// Text with sensitive values replaced by placeholders, and the map to restore them.
@@ -89,42 +93,88 @@ impl PolicySet {
     ///
     /// Operates on the raw text (no normalisation) so the originals can be restored exactly with
     /// [`unmask`]. The same value gets the same placeholder (`[EMAIL_1]`) within one call;
-    /// overlapping matches are resolved leftmost-longest. Validators (Luhn, IBAN) must pass, and
+    /// overlapping matches are resolved leftmost-first (the earliest value; at one start, the first
+    /// rule in policy order that accepts it). Validators (Luhn, IBAN) must pass, and
     /// an occurrence is kept in clear when one of the rule's allow-patterns matches the value.
     pub fn redact(&self, target: Target, text: &str) -> Redacted {
-        let tm = &self.targets[target.index()];
-        let mut candidates: Vec<u32> = Vec::new();
-        if let Some(set) = &tm.redact_set
-            && set.is_match(text)
-        {
-            for idx in set.matches(text).iter() {
-                let r = tm.redact_set_owner[idx];
-                if !candidates.contains(&r) {
-                    candidates.push(r);
+        let mut map = Vec::new();
+        let text = self.redact_into(target, text, &mut map);
+        Redacted { text, map }
+    }
+
+    /// The accepted matches of the redact rules, sorted by start.
+    ///
+    /// One leftmost-first pass of all redact regexes (in policy and rule order) finds the next
+    /// value. When its rule rejects it (validator, word boundary or allow-pattern), the other
+    /// patterns that match at the same start are tried in order (anchored, so only the value is
+    /// read again), and the search resumes one character further if none is accepted. Keyword
+    /// rules add their matches rule by rule.
+    fn redaction_hits(&self, rm: &RedactMatcher, text: &str) -> Vec<(usize, usize, u32)> {
+        let mut hits: Vec<(usize, usize, u32)> = Vec::new();
+        let accepts = |r: u32, span: &Range<usize>, bounds| {
+            let rule = &self.rules[r as usize];
+            !span.is_empty()
+                && rule.accept(text, span, bounds)
+                && !rule.allow.iter().any(|a| a.is_match(&text[span.clone()]))
+        };
+        if let (Some(first), Some(all)) = (&rm.first, &rm.all) {
+            let mut at_start = PatternSet::new(all.pattern_len());
+            let mut pos = 0usize;
+            // Runs of the fast iterator; a rejected value that nothing else claims restarts the
+            // search one character after its start.
+            'runs: while pos <= text.len() {
+                for m in first.find_iter(Input::new(text).range(pos..)) {
+                    let start = m.start();
+                    let (r, bounds) = rm.owner[m.pattern().as_usize()];
+                    if accepts(r, &m.range(), bounds) {
+                        hits.push((start, m.end(), r));
+                        continue;
+                    }
+                    // Rejected: another pattern may still match a valid value here.
+                    at_start.clear();
+                    all.which_overlapping_matches(
+                        &Input::new(text).range(start..).anchored(Anchored::Yes),
+                        &mut at_start,
+                    );
+                    let other = at_start
+                        .iter()
+                        .filter(|pid| *pid != m.pattern())
+                        .find_map(|pid| {
+                            let input = Input::new(text)
+                                .range(start..)
+                                .anchored(Anchored::Pattern(pid));
+                            let end = first.search(&input)?.end();
+                            let (r, bounds) = rm.owner[pid.as_usize()];
+                            accepts(r, &(start..end), bounds).then_some((end, r))
+                        });
+                    pos = match other {
+                        Some((end, r)) => {
+                            hits.push((start, end, r));
+                            end
+                        }
+                        None => match text[start..].chars().next() {
+                            Some(c) => start + c.len_utf8(),
+                            None => break 'runs,
+                        },
+                    };
+                    continue 'runs;
+                }
+                break;
+            }
+        }
+        for &r in &rm.keyword_rules {
+            let rule = &self.rules[r as usize];
+            if let Some(kw) = &rule.keywords {
+                for m in kw.ac.find_overlapping_iter(text) {
+                    let span = m.range();
+                    if accepts(r, &span, Some(kw.bounds[m.pattern().as_usize()])) {
+                        hits.push((span.start, span.end, r));
+                    }
                 }
             }
         }
-        let mut hits: Vec<(usize, usize, u32)> = Vec::new();
-        for r in candidates {
-            let rule = &self.rules[r as usize];
-            rule.for_each_match(text, |m| {
-                let value = &text[m.clone()];
-                if !rule.allow.iter().any(|a| a.is_match(value)) {
-                    hits.push((m.start, m.end, r));
-                }
-            });
-        }
-        if hits.is_empty() {
-            return Redacted {
-                text: text.to_owned(),
-                map: Vec::new(),
-            };
-        }
         hits.sort_by_key(|&(s, e, r)| (s, std::cmp::Reverse(e), r));
-
-        let mut map = Vec::new();
-        let text = self.apply_redactions(text, hits, &mut map);
-        Redacted { text, map }
+        hits
     }
 
     /// Like [`PolicySet::redact`], but continues an existing placeholder map, so that the same
@@ -135,71 +185,18 @@ impl PolicySet {
         text: &str,
         map: &mut Vec<(String, String)>,
     ) -> String {
-        let fresh = self.redact(target, text);
-        if fresh.map.is_empty() {
-            return fresh.text;
+        let hits = match &self.targets[target.index()].redact {
+            Some(rm) => self.redaction_hits(rm, text),
+            None => Vec::new(),
+        };
+        if hits.is_empty() {
+            return text.to_owned();
         }
-        // Renumber this text's placeholders into the shared map.
-        let mut renames: Vec<(String, String)> = Vec::new();
-        for (placeholder, value) in fresh.map {
-            let label = placeholder
-                .trim_start_matches('[')
-                .rsplit_once('_')
-                .map_or("", |(l, _)| l)
-                .to_string();
-            let existing = map
-                .iter()
-                .find(|(p, v)| *v == value && p.starts_with(&format!("[{label}_")));
-            let target_ph = match existing {
-                Some((p, _)) => p.clone(),
-                None => {
-                    let mut n = map
-                        .iter()
-                        .filter(|(p, _)| p.starts_with(&format!("[{label}_")))
-                        .count();
-                    let p = loop {
-                        n += 1;
-                        let p = format!("[{label}_{n}]");
-                        if !text.contains(p.as_str()) && !map.iter().any(|(q, _)| *q == p) {
-                            break p;
-                        }
-                    };
-                    map.push((p.clone(), value));
-                    p
-                }
-            };
-            renames.push((placeholder, target_ph));
-        }
-        // One pass over the redacted text, mapping each fresh placeholder to its shared one.
-        let lookup: HashMap<&str, &str> = renames
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
-        let t = fresh.text;
-        let mut out = String::with_capacity(t.len());
-        let mut pos = 0;
-        while let Some(off) = t[pos..].find('[') {
-            let open = pos + off;
-            let Some(close) = t[open..].find(']') else {
-                break;
-            };
-            let cand = &t[open..=open + close];
-            match lookup.get(cand) {
-                Some(new) => {
-                    out.push_str(&t[pos..open]);
-                    out.push_str(new);
-                    pos = open + close + 1;
-                }
-                None => {
-                    out.push_str(&t[pos..=open]);
-                    pos = open + 1;
-                }
-            }
-        }
-        out.push_str(&t[pos..]);
-        out
+        self.apply_redactions(text, hits, map)
     }
 
+    /// Writes `text` with `hits` replaced, numbering new values after those already in `map`
+    /// (same label and value: same placeholder).
     fn apply_redactions(
         &self,
         text: &str,
@@ -207,9 +204,7 @@ impl PolicySet {
         map: &mut Vec<(String, String)>,
     ) -> String {
         let mut out = String::with_capacity(text.len());
-        let mut by_value: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut counters: HashMap<&str, usize> = HashMap::new();
-        let literal = literal_placeholders(text);
+        let mut literal: Option<HashSet<&str>> = None;
         let mut pos = 0usize;
         for (s, e, r) in hits {
             if s < pos {
@@ -217,21 +212,27 @@ impl PolicySet {
             }
             let label = self.rules[r as usize].label.as_str();
             let value = &text[s..e];
-            let idx = match by_value.get(&(label, value)) {
-                Some(&i) => i,
+            let existing = map
+                .iter()
+                .position(|(p, v)| v == value && placeholder_label(p) == label);
+            let idx = match existing {
+                Some(i) => i,
                 None => {
-                    let n = counters.entry(label).or_insert(0);
+                    let mut n = map
+                        .iter()
+                        .filter(|(p, _)| placeholder_label(p) == label)
+                        .count();
                     // Skip numbers whose placeholder already appears in the input, so unmasking
                     // never rewrites text the client wrote itself.
+                    let literal = literal.get_or_insert_with(|| literal_placeholders(text));
                     let placeholder = loop {
-                        *n += 1;
+                        n += 1;
                         let p = format!("[{label}_{n}]");
-                        if !literal.contains(p.as_str()) {
+                        if !literal.contains(p.as_str()) && !map.iter().any(|(q, _)| *q == p) {
                             break p;
                         }
                     };
                     map.push((placeholder, value.to_owned()));
-                    by_value.insert((label, value), map.len() - 1);
                     map.len() - 1
                 }
             };
@@ -242,6 +243,14 @@ impl PolicySet {
         out.push_str(&text[pos..]);
         out
     }
+}
+
+/// The label of a placeholder (`[EMAIL_12]` → `EMAIL`).
+fn placeholder_label(placeholder: &str) -> &str {
+    placeholder
+        .strip_prefix('[')
+        .and_then(|p| p.rsplit_once('_'))
+        .map_or("", |(l, _)| l)
 }
 
 /// Placeholder-shaped tokens (`[LABEL_12]`) the input already contains, found in one pass.

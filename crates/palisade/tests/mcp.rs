@@ -429,8 +429,65 @@ async fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // Names the operator allows are served; the refusal names what was refused.
     let r = h
         .post(&c.url)
+        .bearer_auth(CI_KEY)
+        .header("host", "evil.example")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example")
+    );
+    let r = h
+        .patch(format!("{}/api/v1/proxies/tools", gw.admin))
+        .bearer_auth(&gw.token)
+        .json(&json!({"allowed_hosts": ["mcp.internal"], "allowed_origins": ["https://console.example"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = h
+        .patch(format!("{}/api/v1/proxies/tools", gw.admin))
+        .bearer_auth(&gw.token)
+        .json(&json!({"allowed_origins": ["console.example/path"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["field"],
+        "allowed_origins[0]"
+    );
+    let url = format!("{}/mcp", gw.proxy_url("tools").await);
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    for (host, origin, want) in [
+        ("mcp.internal", "https://console.example", 200),
+        ("mcp.internal:443", "http://localhost:5173", 200),
+        ("evil.example", "https://console.example", 403),
+        ("mcp.internal", "https://evil.example", 403),
+    ] {
+        let r = h
+            .post(&url)
+            .bearer_auth(CI_KEY)
+            .header("host", host)
+            .header("origin", origin)
+            .header("accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "Host {host}, Origin {origin}");
+    }
+    let r = h
+        .post(&url)
         .bearer_auth("pal_wrong_key_0000000000000000")
         .json(&json!({}))
         .send()
@@ -438,6 +495,7 @@ async fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
         .unwrap();
     assert_eq!(r.status(), 401);
     // Still serving.
+    c.url = url;
     let ok = c
         .call(
             "tools/call",
