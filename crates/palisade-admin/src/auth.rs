@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::response::IntoResponse;
 use palisade_core::crypto::{hash_password, verify_password};
 use palisade_core::now_ms;
 use palisade_store::Actor;
@@ -52,6 +53,8 @@ pub struct User {
     /// Request id of this API call.
     pub request_id: String,
     must_change_password: bool,
+    /// The token this call came with (a live event stream re-checks it).
+    pub(crate) token: String,
 }
 
 impl User {
@@ -64,6 +67,51 @@ impl User {
     }
 }
 
+/// Cookie that carries the console's session token (HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "palisade_session";
+/// Cookie readable by the console's script, echoed in [`CSRF_HEADER`].
+pub const CSRF_COOKIE: &str = "palisade_csrf";
+/// Header that must carry the CSRF token on every cookie-authenticated change.
+pub const CSRF_HEADER: &str = "x-palisade-csrf";
+
+/// The CSRF token bound to a session token: only a page that can read our cookies knows it,
+/// and a cookie planted by another site cannot match a session it does not hold.
+pub fn csrf_for(token: &str) -> String {
+    palisade_core::crypto::sha256_hex(format!("palisade-csrf\0{token}").as_bytes())[..32]
+        .to_string()
+}
+
+/// The value of cookie `name` in the request, if any.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// `Set-Cookie` values that open a console session with `token`.
+pub(crate) fn session_cookies(token: &str) -> [(axum::http::HeaderName, String); 2] {
+    let age = TOKEN_TTL.as_secs();
+    [
+        (
+            axum::http::header::SET_COOKIE,
+            format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={age}"),
+        ),
+        (
+            axum::http::header::SET_COOKIE,
+            format!(
+                "{CSRF_COOKIE}={}; Path=/; SameSite=Strict; Max-Age={age}",
+                csrf_for(token)
+            ),
+        ),
+    ]
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
@@ -74,12 +122,12 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
-    let token = bearer(parts).ok_or_else(|| {
-        ApiError::unauthorized(
-            "missing `Authorization: Bearer <token>`; log in at POST /api/v1/auth/login",
-        )
-    })?;
+/// Checks a token against its signature, expiry and the user's current row; returns the user
+/// name, the stored role and the pending-password-change flag.
+pub(crate) async fn verify_token(
+    state: &AppState,
+    token: &str,
+) -> Result<(String, String, bool), ApiError> {
     let payload = state
         .signer
         .verify(token)
@@ -88,6 +136,9 @@ async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiErr
         serde_json::from_slice(&payload).map_err(|_| ApiError::unauthorized("invalid token"))?;
     if claims.exp <= now_ms() {
         return Err(ApiError::unauthorized("token expired; log in again"));
+    }
+    if state.revoked.is_revoked(token) {
+        return Err(ApiError::unauthorized("logged out; log in again"));
     }
     // The user's current state decides: a deleted user or a changed password revokes the
     // token at once, and the role is the stored one.
@@ -104,16 +155,47 @@ async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiErr
             "token revoked: the password changed; log in again",
         ));
     }
+    Ok((claims.sub, row.role, claims.pwc))
+}
+
+async fn user_from_parts(parts: &Parts, state: &AppState) -> Result<User, ApiError> {
+    // A bearer header wins; otherwise the console's session cookie, which a browser attaches
+    // by itself, so a change made with it must also prove it comes from our own page.
+    let token = match bearer(parts) {
+        Some(t) => t,
+        None => {
+            let t = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing `Authorization: Bearer <token>`; log in at POST /api/v1/auth/login",
+                )
+            })?;
+            if !parts.method.is_safe() {
+                let sent = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !palisade_core::crypto::ct_eq(sent.as_bytes(), csrf_for(t).as_bytes()) {
+                    return Err(ApiError::forbidden(
+                        "missing or wrong CSRF token (header `x-palisade-csrf`); reload the console",
+                    ));
+                }
+            }
+            t
+        }
+    };
+    let (name, role, pwc) = verify_token(state, token).await?;
     let request_id = parts
         .extensions
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
     Ok(User {
-        name: claims.sub,
-        role: row.role,
+        name,
+        role,
         request_id,
-        must_change_password: claims.pwc,
+        must_change_password: pwc,
+        token: token.to_string(),
     })
 }
 
@@ -153,6 +235,36 @@ impl FromRequestParts<AppState> for Admin {
             return Err(ApiError::forbidden("this action needs the admin role"));
         }
         Ok(Admin(u))
+    }
+}
+
+/// Tokens ended by a logout before their expiry, kept (by digest) until they expire. In
+/// memory: a restart forgets them, which leaves them valid at most until their own expiry.
+#[derive(Default)]
+pub struct RevokedTokens {
+    map: Mutex<HashMap<String, i64>>,
+}
+
+/// Logged-out tokens remembered at most (the oldest expiries are forgotten first beyond it).
+const MAX_REVOKED: usize = 100_000;
+
+impl RevokedTokens {
+    fn revoke(&self, token: &str, exp: i64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        m.retain(|_, e| *e > now);
+        if m.len() >= MAX_REVOKED {
+            let mut exps: Vec<i64> = m.values().copied().collect();
+            exps.sort_unstable();
+            let cut = exps[exps.len() / 10];
+            m.retain(|_, e| *e > cut);
+        }
+        m.insert(palisade_core::crypto::sha256_hex(token.as_bytes()), exp);
+    }
+
+    fn is_revoked(&self, token: &str) -> bool {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        !m.is_empty() && m.contains_key(&palisade_core::crypto::sha256_hex(token.as_bytes()))
     }
 }
 
@@ -225,7 +337,10 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::Extension(rid): axum::Extension<RequestId>,
     ValidJson(req): ValidJson<LoginRequest>,
-) -> ApiResult<Json<LoginResponse>> {
+) -> ApiResult<(
+    axum::response::AppendHeaders<[(axum::http::HeaderName, String); 2]>,
+    Json<LoginResponse>,
+)> {
     let ip: IpAddr = peer.ip();
     let keys = [format!("ip:{ip}"), format!("user:{}", req.username)];
     if let Some(wait) = state.limiter.blocked(&keys) {
@@ -288,12 +403,16 @@ pub async fn login(
             Some(serde_json::json!({"ip": ip.to_string()})),
         )
         .await?;
-    Ok(Json(LoginResponse {
-        token,
-        expires_at: exp,
-        role: user.role,
-        must_change_password: user.must_change_password,
-    }))
+    let cookies = axum::response::AppendHeaders(session_cookies(&token));
+    Ok((
+        cookies,
+        Json(LoginResponse {
+            token,
+            expires_at: exp,
+            role: user.role,
+            must_change_password: user.must_change_password,
+        }),
+    ))
 }
 
 /// Password change request.
@@ -313,8 +432,9 @@ pub struct PasswordChange {
 pub async fn change_password(
     State(state): State<AppState>,
     AnyUser(user): AnyUser,
+    headers: axum::http::HeaderMap,
     ValidJson(req): ValidJson<PasswordChange>,
-) -> ApiResult<Json<LoginResponse>> {
+) -> ApiResult<axum::response::Response> {
     if req.new_password.chars().count() < 12 {
         return Err(ApiError::field(
             "new_password",
@@ -360,12 +480,70 @@ pub async fn change_password(
     let token = state
         .signer
         .sign(&serde_json::to_vec(&claims).map_err(ApiError::internal)?);
-    Ok(Json(LoginResponse {
-        token,
+    let body = Json(LoginResponse {
+        token: token.clone(),
         expires_at: exp,
         role: user.role,
         must_change_password: false,
-    }))
+    });
+    // A console session moves to the new token (the old one is revoked by the change).
+    if bearer_header(&headers) {
+        Ok(body.into_response())
+    } else {
+        Ok((axum::response::AppendHeaders(session_cookies(&token)), body).into_response())
+    }
+}
+
+fn bearer_header(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "))
+}
+
+/// Log out: the caller's token (Bearer or session cookie) stops working and the console's
+/// cookies are cleared.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", responses((status = 204)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    axum::Extension(rid): axum::Extension<RequestId>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| cookie(&headers, SESSION_COOKIE));
+    if let Some(t) = token
+        && let Some(claims) = state
+            .signer
+            .verify(t)
+            .and_then(|p| serde_json::from_slice::<Claims>(&p).ok())
+    {
+        state.revoked.revoke(t, claims.exp);
+        let actor = Actor {
+            name: claims.sub.clone(),
+            request_id: Some(rid.0),
+        };
+        let _ = state
+            .store
+            .record_event(actor, "auth.logout", "user", &claims.sub, None)
+            .await;
+    }
+    (
+        axum::http::StatusCode::NO_CONTENT,
+        axum::response::AppendHeaders([
+            (
+                axum::http::header::SET_COOKIE,
+                format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            ),
+            (
+                axum::http::header::SET_COOKIE,
+                format!("{CSRF_COOKIE}=; Path=/; SameSite=Strict; Max-Age=0"),
+            ),
+        ]),
+    )
 }
 
 /// The caller.
@@ -375,14 +553,61 @@ pub struct Me {
     pub username: String,
     /// Role.
     pub role: String,
+    /// The password must be changed before anything else.
+    pub must_change_password: bool,
 }
 
-/// Who am I.
+/// Who am I (answers also while a password change is pending, so the console can ask for it).
 #[utoipa::path(get, path = "/api/v1/me", tag = "auth", responses((status = 200, body = Me), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn me(Viewer(u): Viewer) -> Json<Me> {
+pub async fn me(AnyUser(u): AnyUser) -> Json<Me> {
     Json(Me {
         username: u.name,
         role: u.role,
+        must_change_password: u.must_change_password,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            axum::http::header::COOKIE,
+            "a=1; palisade_session_x=no; palisade_session=tok.sig"
+                .parse()
+                .unwrap(),
+        );
+        h.append(
+            axum::http::header::COOKIE,
+            "palisade_csrf=abc".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("tok.sig"));
+        assert_eq!(cookie(&h, CSRF_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn csrf_tokens_are_bound_to_the_session() {
+        assert_eq!(csrf_for("t1"), csrf_for("t1"));
+        assert_ne!(csrf_for("t1"), csrf_for("t2"));
+        assert_eq!(csrf_for("t1").len(), 32);
+        let set = session_cookies("tok");
+        assert!(set[0].1.contains("HttpOnly") && set[0].1.contains("SameSite=Strict"));
+        assert!(!set[1].1.contains("HttpOnly"));
+    }
+
+    #[test]
+    fn logged_out_tokens_stay_refused_until_they_expire() {
+        let r = RevokedTokens::default();
+        assert!(!r.is_revoked("a"));
+        r.revoke("a", now_ms() + 60_000);
+        r.revoke("old", now_ms() - 1);
+        assert!(r.is_revoked("a"));
+        r.revoke("b", now_ms() + 60_000);
+        assert!(!r.is_revoked("old"), "expired entries are pruned");
+    }
 }

@@ -3,14 +3,18 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod console;
 pub mod error;
+pub mod events;
 pub mod identity;
 pub mod json;
 pub mod logs;
 pub mod mcp;
+pub mod metrics;
 pub mod policies;
 pub mod prompts;
 pub mod proxies;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,7 +54,10 @@ pub struct AppState {
     pub signer: TokenSigner,
     /// Built-in and custom policies, and compiled sets.
     pub policies: Arc<std::sync::Mutex<policies::PolicyRegistry>>,
+    /// Live events for consoles.
+    pub events: Arc<events::Hub>,
     limiter: Arc<auth::LoginLimiter>,
+    revoked: Arc<auth::RevokedTokens>,
     dummy_hash: String,
 }
 
@@ -74,9 +81,17 @@ impl AppState {
             policies: Arc::new(std::sync::Mutex::new(policies::PolicyRegistry::new(
                 builtin,
             ))),
+            events: Default::default(),
             limiter: Default::default(),
+            revoked: Default::default(),
             dummy_hash,
         })
+    }
+
+    /// Uses `hub` for live events (the one the gateway's record and alert sinks feed).
+    pub fn with_events(mut self, hub: Arc<events::Hub>) -> Self {
+        self.events = hub;
+        self
     }
 }
 
@@ -94,6 +109,7 @@ impl AppState {
         (name = "spend", description = "Prices, usage and cost"),
         (name = "mcp", description = "MCP tool inventory, approval and history"),
         (name = "prompts", description = "Governance prompts injected into LLM requests"),
+        (name = "console", description = "Web console pages and assets"),
         (name = "health", description = "Liveness")
     )
 )]
@@ -144,10 +160,13 @@ async fn headers_mw(mut req: Request, next: Next) -> Response {
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert("cache-control", HeaderValue::from_static("no-store"));
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    // API answers get the strictest policy; console pages set their own.
+    if !h.contains_key("content-security-policy") {
+        h.insert(
+            "content-security-policy",
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
     resp
 }
 
@@ -157,7 +176,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(healthz))
         .routes(routes!(auth::login))
         .routes(routes!(auth::change_password))
+        .routes(routes!(auth::logout))
         .routes(routes!(auth::me))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::update, users::delete))
+        .routes(routes!(metrics::summary))
+        .routes(routes!(events::stream))
         .routes(routes!(proxies::list, proxies::create))
         .routes(routes!(
             proxies::get,
@@ -206,8 +230,11 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .route("/", axum::routing::get(console::index))
+        .route("/ui/{name}", axum::routing::get(console::asset))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .layer(axum::middleware::from_fn(console::cross_site_guard))
         .layer(axum::middleware::from_fn(headers_mw))
 }
 
@@ -217,10 +244,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    let ticker = tokio::spawn(events::ticker(state.clone()));
+    let res = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    ticker.abort();
+    res
 }

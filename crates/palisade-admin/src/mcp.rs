@@ -58,6 +58,7 @@ async fn decide(
     s.mcp_proxy(proxy).await?;
     let t = s.store.set_tool_status(proxy, tool, status, actor).await?;
     s.manager.shared().mcp.apply(t.clone());
+    s.events.changed("tool", proxy);
     Ok(t)
 }
 

@@ -13,6 +13,8 @@ use crate::{Actor, Store, StoreError};
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AlertFilter {
+    /// Only the alert with this id.
+    pub id: Option<String>,
     /// Only this kind (`policy`, `budget`).
     pub kind: Option<String>,
     /// Only this severity.
@@ -120,7 +122,8 @@ impl Store {
     pub async fn query_alerts(&self, f: AlertFilter) -> Result<AlertPage, StoreError> {
         self.call(move |c| {
             let mut w = crate::filter::Where::new();
-            w.eq("kind", &f.kind)
+            w.eq("id", &f.id)
+                .eq("kind", &f.kind)
                 .eq("severity", &f.severity)
                 .eq("proxy", &f.proxy)
                 .eq("status", &f.status)

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod console;
 mod filter;
 mod identity;
 mod mcp;
@@ -13,6 +14,7 @@ mod store;
 mod writer;
 
 pub use alerts::{ALERT_STATUSES, AlertFilter, AlertPage};
+pub use console::{DashboardData, ProxyTraffic, SeriesPoint, UserInfo};
 pub use identity::{
     ApiKeyRow, BudgetStatus, GroupRow, KeyOptions, UsageQuery, UsageRow, budget_of,
 };

@@ -11,6 +11,8 @@ use crate::{Store, StoreError};
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RequestFilter {
+    /// Only the request with this id.
+    pub id: Option<String>,
     /// Only this proxy.
     pub proxy: Option<String>,
     /// Only this model.
@@ -113,7 +115,8 @@ impl Store {
     pub async fn query_requests(&self, f: RequestFilter) -> Result<RequestPage, StoreError> {
         self.call(move |c| {
             let mut w = crate::filter::Where::new();
-            w.eq("proxy", &f.proxy)
+            w.eq("id", &f.id)
+                .eq("proxy", &f.proxy)
                 .eq("model", &f.model)
                 .eq("key_name", &f.key)
                 .eq("group_name", &f.group)

@@ -188,10 +188,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let master = master_key(&args.data_dir)?;
     let store = Store::open(&args.data_dir)?;
     let writer = LogWriter::start(store.path().to_path_buf())?;
+    // Live console events ride along the log sinks; the hub never waits (see events.rs).
+    let hub = Arc::new(palisade_admin::events::Hub::new());
     let sink = writer.sink();
-    let record: RecordFn = Arc::new(move |r| sink.record(r));
+    let h = hub.clone();
+    let record: RecordFn = Arc::new(move |r| {
+        h.request(&r);
+        sink.record(r)
+    });
     let sink = writer.sink();
-    let alert: AlertFn = Arc::new(move |a| sink.alert(a));
+    let h = hub.clone();
+    let alert: AlertFn = Arc::new(move |a| {
+        h.alert(&a);
+        sink.alert(a)
+    });
     let tools_store = store.clone();
     let tool_sink: ToolFn = Arc::new(move |t| {
         let st = tools_store.clone();
@@ -206,7 +216,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         DRAIN,
     ));
     let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+        .map_err(|e| anyhow::anyhow!(e.message))?
+        .with_events(hub);
     state
         .load_custom_policies()
         .await
@@ -248,6 +259,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
     let local = listener.local_addr()?;
     println!("palisade: admin API listening on http://{local}");
+    println!("palisade: web console at http://{local}/");
 
     #[cfg(unix)]
     if let Some(path) = args.config.clone() {

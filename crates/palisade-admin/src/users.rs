@@ -1,0 +1,173 @@
+//! Console users: list, create, change role or password, delete. Admins only for changes; at
+//! least one admin always remains.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use palisade_core::crypto::hash_password;
+use palisade_store::UserInfo;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::{Admin, Viewer};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ValidJson;
+
+/// A new user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Login name (letters, digits, `.`, `_`, `-`, `@`; 1–64 characters).
+    pub username: String,
+    /// Initial password (at least 12 characters).
+    pub password: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+    /// Ask for a new password at first login (default true).
+    #[serde(default = "yes")]
+    pub must_change_password: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A change to a user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    /// New role.
+    pub role: Option<String>,
+    /// New password (at least 12 characters); the user must change it at next login.
+    pub password: Option<String>,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "username",
+            "use 1–64 letters, digits, `.`, `_`, `-` or `@`",
+        ))
+    }
+}
+
+fn check_role(role: &str) -> ApiResult<()> {
+    if role == "admin" || role == "viewer" {
+        Ok(())
+    } else {
+        Err(ApiError::field("role", "must be `admin` or `viewer`"))
+    }
+}
+
+fn check_password(p: &str) -> ApiResult<()> {
+    if p.chars().count() < 12 {
+        return Err(ApiError::field(
+            "password",
+            "must be at least 12 characters",
+        ));
+    }
+    Ok(())
+}
+
+async fn hash(p: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || hash_password(&p))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// List users (never their password hashes).
+#[utoipa::path(get, path = "/api/v1/users", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = [UserInfo]), (status = 401, body = ErrorBody)))]
+pub async fn list(State(s): State<AppState>, _v: Viewer) -> ApiResult<Json<Vec<UserInfo>>> {
+    Ok(Json(s.store.list_users().await?))
+}
+
+/// Create a user (Argon2id-hashed password).
+#[utoipa::path(post, path = "/api/v1/users", tag = "auth", security(("bearer" = [])), request_body = NewUser,
+    responses((status = 201, body = UserInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    ValidJson(req): ValidJson<NewUser>,
+) -> ApiResult<(StatusCode, Json<UserInfo>)> {
+    check_name(&req.username)?;
+    check_role(&req.role)?;
+    check_password(&req.password)?;
+    let h = hash(req.password).await?;
+    s.store
+        .create_user(
+            &req.username,
+            h,
+            &req.role,
+            req.must_change_password,
+            u.actor(),
+        )
+        .await?;
+    let info = s
+        .store
+        .list_users()
+        .await?
+        .into_iter()
+        .find(|x| x.username == req.username)
+        .ok_or_else(|| ApiError::not_found(format!("user `{}`", req.username)))?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Change a user's role and/or set a new password (revokes the user's tokens).
+#[utoipa::path(patch, path = "/api/v1/users/{name}", tag = "auth", security(("bearer" = [])), request_body = UserChange,
+    params(("name" = String, Path, description = "User name")),
+    responses((status = 200, body = UserInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+    ValidJson(req): ValidJson<UserChange>,
+) -> ApiResult<Json<UserInfo>> {
+    if let Some(r) = &req.role {
+        check_role(r)?;
+    }
+    if let Some(p) = &req.password {
+        check_password(p)?;
+    }
+    if s.store.user_by_name(&name).await?.is_none() {
+        return Err(ApiError::not_found(format!("user `{name}`")));
+    }
+    if let Some(r) = &req.role {
+        s.store.set_user_role(&name, r, u.actor()).await?;
+    }
+    if let Some(p) = req.password {
+        let h = hash(p).await?;
+        s.store
+            .reset_password(&name, h, name != u.name, u.actor())
+            .await?;
+    }
+    s.store
+        .list_users()
+        .await?
+        .into_iter()
+        .find(|x| x.username == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("user `{name}`")))
+}
+
+/// Delete a user (the last admin cannot be deleted).
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "auth", security(("bearer" = [])),
+    params(("name" = String, Path, description = "User name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_user(&name, u.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
