@@ -340,6 +340,8 @@ redact_scenarios() {
   local c=$1 r=$2
   S "$c" "$r" "chat1k-pii-$c-ka-r2000" --prompt-bytes 1024 --pii --rate 2000 "${OPEN[@]}"
   S "$c" "$r" "chat1k-pii-$c-ka-sat" --prompt-bytes 1024 --pii "${SAT[@]}"
+  # Streamed answer with redaction and unmasking on: time to first byte.
+  S "$c" "$r" "stream50-pii-$c-ka-r500" --prompt-bytes 1024 --pii --stream --rate 500 "${OPEN[@]}"
   if [ "$QUICK" = 0 ]; then S "$c" "$r" "chat16k-pii-$c-ka-r2000" --prompt-bytes 16384 --pii --rate 2000 "${OPEN[@]}"; fi
 }
 
