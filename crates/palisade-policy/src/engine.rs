@@ -290,20 +290,23 @@ fn on_word_boundaries(text: &str, r: &Range<usize>, (start, end): (bool, bool)) 
 pub(crate) struct TargetMatcher {
     /// Rules that apply to this target.
     pub(crate) rules: Vec<u32>,
-    /// Every regex and keyword of those rules.
-    set: Option<RegexSet>,
-    set_owner: Vec<u32>,
-    /// Matchers of the redact rules (redaction scans raw text).
-    pub(crate) redact: Option<RedactMatcher>,
+    /// Every regex and keyword of those rules (prefilter forms); may be the set of all rules,
+    /// shared by the targets that most rules apply to.
+    set: Option<Arc<RegexSet>>,
+    /// Rule of each set pattern.
+    set_owner: Arc<Vec<u32>>,
+    /// With a shared set: which rules (by index) apply to this target.
+    member: Option<Vec<bool>>,
+    /// Matchers of the redact rules (redaction scans raw text); shared by targets with the same
+    /// redact rules.
+    pub(crate) redact: Option<Arc<RedactMatcher>>,
 }
 
 /// The redact rules of one target, compiled for a single pass over the text.
 pub(crate) struct RedactMatcher {
     /// Every regex of the redact rules as one leftmost-first matcher: finds where the next
-    /// sensitive value starts, and (anchored to one pattern) where it ends.
+    /// sensitive value starts, and (anchored to one pattern) where another pattern's value ends.
     pub(crate) first: Option<meta::Regex>,
-    /// The same patterns with all-matches semantics: which patterns match at a given start.
-    pub(crate) all: Option<meta::Regex>,
     /// Per pattern: owning rule and word-boundary requirement (keyword regexes).
     pub(crate) owner: Vec<(u32, Option<(bool, bool)>)>,
     /// Redact rules that also have Aho-Corasick keywords (matched rule by rule).
@@ -340,17 +343,13 @@ impl RedactMatcher {
                 keyword_rules.push(r);
             }
         }
-        let (first, all) = if patterns.is_empty() {
-            (None, None)
+        let first = if patterns.is_empty() {
+            None
         } else {
-            (
-                Some(build_multi(&patterns, RegexMatchKind::LeftmostFirst)?),
-                Some(build_multi(&patterns, RegexMatchKind::All)?),
-            )
+            Some(build_multi(&patterns, RegexMatchKind::LeftmostFirst)?)
         };
         Ok(Some(RedactMatcher {
             first,
-            all,
             owner,
             keyword_rules,
         }))
@@ -375,6 +374,20 @@ impl fmt::Debug for PolicySet {
 
 fn compile_err(e: impl fmt::Display) -> PolicyError {
     PolicyError::Compile(e.to_string())
+}
+
+/// The prefilter patterns of the given rules, and the rule of each pattern.
+fn set_sources(widened: &[Vec<String>], rules: &[usize]) -> Result<(Vec<String>, Vec<u32>)> {
+    let mut patterns = Vec::new();
+    let mut owner = Vec::new();
+    for &idx in rules {
+        let r = u32::try_from(idx).map_err(compile_err)?;
+        for src in &widened[idx] {
+            patterns.push(src.clone());
+            owner.push(r);
+        }
+    }
+    Ok((patterns, owner))
 }
 
 fn build_set(patterns: &[String]) -> Result<Option<RegexSet>> {
@@ -520,9 +533,12 @@ impl PolicySet {
             .map(|srcs| srcs.iter().map(|s| widen_pattern(s)).collect())
             .collect();
         let mut targets: Vec<TargetMatcher> = Vec::with_capacity(Target::ALL.len());
+        let mut redact_matchers: Vec<(Vec<u32>, Option<Arc<RedactMatcher>>)> = Vec::new();
+        // Targets that most rules apply to share one set of every rule (a set's automaton is the
+        // bulk of a policy set's memory); the others get a set of their own rules.
+        let mut shared: Option<(Option<Arc<RegexSet>>, Arc<Vec<u32>>)> = None;
         for target in Target::ALL {
             let mut tm = TargetMatcher::default();
-            let mut set_patterns: Vec<String> = Vec::new();
             let mut redact_rules: Vec<u32> = Vec::new();
             for (idx, rule) in rules.iter().enumerate() {
                 if !rule.targets.contains(&target) {
@@ -530,16 +546,39 @@ impl PolicySet {
                 }
                 let r = u32::try_from(idx).map_err(compile_err)?;
                 tm.rules.push(r);
-                for src in &widened[idx] {
-                    set_patterns.push(src.clone());
-                    tm.set_owner.push(r);
-                }
                 if rule.action == Action::Redact {
                     redact_rules.push(r);
                 }
             }
-            tm.set = build_set(&set_patterns)?;
-            tm.redact = RedactMatcher::build(&rules, &redact_rules)?;
+            if tm.rules.len() * 10 >= rules.len() * 7 {
+                if shared.is_none() {
+                    let all: Vec<usize> = (0..rules.len()).collect();
+                    let (patterns, owner) = set_sources(&widened, &all)?;
+                    shared = Some((build_set(&patterns)?.map(Arc::new), Arc::new(owner)));
+                }
+                if let Some((set, owner)) = &shared {
+                    tm.set = set.clone();
+                    tm.set_owner = owner.clone();
+                }
+                let mut member = vec![false; rules.len()];
+                for &r in &tm.rules {
+                    member[r as usize] = true;
+                }
+                tm.member = Some(member);
+            } else {
+                let own: Vec<usize> = tm.rules.iter().map(|&r| r as usize).collect();
+                let (patterns, owner) = set_sources(&widened, &own)?;
+                tm.set = build_set(&patterns)?.map(Arc::new);
+                tm.set_owner = Arc::new(owner);
+            }
+            tm.redact = match redact_matchers.iter().find(|(ids, _)| *ids == redact_rules) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = RedactMatcher::build(&rules, &redact_rules)?.map(Arc::new);
+                    redact_matchers.push((redact_rules, m.clone()));
+                    m
+                }
+            };
             targets.push(tm);
         }
         Ok(PolicySet {
@@ -679,6 +718,9 @@ impl PolicySet {
         {
             for idx in set.matches(text).iter() {
                 let r = tm.set_owner[idx];
+                if tm.member.as_ref().is_some_and(|m| !m[r as usize]) {
+                    continue;
+                }
                 if !seen(&candidates, &st.hits, r) {
                     candidates.push(r);
                 }

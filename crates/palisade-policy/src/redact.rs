@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use std::ops::Range;
 
-use regex_automata::{Anchored, Input, PatternSet};
+use regex_automata::{Anchored, Input, PatternID};
 
 use crate::engine::{PolicySet, RedactMatcher};
 use crate::model::{Target, Validator};
@@ -117,8 +117,7 @@ impl PolicySet {
                 && rule.accept(text, span, bounds)
                 && !rule.allow.iter().any(|a| a.is_match(&text[span.clone()]))
         };
-        if let (Some(first), Some(all)) = (&rm.first, &rm.all) {
-            let mut at_start = PatternSet::new(all.pattern_len());
+        if let Some(first) = &rm.first {
             let mut pos = 0usize;
             // Runs of the fast iterator; a rejected value that nothing else claims restarts the
             // search one character after its start.
@@ -130,14 +129,10 @@ impl PolicySet {
                         hits.push((start, m.end(), r));
                         continue;
                     }
-                    // Rejected: another pattern may still match a valid value here.
-                    at_start.clear();
-                    all.which_overlapping_matches(
-                        &Input::new(text).range(start..).anchored(Anchored::Yes),
-                        &mut at_start,
-                    );
-                    let other = at_start
-                        .iter()
+                    // Rejected: another pattern may still match a valid value here (tried
+                    // anchored, so each attempt reads only as far as its pattern goes).
+                    let other = (0..first.pattern_len())
+                        .filter_map(|p| PatternID::new(p).ok())
                         .filter(|pid| *pid != m.pattern())
                         .find_map(|pid| {
                             let input = Input::new(text)
