@@ -376,6 +376,9 @@ fn compile_err(e: impl fmt::Display) -> PolicyError {
     PolicyError::Compile(e.to_string())
 }
 
+/// A prefilter set of every rule and the rule of each of its patterns.
+type SharedSet = (Option<Arc<RegexSet>>, Arc<Vec<u32>>);
+
 /// The prefilter patterns of the given rules, and the rule of each pattern.
 fn set_sources(widened: &[Vec<String>], rules: &[usize]) -> Result<(Vec<String>, Vec<u32>)> {
     let mut patterns = Vec::new();
@@ -536,7 +539,7 @@ impl PolicySet {
         let mut redact_matchers: Vec<(Vec<u32>, Option<Arc<RedactMatcher>>)> = Vec::new();
         // Targets that most rules apply to share one set of every rule (a set's automaton is the
         // bulk of a policy set's memory); the others get a set of their own rules.
-        let mut shared: Option<(Option<Arc<RegexSet>>, Arc<Vec<u32>>)> = None;
+        let mut shared: Option<SharedSet> = None;
         for target in Target::ALL {
             let mut tm = TargetMatcher::default();
             let mut redact_rules: Vec<u32> = Vec::new();
