@@ -20,7 +20,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexSet, RegexSetBuilder};
@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{Encoding, Segment, find_segments};
 use crate::error::{PolicyError, Result};
-use crate::model::{Action, Policy, Severity, Target, Validator, compile_regex, prepare_regex};
+use crate::model::{
+    Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, compile_regex, prepare_regex,
+};
 use crate::normalize::normalize;
 use crate::redact::validate;
 use crate::widen::widen_pattern;
@@ -192,18 +194,53 @@ pub(crate) struct CompiledRule {
     pub(crate) label: String,
     pub(crate) targets: Vec<Target>,
     /// Rule regexes, then keyword regexes (non-ASCII case-insensitive keywords).
-    pub(crate) regexes: Vec<Regex>,
+    pub(crate) regexes: Vec<LazyRegex>,
     /// Word-boundary requirements per entry of `regexes` (`None` for real regexes).
     pub(crate) regex_bounds: Vec<Option<(bool, bool)>>,
     pub(crate) keywords: Option<KeywordMatcher>,
     pub(crate) allow: Vec<Regex>,
 }
 
+/// A rule's exact regex, compiled when the rule is first a candidate.
+///
+/// The per-target prefilter sets decide which rules to check, and on most traffic most rules are
+/// never candidates; their automata would otherwise be a large share of a policy set's memory.
+/// The pattern is compiled once when the set is built, so a bad pattern still fails there.
+pub(crate) struct LazyRegex {
+    src: String,
+    re: OnceLock<Regex>,
+}
+
+impl LazyRegex {
+    fn new(policy: &str, rule: &str, pattern: &str) -> Result<LazyRegex> {
+        let src = compile_regex(policy, rule, pattern)?.as_str().to_string();
+        Ok(LazyRegex {
+            src,
+            re: OnceLock::new(),
+        })
+    }
+
+    /// The prepared source (what is compiled).
+    pub(crate) fn as_str(&self) -> &str {
+        &self.src
+    }
+
+    /// The compiled regex.
+    pub(crate) fn get(&self) -> &Regex {
+        self.re.get_or_init(|| {
+            regex::RegexBuilder::new(&self.src)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .expect("the same source compiled with the same limits when the set was built")
+        })
+    }
+}
+
 impl CompiledRule {
     /// Calls `f` with every valid match (boundaries and validator checked), in no particular order.
     pub(crate) fn for_each_match(&self, text: &str, mut f: impl FnMut(Range<usize>)) {
         for (re, bounds) in self.regexes.iter().zip(&self.regex_bounds) {
-            for m in re.find_iter(text) {
+            for m in re.get().find_iter(text) {
                 let r = m.range();
                 if self.accept(text, &r, *bounds) {
                     f(r);
@@ -230,6 +267,7 @@ impl CompiledRule {
         };
         for (re, bounds) in self.regexes.iter().zip(&self.regex_bounds) {
             if let Some(r) = re
+                .get()
                 .find_iter(text)
                 .map(|m| m.range())
                 .find(|r| self.accept(text, r, *bounds))
@@ -470,7 +508,7 @@ impl PolicySet {
                 let mut regex_bounds = Vec::new();
                 let mut srcs = Vec::new();
                 for p in &rule.patterns.regex {
-                    regexes.push(compile_regex(&policy.id, &rule.id, p)?);
+                    regexes.push(LazyRegex::new(&policy.id, &rule.id, p)?);
                     regex_bounds.push(None);
                     srcs.push(prepare_regex(p));
                 }
@@ -487,7 +525,7 @@ impl PolicySet {
                     if !cs && !norm.is_ascii() {
                         // ascii_case_insensitive cannot fold non-ASCII letters: use a regex.
                         let src = format!("(?i){}", regex::escape(&norm));
-                        let re = compile_regex(&policy.id, &rule.id, &src)?;
+                        let re = LazyRegex::new(&policy.id, &rule.id, &src)?;
                         regexes.push(re);
                         regex_bounds.push(Some(bounds));
                         srcs.push(src);

@@ -442,7 +442,7 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
 }
 
 /// Size limit for one compiled regex; generous, but stops pathological patterns.
-const REGEX_SIZE_LIMIT: usize = 4 << 20;
+pub(crate) const REGEX_SIZE_LIMIT: usize = 4 << 20;
 
 /// Compiles one rule regex exactly as the engine will use it.
 pub(crate) fn compile_regex(policy: &str, rule: &str, pattern: &str) -> Result<regex::Regex> {
