@@ -1,0 +1,212 @@
+//! Tuning aid for the policy packs (see `eval/README.md`, "Tuning"). Not part of the product.
+//!
+//! ```text
+//! probe dump SPLIT OUT.jsonl            per-sample matches of all packs (rule id, action)
+//! probe rules CANDIDATES.json SPLIT [DUMP.jsonl]
+//!                                       a candidate policy on SPLIT: per rule, attacks it catches
+//!                                       (new ones, given a dump) and benign block/alert hits
+//! probe time [POLICIES_DIR]             min-of-batches evaluate() time on the bench's benign text
+//! probe lines TARGET FILE [POLICIES_DIR] evaluate each line (a JSON string) of FILE as TARGET
+//! ```
+//!
+//! Tune on `dev` only: looking at the test split's misses defeats the held-out figure.
+
+#[path = "../tests/support/adversarial.rs"]
+mod adversarial;
+
+#[path = "../../../eval/harness.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+
+use palisade_policy::{Action, Policy, PolicySet};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let corpora = harness::load_corpora(&harness::eval_dir().join("corpora")).unwrap();
+    match args[0].as_str() {
+        "dump" => {
+            let split = args[1].clone();
+            let (set, _, _) = harness::load_packs().unwrap();
+            let samples: Vec<_> = corpora
+                .samples
+                .iter()
+                .filter(|s| s.split == split)
+                .collect();
+            let n = samples.len();
+            let half = n / 2;
+            let (a, b) = samples.split_at(half);
+            let run = |part: &[&harness::Sample]| -> Vec<String> {
+                part.iter()
+                    .map(|s| {
+                        let e = set.evaluate(s.target, &s.text);
+                        let hits: Vec<serde_json::Value> = e
+                            .matches
+                            .iter()
+                            .map(|m| serde_json::json!([m.rule_id.to_string(), m.action.as_str()]))
+                            .collect();
+                        serde_json::json!({"id": s.id, "attack": s.attack, "category": s.category,
+                            "source": s.source, "target": s.target.as_str(), "variant": s.variant,
+                            "hits": hits})
+                        .to_string()
+                    })
+                    .collect()
+            };
+            let (ra, rb) = std::thread::scope(|sc| {
+                let h = sc.spawn(|| run(a));
+                let rb = run(b);
+                (h.join().unwrap(), rb)
+            });
+            let mut f = std::fs::File::create(&args[2]).unwrap();
+            for l in ra.iter().chain(rb.iter()) {
+                writeln!(f, "{l}").unwrap();
+            }
+        }
+        "rules" => {
+            let policy = Policy::from_path(&args[1]).unwrap_or_else(|e| panic!("{e}"));
+            let split = args[2].clone();
+            let mut detected: HashSet<String> = HashSet::new();
+            let mut fp_before: HashSet<String> = HashSet::new();
+            if let Some(p) = args.get(3) {
+                for l in std::fs::read_to_string(p).unwrap().lines() {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let hits = v["hits"].as_array().unwrap();
+                    let id = v["id"].as_str().unwrap().to_owned();
+                    if !hits.is_empty() {
+                        detected.insert(id.clone());
+                    }
+                    if hits.iter().any(|h| h[1] == "block" || h[1] == "alert") {
+                        fp_before.insert(id);
+                    }
+                }
+            }
+            let set = PolicySet::compile(std::slice::from_ref(&policy)).unwrap();
+            // rule -> (attack category -> (hits, new)), benign hits
+            let mut att: BTreeMap<String, BTreeMap<String, (usize, usize)>> = BTreeMap::new();
+            let mut ben: BTreeMap<String, Vec<(String, String, String)>> = BTreeMap::new();
+            let mut new_any: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+            let mut fp_any: HashSet<String> = HashSet::new();
+            for s in corpora.samples.iter().filter(|s| s.split == split) {
+                if s.variant != "plain" {
+                    continue;
+                }
+                let e = set.evaluate(s.target, &s.text);
+                for m in &e.matches {
+                    let r = m.rule_id.to_string();
+                    if s.attack {
+                        let c = att
+                            .entry(r)
+                            .or_default()
+                            .entry(s.category.clone())
+                            .or_default();
+                        c.0 += 1;
+                        if !detected.contains(&s.id) {
+                            c.1 += 1;
+                            new_any
+                                .entry(s.category.clone())
+                                .or_default()
+                                .insert(s.id.clone());
+                        }
+                    } else if matches!(m.action, Action::Block | Action::Alert) {
+                        if !fp_before.contains(&s.id) {
+                            fp_any.insert(s.id.clone());
+                        }
+                        let mut excerpt = m.excerpt.clone();
+                        excerpt.truncate(160);
+                        ben.entry(r)
+                            .or_default()
+                            .push((s.id.clone(), s.category.clone(), excerpt));
+                    }
+                }
+            }
+            for rule in &policy.rules {
+                let a = att.get(&rule.id).cloned().unwrap_or_default();
+                let tot: usize = a.values().map(|x| x.0).sum();
+                let new: usize = a.values().map(|x| x.1).sum();
+                let b = ben.get(&rule.id).cloned().unwrap_or_default();
+                println!(
+                    "{:<10} attacks {tot:>4} new {new:>4}  benign {:>3}   {}",
+                    rule.id,
+                    b.len(),
+                    a.iter()
+                        .map(|(k, v)| format!("{k}:{}/{}", v.1, v.0))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                for (id, cat, ex) in b.iter().take(8) {
+                    println!("      FP {id} [{cat}] {}", ex.replace('\n', " "));
+                }
+            }
+            println!(
+                "new detections: {}  new FP samples: {}",
+                new_any
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{}", v.len()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                fp_any.len()
+            );
+        }
+        "time" => {
+            // min over batches of the mean per-call time: robust against a loaded machine
+            let dir = args
+                .get(1)
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(harness::policies_dir);
+            let packs = palisade_policy::load_dir(dir).unwrap();
+            let set = PolicySet::compile(&packs).unwrap();
+            for size in [1024usize, 4096, 32768] {
+                let text = adversarial::benign(size);
+                let iters = (200_000 / size).max(10);
+                let mut best = f64::MAX;
+                for _ in 0..30 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        std::hint::black_box(set.evaluate(
+                            palisade_policy::Target::LlmRequest,
+                            std::hint::black_box(&text),
+                        ));
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+                }
+                println!("{size:>6} B  min {best:8.2} us");
+            }
+        }
+        "lines" => {
+            // evaluate each line of a file (JSON string per line) as the given target
+            let dir = args
+                .get(3)
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(harness::policies_dir);
+            let packs = palisade_policy::load_dir(dir).unwrap();
+            let set = PolicySet::compile(&packs).unwrap();
+            let target = palisade_policy::Target::ALL
+                .iter()
+                .copied()
+                .find(|t| t.as_str() == args[1])
+                .unwrap();
+            for l in std::fs::read_to_string(&args[2]).unwrap().lines() {
+                if l.trim().is_empty() {
+                    continue;
+                }
+                let text: String = serde_json::from_str(l).unwrap();
+                let e = set.evaluate(target, &text);
+                let ids: Vec<String> = e
+                    .matches
+                    .iter()
+                    .map(|m| format!("{}:{}", m.rule_id, m.action.as_str()))
+                    .collect();
+                let mark = if e.matches.iter().any(|m| m.action != Action::Log) {
+                    "    "
+                } else if e.matches.is_empty() {
+                    "MISS"
+                } else {
+                    "log "
+                };
+                println!("{mark} {text}  {}", ids.join(" "));
+            }
+        }
+        _ => panic!("dump|rules|time|lines"),
+    }
+}
