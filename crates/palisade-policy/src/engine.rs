@@ -45,8 +45,10 @@ const MAX_DECODED_BYTES: usize = 1 << 20;
 const MAX_SEGMENTS: usize = 16 << 10;
 /// NFA size limit of one per-target regex set.
 const SET_SIZE_LIMIT: usize = 256 << 20;
-/// Lazy-DFA cache capacity of one per-target regex set.
-const SET_DFA_LIMIT: usize = 16 << 20;
+/// Lazy-DFA cache capacity of one per-target regex set. The cache only grows as states are
+/// built; the cap must leave room for the sets of several hundred rules (at 16 MiB a 376-rule
+/// set overflowed on benign text and fell back to the NFA engine, 8 000× slower).
+const SET_DFA_LIMIT: usize = 64 << 20;
 
 /// The overall verdict of an evaluation, ordered from least to most severe.
 #[derive(
@@ -328,13 +330,10 @@ fn on_word_boundaries(text: &str, r: &Range<usize>, (start, end): (bool, bool)) 
 pub(crate) struct TargetMatcher {
     /// Rules that apply to this target.
     pub(crate) rules: Vec<u32>,
-    /// Every regex and keyword of those rules (prefilter forms); may be the set of all rules,
-    /// shared by the targets that most rules apply to.
-    set: Option<Arc<RegexSet>>,
+    /// Every regex and keyword of those rules (prefilter forms).
+    set: Option<RegexSet>,
     /// Rule of each set pattern.
-    set_owner: Arc<Vec<u32>>,
-    /// With a shared set: which rules (by index) apply to this target.
-    member: Option<Vec<bool>>,
+    set_owner: Vec<u32>,
     /// Matchers of the redact rules (redaction scans raw text); shared by targets with the same
     /// redact rules.
     pub(crate) redact: Option<Arc<RedactMatcher>>,
@@ -412,23 +411,6 @@ impl fmt::Debug for PolicySet {
 
 fn compile_err(e: impl fmt::Display) -> PolicyError {
     PolicyError::Compile(e.to_string())
-}
-
-/// A prefilter set of every rule and the rule of each of its patterns.
-type SharedSet = (Option<Arc<RegexSet>>, Arc<Vec<u32>>);
-
-/// The prefilter patterns of the given rules, and the rule of each pattern.
-fn set_sources(widened: &[Vec<String>], rules: &[usize]) -> Result<(Vec<String>, Vec<u32>)> {
-    let mut patterns = Vec::new();
-    let mut owner = Vec::new();
-    for &idx in rules {
-        let r = u32::try_from(idx).map_err(compile_err)?;
-        for src in &widened[idx] {
-            patterns.push(src.clone());
-            owner.push(r);
-        }
-    }
-    Ok((patterns, owner))
 }
 
 fn build_set(patterns: &[String]) -> Result<Option<RegexSet>> {
@@ -575,11 +557,9 @@ impl PolicySet {
             .collect();
         let mut targets: Vec<TargetMatcher> = Vec::with_capacity(Target::ALL.len());
         let mut redact_matchers: Vec<(Vec<u32>, Option<Arc<RedactMatcher>>)> = Vec::new();
-        // Targets that most rules apply to share one set of every rule (a set's automaton is the
-        // bulk of a policy set's memory); the others get a set of their own rules.
-        let mut shared: Option<SharedSet> = None;
         for target in Target::ALL {
             let mut tm = TargetMatcher::default();
+            let mut set_patterns: Vec<String> = Vec::new();
             let mut redact_rules: Vec<u32> = Vec::new();
             for (idx, rule) in rules.iter().enumerate() {
                 if !rule.targets.contains(&target) {
@@ -587,31 +567,15 @@ impl PolicySet {
                 }
                 let r = u32::try_from(idx).map_err(compile_err)?;
                 tm.rules.push(r);
+                for src in &widened[idx] {
+                    set_patterns.push(src.clone());
+                    tm.set_owner.push(r);
+                }
                 if rule.action == Action::Redact {
                     redact_rules.push(r);
                 }
             }
-            if tm.rules.len() * 10 >= rules.len() * 7 {
-                if shared.is_none() {
-                    let all: Vec<usize> = (0..rules.len()).collect();
-                    let (patterns, owner) = set_sources(&widened, &all)?;
-                    shared = Some((build_set(&patterns)?.map(Arc::new), Arc::new(owner)));
-                }
-                if let Some((set, owner)) = &shared {
-                    tm.set = set.clone();
-                    tm.set_owner = owner.clone();
-                }
-                let mut member = vec![false; rules.len()];
-                for &r in &tm.rules {
-                    member[r as usize] = true;
-                }
-                tm.member = Some(member);
-            } else {
-                let own: Vec<usize> = tm.rules.iter().map(|&r| r as usize).collect();
-                let (patterns, owner) = set_sources(&widened, &own)?;
-                tm.set = build_set(&patterns)?.map(Arc::new);
-                tm.set_owner = Arc::new(owner);
-            }
+            tm.set = build_set(&set_patterns)?;
             tm.redact = match redact_matchers.iter().find(|(ids, _)| *ids == redact_rules) {
                 Some((_, m)) => m.clone(),
                 None => {
@@ -759,9 +723,6 @@ impl PolicySet {
         {
             for idx in set.matches(text).iter() {
                 let r = tm.set_owner[idx];
-                if tm.member.as_ref().is_some_and(|m| !m[r as usize]) {
-                    continue;
-                }
                 if !seen(&candidates, &st.hits, r) {
                     candidates.push(r);
                 }
