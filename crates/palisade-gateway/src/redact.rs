@@ -178,6 +178,12 @@ impl StreamUnmasker {
         let mut out: Vec<u8> = Vec::with_capacity(run.len() + 64);
         let mut changed = false;
         for ev in events {
+            // Placeholders start with `[`: an event without one, while nothing is held back,
+            // comes out exactly as it went in, so it is not parsed.
+            if self.held.is_empty() && !ev.contains(&b'[') {
+                out.extend_from_slice(ev);
+                continue;
+            }
             let mut name = String::new();
             let mut data: Option<Vec<u8>> = None;
             for_each_event(ev, |n, d| {
