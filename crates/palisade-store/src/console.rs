@@ -24,6 +24,19 @@ pub struct UserInfo {
     pub updated_at: i64,
 }
 
+/// The columns `user_info` reads, in order.
+const USER_COLUMNS: &str = "username, role, must_change_password, created_at, updated_at";
+
+fn user_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserInfo> {
+    Ok(UserInfo {
+        username: r.get(0)?,
+        role: r.get(1)?,
+        must_change_password: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
 /// One bucket of the dashboard time series.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SeriesPoint {
@@ -88,19 +101,11 @@ impl Store {
     /// All users, by name.
     pub async fn list_users(&self) -> Result<Vec<UserInfo>, StoreError> {
         self.call(|c| {
-            let mut st = c.prepare(
-                "SELECT username, role, must_change_password, created_at, updated_at FROM users ORDER BY username",
-            )?;
+            let mut st = c.prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+            ))?;
             let rows = st
-                .query_map([], |r| {
-                    Ok(UserInfo {
-                        username: r.get(0)?,
-                        role: r.get(1)?,
-                        must_change_password: r.get(2)?,
-                        created_at: r.get(3)?,
-                        updated_at: r.get(4)?,
-                    })
-                })?
+                .query_map([], user_info)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -119,12 +124,19 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before: Option<String> = tx
-                .query_row("SELECT role FROM users WHERE username = ?1", [&username], |r| r.get(0))
+                .query_row(
+                    "SELECT role FROM users WHERE username = ?1",
+                    [&username],
+                    |r| r.get(0),
+                )
                 .optional()?;
-            let before = before.ok_or_else(|| StoreError::NotFound(format!("user `{username}`")))?;
+            let before =
+                before.ok_or_else(|| StoreError::NotFound(format!("user `{username}`")))?;
             if before == "admin" && role != "admin" {
                 let admins: i64 =
-                    tx.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin'", [], |r| r.get(0))?;
+                    tx.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin'", [], |r| {
+                        r.get(0)
+                    })?;
                 if admins <= 1 {
                     return Err(StoreError::Conflict(format!(
                         "`{username}` is the last admin; make another user admin first"
@@ -145,17 +157,9 @@ impl Store {
                 Some(&serde_json::json!({ "role": role })),
             )?;
             let info = tx.query_row(
-                "SELECT username, role, must_change_password, created_at, updated_at FROM users WHERE username = ?1",
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
                 [&username],
-                |r| {
-                    Ok(UserInfo {
-                        username: r.get(0)?,
-                        role: r.get(1)?,
-                        must_change_password: r.get(2)?,
-                        created_at: r.get(3)?,
-                        updated_at: r.get(4)?,
-                    })
-                },
+                user_info,
             )?;
             tx.commit()?;
             Ok(info)
