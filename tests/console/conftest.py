@@ -4,56 +4,21 @@ Playwright. Every process is stopped by PID at teardown."""
 
 import json
 import os
-import queue
-import subprocess
+import sys
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from procs import Proc  # noqa: E402  (shared with the other Python suite)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 BIN = os.environ.get("PALISADE_BIN", os.path.join(REPO, "target/debug/palisade"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS", os.path.join(REPO, "target/console-screenshots"))
 NEW_PASSWORD = "console-admin-password-1"
-
-
-class Proc:
-    """A child process whose stdout lines are read on a thread; stopped by PID at teardown."""
-
-    def __init__(self, args, env=None):
-        self.p = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, text=True, env=env
-        )
-        self.lines = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.p.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, needle, timeout=30):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.time()))
-            except queue.Empty:
-                break
-            if needle in line:
-                return line.split(needle, 1)[1].strip()
-        raise TimeoutError(f"no line containing {needle!r}")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-        self.p.wait(timeout=10)
 
 
 class Gateway:

@@ -2,49 +2,20 @@
 
 import json
 import os
-import queue
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
 import pytest
 
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from procs import Proc  # noqa: E402  (shared with the other Python suite)
+
 BIN = os.environ.get("PALISADE_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/palisade"))
 ADMIN_PASSWORD = "interop-admin-password"
 CI_KEY = "pal_interop_fixed_key_0000000001"
-
-
-class Proc:
-    """A child process whose stdout lines are read on a thread; stopped by PID at teardown."""
-
-    def __init__(self, args, env=None):
-        self.p = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, text=True, env=env
-        )
-        self.lines = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.p.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, needle, timeout=30):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.time()))
-            except queue.Empty:
-                break
-            if needle in line:
-                return line.split(needle, 1)[1].strip()
-        raise TimeoutError(f"no line containing {needle!r}")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(timeout=10)
 
 
 def start_mock(*extra):
