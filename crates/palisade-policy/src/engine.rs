@@ -249,6 +249,11 @@ impl CompiledRule {
                 }
             }
         }
+        self.for_each_keyword_match(text, f);
+    }
+
+    /// Calls `f` with every valid match of the rule's Aho-Corasick keywords.
+    pub(crate) fn for_each_keyword_match(&self, text: &str, mut f: impl FnMut(Range<usize>)) {
         if let Some(kw) = &self.keywords {
             for m in kw.ac.find_overlapping_iter(text) {
                 let r = m.range();

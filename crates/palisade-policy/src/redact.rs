@@ -159,14 +159,11 @@ impl PolicySet {
         }
         for &r in &rm.keyword_rules {
             let rule = &self.rules[r as usize];
-            if let Some(kw) = &rule.keywords {
-                for m in kw.ac.find_overlapping_iter(text) {
-                    let span = m.range();
-                    if accepts(r, &span, Some(kw.bounds[m.pattern().as_usize()])) {
-                        hits.push((span.start, span.end, r));
-                    }
+            rule.for_each_keyword_match(text, |span| {
+                if !rule.allow.iter().any(|a| a.is_match(&text[span.clone()])) {
+                    hits.push((span.start, span.end, r));
                 }
-            }
+            });
         }
         hits.sort_by_key(|&(s, e, r)| (s, std::cmp::Reverse(e), r));
         hits
