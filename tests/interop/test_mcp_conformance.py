@@ -62,7 +62,7 @@ class Fixture:
             shlex.split(FIXTURE_CMD), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
         try:
-            wait_port(self.port, _Alive(self.p), timeout=60)
+            wait_port(self.port, self, timeout=60)
         except BaseException:
             self.stop()
             raise
@@ -76,13 +76,6 @@ class Fixture:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait(timeout=10)
-
-
-class _Alive:
-    """Adapter so wait_port can see whether the fixture exited early."""
-
-    def __init__(self, p):
-        self.p = p
 
 
 def gateway_in_front(upstream, workdir):
