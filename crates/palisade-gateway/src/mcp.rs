@@ -543,7 +543,7 @@ fn check_post(
         // Headers may only repeat the body; a mismatch is refused outright.
         if !batch
             && let Err(why) = crate::mcp_headers::check(headers, m, |tool| {
-                shared.mcp.input_schema(&rt.spec.name, tool)
+                shared.mcp.header_schema(&rt.spec.name, tool)
             })
         {
             return Err((

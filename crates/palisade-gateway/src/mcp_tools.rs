@@ -145,6 +145,15 @@ pub struct Observation {
     pub alerts: Vec<AlertRecord>,
 }
 
+/// Whether `key` is an object key anywhere in `v`.
+fn has_key(v: &Value, key: &str) -> bool {
+    match v {
+        Value::Object(m) => m.contains_key(key) || m.values().any(|x| has_key(x, key)),
+        Value::Array(a) => a.iter().any(|x| has_key(x, key)),
+        _ => false,
+    }
+}
+
 /// All MCP tools the gateway knows, per proxy.
 #[derive(Default)]
 pub struct McpRegistry {
@@ -202,12 +211,16 @@ impl McpRegistry {
         v
     }
 
-    /// The input schema of a tool as last listed by the proxy's server.
-    pub fn input_schema(&self, proxy: &str, tool: &str) -> Option<Value> {
+    /// The input schema of a tool as last listed by the proxy's server, when it mirrors
+    /// arguments into `Mcp-Param-*` headers (`x-mcp-header`); most tools do not, and for them
+    /// nothing is copied.
+    pub fn header_schema(&self, proxy: &str, tool: &str) -> Option<Value> {
         self.lock()
             .get(proxy)
             .and_then(|m| m.get(tool))
-            .and_then(|t| t.definition.get("inputSchema").cloned())
+            .and_then(|t| t.definition.get("inputSchema"))
+            .filter(|s| has_key(s, "x-mcp-header"))
+            .cloned()
     }
 
     /// Applies an administrator's decision made through the store.
