@@ -182,15 +182,37 @@ def everything():
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def everything_sse():
+    """server-everything in legacy HTTP+SSE mode; yields its SSE endpoint URL (…/sse)."""
+    proc, base = start_server_everything("sse")
+    yield base + "/sse"
+    proc.stop()
+
+
+def everything_stdio_command():
+    """The command line of server-everything as a stdio server (the gateway launches it)."""
+    node = shutil.which("node")
+    assert node, "node is not installed"
+    assert os.path.exists(EVERYTHING_JS), f"{EVERYTHING_JS} is missing: run scripts/setup-test-deps"
+    return [node, EVERYTHING_JS, "stdio"]
+
+
 def mcp_proxy_toml(name, upstream, tool_approval="manual", approved_tools=None):
+    """A proxy section; `upstream` is a Streamable HTTP URL, or ("sse", url), or ("stdio", command)."""
+    transport, target = upstream if isinstance(upstream, tuple) else ("streamable_http", upstream)
     lines = [
         "[[proxies]]",
         f'name = "{name}"',
         'kind = "mcp"',
         'listen = "127.0.0.1:0"',
-        f'upstream = "{upstream}"',
+        f'transport = "{transport}"',
         f'tool_approval = "{tool_approval}"',
     ]
+    if transport == "stdio":
+        lines.append("command = " + json.dumps(target))
+    else:
+        lines.append(f'upstream = "{target}"')
     if approved_tools is not None:
         lines.append("approved_tools = [" + ", ".join(json.dumps(t) for t in approved_tools) + "]")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from conftest import CI_KEY, McpGateway, mcp_proxy_toml, require_mcp_gateway
+from conftest import CI_KEY, McpGateway, everything_stdio_command, mcp_proxy_toml, require_mcp_gateway
 
 # "auto" is the SDK's default (probes the stateless 2026-07-28 era with server/discover, falls back to initialize);
 # "legacy" pins the session era (initialize handshake at the newest handshake-era version).
@@ -112,6 +112,20 @@ def test_sdk_against_server_everything_directly(everything, mode):
 
 # ---------------------------------------------------------------------------------------------- gateway
 
+# How the gateway reaches server-everything: Streamable HTTP, the legacy HTTP+SSE transport, or as a
+# stdio process it launches itself.
+TRANSPORTS = ["streamable_http", "sse", "stdio"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def upstream(request, everything):
+    """The proxy's upstream setting for mcp_proxy_toml, per transport."""
+    if request.param == "sse":
+        return ("sse", request.getfixturevalue("everything_sse"))
+    if request.param == "stdio":
+        return ("stdio", everything_stdio_command())
+    return everything
+
 
 @pytest.fixture
 def mcp_gateway():
@@ -130,8 +144,8 @@ def mcp_gateway():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gateway_fail_closed_approval_then_api_approval(everything, mcp_gateway, mode):
-    gw = mcp_gateway(mcp_proxy_toml(PROXY, everything, "manual", ["echo"]))
+def test_gateway_fail_closed_approval_then_api_approval(upstream, mcp_gateway, mode):
+    gw = mcp_gateway(mcp_proxy_toml(PROXY, upstream, "manual", ["echo"]))
     url = gw.mcp_url(PROXY)
 
     async def scenario():
@@ -198,9 +212,9 @@ def test_gateway_fail_closed_approval_then_api_approval(everything, mcp_gateway,
 
 @pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
 @pytest.mark.parametrize("mode", MODES)
-def test_gateway_resources_progress_and_logging_pass_through(everything, mcp_gateway, mode):
+def test_gateway_resources_progress_and_logging_pass_through(everything, upstream, mcp_gateway, mode):
     approved = ["echo", "trigger-long-running-operation", "toggle-simulated-logging"]
-    gw = mcp_gateway(mcp_proxy_toml(PROXY, everything, "manual", approved))
+    gw = mcp_gateway(mcp_proxy_toml(PROXY, upstream, "manual", approved))
     url = gw.mcp_url(PROXY)
 
     async def direct_doc():

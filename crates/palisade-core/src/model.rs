@@ -82,7 +82,9 @@ pub struct ProxySpec {
     pub kind: ProxyKind,
     /// Listener address, `host:port` (port 0 picks a free port).
     pub listen: String,
-    /// Upstream base URL, `http://` or `https://`.
+    /// Upstream base URL, `http://` or `https://` (for `transport = "sse"`, the SSE endpoint;
+    /// empty for `transport = "stdio"`).
+    #[serde(default)]
     pub upstream: String,
     /// API dialect (LLM proxies).
     #[serde(default)]
@@ -122,6 +124,49 @@ pub struct ProxySpec {
     /// accepts any Origin.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// MCP: how the gateway reaches the server — `streamable_http` (the default), `sse` (the
+    /// legacy HTTP+SSE transport) or `stdio` (a process the gateway launches and supervises).
+    #[serde(default)]
+    pub transport: McpTransport,
+    /// MCP stdio: the program and its arguments, e.g. `["npx", "-y", "some-mcp-server"]`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// MCP stdio: environment variables set for the process. Stored with the proxy in plain
+    /// text: pass secrets with `inherit_env` instead.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// MCP stdio: names of the gateway's own environment variables handed to the process (the
+    /// process starts with a clean environment: only `PATH`, `HOME`, locale and temp-dir
+    /// variables, these, and `env`).
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
+    /// MCP stdio: working directory of the process (default: the gateway's).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// How an MCP proxy reaches its upstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum McpTransport {
+    /// Streamable HTTP (`upstream` is the endpoint URL).
+    #[default]
+    StreamableHttp,
+    /// The legacy HTTP+SSE transport (`upstream` is the SSE endpoint URL).
+    Sse,
+    /// A local process speaking newline-delimited JSON-RPC on stdin/stdout.
+    Stdio,
+}
+
+impl McpTransport {
+    /// Name as used in config and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            McpTransport::StreamableHttp => "streamable_http",
+            McpTransport::Sse => "sse",
+            McpTransport::Stdio => "stdio",
+        }
+    }
 }
 
 /// How an MCP proxy treats tools it has not seen before.
@@ -329,24 +374,9 @@ impl ProxySpec {
                 "must be an IP address and port, e.g. 127.0.0.1:9000",
             )
         })?;
-        let uri: http::Uri = self
-            .upstream
-            .parse()
-            .map_err(|e| FieldError::new("upstream", format!("not a valid URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => {
-                return Err(FieldError::new(
-                    "upstream",
-                    "must start with http:// or https://",
-                ));
-            }
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(FieldError::new("upstream", "must include a host"));
-        }
-        if uri.query().is_some() {
-            return Err(FieldError::new("upstream", "must not carry a query string"));
+        self.validate_transport()?;
+        if self.transport != McpTransport::Stdio {
+            self.validate_upstream()?;
         }
         if self.upstream_timeout_secs == 0 || self.upstream_timeout_secs > 3600 {
             return Err(FieldError::new(
@@ -372,6 +402,116 @@ impl ProxySpec {
                     format!("`{p}` is listed twice"),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl ProxySpec {
+    fn validate_upstream(&self) -> Result<(), FieldError> {
+        let uri: http::Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| FieldError::new("upstream", format!("not a valid URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(FieldError::new(
+                    "upstream",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(FieldError::new("upstream", "must include a host"));
+        }
+        if uri.query().is_some() {
+            return Err(FieldError::new("upstream", "must not carry a query string"));
+        }
+        Ok(())
+    }
+
+    fn validate_transport(&self) -> Result<(), FieldError> {
+        let stdio_fields = !self.command.is_empty()
+            || !self.env.is_empty()
+            || !self.inherit_env.is_empty()
+            || self.cwd.is_some();
+        if self.kind != ProxyKind::Mcp && self.transport != McpTransport::StreamableHttp {
+            return Err(FieldError::new(
+                "transport",
+                "transports apply to `mcp` proxies only",
+            ));
+        }
+        if self.transport != McpTransport::Stdio {
+            if stdio_fields {
+                return Err(FieldError::new(
+                    "command",
+                    "`command`, `env`, `inherit_env` and `cwd` need `transport = \"stdio\"`",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.upstream.is_empty() {
+            return Err(FieldError::new(
+                "upstream",
+                "a stdio proxy has no upstream URL; the gateway launches `command`",
+            ));
+        }
+        let Some(program) = self.command.first() else {
+            return Err(FieldError::new(
+                "command",
+                "a stdio proxy needs a command, e.g. [\"npx\", \"-y\", \"some-mcp-server\"]",
+            ));
+        };
+        if program.trim().is_empty() {
+            return Err(FieldError::new(
+                "command[0]",
+                "the program must not be empty",
+            ));
+        }
+        if self.command.len() > 256 {
+            return Err(FieldError::new("command", "at most 256 arguments"));
+        }
+        for (i, a) in self.command.iter().enumerate() {
+            if a.len() > 4096 || a.contains('\0') {
+                return Err(FieldError::new(
+                    format!("command[{i}]"),
+                    "must be at most 4096 bytes without NUL characters",
+                ));
+            }
+        }
+        let env_name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 256
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        for (k, v) in &self.env {
+            if !env_name_ok(k) {
+                return Err(FieldError::new(
+                    format!("env.{k}"),
+                    "names are letters, digits and `_`, not starting with a digit",
+                ));
+            }
+            if v.len() > 32 * 1024 || v.contains('\0') {
+                return Err(FieldError::new(
+                    format!("env.{k}"),
+                    "values are at most 32 KiB without NUL characters",
+                ));
+            }
+        }
+        for (i, n) in self.inherit_env.iter().enumerate() {
+            if !env_name_ok(n) {
+                return Err(FieldError::new(
+                    format!("inherit_env[{i}]"),
+                    "names are letters, digits and `_`, not starting with a digit",
+                ));
+            }
+        }
+        if let Some(cwd) = &self.cwd
+            && (cwd.is_empty() || cwd.len() > 4096 || cwd.contains('\0'))
+        {
+            return Err(FieldError::new("cwd", "must be a directory path"));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 mod accounting;
 mod body;
+mod bridge;
 mod error;
 mod inspect;
 mod listener;

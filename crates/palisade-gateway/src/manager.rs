@@ -8,11 +8,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use palisade_core::identity::KeyIndex;
-use palisade_core::model::{LlmApi, PromptSpec, ProxySpec};
+use palisade_core::model::{LlmApi, McpTransport, PromptSpec, ProxySpec};
 use palisade_core::record::{AlertRecord, McpTool, RequestRecord};
 use tokio::sync::Mutex;
 
 use crate::accounting::Accounting;
+use crate::bridge::{Bridge, BridgeKey};
 use crate::inspect::Inspector;
 use crate::listener::RunningListener;
 use crate::mcp_tools::McpRegistry;
@@ -88,6 +89,10 @@ pub struct ProxyRuntime {
     pub(crate) target: UpstreamTarget,
     pub(crate) auth_header: Option<(HeaderName, HeaderValue)>,
     pub(crate) inspector: Option<Inspector>,
+    /// MCP over stdio or legacy SSE: the bridge's token header, set once its bridge runs
+    /// (requests are refused until then).
+    pub(crate) bridge_header: Option<(HeaderName, HeaderValue)>,
+    pub(crate) bridge_key: Option<BridgeKey>,
 }
 
 impl ProxyRuntime {
@@ -98,7 +103,12 @@ impl ProxyRuntime {
         policies: Option<Arc<PolicySet>>,
     ) -> Result<Self, GatewayError> {
         let inspector = policies.map(|set| Inspector::new(set, spec.policy_mode));
-        let target = UpstreamTarget::parse(&spec.upstream).map_err(GatewayError::Invalid)?;
+        // A stdio proxy has no URL: its target is the bridge, set when the proxy starts.
+        let target = match spec.transport {
+            McpTransport::Stdio => UpstreamTarget::parse("http://127.0.0.1/mcp"),
+            _ => UpstreamTarget::parse(&spec.upstream),
+        }
+        .map_err(GatewayError::Invalid)?;
         let auth_header = match upstream_key {
             None => None,
             Some(k) => {
@@ -115,12 +125,33 @@ impl ProxyRuntime {
                 Some((name, v))
             }
         };
+        let bridge_key = BridgeKey::of(&spec, auth_header.as_ref());
         Ok(Self {
             spec,
             target,
             auth_header,
             inspector,
+            bridge_header: None,
+            bridge_key,
         })
+    }
+
+    /// Points the runtime at its bridge.
+    fn attach(&mut self, bridge: &Bridge) -> Result<(), GatewayError> {
+        self.target = UpstreamTarget::parse(&bridge.url()).map_err(GatewayError::Invalid)?;
+        self.bridge_header = Some(bridge.header());
+        Ok(())
+    }
+
+    /// Whether requests can be forwarded (a bridged transport needs its bridge).
+    pub(crate) fn upstream_ready(&self) -> bool {
+        self.bridge_key.is_none() || self.bridge_header.is_some()
+    }
+
+    /// The credential header for the upstream request: the bridge token when bridged (the
+    /// bridge holds the upstream credential itself), else the upstream key.
+    pub(crate) fn upstream_auth(&self) -> Option<&(HeaderName, HeaderValue)> {
+        self.bridge_header.as_ref().or(self.auth_header.as_ref())
     }
 }
 
@@ -138,6 +169,8 @@ pub enum ProxyStatus {
 struct Running {
     runtime: Arc<ArcSwap<ProxyRuntime>>,
     listener: RunningListener,
+    /// The transport bridge of a stdio or legacy-SSE MCP proxy.
+    bridge: Option<Bridge>,
 }
 
 /// Owns the running proxies.
@@ -173,7 +206,7 @@ impl ProxyManager {
     }
 
     /// Starts a proxy (no-op if it is already running); returns the bound address.
-    pub async fn start(&self, runtime: ProxyRuntime) -> Result<SocketAddr, GatewayError> {
+    pub async fn start(&self, mut runtime: ProxyRuntime) -> Result<SocketAddr, GatewayError> {
         let name = runtime.spec.name.clone();
         let mut running = self.running.lock().await;
         if let Some(r) = running.get(&name) {
@@ -182,12 +215,20 @@ impl ProxyManager {
         let addr: SocketAddr = runtime.spec.listen.parse().map_err(|_| {
             GatewayError::Invalid(format!("listen address `{}`", runtime.spec.listen))
         })?;
+        let bridge = self.bridge_for(&mut runtime, None).await?;
         let runtime = Arc::new(ArcSwap::from_pointee(runtime));
         match RunningListener::bind(addr, self.shared.clone(), runtime.clone(), self.drain).await {
             Ok(listener) => {
                 let local = listener.local_addr;
                 tracing::info!(proxy = %name, addr = %local, "proxy started");
-                running.insert(name.clone(), Running { runtime, listener });
+                running.insert(
+                    name.clone(),
+                    Running {
+                        runtime,
+                        listener,
+                        bridge,
+                    },
+                );
                 self.set_failure(&name, None);
                 Ok(local)
             }
@@ -209,6 +250,7 @@ impl ProxyManager {
         match r {
             Some(r) => {
                 r.listener.shutdown().await;
+                drop(r.bridge);
                 tracing::info!(proxy = %name, "proxy stopped");
                 true
             }
@@ -220,19 +262,27 @@ impl ProxyManager {
     /// unchanged (no dropped connections); otherwise the new address is bound first and only
     /// then is the old listener drained, so a failed rebind leaves the proxy serving as before.
     /// Stopped proxies are left stopped.
-    pub async fn reconfigure(&self, runtime: ProxyRuntime) -> Result<(), GatewayError> {
+    pub async fn reconfigure(&self, mut runtime: ProxyRuntime) -> Result<(), GatewayError> {
         let name = runtime.spec.name.clone();
         let mut running = self.running.lock().await;
-        let Some(current) = running.get(&name) else {
+        let Some(current) = running.get_mut(&name) else {
             return Ok(());
         };
+        // The bridge is kept when the upstream is the same; a new one replaces it otherwise.
+        let new_bridge = self
+            .bridge_for(&mut runtime, current.bridge.as_ref())
+            .await?;
         if current.runtime.load().spec.listen == runtime.spec.listen {
             current.runtime.store(Arc::new(runtime));
+            if new_bridge.is_some() || current.runtime.load().bridge_key.is_none() {
+                current.bridge = new_bridge;
+            }
             return Ok(());
         }
         let addr: SocketAddr = runtime.spec.listen.parse().map_err(|_| {
             GatewayError::Invalid(format!("listen address `{}`", runtime.spec.listen))
         })?;
+        let keeps_bridge = new_bridge.is_none() && runtime.bridge_key.is_some();
         let swap = Arc::new(ArcSwap::from_pointee(runtime));
         let listener = RunningListener::bind(addr, self.shared.clone(), swap.clone(), self.drain)
             .await
@@ -241,11 +291,18 @@ impl ProxyManager {
                 source,
             })?;
         tracing::info!(proxy = %name, addr = %listener.local_addr, "proxy rebound");
-        let old = running.insert(
+        let mut old = running.remove(&name);
+        let bridge = if keeps_bridge {
+            old.as_mut().and_then(|o| o.bridge.take())
+        } else {
+            new_bridge
+        };
+        running.insert(
             name,
             Running {
                 runtime: swap,
                 listener,
+                bridge,
             },
         );
         drop(running);
@@ -253,6 +310,31 @@ impl ProxyManager {
             old.listener.shutdown().await;
         }
         Ok(())
+    }
+
+    /// Starts the bridge a runtime's transport needs and attaches it; with `current` serving the
+    /// same upstream, attaches that one instead and returns `None`.
+    async fn bridge_for(
+        &self,
+        runtime: &mut ProxyRuntime,
+        current: Option<&Bridge>,
+    ) -> Result<Option<Bridge>, GatewayError> {
+        let Some(key) = runtime.bridge_key.clone() else {
+            return Ok(None);
+        };
+        if let Some(b) = current.filter(|b| b.key == key) {
+            runtime.attach(b)?;
+            return Ok(None);
+        }
+        let auth = match runtime.spec.transport {
+            McpTransport::Sse => runtime.auth_header.clone(),
+            _ => None,
+        };
+        let bridge = Bridge::start(&runtime.spec, key, auth, self.shared.client.clone())
+            .await
+            .map_err(|e| GatewayError::Invalid(format!("cannot start the MCP transport: {e}")))?;
+        runtime.attach(&bridge)?;
+        Ok(Some(bridge))
     }
 
     /// Current status of a proxy.

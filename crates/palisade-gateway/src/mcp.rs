@@ -288,6 +288,13 @@ async fn serve(
         }
     };
 
+    if !rt.upstream_ready() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -32000,
+            "the MCP transport of this proxy is not running",
+        ));
+    }
     // Upstream request: the upstream's own Host, our credential (never the client's key).
     let mut headers = http::HeaderMap::new();
     for (name, value) in &parts.headers {
@@ -302,7 +309,7 @@ async fn serve(
         }
     }
     headers.insert(http::header::HOST, rt.target.host.clone());
-    if let Some((name, value)) = &rt.auth_header {
+    if let Some((name, value)) = rt.upstream_auth() {
         headers.insert(name.clone(), value.clone());
     }
     let uri = rt

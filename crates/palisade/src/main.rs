@@ -39,6 +39,12 @@ enum Command {
         /// Serve requests that carry no session (for load tests of `tools/call`).
         #[arg(long)]
         stateless: bool,
+        /// Speak newline-delimited JSON-RPC on stdin/stdout instead of HTTP (a stdio server).
+        #[arg(long)]
+        stdio: bool,
+        /// With `--stdio`: read the tool list (a JSON array) from this file on every `tools/list`.
+        #[arg(long)]
+        tools_file: Option<std::path::PathBuf>,
     },
     /// Check a config file without starting anything.
     CheckConfig {
@@ -91,9 +97,15 @@ fn main() -> anyhow::Result<()> {
             require_key: a.require_key,
         })),
         Command::MockMcp {
+            stdio: true,
+            tools_file,
+            ..
+        } => rt.block_on(mock_mcp::run_stdio(tools_file)),
+        Command::MockMcp {
             addr,
             sse,
             stateless,
+            ..
         } => rt.block_on(mock_mcp::run(addr, sse, stateless)),
         Command::CheckConfig { file } => {
             let cfg = config::load(&file)?;

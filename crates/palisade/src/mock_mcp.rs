@@ -60,6 +60,46 @@ pub async fn run(addr: SocketAddr, sse: bool, stateless: bool) -> anyhow::Result
     }
 }
 
+/// Serves MCP on stdin/stdout. Every `tools/list` reads the tool list from `tools_file` when it
+/// exists (so tests can change tools under the gateway); `tools/call` of `exit` ends the process
+/// (to test supervision); a call with a progress token gets one progress notification first.
+pub async fn run_stdio(tools_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    eprintln!("palisade mock-mcp serving on stdio");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            eprintln!("not JSON: {line}");
+            continue;
+        };
+        let (Some(m), Some(id)) = (msg.get("method").and_then(Value::as_str), msg.get("id")) else {
+            continue;
+        };
+        let params = msg.get("params").cloned().unwrap_or(Value::Null);
+        if m == "tools/call" && params["name"] == "exit" {
+            eprintln!("exiting as asked");
+            std::process::exit(3);
+        }
+        let tools = tools_file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(Value::is_array)
+            .unwrap_or_else(default_tools);
+        let mut text = String::new();
+        if let Some(token) = params.pointer("/_meta/progressToken") {
+            let p = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": token, "progress": 1, "total": 1}});
+            text.push_str(&format!("{p}\n"));
+        }
+        text.push_str(&format!("{}\n", answer(id, m, &params, &tools)));
+        out.write_all(text.as_bytes()).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
 fn reply(
     status: StatusCode,
     body: String,

@@ -1,0 +1,534 @@
+//! One message connection to an MCP server (a stdio process or a legacy SSE session) shared by
+//! the Streamable HTTP sessions the bridge serves. Request ids and progress tokens are renumbered
+//! so clients never collide on the shared connection; answers go back to the request that asked,
+//! progress to the stream of its request, server requests to a client that can answer them, and
+//! other notifications to every session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+/// What a link delivers: a message from the server, or the end of the connection.
+pub(crate) enum Inbound {
+    Message(Value),
+    Closed(String),
+}
+
+/// A connection to a server: serialized messages out, parsed messages in, and the tasks that
+/// carry them (aborted when the hub closes).
+pub(crate) struct Link {
+    pub out: mpsc::Sender<Bytes>,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub tasks: Vec<AbortHandle>,
+}
+
+/// Messages queued for one client stream before it counts as stuck.
+pub(crate) const STREAM_QUEUE: usize = 1024;
+
+/// Where messages for one client stream go.
+pub(crate) type Sink = mpsc::Sender<Value>;
+
+struct Waiter {
+    session: String,
+    client_id: Value,
+    sink: Sink,
+    /// The token the gateway put in `_meta.progressToken`, and the client's own.
+    token: Option<(String, Value)>,
+}
+
+#[derive(Default)]
+struct HubState {
+    waiters: HashMap<u64, Waiter>,
+    tokens: HashMap<String, u64>,
+    /// Open GET streams per session.
+    streams: HashMap<String, Sink>,
+    closed: Option<String>,
+}
+
+/// A JSON-RPC error response.
+pub(crate) fn error_response(id: &Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// Whether a message is a response (an id and no method).
+pub(crate) fn is_response(m: &Value) -> bool {
+    m.get("method").is_none() && m.get("id").is_some_and(|v| !v.is_null())
+}
+
+/// The shared connection.
+pub(crate) struct Hub {
+    proxy: String,
+    out: mpsc::Sender<Bytes>,
+    st: Mutex<HubState>,
+    next: AtomicU64,
+    /// The server's `initialize` result, once one succeeded on this connection.
+    init: tokio::sync::Mutex<Option<Value>>,
+    closed: watch::Receiver<bool>,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+fn deliver(proxy: &str, sink: &Sink, m: Value) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = sink.try_send(m) {
+        tracing::warn!(
+            proxy,
+            "an MCP client stream is not keeping up; a message was dropped"
+        );
+    }
+}
+
+impl Hub {
+    /// Starts routing the link's messages.
+    pub(crate) fn start(proxy: &str, link: Link) -> Arc<Hub> {
+        let (closed_tx, closed) = watch::channel(false);
+        let hub = Arc::new(Hub {
+            proxy: proxy.to_string(),
+            out: link.out,
+            st: Mutex::new(HubState::default()),
+            next: AtomicU64::new(1),
+            init: tokio::sync::Mutex::new(None),
+            closed,
+            tasks: Mutex::new(link.tasks),
+        });
+        let weak = Arc::downgrade(&hub);
+        let mut inbound = link.inbound;
+        let dispatcher = tokio::spawn(async move {
+            let reason = loop {
+                match inbound.recv().await {
+                    None => break "the connection to the MCP server closed".to_string(),
+                    Some(Inbound::Closed(r)) => break r,
+                    Some(Inbound::Message(m)) => {
+                        let Some(hub) = weak.upgrade() else { return };
+                        match m {
+                            Value::Array(items) => items.into_iter().for_each(|m| hub.dispatch(m)),
+                            m => hub.dispatch(m),
+                        }
+                    }
+                }
+            };
+            if let Some(hub) = weak.upgrade() {
+                hub.shut(&reason);
+            }
+            let _ = closed_tx.send(true);
+        });
+        hub.lock_tasks().push(dispatcher.abort_handle());
+        hub
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the connection closed: every waiting request gets an error, every stream ends.
+    fn shut(&self, reason: &str) {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        tracing::warn!(proxy = %self.proxy, "MCP server connection closed: {reason}");
+        st.closed = Some(reason.to_string());
+        let msg = format!("the MCP server connection closed: {reason}");
+        for (_, w) in st.waiters.drain() {
+            deliver(
+                &self.proxy,
+                &w.sink,
+                error_response(&w.client_id, -32000, &msg),
+            );
+        }
+        st.tokens.clear();
+        st.streams.clear();
+    }
+
+    /// Closes the connection: its tasks are stopped (a stdio process is killed with them).
+    pub(crate) fn close(&self) {
+        self.shut("closed by the gateway");
+        for t in self.lock_tasks().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Waits until the connection ends.
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closed.clone();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    fn dispatch(&self, mut m: Value) {
+        let method = m.get("method").and_then(Value::as_str).map(str::to_owned);
+        let has_id = m.get("id").is_some_and(|v| !v.is_null());
+        let mut st = self.lock();
+        match (method, has_id) {
+            (None, true) => {
+                let Some(w) = m["id"].as_u64().and_then(|id| st.waiters.remove(&id)) else {
+                    tracing::debug!(proxy = %self.proxy, "MCP server answered an unknown request id");
+                    return;
+                };
+                if let Some((token, _)) = &w.token {
+                    st.tokens.remove(token);
+                }
+                m["id"] = w.client_id;
+                deliver(&self.proxy, &w.sink, m);
+            }
+            (Some(_), true) => {
+                // A server request (sampling, elicitation, roots): to the stream of the newest
+                // request in flight (it is most likely the cause), else to an open GET stream.
+                let sink = st
+                    .waiters
+                    .iter()
+                    .filter(|(_, w)| !w.session.is_empty())
+                    .max_by_key(|(id, _)| **id)
+                    .map(|(_, w)| w.sink.clone())
+                    .or_else(|| st.streams.values().next().cloned());
+                match sink {
+                    Some(s) => deliver(&self.proxy, &s, m),
+                    None => {
+                        let answer =
+                            error_response(&m["id"], -32603, "no client is connected to answer");
+                        let _ = self.out.try_send(Bytes::from(answer.to_string()));
+                    }
+                }
+            }
+            (Some(_), false) => {
+                let token = m
+                    .pointer("/params/progressToken")
+                    .and_then(Value::as_str)
+                    .and_then(|t| st.tokens.get(t).copied());
+                if let Some(w) = token.and_then(|id| st.waiters.get(&id)) {
+                    if let Some((_, client_token)) = &w.token {
+                        m["params"]["progressToken"] = client_token.clone();
+                    }
+                    deliver(&self.proxy, &w.sink, m);
+                    return;
+                }
+                // Everything else goes to every session: its GET stream, or the stream of its
+                // newest request when it has none open.
+                let mut sinks: HashMap<&str, (u64, &Sink)> = HashMap::new();
+                for (id, w) in &st.waiters {
+                    if w.session.is_empty() {
+                        continue;
+                    }
+                    let e = sinks.entry(w.session.as_str()).or_insert((*id, &w.sink));
+                    if *id > e.0 {
+                        *e = (*id, &w.sink);
+                    }
+                }
+                for (s, sink) in &st.streams {
+                    sinks.insert(s.as_str(), (u64::MAX, sink));
+                }
+                for (_, sink) in sinks.values() {
+                    deliver(&self.proxy, sink, m.clone());
+                }
+            }
+            (None, false) => {
+                tracing::debug!(proxy = %self.proxy, "MCP server sent a message that is neither request, answer nor notification");
+            }
+        }
+    }
+
+    /// Opens a session's GET stream (replacing an earlier one).
+    pub(crate) fn open_stream(&self, session: &str) -> Option<mpsc::Receiver<Value>> {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        st.streams.insert(session.to_string(), tx);
+        Some(rx)
+    }
+
+    /// Forgets a session's streams.
+    pub(crate) fn end_session(&self, session: &str) {
+        self.lock().streams.remove(session);
+    }
+
+    /// Performs the `initialize` handshake on this connection once; later calls get the same
+    /// result. `Err` carries the server's JSON-RPC error object.
+    pub(crate) async fn initialize(&self, params: &Value, wait: Duration) -> Result<Value, Value> {
+        let mut init = self.init.lock().await;
+        if let Some(r) = &*init {
+            return Ok(r.clone());
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(16);
+        {
+            let mut st = self.lock();
+            if let Some(r) = &st.closed {
+                return Err(
+                    json!({"code": -32000, "message": format!("the MCP server connection closed: {r}")}),
+                );
+            }
+            st.waiters.insert(
+                id,
+                Waiter {
+                    session: String::new(),
+                    client_id: Value::from(id),
+                    sink: tx,
+                    token: None,
+                },
+            );
+        }
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": params});
+        if self.out.send(Bytes::from(msg.to_string())).await.is_err() {
+            self.lock().waiters.remove(&id);
+            return Err(json!({"code": -32000, "message": "the MCP server connection closed"}));
+        }
+        let answer = loop {
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Err(_) => {
+                    self.lock().waiters.remove(&id);
+                    return Err(
+                        json!({"code": -32000, "message": "the MCP server did not answer initialize in time"}),
+                    );
+                }
+                Ok(None) => {
+                    return Err(
+                        json!({"code": -32000, "message": "the MCP server connection closed"}),
+                    );
+                }
+                Ok(Some(m)) if is_response(&m) => break m,
+                Ok(Some(_)) => {}
+            }
+        };
+        match answer.get("result") {
+            Some(result) => {
+                *init = Some(result.clone());
+                let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+                let _ = self.out.send(Bytes::from(done.to_string())).await;
+                Ok(result.clone())
+            }
+            None => Err(answer.get("error").cloned().unwrap_or_else(
+                || json!({"code": -32603, "message": "malformed initialize answer"}),
+            )),
+        }
+    }
+
+    /// Whether `initialize` has succeeded on this connection.
+    pub(crate) async fn initialized(&self) -> bool {
+        self.init.lock().await.is_some()
+    }
+
+    /// Sends a client's messages (no `initialize` among them). Returns the stream their answers,
+    /// progress and related server messages arrive on, and how many answers to expect.
+    pub(crate) async fn post(
+        &self,
+        session: &str,
+        msgs: Vec<Value>,
+    ) -> Result<(mpsc::Receiver<Value>, usize), String> {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let mut expected = 0;
+        let mut outgoing = Vec::with_capacity(msgs.len());
+        {
+            let mut st = self.lock();
+            if let Some(r) = &st.closed {
+                return Err(format!("the MCP server connection closed: {r}"));
+            }
+            for mut m in msgs {
+                let method = m.get("method").and_then(Value::as_str).map(str::to_owned);
+                let has_id = m.get("id").is_some_and(|v| !v.is_null());
+                match (method.as_deref(), has_id) {
+                    (Some(_), true) => {
+                        let id = self.next.fetch_add(1, Ordering::Relaxed);
+                        let client_id = std::mem::replace(&mut m["id"], Value::from(id));
+                        let token = match m.pointer_mut("/params/_meta/progressToken") {
+                            Some(t) => {
+                                let ours = format!("palisade-{id}");
+                                let theirs = std::mem::replace(t, Value::String(ours.clone()));
+                                st.tokens.insert(ours.clone(), id);
+                                Some((ours, theirs))
+                            }
+                            None => None,
+                        };
+                        st.waiters.insert(
+                            id,
+                            Waiter {
+                                session: session.to_string(),
+                                client_id,
+                                sink: tx.clone(),
+                                token,
+                            },
+                        );
+                        expected += 1;
+                    }
+                    // Sent once by the gateway when it initialized the connection.
+                    (Some("notifications/initialized"), false) => continue,
+                    (Some("notifications/cancelled"), false) => {
+                        let asked = m.pointer("/params/requestId").cloned();
+                        let ours = st.waiters.iter().find(|(_, w)| {
+                            w.session == session && Some(&w.client_id) == asked.as_ref()
+                        });
+                        match ours {
+                            Some((id, _)) => m["params"]["requestId"] = Value::from(*id),
+                            None => continue,
+                        }
+                    }
+                    _ => {}
+                }
+                outgoing.push(Bytes::from(m.to_string()));
+            }
+        }
+        for b in outgoing {
+            if self.out.send(b).await.is_err() {
+                return Err("the MCP server connection closed".into());
+            }
+        }
+        Ok((rx, expected))
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for t in self.lock_tasks().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link whose far end is the test: (hub, what the hub sent, where to answer).
+    fn pair() -> (Arc<Hub>, mpsc::Receiver<Bytes>, mpsc::Sender<Inbound>) {
+        let (out, sent) = mpsc::channel(64);
+        let (answer, inbound) = mpsc::channel(64);
+        let hub = Hub::start(
+            "t",
+            Link {
+                out,
+                inbound,
+                tasks: Vec::new(),
+            },
+        );
+        (hub, sent, answer)
+    }
+
+    async fn next_sent(rx: &mut mpsc::Receiver<Bytes>) -> Value {
+        serde_json::from_slice(&rx.recv().await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn ids_and_progress_tokens_are_renumbered_per_client() {
+        let (hub, mut sent, answer) = pair();
+        let call = |tok: &str| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": "x", "_meta": {"progressToken": tok}}})
+        };
+        let (mut a, n) = hub.post("sa", vec![call("p")]).await.unwrap();
+        assert_eq!(n, 1);
+        let (mut b, _) = hub.post("sb", vec![call("p")]).await.unwrap();
+        let ma = next_sent(&mut sent).await;
+        let mb = next_sent(&mut sent).await;
+        assert_ne!(ma["id"], mb["id"]);
+        assert_ne!(
+            ma["params"]["_meta"]["progressToken"],
+            mb["params"]["_meta"]["progressToken"]
+        );
+        // Progress for b's call reaches b only, with b's own token.
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": mb["params"]["_meta"]["progressToken"], "progress": 1}});
+        answer.send(Inbound::Message(note)).await.unwrap();
+        answer
+            .send(Inbound::Message(
+                json!({"jsonrpc": "2.0", "id": mb["id"], "result": {"b": true}}),
+            ))
+            .await
+            .unwrap();
+        let p = b.recv().await.unwrap();
+        assert_eq!(p["params"]["progressToken"], "p");
+        let r = b.recv().await.unwrap();
+        assert_eq!(r, json!({"jsonrpc": "2.0", "id": 1, "result": {"b": true}}));
+        assert!(a.try_recv().is_err());
+        // The server going away answers a's call with an error.
+        answer.send(Inbound::Closed("exited".into())).await.unwrap();
+        let e = a.recv().await.unwrap();
+        assert_eq!(e["id"], 1);
+        assert!(e["error"]["message"].as_str().unwrap().contains("exited"));
+        hub.closed().await;
+        assert!(hub.is_closed());
+        assert!(hub.post("sa", vec![call("p")]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn initialize_runs_once_and_notifications_fan_out() {
+        let (hub, mut sent, answer) = pair();
+        let h = hub.clone();
+        let first = tokio::spawn(async move {
+            h.initialize(
+                &json!({"protocolVersion": "2025-06-18"}),
+                Duration::from_secs(5),
+            )
+            .await
+        });
+        let init = next_sent(&mut sent).await;
+        assert_eq!(init["method"], "initialize");
+        answer
+            .send(Inbound::Message(
+                json!({"jsonrpc": "2.0", "id": init["id"], "result": {"protocolVersion": "2025-06-18"}}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.await.unwrap().unwrap()["protocolVersion"],
+            "2025-06-18"
+        );
+        assert_eq!(
+            next_sent(&mut sent).await["method"],
+            "notifications/initialized"
+        );
+        // A second client gets the same answer without another handshake.
+        hub.initialize(&json!({}), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(sent.try_recv().is_err());
+        // The clients' own `initialized` notifications are not repeated to the server.
+        let (_, n) = hub
+            .post(
+                "sa",
+                vec![json!({"jsonrpc": "2.0", "method": "notifications/initialized"})],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(sent.try_recv().is_err());
+        // A list_changed notification reaches both open streams.
+        let mut ga = hub.open_stream("sa").unwrap();
+        let mut gb = hub.open_stream("sb").unwrap();
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        answer.send(Inbound::Message(note.clone())).await.unwrap();
+        assert_eq!(ga.recv().await.unwrap(), note);
+        assert_eq!(gb.recv().await.unwrap(), note);
+        // A server request with nobody in flight goes to a GET stream.
+        let ask = json!({"jsonrpc": "2.0", "id": 7, "method": "roots/list"});
+        answer.send(Inbound::Message(ask.clone())).await.unwrap();
+        let got = tokio::select! { m = ga.recv() => m, m = gb.recv() => m };
+        assert_eq!(got.unwrap(), ask);
+    }
+
+    #[tokio::test]
+    async fn server_request_without_client_is_answered_with_an_error() {
+        let (_hub, mut sent, answer) = pair();
+        answer
+            .send(Inbound::Message(
+                json!({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage"}),
+            ))
+            .await
+            .unwrap();
+        let e = next_sent(&mut sent).await;
+        assert_eq!(e["id"], "s1");
+        assert_eq!(e["error"]["code"], -32603);
+    }
+}
