@@ -5,7 +5,9 @@ approval, approval through the API, resources, progress and logging notification
 The through-gateway tests are skipped only while `palisade check-config` refuses a `kind = "mcp"` proxy."""
 
 import contextlib
+import os
 import re
+import sys
 import time
 
 import anyio
@@ -16,7 +18,17 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from conftest import CI_KEY, McpGateway, everything_stdio_command, mcp_proxy_toml, require_mcp_gateway
+from conftest import (
+    CI_KEY,
+    REPO,
+    McpGateway,
+    Proc,
+    everything_stdio_command,
+    free_port,
+    mcp_proxy_toml,
+    require_mcp_gateway,
+    wait_port,
+)
 
 # "auto" is the SDK's default (probes the stateless 2026-07-28 era with server/discover, falls back to initialize);
 # "legacy" pins the session era (initialize handshake at the newest handshake-era version).
@@ -314,3 +326,44 @@ def test_gateway_refuses_bad_or_missing_key(everything, mcp_gateway):
     # … and the right key still works on the same proxy afterwards.
     r = httpx.post(url, json=init, headers={**accept, "authorization": f"Bearer {CI_KEY}"}, timeout=10)
     assert r.status_code == 200, r.text
+
+
+# ---------------------------------------------------------------------------------------------- stateless era
+
+FIXTURE = [sys.executable, os.path.join(REPO, "tests/conformance/fixture.py")]
+
+
+@pytest.fixture(scope="module")
+def modern_server():
+    """The mcp Python SDK's own MCPServer (our conformance fixture), which speaks the stateless 2026-07-28
+    era and the session era at one URL; yields its endpoint."""
+    port = free_port()
+    proc = Proc(FIXTURE, env=dict(os.environ, PORT=str(port)))
+    try:
+        wait_port(port, proc, timeout=60)
+    except BaseException:
+        proc.stop()
+        raise
+    yield f"http://127.0.0.1:{port}/mcp"
+    proc.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gateway_in_front_of_a_stateless_era_server(modern_server, mcp_gateway, mode):
+    gw = mcp_gateway(mcp_proxy_toml("mcp-modern", modern_server, "manual", ["test_simple_text"]))
+
+    async def scenario():
+        async with connect(gw.mcp_url("mcp-modern"), CI_KEY, mode) as c:
+            if mode == "auto":
+                # The SDK's era probe goes through the gateway and settles on the stateless era.
+                assert c.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS, c.protocol_version
+            else:
+                assert c.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+            assert await tool_names(c) == ["test_simple_text"]
+            r = await c.call_tool("test_simple_text", {})
+            assert not r.is_error and "simple text" in text(r)
+            assert "awaits approval" in await refusal(c, "test_image_content", {})
+
+    run(scenario)
+    tools = {t["name"]: t["status"] for t in gw.tools("mcp-modern")}
+    assert tools["test_simple_text"] == "approved" and tools["test_image_content"] == "pending"

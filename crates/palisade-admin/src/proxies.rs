@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use palisade_core::model::ProxySpec;
+use palisade_core::model::{McpTransport, ProxySpec};
 use palisade_gateway::{ProxyRuntime, ProxyStatus};
 use palisade_store::{Actor, ProxyRow, SealedUpdate};
 use serde::Serialize;
@@ -298,6 +298,32 @@ pub async fn get(
     Ok(Json(s.view(row).await))
 }
 
+/// What a stdio proxy runs on the gateway host.
+fn launch(spec: &ProxySpec) -> Option<impl PartialEq + '_> {
+    (spec.transport == McpTransport::Stdio).then_some((
+        &spec.command,
+        &spec.env,
+        &spec.inherit_env,
+        &spec.cwd,
+    ))
+}
+
+/// Programs run on the gateway host come from the config file only: the API may start, stop and
+/// retune a stdio proxy, but not create one or change what it runs, so an admin session (or a
+/// stolen one) cannot turn into command execution on the host.
+fn check_launch(before: Option<&ProxySpec>, after: &ProxySpec) -> ApiResult<()> {
+    let Some(new) = launch(after) else {
+        return Ok(());
+    };
+    if before.and_then(launch).is_some_and(|old| old == new) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "stdio MCP servers run programs on the gateway host: declare them in the config file \
+         (transport, command, env, inherit_env and cwd cannot be set through the API)",
+    ))
+}
+
 /// Create a proxy (started at once when `enabled`, the default).
 #[utoipa::path(post, path = "/api/v1/proxies", tag = "proxies", security(("bearer" = [])), request_body = ProxyInput,
     responses((status = 201, body = ProxyView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -311,6 +337,7 @@ pub async fn create(
         _ => None,
     };
     let spec: ProxySpec = parse(body.to_string().as_bytes())?;
+    check_launch(None, &spec)?;
     Ok((
         StatusCode::CREATED,
         Json(s.create_proxy(spec, key, u.actor()).await?),
@@ -340,6 +367,8 @@ pub async fn replace(
         }
     }
     let spec: ProxySpec = parse(body.to_string().as_bytes())?;
+    let before = s.store.get_proxy(&name).await?.map(|r| r.spec);
+    check_launch(before.as_ref(), &spec)?;
     Ok(Json(s.update_proxy(spec, key, u.actor()).await?))
 }
 
@@ -368,6 +397,7 @@ pub async fn patch(
         ));
     }
     let spec: ProxySpec = parse(merged.to_string().as_bytes())?;
+    check_launch(Some(&row.spec), &spec)?;
     Ok(Json(s.update_proxy(spec, key, u.actor()).await?))
 }
 

@@ -652,6 +652,40 @@ async fn stdio_servers_are_launched_supervised_and_guarded() {
     }
     assert_eq!(back["result"]["content"][0]["text"], "again", "{back}");
     assert_eq!(c.tool_names().await, vec!["echo", "exit"]);
+
+    // The API may retune a stdio proxy but not create one or change what it runs.
+    let (s, v) = gw
+        .api(
+            reqwest::Method::PATCH,
+            "/api/v1/proxies/tools",
+            Some(json!({"description": "local tools"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = gw
+        .api(
+            reqwest::Method::PATCH,
+            "/api/v1/proxies/tools",
+            Some(json!({"command": ["sh", "-c", "id"]})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "more", "kind": "mcp", "listen": "127.0.0.1:0", "transport": "stdio",
+                   "command": ["sh", "-c", "id"]}),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config file"),
+        "{v}"
+    );
+    assert_eq!(c.tool_names().await, vec!["echo", "exit"], "still serving");
 }
 
 #[tokio::test]
