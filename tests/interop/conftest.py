@@ -287,6 +287,11 @@ class McpGateway(Gateway):
     def mcp_url(self, name):
         return self.proxy_url(name) + "/mcp"
 
-    def tools(self, name):
+    def inventory(self, name):
+        """Every pinned item of the proxy: tools, and prompts, resources and the server's instructions under
+        their reserved prefixes."""
         body = self.call("GET", f"/api/v1/proxies/{name}/tools")
         return body["items"] if isinstance(body, dict) and "items" in body else body
+
+    def tools(self, name):
+        return [t for t in self.inventory(name) if not t["name"].startswith(("prompt:", "resource:", "server:"))]

@@ -186,6 +186,10 @@ def test_gateway_fail_closed_approval_then_api_approval(upstream, mcp_gateway, m
                 assert t["definition"]["name"] == t["name"]
             for name in CORE_TOOLS:  # plainly benign tools of the reference server: no poisoning findings
                 assert tools[name]["findings"] == [], (name, tools[name]["findings"])
+            # The server's instructions are pinned and, under manual approval, wait for an administrator.
+            pinned = {t["name"]: t for t in gw.inventory(PROXY)}
+            assert pinned["server:instructions"]["status"] == "pending", pinned.get("server:instructions")
+            assert c.instructions is None, "unapproved instructions must not reach the client"
             assert tools["get-sum"]["definition"]["description"] == "Returns the sum of two numbers"
             assert set(tools["get-sum"]["definition"]["inputSchema"]["properties"]) == {"a", "b"}
 
@@ -275,12 +279,14 @@ def test_gateway_auto_approval_shows_every_tool(everything, mcp_gateway, mode):
 
     async def direct():
         async with connect(everything, mode=mode) as c:
-            return set(await tool_names(c))
+            return set(await tool_names(c)), c.instructions
 
-    upstream_tools = run(direct)
+    upstream_tools, instructions = run(direct)
 
     async def scenario():
         async with connect(gw.mcp_url("mcp-auto"), CI_KEY, mode) as c:
+            # Trusted server: its instructions are pinned and passed on unchanged.
+            assert instructions and c.instructions == instructions
             visible = set(await tool_names(c))
             assert CORE_TOOLS <= visible
             hidden = {t["name"]: (t["status"], t["findings"]) for t in gw.tools("mcp-auto") if t["name"] not in visible}

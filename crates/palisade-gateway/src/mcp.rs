@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::body::{Finisher, ProxyBody, Relay};
 use crate::inspect::{Findings, request_texts};
 use crate::manager::{GatewayShared, ProxyRuntime};
+use crate::mcp_tools::Kind;
 use crate::redact::{RedactionMap, redact_value, unmask_value};
 use crate::sse::{for_each_event, raw_events};
 
@@ -567,14 +568,30 @@ fn check_post(
         } else {
             method.to_string()
         };
-        let full_list = method == "tools/list" && params.and_then(|p| p.get("cursor")).is_none();
+        let full_list = method.ends_with("/list") && params.and_then(|p| p.get("cursor")).is_none();
         if let Some(id) = &id {
             pending.by_id.insert(
                 id.to_string(),
                 (method.to_string(), name.map(str::to_string), full_list),
             );
         }
-        if method != "tools/call" {
+        let kind = match method {
+            "tools/call" => Kind::Tool,
+            "prompts/get" => Kind::Prompt,
+            "resources/read" => Kind::Resource,
+            _ => continue,
+        };
+        if kind != Kind::Tool {
+            if let Some(why) = shared
+                .mcp
+                .refusal_of(&rt.spec.name, kind, name.unwrap_or(""))
+            {
+                refusals.push(rpc_error(
+                    id.as_ref().unwrap_or(&Value::Null),
+                    code::NOT_APPROVED,
+                    &why,
+                ));
+            }
             continue;
         }
         let tool = name.unwrap_or("");
@@ -705,20 +722,38 @@ impl Ctx {
         if m.get("result").is_none() {
             return false;
         }
-        let shared = &self.shared;
+
         match method.as_str() {
-            "tools/list" => {
-                let tools = m["result"]["tools"].as_array().cloned().unwrap_or_default();
+            "tools/list" | "prompts/list" | "resources/list" => {
+                let (kind, field) = match method.as_str() {
+                    "tools/list" => (Kind::Tool, "tools"),
+                    "prompts/list" => (Kind::Prompt, "prompts"),
+                    _ => (Kind::Resource, "resources"),
+                };
+                let Some(items) = m["result"][field].as_array() else {
+                    return false;
+                };
                 let paged = m["result"].get("nextCursor").is_some_and(|c| !c.is_null());
-                let obs = shared.mcp.observe(&self.rt, &tools, full && !paged);
-                for t in obs.changed {
-                    (shared.tool_sink)(t);
-                }
-                for a in obs.alerts {
-                    (shared.alert)(a);
-                }
-                m["result"]["tools"] = Value::Array(obs.visible);
+                let visible = self.observe(kind, items, full && !paged);
+                m["result"][field] = Value::Array(visible);
                 true
+            }
+            "initialize" | "server/discover" => {
+                // The server's instructions reach the model like a tool description does.
+                let text = m["result"].get("instructions").and_then(Value::as_str);
+                let items: Vec<Value> = text
+                    .map(|t| json!({"name": "instructions", "instructions": t}))
+                    .into_iter()
+                    .collect();
+                let visible = self.observe(Kind::Instructions, &items, true);
+                if text.is_some()
+                    && visible.is_empty()
+                    && let Some(r) = m["result"].as_object_mut()
+                {
+                    r.remove("instructions");
+                    return true;
+                }
+                false
             }
             "tools/call" => {
                 let Some(insp) = &self.rt.inspector else {
@@ -744,6 +779,20 @@ impl Ctx {
             }
             _ => false,
         }
+    }
+
+    /// Records a listing in the inventory (persisting changes, raising alerts); returns what
+    /// the client may see.
+    fn observe(&self, kind: Kind, items: &[Value], full: bool) -> Vec<Value> {
+        let shared = &self.shared;
+        let obs = shared.mcp.observe_kind(&self.rt, kind, items, full);
+        for t in obs.changed {
+            (shared.tool_sink)(t);
+        }
+        for a in obs.alerts {
+            (shared.alert)(a);
+        }
+        obs.visible
     }
 
     /// Processes the JSON-RPC messages of a run of SSE events, keeping `id:`/`retry:` lines.

@@ -17,11 +17,22 @@ use serde_json::{Value, json};
 
 struct State {
     tools: Mutex<Value>,
+    /// Prompts, resources and instructions (`POST /_mock/catalog`).
+    catalog: Mutex<Value>,
     sse: bool,
     /// Accept requests without a session (benchmarks send `tools/call` directly).
     stateless: bool,
     /// Messages received, newest last (bounded), served at `GET /_mock/requests`.
     received: Mutex<Vec<Value>>,
+}
+
+fn default_catalog() -> Value {
+    json!({
+        "prompts": [{"name": "greet", "description": "Greets someone.",
+                     "arguments": [{"name": "who", "required": true}]}],
+        "resources": [{"uri": "mock://docs/readme", "name": "readme", "mimeType": "text/markdown"}],
+        "instructions": "A test server."
+    })
 }
 
 fn default_tools() -> Value {
@@ -41,6 +52,7 @@ pub async fn run(addr: SocketAddr, sse: bool, stateless: bool) -> anyhow::Result
     );
     let state = Arc::new(State {
         tools: Mutex::new(default_tools()),
+        catalog: Mutex::new(default_catalog()),
         sse,
         stateless,
         received: Mutex::new(Vec::new()),
@@ -93,7 +105,10 @@ pub async fn run_stdio(tools_file: Option<std::path::PathBuf>) -> anyhow::Result
                 "params": {"progressToken": token, "progress": 1, "total": 1}});
             text.push_str(&format!("{p}\n"));
         }
-        text.push_str(&format!("{}\n", answer(id, m, &params, &tools)));
+        text.push_str(&format!(
+            "{}\n",
+            answer(id, m, &params, &tools, &default_catalog())
+        ));
         out.write_all(text.as_bytes()).await?;
         out.flush().await?;
     }
@@ -117,14 +132,24 @@ fn reply(
     r
 }
 
-fn answer(id: &Value, method: &str, params: &Value, tools: &Value) -> Value {
+fn answer(id: &Value, method: &str, params: &Value, tools: &Value, catalog: &Value) -> Value {
     let result = match method {
         "initialize" => {
-            json!({"protocolVersion": params.get("protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
-            "capabilities": {"tools": {"listChanged": true}}, "serverInfo": {"name": "palisade-mock-mcp", "version": "1.0.0"},
-            "instructions": "A test server."})
+            let mut r = json!({"protocolVersion": params.get("protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
+            "capabilities": {"tools": {"listChanged": true}, "prompts": {}, "resources": {}},
+            "serverInfo": {"name": "palisade-mock-mcp", "version": "1.0.0"}});
+            if let Some(i) = catalog.get("instructions") {
+                r["instructions"] = i.clone();
+            }
+            r
         }
         "tools/list" => json!({"tools": tools}),
+        "prompts/list" => json!({"prompts": catalog["prompts"]}),
+        "resources/list" => json!({"resources": catalog["resources"]}),
+        "prompts/get" => json!({"messages": [{"role": "user",
+            "content": {"type": "text", "text": format!("prompt {}", params["name"].as_str().unwrap_or(""))}}]}),
+        "resources/read" => json!({"contents": [{"uri": params["uri"],
+            "text": format!("contents of {}", params["uri"].as_str().unwrap_or(""))}]}),
         "ping" => json!({}),
         "tools/call" => {
             let name = params.get("name").and_then(Value::as_str).unwrap_or("");
@@ -176,6 +201,21 @@ async fn handle(
             _ => reply(
                 StatusCode::BAD_REQUEST,
                 "{\"error\":\"expected a JSON array of tools\"}".into(),
+                "application/json",
+                None,
+            ),
+        });
+    }
+    if path == "/_mock/catalog" && method == Method::POST {
+        return Ok(match serde_json::from_slice::<Value>(&body) {
+            Ok(v) if v.is_object() => {
+                *state.catalog.lock().unwrap_or_else(|p| p.into_inner()) = v;
+                reply(StatusCode::OK, "{}".into(), "application/json", None)
+            }
+            _ => reply(
+                StatusCode::BAD_REQUEST,
+                "{\"error\":\"expected an object with prompts, resources and instructions\"}"
+                    .into(),
                 "application/json",
                 None,
             ),
@@ -256,7 +296,18 @@ async fn handle(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let out = answer(id, m, msg.get("params").unwrap_or(&Value::Null), &tools);
+    let catalog = state
+        .catalog
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let out = answer(
+        id,
+        m,
+        msg.get("params").unwrap_or(&Value::Null),
+        &tools,
+        &catalog,
+    );
     let sid = new_session.as_deref().or(session.as_deref());
     Ok(if state.sse {
         let body = format!("id: 1\nevent: message\ndata: {out}\n\n");
