@@ -2,8 +2,9 @@
 //! consistency, fail-closed tool approval, policy checks of tool arguments and results, and the
 //! tool inventory fed by every `tools/list` answer.
 //!
-//! Both sides speak Streamable HTTP. A request runs the phases here: [`gate`], [`read_body`],
-//! [`parse_post`], [`check_post`], then [`send`], which also processes the answer.
+//! The upstream speaks Streamable HTTP. Clients speak Streamable HTTP or, through
+//! `mcp_legacy.rs`, the legacy HTTP+SSE transport; both run the phases here: [`gate`],
+//! [`read_body`], [`parse_post`], [`check_post`], then [`send`], which also processes the answer.
 //!
 //! Every decision keys on the JSON-RPC body; `Mcp-*` headers are only checked against it.
 
@@ -136,13 +137,16 @@ fn refuse(status: StatusCode, code: i64, msg: &str) -> Refusal {
     (status, rpc_error(&Value::Null, code, msg))
 }
 
-/// Serves one request on an MCP proxy.
+/// Serves one request on an MCP proxy: the legacy HTTP+SSE routes, or Streamable HTTP.
 pub async fn handle(
     shared: Arc<GatewayShared>,
     rt: Arc<ProxyRuntime>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    if let Some(route) = crate::mcp_legacy::route(&req) {
+        return Ok(crate::mcp_legacy::handle(route, shared, rt, req, peer).await);
+    }
     let t0 = Instant::now();
     let session = req
         .headers()
