@@ -1,6 +1,7 @@
 """The official Python `mcp` client SDK against the npm reference server `@modelcontextprotocol/server-everything`
 (Streamable HTTP, kept on loopback), first directly and then through a Palisade MCP proxy: fail-closed tool
-approval, approval through the API, resources, progress and logging notifications, auto approval, bad keys.
+approval, approval through the API, resources, progress and logging notifications, auto approval, bad keys, and
+the SDK's legacy HTTP+SSE client (`sse_client`) bridged by the gateway to the Streamable HTTP server.
 
 The through-gateway tests are skipped only while `palisade check-config` refuses a `kind = "mcp"` proxy."""
 
@@ -15,6 +16,7 @@ import httpx
 import httpx2
 import pytest
 from mcp import Client, MCPError
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
@@ -98,6 +100,25 @@ async def progress_and_logging(c):
     return text(r), progress
 
 
+async def long_running_reports_progress(c):
+    done, progress = await progress_and_logging(c)
+    assert done.startswith("Long running operation completed")
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+
+
+async def simulated_logs_arrive(c, logs):
+    """server-everything sends simulated log messages outside any request (every 5 s): in the session era they
+    travel on its GET stream. `logs` is filled by the client's logging callback."""
+    await c.set_logging_level("debug")
+    r = await c.call_tool("toggle-simulated-logging", {})
+    assert not r.is_error and "Started simulated" in text(r), text(r)
+    with anyio.fail_after(15):
+        while not logs:
+            await anyio.sleep(0.1)
+    assert "-level message" in str(logs[0].data) or "level-message" in str(logs[0].data), logs[0]
+    await c.call_tool("toggle-simulated-logging", {})
+
+
 # ---------------------------------------------------------------------------------------------- directly
 
 
@@ -115,9 +136,7 @@ def test_sdk_against_server_everything_directly(everything, mode):
             assert RESOURCE in [str(x.uri) for x in (await c.list_resources()).resources]
             doc = (await c.read_resource(RESOURCE)).contents[0]
             assert doc.text.startswith("# Everything Server")
-            done, progress = await progress_and_logging(c)
-            assert done.startswith("Long running operation completed")
-            assert progress == [(1, 3), (2, 3), (3, 3)]
+            await long_running_reports_progress(c)
 
     run(scenario)
 
@@ -254,21 +273,12 @@ def test_gateway_resources_progress_and_logging_pass_through(everything, upstrea
             assert doc.text == expected_doc
 
             # Progress notifications for an approved tool come back through the gateway.
-            done, progress = await progress_and_logging(c)
-            assert done.startswith("Long running operation completed")
-            assert progress == [(1, 3), (2, 3), (3, 3)]
+            await long_running_reports_progress(c)
 
-            # Logging: the server sends simulated log messages outside any request (every 5 s), so in the
-            # session era they travel on the GET stream; the modern era only carries request-scoped logs.
+            # Logging outside any request: the session era's GET stream; the modern era only carries
+            # request-scoped logs.
             if c.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
-                await c.set_logging_level("debug")
-                r = await c.call_tool("toggle-simulated-logging", {})
-                assert not r.is_error and "Started simulated" in text(r), text(r)
-                with anyio.fail_after(15):
-                    while not logs:
-                        await anyio.sleep(0.1)
-                assert "-level message" in str(logs[0].data) or "level-message" in str(logs[0].data), logs[0]
-                await c.call_tool("toggle-simulated-logging", {})
+                await simulated_logs_arrive(c, logs)
 
     run(scenario)
 
@@ -373,3 +383,74 @@ def test_gateway_in_front_of_a_stateless_era_server(modern_server, mcp_gateway, 
     run(scenario)
     tools = {t["name"]: t["status"] for t in gw.tools("mcp-modern")}
     assert tools["test_simple_text"] == "approved" and tools["test_image_content"] == "pending"
+
+# ---------------------------------------------------------------------------------------------- legacy HTTP+SSE
+
+
+@contextlib.asynccontextmanager
+async def connect_sse(base_url, key=None, **kw):
+    """The SDK's legacy HTTP+SSE client (`GET /sse`, then POSTs to the endpoint it announces)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    transport = sse_client(base_url + "/sse", headers=headers, timeout=30, sse_read_timeout=60)
+    async with Client(transport, mode="legacy", cache=None, read_timeout_seconds=30, **kw) as c:
+        yield c
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
+def test_legacy_sse_client_through_the_gateway(everything, mcp_gateway):
+    """A client of the legacy transport in front of a Streamable HTTP server: the gateway bridges the two
+    with the same approval and policy checks."""
+    approved = ["echo", "trigger-long-running-operation", "toggle-simulated-logging"]
+    gw = mcp_gateway(mcp_proxy_toml(PROXY, everything, "manual", approved))
+    base = gw.proxy_url(PROXY)
+
+    async def scenario():
+        logs = []
+
+        async def on_log(params):
+            logs.append(params)
+
+        async with connect_sse(base, CI_KEY, logging_callback=on_log) as c:
+            assert c.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+            assert c.server_info.name == "mcp-servers/everything"
+
+            # Only approved tools are visible; an approved one works, another is refused, fail-closed.
+            assert sorted(await tool_names(c)) == sorted(approved)
+            r = await c.call_tool("echo", {"message": "over legacy SSE"})
+            assert not r.is_error and text(r) == "Echo: over legacy SSE"
+            assert "awaits approval" in await refusal(c, "get-sum", {"a": 2, "b": 3})
+
+            # Resources and progress notifications (on the upstream's POST stream) reach the client's stream.
+            doc = (await c.read_resource(RESOURCE)).contents[0]
+            assert doc.text.startswith("# Everything Server")
+            await long_running_reports_progress(c)
+
+            # Messages the server sends outside any request travel on its GET stream, relayed by the gateway.
+            await simulated_logs_arrive(c, logs)
+
+    run(scenario)
+
+    # Every message is in the request log under the key; the gateway listened on the upstream's GET stream
+    # while the session lasted, and leaving deleted the upstream session.
+    deadline = time.time() + 10
+    while True:
+        rows = gw.requests(f"proxy={PROXY}&limit=500", 1)
+        if {"sse", "get", "delete"} <= {r["endpoint"] for r in rows} or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(r["endpoint"] == "sse" and r["status"] == 200 for r in rows), rows  # the client's session
+    assert any(r["endpoint"] == "get" and r["status"] == 200 for r in rows), rows  # the upstream's GET stream
+    calls = [r for r in rows if r["endpoint"] == "tools/call"]
+    assert {r.get("tool") for r in calls} >= {"echo", "get-sum"}, calls
+    assert any(r["tool"] == "get-sum" and r.get("decision") == "block" for r in calls), calls
+    assert all(r["key_name"] == "ci" for r in rows), rows
+    assert any(r["method"] == "DELETE" for r in rows), [(r["method"], r["endpoint"]) for r in rows]
+
+    # A wrong key cannot open a session.
+    async def with_wrong_key():
+        async with connect_sse(base, WRONG_KEY) as c:
+            await tool_names(c)
+
+    with pytest.raises(Exception) as e:
+        run(with_wrong_key, timeout=60)
+    assert not isinstance(e.value, TimeoutError), "a wrong key hung instead of failing"

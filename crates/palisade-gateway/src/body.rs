@@ -34,6 +34,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A streamed upstream body.
     Relay(Box<Relay>),
+    /// The event stream of a legacy HTTP+SSE MCP session.
+    Events(Box<crate::mcp_legacy::SessionStream>),
 }
 
 impl ProxyBody {
@@ -58,6 +60,7 @@ impl Body for ProxyBody {
                     .map(|b| Ok(Frame::data(b))),
             ),
             ProxyBody::Relay(r) => Pin::new(r.as_mut()).poll_frame(cx),
+            ProxyBody::Events(e) => Pin::new(e.as_mut()).poll_frame(cx),
         }
     }
 
@@ -65,6 +68,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
             ProxyBody::Relay(r) => r.done,
+            ProxyBody::Events(e) => e.is_end_stream(),
         }
     }
 
@@ -74,6 +78,7 @@ impl Body for ProxyBody {
             // SSE relays may rewrite events (unmasking, MCP filtering): never promise a length.
             ProxyBody::Relay(r) if matches!(r.mode, Mode::Sse(_)) => SizeHint::default(),
             ProxyBody::Relay(r) => r.inner.size_hint(),
+            ProxyBody::Events(_) => SizeHint::default(),
         }
     }
 }

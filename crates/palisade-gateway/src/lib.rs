@@ -16,6 +16,7 @@ mod llm;
 mod manager;
 mod mcp;
 mod mcp_headers;
+mod mcp_legacy;
 pub mod mcp_tools;
 mod prompts;
 pub mod redact;

@@ -47,6 +47,8 @@ pub struct GatewayShared {
     pub mcp: McpRegistry,
     /// Persists inventory changes.
     pub tool_sink: ToolFn,
+    /// Open sessions of MCP clients on the legacy HTTP+SSE transport.
+    pub(crate) legacy: crate::mcp_legacy::Sessions,
 }
 
 impl GatewayShared {
@@ -62,6 +64,7 @@ impl GatewayShared {
             organization: ArcSwap::from_pointee(String::new()),
             mcp: McpRegistry::default(),
             tool_sink,
+            legacy: Default::default(),
         }
     }
 }
@@ -249,6 +252,8 @@ impl ProxyManager {
         self.set_failure(name, None);
         match r {
             Some(r) => {
+                // Legacy SSE sessions never end by themselves: end them so the drain can.
+                self.shared.legacy.close_proxy(name);
                 r.listener.shutdown().await;
                 drop(r.bridge);
                 tracing::info!(proxy = %name, "proxy stopped");
@@ -354,6 +359,7 @@ impl ProxyManager {
         let all: Vec<(String, Running)> = self.running.lock().await.drain().collect();
         let mut tasks = Vec::new();
         for (name, r) in all {
+            self.shared.legacy.close_proxy(&name);
             tasks.push(tokio::spawn(async move {
                 r.listener.shutdown().await;
                 tracing::info!(proxy = %name, "proxy stopped");

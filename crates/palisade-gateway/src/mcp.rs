@@ -1,6 +1,10 @@
-//! The MCP proxy (Streamable HTTP on both sides): authentication, DNS-rebinding protection,
-//! JSON-RPC validation, header/body consistency, fail-closed tool approval, policy checks of
-//! tool arguments and results, and the tool inventory fed by every `tools/list` answer.
+//! The MCP proxy: authentication, DNS-rebinding protection, JSON-RPC validation, header/body
+//! consistency, fail-closed tool approval, policy checks of tool arguments and results, and the
+//! tool inventory fed by every `tools/list` answer.
+//!
+//! The upstream speaks Streamable HTTP. Clients speak Streamable HTTP or, through
+//! `mcp_legacy.rs`, the legacy HTTP+SSE transport; both run the phases here: [`gate`],
+//! [`read_body`], [`parse_post`], [`check_post`], then [`send`], which also processes the answer.
 //!
 //! Every decision keys on the JSON-RPC body; `Mcp-*` headers are only checked against it.
 
@@ -14,6 +18,7 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use palisade_core::identity::KeyInfo;
 use palisade_core::now_ms;
 use palisade_core::record::RequestRecord;
 use palisade_policy::Target;
@@ -29,7 +34,7 @@ use crate::sse::{for_each_event, raw_events};
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
 /// JSON-RPC error codes the gateway answers with.
-mod code {
+pub(crate) mod code {
     pub const PARSE: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
     pub const HEADER_MISMATCH: i64 = -32020;
@@ -37,13 +42,19 @@ mod code {
     pub const NOT_APPROVED: i64 = -32003;
     /// A policy blocked the call or its result.
     pub const POLICY: i64 = -32002;
+    /// The upstream failed, or the gateway could not reach it.
+    pub const UPSTREAM: i64 = -32000;
 }
 
-fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
+pub(crate) fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
-fn json_response(status: StatusCode, v: &Value, request_id: &str) -> Response<ProxyBody> {
+pub(crate) fn json_response(
+    status: StatusCode,
+    v: &Value,
+    request_id: &str,
+) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -106,56 +117,89 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 
 /// Per-POST context: what each request id asked for, to process its response.
 #[derive(Clone, Default)]
-struct Pending {
+pub(crate) struct Pending {
     by_id: HashMap<String, (String, Option<String>, bool)>,
     /// Placeholders put into tool arguments, restored in the results.
     unmask: RedactionMap,
 }
 
 /// What to do with a POST after the gateway's checks.
-enum PostOutcome {
+pub(crate) enum PostOutcome {
     /// Answer the client directly (every request in it was refused).
     Answer(Value),
     /// Forward it, rewritten when tool arguments were redacted.
     Forward(Option<Bytes>),
 }
 
-/// Serves one request on an MCP proxy.
+/// A refusal before or instead of the upstream: HTTP status and a JSON-RPC error body.
+pub(crate) type Refusal = (StatusCode, Value);
+
+fn refuse(status: StatusCode, code: i64, msg: &str) -> Refusal {
+    (status, rpc_error(&Value::Null, code, msg))
+}
+
+/// Serves one request on an MCP proxy: the legacy HTTP+SSE routes, or Streamable HTTP.
 pub async fn handle(
     shared: Arc<GatewayShared>,
     rt: Arc<ProxyRuntime>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    if let Some(route) = crate::mcp_legacy::route(&req) {
+        return Ok(crate::mcp_legacy::handle(route, shared, rt, req, peer).await);
+    }
     let t0 = Instant::now();
-    let mut rec = RequestRecord {
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut rec = new_record(&rt, req.method(), req.uri().path(), peer, session);
+    let mut findings = Findings::default();
+    let result = serve(&shared, &rt, req, &mut rec, &mut findings, t0).await;
+    Ok(finish(&shared, rec, findings, t0, result))
+}
+
+/// A request record for a message on `rt`, before anything is known of its body.
+pub(crate) fn new_record(
+    rt: &ProxyRuntime,
+    method: &Method,
+    path: &str,
+    peer: SocketAddr,
+    session: Option<String>,
+) -> RequestRecord {
+    RequestRecord {
         id: palisade_core::crypto::random_id(),
         ts_ms: now_ms(),
         proxy: rt.spec.name.clone(),
         api: "mcp".into(),
-        method: req.method().to_string(),
-        path: req.uri().path().chars().take(512).collect(),
-        endpoint: req.method().as_str().to_lowercase(),
+        method: method.to_string(),
+        path: path.chars().take(512).collect(),
+        endpoint: method.as_str().to_lowercase(),
         client: peer.to_string(),
-        session: req
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        session,
         ..Default::default()
-    };
-    let mut findings = Findings::default();
-    let resp = match serve(&shared, &rt, req, &mut rec, &mut findings, t0).await {
+    }
+}
+
+/// Turns the outcome of a request into the client's response and writes the request record,
+/// unless a streaming relay took it over (it records when the stream ends).
+pub(crate) fn finish(
+    shared: &GatewayShared,
+    mut rec: RequestRecord,
+    findings: Findings,
+    t0: Instant,
+    result: Result<Response<ProxyBody>, Refusal>,
+) -> Response<ProxyBody> {
+    let resp = match result {
         Ok(r) => r,
         Err((status, body)) => {
             rec.status = status.as_u16();
             rec.error = body["error"]["message"].as_str().map(str::to_string);
-            let id = rec.id.clone();
-            json_response(status, &body, &id)
+            json_response(status, &body, &rec.id)
         }
     };
     if !rec.id.is_empty() {
-        // Not handed to a streaming relay: record now.
         if rec.status == 0 {
             rec.status = resp.status().as_u16();
         }
@@ -166,13 +210,7 @@ pub async fn handle(
         findings.finalize(&mut rec, shared.alert.as_ref());
         (shared.record)(rec);
     }
-    Ok(resp)
-}
-
-type Refusal = (StatusCode, Value);
-
-fn refuse(status: StatusCode, code: i64, msg: &str) -> Refusal {
-    (status, rpc_error(&Value::Null, code, msg))
+    resp
 }
 
 async fn serve(
@@ -183,9 +221,46 @@ async fn serve(
     findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    gate(shared, rt, req.headers(), rec)?;
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query();
+    match parts.method {
+        Method::POST => {
+            let bytes = read_body(rt, &parts.headers, body).await?;
+            let v = parse_post(&bytes)?;
+            let mut pending = Pending::default();
+            let body = match check_post(shared, rt, &parts.headers, v, rec, findings, &mut pending)?
+            {
+                PostOutcome::Answer(answer) => {
+                    return Ok(json_response(StatusCode::OK, &answer, &rec.id));
+                }
+                PostOutcome::Forward(rewritten) => rewritten.unwrap_or(bytes),
+            };
+            let up = Upstream::new(Method::POST, &parts.headers, query, Some(body));
+            send(shared, rt, up, pending, rec, findings, t0).await
+        }
+        Method::GET | Method::DELETE => {
+            let up = Upstream::new(parts.method.clone(), &parts.headers, query, None);
+            send(shared, rt, up, Pending::default(), rec, findings, t0).await
+        }
+        _ => Err(refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            code::INVALID_REQUEST,
+            "use POST, GET or DELETE",
+        )),
+    }
+}
+
+/// The checks every client request passes before its body is read: DNS-rebinding protection
+/// (`Host`, `Origin`), the gateway key, and the key's budget and rate limits.
+pub(crate) fn gate(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+    headers: &http::HeaderMap,
+    rec: &mut RequestRecord,
+) -> Result<Arc<KeyInfo>, Refusal> {
     // DNS-rebinding protection: the upstream only sees our Host, so the check is ours.
-    let host = req
-        .headers()
+    let host = headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -196,8 +271,7 @@ async fn serve(
             &format!("Host `{host}` is not allowed"),
         ));
     }
-    if let Some(origin) = req
-        .headers()
+    if let Some(origin) = headers
         .get(http::header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         && !origin_allowed(origin, &rt.spec.allowed_origins)
@@ -208,8 +282,7 @@ async fn serve(
             &format!("Origin `{origin}` is not allowed"),
         ));
     }
-    let presented = req
-        .headers()
+    let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -222,73 +295,109 @@ async fn serve(
             "missing or invalid API key",
         ));
     };
-    rec.key_id = Some(key.id.clone());
-    rec.key_name = Some(key.name.clone());
-    rec.group = key.group.clone();
+    set_identity(rec, &key);
     shared
         .accounting
         .admit(&key, &rt.spec.name, shared.alert.as_ref(), rec)
         .map_err(|e| refuse(e.status(), code::INVALID_REQUEST, &e.to_string()))?;
+    Ok(key)
+}
 
-    let (parts, body) = req.into_parts();
-    let mut pending = Pending::default();
-    let body = match parts.method {
-        Method::POST => {
-            let ct = parts
-                .headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !ct.starts_with("application/json") {
-                return Err(refuse(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    code::INVALID_REQUEST,
-                    "Content-Type must be application/json",
-                ));
-            }
-            let limit = rt.spec.max_body_bytes as usize;
-            let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    refuse(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        code::INVALID_REQUEST,
-                        &format!("body exceeds {limit} bytes"),
-                    )
-                } else {
-                    refuse(
-                        StatusCode::BAD_REQUEST,
-                        code::INVALID_REQUEST,
-                        &format!("cannot read body: {e}"),
-                    )
-                }
-            })?;
-            let bytes = bytes.to_bytes();
-            match check_post(
-                shared,
-                rt,
-                &parts.headers,
-                &bytes,
-                rec,
-                findings,
-                &mut pending,
-            )? {
-                PostOutcome::Answer(answer) => {
-                    return Ok(json_response(StatusCode::OK, &answer, &rec.id));
-                }
-                PostOutcome::Forward(Some(rewritten)) => Full::new(rewritten),
-                PostOutcome::Forward(None) => Full::new(bytes),
-            }
-        }
-        Method::GET | Method::DELETE => Full::new(Bytes::new()),
-        _ => {
-            return Err(refuse(
-                StatusCode::METHOD_NOT_ALLOWED,
+/// Puts the key's identity on a request record.
+pub(crate) fn set_identity(rec: &mut RequestRecord, key: &KeyInfo) {
+    rec.key_id = Some(key.id.clone());
+    rec.key_name = Some(key.name.clone());
+    rec.group = key.group.clone();
+}
+
+/// Reads a POST body: JSON content type, within the proxy's size limit.
+pub(crate) async fn read_body<B>(
+    rt: &ProxyRuntime,
+    headers: &http::HeaderMap,
+    body: B,
+) -> Result<Bytes, Refusal>
+where
+    B: http_body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        ));
+    }
+    let limit = rt.spec.max_body_bytes as usize;
+    let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
                 code::INVALID_REQUEST,
-                "use POST, GET or DELETE",
-            ));
+                &format!("body exceeds {limit} bytes"),
+            )
+        } else {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                &format!("cannot read body: {e}"),
+            )
         }
-    };
+    })?;
+    Ok(bytes.to_bytes())
+}
 
+/// Parses a POST body as JSON (its JSON-RPC shape is checked by [`check_post`]).
+pub(crate) fn parse_post(bytes: &[u8]) -> Result<Value, Refusal> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            code::PARSE,
+            &format!("parse error: {e}"),
+        )
+    })
+}
+
+/// A request for the upstream, in Streamable HTTP terms.
+pub(crate) struct Upstream<'a> {
+    method: Method,
+    /// The client's headers (or the legacy transport's equivalent); only `Accept`,
+    /// `Content-Type`, `Last-Event-ID` and `Mcp-*` are forwarded.
+    headers: &'a http::HeaderMap,
+    query: Option<&'a str>,
+    body: Option<Bytes>,
+}
+
+impl<'a> Upstream<'a> {
+    pub(crate) fn new(
+        method: Method,
+        headers: &'a http::HeaderMap,
+        query: Option<&'a str>,
+        body: Option<Bytes>,
+    ) -> Self {
+        Self {
+            method,
+            headers,
+            query,
+            body,
+        }
+    }
+}
+
+/// Sends a checked request to the upstream and processes its answer (JSON, or SSE event by
+/// event): tool listings are recorded and filtered, tool results checked and unmasked.
+pub(crate) async fn send(
+    shared: &Arc<GatewayShared>,
+    rt: &Arc<ProxyRuntime>,
+    up: Upstream<'_>,
+    pending: Pending,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
     if !rt.upstream_ready() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -298,7 +407,7 @@ async fn serve(
     }
     // Upstream request: the upstream's own Host, our credential (never the client's key).
     let mut headers = http::HeaderMap::new();
-    for (name, value) in &parts.headers {
+    for (name, value) in up.headers {
         let n = name.as_str();
         if n == "accept"
             || n == "content-type"
@@ -315,13 +424,7 @@ async fn serve(
     }
     let uri = rt
         .target
-        .uri_for(
-            parts
-                .uri
-                .query()
-                .map_or(String::new(), |q| format!("?{q}"))
-                .as_str(),
-        )
+        .uri_for(up.query.map_or(String::new(), |q| format!("?{q}")).as_str())
         .map_err(|e| {
             refuse(
                 StatusCode::BAD_REQUEST,
@@ -329,24 +432,24 @@ async fn serve(
                 &e.to_string(),
             )
         })?;
-    let mut up = Request::new(body);
-    *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = uri;
-    *up.headers_mut() = headers;
+    let mut req = Request::new(Full::new(up.body.unwrap_or_default()));
+    *req.method_mut() = up.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
     let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let pre = t0.elapsed();
-    let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
+    let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
         Err(_) => {
             return Err(refuse(
                 StatusCode::GATEWAY_TIMEOUT,
-                -32000,
+                code::UPSTREAM,
                 "upstream MCP server did not respond in time",
             ));
         }
         Ok(Err(e)) => {
             return Err(refuse(
                 StatusCode::BAD_GATEWAY,
-                -32000,
+                code::UPSTREAM,
                 &format!("upstream MCP server unavailable: {e}"),
             ));
         }
@@ -448,7 +551,7 @@ async fn serve(
         .map_err(|e| {
             refuse(
                 StatusCode::BAD_GATEWAY,
-                -32000,
+                code::UPSTREAM,
                 &format!("upstream body broke: {e}"),
             )
         })?
@@ -487,24 +590,17 @@ async fn serve(
     Ok(r)
 }
 
-/// Validates a POST body and applies approval and argument policies. Returns an answer to
+/// Validates a parsed POST body and applies approval and argument policies. Returns an answer to
 /// send instead of forwarding, when every request in it is refused.
-fn check_post(
+pub(crate) fn check_post(
     shared: &GatewayShared,
     rt: &ProxyRuntime,
     headers: &http::HeaderMap,
-    bytes: &[u8],
+    mut v: Value,
     rec: &mut RequestRecord,
     findings: &mut Findings,
     pending: &mut Pending,
 ) -> Result<PostOutcome, Refusal> {
-    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            code::PARSE,
-            &format!("parse error: {e}"),
-        )
-    })?;
     let batch = v.is_array();
     let msgs: Vec<&Value> = match &v {
         Value::Array(a) if a.is_empty() => {

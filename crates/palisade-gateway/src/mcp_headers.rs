@@ -22,9 +22,14 @@ const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
 const ROUTING: [&str; 3] = ["mcp-protocol-version", "mcp-method", "mcp-name"];
 
+/// True for a protocol revision negotiated with `initialize` (the session era).
+pub fn is_handshake_version(v: &str) -> bool {
+    HANDSHAKE_VERSIONS.contains(&v)
+}
+
 /// True when the request speaks the stateless era (per-request `_meta`, required headers).
 pub fn stateless_era(headers: &HeaderMap) -> bool {
-    header(headers, "mcp-protocol-version").is_some_and(|v| !HANDSHAKE_VERSIONS.contains(&v))
+    header(headers, "mcp-protocol-version").is_some_and(|v| !is_handshake_version(v))
 }
 
 /// A header's value with surrounding whitespace removed (RFC 9110 field parsing).

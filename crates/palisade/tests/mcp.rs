@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -81,7 +82,52 @@ impl Client {
         }
         rb.send().await.unwrap()
     }
+}
 
+/// What the scenarios need of a client, whichever transport it speaks.
+trait Rpc {
+    /// Sends a request and returns its answer.
+    async fn call(&mut self, method: &str, params: Value) -> Value;
+
+    async fn tool_names(&mut self) -> Vec<String> {
+        let v = self.call("tools/list", json!({})).await;
+        let mut names: Vec<String> = v["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// With only `echo` approved: only it is listed, it works, and `add` awaits approval.
+async fn only_echo_is_listed_and_callable(c: &mut impl Rpc) {
+    assert_eq!(c.tool_names().await, vec!["echo"]);
+    let ok = c
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "hi"}}),
+        )
+        .await;
+    assert_eq!(ok["result"]["content"][0]["text"], "hi");
+    let refused = c
+        .call(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("awaits approval")
+    );
+}
+
+impl Rpc for Client {
     async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next += 1;
         let r = self
@@ -104,18 +150,6 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap()
         }
-    }
-
-    async fn tool_names(&mut self) -> Vec<String> {
-        let v = self.call("tools/list", json!({})).await;
-        let mut names: Vec<String> = v["result"]["tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap().to_string())
-            .collect();
-        names.sort();
-        names
     }
 }
 
@@ -156,27 +190,7 @@ async fn unapproved_tools_are_hidden_and_refused_until_approved() {
         let mock = mock_mcp(sse);
         let gw = Gateway::start(&config(&mock.url, "approved_tools = [\"echo\"]")).await;
         let mut c = Client::new(&gw).await;
-        assert_eq!(c.tool_names().await, vec!["echo"], "sse={sse}");
-        let ok = c
-            .call(
-                "tools/call",
-                json!({"name": "echo", "arguments": {"message": "hi"}}),
-            )
-            .await;
-        assert_eq!(ok["result"]["content"][0]["text"], "hi");
-        let refused = c
-            .call(
-                "tools/call",
-                json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
-            )
-            .await;
-        assert_eq!(refused["error"]["code"], -32003);
-        assert!(
-            refused["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("awaits approval")
-        );
+        only_echo_is_listed_and_callable(&mut c).await;
 
         let (_, tools) = gw.get("/api/v1/proxies/tools/tools").await;
         let add = tools
@@ -944,4 +958,275 @@ async fn cross_server_shadowing_is_flagged() {
     );
     assert!(findings("send-emai1").contains("look-alike"), "{inv}");
     assert_eq!(findings("list_notes"), "[]");
+}
+
+/// A client of the legacy HTTP+SSE transport: one `GET /sse` stream, messages posted to the
+/// endpoint its first event names.
+struct LegacyClient {
+    http: reqwest::Client,
+    base: String,
+    endpoint: String,
+    stream: reqwest::Response,
+    buf: String,
+    next: u64,
+}
+
+impl LegacyClient {
+    async fn open(gw: &Gateway) -> Self {
+        let base = gw.proxy_url("tools").await;
+        let http = reqwest::Client::new();
+        let stream = http
+            .get(format!("{base}/sse"))
+            .bearer_auth(CI_KEY)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        assert_eq!(stream.headers()["content-type"], "text/event-stream");
+        let mut c = Self {
+            http,
+            base,
+            endpoint: String::new(),
+            stream,
+            buf: String::new(),
+            next: 0,
+        };
+        let (event, data) = c.event().await;
+        assert_eq!(event, "endpoint");
+        let id = data
+            .strip_prefix("/messages?session_id=")
+            .unwrap_or_else(|| panic!("a relative endpoint with the session id: {data}"));
+        assert!(
+            id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        c.endpoint = format!("{}{data}", c.base);
+        c
+    }
+
+    /// The next event (name, data) on the stream; comments are skipped.
+    async fn event(&mut self) -> (String, String) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let ev: String = self.buf.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::new(), Vec::new());
+                for line in ev.lines() {
+                    if let Some(n) = line.strip_prefix("event: ") {
+                        name = n.to_string();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push(d);
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return (name, data.join("\n"));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.stream.chunk())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next JSON-RPC message on the stream.
+    async fn message(&mut self) -> Value {
+        let (name, data) = self.event().await;
+        assert_eq!(name, "message");
+        serde_json::from_str(&data).unwrap()
+    }
+
+    async fn post_as(&self, key: &str, body: &str) -> reqwest::Response {
+        self.post_with(key, &[], body).await
+    }
+
+    /// Posts `body` with extra headers (JSON content type unless they name another).
+    async fn post_with(
+        &self,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> reqwest::Response {
+        let mut rb = self.http.post(&self.endpoint).bearer_auth(key);
+        if !headers.iter().any(|(k, _)| *k == "content-type") {
+            rb = rb.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb.body(body.to_string()).send().await.unwrap()
+    }
+
+    /// Posts a request the gateway must refuse on the stream, under its id, with `code`.
+    async fn refused_on_stream(&mut self, headers: &[(&str, &str)], body: Value, code: i64) {
+        let r = self.post_with(CI_KEY, headers, &body.to_string()).await;
+        assert_eq!(r.status(), 202);
+        let m = self.message().await;
+        assert_eq!(
+            (&m["id"], m["error"]["code"].as_i64()),
+            (&body["id"], Some(code)),
+            "{m}"
+        );
+    }
+}
+
+impl Rpc for LegacyClient {
+    /// Posts a request (202 at once) and returns its answer from the stream.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let r = self.post_as(CI_KEY, &body.to_string()).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let m = self.message().await;
+        assert_eq!(m["id"], id, "{m}");
+        m
+    }
+}
+
+#[tokio::test]
+async fn legacy_sse_clients_get_the_same_checks_as_streamable_http() {
+    for sse in [false, true] {
+        let mock = mock_mcp(sse);
+        let gw = Gateway::start(&config(&mock.url, "approved_tools = [\"echo\"]")).await;
+        let mut c = LegacyClient::open(&gw).await;
+        let init = c
+            .call(
+                "initialize",
+                json!({"protocolVersion": "2024-11-05", "capabilities": {},
+                       "clientInfo": {"name": "legacy", "version": "1"}}),
+            )
+            .await;
+        assert_eq!(init["result"]["serverInfo"]["name"], "palisade-mock-mcp");
+        let r = c
+            .post_as(
+                CI_KEY,
+                r#"{"jsonrpc": "2.0", "method": "notifications/initialized"}"#,
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        // The mock refuses anything without its session: the gateway carries it upstream.
+        only_echo_is_listed_and_callable(&mut c).await;
+        let upstream: Value = reqwest::get(format!(
+            "{}/_mock/requests",
+            mock.url.trim_end_matches("/mcp")
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert!(
+            !upstream.to_string().contains("\"add\""),
+            "a refused call reached the server: {upstream}"
+        );
+
+        // The session is bound to the key that opened it.
+        let call = r#"{"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "x"}}}"#;
+        let r = c.post_as("pal_wrong_key_0000000000000000", call).await;
+        assert_eq!(r.status(), 401);
+        let (s, issued) = gw
+            .post(
+                "/api/v1/keys",
+                json!({"name": "other", "group": "engineering"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{issued}");
+        let r = c.post_as(issued["key"].as_str().unwrap(), call).await;
+        assert_eq!(r.status(), 403);
+        // Unknown sessions, and bodies that are not JSON at all, are answered on the POST.
+        let r = c
+            .http
+            .post(format!("{}/messages?session_id=0123456789abcdef", c.base))
+            .bearer_auth(CI_KEY)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let r = c.post_as(CI_KEY, "{not json").await;
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], -32700);
+        let r = c
+            .post_with(CI_KEY, &[("content-type", "text/plain")], "{}")
+            .await;
+        assert_eq!(r.status(), 415);
+        // An invalid message that has an id is answered on the stream, under that id.
+        c.refused_on_stream(
+            &[],
+            json!({"jsonrpc": "1.0", "id": 77, "method": "ping"}),
+            -32600,
+        )
+        .await;
+        // Headers cannot smuggle a call past approval here either.
+        c.refused_on_stream(
+            &[("mcp-name", "echo")],
+            json!({"jsonrpc": "2.0", "id": 78, "method": "tools/call", "params": {"name": "add", "arguments": {}}}),
+            -32020,
+        )
+        .await;
+        // A foreign Host is refused before anything else.
+        let ping = r#"{"jsonrpc": "2.0", "id": 79, "method": "ping"}"#;
+        let r = c.post_with(CI_KEY, &[("host", "evil.example")], ping).await;
+        assert_eq!(r.status(), 403);
+
+        // Still serving, on the same session.
+        let ok = c
+            .call(
+                "tools/call",
+                json!({"name": "echo", "arguments": {"message": "still here"}}),
+            )
+            .await;
+        assert_eq!(ok["result"]["content"][0]["text"], "still here");
+        let rows = gw.wait_requests("proxy=tools&endpoint=tools/call", 3).await;
+        assert!(
+            rows.iter()
+                .any(|r| r["decision"] == "block" && r["tool"] == "add"),
+            "{rows:?}"
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r["session"].is_string() && r["key_name"] == "ci")
+        );
+
+        // Leaving ends the session here and upstream.
+        let endpoint = c.endpoint.clone();
+        let http = c.http.clone();
+        drop(c);
+        gw.wait_requests("proxy=tools&endpoint=delete", 1).await;
+        let r = http
+            .post(&endpoint)
+            .bearer_auth(CI_KEY)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        // Streamable HTTP clients are served as before on the same listener.
+        let mut s = Client::new(&gw).await;
+        assert_eq!(s.tool_names().await, vec!["echo"]);
+    }
+}
+
+#[tokio::test]
+async fn legacy_sse_needs_a_key_and_an_allowed_host() {
+    let mock = mock_mcp(false);
+    let gw = Gateway::start(&config(&mock.url, "")).await;
+    let base = gw.proxy_url("tools").await;
+    let h = reqwest::Client::new();
+    for (key, header, want) in [
+        ("", None, 401),
+        (CI_KEY, Some(("origin", "https://evil.example")), 403),
+        (CI_KEY, Some(("host", "evil.example")), 403),
+        (CI_KEY, Some(("accept", "application/json")), 406),
+    ] {
+        let mut rb = h.get(format!("{base}/sse")).bearer_auth(key);
+        if let Some((k, v)) = header {
+            rb = rb.header(k, v);
+        }
+        assert_eq!(rb.send().await.unwrap().status(), want, "{header:?}");
+    }
 }
