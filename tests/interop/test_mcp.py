@@ -454,3 +454,64 @@ def test_legacy_sse_client_through_the_gateway(everything, mcp_gateway):
     with pytest.raises(Exception) as e:
         run(with_wrong_key, timeout=60)
     assert not isinstance(e.value, TimeoutError), "a wrong key hung instead of failing"
+
+
+@pytest.mark.parametrize("transport", ["streamable_http", "stdio"])
+def test_stateless_era_client_reaches_a_session_era_server_through_the_gateway(everything, mcp_gateway, transport):
+    """A client pinned to the stateless era (no initialize, no session) cannot talk to server-everything, which
+    speaks only the session era; through the gateway it can: the gateway probes the upstream's era, holds a
+    session of its own and carries each stateless request in it."""
+    upstream = everything if transport == "streamable_http" else ("stdio", everything_stdio_command())
+    approved = ["echo", "trigger-long-running-operation"]
+    gw = mcp_gateway(mcp_proxy_toml(PROXY, upstream, "manual", approved))
+    url = gw.mcp_url(PROXY)
+    modern = "2026-07-28"
+
+    async def directly():
+        async with connect(everything, mode=modern) as c:
+            await tool_names(c)
+
+    if transport == "streamable_http":
+        with pytest.raises(Exception):
+            run(directly, timeout=60)
+
+    async def scenario():
+        async with connect(url, CI_KEY, modern) as c:
+            assert c.protocol_version == modern
+            assert sorted(await tool_names(c)) == sorted(approved)
+            r = await c.call_tool("echo", {"message": "stateless"})
+            assert not r.is_error and text(r) == "Echo: stateless"
+            assert "awaits approval" in await refusal(c, "get-sum", {"a": 1, "b": 2})
+            doc = (await c.read_resource(RESOURCE)).contents[0]
+            assert doc.text.startswith("# Everything Server")
+            done, progress = await progress_and_logging(c)
+            assert done.startswith("Long running operation completed")
+            assert progress == [(1, 3), (2, 3), (3, 3)]
+
+        # Concurrent stateless clients share the gateway's session without mixing up answers.
+        async def one(i):
+            async with connect(url, CI_KEY, modern) as c:
+                for j in range(5):
+                    r = await c.call_tool("echo", {"message": f"{i}-{j}"})
+                    assert text(r) == f"Echo: {i}-{j}"
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(one, i)
+
+    run(scenario)
+
+    # server/discover is answered by the gateway from the upstream's initialize result.
+    r = httpx.post(
+        url,
+        json={"jsonrpc": "2.0", "id": "d1", "method": "server/discover",
+              "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": modern}}},
+        headers={"authorization": f"Bearer {CI_KEY}", "accept": "application/json, text/event-stream",
+                 "mcp-method": "server/discover", "mcp-protocol-version": modern},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "d1" and body["result"]["supportedVersions"] == [modern], body
+    assert body["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcp-servers/everything"
+    assert "mcp-session-id" not in r.headers, "the gateway's own upstream session stays private"

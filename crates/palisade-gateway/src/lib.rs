@@ -15,6 +15,7 @@ mod listener;
 mod llm;
 mod manager;
 mod mcp;
+mod mcp_era;
 mod mcp_headers;
 mod mcp_legacy;
 pub mod mcp_tools;

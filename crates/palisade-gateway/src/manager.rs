@@ -96,6 +96,9 @@ pub struct ProxyRuntime {
     /// (requests are refused until then).
     pub(crate) bridge_header: Option<(HeaderName, HeaderValue)>,
     pub(crate) bridge_key: Option<BridgeKey>,
+    /// MCP: what is known of the upstream's protocol era, and the gateway's own session with a
+    /// session-era upstream (for stateless-era clients).
+    pub(crate) era: crate::mcp_era::EraCache,
 }
 
 impl ProxyRuntime {
@@ -136,6 +139,7 @@ impl ProxyRuntime {
             inspector,
             bridge_header: None,
             bridge_key,
+            era: Default::default(),
         })
     }
 

@@ -119,6 +119,9 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 #[derive(Clone, Default)]
 pub(crate) struct Pending {
     by_id: HashMap<String, (String, Option<String>, bool)>,
+    /// Request ids the gateway gave messages it carries in its own upstream session (era
+    /// translation), with the client's ids to put back.
+    rename: HashMap<String, Value>,
     /// Placeholders put into tool arguments, restored in the results.
     unmask: RedactionMap,
 }
@@ -228,6 +231,7 @@ async fn serve(
         Method::POST => {
             let bytes = read_body(rt, &parts.headers, body).await?;
             let v = parse_post(&bytes)?;
+            let stateless = crate::mcp_era::is_stateless_request(&parts.headers, &v);
             let mut pending = Pending::default();
             let body = match check_post(shared, rt, &parts.headers, v, rec, findings, &mut pending)?
             {
@@ -236,6 +240,20 @@ async fn serve(
                 }
                 PostOutcome::Forward(rewritten) => rewritten.unwrap_or(bytes),
             };
+            if stateless {
+                return send_stateless(
+                    shared,
+                    rt,
+                    &parts.headers,
+                    query,
+                    body,
+                    pending,
+                    rec,
+                    findings,
+                    t0,
+                )
+                .await;
+            }
             let up = Upstream::new(Method::POST, &parts.headers, query, Some(body));
             send(shared, rt, up, pending, rec, findings, t0).await
         }
@@ -249,6 +267,76 @@ async fn serve(
             "use POST, GET or DELETE",
         )),
     }
+}
+
+/// Sends a stateless-era client's message: unchanged to an upstream of the same era, or
+/// translated into the gateway's own session with a session-era upstream (see `mcp_era`).
+#[allow(clippy::too_many_arguments)]
+async fn send_stateless(
+    shared: &Arc<GatewayShared>,
+    rt: &Arc<ProxyRuntime>,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    body: Bytes,
+    pending: Pending,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    use crate::mcp_era::Translation;
+    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let untranslatable = |e: String| {
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            code::UPSTREAM,
+            &format!("cannot reach the session-era MCP server for a stateless-era client: {e}"),
+        )
+    };
+    // A session the upstream has forgotten (404) is replaced once.
+    for attempt in 0..2 {
+        let t = rt
+            .era
+            .translate(shared, rt, headers, &msg, body.clone())
+            .await
+            .map_err(untranslatable)?;
+        match t {
+            Translation::AsIs => {
+                let up = Upstream::new(Method::POST, headers, query, Some(body));
+                return send(shared, rt, up, pending, rec, findings, t0).await;
+            }
+            Translation::Answer(mut answer) => {
+                let mut ctx = Ctx {
+                    shared: shared.clone(),
+                    rt: rt.clone(),
+                    pending,
+                    origin: RequestRecord::default(),
+                };
+                ctx.process(&mut answer, rec, findings);
+                return Ok(json_response(StatusCode::OK, &answer, &rec.id));
+            }
+            Translation::Session {
+                headers: inner,
+                body: inner_body,
+                rename,
+            } => {
+                let mut pending = pending.clone();
+                if let Some((ours, theirs)) = rename {
+                    pending.rename.insert(ours, theirs);
+                }
+                let mut up = Upstream::new(Method::POST, &inner, query, Some(inner_body));
+                up.hide_session = true;
+                let r = send(shared, rt, up, pending, rec, findings, t0).await?;
+                if r.status() == StatusCode::NOT_FOUND && attempt == 0 {
+                    rt.era.drop_session().await;
+                    continue;
+                }
+                return Ok(r);
+            }
+        }
+    }
+    Err(untranslatable(
+        "the upstream keeps refusing the gateway's session".into(),
+    ))
 }
 
 /// The checks every client request passes before its body is read: DNS-rebinding protection
@@ -369,6 +457,8 @@ pub(crate) struct Upstream<'a> {
     headers: &'a http::HeaderMap,
     query: Option<&'a str>,
     body: Option<Bytes>,
+    /// The upstream session is the gateway's own (era translation): not shown to the client.
+    hide_session: bool,
 }
 
 impl<'a> Upstream<'a> {
@@ -383,6 +473,7 @@ impl<'a> Upstream<'a> {
             headers,
             query,
             body,
+            hide_session: false,
         }
     }
 }
@@ -438,6 +529,7 @@ pub(crate) async fn send(
     *req.headers_mut() = headers;
     let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let pre = t0.elapsed();
+    let hide_session = up.hide_session;
     let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
         Err(_) => {
             return Err(refuse(
@@ -462,6 +554,7 @@ pub(crate) async fn send(
         .headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
+        .filter(|_| !hide_session)
     {
         rec.session = Some(s.to_string());
     }
@@ -474,6 +567,9 @@ pub(crate) async fn send(
     let mut headers = http::HeaderMap::new();
     for (name, value) in &up_parts.headers {
         let n = name.as_str();
+        if hide_session && (n == "mcp-session-id" || n == "mcp-protocol-version") {
+            continue;
+        }
         if matches!(
             n,
             "content-type"
@@ -804,6 +900,36 @@ impl Ctx {
     }
 
     fn process_one(
+        &mut self,
+        m: &mut Value,
+        rec: &mut RequestRecord,
+        findings: &mut Findings,
+    ) -> bool {
+        // An answer to a message carried in the gateway's own session gets the client's id back.
+        let renamed = match m.get("id").map(Value::to_string) {
+            Some(id) if !self.pending.rename.is_empty() => match self.pending.rename.get(&id) {
+                Some(theirs) => {
+                    m["id"] = theirs.clone();
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        let changed = self.process_answer(m, rec, findings);
+        if renamed {
+            let method = self
+                .pending
+                .by_id
+                .get(&m["id"].to_string())
+                .map(|p| p.0.clone())
+                .unwrap_or_default();
+            crate::mcp_era::to_stateless_result(&method, m);
+        }
+        changed || renamed
+    }
+
+    fn process_answer(
         &mut self,
         m: &mut Value,
         rec: &mut RequestRecord,
