@@ -38,6 +38,8 @@ pub(crate) mod code {
     pub const PARSE: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
     pub const HEADER_MISMATCH: i64 = -32020;
+    /// The requested protocol version is not one the gateway knows.
+    pub const UNSUPPORTED_VERSION: i64 = -32022;
     /// The tool is not approved (pending, quarantined or disabled).
     pub const NOT_APPROVED: i64 = -32003;
     /// A policy blocked the call or its result.
@@ -754,6 +756,15 @@ pub(crate) fn check_post(
                     &format!("header mismatch: {why}"),
                 ),
             ));
+        }
+        if let Some(requested) = crate::mcp_era::unsupported_version(headers, m) {
+            let mut e = rpc_error(
+                id.as_ref().unwrap_or(&Value::Null),
+                code::UNSUPPORTED_VERSION,
+                &format!("unsupported protocol version `{requested}`"),
+            );
+            e["error"]["data"] = json!({"supported": rt.era.supported(), "requested": requested});
+            return Err((StatusCode::BAD_REQUEST, e));
         }
         rec.endpoint = if batch {
             "batch".into()

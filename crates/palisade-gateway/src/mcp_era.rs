@@ -45,6 +45,8 @@ struct EraInner {
 #[derive(Default)]
 pub(crate) struct EraCache {
     inner: tokio::sync::Mutex<EraInner>,
+    /// Versions a stateless-era upstream named in its discover result (those the gateway knows).
+    supported: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 /// What to do with a client's POST.
@@ -60,6 +62,31 @@ pub(crate) enum Translation {
     },
     /// Answer with this message (a `server/discover` answered by the gateway).
     Answer(Value),
+}
+
+/// Every protocol revision the gateway understands, oldest first.
+pub(crate) const KNOWN_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    MODERN,
+];
+
+/// The protocol version a message asks for (`MCP-Protocol-Version`, or its `_meta`) when the
+/// gateway does not know it: it cannot inspect a protocol it does not understand, so such a
+/// request is refused (`-32022`, naming the versions it knows) rather than passed on unchecked.
+pub(crate) fn unsupported_version(headers: &HeaderMap, msg: &Value) -> Option<String> {
+    let header = headers
+        .get("mcp-protocol-version")
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let meta = msg
+        .pointer(META_VERSION)
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+    [header, meta]
+        .into_iter()
+        .flatten()
+        .find(|v| !KNOWN_VERSIONS.contains(&v.as_str()))
 }
 
 /// Whether a POST comes from a stateless-era client: no session, not `initialize`, and a
@@ -153,22 +180,40 @@ impl EraCache {
             return Ok(m);
         }
         let probe = json!({"jsonrpc": "2.0", "id": "palisade-era-probe", "method": "server/discover",
-            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}}});
+            "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientInfo": {"name": "palisade-gateway", "version": env!("CARGO_PKG_VERSION")},
+                "io.modelcontextprotocol/clientCapabilities": {}}}});
         let extra = [
             ("mcp-method", HeaderValue::from_static("server/discover")),
             ("mcp-protocol-version", HeaderValue::from_static(MODERN)),
         ];
         let (_, _, answer) = exchange(shared, rt, &extra, &probe).await?;
-        let modern = answer
+        // The versions it names: in a discover result, or in a -32022 refusal of ours.
+        let named: Vec<String> = answer
             .as_ref()
-            .and_then(|a| a.pointer("/result/supportedVersions"))
+            .and_then(|a| {
+                a.pointer("/result/supportedVersions")
+                    .or_else(|| a.pointer("/error/data/supported"))
+            })
             .and_then(Value::as_array)
-            .is_some_and(|vs| {
+            .map(|vs| {
                 vs.iter()
                     .filter_map(Value::as_str)
-                    .any(|v| v.starts_with("2026"))
-            });
-        tracing::info!(proxy = %rt.spec.name, modern, "MCP upstream era probed");
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let modern = named.iter().any(|v| v == MODERN);
+        tracing::info!(proxy = %rt.spec.name, modern, versions = ?named, "MCP upstream era probed");
+        if modern {
+            *self.supported.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                named
+                    .into_iter()
+                    .filter(|v| KNOWN_VERSIONS.contains(&v.as_str()))
+                    .collect(),
+            );
+        }
         inner.modern = Some(modern);
         Ok(modern)
     }
@@ -211,6 +256,17 @@ impl EraCache {
         };
         inner.session = Some(s.clone());
         Ok(s)
+    }
+
+    /// The versions to offer a client that asked for an unknown one: those the upstream named
+    /// (when it speaks the stateless era and was probed), else every version the gateway knows
+    /// (it translates the stateless era for session-era servers).
+    pub(crate) fn supported(&self) -> Vec<String> {
+        self.supported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| KNOWN_VERSIONS.iter().map(|v| v.to_string()).collect())
     }
 
     /// Forgets the gateway's session (the upstream no longer knows it).
@@ -336,6 +392,25 @@ mod tests {
         assert!(is_stateless_request(&by_header, &old));
         let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize"});
         assert!(!is_stateless_request(&by_header, &init));
+    }
+
+    #[test]
+    fn unknown_versions_are_named() {
+        let mut h = HeaderMap::new();
+        let msg = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2099-01-01"}}});
+        assert_eq!(unsupported_version(&h, &msg).as_deref(), Some("2099-01-01"));
+        h.insert(
+            "mcp-protocol-version",
+            HeaderValue::from_static("2025-06-18"),
+        );
+        let ok = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        assert_eq!(unsupported_version(&h, &ok), None);
+        h.insert(
+            "mcp-protocol-version",
+            HeaderValue::from_static("1999-01-01"),
+        );
+        assert_eq!(unsupported_version(&h, &ok).as_deref(), Some("1999-01-01"));
     }
 
     #[test]

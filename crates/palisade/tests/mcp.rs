@@ -1230,3 +1230,39 @@ async fn legacy_sse_needs_a_key_and_an_allowed_host() {
         assert_eq!(rb.send().await.unwrap().status(), want, "{header:?}");
     }
 }
+
+/// A protocol version the gateway does not know is refused with -32022 naming the known ones,
+/// so a client's era probe can pick another; the proxy keeps serving.
+#[tokio::test]
+async fn unknown_protocol_versions_are_refused_with_the_supported_ones() {
+    let mock = mock_mcp(false);
+    let gw = Gateway::start(&config(&mock.url, "approved_tools = [\"echo\"]")).await;
+    let url = format!("{}/mcp", gw.proxy_url("tools").await);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(&url)
+        .bearer_auth(CI_KEY)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2099-01-01")
+        .header("mcp-method", "server/discover")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": "p1", "method": "server/discover",
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2099-01-01"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], "p1");
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2099-01-01");
+    assert!(
+        v["error"]["data"]["supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2026-07-28"))
+    );
+    let mut c = Client::new(&gw).await;
+    assert_eq!(c.tool_names().await, vec!["echo"]);
+}
