@@ -515,3 +515,14 @@ def test_stateless_era_client_reaches_a_session_era_server_through_the_gateway(e
     assert body["id"] == "d1" and body["result"]["supportedVersions"] == [modern], body
     assert body["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcp-servers/everything"
     assert "mcp-session-id" not in r.headers, "the gateway's own upstream session stays private"
+
+    # A method the stateless era does not have (ping was removed) is 404 / -32601, as from a stateless server.
+    r = httpx.post(
+        url,
+        json={"jsonrpc": "2.0", "id": "p1", "method": "ping",
+              "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": modern}}},
+        headers={"authorization": f"Bearer {CI_KEY}", "accept": "application/json, text/event-stream",
+                 "mcp-method": "ping", "mcp-protocol-version": modern},
+        timeout=30,
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == -32601, r.text

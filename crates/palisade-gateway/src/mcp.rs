@@ -306,6 +306,9 @@ async fn send_stateless(
                 let up = Upstream::new(Method::POST, headers, query, Some(body));
                 return send(shared, rt, up, pending, rec, findings, t0).await;
             }
+            Translation::NotFound(e) => {
+                return Ok(json_response(StatusCode::NOT_FOUND, &e, &rec.id));
+            }
             Translation::Answer(mut answer) => {
                 let mut ctx = Ctx {
                     shared: shared.clone(),

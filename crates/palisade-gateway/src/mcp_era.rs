@@ -62,6 +62,8 @@ pub(crate) enum Translation {
     },
     /// Answer with this message (a `server/discover` answered by the gateway).
     Answer(Value),
+    /// Answer 404 with this JSON-RPC error (a method the translation does not carry).
+    NotFound(Value),
 }
 
 /// Every protocol revision the gateway understands, oldest first.
@@ -286,8 +288,15 @@ impl EraCache {
         if !is_stateless_request(headers, msg) || self.upstream_is_modern(shared, rt).await? {
             return Ok(Translation::AsIs);
         }
-        let session = self.session(shared, rt).await?;
         let id = msg.get("id").filter(|i| !i.is_null()).cloned();
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        if !TRANSLATED_METHODS.contains(&method) {
+            return Ok(Translation::NotFound(
+                json!({"jsonrpc": "2.0", "id": id.unwrap_or(Value::Null),
+                "error": {"code": -32601, "message": format!("method not found: `{method}`")}}),
+            ));
+        }
+        let session = self.session(shared, rt).await?;
         if msg.get("method").and_then(Value::as_str) == Some("server/discover") {
             return Ok(Translation::Answer(json!({
                 "jsonrpc": "2.0", "id": id.unwrap_or(Value::Null), "result": discover_result(&session.init)
@@ -318,6 +327,23 @@ impl EraCache {
         })
     }
 }
+
+/// Methods of the stateless era the translation carries; anything else sent by a stateless-era
+/// client to a session-era server is answered 404 / -32601 by the gateway, as a stateless-era
+/// server would (methods the era removed, such as `ping` or `logging/setLevel`, included).
+pub(crate) const TRANSLATED_METHODS: [&str; 11] = [
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "completion/complete",
+    "notifications/cancelled",
+    "notifications/progress",
+];
 
 /// Methods whose stateless-era results carry caching hints.
 const CACHEABLE: [&str; 6] = [

@@ -115,6 +115,14 @@ pub fn canonical(tool: &Value) -> Value {
     canonical_of(Kind::Tool, tool)
 }
 
+/// Who serves a proxy's items: the upstream URL, or for a stdio server its command line.
+fn upstream_identity(spec: &palisade_core::model::ProxySpec) -> String {
+    match spec.transport {
+        palisade_core::model::McpTransport::Stdio => format!("stdio: {}", spec.command.join(" ")),
+        t => format!("{}: {}", t.as_str(), spec.upstream.trim_end_matches('/')),
+    }
+}
+
 /// Folds a tool name for look-alike comparison: case, separators and common digit-for-letter
 /// swaps do not count.
 fn fold_name(name: &str) -> String {
@@ -439,6 +447,7 @@ impl McpRegistry {
         } else {
             Vec::new()
         };
+        let upstream = upstream_identity(&rt.spec);
         let inventory = map.entry(proxy.to_string()).or_default();
         let prefix = kind.prefix();
         let had_inventory = inventory.keys().any(|k| match kind {
@@ -454,7 +463,10 @@ impl McpRegistry {
             let key = kind.key(id);
             let name = key.as_str();
             seen.insert(key.clone());
-            let def = canonical_of(kind, t);
+            let mut def = canonical_of(kind, t);
+            // The pin covers where the definition came from: a proxy pointed at another server
+            // does not inherit the approvals given to the first one.
+            def["upstream"] = Value::String(upstream.clone());
             let fp = fingerprint(&def);
             let findings_of = |def: &Value| {
                 let mut f = poisoning(def, rt.inspector.as_ref());

@@ -1266,3 +1266,37 @@ async fn unknown_protocol_versions_are_refused_with_the_supported_ones() {
     let mut c = Client::new(&gw).await;
     assert_eq!(c.tool_names().await, vec!["echo"]);
 }
+
+/// Pins cover the upstream: pointing a proxy at another server quarantines what was approved,
+/// even when the new server offers identical definitions.
+#[tokio::test]
+async fn a_new_upstream_does_not_inherit_approvals() {
+    let first = mock_mcp(false);
+    let second = mock_mcp(false);
+    let gw = Gateway::start(&config(&first.url, "approved_tools = [\"echo\"]")).await;
+    let mut c = Client::new(&gw).await;
+    assert_eq!(c.tool_names().await, vec!["echo"]);
+    let (s, v) = gw
+        .api(
+            reqwest::Method::PATCH,
+            "/api/v1/proxies/tools",
+            Some(json!({"upstream": second.url})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut c = Client::new(&gw).await;
+    assert!(c.tool_names().await.is_empty(), "re-pointed: held again");
+    let a = alerts(&gw, 1).await;
+    assert!(
+        a["items"][0]["excerpt"]
+            .as_str()
+            .unwrap()
+            .contains(&second.url),
+        "{a}"
+    );
+    let (s, _) = gw
+        .post("/api/v1/proxies/tools/tools/echo/approve", json!({}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(c.tool_names().await, vec!["echo"]);
+}
