@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use palisade_gateway::redact::{StreamUnmasker, redact_request, unmask_body};
+use palisade_gateway::{Findings, Inspector, StreamGuard};
 use palisade_policy::{PolicySet, load_dir};
 use serde_json::{Value, json};
 
@@ -216,6 +217,35 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.finish();
+
+    // The response side of a redacting proxy: each streamed event's text is checked against the
+    // `llm_response` rules (with the text before it, so patterns split across events are seen).
+    let set = std::sync::Arc::new(set);
+    let mut group = c.benchmark_group("stream_guard");
+    for (name, text) in [
+        ("answer_4KiB_50_events", answer_text.clone()),
+        (
+            "answer_400B_50_events",
+            answer_text.chars().take(400).collect::<String>(),
+        ),
+    ] {
+        let chars: Vec<char> = text.chars().collect();
+        let size = chars.len().div_ceil(50).max(1);
+        let pieces: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || {
+                    StreamGuard::new(
+                        Inspector::new(set.clone(), palisade_core::model::PolicyMode::Enforce),
+                        Findings::default(),
+                    )
+                },
+                |g| pieces.iter().filter(|p| g.check(black_box(p))).count(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -15,7 +15,7 @@ use palisade_core::model::LlmApi;
 use palisade_core::record::RequestRecord;
 
 use crate::accounting::Accounting;
-use crate::inspect::{Findings, Inspector, StreamGuard, stream_delta_text};
+use crate::inspect::{Findings, Inspector, StreamGuard, stream_delta_text_json};
 use crate::manager::{AlertFn, RecordFn};
 use crate::redact::StreamUnmasker;
 use crate::shape::sse_error_event;
@@ -321,10 +321,8 @@ impl Relay {
         };
         let mut text = String::new();
         for_each_event(run, |_, data| {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-                usage.absorb(&v);
-                stream_delta_text(&v, &mut text);
-            }
+            usage.absorb_json(data);
+            stream_delta_text_json(data, &mut text);
         });
         if guard.check(&text) {
             guard.findings.set_blocked();

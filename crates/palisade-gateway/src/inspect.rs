@@ -1,6 +1,7 @@
 //! Policy inspection of LLM traffic: which text of a request or answer is scanned as which
 //! target, the findings of one request, and the alerts they raise.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -101,7 +102,11 @@ impl Findings {
     }
 
     /// Writes the verdict into the request record and emits one alert per matched rule whose
-    /// action asks for attention (block, redact, alert); `log` matches stay in the request log.
+    /// action asks for attention: block and alert rules, and redact rules of critical severity
+    /// (credentials and keys on their way out). A routine redaction (an email address, a phone
+    /// number) is the policy doing its job: it is in the request log (decision, matched rules)
+    /// and the metrics, not in the alert queue, which it would otherwise flood on every request
+    /// that carries personal data. `log` matches stay in the request log.
     pub fn finalize(self, rec: &mut RequestRecord, alert: &dyn Fn(AlertRecord)) {
         if !self.evaluated {
             return;
@@ -117,7 +122,9 @@ impl Findings {
             rec.matched_rules = Some(ids.join(","));
         }
         for (target, m) in self.matches {
-            if m.action == Action::Log {
+            if m.action == Action::Log
+                || (m.action == Action::Redact && m.severity != palisade_policy::Severity::Critical)
+            {
                 continue;
             }
             let blocked = self.blocked && m.action == Action::Block;
@@ -284,6 +291,110 @@ pub fn response_text(body: &Value) -> String {
 
 /// New content carried by one stream event: OpenAI chat deltas, Responses `*.delta` events,
 /// Anthropic `content_block_delta`. Summary events that repeat the whole text are skipped.
+/// The parts of a streamed event that carry answer text, in every supported shape, read
+/// without building a JSON tree (strings are borrowed unless they contain escapes).
+#[derive(serde::Deserialize)]
+struct DeltaEvent<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChatChoice<'a>>>,
+    #[serde(rename = "type", default, borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<AnyDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ChatDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default, borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AnyDelta<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Block(#[serde(borrow)] BlockDelta<'a>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(serde::Deserialize)]
+struct BlockDelta<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+}
+
+/// Appends the answer text of one streamed event's JSON data to `out`, as
+/// [`stream_delta_text`] does for a parsed event, but without building a JSON tree (the
+/// per-event cost of inspecting a stream). Data that is not an event object is skipped.
+pub fn stream_delta_text_json(data: &[u8], out: &mut String) {
+    let ev = match serde_json::from_slice::<DeltaEvent>(data) {
+        Ok(ev) => ev,
+        Err(_) => {
+            // An unusual shape (say `choices` that is not a list): the general path decides.
+            if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                stream_delta_text(&v, out);
+            }
+            return;
+        }
+    };
+    if let Some(choices) = ev.choices {
+        for c in choices {
+            let Some(d) = c.delta else { continue };
+            for s in [d.content, d.refusal, d.reasoning_content]
+                .into_iter()
+                .flatten()
+            {
+                out.push_str(&s);
+            }
+            for call in d.tool_calls.into_iter().flatten() {
+                if let Some(a) = call.function.and_then(|f| f.arguments) {
+                    out.push_str(&a);
+                }
+            }
+        }
+        return;
+    }
+    let ty = ev.ty.as_deref().unwrap_or("");
+    match ev.delta {
+        Some(AnyDelta::Block(b)) if ty == "content_block_delta" => {
+            for s in [b.text, b.partial_json, b.thinking].into_iter().flatten() {
+                out.push_str(&s);
+            }
+        }
+        Some(AnyDelta::Text(s)) if ty.ends_with(".delta") => out.push_str(&s),
+        _ => {}
+    }
+}
+
+/// Appends the answer text of one parsed streamed event to `out`.
 pub fn stream_delta_text(v: &Value, out: &mut String) {
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
         for c in choices {
@@ -412,5 +523,28 @@ mod tests {
             &mut s,
         );
         assert_eq!(s, "abcdef");
+    }
+
+    #[test]
+    fn typed_delta_reading_agrees_with_the_tree() {
+        let events = [
+            json!({"choices": [{"index": 0, "delta": {"content": "a\"b\u{e9}"}, "finish_reason": null}]}),
+            json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"x\":"}}]}}]}),
+            json!({"choices": [{"delta": {"refusal": "no", "reasoning_content": "hm"}}], "usage": null}),
+            json!({"choices": []}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "cd"}}),
+            json!({"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+            json!({"type": "response.output_text.delta", "delta": "ef"}),
+            json!({"type": "response.output_text.done", "text": "abcdef"}),
+            json!({"choices": "not a list"}),
+            json!([1, 2]),
+        ];
+        for ev in events {
+            let (mut a, mut b) = (String::new(), String::new());
+            stream_delta_text(&ev, &mut a);
+            stream_delta_text_json(ev.to_string().as_bytes(), &mut b);
+            assert_eq!(a, b, "{ev}");
+        }
     }
 }

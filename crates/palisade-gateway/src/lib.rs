@@ -28,7 +28,7 @@ mod usage;
 
 pub use accounting::{Accounting, Clock};
 pub use error::ProxyError;
-pub use inspect::{Inspector, request_texts, response_text};
+pub use inspect::{Findings, Inspector, StreamGuard, request_texts, response_text};
 pub use manager::{
     AlertFn, GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn, ToolFn,
 };

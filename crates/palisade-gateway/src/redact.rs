@@ -138,6 +138,13 @@ pub struct StreamUnmasker {
     held: HashMap<String, String>,
 }
 
+/// Whether raw event bytes may contain (the start of) a placeholder.
+fn may_hold_placeholder(ev: &[u8]) -> bool {
+    ev.windows(2)
+        .any(|w| w[0] == b'[' && (w[1].is_ascii_uppercase() || w[1] == b'"'))
+        || ev.last() == Some(&b'[')
+}
+
 impl StreamUnmasker {
     /// An unmasker for a request's map.
     pub fn new(map: RedactionMap) -> Self {
@@ -178,9 +185,11 @@ impl StreamUnmasker {
         let mut out: Vec<u8> = Vec::with_capacity(run.len() + 64);
         let mut changed = false;
         for ev in events {
-            // Placeholders start with `[`: an event without one, while nothing is held back,
-            // comes out exactly as it went in, so it is not parsed.
-            if self.held.is_empty() && !ev.contains(&b'[') {
+            // Placeholders are `[TYPE_n]`: an event where no `[` is followed by a capital
+            // letter or ends a string (a placeholder cut after its `[`), while nothing is held
+            // back, comes out exactly as it went in, so it is not parsed. (JSON's own arrays,
+            // `"choices":[{`, do not count.)
+            if self.held.is_empty() && !may_hold_placeholder(ev) {
                 out.extend_from_slice(ev);
                 continue;
             }
