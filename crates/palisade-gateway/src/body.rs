@@ -256,7 +256,7 @@ impl Relay {
                 self.usage,
                 self.ttfb,
                 error,
-                self.guard.take().map(|g| g.findings),
+                self.guard.take().map(StreamGuard::into_findings),
             );
         }
     }

@@ -440,19 +440,45 @@ pub struct StreamGuard {
     window: String,
     /// Findings of the whole request (request phase included).
     pub findings: Findings,
+    /// Nothing can block the answer (no blocking `llm_response` rule, or monitor mode): text
+    /// is scanned in batches rather than event by event, since a finding can no longer change
+    /// what is forwarded, only what is recorded.
+    batched: bool,
+    /// Bytes of answer text not scanned yet.
+    unscanned: usize,
 }
 
 /// Bytes of earlier answer text kept to catch patterns that span chunk boundaries.
 const WINDOW: usize = 1024;
+/// With nothing that can block, text is scanned once this much has arrived (and at the end).
+const BATCH: usize = 512;
 
 impl StreamGuard {
     /// A guard continuing the request's findings.
     pub fn new(insp: Inspector, findings: Findings) -> Self {
+        let batched = !(insp.enforces() && insp.set.blocks(Target::LlmResponse));
         Self {
             insp,
             window: String::new(),
             findings,
+            batched,
+            unscanned: 0,
         }
+    }
+
+    /// Scans what has not been scanned yet (the end of the answer).
+    pub fn flush(&mut self) {
+        if self.unscanned > 0 {
+            self.unscanned = 0;
+            self.findings
+                .scan(&self.insp, Target::LlmResponse, &self.window);
+        }
+    }
+
+    /// The findings, once every byte of the answer has been scanned.
+    pub fn into_findings(mut self) -> Findings {
+        self.flush();
+        self.findings
     }
 
     /// Scans new answer text; returns true if it must not reach the client.
@@ -461,6 +487,11 @@ impl StreamGuard {
             return false;
         }
         self.window.push_str(new_text);
+        self.unscanned += new_text.len();
+        if self.batched && self.unscanned < BATCH {
+            return false;
+        }
+        self.unscanned = 0;
         let blocks = self
             .findings
             .scan(&self.insp, Target::LlmResponse, &self.window);
@@ -523,6 +554,45 @@ mod tests {
             &mut s,
         );
         assert_eq!(s, "abcdef");
+    }
+
+    fn guard(action: &str, mode: PolicyMode) -> StreamGuard {
+        let policy = palisade_policy::Policy::from_json(&format!(
+            r#"{{"id":"t","name":"t","rules":[{{"id":"R1","name":"marker","category":"test",
+            "severity":"high","targets":["llm_response"],"patterns":{{"keywords":["zebra crossing"]}},
+            "action":"{action}"}}]}}"#
+        ))
+        .unwrap();
+        let set = Arc::new(PolicySet::compile(&[policy]).unwrap());
+        StreamGuard::new(Inspector::new(set, mode), Findings::default())
+    }
+
+    #[test]
+    fn stream_guard_blocks_at_once_or_scans_in_batches() {
+        // A blocking rule in enforce mode: every event is checked before it is forwarded,
+        // including a match split across events.
+        let mut g = guard("block", PolicyMode::Enforce);
+        assert!(!g.check("look at the zebra "));
+        assert!(g.check("crossing now"));
+        // Nothing can block: batched, but nothing is missed, at the end at the latest.
+        for (action, mode) in [
+            ("alert", PolicyMode::Enforce),
+            ("block", PolicyMode::Monitor),
+        ] {
+            let mut g = guard(action, mode);
+            assert!(!g.check("look at the zebra "));
+            assert!(!g.check("crossing now"));
+            let mut rec = RequestRecord::default();
+            let alerts = std::cell::RefCell::new(Vec::new());
+            g.into_findings()
+                .finalize(&mut rec, &|a| alerts.borrow_mut().push(a.rule_id));
+            assert_eq!(rec.matched_rules.as_deref(), Some("t/R1"), "{action}");
+            assert_eq!(
+                alerts.into_inner(),
+                vec![Some("R1".to_string())],
+                "{action}"
+            );
+        }
     }
 
     #[test]

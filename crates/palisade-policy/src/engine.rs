@@ -613,6 +613,14 @@ impl PolicySet {
         self.targets[target.index()].rules.len()
     }
 
+    /// Whether any rule with action `block` applies to `target`.
+    pub fn blocks(&self, target: Target) -> bool {
+        self.targets[target.index()]
+            .rules
+            .iter()
+            .any(|&i| self.rules[i as usize].action == Action::Block)
+    }
+
     /// Whether any rule with action `redact` applies to `target`.
     pub fn redacts(&self, target: Target) -> bool {
         self.targets[target.index()].redact.is_some()
