@@ -106,6 +106,17 @@ async def long_running_reports_progress(c):
     assert progress == [(1, 3), (2, 3), (3, 3)]
 
 
+async def echo_refusal_resource_progress(c, message):
+    """The core journey through the gateway: an approved call works, an unapproved one is refused (fail-closed),
+    a resource reads as directly, and progress notifications arrive."""
+    r = await c.call_tool("echo", {"message": message})
+    assert not r.is_error and text(r) == f"Echo: {message}"
+    assert "awaits approval" in await refusal(c, "get-sum", {"a": 2, "b": 3})
+    doc = (await c.read_resource(RESOURCE)).contents[0]
+    assert doc.text.startswith("# Everything Server")
+    await long_running_reports_progress(c)
+
+
 async def simulated_logs_arrive(c, logs):
     """server-everything sends simulated log messages outside any request (every 5 s): in the session era they
     travel on its GET stream. `logs` is filled by the client's logging callback."""
@@ -414,16 +425,10 @@ def test_legacy_sse_client_through_the_gateway(everything, mcp_gateway):
             assert c.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
             assert c.server_info.name == "mcp-servers/everything"
 
-            # Only approved tools are visible; an approved one works, another is refused, fail-closed.
+            # Only approved tools are visible; resources and progress notifications (on the upstream's POST
+            # stream) reach the client's stream.
             assert sorted(await tool_names(c)) == sorted(approved)
-            r = await c.call_tool("echo", {"message": "over legacy SSE"})
-            assert not r.is_error and text(r) == "Echo: over legacy SSE"
-            assert "awaits approval" in await refusal(c, "get-sum", {"a": 2, "b": 3})
-
-            # Resources and progress notifications (on the upstream's POST stream) reach the client's stream.
-            doc = (await c.read_resource(RESOURCE)).contents[0]
-            assert doc.text.startswith("# Everything Server")
-            await long_running_reports_progress(c)
+            await echo_refusal_resource_progress(c, "over legacy SSE")
 
             # Messages the server sends outside any request travel on its GET stream, relayed by the gateway.
             await simulated_logs_arrive(c, logs)
@@ -479,14 +484,7 @@ def test_stateless_era_client_reaches_a_session_era_server_through_the_gateway(e
         async with connect(url, CI_KEY, modern) as c:
             assert c.protocol_version == modern
             assert sorted(await tool_names(c)) == sorted(approved)
-            r = await c.call_tool("echo", {"message": "stateless"})
-            assert not r.is_error and text(r) == "Echo: stateless"
-            assert "awaits approval" in await refusal(c, "get-sum", {"a": 1, "b": 2})
-            doc = (await c.read_resource(RESOURCE)).contents[0]
-            assert doc.text.startswith("# Everything Server")
-            done, progress = await progress_and_logging(c)
-            assert done.startswith("Long running operation completed")
-            assert progress == [(1, 3), (2, 3), (3, 3)]
+            await echo_refusal_resource_progress(c, "stateless")
 
         # Concurrent stateless clients share the gateway's session without mixing up answers.
         async def one(i):
@@ -501,15 +499,19 @@ def test_stateless_era_client_reaches_a_session_era_server_through_the_gateway(e
 
     run(scenario)
 
+    def stateless_post(msg_id, method):
+        """One raw stateless-era request, with the routing headers a client of that era sends."""
+        return httpx.post(
+            url,
+            json={"jsonrpc": "2.0", "id": msg_id, "method": method,
+                  "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": modern}}},
+            headers={"authorization": f"Bearer {CI_KEY}", "accept": "application/json, text/event-stream",
+                     "mcp-method": method, "mcp-protocol-version": modern},
+            timeout=30,
+        )
+
     # server/discover is answered by the gateway from the upstream's initialize result.
-    r = httpx.post(
-        url,
-        json={"jsonrpc": "2.0", "id": "d1", "method": "server/discover",
-              "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": modern}}},
-        headers={"authorization": f"Bearer {CI_KEY}", "accept": "application/json, text/event-stream",
-                 "mcp-method": "server/discover", "mcp-protocol-version": modern},
-        timeout=30,
-    )
+    r = stateless_post("d1", "server/discover")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"] == "d1" and body["result"]["supportedVersions"] == [modern], body
@@ -517,12 +519,5 @@ def test_stateless_era_client_reaches_a_session_era_server_through_the_gateway(e
     assert "mcp-session-id" not in r.headers, "the gateway's own upstream session stays private"
 
     # A method the stateless era does not have (ping was removed) is 404 / -32601, as from a stateless server.
-    r = httpx.post(
-        url,
-        json={"jsonrpc": "2.0", "id": "p1", "method": "ping",
-              "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": modern}}},
-        headers={"authorization": f"Bearer {CI_KEY}", "accept": "application/json, text/event-stream",
-                 "mcp-method": "ping", "mcp-protocol-version": modern},
-        timeout=30,
-    )
+    r = stateless_post("p1", "ping")
     assert r.status_code == 404 and r.json()["error"]["code"] == -32601, r.text

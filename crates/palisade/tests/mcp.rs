@@ -153,15 +153,20 @@ impl Rpc for Client {
     }
 }
 
-async fn set_tools(mock: &McpMock, tools: Value) {
+/// Changes what the mock server offers (`/_mock/tools` or `/_mock/catalog`).
+async fn mock_set(mock: &McpMock, what: &str, body: Value) {
     let base = mock.url.trim_end_matches("/mcp");
     let r = reqwest::Client::new()
-        .post(format!("{base}/_mock/tools"))
-        .json(&tools)
+        .post(format!("{base}/_mock/{what}"))
+        .json(&body)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+async fn set_tools(mock: &McpMock, tools: Value) {
+    mock_set(mock, "tools", tools).await;
 }
 
 fn echo(description: &str, extra_prop: Option<Value>) -> Value {
@@ -748,14 +753,7 @@ async fn stdio_settings_are_validated() {
 }
 
 async fn set_catalog(mock: &McpMock, catalog: Value) {
-    let base = mock.url.trim_end_matches("/mcp");
-    let r = reqwest::Client::new()
-        .post(format!("{base}/_mock/catalog"))
-        .json(&catalog)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    mock_set(mock, "catalog", catalog).await;
 }
 
 /// Prompts wait for approval like tools; resources are visible until they change; the server's
