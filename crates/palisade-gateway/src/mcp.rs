@@ -132,8 +132,9 @@ pub(crate) struct Pending {
 pub(crate) enum PostOutcome {
     /// Answer the client directly (every request in it was refused).
     Answer(Value),
-    /// Forward it, rewritten when tool arguments were redacted.
-    Forward(Option<Bytes>),
+    /// Forward it: the body rewritten when tool arguments were redacted, and the message as
+    /// forwarded.
+    Forward(Option<Bytes>, Value),
 }
 
 /// A refusal before or instead of the upstream: HTTP status and a JSON-RPC error body.
@@ -235,20 +236,20 @@ async fn serve(
             let v = parse_post(&bytes)?;
             let stateless = crate::mcp_era::is_stateless_request(&parts.headers, &v);
             let mut pending = Pending::default();
-            let body = match check_post(shared, rt, &parts.headers, v, rec, findings, &mut pending)?
-            {
-                PostOutcome::Answer(answer) => {
-                    return Ok(json_response(StatusCode::OK, &answer, &rec.id));
-                }
-                PostOutcome::Forward(rewritten) => rewritten.unwrap_or(bytes),
-            };
+            let (body, msg) =
+                match check_post(shared, rt, &parts.headers, v, rec, findings, &mut pending)? {
+                    PostOutcome::Answer(answer) => {
+                        return Ok(json_response(StatusCode::OK, &answer, &rec.id));
+                    }
+                    PostOutcome::Forward(rewritten, msg) => (rewritten.unwrap_or(bytes), msg),
+                };
             if stateless {
                 return send_stateless(
                     shared,
                     rt,
                     &parts.headers,
                     query,
-                    body,
+                    (body, msg),
                     pending,
                     rec,
                     findings,
@@ -279,14 +280,13 @@ async fn send_stateless(
     rt: &Arc<ProxyRuntime>,
     headers: &http::HeaderMap,
     query: Option<&str>,
-    body: Bytes,
+    (body, msg): (Bytes, Value),
     pending: Pending,
     rec: &mut RequestRecord,
     findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
     use crate::mcp_era::Translation;
-    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let untranslatable = |e: String| {
         refuse(
             StatusCode::BAD_GATEWAY,
@@ -830,7 +830,8 @@ pub(crate) fn check_post(
         }
     }
     if refusals.is_empty() {
-        return Ok(PostOutcome::Forward(redact_arguments(rt, &mut v, pending)));
+        let rewritten = redact_arguments(rt, &mut v, pending);
+        return Ok(PostOutcome::Forward(rewritten, v));
     }
     rec.decision = Some("block".into());
     rec.error = refusals[0]["error"]["message"].as_str().map(str::to_string);
@@ -855,10 +856,8 @@ pub(crate) fn check_post(
             .collect();
         return Ok(PostOutcome::Answer(Value::Array(answers)));
     }
-    Ok(refusals
-        .into_iter()
-        .next()
-        .map_or(PostOutcome::Forward(None), PostOutcome::Answer))
+    // One message, so one refusal.
+    Ok(PostOutcome::Answer(refusals.swap_remove(0)))
 }
 
 /// Replaces sensitive values in `tools/call` arguments (rules with action `redact` for

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Value, json};
 
 use crate::manager::{GatewayShared, ProxyRuntime};
+use crate::mcp::rpc_error;
 use crate::sse::for_each_event;
 
 /// The stateless-era protocol version the gateway speaks to clients.
@@ -276,7 +277,8 @@ impl EraCache {
         self.inner.lock().await.session = None;
     }
 
-    /// Decides how a client's POST reaches the upstream.
+    /// Decides how a stateless-era client's POST (see [`is_stateless_request`]) reaches the
+    /// upstream.
     pub(crate) async fn translate(
         &self,
         shared: &GatewayShared,
@@ -285,19 +287,20 @@ impl EraCache {
         msg: &Value,
         body: Bytes,
     ) -> Result<Translation, String> {
-        if !is_stateless_request(headers, msg) || self.upstream_is_modern(shared, rt).await? {
+        if self.upstream_is_modern(shared, rt).await? {
             return Ok(Translation::AsIs);
         }
         let id = msg.get("id").filter(|i| !i.is_null()).cloned();
         let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
         if !TRANSLATED_METHODS.contains(&method) {
-            return Ok(Translation::NotFound(
-                json!({"jsonrpc": "2.0", "id": id.unwrap_or(Value::Null),
-                "error": {"code": -32601, "message": format!("method not found: `{method}`")}}),
-            ));
+            return Ok(Translation::NotFound(rpc_error(
+                id.as_ref().unwrap_or(&Value::Null),
+                -32601,
+                &format!("method not found: `{method}`"),
+            )));
         }
         let session = self.session(shared, rt).await?;
-        if msg.get("method").and_then(Value::as_str) == Some("server/discover") {
+        if method == "server/discover" {
             return Ok(Translation::Answer(json!({
                 "jsonrpc": "2.0", "id": id.unwrap_or(Value::Null), "result": discover_result(&session.init)
             })));

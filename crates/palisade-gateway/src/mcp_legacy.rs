@@ -460,7 +460,7 @@ async fn forward(
             match msg.outcome {
                 Err(r) => Err(r),
                 Ok(PostOutcome::Answer(a)) => Ok(mcp::json_response(StatusCode::OK, &a, &rec.id)),
-                Ok(PostOutcome::Forward(rewritten)) => {
+                Ok(PostOutcome::Forward(rewritten, _)) => {
                     let body = rewritten.unwrap_or(msg.body);
                     let up = Upstream::new(Method::POST, &msg.headers, None, Some(body));
                     mcp::send(&shared, &rt, up, msg.pending, &mut rec, &mut findings, t0).await

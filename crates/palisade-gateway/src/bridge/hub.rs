@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::mcp::rpc_error;
+
 /// What a link delivers: a message from the server, or the end of the connection.
 pub(crate) enum Inbound {
     Message(Value),
@@ -49,11 +51,6 @@ struct HubState {
     /// Open GET streams per session.
     streams: HashMap<String, Sink>,
     closed: Option<String>,
-}
-
-/// A JSON-RPC error response.
-pub(crate) fn error_response(id: &Value, code: i64, message: &str) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
 /// Whether a message is a response (an id and no method).
@@ -138,11 +135,7 @@ impl Hub {
         st.closed = Some(reason.to_string());
         let msg = format!("the MCP server connection closed: {reason}");
         for (_, w) in st.waiters.drain() {
-            deliver(
-                &self.proxy,
-                &w.sink,
-                error_response(&w.client_id, -32000, &msg),
-            );
+            deliver(&self.proxy, &w.sink, rpc_error(&w.client_id, -32000, &msg));
         }
         st.tokens.clear();
         st.streams.clear();
@@ -197,7 +190,7 @@ impl Hub {
                     Some(s) => deliver(&self.proxy, &s, m),
                     None => {
                         let answer =
-                            error_response(&m["id"], -32603, "no client is connected to answer");
+                            rpc_error(&m["id"], -32603, "no client is connected to answer");
                         let _ = self.out.try_send(Bytes::from(answer.to_string()));
                     }
                 }

@@ -35,7 +35,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use hub::{Hub, error_response, is_response};
+use crate::mcp::rpc_error;
+use hub::{Hub, is_response};
 pub(crate) use sse_link::SseTarget;
 pub(crate) use stdio::StdioSpec;
 
@@ -369,7 +370,7 @@ fn answer(status: StatusCode, body: Option<&Value>) -> Response<BridgeBody> {
 }
 
 fn refuse(status: StatusCode, code: i64, msg: &str) -> Response<BridgeBody> {
-    answer(status, Some(&error_response(&Value::Null, code, msg)))
+    answer(status, Some(&rpc_error(&Value::Null, code, msg)))
 }
 
 fn stream_response(body: BridgeBody) -> Response<BridgeBody> {
@@ -583,7 +584,7 @@ async fn initialize(state: &State, msg: &Value) -> Response<BridgeBody> {
         BridgeUpstream::Sse(t) => match sse_link::connect(&state.proxy, t, state.wait).await {
             Ok(link) => Some(Hub::start(&state.proxy, link)),
             Err(e) => {
-                return answer(StatusCode::OK, Some(&error_response(&id, -32000, &e)));
+                return answer(StatusCode::OK, Some(&rpc_error(&id, -32000, &e)));
             }
         },
     };

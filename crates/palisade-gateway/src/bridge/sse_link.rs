@@ -10,7 +10,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::hub::{Inbound, Link, error_response};
+use super::hub::{Inbound, Link};
+use crate::mcp::rpc_error;
 use crate::sse::{SseSplitter, for_each_event};
 use crate::upstream::HttpClient;
 
@@ -197,7 +198,7 @@ pub(crate) async fn connect(proxy: &str, t: &SseTarget, wait: Duration) -> Resul
                         && v.get("method").is_some()
                         && v.get("id").is_some_and(|i| !i.is_null())
                     {
-                        let e = error_response(&v["id"], -32000, &why);
+                        let e = rpc_error(&v["id"], -32000, &why);
                         if in_tx.send(Inbound::Message(e)).await.is_err() {
                             return;
                         }
