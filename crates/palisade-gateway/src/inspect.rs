@@ -19,16 +19,20 @@ pub struct Inspector {
     /// Enforce or monitor.
     pub mode: PolicyMode,
     inspect_responses: bool,
+    /// Some `llm_response` rule blocks (decided once, not per streamed answer).
+    blocks_responses: bool,
 }
 
 impl Inspector {
     /// Wraps a compiled set.
     pub fn new(set: Arc<PolicySet>, mode: PolicyMode) -> Self {
         let inspect_responses = set.rule_count_for(Target::LlmResponse) > 0;
+        let blocks_responses = set.blocks(Target::LlmResponse);
         Self {
             set,
             mode,
             inspect_responses,
+            blocks_responses,
         }
     }
 
@@ -456,7 +460,7 @@ const BATCH: usize = 512;
 impl StreamGuard {
     /// A guard continuing the request's findings.
     pub fn new(insp: Inspector, findings: Findings) -> Self {
-        let batched = !(insp.enforces() && insp.set.blocks(Target::LlmResponse));
+        let batched = !(insp.enforces() && insp.blocks_responses);
         Self {
             insp,
             window: String::new(),
