@@ -108,11 +108,17 @@ pub fn unmask_body(body: Bytes, map: &RedactionMap) -> Bytes {
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
         return body;
     }
-    let escaped: RedactionMap = map
-        .iter()
-        .map(|(p, o)| (p.clone(), json_escaped(o)))
-        .collect();
-    let out = unmask(text, &escaped);
+    // Originals go into JSON string literals: escaped, unless none needs it (the usual case).
+    let needs_escape = |o: &str| o.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+    let out = if map.iter().any(|(_, o)| needs_escape(o)) {
+        let escaped: RedactionMap = map
+            .iter()
+            .map(|(p, o)| (p.clone(), json_escaped(o)))
+            .collect();
+        unmask(text, &escaped)
+    } else {
+        unmask(text, map)
+    };
     if out.len() == text.len() && out == text {
         return body;
     }
