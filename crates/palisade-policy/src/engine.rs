@@ -341,10 +341,9 @@ fn on_word_boundaries(text: &str, r: &Range<usize>, (start, end): (bool, bool)) 
 pub(crate) struct TargetMatcher {
     /// Rules that apply to this target.
     pub(crate) rules: Vec<u32>,
-    /// Per rule of the set: whether it applies to this target.
-    applies: Vec<bool>,
-    /// Matchers of the redact rules (redaction scans raw text); shared by targets with the same
-    /// redact rules.
+    /// Per rule: whether it applies to this target.
+    pub(crate) applies: Vec<bool>,
+    /// The matcher of all redact rules (redaction scans raw text), when any applies here.
     pub(crate) redact: Option<Arc<RedactMatcher>>,
 }
 
@@ -649,33 +648,31 @@ impl PolicySet {
         }
         let set = build_set(&set_patterns)?;
         drop(set_patterns);
+        // One redaction matcher for every redact rule, shared by the targets that redact (each
+        // skips the rules that do not apply to it): per-target matchers would repeat most rules.
+        let redact_rules: Vec<u32> = (0..rules.len())
+            .filter(|&i| rules[i].action == Action::Redact)
+            .map(|i| u32::try_from(i).map_err(compile_err))
+            .collect::<Result<_>>()?;
+        let redact = RedactMatcher::build(&rules, &redact_rules)?.map(Arc::new);
         let mut targets: Vec<TargetMatcher> = Vec::with_capacity(Target::ALL.len());
-        let mut redact_matchers: Vec<(Vec<u32>, Option<Arc<RedactMatcher>>)> = Vec::new();
         for target in Target::ALL {
             let mut tm = TargetMatcher {
                 applies: vec![false; rules.len()],
                 ..TargetMatcher::default()
             };
-            let mut redact_rules: Vec<u32> = Vec::new();
+            let mut redacts = false;
             for (idx, rule) in rules.iter().enumerate() {
                 if !rule.targets.contains(&target) {
                     continue;
                 }
-                let r = u32::try_from(idx).map_err(compile_err)?;
-                tm.rules.push(r);
+                tm.rules.push(u32::try_from(idx).map_err(compile_err)?);
                 tm.applies[idx] = true;
-                if rule.action == Action::Redact {
-                    redact_rules.push(r);
-                }
+                redacts |= rule.action == Action::Redact;
             }
-            tm.redact = match redact_matchers.iter().find(|(ids, _)| *ids == redact_rules) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let m = RedactMatcher::build(&rules, &redact_rules)?.map(Arc::new);
-                    redact_matchers.push((redact_rules, m.clone()));
-                    m
-                }
-            };
+            if redacts {
+                tm.redact.clone_from(&redact);
+            }
             targets.push(tm);
         }
         let compiled = PolicySet {

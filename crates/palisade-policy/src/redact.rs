@@ -110,11 +110,18 @@ impl PolicySet {
     /// patterns that match at the same start are tried in order (anchored, so only the value is
     /// read again), and the search resumes one character further if none is accepted. Keyword
     /// rules add their matches rule by rule.
-    fn redaction_hits(&self, rm: &RedactMatcher, text: &str) -> Vec<(usize, usize, u32)> {
+    fn redaction_hits(
+        &self,
+        rm: &RedactMatcher,
+        applies: &[bool],
+        text: &str,
+    ) -> Vec<(usize, usize, u32)> {
         let mut hits: Vec<(usize, usize, u32)> = Vec::new();
+        // A value of a rule for another target counts as rejected here.
         let accepts = |r: u32, span: &Range<usize>, bounds| {
             let rule = &self.rules[r as usize];
-            !span.is_empty()
+            applies[r as usize]
+                && !span.is_empty()
                 && rule.accept(text, span, bounds)
                 && !rule.allow.iter().any(|a| a.is_match(&text[span.clone()]))
         };
@@ -168,7 +175,7 @@ impl PolicySet {
                 };
             }
         }
-        for &r in &rm.keyword_rules {
+        for &r in rm.keyword_rules.iter().filter(|&&r| applies[r as usize]) {
             let rule = &self.rules[r as usize];
             rule.for_each_keyword_match(text, |span| {
                 if !rule.allow.iter().any(|a| a.is_match(&text[span.clone()])) {
@@ -188,8 +195,9 @@ impl PolicySet {
         text: &str,
         map: &mut Vec<(String, String)>,
     ) -> String {
-        let hits = match &self.targets[target.index()].redact {
-            Some(rm) => self.redaction_hits(rm, text),
+        let tm = &self.targets[target.index()];
+        let hits = match &tm.redact {
+            Some(rm) => self.redaction_hits(rm, &tm.applies, text),
             None => Vec::new(),
         };
         if hits.is_empty() {
