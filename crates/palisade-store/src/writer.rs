@@ -17,8 +17,10 @@ use crate::store::open_connection;
 
 const QUEUE: usize = 65_536;
 const BATCH: usize = 1_024;
-/// How long the writer waits for more rows before committing a partial batch.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long the writer waits for more rows before committing a partial batch. Each commit writes
+/// the table's and three indexes' pages: at 2 000 requests/s a 5 ms linger meant ~4 `pwrite`
+/// calls per request; 20 ms cuts the commits fourfold and still shows a row within a blink.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 enum Msg {
     Record(Box<RequestRecord>),
