@@ -29,6 +29,7 @@ use regex::{Regex, RegexSet, RegexSetBuilder};
 use regex_automata::{MatchKind as RegexMatchKind, meta};
 use serde::{Deserialize, Serialize};
 
+use crate::classifier::{LinearModel, classifier_model, threshold_logit};
 use crate::decode::{Encoding, Segment, find_segments};
 use crate::error::{PolicyError, Result};
 use crate::model::{
@@ -202,6 +203,8 @@ pub(crate) struct CompiledRule {
     /// Word-boundary requirements per entry of `regexes` (`None` for real regexes).
     pub(crate) regex_bounds: Vec<Option<(bool, bool)>>,
     pub(crate) keywords: Option<KeywordMatcher>,
+    /// Learned detector: the model and the log-odds from which the rule matches.
+    pub(crate) classifier: Option<(&'static LinearModel, f32)>,
     pub(crate) allow: Vec<Regex>,
 }
 
@@ -339,6 +342,8 @@ pub(crate) struct TargetMatcher {
     pub(crate) rules: Vec<u32>,
     /// Per rule of the set: whether it applies to this target.
     applies: Vec<bool>,
+    /// Rules with a classifier pattern that apply to this target (checked on every unit).
+    classifier_rules: Vec<u32>,
     /// Matchers of the redact rules (redaction scans raw text); shared by targets with the same
     /// redact rules.
     pub(crate) redact: Option<Arc<RedactMatcher>>,
@@ -535,6 +540,18 @@ impl PolicySet {
                     .iter()
                     .map(|p| compile_regex(&policy.id, &rule.id, p))
                     .collect::<Result<Vec<_>>>()?;
+                let classifier = match &rule.patterns.classifier {
+                    None => None,
+                    Some(c) => {
+                        let model =
+                            classifier_model(&c.model).ok_or_else(|| PolicyError::InvalidRule {
+                                policy: policy.id.clone(),
+                                rule: rule.id.clone(),
+                                problem: format!("unknown classifier model `{}`", c.model),
+                            })?;
+                        Some((model, threshold_logit(c.threshold)))
+                    }
+                };
                 let mut targets = rule.targets.clone();
                 targets.sort();
                 targets.dedup();
@@ -553,6 +570,7 @@ impl PolicySet {
                     regexes,
                     regex_bounds,
                     keywords,
+                    classifier,
                     allow,
                 });
                 sources.push(srcs);
@@ -588,6 +606,9 @@ impl PolicySet {
                 let r = u32::try_from(idx).map_err(compile_err)?;
                 tm.rules.push(r);
                 tm.applies[idx] = true;
+                if rule.classifier.is_some() {
+                    tm.classifier_rules.push(r);
+                }
                 if rule.action == Action::Redact {
                     redact_rules.push(r);
                 }
@@ -757,15 +778,36 @@ impl PolicySet {
                 }
             }
         }
+        // Classifier rules are checked on every unit (their model is not in the prefilter).
+        for &r in &tm.classifier_rules {
+            if !seen(&candidates, &st.hits, r) {
+                candidates.push(r);
+            }
+        }
         if candidates.is_empty() {
             return;
         }
         candidates.sort_unstable();
         let first_new = st.hits.len();
         st.stats.rule_checks += candidates.len();
+        // Per model: its log-odds on this unit (rules sharing a model score the text once).
+        let mut logits: Vec<(*const LinearModel, f32)> = Vec::new();
         for r in candidates {
             let rule = &self.rules[r as usize];
-            let Some(span) = rule.find_first(text) else {
+            let span = rule.find_first(text).or_else(|| {
+                let (model, min_logit) = rule.classifier?;
+                let key: *const LinearModel = model;
+                let logit = match logits.iter().find(|(m, _)| *m == key) {
+                    Some(&(_, l)) => l,
+                    None => {
+                        let l = model.logit(text);
+                        logits.push((key, l));
+                        l
+                    }
+                };
+                (logit >= min_logit).then(|| model.best_window(text).unwrap_or(0..text.len()))
+            });
+            let Some(span) = span else {
                 continue;
             };
             if rule.allow.iter().any(|a| a.is_match(text)) {

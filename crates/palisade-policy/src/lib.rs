@@ -32,6 +32,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod classifier;
 mod decode;
 mod engine;
 mod error;
@@ -41,13 +42,15 @@ mod normalize;
 mod redact;
 mod widen;
 
+pub use classifier::{classifier_model, classifier_models};
 pub use decode::{Encoding, Segment, encode_base64, find_segments};
 pub use engine::{
     Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
 };
 pub use error::{PolicyError, Result};
 pub use model::{
-    Action, Examples, Patterns, Policy, Redact, Rule, Severity, Target, Validator, load_dir,
+    Action, ClassifierPattern, Examples, Patterns, Policy, Redact, Rule, Severity, Target,
+    Validator, load_dir,
 };
 pub use normalize::{confusable, is_invisible, normalize};
 pub use redact::{Redacted, iban_valid, luhn_valid, unmask};
