@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! train_classifier [--folds 5] [--dump DEV_DUMP.jsonl] [--targets llm_request,tool_result,a2a_message]
-//!                  [--positives jailbreak,prompt_injection,system_prompt_extraction]
+//!                  [--positives jailbreak,prompt_injection,system_prompt_extraction,data_exfiltration]
 //!                  [--top-k 20000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
+//!                  [--neg-weight 1] [--max-fp-ordinary 0.5] [--max-fp-hard 2] [--show-fp THRESHOLD]
 //!                  [--out policies/models/prompt-attack.json] [--no-write]
 //! ```
 //!
@@ -15,7 +16,8 @@
 //!
 //! It first runs k-fold cross-validation on dev (folds by a hash of the sample id) and prints,
 //! per threshold, the classifier's detection per attack category and false positives per benign
-//! kind (only samples whose target is in `--targets`, as the rule would see them). With
+//! kind, as `eval/` counts them: over all plain dev samples of the category or kind, where a
+//! sample whose target is not in `--targets` is never flagged (the rule does not see it). With
 //! `--dump` (from `probe dump dev`), it also prints the union with the shipped rules. Then it
 //! trains on all of dev, prunes to the `--top-k` largest |weights| (at least `--min-weight`),
 //! and writes the model file, which the crate embeds (rebuild to use it).
@@ -53,6 +55,8 @@ struct Args {
     max_fp_hard: f64,
     /// Weight of a negative example's loss relative to a positive's.
     neg_weight: f64,
+    /// List the benign samples the CV models score at or above this.
+    show_fp: Option<f64>,
 }
 
 fn parse_args() -> Args {
@@ -60,9 +64,14 @@ fn parse_args() -> Args {
         folds: 5,
         dump: None,
         targets: vec![Target::LlmRequest, Target::ToolResult, Target::A2aMessage],
-        positives: ["jailbreak", "prompt_injection", "system_prompt_extraction"]
-            .map(String::from)
-            .to_vec(),
+        positives: [
+            "jailbreak",
+            "prompt_injection",
+            "system_prompt_extraction",
+            "data_exfiltration",
+        ]
+        .map(String::from)
+        .to_vec(),
         top_k: 20_000,
         min_weight: 0.02,
         epochs: 8,
@@ -76,6 +85,7 @@ fn parse_args() -> Args {
         max_fp_ordinary: 0.5,
         max_fp_hard: 2.0,
         neg_weight: 1.0,
+        show_fp: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -104,6 +114,7 @@ fn parse_args() -> Args {
             "--out" => a.out = v(),
             "--max-fp-ordinary" => a.max_fp_ordinary = v().parse().expect("--max-fp-ordinary"),
             "--max-fp-hard" => a.max_fp_hard = v().parse().expect("--max-fp-hard"),
+            "--show-fp" => a.show_fp = Some(v().parse().expect("--show-fp")),
             "--neg-weight" => a.neg_weight = v().parse().expect("--neg-weight"),
             "--no-write" => {
                 a.write = false;
@@ -274,9 +285,6 @@ fn tabulate(
             if s.s.attack {
                 cats.entry(s.s.category.clone()).or_default().add(clf || rd);
             } else {
-                if !s.seen && rules.is_none() {
-                    continue;
-                }
                 let fp = clf || rfp;
                 kinds.entry(s.s.category.clone()).or_default().add(fp);
                 if s.s.category == "hard_negative" {
@@ -420,6 +428,16 @@ fn main() {
         ),
         &alone,
     );
+    if let Some(t) = a.show_fp {
+        println!("\nbenign samples at or above {t} in CV:");
+        for (s, &p) in samples.iter().zip(&probs) {
+            if !s.s.attack && s.seen && p >= t {
+                let mut text: String = s.s.text.chars().take(110).collect();
+                text = text.replace('\n', " ");
+                println!("  {p:.3} {} [{}] {text}", s.s.id, s.s.category);
+            }
+        }
+    }
     let dump = a.dump.as_deref().map(load_dump);
     if let Some(d) = &dump {
         print_table(
@@ -483,18 +501,29 @@ fn main() {
             a.folds, a.folds, a.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")),
         "cv_at_threshold": cv,
     });
-    let header = json!({
-        "format": MODEL_FORMAT,
-        "name": "prompt-attack",
-        "version": "1",
-        "description": "Linear classifier (logistic regression) over word unigrams and bigrams of the normalised text: probability that a text is a jailbreak, prompt injection or system-prompt extraction attempt. Features are listed most attack-like first; a text's score is sigmoid(bias + sum of the weights of the distinct listed features it contains).",
-        "tokenizer": TokenizerSpec::current(),
-        "training": training,
-        "bias": (m.bias * 1e4).round() / 1e4,
-    });
-    let mut out = serde_json::to_string_pretty(&header).expect("header");
-    out.truncate(out.trim_end().len() - 1); // drop the closing brace
-    out.push_str(",\n  \"features\": [\n");
+    let description = format!(
+        "Linear classifier (logistic regression) over word unigrams and bigrams of the normalised \
+         text: probability that a text is a {} attempt. Features are listed most attack-like \
+         first; a text's score is sigmoid(bias + the sum of the weights of the distinct listed \
+         features it contains).",
+        a.positives.join(" / ").replace('_', " ")
+    );
+    // Keys in reading order (serde_json's maps would sort them).
+    let header: [(&str, serde_json::Value); 7] = [
+        ("format", json!(MODEL_FORMAT)),
+        ("name", json!("prompt-attack")),
+        ("version", json!("1")),
+        ("description", json!(description)),
+        ("tokenizer", json!(TokenizerSpec::current())),
+        ("training", training),
+        ("bias", json!((m.bias * 1e4).round() / 1e4)),
+    ];
+    let mut out = String::from("{\n");
+    for (key, value) in &header {
+        let pretty = serde_json::to_string_pretty(value).expect("header");
+        let _ = writeln!(out, "  {}: {},", json!(key), pretty.replace('\n', "\n  "));
+    }
+    out.push_str("  \"features\": [\n");
     for (n, &j) in kept.iter().enumerate() {
         let sep = if n + 1 == kept.len() { "" } else { "," };
         let w = (m.w[j] * 1e4).round() / 1e4;

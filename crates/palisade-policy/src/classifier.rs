@@ -102,72 +102,83 @@ pub(crate) struct Feature {
 #[inline]
 pub(crate) fn for_each_feature(text: &str, mut f: impl FnMut(Feature)) {
     let bytes = text.as_bytes();
-    let mut i = 0;
     let mut word = 0usize;
-    // Previous word: unigram hash and start byte.
-    let mut prev: Option<(u64, usize)> = None;
-    // Current word: (unigram hash, bigram hash, start byte).
-    let mut cur: Option<(u64, u64, usize)> = None;
-    let mut emit = |cur: (u64, u64, usize), end: usize, prev: &mut Option<(u64, usize)>| {
-        let (uni, bi, start) = cur;
-        f(Feature {
-            hash: uni,
-            word,
-            start,
-            end,
-        });
-        if let Some((_, pstart)) = *prev {
-            f(Feature {
-                hash: bi,
-                word,
-                start: pstart,
-                end,
-            });
-        }
-        *prev = Some((uni, start));
-        word += 1;
-    };
+    // Previous word: unigram hash and start byte (valid when `word > 0`).
+    let (mut prev_hash, mut prev_start) = (0u64, 0usize);
+    // Current word: unigram hash, hash of "previous current", start byte.
+    let (mut uni, mut bi, mut start) = (FNV_OFFSET, 0u64, 0usize);
+    let mut in_word = false;
+    let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        let (len, feed): (usize, Option<([u8; 16], usize)>) = if b.is_ascii() {
-            if b.is_ascii_alphanumeric() {
-                let mut buf = [0u8; 16];
-                buf[0] = b.to_ascii_lowercase();
-                (1, Some((buf, 1)))
-            } else {
-                (1, None)
+        if b.is_ascii_alphanumeric() {
+            if !in_word {
+                in_word = true;
+                start = i;
+                uni = FNV_OFFSET;
+                bi = (prev_hash ^ u64::from(b' ')).wrapping_mul(FNV_PRIME);
             }
+            let lc = u64::from(b.to_ascii_lowercase());
+            uni = (uni ^ lc).wrapping_mul(FNV_PRIME);
+            bi = (bi ^ lc).wrapping_mul(FNV_PRIME);
+            i += 1;
+            continue;
+        }
+        let (len, alnum) = if b.is_ascii() {
+            (1, None)
         } else {
             let c = text[i..].chars().next().unwrap_or(' ');
-            if c.is_alphanumeric() {
-                let mut buf = [0u8; 16];
-                let mut n = 0;
-                for lc in c.to_lowercase() {
-                    n += lc.encode_utf8(&mut buf[n..]).len();
-                }
-                (c.len_utf8(), Some((buf, n)))
-            } else {
-                (c.len_utf8(), None)
-            }
+            (c.len_utf8(), c.is_alphanumeric().then_some(c))
         };
-        match feed {
-            Some((buf, n)) => {
-                let (uni, bi, start) = cur.unwrap_or_else(|| {
-                    let bi = prev.map_or(0, |(p, _)| fnv_bytes(p, b" "));
-                    (FNV_OFFSET, bi, i)
-                });
-                cur = Some((fnv_bytes(uni, &buf[..n]), fnv_bytes(bi, &buf[..n]), start));
+        if let Some(c) = alnum {
+            if !in_word {
+                in_word = true;
+                start = i;
+                uni = FNV_OFFSET;
+                bi = (prev_hash ^ u64::from(b' ')).wrapping_mul(FNV_PRIME);
             }
-            None => {
-                if let Some(c) = cur.take() {
-                    emit(c, i, &mut prev);
-                }
+            let mut buf = [0u8; 4];
+            for lc in c.to_lowercase() {
+                let enc = lc.encode_utf8(&mut buf).as_bytes();
+                uni = fnv_bytes(uni, enc);
+                bi = fnv_bytes(bi, enc);
             }
+        } else if in_word {
+            in_word = false;
+            emit(&mut f, word, uni, bi, start, prev_start, i);
+            (prev_hash, prev_start) = (uni, start);
+            word += 1;
         }
         i += len;
     }
-    if let Some(c) = cur.take() {
-        emit(c, bytes.len(), &mut prev);
+    if in_word {
+        emit(&mut f, word, uni, bi, start, prev_start, bytes.len());
+    }
+}
+
+#[inline]
+fn emit(
+    f: &mut impl FnMut(Feature),
+    word: usize,
+    uni: u64,
+    bi: u64,
+    start: usize,
+    prev_start: usize,
+    end: usize,
+) {
+    f(Feature {
+        hash: uni,
+        word,
+        start,
+        end,
+    });
+    if word > 0 {
+        f(Feature {
+            hash: bi,
+            word,
+            start: prev_start,
+            end,
+        });
     }
 }
 
