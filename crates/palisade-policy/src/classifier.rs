@@ -310,7 +310,8 @@ impl LinearModel {
             return Err(bad("bias is not finite".into()));
         }
         let n = file.features.len();
-        let slots = (n * 2).next_power_of_two().max(16);
+        // Load factor at most 2/3: linear probing stays short and the table small.
+        let slots = (n + n / 2).next_power_of_two().max(16);
         let bits = slots.trailing_zeros();
         let mut keys = vec![0u64; slots];
         let mut weights = vec![0f32; slots];

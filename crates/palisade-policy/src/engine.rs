@@ -14,6 +14,10 @@
 //! miss one that does, and its automaton is small enough for the lazy DFA to stay cached on any
 //! input, so a pass costs a few ns per byte.
 //!
+//! Rules with a classifier pattern (`crate::classifier`) are candidates on every unit of their
+//! targets: the model scores the unit once per evaluation (shared by the rules naming it), and
+//! the rule matches when a regex/keyword matches or the score reaches its threshold.
+//!
 //! Why keywords share the regex set instead of having their own Aho-Corasick pass: measured with
 //! ~270 case-insensitive phrases on a 4 KiB benign prompt, a separate overlapping Aho-Corasick pass
 //! cost 8–24 µs (its prefilter degrades on common start letters), while adding the same phrases

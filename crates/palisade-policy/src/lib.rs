@@ -15,6 +15,11 @@
 //!   matches anywhere in the same scanned text (the normalised input, or the decoded segment);
 //!   in redaction, an occurrence is kept in clear when an allow regex matches the value itself.
 //! - Validators (`luhn`, `iban`) apply in both evaluation and redaction.
+//! - A rule with `patterns.classifier` also matches when the named built-in model
+//!   ([`classifier_models`], `policies/models/*.json`) gives the scanned text (the normalised
+//!   input, or a decoded segment) a probability at least the rule's threshold; its span is the
+//!   run of up to 12 words that weighed most. Such rules run on every scanned unit of their
+//!   targets (the model is not part of the prefilter) and cannot redact.
 //! - [`PolicySet::redact`] works on raw text so [`unmask`] restores it byte for byte.
 //!
 //! ```
