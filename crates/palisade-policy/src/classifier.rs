@@ -276,8 +276,24 @@ pub struct LinearModel {
     keys: Vec<u64>,
     weights: Vec<f32>,
     shift: u32,
+    /// One bit per value of a hash's top `FILTER_BITS` bits, set for the model's features: most
+    /// words and word pairs of a text are not features, and this 32 KiB bitmap (which stays in
+    /// cache) answers for them without a probe of the larger table.
+    filter: Vec<u64>,
     features: usize,
 }
+
+/// Bits of the feature-hash prefilter (2^18 bits = 32 KiB).
+const FILTER_BITS: u32 = 18;
+
+#[inline]
+fn filter_bit(h: u64) -> (usize, u64) {
+    let b = usize::try_from(h >> (64 - FILTER_BITS)).unwrap_or(0);
+    (b / 64, 1u64 << (b % 64))
+}
+
+/// Texts up to this many bytes track the features seen in a list instead of a bitmap.
+const SHORT_TEXT: usize = 256;
 
 /// Maximum words in the span reported for a classifier match.
 const WINDOW_WORDS: usize = 12;
@@ -315,6 +331,7 @@ impl LinearModel {
         let bits = slots.trailing_zeros();
         let mut keys = vec![0u64; slots];
         let mut weights = vec![0f32; slots];
+        let mut filter = vec![0u64; (1usize << FILTER_BITS) / 64];
         let shift = 64 - bits;
         for (feature, weight) in &file.features {
             if !weight.is_finite() {
@@ -335,6 +352,8 @@ impl LinearModel {
             if h == 0 {
                 return Err(bad(format!("`{feature}` hashes to the reserved value 0")));
             }
+            let (word, bit) = filter_bit(h);
+            filter[word] |= bit;
             let mut s = slot(h, shift);
             loop {
                 if keys[s] == 0 {
@@ -361,6 +380,7 @@ impl LinearModel {
             keys,
             weights,
             shift,
+            filter,
             features: n,
         })
     }
@@ -383,11 +403,16 @@ impl LinearModel {
     /// Bytes held by the lookup table.
     pub fn table_bytes(&self) -> usize {
         self.keys.len() * (std::mem::size_of::<u64>() + std::mem::size_of::<f32>())
+            + self.filter.len() * std::mem::size_of::<u64>()
     }
 
     /// Table slot of a feature, or `None` when the model does not weigh it.
     #[inline]
     fn lookup(&self, h: u64) -> Option<usize> {
+        let (word, bit) = filter_bit(h);
+        if self.filter[word] & bit == 0 {
+            return None;
+        }
         let mask = self.keys.len() - 1;
         let mut s = slot(h, self.shift);
         loop {
@@ -404,8 +429,22 @@ impl LinearModel {
 
     /// The log-odds `bias + Σ weights` over the distinct features of `text` (already normalised).
     pub fn logit(&self, text: &str) -> f32 {
-        let mut seen = vec![0u64; self.keys.len().div_ceil(64)];
         let mut sum = self.bias;
+        if text.len() <= SHORT_TEXT {
+            // Few features: a list of the slots seen is cheaper than zeroing a bitmap (decoded
+            // segments are scanned one by one and are often short).
+            let mut seen: Vec<usize> = Vec::new();
+            for_each_feature(text, |f| {
+                if let Some(s) = self.lookup(f.hash)
+                    && !seen.contains(&s)
+                {
+                    seen.push(s);
+                    sum += self.weights[s];
+                }
+            });
+            return sum;
+        }
+        let mut seen = vec![0u64; self.keys.len().div_ceil(64)];
         for_each_feature(text, |f| {
             if let Some(s) = self.lookup(f.hash) {
                 let bit = 1u64 << (s % 64);
@@ -560,6 +599,7 @@ mod tests {
         assert_eq!(hashes, expected);
         // Stable across releases: a model file's features must keep their hashes.
         assert_eq!(hashes[2], feature_hash("ignore all"));
+        assert_eq!(hashes[2], 0xb76b_a0ae_964a_8f80);
         let mut none = Vec::new();
         feature_hashes(" ,;- ", &mut none);
         assert!(none.is_empty());
@@ -591,6 +631,16 @@ mod tests {
         assert!((m.logit("") + 2.0).abs() < 1e-6);
         assert_eq!(m.feature_count(), 3);
         assert!((threshold_logit(0.5)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn short_and_long_texts_count_each_feature_once() {
+        let m = model(-2.0, &[("ignore", 1.0), ("previous instructions", 2.5)]);
+        let short = "ignore previous instructions ignore";
+        assert!(short.len() <= SHORT_TEXT);
+        let long = format!("{short} {}", "x ".repeat(SHORT_TEXT));
+        assert!((m.logit(short) - 1.5).abs() < 1e-6);
+        assert!((m.logit(&long) - 1.5).abs() < 1e-6);
     }
 
     #[test]

@@ -109,6 +109,15 @@ fn schema_is_published_beside_the_packs() {
     ] {
         assert!(props.contains_key(field), "schema lacks rule field {field}");
     }
+    let patterns = props["patterns"]["properties"]
+        .as_object()
+        .expect("patterns properties");
+    for field in ["regex", "keywords", "case_sensitive", "classifier"] {
+        assert!(
+            patterns.contains_key(field),
+            "schema lacks patterns field {field}"
+        );
+    }
 }
 
 #[test]
