@@ -15,6 +15,11 @@
 //!   matches anywhere in the same scanned text (the normalised input, or the decoded segment);
 //!   in redaction, an occurrence is kept in clear when an allow regex matches the value itself.
 //! - Validators (`luhn`, `iban`) apply in both evaluation and redaction.
+//! - A rule with `patterns.classifier` also matches when the named built-in model
+//!   ([`classifier_models`], `policies/models/*.json`) gives the scanned text (the normalised
+//!   input, or a decoded segment) a probability at least the rule's threshold; its span is the
+//!   run of up to 12 words that weighed most. Such rules run on every scanned unit of their
+//!   targets (the model is not part of the prefilter) and cannot redact.
 //! - [`PolicySet::redact`] works on raw text so [`unmask`] restores it byte for byte.
 //!
 //! ```
@@ -32,6 +37,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod classifier;
 mod decode;
 mod engine;
 mod error;
@@ -41,13 +47,15 @@ mod normalize;
 mod redact;
 mod widen;
 
+pub use classifier::{classifier_model, classifier_models};
 pub use decode::{Encoding, Segment, encode_base64, find_segments};
 pub use engine::{
     Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
 };
 pub use error::{PolicyError, Result};
 pub use model::{
-    Action, Examples, Patterns, Policy, Redact, Rule, Severity, Target, Validator, load_dir,
+    Action, ClassifierPattern, Examples, Patterns, Policy, Redact, Rule, Severity, Target,
+    Validator, load_dir,
 };
 pub use normalize::{confusable, is_invisible, normalize};
 pub use redact::{Redacted, iban_valid, luhn_valid, unmask};

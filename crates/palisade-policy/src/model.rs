@@ -176,7 +176,24 @@ pub struct Patterns {
     /// Whether keywords match case-sensitively (default false). Regexes carry their own flags.
     #[serde(default, skip_serializing_if = "is_false")]
     pub case_sensitive: bool,
+    /// A learned detector: the rule also matches when the named model's probability for the
+    /// scanned text reaches the threshold (see `crate::classifier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierPattern>,
 }
+
+/// A rule's classifier pattern: which built-in model, and from which probability it matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierPattern {
+    /// Name of a built-in model (see [`crate::classifier_models`]).
+    pub model: String,
+    /// The rule matches when the model's probability is at least this; strictly between 0 and 1.
+    pub threshold: f64,
+}
+
+// Validation rejects non-finite thresholds (and JSON has no NaN), so equality is total.
+impl Eq for ClassifierPattern {}
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -390,12 +407,45 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
     if rule.targets.is_empty() {
         return Err(rule_err(pid, rid, "targets must not be empty"));
     }
-    if rule.patterns.regex.is_empty() && rule.patterns.keywords.is_empty() {
+    if rule.patterns.regex.is_empty()
+        && rule.patterns.keywords.is_empty()
+        && rule.patterns.classifier.is_none()
+    {
         return Err(rule_err(
             pid,
             rid,
-            "patterns must contain at least one regex or keyword",
+            "patterns must contain at least one regex, keyword or classifier",
         ));
+    }
+    if let Some(c) = &rule.patterns.classifier {
+        if !crate::classifier::classifier_models().contains(&c.model.as_str()) {
+            return Err(rule_err(
+                pid,
+                rid,
+                format!(
+                    "unknown classifier model `{}` (built-in models: {})",
+                    c.model,
+                    crate::classifier::classifier_models().join(", ")
+                ),
+            ));
+        }
+        if !(c.threshold > 0.0 && c.threshold < 1.0) {
+            return Err(rule_err(
+                pid,
+                rid,
+                format!(
+                    "classifier threshold {} must be strictly between 0 and 1",
+                    c.threshold
+                ),
+            ));
+        }
+        if rule.action == Action::Redact {
+            return Err(rule_err(
+                pid,
+                rid,
+                "a classifier rule cannot redact: a probability marks no value to replace",
+            ));
+        }
     }
     if let Some(score) = rule.score
         && score > 100
@@ -512,6 +562,9 @@ pub(crate) fn prepare_regex(pattern: &str) -> String {
 }
 
 /// Loads every `*.json` policy in a directory (sorted by file name, `*.schema.json` excluded).
+///
+/// Only files directly in `dir` are read: subdirectories such as `models/` (the classifier
+/// models, built into the crate) are not policies and are skipped.
 ///
 /// Fails on the first file that does not load (the error names the file) and on duplicate
 /// policy ids across files.
@@ -648,7 +701,61 @@ mod tests {
         let rule = GOOD_RULE.replace(r#"{"regex":["(?i)ignore previous"]}"#, r#"{"regex":[]}"#);
         let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
         assert!(err.to_string().contains("R-1"), "{err}");
-        assert!(err.to_string().contains("at least one regex or keyword"));
+        assert!(
+            err.to_string()
+                .contains("at least one regex, keyword or classifier")
+        );
+    }
+
+    #[test]
+    fn classifier_pattern_loads_and_round_trips() {
+        let rule = GOOD_RULE.replace(
+            r#"{"regex":["(?i)ignore previous"]}"#,
+            r#"{"classifier":{"model":"prompt-attack","threshold":0.9}}"#,
+        );
+        let p = Policy::from_json(&policy_json(&rule)).unwrap();
+        let c = p.rules[0].patterns.classifier.as_ref().unwrap();
+        assert_eq!((c.model.as_str(), c.threshold), ("prompt-attack", 0.9));
+        assert_eq!(Policy::from_json(&p.to_json_pretty()).unwrap(), p);
+    }
+
+    #[test]
+    fn classifier_errors_name_policy_rule_and_problem() {
+        let with = |clf: &str, action: &str| {
+            let rule = GOOD_RULE
+                .replace(
+                    r#"{"regex":["(?i)ignore previous"]}"#,
+                    &format!(r#"{{"classifier":{clf}}}"#),
+                )
+                .replace(r#""action":"block""#, &format!(r#""action":"{action}""#));
+            Policy::from_json(&policy_json(&rule))
+                .unwrap_err()
+                .to_string()
+        };
+        let msg = with(r#"{"model":"nope","threshold":0.9}"#, "block");
+        assert!(
+            msg.starts_with("policy `test-policy` rule `R-1`: "),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown classifier model `nope`"), "{msg}");
+        assert!(msg.contains("prompt-attack"), "{msg}");
+        for t in ["0", "1", "1.5", "-0.2"] {
+            let msg = with(
+                &format!(r#"{{"model":"prompt-attack","threshold":{t}}}"#),
+                "block",
+            );
+            assert!(msg.contains("rule `R-1`"), "{msg}");
+            assert!(msg.contains("strictly between 0 and 1"), "{msg}");
+        }
+        let msg = with(r#"{"model":"prompt-attack","threshold":0.9}"#, "redact");
+        assert!(msg.contains("cannot redact"), "{msg}");
+        let msg = with(
+            r#"{"model":"prompt-attack","threshold":0.9,"k":1}"#,
+            "block",
+        );
+        assert!(msg.contains("unknown field `k`"), "{msg}");
+        let msg = with(r#"{"model":"prompt-attack"}"#, "block");
+        assert!(msg.contains("missing field `threshold`"), "{msg}");
     }
 
     #[test]
@@ -718,6 +825,8 @@ mod tests {
         std::fs::write(dir.join("a.json"), a).unwrap();
         std::fs::write(dir.join("policy.schema.json"), "{}").unwrap();
         std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
+        std::fs::create_dir_all(dir.join("models")).unwrap();
+        std::fs::write(dir.join("models/m.json"), "{\"format\":1}").unwrap();
         let loaded = load_dir(&dir).unwrap();
         let ids: Vec<&str> = loaded.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["a-policy", "b-policy"]);
