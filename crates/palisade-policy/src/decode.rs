@@ -88,30 +88,50 @@ const B64: [bool; 256] = {
     t
 };
 
-/// One pass over the text finding runs of the base64 alphabet; hex runs are looked for inside
-/// long ones only (every hex run is also a base64-alphabet run).
+/// Finds the runs of the base64 alphabet at least `MIN_BASE64.min(MIN_HEX)` long, in text order;
+/// hex runs are looked for inside them only (every hex run is also a base64-alphabet run).
+///
+/// A run that long contains a byte at every `min`-th position, so only those positions are
+/// probed, and a run is measured only around a probe that lands in the alphabet. Ordinary prose
+/// (words shorter than `min`) thus costs about one lookup per `min` bytes plus one word's length
+/// per probe that lands in a word, instead of a lookup and a hard-to-predict branch per byte
+/// (measured: this pass was an eighth of a 4 KiB evaluation).
 fn alphabet_runs(text: &str, budget: &mut usize, out: &mut Vec<Segment>) {
     let bytes = text.as_bytes();
-    let min = MIN_BASE64.min(MIN_HEX);
-    // A tight counting loop: short runs (ordinary words) cost one table lookup per byte.
-    let mut run = 0usize;
-    for idx in 0..=bytes.len() {
-        if let Some(&b) = bytes.get(idx)
-            && B64[usize::from(b)]
-        {
-            run += 1;
+    for_each_long_run(bytes, MIN_BASE64.min(MIN_HEX), |start, body_end| {
+        let end = body_end + bytes[body_end..].iter().take_while(|&&b| b == b'=').count();
+        hex_runs(bytes, start..body_end, budget, out);
+        base64_run(bytes, start, body_end, end, budget, out);
+        *budget > 0
+    });
+}
+
+/// Calls `f(start, end)` for every maximal run of base64-alphabet bytes at least `min` long, in
+/// order, while `f` returns true (see [`alphabet_runs`] for the probing).
+fn for_each_long_run(bytes: &[u8], min: usize, mut f: impl FnMut(usize, usize) -> bool) {
+    let in_alphabet = |i: usize| B64[usize::from(bytes[i])];
+    // Every run starting at or after `floor` that is `min` long contains a probe position.
+    let mut floor = 0usize;
+    let mut probe = min.max(1) - 1;
+    while probe < bytes.len() {
+        if !in_alphabet(probe) {
+            probe += min.max(1);
             continue;
         }
-        if run >= min {
-            let (start, body_end) = (idx - run, idx);
-            let end = body_end + bytes[body_end..].iter().take_while(|&&b| b == b'=').count();
-            hex_runs(bytes, start..body_end, budget, out);
-            base64_run(bytes, start, body_end, end, budget, out);
-            if *budget == 0 {
-                return;
-            }
+        let mut start = probe;
+        while start > floor && in_alphabet(start - 1) {
+            start -= 1;
         }
-        run = 0;
+        let mut end = probe + 1;
+        while end < bytes.len() && in_alphabet(end) {
+            end += 1;
+        }
+        if end - start >= min && !f(start, end) {
+            return;
+        }
+        // `bytes[end]` is outside the alphabet: the next run starts after it.
+        floor = end + 1;
+        probe = end + min.max(1);
     }
 }
 
@@ -457,6 +477,58 @@ pub fn encode_base64(data: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The maximal alphabet runs of at least `min` bytes, byte by byte (reference for the
+    /// probing search).
+    fn runs_reference(bytes: &[u8], min: usize) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        let mut run = 0usize;
+        for idx in 0..=bytes.len() {
+            if bytes.get(idx).is_some_and(|&b| B64[usize::from(b)]) {
+                run += 1;
+                continue;
+            }
+            if run >= min {
+                out.push(idx - run..idx);
+            }
+            run = 0;
+        }
+        out
+    }
+
+    #[test]
+    fn probing_finds_every_long_run() {
+        // Pseudo-random texts over a small alphabet mixing run bytes and separators, so runs of
+        // every length around the threshold occur at every offset.
+        let alphabet = b"aZ9+/_- .=\n";
+        let mut x: u32 = 12345;
+        for len in [0usize, 1, 15, 16, 17, 31, 32, 33, 200, 2000] {
+            for round in 0..40 {
+                let mut text = Vec::with_capacity(len);
+                for _ in 0..len {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    // Bias towards run bytes so long runs are common.
+                    let k = if x % 10 < 8 + (round % 2) {
+                        x % 7
+                    } else {
+                        7 + x % 4
+                    };
+                    text.push(alphabet[k as usize]);
+                }
+                let text = String::from_utf8(text).unwrap();
+                let min = MIN_BASE64.min(MIN_HEX);
+                let mut found = Vec::new();
+                for_each_long_run(text.as_bytes(), min, |s, e| {
+                    found.push(s..e);
+                    true
+                });
+                let reference = runs_reference(text.as_bytes(), min);
+                assert_eq!(found, reference, "len {len} round {round}: {text:?}");
+            }
+        }
+    }
+
     use super::*;
 
     fn segments(text: &str) -> Vec<Segment> {
