@@ -221,7 +221,48 @@ struct Normalizer {
 impl Normalizer {
     /// Appends an ASCII slice: clean spans (printable chars with single inner spaces) are
     /// copied whole, other whitespace runs collapse to one space, control chars are dropped.
+    /// Appends ASCII text: whitespace runs become one (pending) space, other control bytes are
+    /// dropped. Runs of printable bytes and spaces are located with a tight scan and copied in
+    /// bulk; only a run holding two spaces in a row takes the byte-by-byte path.
     fn push_ascii(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let j = bytes[i..]
+                .iter()
+                .position(|&b| !(0x20..0x7f).contains(&b))
+                .map_or(bytes.len(), |p| i + p);
+            let run = &s[i..j];
+            if run.contains("  ") {
+                self.push_ascii_bytewise(run);
+            } else if !run.is_empty() {
+                // At most one space at each end (no two in a row).
+                let core = run.trim_matches(' ');
+                if run.starts_with(' ') {
+                    self.pending_space = true;
+                }
+                if !core.is_empty() {
+                    if self.pending_space {
+                        self.out.push(' ');
+                        self.pending_space = false;
+                    }
+                    self.out.push_str(core);
+                }
+                if run.ends_with(' ') {
+                    self.pending_space = true;
+                }
+            }
+            if let Some(&b) = bytes.get(j)
+                && matches!(b, b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+            {
+                self.pending_space = true;
+            }
+            i = j + 1;
+        }
+    }
+
+    /// [`Normalizer::push_ascii`] byte by byte (any ASCII input).
+    fn push_ascii_bytewise(&mut self, s: &str) {
         let bytes = s.as_bytes();
         let printable = |b: u8| (0x21..0x7f).contains(&b);
         let mut i = 0;
@@ -327,6 +368,44 @@ fn fold_confusable_words(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bulk_ascii_path_matches_the_bytewise_one() {
+        let alphabet = b"ab. \t\n\r\x0b\x0c\x00\x7f~!";
+        let mut x: u32 = 99;
+        for len in 0..60 {
+            for _ in 0..200 {
+                let mut text = Vec::with_capacity(len);
+                for _ in 0..len {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    text.push(alphabet[x as usize % alphabet.len()]);
+                }
+                let text = String::from_utf8(text).unwrap();
+                let run = |bulk: bool, pending: bool| {
+                    let mut n = Normalizer {
+                        out: String::new(),
+                        pending_space: pending,
+                        saw_confusable: false,
+                    };
+                    if bulk {
+                        n.push_ascii(&text);
+                    } else {
+                        n.push_ascii_bytewise(&text);
+                    }
+                    (n.out, n.pending_space)
+                };
+                for pending in [false, true] {
+                    assert_eq!(
+                        run(true, pending),
+                        run(false, pending),
+                        "{text:?} {pending}"
+                    );
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
