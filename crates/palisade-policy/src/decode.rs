@@ -505,9 +505,7 @@ mod tests {
             for round in 0..40 {
                 let mut text = Vec::with_capacity(len);
                 for _ in 0..len {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
+                    let x = crate::test_support::xorshift32(&mut x);
                     // Bias towards run bytes so long runs are common.
                     let k = if x % 10 < 8 + (round % 2) {
                         x % 7

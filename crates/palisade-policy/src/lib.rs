@@ -59,3 +59,15 @@ pub use model::{
 };
 pub use normalize::{confusable, is_invisible, normalize};
 pub use redact::{Redacted, iban_valid, luhn_valid, unmask};
+
+/// Helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Xorshift32: a tiny deterministic generator for randomized tests (same seed, same texts).
+    pub(crate) fn xorshift32(x: &mut u32) -> u32 {
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        *x
+    }
+}

@@ -376,9 +376,7 @@ mod tests {
             for _ in 0..200 {
                 let mut text = Vec::with_capacity(len);
                 for _ in 0..len {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
+                    let x = crate::test_support::xorshift32(&mut x);
                     text.push(alphabet[x as usize % alphabet.len()]);
                 }
                 let text = String::from_utf8(text).unwrap();
