@@ -5,9 +5,9 @@
 //! shared by all targets: a per-target set would repeat most rules (measured with the shipped
 //! packs: six per-target sets held ~100 MiB of automata, the one shared set ~30 MiB, and a pass
 //! costs the same). An evaluation is one pass of that set's lazy DFA over the (normalised) text;
-//! the rules it reports that apply to the evaluated target are examined individually — regexes for spans, a per-rule
-//! Aho-Corasick automaton for keyword spans with exact word-boundary checks — and only for those
-//! candidates are validators and allow-patterns run.
+//! the rules it reports that apply to the evaluated target are examined individually — regexes
+//! for spans, a per-rule Aho-Corasick automaton for keyword spans with exact word-boundary
+//! checks — and only for those candidates are validators and allow-patterns run.
 //!
 //! The shared set is a prefilter built from *widened* sources (large Unicode classes such as `\w`
 //! accept any non-ASCII char, see `crate::widen`): it may report a rule that does not match, never
@@ -688,11 +688,11 @@ impl PolicySet {
                 if !rule.targets.contains(&target) {
                     continue;
                 }
-                tm.rules.push(u32::try_from(idx).map_err(compile_err)?);
+                let r = u32::try_from(idx).map_err(compile_err)?;
+                tm.rules.push(r);
                 tm.applies[idx] = true;
                 if rule.classifier.is_some() {
-                    tm.classifier_rules
-                        .push(u32::try_from(idx).map_err(compile_err)?);
+                    tm.classifier_rules.push(r);
                 }
                 redacts |= rule.action == Action::Redact;
             }
@@ -869,17 +869,16 @@ impl PolicySet {
         let first_new = st.hits.len();
         st.stats.rule_checks += candidates.len();
         // Per model: its log-odds on this unit (rules sharing a model score the text once).
-        let mut logits: Vec<(*const LinearModel, f32)> = Vec::new();
+        let mut logits: Vec<(&LinearModel, f32)> = Vec::new();
         for r in candidates {
             let rule = &self.rules[r as usize];
             let span = rule.find_first(text).or_else(|| {
                 let (model, min_logit) = rule.classifier?;
-                let key: *const LinearModel = model;
-                let logit = match logits.iter().find(|(m, _)| *m == key) {
+                let logit = match logits.iter().find(|(m, _)| std::ptr::eq(*m, model)) {
                     Some(&(_, l)) => l,
                     None => {
                         let l = model.logit(text);
-                        logits.push((key, l));
+                        logits.push((model, l));
                         l
                     }
                 };
