@@ -40,7 +40,9 @@ fn main() {
             let run = |part: &[&harness::Sample]| -> Vec<String> {
                 part.iter()
                     .map(|s| {
+                        let t0 = std::time::Instant::now();
                         let e = set.evaluate(s.target, &s.text);
+                        let us = t0.elapsed().as_micros();
                         let hits: Vec<serde_json::Value> = e
                             .matches
                             .iter()
@@ -48,7 +50,7 @@ fn main() {
                             .collect();
                         serde_json::json!({"id": s.id, "attack": s.attack, "category": s.category,
                             "source": s.source, "target": s.target.as_str(), "variant": s.variant,
-                            "hits": hits})
+                            "hits": hits, "us": us, "bytes": s.text.len()})
                         .to_string()
                     })
                     .collect()

@@ -57,6 +57,8 @@ struct Args {
     neg_weight: f64,
     /// List the benign samples the CV models score at or above this.
     show_fp: Option<f64>,
+    /// Also train on the dev split's `evasion` attack samples (never scored).
+    evasion: bool,
 }
 
 fn parse_args() -> Args {
@@ -86,6 +88,7 @@ fn parse_args() -> Args {
         max_fp_hard: 2.0,
         neg_weight: 1.0,
         show_fp: None,
+        evasion: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -116,6 +119,11 @@ fn parse_args() -> Args {
             "--max-fp-hard" => a.max_fp_hard = v().parse().expect("--max-fp-hard"),
             "--show-fp" => a.show_fp = Some(v().parse().expect("--show-fp")),
             "--neg-weight" => a.neg_weight = v().parse().expect("--neg-weight"),
+            "--evasion" => {
+                a.evasion = true;
+                i += 1;
+                continue;
+            }
             "--no-write" => {
                 a.write = false;
                 i += 1;
@@ -156,6 +164,8 @@ struct Sample<'a> {
     fold: usize,
     /// Whether a rule with `--targets` would see this sample.
     seen: bool,
+    /// Whether the sample counts in the CV tables (dev `evasion` samples only train).
+    scored: bool,
 }
 
 struct Model {
@@ -277,7 +287,7 @@ fn tabulate(
         let mut cats: BTreeMap<String, Count> = BTreeMap::new();
         let mut kinds: BTreeMap<String, Count> = BTreeMap::new();
         let (mut ord, mut hard) = (Count::default(), Count::default());
-        for (s, &p) in samples.iter().zip(probs) {
+        for (s, &p) in samples.iter().zip(probs).filter(|(s, _)| s.scored) {
             let clf = s.seen && p >= t;
             let (rd, rfp) = rules
                 .and_then(|r| r.get(&s.s.id).copied())
@@ -351,7 +361,8 @@ fn main() {
     let mut samples: Vec<Sample> = Vec::new();
     let mut hashes = Vec::new();
     for s in &corpora.samples {
-        if s.split != "dev" || s.variant != "plain" {
+        let extra = a.evasion && s.variant == "evasion" && s.attack;
+        if s.split != "dev" || (s.variant != "plain" && !extra) {
             continue;
         }
         let text = normalize(&s.text);
@@ -391,6 +402,7 @@ fn main() {
             label,
             fold,
             seen: a.targets.contains(&s.target),
+            scored: !extra,
         });
     }
     let nfeat = names.len();

@@ -1,7 +1,7 @@
 //! The compiled policy set and its evaluation.
 //!
-//! All rules of all policies are compiled once into one `RegexSet` holding every regex and every
-//! keyword of every rule (keywords as escaped literals with ASCII word-boundary assertions),
+//! All rules of all policies are compiled once into one multi-pattern set (`crate::forward`: a
+//! forward lazy DFA, no reverse automaton) holding every regex and every keyword of every rule (keywords as escaped literals with ASCII word-boundary assertions),
 //! shared by all targets: a per-target set would repeat most rules (measured with the shipped
 //! packs: six per-target sets held ~100 MiB of automata, the one shared set ~30 MiB, and a pass
 //! costs the same). An evaluation is one pass of that set's lazy DFA over the (normalised) text;
@@ -29,17 +29,18 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex::Regex;
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use regex_automata::nfa::thompson;
 use regex_automata::util::pool::Pool;
-use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, hybrid, meta};
+use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, PatternSet, hybrid};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
 use crate::decode::{Encoding, Segment, find_segments};
 use crate::error::{PolicyError, Result};
+use crate::forward::{Forward, ForwardConfig};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, compile_regex, prepare_regex,
 };
@@ -361,7 +362,7 @@ pub(crate) struct RedactMatcher {
     /// Every regex of the redact rules as one leftmost-first matcher: finds where the next
     /// sensitive value ends and which pattern matched, and (anchored to one pattern) where
     /// another pattern's value ends.
-    pub(crate) first: Option<meta::Regex>,
+    pub(crate) first: Option<Forward>,
     /// Per pattern of `first`: finds where a match of that pattern starts, given its end.
     pub(crate) starts: Vec<StartFinder>,
     /// Per pattern: owning rule and word-boundary requirement (keyword regexes).
@@ -438,16 +439,18 @@ impl ReverseDfa {
     }
 }
 
-fn build_multi(patterns: &[&str], kind: RegexMatchKind) -> Result<meta::Regex> {
-    meta::Regex::builder()
-        .configure(
-            meta::Config::new()
-                .match_kind(kind)
-                .nfa_size_limit(Some(SET_SIZE_LIMIT))
-                .hybrid_cache_capacity(SET_DFA_LIMIT),
-        )
-        .build_many(patterns)
-        .map_err(compile_err)
+fn build_multi<P: AsRef<str>>(patterns: &[P], kind: RegexMatchKind) -> Result<Forward> {
+    Forward::build(
+        patterns,
+        &ForwardConfig {
+            kind,
+            // Redaction needs match ends (and retries one given pattern, anchored, after a
+            // rejected value); the prefilter only asks which patterns match.
+            spans: kind == RegexMatchKind::LeftmostFirst,
+            nfa_size_limit: SET_SIZE_LIMIT,
+            dfa_cache_capacity: SET_DFA_LIMIT,
+        },
+    )
 }
 
 impl RedactMatcher {
@@ -488,7 +491,7 @@ pub struct PolicySet {
     pub(crate) rules: Vec<CompiledRule>,
     pub(crate) targets: Vec<TargetMatcher>,
     /// Every regex and keyword of every rule (prefilter forms), for all targets.
-    set: Option<RegexSet>,
+    set: Option<Forward>,
     /// Rule of each set pattern.
     set_owner: Vec<u32>,
 }
@@ -506,16 +509,11 @@ fn compile_err(e: impl fmt::Display) -> PolicyError {
     PolicyError::Compile(e.to_string())
 }
 
-fn build_set(patterns: &[String]) -> Result<Option<RegexSet>> {
+fn build_set(patterns: &[String]) -> Result<Option<Forward>> {
     if patterns.is_empty() {
         return Ok(None);
     }
-    RegexSetBuilder::new(patterns)
-        .size_limit(SET_SIZE_LIMIT)
-        .dfa_size_limit(SET_DFA_LIMIT)
-        .build()
-        .map(Some)
-        .map_err(compile_err)
+    build_multi(patterns, RegexMatchKind::All).map(Some)
 }
 
 /// The set pattern standing for one ASCII (or case-sensitive) keyword.
@@ -849,8 +847,10 @@ impl PolicySet {
             && let Some(set) = &self.set
             && set.is_match(text)
         {
-            for idx in set.matches(text).iter() {
-                let r = self.set_owner[idx];
+            let mut which = PatternSet::new(set.pattern_len());
+            set.which_matches(text, &mut which);
+            for pid in which.iter() {
+                let r = self.set_owner[pid.as_usize()];
                 if tm.applies[r as usize] && !seen(&candidates, &st.hits, r) {
                     candidates.push(r);
                 }

@@ -5,7 +5,9 @@
 //! without a trim the gateway's resident size stays near the compilation's peak for good.
 
 /// Returns free heap pages to the operating system (glibc `malloc_trim`); a no-op elsewhere.
-pub(crate) fn release_free_memory() {
+/// [`crate::PolicySet::compile`] calls it; a caller that parsed many policies without compiling
+/// them (validation compiles every regex once, then drops it) can call it too.
+pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     // SAFETY: `malloc_trim` takes a padding size, touches only the allocator's own free lists

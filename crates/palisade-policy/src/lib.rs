@@ -41,6 +41,7 @@ pub mod classifier;
 mod decode;
 mod engine;
 mod error;
+mod forward;
 mod heap;
 mod model;
 mod normalize;
@@ -53,6 +54,7 @@ pub use engine::{
     Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
 };
 pub use error::{PolicyError, Result};
+pub use heap::release_free_memory;
 pub use model::{
     Action, ClassifierPattern, Examples, Patterns, Policy, Redact, Rule, Severity, Target,
     Validator, load_dir,

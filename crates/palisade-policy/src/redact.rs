@@ -138,7 +138,8 @@ impl PolicySet {
                 let (pid, end) = (half.pattern(), half.offset());
                 let start = match rm.starts[pid.as_usize()].start(text, pos, end) {
                     Some(start) => start,
-                    None => match first.search(&Input::new(text).range(pos..)) {
+                    // The value ends at `end`: the full search need not read further.
+                    None => match first.search(&Input::new(text).range(pos..end)) {
                         Some(m) => m.start(),
                         None => break,
                     },
@@ -159,7 +160,7 @@ impl PolicySet {
                         let input = Input::new(text)
                             .range(start..)
                             .anchored(Anchored::Pattern(pid));
-                        let end = first.search(&input)?.end();
+                        let end = first.search_half(&input)?.offset();
                         let (r, bounds) = rm.owner[pid.as_usize()];
                         accepts(r, &(start..end), bounds).then_some((end, r))
                     });

@@ -1,6 +1,6 @@
-//! Widening of the shared prefilter patterns, so the per-target regex sets stay small.
+//! Widening of the shared prefilter patterns, so the shared pattern set stays small.
 //!
-//! The shared `RegexSet`s are only a prefilter: every rule they report is confirmed by the rule's
+//! The shared pattern set is only a prefilter: every rule it reports is confirmed by the rule's
 //! own regexes (exact Unicode semantics) before it counts. A prefilter pattern may therefore match
 //! *more* than the rule, never less. That freedom is used here: a character class whose
 //! non-ASCII part is large (Unicode `\w`, `\d`, `\s`, `\p{L}`, case-folded classes with many

@@ -17,13 +17,16 @@ mod packs {
 
 /// The shipped policy packs, parsed (a broken pack is a build defect, reported clearly).
 pub fn builtin_policies() -> anyhow::Result<Vec<palisade_policy::Policy>> {
-    packs::PACKS
+    let packs = packs::PACKS
         .iter()
         .map(|(file, text)| {
             palisade_policy::Policy::from_json(text)
                 .with_context(|| format!("built-in pack {file}"))
         })
-        .collect()
+        .collect();
+    // Validating the packs compiled each of their regexes once; give those pages back.
+    palisade_policy::release_free_memory();
+    packs
 }
 
 /// Time in-flight requests get to finish when a proxy stops or the process shuts down.

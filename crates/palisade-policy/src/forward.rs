@@ -1,0 +1,215 @@
+//! Forward-only multi-pattern matchers for the engine's two shared automata (the prefilter set
+//! of every rule, and the leftmost-first matcher of every redact regex).
+//!
+//! `regex::RegexSet` and `meta::Regex` also compile a *reverse* NFA of all their patterns, for
+//! finding where a match starts. Neither shared automaton needs one: the prefilter only asks
+//! which patterns match, and redaction finds a value's start with that pattern's own reverse
+//! automaton (`StartFinder`). With the shipped packs the two reverse NFAs held ~6 MiB of the
+//! gateway's resident memory for nothing. This type keeps the forward NFA once, searched by a
+//! lazy DFA, with the PikeVM over the same NFA as the fallback when the lazy DFA gives up (cache
+//! thrashing, or a Unicode word boundary next to non-ASCII text) — the same engines, in the
+//! same order, that `meta::Regex` would use for these searches.
+
+use std::panic::{RefUnwindSafe, UnwindSafe};
+
+use regex_automata::nfa::thompson::{self, NFA, pikevm::PikeVM};
+use regex_automata::util::pool::Pool;
+use regex_automata::util::syntax;
+use regex_automata::{HalfMatch, Input, Match, MatchKind, PatternSet, hybrid};
+
+use crate::error::{PolicyError, Result};
+
+type DfaCacheFn = Box<dyn Fn() -> hybrid::dfa::Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
+type VmCacheFn =
+    Box<dyn Fn() -> thompson::pikevm::Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
+
+/// Patterns compiled into one forward NFA, searched by a lazy DFA with a PikeVM fallback.
+pub(crate) struct Forward {
+    dfa: hybrid::dfa::DFA,
+    vm: PikeVM,
+    dfa_caches: Pool<hybrid::dfa::Cache, DfaCacheFn>,
+    vm_caches: Pool<thompson::pikevm::Cache, VmCacheFn>,
+}
+
+/// How a [`Forward`] is built.
+pub(crate) struct ForwardConfig {
+    pub(crate) kind: MatchKind,
+    /// Searches report where matches are ([`Forward::search`], [`Forward::search_half`]), and
+    /// anchored searches for one given pattern (`Anchored::Pattern`) are possible. Without it
+    /// only [`Forward::is_match`] and [`Forward::which_matches`] may be used: the NFA then has no
+    /// capture slots, which keeps the PikeVM's per-search tables small (they hold a slot pair
+    /// per pattern for every NFA state: with a thousand patterns, gigabytes).
+    pub(crate) spans: bool,
+    pub(crate) nfa_size_limit: usize,
+    pub(crate) dfa_cache_capacity: usize,
+}
+
+impl Forward {
+    pub(crate) fn build<P: AsRef<str>>(patterns: &[P], cfg: &ForwardConfig) -> Result<Forward> {
+        let err = |e: &dyn std::fmt::Display| PolicyError::Compile(e.to_string());
+        let nfa: NFA = thompson::Compiler::new()
+            // The regex crate's defaults: Unicode and UTF-8 mode; inline flags do the rest.
+            .syntax(syntax::Config::new())
+            .configure(
+                thompson::Config::new()
+                    .which_captures(if cfg.spans {
+                        thompson::WhichCaptures::Implicit
+                    } else {
+                        thompson::WhichCaptures::None
+                    })
+                    .nfa_size_limit(Some(cfg.nfa_size_limit)),
+            )
+            .build_many(patterns)
+            .map_err(|e| err(&e))?;
+        let dfa = hybrid::dfa::Builder::new()
+            .configure(
+                hybrid::dfa::Config::new()
+                    .match_kind(cfg.kind)
+                    .starts_for_each_pattern(cfg.spans)
+                    .unicode_word_boundary(true)
+                    .cache_capacity(cfg.dfa_cache_capacity)
+                    // Give up (and use the PikeVM) when the cache keeps being cleared while
+                    // making little progress, as `meta::Regex` does.
+                    .minimum_cache_clear_count(Some(3))
+                    .minimum_bytes_per_state(Some(10)),
+            )
+            .build_from_nfa(nfa.clone())
+            .map_err(|e| err(&e))?;
+        let vm = PikeVM::builder()
+            .configure(PikeVM::config().match_kind(cfg.kind))
+            .build_from_nfa(nfa)
+            .map_err(|e| err(&e))?;
+        let for_dfa = dfa.clone();
+        let dfa_create: DfaCacheFn = Box::new(move || for_dfa.create_cache());
+        let for_vm = vm.clone();
+        let vm_create: VmCacheFn = Box::new(move || for_vm.create_cache());
+        Ok(Forward {
+            dfa,
+            vm,
+            dfa_caches: Pool::new(dfa_create),
+            vm_caches: Pool::new(vm_create),
+        })
+    }
+
+    pub(crate) fn pattern_len(&self) -> usize {
+        self.vm.get_nfa().pattern_len()
+    }
+
+    /// The end (and pattern) of the first match in the input's span.
+    pub(crate) fn search_half(&self, input: &Input<'_>) -> Option<HalfMatch> {
+        let done = {
+            let mut cache = self.dfa_caches.get();
+            self.dfa.try_search_fwd(&mut cache, input)
+        };
+        match done {
+            Ok(found) => found,
+            Err(_) => self
+                .search(input)
+                .map(|m| HalfMatch::new(m.pattern(), m.end())),
+        }
+    }
+
+    /// The first match with its start (PikeVM: for the rare cases nothing cheaper can answer).
+    pub(crate) fn search(&self, input: &Input<'_>) -> Option<Match> {
+        let mut cache = self.vm_caches.get();
+        self.vm.find(&mut cache, input.clone())
+    }
+
+    /// Whether any pattern matches `text`.
+    pub(crate) fn is_match(&self, text: &str) -> bool {
+        let input = Input::new(text).earliest(true);
+        let done = {
+            let mut cache = self.dfa_caches.get();
+            self.dfa.try_search_fwd(&mut cache, &input)
+        };
+        match done {
+            Ok(found) => found.is_some(),
+            Err(_) => self.vm.is_match(&mut self.vm_caches.get(), input),
+        }
+    }
+
+    /// Adds every pattern that matches somewhere in `text` to `set`.
+    pub(crate) fn which_matches(&self, text: &str, set: &mut PatternSet) {
+        let input = Input::new(text);
+        let done = {
+            let mut cache = self.dfa_caches.get();
+            self.dfa
+                .try_which_overlapping_matches(&mut cache, &input, set)
+        };
+        if done.is_err() {
+            let mut cache = self.vm_caches.get();
+            self.vm.which_overlapping_matches(&mut cache, &input, set);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex_automata::Anchored;
+
+    fn cfg(kind: MatchKind) -> ForwardConfig {
+        ForwardConfig {
+            kind,
+            spans: kind == MatchKind::LeftmostFirst,
+            nfa_size_limit: 64 << 20,
+            dfa_cache_capacity: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn which_matches_agrees_with_regex_set() {
+        let pats = [
+            r"(?i)\bignore\b",
+            r"\d{3}-\d{4}",
+            r"(?i)système",
+            r"\bфраза\b",
+            "zz+",
+        ];
+        let f = Forward::build(&pats, &cfg(MatchKind::All)).unwrap();
+        let set = regex::RegexSet::new(pats).unwrap();
+        for text in [
+            "please IGNORE this, call 555-1234",
+            "le SYSTÈME est là",
+            "ключевая фраза здесь",
+            "фразаignore",
+            "nothing here",
+            "ignoreé zzz",
+        ] {
+            let mut got = PatternSet::new(f.pattern_len());
+            f.which_matches(text, &mut got);
+            let got: Vec<usize> = got.iter().map(|p| p.as_usize()).collect();
+            let want: Vec<usize> = set.matches(text).iter().collect();
+            assert_eq!(got, want, "{text}");
+            assert_eq!(f.is_match(text), set.is_match(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn half_and_full_matches_agree_with_meta() {
+        let pats = [r"\b[a-z]+@[a-z]+\.com\b", r"\bsk-[A-Za-z0-9]{8}\b", r"\d+"];
+        let f = Forward::build(&pats, &cfg(MatchKind::LeftmostFirst)).unwrap();
+        let meta = regex_automata::meta::Regex::new_many(&pats).unwrap();
+        // Non-ASCII next to a Unicode word boundary makes the lazy DFA quit: the PikeVM answers.
+        for text in [
+            "mail bob@example.com or sk-abcdEFGH now",
+            "é bob@ex.com 42",
+            "x",
+        ] {
+            let input = Input::new(text);
+            let want = meta.search(&input);
+            assert_eq!(f.search(&input), want, "{text}");
+            assert_eq!(
+                f.search_half(&input),
+                want.map(|m| HalfMatch::new(m.pattern(), m.end())),
+                "{text}"
+            );
+            if let Some(m) = want {
+                let anchored = Input::new(text)
+                    .range(m.start()..)
+                    .anchored(Anchored::Pattern(m.pattern()));
+                assert_eq!(f.search_half(&anchored).map(|h| h.offset()), Some(m.end()));
+            }
+        }
+    }
+}
