@@ -1,13 +1,14 @@
 //! The compiled policy set and its evaluation.
 //!
 //! All rules of all policies are compiled once into one multi-pattern set (`crate::forward`: a
-//! forward lazy DFA, no reverse automaton) holding every regex and every keyword of every rule (keywords as escaped literals with ASCII word-boundary assertions),
-//! shared by all targets: a per-target set would repeat most rules (measured with the shipped
-//! packs: six per-target sets held ~100 MiB of automata, the one shared set ~30 MiB, and a pass
-//! costs the same). An evaluation is one pass of that set's lazy DFA over the (normalised) text;
-//! the rules it reports that apply to the evaluated target are examined individually — regexes
-//! for spans, a per-rule Aho-Corasick automaton for keyword spans with exact word-boundary
-//! checks — and only for those candidates are validators and allow-patterns run.
+//! forward lazy DFA, no reverse automaton) holding every regex and every keyword of every rule
+//! (keywords as escaped literals with ASCII word-boundary assertions), shared by all targets: a
+//! per-target set would repeat most rules (measured with the shipped packs: six per-target sets
+//! held ~100 MiB of automata, the one shared set ~30 MiB, and a pass costs the same). An
+//! evaluation is one pass of that set's lazy DFA over the (normalised) text; the rules it reports
+//! that apply to the evaluated target are examined individually — regexes for spans, a per-rule
+//! Aho-Corasick automaton for keyword spans with exact word-boundary checks — and only for those
+//! candidates are validators and allow-patterns run.
 //!
 //! The shared set is a prefilter built from *widened* sources (large Unicode classes such as `\w`
 //! accept any non-ASCII char, see `crate::widen`): it may report a rule that does not match, never
@@ -30,17 +31,15 @@ use std::sync::{Arc, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
-use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use regex_automata::nfa::thompson;
-use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, PatternSet, hybrid};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
 use crate::decode::{Encoding, Segment, find_segments};
 use crate::error::{PolicyError, Result};
-use crate::forward::{Forward, ForwardConfig};
+use crate::forward::{DfaCaches, Forward, ForwardConfig, dfa_caches};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, compile_regex, prepare_regex,
 };
@@ -55,9 +54,9 @@ const MAX_DECODED_BYTES: usize = 1 << 20;
 /// Hard cap on decoded segments scanned per evaluation (each costs a set pass of its own); the
 /// per-evaluation cap is `input / 8`, at least 64 (the byte budget usually binds first).
 const MAX_SEGMENTS: usize = 16 << 10;
-/// NFA size limit of one per-target regex set.
+/// NFA size limit of a shared automaton (the prefilter set, the redaction matcher).
 const SET_SIZE_LIMIT: usize = 256 << 20;
-/// Lazy-DFA cache capacity of one per-target regex set. The cache only grows as states are
+/// Lazy-DFA cache capacity of a shared automaton. The cache only grows as states are
 /// built; the cap must leave room for the sets of several hundred rules (at 16 MiB a 376-rule
 /// set overflowed on benign text and fell back to the NFA engine, 8 000× slower).
 const SET_DFA_LIMIT: usize = 64 << 20;
@@ -384,11 +383,9 @@ pub(crate) struct StartFinder {
     rev: OnceLock<Option<ReverseDfa>>,
 }
 
-type CacheFn = Box<dyn Fn() -> hybrid::dfa::Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
-
 struct ReverseDfa {
     dfa: hybrid::dfa::DFA,
-    caches: Pool<hybrid::dfa::Cache, CacheFn>,
+    caches: DfaCaches,
 }
 
 impl StartFinder {
@@ -430,11 +427,9 @@ impl ReverseDfa {
             )
             .build(src)
             .ok()?;
-        let for_caches = dfa.clone();
-        let create: CacheFn = Box::new(move || for_caches.create_cache());
         Some(ReverseDfa {
+            caches: dfa_caches(&dfa),
             dfa,
-            caches: Pool::new(create),
         })
     }
 }

@@ -20,6 +20,15 @@ use regex_automata::{HalfMatch, Input, Match, MatchKind, PatternSet, hybrid};
 use crate::error::{PolicyError, Result};
 
 type DfaCacheFn = Box<dyn Fn() -> hybrid::dfa::Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
+
+/// A pool of lazy-DFA caches for `dfa`, one per searching thread (shared by every lazy DFA of
+/// the engine: these automata and each redact pattern's reverse automaton).
+pub(crate) type DfaCaches = Pool<hybrid::dfa::Cache, DfaCacheFn>;
+
+pub(crate) fn dfa_caches(dfa: &hybrid::dfa::DFA) -> DfaCaches {
+    let dfa = dfa.clone();
+    Pool::new(Box::new(move || dfa.create_cache()))
+}
 type VmCacheFn =
     Box<dyn Fn() -> thompson::pikevm::Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
 
@@ -27,7 +36,7 @@ type VmCacheFn =
 pub(crate) struct Forward {
     dfa: hybrid::dfa::DFA,
     vm: PikeVM,
-    dfa_caches: Pool<hybrid::dfa::Cache, DfaCacheFn>,
+    dfa_caches: DfaCaches,
     vm_caches: Pool<thompson::pikevm::Cache, VmCacheFn>,
 }
 
@@ -79,14 +88,12 @@ impl Forward {
             .configure(PikeVM::config().match_kind(cfg.kind))
             .build_from_nfa(nfa)
             .map_err(|e| err(&e))?;
-        let for_dfa = dfa.clone();
-        let dfa_create: DfaCacheFn = Box::new(move || for_dfa.create_cache());
         let for_vm = vm.clone();
         let vm_create: VmCacheFn = Box::new(move || for_vm.create_cache());
         Ok(Forward {
+            dfa_caches: dfa_caches(&dfa),
             dfa,
             vm,
-            dfa_caches: Pool::new(dfa_create),
             vm_caches: Pool::new(vm_create),
         })
     }
