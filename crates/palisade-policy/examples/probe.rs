@@ -172,7 +172,12 @@ fn main() {
                     }
                     best = best.min(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
                 }
-                println!("{size:>6} B  min {best:8.2} us");
+                let (_, stats) = set.evaluate_with_stats(
+                    palisade_policy::Target::LlmRequest,
+                    &text,
+                    &palisade_policy::EvalOptions::default(),
+                );
+                println!("{size:>6} B  min {best:8.2} us  {stats:?}");
             }
         }
         "lines" => {
@@ -193,7 +198,14 @@ fn main() {
                     continue;
                 }
                 let text: String = serde_json::from_str(l).unwrap();
-                let e = set.evaluate(target, &text);
+                let t0 = std::time::Instant::now();
+                let (e, stats) = set.evaluate_with_stats(
+                    target,
+                    &text,
+                    &palisade_policy::EvalOptions::default(),
+                );
+                let us = t0.elapsed().as_micros();
+                eprintln!("{us}us {stats:?}");
                 let ids: Vec<String> = e
                     .matches
                     .iter()
@@ -206,7 +218,7 @@ fn main() {
                 } else {
                     "log "
                 };
-                println!("{mark} {text}  {}", ids.join(" "));
+                println!("{mark} {us:>8}us {text}  {}", ids.join(" "));
             }
         }
         _ => panic!("dump|rules|time|lines"),

@@ -77,10 +77,12 @@ impl Forward {
                     .starts_for_each_pattern(cfg.spans)
                     .unicode_word_boundary(true)
                     .cache_capacity(cfg.dfa_cache_capacity)
-                    // Give up (and use the PikeVM) when the cache keeps being cleared while
-                    // making little progress, as `meta::Regex` does.
-                    .minimum_cache_clear_count(Some(3))
-                    .minimum_bytes_per_state(Some(10)),
+                    // Span searches give up (and use the PikeVM) when the cache keeps being
+                    // cleared while making little progress, as `meta::Regex` does. Pattern-set
+                    // searches bound their own work (`which_matches_within`) and let the cache
+                    // be cleared when it is full.
+                    .minimum_cache_clear_count(cfg.spans.then_some(3))
+                    .minimum_bytes_per_state(cfg.spans.then_some(10)),
             )
             .build_from_nfa(nfa.clone())
             .map_err(|e| err(&e))?;
@@ -123,6 +125,7 @@ impl Forward {
     }
 
     /// Whether any pattern matches `text`.
+    #[cfg(test)]
     pub(crate) fn is_match(&self, text: &str) -> bool {
         let input = Input::new(text).earliest(true);
         let done = {
@@ -135,7 +138,86 @@ impl Forward {
         }
     }
 
+    /// Adds every pattern that matches somewhere in `text` to `set`, unless building the lazy
+    /// DFA's states for this text would take more than `budget` bytes of new cache memory (or
+    /// the lazy DFA cannot go on: cache thrashing, or a Unicode word boundary next to non-ASCII
+    /// text). Returns whether the search completed; if not, `set` is incomplete.
+    ///
+    /// A lazy DFA over many patterns is their product automaton: on text where many patterns
+    /// are part-way through a match at once, nearly every byte needs a new state, and each new
+    /// state costs a closure over thousands of NFA states. The budget bounds that work; the
+    /// caller then finds candidates another way.
+    ///
+    /// `spent` is told how much new state memory the search added (also when it stops early).
+    pub(crate) fn which_matches_within(
+        &self,
+        text: &str,
+        set: &mut PatternSet,
+        budget: usize,
+        spent: impl FnOnce(usize),
+    ) -> bool {
+        let mut added = 0;
+        let done = self.which_matches_budgeted(text, set, budget, &mut added);
+        spent(added);
+        done
+    }
+
+    fn which_matches_budgeted(
+        &self,
+        text: &str,
+        set: &mut PatternSet,
+        budget: usize,
+        added: &mut usize,
+    ) -> bool {
+        /// Bytes between two looks at the cache's memory (a few arithmetic operations; a new
+        /// state may cost a hundred µs, so the look must be frequent).
+        const CHECK_EVERY: usize = 8;
+        let mut cache = self.dfa_caches.get();
+        let Ok(mut sid) = self.dfa.start_state_forward(&mut cache, &Input::new(text)) else {
+            return false;
+        };
+        let base = cache.memory_usage();
+        let collect = |cache: &hybrid::dfa::Cache, sid, set: &mut PatternSet| {
+            for i in 0..self.dfa.match_len(cache, sid) {
+                set.insert(self.dfa.match_pattern(cache, sid, i));
+            }
+        };
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            let Ok(next) = self.dfa.next_state(&mut cache, sid, b) else {
+                return false;
+            };
+            sid = next;
+            if sid.is_tagged() {
+                if sid.is_match() {
+                    // Match states are delayed by one byte: these patterns matched up to `i`.
+                    collect(&cache, sid, set);
+                } else if sid.is_dead() {
+                    return true;
+                } else if sid.is_quit() {
+                    return false;
+                }
+            }
+            if i % CHECK_EVERY == CHECK_EVERY - 1 {
+                // Less memory than at the start: the cache was cleared during this search.
+                let used = cache.memory_usage();
+                *added = used.saturating_sub(base);
+                if used < base || used - base > budget {
+                    return false;
+                }
+            }
+        }
+        let Ok(eoi) = self.dfa.next_eoi_state(&mut cache, sid) else {
+            return false;
+        };
+        if eoi.is_match() {
+            collect(&cache, eoi, set);
+        }
+        *added = cache.memory_usage().saturating_sub(base);
+        true
+    }
+
     /// Adds every pattern that matches somewhere in `text` to `set`.
+    #[cfg(test)]
     pub(crate) fn which_matches(&self, text: &str, set: &mut PatternSet) {
         let input = Input::new(text);
         let done = {
@@ -188,8 +270,32 @@ mod tests {
             let got: Vec<usize> = got.iter().map(|p| p.as_usize()).collect();
             let want: Vec<usize> = set.matches(text).iter().collect();
             assert_eq!(got, want, "{text}");
+            let mut within = PatternSet::new(f.pattern_len());
+            let mut spent = 0;
+            // (Non-ASCII next to a Unicode `\b` stops the lazy DFA: the set is then incomplete.)
+            if f.which_matches_within(text, &mut within, usize::MAX, |s| spent = s) {
+                let within: Vec<usize> = within.iter().map(|p| p.as_usize()).collect();
+                assert_eq!(within, want, "{text}");
+            }
             assert_eq!(f.is_match(text), set.is_match(text), "{text}");
         }
+    }
+
+    #[test]
+    fn budget_bounds_new_states() {
+        let pats = [r"(?i)\bignore\b.*\brules\b", r"(?i)you\s+\w+\s+must", "zz+"];
+        let f = Forward::build(&pats, &cfg(MatchKind::All)).unwrap();
+        let text = "you really must ignore these rules, ".repeat(20);
+        let mut set = PatternSet::new(f.pattern_len());
+        let mut spent = 0;
+        assert!(!f.which_matches_within(&text, &mut set, 0, |s| spent = s));
+        assert!(spent > 0);
+        // Given room, the search completes; the same text again needs no new state.
+        assert!(f.which_matches_within(&text, &mut set, usize::MAX, |s| spent = s));
+        assert_eq!(set.len(), 2);
+        let mut again = PatternSet::new(f.pattern_len());
+        assert!(f.which_matches_within(&text, &mut again, 0, |s| spent = s));
+        assert_eq!((again.len(), spent), (2, 0));
     }
 
     #[test]

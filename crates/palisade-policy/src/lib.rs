@@ -41,6 +41,7 @@ pub mod classifier;
 mod decode;
 mod engine;
 mod error;
+mod factors;
 mod forward;
 mod heap;
 mod model;
