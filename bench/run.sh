@@ -6,8 +6,10 @@
 #   bench/run.sh                 full run (~10 minutes)
 #   bench/run.sh --quick         a subset in under two minutes (once built)
 #   bench/run.sh --litellm       also run the chat scenarios through LiteLLM (installs it into bench/.venv)
+#   bench/run.sh --nginx         also run the keep-alive chat scenarios through nginx, the floor
+#                                reference for what any reverse proxy adds here (installs nginx-light)
 #
-# Options: --quick, --litellm, --duration S, --warmup S, --no-pin, --out DIR, --only REGEX,
+# Options: --quick, --litellm, --nginx, --duration S, --warmup S, --no-pin, --out DIR, --only REGEX,
 #          --bin-dir DIR (use prebuilt palisade and palisade-bench from DIR instead of building)
 # Environment: CARGO_TARGET_DIR (default: the repo's target/), GATEWAY_CPUS (default 1),
 #              CLIENT_CPUS (default 0), LITELLM_VERSION (default below).
@@ -22,6 +24,7 @@ VENV=$ROOT/bench/.venv
 
 QUICK=0
 LITELLM=0
+NGINX=0
 PIN=1
 DURATION=""
 WARMUP=""
@@ -32,13 +35,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --litellm) LITELLM=1 ;;
+    --nginx) NGINX=1 ;;
     --no-pin) PIN=0 ;;
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --out) OUT=$2; shift ;;
     --bin-dir) BIN_DIR=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -416,6 +420,78 @@ else
 fi
 stop_pid "$MCP_PID"
 forget_pid "$MCP_PID"
+
+# ---------------------------------------------------------------- nginx floor reference
+# What any proxy costs on this machine: nginx (a C reverse proxy with upstream keep-alive, no
+# body inspection) on the gateway's CPU, in front of the same mock, same load. Its added latency
+# is the floor of the extra loopback hop; Palisade's minus nginx's is what the gateway itself adds.
+if [ "$NGINX" = 1 ]; then
+  NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+  if ! [ -x "$NGINX_BIN" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing nginx-light (Debian) for the floor reference"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) \
+      >"$WORK/nginx-install.log" 2>&1 || true
+  fi
+  if [ -x "$NGINX_BIN" ]; then
+    NGX_PORT=$(pick_port $((BASE + 6)))
+    mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+    cat >"$WORK/nginx/nginx.conf" <<EOF
+# One process (no master) so its PID is the one serving: CPU and RSS are read from it.
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+  scgi_temp_path $WORK/nginx/tmp/scgi;
+  client_body_buffer_size 64k;
+  keepalive_requests 1000000;
+  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 128; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$NGX_PORT;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+    "${ON_GW[@]}" "$NGINX_BIN" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/stdout.log" 2>&1 &
+    NGX_PID=$!
+    PIDS+=("$NGX_PID")
+    if wait_port "$NGX_PORT" 10 "$NGX_PID"; then
+      nv=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
+      log "nginx ($nv) on 127.0.0.1:$NGX_PORT, pid $NGX_PID"
+      if [ "$QUICK" = 1 ]; then rates=(2000); else rates=(500 2000 5000); fi
+      ngx_runs=()
+      for rate in "${rates[@]}"; do ngx_runs+=("r$rate"); done
+      ngx_runs+=(sat)
+      for run in "${ngx_runs[@]}"; do
+        name="chat1k-nopolicy-ka-$run"
+        if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
+        next_seq; log "scenario $name via nginx"
+        if [ "$run" = sat ]; then extra=("${SAT[@]}"); else extra=(--rate "${run#r}" "${OPEN[@]}"); fi
+        load nginx "$name" "http://127.0.0.1:$NGX_PORT$CHAT_PATH" --watch-pid "$NGX_PID" \
+          --prompt-bytes 1024 "${extra[@]}"
+        summary "$name" nginx >&2
+      done
+    else
+      skip nginx "nginx did not start (see nginx-error.log)"
+    fi
+    cp "$WORK/nginx/logs/error.log" "$RUN_DIR/nginx-error.log" 2>/dev/null || true
+    stop_pid "$NGX_PID"
+    forget_pid "$NGX_PID"
+  else
+    skip nginx "nginx is not installed (and could not be installed: not root or no apt-get)"
+  fi
+fi
 
 # ---------------------------------------------------------------- LiteLLM comparison
 if [ "$LITELLM" = 1 ]; then

@@ -257,7 +257,7 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
         out,
         "Latencies in µs (ms where marked). errs = non-2xx / I/O (incl. timeouts, unsent).\n\
          ovh = mean x-palisade-overhead-us. cpu/req = CPU µs per request of the server process\n\
-         (the mock on the direct row, the gateway or LiteLLM on theirs); rss = its peak RSS in the window.\n\
+         (the mock on the direct row, the gateway, nginx or LiteLLM on theirs); rss = its peak RSS in the window.\n\
          Open loop latency counts from the scheduled send time (no coordinated omission)."
     );
     for s in &scenarios {
@@ -306,6 +306,22 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
                     "    {target}: no request started in the measured window finished before it closed (each took longer than the run)"
                 );
             }
+        }
+        if let (Some(g), Some(n), Some(d)) = (find(s, "gateway"), find(s, "nginx"), direct)
+            && u(g, &["ok"]) > 0
+            && u(n, &["ok"]) > 0
+        {
+            // nginx forwards without reading the body: what the extra hop alone costs here.
+            let _ = writeln!(
+                out,
+                "  Palisade vs the nginx floor: added p50 {} vs {} µs, p99 {} vs {} µs; achieved RPS {:.0} vs {:.0}",
+                us(added(d, g, "p50")),
+                us(added(d, n, "p50")),
+                us(added(d, g, "p99")),
+                us(added(d, n, "p99")),
+                f(g, &["rps"]),
+                f(n, &["rps"])
+            );
         }
         if let (Some(g), Some(l)) = (find(s, "gateway"), find(s, "litellm"))
             && let Some(d) = direct

@@ -282,6 +282,27 @@ pub fn request_texts(body: &Value) -> RequestTexts {
     out
 }
 
+/// The text a tool call is checked as (target `tool_arguments`): every string value of the
+/// arguments — all of them: keys that name settings in a chat body (`url`, `data`, `id`,
+/// `format`…) are content in a tool's arguments — then the call as compact JSON (tool name,
+/// keys, numbers, booleans), so a rule can also judge the tool's name or a structured argument
+/// (`"recursive": true` beside `"path": "/"`).
+pub fn tool_call_text(tool: &str, args: &Value) -> String {
+    fn strings(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => push(out, s),
+            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    strings(args, &mut out);
+    let call = serde_json::json!({"name": tool, "arguments": args});
+    push(&mut out, &call.to_string());
+    out
+}
+
 /// The content of a non-streamed answer (message text, tool-call arguments, refusals).
 pub fn response_text(body: &Value) -> String {
     let mut out = RequestTexts::default();
@@ -512,6 +533,26 @@ impl StreamGuard {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tool_call_text_reads_every_argument_and_the_call() {
+        let args = serde_json::json!({
+            "url": "http://169.254.169.254/latest/meta-data/",
+            "options": {"data": "payload", "recursive": true, "depth": 3},
+            "items": ["a b", 7]
+        });
+        let text = super::tool_call_text("fetch_page", &args);
+        // String values one per line (keys such as `url` and `data` included), then the call.
+        for want in [
+            "http://169.254.169.254/latest/meta-data/",
+            "\npayload\n",
+            "a b\n",
+            r#""name":"fetch_page""#,
+            r#""recursive":true"#,
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -25,7 +25,7 @@ use palisade_policy::Target;
 use serde_json::{Value, json};
 
 use crate::body::{Finisher, ProxyBody, Relay};
-use crate::inspect::{Findings, request_texts};
+use crate::inspect::{Findings, request_texts, tool_call_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
 use crate::redact::{RedactionMap, redact_value, unmask_value};
@@ -813,8 +813,8 @@ pub(crate) fn check_post(
         if let Some(insp) = &rt.inspector
             && let Some(args) = params.and_then(|p| p.get("arguments"))
         {
-            let texts = request_texts(&json!({"arguments": args}));
-            let blocks = findings.scan(insp, Target::ToolArguments, &texts.prompt);
+            let text = tool_call_text(tool, args);
+            let blocks = findings.scan(insp, Target::ToolArguments, &text);
             if blocks && insp.enforces() {
                 findings.set_blocked();
                 let msg = format!(

@@ -55,7 +55,7 @@ pub use engine::{
     Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
 };
 pub use error::{PolicyError, Result};
-pub use heap::release_free_memory;
+pub use heap::{release_free_memory, use_one_arena};
 pub use model::{
     Action, ClassifierPattern, Examples, Patterns, Policy, Redact, Rule, Severity, Target,
     Validator, load_dir,

@@ -82,6 +82,8 @@ fn init_tracing() {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread exists: compilation garbage then stays trimmable (see the function).
+    palisade_policy::use_one_arena();
     let cli = Cli::parse();
     init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1298,3 +1298,40 @@ async fn a_new_upstream_does_not_inherit_approvals() {
     assert_eq!(s, 200);
     assert_eq!(c.tool_names().await, vec!["echo"]);
 }
+
+/// Every string of a call's arguments is checked (a `url` argument too: in a chat body that key
+/// is a setting, in a tool's arguments it is content), and a blocked call never reaches the tool.
+#[tokio::test]
+async fn tool_arguments_are_checked_by_policy_including_url_fields() {
+    let mock = mock_mcp(false);
+    let gw = Gateway::start(&config(
+        &mock.url,
+        "approved_tools = [\"echo\"]\npolicies = [\"mcp-advanced-security\"]",
+    ))
+    .await;
+    let mut c = Client::new(&gw).await;
+    assert_eq!(c.tool_names().await, vec!["echo"]);
+    let ok = c
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "fetch the weather page", "url": "https://example.com/weather"}}),
+        )
+        .await;
+    assert_eq!(
+        ok["result"]["content"][0]["text"], "fetch the weather page",
+        "{ok}"
+    );
+    let blocked = c
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "x", "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}}),
+        )
+        .await;
+    assert_eq!(blocked["error"]["code"], -32002, "{blocked}");
+    let msg = blocked["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("MCP-027"), "{msg}");
+    assert!(
+        !msg.contains("169.254"),
+        "the refusal names rules, not the payload: {msg}"
+    );
+}
