@@ -368,6 +368,16 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "MET" } else { "NOT MET" }
 }
 
+/// An added-latency goal: a negative figure means the direct run was the slower one (the
+/// machine's noise, not a gateway that saves time), so it proves nothing either way.
+fn latency_verdict(added: i64, limit: i64, clean: bool) -> &'static str {
+    if clean && added < 0 {
+        "INCONCLUSIVE (the direct run was slower: machine noise)"
+    } else {
+        verdict(clean && added < limit)
+    }
+}
+
 /// A duration in µs with its unit: `812 µs`, `12.3 ms`.
 fn dur(v: i64) -> String {
     if v.abs() >= 10_000 {
@@ -417,13 +427,13 @@ fn goals(out: &mut String, args: &ReportArgs, scenarios: &[Scenario], idle: &[Va
             out,
             "  added p50 < 100 µs  [{name}]: {} — {}",
             dur(a50),
-            verdict(a50 < 100 && both_clean)
+            latency_verdict(a50, 100, both_clean)
         );
         let _ = writeln!(
             out,
             "  added p99 < 1 ms    [{name}]: {} — {}",
             dur(a99),
-            verdict(a99 < 1000 && both_clean)
+            latency_verdict(a99, 1000, both_clean)
         );
         let peak = u(g, &["process", "peak_rss_kib"]);
         let _ = writeln!(
@@ -484,5 +494,18 @@ fn goals(out: &mut String, args: &ReportArgs, scenarios: &[Scenario], idle: &[Va
             mib(rss),
             verdict(rss > 0 && rss < 30 * 1024)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latency_verdict;
+
+    #[test]
+    fn negative_added_latency_is_inconclusive() {
+        assert_eq!(latency_verdict(80, 100, true), "MET");
+        assert_eq!(latency_verdict(150, 100, true), "NOT MET");
+        assert_eq!(latency_verdict(80, 100, false), "NOT MET");
+        assert!(latency_verdict(-34_000, 1000, true).starts_with("INCONCLUSIVE"));
     }
 }
