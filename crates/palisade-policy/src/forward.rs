@@ -169,9 +169,6 @@ impl Forward {
         budget: usize,
         added: &mut usize,
     ) -> bool {
-        /// Bytes between two looks at the cache's memory (a few arithmetic operations; a new
-        /// state may cost a hundred µs, so the look must be frequent).
-        const CHECK_EVERY: usize = 8;
         let mut cache = self.dfa_caches.get();
         let Ok(mut sid) = self.dfa.start_state_forward(&mut cache, &Input::new(text)) else {
             return false;
@@ -182,26 +179,36 @@ impl Forward {
                 set.insert(self.dfa.match_pattern(cache, sid, i));
             }
         };
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            let Ok(next) = self.dfa.next_state(&mut cache, sid, b) else {
-                return false;
+        for &b in text.as_bytes() {
+            // Out of an ordinary state a cached transition is one table lookup.
+            let cached = if sid.is_tagged() {
+                None
+            } else {
+                Some(self.dfa.next_state_untagged(&cache, sid, b)).filter(|n| !n.is_unknown())
             };
-            sid = next;
+            sid = match cached {
+                Some(next) => next,
+                None => {
+                    // The only place the cache grows: check the budget after each step.
+                    let Ok(next) = self.dfa.next_state(&mut cache, sid, b) else {
+                        return false;
+                    };
+                    let used = cache.memory_usage();
+                    *added = used.saturating_sub(base);
+                    // Less memory than at the start: the cache was cleared during this search.
+                    if used < base || used - base > budget {
+                        return false;
+                    }
+                    next
+                }
+            };
             if sid.is_tagged() {
                 if sid.is_match() {
-                    // Match states are delayed by one byte: these patterns matched up to `i`.
+                    // Match states are delayed by one byte: these patterns matched up to here.
                     collect(&cache, sid, set);
                 } else if sid.is_dead() {
                     return true;
                 } else if sid.is_quit() {
-                    return false;
-                }
-            }
-            if i % CHECK_EVERY == CHECK_EVERY - 1 {
-                // Less memory than at the start: the cache was cleared during this search.
-                let used = cache.memory_usage();
-                *added = used.saturating_sub(base);
-                if used < base || used - base > budget {
                     return false;
                 }
             }
