@@ -6,9 +6,10 @@
 //! which patterns match, and redaction finds a value's start with that pattern's own reverse
 //! automaton (`StartFinder`). With the shipped packs the two reverse NFAs held ~6 MiB of the
 //! gateway's resident memory for nothing. This type keeps the forward NFA once, searched by a
-//! lazy DFA, with the PikeVM over the same NFA as the fallback when the lazy DFA gives up (cache
-//! thrashing, or a Unicode word boundary next to non-ASCII text) — the same engines, in the
-//! same order, that `meta::Regex` would use for these searches.
+//! lazy DFA. Span searches (redaction) fall back to the PikeVM over the same NFA when the lazy
+//! DFA gives up (cache thrashing, or a Unicode word boundary next to non-ASCII text), as
+//! `meta::Regex` would; the prefilter's pattern-set search instead stops at a budget of new DFA
+//! states and lets the engine take its candidates from literal factors (`crate::factors`).
 
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
