@@ -208,6 +208,22 @@ skip() { # name reason
     >"$RUN_DIR/$SEQ_S-$1.skipped.json"
 }
 
+# reference_runs TARGET LABEL URL PID "RATES" [LOAD ARGS...]: the keep-alive 1 KiB chat scenarios
+# (each rate, then saturation) through a reference proxy, under the no-policy scenario names so
+# the report shows its rows beside the gateway's.
+reference_runs() {
+  local target=$1 label=$2 url=$3 pid=$4 rates=$5 run name extra
+  shift 5
+  for run in $(printf 'r%s ' $rates) sat; do
+    name="chat1k-nopolicy-ka-$run"
+    if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
+    next_seq; log "scenario $name via $label"
+    if [ "$run" = sat ]; then extra=("${SAT[@]}"); else extra=(--rate "${run#r}" "${OPEN[@]}"); fi
+    load "$target" "$name" "$url" --watch-pid "$pid" --prompt-bytes 1024 "${extra[@]}" "$@"
+    summary "$name" "$target" >&2
+  done
+}
+
 # gateway_config NAME POLICY_IDS... -> path of a config file
 gateway_config() {
   local name=$1; shift
@@ -469,19 +485,8 @@ EOF
     if wait_port "$NGX_PORT" 10 "$NGX_PID"; then
       nv=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
       log "nginx ($nv) on 127.0.0.1:$NGX_PORT, pid $NGX_PID"
-      if [ "$QUICK" = 1 ]; then rates=(2000); else rates=(500 2000 5000); fi
-      ngx_runs=()
-      for rate in "${rates[@]}"; do ngx_runs+=("r$rate"); done
-      ngx_runs+=(sat)
-      for run in "${ngx_runs[@]}"; do
-        name="chat1k-nopolicy-ka-$run"
-        if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
-        next_seq; log "scenario $name via nginx"
-        if [ "$run" = sat ]; then extra=("${SAT[@]}"); else extra=(--rate "${run#r}" "${OPEN[@]}"); fi
-        load nginx "$name" "http://127.0.0.1:$NGX_PORT$CHAT_PATH" --watch-pid "$NGX_PID" \
-          --prompt-bytes 1024 "${extra[@]}"
-        summary "$name" nginx >&2
-      done
+      if [ "$QUICK" = 1 ]; then rates="2000"; else rates="500 2000 5000"; fi
+      reference_runs nginx nginx "http://127.0.0.1:$NGX_PORT$CHAT_PATH" "$NGX_PID" "$rates"
     else
       skip nginx "nginx did not start (see nginx-error.log)"
     fi
@@ -536,23 +541,16 @@ EOF
       >"$RUN_DIR/idle-zz-litellm.json"
     # LiteLLM has no guardrails configured, so it is measured once per rate and compared with
     # Palisade without policies (like for like) and, copied under that name, with all packs.
-    if [ "$QUICK" = 1 ]; then rates=(20); else rates=(20 100 500 2000 5000); fi
-    ll_runs=()
-    for rate in "${rates[@]}"; do ll_runs+=("r$rate"); done
-    ll_runs+=(sat)
-    for run in "${ll_runs[@]}"; do
-      name="chat1k-nopolicy-ka-$run"
-      if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
-      next_seq; log "scenario $name via LiteLLM"
-      if [ "$run" = sat ]; then extra=("${SAT[@]}"); else extra=(--rate "${run#r}" "${OPEN[@]}"); fi
-      load litellm "$name" "http://127.0.0.1:$LL_PORT$CHAT_PATH" --key "$LL_KEY" --watch-pid "$LL_PID" \
-        --prompt-bytes 1024 "${extra[@]}"
-      summary "$name" litellm >&2
-      if [ "$GOAL_CONFIG" = allpacks ] && [ "$QUICK" = 0 ] && [ -f "$RUN_DIR/$SEQ_S-$name.litellm.json" ]; then
-        sed 's/"scenario": "chat1k-nopolicy-/"scenario": "chat1k-allpacks-/' \
-          "$RUN_DIR/$SEQ_S-$name.litellm.json" >"$RUN_DIR/$SEQ_S-chat1k-allpacks-ka-$run.litellm.json"
-      fi
-    done
+    if [ "$QUICK" = 1 ]; then rates="20"; else rates="20 100 500 2000 5000"; fi
+    reference_runs litellm LiteLLM "http://127.0.0.1:$LL_PORT$CHAT_PATH" "$LL_PID" "$rates" \
+      --key "$LL_KEY"
+    if [ "$GOAL_CONFIG" = allpacks ] && [ "$QUICK" = 0 ]; then
+      for f in "$RUN_DIR"/*-chat1k-nopolicy-ka-*.litellm.json; do
+        [ -f "$f" ] || continue
+        sed 's/"scenario": "chat1k-nopolicy-/"scenario": "chat1k-allpacks-/' "$f" \
+          >"${f/-chat1k-nopolicy-/-chat1k-allpacks-}"
+      done
+    fi
   else
     log "LiteLLM did not answer; see $RUN_DIR/litellm.log"
     cp "$WORK/litellm.log" "$RUN_DIR/litellm.log" || true

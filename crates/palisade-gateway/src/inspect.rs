@@ -296,10 +296,19 @@ pub fn tool_call_text(tool: &str, args: &Value) -> String {
             _ => {}
         }
     }
+    #[derive(serde::Serialize)]
+    struct Call<'a> {
+        name: &'a str,
+        arguments: &'a Value,
+    }
     let mut out = String::new();
     strings(args, &mut out);
-    let call = serde_json::json!({"name": tool, "arguments": args});
-    push(&mut out, &call.to_string());
+    let call = Call {
+        name: tool,
+        arguments: args,
+    };
+    // Serialising borrowed values cannot fail.
+    push(&mut out, &serde_json::to_string(&call).unwrap_or_default());
     out
 }
 

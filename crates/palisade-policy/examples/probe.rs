@@ -205,7 +205,6 @@ fn main() {
                     &palisade_policy::EvalOptions::default(),
                 );
                 let us = t0.elapsed().as_micros();
-                eprintln!("{us}us {stats:?}");
                 let ids: Vec<String> = e
                     .matches
                     .iter()
@@ -218,7 +217,13 @@ fn main() {
                 } else {
                     "log "
                 };
-                println!("{mark} {us:>8}us {text}  {}", ids.join(" "));
+                // `factors`: the shared set was over its state budget for this text.
+                let via = if stats.set_budget_exceeded > 0 {
+                    " factors"
+                } else {
+                    ""
+                };
+                println!("{mark} {us:>8}us{via} {text}  {}", ids.join(" "));
             }
         }
         _ => panic!("dump|rules|time|lines"),

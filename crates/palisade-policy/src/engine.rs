@@ -948,15 +948,16 @@ impl PolicySet {
         if let Some(set) = &self.set
             && !tm.rules.is_empty()
         {
-            let mut which = PatternSet::new(set.pattern_len());
-            let done = !st.set_over_budget && {
-                let credit = self.state_credit.available();
-                set.which_matches_within(text, &mut which, SET_STATE_BUDGET + credit, |used| {
-                    self.state_credit
-                        .spend(used.saturating_sub(SET_STATE_BUDGET));
-                })
-            };
-            if done {
+            let mut found = None;
+            if !st.set_over_budget {
+                let mut which = PatternSet::new(set.pattern_len());
+                let budget = SET_STATE_BUDGET + self.state_credit.available();
+                let (complete, added) = set.which_matches_within(text, &mut which, budget);
+                self.state_credit
+                    .spend(added.saturating_sub(SET_STATE_BUDGET));
+                found = complete.then_some(which);
+            }
+            if let Some(which) = found {
                 which
                     .iter()
                     .for_each(|pid| push(self.set_owner[pid.as_usize()]));

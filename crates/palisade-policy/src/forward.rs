@@ -149,32 +149,31 @@ impl Forward {
     /// state costs a closure over thousands of NFA states. The budget bounds that work; the
     /// caller then finds candidates another way.
     ///
-    /// `spent` is told how much new state memory the search added (also when it stops early).
+    /// Also returns the new state memory the search added (also when it stopped early).
     pub(crate) fn which_matches_within(
         &self,
         text: &str,
         set: &mut PatternSet,
         budget: usize,
-        spent: impl FnOnce(usize),
-    ) -> bool {
-        let mut added = 0;
-        let done = self.which_matches_budgeted(text, set, budget, &mut added);
-        spent(added);
-        done
+    ) -> (bool, usize) {
+        let mut cache = self.dfa_caches.get();
+        let base = cache.memory_usage();
+        let complete = self.scan_set(&mut cache, text, set, base, budget);
+        // A cache cleared during the search holds less than at the start: nothing to count.
+        (complete, cache.memory_usage().saturating_sub(base))
     }
 
-    fn which_matches_budgeted(
+    fn scan_set(
         &self,
+        cache: &mut hybrid::dfa::Cache,
         text: &str,
         set: &mut PatternSet,
+        base: usize,
         budget: usize,
-        added: &mut usize,
     ) -> bool {
-        let mut cache = self.dfa_caches.get();
-        let Ok(mut sid) = self.dfa.start_state_forward(&mut cache, &Input::new(text)) else {
+        let Ok(mut sid) = self.dfa.start_state_forward(cache, &Input::new(text)) else {
             return false;
         };
-        let base = cache.memory_usage();
         let collect = |cache: &hybrid::dfa::Cache, sid, set: &mut PatternSet| {
             for i in 0..self.dfa.match_len(cache, sid) {
                 set.insert(self.dfa.match_pattern(cache, sid, i));
@@ -185,17 +184,16 @@ impl Forward {
             let cached = if sid.is_tagged() {
                 None
             } else {
-                Some(self.dfa.next_state_untagged(&cache, sid, b)).filter(|n| !n.is_unknown())
+                Some(self.dfa.next_state_untagged(cache, sid, b)).filter(|n| !n.is_unknown())
             };
             sid = match cached {
                 Some(next) => next,
                 None => {
                     // The only place the cache grows: check the budget after each step.
-                    let Ok(next) = self.dfa.next_state(&mut cache, sid, b) else {
+                    let Ok(next) = self.dfa.next_state(cache, sid, b) else {
                         return false;
                     };
                     let used = cache.memory_usage();
-                    *added = used.saturating_sub(base);
                     // Less memory than at the start: the cache was cleared during this search.
                     if used < base || used - base > budget {
                         return false;
@@ -206,7 +204,7 @@ impl Forward {
             if sid.is_tagged() {
                 if sid.is_match() {
                     // Match states are delayed by one byte: these patterns matched up to here.
-                    collect(&cache, sid, set);
+                    collect(cache, sid, set);
                 } else if sid.is_dead() {
                     return true;
                 } else if sid.is_quit() {
@@ -214,13 +212,12 @@ impl Forward {
                 }
             }
         }
-        let Ok(eoi) = self.dfa.next_eoi_state(&mut cache, sid) else {
+        let Ok(eoi) = self.dfa.next_eoi_state(cache, sid) else {
             return false;
         };
         if eoi.is_match() {
-            collect(&cache, eoi, set);
+            collect(cache, eoi, set);
         }
-        *added = cache.memory_usage().saturating_sub(base);
         true
     }
 
@@ -279,9 +276,8 @@ mod tests {
             let want: Vec<usize> = set.matches(text).iter().collect();
             assert_eq!(got, want, "{text}");
             let mut within = PatternSet::new(f.pattern_len());
-            let mut spent = 0;
             // (Non-ASCII next to a Unicode `\b` stops the lazy DFA: the set is then incomplete.)
-            if f.which_matches_within(text, &mut within, usize::MAX, |s| spent = s) {
+            if f.which_matches_within(text, &mut within, usize::MAX).0 {
                 let within: Vec<usize> = within.iter().map(|p| p.as_usize()).collect();
                 assert_eq!(within, want, "{text}");
             }
@@ -295,15 +291,14 @@ mod tests {
         let f = Forward::build(&pats, &cfg(MatchKind::All)).unwrap();
         let text = "you really must ignore these rules, ".repeat(20);
         let mut set = PatternSet::new(f.pattern_len());
-        let mut spent = 0;
-        assert!(!f.which_matches_within(&text, &mut set, 0, |s| spent = s));
-        assert!(spent > 0);
+        let (complete, spent) = f.which_matches_within(&text, &mut set, 0);
+        assert!(!complete && spent > 0);
         // Given room, the search completes; the same text again needs no new state.
-        assert!(f.which_matches_within(&text, &mut set, usize::MAX, |s| spent = s));
+        assert!(f.which_matches_within(&text, &mut set, usize::MAX).0);
         assert_eq!(set.len(), 2);
         let mut again = PatternSet::new(f.pattern_len());
-        assert!(f.which_matches_within(&text, &mut again, 0, |s| spent = s));
-        assert_eq!((again.len(), spent), (2, 0));
+        assert_eq!(f.which_matches_within(&text, &mut again, 0), (true, 0));
+        assert_eq!(again.len(), 2);
     }
 
     #[test]
