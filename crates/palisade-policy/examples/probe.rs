@@ -179,6 +179,22 @@ fn main() {
                 );
                 println!("{size:>6} B  min {best:8.2} us  {stats:?}");
             }
+            // The learned detector alone, on the same normalised texts.
+            let model = palisade_policy::classifier_model("prompt-attack").unwrap();
+            for size in [1024usize, 4096, 32768] {
+                let raw = adversarial::benign(size);
+                let text = palisade_policy::normalize(&raw);
+                let iters = (2_000_000 / size).max(10);
+                let mut best = f64::MAX;
+                for _ in 0..30 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        std::hint::black_box(model.logit(std::hint::black_box(&text)));
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+                }
+                println!("{size:>6} B  min {best:8.2} us  prompt-attack model alone");
+            }
         }
         "lines" => {
             // evaluate each line of a file (JSON string per line) as the given target

@@ -3,13 +3,14 @@
 //! ```text
 //! train_classifier [--folds 5] [--dump DEV_DUMP.jsonl] [--targets llm_request,tool_result,a2a_message]
 //!                  [--positives jailbreak,prompt_injection,system_prompt_extraction,data_exfiltration]
-//!                  [--top-k 20000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
+//!                  [--top-k 40000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
 //!                  [--neg-weight 1] [--max-fp-ordinary 0.5] [--max-fp-hard 2] [--show-fp THRESHOLD]
 //!                  [--out policies/models/prompt-attack.json] [--no-write]
 //! ```
 //!
-//! Logistic regression over the engine's own features (`palisade_policy::classifier`: word
-//! unigrams and bigrams of the normalised text, presence), trained with Adagrad on the **dev**
+//! Logistic regression over the engine's own features (`palisade_policy::classifier`: token
+//! unigrams and pairs of the normalised text, presence, their summed weight scaled by
+//! 2/sqrt(occurrences); plus unscaled whole-text shape features), trained with Adagrad on the **dev**
 //! split only (`variant == "plain"`): positives are attack samples of the `--positives`
 //! categories, negatives every benign sample. Deterministic: samples in corpus order, a seeded
 //! xorshift shuffle per epoch, one thread.
@@ -29,13 +30,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use palisade_policy::classifier::{
-    LinearModel, MODEL_FORMAT, TokenizerSpec, feature_hash, feature_hashes, feature_strings,
+    LinearModel, MODEL_FORMAT, SHAPE_FEATURES, TokenizerSpec, feature_hash, feature_hashes,
+    feature_strings,
 };
 use palisade_policy::{Target, normalize};
 use serde_json::json;
 
 const THRESHOLDS: &[f64] = &[
-    0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995,
+    0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995,
 ];
 const SEED: u64 = 0x5EED_CAFE_F00D_0001;
 
@@ -74,7 +76,7 @@ fn parse_args() -> Args {
         ]
         .map(String::from)
         .to_vec(),
-        top_k: 20_000,
+        top_k: 40_000,
         min_weight: 0.02,
         epochs: 8,
         lr: 0.3,
@@ -136,6 +138,13 @@ fn parse_args() -> Args {
     a
 }
 
+/// FNV-1a 64 of a sample id: assigns cross-validation folds.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Tiny deterministic PRNG (xorshift64*).
 struct Rng(u64);
 
@@ -157,8 +166,12 @@ impl Rng {
 
 struct Sample<'a> {
     s: &'a harness::Sample,
-    /// Distinct feature indices, sorted.
+    /// Distinct word-feature indices, sorted.
     feats: Vec<u32>,
+    /// Indices of the shape features the text has (into `SHAPE_FEATURES`).
+    shape: Vec<usize>,
+    /// The factor on the summed word-feature weights.
+    scale: f64,
     /// Some(label) when the sample is a training example.
     label: Option<bool>,
     fold: usize,
@@ -170,12 +183,17 @@ struct Sample<'a> {
 
 struct Model {
     bias: f64,
+    /// Word-feature weights.
     w: Vec<f64>,
+    /// Shape-feature weights.
+    ws: Vec<f64>,
 }
 
 impl Model {
-    fn logit(&self, feats: &[u32]) -> f64 {
-        self.bias + feats.iter().map(|&j| self.w[j as usize]).sum::<f64>()
+    fn logit(&self, s: &Sample) -> f64 {
+        self.bias
+            + s.shape.iter().map(|&k| self.ws[k]).sum::<f64>()
+            + s.scale * s.feats.iter().map(|&j| self.w[j as usize]).sum::<f64>()
     }
 }
 
@@ -184,9 +202,14 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 fn train(samples: &[Sample], train_idx: &[usize], nfeat: usize, a: &Args) -> Model {
-    let mut w = vec![0f64; nfeat];
+    let mut m = Model {
+        bias: 0.0,
+        w: vec![0f64; nfeat],
+        ws: vec![0f64; SHAPE_FEATURES.len()],
+    };
     let mut g2 = vec![0f64; nfeat];
-    let (mut bias, mut gb2) = (0f64, 0f64);
+    let mut gs2 = vec![0f64; SHAPE_FEATURES.len()];
+    let mut gb2 = 0f64;
     let mut order = train_idx.to_vec();
     let mut rng = Rng(SEED);
     for _ in 0..a.epochs {
@@ -198,22 +221,28 @@ fn train(samples: &[Sample], train_idx: &[usize], nfeat: usize, a: &Args) -> Mod
             } else {
                 (0.0, a.neg_weight)
             };
-            let z = bias + s.feats.iter().map(|&j| w[j as usize]).sum::<f64>();
-            let err = weight * (sigmoid(z) - y);
+            let err = weight * (sigmoid(m.logit(s)) - y);
+            // A word feature's value is the sample's scale, a shape feature's 1.
             for &j in &s.feats {
                 let j = j as usize;
-                let g = err + a.l2 * w[j];
+                let g = err * s.scale + a.l2 * m.w[j];
                 g2[j] += g * g;
-                w[j] -= a.lr * g / (g2[j].sqrt() + 1e-8);
+                m.w[j] -= a.lr * g / (g2[j].sqrt() + 1e-8);
+            }
+            for &k in &s.shape {
+                let g = err + a.l2 * m.ws[k];
+                gs2[k] += g * g;
+                m.ws[k] -= a.lr * g / (gs2[k].sqrt() + 1e-8);
             }
             gb2 += err * err;
-            bias -= a.lr * err / (gb2.sqrt() + 1e-8);
+            m.bias -= a.lr * err / (gb2.sqrt() + 1e-8);
         }
     }
-    Model { bias, w }
+    m
 }
 
-/// Keeps the `top_k` largest |weights| that are at least `min_weight`; zeroes the rest.
+/// Keeps the `top_k` largest word-feature |weights| that are at least `min_weight`; zeroes the
+/// rest (shape features are always kept).
 fn prune(m: &mut Model, a: &Args) -> Vec<usize> {
     let mut kept: Vec<usize> = (0..m.w.len())
         .filter(|&j| m.w[j].abs() >= a.min_weight)
@@ -367,7 +396,7 @@ fn main() {
         }
         let text = normalize(&s.text);
         hashes.clear();
-        feature_hashes(&text, &mut hashes);
+        let shape = feature_hashes(&text, &mut hashes);
         let strings = feature_strings(&text);
         assert_eq!(
             hashes.len(),
@@ -395,10 +424,12 @@ fn main() {
         } else {
             None
         };
-        let fold = usize::try_from(feature_hash(&s.id) % a.folds as u64).unwrap_or(0);
+        let fold = usize::try_from(fnv1a(&s.id) % a.folds as u64).unwrap_or(0);
         samples.push(Sample {
             s,
             feats,
+            shape: shape.features().collect(),
+            scale: f64::from(shape.word_scale()),
             label,
             fold,
             seen: a.targets.contains(&s.target),
@@ -423,7 +454,7 @@ fn main() {
         prune(&mut m, &a);
         for (i, s) in samples.iter().enumerate() {
             if s.fold == f {
-                probs[i] = sigmoid(m.logit(&s.feats));
+                probs[i] = sigmoid(m.logit(s));
             }
         }
     }
@@ -514,14 +545,20 @@ fn main() {
         "cv_at_threshold": cv,
     });
     let description = format!(
-        "Linear classifier (logistic regression) over word unigrams and bigrams of the normalised \
-         text: probability that a text is a {} attempt. Features are listed most attack-like \
-         first; a text's score is sigmoid(bias + the sum of the weights of the distinct listed \
-         features it contains).",
+        "Linear classifier (logistic regression) over token unigrams and pairs of the normalised \
+         text and a few whole-text shape features: probability that a text is a {} attempt. \
+         Features are listed most attack-like first; a text's score is sigmoid(bias + the \
+         weights of its shape features + 2/sqrt(2*tokens-1) times the sum of the weights of the \
+         distinct listed features it contains).",
         a.positives.join(" / ").replace('_', " ")
     );
     // Keys in reading order (serde_json's maps would sort them).
-    let header: [(&str, serde_json::Value); 7] = [
+    let shape: Vec<serde_json::Value> = SHAPE_FEATURES
+        .iter()
+        .zip(&m.ws)
+        .map(|(n, w)| json!([n, (w * 1e4).round() / 1e4]))
+        .collect();
+    let header: [(&str, serde_json::Value); 8] = [
         ("format", json!(MODEL_FORMAT)),
         ("name", json!("prompt-attack")),
         ("version", json!("1")),
@@ -529,17 +566,23 @@ fn main() {
         ("tokenizer", json!(TokenizerSpec::current())),
         ("training", training),
         ("bias", json!((m.bias * 1e4).round() / 1e4)),
+        ("shape", json!(shape)),
     ];
     let mut out = String::from("{\n");
     for (key, value) in &header {
         let pretty = serde_json::to_string_pretty(value).expect("header");
-        let _ = writeln!(out, "  {}: {},", json!(key), pretty.replace('\n', "\n  "));
+        let value = if *key == "shape" {
+            serde_json::to_string(value).expect("shape")
+        } else {
+            pretty.replace('\n', "\n  ")
+        };
+        let _ = writeln!(out, "  {}: {value},", json!(key));
     }
     out.push_str("  \"features\": [\n");
     for (n, &j) in kept.iter().enumerate() {
         let sep = if n + 1 == kept.len() { "" } else { "," };
         let w = (m.w[j] * 1e4).round() / 1e4;
-        let _ = writeln!(out, "    [{}, {w}]{sep}", json!(names[j]));
+        let _ = writeln!(out, "[{},{w}]{sep}", json!(names[j]));
     }
     out.push_str("  ]\n}\n");
 
@@ -549,7 +592,7 @@ fn main() {
     for s in &samples {
         let text = normalize(&s.s.text);
         let p = f64::from(engine.probability(&text));
-        max_diff = max_diff.max((p - sigmoid(m.logit(&s.feats))).abs());
+        max_diff = max_diff.max((p - sigmoid(m.logit(s))).abs());
     }
     println!(
         "final model: {} features kept of {nfeat}, bias {:.4}, file {} bytes, table {} bytes, \

@@ -1445,7 +1445,9 @@ mod tests {
         let phrase = &text[m.span.clone()];
         assert!(phrase.split(' ').count() <= 12, "{phrase}");
         assert!(phrase.contains("access granted"), "{phrase}");
-        assert!(m.excerpt.contains(phrase), "{}", m.excerpt);
+        // The excerpt shows at most 60 characters of a match (the phrase is ASCII here).
+        let shown = &phrase[..phrase.len().min(60)];
+        assert!(m.excerpt.contains(shown), "{} / {phrase}", m.excerpt);
         assert!(!s.evaluate(Target::ToolResult, text).is_clean());
         assert!(s.evaluate(Target::A2aMessage, text).is_clean());
         // Benign text stays clean; an allow-pattern cancels the model's match too.
