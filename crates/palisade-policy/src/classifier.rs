@@ -1135,6 +1135,21 @@ mod tests {
         let mut f = file(vec![]);
         f.tokenizer.ngrams = vec![1, 2, 3];
         assert!(LinearModel::from_file(&f).is_err());
+        // Shape features: known names only, each once, finite weights.
+        let mut f = file(vec![]);
+        f.shape = vec![("len99".into(), 1.0)];
+        let err = LinearModel::from_file(&f).unwrap_err();
+        assert!(err.to_string().contains("unknown shape feature `len99`"), "{err}");
+        f.shape = vec![("brk".into(), 1.0), ("brk".into(), 0.5)];
+        let err = LinearModel::from_file(&f).unwrap_err();
+        assert!(err.to_string().contains("`brk` is listed twice"), "{err}");
+        f.shape = vec![("hdr".into(), f64::NAN)];
+        assert!(LinearModel::from_file(&f).is_err());
+        // A model file of the previous format is refused with the reason.
+        let mut f = file(vec![]);
+        f.format = "palisade-linear-ngram-v1".into();
+        let err = LinearModel::from_file(&f).unwrap_err();
+        assert!(err.to_string().contains("palisade-linear-ngram-v1"), "{err}");
     }
 
     #[test]
