@@ -1139,7 +1139,10 @@ mod tests {
         let mut f = file(vec![]);
         f.shape = vec![("len99".into(), 1.0)];
         let err = LinearModel::from_file(&f).unwrap_err();
-        assert!(err.to_string().contains("unknown shape feature `len99`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown shape feature `len99`"),
+            "{err}"
+        );
         f.shape = vec![("brk".into(), 1.0), ("brk".into(), 0.5)];
         let err = LinearModel::from_file(&f).unwrap_err();
         assert!(err.to_string().contains("`brk` is listed twice"), "{err}");
@@ -1149,7 +1152,10 @@ mod tests {
         let mut f = file(vec![]);
         f.format = "palisade-linear-ngram-v1".into();
         let err = LinearModel::from_file(&f).unwrap_err();
-        assert!(err.to_string().contains("palisade-linear-ngram-v1"), "{err}");
+        assert!(
+            err.to_string().contains("palisade-linear-ngram-v1"),
+            "{err}"
+        );
     }
 
     #[test]
