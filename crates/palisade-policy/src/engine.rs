@@ -19,13 +19,14 @@
 //! on text it has not seen it needs a new state at nearly every byte (~3 KiB and tens to hundreds
 //! of µs each, a closure over thousands of NFA states). Measured over the 6 527 dev samples,
 //! each one new to the cache: 11 ms per sample at the median, 2.4 s at worst (a 6 KiB persona
-//! jailbreak). So each unit may add only a small amount of state memory (plus a shared credit
-//! that refills at a fixed rate, so the DFA still learns the traffic it sees); past that, the
-//! unit's candidates come from literal factors instead (`crate::factors`: one Aho-Corasick pass
-//! over required literals, then each candidate rule's own regex), and so does the rest of that
-//! evaluation. Same matches either way (a test compares both on every in-file example); the dev
-//! samples then take 1.8 ms at the median and 0.19 s at worst, most of it compiling rule regexes
-//! on their first use.
+//! jailbreak). So each unit may add only a small amount of state memory; a text that went over
+//! that before may also draw on a shared credit that refills at a fixed rate, so the DFA learns
+//! the text that repeats (and a one-off prompt does not pay for states it will never use
+//! again). Past the budget, the unit's candidates come from literal factors instead
+//! (`crate::factors`: one Aho-Corasick pass over required literals, then each candidate rule's
+//! own regex), and so does the rest of that evaluation. Same matches either way (a test compares
+//! both on every in-file example); the dev samples then take 0.6 ms at the median and 0.19 s at
+//! worst, most of it compiling rule regexes on their first use.
 //!
 //! Rules with a classifier pattern (`crate::classifier`) are candidates on every unit of their
 //! targets: the model scores the unit once per evaluation (shared by the rules naming it), and
@@ -77,19 +78,31 @@ const SET_DFA_LIMIT: usize = 64 << 20;
 /// New lazy-DFA state memory one unit may always add to the shared set's cache before its
 /// candidates are taken from literal factors instead. A state of the shipped packs' set takes
 /// ~3 KiB and up to ~150 µs to build; text seen before (a repeated system prompt, the earlier
-/// turns of a conversation) walks cached states and costs nothing here.
-const SET_STATE_BUDGET: usize = 16 << 10;
+/// turns of a conversation) walks cached states and costs nothing here. Measured over the dev
+/// samples back to back (all novel): 4 KiB gave a median of 0.6–1.2 ms per sample, 16 KiB
+/// 1.9–2.0 ms, 64 KiB 4.4–6.0 ms, with identical matches.
+const SET_STATE_BUDGET: usize = 4 << 10;
 /// Beyond that, units draw on a shared credit of state memory, refilled at this many bytes per
 /// second up to [`SET_STATE_CREDIT_MAX`]: the DFA keeps learning the traffic it sees, while a
 /// flood of novel text (each state costly) spends at most a small share of the CPU on it.
 const SET_STATE_CREDIT_PER_SEC: usize = 1 << 20;
 /// Most credit that can build up.
 const SET_STATE_CREDIT_MAX: usize = 8 << 20;
+/// Most credit one unit may spend: learning is spread over requests instead of charged to one.
+const SET_STATE_CREDIT_PER_UNIT: usize = 256 << 10;
+/// Fingerprints of texts that went over their budget, remembered so that only a text seen
+/// again draws on the credit: a one-off prompt is screened by the factors at once instead of
+/// paying for states it will not use again (with the credit open to every text, one novel
+/// 1–2 KiB prompt on an idle gateway took 20–650 ms; now 2–3 ms).
+const SET_STATE_RECENT: usize = 1024;
 
 /// The shared credit of new lazy-DFA state memory (see [`SET_STATE_CREDIT_PER_SEC`]).
 struct StateCredit {
     inner: Mutex<(Instant, usize)>,
     max: usize,
+    per_unit: usize,
+    /// Ring of fingerprints of texts that went over budget, and the next slot to overwrite.
+    recent: Mutex<(Vec<u64>, usize)>,
 }
 
 impl StateCredit {
@@ -97,6 +110,8 @@ impl StateCredit {
         StateCredit {
             inner: Mutex::new((Instant::now(), SET_STATE_CREDIT_MAX)),
             max: SET_STATE_CREDIT_MAX,
+            per_unit: SET_STATE_CREDIT_PER_UNIT,
+            recent: Mutex::new((Vec::new(), 0)),
         }
     }
 
@@ -106,10 +121,12 @@ impl StateCredit {
         StateCredit {
             inner: Mutex::new((Instant::now(), usize::MAX / 2)),
             max: usize::MAX / 2,
+            per_unit: usize::MAX / 2,
+            recent: Mutex::new((Vec::new(), 0)),
         }
     }
 
-    /// The credit available now.
+    /// The credit one unit may spend now.
     fn available(&self) -> usize {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
@@ -118,7 +135,30 @@ impl StateCredit {
             g.1 = g.1.saturating_add(refill as usize).min(self.max);
             g.0 = now;
         }
-        g.1
+        g.1.min(self.per_unit)
+    }
+
+    /// Whether `text` went over its budget before (then it may draw on the credit); remembers
+    /// it otherwise. The unlimited test credit lets every text draw.
+    fn seen_before(&self, text: &str) -> bool {
+        if self.per_unit == usize::MAX / 2 {
+            return true;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(text, &mut h);
+        let fp = std::hash::Hasher::finish(&h);
+        let mut g = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if g.0.contains(&fp) {
+            return true;
+        }
+        let (ring, next) = &mut *g;
+        if ring.len() < SET_STATE_RECENT {
+            ring.push(fp);
+        } else {
+            ring[*next] = fp;
+            *next = (*next + 1) % SET_STATE_RECENT;
+        }
+        false
     }
 
     /// Takes `used` bytes from the credit.
@@ -951,10 +991,17 @@ impl PolicySet {
             let mut found = None;
             if !st.set_over_budget {
                 let mut which = PatternSet::new(set.pattern_len());
-                let budget = SET_STATE_BUDGET + self.state_credit.available();
-                let (complete, added) = set.which_matches_within(text, &mut which, budget);
-                self.state_credit
-                    .spend(added.saturating_sub(SET_STATE_BUDGET));
+                let (mut complete, _) =
+                    set.which_matches_within(text, &mut which, SET_STATE_BUDGET);
+                // A text seen before may draw on the credit: scan again (its start now walks
+                // cached states) with the larger budget.
+                if !complete && self.state_credit.seen_before(text) {
+                    which.clear();
+                    let budget = self.state_credit.available();
+                    let (done, added) = set.which_matches_within(text, &mut which, budget);
+                    self.state_credit.spend(added);
+                    complete = done;
+                }
                 found = complete.then_some(which);
             }
             if let Some(which) = found {
@@ -1541,6 +1588,23 @@ mod tests {
         assert_eq!(mask_secret("sk-abcdefghijklmnop"), "sk-a…");
         assert_eq!(mask_secret("hunter2"), "h…");
         assert_eq!(mask_secret("ab"), "…");
+    }
+
+    #[test]
+    fn only_texts_seen_again_draw_on_the_state_credit() {
+        let credit = StateCredit::new();
+        assert!(!credit.seen_before("a one-off prompt"));
+        assert!(credit.seen_before("a one-off prompt"));
+        assert!(!credit.seen_before("another prompt"));
+        // The ring forgets the oldest fingerprints once full.
+        for i in 0..SET_STATE_RECENT {
+            assert!(!credit.seen_before(&format!("filler {i}")));
+        }
+        assert!(!credit.seen_before("a one-off prompt"));
+        // One unit may spend at most its share of the credit.
+        assert_eq!(credit.available(), SET_STATE_CREDIT_PER_UNIT);
+        credit.spend(SET_STATE_CREDIT_MAX);
+        assert!(credit.available() < SET_STATE_CREDIT_PER_UNIT);
     }
 
     #[test]
