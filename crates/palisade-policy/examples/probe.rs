@@ -160,18 +160,12 @@ fn main() {
             let set = PolicySet::compile(&packs).unwrap();
             for size in [1024usize, 4096, 32768] {
                 let text = adversarial::benign(size);
-                let iters = (200_000 / size).max(10);
-                let mut best = f64::MAX;
-                for _ in 0..30 {
-                    let t = std::time::Instant::now();
-                    for _ in 0..iters {
-                        std::hint::black_box(set.evaluate(
-                            palisade_policy::Target::LlmRequest,
-                            std::hint::black_box(&text),
-                        ));
-                    }
-                    best = best.min(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
-                }
+                let best = min_per_call_us((200_000 / size).max(10), || {
+                    set.evaluate(
+                        palisade_policy::Target::LlmRequest,
+                        std::hint::black_box(&text),
+                    )
+                });
                 let (_, stats) = set.evaluate_with_stats(
                     palisade_policy::Target::LlmRequest,
                     &text,
@@ -184,15 +178,9 @@ fn main() {
             for size in [1024usize, 4096, 32768] {
                 let raw = adversarial::benign(size);
                 let text = palisade_policy::normalize(&raw);
-                let iters = (2_000_000 / size).max(10);
-                let mut best = f64::MAX;
-                for _ in 0..30 {
-                    let t = std::time::Instant::now();
-                    for _ in 0..iters {
-                        std::hint::black_box(model.logit(std::hint::black_box(&text)));
-                    }
-                    best = best.min(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
-                }
+                let best = min_per_call_us((2_000_000 / size).max(10), || {
+                    model.logit(std::hint::black_box(&text))
+                });
                 println!("{size:>6} B  min {best:8.2} us  prompt-attack model alone");
             }
         }
@@ -244,4 +232,18 @@ fn main() {
         }
         _ => panic!("dump|rules|time|lines"),
     }
+}
+
+/// Min over 30 batches of `iters` calls of the mean time per call, in µs: robust against a
+/// loaded machine.
+fn min_per_call_us<R>(iters: usize, mut f: impl FnMut() -> R) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..30 {
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(f());
+        }
+        best = best.min(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    }
+    best
 }

@@ -101,6 +101,8 @@ struct StateCredit {
     inner: Mutex<(Instant, usize)>,
     max: usize,
     per_unit: usize,
+    /// Whether only texts seen over budget before may draw (false: every text may).
+    repeats_only: bool,
     /// Ring of fingerprints of texts that went over budget, and the next slot to overwrite.
     recent: Mutex<(Vec<u64>, usize)>,
 }
@@ -111,6 +113,7 @@ impl StateCredit {
             inner: Mutex::new((Instant::now(), SET_STATE_CREDIT_MAX)),
             max: SET_STATE_CREDIT_MAX,
             per_unit: SET_STATE_CREDIT_PER_UNIT,
+            repeats_only: true,
             recent: Mutex::new((Vec::new(), 0)),
         }
     }
@@ -122,6 +125,7 @@ impl StateCredit {
             inner: Mutex::new((Instant::now(), usize::MAX / 2)),
             max: usize::MAX / 2,
             per_unit: usize::MAX / 2,
+            repeats_only: false,
             recent: Mutex::new((Vec::new(), 0)),
         }
     }
@@ -141,7 +145,7 @@ impl StateCredit {
     /// Whether `text` went over its budget before (then it may draw on the credit); remembers
     /// it otherwise. The unlimited test credit lets every text draw.
     fn seen_before(&self, text: &str) -> bool {
-        if self.per_unit == usize::MAX / 2 {
+        if !self.repeats_only {
             return true;
         }
         let mut h = std::hash::DefaultHasher::new();
