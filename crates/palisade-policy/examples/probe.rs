@@ -6,6 +6,7 @@
 //!                                       a candidate policy on SPLIT: per rule, attacks it catches
 //!                                       (new ones, given a dump) and benign block/alert hits
 //! probe time [POLICIES_DIR]             min-of-batches evaluate() time on the bench's benign text
+//! probe spin SIZE SECS                one benign text of SIZE bytes, SECS seconds (profiling)
 //! probe lines TARGET FILE [POLICIES_DIR] evaluate each line (a JSON string) of FILE as TARGET
 //! ```
 //!
@@ -183,6 +184,34 @@ fn main() {
                 });
                 println!("{size:>6} B  min {best:8.2} us  prompt-attack model alone");
             }
+        }
+        "spin" => {
+            // evaluate one benign text of SIZE bytes for SECS seconds (for a profiler)
+            let size: usize = args[1].parse().unwrap();
+            let secs: f64 = args[2].parse().unwrap();
+            let t0 = std::time::Instant::now();
+            let packs = palisade_policy::load_dir(harness::policies_dir()).unwrap();
+            let loaded = t0.elapsed().as_secs_f64() * 1e3;
+            let set = PolicySet::compile(&packs).unwrap();
+            let all = t0.elapsed().as_secs_f64() * 1e3;
+            println!("load {loaded:.0} ms, compile {:.0} ms", all - loaded);
+            let text = adversarial::benign(size);
+            let t0 = std::time::Instant::now();
+            std::hint::black_box(set.evaluate(palisade_policy::Target::LlmRequest, &text));
+            println!("first call: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = std::time::Instant::now();
+            let mut calls = 0u64;
+            while t0.elapsed().as_secs_f64() < secs {
+                for _ in 0..100 {
+                    std::hint::black_box(set.evaluate(
+                        palisade_policy::Target::LlmRequest,
+                        std::hint::black_box(&text),
+                    ));
+                }
+                calls += 100;
+            }
+            let us = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
+            println!("{size} B: {calls} calls, mean {us:.2} us");
         }
         "lines" => {
             // evaluate each line of a file (JSON string per line) as the given target

@@ -56,7 +56,8 @@ use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, required_factors};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, dfa_caches};
 use crate::model::{
-    Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, compile_regex, prepare_regex,
+    Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, checked_regex, compile_regex,
+    prepare_regex,
 };
 use crate::normalize::normalize;
 use crate::redact::validate;
@@ -339,7 +340,7 @@ pub(crate) struct LazyRegex {
 
 impl LazyRegex {
     fn new(policy: &str, rule: &str, pattern: &str) -> Result<LazyRegex> {
-        let src = compile_regex(policy, rule, pattern)?.as_str().to_string();
+        let src = checked_regex(policy, rule, pattern)?.source;
         Ok(LazyRegex {
             src,
             re: OnceLock::new(),
@@ -767,34 +768,46 @@ impl PolicySet {
             }
         }
 
-        // Prefilter sources: large Unicode classes widened (see `crate::widen`).
-        let widened: Vec<Vec<String>> = sources
-            .iter()
-            .map(|srcs| srcs.iter().map(|s| widen_pattern(s)).collect())
-            .collect();
+        let rule_count = u32::try_from(sources.len()).map_err(compile_err)?;
         // The shared lazy-DFA set holds every pattern. When its DFA would need too many new
         // states for a text (see `Forward::which_matches_within`), candidates come from the
         // patterns' literal factors instead (`crate::factors`), plus every rule with a pattern
-        // that has none.
-        let mut set_patterns: Vec<String> = Vec::new();
-        let mut set_owner: Vec<u32> = Vec::new();
-        let mut factor_entries = Vec::new();
-        let mut factorless: Vec<u32> = Vec::new();
-        for (idx, (srcs, wide)) in sources.iter().zip(widened).enumerate() {
-            let r = u32::try_from(idx).map_err(compile_err)?;
-            for src in srcs {
-                match required_factors(src) {
-                    Some(sets) => factor_entries.push((sets, r)),
-                    None if factorless.last() != Some(&r) => factorless.push(r),
-                    None => {}
+        // that has none. The two are independent: the factors are built on a second thread.
+        let factor_side = || -> Result<(Option<FactorSet>, Vec<u32>)> {
+            let mut factor_entries = Vec::new();
+            let mut factorless: Vec<u32> = Vec::new();
+            for (r, srcs) in (0..rule_count).zip(&sources) {
+                for src in srcs {
+                    match required_factors(src) {
+                        Some(sets) => factor_entries.push((sets, r)),
+                        None if factorless.last() != Some(&r) => factorless.push(r),
+                        None => {}
+                    }
                 }
             }
-            set_owner.extend(std::iter::repeat_n(r, wide.len()));
-            set_patterns.extend(wide);
-        }
-        let set = build_set(&set_patterns)?;
-        let factors = FactorSet::build(&factor_entries)?;
-        drop((set_patterns, factor_entries));
+            Ok((FactorSet::build(&factor_entries)?, factorless))
+        };
+        let set_side = || -> Result<(Option<Forward>, Vec<u32>)> {
+            // Prefilter sources: large Unicode classes widened (see `crate::widen`).
+            let mut set_patterns: Vec<String> = Vec::new();
+            let mut set_owner: Vec<u32> = Vec::new();
+            for (r, srcs) in (0..rule_count).zip(&sources) {
+                let before = set_patterns.len();
+                set_patterns.extend(srcs.iter().map(|s| widen_pattern(s)));
+                set_owner.extend(std::iter::repeat_n(r, set_patterns.len() - before));
+            }
+            Ok((build_set(&set_patterns)?, set_owner))
+        };
+        let (set_built, factors_built) = std::thread::scope(|scope| {
+            let factors = scope.spawn(factor_side);
+            let set = set_side();
+            (set, factors.join())
+        });
+        let (set, set_owner) = set_built?;
+        let (factors, factorless) = match factors_built {
+            Ok(built) => built?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
         // One redaction matcher for every redact rule, shared by the targets that redact (each
         // skips the rules that do not apply to it): per-target matchers would repeat most rules.
         let redact_rules: Vec<u32> = (0..rules.len())

@@ -316,6 +316,31 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Parses and validates several policies, checking their regexes on all cores first.
+    ///
+    /// Same results, in the same order, as calling [`Policy::from_json`] on each text; faster
+    /// for many rules, because compiling each regex once to check it is most of a pack's load
+    /// time (~2 ms for a Unicode-aware pattern) and the checks are independent.
+    pub fn from_json_many(texts: &[&str]) -> Vec<Result<Policy>> {
+        let parsed: Vec<Result<Policy>> = texts
+            .iter()
+            .map(|text| {
+                serde_json::from_str::<Policy>(text).map_err(|e| PolicyError::Json {
+                    message: e.to_string(),
+                })
+            })
+            .collect();
+        precheck_regexes(parsed.iter().filter_map(|p| p.as_ref().ok()));
+        parsed
+            .into_iter()
+            .map(|p| {
+                let p = p?;
+                p.validate()?;
+                Ok(p)
+            })
+            .collect()
+    }
+
     /// Reads, parses and validates a policy file; errors carry the file's path.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Policy> {
         let path = path.as_ref();
@@ -475,8 +500,7 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
         }
     }
     for pattern in &rule.patterns.regex {
-        let re = compile_regex(pid, rid, pattern)?;
-        if re.is_match("") {
+        if checked_regex(pid, rid, pattern)?.matches_empty {
             return Err(PolicyError::BadRegex {
                 policy: pid.to_owned(),
                 rule: rid.to_owned(),
@@ -486,7 +510,7 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
         }
     }
     for pattern in &rule.allow {
-        compile_regex(pid, rid, pattern)?;
+        checked_regex(pid, rid, pattern)?;
     }
     Ok(())
 }
@@ -505,6 +529,88 @@ pub(crate) fn compile_regex(policy: &str, rule: &str, pattern: &str) -> Result<r
             pattern: pattern.to_owned(),
             message: e.to_string(),
         })
+}
+
+/// A rule regex that compiles as the engine will use it.
+pub(crate) struct CheckedRegex {
+    /// The prepared source (see [`prepare_regex`]): what the engine compiles.
+    pub(crate) source: String,
+    /// Whether it matches the empty string.
+    pub(crate) matches_empty: bool,
+}
+
+/// Prepared sources that compiled under [`REGEX_SIZE_LIMIT`] in this process, and whether each
+/// matches the empty string. A pack is checked when it is loaded, again when a policy set is
+/// compiled from it (once per proxy and reload) and on every API edit; compiling ~1 400 Unicode
+/// regexes fully each time cost seconds of start-up. Only successes are kept (a bad pattern is
+/// compiled again, and reports its error, every time); the map is bounded and starts over when
+/// full.
+static CHECKED: std::sync::Mutex<Option<std::collections::HashMap<String, bool>>> =
+    std::sync::Mutex::new(None);
+const CHECKED_CAPACITY: usize = 1 << 15;
+
+/// Checks that `pattern` compiles exactly as the engine will compile it (same preparation, same
+/// size limit); compiles each distinct prepared source at most once per process.
+pub(crate) fn checked_regex(policy: &str, rule: &str, pattern: &str) -> Result<CheckedRegex> {
+    let source = prepare_regex(pattern);
+    let lock = || {
+        CHECKED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(&matches_empty) = lock().as_ref().and_then(|m| m.get(&source)) {
+        return Ok(CheckedRegex {
+            source,
+            matches_empty,
+        });
+    }
+    let matches_empty = compile_regex(policy, rule, pattern)?.is_match("");
+    let mut guard = lock();
+    let map = guard.get_or_insert_with(Default::default);
+    if map.len() >= CHECKED_CAPACITY {
+        map.clear();
+    }
+    map.insert(source.clone(), matches_empty);
+    Ok(CheckedRegex {
+        source,
+        matches_empty,
+    })
+}
+
+/// Checks the regexes (rule patterns and allow-patterns) of `policies` on up to
+/// `available_parallelism` threads, filling the [`checked_regex`] cache; errors are left for
+/// the caller's own (sequential) validation to report in order.
+fn precheck_regexes<'a>(policies: impl Iterator<Item = &'a Policy>) {
+    let work: Vec<(&str, &str, &str)> = policies
+        .flat_map(|p| {
+            p.rules.iter().flat_map(move |r| {
+                r.patterns
+                    .regex
+                    .iter()
+                    .chain(&r.allow)
+                    .map(move |re| (p.id.as_str(), r.id.as_str(), re.as_str()))
+            })
+        })
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8)
+        .min(work.len() / 64 + 1);
+    if threads < 2 {
+        return;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some(&(policy, rule, pattern)) =
+                    work.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    let _ = checked_regex(policy, rule, pattern);
+                }
+            });
+        }
+    });
 }
 
 /// Rewrites `\b` / `\B` outside character classes to their ASCII forms `(?-u:\b)` / `(?-u:\B)`.
@@ -585,9 +691,22 @@ pub fn load_dir(dir: impl AsRef<Path>) -> Result<Vec<Policy>> {
         }
     }
     files.sort();
+    let mut texts: Vec<String> = Vec::with_capacity(files.len());
+    for path in &files {
+        texts.push(
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+                path: path.clone(),
+                source,
+            })?,
+        );
+    }
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut policies: Vec<Policy> = Vec::with_capacity(files.len());
-    for path in files {
-        let policy = Policy::from_path(&path)?;
+    for (path, policy) in files.into_iter().zip(Policy::from_json_many(&texts)) {
+        let policy = policy.map_err(|e| PolicyError::File {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
         if policies.iter().any(|p| p.id == policy.id) {
             return Err(PolicyError::File {
                 path,
@@ -660,6 +779,38 @@ mod tests {
         let rule = GOOD_RULE.replace(r#""action""#, r#""allow":["[z-a]"],"action""#);
         let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
         assert!(matches!(err, PolicyError::BadRegex { ref rule, .. } if rule == "R-1"));
+    }
+
+    #[test]
+    fn loading_many_gives_what_loading_each_gives() {
+        // Enough patterns for the parallel pre-check to use several threads.
+        let many: Vec<String> = (0..300)
+            .map(|i| {
+                GOOD_RULE
+                    .replace("R-1", &format!("R-{i}"))
+                    .replace("ignore previous", &format!("ignore previous {i}\\b"))
+            })
+            .collect();
+        let texts = [
+            policy_json(&many.join(",")),
+            policy_json(&GOOD_RULE.replace("(?i)ignore previous", "(unclosed")),
+            policy_json(&GOOD_RULE.replace("(?i)ignore previous", "a*")),
+            "{ not json".to_owned(),
+            policy_json(&GOOD_RULE.replace(r#""action""#, r#""allow":["[z-a]"],"action""#)),
+            // Checked patterns are remembered: the same bad ones still fail the second time.
+            policy_json(&GOOD_RULE.replace("(?i)ignore previous", "a*")),
+            policy_json(GOOD_RULE),
+        ];
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let many = Policy::from_json_many(&refs);
+        assert_eq!(many.len(), texts.len());
+        for (text, got) in texts.iter().zip(many) {
+            match (Policy::from_json(text), got) {
+                (Ok(a), Ok(b)) => assert_eq!(a.to_json_pretty(), b.to_json_pretty()),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("one at a time: {a:?}; together: {b:?}"),
+            }
+        }
     }
 
     #[test]
