@@ -38,7 +38,7 @@ pub(crate) fn widen_pattern(pattern: &str) -> String {
         return pattern.to_owned();
     };
     let mut changed = false;
-    let widened = widen(hir, &mut changed);
+    let widened = keep_rarest_tail(widen(hir, &mut changed), &mut changed);
     if changed {
         widened.to_string()
     } else {
@@ -80,6 +80,115 @@ fn widen(hir: Hir, changed: &mut bool) -> Hir {
 fn widen_bounds(min: u32, max: Option<u32>) -> (u32, Option<u32>) {
     let max = max.filter(|&m| m <= MAX_COUNTED);
     (min.min(MAX_COUNTED), max)
+}
+
+/// Shortest part worth starting the prefilter pattern at (bytes).
+const MIN_SEGMENT_LEN: usize = 4;
+
+/// Drops the parts of a pattern before its most selective part, when parts are joined by gaps
+/// (`A.*B.*C`, `A\W+(?:\w+\W+){0,4}B`): every match of the whole contains a match of
+/// `B.*C`, so that is a prefilter for it.
+///
+/// Why: in the shared set's lazy DFA a gap, once a text has entered it, multiplies the states
+/// every *other* pattern's progress needs (an open gap never ends; a counted one tracks how far
+/// it has come). A pattern whose first part is a common word (`(?:ai|model|system)\b.{0,80}`)
+/// enters its gap on nearly every text. Starting at the part with the longest shortest match
+/// (the rarest, by that measure) means few texts enter the gaps at all. Measured with all
+/// shipped packs: a repeated 32 KiB ordinary text now fits the DFA's state budget (0.5–0.7 ms
+/// per evaluation instead of 12–14 ms on the literal-factor path), the 4 KiB figure and the
+/// matches on every evaluation sample unchanged.
+fn keep_rarest_tail(hir: Hir, changed: &mut bool) -> Hir {
+    match hir.kind() {
+        HirKind::Capture(_) => match hir.into_kind() {
+            HirKind::Capture(cap) => keep_rarest_tail(*cap.sub, changed),
+            _ => unreachable!(),
+        },
+        HirKind::Alternation(_) => match hir.into_kind() {
+            HirKind::Alternation(subs) => Hir::alternation(
+                subs.into_iter()
+                    .map(|h| keep_rarest_tail(h, changed))
+                    .collect(),
+            ),
+            _ => unreachable!(),
+        },
+        HirKind::Concat(subs) if subs.iter().any(is_gap) => {
+            // Segments: maximal runs between gaps, as index ranges into `subs`.
+            let mut best: Option<(usize, usize)> = None; // (shortest match, start index)
+            let mut start = 0;
+            for end in (0..=subs.len()).filter(|&i| i == subs.len() || is_gap(&subs[i])) {
+                if end > start {
+                    let len = Hir::concat(subs[start..end].to_vec())
+                        .properties()
+                        .minimum_len()
+                        .unwrap_or(0);
+                    if best.is_none_or(|(l, _)| len > l) {
+                        best = Some((len, start));
+                    }
+                }
+                start = end + 1;
+            }
+            match best {
+                Some((len, from)) if len >= MIN_SEGMENT_LEN && from > 0 => {
+                    *changed = true;
+                    Hir::concat(subs[from..].to_vec())
+                }
+                _ => hir,
+            }
+        }
+        _ => hir,
+    }
+}
+
+/// A gap: a repetition (at most one excepted) of something that runs over ordinary prose — a
+/// class holding letters and spaces (`.*`, `[^\n]{0,60}`) or words and separators
+/// (`(?:\w+\W+){0,4}`).
+fn is_gap(hir: &Hir) -> bool {
+    let HirKind::Repetition(rep) = hir.kind() else {
+        return false;
+    };
+    rep.max.is_none_or(|m| m >= 2) && covers_prose(&rep.sub)
+}
+
+/// Whether repeating `hir` can consume any run of letters and spaces.
+fn covers_prose(hir: &Hir) -> bool {
+    let (mut letter, mut space) = (false, false);
+    let mut note = |h: &Hir| match h.kind() {
+        HirKind::Class(Class::Unicode(c)) => {
+            letter |= c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= 'e' && 'e' <= r.end());
+            space |= c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= ' ' && ' ' <= r.end());
+            true
+        }
+        HirKind::Class(Class::Bytes(c)) => {
+            letter |= c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= b'e' && b'e' <= r.end());
+            space |= c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= b' ' && b' ' <= r.end());
+            true
+        }
+        _ => false,
+    };
+    let only_classes = match hir.kind() {
+        HirKind::Class(_) => note(hir),
+        HirKind::Capture(cap) => return covers_prose(&cap.sub),
+        // `\w+\W+`, `\w+\s*`: each part a class or a repetition of one that may repeat.
+        HirKind::Concat(parts) => parts.iter().all(|p| match p.kind() {
+            HirKind::Repetition(r) if r.max.is_none() => note(&r.sub),
+            HirKind::Class(_) => note(p),
+            _ => false,
+        }),
+        _ => false,
+    };
+    only_classes && letter && space
 }
 
 fn widen_class(class: ClassUnicode, changed: &mut bool) -> ClassUnicode {
@@ -125,6 +234,10 @@ mod tests {
                 "sig=abcdefghijklmnopqrstuvwxyz0123456789",
             ),
             (r"x[0-9]{20}y", "x01234567890123456789y"),
+            (
+                r"(?i)\b(?:ai|bot)\b.{0,80}?\bearlier\s+answer\W+(?:\w+\W+){0,3}?wrong",
+                "Bot, about the earlier answer: it was, sadly, wrong",
+            ),
         ];
         for (p, text) in cases {
             let w = widen_pattern(p);
@@ -132,6 +245,33 @@ mod tests {
             assert!(orig.is_match(text), "{p}");
             assert!(wide.is_match(text), "{p} -> {w}");
         }
+    }
+
+    #[test]
+    fn gapped_patterns_start_at_their_rarest_part() {
+        let p = r"(?i)\b(?:ai|model)\b.{0,80}?\bprevious\s+results\b.{0,40}?\bwrong\b";
+        let (orig, wide) = (
+            Regex::new(p).unwrap(),
+            Regex::new(&widen_pattern(p)).unwrap(),
+        );
+        let attack = "Note to the AI: the previous results were wrong.";
+        assert!(orig.is_match(attack) && wide.is_match(attack));
+        // The common first part is dropped: it no longer needs "ai" before the rest ...
+        assert!(
+            wide.is_match("previous results were wrong")
+                && !orig.is_match("previous results were wrong")
+        );
+        // ... and a text holding only the common word does not enter the pattern at all.
+        assert!(!wide.is_match("the model is fine"));
+        // Counted word gaps split too; the longest part here is the first, so nothing changes.
+        let p = r"(?i)\bdisregard\s+everything\W+(?:\w+\W+){0,4}?rules\b";
+        let wide = Regex::new(&widen_pattern(p)).unwrap();
+        assert!(wide.is_match("disregard everything about the rules"));
+        assert!(!wide.is_match("about the rules"));
+        // Alternation branches are handled one by one.
+        let p = r"x{2}|(?:ab\b.*\bcdefg)";
+        let wide = Regex::new(&widen_pattern(p)).unwrap();
+        assert!(wide.is_match("cdefg") && wide.is_match("xx"));
     }
 
     #[test]
