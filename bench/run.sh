@@ -279,9 +279,17 @@ start_gateway() {
   sleep 1
   local rss
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status")
-  printf '{"kind": "idle", "config": %s, "rss_kib": %s}\n' "$(json_str "palisade $name")" "$rss" \
-    >"$RUN_DIR/idle-palisade-$name.json"
+  idle_json "palisade $name" "$GW_PID" >"$RUN_DIR/idle-palisade-$name.json"
   log "gateway ($name) up, pid $GW_PID, idle RSS $((rss / 1024)) MiB"
+}
+
+# An idle-memory record: resident size, and its anonymous (heap, stacks) and file-backed (mapped
+# binary and libraries, shared with the page cache) parts.
+idle_json() {
+  local status="/proc/$2/status"
+  printf '{"kind": "idle", "config": %s, "rss_kib": %s, "rss_anon_kib": %s, "rss_file_kib": %s}\n' \
+    "$(json_str "$1")" "$(awk '/^VmRSS:/ {print $2}' "$status")" \
+    "$(awk '/^RssAnon:/ {print $2}' "$status")" "$(awk '/^RssFile:/ {print $2}' "$status")"
 }
 
 stop_gateway() {
@@ -537,8 +545,7 @@ EOF
   fi
   if [ "$ok" = 1 ]; then
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$LL_PID/status")
-    printf '{"kind": "idle", "config": "litellm %s", "rss_kib": %s}\n' "$LITELLM_VERSION" "$rss" \
-      >"$RUN_DIR/idle-zz-litellm.json"
+    idle_json "litellm $LITELLM_VERSION" "$LL_PID" >"$RUN_DIR/idle-zz-litellm.json"
     # LiteLLM has no guardrails configured, so it is measured once per rate and compared with
     # Palisade without policies (like for like) and, copied under that name, with all packs.
     if [ "$QUICK" = 1 ]; then rates="20"; else rates="20 100 500 2000 5000"; fi

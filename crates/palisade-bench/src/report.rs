@@ -351,9 +351,19 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
     if !idle.is_empty() {
         let _ = writeln!(out, "\nIdle memory (after start, before any traffic):");
         for i in &idle {
+            // Anonymous memory is the process's own; file-backed pages are its mapped binary
+            // and libraries, which the kernel counts only while they sit in the page cache.
+            let parts = match (i.get("rss_anon_kib"), i.get("rss_file_kib")) {
+                (Some(_), Some(_)) => format!(
+                    " (anonymous {}, file-backed {})",
+                    mib(u(i, &["rss_anon_kib"])),
+                    mib(u(i, &["rss_file_kib"]))
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<28} RSS {}",
+                "  {:<28} RSS {}{parts}",
                 i["config"].as_str().unwrap_or("?"),
                 mib(u(i, &["rss_kib"]))
             );

@@ -252,9 +252,9 @@ fn main() {
                 };
                 // `factors`: the shared set was over its state budget for this text.
                 let via = if stats.set_budget_exceeded > 0 {
-                    " factors"
+                    format!(" factors ({} rules checked)", stats.rule_checks)
                 } else {
-                    ""
+                    String::new()
                 };
                 println!("{mark} {us:>8}us{via} {text}  {}", ids.join(" "));
             }

@@ -82,6 +82,52 @@ fn widen_bounds(min: u32, max: Option<u32>) -> (u32, Option<u32>) {
     (min.min(MAX_COUNTED), max)
 }
 
+/// A pattern that matches exactly what `pattern` matches **on ASCII text**, with every class
+/// cut down to its ASCII members (a non-ASCII literal becomes a class that matches nothing);
+/// `None` when it cannot be parsed.
+///
+/// Why: on ASCII text only the ASCII members of a class can ever match, so the answer is the
+/// same, while the automaton is a fraction of the size — Unicode `\w` and case folding make a
+/// rule regex ~250 KiB compiled; most are a tenth of that without them. Normalised prompts are
+/// nearly always ASCII, so this is the form the engine compiles first.
+pub(crate) fn ascii_only(pattern: &str) -> Option<String> {
+    let hir = ParserBuilder::new().build().parse(pattern).ok()?;
+    Some(restrict(hir).to_string())
+}
+
+fn restrict(hir: Hir) -> Hir {
+    let ascii = |ranges: Vec<ClassUnicodeRange>| ClassUnicode::new(ranges);
+    match hir.into_kind() {
+        HirKind::Empty => Hir::empty(),
+        HirKind::Literal(lit) => {
+            if lit.0.is_ascii() {
+                Hir::literal(lit.0)
+            } else {
+                Hir::class(Class::Unicode(ascii(Vec::new())))
+            }
+        }
+        HirKind::Look(look) => Hir::look(look),
+        HirKind::Class(Class::Unicode(c)) => Hir::class(Class::Unicode(ascii(
+            c.ranges()
+                .iter()
+                .filter(|r| u32::from(r.start()) < 0x80)
+                .map(|r| ClassUnicodeRange::new(r.start(), r.end().min('\u{7F}')))
+                .collect(),
+        ))),
+        HirKind::Class(c @ Class::Bytes(_)) => Hir::class(c),
+        HirKind::Repetition(rep) => Hir::repetition(Repetition {
+            sub: Box::new(restrict(*rep.sub)),
+            ..rep
+        }),
+        HirKind::Capture(cap) => Hir::capture(Capture {
+            sub: Box::new(restrict(*cap.sub)),
+            ..cap
+        }),
+        HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(restrict).collect()),
+        HirKind::Alternation(subs) => Hir::alternation(subs.into_iter().map(restrict).collect()),
+    }
+}
+
 /// Shortest part worth starting the prefilter pattern at (bytes).
 const MIN_SEGMENT_LEN: usize = 4;
 
@@ -272,6 +318,52 @@ mod tests {
         let p = r"x{2}|(?:ab\b.*\bcdefg)";
         let wide = Regex::new(&widen_pattern(p)).unwrap();
         assert!(wide.is_match("cdefg") && wide.is_match("xx"));
+    }
+
+    #[test]
+    fn ascii_form_matches_like_the_full_pattern_on_ascii_text() {
+        let patterns = [
+            r"(?i)\bignore\s+(?:\w+\s+){0,3}instructions\b",
+            r"(?i)(?-u:\b)disregard(?-u:\b)",
+            "пароль",
+            "(?i)straße|strasse",
+            "[^a]+",
+            r"\p{L}+x",
+            ".",
+            r"\W+",
+            "(?i)k",
+            "(?s).",
+            "a|ü",
+            "é?x",
+            r"(?i)\bsk-[\w-]{8,}",
+            r"\d{3}",
+        ];
+        let texts = [
+            "",
+            "Ignore all the previous instructions",
+            "IGNORE  prior\tinstructions!",
+            "please disregard this",
+            "strasse Strasse STRASSE",
+            "k K kk x 42 123 4567",
+            "line one\nline two",
+            "sk-abc_def-12345678 and sk-xyz",
+            "!!! ??? ...",
+            "aaaa bbb x",
+        ];
+        for p in patterns {
+            let full = Regex::new(p).unwrap();
+            let ascii = Regex::new(&ascii_only(p).unwrap()).unwrap();
+            for t in texts {
+                let a: Vec<_> = full.find_iter(t).map(|m| m.range()).collect();
+                let b: Vec<_> = ascii.find_iter(t).map(|m| m.range()).collect();
+                assert_eq!(a, b, "{p} on {t:?} (ascii form {ascii})");
+            }
+        }
+        // A pattern needing non-ASCII text compiles to one that matches nothing.
+        let never = Regex::new(&ascii_only("пароль").unwrap()).unwrap();
+        assert!(!never.is_match("password parol"));
+        // The form is much smaller.
+        assert!(ascii_only(r"(?i)\w+").unwrap().len() < 40);
     }
 
     #[test]
