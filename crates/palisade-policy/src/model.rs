@@ -544,10 +544,13 @@ pub(crate) struct CheckedRegex {
 /// compiled from it (once per proxy and reload) and on every API edit; compiling ~1 400 Unicode
 /// regexes fully each time cost seconds of start-up. Only successes are kept (a bad pattern is
 /// compiled again, and reports its error, every time); the map is bounded and starts over when
-/// full.
-static CHECKED: std::sync::Mutex<Option<std::collections::HashMap<String, bool>>> =
+/// full (by count or by bytes).
+static CHECKED: std::sync::Mutex<Option<(std::collections::HashMap<String, bool>, usize)>> =
     std::sync::Mutex::new(None);
+/// Most sources the map holds, and most bytes of source text (the shipped packs: ~1 500 and
+/// ~200 KiB).
 const CHECKED_CAPACITY: usize = 1 << 15;
+const CHECKED_BYTES: usize = 8 << 20;
 
 /// Checks that `pattern` compiles exactly as the engine will compile it (same preparation, same
 /// size limit); compiles each distinct prepared source at most once per process.
@@ -558,7 +561,7 @@ pub(crate) fn checked_regex(policy: &str, rule: &str, pattern: &str) -> Result<C
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    if let Some(&matches_empty) = lock().as_ref().and_then(|m| m.get(&source)) {
+    if let Some(&matches_empty) = lock().as_ref().and_then(|(m, _)| m.get(&source)) {
         return Ok(CheckedRegex {
             source,
             matches_empty,
@@ -566,11 +569,14 @@ pub(crate) fn checked_regex(policy: &str, rule: &str, pattern: &str) -> Result<C
     }
     let matches_empty = compile_regex(policy, rule, pattern)?.is_match("");
     let mut guard = lock();
-    let map = guard.get_or_insert_with(Default::default);
-    if map.len() >= CHECKED_CAPACITY {
+    let (map, bytes) = guard.get_or_insert_with(Default::default);
+    if map.len() >= CHECKED_CAPACITY || *bytes + source.len() > CHECKED_BYTES {
         map.clear();
+        *bytes = 0;
     }
-    map.insert(source.clone(), matches_empty);
+    if map.insert(source.clone(), matches_empty).is_none() {
+        *bytes += source.len();
+    }
     Ok(CheckedRegex {
         source,
         matches_empty,
