@@ -824,9 +824,11 @@ impl PolicySet {
             Ok((build_set(&set_patterns)?, set_owner))
         };
         let (set_built, factors_built) = std::thread::scope(|scope| {
-            let factors = scope.spawn(factor_side);
-            let set = set_side();
-            (set, factors.join())
+            // On a second thread when the system gives one; on this thread otherwise.
+            match std::thread::Builder::new().spawn_scoped(scope, factor_side) {
+                Ok(factors) => (set_side(), factors.join()),
+                Err(_) => (set_side(), Ok(factor_side())),
+            }
         });
         let (set, set_owner) = set_built?;
         let (factors, factorless) = match factors_built {

@@ -606,15 +606,23 @@ fn precheck_regexes<'a>(policies: impl Iterator<Item = &'a Policy>) {
         return;
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || {
+        while let Some(&(policy, rule, pattern)) =
+            work.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        {
+            let _ = checked_regex(policy, rule, pattern);
+        }
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| {
-                while let Some(&(policy, rule, pattern)) =
-                    work.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-                {
-                    let _ = checked_regex(policy, rule, pattern);
-                }
-            });
+            // A thread the system refuses is simply not there: the others, and the caller's
+            // own validation, do its share.
+            if std::thread::Builder::new()
+                .spawn_scoped(scope, worker)
+                .is_err()
+            {
+                break;
+            }
         }
     });
 }
