@@ -259,7 +259,7 @@ fn main() {
                 println!("{mark} {us:>8}us{via} {text}  {}", ids.join(" "));
             }
         }
-        _ => panic!("dump|rules|time|lines"),
+        _ => panic!("dump|rules|time|spin|lines"),
     }
 }
 

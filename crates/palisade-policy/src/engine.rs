@@ -56,8 +56,8 @@ use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, required_factors};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, dfa_caches};
 use crate::model::{
-    Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, checked_regex, compile_regex,
-    prepare_regex,
+    Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, build_prepared, checked_regex,
+    compile_regex, prepare_regex,
 };
 use crate::normalize::normalize;
 use crate::redact::validate;
@@ -365,7 +365,7 @@ impl LazyRegex {
             && let Some(re) = self.ascii.get_or_init(|| {
                 // The ASCII form is smaller than the checked full form, so it fits the same
                 // limits; should it ever not, the full form is used.
-                crate::widen::ascii_only(&self.src).and_then(|src| build_rule_regex(&src).ok())
+                crate::widen::ascii_only(&self.src).and_then(|src| build_prepared(&src).ok())
             })
         {
             return re;
@@ -376,16 +376,10 @@ impl LazyRegex {
     /// The compiled full (Unicode) regex.
     pub(crate) fn get(&self) -> &Regex {
         self.re.get_or_init(|| {
-            build_rule_regex(&self.src)
+            build_prepared(&self.src)
                 .expect("the same source compiled with the same limits when the set was built")
         })
     }
-}
-
-fn build_rule_regex(src: &str) -> std::result::Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(src)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
 }
 
 impl CompiledRule {

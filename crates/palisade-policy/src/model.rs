@@ -309,11 +309,16 @@ pub struct Policy {
 impl Policy {
     /// Parses and validates a policy document.
     pub fn from_json(json: &str) -> Result<Policy> {
-        let policy: Policy = serde_json::from_str(json).map_err(|e| PolicyError::Json {
-            message: e.to_string(),
-        })?;
+        let policy = Policy::parse(json)?;
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// Parses a policy document without validating it.
+    fn parse(json: &str) -> Result<Policy> {
+        serde_json::from_str(json).map_err(|e| PolicyError::Json {
+            message: e.to_string(),
+        })
     }
 
     /// Parses and validates several policies, checking their regexes on all cores first.
@@ -322,14 +327,7 @@ impl Policy {
     /// for many rules, because compiling each regex once to check it is most of a pack's load
     /// time (~2 ms for a Unicode-aware pattern) and the checks are independent.
     pub fn from_json_many(texts: &[&str]) -> Vec<Result<Policy>> {
-        let parsed: Vec<Result<Policy>> = texts
-            .iter()
-            .map(|text| {
-                serde_json::from_str::<Policy>(text).map_err(|e| PolicyError::Json {
-                    message: e.to_string(),
-                })
-            })
-            .collect();
+        let parsed: Vec<Result<Policy>> = texts.iter().map(|text| Policy::parse(text)).collect();
         precheck_regexes(parsed.iter().filter_map(|p| p.as_ref().ok()));
         parsed
             .into_iter()
@@ -520,15 +518,19 @@ pub(crate) const REGEX_SIZE_LIMIT: usize = 4 << 20;
 
 /// Compiles one rule regex exactly as the engine will use it.
 pub(crate) fn compile_regex(policy: &str, rule: &str, pattern: &str) -> Result<regex::Regex> {
-    regex::RegexBuilder::new(&prepare_regex(pattern))
+    build_prepared(&prepare_regex(pattern)).map_err(|e| PolicyError::BadRegex {
+        policy: policy.to_owned(),
+        rule: rule.to_owned(),
+        pattern: pattern.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Compiles an already prepared source (see [`prepare_regex`]) with the engine's limits.
+pub(crate) fn build_prepared(source: &str) -> std::result::Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(source)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| PolicyError::BadRegex {
-            policy: policy.to_owned(),
-            rule: rule.to_owned(),
-            pattern: pattern.to_owned(),
-            message: e.to_string(),
-        })
 }
 
 /// A rule regex that compiles as the engine will use it.

@@ -37,40 +37,54 @@ pub(crate) fn widen_pattern(pattern: &str) -> String {
     let Ok(hir) = ParserBuilder::new().build().parse(pattern) else {
         return pattern.to_owned();
     };
-    let mut changed = false;
-    let widened = keep_rarest_tail(widen(hir, &mut changed), &mut changed);
-    if changed {
-        widened.to_string()
-    } else {
+    let widened = keep_rarest_tail(rebuild(hir.clone(), &widen_leaf, &widen_bounds));
+    if widened == hir {
         pattern.to_owned()
+    } else {
+        widened.to_string()
     }
 }
 
-fn widen(hir: Hir, changed: &mut bool) -> Hir {
+/// Rebuilds `hir` with every literal and class replaced by `leaf` (which receives only those two
+/// kinds) and every repetition's bounds by `bounds`.
+fn rebuild(
+    hir: Hir,
+    leaf: &impl Fn(HirKind) -> Hir,
+    bounds: &impl Fn(u32, Option<u32>) -> (u32, Option<u32>),
+) -> Hir {
     match hir.into_kind() {
         HirKind::Empty => Hir::empty(),
-        HirKind::Literal(lit) => Hir::literal(lit.0),
         HirKind::Look(look) => Hir::look(look),
-        HirKind::Class(Class::Unicode(c)) => Hir::class(Class::Unicode(widen_class(c, changed))),
-        HirKind::Class(c @ Class::Bytes(_)) => Hir::class(c),
+        k @ (HirKind::Literal(_) | HirKind::Class(_)) => leaf(k),
         HirKind::Repetition(rep) => {
-            let (min, max) = widen_bounds(rep.min, rep.max);
-            *changed |= (min, max) != (rep.min, rep.max);
+            let (min, max) = bounds(rep.min, rep.max);
             Hir::repetition(Repetition {
                 min,
                 max,
-                sub: Box::new(widen(*rep.sub, changed)),
+                sub: Box::new(rebuild(*rep.sub, leaf, bounds)),
                 ..rep
             })
         }
         HirKind::Capture(cap) => Hir::capture(Capture {
-            sub: Box::new(widen(*cap.sub, changed)),
+            sub: Box::new(rebuild(*cap.sub, leaf, bounds)),
             ..cap
         }),
-        HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(|h| widen(h, changed)).collect()),
-        HirKind::Alternation(subs) => {
-            Hir::alternation(subs.into_iter().map(|h| widen(h, changed)).collect())
+        HirKind::Concat(subs) => {
+            Hir::concat(subs.into_iter().map(|h| rebuild(h, leaf, bounds)).collect())
         }
+        HirKind::Alternation(subs) => {
+            Hir::alternation(subs.into_iter().map(|h| rebuild(h, leaf, bounds)).collect())
+        }
+    }
+}
+
+/// Literals and classes in the prefilter: large Unicode classes widened.
+fn widen_leaf(kind: HirKind) -> Hir {
+    match kind {
+        HirKind::Class(Class::Unicode(c)) => Hir::class(Class::Unicode(widen_class(c))),
+        HirKind::Class(c) => Hir::class(c),
+        HirKind::Literal(lit) => Hir::literal(lit.0),
+        _ => unreachable!("rebuild passes only literals and classes"),
     }
 }
 
@@ -92,40 +106,32 @@ fn widen_bounds(min: u32, max: Option<u32>) -> (u32, Option<u32>) {
 /// nearly always ASCII, so this is the form the engine compiles first.
 pub(crate) fn ascii_only(pattern: &str) -> Option<String> {
     let hir = ParserBuilder::new().build().parse(pattern).ok()?;
-    Some(restrict(hir).to_string())
+    let keep = |min, max| (min, max);
+    Some(rebuild(hir, &ascii_leaf, &keep).to_string())
 }
 
-fn restrict(hir: Hir) -> Hir {
-    let ascii = |ranges: Vec<ClassUnicodeRange>| ClassUnicode::new(ranges);
-    match hir.into_kind() {
-        HirKind::Empty => Hir::empty(),
-        HirKind::Literal(lit) => {
-            if lit.0.is_ascii() {
-                Hir::literal(lit.0)
-            } else {
-                Hir::class(Class::Unicode(ascii(Vec::new())))
-            }
+/// Literals and classes on ASCII text: a class keeps its ASCII members, a non-ASCII literal
+/// becomes a class that matches nothing.
+fn ascii_leaf(kind: HirKind) -> Hir {
+    match kind {
+        HirKind::Class(Class::Unicode(c)) => {
+            Hir::class(Class::Unicode(ClassUnicode::new(ascii_ranges(&c))))
         }
-        HirKind::Look(look) => Hir::look(look),
-        HirKind::Class(Class::Unicode(c)) => Hir::class(Class::Unicode(ascii(
-            c.ranges()
-                .iter()
-                .filter(|r| u32::from(r.start()) < 0x80)
-                .map(|r| ClassUnicodeRange::new(r.start(), r.end().min('\u{7F}')))
-                .collect(),
-        ))),
-        HirKind::Class(c @ Class::Bytes(_)) => Hir::class(c),
-        HirKind::Repetition(rep) => Hir::repetition(Repetition {
-            sub: Box::new(restrict(*rep.sub)),
-            ..rep
-        }),
-        HirKind::Capture(cap) => Hir::capture(Capture {
-            sub: Box::new(restrict(*cap.sub)),
-            ..cap
-        }),
-        HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(restrict).collect()),
-        HirKind::Alternation(subs) => Hir::alternation(subs.into_iter().map(restrict).collect()),
+        HirKind::Class(c) => Hir::class(c),
+        HirKind::Literal(lit) if lit.0.is_ascii() => Hir::literal(lit.0),
+        HirKind::Literal(_) => Hir::class(Class::Unicode(ClassUnicode::empty())),
+        _ => unreachable!("rebuild passes only literals and classes"),
     }
+}
+
+/// The ASCII members of `class`.
+fn ascii_ranges(class: &ClassUnicode) -> Vec<ClassUnicodeRange> {
+    class
+        .ranges()
+        .iter()
+        .filter(|r| u32::from(r.start()) < 0x80)
+        .map(|r| ClassUnicodeRange::new(r.start(), r.end().min('\u{7F}')))
+        .collect()
 }
 
 /// Shortest part worth starting the prefilter pattern at (bytes).
@@ -143,18 +149,16 @@ const MIN_SEGMENT_LEN: usize = 4;
 /// shipped packs: a repeated 32 KiB ordinary text now fits the DFA's state budget (0.5–0.7 ms
 /// per evaluation instead of 12–14 ms on the literal-factor path), the 4 KiB figure and the
 /// matches on every evaluation sample unchanged.
-fn keep_rarest_tail(hir: Hir, changed: &mut bool) -> Hir {
+fn keep_rarest_tail(hir: Hir) -> Hir {
     match hir.kind() {
         HirKind::Capture(_) => match hir.into_kind() {
-            HirKind::Capture(cap) => keep_rarest_tail(*cap.sub, changed),
+            HirKind::Capture(cap) => keep_rarest_tail(*cap.sub),
             _ => unreachable!(),
         },
         HirKind::Alternation(_) => match hir.into_kind() {
-            HirKind::Alternation(subs) => Hir::alternation(
-                subs.into_iter()
-                    .map(|h| keep_rarest_tail(h, changed))
-                    .collect(),
-            ),
+            HirKind::Alternation(subs) => {
+                Hir::alternation(subs.into_iter().map(keep_rarest_tail).collect())
+            }
             _ => unreachable!(),
         },
         HirKind::Concat(subs) if subs.iter().any(is_gap) => {
@@ -175,7 +179,6 @@ fn keep_rarest_tail(hir: Hir, changed: &mut bool) -> Hir {
             }
             match best {
                 Some((len, from)) if len >= MIN_SEGMENT_LEN && from > 0 => {
-                    *changed = true;
                     Hir::concat(subs[from..].to_vec())
                 }
                 _ => hir,
@@ -197,47 +200,39 @@ fn is_gap(hir: &Hir) -> bool {
 
 /// Whether repeating `hir` can consume any run of letters and spaces.
 fn covers_prose(hir: &Hir) -> bool {
-    let (mut letter, mut space) = (false, false);
-    let mut note = |h: &Hir| match h.kind() {
-        HirKind::Class(Class::Unicode(c)) => {
-            letter |= c
-                .ranges()
-                .iter()
-                .any(|r| r.start() <= 'e' && 'e' <= r.end());
-            space |= c
-                .ranges()
-                .iter()
-                .any(|r| r.start() <= ' ' && ' ' <= r.end());
-            true
-        }
-        HirKind::Class(Class::Bytes(c)) => {
-            letter |= c
-                .ranges()
-                .iter()
-                .any(|r| r.start() <= b'e' && b'e' <= r.end());
-            space |= c
-                .ranges()
-                .iter()
-                .any(|r| r.start() <= b' ' && b' ' <= r.end());
-            true
-        }
-        _ => false,
-    };
-    let only_classes = match hir.kind() {
-        HirKind::Class(_) => note(hir),
+    // The classes `hir` repeats: itself, or the parts of `\w+\W+` / `\w+\s*`.
+    let classes: Vec<&Class> = match hir.kind() {
+        HirKind::Class(c) => vec![c],
         HirKind::Capture(cap) => return covers_prose(&cap.sub),
-        // `\w+\W+`, `\w+\s*`: each part a class or a repetition of one that may repeat.
-        HirKind::Concat(parts) => parts.iter().all(|p| match p.kind() {
-            HirKind::Repetition(r) if r.max.is_none() => note(&r.sub),
-            HirKind::Class(_) => note(p),
-            _ => false,
-        }),
-        _ => false,
+        HirKind::Concat(parts) => {
+            let mut classes = Vec::new();
+            for p in parts {
+                match p.kind() {
+                    HirKind::Repetition(r) if r.max.is_none() => match r.sub.kind() {
+                        HirKind::Class(c) => classes.push(c),
+                        _ => return false,
+                    },
+                    HirKind::Class(c) => classes.push(c),
+                    _ => return false,
+                }
+            }
+            classes
+        }
+        _ => return false,
     };
-    only_classes && letter && space
+    let has = |b: u8| {
+        classes.iter().any(|c| match c {
+            Class::Unicode(c) => c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= char::from(b) && char::from(b) <= r.end()),
+            Class::Bytes(c) => c.ranges().iter().any(|r| r.start() <= b && b <= r.end()),
+        })
+    };
+    has(b'e') && has(b' ')
 }
 
-fn widen_class(class: ClassUnicode, changed: &mut bool) -> ClassUnicode {
+fn widen_class(class: ClassUnicode) -> ClassUnicode {
     let non_ascii = class
         .ranges()
         .iter()
@@ -246,13 +241,7 @@ fn widen_class(class: ClassUnicode, changed: &mut bool) -> ClassUnicode {
     if non_ascii <= MAX_EXACT_NON_ASCII_RANGES {
         return class;
     }
-    *changed = true;
-    let mut ranges: Vec<ClassUnicodeRange> = class
-        .ranges()
-        .iter()
-        .filter(|r| u32::from(r.start()) < 0x80)
-        .map(|r| ClassUnicodeRange::new(r.start(), r.end().min('\u{7F}')))
-        .collect();
+    let mut ranges = ascii_ranges(&class);
     ranges.push(ClassUnicodeRange::new('\u{80}', char::MAX));
     ClassUnicode::new(ranges)
 }
