@@ -352,7 +352,7 @@ impl Accounting {
             (true, BudgetAction::Warn) => "exhausted; requests are served with a warning".into(),
         };
         alert(AlertRecord {
-            id: palisade_core::crypto::random_id(),
+            id: palisade_core::crypto::record_id(),
             ts_ms: palisade_core::now_ms(),
             kind: "budget".into(),
             title: title.into(),

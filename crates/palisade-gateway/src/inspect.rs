@@ -134,7 +134,7 @@ impl Findings {
             let blocked = self.blocked && m.action == Action::Block;
             let verb = if blocked { "blocked" } else { "matched" };
             alert(AlertRecord {
-                id: palisade_core::crypto::random_id(),
+                id: palisade_core::crypto::record_id(),
                 ts_ms: now_ms(),
                 kind: "policy".into(),
                 policy_id: Some(m.policy_id.to_string()),

@@ -63,7 +63,7 @@ pub async fn handle(
     let t0 = Instant::now();
     let endpoint = Endpoint::classify(req.method(), req.uri().path());
     let mut rec = RequestRecord {
-        id: palisade_core::crypto::random_id(),
+        id: palisade_core::crypto::record_id(),
         ts_ms: now_ms(),
         proxy: rt.spec.name.clone(),
         api: rt.spec.api.as_str().to_string(),
@@ -193,16 +193,13 @@ fn inspect_request(
     Ok(())
 }
 
-/// Phase 5b: scan a buffered answer.
+/// Phase 5b: scan a buffered answer (already parsed; an answer that is not JSON is not scanned).
 fn inspect_response(
     insp: &Inspector,
-    body: &[u8],
+    v: &serde_json::Value,
     findings: &mut Findings,
 ) -> Result<(), ProxyError> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Ok(());
-    };
-    if findings.scan(insp, Target::LlmResponse, &response_text(&v)) && insp.enforces() {
+    if findings.scan(insp, Target::LlmResponse, &response_text(v)) && insp.enforces() {
         findings.set_blocked();
         return Err(ProxyError::PolicyBlocked {
             phase: "response",
@@ -379,13 +376,19 @@ async fn proxy(
     let received = Instant::now();
     let mut usage = Usage::default();
     if up_parts.status == StatusCode::OK {
-        usage.absorb_json(&bytes);
-        if let Some(insp) = rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
-            rec.prompt_tokens = usage.prompt;
-            rec.completion_tokens = usage.completion;
-            rec.cached_tokens = usage.cached;
-            rec.total_tokens = usage.total_or_sum();
-            inspect_response(insp, &bytes, findings)?;
+        match rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
+            Some(insp) => {
+                // One parse serves the usage and the scan.
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    usage.absorb(&v);
+                    rec.prompt_tokens = usage.prompt;
+                    rec.completion_tokens = usage.completion;
+                    rec.cached_tokens = usage.cached;
+                    rec.total_tokens = usage.total_or_sum();
+                    inspect_response(insp, &v, findings)?;
+                }
+            }
+            None => usage.absorb_json(&bytes),
         }
     }
     let bytes = if rt.spec.unmask && !redactions.is_empty() {

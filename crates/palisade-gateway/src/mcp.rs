@@ -175,7 +175,7 @@ pub(crate) fn new_record(
     session: Option<String>,
 ) -> RequestRecord {
     RequestRecord {
-        id: palisade_core::crypto::random_id(),
+        id: palisade_core::crypto::record_id(),
         ts_ms: now_ms(),
         proxy: rt.spec.name.clone(),
         api: "mcp".into(),

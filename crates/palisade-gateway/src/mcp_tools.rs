@@ -313,7 +313,7 @@ fn tool_alert(
     excerpt: Option<String>,
 ) -> AlertRecord {
     AlertRecord {
-        id: palisade_core::crypto::random_id(),
+        id: palisade_core::crypto::record_id(),
         ts_ms: now_ms(),
         kind: "mcp_tool".into(),
         rule_id: Some(tool.to_string()),

@@ -6,7 +6,10 @@
 //!                                       a candidate policy on SPLIT: per rule, attacks it catches
 //!                                       (new ones, given a dump) and benign block/alert hits
 //! probe time [POLICIES_DIR]             min-of-batches evaluate() time on the bench's benign text
-//! probe spin SIZE SECS                one benign text of SIZE bytes, SECS seconds (profiling)
+//! probe spin SIZE SECS                one benign text of SIZE bytes, SECS seconds (profiling;
+//!                                       per-call percentiles, anonymous memory before/after)
+//! probe cold SIZE MIB                   per-call time when MIB of other memory was touched
+//!                                       before each call (caches evicted, as in a busy gateway)
 //! probe lines TARGET FILE [POLICIES_DIR] evaluate each line (a JSON string) of FILE as TARGET
 //! ```
 //!
@@ -196,22 +199,95 @@ fn main() {
             let all = t0.elapsed().as_secs_f64() * 1e3;
             println!("load {loaded:.0} ms, compile {:.0} ms", all - loaded);
             let text = adversarial::benign(size);
+            palisade_policy::release_free_memory();
+            let anon_before = rss_anon_kb();
             let t0 = std::time::Instant::now();
             std::hint::black_box(set.evaluate(palisade_policy::Target::LlmRequest, &text));
-            println!("first call: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "first call: {:.0} ms (RssAnon before {} kB, after {} kB)",
+                t0.elapsed().as_secs_f64() * 1e3,
+                anon_before,
+                rss_anon_kb()
+            );
             let t0 = std::time::Instant::now();
-            let mut calls = 0u64;
+            let mut each: Vec<f64> = Vec::new();
+            let (mut over, mut checks) = (0, 0);
             while t0.elapsed().as_secs_f64() < secs {
-                for _ in 0..100 {
+                let t = std::time::Instant::now();
+                let (_, st) = set.evaluate_with_stats(
+                    palisade_policy::Target::LlmRequest,
+                    std::hint::black_box(&text),
+                    &palisade_policy::EvalOptions::default(),
+                );
+                each.push(t.elapsed().as_secs_f64() * 1e6);
+                over += st.set_budget_exceeded;
+                checks += st.rule_checks;
+            }
+            let mean = each.iter().sum::<f64>() / each.len() as f64;
+            each.sort_by(f64::total_cmp);
+            let q = |f: f64| each[((each.len() - 1) as f64 * f) as usize];
+            println!(
+                "{size} B: {} calls ({over} over budget, {checks} rule checks), mean {mean:.2} us; min {:.1} p10 {:.1} p50 {:.1} p90 {:.1} p99 {:.1} max {:.0}; RssAnon {} kB",
+                each.len(),
+                q(0.0),
+                q(0.1),
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(1.0),
+                rss_anon_kb()
+            );
+        }
+        "cold" => {
+            // per-call time of one benign text of SIZE bytes when other work has evicted the
+            // CPU caches between calls (EVICT MiB of memory touched before each call)
+            let size: usize = args[1].parse().unwrap();
+            let evict: usize = args[2].parse().unwrap();
+            let packs = palisade_policy::load_dir(harness::policies_dir()).unwrap();
+            let set = PolicySet::compile(&packs).unwrap();
+            let text = adversarial::benign(size);
+            let t0 = std::time::Instant::now();
+            while t0.elapsed().as_secs_f64() < 3.0 {
+                std::hint::black_box(set.evaluate(palisade_policy::Target::LlmRequest, &text));
+            }
+            let mut junk = vec![0u8; evict << 20];
+            let mut each = Vec::new();
+            let model = palisade_policy::classifier_model("prompt-attack").unwrap();
+            let normal = palisade_policy::normalize(&text);
+            let parts: [(&str, &dyn Fn()); 3] = [
+                ("evaluate", &|| {
                     std::hint::black_box(set.evaluate(
                         palisade_policy::Target::LlmRequest,
                         std::hint::black_box(&text),
                     ));
+                }),
+                ("normalize", &|| {
+                    std::hint::black_box(palisade_policy::normalize(std::hint::black_box(&text)));
+                }),
+                ("model", &|| {
+                    std::hint::black_box(model.logit(std::hint::black_box(&normal)));
+                }),
+            ];
+            for (name, f) in parts {
+                each.clear();
+                for round in 0..2000u32 {
+                    for i in (0..junk.len()).step_by(64) {
+                        junk[i] = junk[i].wrapping_add(round as u8);
+                    }
+                    let t = std::time::Instant::now();
+                    f();
+                    each.push(t.elapsed().as_secs_f64() * 1e6);
                 }
-                calls += 100;
+                each.sort_by(f64::total_cmp);
+                let q = |f: f64| each[((each.len() - 1) as f64 * f) as usize];
+                println!(
+                    "{size} B {name} after touching {evict} MiB: min {:.1} p50 {:.1} p90 {:.1} us",
+                    q(0.0),
+                    q(0.5),
+                    q(0.9)
+                );
             }
-            let us = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
-            println!("{size} B: {calls} calls, mean {us:.2} us");
+            std::hint::black_box(&junk);
         }
         "lines" => {
             // evaluate each line of a file (JSON string per line) as the given target
@@ -275,4 +351,16 @@ fn min_per_call_us<R>(iters: usize, mut f: impl FnMut() -> R) -> f64 {
         best = best.min(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
     }
     best
+}
+
+/// The process's anonymous resident memory (`RssAnon` of /proc/self/status), in kB.
+fn rss_anon_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -8,6 +8,9 @@
 //!                  [--out policies/models/prompt-attack.json] [--no-write]
 //! ```
 //!
+//! With `CV_OUT=FILE` in the environment it also writes each dev sample's cross-validated
+//! probability (one JSON object a line: id, category, source, target, p) for error analysis.
+//!
 //! Logistic regression over the engine's own features (`palisade_policy::classifier`: token
 //! unigrams and pairs of the normalised text, presence, their summed weight scaled by
 //! 2/sqrt(occurrences); plus unscaled whole-text shape features), trained with Adagrad on the **dev**
@@ -457,6 +460,18 @@ fn main() {
                 probs[i] = sigmoid(m.logit(s));
             }
         }
+    }
+    if let Ok(path) = std::env::var("CV_OUT") {
+        let mut out = String::new();
+        for (s, &p) in samples.iter().zip(&probs) {
+            out.push_str(
+                &serde_json::json!({"id": s.s.id, "attack": s.s.attack, "category": s.s.category,
+                "source": s.s.source, "target": s.s.target.as_str(), "p": p, "seen": s.seen})
+                .to_string(),
+            );
+            out.push('\n');
+        }
+        std::fs::write(path, out).expect("CV_OUT");
     }
     let alone = tabulate(&samples, &probs, None);
     print_table(
