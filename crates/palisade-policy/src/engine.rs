@@ -348,8 +348,9 @@ pub(crate) struct LazyRegex {
     src: String,
     ascii: OnceLock<Option<Regex>>,
     re: OnceLock<Regex>,
-    check_ascii: OnceLock<Option<MatchCheck>>,
-    check: OnceLock<Option<MatchCheck>>,
+    // Boxed: a lazy DFA is ~700 bytes inline, and most rules never need one.
+    check_ascii: OnceLock<Option<Box<MatchCheck>>>,
+    check: OnceLock<Option<Box<MatchCheck>>>,
 }
 
 /// A forward lazy DFA that tells whether a pattern matches anywhere in a text.
@@ -363,7 +364,7 @@ struct MatchCheck {
 const MATCH_CHECK_CACHE: usize = 256 << 10;
 
 impl MatchCheck {
-    fn build(src: &str) -> Option<MatchCheck> {
+    fn build(src: &str) -> Option<Box<MatchCheck>> {
         let dfa = hybrid::dfa::DFA::builder()
             .configure(
                 hybrid::dfa::Config::new()
@@ -379,10 +380,10 @@ impl MatchCheck {
             )
             .build(src)
             .ok()?;
-        Some(MatchCheck {
+        Some(Box::new(MatchCheck {
             caches: dfa_caches(&dfa),
             dfa,
-        })
+        }))
     }
 
     /// `Some(found)`, or `None` when the lazy DFA gave up (a Unicode word boundary next to
@@ -585,7 +586,8 @@ pub(crate) struct RedactMatcher {
 /// after the value. Built on first use (most patterns never match).
 pub(crate) struct StartFinder {
     src: String,
-    rev: OnceLock<Option<ReverseDfa>>,
+    // Boxed: a lazy DFA is ~700 bytes inline.
+    rev: OnceLock<Option<Box<ReverseDfa>>>,
 }
 
 struct ReverseDfa {
@@ -606,7 +608,7 @@ impl StartFinder {
     pub(crate) fn start(&self, text: &str, from: usize, end: usize) -> Option<usize> {
         let rev = self
             .rev
-            .get_or_init(|| ReverseDfa::build(&self.src))
+            .get_or_init(|| ReverseDfa::build(&self.src).map(Box::new))
             .as_ref()?;
         let mut cache = rev.caches.get();
         let input = Input::new(text).range(from..end).anchored(Anchored::Yes);
