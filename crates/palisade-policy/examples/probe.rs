@@ -8,7 +8,7 @@
 //! probe time [POLICIES_DIR]             min-of-batches evaluate() time on the bench's benign text
 //! probe spin SIZE SECS                one benign text of SIZE bytes, SECS seconds (profiling;
 //!                                       per-call percentiles, anonymous memory before/after)
-//! probe cold SIZE MIB                   per-call time when MIB of other memory was touched
+//! probe cold SIZE MIB [TARGET]          per-call time when MIB of other memory was touched
 //!                                       before each call (caches evicted, as in a busy gateway)
 //! probe lines TARGET FILE [POLICIES_DIR] evaluate each line (a JSON string) of FILE as TARGET
 //! ```
@@ -246,9 +246,18 @@ fn main() {
             let packs = palisade_policy::load_dir(harness::policies_dir()).unwrap();
             let set = PolicySet::compile(&packs).unwrap();
             let text = adversarial::benign(size);
+            let target = args
+                .get(3)
+                .and_then(|t| {
+                    palisade_policy::Target::ALL
+                        .iter()
+                        .copied()
+                        .find(|x| x.as_str() == t)
+                })
+                .unwrap_or(palisade_policy::Target::LlmRequest);
             let t0 = std::time::Instant::now();
             while t0.elapsed().as_secs_f64() < 3.0 {
-                std::hint::black_box(set.evaluate(palisade_policy::Target::LlmRequest, &text));
+                std::hint::black_box(set.evaluate(target, &text));
             }
             let mut junk = vec![0u8; evict << 20];
             let mut each = Vec::new();
@@ -256,10 +265,7 @@ fn main() {
             let normal = palisade_policy::normalize(&text);
             let parts: [(&str, &dyn Fn()); 3] = [
                 ("evaluate", &|| {
-                    std::hint::black_box(set.evaluate(
-                        palisade_policy::Target::LlmRequest,
-                        std::hint::black_box(&text),
-                    ));
+                    std::hint::black_box(set.evaluate(target, std::hint::black_box(&text)));
                 }),
                 ("normalize", &|| {
                     std::hint::black_box(palisade_policy::normalize(std::hint::black_box(&text)));

@@ -1119,9 +1119,12 @@ impl PolicySet {
                 found = complete.then_some(which);
             }
             if let Some(which) = found {
-                which
-                    .iter()
-                    .for_each(|pid| push(self.set_owner[pid.as_usize()]));
+                // Walking the set visits every pattern slot; ordinary text matches none.
+                if !which.is_empty() {
+                    which
+                        .iter()
+                        .for_each(|pid| push(self.set_owner[pid.as_usize()]));
+                }
             } else {
                 // Text this novel usually goes on so (decoded segments of it, too): the rest
                 // of the evaluation uses factors directly.
