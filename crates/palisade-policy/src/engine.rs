@@ -1724,63 +1724,59 @@ mod tests {
         assert!(credit.available() < SET_STATE_CREDIT_PER_UNIT);
     }
 
-    #[test]
-    fn ascii_forms_of_the_shipped_regexes_match_like_the_full_ones() {
-        // Every rule regex of the shipped packs, on every ASCII in-file example of its rule
-        // (normalised, as the engine scans it): the same matches from both compiled forms.
+    /// Calls `f` with every rule regex of the shipped packs, its rule's id and the rule's in-file
+    /// examples, normalised as the engine scans them.
+    fn each_shipped_regex(mut f: impl FnMut(&str, &LazyRegex, &[String])) {
         let packs =
             crate::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).unwrap();
         let set = PolicySet::compile(&packs).unwrap();
-        let rules = packs.iter().flat_map(|p| &p.rules);
-        let mut checked = 0;
-        for (rule, compiled) in rules.zip(&set.rules) {
+        for (rule, compiled) in packs.iter().flat_map(|p| &p.rules).zip(&set.rules) {
             let texts: Vec<String> = (rule.examples.positive.iter())
                 .chain(&rule.examples.negative)
                 .map(|t| normalize(t).into_owned())
-                .filter(|t| t.is_ascii())
                 .collect();
             for re in &compiled.regexes {
-                let (ascii, full) = (re.get_for("ascii"), re.get());
-                for t in &texts {
-                    let a: Vec<_> = ascii.find_iter(t).map(|m| m.range()).collect();
-                    let b: Vec<_> = full.find_iter(t).map(|m| m.range()).collect();
-                    assert_eq!(a, b, "{} `{}` on {t:?}", rule.id, re.as_str());
-                    checked += 1;
-                }
+                f(&rule.id, re, &texts);
             }
         }
+    }
+
+    #[test]
+    fn ascii_forms_of_the_shipped_regexes_match_like_the_full_ones() {
+        // Every rule regex of the shipped packs, on every ASCII example of its rule: the same
+        // matches from both compiled forms.
+        let mut checked = 0;
+        each_shipped_regex(|rule, re, texts| {
+            let (ascii, full) = (re.get_for("ascii"), re.get());
+            for t in texts.iter().filter(|t| t.is_ascii()) {
+                let a: Vec<_> = ascii.find_iter(t).map(|m| m.range()).collect();
+                let b: Vec<_> = full.find_iter(t).map(|m| m.range()).collect();
+                assert_eq!(a, b, "{rule} `{}` on {t:?}", re.as_str());
+                checked += 1;
+            }
+        });
         assert!(checked > 3000, "{checked}");
     }
 
     #[test]
     fn match_checks_of_the_shipped_regexes_agree_with_the_regexes() {
-        // Every rule regex of the shipped packs, on every in-file example of its rule
-        // (normalised) and on texts that make the lazy DFA give up: the check never says "no"
-        // where the regex finds a match, and answers exactly on ASCII text.
-        let packs =
-            crate::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).unwrap();
-        let set = PolicySet::compile(&packs).unwrap();
-        let rules = packs.iter().flat_map(|p| &p.rules);
+        // Every rule regex of the shipped packs, on every example of its rule and on a
+        // non-ASCII variant (where the lazy DFA may give up): the check never says "no" where
+        // the regex finds a match, and answers exactly on ASCII text.
         let (mut checked, mut matched) = (0, 0);
-        for (rule, compiled) in rules.zip(&set.rules) {
-            let mut texts: Vec<String> = (rule.examples.positive.iter())
-                .chain(&rule.examples.negative)
-                .map(|t| normalize(t).into_owned())
-                .collect();
-            texts.push(format!("Ünïcödé café {}", texts[0]));
-            for re in &compiled.regexes {
-                for t in &texts {
-                    let found = re.get_for(t).is_match(t);
-                    let may = re.may_match(t);
-                    assert!(may || !found, "{} `{}` on {t:?}", rule.id, re.as_str());
-                    if t.is_ascii() {
-                        assert_eq!(may, found, "{} `{}` on {t:?}", rule.id, re.as_str());
-                    }
-                    checked += 1;
-                    matched += usize::from(found);
+        each_shipped_regex(|rule, re, texts| {
+            let odd = format!("Ünïcödé café {}", texts[0]);
+            for t in texts.iter().chain([&odd]) {
+                let found = re.get_for(t).is_match(t);
+                let may = re.may_match(t);
+                assert!(may || !found, "{rule} `{}` on {t:?}", re.as_str());
+                if t.is_ascii() {
+                    assert_eq!(may, found, "{rule} `{}` on {t:?}", re.as_str());
                 }
+                checked += 1;
+                matched += usize::from(found);
             }
-        }
+        });
         assert!(checked > 3000 && matched > 1000, "{checked} {matched}");
     }
 
