@@ -114,10 +114,7 @@ impl Finisher {
         let r = &mut self.record;
         r.latency_us = self.t0.elapsed().as_micros() as i64;
         r.ttfb_us = ttfb.map(|d| d.as_micros() as i64);
-        r.prompt_tokens = usage.prompt;
-        r.completion_tokens = usage.completion;
-        r.cached_tokens = usage.cached;
-        r.total_tokens = usage.total_or_sum();
+        usage.record_into(r);
         if error.is_some() {
             r.error = error;
         }

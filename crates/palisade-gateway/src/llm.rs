@@ -381,10 +381,8 @@ async fn proxy(
                 // One parse serves the usage and the scan.
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                     usage.absorb(&v);
-                    rec.prompt_tokens = usage.prompt;
-                    rec.completion_tokens = usage.completion;
-                    rec.cached_tokens = usage.cached;
-                    rec.total_tokens = usage.total_or_sum();
+                    // Recorded now too: a blocked answer's record still has them.
+                    usage.record_into(rec);
                     inspect_response(insp, &v, findings)?;
                 }
             }
@@ -407,10 +405,7 @@ async fn proxy(
     rec.overhead_us = overhead.as_micros() as i64;
     rec.latency_us = t0.elapsed().as_micros() as i64;
     rec.ttfb_us = Some(rec.latency_us);
-    rec.prompt_tokens = usage.prompt;
-    rec.completion_tokens = usage.completion;
-    rec.cached_tokens = usage.cached;
-    rec.total_tokens = usage.total_or_sum();
+    usage.record_into(rec);
     if up_parts.status.as_u16() >= 400 {
         rec.error = Some(format!("upstream answered {}", up_parts.status));
     }

@@ -69,6 +69,14 @@ impl Usage {
         }
     }
 
+    /// Writes the token counts into a request record.
+    pub fn record_into(&self, r: &mut palisade_core::record::RequestRecord) {
+        r.prompt_tokens = self.prompt;
+        r.completion_tokens = self.completion;
+        r.cached_tokens = self.cached;
+        r.total_tokens = self.total_or_sum();
+    }
+
     /// Total tokens, reported or derived.
     pub fn total_or_sum(&self) -> Option<i64> {
         self.total.or(match (self.prompt, self.completion) {

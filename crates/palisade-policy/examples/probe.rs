@@ -6,7 +6,7 @@
 //!                                       a candidate policy on SPLIT: per rule, attacks it catches
 //!                                       (new ones, given a dump) and benign block/alert hits
 //! probe time [POLICIES_DIR]             min-of-batches evaluate() time on the bench's benign text
-//! probe spin SIZE SECS                one benign text of SIZE bytes, SECS seconds (profiling;
+//! probe spin SIZE SECS                  one benign text of SIZE bytes, SECS seconds (profiling;
 //!                                       per-call percentiles, anonymous memory before/after)
 //! probe cold SIZE MIB [TARGET]          per-call time when MIB of other memory was touched
 //!                                       before each call (caches evicted, as in a busy gateway)
@@ -224,17 +224,10 @@ fn main() {
                 checks += st.rule_checks;
             }
             let mean = each.iter().sum::<f64>() / each.len() as f64;
-            each.sort_by(f64::total_cmp);
-            let q = |f: f64| each[((each.len() - 1) as f64 * f) as usize];
             println!(
-                "{size} B: {} calls ({over} over budget, {checks} rule checks), mean {mean:.2} us; min {:.1} p10 {:.1} p50 {:.1} p90 {:.1} p99 {:.1} max {:.0}; RssAnon {} kB",
+                "{size} B: {} calls ({over} over budget, {checks} rule checks), mean {mean:.2} us; {}; RssAnon {} kB",
                 each.len(),
-                q(0.0),
-                q(0.1),
-                q(0.5),
-                q(0.9),
-                q(0.99),
-                q(1.0),
+                percentiles(&mut each),
                 rss_anon_kb()
             );
         }
@@ -248,13 +241,7 @@ fn main() {
             let text = adversarial::benign(size);
             let target = args
                 .get(3)
-                .and_then(|t| {
-                    palisade_policy::Target::ALL
-                        .iter()
-                        .copied()
-                        .find(|x| x.as_str() == t)
-                })
-                .unwrap_or(palisade_policy::Target::LlmRequest);
+                .map_or(palisade_policy::Target::LlmRequest, |t| target_named(t));
             let t0 = std::time::Instant::now();
             while t0.elapsed().as_secs_f64() < 3.0 {
                 std::hint::black_box(set.evaluate(target, &text));
@@ -284,13 +271,9 @@ fn main() {
                     f();
                     each.push(t.elapsed().as_secs_f64() * 1e6);
                 }
-                each.sort_by(f64::total_cmp);
-                let q = |f: f64| each[((each.len() - 1) as f64 * f) as usize];
                 println!(
-                    "{size} B {name} after touching {evict} MiB: min {:.1} p50 {:.1} p90 {:.1} us",
-                    q(0.0),
-                    q(0.5),
-                    q(0.9)
+                    "{size} B {name} after touching {evict} MiB: {}",
+                    percentiles(&mut each)
                 );
             }
             std::hint::black_box(&junk);
@@ -303,11 +286,7 @@ fn main() {
                 .unwrap_or_else(harness::policies_dir);
             let packs = palisade_policy::load_dir(dir).unwrap();
             let set = PolicySet::compile(&packs).unwrap();
-            let target = palisade_policy::Target::ALL
-                .iter()
-                .copied()
-                .find(|t| t.as_str() == args[1])
-                .unwrap();
+            let target = target_named(&args[1]);
             for l in std::fs::read_to_string(&args[2]).unwrap().lines() {
                 if l.trim().is_empty() {
                     continue;
@@ -341,7 +320,7 @@ fn main() {
                 println!("{mark} {us:>8}us{via} {text}  {}", ids.join(" "));
             }
         }
-        _ => panic!("dump|rules|time|spin|lines"),
+        _ => panic!("dump|rules|time|spin|cold|lines"),
     }
 }
 
@@ -369,4 +348,31 @@ fn rss_anon_kb() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The target called `name` (as in policy files); panics naming the choices otherwise.
+fn target_named(name: &str) -> palisade_policy::Target {
+    let all = palisade_policy::Target::ALL;
+    all.iter()
+        .copied()
+        .find(|t| t.as_str() == name)
+        .unwrap_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|t| t.as_str()).collect();
+            panic!("unknown target `{name}`: one of {}", names.join(", "))
+        })
+}
+
+/// Min and percentiles of per-call times in µs (sorts them).
+fn percentiles(each: &mut [f64]) -> String {
+    each.sort_by(f64::total_cmp);
+    let q = |f: f64| each[((each.len() - 1) as f64 * f) as usize];
+    format!(
+        "min {:.1} p10 {:.1} p50 {:.1} p90 {:.1} p99 {:.1} max {:.0} us",
+        q(0.0),
+        q(0.1),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(1.0)
+    )
 }

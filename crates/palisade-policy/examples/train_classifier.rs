@@ -5,11 +5,11 @@
 //!                  [--positives jailbreak,prompt_injection,system_prompt_extraction,data_exfiltration]
 //!                  [--top-k 40000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
 //!                  [--neg-weight 1] [--max-fp-ordinary 0.5] [--max-fp-hard 2] [--show-fp THRESHOLD]
-//!                  [--out policies/models/prompt-attack.json] [--no-write]
+//!                  [--out policies/models/prompt-attack.json] [--no-write] [--cv-out FILE]
 //! ```
 //!
-//! With `CV_OUT=FILE` in the environment it also writes each dev sample's cross-validated
-//! probability (one JSON object a line: id, category, source, target, p) for error analysis.
+//! `--cv-out FILE` also writes each dev sample's cross-validated probability (one JSON object a
+//! line: id, attack, category, source, target, p, seen) for error analysis.
 //!
 //! Logistic regression over the engine's own features (`palisade_policy::classifier`: token
 //! unigrams and pairs of the normalised text, presence, their summed weight scaled by
@@ -62,6 +62,8 @@ struct Args {
     neg_weight: f64,
     /// List the benign samples the CV models score at or above this.
     show_fp: Option<f64>,
+    /// Write each dev sample's cross-validated probability here.
+    cv_out: Option<String>,
     /// Also train on the dev split's `evasion` attack samples (never scored).
     evasion: bool,
 }
@@ -93,6 +95,7 @@ fn parse_args() -> Args {
         max_fp_hard: 2.0,
         neg_weight: 1.0,
         show_fp: None,
+        cv_out: None,
         evasion: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -123,6 +126,7 @@ fn parse_args() -> Args {
             "--max-fp-ordinary" => a.max_fp_ordinary = v().parse().expect("--max-fp-ordinary"),
             "--max-fp-hard" => a.max_fp_hard = v().parse().expect("--max-fp-hard"),
             "--show-fp" => a.show_fp = Some(v().parse().expect("--show-fp")),
+            "--cv-out" => a.cv_out = Some(v()),
             "--neg-weight" => a.neg_weight = v().parse().expect("--neg-weight"),
             "--evasion" => {
                 a.evasion = true;
@@ -461,7 +465,7 @@ fn main() {
             }
         }
     }
-    if let Ok(path) = std::env::var("CV_OUT") {
+    if let Some(path) = &a.cv_out {
         let mut out = String::new();
         for (s, &p) in samples.iter().zip(&probs) {
             out.push_str(
@@ -471,7 +475,7 @@ fn main() {
             );
             out.push('\n');
         }
-        std::fs::write(path, out).expect("CV_OUT");
+        std::fs::write(path, out).unwrap_or_else(|e| panic!("--cv-out {path}: {e}"));
     }
     let alone = tabulate(&samples, &probs, None);
     print_table(

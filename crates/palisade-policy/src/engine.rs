@@ -346,11 +346,34 @@ pub(crate) struct CompiledRule {
 /// regexes the check took 15 KiB each where the regex took 49 KiB.
 pub(crate) struct LazyRegex {
     src: String,
-    ascii: OnceLock<Option<Regex>>,
-    re: OnceLock<Regex>,
+    /// The ASCII form's source, derived on first need; `None` when it cannot be derived (ASCII
+    /// text then uses the full form).
+    ascii_src: OnceLock<Option<String>>,
+    ascii: Form,
+    full: Form,
+}
+
+/// One form of a rule regex: its match check and its regex, each compiled on first need
+/// (`None` when it does not compile).
+#[derive(Default)]
+struct Form {
     // Boxed: a lazy DFA is ~700 bytes inline, and most rules never need one.
-    check_ascii: OnceLock<Option<Box<MatchCheck>>>,
     check: OnceLock<Option<Box<MatchCheck>>>,
+    regex: OnceLock<Option<Regex>>,
+}
+
+impl Form {
+    fn may_match(&self, src: &str, text: &str) -> bool {
+        self.check
+            .get_or_init(|| MatchCheck::build(src))
+            .as_ref()
+            .and_then(|c| c.is_match(text))
+            .unwrap_or(true)
+    }
+
+    fn regex(&self, src: &str) -> Option<&Regex> {
+        self.regex.get_or_init(|| build_prepared(src).ok()).as_ref()
+    }
 }
 
 /// A forward lazy DFA that tells whether a pattern matches anywhere in a text.
@@ -403,27 +426,29 @@ impl LazyRegex {
         let src = checked_regex(policy, rule, pattern)?.source;
         Ok(LazyRegex {
             src,
-            ascii: OnceLock::new(),
-            re: OnceLock::new(),
-            check_ascii: OnceLock::new(),
-            check: OnceLock::new(),
+            ascii_src: OnceLock::new(),
+            ascii: Form::default(),
+            full: Form::default(),
         })
+    }
+
+    /// The form for searching `text`, with its source: the ASCII form for ASCII text.
+    fn form_for(&self, text: &str) -> (&Form, &str) {
+        if text.is_ascii()
+            && let Some(src) = self
+                .ascii_src
+                .get_or_init(|| crate::widen::ascii_only(&self.src))
+        {
+            return (&self.ascii, src);
+        }
+        (&self.full, &self.src)
     }
 
     /// Whether the pattern may match somewhere in `text`: `false` only when it certainly does
     /// not (see [`MatchCheck`]).
     pub(crate) fn may_match(&self, text: &str) -> bool {
-        let check = if text.is_ascii() {
-            self.check_ascii.get_or_init(|| {
-                crate::widen::ascii_only(&self.src).and_then(|src| MatchCheck::build(&src))
-            })
-        } else {
-            self.check.get_or_init(|| MatchCheck::build(&self.src))
-        };
-        check
-            .as_ref()
-            .and_then(|c| c.is_match(text))
-            .unwrap_or(true)
+        let (form, src) = self.form_for(text);
+        form.may_match(src, text)
     }
 
     /// The prepared source (what is compiled).
@@ -433,24 +458,17 @@ impl LazyRegex {
 
     /// The compiled regex for searching `text`.
     pub(crate) fn get_for(&self, text: &str) -> &Regex {
-        if text.is_ascii()
-            && let Some(re) = self.ascii.get_or_init(|| {
-                // The ASCII form is smaller than the checked full form, so it fits the same
-                // limits; should it ever not, the full form is used.
-                crate::widen::ascii_only(&self.src).and_then(|src| build_prepared(&src).ok())
-            })
-        {
-            return re;
-        }
-        self.get()
+        let (form, src) = self.form_for(text);
+        // The ASCII form is smaller than the checked full form, so it fits the same limits;
+        // should it ever not, the full form is used.
+        form.regex(src).unwrap_or_else(|| self.get())
     }
 
     /// The compiled full (Unicode) regex.
     pub(crate) fn get(&self) -> &Regex {
-        self.re.get_or_init(|| {
-            build_prepared(&self.src)
-                .expect("the same source compiled with the same limits when the set was built")
-        })
+        self.full
+            .regex(&self.src)
+            .expect("the same source compiled with the same limits when the set was built")
     }
 }
 
