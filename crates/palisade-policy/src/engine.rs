@@ -54,7 +54,7 @@ use crate::classifier::{LinearModel, classifier_model, threshold_logit};
 use crate::decode::{Encoding, Segment, find_segments};
 use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, required_factors};
-use crate::forward::{DfaCaches, Forward, ForwardConfig, dfa_caches};
+use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, build_prepared, checked_regex,
     compile_regex, prepare_regex,
@@ -305,6 +305,27 @@ pub(crate) struct KeywordMatcher {
 }
 
 /// One rule, compiled.
+/// Which pattern of a rule a shared-set pattern stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// The rule's regex at this index of [`CompiledRule::regexes`].
+    Regex(usize),
+    /// One of the rule's Aho-Corasick keywords.
+    Keywords,
+}
+
+/// Per shared-set pattern: its rule, and which of the rule's patterns it stands for.
+type SetOwners = Vec<(u32, Slot)>;
+
+/// What the shared set saw of one pattern of a candidate rule: that it matched, and where its
+/// matches end.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hint {
+    rule: u32,
+    slot: Slot,
+    ends: MatchEnds,
+}
+
 pub(crate) struct CompiledRule {
     pub(crate) policy_id: Arc<str>,
     pub(crate) rule_id: Arc<str>,
@@ -349,6 +370,8 @@ pub(crate) struct LazyRegex {
     /// The ASCII form's source, derived on first need; `None` when it cannot be derived (ASCII
     /// text then uses the full form).
     ascii_src: OnceLock<Option<String>>,
+    /// The longest match in bytes (`None`: unbounded), derived on first need.
+    max_len: OnceLock<Option<usize>>,
     ascii: Form,
     full: Form,
 }
@@ -363,11 +386,11 @@ struct Form {
 }
 
 impl Form {
-    fn may_match(&self, src: &str, text: &str) -> bool {
+    fn may_match(&self, src: &str, text: &str, span: Range<usize>) -> bool {
         self.check
             .get_or_init(|| MatchCheck::build(src))
             .as_ref()
-            .and_then(|c| c.is_match(text))
+            .and_then(|c| c.is_match(text, span))
             .unwrap_or(true)
     }
 
@@ -409,11 +432,12 @@ impl MatchCheck {
         }))
     }
 
-    /// `Some(found)`, or `None` when the lazy DFA gave up (a Unicode word boundary next to
-    /// non-ASCII text, or a thrashing cache).
-    fn is_match(&self, text: &str) -> Option<bool> {
+    /// Whether a match lies inside `span` of `text` (the text around it is context for
+    /// look-around): `Some(found)`, or `None` when the lazy DFA gave up (a Unicode word
+    /// boundary next to non-ASCII text, or a thrashing cache).
+    fn is_match(&self, text: &str, span: Range<usize>) -> Option<bool> {
         let mut cache = self.caches.get();
-        let input = Input::new(text).earliest(true);
+        let input = Input::new(text).range(span).earliest(true);
         self.dfa
             .try_search_fwd(&mut cache, &input)
             .ok()
@@ -427,6 +451,7 @@ impl LazyRegex {
         Ok(LazyRegex {
             src,
             ascii_src: OnceLock::new(),
+            max_len: OnceLock::new(),
             ascii: Form::default(),
             full: Form::default(),
         })
@@ -444,11 +469,30 @@ impl LazyRegex {
         (&self.full, &self.src)
     }
 
-    /// Whether the pattern may match somewhere in `text`: `false` only when it certainly does
-    /// not (see [`MatchCheck`]).
-    pub(crate) fn may_match(&self, text: &str) -> bool {
+    /// Whether the pattern may match inside `span` of `text`: `false` only when it certainly
+    /// does not (see [`MatchCheck`]).
+    pub(crate) fn may_match(&self, text: &str, span: Range<usize>) -> bool {
         let (form, src) = self.form_for(text);
-        form.may_match(src, text)
+        form.may_match(src, text, span)
+    }
+
+    /// Where in `text` every match of the pattern lies, given that each ends between `ends.first`
+    /// and `ends.last` (what the shared set saw its prefilter pattern do: see
+    /// [`PolicySet::compile`]): from the longest match's length before the first end (the
+    /// start of the text when matches are unbounded) to the last end.
+    fn window(&self, text: &str, ends: &MatchEnds) -> Range<usize> {
+        let max_len = *self.max_len.get_or_init(|| {
+            regex_syntax::ParserBuilder::new()
+                .build()
+                .parse(&self.src)
+                .ok()
+                .and_then(|hir| hir.properties().maximum_len())
+        });
+        let mut start = max_len.map_or(0, |l| ends.first.saturating_sub(l));
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        start..ends.last.min(text.len())
     }
 
     /// The prepared source (what is compiled).
@@ -498,26 +542,47 @@ impl CompiledRule {
         }
     }
 
-    /// The earliest valid match.
-    pub(crate) fn find_first(&self, text: &str) -> Option<Range<usize>> {
+    /// The earliest valid match. With `hints` (what the shared set saw of this rule's
+    /// patterns), only the patterns it saw match are searched, each only where its matches lie;
+    /// without, every pattern in the whole text.
+    pub(crate) fn find_first(&self, text: &str, hints: Option<&[Hint]>) -> Option<Range<usize>> {
         let mut best: Option<Range<usize>> = None;
         let mut consider = |r: Range<usize>| {
             if best.as_ref().is_none_or(|b| r.start < b.start) {
                 best = Some(r);
             }
         };
-        for (re, bounds) in self.regexes.iter().zip(&self.regex_bounds) {
-            if !re.may_match(text) {
+        for (i, (re, bounds)) in self.regexes.iter().zip(&self.regex_bounds).enumerate() {
+            let span = match hints {
+                None => 0..text.len(),
+                Some(hints) => match hints.iter().find(|h| h.slot == Slot::Regex(i)) {
+                    Some(h) => re.window(text, &h.ends),
+                    // Its prefilter pattern, a superset, did not match: neither does it.
+                    None => continue,
+                },
+            };
+            if !re.may_match(text, span.clone()) {
                 continue;
             }
-            if let Some(r) = re
-                .get_for(text)
-                .find_iter(text)
-                .map(|m| m.range())
-                .find(|r| self.accept(text, r, *bounds))
-            {
-                consider(r);
+            // Every match starts inside the window, so the first valid one from its start is
+            // the first valid one of the text.
+            let regex = re.get_for(text);
+            let mut at = span.start;
+            while let Some(m) = regex.find_at(text, at) {
+                let r = m.range();
+                if self.accept(text, &r, *bounds) {
+                    consider(r);
+                    break;
+                }
+                at = match text[r.end..].chars().next() {
+                    _ if !r.is_empty() => r.end,
+                    Some(c) => r.end + c.len_utf8(),
+                    None => break,
+                };
             }
+        }
+        if hints.is_some_and(|h| !h.iter().any(|h| h.slot == Slot::Keywords)) {
+            return best;
         }
         if let Some(kw) = &self.keywords
             && let Some(r) = kw
@@ -719,8 +784,8 @@ pub struct PolicySet {
     factorless: Vec<u32>,
     /// What `set`'s lazy DFA may spend on new states beyond each unit's own budget.
     state_credit: StateCredit,
-    /// Rule of each set pattern.
-    set_owner: Vec<u32>,
+    /// Rule of each set pattern, and which of the rule's patterns it stands for.
+    set_owner: SetOwners,
 }
 
 impl fmt::Debug for PolicySet {
@@ -788,8 +853,10 @@ impl PolicySet {
     pub fn compile(policies: &[Policy]) -> Result<PolicySet> {
         let mut summaries: Vec<PolicySummary> = Vec::with_capacity(policies.len());
         let mut rules: Vec<CompiledRule> = Vec::new();
-        // Per rule: prepared regex sources, and keyword patterns for the shared automata.
+        // Per rule: prepared regex sources, and keyword patterns for the shared automata, with
+        // the rule's pattern each stands for.
         let mut sources: Vec<Vec<String>> = Vec::new();
+        let mut slots: Vec<Vec<Slot>> = Vec::new();
 
         for policy in policies {
             policy.validate()?;
@@ -807,7 +874,9 @@ impl PolicySet {
                 let mut regexes = Vec::new();
                 let mut regex_bounds = Vec::new();
                 let mut srcs = Vec::new();
+                let mut src_slots = Vec::new();
                 for p in &rule.patterns.regex {
+                    src_slots.push(Slot::Regex(regexes.len()));
                     regexes.push(LazyRegex::new(&policy.id, &rule.id, p)?);
                     regex_bounds.push(None);
                     srcs.push(prepare_regex(p));
@@ -826,10 +895,12 @@ impl PolicySet {
                         // ascii_case_insensitive cannot fold non-ASCII letters: use a regex.
                         let src = format!("(?i){}", regex::escape(&norm));
                         let re = LazyRegex::new(&policy.id, &rule.id, &src)?;
+                        src_slots.push(Slot::Regex(regexes.len()));
                         regexes.push(re);
                         regex_bounds.push(Some(bounds));
                         srcs.push(src);
                     } else {
+                        src_slots.push(Slot::Keywords);
                         srcs.push(keyword_set_source(&norm, cs));
                         kw_patterns.push(norm);
                         kw_bounds.push(bounds);
@@ -878,6 +949,7 @@ impl PolicySet {
                     allow,
                 });
                 sources.push(srcs);
+                slots.push(src_slots);
             }
         }
 
@@ -900,14 +972,16 @@ impl PolicySet {
             }
             Ok((FactorSet::build(&factor_entries)?, factorless))
         };
-        let set_side = || -> Result<(Option<Forward>, Vec<u32>)> {
+        let set_side = || -> Result<(Option<Forward>, SetOwners)> {
             // Prefilter sources: large Unicode classes widened (see `crate::widen`).
             let mut set_patterns: Vec<String> = Vec::new();
-            let mut set_owner: Vec<u32> = Vec::new();
-            for (r, srcs) in (0..rule_count).zip(&sources) {
-                let before = set_patterns.len();
+            // Each is a superset of its pattern *ending where it ends* (widened classes and
+            // counts, a tail of a gapped pattern: `crate::widen`), so where the set sees it end
+            // tells where a rule's pattern can match (`LazyRegex::window`).
+            let mut set_owner: SetOwners = Vec::new();
+            for ((r, srcs), src_slots) in (0..rule_count).zip(&sources).zip(&slots) {
                 set_patterns.extend(srcs.iter().map(|s| widen_pattern(s)));
-                set_owner.extend(std::iter::repeat_n(r, set_patterns.len() - before));
+                set_owner.extend(src_slots.iter().map(|&slot| (r, slot)));
             }
             Ok((build_set(&set_patterns)?, set_owner))
         };
@@ -1117,32 +1191,42 @@ impl PolicySet {
                 candidates.push(r);
             }
         };
+        // What the shared set saw, per candidate rule (sorted by rule): `None` when candidates
+        // came from literal factors instead.
+        let mut hints: Option<Vec<Hint>> = None;
         if let Some(set) = &self.set
             && !tm.rules.is_empty()
         {
             let mut found = None;
             if !st.set_over_budget {
                 let mut which = PatternSet::new(set.pattern_len());
+                let mut ends = Vec::new();
                 let (mut complete, _) =
-                    set.which_matches_within(text, &mut which, SET_STATE_BUDGET);
+                    set.which_matches_within(text, &mut which, &mut ends, SET_STATE_BUDGET);
                 // A text seen before may draw on the credit: scan again (its start now walks
                 // cached states) with the larger budget.
                 if !complete && self.state_credit.seen_before(text) {
                     which.clear();
+                    ends.clear();
                     let budget = self.state_credit.available();
-                    let (done, added) = set.which_matches_within(text, &mut which, budget);
+                    let (done, added) =
+                        set.which_matches_within(text, &mut which, &mut ends, budget);
                     self.state_credit.spend(added);
                     complete = done;
                 }
-                found = complete.then_some(which);
+                found = complete.then_some(ends);
             }
-            if let Some(which) = found {
-                // Walking the set visits every pattern slot; ordinary text matches none.
-                if !which.is_empty() {
-                    which
-                        .iter()
-                        .for_each(|pid| push(self.set_owner[pid.as_usize()]));
-                }
+            if let Some(ends) = found {
+                let mut seen: Vec<Hint> = ends
+                    .into_iter()
+                    .map(|ends| {
+                        let (rule, slot) = self.set_owner[ends.pattern];
+                        Hint { rule, slot, ends }
+                    })
+                    .collect();
+                seen.iter().for_each(|h| push(h.rule));
+                seen.sort_unstable_by_key(|h| h.rule);
+                hints = Some(seen);
             } else {
                 // Text this novel usually goes on so (decoded segments of it, too): the rest
                 // of the evaluation uses factors directly.
@@ -1169,7 +1253,11 @@ impl PolicySet {
         let mut logits: Vec<(&LinearModel, f32)> = Vec::new();
         for r in candidates {
             let rule = &self.rules[r as usize];
-            let span = rule.find_first(text).or_else(|| {
+            let rule_hints = hints.as_deref().map(|h| {
+                let from = h.partition_point(|x| x.rule < r);
+                &h[from..from + h[from..].partition_point(|x| x.rule == r)]
+            });
+            let span = rule.find_first(text, rule_hints).or_else(|| {
                 let (model, min_logit) = rule.classifier?;
                 let logit = match logits.iter().find(|(m, _)| std::ptr::eq(*m, model)) {
                     Some(&(_, l)) => l,
@@ -1786,7 +1874,7 @@ mod tests {
             let odd = format!("Ünïcödé café {}", texts[0]);
             for t in texts.iter().chain([&odd]) {
                 let found = re.get_for(t).is_match(t);
-                let may = re.may_match(t);
+                let may = re.may_match(t, 0..t.len());
                 assert!(may || !found, "{rule} `{}` on {t:?}", re.as_str());
                 if t.is_ascii() {
                     assert_eq!(may, found, "{rule} `{}` on {t:?}", re.as_str());
@@ -1800,8 +1888,12 @@ mod tests {
 
     #[test]
     fn factor_prefilter_finds_what_the_shared_set_finds() {
-        // Every in-file example of the shipped packs, on every target: the same matches whether
-        // candidates come from the shared set's lazy DFA or from literal factors.
+        // Every in-file example of the shipped packs, alone and inside ordinary prose, on every
+        // target: the same matches (and spans) whether candidates come from the shared set's
+        // lazy DFA (each rule's patterns searched only where the set saw them end) or from
+        // literal factors (every pattern of a candidate searched in the whole text).
+        let prose = "The quarterly report covers shipping volumes, staffing and the new \
+                     warehouse lease; the appendix lists the figures by region and month.";
         let packs =
             crate::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).unwrap();
         let mut set = PolicySet::compile(&packs).unwrap();
@@ -1816,10 +1908,10 @@ mod tests {
         let (mut checked, mut via_dfa) = (0, 0);
         for rule in packs.iter().flat_map(|p| &p.rules) {
             let examples = rule.examples.positive.iter().chain(&rule.examples.negative);
-            for text in examples {
+            for text in examples.flat_map(|t| [t.clone(), format!("{prose}\n{t}\n{prose}")]) {
                 for &target in &rule.targets {
-                    let (via_set, stats) = set.evaluate_inner(target, text, &opts, false);
-                    let (via_factors, fstats) = set.evaluate_inner(target, text, &opts, true);
+                    let (via_set, stats) = set.evaluate_inner(target, &text, &opts, false);
+                    let (via_factors, fstats) = set.evaluate_inner(target, &text, &opts, true);
                     assert_eq!(key(&via_set), key(&via_factors), "{}: {text}", rule.id);
                     // (The lazy DFA also stops at non-ASCII text next to a Unicode `\b`.)
                     via_dfa += usize::from(stats.set_budget_exceeded == 0);

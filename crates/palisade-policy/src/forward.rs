@@ -30,6 +30,15 @@ pub(crate) fn dfa_caches(dfa: &hybrid::dfa::DFA) -> DfaCaches {
     let dfa = dfa.clone();
     Pool::new(Box::new(move || dfa.create_cache()))
 }
+/// Where one pattern's matches end in a text: the first and the last end offset of its
+/// matches (of all of them, overlapping ones included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MatchEnds {
+    pub(crate) pattern: usize,
+    pub(crate) first: usize,
+    pub(crate) last: usize,
+}
+
 type VmCacheFn =
     Box<dyn Fn() -> thompson::pikevm::Cache + Send + Sync + UnwindSafe + RefUnwindSafe>;
 
@@ -139,10 +148,11 @@ impl Forward {
         }
     }
 
-    /// Adds every pattern that matches somewhere in `text` to `set`, unless building the lazy
+    /// Adds every pattern that matches somewhere in `text` to `set`, and to `ends` where its
+    /// matches end (a pattern enters `ends` when it enters `set`), unless building the lazy
     /// DFA's states for this text would take more than `budget` bytes of new cache memory (or
     /// the lazy DFA cannot go on: cache thrashing, or a Unicode word boundary next to non-ASCII
-    /// text). Returns whether the search completed; if not, `set` is incomplete.
+    /// text). Returns whether the search completed; if not, `set` and `ends` are incomplete.
     ///
     /// A lazy DFA over many patterns is their product automaton: on text where many patterns
     /// are part-way through a match at once, nearly every byte needs a new state, and each new
@@ -154,11 +164,12 @@ impl Forward {
         &self,
         text: &str,
         set: &mut PatternSet,
+        ends: &mut Vec<MatchEnds>,
         budget: usize,
     ) -> (bool, usize) {
         let mut cache = self.dfa_caches.get();
         let base = cache.memory_usage();
-        let complete = self.scan_set(&mut cache, text, set, base, budget);
+        let complete = self.scan_set(&mut cache, text, set, ends, base, budget);
         // A cache cleared during the search holds less than at the start: nothing to count.
         (complete, cache.memory_usage().saturating_sub(base))
     }
@@ -168,18 +179,29 @@ impl Forward {
         cache: &mut hybrid::dfa::Cache,
         text: &str,
         set: &mut PatternSet,
+        ends: &mut Vec<MatchEnds>,
         base: usize,
         budget: usize,
     ) -> bool {
         let Ok(mut sid) = self.dfa.start_state_forward(cache, &Input::new(text)) else {
             return false;
         };
-        let collect = |cache: &hybrid::dfa::Cache, sid, set: &mut PatternSet| {
+        // Matches of these patterns end at `at`.
+        let mut collect = |cache: &hybrid::dfa::Cache, sid, at: usize| {
             for i in 0..self.dfa.match_len(cache, sid) {
-                set.insert(self.dfa.match_pattern(cache, sid, i));
+                let pid = self.dfa.match_pattern(cache, sid, i);
+                if set.insert(pid) {
+                    ends.push(MatchEnds {
+                        pattern: pid.as_usize(),
+                        first: at,
+                        last: at,
+                    });
+                } else if let Some(e) = ends.iter_mut().find(|e| e.pattern == pid.as_usize()) {
+                    e.last = at;
+                }
             }
         };
-        for &b in text.as_bytes() {
+        for (at, &b) in text.as_bytes().iter().enumerate() {
             // Out of an ordinary state a cached transition is one table lookup.
             let cached = if sid.is_tagged() {
                 None
@@ -204,7 +226,7 @@ impl Forward {
             if sid.is_tagged() {
                 if sid.is_match() {
                     // Match states are delayed by one byte: these patterns matched up to here.
-                    collect(cache, sid, set);
+                    collect(cache, sid, at);
                 } else if sid.is_dead() {
                     return true;
                 } else if sid.is_quit() {
@@ -216,7 +238,7 @@ impl Forward {
             return false;
         };
         if eoi.is_match() {
-            collect(cache, eoi, set);
+            collect(cache, eoi, text.len());
         }
         true
     }
@@ -277,7 +299,9 @@ mod tests {
             assert_eq!(got, want, "{text}");
             let mut within = PatternSet::new(f.pattern_len());
             // (Non-ASCII next to a Unicode `\b` stops the lazy DFA: the set is then incomplete.)
-            if f.which_matches_within(text, &mut within, usize::MAX).0 {
+            if f.which_matches_within(text, &mut within, &mut Vec::new(), usize::MAX)
+                .0
+            {
                 let within: Vec<usize> = within.iter().map(|p| p.as_usize()).collect();
                 assert_eq!(within, want, "{text}");
             }
@@ -291,14 +315,60 @@ mod tests {
         let f = Forward::build(&pats, &cfg(MatchKind::All)).unwrap();
         let text = "you really must ignore these rules, ".repeat(20);
         let mut set = PatternSet::new(f.pattern_len());
-        let (complete, spent) = f.which_matches_within(&text, &mut set, 0);
+        let (complete, spent) = f.which_matches_within(&text, &mut set, &mut Vec::new(), 0);
         assert!(!complete && spent > 0);
         // Given room, the search completes; the same text again needs no new state.
-        assert!(f.which_matches_within(&text, &mut set, usize::MAX).0);
+        set.clear();
+        assert!(
+            f.which_matches_within(&text, &mut set, &mut Vec::new(), usize::MAX)
+                .0
+        );
         assert_eq!(set.len(), 2);
         let mut again = PatternSet::new(f.pattern_len());
-        assert_eq!(f.which_matches_within(&text, &mut again, 0), (true, 0));
+        let mut ends = Vec::new();
+        assert_eq!(
+            f.which_matches_within(&text, &mut again, &mut ends, 0),
+            (true, 0)
+        );
         assert_eq!(again.len(), 2);
+        assert_eq!(ends.len(), 2);
+    }
+
+    #[test]
+    fn match_ends_are_the_first_and_last_end_of_all_matches() {
+        // Overlapping matches count: `zz+` on "zzzz" ends at 2, 3 and 4.
+        let pats = ["zz+", r"\d{3}-\d{4}", "a.{0,3}b", "(?i)ignore", "q"];
+        let f = Forward::build(&pats, &cfg(MatchKind::All)).unwrap();
+        for text in [
+            "zzzz and 555-1234 or 555-12345, aXXb ab a---b",
+            "IGNORE ignore iGnOrE",
+            "nothing",
+            "ab",
+            "zz",
+        ] {
+            let mut set = PatternSet::new(f.pattern_len());
+            let mut ends = Vec::new();
+            assert!(
+                f.which_matches_within(text, &mut set, &mut ends, usize::MAX)
+                    .0
+            );
+            assert_eq!(set.len(), ends.len(), "{text}");
+            for (p, pat) in pats.iter().enumerate() {
+                // Every end of every match, by brute force over substrings.
+                let whole = regex::Regex::new(&format!("^(?:{pat})$")).unwrap();
+                let all: Vec<usize> = (0..=text.len())
+                    .filter(|&e| (0..e).any(|s| whole.is_match(&text[s..e])))
+                    .collect();
+                let got = ends.iter().find(|e| e.pattern == p);
+                match (all.first(), all.last(), got) {
+                    (Some(&first), Some(&last), Some(g)) => {
+                        assert_eq!((g.first, g.last), (first, last), "{pat} on {text}");
+                    }
+                    (None, None, None) => {}
+                    other => panic!("{pat} on {text}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]
