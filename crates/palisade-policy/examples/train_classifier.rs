@@ -6,7 +6,12 @@
 //!                  [--top-k 40000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
 //!                  [--neg-weight 1] [--max-fp-ordinary 0.5] [--max-fp-hard 2] [--show-fp THRESHOLD]
 //!                  [--out policies/models/prompt-attack.json] [--no-write] [--cv-out FILE]
+//!                  [--extra eval/training] [--no-extra] [--seed N]
 //! ```
+//!
+//! `--extra DIR` (default `eval/training`): more training samples, in the corpus format, written
+//! for training only. They train every fold model and the final one and are never scored, so the
+//! CV tables still measure the dev corpora alone; `--no-extra` leaves them out (to compare).
 //!
 //! `--cv-out FILE` also writes each dev sample's cross-validated probability (one JSON object a
 //! line: id, attack, category, source, target, p, seen) for error analysis.
@@ -40,8 +45,10 @@ use palisade_policy::{Target, normalize};
 use serde_json::json;
 
 const THRESHOLDS: &[f64] = &[
-    0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995,
+    0.5, 0.55, 0.6, 0.625, 0.65, 0.675, 0.7, 0.725, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98,
+    0.99, 0.995,
 ];
+/// The default shuffle seed (`--seed` changes it, to see how much a result owes to the order).
 const SEED: u64 = 0x5EED_CAFE_F00D_0001;
 
 struct Args {
@@ -66,6 +73,9 @@ struct Args {
     cv_out: Option<String>,
     /// Also train on the dev split's `evasion` attack samples (never scored).
     evasion: bool,
+    /// Directory of training-only samples (`None`: none).
+    extra: Option<String>,
+    seed: u64,
 }
 
 fn parse_args() -> Args {
@@ -97,6 +107,8 @@ fn parse_args() -> Args {
         show_fp: None,
         cv_out: None,
         evasion: false,
+        extra: Some(harness::eval_dir().join("training").display().to_string()),
+        seed: SEED,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -135,6 +147,13 @@ fn parse_args() -> Args {
             }
             "--no-write" => {
                 a.write = false;
+                i += 1;
+                continue;
+            }
+            "--extra" => a.extra = Some(v()),
+            "--seed" => a.seed = v().parse().expect("--seed"),
+            "--no-extra" => {
+                a.extra = None;
                 i += 1;
                 continue;
             }
@@ -218,7 +237,7 @@ fn train(samples: &[Sample], train_idx: &[usize], nfeat: usize, a: &Args) -> Mod
     let mut gs2 = vec![0f64; SHAPE_FEATURES.len()];
     let mut gb2 = 0f64;
     let mut order = train_idx.to_vec();
-    let mut rng = Rng(SEED);
+    let mut rng = Rng(a.seed);
     for _ in 0..a.epochs {
         rng.shuffle(&mut order);
         for &i in &order {
@@ -392,12 +411,27 @@ fn print_table(title: &str, table: &Table) {
 fn main() {
     let a = parse_args();
     let corpora = harness::load_corpora(&harness::eval_dir().join("corpora")).expect("corpora");
+    let extra = a.extra.as_deref().map(|dir| {
+        harness::load_corpora(std::path::Path::new(dir))
+            .unwrap_or_else(|e| panic!("--extra {dir}: {e}"))
+    });
+    let extra_samples = extra.as_ref().map_or(&[][..], |c| &c.samples[..]);
+    // A training-only text that is also a corpus text would leak into the CV folds.
+    let corpus_texts: HashSet<&str> = corpora.samples.iter().map(|s| s.text.as_str()).collect();
+    if let Some(s) = extra_samples
+        .iter()
+        .find(|s| corpus_texts.contains(s.text.as_str()))
+    {
+        panic!("training-only sample {} repeats a corpus text", s.id);
+    }
     let mut index: HashMap<u64, u32> = HashMap::new();
     let mut names: Vec<String> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
     let mut hashes = Vec::new();
-    for s in &corpora.samples {
-        let extra = a.evasion && s.variant == "evasion" && s.attack;
+    let n_corpus = corpora.samples.len();
+    for (k, s) in corpora.samples.iter().chain(extra_samples).enumerate() {
+        let written = k >= n_corpus;
+        let extra = written || (a.evasion && s.variant == "evasion" && s.attack);
         if s.split != "dev" || (s.variant != "plain" && !extra) {
             continue;
         }
@@ -431,7 +465,12 @@ fn main() {
         } else {
             None
         };
-        let fold = usize::try_from(fnv1a(&s.id) % a.folds as u64).unwrap_or(0);
+        // Training-only samples are in no fold: every fold model learns from them.
+        let fold = if written {
+            usize::MAX
+        } else {
+            usize::try_from(fnv1a(&s.id) % a.folds as u64).unwrap_or(0)
+        };
         samples.push(Sample {
             s,
             feats,
@@ -551,12 +590,15 @@ fn main() {
     };
     let training = json!({
         "trainer": "crates/palisade-policy/examples/train_classifier.rs",
-        "data": "eval/corpora/*.jsonl, split dev, variant plain",
+        "data": match extra_samples.len() {
+            0 => "eval/corpora/*.jsonl, split dev, variant plain".to_owned(),
+            n => format!("eval/corpora/*.jsonl, split dev, variant plain; eval/training/*.jsonl ({n} samples written for training only)"),
+        },
         "positives": a.positives,
         "negatives": "all benign samples",
         "samples": {"positive": npos, "negative": nneg},
         "algorithm": "logistic regression, Adagrad, per-sample updates in a seeded shuffled order",
-        "epochs": a.epochs, "learning_rate": a.lr, "l2": a.l2, "negative_weight": a.neg_weight, "seed": format!("{SEED:#x}"),
+        "epochs": a.epochs, "learning_rate": a.lr, "l2": a.l2, "negative_weight": a.neg_weight, "seed": format!("{:#x}", a.seed),
         "pruning": format!("top {} features by |weight|, |weight| >= {}", a.top_k, a.min_weight),
         "distinct_features_seen": nfeat,
         "cross_validation": format!("{}-fold on dev (fold = fnv1a(id) mod {}), pruned fold models, classifier alone, targets {}",

@@ -339,12 +339,14 @@ fn clusters(text: &str, budget: &mut usize, out: &mut Vec<Segment>, kind: Encodi
     };
     let mut buf = [0u8; 4];
     let mut i = 0;
-    // Current cluster: first escape start, last escape end, counts.
+    // Current cluster: first escape start, last escape end, escapes, marked escapes (HTML:
+    // numeric ones; URL: letters or digits escaped inside a word, see below).
     let mut cluster: Option<(usize, usize, usize, usize)> = None;
     let flush = |c: (usize, usize, usize, usize), budget: &mut usize, out: &mut Vec<Segment>| {
         let (first, last_end, count, numeric) = c;
         let qualifies = match kind {
-            Encoding::Url => count >= MIN_PERCENT,
+            // No URL encoder escapes a letter or digit, so `%55NION` is written to hide a word.
+            Encoding::Url => count >= MIN_PERCENT || numeric >= 1,
             Encoding::Hex => count >= MIN_HEX_ESCAPES,
             _ => numeric >= 1 || count >= 2,
         };
@@ -359,6 +361,18 @@ fn clusters(text: &str, budget: &mut usize, out: &mut Vec<Segment>, kind: Encodi
         }
         match escape_at(bytes, i, kind, &mut buf) {
             Some((len, _, numeric)) => {
+                let numeric = match kind {
+                    Encoding::Url => {
+                        // The neighbours must be literal text, not another escape's digits.
+                        let after_escape = cluster.is_some_and(|c| c.1 == i);
+                        let word = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+                        buf[0].is_ascii_alphanumeric()
+                            && ((!after_escape
+                                && word(i.checked_sub(1).and_then(|j| bytes.get(j))))
+                                || word(bytes.get(i + len)))
+                    }
+                    _ => numeric,
+                };
                 cluster = match cluster {
                     Some((first, last_end, count, num)) if i - last_end <= CLUSTER_GAP => {
                         Some((first, i + len, count + 1, num + usize::from(numeric)))
@@ -602,6 +616,13 @@ mod tests {
                 .all(|s| s.kind != Encoding::Url)
         );
         assert!(segments("only %41%42 two").is_empty());
+        // A letter escaped inside a word is decoded however few escapes there are.
+        let segs = segments("id=1 %55NION %53ELECT password FROM users");
+        let seg = segs.iter().find(|s| s.kind == Encoding::Url).unwrap();
+        assert_eq!(seg.decoded, "id=1 UNION SELECT password FROM users");
+        for text in ["save 100%AB here", "20%ff more", "a %20 alone", "5%2Fyear"] {
+            assert!(segments(text).is_empty(), "{text}");
+        }
     }
 
     #[test]

@@ -80,3 +80,37 @@ fn corpora_are_well_formed() {
         assert_ne!(a, "Ignore previous instructions.", "{kind}");
     }
 }
+
+#[test]
+fn training_texts_are_well_formed_and_outside_the_corpora() {
+    // The learned detector's training-only texts (`eval/training/`): a text that is also a
+    // corpus sample would leak into the cross-validation folds, or into the test split.
+    let training = harness::load_corpora(&harness::eval_dir().join("training"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let corpora = harness::load_corpora(&harness::eval_dir().join("corpora"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = |t: &str| {
+        t.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    };
+    let corpus: std::collections::HashSet<String> =
+        corpora.samples.iter().map(|s| key(&s.text)).collect();
+    assert!(training.samples.len() > 1000, "{}", training.samples.len());
+    for s in &training.samples {
+        assert!(
+            !corpus.contains(&key(&s.text)),
+            "{} repeats a corpus text",
+            s.id
+        );
+        assert_eq!(
+            (s.split.as_str(), s.variant.as_str()),
+            ("dev", "plain"),
+            "{}",
+            s.id
+        );
+    }
+    assert!(training.samples.iter().any(|s| s.attack));
+    assert!(training.samples.iter().any(|s| !s.attack));
+}
