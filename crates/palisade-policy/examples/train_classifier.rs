@@ -6,7 +6,7 @@
 //!                  [--top-k 40000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
 //!                  [--neg-weight 1] [--max-fp-ordinary 0.5] [--max-fp-hard 2] [--show-fp THRESHOLD]
 //!                  [--out policies/models/prompt-attack.json] [--no-write] [--cv-out FILE]
-//!                  [--extra eval/training] [--no-extra] [--seed N]
+//!                  [--extra eval/training] [--no-extra] [--seed N] [--bag 5]
 //! ```
 //!
 //! `--extra DIR` (default `eval/training`): more training samples, in the corpus format, written
@@ -76,6 +76,8 @@ struct Args {
     /// Directory of training-only samples (`None`: none).
     extra: Option<String>,
     seed: u64,
+    /// Models averaged into one (each with its own shuffle seed).
+    bag: usize,
 }
 
 fn parse_args() -> Args {
@@ -109,6 +111,7 @@ fn parse_args() -> Args {
         evasion: false,
         extra: Some(harness::eval_dir().join("training").display().to_string()),
         seed: SEED,
+        bag: 5,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -152,6 +155,7 @@ fn parse_args() -> Args {
             }
             "--extra" => a.extra = Some(v()),
             "--seed" => a.seed = v().parse().expect("--seed"),
+            "--bag" => a.bag = v().parse::<usize>().expect("--bag").max(1),
             "--no-extra" => {
                 a.extra = None;
                 i += 1;
@@ -227,7 +231,25 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// Trains `--bag` models, each with its own shuffle seed, and averages their weights: a linear
+/// model whose score is the mean of theirs, as cheap to run as one and less dependent on the
+/// order the samples came in.
 fn train(samples: &[Sample], train_idx: &[usize], nfeat: usize, a: &Args) -> Model {
+    let mut sum = train_one(samples, train_idx, nfeat, a, a.seed);
+    for k in 1..a.bag {
+        let m = train_one(samples, train_idx, nfeat, a, a.seed.wrapping_add(k as u64));
+        sum.bias += m.bias;
+        sum.w.iter_mut().zip(&m.w).for_each(|(x, y)| *x += y);
+        sum.ws.iter_mut().zip(&m.ws).for_each(|(x, y)| *x += y);
+    }
+    let n = a.bag as f64;
+    sum.bias /= n;
+    sum.w.iter_mut().for_each(|x| *x /= n);
+    sum.ws.iter_mut().for_each(|x| *x /= n);
+    sum
+}
+
+fn train_one(samples: &[Sample], train_idx: &[usize], nfeat: usize, a: &Args, seed: u64) -> Model {
     let mut m = Model {
         bias: 0.0,
         w: vec![0f64; nfeat],
@@ -237,7 +259,7 @@ fn train(samples: &[Sample], train_idx: &[usize], nfeat: usize, a: &Args) -> Mod
     let mut gs2 = vec![0f64; SHAPE_FEATURES.len()];
     let mut gb2 = 0f64;
     let mut order = train_idx.to_vec();
-    let mut rng = Rng(a.seed);
+    let mut rng = Rng(seed);
     for _ in 0..a.epochs {
         rng.shuffle(&mut order);
         for &i in &order {
@@ -598,7 +620,7 @@ fn main() {
         "negatives": "all benign samples",
         "samples": {"positive": npos, "negative": nneg},
         "algorithm": "logistic regression, Adagrad, per-sample updates in a seeded shuffled order",
-        "epochs": a.epochs, "learning_rate": a.lr, "l2": a.l2, "negative_weight": a.neg_weight, "seed": format!("{:#x}", a.seed),
+        "epochs": a.epochs, "learning_rate": a.lr, "l2": a.l2, "negative_weight": a.neg_weight, "seed": format!("{:#x}", a.seed), "bagged_models": a.bag,
         "pruning": format!("top {} features by |weight|, |weight| >= {}", a.top_k, a.min_weight),
         "distinct_features_seen": nfeat,
         "cross_validation": format!("{}-fold on dev (fold = fnv1a(id) mod {}), pruned fold models, classifier alone, targets {}",
