@@ -304,7 +304,6 @@ pub(crate) struct KeywordMatcher {
     pub(crate) bounds: Vec<(bool, bool)>,
 }
 
-/// One rule, compiled.
 /// Which pattern of a rule a shared-set pattern stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Slot {
@@ -326,6 +325,7 @@ pub(crate) struct Hint {
     ends: MatchEnds,
 }
 
+/// One rule, compiled.
 pub(crate) struct CompiledRule {
     pub(crate) policy_id: Arc<str>,
     pub(crate) rule_id: Arc<str>,
@@ -1908,8 +1908,15 @@ mod tests {
         let (mut checked, mut via_dfa) = (0, 0);
         for rule in packs.iter().flat_map(|p| &p.rules) {
             let examples = rule.examples.positive.iter().chain(&rule.examples.negative);
-            for text in examples.flat_map(|t| [t.clone(), format!("{prose}\n{t}\n{prose}")]) {
-                for &target in &rule.targets {
+            // Inside prose: on the rule's first target only (the windows do not depend on it).
+            let texts = examples
+                .flat_map(|t| [(t.clone(), false), (format!("{prose}\n{t}\n{prose}"), true)]);
+            for (text, padded) in texts {
+                for &target in rule
+                    .targets
+                    .iter()
+                    .take(if padded { 1 } else { usize::MAX })
+                {
                     let (via_set, stats) = set.evaluate_inner(target, &text, &opts, false);
                     let (via_factors, fstats) = set.evaluate_inner(target, &text, &opts, true);
                     assert_eq!(key(&via_set), key(&via_factors), "{}: {text}", rule.id);

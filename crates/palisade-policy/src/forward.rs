@@ -148,8 +148,8 @@ impl Forward {
         }
     }
 
-    /// Adds every pattern that matches somewhere in `text` to `set`, and to `ends` where its
-    /// matches end (a pattern enters `ends` when it enters `set`), unless building the lazy
+    /// Adds every pattern that matches somewhere in `text` to `set`, and to `ends` (empty at the
+    /// call) where its matches end, unless building the lazy
     /// DFA's states for this text would take more than `budget` bytes of new cache memory (or
     /// the lazy DFA cannot go on: cache thrashing, or a Unicode word boundary next to non-ASCII
     /// text). Returns whether the search completed; if not, `set` and `ends` are incomplete.
@@ -186,18 +186,27 @@ impl Forward {
         let Ok(mut sid) = self.dfa.start_state_forward(cache, &Input::new(text)) else {
             return false;
         };
+        // Per pattern: 1 + its entry in `ends` (0: none yet); allocated at the first match, so
+        // ordinary text (no match) does not pay for it.
+        let mut entry: Vec<u32> = Vec::new();
         // Matches of these patterns end at `at`.
         let mut collect = |cache: &hybrid::dfa::Cache, sid, at: usize| {
+            if entry.is_empty() {
+                entry = vec![0; self.pattern_len()];
+            }
             for i in 0..self.dfa.match_len(cache, sid) {
                 let pid = self.dfa.match_pattern(cache, sid, i);
-                if set.insert(pid) {
-                    ends.push(MatchEnds {
-                        pattern: pid.as_usize(),
-                        first: at,
-                        last: at,
-                    });
-                } else if let Some(e) = ends.iter_mut().find(|e| e.pattern == pid.as_usize()) {
-                    e.last = at;
+                match entry[pid.as_usize()] {
+                    0 => {
+                        set.insert(pid);
+                        ends.push(MatchEnds {
+                            pattern: pid.as_usize(),
+                            first: at,
+                            last: at,
+                        });
+                        entry[pid.as_usize()] = u32::try_from(ends.len()).unwrap_or(u32::MAX);
+                    }
+                    k => ends[k as usize - 1].last = at,
                 }
             }
         };
