@@ -116,9 +116,10 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/palisade-bench.XXXXXX")
 trap 'cleanup; rm -rf "$WORK"' EXIT
 log "results in $RUN_DIR"
 
-# Ports: a block derived from our PID, each checked free, all on 127.0.0.1.
+# Ports: a block derived from our PID, each checked free, all on 127.0.0.1, and below Linux's
+# ephemeral range (32768 and up), where a client connection of a previous run could hold one.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-BASE=$((20000 + ($$ % 4000) * 10))
+BASE=$((20000 + ($$ % 1200) * 10))
 pick_port() {
   local p=$1
   while ! port_free "$p"; do p=$((p + 1)); done
