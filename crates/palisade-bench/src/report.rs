@@ -65,6 +65,16 @@ fn us(v: i64) -> String {
     }
 }
 
+/// Like [`us`], with its unit: `812 µs`, `19.7ms`.
+fn us_unit(v: i64) -> String {
+    let s = us(v);
+    if s.ends_with("ms") {
+        s
+    } else {
+        format!("{s} µs")
+    }
+}
+
 fn signed(v: i64) -> String {
     if v >= 0 {
         format!("+{}", us(v))
@@ -314,11 +324,11 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
             // nginx forwards without reading the body: what the extra hop alone costs here.
             let _ = writeln!(
                 out,
-                "  Palisade vs the nginx floor: added p50 {} vs {} µs, p99 {} vs {} µs; achieved RPS {:.0} vs {:.0}",
-                us(added(d, g, "p50")),
-                us(added(d, n, "p50")),
-                us(added(d, g, "p99")),
-                us(added(d, n, "p99")),
+                "  Palisade vs the nginx floor: added p50 {} vs {}, p99 {} vs {}; achieved RPS {:.0} vs {:.0}",
+                us_unit(added(d, g, "p50")),
+                us_unit(added(d, n, "p50")),
+                us_unit(added(d, g, "p99")),
+                us_unit(added(d, n, "p99")),
                 f(g, &["rps"]),
                 f(n, &["rps"])
             );
@@ -342,9 +352,9 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
             };
             let _ = writeln!(
                 out,
-                "  Palisade vs LiteLLM: added p99 {} vs {} µs (LiteLLM/Palisade {lat}); achieved RPS Palisade/LiteLLM {tput}",
-                us(ag),
-                us(al)
+                "  Palisade vs LiteLLM: added p99 {} vs {} (LiteLLM/Palisade {lat}); achieved RPS Palisade/LiteLLM {tput}",
+                us_unit(ag),
+                us_unit(al)
             );
         }
     }
