@@ -508,8 +508,10 @@ fn main() {
     let npos = samples.iter().filter(|s| s.label == Some(true)).count();
     let nneg = samples.iter().filter(|s| s.label == Some(false)).count();
     println!(
-        "dev plain samples: {} ({npos} positives, {nneg} negatives), {nfeat} distinct features",
-        samples.len()
+        "training samples: {} ({npos} positives, {nneg} negatives; {} of them training-only \
+         from --extra, never scored), {nfeat} distinct features",
+        samples.len(),
+        samples.iter().filter(|s| s.fold == usize::MAX).count()
     );
 
     // k-fold cross-validation on dev.
