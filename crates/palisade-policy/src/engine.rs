@@ -47,7 +47,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
 
 use regex_automata::nfa::thompson;
-use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, PatternSet, hybrid};
+use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, hybrid};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
@@ -1199,18 +1199,14 @@ impl PolicySet {
         {
             let mut found = None;
             if !st.set_over_budget {
-                let mut which = PatternSet::new(set.pattern_len());
                 let mut ends = Vec::new();
-                let (mut complete, _) =
-                    set.which_matches_within(text, &mut which, &mut ends, SET_STATE_BUDGET);
+                let (mut complete, _) = set.which_matches_within(text, &mut ends, SET_STATE_BUDGET);
                 // A text seen before may draw on the credit: scan again (its start now walks
                 // cached states) with the larger budget.
                 if !complete && self.state_credit.seen_before(text) {
-                    which.clear();
                     ends.clear();
                     let budget = self.state_credit.available();
-                    let (done, added) =
-                        set.which_matches_within(text, &mut which, &mut ends, budget);
+                    let (done, added) = set.which_matches_within(text, &mut ends, budget);
                     self.state_credit.spend(added);
                     complete = done;
                 }

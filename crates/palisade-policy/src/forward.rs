@@ -13,10 +13,12 @@
 
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
+#[cfg(test)]
+use regex_automata::PatternSet;
 use regex_automata::nfa::thompson::{self, NFA, pikevm::PikeVM};
 use regex_automata::util::pool::Pool;
 use regex_automata::util::syntax;
-use regex_automata::{HalfMatch, Input, Match, MatchKind, PatternSet, hybrid};
+use regex_automata::{HalfMatch, Input, Match, MatchKind, hybrid};
 
 use crate::error::{PolicyError, Result};
 
@@ -148,11 +150,11 @@ impl Forward {
         }
     }
 
-    /// Adds every pattern that matches somewhere in `text` to `set`, and to `ends` (empty at the
-    /// call) where its matches end, unless building the lazy
+    /// Adds every pattern that matches somewhere in `text` to `ends` (empty at the call), with
+    /// where its matches end, unless building the lazy
     /// DFA's states for this text would take more than `budget` bytes of new cache memory (or
     /// the lazy DFA cannot go on: cache thrashing, or a Unicode word boundary next to non-ASCII
-    /// text). Returns whether the search completed; if not, `set` and `ends` are incomplete.
+    /// text). Returns whether the search completed; if not, `ends` is incomplete.
     ///
     /// A lazy DFA over many patterns is their product automaton: on text where many patterns
     /// are part-way through a match at once, nearly every byte needs a new state, and each new
@@ -163,13 +165,12 @@ impl Forward {
     pub(crate) fn which_matches_within(
         &self,
         text: &str,
-        set: &mut PatternSet,
         ends: &mut Vec<MatchEnds>,
         budget: usize,
     ) -> (bool, usize) {
         let mut cache = self.dfa_caches.get();
         let base = cache.memory_usage();
-        let complete = self.scan_set(&mut cache, text, set, ends, base, budget);
+        let complete = self.scan_set(&mut cache, text, ends, base, budget);
         // A cache cleared during the search holds less than at the start: nothing to count.
         (complete, cache.memory_usage().saturating_sub(base))
     }
@@ -178,7 +179,6 @@ impl Forward {
         &self,
         cache: &mut hybrid::dfa::Cache,
         text: &str,
-        set: &mut PatternSet,
         ends: &mut Vec<MatchEnds>,
         base: usize,
         budget: usize,
@@ -198,7 +198,6 @@ impl Forward {
                 let pid = self.dfa.match_pattern(cache, sid, i);
                 match entry[pid.as_usize()] {
                     0 => {
-                        set.insert(pid);
                         ends.push(MatchEnds {
                             pattern: pid.as_usize(),
                             first: at,
@@ -306,12 +305,11 @@ mod tests {
             let got: Vec<usize> = got.iter().map(|p| p.as_usize()).collect();
             let want: Vec<usize> = set.matches(text).iter().collect();
             assert_eq!(got, want, "{text}");
-            let mut within = PatternSet::new(f.pattern_len());
+            let mut within = Vec::new();
             // (Non-ASCII next to a Unicode `\b` stops the lazy DFA: the set is then incomplete.)
-            if f.which_matches_within(text, &mut within, &mut Vec::new(), usize::MAX)
-                .0
-            {
-                let within: Vec<usize> = within.iter().map(|p| p.as_usize()).collect();
+            if f.which_matches_within(text, &mut within, usize::MAX).0 {
+                let mut within: Vec<usize> = within.iter().map(|e| e.pattern).collect();
+                within.sort_unstable();
                 assert_eq!(within, want, "{text}");
             }
             assert_eq!(f.is_match(text), set.is_match(text), "{text}");
@@ -323,24 +321,15 @@ mod tests {
         let pats = [r"(?i)\bignore\b.*\brules\b", r"(?i)you\s+\w+\s+must", "zz+"];
         let f = Forward::build(&pats, &cfg(MatchKind::All)).unwrap();
         let text = "you really must ignore these rules, ".repeat(20);
-        let mut set = PatternSet::new(f.pattern_len());
-        let (complete, spent) = f.which_matches_within(&text, &mut set, &mut Vec::new(), 0);
+        let (complete, spent) = f.which_matches_within(&text, &mut Vec::new(), 0);
         assert!(!complete && spent > 0);
         // Given room, the search completes; the same text again needs no new state.
-        set.clear();
-        assert!(
-            f.which_matches_within(&text, &mut set, &mut Vec::new(), usize::MAX)
-                .0
-        );
-        assert_eq!(set.len(), 2);
-        let mut again = PatternSet::new(f.pattern_len());
         let mut ends = Vec::new();
-        assert_eq!(
-            f.which_matches_within(&text, &mut again, &mut ends, 0),
-            (true, 0)
-        );
-        assert_eq!(again.len(), 2);
+        assert!(f.which_matches_within(&text, &mut ends, usize::MAX).0);
         assert_eq!(ends.len(), 2);
+        let mut again = Vec::new();
+        assert_eq!(f.which_matches_within(&text, &mut again, 0), (true, 0));
+        assert_eq!(again, ends);
     }
 
     #[test]
@@ -355,13 +344,13 @@ mod tests {
             "ab",
             "zz",
         ] {
-            let mut set = PatternSet::new(f.pattern_len());
             let mut ends = Vec::new();
-            assert!(
-                f.which_matches_within(text, &mut set, &mut ends, usize::MAX)
-                    .0
-            );
-            assert_eq!(set.len(), ends.len(), "{text}");
+            assert!(f.which_matches_within(text, &mut ends, usize::MAX).0);
+            // Each pattern once.
+            let mut patterns: Vec<usize> = ends.iter().map(|e| e.pattern).collect();
+            patterns.sort_unstable();
+            patterns.dedup();
+            assert_eq!(patterns.len(), ends.len(), "{text}");
             for (p, pat) in pats.iter().enumerate() {
                 // Every end of every match, by brute force over substrings.
                 let whole = regex::Regex::new(&format!("^(?:{pat})$")).unwrap();
