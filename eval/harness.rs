@@ -164,6 +164,15 @@ fn parse_target(s: &str) -> Option<Target> {
     Target::ALL.iter().copied().find(|t| t.as_str() == s)
 }
 
+/// The form under which two texts count as the same sample: whitespace runs collapsed, ends
+/// trimmed, lower-cased (what `build_corpora.py` deduplicates by).
+pub fn same_text_key(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
 /// Loads every `*.jsonl` file under `dir` (sorted by name).
 pub fn load_corpora(dir: &Path) -> Result<Corpora, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -433,16 +433,21 @@ fn print_table(title: &str, table: &Table) {
 fn main() {
     let a = parse_args();
     let corpora = harness::load_corpora(&harness::eval_dir().join("corpora")).expect("corpora");
-    let extra = a.extra.as_deref().map(|dir| {
+    let training = a.extra.as_deref().map(|dir| {
         harness::load_corpora(std::path::Path::new(dir))
             .unwrap_or_else(|e| panic!("--extra {dir}: {e}"))
     });
-    let extra_samples = extra.as_ref().map_or(&[][..], |c| &c.samples[..]);
-    // A training-only text that is also a corpus text would leak into the CV folds.
-    let corpus_texts: HashSet<&str> = corpora.samples.iter().map(|s| s.text.as_str()).collect();
+    let extra_samples = training.as_ref().map_or(&[][..], |c| &c.samples[..]);
+    // A training-only text that is also a corpus text would leak into the CV folds (and, were
+    // it a test text, into the held-out figure).
+    let corpus_texts: HashSet<String> = corpora
+        .samples
+        .iter()
+        .map(|s| harness::same_text_key(&s.text))
+        .collect();
     if let Some(s) = extra_samples
         .iter()
-        .find(|s| corpus_texts.contains(s.text.as_str()))
+        .find(|s| corpus_texts.contains(&harness::same_text_key(&s.text)))
     {
         panic!("training-only sample {} repeats a corpus text", s.id);
     }
@@ -453,8 +458,8 @@ fn main() {
     let n_corpus = corpora.samples.len();
     for (k, s) in corpora.samples.iter().chain(extra_samples).enumerate() {
         let written = k >= n_corpus;
-        let extra = written || (a.evasion && s.variant == "evasion" && s.attack);
-        if s.split != "dev" || (s.variant != "plain" && !extra) {
+        let train_only = written || (a.evasion && s.variant == "evasion" && s.attack);
+        if s.split != "dev" || (s.variant != "plain" && !train_only) {
             continue;
         }
         let text = normalize(&s.text);
@@ -501,7 +506,7 @@ fn main() {
             label,
             fold,
             seen: a.targets.contains(&s.target),
-            scored: !extra,
+            scored: !train_only,
         });
     }
     let nfeat = names.len();
@@ -614,9 +619,14 @@ fn main() {
     };
     let training = json!({
         "trainer": "crates/palisade-policy/examples/train_classifier.rs",
-        "data": match extra_samples.len() {
-            0 => "eval/corpora/*.jsonl, split dev, variant plain".to_owned(),
-            n => format!("eval/corpora/*.jsonl, split dev, variant plain; eval/training/*.jsonl ({n} samples written for training only)"),
+        "data": match (a.extra.as_deref(), extra_samples.len()) {
+            (Some(dir), n) if n > 0 => {
+                // Relative to the repository when inside it, so the file does not name this machine.
+                let dir = std::path::Path::new(dir);
+                let shown = dir.strip_prefix(harness::repo_root()).unwrap_or(dir).display();
+                format!("eval/corpora/*.jsonl, split dev, variant plain; {shown}/*.jsonl ({n} samples written for training only)")
+            }
+            _ => "eval/corpora/*.jsonl, split dev, variant plain".to_owned(),
         },
         "positives": a.positives,
         "negatives": "all benign samples",

@@ -343,12 +343,12 @@ fn clusters(text: &str, budget: &mut usize, out: &mut Vec<Segment>, kind: Encodi
     // numeric ones; URL: letters or digits escaped inside a word, see below).
     let mut cluster: Option<(usize, usize, usize, usize)> = None;
     let flush = |c: (usize, usize, usize, usize), budget: &mut usize, out: &mut Vec<Segment>| {
-        let (first, last_end, count, numeric) = c;
+        let (first, last_end, count, marked) = c;
         let qualifies = match kind {
             // No URL encoder escapes a letter or digit, so `%55NION` is written to hide a word.
-            Encoding::Url => count >= MIN_PERCENT || numeric >= 1,
+            Encoding::Url => count >= MIN_PERCENT || marked >= 1,
             Encoding::Hex => count >= MIN_HEX_ESCAPES,
-            _ => numeric >= 1 || count >= 2,
+            _ => marked >= 1 || count >= 2,
         };
         if qualifies {
             decode_cluster(text, first, last_end, kind, budget, out);
@@ -361,7 +361,7 @@ fn clusters(text: &str, budget: &mut usize, out: &mut Vec<Segment>, kind: Encodi
         }
         match escape_at(bytes, i, kind, &mut buf) {
             Some((len, _, numeric)) => {
-                let numeric = match kind {
+                let marked = match kind {
                     Encoding::Url => {
                         // The neighbours must be literal text, not another escape's digits.
                         let after_escape = cluster.is_some_and(|c| c.1 == i);
@@ -375,13 +375,13 @@ fn clusters(text: &str, budget: &mut usize, out: &mut Vec<Segment>, kind: Encodi
                 };
                 cluster = match cluster {
                     Some((first, last_end, count, num)) if i - last_end <= CLUSTER_GAP => {
-                        Some((first, i + len, count + 1, num + usize::from(numeric)))
+                        Some((first, i + len, count + 1, num + usize::from(marked)))
                     }
                     other => {
                         if let Some(c) = other {
                             flush(c, budget, out);
                         }
-                        Some((i, i + len, 1, usize::from(numeric)))
+                        Some((i, i + len, 1, usize::from(marked)))
                     }
                 };
                 i += len;
@@ -394,26 +394,6 @@ fn clusters(text: &str, budget: &mut usize, out: &mut Vec<Segment>, kind: Encodi
     }
 }
 
-fn floor_boundary(text: &str, mut i: usize) -> usize {
-    if i >= text.len() {
-        return text.len();
-    }
-    while !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn ceil_boundary(text: &str, mut i: usize) -> usize {
-    if i >= text.len() {
-        return text.len();
-    }
-    while !text.is_char_boundary(i) {
-        i += 1;
-    }
-    i
-}
-
 fn decode_cluster(
     text: &str,
     first: usize,
@@ -422,8 +402,8 @@ fn decode_cluster(
     budget: &mut usize,
     out: &mut Vec<Segment>,
 ) {
-    let start = floor_boundary(text, first.saturating_sub(CLUSTER_CONTEXT));
-    let end = ceil_boundary(text, last_end.saturating_add(CLUSTER_CONTEXT));
+    let start = text.floor_char_boundary(first.saturating_sub(CLUSTER_CONTEXT));
+    let end = text.ceil_char_boundary(last_end.saturating_add(CLUSTER_CONTEXT));
     let cost = end - start;
     if cost > *budget {
         *budget = 0;

@@ -356,7 +356,7 @@ pub(crate) struct CompiledRule {
 /// The pattern is checked once when the set is built, so a bad pattern still fails there.
 ///
 /// Two forms: for ASCII text (nearly every normalised prompt) the pattern with its classes cut
-/// down to ASCII (see [`crate::widen::ascii_only`]: same matches on such text, a fraction of the
+/// down to ASCII (see [`crate::widen::ascii_form`]: same matches on such text, a fraction of the
 /// automaton), and the full Unicode pattern for any other text, each compiled on first need.
 /// Measured on the shipped packs: every rule regex compiled in full form took 369 MiB.
 ///
@@ -367,13 +367,19 @@ pub(crate) struct CompiledRule {
 /// regexes the check took 15 KiB each where the regex took 49 KiB.
 pub(crate) struct LazyRegex {
     src: String,
-    /// The ASCII form's source, derived on first need; `None` when it cannot be derived (ASCII
-    /// text then uses the full form).
-    ascii_src: OnceLock<Option<String>>,
-    /// The longest match in bytes (`None`: unbounded), derived on first need.
-    max_len: OnceLock<Option<usize>>,
+    /// What is derived from the parsed pattern, on first need.
+    derived: OnceLock<Derived>,
     ascii: Form,
     full: Form,
+}
+
+/// Derived from one parse of a rule regex's source.
+struct Derived {
+    /// The ASCII form's source (`None` when the pattern does not parse here: ASCII text then
+    /// uses the full form).
+    ascii_src: Option<String>,
+    /// The longest match in bytes (`None`: unbounded).
+    max_len: Option<usize>,
 }
 
 /// One form of a rule regex: its match check and its regex, each compiled on first need
@@ -450,8 +456,7 @@ impl LazyRegex {
         let src = checked_regex(policy, rule, pattern)?.source;
         Ok(LazyRegex {
             src,
-            ascii_src: OnceLock::new(),
-            max_len: OnceLock::new(),
+            derived: OnceLock::new(),
             ascii: Form::default(),
             full: Form::default(),
         })
@@ -460,13 +465,21 @@ impl LazyRegex {
     /// The form for searching `text`, with its source: the ASCII form for ASCII text.
     fn form_for(&self, text: &str) -> (&Form, &str) {
         if text.is_ascii()
-            && let Some(src) = self
-                .ascii_src
-                .get_or_init(|| crate::widen::ascii_only(&self.src))
+            && let Some(src) = &self.derived().ascii_src
         {
             return (&self.ascii, src);
         }
         (&self.full, &self.src)
+    }
+
+    fn derived(&self) -> &Derived {
+        self.derived.get_or_init(|| {
+            let hir = crate::widen::parse(&self.src);
+            Derived {
+                max_len: hir.as_ref().and_then(|h| h.properties().maximum_len()),
+                ascii_src: hir.map(crate::widen::ascii_form),
+            }
+        })
     }
 
     /// Whether the pattern may match inside `span` of `text`: `false` only when it certainly
@@ -481,18 +494,8 @@ impl LazyRegex {
     /// [`PolicySet::compile`]): from the longest match's length before the first end (the
     /// start of the text when matches are unbounded) to the last end.
     fn window(&self, text: &str, ends: &MatchEnds) -> Range<usize> {
-        let max_len = *self.max_len.get_or_init(|| {
-            regex_syntax::ParserBuilder::new()
-                .build()
-                .parse(&self.src)
-                .ok()
-                .and_then(|hir| hir.properties().maximum_len())
-        });
-        let mut start = max_len.map_or(0, |l| ends.first.saturating_sub(l));
-        while !text.is_char_boundary(start) {
-            start -= 1;
-        }
-        start..ends.last.min(text.len())
+        let start = (self.derived().max_len).map_or(0, |l| ends.first.saturating_sub(l));
+        text.floor_char_boundary(start)..ends.last.min(text.len())
     }
 
     /// The prepared source (what is compiled).
@@ -574,10 +577,11 @@ impl CompiledRule {
                     consider(r);
                     break;
                 }
-                at = match text[r.end..].chars().next() {
-                    _ if !r.is_empty() => r.end,
-                    Some(c) => r.end + c.len_utf8(),
-                    None => break,
+                // After an empty match, the next search starts one character further.
+                at = match (r.is_empty(), text[r.end..].chars().next()) {
+                    (false, _) => r.end,
+                    (true, Some(c)) => r.end + c.len_utf8(),
+                    (true, None) => break,
                 };
             }
         }
@@ -853,10 +857,9 @@ impl PolicySet {
     pub fn compile(policies: &[Policy]) -> Result<PolicySet> {
         let mut summaries: Vec<PolicySummary> = Vec::with_capacity(policies.len());
         let mut rules: Vec<CompiledRule> = Vec::new();
-        // Per rule: prepared regex sources, and keyword patterns for the shared automata, with
-        // the rule's pattern each stands for.
-        let mut sources: Vec<Vec<String>> = Vec::new();
-        let mut slots: Vec<Vec<Slot>> = Vec::new();
+        // Per rule: prepared regex sources, and keyword patterns for the shared automata, each
+        // with the rule's pattern it stands for.
+        let mut sources: Vec<Vec<(String, Slot)>> = Vec::new();
 
         for policy in policies {
             policy.validate()?;
@@ -874,12 +877,10 @@ impl PolicySet {
                 let mut regexes = Vec::new();
                 let mut regex_bounds = Vec::new();
                 let mut srcs = Vec::new();
-                let mut src_slots = Vec::new();
                 for p in &rule.patterns.regex {
-                    src_slots.push(Slot::Regex(regexes.len()));
+                    srcs.push((prepare_regex(p), Slot::Regex(regexes.len())));
                     regexes.push(LazyRegex::new(&policy.id, &rule.id, p)?);
                     regex_bounds.push(None);
-                    srcs.push(prepare_regex(p));
                 }
                 let cs = rule.patterns.case_sensitive;
                 let mut kw_patterns = Vec::new();
@@ -895,13 +896,11 @@ impl PolicySet {
                         // ascii_case_insensitive cannot fold non-ASCII letters: use a regex.
                         let src = format!("(?i){}", regex::escape(&norm));
                         let re = LazyRegex::new(&policy.id, &rule.id, &src)?;
-                        src_slots.push(Slot::Regex(regexes.len()));
+                        srcs.push((src, Slot::Regex(regexes.len())));
                         regexes.push(re);
                         regex_bounds.push(Some(bounds));
-                        srcs.push(src);
                     } else {
-                        src_slots.push(Slot::Keywords);
-                        srcs.push(keyword_set_source(&norm, cs));
+                        srcs.push((keyword_set_source(&norm, cs), Slot::Keywords));
                         kw_patterns.push(norm);
                         kw_bounds.push(bounds);
                     }
@@ -949,7 +948,6 @@ impl PolicySet {
                     allow,
                 });
                 sources.push(srcs);
-                slots.push(src_slots);
             }
         }
 
@@ -962,7 +960,7 @@ impl PolicySet {
             let mut factor_entries = Vec::new();
             let mut factorless: Vec<u32> = Vec::new();
             for (r, srcs) in (0..rule_count).zip(&sources) {
-                for src in srcs {
+                for (src, _) in srcs {
                     match required_factors(src) {
                         Some(sets) => factor_entries.push((sets, r)),
                         None if factorless.last() != Some(&r) => factorless.push(r),
@@ -979,9 +977,11 @@ impl PolicySet {
             // counts, a tail of a gapped pattern: `crate::widen`), so where the set sees it end
             // tells where a rule's pattern can match (`LazyRegex::window`).
             let mut set_owner: SetOwners = Vec::new();
-            for ((r, srcs), src_slots) in (0..rule_count).zip(&sources).zip(&slots) {
-                set_patterns.extend(srcs.iter().map(|s| widen_pattern(s)));
-                set_owner.extend(src_slots.iter().map(|&slot| (r, slot)));
+            for (r, srcs) in (0..rule_count).zip(&sources) {
+                for (src, slot) in srcs {
+                    set_patterns.push(widen_pattern(src));
+                    set_owner.push((r, *slot));
+                }
             }
             Ok((build_set(&set_patterns)?, set_owner))
         };
@@ -1204,7 +1204,6 @@ impl PolicySet {
                 // A text seen before may draw on the credit: scan again (its start now walks
                 // cached states) with the larger budget.
                 if !complete && self.state_credit.seen_before(text) {
-                    ends.clear();
                     let budget = self.state_credit.available();
                     let (done, added) = set.which_matches_within(text, &mut ends, budget);
                     self.state_credit.spend(added);

@@ -32,6 +32,7 @@ pub(crate) fn dfa_caches(dfa: &hybrid::dfa::DFA) -> DfaCaches {
     let dfa = dfa.clone();
     Pool::new(Box::new(move || dfa.create_cache()))
 }
+
 /// Where one pattern's matches end in a text: the first and the last end offset of its
 /// matches (of all of them, overlapping ones included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,11 +151,11 @@ impl Forward {
         }
     }
 
-    /// Adds every pattern that matches somewhere in `text` to `ends` (empty at the call), with
-    /// where its matches end, unless building the lazy
-    /// DFA's states for this text would take more than `budget` bytes of new cache memory (or
-    /// the lazy DFA cannot go on: cache thrashing, or a Unicode word boundary next to non-ASCII
-    /// text). Returns whether the search completed; if not, `ends` is incomplete.
+    /// Sets `ends` to every pattern that matches somewhere in `text`, with where its matches
+    /// end, unless building the lazy DFA's states for this text would take more than `budget`
+    /// bytes of new cache memory (or the lazy DFA cannot go on: cache thrashing, or a Unicode
+    /// word boundary next to non-ASCII text). Returns whether the search completed; if not,
+    /// `ends` is incomplete.
     ///
     /// A lazy DFA over many patterns is their product automaton: on text where many patterns
     /// are part-way through a match at once, nearly every byte needs a new state, and each new
@@ -168,6 +169,7 @@ impl Forward {
         ends: &mut Vec<MatchEnds>,
         budget: usize,
     ) -> (bool, usize) {
+        ends.clear();
         let mut cache = self.dfa_caches.get();
         let base = cache.memory_usage();
         let complete = self.scan_set(&mut cache, text, ends, base, budget);

@@ -34,7 +34,7 @@ const MAX_COUNTED: u32 = 16;
 /// Returns a pattern matching a superset of `pattern`'s matches, with large Unicode classes
 /// widened; returns `pattern` unchanged when it cannot be parsed or nothing needs widening.
 pub(crate) fn widen_pattern(pattern: &str) -> String {
-    let Ok(hir) = ParserBuilder::new().build().parse(pattern) else {
+    let Some(hir) = parse(pattern) else {
         return pattern.to_owned();
     };
     let widened = keep_rarest_tail(rebuild(hir.clone(), &widen_leaf, &widen_bounds));
@@ -96,18 +96,21 @@ fn widen_bounds(min: u32, max: Option<u32>) -> (u32, Option<u32>) {
     (min.min(MAX_COUNTED), max)
 }
 
-/// A pattern that matches exactly what `pattern` matches **on ASCII text**, with every class
-/// cut down to its ASCII members (a non-ASCII literal becomes a class that matches nothing);
-/// `None` when it cannot be parsed.
+/// A pattern that matches exactly what `hir` matches **on ASCII text**, with every class cut
+/// down to its ASCII members (a non-ASCII literal becomes a class that matches nothing).
 ///
 /// Why: on ASCII text only the ASCII members of a class can ever match, so the answer is the
 /// same, while the automaton is a fraction of the size — Unicode `\w` and case folding make a
 /// rule regex ~250 KiB compiled; most are a tenth of that without them. Normalised prompts are
 /// nearly always ASCII, so this is the form the engine compiles first.
-pub(crate) fn ascii_only(pattern: &str) -> Option<String> {
-    let hir = ParserBuilder::new().build().parse(pattern).ok()?;
+pub(crate) fn ascii_form(hir: Hir) -> String {
     let keep = |min, max| (min, max);
-    Some(rebuild(hir, &ascii_leaf, &keep).to_string())
+    rebuild(hir, &ascii_leaf, &keep).to_string()
+}
+
+/// A pattern parsed as the engine's regexes are (the regex crate's defaults).
+pub(crate) fn parse(pattern: &str) -> Option<Hir> {
+    ParserBuilder::new().build().parse(pattern).ok()
 }
 
 /// Literals and classes on ASCII text: a class keeps its ASCII members, a non-ASCII literal
@@ -341,7 +344,7 @@ mod tests {
         ];
         for p in patterns {
             let full = Regex::new(p).unwrap();
-            let ascii = Regex::new(&ascii_only(p).unwrap()).unwrap();
+            let ascii = Regex::new(&ascii_form(parse(p).unwrap())).unwrap();
             for t in texts {
                 let a: Vec<_> = full.find_iter(t).map(|m| m.range()).collect();
                 let b: Vec<_> = ascii.find_iter(t).map(|m| m.range()).collect();
@@ -349,10 +352,10 @@ mod tests {
             }
         }
         // A pattern needing non-ASCII text compiles to one that matches nothing.
-        let never = Regex::new(&ascii_only("пароль").unwrap()).unwrap();
+        let never = Regex::new(&ascii_form(parse("пароль").unwrap())).unwrap();
         assert!(!never.is_match("password parol"));
         // The form is much smaller.
-        assert!(ascii_only(r"(?i)\w+").unwrap().len() < 40);
+        assert!(ascii_form(parse(r"(?i)\w+").unwrap()).len() < 40);
     }
 
     #[test]

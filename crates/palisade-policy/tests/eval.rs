@@ -89,18 +89,15 @@ fn training_texts_are_well_formed_and_outside_the_corpora() {
         .unwrap_or_else(|e| panic!("{e}"));
     let corpora = harness::load_corpora(&harness::eval_dir().join("corpora"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let key = |t: &str| {
-        t.split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase()
-    };
-    let corpus: std::collections::HashSet<String> =
-        corpora.samples.iter().map(|s| key(&s.text)).collect();
+    let corpus: std::collections::HashSet<String> = corpora
+        .samples
+        .iter()
+        .map(|s| harness::same_text_key(&s.text))
+        .collect();
     assert!(training.samples.len() > 1000, "{}", training.samples.len());
     for s in &training.samples {
         assert!(
-            !corpus.contains(&key(&s.text)),
+            !corpus.contains(&harness::same_text_key(&s.text)),
             "{} repeats a corpus text",
             s.id
         );
