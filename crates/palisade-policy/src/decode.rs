@@ -1,4 +1,5 @@
-//! Detection and decoding of encoded segments (base64, hex, URL percent-encoding, HTML entities).
+//! Detection and decoding of encoded segments (base64, hex, URL percent-encoding, HTML entities,
+//! letters under stacked combining marks).
 //!
 //! The engine scans decoded text in addition to the text itself, so an instruction hidden in
 //! `aWdub3Jl...` or `%69%67%6E...` is caught like the plain one. All decoders are bounded by a
@@ -10,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 /// The encoding a match was hidden in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -23,6 +25,9 @@ pub enum Encoding {
     Url,
     /// HTML character references (`&#105;`, `&#x69;`, `&lt;`).
     Html,
+    /// Letters buried under stacked combining marks ("zalgo": `s̷̴y̶s̸t̨e̛m`); decoded, the marks
+    /// are gone and each letter is its base letter.
+    CombiningMarks,
 }
 
 /// One decoded segment: where it sits in the scanned text and what it decodes to.
@@ -48,6 +53,9 @@ const MIN_HEX_ESCAPES: usize = 4;
 const CLUSTER_GAP: usize = 32;
 /// Context (bytes) added on each side of an escape cluster, so surrounding words are scanned with it.
 const CLUSTER_CONTEXT: usize = 256;
+/// Combining marks on one letter that make it a stacked ("zalgo") letter: NFKC has composed
+/// every mark with a precomposed form, so even two left over are decoration, not spelling.
+const MIN_STACKED_MARKS: usize = 2;
 
 const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
     .with_decode_allow_trailing_bits(true)
@@ -74,6 +82,96 @@ pub fn find_segments(text: &str, budget: &mut usize, out: &mut Vec<Segment>) {
     if text.contains("\\x") || text.contains("\\X") {
         clusters(text, budget, out, Encoding::Hex);
     }
+    // Every generic combining mark is encoded with one of these lead bytes (U+0300–U+036F:
+    // 0xCC/0xCD; U+0483–U+0489: 0xD2; the three-byte blocks: 0xE1/0xE2/0xEF).
+    if !text.is_ascii()
+        && bytes
+            .iter()
+            .any(|b| matches!(b, 0xCC | 0xCD | 0xD2 | 0xE1 | 0xE2 | 0xEF))
+    {
+        stacked_marks(text, budget, out);
+    }
+}
+
+/// True for the generic combining diacritical marks (those of no particular script).
+fn is_combining_mark(c: char) -> bool {
+    matches!(c,
+        '\u{0300}'..='\u{036F}' // combining diacritical marks
+        | '\u{0483}'..='\u{0489}' // Cyrillic combining marks (popular in zalgo)
+        | '\u{1AB0}'..='\u{1AFF}' // extended
+        | '\u{1DC0}'..='\u{1DFF}' // supplement
+        | '\u{20D0}'..='\u{20FF}' // for symbols
+        | '\u{FE20}'..='\u{FE2F}' // half marks
+    )
+}
+
+/// Finds clusters of letters carrying [`MIN_STACKED_MARKS`] or more combining marks (letters at
+/// most [`CLUSTER_GAP`] bytes apart belong to one cluster) and decodes each with its
+/// surroundings: marks removed, every letter they sat on reduced to its base letter (`ÿ` → `y`).
+fn stacked_marks(text: &str, budget: &mut usize, out: &mut Vec<Segment>) {
+    let mut cluster: Option<(usize, usize)> = None;
+    let mut letter = 0;
+    let mut marks = 0;
+    for (i, c) in text.char_indices() {
+        if !is_combining_mark(c) {
+            letter = i;
+            marks = 0;
+            continue;
+        }
+        marks += 1;
+        if marks < MIN_STACKED_MARKS {
+            continue;
+        }
+        let end = i + c.len_utf8();
+        cluster = match cluster {
+            Some((first, last_end)) if letter.saturating_sub(last_end) <= CLUSTER_GAP => {
+                Some((first, end))
+            }
+            other => {
+                if let Some((first, last_end)) = other {
+                    strip_marks(text, first, last_end, budget, out);
+                }
+                Some((letter, end))
+            }
+        };
+    }
+    if let Some((first, last_end)) = cluster {
+        strip_marks(text, first, last_end, budget, out);
+    }
+}
+
+fn strip_marks(
+    text: &str,
+    first: usize,
+    last_end: usize,
+    budget: &mut usize,
+    out: &mut Vec<Segment>,
+) {
+    let start = text.floor_char_boundary(first.saturating_sub(CLUSTER_CONTEXT));
+    let end = text.ceil_char_boundary(last_end.saturating_add(CLUSTER_CONTEXT));
+    let cost = end - start;
+    if cost > *budget {
+        *budget = 0;
+        return;
+    }
+    *budget -= cost;
+    let mut decoded = String::with_capacity(end - start);
+    for c in text[start..end].chars() {
+        if is_combining_mark(c) {
+            // The letter the mark sits on loses its own accents too (NFKC may have composed
+            // the first mark into it).
+            if let Some(last) = decoded.pop() {
+                decoded.push(std::iter::once(last).nfd().next().unwrap_or(last));
+            }
+        } else {
+            decoded.push(c);
+        }
+    }
+    out.push(Segment {
+        range: start..end,
+        kind: Encoding::CombiningMarks,
+        decoded,
+    });
 }
 
 /// Bytes of the base64 alphabets (standard and URL-safe); hex digits are a subset.
@@ -274,7 +372,7 @@ fn escape_at(
             }
         }
         Encoding::Html => html_entity(bytes, i, buf),
-        Encoding::Base64 => None,
+        Encoding::Base64 | Encoding::CombiningMarks => None,
     }
 }
 
@@ -614,6 +712,33 @@ mod tests {
         assert!(segments("Tom &amp Jerry").is_empty());
         let segs = segments("a &lt;script&gt; b");
         assert_eq!(segs[0].decoded, "a <script> b");
+    }
+
+    #[test]
+    fn stacked_combining_marks() {
+        // As the engine passes it: NFKC has composed `y` + diaeresis and `t` + diaeresis.
+        let text = "Read: s\u{0337}\u{0334}\u{00FF}\u{0337}s\u{0336}\u{0338}\u{1E97}\u{0338}\u{0328}e\u{0328}\u{031B}m\u{0489}\u{0489} now";
+        let segs = segments(text);
+        assert_eq!(segs.len(), 1);
+        assert_eq!(segs[0].kind, Encoding::CombiningMarks);
+        assert_eq!(segs[0].decoded, "Read: system now");
+        // Two stacked words far apart are two segments, each with its context.
+        let far = format!(
+            "g\u{0337}\u{0334}o {} s\u{0337}\u{0334}top",
+            "x ".repeat(200)
+        );
+        let segs = segments(&far);
+        assert_eq!(segs.len(), 2);
+        assert!(segs[0].decoded.starts_with("go x"));
+        assert!(
+            segs[1].decoded.ends_with("x  stop"),
+            "{:?}",
+            segs[1].decoded
+        );
+        // Accented text and a single leftover mark are not stacked letters.
+        assert!(
+            segments("caf\u{00E9} Ti\u{1EBF}ng Vi\u{1EC7}t na\u{0308}ive 1\u{20E3}").is_empty()
+        );
     }
 
     #[test]

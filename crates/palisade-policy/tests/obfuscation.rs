@@ -60,6 +60,19 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
         })
         .collect();
     let spaced = phrase.replace(' ', " \n\t  ");
+    // Marks stacked on every letter (strike-throughs, hooks, rings: none composes with the
+    // letter, and the first on `e`/`o` would).
+    let zalgo: String = phrase
+        .chars()
+        .flat_map(|c| {
+            let marks: &[char] = if c == ' ' {
+                &[]
+            } else {
+                &['\u{0308}', '\u{0337}', '\u{0334}', '\u{0328}', '\u{0489}']
+            };
+            std::iter::once(c).chain(marks.iter().copied())
+        })
+        .collect();
     vec![
         ("plain", phrase.to_owned(), None),
         ("upper case", phrase.to_uppercase(), None),
@@ -68,6 +81,11 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
         ("homoglyphs", homoglyph, None),
         ("fullwidth", fullwidth, None),
         ("whitespace runs", spaced, None),
+        (
+            "stacked combining marks",
+            zalgo,
+            Some(Encoding::CombiningMarks),
+        ),
         (
             "base64",
             encode_base64(phrase.as_bytes()),
