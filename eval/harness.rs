@@ -146,6 +146,9 @@ pub struct Sample {
     pub variant: String,
     /// For generated variants: the id of the plain sample.
     pub encoded_of: Option<String>,
+    /// The source's own label for the technique or test case (ATR evasion cases name their
+    /// evasion family, e.g. `language_switch`), if any.
+    pub family: Option<String>,
     /// The corpus file the sample came from.
     pub file: String,
 }
@@ -242,6 +245,7 @@ pub fn load_corpora(dir: &Path) -> Result<Corpora, String> {
                     .get("encoded_of")
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                family: v.get("family").and_then(Value::as_str).map(str::to_owned),
                 file: name.clone(),
             });
         }

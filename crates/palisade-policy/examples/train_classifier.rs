@@ -6,12 +6,16 @@
 //!                  [--top-k 40000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
 //!                  [--neg-weight 1] [--max-fp-ordinary 0.5] [--max-fp-hard 2] [--show-fp THRESHOLD]
 //!                  [--out policies/models/prompt-attack.json] [--no-write] [--cv-out FILE]
-//!                  [--extra eval/training] [--no-extra] [--seed N] [--bag 5]
+//!                  [--extra eval/training] [--no-extra] [--evasion] [--seed N] [--bag 5]
 //! ```
 //!
 //! `--extra DIR` (default `eval/training`): more training samples, in the corpus format, written
 //! for training only. They train every fold model and the final one and are never scored, so the
 //! CV tables still measure the dev corpora alone; `--no-extra` leaves them out (to compare).
+//! `--evasion` also trains on the dev split's ATR `evasion` attack samples of its evasion
+//! families (paraphrases, translations, homoglyphs), in their folds, never scored. Over three
+//! shuffle seeds it moved CV prompt injection by +0.6 points on average and hard-negative FP
+//! by ±0.3, so the shipped model leaves them out.
 //!
 //! `--cv-out FILE` also writes each dev sample's cross-validated probability (one JSON object a
 //! line: id, attack, category, source, target, p, seen) for error analysis.
@@ -71,7 +75,7 @@ struct Args {
     show_fp: Option<f64>,
     /// Write each dev sample's cross-validated probability here.
     cv_out: Option<String>,
-    /// Also train on the dev split's `evasion` attack samples (never scored).
+    /// Also train on the dev split's `evasion` attack samples (never scored; in their folds).
     evasion: bool,
     /// Directory of training-only samples (`None`: none).
     extra: Option<String>,
@@ -166,6 +170,19 @@ fn parse_args() -> Args {
         i += 2;
     }
     a
+}
+
+/// A dev `evasion` attack sample that trains with `--evasion`: one of ATR's
+/// evasion families (`language_switch`, `casual_paraphrase`, `unicode_homoglyph`, ... — named
+/// in snake_case or words). Its hyphen-named cases are single regression probes, many of them
+/// benign in content (`emoji-zwj-fp`, `image-analysis-benign`, `paraphrased-senator-question`):
+/// as positives they would teach the model that ordinary questions are attacks.
+fn evasion_case(s: &harness::Sample) -> bool {
+    s.variant == "evasion"
+        && s.attack
+        && s.family
+            .as_deref()
+            .is_some_and(|f| !f.is_empty() && !f.contains('-'))
 }
 
 /// FNV-1a 64 of a sample id: assigns cross-validation folds.
@@ -458,7 +475,7 @@ fn main() {
     let n_corpus = corpora.samples.len();
     for (k, s) in corpora.samples.iter().chain(extra_samples).enumerate() {
         let written = k >= n_corpus;
-        let train_only = written || (a.evasion && s.variant == "evasion" && s.attack);
+        let train_only = written || (a.evasion && evasion_case(s));
         if s.split != "dev" || (s.variant != "plain" && !train_only) {
             continue;
         }
@@ -514,9 +531,13 @@ fn main() {
     let nneg = samples.iter().filter(|s| s.label == Some(false)).count();
     println!(
         "training samples: {} ({npos} positives, {nneg} negatives; {} of them training-only \
-         from --extra, never scored), {nfeat} distinct features",
+         from --extra and {} dev evasion attacks, never scored), {nfeat} distinct features",
         samples.len(),
-        samples.iter().filter(|s| s.fold == usize::MAX).count()
+        samples.iter().filter(|s| s.fold == usize::MAX).count(),
+        samples
+            .iter()
+            .filter(|s| !s.scored && s.fold != usize::MAX && s.label.is_some())
+            .count()
     );
 
     // k-fold cross-validation on dev.
@@ -617,17 +638,28 @@ fn main() {
             "fp_hard_negative": format!("{:.2} % of {}", hard.pct(), hard.n),
         })
     };
-    let training = json!({
-        "trainer": "crates/palisade-policy/examples/train_classifier.rs",
-        "data": match (a.extra.as_deref(), extra_samples.len()) {
+    let data = {
+        let corpora = if a.evasion {
+            "eval/corpora/*.jsonl, split dev, variant plain (and evasion attacks, training only)"
+        } else {
+            "eval/corpora/*.jsonl, split dev, variant plain"
+        };
+        match (a.extra.as_deref(), extra_samples.len()) {
             (Some(dir), n) if n > 0 => {
                 // Relative to the repository when inside it, so the file does not name this machine.
                 let dir = std::path::Path::new(dir);
-                let shown = dir.strip_prefix(harness::repo_root()).unwrap_or(dir).display();
-                format!("eval/corpora/*.jsonl, split dev, variant plain; {shown}/*.jsonl ({n} samples written for training only)")
+                let shown = dir
+                    .strip_prefix(harness::repo_root())
+                    .unwrap_or(dir)
+                    .display();
+                format!("{corpora}; {shown}/*.jsonl ({n} samples written for training only)")
             }
-            _ => "eval/corpora/*.jsonl, split dev, variant plain".to_owned(),
-        },
+            _ => corpora.to_owned(),
+        }
+    };
+    let training = json!({
+        "trainer": "crates/palisade-policy/examples/train_classifier.rs",
+        "data": data,
         "positives": a.positives,
         "negatives": "all benign samples",
         "samples": {"positive": npos, "negative": nneg},

@@ -87,6 +87,24 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
             Some(Encoding::CombiningMarks),
         ),
         (
+            "decimal character codes",
+            phrase
+                .bytes()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            Some(Encoding::CharCodes),
+        ),
+        (
+            "binary octets",
+            phrase
+                .bytes()
+                .map(|b| format!("{b:08b}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Some(Encoding::CharCodes),
+        ),
+        (
             "base64",
             encode_base64(phrase.as_bytes()),
             Some(Encoding::Base64),
