@@ -148,7 +148,7 @@ fn decode_char_codes(
         let Some((_, first, last_end, decoded)) = st else {
             return;
         };
-        if decoded.len() < MIN_CHAR_CODES || *budget == 0 {
+        if decoded.len() < MIN_CHAR_CODES {
             return;
         }
         let letters = decoded
@@ -161,7 +161,11 @@ fn decode_char_codes(
         }
         let from = text.floor_char_boundary(first.saturating_sub(CLUSTER_CONTEXT));
         let to = text.ceil_char_boundary(last_end.saturating_add(CLUSTER_CONTEXT));
-        let cost = (to - from).min(*budget);
+        let cost = to - from;
+        if cost > *budget {
+            *budget = 0;
+            return;
+        }
         *budget -= cost;
         let mut s = String::with_capacity(to - from);
         s.push_str(&text[from..first]);
@@ -866,6 +870,12 @@ mod tests {
         );
         assert!(segments("scores: 1 2 3 4 5 6 7 8 9 10 11 12").is_empty());
         assert!(segments("codes 72 105 32 116 104 101").is_empty());
+        // The decoding budget covers the segment with its context.
+        let mut budget = 20;
+        let mut out = Vec::new();
+        find_segments(dec, &mut budget, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(budget, 0);
     }
 
     #[test]
