@@ -175,6 +175,34 @@ pub fn cases() -> Vec<(&'static str, String)> {
         s
     }));
 
+    // Character codes and stacked combining marks.
+    let decimal = |s: &str| {
+        s.bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let binary = |s: &str| {
+        s.bytes()
+            .map(|b| format!("{b:08b}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    v.push(("char_codes_64k", encoded_to(K64, 4, decimal)));
+    v.push(("binary_64k", encoded_to(K64, 9, binary)));
+    v.push((
+        "many_char_codes_64k",
+        repeat_to(&format!("{} and ", decimal("hi there")), K64),
+    ));
+    v.push((
+        "zalgo_64k",
+        encoded_to(K64, 9, |s: &str| {
+            s.chars()
+                .flat_map(|c| [c, '\u{0337}', '\u{0334}', '\u{0489}'])
+                .collect()
+        }),
+    ));
+
     // Many short encoded segments separated by plain words.
     v.push(("many_html_64k", repeat_to("word &#105;&#103; text ", K64)));
     v.push(("many_percent_64k", repeat_to("go %41%42%43 now ", K64)));
