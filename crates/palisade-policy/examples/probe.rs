@@ -11,6 +11,9 @@
 //! probe cold SIZE MIB [TARGET]          per-call time when MIB of other memory was touched
 //!                                       before each call (caches evicted, as in a busy gateway)
 //! probe lines TARGET FILE [POLICIES_DIR] evaluate each line (a JSON string) of FILE as TARGET
+//! probe heap POLICIES_DIR [RULE_ID...]  heap bytes in use for the compiled set, and what the
+//!                                       first 1 KiB benign evaluation adds (lazily built rule
+//!                                       checks), without the given rules: what each rule costs
 //! ```
 //!
 //! Tune on `dev` only: looking at the test split's misses defeats the held-out figure.
@@ -320,7 +323,25 @@ fn main() {
                 println!("{mark} {us:>8}us{via} {text}  {}", ids.join(" "));
             }
         }
-        _ => panic!("dump|rules|time|spin|cold|lines"),
+        "heap" => {
+            let skip = &args[2..];
+            let mut packs = palisade_policy::load_dir(&args[1]).unwrap();
+            for p in &mut packs {
+                p.rules.retain(|r| !skip.iter().any(|s| r.id.as_str() == s));
+            }
+            let before = heap_in_use();
+            let set = PolicySet::compile(&packs).unwrap();
+            let compiled = heap_in_use();
+            let text = adversarial::benign(1024);
+            std::hint::black_box(set.evaluate(palisade_policy::Target::LlmRequest, &text));
+            let evaluated = heap_in_use();
+            println!(
+                "compiled set {} KiB; first 1 KiB evaluation +{} KiB",
+                compiled.saturating_sub(before) / 1024,
+                evaluated.saturating_sub(compiled) / 1024
+            );
+        }
+        _ => panic!("dump|rules|time|spin|cold|lines|heap"),
     }
 }
 
@@ -339,6 +360,18 @@ fn min_per_call_us<R>(iters: usize, mut f: impl FnMut() -> R) -> f64 {
 }
 
 /// The process's anonymous resident memory (`RssAnon` of /proc/self/status), in kB.
+/// Bytes the allocator has handed out and not got back (glibc `mallinfo2`; 0 elsewhere).
+fn heap_in_use() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: `mallinfo2` only reads the allocator's statistics; it has no preconditions.
+    unsafe {
+        libc::mallinfo2().uordblks
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
+}
+
 fn rss_anon_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
