@@ -219,6 +219,8 @@ struct Sample<'a> {
     shape: Vec<usize>,
     /// The factor on the summed word-feature weights.
     scale: f64,
+    /// The text has at least one token (the engine scores no other text: −∞).
+    words: bool,
     /// Some(label) when the sample is a training example.
     label: Option<bool>,
     fold: usize,
@@ -238,6 +240,9 @@ struct Model {
 
 impl Model {
     fn logit(&self, s: &Sample) -> f64 {
+        if !s.words {
+            return f64::NEG_INFINITY;
+        }
         self.bias
             + s.shape.iter().map(|&k| self.ws[k]).sum::<f64>()
             + s.scale * s.feats.iter().map(|&j| self.w[j as usize]).sum::<f64>()
@@ -502,7 +507,10 @@ fn main() {
         }
         feats.sort_unstable();
         feats.dedup();
-        let label = if !s.attack {
+        let label = if shape.tokens == 0 {
+            // Nothing the model judges (see `LinearModel::logit`): not a training example.
+            None
+        } else if !s.attack {
             Some(false)
         } else if a.positives.contains(&s.category) {
             Some(true)
@@ -520,6 +528,7 @@ fn main() {
             feats,
             shape: shape.features().collect(),
             scale: f64::from(shape.word_scale()),
+            words: shape.tokens > 0,
             label,
             fold,
             seen: a.targets.contains(&s.target),

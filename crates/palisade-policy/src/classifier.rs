@@ -772,7 +772,9 @@ impl LinearModel {
     }
 
     /// The log-odds of `text` (already normalised): `bias + Σ shape weights + word_scale · Σ
-    /// weights of the distinct word features` (see [`TextShape`]).
+    /// weights of the distinct word features` (see [`TextShape`]); −∞ for a text without a
+    /// single token (`?`, `👍`, `:)`, a row of emoji): the model judges words, and on such a text
+    /// only its shape would speak, which says nothing about an attack.
     pub fn logit(&self, text: &str) -> f32 {
         let mut sum = 0f32;
         let shape = if text.len() <= SHORT_TEXT {
@@ -799,6 +801,9 @@ impl LinearModel {
                 }
             })
         };
+        if shape.tokens == 0 {
+            return f32::NEG_INFINITY;
+        }
         let global: f32 = shape.features().map(|i| self.shape[i]).sum();
         self.bias + global + shape.word_scale() * sum
     }
@@ -1008,7 +1013,12 @@ mod tests {
         // Four tokens: scale 2/sqrt(7).
         let l = m.logit("what is the weather");
         assert!((l - (-1.5 * 2.0 / 7f32.sqrt() - 2.0)).abs() < 1e-5, "{l}");
-        assert!((m.logit("") + 2.0).abs() < 1e-6);
+        // No token, no score: punctuation and emoji are not judged.
+        for text in ["", "?", ":)", "\u{1F44D}\u{1F389}"] {
+            assert_eq!(m.logit(text), f32::NEG_INFINITY, "{text:?}");
+            assert_eq!(m.probability(text), 0.0, "{text:?}");
+        }
+        assert!((m.logit("x") - -2.0).abs() < 1e-6);
         assert_eq!(m.feature_count(), 3);
         assert!((threshold_logit(0.5)).abs() < 1e-6);
     }

@@ -137,6 +137,31 @@ fn classifier_rule_catches_what_no_pattern_covers() {
 }
 
 #[test]
+fn short_chat_replies_raise_nothing() {
+    // Replies without a word are the commonest chat messages there are; nothing in them is
+    // evidence of an attack (the learned rule used to score their shape alone).
+    let set = PolicySet::compile(&load_packs()).unwrap();
+    for text in [
+        "?",
+        "!!!",
+        "...",
+        ":)",
+        "'",
+        "\u{1F44D}",
+        "\u{1F642}",
+        "\u{1F389}\u{1F389}\u{1F389}",
+        "ok",
+        "thanks!",
+    ] {
+        for target in [Target::LlmRequest, Target::ToolResult, Target::LlmResponse] {
+            let e = set.evaluate(target, text);
+            let ids: Vec<&str> = e.matches.iter().map(|m| &*m.rule_id).collect();
+            assert!(ids.is_empty(), "{target}: {text:?} matched {ids:?}");
+        }
+    }
+}
+
+#[test]
 fn model_files_beside_the_packs_are_the_built_in_ones() {
     let dir = policies_dir().join("models");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
