@@ -159,14 +159,13 @@ fn decode_char_codes(
         if letters * 2 < decoded.len() {
             return;
         }
-        let from = text.floor_char_boundary(first.saturating_sub(CLUSTER_CONTEXT));
-        let to = text.ceil_char_boundary(last_end.saturating_add(CLUSTER_CONTEXT));
-        let cost = to - from;
-        if cost > *budget {
-            *budget = 0;
+        let Some(Range {
+            start: from,
+            end: to,
+        }) = charge_context(text, first, last_end, budget)
+        else {
             return;
-        }
-        *budget -= cost;
+        };
         let mut s = String::with_capacity(to - from);
         s.push_str(&text[from..first]);
         s.push_str(&String::from_utf8_lossy(&decoded));
@@ -197,6 +196,25 @@ fn decode_char_codes(
         }
     }
     flush(stretch, budget);
+}
+
+/// The segment `first..last_end` widened by [`CLUSTER_CONTEXT`] on each side (to char
+/// boundaries), charged to the decoding budget; `None`, and the budget spent, when it does not
+/// fit.
+fn charge_context(
+    text: &str,
+    first: usize,
+    last_end: usize,
+    budget: &mut usize,
+) -> Option<Range<usize>> {
+    let start = text.floor_char_boundary(first.saturating_sub(CLUSTER_CONTEXT));
+    let end = text.ceil_char_boundary(last_end.saturating_add(CLUSTER_CONTEXT));
+    if end - start > *budget {
+        *budget = 0;
+        return None;
+    }
+    *budget -= end - start;
+    Some(start..end)
 }
 
 /// True for the generic combining diacritical marks (those of no particular script).
@@ -253,14 +271,9 @@ fn strip_marks(
     budget: &mut usize,
     out: &mut Vec<Segment>,
 ) {
-    let start = text.floor_char_boundary(first.saturating_sub(CLUSTER_CONTEXT));
-    let end = text.ceil_char_boundary(last_end.saturating_add(CLUSTER_CONTEXT));
-    let cost = end - start;
-    if cost > *budget {
-        *budget = 0;
+    let Some(Range { start, end }) = charge_context(text, first, last_end, budget) else {
         return;
-    }
-    *budget -= cost;
+    };
     let mut decoded = String::with_capacity(end - start);
     for c in text[start..end].chars() {
         if is_combining_mark(c) {
@@ -606,14 +619,9 @@ fn decode_cluster(
     budget: &mut usize,
     out: &mut Vec<Segment>,
 ) {
-    let start = text.floor_char_boundary(first.saturating_sub(CLUSTER_CONTEXT));
-    let end = text.ceil_char_boundary(last_end.saturating_add(CLUSTER_CONTEXT));
-    let cost = end - start;
-    if cost > *budget {
-        *budget = 0;
+    let Some(Range { start, end }) = charge_context(text, first, last_end, budget) else {
         return;
-    }
-    *budget -= cost;
+    };
     let bytes = text.as_bytes();
     let mut decoded: Vec<u8> = Vec::with_capacity(end - start);
     let mut buf = [0u8; 4];
