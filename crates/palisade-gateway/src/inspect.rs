@@ -150,7 +150,7 @@ impl Findings {
                 key_name: rec.key_name.clone(),
                 request_id: Some(rec.id.clone()),
                 excerpt: Some(m.excerpt.clone()),
-                decoded: m.decoded.map(|e| format!("{e:?}").to_lowercase()),
+                decoded: m.decoded.map(|e| e.as_str().to_owned()),
                 message: format!(
                     "{} {} rule {}/{} in {}",
                     m.severity.as_str(),

@@ -32,6 +32,20 @@ pub enum Encoding {
     CombiningMarks,
 }
 
+impl Encoding {
+    /// The name used in JSON (alerts, the policy test API): `base64`, `char_codes`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Base64 => "base64",
+            Encoding::Hex => "hex",
+            Encoding::Url => "url",
+            Encoding::Html => "html",
+            Encoding::CharCodes => "char_codes",
+            Encoding::CombiningMarks => "combining_marks",
+        }
+    }
+}
+
 /// One decoded segment: where it sits in the scanned text and what it decodes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
@@ -853,6 +867,20 @@ mod tests {
         assert!(
             segments("caf\u{00E9} Ti\u{1EBF}ng Vi\u{1EC7}t na\u{0308}ive 1\u{20E3}").is_empty()
         );
+    }
+
+    #[test]
+    fn encoding_names_are_the_json_names() {
+        for e in [
+            Encoding::Base64,
+            Encoding::Hex,
+            Encoding::Url,
+            Encoding::Html,
+            Encoding::CharCodes,
+            Encoding::CombiningMarks,
+        ] {
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+        }
     }
 
     #[test]
