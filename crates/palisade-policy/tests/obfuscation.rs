@@ -1,5 +1,9 @@
 //! An injection phrase and its obfuscated variants must all trigger the same rule.
 
+#[path = "support/adversarial.rs"]
+mod adversarial;
+
+use adversarial::{binary_octets, decimal_codes, hex, html_dec, html_hex, percent, zalgo};
 use palisade_policy::{Decision, Encoding, Policy, PolicySet, Target, encode_base64};
 
 const POLICY: &str = r#"{
@@ -15,22 +19,6 @@ const POLICY: &str = r#"{
 
 fn set() -> PolicySet {
     PolicySet::compile(&[Policy::from_json(POLICY).unwrap()]).unwrap()
-}
-
-fn percent(s: &str) -> String {
-    s.bytes().map(|b| format!("%{b:02X}")).collect()
-}
-
-fn html(s: &str) -> String {
-    s.chars().map(|c| format!("&#{};", c as u32)).collect()
-}
-
-fn html_hex(s: &str) -> String {
-    s.chars().map(|c| format!("&#x{:x};", c as u32)).collect()
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
@@ -60,19 +48,6 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
         })
         .collect();
     let spaced = phrase.replace(' ', " \n\t  ");
-    // Marks stacked on every letter (strike-throughs, hooks, rings: none composes with the
-    // letter, and the first on `e`/`o` would).
-    let zalgo: String = phrase
-        .chars()
-        .flat_map(|c| {
-            let marks: &[char] = if c == ' ' {
-                &[]
-            } else {
-                &['\u{0308}', '\u{0337}', '\u{0334}', '\u{0328}', '\u{0489}']
-            };
-            std::iter::once(c).chain(marks.iter().copied())
-        })
-        .collect();
     vec![
         ("plain", phrase.to_owned(), None),
         ("upper case", phrase.to_uppercase(), None),
@@ -83,25 +58,17 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
         ("whitespace runs", spaced, None),
         (
             "stacked combining marks",
-            zalgo,
+            zalgo(phrase),
             Some(Encoding::CombiningMarks),
         ),
         (
             "decimal character codes",
-            phrase
-                .bytes()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
+            decimal_codes(phrase),
             Some(Encoding::CharCodes),
         ),
         (
             "binary octets",
-            phrase
-                .bytes()
-                .map(|b| format!("{b:08b}"))
-                .collect::<Vec<_>>()
-                .join(" "),
+            binary_octets(phrase),
             Some(Encoding::CharCodes),
         ),
         (
@@ -115,7 +82,11 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
             phrase.replace(' ', "%20").replacen('i', "%69", 1),
             Some(Encoding::Url),
         ),
-        ("html decimal entities", html(phrase), Some(Encoding::Html)),
+        (
+            "html decimal entities",
+            html_dec(phrase),
+            Some(Encoding::Html),
+        ),
         ("html hex entities", html_hex(phrase), Some(Encoding::Html)),
         ("hex", hex(phrase), Some(Encoding::Hex)),
         (

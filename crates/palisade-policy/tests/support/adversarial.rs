@@ -1,5 +1,6 @@
-//! Adversarial inputs for the policy engine's worst case, shared by `tests/worst_case.rs`,
-//! `benches/engine.rs` and `examples/worst_case.rs` (each includes this file with `#[path]`).
+//! Adversarial inputs for the policy engine's worst case, and the encoders that build them,
+//! shared by `tests/worst_case.rs`, `tests/obfuscation.rs`, `benches/engine.rs` and the `probe`
+//! and `worst_case` examples (each includes this file with `#[path]`).
 //!
 //! Every generator is deterministic. The inputs target the costly paths: decoding (long and
 //! many short encoded segments, nested encodings), normalisation (invisible characters,
@@ -115,6 +116,37 @@ pub fn hex_escapes(s: &str) -> String {
     s.bytes().map(|b| format!("\\x{b:02x}")).collect()
 }
 
+/// Decimal character codes for every byte, space-separated (`73 103 …`).
+pub fn decimal_codes(s: &str) -> String {
+    s.bytes()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Binary octets for every byte, space-separated (`01001001 01100111 …`).
+pub fn binary_octets(s: &str) -> String {
+    s.bytes()
+        .map(|b| format!("{b:08b}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Marks stacked on every letter ("zalgo"): a diaeresis (which composes with some letters) and
+/// strike-throughs, a hook and a Cyrillic mark (which compose with none).
+pub fn zalgo(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let marks: &[char] = if c == ' ' {
+                &[]
+            } else {
+                &['\u{0308}', '\u{0337}', '\u{0334}', '\u{0328}', '\u{0489}']
+            };
+            std::iter::once(c).chain(marks.iter().copied())
+        })
+        .collect()
+}
+
 /// The encoded form of `plain` cut to at most `len` bytes (on a unit boundary).
 fn encoded_to(len: usize, ratio: usize, enc: impl Fn(&str) -> String) -> String {
     let plain = benign(len / ratio + 1);
@@ -176,32 +208,13 @@ pub fn cases() -> Vec<(&'static str, String)> {
     }));
 
     // Character codes and stacked combining marks.
-    let decimal = |s: &str| {
-        s.bytes()
-            .map(|b| b.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let binary = |s: &str| {
-        s.bytes()
-            .map(|b| format!("{b:08b}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    v.push(("char_codes_64k", encoded_to(K64, 4, decimal)));
-    v.push(("binary_64k", encoded_to(K64, 9, binary)));
+    v.push(("char_codes_64k", encoded_to(K64, 4, decimal_codes)));
+    v.push(("binary_64k", encoded_to(K64, 9, binary_octets)));
     v.push((
         "many_char_codes_64k",
-        repeat_to(&format!("{} and ", decimal("hi there")), K64),
+        repeat_to(&format!("{} and ", decimal_codes("hi there")), K64),
     ));
-    v.push((
-        "zalgo_64k",
-        encoded_to(K64, 9, |s: &str| {
-            s.chars()
-                .flat_map(|c| [c, '\u{0337}', '\u{0334}', '\u{0489}'])
-                .collect()
-        }),
-    ));
+    v.push(("zalgo_64k", encoded_to(K64, 9, zalgo)));
 
     // Many short encoded segments separated by plain words.
     v.push(("many_html_64k", repeat_to("word &#105;&#103; text ", K64)));
