@@ -51,7 +51,7 @@ use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, hybrid};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
-use crate::decode::{Encoding, Segment, find_segments};
+use crate::decode::{Encoding, Segment, charge_context, find_segments, selector_payloads};
 use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, required_factors};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
@@ -1134,9 +1134,61 @@ impl PolicySet {
         self.scan_unit(tm, &scanned, None, &mut st);
         if opts.decode {
             self.scan_decoded(tm, &scanned, None, 1, opts, &mut st);
+            self.scan_selector_payloads(tm, text, &scanned, opts, &mut st);
         }
         st.stats.bytes_decoded = budget - st.budget;
         (self.finish(st.hits), st.stats)
+    }
+
+    /// Scans the text hidden in runs of variation selectors. Normalisation removes the
+    /// selectors as invisible, so the runs are looked for in the input `raw`; each payload is
+    /// scanned between the scanned text's words around the place the run was (like the other
+    /// decoded segments, which carry their context), and decoded further.
+    fn scan_selector_payloads(
+        &self,
+        tm: &TargetMatcher,
+        raw: &str,
+        scanned: &str,
+        opts: &EvalOptions,
+        st: &mut EvalState,
+    ) {
+        let mut payloads = Vec::new();
+        selector_payloads(raw, &mut st.budget, &mut payloads);
+        // Where each run sits in `scanned`: normalised, the text before a run ends where the
+        // run was (its selectors are gone); the gaps are normalised one after the other, so
+        // the input is normalised once more in all, and only when it hides a payload.
+        let (mut raw_at, mut at) = (0, 0);
+        for (run, payload) in payloads {
+            if st.segments_left == 0 || st.budget == 0 {
+                return;
+            }
+            st.segments_left -= 1;
+            st.stats.segments += 1;
+            let (start, end) = if opts.normalize {
+                at += normalize(&raw[raw_at..run.start]).len();
+                let p = scanned.floor_char_boundary(at.min(scanned.len()));
+                (p, p)
+            } else {
+                (run.start, run.end)
+            };
+            raw_at = run.end;
+            let Some(around) = charge_context(scanned, start, end, &mut st.budget) else {
+                return;
+            };
+            let joined = format!(
+                "{}{payload}{}",
+                &scanned[around.start..start],
+                &scanned[end..around.end]
+            );
+            let decoded = if opts.normalize {
+                normalize(&joined)
+            } else {
+                Cow::Borrowed(joined.as_str())
+            };
+            let origin = (Encoding::VariationSelectors, around);
+            self.scan_unit(tm, &decoded, Some(&origin), st);
+            self.scan_decoded(tm, &decoded, Some(&origin), 2, opts, st);
+        }
     }
 
     fn scan_decoded(

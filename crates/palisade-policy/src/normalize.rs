@@ -82,6 +82,7 @@ pub fn is_invisible(c: char) -> bool {
         | '\u{FE00}'..='\u{FE0F}' // variation selectors
         | '\u{FEFF}' // BOM / zero-width no-break space
         | '\u{E0000}'..='\u{E001F}' | '\u{E007F}' // tag controls
+        | '\u{E0100}'..='\u{E01EF}' // variation selectors supplement
     )
 }
 
@@ -436,6 +437,16 @@ mod tests {
             .map(|c| char::from_u32(0xE0000 + c as u32).unwrap())
             .collect();
         assert_eq!(normalize(&format!("ok{hidden}")), "okhi");
+    }
+
+    #[test]
+    fn variation_selectors_inside_words_are_removed() {
+        // Both blocks: U+FE00–U+FE0F and the supplement U+E0100–U+E01EF (which renders as
+        // nothing after a Latin letter).
+        assert_eq!(
+            normalize("ig\u{E0101}no\u{FE0F}re pre\u{E01EF}vious"),
+            "ignore previous"
+        );
     }
 
     #[test]

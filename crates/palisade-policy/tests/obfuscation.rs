@@ -3,7 +3,9 @@
 #[path = "support/adversarial.rs"]
 mod adversarial;
 
-use adversarial::{binary_octets, decimal_codes, hex, html_dec, html_hex, percent, zalgo};
+use adversarial::{
+    binary_octets, decimal_codes, hex, html_dec, html_hex, percent, selectors, zalgo,
+};
 use palisade_policy::{Decision, Encoding, Policy, PolicySet, Target, encode_base64};
 
 const POLICY: &str = r#"{
@@ -60,6 +62,11 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
             "stacked combining marks",
             zalgo(phrase),
             Some(Encoding::CombiningMarks),
+        ),
+        (
+            "variation selectors",
+            selectors(phrase),
+            Some(Encoding::VariationSelectors),
         ),
         (
             "decimal character codes",

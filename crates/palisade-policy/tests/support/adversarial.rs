@@ -147,6 +147,21 @@ pub fn zalgo(s: &str) -> String {
         .collect()
 }
 
+/// Every byte hidden in an invisible variation selector after an emoji (`😀` then U+FE00 + b
+/// for bytes below 16, U+E0100 + b − 16 for the others): the text shows one emoji.
+pub fn selectors(s: &str) -> String {
+    std::iter::once('\u{1F600}')
+        .chain(s.bytes().map(|b| {
+            let cp = if b < 16 {
+                0xFE00 + u32::from(b)
+            } else {
+                0xE0100 + u32::from(b) - 16
+            };
+            char::from_u32(cp).unwrap()
+        }))
+        .collect()
+}
+
 /// The encoded form of `plain` cut to at most `len` bytes (on a unit boundary).
 fn encoded_to(len: usize, ratio: usize, enc: impl Fn(&str) -> String) -> String {
     let plain = benign(len / ratio + 1);
@@ -215,6 +230,11 @@ pub fn cases() -> Vec<(&'static str, String)> {
         repeat_to(&format!("{} and ", decimal_codes("hi there")), K64),
     ));
     v.push(("zalgo_64k", encoded_to(K64, 9, zalgo)));
+    v.push(("selectors_64k", encoded_to(K64, 4, selectors)));
+    v.push((
+        "many_selectors_attack_64k",
+        repeat_to(&format!("{} and ", selectors(ATTACK)), K64),
+    ));
 
     // Many short encoded segments separated by plain words.
     v.push(("many_html_64k", repeat_to("word &#105;&#103; text ", K64)));
