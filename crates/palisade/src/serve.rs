@@ -256,6 +256,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    // Start-up parsed, checked and dropped much more than it keeps (the packs, the seeded
+    // tables, the config): without a trim the idle process keeps those freed pages resident
+    // (measured without policies: 11.7 MiB of anonymous memory instead of 4.7).
+    palisade_policy::release_free_memory();
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
