@@ -21,7 +21,7 @@
 
 use regex_syntax::ParserBuilder;
 use regex_syntax::hir::{
-    Capture, Class, ClassUnicode, ClassUnicodeRange, Hir, HirKind, Repetition,
+    Capture, Class, ClassUnicode, ClassUnicodeRange, Hir, HirKind, Look, Repetition,
 };
 
 /// A class keeps its exact non-ASCII members when it has at most this many non-ASCII ranges
@@ -37,7 +37,12 @@ pub(crate) fn widen_pattern(pattern: &str) -> String {
     let Some(hir) = parse(pattern) else {
         return pattern.to_owned();
     };
-    let widened = keep_rarest_tail(rebuild(hir.clone(), &widen_leaf, &widen_bounds));
+    let rules = Rules {
+        leaf: widen_leaf,
+        bounds: widen_bounds,
+        look: widen_look,
+    };
+    let widened = keep_rarest_tail(rebuild(hir.clone(), &rules));
     if widened == hir {
         pattern.to_owned()
     } else {
@@ -45,35 +50,44 @@ pub(crate) fn widen_pattern(pattern: &str) -> String {
     }
 }
 
-/// Rebuilds `hir` with every literal and class replaced by `leaf` (which receives only those two
-/// kinds) and every repetition's bounds by `bounds`.
-fn rebuild(
-    hir: Hir,
-    leaf: &impl Fn(HirKind) -> Hir,
-    bounds: &impl Fn(u32, Option<u32>) -> (u32, Option<u32>),
-) -> Hir {
+/// How [`rebuild`] replaces the parts of a pattern.
+struct Rules<L, B, K> {
+    /// Literals and classes (it receives only those two kinds).
+    leaf: L,
+    /// A repetition's bounds.
+    bounds: B,
+    /// Look-around assertions.
+    look: K,
+}
+
+/// Rebuilds `hir` with its literals, classes, repetition bounds and assertions replaced by
+/// `rules`.
+fn rebuild<L, B, K>(hir: Hir, rules: &Rules<L, B, K>) -> Hir
+where
+    L: Fn(HirKind) -> Hir,
+    B: Fn(u32, Option<u32>) -> (u32, Option<u32>),
+    K: Fn(Look) -> Hir,
+{
     match hir.into_kind() {
         HirKind::Empty => Hir::empty(),
-        HirKind::Look(look) => Hir::look(look),
-        k @ (HirKind::Literal(_) | HirKind::Class(_)) => leaf(k),
+        HirKind::Look(look) => (rules.look)(look),
+        k @ (HirKind::Literal(_) | HirKind::Class(_)) => (rules.leaf)(k),
         HirKind::Repetition(rep) => {
-            let (min, max) = bounds(rep.min, rep.max);
+            let (min, max) = (rules.bounds)(rep.min, rep.max);
             Hir::repetition(Repetition {
                 min,
                 max,
-                sub: Box::new(rebuild(*rep.sub, leaf, bounds)),
+                sub: Box::new(rebuild(*rep.sub, rules)),
                 ..rep
             })
         }
         HirKind::Capture(cap) => Hir::capture(Capture {
-            sub: Box::new(rebuild(*cap.sub, leaf, bounds)),
+            sub: Box::new(rebuild(*cap.sub, rules)),
             ..cap
         }),
-        HirKind::Concat(subs) => {
-            Hir::concat(subs.into_iter().map(|h| rebuild(h, leaf, bounds)).collect())
-        }
+        HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(|h| rebuild(h, rules)).collect()),
         HirKind::Alternation(subs) => {
-            Hir::alternation(subs.into_iter().map(|h| rebuild(h, leaf, bounds)).collect())
+            Hir::alternation(subs.into_iter().map(|h| rebuild(h, rules)).collect())
         }
     }
 }
@@ -85,6 +99,22 @@ fn widen_leaf(kind: HirKind) -> Hir {
         HirKind::Class(c) => Hir::class(c),
         HirKind::Literal(lit) => Hir::literal(lit.0),
         _ => unreachable!("rebuild passes only literals and classes"),
+    }
+}
+
+/// Assertions in the prefilter: a Unicode word boundary (one the pattern keeps because a
+/// non-ASCII letter may sit beside it, see [`crate::model::prepare_regex`]) is dropped. The lazy
+/// DFA cannot evaluate it on non-ASCII text and would give up on every such prompt; without it
+/// the pattern matches more, which a prefilter may, and the rule's own regex decides.
+fn widen_look(look: Look) -> Hir {
+    match look {
+        Look::WordUnicode
+        | Look::WordUnicodeNegate
+        | Look::WordStartUnicode
+        | Look::WordEndUnicode
+        | Look::WordStartHalfUnicode
+        | Look::WordEndHalfUnicode => Hir::empty(),
+        other => Hir::look(other),
     }
 }
 
@@ -104,8 +134,12 @@ fn widen_bounds(min: u32, max: Option<u32>) -> (u32, Option<u32>) {
 /// rule regex ~250 KiB compiled; most are a tenth of that without them. Normalised prompts are
 /// nearly always ASCII, so this is the form the engine compiles first.
 pub(crate) fn ascii_form(hir: Hir) -> String {
-    let keep = |min, max| (min, max);
-    rebuild(hir, &ascii_leaf, &keep).to_string()
+    let rules = Rules {
+        leaf: ascii_leaf,
+        bounds: |min, max| (min, max),
+        look: Hir::look,
+    };
+    rebuild(hir, &rules).to_string()
 }
 
 /// A pattern parsed as the engine's regexes are (the regex crate's defaults).
