@@ -11,6 +11,8 @@
 //! probe cold SIZE MIB [TARGET]          per-call time when MIB of other memory was touched
 //!                                       before each call (caches evicted, as in a busy gateway)
 //! probe lines TARGET FILE [POLICIES_DIR] evaluate each line (a JSON string) of FILE as TARGET
+//! probe norm FILE                       each line (a JSON string) of FILE as the rules see it
+//!                                       (normalised), to write patterns for other scripts
 //! probe heap POLICIES_DIR [RULE_ID...]  heap bytes in use for the compiled set, and what the
 //!                                       first 1 KiB benign evaluation adds (lazily built rule
 //!                                       checks), without the given rules: what each rule costs
@@ -33,6 +35,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let corpora = harness::load_corpora(&harness::eval_dir().join("corpora")).unwrap();
     match args[0].as_str() {
+        "norm" => {
+            for l in std::fs::read_to_string(&args[1]).unwrap().lines() {
+                if let Ok(text) = serde_json::from_str::<String>(l) {
+                    println!("{}", palisade_policy::normalize(&text));
+                }
+            }
+        }
         "dump" => {
             let split = args[1].clone();
             let (set, _, _) = harness::load_packs().unwrap();
@@ -341,7 +350,7 @@ fn main() {
                 evaluated.saturating_sub(compiled) / 1024
             );
         }
-        _ => panic!("dump|rules|time|spin|cold|lines|heap"),
+        _ => panic!("norm|dump|rules|time|spin|cold|lines|heap"),
     }
 }
 
