@@ -1107,34 +1107,35 @@ mod tests {
 
     #[test]
     fn prepare_regex_keeps_unicode_boundaries_beside_possible_non_ascii_letters() {
-        assert_eq!(prepare_regex(r"\bdan\b"), r"(?-u:\b)dan(?-u:\b)");
-        assert_eq!(prepare_regex(r"\\b"), r"\\b");
-        assert_eq!(prepare_regex(r"[a-z]x\B"), r"[a-z]x(?-u:\B)");
-        assert_eq!(prepare_regex(r"[]a]\b"), r"[]a](?-u:\b)");
-        assert_eq!(prepare_regex(r"[a-z-]{2}\b"), r"[a-z-]{2}(?-u:\b)");
-        assert_eq!(prepare_regex(r"[^a]\b"), r"[^a]\b");
-        assert_eq!(prepare_regex("plain"), "plain");
-        // Groups, alternations and optional items are looked through.
-        assert_eq!(
-            prepare_regex(r"(?i)\b(?:all\s+)?(?:ignore|forget)\b"),
-            r"(?i)(?-u:\b)(?:all\s+)?(?:ignore|forget)(?-u:\b)"
-        );
-        assert_eq!(
-            prepare_regex(r"\b[A-Z0-9_]{3}\d+\b"),
-            r"(?-u:\b)[A-Z0-9_]{3}\d+(?-u:\b)"
-        );
-        // A non-ASCII letter, a class that may match one or a possibly-empty side keeps the
-        // Unicode form.
-        assert_eq!(prepare_regex(r"(?i)\bälä\s"), r"(?i)\bälä\s");
-        assert_eq!(prepare_regex(r"grü\b"), r"grü\b");
-        assert_eq!(prepare_regex(r"\b\w+"), r"(?-u:\b)\w+");
-        assert_eq!(prepare_regex(r"\b\S+"), r"\b\S+");
-        assert_eq!(prepare_regex(r"\b(?:ü|u)"), r"\b(?:ü|u)");
-        assert_eq!(prepare_regex(r"\b(?:x)?"), r"\b(?:x)?");
-        assert_eq!(prepare_regex(r"\b[a-zà-ÿ]"), r"\b[a-zà-ÿ]");
-        assert_eq!(prepare_regex(r"\s\b"), r"\s(?-u:\b)");
-        // Either side suffices.
-        assert_eq!(prepare_regex(r"ä\bx"), r"ä(?-u:\b)x");
+        for (pattern, prepared) in [
+            (r"\bdan\b", r"(?-u:\b)dan(?-u:\b)"),
+            (r"\\b", r"\\b"),
+            (r"[a-z]x\B", r"[a-z]x(?-u:\B)"),
+            (r"[]a]\b", r"[]a](?-u:\b)"),
+            (r"[a-z-]{2}\b", r"[a-z-]{2}(?-u:\b)"),
+            ("plain", "plain"),
+            // Groups, alternations and optional items are looked through.
+            (
+                r"(?i)\b(?:all\s+)?(?:ignore|forget)\b",
+                r"(?i)(?-u:\b)(?:all\s+)?(?:ignore|forget)(?-u:\b)",
+            ),
+            (r"\b[A-Z0-9_]{3}\d+\b", r"(?-u:\b)[A-Z0-9_]{3}\d+(?-u:\b)"),
+            (r"\b\w+", r"(?-u:\b)\w+"),
+            (r"\s\b", r"\s(?-u:\b)"),
+            // Either side suffices.
+            (r"ä\bx", r"ä(?-u:\b)x"),
+            // A non-ASCII letter, a class that may match one or a possibly-empty side keeps
+            // the Unicode form.
+            (r"[^a]\b", r"[^a]\b"),
+            (r"(?i)\bälä\s", r"(?i)\bälä\s"),
+            (r"grü\b", r"grü\b"),
+            (r"\b\S+", r"\b\S+"),
+            (r"\b(?:ü|u)", r"\b(?:ü|u)"),
+            (r"\b(?:x)?", r"\b(?:x)?"),
+            (r"\b[a-zà-ÿ]", r"\b[a-zà-ÿ]"),
+        ] {
+            assert_eq!(prepare_regex(pattern), prepared, "{pattern}");
+        }
     }
 
     #[test]
