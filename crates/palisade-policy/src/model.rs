@@ -676,16 +676,29 @@ fn ascii_side_boundaries(ast: &regex_syntax::ast::Ast, out: &mut Vec<usize>) {
     use regex_syntax::ast::{AssertionKind, Ast};
     match ast {
         Ast::Concat(c) => {
+            // The edge of what follows (precedes) each item, computed once from each end so a
+            // concatenation of many assertions costs linear time.
+            let n = c.asts.len();
+            let mut after = vec![Edge::Empty; n + 1];
+            for i in (0..n).rev() {
+                after[i] = match edge_of(&c.asts[i], true) {
+                    Edge::Empty => after[i + 1],
+                    e => e,
+                };
+            }
+            let mut before = Edge::Empty;
             for (i, item) in c.asts.iter().enumerate() {
                 if let Ast::Assertion(a) = item
                     && matches!(
                         a.kind,
                         AssertionKind::WordBoundary | AssertionKind::NotWordBoundary
                     )
-                    && (edge(c.asts[i + 1..].iter(), true) == Edge::Ascii
-                        || edge(c.asts[..i].iter().rev(), false) == Edge::Ascii)
+                    && (after[i + 1] == Edge::Ascii || before == Edge::Ascii)
                 {
                     out.push(a.span.start.offset);
+                }
+                if let e @ (Edge::Ascii | Edge::Other) = edge_of(item, false) {
+                    before = e;
                 }
                 ascii_side_boundaries(item, out);
             }
@@ -1136,6 +1149,17 @@ mod tests {
         ] {
             assert_eq!(prepare_regex(pattern), prepared, "{pattern}");
         }
+    }
+
+    #[test]
+    fn many_boundaries_are_prepared_in_linear_time() {
+        // A concatenation of assertions: each one's neighbours are found once, not by a scan
+        // over all the others (100 000 of them would take minutes).
+        let p = format!("{}x", r"\b".repeat(100_000));
+        let prepared = prepare_regex(&p);
+        assert_eq!(prepared.matches("(?-u:").count(), 100_000);
+        let p = format!("{}ä", r"\b".repeat(100_000));
+        assert_eq!(prepare_regex(&p), p);
     }
 
     #[test]
