@@ -51,7 +51,9 @@ use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, hybrid};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
-use crate::decode::{Encoding, Segment, charge_context, find_segments, selector_payloads};
+use crate::decode::{
+    Encoding, Segment, charge_context, find_segments, selector_payloads, spaced_letters,
+};
 use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, required_factors};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
@@ -1134,17 +1136,18 @@ impl PolicySet {
         self.scan_unit(tm, &scanned, None, &mut st);
         if opts.decode {
             self.scan_decoded(tm, &scanned, None, 1, opts, &mut st);
-            self.scan_selector_payloads(tm, text, &scanned, opts, &mut st);
+            self.scan_raw_payloads(tm, text, &scanned, opts, &mut st);
         }
         st.stats.bytes_decoded = budget - st.budget;
         (self.finish(st.hits), st.stats)
     }
 
-    /// Scans the text hidden in runs of variation selectors. Normalisation removes the
-    /// selectors as invisible, so the runs are looked for in the input `raw`; each payload is
-    /// scanned between the scanned text's words around the place the run was (like the other
-    /// decoded segments, which carry their context), and decoded further.
-    fn scan_selector_payloads(
+    /// Scans what two decoders find in the input `raw` rather than in the normalised text,
+    /// because normalisation erases what they read: bytes hidden in runs of variation
+    /// selectors (removed as invisible) and letters written apart (their gaps collapsed). Each
+    /// payload is scanned between the scanned text's words around the place its run was (like
+    /// the other decoded segments, which carry their context), and decoded further.
+    fn scan_raw_payloads(
         &self,
         tm: &TargetMatcher,
         raw: &str,
@@ -1152,22 +1155,44 @@ impl PolicySet {
         opts: &EvalOptions,
         st: &mut EvalState,
     ) {
-        let mut payloads = Vec::new();
-        selector_payloads(raw, &mut st.budget, &mut payloads);
-        // Where each run sits in `scanned`: normalised, the text before a run ends where the
-        // run was (its selectors are gone); the gaps are normalised one after the other, so
-        // the input is normalised once more in all, and only when it hides a payload.
+        let mut found = Vec::new();
+        selector_payloads(raw, &mut st.budget, &mut found);
+        let selectors = found.len();
+        spaced_letters(raw, &mut st.budget, &mut found);
+        let mut payloads: Vec<(Encoding, Range<usize>, String)> = found
+            .into_iter()
+            .enumerate()
+            .map(|(k, (run, text))| {
+                let kind = if k < selectors {
+                    Encoding::VariationSelectors
+                } else {
+                    Encoding::SpacedLetters
+                };
+                (kind, run, text)
+            })
+            .collect();
+        if payloads.is_empty() {
+            return;
+        }
+        payloads.sort_by_key(|(_, run, _)| run.start);
+        // Where each run sits in `scanned`: the gaps between runs and the runs themselves are
+        // normalised one after the other (the input is normalised once more in all, and only
+        // when it hides a payload); a selector run normalises to nothing.
         let (mut raw_at, mut at) = (0, 0);
-        for (run, payload) in payloads {
+        for (kind, run, payload) in payloads {
             if st.segments_left == 0 || st.budget == 0 {
                 return;
             }
-            st.segments_left -= 1;
-            st.stats.segments += 1;
             let (start, end) = if opts.normalize {
                 at += normalize(&raw[raw_at..run.start]).len();
-                let p = scanned.floor_char_boundary(at.min(scanned.len()));
-                (p, p)
+                let start = scanned.floor_char_boundary(at.min(scanned.len()));
+                at += normalize(&raw[run.clone()]).len();
+                (
+                    start,
+                    scanned
+                        .floor_char_boundary(at.min(scanned.len()))
+                        .max(start),
+                )
             } else {
                 (run.start, run.end)
             };
@@ -1175,6 +1200,8 @@ impl PolicySet {
             let Some(around) = charge_context(scanned, start, end, &mut st.budget) else {
                 return;
             };
+            st.segments_left -= 1;
+            st.stats.segments += 1;
             let joined = format!(
                 "{}{payload}{}",
                 &scanned[around.start..start],
@@ -1185,7 +1212,7 @@ impl PolicySet {
             } else {
                 Cow::Borrowed(joined.as_str())
             };
-            let origin = (Encoding::VariationSelectors, around);
+            let origin = (kind, around);
             self.scan_unit(tm, &decoded, Some(&origin), st);
             self.scan_decoded(tm, &decoded, Some(&origin), 2, opts, st);
         }

@@ -50,7 +50,9 @@ mod redact;
 mod widen;
 
 pub use classifier::{classifier_model, classifier_models};
-pub use decode::{Encoding, Segment, encode_base64, find_segments, selector_payloads};
+pub use decode::{
+    Encoding, Segment, encode_base64, find_segments, selector_payloads, spaced_letters,
+};
 pub use engine::{
     Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
 };

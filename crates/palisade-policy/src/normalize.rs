@@ -109,6 +109,7 @@ pub fn confusable(c: char) -> Option<char> {
         'н' => 'h',
         'о' => 'o',
         'р' => 'p',
+        'г' => 'r',
         'с' => 'c',
         'т' => 't',
         'у' => 'y',
@@ -464,6 +465,8 @@ mod tests {
             normalize("\u{0456}gn\u{043E}r\u{0435} previous"),
             "ignore previous"
         );
+        // Cyrillic г standing in for r.
+        assert_eq!(normalize("supp\u{0433}ess"), "suppress");
         // Greek omicron and alpha.
         assert_eq!(normalize("ign\u{03BF}re \u{03B1}ll"), "ignore all");
         // A word made only of look-alikes is folded too.

@@ -4,7 +4,7 @@
 mod adversarial;
 
 use adversarial::{
-    binary_octets, decimal_codes, hex, html_dec, html_hex, percent, selectors, zalgo,
+    binary_octets, decimal_codes, hex, html_dec, html_hex, percent, selectors, spaced, zalgo,
 };
 use palisade_policy::{Decision, Encoding, Policy, PolicySet, Target, encode_base64};
 
@@ -49,7 +49,7 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
             }
         })
         .collect();
-    let spaced = phrase.replace(' ', " \n\t  ");
+    let whitespace_runs = phrase.replace(' ', " \n\t  ");
     vec![
         ("plain", phrase.to_owned(), None),
         ("upper case", phrase.to_uppercase(), None),
@@ -57,11 +57,16 @@ fn variants(phrase: &str) -> Vec<(&'static str, String, Option<Encoding>)> {
         ("soft hyphen and bidi", soft_hyphen_bidi, None),
         ("homoglyphs", homoglyph, None),
         ("fullwidth", fullwidth, None),
-        ("whitespace runs", spaced, None),
+        ("whitespace runs", whitespace_runs, None),
         (
             "stacked combining marks",
             zalgo(phrase),
             Some(Encoding::CombiningMarks),
+        ),
+        (
+            "letters written apart",
+            spaced(phrase),
+            Some(Encoding::SpacedLetters),
         ),
         (
             "variation selectors",

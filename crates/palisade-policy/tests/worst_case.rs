@@ -117,6 +117,7 @@ fn detections_survive_in_adversarial_inputs() {
         "b64_url_attack_64k",
         "many_b64_attack_64k",
         "many_selectors_attack_64k",
+        "many_spaced_attack_64k",
         "zero_width_attack_64k",
         "kitchen_sink_64k",
     ] {

@@ -162,6 +162,20 @@ pub fn selectors(s: &str) -> String {
         .collect()
 }
 
+/// Letters written apart: one space between the letters of a word, three between words.
+pub fn spaced(s: &str) -> String {
+    s.split(' ')
+        .map(|w| {
+            w.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("   ")
+}
+
 /// The encoded form of `plain` cut to at most `len` bytes (on a unit boundary).
 fn encoded_to(len: usize, ratio: usize, enc: impl Fn(&str) -> String) -> String {
     let plain = benign(len / ratio + 1);
@@ -231,6 +245,11 @@ pub fn cases() -> Vec<(&'static str, String)> {
     ));
     v.push(("zalgo_64k", encoded_to(K64, 9, zalgo)));
     v.push(("selectors_64k", encoded_to(K64, 4, selectors)));
+    v.push(("spaced_64k", encoded_to(K64, 3, spaced)));
+    v.push((
+        "many_spaced_attack_64k",
+        repeat_to(&format!("{} and ", spaced(ATTACK)), K64),
+    ));
     v.push((
         "many_selectors_attack_64k",
         repeat_to(&format!("{} and ", selectors(ATTACK)), K64),
