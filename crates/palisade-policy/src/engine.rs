@@ -51,9 +51,7 @@ use regex_automata::{Anchored, Input, MatchKind as RegexMatchKind, hybrid};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
-use crate::decode::{
-    Encoding, Segment, charge_context, find_segments, selector_payloads, spaced_letters,
-};
+use crate::decode::{Encoding, Segment, charge_context, find_segments, raw_segments};
 use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, required_factors};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
@@ -1155,31 +1153,17 @@ impl PolicySet {
         opts: &EvalOptions,
         st: &mut EvalState,
     ) {
-        let mut found = Vec::new();
-        selector_payloads(raw, &mut st.budget, &mut found);
-        let selectors = found.len();
-        spaced_letters(raw, &mut st.budget, &mut found);
-        let mut payloads: Vec<(Encoding, Range<usize>, String)> = found
-            .into_iter()
-            .enumerate()
-            .map(|(k, (run, text))| {
-                let kind = if k < selectors {
-                    Encoding::VariationSelectors
-                } else {
-                    Encoding::SpacedLetters
-                };
-                (kind, run, text)
-            })
-            .collect();
-        if payloads.is_empty() {
-            return;
-        }
-        payloads.sort_by_key(|(_, run, _)| run.start);
+        let payloads = raw_segments(raw, &mut st.budget);
         // Where each run sits in `scanned`: the gaps between runs and the runs themselves are
         // normalised one after the other (the input is normalised once more in all, and only
         // when it hides a payload); a selector run normalises to nothing.
         let (mut raw_at, mut at) = (0, 0);
-        for (kind, run, payload) in payloads {
+        for Segment {
+            range: run,
+            kind,
+            decoded: payload,
+        } in payloads
+        {
             if st.segments_left == 0 || st.budget == 0 {
                 return;
             }

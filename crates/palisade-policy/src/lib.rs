@@ -50,9 +50,7 @@ mod redact;
 mod widen;
 
 pub use classifier::{classifier_model, classifier_models};
-pub use decode::{
-    Encoding, Segment, encode_base64, find_segments, selector_payloads, spaced_letters,
-};
+pub use decode::{Encoding, Segment, encode_base64, find_segments};
 pub use engine::{
     Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
 };
