@@ -8,8 +8,9 @@
 //! probe time [POLICIES_DIR]             min-of-batches evaluate() time on the bench's benign text
 //! probe spin SIZE SECS                  one benign text of SIZE bytes, SECS seconds (profiling;
 //!                                       per-call percentiles, anonymous memory before/after)
-//! probe cold SIZE MIB [TARGET]          per-call time when MIB of other memory was touched
-//!                                       before each call (caches evicted, as in a busy gateway)
+//! probe cold SIZE MIB [TARGET [NAP]]    per-call time when MIB of other memory was touched
+//!                                       (caches evicted, as in a busy gateway) and NAP ms
+//!                                       were slept (as an idle one does) before each call
 //! probe lines TARGET FILE [POLICIES_DIR] evaluate each line (a JSON string) of FILE as TARGET
 //! probe norm FILE                       each line (a JSON string) of FILE as the rules see it
 //!                                       (normalised), to write patterns for other scripts
@@ -248,6 +249,9 @@ fn main() {
             // CPU caches between calls (EVICT MiB of memory touched before each call)
             let size: usize = args[1].parse().unwrap();
             let evict: usize = args[2].parse().unwrap();
+            // NAP: milliseconds asleep before each call (what an idle gateway does between
+            // requests at a low rate).
+            let nap: u64 = args.get(4).map_or(0, |v| v.parse().unwrap());
             let packs = palisade_policy::load_dir(harness::policies_dir()).unwrap();
             let set = PolicySet::compile(&packs).unwrap();
             let text = adversarial::benign(size);
@@ -262,7 +266,33 @@ fn main() {
             let mut each = Vec::new();
             let model = palisade_policy::classifier_model("prompt-attack").unwrap();
             let normal = palisade_policy::normalize(&text);
-            let parts: [(&str, &dyn Fn()); 3] = [
+            let nodecode = palisade_policy::EvalOptions {
+                decode: false,
+                ..Default::default()
+            };
+            let raw = palisade_policy::EvalOptions {
+                decode: false,
+                normalize: false,
+                ..Default::default()
+            };
+            let parts: [(&str, &dyn Fn()); 5] = [
+                ("evaluate (no decoding)", &|| {
+                    std::hint::black_box(set.evaluate_with_stats(
+                        target,
+                        std::hint::black_box(&normal),
+                        &nodecode,
+                    ));
+                }),
+                (
+                    "evaluate (normalised text, no normalising or decoding)",
+                    &|| {
+                        std::hint::black_box(set.evaluate_with_stats(
+                            target,
+                            std::hint::black_box(&normal),
+                            &raw,
+                        ));
+                    },
+                ),
                 ("evaluate", &|| {
                     std::hint::black_box(set.evaluate(target, std::hint::black_box(&text)));
                 }),
@@ -275,7 +305,11 @@ fn main() {
             ];
             for (name, f) in parts {
                 each.clear();
-                for round in 0..2000u32 {
+                let rounds = if nap > 0 { 200 } else { 2000u32 };
+                for round in 0..rounds {
+                    if nap > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(nap));
+                    }
                     for i in (0..junk.len()).step_by(64) {
                         junk[i] = junk[i].wrapping_add(round as u8);
                     }
