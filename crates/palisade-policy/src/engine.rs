@@ -786,9 +786,6 @@ pub struct PolicySet {
     factors: Option<FactorSet>,
     /// The rules with a regex or keyword without literal factors (candidates on such texts).
     factorless: Vec<u32>,
-    /// A prefilter of those patterns alone, which tells which of these rules can match on such
-    /// a text.
-    factorless_set: Option<FactorlessSet>,
     /// What `set`'s lazy DFA may spend on new states beyond each unit's own budget.
     state_credit: StateCredit,
     /// Rule of each set pattern, and which of the rule's patterns it stands for.
@@ -806,128 +803,6 @@ impl fmt::Debug for PolicySet {
 
 fn compile_err(e: impl fmt::Display) -> PolicyError {
     PolicyError::Compile(e.to_string())
-}
-
-/// What the factor thread of [`PolicySet::compile`] builds: the literal factors, the rules
-/// with a pattern that has none, and the prefilter of those patterns.
-type FactorSide = (Option<FactorSet>, Vec<u32>, Option<FactorlessSet>);
-
-/// Lazy-DFA cache capacity of the factorless prefilter (its states are small: it holds a few
-/// hundred patterns' worth of NFA, not the whole packs').
-const FACTORLESS_DFA_LIMIT: usize = 4 << 20;
-/// New state memory one unit may add to the factorless prefilter's cache before every
-/// factorless rule becomes a candidate instead.
-const FACTORLESS_STATE_BUDGET: usize = 256 << 10;
-/// Units sent to the literal factors after which the factorless prefilter is built.
-const FACTORLESS_BUILD_AFTER: usize = 32;
-
-/// The patterns that have no literal factor (PII and secret formats, SQL and shell shapes,
-/// case-insensitive words in scripts with case, long alternations) in a set of their own, with
-/// the rule of each.
-///
-/// On a text that finds the shared set over its state budget (novel text, often in another
-/// language), candidates come from the literal factors; without this set every rule with such
-/// a pattern is a candidate too and is checked over the whole text: ~70 of them for a request,
-/// most of a 2 ms evaluation of a novel 4 KiB German prompt. The set is small, so its lazy DFA
-/// builds states cheaply. It costs ~1 MiB of NFA plus its cache, so it is built (on a thread
-/// of its own, while the evaluations go on without it) only once [`FACTORLESS_BUILD_AFTER`]
-/// units have needed it: a gateway whose traffic the shared set has learned never pays for it.
-struct FactorlessSet {
-    inner: Arc<FactorlessInner>,
-}
-
-struct FactorlessInner {
-    /// The patterns, end to end (one allocation), and where each ends.
-    patterns: String,
-    ends: Vec<usize>,
-    owner: Vec<u32>,
-    /// The prefilter once built (`None` if it could not be).
-    set: OnceLock<Option<Forward>>,
-    /// Units that went to the literal factors so far.
-    needed: std::sync::atomic::AtomicUsize,
-}
-
-impl FactorlessSet {
-    fn new(patterns: String, ends: Vec<usize>, owner: Vec<u32>) -> Option<FactorlessSet> {
-        (!ends.is_empty()).then(|| FactorlessSet {
-            inner: Arc::new(FactorlessInner {
-                patterns: patterns.into_boxed_str().into_string(),
-                ends,
-                owner,
-                set: OnceLock::new(),
-                needed: std::sync::atomic::AtomicUsize::new(0),
-            }),
-        })
-    }
-
-    /// Calls `f` with the rule of every pattern that may match in `text`; returns false (having
-    /// called nothing) when the set is not built yet or the search could not complete within
-    /// its state budget.
-    fn for_each_candidate(&self, text: &str, f: &mut impl FnMut(u32)) -> bool {
-        let Some(built) = self.inner.set.get() else {
-            let needed = self
-                .inner
-                .needed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if needed + 1 == FACTORLESS_BUILD_AFTER {
-                self.build_in_background();
-            }
-            return false;
-        };
-        let Some(set) = built else {
-            return false;
-        };
-        let mut ends = Vec::new();
-        let (mut complete, added) =
-            set.which_matches_within(text, &mut ends, FACTORLESS_STATE_BUDGET);
-        if !complete && added == 0 {
-            // The cache was full and cleared during the search (nothing was added to it): the
-            // search starts again with room.
-            (complete, _) = set.which_matches_within(text, &mut ends, FACTORLESS_STATE_BUDGET);
-        }
-        if complete {
-            ends.iter().for_each(|e| f(self.inner.owner[e.pattern]));
-        }
-        complete
-    }
-
-    fn build_in_background(&self) {
-        let inner = Arc::clone(&self.inner);
-        let spawned = std::thread::Builder::new()
-            .name("palisade-prefilter".into())
-            .spawn(move || inner.build());
-        if spawned.is_err() {
-            self.inner.build();
-        }
-    }
-
-    /// Builds the set now (tests).
-    #[cfg(test)]
-    fn build_now(&self) {
-        self.inner.build();
-    }
-}
-
-impl FactorlessInner {
-    fn build(&self) {
-        self.set.get_or_init(|| {
-            let starts = std::iter::once(0).chain(self.ends.iter().copied());
-            let patterns: Vec<&str> = starts
-                .zip(&self.ends)
-                .map(|(from, &to)| &self.patterns[from..to])
-                .collect();
-            Forward::build(
-                &patterns,
-                &ForwardConfig {
-                    kind: RegexMatchKind::All,
-                    spans: false,
-                    nfa_size_limit: SET_SIZE_LIMIT,
-                    dfa_cache_capacity: FACTORLESS_DFA_LIMIT,
-                },
-            )
-            .ok()
-        });
-    }
 }
 
 fn build_set(patterns: &[String]) -> Result<Option<Forward>> {
@@ -1081,31 +956,19 @@ impl PolicySet {
         // states for a text (see `Forward::which_matches_within`), candidates come from the
         // patterns' literal factors instead (`crate::factors`), plus every rule with a pattern
         // that has none. The two are independent: the factors are built on a second thread.
-        let factor_side = || -> Result<FactorSide> {
+        let factor_side = || -> Result<(Option<FactorSet>, Vec<u32>)> {
             let mut factor_entries = Vec::new();
             let mut factorless: Vec<u32> = Vec::new();
-            // The prefilter forms of those patterns, end to end (kept until the set is built).
-            let (mut factorless_patterns, mut factorless_ends) = (String::new(), Vec::new());
-            let mut factorless_owner: Vec<u32> = Vec::new();
             for (r, srcs) in (0..rule_count).zip(&sources) {
                 for (src, _) in srcs {
-                    if let Some(sets) = required_factors(src) {
-                        factor_entries.push((sets, r));
-                        continue;
+                    match required_factors(src) {
+                        Some(sets) => factor_entries.push((sets, r)),
+                        None if factorless.last() != Some(&r) => factorless.push(r),
+                        None => {}
                     }
-                    if factorless.last() != Some(&r) {
-                        factorless.push(r);
-                    }
-                    factorless_patterns.push_str(&widen_pattern(src));
-                    factorless_ends.push(factorless_patterns.len());
-                    factorless_owner.push(r);
                 }
             }
-            Ok((
-                FactorSet::build(&factor_entries)?,
-                factorless,
-                FactorlessSet::new(factorless_patterns, factorless_ends, factorless_owner),
-            ))
+            Ok((FactorSet::build(&factor_entries)?, factorless))
         };
         let set_side = || -> Result<(Option<Forward>, SetOwners)> {
             // Prefilter sources: large Unicode classes widened (see `crate::widen`).
@@ -1130,7 +993,7 @@ impl PolicySet {
             }
         });
         let (set, set_owner) = set_built?;
-        let (factors, factorless, factorless_set) = match factors_built {
+        let (factors, factorless) = match factors_built {
             Ok(built) => built?,
             Err(panic) => std::panic::resume_unwind(panic),
         };
@@ -1172,7 +1035,6 @@ impl PolicySet {
             set,
             factors,
             factorless,
-            factorless_set,
             state_credit: StateCredit::new(),
             set_owner,
         };
@@ -1431,14 +1293,7 @@ impl PolicySet {
                 if let Some(factors) = &self.factors {
                     factors.for_each_candidate(text, &mut push);
                 }
-                let screened = self
-                    .factorless_set
-                    .as_ref()
-                    .is_some_and(|fs| fs.for_each_candidate(text, &mut push));
-                if !screened {
-                    st.stats.factorless_unscreened += 1;
-                    self.factorless.iter().for_each(|&r| push(r));
-                }
+                self.factorless.iter().for_each(|&r| push(r));
             }
         }
         // Classifier rules are checked on every unit (their model is not in the prefilter).
@@ -1615,9 +1470,6 @@ pub struct ScanStats {
     /// Units whose candidates came from literal factors, because the shared set's lazy DFA
     /// would have needed too many new states for them.
     pub set_budget_exceeded: usize,
-    /// Of those, units on which the prefilter of the patterns without factors was over its own
-    /// budget too, so that every rule with such a pattern was checked.
-    pub factorless_unscreened: usize,
 }
 
 impl PolicySet {
@@ -1961,59 +1813,6 @@ mod tests {
     }
 
     #[test]
-    fn rules_without_factors_are_screened_by_their_own_set() {
-        // Patterns made of classes (no literal to look for): on a text that sends the evaluation to the literal factors, only those whose
-        // patterns can match are checked.
-        let policy = Policy::from_json(
-            r#"{"id":"fl","name":"Factorless","rules":[
-            {"id":"ID","name":"Number shape","category":"pii","severity":"medium",
-             "targets":["llm_request"],
-             "patterns":{"regex":["\\b[0-9]{3}[ .][0-9]{2}[ .][0-9]{4}\\b"]},"action":"alert"},
-            {"id":"IB","name":"Account shape","category":"pii","severity":"medium",
-             "targets":["llm_request"],"patterns":{"regex":["\\b[A-Z]{2}[0-9]{8,}\\b"]},
-             "action":"alert"},
-            {"id":"LIT","name":"Literal","category":"c","severity":"high",
-             "targets":["llm_request"],"patterns":{"regex":["(?i)\\bsecret code\\b"]},
-             "action":"alert"}]}"#,
-        )
-        .unwrap();
-        let s = PolicySet::compile(&[policy]).unwrap();
-        let names: Vec<&str> = s
-            .factorless
-            .iter()
-            .map(|&r| &*s.rules[r as usize].rule_id)
-            .collect();
-        assert_eq!(names, ["ID", "IB"]);
-        let text = "a quarterly report about nothing in particular";
-        // Until the set is built, every rule with such a pattern is checked.
-        let (_, stats) = s.evaluate_inner(Target::LlmRequest, text, &EvalOptions::default(), true);
-        assert_eq!((stats.factorless_unscreened, stats.rule_checks), (1, 2));
-        // It is built in the background once enough units have needed it.
-        for _ in 1..FACTORLESS_BUILD_AFTER {
-            s.evaluate_inner(Target::LlmRequest, text, &EvalOptions::default(), true);
-        }
-        let built = &s.factorless_set.as_ref().unwrap().inner.set;
-        let t0 = Instant::now();
-        while built.get().is_none() && t0.elapsed().as_secs() < 30 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(matches!(built.get(), Some(Some(_))));
-        let opts = EvalOptions::default();
-        let cases: [(&str, &[&str], usize); 4] = [
-            ("a quarterly report about nothing in particular", &[], 0),
-            ("call 123 45 6789 about the secret code", &["ID", "LIT"], 2),
-            ("pay into DE12345678901 today", &["IB"], 1),
-            ("ticket 123.45.67890 stays", &[], 0),
-        ];
-        for (text, want, checks) in cases {
-            let (e, stats) = s.evaluate_inner(Target::LlmRequest, text, &opts, true);
-            assert_eq!(ids(&e), want, "{text}");
-            assert_eq!(stats.factorless_unscreened, 0, "{text}");
-            assert_eq!(stats.rule_checks, checks, "{text}");
-        }
-    }
-
-    #[test]
     fn classifier_rule_catches_an_unlisted_phrasing() {
         let policy = Policy::from_json(
             r#"{"id":"clf","name":"Clf","rules":[
@@ -2225,11 +2024,6 @@ mod tests {
             crate::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).unwrap();
         let mut set = PolicySet::compile(&packs).unwrap();
         set.state_credit = StateCredit::unlimited();
-        set.factorless_set.as_ref().unwrap().build_now();
-        assert!(matches!(
-            set.factorless_set.as_ref().unwrap().inner.set.get(),
-            Some(Some(_))
-        ));
         let opts = EvalOptions::default();
         let key = |e: &Evaluation| -> Vec<(String, Range<usize>, bool)> {
             e.matches
@@ -2237,7 +2031,7 @@ mod tests {
                 .map(|m| (m.rule_id.to_string(), m.span.clone(), m.decoded.is_some()))
                 .collect()
         };
-        let (mut checked, mut via_dfa, mut unscreened) = (0, 0, 0);
+        let (mut checked, mut via_dfa) = (0, 0);
         for rule in packs.iter().flat_map(|p| &p.rules) {
             let examples = rule.examples.positive.iter().chain(&rule.examples.negative);
             // Inside prose: on the rule's first target only (the windows do not depend on it).
@@ -2255,16 +2049,11 @@ mod tests {
                     // (The lazy DFA also stops at non-ASCII text next to a Unicode `\b`.)
                     via_dfa += usize::from(stats.set_budget_exceeded == 0);
                     assert_eq!(fstats.set_budget_exceeded, fstats.units);
-                    unscreened += fstats.factorless_unscreened;
                     checked += 1;
                 }
             }
         }
         assert!(checked > 1000, "{checked}");
-        // The rules with a pattern without factors were screened by a set of their own (but on
-        // the few units that would need more new states than its budget allows: there every
-        // such rule is checked, as before the set was built).
-        assert!(unscreened * 100 <= checked, "{unscreened} of {checked}");
         assert!(via_dfa * 10 > checked * 9, "{via_dfa} of {checked}");
     }
 
