@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
 use crate::decode::{Encoding, Segment, charge_context, find_segments, raw_segments};
 use crate::error::{PolicyError, Result};
-use crate::factors::{FactorSet, required_factors};
+use crate::factors::{ByteSet, FactorSet, bytes_of, first_bytes, intersects, required_factors};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, build_prepared, checked_regex,
@@ -784,8 +784,9 @@ pub struct PolicySet {
     /// Literal factors of the rules' regexes and keywords (`crate::factors`): the prefilter
     /// for texts on which `set` would need too many new lazy-DFA states.
     factors: Option<FactorSet>,
-    /// The rules with a regex or keyword without literal factors (candidates on such texts).
-    factorless: Vec<u32>,
+    /// The rules with a regex or keyword without literal factors (candidates on such texts
+    /// that hold one of the bytes their factorless patterns can begin with: `None`, any text).
+    factorless: Vec<(u32, Option<ByteSet>)>,
     /// What `set`'s lazy DFA may spend on new states beyond each unit's own budget.
     state_credit: StateCredit,
     /// Rule of each set pattern, and which of the rule's patterns it stands for.
@@ -804,6 +805,10 @@ impl fmt::Debug for PolicySet {
 fn compile_err(e: impl fmt::Display) -> PolicyError {
     PolicyError::Compile(e.to_string())
 }
+
+/// What the factor thread of [`PolicySet::compile`] builds: the literal factors, and the rules
+/// with a pattern that has none (with the bytes those patterns can begin with).
+type FactorSide = (Option<FactorSet>, Vec<(u32, Option<ByteSet>)>);
 
 fn build_set(patterns: &[String]) -> Result<Option<Forward>> {
     if patterns.is_empty() {
@@ -956,15 +961,23 @@ impl PolicySet {
         // states for a text (see `Forward::which_matches_within`), candidates come from the
         // patterns' literal factors instead (`crate::factors`), plus every rule with a pattern
         // that has none. The two are independent: the factors are built on a second thread.
-        let factor_side = || -> Result<(Option<FactorSet>, Vec<u32>)> {
+        let factor_side = || -> Result<FactorSide> {
             let mut factor_entries = Vec::new();
-            let mut factorless: Vec<u32> = Vec::new();
+            let mut factorless: Vec<(u32, Option<ByteSet>)> = Vec::new();
             for (r, srcs) in (0..rule_count).zip(&sources) {
                 for (src, _) in srcs {
-                    match required_factors(src) {
-                        Some(sets) => factor_entries.push((sets, r)),
-                        None if factorless.last() != Some(&r) => factorless.push(r),
-                        None => {}
+                    if let Some(sets) = required_factors(src) {
+                        factor_entries.push((sets, r));
+                        continue;
+                    }
+                    let first = first_bytes(src);
+                    match factorless.last_mut() {
+                        Some((last, bytes)) if *last == r => {
+                            *bytes = bytes
+                                .zip(first)
+                                .map(|(a, b)| std::array::from_fn(|i| a[i] | b[i]));
+                        }
+                        _ => factorless.push((r, first)),
                     }
                 }
             }
@@ -1293,7 +1306,12 @@ impl PolicySet {
                 if let Some(factors) = &self.factors {
                     factors.for_each_candidate(text, &mut push);
                 }
-                self.factorless.iter().for_each(|&r| push(r));
+                let present = bytes_of(text);
+                for (r, first) in &self.factorless {
+                    if first.as_ref().is_none_or(|f| intersects(f, &present)) {
+                        push(*r);
+                    }
+                }
             }
         }
         // Classifier rules are checked on every unit (their model is not in the prefilter).

@@ -7,7 +7,8 @@
 //! case-insensitive, so it finds a superset) marks the sets that occur; a pattern whose sets all
 //! occur makes its rule a candidate, to be confirmed by the rule's own regexes. Patterns without
 //! a factor of at least three bytes (`\d{3}-\d{4}`) have no entry: their rules are candidates
-//! whenever this prefilter is used.
+//! whenever this prefilter is used and the text holds a byte they can begin with
+//! ([`first_bytes`]: a digit, a quote, a Cyrillic letter…).
 //!
 //! The engine uses it for the texts on which the shared lazy-DFA set would need too many new
 //! states (see `crate::engine`): this pass costs the same on any text, linear in its length,
@@ -229,6 +230,95 @@ fn analyse(hir: &Hir) -> Info {
     }
 }
 
+/// The bytes a match of a pattern can begin with, as a 256-bit set; `None` when the pattern can
+/// match the empty string (or cannot be parsed), so that no byte of the text is required.
+///
+/// For patterns without factors (number shapes, quoted SQL, words of other scripts) this is the
+/// cheap test left: a rule whose patterns all begin with Cyrillic letters cannot match a text
+/// without a Cyrillic byte, one made of digits not a text without a digit.
+pub(crate) fn first_bytes(pattern: &str) -> Option<ByteSet> {
+    let hir = ParserBuilder::new().build().parse(pattern).ok()?;
+    let (set, nullable) = first(&hir);
+    (!nullable).then_some(set)
+}
+
+/// A set of bytes.
+pub(crate) type ByteSet = [u64; 4];
+
+/// Adds `lo..=hi` to `set`.
+fn add_range(set: &mut ByteSet, lo: u8, hi: u8) {
+    for b in lo..=hi {
+        set[usize::from(b / 64)] |= 1u64 << (b % 64);
+    }
+}
+
+/// The bytes present in `text`.
+pub(crate) fn bytes_of(text: &str) -> ByteSet {
+    let mut set = [0u64; 4];
+    for &b in text.as_bytes() {
+        set[usize::from(b / 64)] |= 1u64 << (b % 64);
+    }
+    set
+}
+
+/// Whether two byte sets share a byte.
+pub(crate) fn intersects(a: &ByteSet, b: &ByteSet) -> bool {
+    a.iter().zip(b).any(|(x, y)| x & y != 0)
+}
+
+/// The first bytes of the node's non-empty matches, and whether it can match the empty string.
+fn first(hir: &Hir) -> (ByteSet, bool) {
+    let mut set = [0u64; 4];
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => return (set, true),
+        HirKind::Literal(lit) => match lit.0.first() {
+            Some(&b) => add_range(&mut set, b, b),
+            None => return (set, true),
+        },
+        HirKind::Class(Class::Bytes(c)) => {
+            for r in c.ranges() {
+                add_range(&mut set, r.start(), r.end());
+            }
+        }
+        HirKind::Class(Class::Unicode(c)) => {
+            for r in c.ranges() {
+                // The leading bytes of a range of scalar values: those of each UTF-8 length
+                // band it spans.
+                for seq in regex_syntax::utf8::Utf8Sequences::new(r.start(), r.end()) {
+                    let lead = seq.as_slice()[0];
+                    add_range(&mut set, lead.start, lead.end);
+                }
+            }
+        }
+        HirKind::Capture(cap) => return first(&cap.sub),
+        HirKind::Repetition(rep) => {
+            let (sub, nullable) = first(&rep.sub);
+            return (sub, nullable || rep.min == 0);
+        }
+        HirKind::Alternation(subs) => {
+            let mut nullable = false;
+            for sub in subs {
+                let (s, n) = first(sub);
+                set.iter_mut().zip(s).for_each(|(a, b)| *a |= b);
+                nullable |= n;
+            }
+            return (set, nullable);
+        }
+        HirKind::Concat(subs) => {
+            // The first bytes of each part up to the first that cannot be empty.
+            for sub in subs {
+                let (s, n) = first(sub);
+                set.iter_mut().zip(s).for_each(|(a, b)| *a |= b);
+                if !n {
+                    return (set, false);
+                }
+            }
+            return (set, true);
+        }
+    }
+    (set, false)
+}
+
 /// The Aho-Corasick automaton of every factor, and the patterns needing each.
 pub(crate) struct FactorSet {
     ac: AhoCorasick,
@@ -320,6 +410,57 @@ impl FactorSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_bytes_tell_which_texts_a_pattern_cannot_match() {
+        let may = |p: &str, text: &str| first_bytes(p).map(|f| intersects(&f, &bytes_of(text)));
+        assert_eq!(may(r"\b[0-9]{3}-[0-9]{4}\b", "no number here"), Some(false));
+        assert_eq!(may(r"\b[0-9]{3}-[0-9]{4}\b", "call 555-1234"), Some(true));
+        // A case-insensitive Cyrillic word needs a Cyrillic lead byte (not German's umlauts).
+        assert_eq!(may(r"(?i)\bигнорируй\b", "bitte ändern"), Some(false));
+        assert_eq!(may(r"(?i)\bигнорируй\b", "ИГНОРИРУЙ"), Some(true));
+        // Case folding brings the long s (lead byte 0xC5) in.
+        assert_eq!(may("(?i)sk", "ſ"), Some(true));
+        // An optional part and the first part that is not.
+        assert_eq!(may(r"(?:--)?\$\{", "x ${"), Some(true));
+        assert_eq!(may(r"(?:--)?\$\{", "x -- {"), Some(true));
+        assert_eq!(may(r"(?:--)?\$\{", "x {"), Some(false));
+        // A pattern that can match the empty string asks for nothing.
+        assert_eq!(first_bytes("a*"), None);
+        assert_eq!(first_bytes(r"\b"), None);
+        assert_eq!(first_bytes("(?:x|)"), None);
+        // Wherever a pattern matches, the text holds one of its first bytes.
+        let patterns = [
+            r"(?i)\bsecret\s+code\b",
+            r"[^\x00-\x7F]{2}\d",
+            r"(?:\s|^)(?:drop|delete)\s+table",
+            r"\p{Greek}+\s*=",
+            r"(?:é)?[a-c]",
+            r"(?s).x",
+            r"(?i)ǅ+",
+        ];
+        let texts = [
+            "the SECRET  code",
+            "ñé5",
+            "x drop table y",
+            "αβγ =",
+            "b",
+            "\nx",
+            "ǆ",
+            "é",
+            "",
+            "DROP TABLE",
+            "λ=",
+        ];
+        for p in patterns {
+            let re = regex::Regex::new(p).unwrap();
+            for t in texts {
+                if re.is_match(t) {
+                    assert_eq!(may(p, t), Some(true), "{p} on {t:?}");
+                }
+            }
+        }
+    }
 
     /// The best factor set of `p`.
     fn factors(p: &str) -> Option<Vec<String>> {
