@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
 use crate::decode::{Encoding, Segment, charge_context, find_segments, raw_segments};
 use crate::error::{PolicyError, Result};
-use crate::factors::{ByteSet, FactorSet, bytes_of, first_bytes, intersects, required_factors};
+use crate::factors::{ByteSet, FactorSet, bytes_of, holds_all, required_bytes, required_factors};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, build_prepared, checked_regex,
@@ -784,9 +784,10 @@ pub struct PolicySet {
     /// Literal factors of the rules' regexes and keywords (`crate::factors`): the prefilter
     /// for texts on which `set` would need too many new lazy-DFA states.
     factors: Option<FactorSet>,
-    /// The rules with a regex or keyword without literal factors (candidates on such texts
-    /// that hold one of the bytes their factorless patterns can begin with: `None`, any text).
-    factorless: Vec<(u32, Option<ByteSet>)>,
+    /// The rules with a regex or keyword without literal factors, and the bytes each such
+    /// pattern requires: the rule is a candidate on such a text when the text holds all that
+    /// one of them requires.
+    factorless: Vec<(u32, Vec<Vec<ByteSet>>)>,
     /// What `set`'s lazy DFA may spend on new states beyond each unit's own budget.
     state_credit: StateCredit,
     /// Rule of each set pattern, and which of the rule's patterns it stands for.
@@ -807,8 +808,8 @@ fn compile_err(e: impl fmt::Display) -> PolicyError {
 }
 
 /// What the factor thread of [`PolicySet::compile`] builds: the literal factors, and the rules
-/// with a pattern that has none (with the bytes those patterns can begin with).
-type FactorSide = (Option<FactorSet>, Vec<(u32, Option<ByteSet>)>);
+/// with a pattern that has none (with the bytes each of those patterns requires).
+type FactorSide = (Option<FactorSet>, Vec<(u32, Vec<Vec<ByteSet>>)>);
 
 fn build_set(patterns: &[String]) -> Result<Option<Forward>> {
     if patterns.is_empty() {
@@ -963,21 +964,17 @@ impl PolicySet {
         // that has none. The two are independent: the factors are built on a second thread.
         let factor_side = || -> Result<FactorSide> {
             let mut factor_entries = Vec::new();
-            let mut factorless: Vec<(u32, Option<ByteSet>)> = Vec::new();
+            let mut factorless: Vec<(u32, Vec<Vec<ByteSet>>)> = Vec::new();
             for (r, srcs) in (0..rule_count).zip(&sources) {
                 for (src, _) in srcs {
                     if let Some(sets) = required_factors(src) {
                         factor_entries.push((sets, r));
                         continue;
                     }
-                    let first = first_bytes(src);
+                    let needs = required_bytes(src);
                     match factorless.last_mut() {
-                        Some((last, bytes)) if *last == r => {
-                            *bytes = bytes
-                                .zip(first)
-                                .map(|(a, b)| std::array::from_fn(|i| a[i] | b[i]));
-                        }
-                        _ => factorless.push((r, first)),
+                        Some((last, patterns)) if *last == r => patterns.push(needs),
+                        _ => factorless.push((r, vec![needs])),
                     }
                 }
             }
@@ -1307,8 +1304,8 @@ impl PolicySet {
                     factors.for_each_candidate(text, &mut push);
                 }
                 let present = bytes_of(text);
-                for (r, first) in &self.factorless {
-                    if first.as_ref().is_none_or(|f| intersects(f, &present)) {
+                for (r, patterns) in &self.factorless {
+                    if patterns.iter().any(|needs| holds_all(&present, needs)) {
                         push(*r);
                     }
                 }

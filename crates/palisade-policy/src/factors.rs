@@ -7,8 +7,8 @@
 //! case-insensitive, so it finds a superset) marks the sets that occur; a pattern whose sets all
 //! occur makes its rule a candidate, to be confirmed by the rule's own regexes. Patterns without
 //! a factor of at least three bytes (`\d{3}-\d{4}`) have no entry: their rules are candidates
-//! whenever this prefilter is used and the text holds a byte they can begin with
-//! ([`first_bytes`]: a digit, a quote, a Cyrillic letter…).
+//! whenever this prefilter is used and the text holds the bytes they need ([`required_bytes`]:
+//! a digit, a quote, a Cyrillic letter…).
 //!
 //! The engine uses it for the texts on which the shared lazy-DFA set would need too many new
 //! states (see `crate::engine`): this pass costs the same on any text, linear in its length,
@@ -230,16 +230,51 @@ fn analyse(hir: &Hir) -> Info {
     }
 }
 
-/// The bytes a match of a pattern can begin with, as a 256-bit set; `None` when the pattern can
-/// match the empty string (or cannot be parsed), so that no byte of the text is required.
+/// Sets of bytes a text must hold one byte of each for `pattern` to match in it (empty when
+/// nothing is required, or the pattern cannot be parsed).
 ///
 /// For patterns without factors (number shapes, quoted SQL, words of other scripts) this is the
-/// cheap test left: a rule whose patterns all begin with Cyrillic letters cannot match a text
-/// without a Cyrillic byte, one made of digits not a text without a digit.
-pub(crate) fn first_bytes(pattern: &str) -> Option<ByteSet> {
-    let hir = ParserBuilder::new().build().parse(pattern).ok()?;
-    let (set, nullable) = first(&hir);
-    (!nullable).then_some(set)
+/// cheap test left: a word in Cyrillic letters cannot match a text without a Cyrillic byte, a
+/// quoted SQL shape not a text without a quote, a number shape not a text without a digit.
+/// Each mandatory part of the pattern contributes the bytes it can begin with.
+pub(crate) fn required_bytes(pattern: &str) -> Vec<ByteSet> {
+    let Ok(hir) = ParserBuilder::new().build().parse(pattern) else {
+        return Vec::new();
+    };
+    let mut sets = Vec::new();
+    required(&hir, &mut sets);
+    sets.sort_unstable();
+    sets.dedup();
+    sets
+}
+
+/// Adds to `out` the byte sets every match of `hir` needs one byte of each.
+fn required(hir: &Hir, out: &mut Vec<ByteSet>) {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => {}
+        HirKind::Literal(lit) => {
+            for &b in lit.0.iter() {
+                let mut set = [0u64; 4];
+                add_range(&mut set, b, b);
+                out.push(set);
+            }
+        }
+        HirKind::Capture(cap) => required(&cap.sub, out),
+        HirKind::Repetition(rep) if rep.min > 0 => required(&rep.sub, out),
+        HirKind::Repetition(_) => {}
+        HirKind::Concat(subs) => subs.iter().for_each(|sub| required(sub, out)),
+        HirKind::Class(_) | HirKind::Alternation(_) => {
+            let (set, nullable) = first(hir);
+            if !nullable {
+                out.push(set);
+            }
+        }
+    }
+}
+
+/// Whether `text`'s bytes (see [`bytes_of`]) hold one byte of each of `sets`.
+pub(crate) fn holds_all(present: &ByteSet, sets: &[ByteSet]) -> bool {
+    sets.iter().all(|set| intersects(set, present))
 }
 
 /// A set of bytes.
@@ -412,24 +447,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_bytes_tell_which_texts_a_pattern_cannot_match() {
-        let may = |p: &str, text: &str| first_bytes(p).map(|f| intersects(&f, &bytes_of(text)));
-        assert_eq!(may(r"\b[0-9]{3}-[0-9]{4}\b", "no number here"), Some(false));
-        assert_eq!(may(r"\b[0-9]{3}-[0-9]{4}\b", "call 555-1234"), Some(true));
-        // A case-insensitive Cyrillic word needs a Cyrillic lead byte (not German's umlauts).
-        assert_eq!(may(r"(?i)\bигнорируй\b", "bitte ändern"), Some(false));
-        assert_eq!(may(r"(?i)\bигнорируй\b", "ИГНОРИРУЙ"), Some(true));
-        // Case folding brings the long s (lead byte 0xC5) in.
-        assert_eq!(may("(?i)sk", "ſ"), Some(true));
-        // An optional part and the first part that is not.
-        assert_eq!(may(r"(?:--)?\$\{", "x ${"), Some(true));
-        assert_eq!(may(r"(?:--)?\$\{", "x -- {"), Some(true));
-        assert_eq!(may(r"(?:--)?\$\{", "x {"), Some(false));
+    fn required_bytes_tell_which_texts_a_pattern_cannot_match() {
+        let may = |p: &str, text: &str| holds_all(&bytes_of(text), &required_bytes(p));
+        assert!(!may(r"\b[0-9]{3}-[0-9]{4}\b", "no number here"));
+        assert!(!may(r"\b[0-9]{3}-[0-9]{4}\b", "call 555 1234"));
+        assert!(may(r"\b[0-9]{3}-[0-9]{4}\b", "call 555-1234"));
+        // A case-insensitive Cyrillic word needs Cyrillic bytes (not German's umlauts).
+        assert!(!may(r"(?i)\bигнорируй\b", "bitte ändern"));
+        assert!(may(r"(?i)\bигнорируй\b", "ИГНОРИРУЙ"));
+        // Case folding brings the long s in.
+        assert!(may("(?i)s", "ſ"));
+        // Optional parts ask for nothing; alternations for one of their first bytes.
+        assert!(may(r"(?:--)?\$\{", "x ${"));
+        assert!(!may(r"(?:--)?\$\{", "x {"));
+        assert!(may(r"'\s*(?:or|and)\s+1=1", "'or 1=1"));
+        assert!(!may(r"'\s*(?:or|and)\s+1=1", "or 1=1"));
         // A pattern that can match the empty string asks for nothing.
-        assert_eq!(first_bytes("a*"), None);
-        assert_eq!(first_bytes(r"\b"), None);
-        assert_eq!(first_bytes("(?:x|)"), None);
-        // Wherever a pattern matches, the text holds one of its first bytes.
+        assert!(required_bytes("a*").is_empty());
+        assert!(required_bytes(r"\b").is_empty());
+        assert!(required_bytes("(?:x|)").is_empty());
+        // Wherever a pattern matches, the text holds what it requires.
         let patterns = [
             r"(?i)\bsecret\s+code\b",
             r"[^\x00-\x7F]{2}\d",
@@ -456,7 +493,7 @@ mod tests {
             let re = regex::Regex::new(p).unwrap();
             for t in texts {
                 if re.is_match(t) {
-                    assert_eq!(may(p, t), Some(true), "{p} on {t:?}");
+                    assert!(may(p, t), "{p} on {t:?}");
                 }
             }
         }
