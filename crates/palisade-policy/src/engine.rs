@@ -968,7 +968,7 @@ impl PolicySet {
             for (r, srcs) in (0..rule_count).zip(&sources) {
                 for (src, _) in srcs {
                     if let Some(sets) = required_factors(src) {
-                        factor_entries.push((sets, r));
+                        factor_entries.push((sets, r, required_bytes(src)));
                         continue;
                     }
                     let needs = required_bytes(src);
@@ -1300,10 +1300,10 @@ impl PolicySet {
                 // of the evaluation uses factors directly.
                 st.set_over_budget = true;
                 st.stats.set_budget_exceeded += 1;
-                if let Some(factors) = &self.factors {
-                    factors.for_each_candidate(text, &mut push);
-                }
                 let present = bytes_of(text);
+                if let Some(factors) = &self.factors {
+                    factors.for_each_candidate(text, &present, &mut push);
+                }
                 for (r, patterns) in &self.factorless {
                     if patterns.iter().any(|needs| holds_all(&present, needs)) {
                         push(*r);

@@ -245,6 +245,7 @@ pub(crate) fn required_bytes(pattern: &str) -> Vec<ByteSet> {
     required(&hir, &mut sets);
     sets.sort_unstable();
     sets.dedup();
+    sets.shrink_to_fit();
     sets
 }
 
@@ -361,15 +362,19 @@ pub(crate) struct FactorSet {
     by_factor: Vec<Vec<(u32, u8)>>,
     /// Per pattern: its rule, and the mask of all its sets.
     patterns: Vec<(u32, u8)>,
+    /// Per pattern: the byte sets it requires ([`required_bytes`]), as indices into
+    /// `byte_sets` (the distinct sets, few: mostly single bytes).
+    needs: Vec<Vec<u16>>,
+    byte_sets: Vec<ByteSet>,
 }
 
 impl FactorSet {
-    /// Builds the automaton from each pattern's factor sets (from [`required_factors`]) and
-    /// rule; `None` when there are none.
-    pub(crate) fn build(entries: &[(Vec<Set>, u32)]) -> Result<Option<FactorSet>> {
+    /// Builds the automaton from each pattern's factor sets (from [`required_factors`]), rule
+    /// and required bytes (from [`required_bytes`]); `None` when there are none.
+    pub(crate) fn build(entries: &[(Vec<Set>, u32, Vec<ByteSet>)]) -> Result<Option<FactorSet>> {
         let mut factors: Vec<Vec<u8>> = entries
             .iter()
-            .flat_map(|(sets, _)| sets.iter().flatten().cloned())
+            .flat_map(|(sets, _, _)| sets.iter().flatten().cloned())
             .collect();
         if factors.is_empty() {
             return Ok(None);
@@ -378,7 +383,25 @@ impl FactorSet {
         factors.dedup();
         let mut by_factor: Vec<Vec<(u32, u8)>> = vec![Vec::new(); factors.len()];
         let mut patterns = Vec::with_capacity(entries.len());
-        for (slot, (sets, rule)) in entries.iter().enumerate() {
+        let mut byte_sets: Vec<ByteSet> = entries
+            .iter()
+            .flat_map(|(_, _, needs)| needs.iter().copied())
+            .collect();
+        byte_sets.sort_unstable();
+        byte_sets.dedup();
+        byte_sets.shrink_to_fit();
+        let mut needs = Vec::with_capacity(entries.len());
+        for (_, _, required) in entries {
+            let mut indices = Vec::with_capacity(required.len());
+            for set in required {
+                let i = byte_sets
+                    .binary_search(set)
+                    .unwrap_or_else(|_| unreachable!());
+                indices.push(u16::try_from(i).map_err(|e| PolicyError::Compile(e.to_string()))?);
+            }
+            needs.push(indices);
+        }
+        for (slot, (sets, rule, _)) in entries.iter().enumerate() {
             let slot = u32::try_from(slot).map_err(|e| PolicyError::Compile(e.to_string()))?;
             let sets = &sets[..sets.len().min(MAX_ALL_OF)];
             for (k, set) in sets.iter().enumerate() {
@@ -403,12 +426,15 @@ impl FactorSet {
             ac,
             by_factor,
             patterns,
+            needs,
+            byte_sets,
         }))
     }
 
-    /// Calls `f` with the rule of every pattern all of whose factor sets occur in `text` (a rule
-    /// with several such patterns is reported once per pattern).
-    pub(crate) fn for_each_candidate(&self, text: &str, mut f: impl FnMut(u32)) {
+    /// Calls `f` with the rule of every pattern all of whose factor sets occur in `text` and
+    /// whose required bytes `text` holds (`present`: [`bytes_of`] the text); a rule with several
+    /// such patterns is reported once per pattern.
+    pub(crate) fn for_each_candidate(&self, text: &str, present: &ByteSet, mut f: impl FnMut(u32)) {
         let mut seen: Vec<u64> = Vec::new();
         let mut found: Vec<u8> = Vec::new();
         for m in self.ac.find_overlapping_iter(text) {
@@ -428,7 +454,12 @@ impl FactorSet {
                 let after = before | (1 << k);
                 found[slot] = after;
                 let (rule, all) = self.patterns[slot];
-                if after != before && after == all {
+                if after != before
+                    && after == all
+                    && self.needs[slot]
+                        .iter()
+                        .all(|&i| intersects(&self.byte_sets[usize::from(i)], present))
+                {
                     f(rule);
                 }
             }
@@ -577,29 +608,36 @@ mod tests {
 
     #[test]
     fn candidate_rules_come_from_occurring_factors() {
-        let entry = |sets: &[&[&str]], rule| {
+        let entry = |sets: &[&[&str]], rule, pattern: &str| {
             let sets = sets
                 .iter()
                 .map(|s| s.iter().map(|f| f.as_bytes().to_vec()).collect())
                 .collect();
-            (sets, rule)
+            (sets, rule, required_bytes(pattern))
         };
         let fs = FactorSet::build(&[
-            entry(&[&["ignore"]], 0),
-            entry(&[&["prompt", "ignore"], &["system"]], 1),
-            entry(&[&["token"]], 2),
+            entry(&[&["ignore"]], 0, "(?i)ignore"),
+            entry(
+                &[&["prompt", "ignore"], &["system"]],
+                1,
+                "(?i)system.*(?:prompt|ignore)",
+            ),
+            entry(&[&["token"]], 2, "token"),
+            entry(&[&["ignore"]], 3, "(?i)ignore[^\n]*'"),
         ])
         .unwrap()
         .unwrap();
         assert_eq!(fs.len(), 4);
         let run = |text: &str| {
             let mut got = Vec::new();
-            fs.for_each_candidate(text, |r| got.push(r));
+            fs.for_each_candidate(text, &bytes_of(text), |r| got.push(r));
             got
         };
         // Rule 1 needs one of its first set *and* "system".
         assert_eq!(run("IGNORE the PROMPT, ignore it"), vec![0]);
         assert_eq!(run("the system prompt; ignore it"), vec![1, 0]);
+        // Rule 3's pattern also needs a quote.
+        assert_eq!(run("ignore 'this'"), vec![0, 3]);
         let none = run("nothing here");
         assert!(none.is_empty());
     }
