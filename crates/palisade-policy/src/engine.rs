@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::classifier::{LinearModel, classifier_model, threshold_logit};
 use crate::decode::{Encoding, Segment, charge_context, find_segments, raw_segments};
 use crate::error::{PolicyError, Result};
-use crate::factors::{ByteSet, FactorSet, bytes_of, holds_all, required_bytes, required_factors};
+use crate::factors::{FactorSet, pattern_needs};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, build_prepared, checked_regex,
@@ -781,13 +781,10 @@ pub struct PolicySet {
     pub(crate) targets: Vec<TargetMatcher>,
     /// Every regex and keyword of every rule (prefilter forms), for all targets.
     set: Option<Forward>,
-    /// Literal factors of the rules' regexes and keywords (`crate::factors`): the prefilter
-    /// for texts on which `set` would need too many new lazy-DFA states.
+    /// Literal factors and required bytes of the rules' regexes and keywords
+    /// (`crate::factors`): the prefilter for texts on which `set` would need too many new
+    /// lazy-DFA states.
     factors: Option<FactorSet>,
-    /// The rules with a regex or keyword without literal factors, and the bytes each such
-    /// pattern requires: the rule is a candidate on such a text when the text holds all that
-    /// one of them requires.
-    factorless: Vec<(u32, Vec<Vec<ByteSet>>)>,
     /// What `set`'s lazy DFA may spend on new states beyond each unit's own budget.
     state_credit: StateCredit,
     /// Rule of each set pattern, and which of the rule's patterns it stands for.
@@ -806,10 +803,6 @@ impl fmt::Debug for PolicySet {
 fn compile_err(e: impl fmt::Display) -> PolicyError {
     PolicyError::Compile(e.to_string())
 }
-
-/// What the factor thread of [`PolicySet::compile`] builds: the literal factors, and the rules
-/// with a pattern that has none (with the bytes each of those patterns requires).
-type FactorSide = (Option<FactorSet>, Vec<(u32, Vec<Vec<ByteSet>>)>);
 
 fn build_set(patterns: &[String]) -> Result<Option<Forward>> {
     if patterns.is_empty() {
@@ -960,25 +953,14 @@ impl PolicySet {
         let rule_count = u32::try_from(sources.len()).map_err(compile_err)?;
         // The shared lazy-DFA set holds every pattern. When its DFA would need too many new
         // states for a text (see `Forward::which_matches_within`), candidates come from the
-        // patterns' literal factors instead (`crate::factors`), plus every rule with a pattern
-        // that has none. The two are independent: the factors are built on a second thread.
-        let factor_side = || -> Result<FactorSide> {
-            let mut factor_entries = Vec::new();
-            let mut factorless: Vec<(u32, Vec<Vec<ByteSet>>)> = Vec::new();
-            for (r, srcs) in (0..rule_count).zip(&sources) {
-                for (src, _) in srcs {
-                    if let Some(sets) = required_factors(src) {
-                        factor_entries.push((sets, r, required_bytes(src)));
-                        continue;
-                    }
-                    let needs = required_bytes(src);
-                    match factorless.last_mut() {
-                        Some((last, patterns)) if *last == r => patterns.push(needs),
-                        _ => factorless.push((r, vec![needs])),
-                    }
-                }
-            }
-            Ok((FactorSet::build(&factor_entries)?, factorless))
+        // patterns' literal factors and required bytes instead (`crate::factors`). The two are
+        // independent: the factors are built on a second thread.
+        let factor_side = || -> Result<Option<FactorSet>> {
+            let entries: Vec<_> = (0..rule_count)
+                .zip(&sources)
+                .flat_map(|(r, srcs)| srcs.iter().map(move |(src, _)| (r, pattern_needs(src))))
+                .collect();
+            FactorSet::build(&entries)
         };
         let set_side = || -> Result<(Option<Forward>, SetOwners)> {
             // Prefilter sources: large Unicode classes widened (see `crate::widen`).
@@ -1003,7 +985,7 @@ impl PolicySet {
             }
         });
         let (set, set_owner) = set_built?;
-        let (factors, factorless) = match factors_built {
+        let factors = match factors_built {
             Ok(built) => built?,
             Err(panic) => std::panic::resume_unwind(panic),
         };
@@ -1044,7 +1026,6 @@ impl PolicySet {
             targets,
             set,
             factors,
-            factorless,
             state_credit: StateCredit::new(),
             set_owner,
         };
@@ -1300,14 +1281,8 @@ impl PolicySet {
                 // of the evaluation uses factors directly.
                 st.set_over_budget = true;
                 st.stats.set_budget_exceeded += 1;
-                let present = bytes_of(text);
                 if let Some(factors) = &self.factors {
-                    factors.for_each_candidate(text, &present, &mut push);
-                }
-                for (r, patterns) in &self.factorless {
-                    if patterns.iter().any(|needs| holds_all(&present, needs)) {
-                        push(*r);
-                    }
+                    factors.for_each_candidate(text, &mut push);
                 }
             }
         }

@@ -6,9 +6,9 @@
 //! needs "your", "new" and "task"). One Aho-Corasick automaton of all factors (ASCII
 //! case-insensitive, so it finds a superset) marks the sets that occur; a pattern whose sets all
 //! occur makes its rule a candidate, to be confirmed by the rule's own regexes. Patterns without
-//! a factor of at least three bytes (`\d{3}-\d{4}`) have no entry: their rules are candidates
-//! whenever this prefilter is used and the text holds the bytes they need ([`required_bytes`]:
-//! a digit, a quote, a Cyrillic letter…).
+//! a factor of at least three bytes (`\d{3}-\d{4}`) are candidates on every screened text.
+//! Either way a pattern is dropped when the text lacks a byte it requires (a digit, a quote, a
+//! Cyrillic letter…): [`pattern_needs`] derives both from one parse.
 //!
 //! The engine uses it for the texts on which the shared lazy-DFA set would need too many new
 //! states (see `crate::engine`): this pass costs the same on any text, linear in its length,
@@ -63,12 +63,29 @@ impl Info {
 /// Most factor sets a pattern needs all of, in the prefilter (the best ones are kept).
 const MAX_ALL_OF: usize = 4;
 
-/// Factor sets of `pattern` that every match contains one string of each (ASCII
-/// case-insensitively), best first; `None` when it has no set of strings of at least
-/// [`MIN_FACTOR`] bytes.
+/// A pattern's factor sets (`None`: it has none) and required byte sets.
+pub(crate) type PatternNeeds = (Option<Vec<Set>>, Vec<ByteSet>);
+
+/// What the prefilter needs to know of one pattern, from one parse: its factor sets (see
+/// [`factors_of`]) and the bytes it requires (see [`bytes_required`]). A pattern that cannot be
+/// parsed has neither (its rule is then a candidate on every screened text).
+pub(crate) fn pattern_needs(pattern: &str) -> PatternNeeds {
+    match ParserBuilder::new().build().parse(pattern) {
+        Ok(hir) => (factors_of(&hir), bytes_required(&hir)),
+        Err(_) => (None, Vec::new()),
+    }
+}
+
+/// The factor sets of a pattern (tests).
+#[cfg(test)]
 pub(crate) fn required_factors(pattern: &str) -> Option<Vec<Set>> {
-    let hir = ParserBuilder::new().build().parse(pattern).ok()?;
-    let info = analyse(&hir);
+    pattern_needs(pattern).0
+}
+
+/// Factor sets that every match contains one string of each (ASCII case-insensitively), best
+/// first; `None` when there is no set of strings of at least [`MIN_FACTOR`] bytes.
+fn factors_of(hir: &Hir) -> Option<Vec<Set>> {
+    let info = analyse(hir);
     let mut sets = info.all_of;
     if let Some(e) = info.exact.filter(usable) {
         sets.push(e);
@@ -230,19 +247,22 @@ fn analyse(hir: &Hir) -> Info {
     }
 }
 
-/// Sets of bytes a text must hold one byte of each for `pattern` to match in it (empty when
-/// nothing is required, or the pattern cannot be parsed).
+/// The bytes a pattern requires (tests).
+#[cfg(test)]
+pub(crate) fn required_bytes(pattern: &str) -> Vec<ByteSet> {
+    pattern_needs(pattern).1
+}
+
+/// Sets of bytes a text must hold one byte of each for the pattern to match in it (empty when
+/// nothing is required).
 ///
 /// For patterns without factors (number shapes, quoted SQL, words of other scripts) this is the
 /// cheap test left: a word in Cyrillic letters cannot match a text without a Cyrillic byte, a
 /// quoted SQL shape not a text without a quote, a number shape not a text without a digit.
 /// Each mandatory part of the pattern contributes the bytes it can begin with.
-pub(crate) fn required_bytes(pattern: &str) -> Vec<ByteSet> {
-    let Ok(hir) = ParserBuilder::new().build().parse(pattern) else {
-        return Vec::new();
-    };
+fn bytes_required(hir: &Hir) -> Vec<ByteSet> {
     let mut sets = Vec::new();
-    required(&hir, &mut sets);
+    required(hir, &mut sets);
     sets.sort_unstable();
     sets.dedup();
     sets.shrink_to_fit();
@@ -273,13 +293,8 @@ fn required(hir: &Hir, out: &mut Vec<ByteSet>) {
     }
 }
 
-/// Whether `text`'s bytes (see [`bytes_of`]) hold one byte of each of `sets`.
-pub(crate) fn holds_all(present: &ByteSet, sets: &[ByteSet]) -> bool {
-    sets.iter().all(|set| intersects(set, present))
-}
-
 /// A set of bytes.
-pub(crate) type ByteSet = [u64; 4];
+type ByteSet = [u64; 4];
 
 /// Adds `lo..=hi` to `set`.
 fn add_range(set: &mut ByteSet, lo: u8, hi: u8) {
@@ -289,7 +304,7 @@ fn add_range(set: &mut ByteSet, lo: u8, hi: u8) {
 }
 
 /// The bytes present in `text`.
-pub(crate) fn bytes_of(text: &str) -> ByteSet {
+fn bytes_of(text: &str) -> ByteSet {
     let mut set = [0u64; 4];
     for &b in text.as_bytes() {
         set[usize::from(b / 64)] |= 1u64 << (b % 64);
@@ -298,7 +313,7 @@ pub(crate) fn bytes_of(text: &str) -> ByteSet {
 }
 
 /// Whether two byte sets share a byte.
-pub(crate) fn intersects(a: &ByteSet, b: &ByteSet) -> bool {
+fn intersects(a: &ByteSet, b: &ByteSet) -> bool {
     a.iter().zip(b).any(|(x, y)| x & y != 0)
 }
 
@@ -355,54 +370,51 @@ fn first(hir: &Hir) -> (ByteSet, bool) {
     (set, false)
 }
 
-/// The Aho-Corasick automaton of every factor, and the patterns needing each.
+/// The prefilter of texts the shared set is over budget for: the Aho-Corasick automaton of
+/// every factor and the patterns needing each, and the bytes every pattern requires.
 pub(crate) struct FactorSet {
-    ac: AhoCorasick,
+    /// `None` when no pattern has a factor.
+    ac: Option<AhoCorasick>,
     /// Per factor: the patterns it serves, with the index of the pattern's set it belongs to.
     by_factor: Vec<Vec<(u32, u8)>>,
-    /// Per pattern: its rule, and the mask of all its sets.
+    /// Per pattern: its rule, and the mask of all its factor sets (0: it has none).
     patterns: Vec<(u32, u8)>,
-    /// Per pattern: the byte sets it requires ([`required_bytes`]), as indices into
-    /// `byte_sets` (the distinct sets, few: mostly single bytes).
+    /// The patterns without factors.
+    factorless: Vec<u32>,
+    /// Per pattern: the byte sets it requires, as indices into `byte_sets` (the distinct sets,
+    /// few: mostly single bytes).
     needs: Vec<Vec<u16>>,
     byte_sets: Vec<ByteSet>,
 }
 
 impl FactorSet {
-    /// Builds the automaton from each pattern's factor sets (from [`required_factors`]), rule
-    /// and required bytes (from [`required_bytes`]); `None` when there are none.
-    pub(crate) fn build(entries: &[(Vec<Set>, u32, Vec<ByteSet>)]) -> Result<Option<FactorSet>> {
-        let mut factors: Vec<Vec<u8>> = entries
-            .iter()
-            .flat_map(|(sets, _, _)| sets.iter().flatten().cloned())
-            .collect();
-        if factors.is_empty() {
+    /// Builds the prefilter from each pattern's rule and [`pattern_needs`]; `None` when there
+    /// is no pattern.
+    pub(crate) fn build(entries: &[(u32, PatternNeeds)]) -> Result<Option<FactorSet>> {
+        if entries.is_empty() {
             return Ok(None);
         }
+        let compile_err = |e: &dyn std::fmt::Display| PolicyError::Compile(e.to_string());
+        let mut factors: Vec<Vec<u8>> = entries
+            .iter()
+            .flat_map(|(_, (sets, _))| sets.iter().flatten().flatten().cloned())
+            .collect();
         factors.sort_unstable();
         factors.dedup();
-        let mut by_factor: Vec<Vec<(u32, u8)>> = vec![Vec::new(); factors.len()];
-        let mut patterns = Vec::with_capacity(entries.len());
         let mut byte_sets: Vec<ByteSet> = entries
             .iter()
-            .flat_map(|(_, _, needs)| needs.iter().copied())
+            .flat_map(|(_, (_, needs))| needs.iter().copied())
             .collect();
         byte_sets.sort_unstable();
         byte_sets.dedup();
         byte_sets.shrink_to_fit();
+        let mut by_factor: Vec<Vec<(u32, u8)>> = vec![Vec::new(); factors.len()];
+        let mut patterns = Vec::with_capacity(entries.len());
+        let mut factorless = Vec::new();
         let mut needs = Vec::with_capacity(entries.len());
-        for (_, _, required) in entries {
-            let mut indices = Vec::with_capacity(required.len());
-            for set in required {
-                let i = byte_sets
-                    .binary_search(set)
-                    .unwrap_or_else(|_| unreachable!());
-                indices.push(u16::try_from(i).map_err(|e| PolicyError::Compile(e.to_string()))?);
-            }
-            needs.push(indices);
-        }
-        for (slot, (sets, rule, _)) in entries.iter().enumerate() {
-            let slot = u32::try_from(slot).map_err(|e| PolicyError::Compile(e.to_string()))?;
+        for (slot, (rule, (sets, required))) in entries.iter().enumerate() {
+            let slot = u32::try_from(slot).map_err(|e| compile_err(&e))?;
+            let sets = sets.as_deref().unwrap_or_default();
             let sets = &sets[..sets.len().min(MAX_ALL_OF)];
             for (k, set) in sets.iter().enumerate() {
                 for f in set {
@@ -410,58 +422,85 @@ impl FactorSet {
                     by_factor[i].push((slot, k as u8));
                 }
             }
+            if sets.is_empty() {
+                factorless.push(slot);
+            }
             patterns.push((*rule, ((1u16 << sets.len()) - 1) as u8));
+            let mut indices = Vec::with_capacity(required.len());
+            for set in required {
+                let i = byte_sets
+                    .binary_search(set)
+                    .unwrap_or_else(|_| unreachable!());
+                indices.push(u16::try_from(i).map_err(|e| compile_err(&e))?);
+            }
+            needs.push(indices);
         }
-        let ac = AhoCorasickBuilder::new()
-            .match_kind(MatchKind::Standard)
-            .ascii_case_insensitive(true)
-            // The compact NFA: with the shipped packs' ~6 000 factors a DFA would take ~28 MiB
-            // (the NFA about 1 MiB) for a path taken only on text new to the shared set. The
-            // start-byte prefilter is useless with thousands of factors.
-            .kind(Some(AhoCorasickKind::ContiguousNFA))
-            .prefilter(false)
-            .build(&factors)
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let ac = if factors.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::Standard)
+                    .ascii_case_insensitive(true)
+                    // The compact NFA: with the shipped packs' ~6 000 factors a DFA would take
+                    // ~28 MiB (the NFA about 1 MiB) for a path taken only on text new to the
+                    // shared set. The start-byte prefilter is useless with thousands of factors.
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
+                    .prefilter(false)
+                    .build(&factors)
+                    .map_err(|e| compile_err(&e))?,
+            )
+        };
         Ok(Some(FactorSet {
             ac,
             by_factor,
             patterns,
+            factorless,
             needs,
             byte_sets,
         }))
     }
 
-    /// Calls `f` with the rule of every pattern all of whose factor sets occur in `text` and
-    /// whose required bytes `text` holds (`present`: [`bytes_of`] the text); a rule with several
-    /// such patterns is reported once per pattern.
-    pub(crate) fn for_each_candidate(&self, text: &str, present: &ByteSet, mut f: impl FnMut(u32)) {
-        let mut seen: Vec<u64> = Vec::new();
-        let mut found: Vec<u8> = Vec::new();
-        for m in self.ac.find_overlapping_iter(text) {
-            let p = m.pattern().as_usize();
-            if seen.is_empty() {
-                seen = vec![0; self.by_factor.len().div_ceil(64)];
-                found = vec![0; self.patterns.len()];
-            }
-            let (word, bit) = (p / 64, 1u64 << (p % 64));
-            if seen[word] & bit != 0 {
-                continue;
-            }
-            seen[word] |= bit;
-            for &(slot, k) in &self.by_factor[p] {
-                let slot = slot as usize;
-                let before = found[slot];
-                let after = before | (1 << k);
-                found[slot] = after;
-                let (rule, all) = self.patterns[slot];
-                if after != before
-                    && after == all
-                    && self.needs[slot]
-                        .iter()
-                        .all(|&i| intersects(&self.byte_sets[usize::from(i)], present))
-                {
-                    f(rule);
+    /// Calls `f` with the rule of every pattern that may match in `text`: all of its factor
+    /// sets occur in it (a pattern without factors: always), and it holds the bytes the pattern
+    /// requires. A rule with several such patterns is reported once per pattern.
+    pub(crate) fn for_each_candidate(&self, text: &str, mut f: impl FnMut(u32)) {
+        let present = bytes_of(text);
+        let holds = |slot: usize| {
+            self.needs[slot]
+                .iter()
+                .all(|&i| intersects(&self.byte_sets[usize::from(i)], &present))
+        };
+        if let Some(ac) = &self.ac {
+            let mut seen: Vec<u64> = Vec::new();
+            let mut found: Vec<u8> = Vec::new();
+            for m in ac.find_overlapping_iter(text) {
+                let p = m.pattern().as_usize();
+                if seen.is_empty() {
+                    seen = vec![0; self.by_factor.len().div_ceil(64)];
+                    found = vec![0; self.patterns.len()];
                 }
+                let (word, bit) = (p / 64, 1u64 << (p % 64));
+                if seen[word] & bit != 0 {
+                    continue;
+                }
+                seen[word] |= bit;
+                for &(slot, k) in &self.by_factor[p] {
+                    let slot = slot as usize;
+                    let before = found[slot];
+                    let after = before | (1 << k);
+                    found[slot] = after;
+                    let (rule, all) = self.patterns[slot];
+                    if after != before && after == all && holds(slot) {
+                        f(rule);
+                    }
+                }
+            }
+        }
+        for &slot in &self.factorless {
+            let slot = slot as usize;
+            if holds(slot) {
+                f(self.patterns[slot].0);
             }
         }
     }
@@ -479,7 +518,12 @@ mod tests {
 
     #[test]
     fn required_bytes_tell_which_texts_a_pattern_cannot_match() {
-        let may = |p: &str, text: &str| holds_all(&bytes_of(text), &required_bytes(p));
+        let may = |p: &str, text: &str| {
+            let present = bytes_of(text);
+            required_bytes(p)
+                .iter()
+                .all(|set| intersects(set, &present))
+        };
         assert!(!may(r"\b[0-9]{3}-[0-9]{4}\b", "no number here"));
         assert!(!may(r"\b[0-9]{3}-[0-9]{4}\b", "call 555 1234"));
         assert!(may(r"\b[0-9]{3}-[0-9]{4}\b", "call 555-1234"));
@@ -613,7 +657,7 @@ mod tests {
                 .iter()
                 .map(|s| s.iter().map(|f| f.as_bytes().to_vec()).collect())
                 .collect();
-            (sets, rule, required_bytes(pattern))
+            (rule, (Some(sets), required_bytes(pattern)))
         };
         let fs = FactorSet::build(&[
             entry(&[&["ignore"]], 0, "(?i)ignore"),
@@ -630,7 +674,7 @@ mod tests {
         assert_eq!(fs.len(), 4);
         let run = |text: &str| {
             let mut got = Vec::new();
-            fs.for_each_candidate(text, &bytes_of(text), |r| got.push(r));
+            fs.for_each_candidate(text, |r| got.push(r));
             got
         };
         // Rule 1 needs one of its first set *and* "system".
