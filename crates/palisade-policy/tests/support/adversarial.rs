@@ -1,4 +1,5 @@
-//! Adversarial inputs for the policy engine's worst case, and the encoders that build them,
+//! Adversarial inputs for the policy engine's worst case, the encoders that build them, benign
+//! text, and [`learn`] (the cached case to time),
 //! shared by `tests/worst_case.rs`, `tests/obfuscation.rs`, `benches/engine.rs` and the `probe`
 //! and `worst_case` examples (each includes this file with `#[path]`).
 //!
@@ -64,6 +65,23 @@ const WORDS: &[&str] = &[
     "are",
     "cached",
 ];
+
+/// Evaluates `text` until the shared prefilter set has learned it (no new states needed), at
+/// most 60 s: timings of the cached case. The set's state credit refills with time, so a long
+/// text takes seconds to learn, whatever the number of calls.
+pub fn learn(set: &palisade_policy::PolicySet, target: palisade_policy::Target, text: &str) {
+    let t0 = std::time::Instant::now();
+    let opts = palisade_policy::EvalOptions::default();
+    while t0.elapsed() < std::time::Duration::from_secs(60)
+        && set
+            .evaluate_with_stats(target, text, &opts)
+            .1
+            .set_budget_exceeded
+            > 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
 
 /// Deterministic benign English-like text of exactly `len` bytes (ASCII).
 pub fn benign(len: usize) -> String {
