@@ -3,7 +3,7 @@
 //! ```text
 //! train_classifier [--folds 5] [--dump DEV_DUMP.jsonl] [--targets llm_request,tool_result,a2a_message]
 //!                  [--positives jailbreak,prompt_injection,system_prompt_extraction,data_exfiltration]
-//!                  [--top-k 40000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
+//!                  [--top-k 80000] [--min-weight 0.02] [--epochs 8] [--lr 0.3] [--l2 0.001]
 //!                  [--neg-weight 1] [--max-fp-ordinary 0.5] [--max-fp-hard 2] [--show-fp THRESHOLD]
 //!                  [--out policies/models/prompt-attack.json] [--no-write] [--cv-out FILE]
 //!                  [--extra eval/training] [--no-extra] [--evasion] [--seed N] [--bag 5]
@@ -97,7 +97,7 @@ fn parse_args() -> Args {
         ]
         .map(String::from)
         .to_vec(),
-        top_k: 40_000,
+        top_k: 80_000,
         min_weight: 0.02,
         epochs: 8,
         lr: 0.3,

@@ -180,7 +180,8 @@ fn model_files_beside_the_packs_are_the_built_in_ones() {
     assert_eq!(names, builtin);
     for name in builtin {
         let file = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
-        assert!(file.len() < 1 << 20, "{name}: {} bytes", file.len());
+        // Embedded in every build: 80 000 weights take ~1.9 MB.
+        assert!(file.len() < 2 << 20, "{name}: {} bytes", file.len());
         let model = palisade_policy::classifier::LinearModel::from_json(&file).unwrap();
         assert_eq!(model.name(), name);
     }
