@@ -1175,7 +1175,11 @@ mod tests {
             assert_eq!(m.name(), name);
             // 80 000 weights: a 1 MiB table and a 32 KiB filter; a larger model must be a
             // deliberate choice (it adds to every gateway's memory).
-            assert!(m.table_bytes() <= (1 << 20) + (32 << 10), "{}", m.table_bytes());
+            assert!(
+                m.table_bytes() <= (1 << 20) + (32 << 10),
+                "{}",
+                m.table_bytes()
+            );
         }
         assert!(classifier_model("no-such-model").is_none());
     }

@@ -11,8 +11,8 @@
 //! candidates are validators and allow-patterns run.
 //!
 //! The shared set is a prefilter built from *widened* sources (large Unicode classes such as `\w`
-//! accept any non-ASCII char, see `crate::widen`): it may report a rule that does not match, never
-//! miss one that does. On text it has seen before (a repeated system prompt, earlier turns of a
+//! accept any run of non-ASCII bytes, see `crate::widen`): it may report a rule that does not
+//! match, never miss one that does. On text it has seen before (a repeated system prompt, earlier turns of a
 //! conversation, a benchmark's fixed prompt) its lazy DFA walks cached states: a few ns per byte.
 //!
 //! Novel text is another matter: the set's DFA is the product automaton of ~1 500 patterns, and
@@ -728,14 +728,18 @@ impl ReverseDfa {
     }
 }
 
+/// The shared automata: the redaction matcher (`LeftmostFirst`: match ends, and anchored
+/// retries of one given pattern after a rejected value) and the prefilter set (`All`: only which
+/// patterns match, and where; its widened patterns may match non-UTF-8 bytes, see
+/// `crate::widen`).
 fn build_multi<P: AsRef<str>>(patterns: &[P], kind: RegexMatchKind) -> Result<Forward> {
+    let prefilter = kind == RegexMatchKind::All;
     Forward::build(
         patterns,
         &ForwardConfig {
             kind,
-            // Redaction needs match ends (and retries one given pattern, anchored, after a
-            // rejected value); the prefilter only asks which patterns match.
-            spans: kind == RegexMatchKind::LeftmostFirst,
+            spans: !prefilter,
+            bytes: prefilter,
             nfa_size_limit: SET_SIZE_LIMIT,
             dfa_cache_capacity: SET_DFA_LIMIT,
         },

@@ -62,6 +62,10 @@ pub(crate) struct ForwardConfig {
     /// capture slots, which keeps the PikeVM's per-search tables small (they hold a slot pair
     /// per pattern for every NFA state: with a thousand patterns, gigabytes).
     pub(crate) spans: bool,
+    /// The patterns may match bytes that are not UTF-8 (the prefilter's widened classes, see
+    /// `crate::widen`): they are parsed and compiled with UTF-8 mode off. Only for pattern-set
+    /// searches (without `spans`): a match may end inside a char.
+    pub(crate) bytes: bool,
     pub(crate) nfa_size_limit: usize,
     pub(crate) dfa_cache_capacity: usize,
 }
@@ -69,11 +73,17 @@ pub(crate) struct ForwardConfig {
 impl Forward {
     pub(crate) fn build<P: AsRef<str>>(patterns: &[P], cfg: &ForwardConfig) -> Result<Forward> {
         let err = |e: &dyn std::fmt::Display| PolicyError::Compile(e.to_string());
+        debug_assert!(
+            !(cfg.bytes && cfg.spans),
+            "byte patterns are for pattern-set searches"
+        );
         let nfa: NFA = thompson::Compiler::new()
-            // The regex crate's defaults: Unicode and UTF-8 mode; inline flags do the rest.
-            .syntax(syntax::Config::new())
+            // The regex crate's defaults (Unicode and UTF-8 mode; inline flags do the rest),
+            // UTF-8 mode off for byte patterns.
+            .syntax(syntax::Config::new().utf8(!cfg.bytes))
             .configure(
                 thompson::Config::new()
+                    .utf8(!cfg.bytes)
                     .which_captures(if cfg.spans {
                         thompson::WhichCaptures::Implicit
                     } else {
@@ -278,6 +288,7 @@ mod tests {
         ForwardConfig {
             kind,
             spans: kind == MatchKind::LeftmostFirst,
+            bytes: false,
             nfa_size_limit: 64 << 20,
             dfa_cache_capacity: 1 << 20,
         }
