@@ -730,8 +730,7 @@ impl ReverseDfa {
 
 /// The shared automata: the redaction matcher (`LeftmostFirst`: match ends, and anchored
 /// retries of one given pattern after a rejected value) and the prefilter set (`All`: only which
-/// patterns match, and where; its widened patterns may match non-UTF-8 bytes, see
-/// `crate::widen`).
+/// patterns match, and where; its patterns are in the prefilter form of `crate::widen`).
 fn build_multi<P: AsRef<str>>(patterns: &[P], kind: RegexMatchKind) -> Result<Forward> {
     let prefilter = kind == RegexMatchKind::All;
     Forward::build(
@@ -739,7 +738,7 @@ fn build_multi<P: AsRef<str>>(patterns: &[P], kind: RegexMatchKind) -> Result<Fo
         &ForwardConfig {
             kind,
             spans: !prefilter,
-            bytes: prefilter,
+            prefilter,
             nfa_size_limit: SET_SIZE_LIMIT,
             dfa_cache_capacity: SET_DFA_LIMIT,
         },

@@ -48,6 +48,9 @@ type VmCacheFn =
 /// Patterns compiled into one forward NFA, searched by a lazy DFA with a PikeVM fallback.
 pub(crate) struct Forward {
     dfa: hybrid::dfa::DFA,
+    /// The patterns are in lower case (`ForwardConfig::prefilter`): the pattern-set walk folds
+    /// the text's ASCII letters as it reads them.
+    fold_case: bool,
     vm: PikeVM,
     dfa_caches: DfaCaches,
     vm_caches: Pool<thompson::pikevm::Cache, VmCacheFn>,
@@ -62,10 +65,12 @@ pub(crate) struct ForwardConfig {
     /// capture slots, which keeps the PikeVM's per-search tables small (they hold a slot pair
     /// per pattern for every NFA state: with a thousand patterns, gigabytes).
     pub(crate) spans: bool,
-    /// The patterns may match bytes that are not UTF-8 (the prefilter's widened classes, see
-    /// `crate::widen`): they are parsed and compiled with UTF-8 mode off. Only for pattern-set
-    /// searches (without `spans`): a match may end inside a char.
-    pub(crate) bytes: bool,
+    /// The patterns are in the prefilter's form (`crate::widen::prefilter_form`): they may match
+    /// bytes that are not UTF-8, so they are parsed and compiled with UTF-8 mode off, and they
+    /// are written in lower case, so searches fold the text's ASCII letters to lower case as
+    /// they read it. Only for pattern-set searches (without `spans`): a match may end inside a
+    /// char.
+    pub(crate) prefilter: bool,
     pub(crate) nfa_size_limit: usize,
     pub(crate) dfa_cache_capacity: usize,
 }
@@ -74,16 +79,16 @@ impl Forward {
     pub(crate) fn build<P: AsRef<str>>(patterns: &[P], cfg: &ForwardConfig) -> Result<Forward> {
         let err = |e: &dyn std::fmt::Display| PolicyError::Compile(e.to_string());
         debug_assert!(
-            !(cfg.bytes && cfg.spans),
-            "byte patterns are for pattern-set searches"
+            !(cfg.prefilter && cfg.spans),
+            "prefilter patterns are for pattern-set searches"
         );
         let nfa: NFA = thompson::Compiler::new()
             // The regex crate's defaults (Unicode and UTF-8 mode; inline flags do the rest),
             // UTF-8 mode off for byte patterns.
-            .syntax(syntax::Config::new().utf8(!cfg.bytes))
+            .syntax(syntax::Config::new().utf8(!cfg.prefilter))
             .configure(
                 thompson::Config::new()
-                    .utf8(!cfg.bytes)
+                    .utf8(!cfg.prefilter)
                     .which_captures(if cfg.spans {
                         thompson::WhichCaptures::Implicit
                     } else {
@@ -118,6 +123,7 @@ impl Forward {
         Ok(Forward {
             dfa_caches: dfa_caches(&dfa),
             dfa,
+            fold_case: cfg.prefilter,
             vm,
             vm_caches: Pool::new(vm_create),
         })
@@ -222,6 +228,11 @@ impl Forward {
             }
         };
         for (at, &b) in text.as_bytes().iter().enumerate() {
+            let b = if self.fold_case {
+                b.to_ascii_lowercase()
+            } else {
+                b
+            };
             // Out of an ordinary state a cached transition is one table lookup.
             let cached = if sid.is_tagged() {
                 None
@@ -288,7 +299,7 @@ mod tests {
         ForwardConfig {
             kind,
             spans: kind == MatchKind::LeftmostFirst,
-            bytes: false,
+            prefilter: false,
             nfa_size_limit: 64 << 20,
             dfa_cache_capacity: 1 << 20,
         }

@@ -15,10 +15,11 @@
 //! UTF-8 states, so the widened set's NFA is an order of magnitude smaller and its DFA stays
 //! cached. Normalised text is overwhelmingly ASCII, so widening rarely adds candidates.
 //!
-//! Last, every class that holds all non-ASCII chars (the widened ones, `.`, negated classes)
-//! becomes its ASCII part or a run of non-ASCII *bytes* (`(?-u:[\x80-\xFF])+`): two NFA states
-//! instead of a dozen, at ~11 000 places in the shipped packs. The set is compiled with UTF-8
-//! mode off for it (see [`non_ascii_as_bytes`]).
+//! Last, the pattern is put in the set's form ([`prefilter_form`]): in lower case (the set's walk
+//! folds the text's ASCII letters as it reads them), and every class that holds all non-ASCII
+//! chars (the widened ones, `.`, negated classes) becomes its ASCII part or a run of non-ASCII
+//! *bytes* (`(?-u:[\x80-\xFF])+`). That halves the set's NFA; it is compiled with UTF-8 mode
+//! off.
 //!
 //! Long counted repetitions are widened the same way (`.{0,200}` → `.*`, `[A-Z]{40,}` →
 //! `[A-Z]{16,}`): each count is a copy of the operand in the NFA, and counting states multiply
@@ -40,8 +41,9 @@ const MAX_COUNTED: u32 = 16;
 /// Returns a pattern matching a superset of `pattern`'s matches, with large Unicode classes
 /// widened; returns `pattern` unchanged when it cannot be parsed or nothing needs widening.
 ///
-/// The result may match bytes that are not UTF-8 (see [`non_ascii_as_bytes`]): compile it with
-/// UTF-8 mode off, and only for pattern-set searches.
+/// The result is in the shared set's form (see [`prefilter_form`]): it may match bytes that are
+/// not UTF-8 (compile it with UTF-8 mode off) and it is written in lower case, for text whose
+/// ASCII letters are folded to lower case. Only for pattern-set searches.
 pub(crate) fn widen_pattern(pattern: &str) -> String {
     let Some(hir) = parse(pattern) else {
         return pattern.to_owned();
@@ -51,7 +53,7 @@ pub(crate) fn widen_pattern(pattern: &str) -> String {
         bounds: widen_bounds,
         look: widen_look,
     };
-    let widened = non_ascii_as_bytes(keep_rarest_tail(rebuild(hir.clone(), &rules)));
+    let widened = prefilter_form(keep_rarest_tail(rebuild(hir.clone(), &rules)));
     if widened == hir {
         pattern.to_owned()
     } else {
@@ -278,18 +280,31 @@ fn covers_prose(hir: &Hir) -> bool {
     has(b'e') && has(b' ')
 }
 
-/// Replaces every class that holds *all* non-ASCII chars (widened classes, `.`, negated
-/// classes) by "its ASCII members, or a run of non-ASCII bytes": `[\t-\r ]|(?-u:[\x80-\xFF])+`.
+/// The form a widened pattern takes in the shared set: written in lower case, for a walk that
+/// folds the text's ASCII letters to lower case as it reads them, and with every class that
+/// holds *all* non-ASCII chars (widened classes, `.`, negated classes) replaced by "its ASCII
+/// members, or a run of non-ASCII bytes": `[\t-\r ]|(?-u:[\x80-\xFF])+`.
 ///
 /// Why: in a UTF-8 automaton "any non-ASCII char" is a dozen NFA states (one branch per UTF-8
 /// lead byte range and its continuations), repeated at each of the ~11 000 places where the
-/// shipped packs' prefilter patterns use such a class; the byte run is two. It matches a
-/// superset (each non-ASCII char of valid UTF-8 is a run of bytes `\x80-\xFF`; the run may also
-/// end inside a char), and every match of the class still ends where it ended, which is what
-/// the engine reads from the prefilter. The shared set's NFA shrinks by a fifth.
-fn non_ascii_as_bytes(hir: Hir) -> Hir {
+/// shipped packs' prefilter patterns use such a class; the byte run is two. And a letter of a
+/// case-insensitive pattern is a two-way branch (`[Ii]`), a state with its own heap block; in
+/// lower case it is one byte, stored inline. Together they take the shared set's NFA from ~14 to
+/// ~7 MiB.
+///
+/// Both match a superset, and every match still ends where it ended, which is what the engine
+/// reads from the prefilter: each non-ASCII char of valid UTF-8 is a run of bytes `\x80-\xFF`
+/// (the run may also end inside a char); a class or literal is mapped to the lower-case image
+/// of its ASCII letters, so wherever the pattern matched a text, the folded pattern matches the
+/// folded text (non-ASCII chars are not folded, in the pattern or the text).
+fn prefilter_form(hir: Hir) -> Hir {
     match hir.kind() {
-        HirKind::Class(Class::Unicode(c)) if holds_all_non_ascii(c) => {
+        HirKind::Literal(lit) => Hir::literal(lit.0.to_ascii_lowercase()),
+        HirKind::Class(Class::Unicode(c)) => {
+            let c = fold_unicode_class(c);
+            if !holds_all_non_ascii(&c) {
+                return Hir::class(Class::Unicode(c));
+            }
             let run = Hir::repetition(Repetition {
                 min: 1,
                 max: None,
@@ -298,7 +313,7 @@ fn non_ascii_as_bytes(hir: Hir) -> Hir {
                     ClassBytesRange::new(0x80, 0xFF),
                 ])))),
             });
-            let ascii = ascii_ranges(c);
+            let ascii = ascii_ranges(&c);
             if ascii.is_empty() {
                 run
             } else {
@@ -308,28 +323,59 @@ fn non_ascii_as_bytes(hir: Hir) -> Hir {
                 ])
             }
         }
+        HirKind::Class(Class::Bytes(c)) => Hir::class(Class::Bytes(fold_byte_class(c))),
         HirKind::Repetition(_)
         | HirKind::Capture(_)
         | HirKind::Concat(_)
         | HirKind::Alternation(_) => match hir.into_kind() {
             HirKind::Repetition(rep) => Hir::repetition(Repetition {
-                sub: Box::new(non_ascii_as_bytes(*rep.sub)),
+                sub: Box::new(prefilter_form(*rep.sub)),
                 ..rep
             }),
             HirKind::Capture(cap) => Hir::capture(Capture {
-                sub: Box::new(non_ascii_as_bytes(*cap.sub)),
+                sub: Box::new(prefilter_form(*cap.sub)),
                 ..cap
             }),
-            HirKind::Concat(subs) => {
-                Hir::concat(subs.into_iter().map(non_ascii_as_bytes).collect())
-            }
+            HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(prefilter_form).collect()),
             HirKind::Alternation(subs) => {
-                Hir::alternation(subs.into_iter().map(non_ascii_as_bytes).collect())
+                Hir::alternation(subs.into_iter().map(prefilter_form).collect())
             }
             _ => unreachable!(),
         },
-        _ => hir,
+        HirKind::Empty | HirKind::Look(_) => hir,
     }
+}
+
+/// `class` with its ASCII capitals replaced by their lower-case letters.
+fn fold_unicode_class(class: &ClassUnicode) -> ClassUnicode {
+    let mut folded = class.clone();
+    let capitals = ClassUnicode::new([ClassUnicodeRange::new('A', 'Z')]);
+    let mut caps = class.clone();
+    caps.intersect(&capitals);
+    if caps.ranges().is_empty() {
+        return folded;
+    }
+    folded.difference(&capitals);
+    folded.union(&ClassUnicode::new(caps.ranges().iter().map(|r| {
+        ClassUnicodeRange::new(r.start().to_ascii_lowercase(), r.end().to_ascii_lowercase())
+    })));
+    folded
+}
+
+/// `class` with its ASCII capitals replaced by their lower-case letters.
+fn fold_byte_class(class: &ClassBytes) -> ClassBytes {
+    let mut folded = class.clone();
+    let capitals = ClassBytes::new([ClassBytesRange::new(b'A', b'Z')]);
+    let mut caps = class.clone();
+    caps.intersect(&capitals);
+    if caps.ranges().is_empty() {
+        return folded;
+    }
+    folded.difference(&capitals);
+    folded.union(&ClassBytes::new(caps.ranges().iter().map(|r| {
+        ClassBytesRange::new(r.start().to_ascii_lowercase(), r.end().to_ascii_lowercase())
+    })));
+    folded
 }
 
 /// Whether `class` holds every char from U+0080 on.
@@ -360,7 +406,7 @@ mod tests {
     use regex::Regex;
 
     /// A widened pattern compiled as the shared set compiles it (UTF-8 mode off), matched
-    /// against text.
+    /// against text as the set reads it (ASCII letters in lower case).
     struct Wide(regex::bytes::Regex);
 
     impl Wide {
@@ -369,7 +415,7 @@ mod tests {
         }
 
         fn is_match(&self, text: &str) -> bool {
-            self.0.is_match(text.as_bytes())
+            self.0.is_match(text.to_ascii_lowercase().as_bytes())
         }
     }
 
@@ -391,6 +437,12 @@ mod tests {
                 "sig=abcdefghijklmnopqrstuvwxyz0123456789",
             ),
             (r"x[0-9]{20}y", "x01234567890123456789y"),
+            // Case-sensitive capitals, negated classes of capitals, case-insensitive letters:
+            // the set reads the text with its ASCII letters in lower case.
+            (r"AKIA[0-9A-Z]{16}", "key AKIAABCDEFGHIJKLMNOP"),
+            (r"x[^A-Z]y", "x-y"),
+            (r"(?i)IGNORE previous", "IgNoRe PREVIOUS"),
+            (r"(?-u:[A-F])\d", "E7"),
             (
                 r"(?i)\b(?:ai|bot)\b.{0,80}?\bearlier\s+answer\W+(?:\w+\W+){0,3}?wrong",
                 "Bot, about the earlier answer: it was, sadly, wrong",
@@ -518,9 +570,10 @@ mod tests {
             );
             // Every end of the rule's own matches is an end of a prefilter match.
             let ending = regex::bytes::Regex::new(&format!("(?:{})\\z", widen_pattern(p))).unwrap();
+            let folded = text.to_ascii_lowercase();
             for m in orig.find_iter(text) {
                 assert!(
-                    ending.is_match(&text.as_bytes()[..m.end()]),
+                    ending.is_match(&folded.as_bytes()[..m.end()]),
                     "{p} on {text:?}"
                 );
             }
