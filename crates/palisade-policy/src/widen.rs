@@ -362,20 +362,16 @@ fn fold_unicode_class(class: &ClassUnicode) -> ClassUnicode {
     folded
 }
 
-/// `class` with its ASCII capitals replaced by their lower-case letters.
+/// `class` with its ASCII capitals replaced by their lower-case letters (byte by byte: at most
+/// 256 of them).
 fn fold_byte_class(class: &ClassBytes) -> ClassBytes {
-    let mut folded = class.clone();
-    let capitals = ClassBytes::new([ClassBytesRange::new(b'A', b'Z')]);
-    let mut caps = class.clone();
-    caps.intersect(&capitals);
-    if caps.ranges().is_empty() {
-        return folded;
-    }
-    folded.difference(&capitals);
-    folded.union(&ClassBytes::new(caps.ranges().iter().map(|r| {
-        ClassBytesRange::new(r.start().to_ascii_lowercase(), r.end().to_ascii_lowercase())
-    })));
-    folded
+    ClassBytes::new(
+        class
+            .iter()
+            .flat_map(|r| r.start()..=r.end())
+            .map(|b| b.to_ascii_lowercase())
+            .map(|b| ClassBytesRange::new(b, b)),
+    )
 }
 
 /// Whether `class` holds every char from U+0080 on.
