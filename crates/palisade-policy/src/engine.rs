@@ -11,9 +11,10 @@
 //! candidates are validators and allow-patterns run.
 //!
 //! The shared set is a prefilter built from *widened* sources (large Unicode classes such as `\w`
-//! accept any run of non-ASCII bytes, see `crate::widen`): it may report a rule that does not
-//! match, never miss one that does. On text it has seen before (a repeated system prompt, earlier turns of a
-//! conversation, a benchmark's fixed prompt) its lazy DFA walks cached states: a few ns per byte.
+//! accept any run of non-ASCII bytes, letters are in lower case, see `crate::widen`): it may
+//! report a rule that does not match, never miss one that does. On text it has seen before (a
+//! repeated system prompt, earlier turns of a conversation, a benchmark's fixed prompt) its lazy
+//! DFA walks cached states: a few ns per byte.
 //!
 //! Novel text is another matter: the set's DFA is the product automaton of ~1 500 patterns, and
 //! on text it has not seen it needs a new state at nearly every byte (~3 KiB and tens to hundreds

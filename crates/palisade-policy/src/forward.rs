@@ -135,6 +135,7 @@ impl Forward {
 
     /// The end (and pattern) of the first match in the input's span.
     pub(crate) fn search_half(&self, input: &Input<'_>) -> Option<HalfMatch> {
+        debug_assert!(!self.fold_case, "span searches read the text unfolded");
         let done = {
             let mut cache = self.dfa_caches.get();
             self.dfa.try_search_fwd(&mut cache, input)
@@ -149,6 +150,7 @@ impl Forward {
 
     /// The first match with its start (PikeVM: for the rare cases nothing cheaper can answer).
     pub(crate) fn search(&self, input: &Input<'_>) -> Option<Match> {
+        debug_assert!(!self.fold_case, "span searches read the text unfolded");
         let mut cache = self.vm_caches.get();
         self.vm.find(&mut cache, input.clone())
     }

@@ -15,15 +15,15 @@
 //! UTF-8 states, so the widened set's NFA is an order of magnitude smaller and its DFA stays
 //! cached. Normalised text is overwhelmingly ASCII, so widening rarely adds candidates.
 //!
-//! Last, the pattern is put in the set's form ([`prefilter_form`]): in lower case (the set's walk
-//! folds the text's ASCII letters as it reads them), and every class that holds all non-ASCII
-//! chars (the widened ones, `.`, negated classes) becomes its ASCII part or a run of non-ASCII
-//! *bytes* (`(?-u:[\x80-\xFF])+`). That halves the set's NFA; it is compiled with UTF-8 mode
-//! off.
-//!
 //! Long counted repetitions are widened the same way (`.{0,200}` → `.*`, `[A-Z]{40,}` →
 //! `[A-Z]{16,}`): each count is a copy of the operand in the NFA, and counting states multiply
 //! the lazy DFA's states; with the shipped packs this halves the shared set's NFA.
+//!
+//! Last, the pattern is put in the set's form ([`prefilter_form`]): in lower case (the set's walk
+//! folds the text's ASCII letters as it reads them), and every class that holds all non-ASCII
+//! chars (the widened ones, `.`, negated classes) becomes its ASCII part or a run of non-ASCII
+//! *bytes* (`(?-u:[\x80-\xFF])+`); the set is compiled with UTF-8 mode off. With the shipped
+//! packs the compiled set went from 14.6 to 10.1 MiB.
 
 use regex_syntax::ParserBuilder;
 use regex_syntax::hir::{
@@ -289,8 +289,8 @@ fn covers_prose(hir: &Hir) -> bool {
 /// lead byte range and its continuations), repeated at each of the ~11 000 places where the
 /// shipped packs' prefilter patterns use such a class; the byte run is two. And a letter of a
 /// case-insensitive pattern is a two-way branch (`[Ii]`), a state with its own heap block; in
-/// lower case it is one byte, stored inline. Together they take the shared set's NFA from ~14 to
-/// ~7 MiB.
+/// lower case it is one byte, stored inline. Together they take the compiled shipped packs from
+/// 14.6 to 10.1 MiB of heap.
 ///
 /// Both match a superset, and every match still ends where it ended, which is what the engine
 /// reads from the prefilter: each non-ASCII char of valid UTF-8 is a run of bytes `\x80-\xFF`
