@@ -135,7 +135,7 @@ impl Forward {
 
     /// The end (and pattern) of the first match in the input's span.
     pub(crate) fn search_half(&self, input: &Input<'_>) -> Option<HalfMatch> {
-        debug_assert!(!self.fold_case, "span searches read the text unfolded");
+        debug_assert!(!self.fold_case, "only the pattern-set walk folds the text");
         let done = {
             let mut cache = self.dfa_caches.get();
             self.dfa.try_search_fwd(&mut cache, input)
@@ -150,7 +150,7 @@ impl Forward {
 
     /// The first match with its start (PikeVM: for the rare cases nothing cheaper can answer).
     pub(crate) fn search(&self, input: &Input<'_>) -> Option<Match> {
-        debug_assert!(!self.fold_case, "span searches read the text unfolded");
+        debug_assert!(!self.fold_case, "only the pattern-set walk folds the text");
         let mut cache = self.vm_caches.get();
         self.vm.find(&mut cache, input.clone())
     }
@@ -158,6 +158,7 @@ impl Forward {
     /// Whether any pattern matches `text`.
     #[cfg(test)]
     pub(crate) fn is_match(&self, text: &str) -> bool {
+        debug_assert!(!self.fold_case, "only the pattern-set walk folds the text");
         let input = Input::new(text).earliest(true);
         let done = {
             let mut cache = self.dfa_caches.get();
@@ -279,6 +280,7 @@ impl Forward {
     /// Adds every pattern that matches somewhere in `text` to `set`.
     #[cfg(test)]
     pub(crate) fn which_matches(&self, text: &str, set: &mut PatternSet) {
+        debug_assert!(!self.fold_case, "only the pattern-set walk folds the text");
         let input = Input::new(text);
         let done = {
             let mut cache = self.dfa_caches.get();
