@@ -745,10 +745,22 @@ impl LinearModel {
     /// Table slot of a feature, or `None` when the model does not weigh it.
     #[inline]
     fn lookup(&self, h: u64) -> Option<usize> {
-        let (word, bit) = filter_bit(h);
-        if self.filter[word] & bit == 0 {
+        if !self.filtered(h) {
             return None;
         }
+        self.probe(h)
+    }
+
+    /// Whether the filter lets a feature through (it may be in the table).
+    #[inline]
+    fn filtered(&self, h: u64) -> bool {
+        let (word, bit) = filter_bit(h);
+        self.filter[word] & bit != 0
+    }
+
+    /// Table slot of a feature the filter let through.
+    #[inline]
+    fn probe(&self, h: u64) -> Option<usize> {
         let mask = self.slots.len() - 1;
         let want = u64::from(check(h));
         let mut s = slot(h, self.shift);
@@ -790,16 +802,23 @@ impl LinearModel {
                 }
             })
         } else {
+            // Hashes first, lookups after: the tokenizer's work no longer sits between two
+            // lookups, so the processor overlaps their memory loads (on cold caches each is a
+            // miss; see `bench/README.md`).
+            let mut hashes: Vec<u64> = Vec::with_capacity(text.len() / 2);
+            let shape = for_each_feature(text, |f| hashes.push(f.hash));
+            hashes.retain(|&h| self.filtered(h));
             let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
-            for_each_feature(text, |f| {
-                if let Some(s) = self.lookup(f.hash) {
+            for h in hashes {
+                if let Some(s) = self.probe(h) {
                     let bit = 1u64 << (s % 64);
                     if seen[s / 64] & bit == 0 {
                         seen[s / 64] |= bit;
                         sum += self.weight(s);
                     }
                 }
-            })
+            }
+            shape
         };
         if shape.tokens == 0 {
             return f32::NEG_INFINITY;
