@@ -556,6 +556,12 @@ mod tests {
             (r"x.{2}y", "xé\u{1F600}y"),
             (r"x[^a]{1,3}y", "x\u{4E2D}\u{6587}y"),
             (r"\w+ne", "caf\u{E9}ne"),
+            // Case: non-ASCII letters are not folded (in the pattern or the text), ASCII ones are.
+            (r"(?i)stra\u{DF}e", "STRA\u{1E9E}E"),
+            (r"(?i)ask", "AS\u{212A}"),
+            (r"\p{Lu}\p{Ll}+", "\u{C9}mile Zola"),
+            (r"[^a-z]+", "ABC-DEF"),
+            (r"(?i)\bpassword\b", "PASSWORT PASSWORD"),
         ];
         for (p, text) in cases {
             let orig = Regex::new(p).unwrap();
