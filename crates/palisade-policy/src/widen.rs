@@ -39,7 +39,7 @@ const MAX_EXACT_NON_ASCII_RANGES: usize = 3;
 const MAX_COUNTED: u32 = 16;
 
 /// Returns a pattern matching a superset of `pattern`'s matches, with large Unicode classes
-/// widened; returns `pattern` unchanged when it cannot be parsed or nothing needs widening.
+/// widened; returns `pattern` unchanged when it cannot be parsed or is already in that form.
 ///
 /// The result is in the shared set's form (see [`prefilter_form`]): it may match bytes that are
 /// not UTF-8 (compile it with UTF-8 mode off) and it is written in lower case, for text whose
@@ -298,10 +298,21 @@ fn covers_prose(hir: &Hir) -> bool {
 /// of its ASCII letters, so wherever the pattern matched a text, the folded pattern matches the
 /// folded text (non-ASCII chars are not folded, in the pattern or the text).
 fn prefilter_form(hir: Hir) -> Hir {
-    match hir.kind() {
+    let rules = Rules {
+        leaf: prefilter_leaf,
+        bounds: |min, max| (min, max),
+        look: Hir::look,
+    };
+    rebuild(hir, &rules)
+}
+
+/// Literals and classes in the set's form (see [`prefilter_form`]).
+fn prefilter_leaf(kind: HirKind) -> Hir {
+    match kind {
         HirKind::Literal(lit) => Hir::literal(lit.0.to_ascii_lowercase()),
+        HirKind::Class(Class::Bytes(c)) => Hir::class(Class::Bytes(fold_byte_class(&c))),
         HirKind::Class(Class::Unicode(c)) => {
-            let c = fold_unicode_class(c);
+            let c = fold_unicode_class(&c);
             if !holds_all_non_ascii(&c) {
                 return Hir::class(Class::Unicode(c));
             }
@@ -323,26 +334,7 @@ fn prefilter_form(hir: Hir) -> Hir {
                 ])
             }
         }
-        HirKind::Class(Class::Bytes(c)) => Hir::class(Class::Bytes(fold_byte_class(c))),
-        HirKind::Repetition(_)
-        | HirKind::Capture(_)
-        | HirKind::Concat(_)
-        | HirKind::Alternation(_) => match hir.into_kind() {
-            HirKind::Repetition(rep) => Hir::repetition(Repetition {
-                sub: Box::new(prefilter_form(*rep.sub)),
-                ..rep
-            }),
-            HirKind::Capture(cap) => Hir::capture(Capture {
-                sub: Box::new(prefilter_form(*cap.sub)),
-                ..cap
-            }),
-            HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(prefilter_form).collect()),
-            HirKind::Alternation(subs) => {
-                Hir::alternation(subs.into_iter().map(prefilter_form).collect())
-            }
-            _ => unreachable!(),
-        },
-        HirKind::Empty | HirKind::Look(_) => hir,
+        _ => unreachable!("rebuild passes only literals and classes"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Adversarial inputs for the policy engine's worst case, the encoders that build them, benign
-//! text, and [`learn`] (the cached case to time),
-//! shared by `tests/worst_case.rs`, `tests/obfuscation.rs`, `benches/engine.rs` and the `probe`
-//! and `worst_case` examples (each includes this file with `#[path]`).
+//! text, and [`learn`] (the cached case to time), shared by `tests/worst_case.rs`,
+//! `tests/obfuscation.rs`, `benches/engine.rs` and the `probe` and `worst_case` examples (each
+//! includes this file with `#[path]`).
 //!
 //! Every generator is deterministic. The inputs target the costly paths: decoding (long and
 //! many short encoded segments, nested encodings), normalisation (invisible characters,
