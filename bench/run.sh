@@ -9,8 +9,10 @@
 #   bench/run.sh --nginx         also run the keep-alive chat scenarios through nginx, the floor
 #                                reference for what any reverse proxy adds here (installs nginx-light)
 #
-# Options: --quick, --litellm, --nginx, --duration S, --warmup S, --no-pin, --out DIR, --only REGEX,
-#          --bin-dir DIR (use prebuilt palisade and palisade-bench from DIR instead of building)
+# Options: --quick, --litellm, --nginx, --duration S, --warmup S, --repeat N, --no-pin, --out DIR,
+#          --only REGEX, --bin-dir DIR (use prebuilt palisade and palisade-bench from DIR instead of
+#          building). --repeat N runs each gateway scenario N times (direct, gateway, direct, ...);
+#          the report shows the median of the runs and each run's added latency.
 # Environment: CARGO_TARGET_DIR (default: the repo's target/), GATEWAY_CPUS (default 1),
 #              CLIENT_CPUS (default 0), LITELLM_VERSION (default below).
 set -euo pipefail
@@ -31,6 +33,7 @@ WARMUP=""
 ONLY=""
 OUT=""
 BIN_DIR=""
+REPEAT=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -39,14 +42,18 @@ while [ $# -gt 0 ]; do
     --no-pin) PIN=0 ;;
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
+    --repeat) REPEAT=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --out) OUT=$2; shift ;;
     --bin-dir) BIN_DIR=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+if ! [[ $REPEAT =~ ^[1-9][0-9]?$ ]]; then
+  echo "bench/run.sh: --repeat takes a number of runs from 1 to 99, not '$REPEAT'" >&2; exit 2
+fi
 if [ "$QUICK" = 1 ]; then
   DURATION=${DURATION:-4}; WARMUP=${WARMUP:-1}; DRAIN=3
 else
@@ -157,6 +164,7 @@ else
 fi
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 MODE="$([ "$QUICK" = 1 ] && echo quick || echo full), ${DURATION}s measured + ${WARMUP}s warm-up per run"
+if [ "$REPEAT" -gt 1 ]; then MODE="$MODE, each gateway scenario $REPEAT times (direct and gateway alternating)"; fi
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1" 2>/dev/null || printf '"%s"' "$1"; }
 
 # ---------------------------------------------------------------- mock upstream
@@ -173,32 +181,45 @@ next_seq() { SEQ=$((SEQ + 1)); printf -v SEQ_S '%03d' "$SEQ"; }
 GW_PID=""
 
 # load TARGET SCENARIO URL EXTRA_ARGS... -> $RUN_DIR/NNN-SCENARIO.TARGET.json
+# One run's result file; repeated runs of a scenario get the run number (.r01, .r02, ...).
+result_file() { # scenario target
+  if [ "$REPEAT" -gt 1 ] && [ "$2" != litellm ] && [ "$2" != nginx ]; then
+    printf '%s/%s-%s.r%02d.%s.json' "$RUN_DIR" "$SEQ_S" "$1" "$REP" "$2"
+  else
+    printf '%s/%s-%s.%s.json' "$RUN_DIR" "$SEQ_S" "$1" "$2"
+  fi
+}
+
 load() {
   local target=$1 scen=$2 url=$3; shift 3
   "${ON_CLIENT[@]}" "$BIN/palisade-bench" load --url "$url" --scenario "$scen" --target "$target" \
     --duration "$DURATION" --warmup "$WARMUP" --drain-timeout "$DRAIN" --clk-tck "$CLK_TCK" \
-    --out "$RUN_DIR/$SEQ_S-$scen.$target.json" "$@" >/dev/null \
+    --out "$(result_file "$scen" "$target")" "$@" >/dev/null \
     || log "load generator failed for $scen/$target"
 }
 
 summary() { # scenario target
-  python3 - "$RUN_DIR/$SEQ_S-$1.$2.json" <<'EOF' 2>/dev/null || true
+  python3 - "$(result_file "$1" "$2")" <<'EOF' 2>/dev/null || true
 import json, sys
 r = json.load(open(sys.argv[1])); l = r["latency_us"]; e = r["errors"]
 print(f"    {r['target']:<8} rps {r['rps']:>9.1f}  p50 {l['p50']:>7}  p99 {l['p99']:>8}  p99.9 {l['p999']:>8}  errs {e['non_2xx']}/{e['io']+e['unsent']}")
 EOF
 }
 
-# scenario NAME ARGS... : direct, then gateway (with process watch), same load.
+# scenario NAME ARGS... : direct, then gateway (with process watch), same load; --repeat times.
+REP=1
 scenario() {
   local name=$1; shift
   if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
   next_seq
-  log "scenario $name"
-  load direct "$name" "http://127.0.0.1:$MOCK_PORT$CHAT_PATH" --watch-pid "$MOCK_PID" "$@"
-  summary "$name" direct >&2
-  load gateway "$name" "http://127.0.0.1:$GW_PORT$CHAT_PATH" --key "$KEY" --watch-pid "$GW_PID" "$@"
-  summary "$name" gateway >&2
+  for REP in $(seq 1 "$REPEAT"); do
+    log "scenario $name$([ "$REPEAT" -gt 1 ] && echo " (run $REP of $REPEAT)")"
+    load direct "$name" "http://127.0.0.1:$MOCK_PORT$CHAT_PATH" --watch-pid "$MOCK_PID" "$@"
+    summary "$name" direct >&2
+    load gateway "$name" "http://127.0.0.1:$GW_PORT$CHAT_PATH" --key "$KEY" --watch-pid "$GW_PID" "$@"
+    summary "$name" gateway >&2
+  done
+  REP=1
 }
 
 skip() { # name reason

@@ -3,6 +3,10 @@
 //! DIR holds JSON files, read in name order: load results (`scenario`, `target`), skipped
 //! scenarios (`scenario`, `skipped`), idle memory readings (`kind: "idle"`) and one `kind:
 //! "meta"` file describing the run. Scenarios are printed in the order they first appear.
+//!
+//! A scenario run several times (`bench/run.sh --repeat N`) has several results per target; they
+//! are shown as one row of medians (see [`merge`]) followed by each run's added latency, and
+//! the goals are judged on the medians.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -34,8 +38,81 @@ pub struct ReportArgs {
 
 struct Scenario {
     name: String,
+    /// One result per target, in order of first appearance (repeated runs merged).
     results: Vec<Value>,
+    /// Every run's result, per target, in run order (one each unless repeated).
+    runs: Vec<(String, Vec<Value>)>,
     skipped: Option<String>,
+}
+
+/// Latency-like fields whose percentiles are merged.
+const LATENCY_FIELDS: [&str; 3] = ["latency_us", "ttfb_us", "send_lag_us"];
+
+/// The median of `values` (the lower middle one for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get((values.len().max(1) - 1) / 2)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// One result standing for several runs of the same scenario and target: latency percentiles,
+/// throughput, overhead and CPU per request are the runs' medians; the largest latency and the
+/// highest peak RSS are the largest of any run; counts and errors are summed, so no failed
+/// request is hidden by the merge. Fields not listed are the first run's.
+fn merge(runs: &[Value]) -> Value {
+    let Some(first) = runs.first() else {
+        return Value::Null;
+    };
+    if runs.len() == 1 {
+        return first.clone();
+    }
+    let mut out = first.clone();
+    let med = |path: &[&str]| -> Value {
+        let mut v: Vec<f64> = runs.iter().map(|r| f(r, path)).collect();
+        let m = median(&mut v);
+        if m.fract() == 0.0 && path.last() != Some(&"rps") {
+            serde_json::json!(m as i64)
+        } else {
+            serde_json::json!(m)
+        }
+    };
+    let sum = |path: &[&str]| -> Value {
+        serde_json::json!(runs.iter().map(|r| u(r, path)).sum::<i64>())
+    };
+    let max = |path: &[&str]| -> Value {
+        serde_json::json!(runs.iter().map(|r| u(r, path)).max().unwrap_or(0))
+    };
+    for field in LATENCY_FIELDS {
+        if !first[field].is_object() {
+            continue;
+        }
+        for p in ["p50", "p90", "p99", "p999", "mean"] {
+            out[field][p] = med(&[field, p]);
+        }
+        out[field]["max"] = max(&[field, "max"]);
+        out[field]["count"] = sum(&[field, "count"]);
+    }
+    for k in ["io", "non_2xx", "timeouts", "unsent"] {
+        out["errors"][k] = sum(&["errors", k]);
+    }
+    for k in ["ok", "requests", "overhead_samples", "bytes_received"] {
+        out[k] = sum(&[k]);
+    }
+    out["rps"] = med(&["rps"]);
+    if first["overhead_us_mean"].is_number() {
+        out["overhead_us_mean"] = med(&["overhead_us_mean"]);
+    }
+    if out["process"].is_object() && out["process"].get("error").is_none() {
+        out["process"]["cpu_us_per_request"] = med(&["process", "cpu_us_per_request"]);
+        out["process"]["peak_rss_kib"] = max(&["process", "peak_rss_kib"]);
+    }
+    if let Some(e) = runs.iter().find_map(|r| r["first_error"].as_str()) {
+        out["first_error"] = serde_json::json!(e);
+    }
+    out["repeats"] = serde_json::json!(runs.len());
+    out
 }
 
 fn u(v: &Value, path: &[&str]) -> i64 {
@@ -136,16 +213,25 @@ fn load_dir(dir: &PathBuf) -> Result<Loaded, String> {
                 scenarios.push(Scenario {
                     name,
                     results: Vec::new(),
+                    runs: Vec::new(),
                     skipped: None,
                 });
                 scenarios.len() - 1
             }
         };
+        let s = &mut scenarios[idx];
         if let Some(reason) = v["skipped"].as_str() {
-            scenarios[idx].skipped = Some(reason.to_string());
+            s.skipped = Some(reason.to_string());
         } else {
-            scenarios[idx].results.push(v);
+            let target = v["target"].as_str().unwrap_or("?").to_string();
+            match s.runs.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, runs)) => runs.push(v),
+                None => s.runs.push((target, vec![v])),
+            }
         }
+    }
+    for s in &mut scenarios {
+        s.results = s.runs.iter().map(|(_, runs)| merge(runs)).collect();
     }
     Ok((scenarios, idle, meta))
 }
@@ -169,11 +255,41 @@ fn describe(r: &Value) -> String {
     } else {
         "non-streamed"
     };
+    let runs = match u(r, &["repeats"]) {
+        n if n > 1 => format!(" per run; median of {n} runs (max: the largest; errs: all runs)"),
+        _ => String::new(),
+    };
     format!(
-        "{mode}; {conn}; {stream}; request body {} B; {}s measured",
+        "{mode}; {conn}; {stream}; request body {} B; {}s measured{runs}",
         u(r, &["body_bytes"]),
         f(r, &["duration_s"])
     )
+}
+
+/// Each run's added p50 and p99 when a scenario was repeated: run i of `other` against run i of
+/// the direct path (they ran one after the other), so the spread behind the medians shows.
+fn runs_row(out: &mut String, s: &Scenario, target: &str, metric: &str) {
+    let runs = |t: &str| s.runs.iter().find(|(name, _)| name == t).map(|(_, r)| r);
+    let (Some(direct), Some(other)) = (runs("direct"), runs(target)) else {
+        return;
+    };
+    if other.len() < 2 {
+        return;
+    }
+    let each = |p: &str| -> String {
+        direct
+            .iter()
+            .zip(other)
+            .map(|(d, o)| signed(u(o, &[metric, p]) - u(d, &[metric, p])))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _ = writeln!(
+        out,
+        "    {target} runs: added p50 {}; added p99 {}",
+        each("p50"),
+        each("p99")
+    );
 }
 
 fn row(out: &mut String, label: &str, r: &Value, metric: &str, extra: bool) {
@@ -305,6 +421,14 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
                     added_row(&mut out, "  added", d, r, "latency_us");
                 }
             }
+            if target != "direct" {
+                runs_row(
+                    &mut out,
+                    s,
+                    target,
+                    if stream { "ttfb_us" } else { "latency_us" },
+                );
+            }
             if let Some(e) = r["first_error"].as_str() {
                 let _ = writeln!(out, "    first error ({target}): {e}");
             }
@@ -407,6 +531,14 @@ fn dur(v: i64) -> String {
     }
 }
 
+/// A goal's scenario name, with the number of runs its medians come from when repeated.
+fn runs_label(name: &str, result: &Value) -> String {
+    match u(result, &["repeats"]) {
+        n if n > 1 => format!("{name}, median of {n} runs"),
+        _ => name.to_string(),
+    }
+}
+
 fn goals(out: &mut String, args: &ReportArgs, scenarios: &[Scenario], idle: &[Value]) {
     // Every candidate scenario that ran is judged (the first is the one the issue names).
     let present = |names: &[String]| -> Vec<(String, Value, Value, Option<Value>)> {
@@ -435,6 +567,7 @@ fn goals(out: &mut String, args: &ReportArgs, scenarios: &[Scenario], idle: &[Va
         );
     }
     for (name, d, g, l) in &lat {
+        let name = &runs_label(name, g);
         let (a50, a99) = (added(d, g, "p50"), added(d, g, "p99"));
         let both_clean = clean(g) && clean(d);
         if !both_clean {
@@ -486,6 +619,7 @@ fn goals(out: &mut String, args: &ReportArgs, scenarios: &[Scenario], idle: &[Va
         );
     }
     for (name, d, g, l) in &sat {
+        let name = &runs_label(name, g);
         let ratio = f(g, &["rps"]) / f(d, &["rps"]).max(1e-9);
         let _ = writeln!(
             out,
@@ -519,7 +653,36 @@ fn goals(out: &mut String, args: &ReportArgs, scenarios: &[Scenario], idle: &[Va
 
 #[cfg(test)]
 mod tests {
-    use super::latency_verdict;
+    use super::{latency_verdict, merge};
+    use serde_json::json;
+
+    fn run(p50: i64, p99: i64, max: i64, rps: f64, io: i64, rss: i64) -> serde_json::Value {
+        json!({"scenario": "s", "target": "gateway", "rps": rps, "ok": 100, "requests": 100,
+            "latency_us": {"p50": p50, "p90": p50, "p99": p99, "p999": p99, "max": max,
+                "mean": p50, "count": 100},
+            "errors": {"io": io, "non_2xx": 0, "timeouts": 0, "unsent": 0},
+            "process": {"cpu_us_per_request": 10.0, "peak_rss_kib": rss}})
+    }
+
+    #[test]
+    fn repeated_runs_merge_to_medians_without_hiding_errors() {
+        let one = run(300, 900, 5000, 2000.0, 0, 50_000);
+        assert_eq!(merge(std::slice::from_ref(&one)), one);
+        let m = merge(&[
+            one,
+            run(200, 700, 3000, 1990.0, 2, 52_000),
+            run(250, 2500, 9000, 1995.0, 0, 51_000),
+        ]);
+        assert_eq!(m["latency_us"]["p50"], 250);
+        assert_eq!(m["latency_us"]["p99"], 900);
+        assert_eq!(m["latency_us"]["max"], 9000);
+        assert_eq!(m["latency_us"]["count"], 300);
+        assert_eq!(m["rps"], 1995.0);
+        assert_eq!(m["errors"]["io"], 2);
+        assert_eq!(m["ok"], 300);
+        assert_eq!(m["process"]["peak_rss_kib"], 52_000);
+        assert_eq!(m["repeats"], 3);
+    }
 
     #[test]
     fn negative_added_latency_is_inconclusive() {
