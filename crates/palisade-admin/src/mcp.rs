@@ -1,6 +1,7 @@
 //! MCP tool inventory and approvals.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use palisade_core::model::ProxyKind;
 use palisade_core::record::McpTool;
@@ -62,15 +63,51 @@ async fn decide(
     Ok(t)
 }
 
+/// What an administrator reviewed before approving (optional body of `approve`).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveInput {
+    /// The fingerprint of the definition that was reviewed: the approval is refused (409) if the
+    /// server has changed the tool since, so an approval never covers a definition nobody saw.
+    pub fingerprint: Option<String>,
+}
+
 /// Approve a tool (pins its current definition); also re-enables a disabled or quarantined one.
+/// With `{"fingerprint": …}` only if the tool's current definition is still that one.
 #[utoipa::path(post, path = "/api/v1/proxies/{name}/tools/{tool}/approve", tag = "mcp", security(("bearer" = [])),
     params(("name" = String, Path, description = "Proxy name"), ("tool" = String, Path, description = "Tool name")),
-    responses((status = 200, body = McpTool), (status = 404, body = ErrorBody)))]
+    request_body(content = Option<ApproveInput>, description = "Optional: the fingerprint that was reviewed"),
+    responses((status = 200, body = McpTool), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn approve(
     State(s): State<AppState>,
     Admin(u): Admin,
     Path((name, tool)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Json<McpTool>> {
+    let input: ApproveInput = if body.iter().all(u8::is_ascii_whitespace) {
+        ApproveInput { fingerprint: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid approval: {e}")))?
+    };
+    if let Some(reviewed) = input.fingerprint {
+        s.mcp_proxy(&name).await?;
+        let current = s
+            .manager
+            .shared()
+            .mcp
+            .list(&name)
+            .into_iter()
+            .find(|t| t.name == tool)
+            .ok_or_else(|| ApiError::not_found(format!("tool `{tool}` of proxy `{name}`")))?;
+        if current.fingerprint != reviewed {
+            return Err(ApiError::conflict(format!(
+                "tool `{tool}` changed since it was reviewed (fingerprint now {}); review its current definition and approve again",
+                current.fingerprint
+            )));
+        }
+    }
     Ok(Json(decide(&s, &name, &tool, "approved", u.actor()).await?))
 }
 

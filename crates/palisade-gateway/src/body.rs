@@ -150,8 +150,9 @@ pub struct Relay {
     abort_on_failure: bool,
 }
 
-/// Rewrites runs of complete SSE events before they are forwarded (MCP message processing).
-pub type EventMapper = Box<dyn FnMut(Bytes) -> Bytes + Send>;
+/// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
+/// what it finds goes into the request's findings, so the request's record shows it.
+pub type EventMapper = Box<dyn FnMut(Bytes, &mut Findings) -> Bytes + Send>;
 
 impl Relay {
     /// Relays `inner`; `sse` selects event-wise forwarding; `idle` bounds the gap between chunks;
@@ -372,7 +373,11 @@ impl Relay {
                         None => out,
                     };
                     let out = match this.mapper.as_mut() {
-                        Some(m) => m(out),
+                        Some(m) => {
+                            let mut spare = Findings::default();
+                            let f = request_findings(&mut this.guard, &mut this.finisher);
+                            m(out, f.unwrap_or(&mut spare))
+                        }
                         None => out,
                     };
                     if out.is_empty() {
@@ -404,7 +409,11 @@ impl Relay {
                         _ => rest,
                     };
                     let rest = match this.mapper.as_mut() {
-                        Some(m) if !rest.is_empty() => m(rest),
+                        Some(m) if !rest.is_empty() => {
+                            let mut spare = Findings::default();
+                            let f = request_findings(&mut this.guard, &mut this.finisher);
+                            m(rest, f.unwrap_or(&mut spare))
+                        }
                         _ => rest,
                     };
                     this.finish(None);
@@ -419,6 +428,19 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// The findings the request's record will be finished with: the stream guard's when there is
+/// one (it took them over), else the finisher's; none once the record is finished.
+fn request_findings<'a>(
+    guard: &'a mut Option<StreamGuard>,
+    finisher: &'a mut Option<Finisher>,
+) -> Option<&'a mut Findings> {
+    match (guard, finisher) {
+        (Some(g), _) => Some(&mut g.findings),
+        (None, Some(f)) => Some(&mut f.findings),
+        (None, None) => None,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct GatewayShared {
     pub tool_sink: ToolFn,
     /// Open sessions of MCP clients on the legacy HTTP+SSE transport.
     pub(crate) legacy: crate::mcp_legacy::Sessions,
+    /// The API key that opened each Streamable HTTP session, so no other key can use it.
+    pub(crate) session_owners: crate::mcp::SessionOwners,
 }
 
 impl GatewayShared {
@@ -65,6 +67,7 @@ impl GatewayShared {
             mcp: McpRegistry::default(),
             tool_sink,
             legacy: Default::default(),
+            session_owners: Default::default(),
         }
     }
 }

@@ -144,6 +144,24 @@ fn refuse(status: StatusCode, code: i64, msg: &str) -> Refusal {
     (status, rpc_error(&Value::Null, code, msg))
 }
 
+/// An upstream failure as the answer to the request it concerns: with the request's id when the
+/// message carried exactly one request, so the client can match the error to it.
+fn refuse_pending(pending: &Pending, status: StatusCode, msg: &str) -> Refusal {
+    let id = match pending.by_id.keys().next() {
+        Some(id) if pending.by_id.len() == 1 => serde_json::from_str(id).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    (status, rpc_error(&id, code::UPSTREAM, msg))
+}
+
+/// Whether a `Content-Type` value is JSON (`application/json`, any parameters, any case).
+pub(crate) fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// Serves one request on an MCP proxy: the legacy HTTP+SSE routes, or Streamable HTTP.
 pub async fn handle(
     shared: Arc<GatewayShared>,
@@ -219,6 +237,57 @@ pub(crate) fn finish(
     resp
 }
 
+/// Most Streamable HTTP sessions whose opening key the gateway remembers; past it the oldest
+/// is forgotten (and bound again to the next key that uses it).
+const MAX_SESSION_OWNERS: usize = 20_000;
+
+/// Which API key opened each Streamable HTTP session (`Mcp-Session-Id`) on each proxy: a session
+/// belongs to the key that opened it, as on the legacy transport. A session the gateway does not
+/// know (opened before a restart, or forgotten) is bound to the first key that uses it.
+#[derive(Default)]
+pub(crate) struct SessionOwners {
+    inner: std::sync::Mutex<SessionTable>,
+}
+
+#[derive(Default)]
+struct SessionTable {
+    owner: HashMap<(String, String), String>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl SessionOwners {
+    fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` may use `session` on `proxy`; binds the session to it when it is new.
+    pub(crate) fn claim(&self, proxy: &str, session: &str, key: &str) -> bool {
+        let mut t = self.table();
+        let id = (proxy.to_string(), session.to_string());
+        // Key ids are not secret; comparing them reveals nothing a caller does not hold.
+        if let Some(owner) = t.owner.get(&id) {
+            return owner == key;
+        }
+        if t.order.len() >= MAX_SESSION_OWNERS
+            && let Some(old) = t.order.pop_front()
+        {
+            t.owner.remove(&old);
+        }
+        t.owner.insert(id.clone(), key.to_string());
+        t.order.push_back(id);
+        true
+    }
+
+    /// Forgets a session that was ended.
+    pub(crate) fn forget(&self, proxy: &str, session: &str) {
+        let mut t = self.table();
+        let id = (proxy.to_string(), session.to_string());
+        if t.owner.remove(&id).is_some() {
+            t.order.retain(|o| *o != id);
+        }
+    }
+}
+
 async fn serve(
     shared: &Arc<GatewayShared>,
     rt: &Arc<ProxyRuntime>,
@@ -227,7 +296,45 @@ async fn serve(
     findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    gate(shared, rt, req.headers(), rec)?;
+    let key = gate(shared, rt, req.headers(), rec)?;
+    let proxy = rt.spec.name.as_str();
+    if let Some(s) = rec.session.as_deref()
+        && !shared.session_owners.claim(proxy, s, &key.id)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            code::INVALID_REQUEST,
+            "this session was opened with another API key",
+        ));
+    }
+    let ending = req.method() == Method::DELETE;
+    let resp = serve_checked(shared, rt, req, rec, findings, t0).await?;
+    // A session the upstream just opened belongs to this key; one it ended is forgotten.
+    if let Some(s) = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        shared.session_owners.claim(proxy, s, &key.id);
+    }
+    if ending
+        && resp.status().is_success()
+        && let Some(s) = rec.session.as_deref()
+    {
+        shared.session_owners.forget(proxy, s);
+    }
+    Ok(resp)
+}
+
+/// [`serve`] once the key and the session are checked.
+async fn serve_checked(
+    shared: &Arc<GatewayShared>,
+    rt: &Arc<ProxyRuntime>,
+    req: Request<Incoming>,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
     let (parts, body) = req.into_parts();
     let query = parts.uri.query();
     match parts.method {
@@ -537,16 +644,16 @@ pub(crate) async fn send(
     let hide_session = up.hide_session;
     let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
         Err(_) => {
-            return Err(refuse(
+            return Err(refuse_pending(
+                &pending,
                 StatusCode::GATEWAY_TIMEOUT,
-                code::UPSTREAM,
                 "upstream MCP server did not respond in time",
             ));
         }
         Ok(Err(e)) => {
-            return Err(refuse(
+            return Err(refuse_pending(
+                &pending,
                 StatusCode::BAD_GATEWAY,
-                code::UPSTREAM,
                 &format!("upstream MCP server unavailable: {e}"),
             ));
         }
@@ -639,7 +746,7 @@ pub(crate) async fn send(
             None,
         )
         .abort_on_failure()
-        .map_events(Box::new(move |run| ctx.map_run(run)));
+        .map_events(Box::new(move |run, findings| ctx.map_run(run, findings)));
         let mut r = Response::new(ProxyBody::Relay(Box::new(relay)));
         *r.status_mut() = up_parts.status;
         *r.headers_mut() = headers;
@@ -650,19 +757,29 @@ pub(crate) async fn send(
         .collect()
         .await
         .map_err(|e| {
-            refuse(
+            refuse_pending(
+                &pending,
                 StatusCode::BAD_GATEWAY,
-                code::UPSTREAM,
                 &format!("upstream body broke: {e}"),
             )
         })?
         .to_bytes();
-    let bytes = if ct.starts_with("application/json") && !pending.by_id.is_empty() {
+    // An answer to requests is checked before the client sees it; one the gateway cannot read
+    // (not JSON, malformed JSON) cannot be checked, so a successful one is refused, never relayed.
+    let answers_requests = !pending.by_id.is_empty();
+    let checkable = is_json(&ct);
+    if answers_requests && up_parts.status.is_success() && !bytes.is_empty() && !checkable {
+        let msg = format!(
+            "upstream MCP server answered with content type `{ct}`; only application/json and text/event-stream answers can be checked"
+        );
+        return Err(refuse_pending(&pending, StatusCode::BAD_GATEWAY, &msg));
+    }
+    let bytes = if checkable && answers_requests {
         let mut ctx = Ctx {
             shared: shared.clone(),
             rt: rt.clone(),
+            origin: rec.clone(),
             pending,
-            origin: RequestRecord::default(),
         };
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut v) => {
@@ -673,7 +790,11 @@ pub(crate) async fn send(
                     bytes
                 }
             }
-            Err(_) => bytes,
+            Err(_) if !up_parts.status.is_success() => bytes,
+            Err(e) => {
+                let msg = format!("upstream MCP server answered with malformed JSON: {e}");
+                return Err(refuse_pending(&ctx.pending, StatusCode::BAD_GATEWAY, &msg));
+            }
         }
     } else {
         bytes
@@ -948,11 +1069,24 @@ impl Ctx {
         rec: &mut RequestRecord,
         findings: &mut Findings,
     ) -> bool {
-        let Some(id) = m.get("id").map(Value::to_string) else {
+        let is_answer =
+            m.get("method").is_none() && (m.get("result").is_some() || m.get("error").is_some());
+        if !is_answer {
+            // Requests and notifications from the server: relayed as they are.
             return false;
-        };
+        }
+        let id = m.get("id").map(Value::to_string).unwrap_or_default();
         let Some((method, _tool, full)) = self.pending.by_id.get(&id).cloned() else {
-            return false;
+            // An answer to no request of this exchange (an id of another type or value, or a
+            // replay on a stream the gateway did not open for it) cannot be checked against
+            // its method: it is withheld, so nothing reaches the client unchecked.
+            let msg = format!(
+                "the upstream MCP server sent an answer with id {} that matches no request of this exchange; the gateway withheld it",
+                if id.is_empty() { "(none)" } else { id.as_str() }
+            );
+            self.withheld(rec, &msg);
+            *m = rpc_error(m.get("id").unwrap_or(&Value::Null), code::UPSTREAM, &msg);
+            return true;
         };
         if m.get("result").is_none() {
             return false;
@@ -1030,26 +1164,63 @@ impl Ctx {
         obs.visible
     }
 
+    /// Records that an upstream answer was withheld: on the request record and as an alert.
+    fn withheld(&self, rec: &mut RequestRecord, why: &str) {
+        rec.decision = Some("block".into());
+        rec.error = Some(why.to_string());
+        (self.shared.alert)(palisade_core::record::AlertRecord {
+            id: palisade_core::crypto::record_id(),
+            ts_ms: now_ms(),
+            kind: "mcp_answer".into(),
+            title: "MCP answer withheld".into(),
+            category: Some("protocol".into()),
+            severity: "high".into(),
+            action: Some("block".into()),
+            blocked: true,
+            target: Some("tool_result".into()),
+            proxy: Some(self.origin.proxy.clone()),
+            group: self.origin.group.clone(),
+            key_name: self.origin.key_name.clone(),
+            request_id: Some(self.origin.id.clone()),
+            message: why.to_string(),
+            status: "new".into(),
+            ..Default::default()
+        });
+    }
+
     /// Processes the JSON-RPC messages of a run of SSE events, keeping `id:`/`retry:` lines.
-    fn map_run(&mut self, run: Bytes) -> Bytes {
-        if self.pending.by_id.is_empty() {
-            return run;
-        }
+    /// Policy findings go into the request's own `findings`, so its record shows what was
+    /// blocked in the stream.
+    fn map_run(&mut self, run: Bytes, findings: &mut Findings) -> Bytes {
         let mut out: Vec<u8> = Vec::with_capacity(run.len());
         let mut changed = false;
         let mut scratch = self.origin.clone();
-        let mut f = Findings::default();
         for ev in raw_events(&run) {
             let mut data = None;
             for_each_event(ev, |_, d| data = Some(d.to_vec()));
-            let Some(mut v) = data.and_then(|d| serde_json::from_slice::<Value>(&d).ok()) else {
+            let Some(data) = data.filter(|d| !d.trim_ascii().is_empty()) else {
+                // Comments, and the empty event that primes a resumable stream.
                 out.extend_from_slice(ev);
                 continue;
             };
-            if !self.process(&mut v, &mut scratch, &mut f) {
-                out.extend_from_slice(ev);
-                continue;
-            }
+            let v = match serde_json::from_slice::<Value>(&data) {
+                Ok(mut v) => {
+                    if !self.process(&mut v, &mut scratch, findings) {
+                        out.extend_from_slice(ev);
+                        continue;
+                    }
+                    v
+                }
+                Err(e) => {
+                    // A message the gateway cannot read may still be read by a lenient client:
+                    // it is replaced, never relayed unchecked.
+                    let msg = format!(
+                        "the upstream MCP server sent a stream message that is not valid JSON ({e}); the gateway withheld it"
+                    );
+                    self.withheld(&mut scratch, &msg);
+                    rpc_error(&Value::Null, code::UPSTREAM, &msg)
+                }
+            };
             changed = true;
             let text = String::from_utf8_lossy(ev);
             let mut wrote_data = false;
@@ -1067,7 +1238,6 @@ impl Ctx {
             }
             out.push(b'\n');
         }
-        f.finalize(&mut scratch, self.shared.alert.as_ref());
         if changed { Bytes::from(out) } else { run }
     }
 }

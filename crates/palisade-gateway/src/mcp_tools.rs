@@ -13,7 +13,7 @@ use palisade_core::model::ToolApproval;
 use palisade_core::now_ms;
 use palisade_core::record::{AlertRecord, McpTool};
 use palisade_policy::Target;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::inspect::Inspector;
 use crate::manager::ProxyRuntime;
@@ -456,20 +456,53 @@ impl McpRegistry {
         });
         let mut seen = std::collections::HashSet::new();
         let noun = kind.noun();
+        // Entries per name: a listing that names an item twice offers two definitions under one
+        // name, and a client may use either; such an item is never shown and never trusted.
+        let mut entries: HashMap<String, Vec<&Value>> = HashMap::new();
+        for t in items {
+            if let Some(id) = t.get(kind.id_field()).and_then(Value::as_str) {
+                entries.entry(kind.key(id)).or_default().push(t);
+            }
+        }
         for t in items {
             let Some(id) = t.get(kind.id_field()).and_then(Value::as_str) else {
                 continue;
             };
             let key = kind.key(id);
             let name = key.as_str();
-            seen.insert(key.clone());
-            let mut def = canonical_of(kind, t);
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let listed = entries.get(name).map_or(1, Vec::len);
+            let mut def = if listed > 1 {
+                let all: Vec<Value> = entries[name]
+                    .iter()
+                    .map(|t| canonical_of(kind, t))
+                    .collect();
+                json!({ "listed_more_than_once": all })
+            } else {
+                canonical_of(kind, t)
+            };
             // The pin covers where the definition came from: a proxy pointed at another server
             // does not inherit the approvals given to the first one.
             def["upstream"] = Value::String(upstream.clone());
             let fp = fingerprint(&def);
             let findings_of = |def: &Value| {
-                let mut f = poisoning(def, rt.inspector.as_ref());
+                let mut f = Vec::new();
+                if listed > 1 {
+                    f.push(format!(
+                        "builtin: `{id}` is listed {listed} times under one name; a client may use any of the definitions"
+                    ));
+                    for d in def["listed_more_than_once"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        f.extend(poisoning(d, rt.inspector.as_ref()));
+                    }
+                } else {
+                    f.extend(poisoning(def, rt.inspector.as_ref()));
+                }
                 if kind == Kind::Tool {
                     if RESERVED.iter().any(|r| id.starts_with(r)) {
                         f.push(format!("builtin: tool name `{id}` uses a reserved prefix"));
@@ -596,7 +629,11 @@ impl McpRegistry {
             let Some(id) = t.get(kind.id_field()).and_then(Value::as_str) else {
                 continue;
             };
-            if let Some(rec) = inventory.get(&kind.key(id))
+            let key = kind.key(id);
+            if entries.get(&key).is_some_and(|e| e.len() > 1) {
+                continue;
+            }
+            if let Some(rec) = inventory.get(&key)
                 && rec.status == "approved"
                 && rec.approved_fingerprint.as_deref() == Some(rec.fingerprint.as_str())
             {

@@ -1,6 +1,8 @@
 //! `palisade mock-mcp`: a small MCP server (Streamable HTTP, session era) for tests and demos.
 //! Its tool set can be replaced at run time (`POST /_mock/tools`), to play a server whose tools
 //! change under the gateway (rug pulls), and it answers in JSON or, with `--sse`, in SSE streams.
+//! `POST /_mock/quirks` makes it misbehave the way a broken or hostile server does (answers with
+//! ids of another type, malformed bodies, other content types), to test the gateway's defences.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +26,10 @@ struct State {
     stateless: bool,
     /// Messages received, newest last (bounded), served at `GET /_mock/requests`.
     received: Mutex<Vec<Value>>,
+    /// Misbehaviour for every answer but `initialize`'s (`POST /_mock/quirks`): `string_ids`
+    /// (answer id 2 as "2"), `body` (this text instead of the answer), `content_type`,
+    /// `tool_result` (the result of every `tools/call`).
+    quirks: Mutex<Value>,
 }
 
 fn default_catalog() -> Value {
@@ -56,6 +62,7 @@ pub async fn run(addr: SocketAddr, sse: bool, stateless: bool) -> anyhow::Result
         sse,
         stateless,
         received: Mutex::new(Vec::new()),
+        quirks: Mutex::new(json!({})),
     });
     loop {
         let (stream, _) = tokio::select! {
@@ -221,6 +228,20 @@ async fn handle(
             ),
         });
     }
+    if path == "/_mock/quirks" && method == Method::POST {
+        return Ok(match serde_json::from_slice::<Value>(&body) {
+            Ok(v) if v.is_object() => {
+                *state.quirks.lock().unwrap_or_else(|p| p.into_inner()) = v;
+                reply(StatusCode::OK, "{}".into(), "application/json", None)
+            }
+            _ => reply(
+                StatusCode::BAD_REQUEST,
+                "{\"error\":\"expected an object of quirks\"}".into(),
+                "application/json",
+                None,
+            ),
+        });
+    }
     if path == "/_mock/requests" {
         let r = state.received.lock().unwrap_or_else(|p| p.into_inner());
         return Ok(reply(
@@ -301,18 +322,41 @@ async fn handle(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let out = answer(
+    let mut out = answer(
         id,
         m,
         msg.get("params").unwrap_or(&Value::Null),
         &tools,
         &catalog,
     );
-    let sid = new_session.as_deref().or(session.as_deref());
-    Ok(if state.sse {
-        let body = format!("id: 1\nevent: message\ndata: {out}\n\n");
-        reply(StatusCode::OK, body, "text/event-stream", sid)
+    let quirks = if m == "initialize" {
+        json!({})
     } else {
-        reply(StatusCode::OK, out.to_string(), "application/json", sid)
-    })
+        state
+            .quirks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    };
+    if let Some(result) = quirks.get("tool_result").filter(|_| m == "tools/call") {
+        out["result"] = result.clone();
+    }
+    if quirks["string_ids"] == true && !id.is_string() {
+        out["id"] = Value::String(id.to_string());
+    }
+    let text = match quirks["body"].as_str() {
+        Some(b) => b.to_string(),
+        None => out.to_string(),
+    };
+    let sid = new_session.as_deref().or(session.as_deref());
+    let (body, ct) = if state.sse {
+        (
+            format!("id: 1\nevent: message\ndata: {text}\n\n"),
+            "text/event-stream",
+        )
+    } else {
+        (text, "application/json")
+    };
+    let ct = quirks["content_type"].as_str().unwrap_or(ct);
+    Ok(reply(StatusCode::OK, body, ct, sid))
 }
