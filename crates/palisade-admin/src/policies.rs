@@ -53,6 +53,11 @@ fn lock(r: &Mutex<PolicyRegistry>) -> std::sync::MutexGuard<'_, PolicyRegistry> 
 }
 
 impl AppState {
+    /// Whether a policy (built-in pack or custom policy) has this id.
+    pub fn has_policy(&self, id: &str) -> bool {
+        lock(&self.policies).get(id).is_some()
+    }
+
     /// Loads custom policies from the store (at start).
     pub async fn load_custom_policies(&self) -> ApiResult<()> {
         let rows = self.store.list_policies().await?;

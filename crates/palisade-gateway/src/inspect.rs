@@ -47,6 +47,16 @@ impl Inspector {
     }
 }
 
+/// The decision a rule's action asks for.
+fn decision_of(a: Action) -> Decision {
+    match a {
+        Action::Block => Decision::Block,
+        Action::Redact => Decision::Redact,
+        Action::Alert => Decision::Alert,
+        Action::Log => Decision::Log,
+    }
+}
+
 /// Name of a decision, as stored in the request log.
 pub fn decision_str(d: Decision) -> &'static str {
     match d {
@@ -61,7 +71,9 @@ pub fn decision_str(d: Decision) -> &'static str {
 /// Everything the policies found in one request, across phases and stream windows.
 #[derive(Default)]
 pub struct Findings {
-    matches: Vec<(Target, RuleMatch)>,
+    /// Each rule's first match: where, what, and whether it was in an answer (answers are
+    /// checked and can be blocked, but never rewritten, so a `redact` rule there only alerts).
+    matches: Vec<(Target, RuleMatch, bool)>,
     seen: HashSet<(Arc<str>, Arc<str>)>,
     score: u8,
     decision: Decision,
@@ -70,8 +82,17 @@ pub struct Findings {
 }
 
 impl Findings {
-    /// Scans `text` as `target`; returns true when a blocking rule matched.
+    /// Scans `text` of a request as `target`; returns true when a blocking rule matched.
     pub fn scan(&mut self, insp: &Inspector, target: Target, text: &str) -> bool {
+        self.scan_in(insp, target, text, false)
+    }
+
+    /// Scans `text` of an answer (an LLM's, a tool's result) as `target`.
+    pub fn scan_answer(&mut self, insp: &Inspector, target: Target, text: &str) -> bool {
+        self.scan_in(insp, target, text, true)
+    }
+
+    fn scan_in(&mut self, insp: &Inspector, target: Target, text: &str, answer: bool) -> bool {
         if text.is_empty() {
             return false;
         }
@@ -83,7 +104,7 @@ impl Findings {
         for m in ev.matches {
             blocks |= m.action == Action::Block;
             if self.seen.insert((m.policy_id.clone(), m.rule_id.clone())) {
-                self.matches.push((target, m));
+                self.matches.push((target, m, answer));
             }
         }
         blocks
@@ -99,8 +120,8 @@ impl Findings {
         let ids: Vec<String> = self
             .matches
             .iter()
-            .filter(|(_, m)| m.action == Action::Block)
-            .map(|(_, m)| format!("{}/{}", m.policy_id, m.rule_id))
+            .filter(|(_, m, _)| m.action == Action::Block)
+            .map(|(_, m, _)| format!("{}/{}", m.policy_id, m.rule_id))
             .collect();
         ids.join(", ")
     }
@@ -111,28 +132,66 @@ impl Findings {
     /// number) is the policy doing its job: it is in the request log (decision, matched rules)
     /// and the metrics, not in the alert queue, which it would otherwise flood on every request
     /// that carries personal data. `log` matches stay in the request log.
+    ///
+    /// The recorded decision is what the gateway did, not what the rules asked for: a block
+    /// rule that did not stop the request (monitor mode) and a redact rule in an answer (never
+    /// rewritten) count as alerts, and alert whatever their severity.
     pub fn finalize(self, rec: &mut RequestRecord, alert: &dyn Fn(AlertRecord)) {
         if !self.evaluated {
             return;
         }
-        rec.decision = Some(decision_str(self.decision).to_string());
+        let acted = |m: &RuleMatch, answer: bool| match m.action {
+            Action::Block => self.blocked,
+            Action::Redact => !answer,
+            _ => true,
+        };
+        let done = self
+            .matches
+            .iter()
+            .map(|(_, m, answer)| {
+                if acted(m, *answer) {
+                    decision_of(m.action)
+                } else {
+                    Decision::Alert
+                }
+            })
+            .max()
+            .unwrap_or(Decision::Allow);
+        // Matches decide; with none, what the evaluation said (allow).
+        let decision = if self.matches.is_empty() {
+            self.decision
+        } else {
+            done
+        };
+        rec.decision = Some(decision_str(decision).to_string());
         rec.risk_score = Some(self.score as i64);
         if !self.matches.is_empty() {
             let ids: Vec<String> = self
                 .matches
                 .iter()
-                .map(|(_, m)| format!("{}/{}", m.policy_id, m.rule_id))
+                .map(|(_, m, _)| format!("{}/{}", m.policy_id, m.rule_id))
                 .collect();
             rec.matched_rules = Some(ids.join(","));
         }
-        for (target, m) in self.matches {
+        for (target, m, answer) in &self.matches {
+            let (target, answer) = (*target, *answer);
+            let unredacted = m.action == Action::Redact && answer;
             if m.action == Action::Log
-                || (m.action == Action::Redact && m.severity != palisade_policy::Severity::Critical)
+                || (m.action == Action::Redact
+                    && !unredacted
+                    && m.severity != palisade_policy::Severity::Critical)
             {
                 continue;
             }
             let blocked = self.blocked && m.action == Action::Block;
-            let verb = if blocked { "blocked" } else { "matched" };
+            let verb = if blocked {
+                "blocked"
+            } else if unredacted {
+                "matched (answers are not rewritten: it reached the client)"
+            } else {
+                "matched"
+            };
+            let m = m.clone();
             alert(AlertRecord {
                 id: palisade_core::crypto::record_id(),
                 ts_ms: now_ms(),
@@ -505,7 +564,7 @@ impl StreamGuard {
         if self.unscanned > 0 {
             self.unscanned = 0;
             self.findings
-                .scan(&self.insp, Target::LlmResponse, &self.window);
+                .scan_answer(&self.insp, Target::LlmResponse, &self.window);
         }
     }
 
@@ -528,7 +587,7 @@ impl StreamGuard {
         self.unscanned = 0;
         let blocks = self
             .findings
-            .scan(&self.insp, Target::LlmResponse, &self.window);
+            .scan_answer(&self.insp, Target::LlmResponse, &self.window);
         if self.window.len() > WINDOW {
             let mut cut = self.window.len() - WINDOW;
             while !self.window.is_char_boundary(cut) {

@@ -199,7 +199,7 @@ fn inspect_response(
     v: &serde_json::Value,
     findings: &mut Findings,
 ) -> Result<(), ProxyError> {
-    if findings.scan(insp, Target::LlmResponse, &response_text(v)) && insp.enforces() {
+    if findings.scan_answer(insp, Target::LlmResponse, &response_text(v)) && insp.enforces() {
         findings.set_blocked();
         return Err(ProxyError::PolicyBlocked {
             phase: "response",

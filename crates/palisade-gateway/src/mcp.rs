@@ -1133,7 +1133,7 @@ impl Ctx {
                     unmask_value(&mut m["result"], &self.pending.unmask);
                 }
                 let texts = request_texts(&json!({"result": m["result"].clone()}));
-                let blocks = findings.scan(insp, Target::ToolResult, &texts.prompt);
+                let blocks = findings.scan_answer(insp, Target::ToolResult, &texts.prompt);
                 if blocks && insp.enforces() {
                     findings.set_blocked();
                     let msg = format!(

@@ -64,6 +64,85 @@ fn resolve_secret(field: &str, value: &str) -> anyhow::Result<String> {
     }
 }
 
+impl Config {
+    /// What the file refers to that it does not define itself: groups of keys and prompts,
+    /// proxies of prompts, and policies of proxies that are not among `builtin_policies`. Each
+    /// must exist on the gateway the file is applied to.
+    pub fn outside_references(&self, builtin_policies: &[String]) -> Vec<Reference> {
+        let group_here = |g: &str| self.groups.iter().any(|x| x.name == g);
+        let proxy_here = |p: &str| self.proxies.iter().any(|(x, _)| x.name == p);
+        let mut refs = Vec::new();
+        for k in &self.api_keys {
+            if let Some(g) = k.group.as_deref().filter(|g| !group_here(g)) {
+                refs.push(Reference::group(format!("api key `{}`", k.name), g));
+            }
+        }
+        for p in &self.prompts {
+            for g in p.groups.iter().filter(|g| !group_here(g)) {
+                refs.push(Reference::group(format!("prompt `{}`", p.name), g));
+            }
+            for x in p.proxies.iter().filter(|x| !proxy_here(x)) {
+                refs.push(Reference {
+                    from: format!("prompt `{}`", p.name),
+                    kind: RefKind::Proxy,
+                    name: x.clone(),
+                });
+            }
+        }
+        for (spec, _) in &self.proxies {
+            for id in spec
+                .policies
+                .iter()
+                .filter(|id| !builtin_policies.contains(id))
+            {
+                refs.push(Reference {
+                    from: format!("proxy `{}`", spec.name),
+                    kind: RefKind::Policy,
+                    name: id.clone(),
+                });
+            }
+        }
+        refs
+    }
+}
+
+/// A name a config file uses without defining it.
+#[derive(Debug)]
+pub struct Reference {
+    /// The entry that uses it (`api key `ci``).
+    pub from: String,
+    pub kind: RefKind,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Group,
+    Proxy,
+    /// A custom policy (built-in packs are always there).
+    Policy,
+}
+
+impl Reference {
+    fn group(from: String, name: &str) -> Self {
+        Self {
+            from,
+            kind: RefKind::Group,
+            name: name.to_string(),
+        }
+    }
+
+    /// `group `x``, `proxy `x``, `custom policy `x``.
+    pub fn what(&self) -> String {
+        let noun = match self.kind {
+            RefKind::Group => "group",
+            RefKind::Proxy => "proxy",
+            RefKind::Policy => "custom policy",
+        };
+        format!("{noun} `{}`", self.name)
+    }
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
@@ -113,6 +192,9 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
             .map_err(|e| anyhow::anyhow!("prices[{i}]: {e}"))?;
         p.validate()
             .map_err(|e| anyhow::anyhow!("prices[{i}] ({}): {e}", p.model))?;
+        if prices.iter().any(|x: &Price| x.model == p.model) {
+            bail!("prices[{i}]: duplicate price for model `{}`", p.model);
+        }
         prices.push(p);
     }
     let mut prompts = Vec::new();
@@ -131,7 +213,30 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         if key.len() < 20 {
             bail!("api_keys[{i}].key: must be at least 20 characters");
         }
+        if api_keys.iter().any(|x: &KeyConf| x.name == k.name) {
+            bail!("api_keys[{i}]: duplicate key name `{}`", k.name);
+        }
+        if api_keys.iter().any(|x: &KeyConf| x.key == key) {
+            bail!(
+                "api_keys[{i}] ({}): the same key as another entry; each entry needs its own key",
+                k.name
+            );
+        }
         api_keys.push(KeyConf { key, ..k });
+    }
+    // Two proxies cannot listen on one address (port 0 picks a free port for each).
+    for (i, (p, _)) in proxies.iter().enumerate() {
+        if let Some((q, _)) = proxies[..i]
+            .iter()
+            .find(|(q, _)| q.listen == p.listen && !p.listen.ends_with(":0"))
+        {
+            bail!(
+                "proxies[{i}] ({}): listens on `{}` like proxy `{}`",
+                p.name,
+                p.listen,
+                q.name
+            );
+        }
     }
     Ok(Config {
         proxies,

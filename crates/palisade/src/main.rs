@@ -111,6 +111,10 @@ fn main() -> anyhow::Result<()> {
         } => rt.block_on(mock_mcp::run(addr, sse, stateless)),
         Command::CheckConfig { file } => {
             let cfg = config::load(&file)?;
+            let builtin: Vec<String> = serve::builtin_policies()?
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
             println!(
                 "{}: OK ({} proxies, {} groups, {} API keys)",
                 file.display(),
@@ -118,6 +122,14 @@ fn main() -> anyhow::Result<()> {
                 cfg.groups.len(),
                 cfg.api_keys.len()
             );
+            // What only the gateway can confirm: `serve` refuses the file if any is missing.
+            for r in cfg.outside_references(&builtin) {
+                println!(
+                    "  note: {} uses {}, which this file does not define: it must exist on the gateway",
+                    r.from,
+                    r.what()
+                );
+            }
             Ok(())
         }
     }

@@ -103,9 +103,86 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies a config file: everything is validated first, then applied in dependency order.
-async fn apply_config(state: &AppState, path: &Path) -> anyhow::Result<()> {
-    let cfg = crate::config::load(path)?;
+/// Why a config file was not (fully) applied.
+#[derive(Debug)]
+enum ConfigError {
+    /// Found before anything was written: nothing changed.
+    Refused(anyhow::Error),
+    /// Writing an entry failed (a listener that cannot bind, the database): the entries before
+    /// it are applied.
+    Partial(anyhow::Error),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(e) => write!(f, "config refused, nothing changed: {e:#}"),
+            Self::Partial(e) => write!(
+                f,
+                "config applied only in part (the entries before this one are applied): {e:#}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Checks what the file names without defining it against the gateway: groups, proxies and
+/// custom policies must exist, so a typo is refused before anything is written.
+async fn check_references(state: &AppState, cfg: &crate::config::Config) -> anyhow::Result<()> {
+    use crate::config::RefKind;
+    // Built-in packs are checked here too (`has_policy`), so none is taken as given.
+    let refs = cfg.outside_references(&[]);
+    if refs.is_empty() {
+        return Ok(());
+    }
+    let groups: Vec<String> = state
+        .store
+        .list_groups()
+        .await?
+        .into_iter()
+        .map(|g| g.spec.name)
+        .collect();
+    let proxies: Vec<String> = state
+        .store
+        .list_proxies()
+        .await?
+        .into_iter()
+        .map(|p| p.spec.name)
+        .collect();
+    for r in refs {
+        let exists = match r.kind {
+            RefKind::Group => groups.contains(&r.name),
+            RefKind::Proxy => proxies.contains(&r.name),
+            RefKind::Policy => state.has_policy(&r.name),
+        };
+        if !exists {
+            anyhow::bail!(
+                "{}: {} not found (neither in the file nor on the gateway)",
+                r.from,
+                r.what()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Applies a config file: everything is validated first (the file alone, then what it refers
+/// to on the gateway), then applied in dependency order.
+async fn apply_config(state: &AppState, path: &Path) -> Result<(), ConfigError> {
+    let cfg = crate::config::load(path).map_err(ConfigError::Refused)?;
+    check_references(state, &cfg)
+        .await
+        .map_err(ConfigError::Refused)?;
+    apply_checked(state, cfg)
+        .await
+        .map_err(ConfigError::Partial)?;
+    tracing::info!(path = %path.display(), "config applied");
+    Ok(())
+}
+
+/// Writes a checked config.
+async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::Result<()> {
     let actor = || Actor::system("config");
     for g in cfg.groups {
         let name = g.name.clone();
@@ -155,7 +232,6 @@ async fn apply_config(state: &AppState, path: &Path) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("proxy `{name}`: {}", e.message))?;
     }
-    tracing::info!(path = %path.display(), "config applied");
     Ok(())
 }
 
@@ -276,9 +352,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             while hup.recv().await.is_some() {
                 match apply_config(&st, &path).await {
                     Ok(()) => tracing::info!("config reloaded"),
-                    Err(e) => tracing::error!(
-                        error = format!("{e:#}"),
+                    Err(e @ ConfigError::Refused(_)) => tracing::error!(
+                        error = %e,
                         "config reload refused; previous configuration keeps serving"
+                    ),
+                    Err(e @ ConfigError::Partial(_)) => tracing::error!(
+                        error = %e,
+                        "config reload failed part-way; fix the file and send SIGHUP again"
                     ),
                 }
             }

@@ -571,3 +571,126 @@ async fn a_password_change_revokes_earlier_tokens() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_config_file_that_names_something_missing_changes_nothing() {
+    let mock = Mock::start(&[]);
+    let base = config_for(&mock.url);
+    let gw = Gateway::start(&base).await;
+    let path = gw.dir.path().join("palisade.toml");
+    let hup = || {
+        std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(gw.proc.pid().to_string())
+            .status()
+            .unwrap()
+    };
+    // A budget change, a new key, then a proxy naming a policy that does not exist.
+    let new_key = "pal_key_added_by_a_refused_reload_01";
+    let bad = format!(
+        "{}\n[[api_keys]]\nname = \"newkey\"\ngroup = \"engineering\"\nkey = \"{new_key}\"\n\
+         [[proxies]]\nname = \"typo\"\nkind = \"llm\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\
+         api = \"openai\"\npolicies = [\"llm-critical-securty\"]\n",
+        base.replacen(
+            "name = \"engineering\"",
+            "name = \"engineering\"\nmonthly_budget_usd = 123",
+            1
+        ),
+        mock.url
+    );
+    // check-config cannot see the gateway's custom policies: it says what must exist there.
+    std::fs::write(&path, &bad).unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check-config")
+        .arg(&path)
+        .env("PALISADE_CI_KEY", CI_KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("note: proxy `typo` uses custom policy `llm-critical-securty`"),
+        "{text}"
+    );
+    assert!(hup().success());
+    // A good file after it: once its group shows, the bad one has been handled.
+    std::fs::write(&path, format!("{base}\n[[groups]]\nname = \"marker\"\n")).unwrap();
+    assert!(hup().success());
+    let mut marker = 0;
+    for _ in 0..100 {
+        marker = gw.get("/api/v1/groups/marker").await.0;
+        if marker == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(marker, 200, "the good file was applied");
+    let (_, g) = gw.get("/api/v1/groups/engineering").await;
+    assert!(g["monthly_budget_usd"].is_null(), "budget unchanged: {g}");
+    assert_eq!(gw.get("/api/v1/proxies/typo").await.0, 404);
+    let url = gw.proxy_url("oai").await;
+    let r = reqwest::Client::new()
+        .get(format!("{url}/v1/models"))
+        .bearer_auth(new_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the refused file's key was never created");
+
+    // The same at start-up: refused before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let start_cfg = dir.path().join("start.toml");
+    std::fs::write(
+        &start_cfg,
+        format!(
+            "[[groups]]\nname = \"startgrp\"\n[[api_keys]]\nname = \"k\"\ngroup = \"nosuchgroup\"\nkey = \"{new_key}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--config"])
+        .arg(&start_cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("nothing changed"), "{err}");
+    assert!(err.contains("group `nosuchgroup` not found"), "{err}");
+    let gw2 = Gateway::start_in(dir, &base).await;
+    assert_eq!(gw2.get("/api/v1/groups/startgrp").await.0, 404);
+
+    // Entries a file cannot hold twice.
+    for (dup, why) in [
+        (
+            format!("{base}\n[[api_keys]]\nname = \"ci\"\nkey = \"{new_key}\"\n"),
+            "duplicate key name `ci`",
+        ),
+        (
+            format!(
+                "{base}\n[[prices]]\nmodel = \"m\"\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\n\
+                 [[prices]]\nmodel = \"m\"\ninput_per_mtok = 2.0\noutput_per_mtok = 2.0\n"
+            ),
+            "duplicate price for model `m`",
+        ),
+    ] {
+        std::fs::write(&path, &dup).unwrap();
+        let out = std::process::Command::new(bin())
+            .arg("check-config")
+            .arg(&path)
+            .env("PALISADE_CI_KEY", CI_KEY)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{dup}");
+        assert!(err.contains(why), "{err}");
+    }
+}
