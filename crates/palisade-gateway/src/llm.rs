@@ -193,6 +193,68 @@ fn inspect_request(
     Ok(())
 }
 
+/// Most text taken from a pass-through body for the policies (the rest is not scanned).
+const MAX_PASS_THROUGH_TEXT: usize = 1 << 20;
+
+/// Phase 2c: a body on a path the gateway does not model (`/v1/completions`, images, audio…)
+/// still meets the key's model scope and the request policies: when it is JSON, its `model` is
+/// checked and every string in it is scanned as prompt text (nothing is redacted: the gateway
+/// does not know its shape). A body that is not JSON cannot show its model, so a key limited to
+/// some models is refused; without such a limit it passes, as documented.
+fn check_pass_through(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+    key: &KeyInfo,
+    body: &[u8],
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+) -> Result<(), ProxyError> {
+    if rt.inspector.is_none() && key.allowed_models.is_empty() {
+        return Ok(());
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        if key.allowed_models.is_empty() {
+            return Ok(());
+        }
+        return Err(ProxyError::Forbidden(format!(
+            "key `{}` is limited to some models, and this request's body is not JSON, so its model cannot be checked",
+            key.name
+        )));
+    };
+    let model = v.get("model").and_then(serde_json::Value::as_str);
+    rec.model = model.map(|m| m.chars().take(200).collect());
+    shared.accounting.check_model(key, model)?;
+    let Some(insp) = &rt.inspector else {
+        return Ok(());
+    };
+    let mut text = String::new();
+    collect_strings(&v, &mut text);
+    if findings.scan(insp, Target::LlmRequest, &text) && insp.enforces() {
+        findings.set_blocked();
+        return Err(ProxyError::PolicyBlocked {
+            phase: "request",
+            rules: findings.blocking_rules(),
+        });
+    }
+    Ok(())
+}
+
+/// Every string value of `v` but `model`, one per line, up to [`MAX_PASS_THROUGH_TEXT`] bytes.
+fn collect_strings(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::String(s) if out.len() + s.len() < MAX_PASS_THROUGH_TEXT => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        serde_json::Value::Object(o) => o
+            .iter()
+            .filter(|(k, _)| k.as_str() != "model")
+            .for_each(|(_, x)| collect_strings(x, out)),
+        _ => {}
+    }
+}
+
 /// Phase 5b: scan a buffered answer (already parsed; an answer that is not JSON is not scanned).
 fn inspect_response(
     insp: &Inspector,
@@ -262,6 +324,10 @@ async fn proxy(
                 &mut redactions,
             )?;
         }
+    }
+
+    if !endpoint.has_json_body() && !body.is_empty() {
+        check_pass_through(shared, rt, &key, &body, rec, findings)?;
     }
 
     // Phase 3: the upstream request.

@@ -216,8 +216,37 @@ async fn rate_limited_key_gets_429_and_others_are_unaffected() {
             json!({"name": "scoped", "group": "engineering", "allowed_models": ["other-model"]}),
         )
         .await;
-    let r = chat(&c, &url, scoped["key"].as_str().unwrap()).await;
+    let scoped_key = scoped["key"].as_str().unwrap();
+    let r = chat(&c, &url, scoped_key).await;
     assert_eq!(r.status(), 403);
+    // Paths the gateway passes through meet the same scope: a JSON body's model is checked,
+    // and a body whose model cannot be read is refused for a scoped key.
+    let post = |path: &str, body: reqwest::Body, ct: &str| {
+        c.post(format!("{url}{path}"))
+            .bearer_auth(scoped_key)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let legacy = json!({"model": "mock-gpt", "prompt": "hi"}).to_string();
+    let r = post("/v1/completions", legacy.into(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(
+        "/v1/audio/transcriptions",
+        "--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n"
+            .into(),
+        "multipart/form-data; boundary=b",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let allowed = json!({"model": "other-model", "prompt": "hi"}).to_string();
+    let r = post("/v1/completions", allowed.into(), "application/json")
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 403, "its own model passes the scope");
     let (s, v) = gw
         .api(
             Method::PATCH,
