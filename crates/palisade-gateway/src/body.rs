@@ -384,6 +384,12 @@ impl Relay {
                         continue;
                     }
                     this.mark_first_byte();
+                    // An answer of known length ends with its last byte: the client's side may
+                    // stop polling there (it has the whole length), so the record is finished
+                    // now rather than taken for a disconnect when the body is dropped.
+                    if matches!(this.mode, Mode::Raw) && this.inner.is_end_stream() {
+                        this.finish(None);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -88,19 +88,20 @@ pub async fn handle(
             if rec.overhead_us == 0 {
                 rec.overhead_us = rec.latency_us;
             }
-            let id = rec.id.clone();
+            let (id, overhead) = (rec.id.clone(), rec.overhead_us);
             (shared.record)(rec);
-            Ok(error_response(rt.spec.api, &e, &id, t0))
+            Ok(error_response(rt.spec.api, &e, &id, overhead))
         }
     }
 }
 
-/// An error answer in the proxy's API shape.
+/// An error answer in the proxy's API shape; `overhead_us` is the gateway's own time (without
+/// any wait for the upstream, as on every answer).
 fn error_response(
     api: LlmApi,
     e: &ProxyError,
     request_id: &str,
-    t0: Instant,
+    overhead_us: i64,
 ) -> Response<ProxyBody> {
     let ty = match api {
         LlmApi::Openai => e.openai_type(),
@@ -125,7 +126,7 @@ fn error_response(
     }
     h.insert(
         OVERHEAD.clone(),
-        HeaderValue::from(t0.elapsed().as_micros() as u64),
+        HeaderValue::from(overhead_us.max(0) as u64),
     );
     resp
 }

@@ -46,6 +46,8 @@ pub(crate) mod code {
     pub const POLICY: i64 = -32002;
     /// The upstream failed, or the gateway could not reach it.
     pub const UPSTREAM: i64 = -32000;
+    /// The params of a method are missing or of the wrong shape.
+    pub const INVALID_PARAMS: i64 = -32602;
 }
 
 pub(crate) fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
@@ -524,7 +526,7 @@ where
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ct.starts_with("application/json") {
+    if !is_json(ct) {
         return Err(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code::INVALID_REQUEST,
@@ -908,6 +910,16 @@ pub(crate) fn check_post(
             "resources/read" => Kind::Resource,
             _ => continue,
         };
+        // What is used must be named: `params` an object with the name (or uri) as a string.
+        if name.is_none() {
+            let field = crate::mcp_headers::name_param(method).unwrap_or("name");
+            refusals.push(rpc_error(
+                id.as_ref().unwrap_or(&Value::Null),
+                code::INVALID_PARAMS,
+                &format!("`{method}` needs `params` with `{field}` as a string"),
+            ));
+            continue;
+        }
         if kind != Kind::Tool {
             if let Some(why) = shared
                 .mcp
@@ -977,8 +989,13 @@ pub(crate) fn check_post(
             .collect();
         return Ok(PostOutcome::Answer(Value::Array(answers)));
     }
-    // One message, so one refusal.
-    Ok(PostOutcome::Answer(refusals.swap_remove(0)))
+    // One message, so one refusal. A notification gets no JSON-RPC answer: its POST fails
+    // with an HTTP error and the error without an id (as Streamable HTTP has it).
+    let refusal = refusals.swap_remove(0);
+    if msgs[0].get("id").is_none() {
+        return Err((StatusCode::FORBIDDEN, refusal));
+    }
+    Ok(PostOutcome::Answer(refusal))
 }
 
 /// Replaces sensitive values in `tools/call` arguments (rules with action `redact` for

@@ -253,7 +253,7 @@ impl Store {
         .await
     }
 
-    /// Deletes a group that no key belongs to.
+    /// Deletes a group that no live (unrevoked) key belongs to.
     pub async fn delete_group(&self, name: &str, actor: Actor) -> Result<(), StoreError> {
         let name = name.to_string();
         self.call(move |c| {
@@ -261,15 +261,20 @@ impl Store {
             let before = get_group(&tx, &name)?
                 .ok_or_else(|| StoreError::NotFound(format!("group `{name}`")))?;
             let keys: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM api_keys WHERE group_name = ?1",
+                "SELECT COUNT(*) FROM api_keys WHERE group_name = ?1 AND revoked_at IS NULL",
                 [&name],
                 |r| r.get(0),
             )?;
             if keys > 0 {
                 return Err(StoreError::Conflict(format!(
-                    "group `{name}` still has {keys} API key(s); delete or move them first"
+                    "group `{name}` still has {keys} API key(s) that are not revoked; revoke them first"
                 )));
             }
+            // Revoked keys stay listed (their rows name them) without a group.
+            tx.execute(
+                "UPDATE api_keys SET group_name = NULL WHERE group_name = ?1",
+                [&name],
+            )?;
             tx.execute("DELETE FROM groups WHERE name = ?1", [&name])?;
             audit_tx(
                 &tx,

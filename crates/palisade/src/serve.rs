@@ -85,6 +85,10 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         Ok(p) if !p.is_empty() => (p, false),
         _ => (random_token(18), true),
     };
+    // The same rule as every password set through the API.
+    if password.chars().count() < 12 {
+        anyhow::bail!("PALISADE_ADMIN_PASSWORD must be at least 12 characters");
+    }
     let p = password.clone();
     let hash = tokio::task::spawn_blocking(move || hash_password(&p)).await??;
     state

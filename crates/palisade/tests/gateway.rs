@@ -694,3 +694,57 @@ async fn a_config_file_that_names_something_missing_changes_nothing() {
         assert!(err.contains(why), "{err}");
     }
 }
+
+#[tokio::test]
+async fn small_things_say_what_happened() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    // A passed-through answer read to its end is logged complete, not as a disconnect.
+    let r = c
+        .get(format!("{url}/v1/other/path"))
+        .bearer_auth(CI_KEY)
+        .send()
+        .await
+        .unwrap();
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(!r.bytes().await.unwrap().is_empty());
+    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+    assert!(rows[0]["error"].is_null(), "{}", rows[0]);
+
+    // The overhead header of an error answer is the gateway's time, not the upstream wait.
+    drop(mock);
+    let r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let header: i64 = r.headers()["x-palisade-overhead-us"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+    assert_eq!(header, rows[0]["overhead_us"].as_i64().unwrap());
+
+    // A group whose keys are all revoked can be deleted; one with a live key cannot.
+    let (s, _) = gw.post("/api/v1/groups", json!({"name": "gone"})).await;
+    assert_eq!(s, 201);
+    let (s, _) = gw
+        .post("/api/v1/keys", json!({"name": "gonekey", "group": "gone"}))
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = gw.api(Method::DELETE, "/api/v1/groups/gone", None).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("revoke"));
+    let (s, _) = gw.api(Method::DELETE, "/api/v1/keys/gonekey", None).await;
+    assert!(s < 300);
+    let (s, v) = gw.api(Method::DELETE, "/api/v1/groups/gone", None).await;
+    assert!(s < 300, "{s} {v}");
+    assert_eq!(gw.get("/api/v1/groups/gone").await.0, 404);
+}

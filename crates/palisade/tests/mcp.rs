@@ -407,6 +407,30 @@ async fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], -32700);
     assert_eq!(post("{}", "text/plain").await.unwrap().status(), 415);
+    assert_eq!(
+        post("{}", "application/jsonx").await.unwrap().status(),
+        415,
+        "a media type that only starts like JSON is not JSON"
+    );
+    // What a call uses must be named.
+    let r = c
+        .raw(
+            json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": "echo"}),
+            &[],
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    // A refused notification gets an HTTP error and no JSON-RPC answer to an id it never had.
+    let r = c
+        .raw(
+            json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "add", "arguments": {}}}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["id"].is_null() && v["error"]["code"] == -32003, "{v}");
     let r = post(
         r#"{"jsonrpc": "1.0", "id": 1, "method": "ping"}"#,
         "application/json",
