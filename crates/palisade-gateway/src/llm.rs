@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use palisade_core::identity::KeyInfo;
@@ -442,16 +442,20 @@ async fn proxy(
     };
     let received = Instant::now();
     let mut usage = Usage::default();
-    if up_parts.status == StatusCode::OK {
+    if up_parts.status.is_success() {
         match rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
             Some(insp) => {
-                // One parse serves the usage and the scan.
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    usage.absorb(&v);
-                    // Recorded now too: a blocked answer's record still has them.
-                    usage.record_into(rec);
-                    inspect_response(insp, &v, findings)?;
-                }
+                // One parse serves the usage and the scan. An answer the policies cannot read
+                // is not passed on unchecked.
+                let v = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+                    ProxyError::UpstreamUnavailable(format!(
+                        "its answer is not valid JSON ({e}), so the proxy's policies cannot check it"
+                    ))
+                })?;
+                usage.absorb(&v);
+                // Recorded now too: a blocked answer's record still has them.
+                usage.record_into(rec);
+                inspect_response(insp, &v, findings)?;
             }
             None => usage.absorb_json(&bytes),
         }

@@ -641,6 +641,51 @@ async fn a_config_file_that_names_something_missing_changes_nothing() {
         .unwrap();
     assert_eq!(r.status(), 401, "the refused file's key was never created");
 
+    // A key the file made is revoked once the file no longer names it.
+    let (s, _) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "made-by-api", "group": "engineering"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let without_key = base.replace(
+        "[[api_keys]]\nname = \"ci\"\ngroup = \"engineering\"\nkey = \"env:PALISADE_CI_KEY\"\n",
+        "",
+    );
+    assert_ne!(without_key, base);
+    std::fs::write(&path, without_key).unwrap();
+    assert!(hup().success());
+    let mut code = 0;
+    for _ in 0..100 {
+        code = reqwest::Client::new()
+            .get(format!("{url}/v1/models"))
+            .bearer_auth(CI_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if code == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, 401, "a key dropped from the file no longer works");
+    let (_, keys) = gw.get("/api/v1/keys").await;
+    let keys = keys.as_array().cloned().unwrap_or_default();
+    let state = |n: &str| {
+        keys.iter()
+            .find(|k| k["name"] == n)
+            .map(|k| k["revoked_at"].is_null())
+    };
+    assert_eq!(state("ci"), Some(false), "{keys:?}");
+    assert_eq!(
+        state("made-by-api"),
+        Some(true),
+        "keys made through the API stay"
+    );
+
     // The same at start-up: refused before anything is written.
     let dir = tempfile::tempdir().unwrap();
     let start_cfg = dir.path().join("start.toml");

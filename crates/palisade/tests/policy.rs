@@ -295,3 +295,42 @@ async fn a_streamed_answer_leaking_a_secret_is_cut() {
         .sum();
     assert!(total >= 250, "shipped packs hold {total} rules");
 }
+
+/// An upstream on 127.0.0.1 that answers every request with `body` as JSON (whatever it is).
+fn fixed_upstream(body: &'static str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_answer_the_policies_cannot_read_is_not_passed_on() {
+    let upstream = fixed_upstream(r#"{"choices": [ this is not json"#);
+    let gw = Gateway::start(&config(&upstream, "enforce")).await;
+    let url = gw.proxy_url("guarded").await;
+    let r = chat(&url, "What is the capital of France?", false).await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{v}"
+    );
+    // Without policies on answers the gateway relays it as it came.
+    let url = gw.proxy_url("oai").await;
+    assert_eq!(chat(&url, "hello", false).await.status(), 200);
+}
