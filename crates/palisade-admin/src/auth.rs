@@ -220,7 +220,7 @@ impl FromRequestParts<AppState> for Viewer {
         let u = user_from_parts(parts, state).await?;
         if u.must_change_password {
             return Err(ApiError::forbidden(
-                "the generated admin password must be changed first: POST /api/v1/auth/password",
+                "this account's password was set for it and must be changed first: POST /api/v1/auth/password",
             ));
         }
         Ok(Viewer(u))

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use palisade_core::crypto::{generate_api_key, hash_api_key, key_display_prefix};
 use palisade_core::identity::KeyIndex;
@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::{ValidJson, parse};
+use crate::json::{ValidJson, ValidQuery, parse};
 
 impl AppState {
     fn now(&self) -> i64 {
@@ -410,7 +410,7 @@ pub async fn delete_price(
 pub async fn usage(
     State(s): State<AppState>,
     _v: Viewer,
-    Query(q): Query<UsageQuery>,
+    ValidQuery(q): ValidQuery<UsageQuery>,
 ) -> ApiResult<Json<Vec<UsageRow>>> {
     let now = s.now();
     s.store.usage(q, now).await.map(Json).map_err(|e| match e {

@@ -170,6 +170,46 @@ async fn headers_mw(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Makes the document's composed schemas (`allOf`, from flattened structs such as a proxy's
+/// view: its spec plus run state) valid JSON Schema: a part that says `additionalProperties:
+/// false` (the spec refuses unknown fields on input) would make every real answer, which has the
+/// other parts' fields too, fail validation. Such parts lose that flag (the server still refuses
+/// unknown input fields; errors say so).
+fn open_composites(mut doc: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    fn walk(v: &mut Value, refs: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::Array(parts)) = o.get_mut("allOf") {
+                    for part in parts.iter_mut() {
+                        if let Some(r) = part.get("$ref").and_then(Value::as_str) {
+                            refs.push(r.rsplit('/').next().unwrap_or("").to_string());
+                        } else if let Some(p) = part.as_object_mut() {
+                            p.remove("additionalProperties");
+                        }
+                    }
+                }
+                o.values_mut().for_each(|x| walk(x, refs));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, refs)),
+            _ => {}
+        }
+    }
+    let mut refs = Vec::new();
+    walk(&mut doc, &mut refs);
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for name in refs {
+            if let Some(s) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
+                s.remove("additionalProperties");
+            }
+        }
+    }
+    doc
+}
+
 /// Builds the API router and its OpenAPI document.
 pub fn router(state: AppState) -> Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -221,7 +261,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(policies::update_alert))
         .with_state(state)
         .split_for_parts();
-    let doc = Arc::new(api);
+    let doc = Arc::new(open_composites(
+        serde_json::to_value(&api).unwrap_or(serde_json::Value::Null),
+    ));
     router
         .route(
             "/api/v1/openapi.json",

@@ -1,7 +1,7 @@
 //! Read-only views: the request log and the audit log.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use palisade_store::{AuditEntry, AuditFilter, RequestFilter, RequestPage};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -9,6 +9,7 @@ use utoipa::IntoParams;
 use crate::AppState;
 use crate::auth::Viewer;
 use crate::error::{ApiResult, ErrorBody};
+use crate::json::ValidQuery;
 
 /// Search the request log (newest first).
 #[utoipa::path(get, path = "/api/v1/requests", tag = "logs", security(("bearer" = [])), params(RequestFilter),
@@ -16,7 +17,7 @@ use crate::error::{ApiResult, ErrorBody};
 pub async fn requests(
     State(s): State<AppState>,
     _v: Viewer,
-    Query(f): Query<RequestFilter>,
+    ValidQuery(f): ValidQuery<RequestFilter>,
 ) -> ApiResult<Json<RequestPage>> {
     Ok(Json(s.store.query_requests(f).await?))
 }
@@ -43,7 +44,7 @@ pub struct AuditQuery {
 pub async fn audit(
     State(s): State<AppState>,
     _v: Viewer,
-    Query(q): Query<AuditQuery>,
+    ValidQuery(q): ValidQuery<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     let f = AuditFilter {
         actor: q.actor,

@@ -2,7 +2,7 @@
 //! per-proxy state over a recent window.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use palisade_store::{ProxyTraffic, SeriesPoint};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::auth::Viewer;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ValidQuery;
 
 /// Summary query.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -95,7 +96,7 @@ fn percentile(sorted: &[i64], p: f64) -> Option<f64> {
 pub async fn summary(
     State(s): State<AppState>,
     _v: Viewer,
-    Query(q): Query<SummaryQuery>,
+    ValidQuery(q): ValidQuery<SummaryQuery>,
 ) -> ApiResult<Json<Summary>> {
     let window = q.window.unwrap_or(3600);
     if !(60..=86_400).contains(&window) {

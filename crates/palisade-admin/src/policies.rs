@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use palisade_core::record::AlertRecord;
 use palisade_policy::{Evaluation, Policy, PolicySet, Target};
@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::ValidJson;
+use crate::json::{ValidJson, ValidQuery};
 
 /// Built-in packs plus custom policies, and a cache of compiled sets by id list.
 #[derive(Default)]
@@ -415,7 +415,7 @@ pub async fn test(
 pub async fn alerts(
     State(s): State<AppState>,
     _v: Viewer,
-    Query(f): Query<AlertFilter>,
+    ValidQuery(f): ValidQuery<AlertFilter>,
 ) -> ApiResult<Json<AlertPage>> {
     Ok(Json(s.store.query_alerts(f).await?))
 }

@@ -40,7 +40,7 @@ pub struct ProxyView {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct ProxyInput {
-    #[schema(inline)]
+    #[serde(flatten)]
     spec: ProxySpec,
     /// Provider credential injected upstream; stored encrypted, never returned.
     upstream_key: Option<String>,

@@ -160,6 +160,16 @@ impl Default for Accounting {
     }
 }
 
+/// Dollars for a message: cents, or four decimals for amounts under a dollar (a $0.005 budget
+/// is not "$0.00").
+fn dollars(v: f64) -> String {
+    if v.abs() >= 1.0 || v == 0.0 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.4}")
+    }
+}
+
 fn usd(nano: i64) -> f64 {
     nano as f64 / NANO_PER_USD
 }
@@ -220,10 +230,10 @@ impl Accounting {
             let spent = self.spend.spent(&g.name, now);
             if spent >= limit {
                 let msg = format!(
-                    "group `{}` has spent ${:.2} of its ${:.2} monthly budget",
+                    "group `{}` has spent {} of its {} monthly budget",
                     g.name,
-                    usd(spent),
-                    usd(limit)
+                    dollars(usd(spent)),
+                    dollars(usd(limit))
                 );
                 self.budget_alert(g, spent, limit, now, true, alert, rec);
                 match g.budget_action {
@@ -345,7 +355,7 @@ impl Accounting {
             ("warn", "Monthly budget warning threshold crossed", "medium")
         };
         let what = match (exceeded, g.budget_action) {
-            (false, _) => format!("crossed {}% of", g.budget_warn_percent),
+            (false, _) => format!("past its {}% warning threshold", g.budget_warn_percent),
             (true, BudgetAction::Block) => {
                 "exhausted; requests are refused (402) for the rest of the month".into()
             }
@@ -363,10 +373,10 @@ impl Accounting {
             key_name: rec.key_name.clone(),
             request_id: Some(rec.id.clone()),
             message: format!(
-                "group `{}` spent ${:.4} of its ${:.2} monthly budget: {what}",
+                "group `{}` spent {} of its {} monthly budget: {what}",
                 g.name,
-                usd(spent),
-                usd(limit)
+                dollars(usd(spent)),
+                dollars(usd(limit))
             ),
             status: "new".into(),
             dedup_key: Some(format!("budget-{kind}:{}:{month}", g.name)),

@@ -98,6 +98,49 @@ async fn admin_api_requires_auth_and_names_bad_fields() {
     ] {
         assert!(spec["paths"].get(p).is_some(), "openapi lacks {p}");
     }
+    // Composed schemas accept what the server sends: no part of an `allOf` forbids the other
+    // parts' fields.
+    fn closed_parts(v: &Value, spec: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                for part in o
+                    .get("allOf")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let target = match part["$ref"].as_str() {
+                        Some(r) => spec
+                            .pointer(&r.replace("#/", "/"))
+                            .cloned()
+                            .unwrap_or_default(),
+                        None => part.clone(),
+                    };
+                    if target["additionalProperties"] == false {
+                        out.push(part.to_string().chars().take(80).collect());
+                    }
+                }
+                o.values().for_each(|x| closed_parts(x, spec, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| closed_parts(x, spec, out)),
+            _ => {}
+        }
+    }
+    assert!(
+        spec["components"]["schemas"]["ProxyView"]
+            .to_string()
+            .contains("allOf"),
+        "a proxy's view is composed (spec plus run state)"
+    );
+    let mut closed = Vec::new();
+    closed_parts(&spec, &spec, &mut closed);
+    assert!(closed.is_empty(), "{closed:?}");
+    let input = &spec["components"]["schemas"]["ProxyInput"];
+    assert!(
+        !input.to_string().contains("\"spec\""),
+        "the body is flat: {input}"
+    );
+    assert!(input.to_string().contains("upstream_key"), "{input}");
 }
 
 #[tokio::test]
@@ -776,6 +819,17 @@ async fn small_things_say_what_happened() {
         .unwrap();
     let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
     assert_eq!(header, rows[0]["overhead_us"].as_i64().unwrap());
+
+    // A bad query string is an error in the API's JSON shape, like every other.
+    let (s, v) = gw.get("/api/v1/requests?limit=abc").await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid query string"),
+        "{v}"
+    );
 
     // A group whose keys are all revoked can be deleted; one with a live key cannot.
     let (s, _) = gw.post("/api/v1/groups", json!({"name": "gone"})).await;
