@@ -212,7 +212,11 @@ pub fn poisoning(def: &Value, insp: Option<&Inspector>) -> Vec<String> {
     if parts.iter().any(|s| s.chars().any(hidden_char)) {
         out.push("builtin: invisible, bidi or tag characters in the definition".to_string());
     }
-    if parts.iter().any(|s| s.contains('\u{1b}')) {
+    // ESC, and the 8-bit controls a terminal also obeys (CSI U+009B, OSC U+009D, …).
+    if parts.iter().any(|s| {
+        s.chars()
+            .any(|c| c == '\u{1b}' || ('\u{80}'..='\u{9f}').contains(&c))
+    }) {
         out.push("builtin: terminal escape sequences in the definition".to_string());
     }
     if let Some(insp) = insp {
@@ -691,5 +695,18 @@ mod tests {
         let def = json!({"name": "t", "description": "Adds numbers\u{200b}\u{e0049}"});
         assert!(!poisoning(&def, None).is_empty());
         assert!(poisoning(&json!({"name": "t", "description": "Adds numbers"}), None).is_empty());
+        // Terminal control: ESC, and the 8-bit CSI a terminal obeys the same way.
+        for esc in ["\u{1b}[2J", "\u{9b}2J", "\u{9d}0;title\u{7}"] {
+            let def = json!({"name": "t", "description": format!("Adds numbers{esc}")});
+            assert!(
+                poisoning(&def, None)
+                    .iter()
+                    .any(|f| f.contains("terminal escape")),
+                "{esc:?}"
+            );
+        }
+        // Accented letters are not controls.
+        let def = json!({"name": "t", "description": "Additionne les nombres, déjà triés"});
+        assert!(poisoning(&def, None).is_empty());
     }
 }
