@@ -79,6 +79,8 @@ pub struct Findings {
     decision: Decision,
     evaluated: bool,
     blocked: bool,
+    /// Sensitive values in a buffered answer were masked (`redact` rules acted there too).
+    answer_redacted: bool,
 }
 
 impl Findings {
@@ -115,6 +117,11 @@ impl Findings {
         self.blocked = true;
     }
 
+    /// Marks that values in a buffered answer were masked by `redact` rules.
+    pub fn set_answer_redacted(&mut self) {
+        self.answer_redacted = true;
+    }
+
     /// `policy/rule` ids of blocking matches (for the client's error message; no patterns).
     pub fn blocking_rules(&self) -> String {
         let ids: Vec<String> = self
@@ -134,15 +141,15 @@ impl Findings {
     /// that carries personal data. `log` matches stay in the request log.
     ///
     /// The recorded decision is what the gateway did, not what the rules asked for: a block
-    /// rule that did not stop the request (monitor mode) and a redact rule in an answer (never
-    /// rewritten) count as alerts, and alert whatever their severity.
+    /// rule that did not stop the request (monitor mode) and a redact rule in an answer that was
+    /// not rewritten (a stream) count as alerts, and alert whatever their severity.
     pub fn finalize(self, rec: &mut RequestRecord, alert: &dyn Fn(AlertRecord)) {
         if !self.evaluated {
             return;
         }
         let acted = |m: &RuleMatch, answer: bool| match m.action {
             Action::Block => self.blocked,
-            Action::Redact => !answer,
+            Action::Redact => !answer || self.answer_redacted,
             _ => true,
         };
         let done = self
@@ -175,7 +182,7 @@ impl Findings {
         }
         for (target, m, answer) in &self.matches {
             let (target, answer) = (*target, *answer);
-            let unredacted = m.action == Action::Redact && answer;
+            let unredacted = m.action == Action::Redact && answer && !self.answer_redacted;
             if m.action == Action::Log
                 || (m.action == Action::Redact
                     && !unredacted
@@ -187,7 +194,7 @@ impl Findings {
             let verb = if blocked {
                 "blocked"
             } else if unredacted {
-                "matched (answers are not rewritten: it reached the client)"
+                "matched (a streamed answer is not rewritten: it reached the client)"
             } else {
                 "matched"
             };

@@ -21,7 +21,7 @@ use crate::body::{Finisher, ProxyBody, Relay};
 use crate::error::ProxyError;
 use crate::inspect::{Findings, Inspector, request_texts, response_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
-use crate::redact::{RedactionMap, StreamUnmasker, redact_request, unmask_body};
+use crate::redact::{RedactionMap, StreamUnmasker, redact_request, redact_value, unmask_body};
 use crate::shape::{Endpoint, error_body};
 use crate::upstream::{client_response_headers, upstream_request_headers};
 use crate::usage::Usage;
@@ -256,6 +256,31 @@ fn collect_strings(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// Phase 5c: masks sensitive values in a buffered answer (`redact` rules on `llm_response`).
+/// Numbering continues the request's placeholders, so the client's own values (which the
+/// answer may quote) keep their placeholders and are restored by unmasking, while new ones are
+/// not. Returns the rewritten answer when a new value was masked.
+fn redact_answer(
+    insp: &Inspector,
+    v: &mut serde_json::Value,
+    request_map: &RedactionMap,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+) -> Option<Bytes> {
+    if !insp.set.redacts(Target::LlmResponse) {
+        return None;
+    }
+    let mut map = request_map.clone();
+    redact_value(&insp.set, v, Target::LlmResponse, &mut map);
+    let new = map.len() - request_map.len();
+    if new == 0 {
+        return None;
+    }
+    rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
+    findings.set_answer_redacted();
+    serde_json::to_vec(v).ok().map(Bytes::from)
+}
+
 /// Phase 5b: scan a buffered answer (already parsed; an answer that is not JSON is not scanned).
 fn inspect_response(
     insp: &Inspector,
@@ -428,7 +453,7 @@ async fn proxy(
 
     let collected =
         tokio::time::timeout(timeout, Limited::new(up_body, MAX_UPSTREAM_BODY).collect()).await;
-    let bytes = match collected {
+    let mut bytes = match collected {
         Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ProxyError::UpstreamTooLarge(MAX_UPSTREAM_BODY as u64));
@@ -447,7 +472,7 @@ async fn proxy(
             Some(insp) => {
                 // One parse serves the usage and the scan. An answer the policies cannot read
                 // is not passed on unchecked.
-                let v = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+                let mut v = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
                     ProxyError::UpstreamUnavailable(format!(
                         "its answer is not valid JSON ({e}), so the proxy's policies cannot check it"
                     ))
@@ -456,6 +481,9 @@ async fn proxy(
                 // Recorded now too: a blocked answer's record still has them.
                 usage.record_into(rec);
                 inspect_response(insp, &v, findings)?;
+                if let Some(masked) = redact_answer(insp, &mut v, &redactions, rec, findings) {
+                    bytes = masked;
+                }
             }
             None => usage.absorb_json(&bytes),
         }

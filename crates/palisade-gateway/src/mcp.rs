@@ -1161,10 +1161,39 @@ impl Ctx {
                     *m = rpc_error(&m["id"], code::POLICY, &msg);
                     return true;
                 }
-                unmasking
+                let redacted = self.redact_result(insp, &mut m["result"], rec, findings);
+                unmasking || redacted
             }
             _ => false,
         }
+    }
+
+    /// Masks sensitive values in a tool's result (`redact` rules on `tool_result`). Numbering
+    /// continues the placeholders of the call's arguments, so values the client sent keep theirs
+    /// and are restored (when the proxy unmasks); new ones stay masked. Returns whether the
+    /// result changed.
+    fn redact_result(
+        &self,
+        insp: &crate::inspect::Inspector,
+        result: &mut Value,
+        rec: &mut RequestRecord,
+        findings: &mut Findings,
+    ) -> bool {
+        if !insp.set.redacts(Target::ToolResult) {
+            return false;
+        }
+        let mut map = self.pending.unmask.clone();
+        redact_value(&insp.set, result, Target::ToolResult, &mut map);
+        let new = map.len() - self.pending.unmask.len();
+        if self.rt.spec.unmask && !self.pending.unmask.is_empty() {
+            unmask_value(result, &self.pending.unmask);
+        }
+        if new == 0 {
+            return false;
+        }
+        rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
+        findings.set_answer_redacted();
+        true
     }
 
     /// Records a listing in the inventory (persisting changes, raising alerts); returns what

@@ -603,6 +603,37 @@ async fn secrets_in_tool_arguments_are_redacted_and_restored() {
         upstream.contains("_1]"),
         "a placeholder went upstream instead: {upstream}"
     );
+    // A secret the tool itself returns is masked in its result (the client's own is restored).
+    let leaked = "AKIAIOSFODNN7EXAMPLE";
+    for sse in [false, true] {
+        let mock = mock_mcp(sse);
+        let gw = Gateway::start(&config(
+            &mock.url,
+            "approved_tools = [\"echo\"]\npolicies = [\"secrets-detection\"]",
+        ))
+        .await;
+        let mut c = Client::new(&gw).await;
+        c.tool_names().await;
+        mock_set(
+            &mock,
+            "quirks",
+            json!({"tool_result": {"content": [{"type": "text", "text": format!("aws_access_key_id={leaked}")}]}}),
+        )
+        .await;
+        let r = c
+            .call(
+                "tools/call",
+                json!({"name": "echo", "arguments": {"message": "keys?"}}),
+            )
+            .await;
+        let text = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!text.contains(leaked), "sse={sse}: {r}");
+        assert!(text.contains('['), "a placeholder stands in: {r}");
+        let rows = gw.wait_requests("endpoint=tools/call", 1).await;
+        assert_eq!(rows[0]["decision"], "redact", "{}", rows[0]);
+    }
 }
 
 /// A stdio MCP server launched and supervised by the gateway: approval and rug-pull detection as

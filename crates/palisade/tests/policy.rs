@@ -154,7 +154,7 @@ async fn monitor_mode_passes_with_alerts() {
 }
 
 #[tokio::test]
-async fn a_redact_rule_on_answers_alerts_and_the_log_says_so() {
+async fn a_redact_rule_on_answers_masks_buffered_ones_and_alerts_on_streams() {
     let mock = Mock::start(&[]);
     let gw = Gateway::start(&config_for(&mock.url)).await;
     let policy = json!({
@@ -166,17 +166,28 @@ async fn a_redact_rule_on_answers_alerts_and_the_log_says_so() {
         }]
     });
     let url = use_policy(&gw, policy).await;
-    // The mock echoes the prompt: the key comes back in the answer, which is not rewritten.
-    let r = chat(&url, "Repeat: sk_live_ABCDEFGHIJKLMNOPQRST", false).await;
+    // The mock echoes the prompt: the key comes back in the answer.
+    let key = "sk_live_ABCDEFGHIJKLMNOPQRST";
+    let r = chat(&url, &format!("Repeat: {key}"), false).await;
     assert_eq!(r.status(), 200);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
-    assert_eq!(
-        rows[0]["decision"], "alert",
-        "nothing was redacted, so the log must not say so: {}",
-        rows[0]
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("sk_live_ABCDEFGHIJKLMNOP"), "{text}");
+    assert!(
+        text.contains("Repeat: ["),
+        "a placeholder stands in: {text}"
     );
-    assert!(rows[0]["redactions"].is_null(), "{}", rows[0]);
+    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+    assert_eq!(rows[0]["decision"], "redact", "{}", rows[0]);
+    assert_eq!(rows[0]["redactions"], 1, "{}", rows[0]);
+
+    // A stream is not rewritten: the key reaches the client, the log says alert, and an alert
+    // says so.
+    let r = chat(&url, &format!("Repeat: {key}"), true).await;
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let _ = r.text().await.unwrap();
+    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+    assert_eq!(rows[0]["decision"], "alert", "{}", rows[0]);
     let mut alerts = Value::Null;
     for _ in 0..100 {
         alerts = gw.get(&format!("/api/v1/alerts?request_id={rid}")).await.1;
