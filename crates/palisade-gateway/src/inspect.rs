@@ -117,6 +117,13 @@ impl Findings {
         self.blocked = true;
     }
 
+    /// Whether a rule with `action` matched text of `target` (in this request or its answer).
+    pub fn matched(&self, target: Target, action: Action) -> bool {
+        self.matches
+            .iter()
+            .any(|(t, m, _)| *t == target && m.action == action)
+    }
+
     /// Marks that values in a buffered answer were masked by `redact` rules.
     pub fn set_answer_redacted(&mut self) {
         self.answer_redacted = true;

@@ -267,7 +267,8 @@ fn redact_answer(
     rec: &mut RequestRecord,
     findings: &mut Findings,
 ) -> Option<Bytes> {
-    if !insp.set.redacts(Target::LlmResponse) {
+    // The scan just ran: without a redact match there is nothing to mask (and no walk to pay).
+    if !findings.matched(Target::LlmResponse, palisade_policy::Action::Redact) {
         return None;
     }
     let mut map = request_map.clone();

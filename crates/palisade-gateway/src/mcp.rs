@@ -1179,7 +1179,9 @@ impl Ctx {
         rec: &mut RequestRecord,
         findings: &mut Findings,
     ) -> bool {
-        if !insp.set.redacts(Target::ToolResult) {
+        if !insp.set.redacts(Target::ToolResult)
+            || !findings.matched(Target::ToolResult, palisade_policy::Action::Redact)
+        {
             return false;
         }
         let mut map = self.pending.unmask.clone();
