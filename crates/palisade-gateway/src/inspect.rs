@@ -81,6 +81,9 @@ pub struct Findings {
     blocked: bool,
     /// Sensitive values in a buffered answer were masked (`redact` rules acted there too).
     answer_redacted: bool,
+    /// Why the gateway withheld part of the exchange on its own (not a rule): it is logged as
+    /// blocked with this error.
+    withheld: Option<String>,
 }
 
 impl Findings {
@@ -122,6 +125,13 @@ impl Findings {
         self.matches
             .iter()
             .any(|(t, m, _)| *t == target && m.action == action)
+    }
+
+    /// Records that the gateway withheld something it could not check (an MCP answer).
+    pub fn set_withheld(&mut self, why: &str) {
+        self.evaluated = true;
+        self.blocked = true;
+        self.withheld.get_or_insert_with(|| why.to_string());
     }
 
     /// Marks that values in a buffered answer were masked by `redact` rules.
@@ -171,13 +181,24 @@ impl Findings {
             })
             .max()
             .unwrap_or(Decision::Allow);
-        // Matches decide; with none, what the evaluation said (allow).
+        // Matches decide; with none, what the evaluation said (allow). A block the gateway
+        // itself already recorded (an answer it withheld) stays.
         let decision = if self.matches.is_empty() {
             self.decision
         } else {
             done
         };
-        rec.decision = Some(decision_str(decision).to_string());
+        let decision = if self.withheld.is_some() {
+            Decision::Block
+        } else {
+            decision
+        };
+        if rec.error.is_none() {
+            rec.error = self.withheld.clone();
+        }
+        if rec.decision.as_deref() != Some("block") {
+            rec.decision = Some(decision_str(decision).to_string());
+        }
         rec.risk_score = Some(self.score as i64);
         if !self.matches.is_empty() {
             let ids: Vec<String> = self

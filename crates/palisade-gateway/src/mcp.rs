@@ -1101,7 +1101,7 @@ impl Ctx {
                 "the upstream MCP server sent an answer with id {} that matches no request of this exchange; the gateway withheld it",
                 if id.is_empty() { "(none)" } else { id.as_str() }
             );
-            self.withheld(rec, &msg);
+            self.withheld(findings, &msg);
             *m = rpc_error(m.get("id").unwrap_or(&Value::Null), code::UPSTREAM, &msg);
             return true;
         };
@@ -1212,10 +1212,10 @@ impl Ctx {
         obs.visible
     }
 
-    /// Records that an upstream answer was withheld: on the request record and as an alert.
-    fn withheld(&self, rec: &mut RequestRecord, why: &str) {
-        rec.decision = Some("block".into());
-        rec.error = Some(why.to_string());
+    /// Records that an upstream answer was withheld: in the request's findings (its record
+    /// shows a block with the reason) and as an alert.
+    fn withheld(&self, findings: &mut Findings, why: &str) {
+        findings.set_withheld(why);
         (self.shared.alert)(palisade_core::record::AlertRecord {
             id: palisade_core::crypto::record_id(),
             ts_ms: now_ms(),
@@ -1259,13 +1259,18 @@ impl Ctx {
                     }
                     v
                 }
+                // A stream that answers no request (a GET stream) carries no answer to misread.
+                Err(_) if self.pending.by_id.is_empty() => {
+                    out.extend_from_slice(ev);
+                    continue;
+                }
                 Err(e) => {
                     // A message the gateway cannot read may still be read by a lenient client:
                     // it is replaced, never relayed unchecked.
                     let msg = format!(
                         "the upstream MCP server sent a stream message that is not valid JSON ({e}); the gateway withheld it"
                     );
-                    self.withheld(&mut scratch, &msg);
+                    self.withheld(findings, &msg);
                     rpc_error(&Value::Null, code::UPSTREAM, &msg)
                 }
             };

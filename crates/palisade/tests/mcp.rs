@@ -1412,6 +1412,12 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
         assert_eq!(v["error"]["code"], -32000, "{v}");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains("withheld"), "{msg}");
+        let rows = gw.wait_requests("decision=block", 1).await;
+        assert!(
+            rows[0]["error"].as_str().unwrap_or("").contains("withheld"),
+            "sse={sse}: the log shows the withheld answer: {}",
+            rows[0]
+        );
         // A body the gateway cannot parse is refused, never passed on.
         let broken = r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"add"}]}} trailing"#;
         mock_set(&mock, "quirks", json!({"body": broken})).await;
