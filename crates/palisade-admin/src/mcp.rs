@@ -91,15 +91,25 @@ pub async fn approve(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid approval: {e}")))?
     };
+    s.mcp_proxy(&name).await?;
+    let current = s
+        .manager
+        .shared()
+        .mcp
+        .list(&name)
+        .into_iter()
+        .find(|t| t.name == tool);
+    // Two definitions under one name cannot be approved: clients may use either.
+    if current
+        .as_ref()
+        .is_some_and(|t| palisade_gateway::mcp_tools::is_ambiguous(&t.definition))
+    {
+        return Err(ApiError::conflict(format!(
+            "tool `{tool}` is listed more than once by its server; it can be approved once the server lists it once"
+        )));
+    }
     if let Some(reviewed) = input.fingerprint {
-        s.mcp_proxy(&name).await?;
-        let current = s
-            .manager
-            .shared()
-            .mcp
-            .list(&name)
-            .into_iter()
-            .find(|t| t.name == tool)
+        let current = current
             .ok_or_else(|| ApiError::not_found(format!("tool `{tool}` of proxy `{name}`")))?;
         if current.fingerprint != reviewed {
             return Err(ApiError::conflict(format!(

@@ -333,6 +333,19 @@ fn tool_alert(
     }
 }
 
+/// Whether a clean item is approved without an administrator: ungated kinds, proxies on
+/// `tool_approval = "auto"`, and names in the proxy's `approved_tools`.
+fn pre_approved(rt: &ProxyRuntime, kind: Kind, name: &str) -> bool {
+    !kind.gated()
+        || rt.spec.tool_approval == ToolApproval::Auto
+        || rt.spec.approved_tools.iter().any(|a| a == name)
+}
+
+/// Whether a stored definition is the "listed more than once" record of an ambiguous listing.
+pub fn is_ambiguous(definition: &Value) -> bool {
+    definition.get("listed_more_than_once").is_some()
+}
+
 impl McpRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, McpTool>>> {
         self.tools.lock().unwrap_or_else(|p| p.into_inner())
@@ -518,10 +531,7 @@ impl McpRegistry {
             match inventory.get_mut(name) {
                 None => {
                     let findings = findings_of(&def);
-                    let pre_approved = !kind.gated()
-                        || rt.spec.tool_approval == ToolApproval::Auto
-                        || rt.spec.approved_tools.iter().any(|a| a == name);
-                    let approved = pre_approved && findings.is_empty();
+                    let approved = pre_approved(rt, kind, name) && findings.is_empty();
                     let rec = McpTool {
                         proxy: proxy.to_string(),
                         name: name.to_string(),
@@ -576,13 +586,22 @@ impl McpRegistry {
                     let findings = findings_of(&def);
                     let back_to_approved = rec.approved_fingerprint.as_deref() == Some(fp.as_str());
                     let was_trusted = rec.status == "approved" || rec.status == "quarantined";
-                    rec.status = if back_to_approved && findings.is_empty() {
+                    // Never approved (held at first sight, e.g. listed twice or poisoned): a
+                    // clean definition now gets what a new tool would (auto or `approved_tools`).
+                    let first_approval = rec.status == "pending"
+                        && rec.approved_fingerprint.is_none()
+                        && findings.is_empty()
+                        && pre_approved(rt, kind, name);
+                    rec.status = if (back_to_approved || first_approval) && findings.is_empty() {
                         "approved".into()
                     } else if was_trusted {
                         "quarantined".into()
                     } else {
                         rec.status.clone()
                     };
+                    if first_approval {
+                        rec.approved_fingerprint = Some(fp.clone());
+                    }
                     rec.fingerprint = fp.clone();
                     rec.definition = def.clone();
                     rec.findings = findings;

@@ -76,6 +76,13 @@ impl Config {
             if let Some(g) = k.group.as_deref().filter(|g| !group_here(g)) {
                 refs.push(Reference::group(format!("api key `{}`", k.name), g));
             }
+            for x in k.allowed_proxies.iter().filter(|x| !proxy_here(x)) {
+                refs.push(Reference {
+                    from: format!("api key `{}`", k.name),
+                    kind: RefKind::Proxy,
+                    name: x.clone(),
+                });
+            }
         }
         for p in &self.prompts {
             for g in p.groups.iter().filter(|g| !group_here(g)) {
@@ -224,11 +231,23 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         }
         api_keys.push(KeyConf { key, ..k });
     }
-    // Two proxies cannot listen on one address (port 0 picks a free port for each).
+    // Two proxies cannot listen on one port of one address (port 0 picks a free port for each;
+    // a wildcard address takes the port on every address).
+    let clash = |a: &str, b: &str| match (
+        a.parse::<std::net::SocketAddr>(),
+        b.parse::<std::net::SocketAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        _ => a == b && !a.ends_with(":0"),
+    };
     for (i, (p, _)) in proxies.iter().enumerate() {
         if let Some((q, _)) = proxies[..i]
             .iter()
-            .find(|(q, _)| q.listen == p.listen && !p.listen.ends_with(":0"))
+            .find(|(q, _)| clash(&q.listen, &p.listen))
         {
             bail!(
                 "proxies[{i}] ({}): listens on `{}` like proxy `{}`",
@@ -279,5 +298,42 @@ mod tests {
             "{e:#}"
         );
         assert!(parse("[[nonsense]]\n").is_err());
+    }
+
+    #[test]
+    fn two_proxies_cannot_share_a_port() {
+        let two = |a: &str, b: &str| {
+            parse(&format!(
+                "[[proxies]]\nname='a'\nkind='llm'\nlisten='{a}'\nupstream='http://x'\n\
+                 [[proxies]]\nname='b'\nkind='llm'\nlisten='{b}'\nupstream='http://x'\n"
+            ))
+        };
+        for (a, b) in [
+            ("127.0.0.1:9000", "127.0.0.1:9000"),
+            ("127.0.0.1:9000", "127.0.0.1:09000"),
+            ("0.0.0.0:9000", "127.0.0.1:9000"),
+        ] {
+            let e = two(a, b).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("like proxy `a`"),
+                "{a} {b}: {e:#}"
+            );
+        }
+        assert!(two("127.0.0.1:0", "127.0.0.1:0").is_ok());
+        assert!(two("127.0.0.1:9000", "127.0.0.2:9000").is_ok());
+    }
+
+    #[test]
+    fn references_outside_the_file_are_listed() {
+        let cfg = parse(
+            "[[api_keys]]\nname='k'\ngroup='g'\nkey='pal_0123456789abcdefghij'\nallowed_proxies=['p']\n",
+        )
+        .unwrap();
+        let refs: Vec<String> = cfg
+            .outside_references(&[])
+            .iter()
+            .map(Reference::what)
+            .collect();
+        assert_eq!(refs, vec!["group `g`", "proxy `p`"]);
     }
 }
