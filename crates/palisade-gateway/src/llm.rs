@@ -198,10 +198,10 @@ fn inspect_request(
 const MAX_PASS_THROUGH_TEXT: usize = 1 << 20;
 
 /// Phase 2c: a body on a path the gateway does not model (`/v1/completions`, images, audio…)
-/// still meets the key's model scope and the request policies: when it is JSON, its `model` is
-/// checked and every string in it is scanned as prompt text (nothing is redacted: the gateway
-/// does not know its shape). A body that is not JSON cannot show its model, so a key limited to
-/// some models is refused; without such a limit it passes, as documented.
+/// still meets the key's model scope and the request policies: a JSON body's `model` is checked
+/// and every string in it is scanned as prompt text; any other body (a form, multipart, text)
+/// is scanned as text (nothing is redacted: the gateway does not know the shape). A body that
+/// is not JSON cannot show its model, so a key limited to some models is refused.
 fn check_pass_through(
     shared: &GatewayShared,
     rt: &ProxyRuntime,
@@ -213,23 +213,35 @@ fn check_pass_through(
     if rt.inspector.is_none() && key.allowed_models.is_empty() {
         return Ok(());
     }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        if key.allowed_models.is_empty() {
-            return Ok(());
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    match &parsed {
+        Some(v) => {
+            let model = v.get("model").and_then(serde_json::Value::as_str);
+            rec.model = model.map(|m| m.chars().take(200).collect());
+            shared.accounting.check_model(key, model)?;
         }
-        return Err(ProxyError::Forbidden(format!(
-            "key `{}` is limited to some models, and this request's body is not JSON, so its model cannot be checked",
-            key.name
-        )));
-    };
-    let model = v.get("model").and_then(serde_json::Value::as_str);
-    rec.model = model.map(|m| m.chars().take(200).collect());
-    shared.accounting.check_model(key, model)?;
+        None if !key.allowed_models.is_empty() => {
+            return Err(ProxyError::Forbidden(format!(
+                "key `{}` is limited to some models, and this request's body is not JSON, so its model cannot be checked",
+                key.name
+            )));
+        }
+        None => {}
+    }
     let Some(insp) = &rt.inspector else {
         return Ok(());
     };
-    let mut text = String::new();
-    collect_strings(&v, &mut text);
+    // A JSON body's strings; any other body (forms, multipart, text) as text, bounded.
+    let text = match &parsed {
+        Some(v) => {
+            let mut t = String::new();
+            collect_strings(v, &mut t);
+            t
+        }
+        None => {
+            String::from_utf8_lossy(&body[..body.len().min(MAX_PASS_THROUGH_TEXT)]).into_owned()
+        }
+    };
     if findings.scan(insp, Target::LlmRequest, &text) && insp.enforces() {
         findings.set_blocked();
         return Err(ProxyError::PolicyBlocked {
@@ -285,10 +297,19 @@ fn redact_answer(
 /// Phase 5b: scan a buffered answer (already parsed; an answer that is not JSON is not scanned).
 fn inspect_response(
     insp: &Inspector,
+    endpoint: Endpoint,
     v: &serde_json::Value,
     findings: &mut Findings,
 ) -> Result<(), ProxyError> {
-    if findings.scan_answer(insp, Target::LlmResponse, &response_text(v)) && insp.enforces() {
+    // A modelled answer's text by its shape; any other JSON answer's every string.
+    let text = if endpoint == Endpoint::Other {
+        let mut t = String::new();
+        collect_strings(v, &mut t);
+        t
+    } else {
+        response_text(v)
+    };
+    if findings.scan_answer(insp, Target::LlmResponse, &text) && insp.enforces() {
         findings.set_blocked();
         return Err(ProxyError::PolicyBlocked {
             phase: "response",
@@ -409,7 +430,21 @@ async fn proxy(
     }
 
     // Phase 5: relay the answer.
-    if is_sse || !(endpoint.has_json_body() || endpoint == Endpoint::Models) {
+    // Answers the policies read are buffered: the modelled endpoints', and a JSON answer on any
+    // other path when the proxy checks answers. The rest (audio, files, streams) is relayed.
+    let json_answer = up_parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    let checked_other = endpoint == Endpoint::Other
+        && json_answer
+        && rt
+            .inspector
+            .as_ref()
+            .is_some_and(|i| i.inspects_responses());
+    if is_sse || !(endpoint.has_json_body() || endpoint == Endpoint::Models || checked_other) {
         let mut headers = client_response_headers(&up_parts.headers, !is_sse);
         if is_sse {
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -481,7 +516,13 @@ async fn proxy(
                 usage.absorb(&v);
                 // Recorded now too: a blocked answer's record still has them.
                 usage.record_into(rec);
-                inspect_response(insp, &v, findings)?;
+                if !v.is_object() && endpoint != Endpoint::Other {
+                    return Err(ProxyError::UpstreamUnavailable(
+                        "its answer is not a JSON object, so the proxy's policies cannot check it"
+                            .into(),
+                    ));
+                }
+                inspect_response(insp, endpoint, &v, findings)?;
                 if let Some(masked) = redact_answer(insp, &mut v, &redactions, rec, findings) {
                     bytes = masked;
                 }

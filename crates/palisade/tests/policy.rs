@@ -344,4 +344,53 @@ async fn an_answer_the_policies_cannot_read_is_not_passed_on() {
     // Without policies on answers the gateway relays it as it came.
     let url = gw.proxy_url("oai").await;
     assert_eq!(chat(&url, "hello", false).await.status(), 200);
+
+    // A JSON answer that is not an object is no chat answer either.
+    let upstream = fixed_upstream(r#"[{"choices": [{"message": {"content": "hi"}}]}]"#);
+    let gw = Gateway::start(&config(&upstream, "enforce")).await;
+    let url = gw.proxy_url("guarded").await;
+    assert_eq!(chat(&url, "hello", false).await.status(), 502);
+}
+
+#[tokio::test]
+async fn paths_the_gateway_passes_through_are_checked_both_ways() {
+    let upstream =
+        fixed_upstream(r#"{"choices": [{"text": "the key is sk_live_ABCDEFGHIJKLMNOPQRST"}]}"#);
+    let gw = Gateway::start(&config(&upstream, "enforce")).await;
+    let c = reqwest::Client::new();
+    // A form body is scanned as text: an injection in a multipart prompt is refused.
+    let url = gw.proxy_url("guarded").await;
+    let form = format!(
+        "--b\r\ncontent-disposition: form-data; name=\"prompt\"\r\n\r\n{INJECTION}\r\n--b--\r\n"
+    );
+    let r = c
+        .post(format!("{url}/v1/audio/transcriptions"))
+        .bearer_auth(CI_KEY)
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A JSON answer on such a path meets the answer rules: a key in it is masked.
+    let policy = json!({
+        "id": "answer-keys", "name": "Keys in answers", "description": "test", "version": "1.0.0",
+        "rules": [{
+            "id": "AK-001", "name": "Live key in an answer", "category": "secrets", "severity": "high",
+            "targets": ["llm_response"], "patterns": {"regex": ["sk_live_[A-Za-z0-9]{16}"]}, "action": "redact",
+            "rationale": "keys must not leave", "examples": {"positive": ["sk_live_ABCDEFGHIJKLMNOP"], "negative": ["sk_test"]}
+        }]
+    });
+    let url = use_policy(&gw, policy).await;
+    let r = c
+        .post(format!("{url}/v1/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "prompt": "key?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("sk_live_ABCDEFGHIJKLMNOP"), "{text}");
+    assert!(text.contains("the key is ["), "{text}");
 }
