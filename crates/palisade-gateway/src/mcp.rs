@@ -419,12 +419,7 @@ async fn send_stateless(
                 return Ok(json_response(StatusCode::NOT_FOUND, &e, &rec.id));
             }
             Translation::Answer(mut answer) => {
-                let mut ctx = Ctx {
-                    shared: shared.clone(),
-                    rt: rt.clone(),
-                    pending,
-                    origin: RequestRecord::default(),
-                };
+                let mut ctx = Ctx::new(shared, rt, pending, RequestRecord::default());
                 ctx.process(&mut answer, rec, findings);
                 return Ok(json_response(StatusCode::OK, &answer, &rec.id));
             }
@@ -713,11 +708,11 @@ pub(crate) async fn send(
             "x-palisade-overhead-us",
             HeaderValue::from(overhead.as_micros() as u64),
         );
-        let ctx = Ctx {
-            shared: shared.clone(),
-            rt: rt.clone(),
+        let ctx = Ctx::new(
+            shared,
+            rt,
             pending,
-            origin: RequestRecord {
+            RequestRecord {
                 id: rec.id.clone(),
                 proxy: rec.proxy.clone(),
                 key_name: rec.key_name.clone(),
@@ -726,7 +721,7 @@ pub(crate) async fn send(
                 tool: rec.tool.clone(),
                 ..Default::default()
             },
-        };
+        );
         let mut f = Findings::default();
         std::mem::swap(&mut f, findings);
         let finisher = Finisher {
@@ -770,31 +765,36 @@ pub(crate) async fn send(
     // (not JSON, malformed JSON) cannot be checked, so a successful one is refused, never relayed.
     let answers_requests = !pending.by_id.is_empty();
     let checkable = is_json(&ct);
-    if answers_requests && up_parts.status.is_success() && !bytes.is_empty() && !checkable {
+    let mut status = up_parts.status;
+    let mut ctx = Ctx::new(shared, rt, pending, rec.clone());
+    if answers_requests && status.is_success() && !bytes.is_empty() && !checkable {
         let msg = format!(
             "upstream MCP server answered with content type `{ct}`; only application/json and text/event-stream answers can be checked"
         );
-        return Err(refuse_pending(&pending, StatusCode::BAD_GATEWAY, &msg));
+        ctx.withheld(findings, &msg);
+        return Err(refuse_pending(&ctx.pending, StatusCode::BAD_GATEWAY, &msg));
     }
     let bytes = if checkable && answers_requests {
-        let mut ctx = Ctx {
-            shared: shared.clone(),
-            rt: rt.clone(),
-            origin: rec.clone(),
-            pending,
-        };
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut v) => {
-                let changed = ctx.process(&mut v, rec, findings);
+                let mut changed = ctx.process(&mut v, rec, findings);
+                if status.is_success() {
+                    changed |= ctx.complete(&mut v, findings);
+                }
+                // A single request whose answer was withheld fails as an upstream failure.
+                if ctx.withheld_any && v.is_object() {
+                    status = StatusCode::BAD_GATEWAY;
+                }
                 if changed {
                     Bytes::from(v.to_string())
                 } else {
                     bytes
                 }
             }
-            Err(_) if !up_parts.status.is_success() => bytes,
+            Err(_) if !status.is_success() => bytes,
             Err(e) => {
                 let msg = format!("upstream MCP server answered with malformed JSON: {e}");
+                ctx.withheld(findings, &msg);
                 return Err(refuse_pending(&ctx.pending, StatusCode::BAD_GATEWAY, &msg));
             }
         }
@@ -809,7 +809,7 @@ pub(crate) async fn send(
         HeaderValue::from(overhead.as_micros() as u64),
     );
     let mut r = Response::new(ProxyBody::full(bytes));
-    *r.status_mut() = up_parts.status;
+    *r.status_mut() = status;
     *r.headers_mut() = headers;
     Ok(r)
 }
@@ -1032,10 +1032,30 @@ struct Ctx {
     /// Identity of the request (id, proxy, key, group, session) for alerts raised while its
     /// answer streams, after the request record itself has moved into the relay.
     origin: RequestRecord,
+    /// Request ids answered so far (JSON text), so a second answer to one is not relayed.
+    answered: std::collections::HashSet<String>,
+    /// Whether an answer was withheld.
+    withheld_any: bool,
 }
 
 impl Ctx {
     /// Processes one message or batch of responses; returns whether it changed.
+    fn new(
+        shared: &Arc<GatewayShared>,
+        rt: &Arc<ProxyRuntime>,
+        pending: Pending,
+        origin: RequestRecord,
+    ) -> Self {
+        Self {
+            shared: shared.clone(),
+            rt: rt.clone(),
+            pending,
+            origin,
+            answered: Default::default(),
+            withheld_any: false,
+        }
+    }
+
     fn process(&mut self, v: &mut Value, rec: &mut RequestRecord, findings: &mut Findings) -> bool {
         match v {
             Value::Array(a) => {
@@ -1044,10 +1064,50 @@ impl Ctx {
                 for m in a.iter_mut() {
                     changed |= self.process_one(m, rec, findings);
                 }
+                // Withheld answers (dropped as null) leave the batch.
+                a.retain(|m| !m.is_null());
                 changed
             }
             _ => self.process_one(v, rec, findings),
         }
+    }
+
+    /// After a whole JSON answer: every request of the exchange gets exactly one answer. One the
+    /// upstream did not answer (or whose answer was withheld) gets an error with its own id.
+    /// Returns whether `v` changed.
+    fn complete(&mut self, v: &mut Value, findings: &mut Findings) -> bool {
+        let mut missing: Vec<Value> = self
+            .pending
+            .by_id
+            .keys()
+            .filter(|id| !self.answered.contains(*id))
+            .filter_map(|id| serde_json::from_str::<Value>(id).ok())
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        missing.sort_by_key(|id| id.to_string());
+        let msg = "the upstream MCP server sent no answer the gateway could check for this request";
+        if !self.withheld_any {
+            self.withheld(findings, msg);
+        }
+        let errors: Vec<Value> = missing
+            .iter()
+            .map(|id| rpc_error(id, code::UPSTREAM, msg))
+            .collect();
+        match v {
+            Value::Array(a) => a.extend(errors),
+            Value::Null if errors.len() == 1 => {
+                *v = errors.into_iter().next().unwrap_or(Value::Null);
+            }
+            Value::Null => *v = Value::Array(errors),
+            _ => {
+                let mut all = vec![v.take()];
+                all.extend(errors);
+                *v = Value::Array(all);
+            }
+        }
+        true
     }
 
     fn process_one(
@@ -1093,18 +1153,36 @@ impl Ctx {
             return false;
         }
         let id = m.get("id").map(Value::to_string).unwrap_or_default();
-        let Some((method, _tool, full)) = self.pending.by_id.get(&id).cloned() else {
-            // An answer to no request of this exchange (an id of another type or value, or a
-            // replay on a stream the gateway did not open for it) cannot be checked against
-            // its method: it is withheld, so nothing reaches the client unchecked.
+        let matched = self.pending.by_id.get(&id).cloned();
+        let Some((method, _tool, full)) = matched.filter(|_| !self.answered.contains(&id)) else {
+            // An answer to no request of this exchange (an id of another type or value, a
+            // second answer to one, or a replay on a stream the gateway did not open for it)
+            // cannot be checked against its method: it is withheld, so nothing reaches the
+            // client unchecked. The request it may have meant gets an error in its place.
             let msg = format!(
-                "the upstream MCP server sent an answer with id {} that matches no request of this exchange; the gateway withheld it",
+                "the upstream MCP server sent an answer with id {} that matches no open request of this exchange; the gateway withheld it",
                 if id.is_empty() { "(none)" } else { id.as_str() }
             );
             self.withheld(findings, &msg);
-            *m = rpc_error(m.get("id").unwrap_or(&Value::Null), code::UPSTREAM, &msg);
+            let open: Vec<&String> = self
+                .pending
+                .by_id
+                .keys()
+                .filter(|k| !self.answered.contains(*k))
+                .collect();
+            *m = match open.as_slice() {
+                // Exactly one request still waits: this was its answer.
+                [only] => {
+                    let only = (*only).clone();
+                    self.answered.insert(only.clone());
+                    let rid = serde_json::from_str(&only).unwrap_or(Value::Null);
+                    rpc_error(&rid, code::UPSTREAM, &msg)
+                }
+                _ => Value::Null,
+            };
             return true;
         };
+        self.answered.insert(id.clone());
         if m.get("result").is_none() {
             return false;
         }
@@ -1214,7 +1292,8 @@ impl Ctx {
 
     /// Records that an upstream answer was withheld: in the request's findings (its record
     /// shows a block with the reason) and as an alert.
-    fn withheld(&self, findings: &mut Findings, why: &str) {
+    fn withheld(&mut self, findings: &mut Findings, why: &str) {
+        self.withheld_any = true;
         findings.set_withheld(why);
         (self.shared.alert)(palisade_core::record::AlertRecord {
             id: palisade_core::crypto::record_id(),
@@ -1255,6 +1334,11 @@ impl Ctx {
                 Ok(mut v) => {
                     if !self.process(&mut v, &mut scratch, findings) {
                         out.extend_from_slice(ev);
+                        continue;
+                    }
+                    if v.is_null() {
+                        // A withheld answer no open request could take: the event is dropped.
+                        changed = true;
                         continue;
                     }
                     v

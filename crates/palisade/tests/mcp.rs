@@ -1407,9 +1407,26 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
         // Request 2 answered as "2": a lenient client takes it for the answer, so the gateway
         // must not relay it unchecked (it would show the unapproved `add`).
         mock_set(&mock, "quirks", json!({"string_ids": true})).await;
-        let v = c.call("tools/list", json!({})).await;
+        let r = c
+            .raw(
+                json!({"jsonrpc": "2.0", "id": 21, "method": "tools/list"}),
+                &[],
+            )
+            .await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        let v: Value = serde_json::from_str(
+            text.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or(&text),
+        )
+        .unwrap();
         assert!(v.get("result").is_none(), "sse={sse}: {v}");
         assert_eq!(v["error"]["code"], -32000, "{v}");
+        assert_eq!(v["id"], 21, "the error answers the request: {v}");
+        if !sse {
+            assert_eq!(status, 502);
+        }
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains("withheld"), "{msg}");
         let rows = gw.wait_requests("decision=block", 1).await;
@@ -1455,8 +1472,8 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
             assert_eq!(r.status(), 502);
             assert!(!r.text().await.unwrap().contains("\"add\""));
         }
-        // Each withheld answer raised an alert (the refused JSON bodies are 502s in the log).
-        let want = if sse { 2 } else { 1 };
+        // Each withheld answer raised an alert.
+        let want = if sse { 2 } else { 3 };
         let mut n = 0;
         for _ in 0..100 {
             n = gw.get("/api/v1/alerts?kind=mcp_answer").await.1["total"]
