@@ -160,14 +160,15 @@ impl Default for Accounting {
     }
 }
 
-/// Dollars for a message: cents, or four decimals for amounts under a dollar (a $0.005 budget
-/// is not "$0.00").
+/// Dollars for a message: cents, or under a dollar as many decimals as it takes (up to eight),
+/// so a $0.00001 budget is not "$0.00".
 fn dollars(v: f64) -> String {
     if v.abs() >= 1.0 || v == 0.0 {
-        format!("${v:.2}")
-    } else {
-        format!("${v:.4}")
+        return format!("${v:.2}");
     }
+    let s = format!("{v:.8}");
+    let s = s.trim_end_matches('0');
+    format!("${}", s.strip_suffix('.').unwrap_or(s))
 }
 
 fn usd(nano: i64) -> f64 {
@@ -387,6 +388,14 @@ impl Accounting {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn small_amounts_keep_their_digits() {
+        assert_eq!(super::dollars(12.5), "$12.50");
+        assert_eq!(super::dollars(0.0), "$0.00");
+        assert_eq!(super::dollars(0.005), "$0.005");
+        assert_eq!(super::dollars(0.00001), "$0.00001");
+    }
+
     use super::*;
     use std::sync::atomic::{AtomicI64, Ordering};
 
