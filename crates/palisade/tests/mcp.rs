@@ -67,6 +67,17 @@ impl Client {
         c
     }
 
+    /// `tools/list` with this id: the HTTP status and the body as it came.
+    async fn list_raw(&self, id: u64) -> (reqwest::StatusCode, String) {
+        let r = self
+            .raw(
+                json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}),
+                &[],
+            )
+            .await;
+        (r.status(), r.text().await.unwrap())
+    }
+
     async fn raw(&self, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
         let mut rb = self
             .http
@@ -1407,14 +1418,7 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
         // Request 2 answered as "2": a lenient client takes it for the answer, so the gateway
         // must not relay it unchecked (it would show the unapproved `add`).
         mock_set(&mock, "quirks", json!({"string_ids": true})).await;
-        let r = c
-            .raw(
-                json!({"jsonrpc": "2.0", "id": 21, "method": "tools/list"}),
-                &[],
-            )
-            .await;
-        let status = r.status();
-        let text = r.text().await.unwrap();
+        let (status, text) = c.list_raw(21).await;
         let v: Value = serde_json::from_str(
             text.lines()
                 .find_map(|l| l.strip_prefix("data: "))
@@ -1438,14 +1442,7 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
         // A body the gateway cannot parse is refused, never passed on.
         let broken = r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"add"}]}} trailing"#;
         mock_set(&mock, "quirks", json!({"body": broken})).await;
-        let r = c
-            .raw(
-                json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}),
-                &[],
-            )
-            .await;
-        let status = r.status();
-        let text = r.text().await.unwrap();
+        let (status, text) = c.list_raw(7).await;
         assert!(!text.contains("\"add\""), "sse={sse}: {text}");
         if sse {
             assert!(text.contains("not valid JSON"), "{text}");

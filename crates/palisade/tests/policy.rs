@@ -24,6 +24,18 @@ async fn chat(url: &str, text: &str, stream: bool) -> reqwest::Response {
         .unwrap()
 }
 
+/// A one-rule policy on live keys (`sk_live_…`) in answers, with the given action.
+fn live_key_policy(id: &str, rule: &str, action: &str, severity: &str) -> Value {
+    json!({
+        "id": id, "name": "Keys in answers", "description": "test", "version": "1.0.0",
+        "rules": [{
+            "id": rule, "name": "Live key in an answer", "category": "secrets", "severity": severity,
+            "targets": ["llm_response"], "patterns": {"regex": ["sk_live_[A-Za-z0-9]{16}"]}, "action": action,
+            "rationale": "keys must not leave", "examples": {"positive": ["sk_live_ABCDEFGHIJKLMNOP"], "negative": ["sk_test"]}
+        }]
+    })
+}
+
 /// Creates a custom policy and makes it the `oai` proxy's only one; returns the proxy's URL.
 async fn use_policy(gw: &Gateway, policy: Value) -> String {
     let id = policy["id"].clone();
@@ -157,14 +169,7 @@ async fn monitor_mode_passes_with_alerts() {
 async fn a_redact_rule_on_answers_masks_buffered_ones_and_alerts_on_streams() {
     let mock = Mock::start(&[]);
     let gw = Gateway::start(&config_for(&mock.url)).await;
-    let policy = json!({
-        "id": "answer-keys", "name": "Keys in answers", "description": "test", "version": "1.0.0",
-        "rules": [{
-            "id": "AK-001", "name": "Live key in an answer", "category": "secrets", "severity": "high",
-            "targets": ["llm_response"], "patterns": {"regex": ["sk_live_[A-Za-z0-9]{16}"]}, "action": "redact",
-            "rationale": "keys must not leave", "examples": {"positive": ["sk_live_ABCDEFGHIJKLMNOP"], "negative": ["sk_test"]}
-        }]
-    });
+    let policy = live_key_policy("answer-keys", "AK-001", "redact", "high");
     let url = use_policy(&gw, policy).await;
     // The mock echoes the prompt: the key comes back in the answer.
     let key = "sk_live_ABCDEFGHIJKLMNOPQRST";
@@ -208,14 +213,7 @@ async fn a_redact_rule_on_answers_masks_buffered_ones_and_alerts_on_streams() {
 async fn a_streamed_answer_leaking_a_secret_is_cut() {
     let mock = Mock::start(&["--chunks", "30"]);
     let gw = Gateway::start(&config_for(&mock.url)).await;
-    let policy = json!({
-        "id": "answer-leaks", "name": "Answer leaks", "description": "test", "version": "1.0.0",
-        "rules": [{
-            "id": "AL-001", "name": "Live key in an answer", "category": "secrets", "severity": "critical",
-            "targets": ["llm_response"], "patterns": {"regex": ["sk_live_[A-Za-z0-9]{16}"]}, "action": "block",
-            "rationale": "keys must not leave", "examples": {"positive": ["sk_live_ABCDEFGHIJKLMNOP"], "negative": ["sk_test"]}
-        }]
-    });
+    let policy = live_key_policy("answer-leaks", "AL-001", "block", "critical");
     let url = use_policy(&gw, policy).await;
     let secret = "sk_live_ABCDEFGHIJKLMNOPQRST";
     // The mock echoes the prompt, so the secret arrives split over several chunks.
@@ -373,14 +371,7 @@ async fn paths_the_gateway_passes_through_are_checked_both_ways() {
         .unwrap();
     assert_eq!(r.status(), 403);
     // A JSON answer on such a path meets the answer rules: a key in it is masked.
-    let policy = json!({
-        "id": "answer-keys", "name": "Keys in answers", "description": "test", "version": "1.0.0",
-        "rules": [{
-            "id": "AK-001", "name": "Live key in an answer", "category": "secrets", "severity": "high",
-            "targets": ["llm_response"], "patterns": {"regex": ["sk_live_[A-Za-z0-9]{16}"]}, "action": "redact",
-            "rationale": "keys must not leave", "examples": {"positive": ["sk_live_ABCDEFGHIJKLMNOP"], "negative": ["sk_test"]}
-        }]
-    });
+    let policy = live_key_policy("answer-keys", "AK-001", "redact", "high");
     let url = use_policy(&gw, policy).await;
     let r = c
         .post(format!("{url}/v1/completions"))
