@@ -1072,6 +1072,16 @@ impl Ctx {
         }
     }
 
+    /// Ids (JSON text) of the exchange's requests not answered yet.
+    fn open_ids(&self) -> Vec<String> {
+        self.pending
+            .by_id
+            .keys()
+            .filter(|k| !self.answered.contains(*k))
+            .cloned()
+            .collect()
+    }
+
     /// After a whole JSON answer: every request of the exchange gets exactly one answer. One the
     /// upstream did not answer (or whose answer was withheld) gets an error with its own id.
     /// Returns whether `v` changed.
@@ -1154,6 +1164,19 @@ impl Ctx {
         }
         let id = m.get("id").map(Value::to_string).unwrap_or_default();
         let matched = self.pending.by_id.get(&id).cloned();
+        if matched.is_none() && m.get("result").is_none() {
+            // An error the server could not tie to a request (`id: null`, e.g. a session it no
+            // longer knows) carries nothing to check: it stands for the one open request, if
+            // there is exactly one, and is passed on.
+            if let [only] = self.open_ids().as_slice() {
+                self.answered.insert(only.clone());
+                if m.get("id").is_none_or(Value::is_null) {
+                    m["id"] = serde_json::from_str(only).unwrap_or(Value::Null);
+                    return true;
+                }
+            }
+            return false;
+        }
         let Some((method, _tool, full)) = matched.filter(|_| !self.answered.contains(&id)) else {
             // An answer to no request of this exchange (an id of another type or value, a
             // second answer to one, or a replay on a stream the gateway did not open for it)
@@ -1164,16 +1187,10 @@ impl Ctx {
                 if id.is_empty() { "(none)" } else { id.as_str() }
             );
             self.withheld(findings, &msg);
-            let open: Vec<&String> = self
-                .pending
-                .by_id
-                .keys()
-                .filter(|k| !self.answered.contains(*k))
-                .collect();
-            *m = match open.as_slice() {
+            *m = match self.open_ids().as_slice() {
                 // Exactly one request still waits: this was its answer.
                 [only] => {
-                    let only = (*only).clone();
+                    let only = only.clone();
                     self.answered.insert(only.clone());
                     let rid = serde_json::from_str(&only).unwrap_or(Value::Null);
                     rpc_error(&rid, code::UPSTREAM, &msg)
