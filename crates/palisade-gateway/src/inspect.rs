@@ -169,33 +169,29 @@ impl Findings {
             Action::Redact => !answer || self.answer_redacted,
             _ => true,
         };
-        let done = self
-            .matches
-            .iter()
-            .map(|(_, m, answer)| {
-                if acted(m, *answer) {
-                    decision_of(m.action)
-                } else {
-                    Decision::Alert
-                }
-            })
-            .max()
-            .unwrap_or(Decision::Allow);
-        // Matches decide; with none, what the evaluation said (allow). A block the gateway
-        // itself already recorded (an answer it withheld) stays.
-        let decision = if self.matches.is_empty() {
-            self.decision
-        } else {
-            done
-        };
+        // Something withheld is a block; else the matches decide (with none, what the
+        // evaluation said: allow).
         let decision = if self.withheld.is_some() {
             Decision::Block
+        } else if self.matches.is_empty() {
+            self.decision
         } else {
-            decision
+            self.matches
+                .iter()
+                .map(|(_, m, answer)| {
+                    if acted(m, *answer) {
+                        decision_of(m.action)
+                    } else {
+                        Decision::Alert
+                    }
+                })
+                .max()
+                .unwrap_or(Decision::Allow)
         };
         if rec.error.is_none() {
-            rec.error = self.withheld.clone();
+            rec.error = self.withheld;
         }
+        // A block the gateway recorded itself (a refused MCP call) stays.
         if rec.decision.as_deref() != Some("block") {
             rec.decision = Some(decision_str(decision).to_string());
         }
@@ -208,8 +204,7 @@ impl Findings {
                 .collect();
             rec.matched_rules = Some(ids.join(","));
         }
-        for (target, m, answer) in &self.matches {
-            let (target, answer) = (*target, *answer);
+        for (target, m, answer) in self.matches {
             let unredacted = m.action == Action::Redact && answer && !self.answer_redacted;
             if m.action == Action::Log
                 || (m.action == Action::Redact
@@ -226,7 +221,6 @@ impl Findings {
             } else {
                 "matched"
             };
-            let m = m.clone();
             alert(AlertRecord {
                 id: palisade_core::crypto::record_id(),
                 ts_ms: now_ms(),

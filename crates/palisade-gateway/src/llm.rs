@@ -21,9 +21,9 @@ use crate::body::{Finisher, ProxyBody, Relay};
 use crate::error::ProxyError;
 use crate::inspect::{Findings, Inspector, request_texts, response_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
-use crate::redact::{RedactionMap, StreamUnmasker, redact_request, redact_value, unmask_body};
+use crate::redact::{RedactionMap, StreamUnmasker, mask_new, redact_request, unmask_body};
 use crate::shape::{Endpoint, error_body};
-use crate::upstream::{client_response_headers, upstream_request_headers};
+use crate::upstream::{client_response_headers, is_json, upstream_request_headers};
 use crate::usage::Usage;
 use palisade_core::model::PromptSpec;
 use palisade_policy::Target;
@@ -184,14 +184,7 @@ fn inspect_request(
     let mut blocks = findings.scan(insp, Target::LlmRequest, &texts.prompt);
     blocks |= findings.scan(insp, Target::ToolResult, &texts.tool_results);
     blocks |= findings.scan(insp, Target::ToolDescription, &texts.tool_descriptions);
-    if blocks && insp.enforces() {
-        findings.set_blocked();
-        return Err(ProxyError::PolicyBlocked {
-            phase: "request",
-            rules: findings.blocking_rules(),
-        });
-    }
-    Ok(())
+    enforce(insp, findings, blocks, "request")
 }
 
 /// Most text taken from a pass-through body for the policies (the rest is not scanned).
@@ -233,45 +226,57 @@ fn check_pass_through(
     };
     // A JSON body's strings; any other body (forms, multipart, text) as text, bounded.
     let text = match &parsed {
-        Some(v) => {
-            let mut t = String::new();
-            collect_strings(v, &mut t);
-            t
-        }
+        Some(v) => strings_of(v),
         None => {
             String::from_utf8_lossy(&body[..body.len().min(MAX_PASS_THROUGH_TEXT)]).into_owned()
         }
     };
-    if findings.scan(insp, Target::LlmRequest, &text) && insp.enforces() {
+    let blocks = findings.scan(insp, Target::LlmRequest, &text);
+    enforce(insp, findings, blocks, "request")
+}
+
+/// Every string value of `v` but `model`, one per line, up to [`MAX_PASS_THROUGH_TEXT`] bytes:
+/// the text of a JSON body or answer whose shape the gateway does not model.
+fn strings_of(v: &serde_json::Value) -> String {
+    fn walk(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) if out.len() + s.len() < MAX_PASS_THROUGH_TEXT => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| k.as_str() != "model")
+                .for_each(|(_, x)| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    walk(v, &mut out);
+    out
+}
+
+/// After a scan: a blocking match stops the exchange in enforce mode (the request before the
+/// upstream, or the answer before the client).
+fn enforce(
+    insp: &Inspector,
+    findings: &mut Findings,
+    blocks: bool,
+    phase: &'static str,
+) -> Result<(), ProxyError> {
+    if blocks && insp.enforces() {
         findings.set_blocked();
         return Err(ProxyError::PolicyBlocked {
-            phase: "request",
+            phase,
             rules: findings.blocking_rules(),
         });
     }
     Ok(())
 }
 
-/// Every string value of `v` but `model`, one per line, up to [`MAX_PASS_THROUGH_TEXT`] bytes.
-fn collect_strings(v: &serde_json::Value, out: &mut String) {
-    match v {
-        serde_json::Value::String(s) if out.len() + s.len() < MAX_PASS_THROUGH_TEXT => {
-            out.push_str(s);
-            out.push('\n');
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        serde_json::Value::Object(o) => o
-            .iter()
-            .filter(|(k, _)| k.as_str() != "model")
-            .for_each(|(_, x)| collect_strings(x, out)),
-        _ => {}
-    }
-}
-
-/// Phase 5c: masks sensitive values in a buffered answer (`redact` rules on `llm_response`).
-/// Numbering continues the request's placeholders, so the client's own values (which the
-/// answer may quote) keep their placeholders and are restored by unmasking, while new ones are
-/// not. Returns the rewritten answer when a new value was masked.
+/// Phase 5c: masks new sensitive values in a buffered answer (`redact` rules on
+/// `llm_response`, see [`mask_new`]). Returns the rewritten answer when one was masked.
 fn redact_answer(
     insp: &Inspector,
     v: &mut serde_json::Value,
@@ -283,9 +288,7 @@ fn redact_answer(
     if !findings.matched(Target::LlmResponse, palisade_policy::Action::Redact) {
         return None;
     }
-    let mut map = request_map.clone();
-    redact_value(&insp.set, v, Target::LlmResponse, &mut map);
-    let new = map.len() - request_map.len();
+    let new = mask_new(&insp.set, v, Target::LlmResponse, request_map);
     if new == 0 {
         return None;
     }
@@ -303,20 +306,12 @@ fn inspect_response(
 ) -> Result<(), ProxyError> {
     // A modelled answer's text by its shape; any other JSON answer's every string.
     let text = if endpoint == Endpoint::Other {
-        let mut t = String::new();
-        collect_strings(v, &mut t);
-        t
+        strings_of(v)
     } else {
         response_text(v)
     };
-    if findings.scan_answer(insp, Target::LlmResponse, &text) && insp.enforces() {
-        findings.set_blocked();
-        return Err(ProxyError::PolicyBlocked {
-            phase: "response",
-            rules: findings.blocking_rules(),
-        });
-    }
-    Ok(())
+    let blocks = findings.scan_answer(insp, Target::LlmResponse, &text);
+    enforce(insp, findings, blocks, "response")
 }
 
 async fn proxy(
@@ -432,14 +427,12 @@ async fn proxy(
     // Phase 5: relay the answer.
     // Answers the policies read are buffered: the modelled endpoints', and a JSON answer on any
     // other path when the proxy checks answers. The rest (audio, files, streams) is relayed.
-    let json_answer = up_parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     let checked_other = endpoint == Endpoint::Other
-        && json_answer
+        && up_parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json)
         && rt
             .inspector
             .as_ref()

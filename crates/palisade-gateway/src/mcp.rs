@@ -28,8 +28,9 @@ use crate::body::{Finisher, ProxyBody, Relay};
 use crate::inspect::{Findings, request_texts, tool_call_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
-use crate::redact::{RedactionMap, redact_value, unmask_value};
+use crate::redact::{RedactionMap, mask_new, redact_value, unmask_value};
 use crate::sse::{for_each_event, raw_events};
+use crate::upstream::is_json;
 
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
@@ -154,14 +155,6 @@ fn refuse_pending(pending: &Pending, status: StatusCode, msg: &str) -> Refusal {
         _ => Value::Null,
     };
     (status, rpc_error(&id, code::UPSTREAM, msg))
-}
-
-/// Whether a `Content-Type` value is JSON (`application/json`, any parameters, any case).
-pub(crate) fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Serves one request on an MCP proxy: the legacy HTTP+SSE routes, or Streamable HTTP.
@@ -708,20 +701,7 @@ pub(crate) async fn send(
             "x-palisade-overhead-us",
             HeaderValue::from(overhead.as_micros() as u64),
         );
-        let ctx = Ctx::new(
-            shared,
-            rt,
-            pending,
-            RequestRecord {
-                id: rec.id.clone(),
-                proxy: rec.proxy.clone(),
-                key_name: rec.key_name.clone(),
-                group: rec.group.clone(),
-                session: rec.session.clone(),
-                tool: rec.tool.clone(),
-                ..Default::default()
-            },
-        );
+        let ctx = Ctx::new(shared, rt, pending, identity_of(rec));
         let mut f = Findings::default();
         std::mem::swap(&mut f, findings);
         let finisher = Finisher {
@@ -766,7 +746,7 @@ pub(crate) async fn send(
     let answers_requests = !pending.by_id.is_empty();
     let checkable = is_json(&ct);
     let mut status = up_parts.status;
-    let mut ctx = Ctx::new(shared, rt, pending, rec.clone());
+    let mut ctx = Ctx::new(shared, rt, pending, identity_of(rec));
     if answers_requests && status.is_success() && !bytes.is_empty() && !checkable {
         let msg = format!(
             "upstream MCP server answered with content type `{ct}`; only application/json and text/event-stream answers can be checked"
@@ -1024,6 +1004,19 @@ fn redact_arguments(rt: &ProxyRuntime, v: &mut Value, pending: &mut Pending) -> 
     Some(Bytes::from(v.to_string()))
 }
 
+/// Who a request is (id, proxy, key, group, session, tool): what alerts about its answer name.
+fn identity_of(rec: &RequestRecord) -> RequestRecord {
+    RequestRecord {
+        id: rec.id.clone(),
+        proxy: rec.proxy.clone(),
+        key_name: rec.key_name.clone(),
+        group: rec.group.clone(),
+        session: rec.session.clone(),
+        tool: rec.tool.clone(),
+        ..Default::default()
+    }
+}
+
 /// What response processing needs after the request phase has returned.
 struct Ctx {
     shared: Arc<GatewayShared>,
@@ -1039,7 +1032,6 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Processes one message or batch of responses; returns whether it changed.
     fn new(
         shared: &Arc<GatewayShared>,
         rt: &Arc<ProxyRuntime>,
@@ -1056,6 +1048,7 @@ impl Ctx {
         }
     }
 
+    /// Processes one message or batch of responses; returns whether it changed.
     fn process(&mut self, v: &mut Value, rec: &mut RequestRecord, findings: &mut Findings) -> bool {
         match v {
             Value::Array(a) => {
@@ -1087,10 +1080,8 @@ impl Ctx {
     /// Returns whether `v` changed.
     fn complete(&mut self, v: &mut Value, findings: &mut Findings) -> bool {
         let mut missing: Vec<Value> = self
-            .pending
-            .by_id
-            .keys()
-            .filter(|id| !self.answered.contains(*id))
+            .open_ids()
+            .iter()
             .filter_map(|id| serde_json::from_str::<Value>(id).ok())
             .collect();
         if missing.is_empty() {
@@ -1263,10 +1254,8 @@ impl Ctx {
         }
     }
 
-    /// Masks sensitive values in a tool's result (`redact` rules on `tool_result`). Numbering
-    /// continues the placeholders of the call's arguments, so values the client sent keep theirs
-    /// and are restored (when the proxy unmasks); new ones stay masked. Returns whether the
-    /// result changed.
+    /// Masks new sensitive values in a tool's result (`redact` rules on `tool_result`, see
+    /// [`mask_new`]; the known values are the call's arguments'). Returns whether it changed.
     fn redact_result(
         &self,
         insp: &crate::inspect::Inspector,
@@ -1279,9 +1268,7 @@ impl Ctx {
         {
             return false;
         }
-        let mut map = self.pending.unmask.clone();
-        redact_value(&insp.set, result, Target::ToolResult, &mut map);
-        let new = map.len() - self.pending.unmask.len();
+        let new = mask_new(&insp.set, result, Target::ToolResult, &self.pending.unmask);
         if self.rt.spec.unmask && !self.pending.unmask.is_empty() {
             unmask_value(result, &self.pending.unmask);
         }

@@ -341,9 +341,12 @@ fn pre_approved(rt: &ProxyRuntime, kind: Kind, name: &str) -> bool {
         || rt.spec.approved_tools.iter().any(|a| a == name)
 }
 
-/// Whether a stored definition is the "listed more than once" record of an ambiguous listing.
+/// The field of the definition recorded for a name listed more than once: all its entries.
+const LISTED_TWICE: &str = "listed_more_than_once";
+
+/// Whether a stored definition is the record of a name listed more than once.
 pub fn is_ambiguous(definition: &Value) -> bool {
-    definition.get("listed_more_than_once").is_some()
+    definition.get(LISTED_TWICE).is_some()
 }
 
 impl McpRegistry {
@@ -496,7 +499,7 @@ impl McpRegistry {
                     .iter()
                     .map(|t| canonical_of(kind, t))
                     .collect();
-                json!({ "listed_more_than_once": all })
+                json!({ LISTED_TWICE: all })
             } else {
                 canonical_of(kind, t)
             };
@@ -510,11 +513,7 @@ impl McpRegistry {
                     f.push(format!(
                         "builtin: `{id}` is listed {listed} times under one name; a client may use any of the definitions"
                     ));
-                    for d in def["listed_more_than_once"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                    {
+                    for d in def[LISTED_TWICE].as_array().into_iter().flatten() {
                         f.extend(poisoning(d, rt.inspector.as_ref()));
                     }
                 } else {

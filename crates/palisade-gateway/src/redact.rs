@@ -59,6 +59,16 @@ pub fn redact_value(set: &PolicySet, v: &mut Value, target: Target, map: &mut Re
     walk_mut(set, v, target, map);
 }
 
+/// Masks sensitive values in an answer (`target`: `llm_response`, `tool_result`) with
+/// placeholders that continue `known` (the request's map): a value the client sent keeps its
+/// placeholder, which unmasking restores, while new ones get new placeholders, which it leaves
+/// alone. Returns how many new values were masked.
+pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &RedactionMap) -> usize {
+    let mut map = known.clone();
+    walk_mut(set, v, target, &mut map);
+    map.len() - known.len()
+}
+
 /// Replaces sensitive values in a request body's content; returns the placeholder map.
 pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
     let mut map = RedactionMap::new();

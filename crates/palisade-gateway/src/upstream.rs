@@ -94,6 +94,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether a `Content-Type` value is JSON (`application/json`, any parameters, any case).
+pub fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// Copies client headers for the upstream request, dropping hop-by-hop headers, `Host`,
 /// the body length (recomputed), compression negotiation (the gateway reads answers), and the
 /// client's credentials: a gateway key must never reach a provider.

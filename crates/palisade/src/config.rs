@@ -74,26 +74,34 @@ impl Config {
         let mut refs = Vec::new();
         for k in &self.api_keys {
             if let Some(g) = k.group.as_deref().filter(|g| !group_here(g)) {
-                refs.push(Reference::group(format!("api key `{}`", k.name), g));
+                refs.push(Reference::new(
+                    format!("api key `{}`", k.name),
+                    RefKind::Group,
+                    g,
+                ));
             }
             for x in k.allowed_proxies.iter().filter(|x| !proxy_here(x)) {
-                refs.push(Reference {
-                    from: format!("api key `{}`", k.name),
-                    kind: RefKind::Proxy,
-                    name: x.clone(),
-                });
+                refs.push(Reference::new(
+                    format!("api key `{}`", k.name),
+                    RefKind::Proxy,
+                    x,
+                ));
             }
         }
         for p in &self.prompts {
             for g in p.groups.iter().filter(|g| !group_here(g)) {
-                refs.push(Reference::group(format!("prompt `{}`", p.name), g));
+                refs.push(Reference::new(
+                    format!("prompt `{}`", p.name),
+                    RefKind::Group,
+                    g,
+                ));
             }
             for x in p.proxies.iter().filter(|x| !proxy_here(x)) {
-                refs.push(Reference {
-                    from: format!("prompt `{}`", p.name),
-                    kind: RefKind::Proxy,
-                    name: x.clone(),
-                });
+                refs.push(Reference::new(
+                    format!("prompt `{}`", p.name),
+                    RefKind::Proxy,
+                    x,
+                ));
             }
         }
         for (spec, _) in &self.proxies {
@@ -102,11 +110,11 @@ impl Config {
                 .iter()
                 .filter(|id| !builtin_policies.contains(id))
             {
-                refs.push(Reference {
-                    from: format!("proxy `{}`", spec.name),
-                    kind: RefKind::Policy,
-                    name: id.clone(),
-                });
+                refs.push(Reference::new(
+                    format!("proxy `{}`", spec.name),
+                    RefKind::Policy,
+                    id,
+                ));
             }
         }
         refs
@@ -131,10 +139,10 @@ pub enum RefKind {
 }
 
 impl Reference {
-    fn group(from: String, name: &str) -> Self {
+    fn new(from: String, kind: RefKind, name: &str) -> Self {
         Self {
             from,
-            kind: RefKind::Group,
+            kind,
             name: name.to_string(),
         }
     }

@@ -205,6 +205,7 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
     // A key the file made and no longer names is revoked: removing a credential from the file
     // that lives in git must end it (keys made through the API are left alone).
     let named: Vec<&str> = cfg.api_keys.iter().map(|k| k.name.as_str()).collect();
+    let mut revoked = false;
     for row in state.store.list_keys().await? {
         if row.source == "config" && row.revoked_at.is_none() && !named.contains(&row.name.as_str())
         {
@@ -214,11 +215,14 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
                 .await
                 .map_err(|e| anyhow::anyhow!("api key `{}`: {e}", row.name))?;
             tracing::info!(key = %row.name, "key revoked: the config file no longer names it");
-            state
-                .reload_keys()
-                .await
-                .map_err(|e| anyhow::anyhow!("api keys: {}", e.message))?;
+            revoked = true;
         }
+    }
+    if revoked {
+        state
+            .reload_keys()
+            .await
+            .map_err(|e| anyhow::anyhow!("api keys: {}", e.message))?;
     }
     for k in cfg.api_keys {
         let opts = palisade_store::KeyOptions {

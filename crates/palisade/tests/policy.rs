@@ -148,14 +148,7 @@ async fn monitor_mode_passes_with_alerts() {
     let r = chat(&url, INJECTION, false).await;
     assert_eq!(r.status(), 200);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    let mut alerts = Value::Null;
-    for _ in 0..100 {
-        alerts = gw.get(&format!("/api/v1/alerts?request_id={rid}")).await.1;
-        if alerts["total"].as_i64().unwrap_or(0) > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
     let items = alerts["items"].as_array().unwrap();
     assert!(!items.is_empty(), "monitor mode must still alert");
     assert!(items.iter().all(|a| a["blocked"] == false));
@@ -193,14 +186,7 @@ async fn a_redact_rule_on_answers_masks_buffered_ones_and_alerts_on_streams() {
     let _ = r.text().await.unwrap();
     let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
     assert_eq!(rows[0]["decision"], "alert", "{}", rows[0]);
-    let mut alerts = Value::Null;
-    for _ in 0..100 {
-        alerts = gw.get(&format!("/api/v1/alerts?request_id={rid}")).await.1;
-        if alerts["total"].as_i64().unwrap_or(0) > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
     let a = &alerts["items"][0];
     assert_eq!(a["rule_id"], "AK-001", "{alerts}");
     assert!(

@@ -191,6 +191,20 @@ impl Gateway {
         )
     }
 
+    /// Polls the alerts until `n` match `query` (the writer is asynchronous); returns the last
+    /// page read, whatever its total (the caller asserts).
+    pub async fn wait_alerts(&self, query: &str, n: i64) -> Value {
+        let mut page = Value::Null;
+        for _ in 0..100 {
+            page = self.get(&format!("/api/v1/alerts?{query}")).await.1;
+            if page["total"].as_i64().unwrap_or(0) >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        page
+    }
+
     /// Polls the request log until `n` rows match `query` (the writer is asynchronous).
     pub async fn wait_requests(&self, query: &str, n: usize) -> Vec<Value> {
         for _ in 0..100 {
