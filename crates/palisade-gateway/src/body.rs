@@ -146,13 +146,19 @@ pub struct Relay {
     guard: Option<StreamGuard>,
     strip_usage: bool,
     unmasker: Option<StreamUnmasker>,
-    mapper: Option<EventMapper>,
+    mapper: Option<Box<dyn EventMapper>>,
     abort_on_failure: bool,
 }
 
 /// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
 /// what it finds goes into the request's findings, so the request's record shows it.
-pub type EventMapper = Box<dyn FnMut(Bytes, &mut Findings) -> Bytes + Send>;
+pub trait EventMapper: Send {
+    /// Rewrites one run of complete events.
+    fn map(&mut self, run: Bytes, findings: &mut Findings) -> Bytes;
+    /// Once, when the upstream ended the stream cleanly: events to send last, and an error
+    /// for the request's record (e.g. requests the stream never answered).
+    fn end(&mut self, findings: &mut Findings) -> (Bytes, Option<String>);
+}
 
 impl Relay {
     /// Relays `inner`; `sse` selects event-wise forwarding; `idle` bounds the gap between chunks;
@@ -198,7 +204,7 @@ impl Relay {
     }
 
     /// Passes every run of events through `m` before it is forwarded.
-    pub fn map_events(mut self, m: EventMapper) -> Self {
+    pub fn map_events(mut self, m: Box<dyn EventMapper>) -> Self {
         self.mapper = Some(m);
         self
     }
@@ -376,7 +382,7 @@ impl Relay {
                         Some(m) => {
                             let mut spare = Findings::default();
                             let f = request_findings(&mut this.guard, &mut this.finisher);
-                            m(out, f.unwrap_or(&mut spare))
+                            m.map(out, f.unwrap_or(&mut spare))
                         }
                         None => out,
                     };
@@ -414,15 +420,27 @@ impl Relay {
                         Some(u) if !rest.is_empty() => u.rewrite(rest),
                         _ => rest,
                     };
+                    let mut error = None;
                     let rest = match this.mapper.as_mut() {
-                        Some(m) if !rest.is_empty() => {
+                        Some(m) => {
                             let mut spare = Findings::default();
-                            let f = request_findings(&mut this.guard, &mut this.finisher);
-                            m(rest, f.unwrap_or(&mut spare))
+                            let f = request_findings(&mut this.guard, &mut this.finisher)
+                                .unwrap_or(&mut spare);
+                            let mut rest = if rest.is_empty() {
+                                rest
+                            } else {
+                                m.map(rest, f)
+                            };
+                            let (last, err) = m.end(f);
+                            if !last.is_empty() {
+                                rest = [rest, last].concat().into();
+                            }
+                            error = err;
+                            rest
                         }
-                        _ => rest,
+                        None => rest,
                     };
-                    this.finish(None);
+                    this.finish(error);
                     return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }
                 Poll::Pending => {

@@ -24,7 +24,7 @@ use palisade_core::record::RequestRecord;
 use palisade_policy::Target;
 use serde_json::{Value, json};
 
-use crate::body::{Finisher, ProxyBody, Relay};
+use crate::body::{EventMapper, Finisher, ProxyBody, Relay};
 use crate::inspect::{Findings, request_texts, tool_call_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
@@ -713,7 +713,6 @@ pub(crate) async fn send(
             accounting: shared.accounting.clone(),
             key_tpm: None,
         };
-        let mut ctx = ctx;
         let relay = Relay::new(
             up_body,
             true,
@@ -723,7 +722,7 @@ pub(crate) async fn send(
             None,
         )
         .abort_on_failure()
-        .map_events(Box::new(move |run, findings| ctx.map_run(run, findings)));
+        .map_events(Box::new(ctx));
         let mut r = Response::new(ProxyBody::Relay(Box::new(relay)));
         *r.status_mut() = up_parts.status;
         *r.headers_mut() = headers;
@@ -1029,6 +1028,9 @@ struct Ctx {
     answered: std::collections::HashSet<String>,
     /// Whether an answer was withheld.
     withheld_any: bool,
+    /// Whether the upstream's stream gave its events ids: a client can then resume it after
+    /// the upstream closes it early (and be answered on the resumed stream).
+    resumable: bool,
 }
 
 impl Ctx {
@@ -1045,6 +1047,7 @@ impl Ctx {
             origin,
             answered: Default::default(),
             withheld_any: false,
+            resumable: false,
         }
     }
 
@@ -1327,6 +1330,7 @@ impl Ctx {
         let mut changed = false;
         let mut scratch = self.origin.clone();
         for ev in raw_events(&run) {
+            self.resumable |= has_event_id(ev);
             let mut data = None;
             for_each_event(ev, |_, d| data = Some(d.to_vec()));
             let Some(data) = data.filter(|d| !d.trim_ascii().is_empty()) else {
@@ -1381,6 +1385,40 @@ impl Ctx {
         }
         if changed { Bytes::from(out) } else { run }
     }
+}
+
+impl EventMapper for Ctx {
+    fn map(&mut self, run: Bytes, findings: &mut Findings) -> Bytes {
+        self.map_run(run, findings)
+    }
+
+    /// A stream that ended with requests unanswered: unless the client can resume it (its
+    /// events had ids), each of them gets an error, so the client is not left waiting.
+    fn end(&mut self, _findings: &mut Findings) -> (Bytes, Option<String>) {
+        let open = self.open_ids();
+        if self.resumable || open.is_empty() {
+            return (Bytes::new(), None);
+        }
+        let msg = "the upstream MCP server ended its stream without answering this request";
+        let mut out = String::new();
+        for id in &open {
+            let id = serde_json::from_str::<Value>(id).unwrap_or(Value::Null);
+            out.push_str(&format!(
+                "event: message\ndata: {}\n\n",
+                rpc_error(&id, code::UPSTREAM, msg)
+            ));
+        }
+        self.answered.extend(open);
+        (Bytes::from(out), Some(msg.to_string()))
+    }
+}
+
+/// Whether an SSE event carries a non-empty `id:` field.
+fn has_event_id(ev: &[u8]) -> bool {
+    ev.split(|&b| b == b'\n' || b == b'\r').any(|line| {
+        line.strip_prefix(b"id:")
+            .is_some_and(|rest| !rest.trim_ascii().is_empty())
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! Its tool set can be replaced at run time (`POST /_mock/tools`), to play a server whose tools
 //! change under the gateway (rug pulls), and it answers in JSON or, with `--sse`, in SSE streams.
 //! `POST /_mock/quirks` makes it misbehave the way a broken or hostile server does (answers with
-//! ids of another type, malformed bodies, other content types), to test the gateway's defences.
+//! ids of another type, malformed bodies, other content types, streams without event ids), to
+//! test the gateway's defences.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,7 +29,8 @@ struct State {
     received: Mutex<Vec<Value>>,
     /// Misbehaviour for every answer but `initialize`'s (`POST /_mock/quirks`): `string_ids`
     /// (answer id 2 as "2"), `body` (this text instead of the answer), `content_type`,
-    /// `tool_result` (the result of every `tools/call`).
+    /// `tool_result` (the result of every `tools/call`), `event_ids: false` (SSE events without
+    /// an `id:` line, so a stream cannot be resumed).
     quirks: Mutex<Value>,
 }
 
@@ -351,7 +353,11 @@ async fn handle(
     let sid = new_session.as_deref().or(session.as_deref());
     let (body, ct) = if state.sse {
         (
-            format!("id: 1\nevent: message\ndata: {text}\n\n"),
+            if quirks["event_ids"] == false {
+                format!("event: message\ndata: {text}\n\n")
+            } else {
+                format!("id: 1\nevent: message\ndata: {text}\n\n")
+            },
             "text/event-stream",
         )
     } else {

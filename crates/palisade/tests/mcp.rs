@@ -1463,6 +1463,57 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
 }
 
 #[tokio::test]
+async fn a_stream_that_ends_unanswered_gives_the_request_an_error_unless_it_can_be_resumed() {
+    let mock = mock_mcp(true);
+    let gw = Gateway::start(&config(&mock.url, "approved_tools = [\"echo\"]")).await;
+    let mut c = Client::new(&gw).await;
+    assert_eq!(c.tool_names().await, vec!["echo"]);
+    // The server sends a notification and closes the stream without answering request 31.
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"working"}}"#;
+    mock_set(&mock, "quirks", json!({"body": note, "event_ids": false})).await;
+    let (status, text) = c.list_raw(31).await;
+    assert_eq!(status, 200, "{text}");
+    let messages: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(
+        messages.len(),
+        2,
+        "the notification, then the error: {text}"
+    );
+    assert_eq!(messages[0]["method"], "notifications/message");
+    assert_eq!(messages[1]["id"], 31, "{text}");
+    assert_eq!(messages[1]["error"]["code"], -32000, "{text}");
+    let msg = messages[1]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("without answering"), "{msg}");
+    let mut logged = false;
+    for _ in 0..100 {
+        let (_, v) = gw.get("/api/v1/requests").await;
+        logged = v["items"].as_array().unwrap().iter().any(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("without answering"))
+        });
+        if logged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(logged, "the log shows the unanswered request");
+    // With event ids the client may resume the stream and get its answer there: nothing is
+    // made up for it.
+    mock_set(&mock, "quirks", json!({"body": note})).await;
+    let (status, text) = c.list_raw(32).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    assert_eq!(text.matches("data: ").count(), 1, "{text}");
+    mock_set(&mock, "quirks", json!({})).await;
+    assert_eq!(c.tool_names().await, vec!["echo"]);
+}
+
+#[tokio::test]
 async fn a_name_listed_twice_is_quarantined_and_hidden() {
     let mock = mock_mcp(false);
     let gw = Gateway::start(&config(&mock.url, "approved_tools = [\"echo\", \"twin\"]")).await;
