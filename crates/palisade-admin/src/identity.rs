@@ -68,11 +68,17 @@ impl AppState {
     pub async fn seed_spend(&self) -> ApiResult<()> {
         let now = self.now();
         for (group, nano) in self.store.month_spend(now).await? {
+            let reset_at = self
+                .store
+                .group(&group)
+                .await?
+                .and_then(|g| g.budget_reset_at)
+                .unwrap_or(0);
             self.manager
                 .shared()
                 .accounting
                 .spend
-                .set(&group, nano, now);
+                .set(&group, nano, reset_at, now);
         }
         Ok(())
     }
@@ -260,7 +266,7 @@ pub async fn reset_budget(
 ) -> ApiResult<Json<BudgetStatus>> {
     let now = s.now();
     s.store.reset_budget(&name, now, u.actor()).await?;
-    s.manager.shared().accounting.spend.set(&name, 0, now);
+    s.manager.shared().accounting.spend.set(&name, 0, now, now);
     let g = s
         .store
         .group(&name)

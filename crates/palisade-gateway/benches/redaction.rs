@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use palisade_gateway::redact::{StreamUnmasker, redact_request, unmask_body};
+use palisade_gateway::redact::{StreamRewriter, redact_request, unmask_body};
 use palisade_gateway::{Findings, Inspector, StreamGuard};
 use palisade_policy::{PolicySet, load_dir};
 use serde_json::{Value, json};
@@ -200,14 +200,14 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("stream_unmask_50_events");
     group.bench_function("first_event", |b| {
         b.iter_batched_ref(
-            || StreamUnmasker::new(map.clone()),
+            || StreamRewriter::new(map.clone()),
             |u| u.rewrite(black_box(events[0].clone())).len(),
             BatchSize::SmallInput,
         )
     });
     group.bench_function("whole_stream", |b| {
         b.iter_batched_ref(
-            || StreamUnmasker::new(map.clone()),
+            || StreamRewriter::new(map.clone()),
             |u| {
                 events
                     .iter()

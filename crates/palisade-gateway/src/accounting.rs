@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use palisade_core::identity::KeyInfo;
 use palisade_core::record::{AlertRecord, RequestRecord};
-use palisade_core::spend::{BudgetAction, GroupSpec, NANO_PER_USD, PriceTable, month_key};
+use palisade_core::spend::{
+    BudgetAction, GroupSpec, NANO_PER_USD, PriceTable, month_key, month_start_ms,
+};
 
 use crate::error::ProxyError;
 use crate::usage::Usage;
@@ -78,6 +80,8 @@ impl RateLimiter {
 #[derive(Debug, Clone, Copy, Default)]
 struct GroupSpend {
     month: i32,
+    /// Start of the budget period (Unix ms): the month's start, or a manual reset after it.
+    period: i64,
     nano: i64,
     warned: bool,
     exceeded: bool,
@@ -96,28 +100,35 @@ impl SpendBook {
         now: i64,
     ) -> &'a mut GroupSpend {
         let month = month_key(now);
-        let e = map.entry(group.to_string()).or_insert(GroupSpend {
+        let fresh = GroupSpend {
             month,
+            period: month_start_ms(now),
             ..Default::default()
-        });
+        };
+        let e = map.entry(group.to_string()).or_insert(fresh);
         if e.month != month {
             // A new month: spend starts from zero without any job having to run.
-            *e = GroupSpend {
-                month,
-                ..Default::default()
-            };
+            *e = fresh;
         }
         e
     }
 
-    /// Sets a group's spend (start-up seeding from the store, manual reset).
-    pub fn set(&self, group: &str, nano: i64, now: i64) {
+    /// Sets a group's spend in the period that started at `period` (start-up seeding from the
+    /// store, manual reset); its alerts may be raised again.
+    pub fn set(&self, group: &str, nano: i64, period: i64, now: i64) {
         let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         *Self::entry(&mut map, group, now) = GroupSpend {
             month: month_key(now),
+            period: period.max(month_start_ms(now)),
             nano,
             ..Default::default()
         };
+    }
+
+    /// Start of a group's budget period (Unix ms).
+    fn period(&self, group: &str, now: i64) -> i64 {
+        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        Self::entry(&mut map, group, now).period
     }
 
     /// Spend this month in nano-dollars.
@@ -328,8 +339,9 @@ impl Accounting {
         }
     }
 
-    /// One alert per group and month for crossing the warning threshold, and one for
-    /// exceeding the budget (deduplicated in memory and by key in the store).
+    /// One alert per group and budget period (a month, or from a manual reset) for crossing the
+    /// warning threshold, and one for exceeding the budget (deduplicated in memory and by key
+    /// in the store).
     #[allow(clippy::too_many_arguments)]
     fn budget_alert(
         &self,
@@ -349,7 +361,7 @@ impl Accounting {
             }
             e.exceeded = true;
         }
-        let month = month_key(now);
+        let period = self.spend.period(&g.name, now);
         let (kind, title, severity) = if exceeded {
             ("exceeded", "Monthly budget exhausted", "high")
         } else {
@@ -380,7 +392,7 @@ impl Accounting {
                 dollars(usd(limit))
             ),
             status: "new".into(),
-            dedup_key: Some(format!("budget-{kind}:{}:{month}", g.name)),
+            dedup_key: Some(format!("budget-{kind}:{}:{period}", g.name)),
             ..Default::default()
         });
     }

@@ -17,7 +17,7 @@ use palisade_core::record::RequestRecord;
 use crate::accounting::Accounting;
 use crate::inspect::{Findings, Inspector, StreamGuard, stream_delta_text_json};
 use crate::manager::{AlertFn, RecordFn};
-use crate::redact::StreamUnmasker;
+use crate::redact::StreamRewriter;
 use crate::shape::sse_error_event;
 use crate::sse::{SseSplitter, for_each_event, raw_events};
 use crate::usage::Usage;
@@ -145,7 +145,7 @@ pub struct Relay {
     finisher: Option<Finisher>,
     guard: Option<StreamGuard>,
     strip_usage: bool,
-    unmasker: Option<StreamUnmasker>,
+    unmasker: Option<StreamRewriter>,
     mapper: Option<Box<dyn EventMapper>>,
     abort_on_failure: bool,
 }
@@ -216,8 +216,9 @@ impl Relay {
         self
     }
 
-    /// Restores redacted values in the answer's events before they are forwarded.
-    pub fn unmask_with(mut self, u: StreamUnmasker) -> Self {
+    /// Rewrites the answer's text (masking new values, restoring the request's) before it is
+    /// forwarded.
+    pub fn rewrite_with(mut self, u: StreamRewriter) -> Self {
         self.unmasker = Some(u);
         self
     }
@@ -255,13 +256,18 @@ impl Relay {
 
     fn finish(&mut self, error: Option<String>) {
         self.done = true;
-        if let Some(f) = self.finisher.take() {
-            f.finish(
-                self.usage,
-                self.ttfb,
-                error,
-                self.guard.take().map(StreamGuard::into_findings),
-            );
+        if let Some(mut f) = self.finisher.take() {
+            let mut findings = self.guard.take().map(StreamGuard::into_findings);
+            let masked = self.unmasker.as_ref().map_or(0, StreamRewriter::masked);
+            if masked > 0 {
+                findings
+                    .as_mut()
+                    .unwrap_or(&mut f.findings)
+                    .set_answer_redacted();
+                let r = &mut f.record;
+                r.redactions = Some(r.redactions.unwrap_or(0) + masked as i64);
+            }
+            f.finish(self.usage, self.ttfb, error, findings);
         }
     }
 
@@ -417,8 +423,20 @@ impl Relay {
                         rest
                     };
                     let rest = match this.unmasker.as_mut() {
-                        Some(u) if !rest.is_empty() => u.rewrite(rest),
-                        _ => rest,
+                        Some(u) => {
+                            let rest = if rest.is_empty() {
+                                rest
+                            } else {
+                                u.rewrite(rest)
+                            };
+                            let last = u.finish();
+                            if last.is_empty() {
+                                rest
+                            } else {
+                                [rest, last].concat().into()
+                            }
+                        }
+                        None => rest,
                     };
                     let mut error = None;
                     let rest = match this.mapper.as_mut() {

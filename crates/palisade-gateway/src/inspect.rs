@@ -71,15 +71,16 @@ pub fn decision_str(d: Decision) -> &'static str {
 /// Everything the policies found in one request, across phases and stream windows.
 #[derive(Default)]
 pub struct Findings {
-    /// Each rule's first match: where, what, and whether it was in an answer (answers are
-    /// checked and can be blocked, but never rewritten, so a `redact` rule there only alerts).
+    /// Each rule's first match in the request and its first in the answer: where, what, and
+    /// whether it was in the answer (a value the answer leaks is its own finding even when the
+    /// request matched the same rule).
     matches: Vec<(Target, RuleMatch, bool)>,
-    seen: HashSet<(Arc<str>, Arc<str>)>,
+    seen: HashSet<(Arc<str>, Arc<str>, bool)>,
     score: u8,
     decision: Decision,
     evaluated: bool,
     blocked: bool,
-    /// Sensitive values in a buffered answer were masked (`redact` rules acted there too).
+    /// Sensitive values in the answer were masked (`redact` rules acted there too).
     answer_redacted: bool,
     /// Why the gateway withheld part of the exchange on its own (not a rule): it is logged as
     /// blocked with this error.
@@ -108,7 +109,10 @@ impl Findings {
         let mut blocks = false;
         for m in ev.matches {
             blocks |= m.action == Action::Block;
-            if self.seen.insert((m.policy_id.clone(), m.rule_id.clone())) {
+            if self
+                .seen
+                .insert((m.policy_id.clone(), m.rule_id.clone(), answer))
+            {
                 self.matches.push((target, m, answer));
             }
         }
@@ -134,20 +138,26 @@ impl Findings {
         self.withheld.get_or_insert_with(|| why.to_string());
     }
 
-    /// Marks that values in a buffered answer were masked by `redact` rules.
+    /// Marks that values in the answer were masked by `redact` rules.
     pub fn set_answer_redacted(&mut self) {
         self.answer_redacted = true;
     }
 
     /// `policy/rule` ids of blocking matches (for the client's error message; no patterns).
     pub fn blocking_rules(&self) -> String {
-        let ids: Vec<String> = self
-            .matches
-            .iter()
-            .filter(|(_, m, _)| m.action == Action::Block)
-            .map(|(_, m, _)| format!("{}/{}", m.policy_id, m.rule_id))
-            .collect();
-        ids.join(", ")
+        self.rule_ids(|m| m.action == Action::Block).join(", ")
+    }
+
+    /// `policy/rule` ids of the matches `keep` selects, each once, in order of finding.
+    fn rule_ids(&self, keep: impl Fn(&RuleMatch) -> bool) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for (_, m, _) in self.matches.iter().filter(|(_, m, _)| keep(m)) {
+            let id = format!("{}/{}", m.policy_id, m.rule_id);
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
     }
 
     /// Writes the verdict into the request record and emits one alert per matched rule whose
@@ -160,7 +170,7 @@ impl Findings {
     /// The recorded decision is what the gateway did, not what the rules asked for: a block
     /// rule that did not stop the request (monitor mode) and a redact rule in an answer that was
     /// not rewritten (a stream) count as alerts, and alert whatever their severity.
-    pub fn finalize(self, rec: &mut RequestRecord, alert: &dyn Fn(AlertRecord)) {
+    pub fn finalize(mut self, rec: &mut RequestRecord, alert: &dyn Fn(AlertRecord)) {
         if !self.evaluated {
             return;
         }
@@ -189,7 +199,7 @@ impl Findings {
                 .unwrap_or(Decision::Allow)
         };
         if rec.error.is_none() {
-            rec.error = self.withheld;
+            rec.error = self.withheld.take();
         }
         // A block the gateway recorded itself (a refused MCP call) stays.
         if rec.decision.as_deref() != Some("block") {
@@ -197,12 +207,7 @@ impl Findings {
         }
         rec.risk_score = Some(self.score as i64);
         if !self.matches.is_empty() {
-            let ids: Vec<String> = self
-                .matches
-                .iter()
-                .map(|(_, m, _)| format!("{}/{}", m.policy_id, m.rule_id))
-                .collect();
-            rec.matched_rules = Some(ids.join(","));
+            rec.matched_rules = Some(self.rule_ids(|_| true).join(","));
         }
         for (target, m, answer) in self.matches {
             let unredacted = m.action == Action::Redact && answer && !self.answer_redacted;
@@ -735,6 +740,22 @@ mod tests {
                 "{action}"
             );
         }
+    }
+
+    #[test]
+    fn a_rule_matched_in_the_request_and_again_in_the_answer_is_two_findings() {
+        let mut g = guard("alert", PolicyMode::Enforce);
+        let mut f = std::mem::take(&mut g.findings);
+        // (The test rule's only target stands for the request's text here.)
+        f.scan(&g.insp, Target::LlmResponse, "the zebra crossing");
+        f.scan_answer(&g.insp, Target::LlmResponse, "another zebra crossing");
+        let mut rec = RequestRecord::default();
+        let alerts = std::cell::RefCell::new(Vec::new());
+        f.finalize(&mut rec, &|a| alerts.borrow_mut().push(a.excerpt));
+        assert_eq!(rec.matched_rules.as_deref(), Some("t/R1"));
+        let excerpts = alerts.into_inner();
+        assert_eq!(excerpts.len(), 2, "{excerpts:?}");
+        assert!(excerpts[1].as_deref().unwrap_or("").contains("another"));
     }
 
     #[test]

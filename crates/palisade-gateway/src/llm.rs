@@ -21,7 +21,7 @@ use crate::body::{Finisher, ProxyBody, Relay};
 use crate::error::ProxyError;
 use crate::inspect::{Findings, Inspector, request_texts, response_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
-use crate::redact::{RedactionMap, StreamUnmasker, mask_new, redact_request, unmask_body};
+use crate::redact::{RedactionMap, StreamRewriter, mask_new, redact_request, unmask_body};
 use crate::shape::{Endpoint, error_body};
 use crate::upstream::{client_response_headers, is_json, upstream_request_headers};
 use crate::usage::Usage;
@@ -469,8 +469,21 @@ async fn proxy(
         } else {
             relay
         };
-        let relay = if is_sse && rt.spec.unmask && !redactions.is_empty() {
-            relay.unmask_with(StreamUnmasker::new(std::mem::take(&mut redactions)))
+        // New sensitive values in a streamed answer are masked as it flows; the request's own
+        // values keep their placeholders, which unmasking restores.
+        let masking = rt
+            .inspector
+            .as_ref()
+            .filter(|i| is_sse && i.set.redacts(Target::LlmResponse));
+        let unmask = is_sse && rt.spec.unmask && !redactions.is_empty();
+        let relay = if masking.is_some() || unmask {
+            let known = std::mem::take(&mut redactions);
+            let restore = if unmask { known.clone() } else { Vec::new() };
+            let mut w = StreamRewriter::new(restore);
+            if let Some(i) = masking {
+                w = w.masking(i.set.clone(), &known);
+            }
+            relay.rewrite_with(w)
         } else {
             relay
         };

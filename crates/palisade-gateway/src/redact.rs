@@ -3,9 +3,11 @@
 //! Sensitive values in a request are replaced by typed placeholders (`[EMAIL_1]`) before it
 //! leaves; the placeholder map lives only in this request's memory. Answers get the originals
 //! back: buffered JSON in one pass, streams event by event, holding back only a tail that could
-//! still be the beginning of a placeholder split across events.
+//! still be the beginning of a placeholder split across events. With `redact` rules on answers,
+//! new sensitive values in an answer are masked too, in streams as well (see `StreamMasker`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use palisade_policy::{PolicySet, Target, unmask};
@@ -88,7 +90,9 @@ pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
     map
 }
 
-/// Restores originals in every string of a JSON value (answers, tool-call arguments).
+/// Restores originals in every string of a JSON value (answers, tool-call arguments). A string
+/// that is itself JSON text (a tool call's `arguments`, Anthropic's `partial_json`) gets the
+/// originals JSON-escaped, so it stays valid JSON whatever they contain.
 pub fn unmask_value(v: &mut Value, map: &RedactionMap) {
     match v {
         Value::String(s) if s.contains('[') => {
@@ -98,9 +102,33 @@ pub fn unmask_value(v: &mut Value, map: &RedactionMap) {
             }
         }
         Value::Array(a) => a.iter_mut().for_each(|x| unmask_value(x, map)),
-        Value::Object(m) => m.values_mut().for_each(|x| unmask_value(x, map)),
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x {
+                    Value::String(s) if is_json_text_key(k) && s.contains('[') => {
+                        let u = unmask(s, &escaped_map(map));
+                        if u != *s {
+                            *s = u;
+                        }
+                    }
+                    _ => unmask_value(x, map),
+                }
+            }
+        }
         _ => {}
     }
+}
+
+/// Keys whose string value is JSON text in the API shapes the gateway rewrites.
+fn is_json_text_key(k: &str) -> bool {
+    matches!(k, "arguments" | "partial_json")
+}
+
+/// The map with each original as the inside of a JSON string literal.
+fn escaped_map(map: &RedactionMap) -> RedactionMap {
+    map.iter()
+        .map(|(p, o)| (p.clone(), json_escaped(o)))
+        .collect()
 }
 
 /// Unmasks a buffered JSON answer; non-JSON answers are returned unchanged.
@@ -118,14 +146,19 @@ pub fn unmask_body(body: Bytes, map: &RedactionMap) -> Bytes {
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
         return body;
     }
-    // Originals go into JSON string literals: escaped, unless none needs it (the usual case).
+    // Originals go into JSON string literals. When none needs escaping (the usual case) they
+    // are put in place in the text; otherwise the answer is rewritten as a tree, since a string
+    // that is itself JSON text (tool-call arguments) needs them escaped twice.
     let needs_escape = |o: &str| o.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
     let out = if map.iter().any(|(_, o)| needs_escape(o)) {
-        let escaped: RedactionMap = map
-            .iter()
-            .map(|(p, o)| (p.clone(), json_escaped(o)))
-            .collect();
-        unmask(text, &escaped)
+        if !map.iter().any(|(p, _)| text.contains(p.as_str())) {
+            return body;
+        }
+        let Ok(mut v) = serde_json::from_str::<Value>(text) else {
+            return body;
+        };
+        unmask_value(&mut v, map);
+        v.to_string()
     } else {
         unmask(text, map)
     };
@@ -145,13 +178,76 @@ fn json_escaped(s: &str) -> String {
         .to_string()
 }
 
-/// Streaming unmasker of one answer.
-pub struct StreamUnmasker {
+/// Rewrites the text of one streamed answer: masks new sensitive values (with `redact` rules on
+/// answers) and restores the request's placeholders.
+pub struct StreamRewriter {
     map: RedactionMap,
     max_len: usize,
     /// Text held per channel (choice, content block, output part) because it may be the start
     /// of a placeholder whose end is in a later event.
     held: HashMap<String, String>,
+    /// The map with originals escaped for JSON text (tool-call arguments).
+    escaped: RedactionMap,
+    masker: Option<StreamMasker>,
+    /// The last chat completion chunk's fields but its choices, for chunks made to flush.
+    envelope: Option<Map<String, Value>>,
+}
+
+/// Masks new sensitive values in a streamed answer's text. A value can only be masked while
+/// none of it has been sent, so text is held back per channel while a value may still be in
+/// progress: the last word (values rarely hold spaces), at least [`HOLD_MIN`] bytes (for those
+/// that do: card numbers, IBANs, phone numbers), and a PEM block from its `-----BEGIN` line to
+/// its `-----END …-----` line; never more than [`HOLD_MAX`] bytes.
+struct StreamMasker {
+    set: Arc<PolicySet>,
+    /// The request's placeholders, then the answer's new ones (a value the client sent keeps
+    /// its placeholder, which unmasking restores).
+    map: RedactionMap,
+    known: usize,
+    held: HashMap<String, String>,
+}
+
+/// Bytes of answer text always held back while masking.
+const HOLD_MIN: usize = 64;
+/// Most bytes of answer text held back while masking.
+const HOLD_MAX: usize = 8 * 1024;
+
+impl StreamMasker {
+    /// Masks a channel's new text; returns what can be sent now (`last`: all of it).
+    fn feed(&mut self, channel: &str, text: &str, last: bool) -> String {
+        let mut buf = self.held.remove(channel).unwrap_or_default();
+        buf.push_str(text);
+        let upto = if last { buf.len() } else { release_point(&buf) };
+        let (out, used) =
+            self.set
+                .redact_prefix_into(Target::LlmResponse, &buf, upto, &mut self.map);
+        if used < buf.len() {
+            self.held
+                .insert(channel.to_string(), buf[used..].to_string());
+        }
+        out
+    }
+}
+
+/// Where the text that may be sent ends (see [`StreamMasker`]); `redact_prefix_into` moves it
+/// back further to the start of any value reaching past it.
+fn release_point(buf: &str) -> usize {
+    let len = buf.len();
+    let word = buf
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let mut cut = word.min(len.saturating_sub(HOLD_MIN));
+    if let Some(begin) = buf.rfind("-----BEGIN") {
+        let ended = buf[begin..]
+            .find("-----END")
+            .is_some_and(|end| buf[begin + end + 8..].contains("-----"));
+        if !ended {
+            cut = cut.min(begin);
+        }
+    }
+    cut.max(len.saturating_sub(HOLD_MAX))
 }
 
 /// Whether raw event bytes may contain (the start of) a placeholder.
@@ -161,22 +257,59 @@ fn may_hold_placeholder(ev: &[u8]) -> bool {
         || ev.last() == Some(&b'[')
 }
 
-impl StreamUnmasker {
-    /// An unmasker for a request's map.
+impl StreamRewriter {
+    /// A rewriter that restores the placeholders of a request's map.
     pub fn new(map: RedactionMap) -> Self {
         let max_len = map.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
         Self {
+            escaped: escaped_map(&map),
             map,
             max_len,
             held: HashMap::new(),
+            masker: None,
+            envelope: None,
         }
     }
 
-    /// Unmasks the new text of a channel, holding back a tail that may be a split placeholder.
+    /// Also masks new values found by `set`'s `redact` rules for answers; `known` is the
+    /// request's map, whose values keep their placeholders.
+    pub fn masking(mut self, set: Arc<PolicySet>, known: &RedactionMap) -> Self {
+        self.masker = Some(StreamMasker {
+            set,
+            map: known.clone(),
+            known: known.len(),
+            held: HashMap::new(),
+        });
+        self
+    }
+
+    /// How many new values were masked so far.
+    pub fn masked(&self) -> usize {
+        self.masker.as_ref().map_or(0, |m| m.map.len() - m.known)
+    }
+
+    /// Rewrites the new text of a channel, holding back a tail that may be a split
+    /// placeholder or a value still in progress. Answer text is masked; tool-call arguments
+    /// (JSON text) are only unmasked.
     fn feed(&mut self, channel: &str, text: &str) -> String {
+        match self.masker.as_mut().filter(|_| !is_json_channel(channel)) {
+            Some(m) => {
+                let masked = m.feed(channel, text, false);
+                self.unmask_feed(channel, &masked)
+            }
+            None => self.unmask_feed(channel, text),
+        }
+    }
+
+    fn unmask_feed(&mut self, channel: &str, text: &str) -> String {
         let mut s = self.held.remove(channel).unwrap_or_default();
         s.push_str(text);
-        let out = unmask(&s, &self.map);
+        let map = if is_json_channel(channel) {
+            &self.escaped
+        } else {
+            &self.map
+        };
+        let out = unmask(&s, map);
         if let Some(i) = out.rfind('[') {
             let tail = &out[i + 1..];
             if tail.len() + 1 < self.max_len
@@ -191,8 +324,119 @@ impl StreamUnmasker {
         out
     }
 
+    /// Everything still held for a channel (its text has ended).
     fn flush(&mut self, channel: &str) -> Option<String> {
-        self.held.remove(channel).filter(|s| !s.is_empty())
+        let mut out = match self.masker.as_mut().filter(|_| !is_json_channel(channel)) {
+            Some(m) => {
+                let rest = m.feed(channel, "", true);
+                self.unmask_feed(channel, &rest)
+            }
+            None => String::new(),
+        };
+        if let Some(rest) = self.held.remove(channel) {
+            out.push_str(&rest);
+        }
+        Some(out).filter(|s| !s.is_empty())
+    }
+
+    /// Channels holding text: `which` itself, or those it starts when it ends with `.` or is
+    /// empty (all), in order.
+    fn held_channels(&self, which: &str) -> Vec<String> {
+        let group = which.is_empty() || which.ends_with('.');
+        let mut channels: Vec<String> = self
+            .held
+            .keys()
+            .chain(self.masker.iter().flat_map(|m| m.held.keys()))
+            .filter(|c| *c == which || group && c.starts_with(which))
+            .cloned()
+            .collect();
+        channels.sort();
+        channels.dedup();
+        channels
+    }
+
+    /// Flushes the channels `which` names (see `held_channels`) into events of their own kind
+    /// (`from`: an event whose `item_id` they carry).
+    fn flush_into(&mut self, which: &str, from: Option<&Value>, out: &mut Vec<(String, Value)>) {
+        for ch in self.held_channels(which) {
+            if let Some(rest) = self.flush(&ch) {
+                let (name, mut v) = self.channel_event(&ch, rest);
+                if let (Some(from), Some(obj)) = (from, v.as_object_mut())
+                    && let Some(id) = from.get("item_id")
+                {
+                    obj.insert("item_id".into(), id.clone());
+                }
+                out.push((name.to_string(), v));
+            }
+        }
+    }
+
+    /// A channel's remaining text as an event of its kind.
+    fn channel_event(&self, ch: &str, rest: String) -> (&'static str, Value) {
+        let (kind, index) = ch.split_at(1);
+        let n = |s: &str| s.parse::<u64>().unwrap_or(0);
+        let chunk = |choice: Value| {
+            let mut c = self.envelope.clone().unwrap_or_default();
+            c.insert("choices".into(), json!([choice]));
+            Value::Object(c)
+        };
+        match kind {
+            "b" => (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": n(index),
+                    "delta": {"type": "text_delta", "text": rest}}),
+            ),
+            "j" => (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": n(index),
+                    "delta": {"type": "input_json_delta", "partial_json": rest}}),
+            ),
+            "r" => {
+                let (o, c) = index.split_once(':').unwrap_or(("0", "0"));
+                (
+                    "response.output_text.delta",
+                    json!({"type": "response.output_text.delta", "output_index": n(o),
+                        "content_index": n(c), "delta": rest}),
+                )
+            }
+            "f" => (
+                "response.function_call_arguments.delta",
+                json!({"type": "response.function_call_arguments.delta",
+                    "output_index": n(index), "delta": rest}),
+            ),
+            "t" => {
+                let (c, t) = index.split_once('.').unwrap_or(("0", "0"));
+                (
+                    "",
+                    chunk(
+                        json!({"index": n(c), "delta": {"tool_calls": [{"index": n(t),
+                        "function": {"arguments": rest}}]}, "finish_reason": null}),
+                    ),
+                )
+            }
+            _ => (
+                "",
+                chunk(json!({"index": n(index), "delta": {"content": rest},
+                    "finish_reason": null})),
+            ),
+        }
+    }
+
+    /// The end of the stream: events carrying whatever text is still held (empty if none).
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = Vec::new();
+        self.flush_all(&mut out);
+        Bytes::from(out)
+    }
+
+    /// Writes an event per channel that still holds text; returns whether it wrote any.
+    fn flush_all(&mut self, out: &mut Vec<u8>) -> bool {
+        let mut events = Vec::new();
+        self.flush_into("", None, &mut events);
+        for (name, v) in &events {
+            push_event(out, name, v);
+        }
+        !events.is_empty()
     }
 
     /// Rewrites a run of complete SSE events.
@@ -205,7 +449,7 @@ impl StreamUnmasker {
             // letter or ends a string (a placeholder cut after its `[`), while nothing is held
             // back, comes out exactly as it went in, so it is not parsed. (JSON's own arrays,
             // `"choices":[{`, do not count.)
-            if self.held.is_empty() && !may_hold_placeholder(ev) {
+            if self.masker.is_none() && self.held.is_empty() && !may_hold_placeholder(ev) {
                 out.extend_from_slice(ev);
                 continue;
             }
@@ -219,6 +463,10 @@ impl StreamUnmasker {
                 .as_deref()
                 .and_then(|d| serde_json::from_slice::<Value>(d).ok());
             let Some(mut v) = parsed else {
+                // The end of a chat completion stream: whatever is held goes out before it.
+                if data.as_deref().map(<[u8]>::trim_ascii) == Some(b"[DONE]") {
+                    changed |= self.flush_all(&mut out);
+                }
                 out.extend_from_slice(ev);
                 continue;
             };
@@ -233,15 +481,26 @@ impl StreamUnmasker {
         if changed { Bytes::from(out) } else { run }
     }
 
-    /// Unmasks one event; `before` receives synthesized events that flush held text ahead of it.
+    /// Rewrites one event; `before` receives events made to flush held text ahead of it.
     fn rewrite_event(&mut self, v: &mut Value, before: &mut Vec<(String, Value)>) {
-        // OpenAI chat completions: per-choice content deltas; flush on finish_reason.
+        // OpenAI chat completions: per-choice content and tool-call argument deltas; flush on
+        // finish_reason.
+        if let Some(obj) = v.as_object()
+            && obj.contains_key("choices")
+        {
+            self.envelope = Some(
+                obj.iter()
+                    .filter(|(k, _)| *k != "choices" && *k != "usage")
+                    .map(|(k, x)| (k.clone(), x.clone()))
+                    .collect(),
+            );
+        }
         if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
             for c in choices.iter_mut() {
                 let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let ch = format!("c{idx}");
                 let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
                 if let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) {
+                    let ch = format!("c{idx}");
                     let text = delta
                         .get("content")
                         .and_then(Value::as_str)
@@ -256,8 +515,25 @@ impl StreamUnmasker {
                     if delta.contains_key("content") || !new.is_empty() {
                         delta.insert("content".into(), Value::String(new));
                     }
-                    if let Some(calls) = delta.get_mut("tool_calls") {
-                        unmask_value(calls, &self.map);
+                    for call in delta
+                        .get_mut("tool_calls")
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let t = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let Some(f) = call.get_mut("function").and_then(Value::as_object_mut)
+                        else {
+                            continue;
+                        };
+                        if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                            let a = a.to_string();
+                            let new = self.feed(&format!("t{idx}.{t}"), &a);
+                            f.insert("arguments".into(), Value::String(new));
+                        }
+                    }
+                    if finished {
+                        self.flush_into(&format!("t{idx}."), None, before);
                     }
                 } else if let Some(m) = c.get_mut("message") {
                     unmask_value(m, &self.map);
@@ -270,29 +546,33 @@ impl StreamUnmasker {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let output = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
         match ty.as_str() {
-            // Anthropic: text deltas per content block; flush before the block stops.
+            // Anthropic: text and tool-input deltas per content block; flush before it stops.
             "content_block_delta" => {
-                let ch = format!("b{}", v.get("index").and_then(Value::as_u64).unwrap_or(0));
                 if let Some(d) = v.get_mut("delta").and_then(Value::as_object_mut) {
                     if let Some(t) = d.get("text").and_then(Value::as_str).map(str::to_string) {
-                        let new = self.feed(&ch, &t);
+                        let new = self.feed(&format!("b{index}"), &t);
                         d.insert("text".into(), Value::String(new));
+                    } else if let Some(t) = d
+                        .get("partial_json")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                    {
+                        let new = self.feed(&format!("j{index}"), &t);
+                        d.insert("partial_json".into(), Value::String(new));
                     } else {
                         d.values_mut().for_each(|x| unmask_value(x, &self.map));
                     }
                 }
             }
             "content_block_stop" => {
-                let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-                if let Some(rest) = self.flush(&format!("b{idx}")) {
-                    before.push((
-                        "content_block_delta".into(),
-                        json!({"type": "content_block_delta", "index": idx, "delta": {"type": "text_delta", "text": rest}}),
-                    ));
-                }
+                self.flush_into(&format!("b{index}"), None, before);
+                self.flush_into(&format!("j{index}"), None, before);
             }
-            // OpenAI Responses: text deltas per output part; flush before the part's `done`.
+            // OpenAI Responses: text deltas per output part and argument deltas per output
+            // item; flush before the part's or the arguments' `done`.
             "response.output_text.delta" => {
                 let ch = responses_channel(v);
                 if let Some(t) = v.get("delta").and_then(Value::as_str).map(str::to_string) {
@@ -302,22 +582,28 @@ impl StreamUnmasker {
             }
             "response.output_text.done" => {
                 let ch = responses_channel(v);
-                if let Some(rest) = self.flush(&ch) {
-                    let mut d = Map::new();
-                    d.insert("type".into(), json!("response.output_text.delta"));
-                    for k in ["item_id", "output_index", "content_index"] {
-                        if let Some(x) = v.get(k) {
-                            d.insert(k.into(), x.clone());
-                        }
-                    }
-                    d.insert("delta".into(), Value::String(rest));
-                    before.push(("response.output_text.delta".into(), Value::Object(d)));
+                self.flush_into(&ch, Some(v), before);
+                unmask_value(v, &self.map);
+            }
+            "response.function_call_arguments.delta" => {
+                if let Some(t) = v.get("delta").and_then(Value::as_str).map(str::to_string) {
+                    let new = self.feed(&format!("f{output}"), &t);
+                    v["delta"] = Value::String(new);
                 }
+            }
+            "response.function_call_arguments.done" => {
+                self.flush_into(&format!("f{output}"), Some(v), before);
                 unmask_value(v, &self.map);
             }
             _ => unmask_value(v, &self.map),
         }
     }
+}
+
+/// Channels whose text is JSON (tool-call arguments): unmasked with escaped originals, never
+/// masked.
+fn is_json_channel(ch: &str) -> bool {
+    matches!(ch.as_bytes().first(), Some(b't' | b'j' | b'f'))
 }
 
 fn responses_channel(v: &Value) -> String {
@@ -372,7 +658,7 @@ mod tests {
     fn placeholders_split_down_to_single_characters_are_restored() {
         let answer = "Mail [EMAIL_1] or pay with [CARD_1]. [not a placeholder] [EMAIL_9] end [";
         for size in [1, 2, 3, 5, 8, 200] {
-            let mut u = StreamUnmasker::new(map());
+            let mut u = StreamRewriter::new(map());
             let chars: Vec<char> = answer.chars().collect();
             let mut out = Vec::new();
             let pieces: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
@@ -392,7 +678,7 @@ mod tests {
 
     #[test]
     fn anthropic_blocks_flush_before_stop() {
-        let mut u = StreamUnmasker::new(map());
+        let mut u = StreamRewriter::new(map());
         let mut out = Vec::new();
         for t in ["to [EM", "AIL_1", "] [CA"] {
             let v = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}});
@@ -450,5 +736,170 @@ mod tests {
             v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
             "{\"to\":\"ana@example.com\"}"
         );
+    }
+
+    /// Feeds `events` to a rewriter one by one, then ends the stream; returns all it sent.
+    fn run(w: &mut StreamRewriter, events: &[String]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in events {
+            out.extend_from_slice(&w.rewrite(Bytes::from(e.clone())));
+        }
+        out.extend_from_slice(&w.finish());
+        out
+    }
+
+    fn pieces(text: &str, size: usize) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(size).map(|c| c.iter().collect()).collect()
+    }
+
+    #[test]
+    fn tool_call_arguments_split_across_events_are_restored_as_valid_json() {
+        let key = "-----BEGIN KEY-----\nAB\"C\n-----END KEY-----";
+        let map: RedactionMap = vec![
+            ("[EMAIL_1]".into(), "ana@example.com".into()),
+            ("[KEY_1]".into(), key.into()),
+        ];
+        let args = r#"{"to":"[EMAIL_1]","k":"[KEY_1]","n":"[EMAIL_1]"}"#;
+        let want = json!({"to": "ana@example.com", "k": key, "n": "ana@example.com"});
+        for size in [1, 2, 3, 7, 100] {
+            // OpenAI chat completions.
+            let events: Vec<String> = pieces(args, size)
+                .iter()
+                .map(|p| {
+                    let v = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                        "function": {"arguments": p}}]}, "finish_reason": null}]});
+                    format!("data: {v}\n\n")
+                })
+                .chain([chat_event("", true), "data: [DONE]\n\n".to_string()])
+                .collect();
+            let out = run(&mut StreamRewriter::new(map.clone()), &events);
+            let mut got = String::new();
+            for_each_event(&out, |_, d| {
+                if let Ok(v) = serde_json::from_slice::<Value>(d)
+                    && let Some(a) =
+                        v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+                {
+                    got.push_str(a);
+                }
+            });
+            let parsed: Value = serde_json::from_str(&got).expect(&got);
+            assert_eq!(parsed, want, "chat, size {size}");
+            // Anthropic tool input, and OpenAI Responses function-call arguments.
+            for (delta, stop) in [
+                (
+                    r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"P"}}"#,
+                    r#"{"type":"content_block_stop","index":1}"#,
+                ),
+                (
+                    r#"{"type":"response.function_call_arguments.delta","output_index":2,"item_id":"fc_1","delta":"P"}"#,
+                    r#"{"type":"response.function_call_arguments.done","output_index":2,"item_id":"fc_1","arguments":"[EMAIL_1]"}"#,
+                ),
+            ] {
+                let events: Vec<String> = pieces(args, size)
+                    .iter()
+                    .map(|p| {
+                        let mut v: Value = serde_json::from_str(delta).unwrap();
+                        match v.pointer_mut("/delta/partial_json") {
+                            Some(x) => *x = json!(p),
+                            None => v["delta"] = json!(p),
+                        }
+                        format!("data: {v}\n\n")
+                    })
+                    .chain([format!("data: {stop}\n\n")])
+                    .collect();
+                let out = run(&mut StreamRewriter::new(map.clone()), &events);
+                let mut got = String::new();
+                for_each_event(&out, |_, d| {
+                    let v: Value = serde_json::from_slice(d).unwrap();
+                    if let Some(a) = v["delta"]["partial_json"].as_str().or(v["delta"].as_str()) {
+                        got.push_str(a);
+                    }
+                    if v["type"] == "response.function_call_arguments.done" {
+                        assert_eq!(v["arguments"], "ana@example.com");
+                    }
+                });
+                let parsed: Value = serde_json::from_str(&got).expect(&got);
+                assert_eq!(parsed, want, "{delta}, size {size}");
+            }
+        }
+        // A buffered answer: arguments stay valid JSON with an original that needs escaping.
+        let body = json!({"choices": [{"message": {"content": "key: [KEY_1]", "tool_calls":
+            [{"function": {"arguments": r#"{"k":"[KEY_1]"}"#}}]}}]});
+        let v: Value =
+            serde_json::from_slice(&unmask_body(Bytes::from(body.to_string()), &map)).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], format!("key: {key}"));
+        let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap();
+        assert_eq!(serde_json::from_str::<Value>(args).unwrap()["k"], key);
+    }
+
+    #[test]
+    fn held_text_is_sent_at_the_end_without_a_finish_reason() {
+        for end in ["data: [DONE]\n\n", ""] {
+            let events = vec![
+                chat_event("array x[", false),
+                chat_event(" a b [EMA", false),
+            ];
+            let mut events = events;
+            if !end.is_empty() {
+                events.push(end.to_string());
+            }
+            let out = run(&mut StreamRewriter::new(map()), &events);
+            assert_eq!(collect_chat(&out), "array x[ a b [EMA", "end {end:?}");
+            if !end.is_empty() {
+                let text = String::from_utf8_lossy(&out);
+                assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+            }
+        }
+    }
+
+    fn email_answers() -> Arc<PolicySet> {
+        let policy = palisade_policy::Policy::from_json(
+            r#"{"id": "pii", "name": "p", "description": "", "version": "1", "rules": [
+                {"id": "E-1", "name": "email", "category": "pii", "severity": "low",
+                "targets": ["llm_response"], "patterns": {"regex": ["[a-z.]+@[a-z]+\\.(?:com|io)"]},
+                "action": "redact", "redact": {"label": "EMAIL"}, "rationale": "r",
+                "examples": {"positive": ["a@b.io"], "negative": ["nothing"]}},
+                {"id": "K-1", "name": "pem", "category": "secrets", "severity": "high",
+                "targets": ["llm_response"], "patterns": {"regex": ["-----BEGIN KEY-----[A-Za-z0-9+/=\\s]+-----END KEY-----"]},
+                "action": "redact", "redact": {"label": "KEY"}, "rationale": "r",
+                "examples": {"positive": ["-----BEGIN KEY-----\nAAAA\n-----END KEY-----"], "negative": ["nothing"]}}]}"#,
+        )
+        .unwrap();
+        Arc::new(PolicySet::compile(&[policy]).unwrap())
+    }
+
+    #[test]
+    fn new_values_in_a_streamed_answer_are_masked_and_the_clients_own_restored() {
+        let body = "A ".repeat(40);
+        let answer = format!(
+            "Write to ana@example.com or to new.person@corp.io today. {body}Key:\n-----BEGIN KEY-----\n{}\n{}\n-----END KEY-----\nbye new.person@corp.io",
+            "QUJD".repeat(16),
+            "REVG".repeat(16)
+        );
+        let want = format!(
+            "Write to ana@example.com or to [EMAIL_2] today. {body}Key:\n[KEY_1]\nbye [EMAIL_2]"
+        );
+        for size in [1, 2, 5, 13, 64, 1000] {
+            let mut w = StreamRewriter::new(map()).masking(email_answers(), &map());
+            let events: Vec<String> = pieces(&answer, size)
+                .iter()
+                .map(|p| chat_event(p, false))
+                .chain([chat_event("", true), "data: [DONE]\n\n".to_string()])
+                .collect();
+            let out = run(&mut w, &events);
+            let text = String::from_utf8_lossy(&out);
+            for leak in ["new.p", "person@", "QUJD", "REVG", "BEGIN"] {
+                assert!(!text.contains(leak), "size {size}: {leak} in {text}");
+            }
+            assert_eq!(collect_chat(&out), want, "size {size}");
+            assert_eq!(w.masked(), 2, "size {size}");
+        }
+        // Without masking rules for answers, nothing is held: each event goes out as it came.
+        let mut w = StreamRewriter::new(map());
+        let e = chat_event("new.person@corp.io", false);
+        assert_eq!(w.rewrite(Bytes::from(e.clone())), Bytes::from(e));
     }
 }

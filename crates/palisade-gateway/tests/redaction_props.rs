@@ -3,7 +3,7 @@
 //! no original value is left in what goes upstream.
 
 use bytes::Bytes;
-use palisade_gateway::redact::{StreamUnmasker, redact_request};
+use palisade_gateway::redact::{StreamRewriter, redact_request};
 use palisade_gateway::sse::for_each_event;
 use palisade_policy::{PolicySet, load_dir};
 use serde_json::{Value, json};
@@ -76,7 +76,7 @@ fn redact_then_stream_unmask_restores_every_input() {
             .unwrap()
             .chars()
             .collect();
-        let mut u = StreamUnmasker::new(map.clone());
+        let mut u = StreamRewriter::new(map.clone());
         let mut out = Vec::new();
         let mut i = 0;
         while i < redacted.len() {
@@ -97,5 +97,54 @@ fn redact_then_stream_unmask_restores_every_input() {
             }
         });
         assert_eq!(restored, text, "case {case} (map {map:?})");
+    }
+}
+
+#[test]
+fn a_streamed_answer_is_masked_as_a_whole_answer_would_be() {
+    let set = std::sync::Arc::new(set());
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for case in 0..300 {
+        let mut text = String::new();
+        let mut used = Vec::new();
+        for _ in 0..(5 + rng.below(30)) {
+            if rng.below(4) == 0 {
+                let v = VALUES[rng.below(VALUES.len())];
+                used.push(v);
+                text.push_str(v);
+            } else {
+                text.push_str(WORDS[rng.below(WORDS.len())]);
+            }
+            text.push(' ');
+        }
+        let mut map = Vec::new();
+        let want = set.redact_into(palisade_policy::Target::LlmResponse, &text, &mut map);
+        // The upstream's answer carries the values in clear, streamed in random chunk sizes.
+        let mut w = StreamRewriter::new(Vec::new()).masking(set.clone(), &Vec::new());
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let n = 1 + rng.below(9);
+            let piece: String = chars[i..(i + n).min(chars.len())].iter().collect();
+            i += n;
+            let ev = json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+            out.extend_from_slice(&w.rewrite(Bytes::from(format!("data: {ev}\n\n"))));
+        }
+        out.extend_from_slice(&w.rewrite(Bytes::from_static(b"data: [DONE]\n\n")));
+        let sent = String::from_utf8_lossy(&out);
+        for v in &used {
+            assert!(!sent.contains(v), "case {case}: {v} reached the client: {sent}");
+        }
+        let mut masked = String::new();
+        for_each_event(&out, |_, d| {
+            if let Ok(v) = serde_json::from_slice::<Value>(d)
+                && let Some(s) = v["choices"][0]["delta"]["content"].as_str()
+            {
+                masked.push_str(s);
+            }
+        });
+        assert_eq!(masked, want, "case {case}");
+        assert_eq!(w.masked(), map.len(), "case {case}");
     }
 }

@@ -207,6 +207,42 @@ impl PolicySet {
         self.apply_redactions(text, hits, map)
     }
 
+    /// Redacts a stream's text up to about `upto` bytes: the values that end by then are
+    /// replaced, and the cut moves back to the start of any value that reaches past it, so a
+    /// value is never split between what is released now and what is held. Returns the
+    /// redacted prefix and the length of `text` it covers (at most `upto`, a char boundary).
+    /// Values are found in the whole of `text`, so what follows the cut still decides where a
+    /// value before it ends.
+    pub fn redact_prefix_into(
+        &self,
+        target: Target,
+        text: &str,
+        upto: usize,
+        map: &mut Vec<(String, String)>,
+    ) -> (String, usize) {
+        let mut cut = upto.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let tm = &self.targets[target.index()];
+        let mut hits = match &tm.redact {
+            Some(rm) => self.redaction_hits(rm, &tm.applies, text),
+            None => Vec::new(),
+        };
+        // Hits are sorted by start: walking back from the last, each one that straddles the
+        // cut pulls it back to its start (which may make an earlier, overlapping one straddle).
+        for &(s, e, _) in hits.iter().rev() {
+            if s < cut && e > cut {
+                cut = s;
+            }
+        }
+        hits.retain(|&(_, e, _)| e <= cut);
+        if hits.is_empty() {
+            return (text[..cut].to_owned(), cut);
+        }
+        (self.apply_redactions(&text[..cut], hits, map), cut)
+    }
+
     /// Writes `text` with `hits` replaced, numbering new values after those already in `map`
     /// (same label and value: same placeholder).
     fn apply_redactions(
@@ -398,6 +434,23 @@ mod tests {
         assert_eq!(a, "mail [EMAIL_1] and [EMAIL_2]");
         assert_eq!(b, "again [EMAIL_2], new [EMAIL_3]");
         assert_eq!(unmask(&b, &map), "again b@y.io, new c@z.io");
+    }
+
+    #[test]
+    fn a_prefix_never_splits_a_value() {
+        let set = crate::PolicySet::compile(&[email_policy()]).unwrap();
+        let text = "mail a@x.io or bob@y.io now";
+        let mut map = Vec::new();
+        // The cut falls inside `bob@y.io`: it moves back to the value's start.
+        let (out, used) = set.redact_prefix_into(Target::LlmRequest, text, 17, &mut map);
+        assert_eq!((out.as_str(), used), ("mail [EMAIL_1] or ", 15));
+        // The rest, with the same map, continues the numbering.
+        let (rest, used) = set.redact_prefix_into(Target::LlmRequest, &text[15..], 99, &mut map);
+        assert_eq!((rest.as_str(), used), ("[EMAIL_2] now", text.len() - 15));
+        // A cut inside a multi-byte char moves to its start; no value, text unchanged.
+        let (out, used) = set.redact_prefix_into(Target::LlmRequest, "ab\u{e9}cd", 3, &mut map);
+        assert_eq!((out.as_str(), used), ("ab", 2));
+        assert_eq!(map.len(), 2);
     }
 
     #[test]

@@ -159,8 +159,9 @@ async fn monitor_mode_passes_with_alerts() {
 }
 
 #[tokio::test]
-async fn a_redact_rule_on_answers_masks_buffered_ones_and_alerts_on_streams() {
-    let mock = Mock::start(&[]);
+async fn a_redact_rule_on_answers_masks_buffered_and_streamed_ones() {
+    // Streamed answers come in 30 chunks, so the key arrives split over several.
+    let mock = Mock::start(&["--chunks", "30"]);
     let gw = Gateway::start(&config_for(&mock.url)).await;
     let policy = live_key_policy("answer-keys", "AK-001", "redact", "high");
     let url = use_policy(&gw, policy).await;
@@ -179,20 +180,40 @@ async fn a_redact_rule_on_answers_masks_buffered_ones_and_alerts_on_streams() {
     assert_eq!(rows[0]["decision"], "redact", "{}", rows[0]);
     assert_eq!(rows[0]["redactions"], 1, "{}", rows[0]);
 
-    // A stream is not rewritten: the key reaches the client, the log says alert, and an alert
-    // says so.
-    let r = chat(&url, &format!("Repeat: {key}"), true).await;
+    // A stream is masked as it flows: no part of the key reaches the client, the text around
+    // it does, whole.
+    let key = "sk_live_ABCDEFGHIJKLMNOP";
+    let prompt = format!("Repeat: {key} and then some more words to end the answer");
+    let r = chat(&url, &prompt, true).await;
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    let _ = r.text().await.unwrap();
-    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
-    assert_eq!(rows[0]["decision"], "alert", "{}", rows[0]);
-    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
-    let a = &alerts["items"][0];
-    assert_eq!(a["rule_id"], "AK-001", "{alerts}");
+    let text = r.text().await.unwrap();
+    let mut content = String::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if let Ok(v) = serde_json::from_str::<Value>(line)
+            && let Some(c) = v["choices"][0]["delta"]["content"].as_str()
+        {
+            content.push_str(c);
+        }
+    }
+    assert!(!text.contains("sk_live"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let placeholder = content
+        .split_once("Repeat: ")
+        .map(|(_, rest)| rest.split(' ').next().unwrap_or(""))
+        .unwrap_or("");
     assert!(
-        a["message"].as_str().unwrap().contains("not rewritten"),
-        "{a}"
+        placeholder.starts_with('[') && placeholder.ends_with(']'),
+        "a placeholder stands in: {content}"
     );
+    assert!(
+        content.ends_with(&format!(
+            "Repeat: {placeholder} and then some more words to end the answer"
+        )),
+        "{content}"
+    );
+    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+    assert_eq!(rows[0]["decision"], "redact", "{}", rows[0]);
+    assert_eq!(rows[0]["redactions"], 1, "{}", rows[0]);
 }
 
 #[tokio::test]

@@ -119,6 +119,24 @@ async fn spend_accumulates_alerts_once_blocks_and_resets() {
     assert_eq!(chat(&c, &url, CI_KEY).await.status(), 200);
     let (_, audit) = gw.get("/api/v1/audit?action=group.budget_reset").await;
     assert_eq!(audit.as_array().unwrap().len(), 1);
+    // The new period crosses its thresholds again: alerted again, once each.
+    let mut blocked = false;
+    for _ in 0..30 {
+        if chat(&c, &url, CI_KEY).await.status() == 402 {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "the budget runs out again after the reset");
+    assert_eq!(chat(&c, &url, CI_KEY).await.status(), 402);
+    for _ in 0..50 {
+        alerts = gw.get("/api/v1/alerts?kind=budget").await.1;
+        if alerts["total"] == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(alerts["total"], 4, "{alerts}");
 }
 
 #[tokio::test]
