@@ -19,15 +19,26 @@ use crate::sse::{for_each_event, raw_events};
 /// The placeholder → original pairs of one request.
 pub type RedactionMap = Vec<(String, String)>;
 
-fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap) {
+/// Replaces sensitive values in the strings of `v` as `target`. `request`: `v` is (part of) an
+/// LLM request body, where the end-user id, metadata and URLs are content too (they leave for
+/// the provider) and tool definitions get the request's rules as well as their own.
+fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap, request: bool) {
     match v {
-        Value::String(s) if set.redacts(target) => {
-            let red = set.redact_into(target, s, map);
-            if red != *s {
+        Value::String(s) => {
+            let mut red = set.redacts(target).then(|| set.redact_into(target, s, map));
+            if request && target == Target::ToolDescription && set.redacts(Target::LlmRequest) {
+                let text = red.as_deref().unwrap_or(s);
+                red = Some(set.redact_into(Target::LlmRequest, text, map));
+            }
+            if let Some(red) = red
+                && red != *s
+            {
                 *s = red;
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|x| walk_mut(set, x, target, map)),
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|x| walk_mut(set, x, target, map, request)),
         Value::Object(m) => {
             let role = m.get("role").and_then(Value::as_str);
             let ty = m.get("type").and_then(Value::as_str);
@@ -41,7 +52,7 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                 target
             };
             for (k, x) in m.iter_mut() {
-                if is_meta_key(k) {
+                if kept_in_clear(k, x, request) {
                     continue;
                 }
                 let t = if k == "tools" || k == "functions" {
@@ -49,16 +60,27 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                 } else {
                     target
                 };
-                walk_mut(set, x, t, map);
+                walk_mut(set, x, t, map, request);
             }
         }
         _ => {}
     }
 }
 
+/// Fields never redacted: identifiers and settings, and inline media (`data:` URLs). In a
+/// request the end-user id and URLs are redacted like any content.
+fn kept_in_clear(k: &str, v: &Value, request: bool) -> bool {
+    match k {
+        "user" | "url" | "image_url" if request => {
+            v.as_str().is_some_and(|s| s.starts_with("data:"))
+        }
+        _ => is_meta_key(k),
+    }
+}
+
 /// Replaces sensitive values in every string of `v` as `target`, continuing `map`.
 pub fn redact_value(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap) {
-    walk_mut(set, v, target, map);
+    walk_mut(set, v, target, map, false);
 }
 
 /// Masks sensitive values in an answer (`target`: `llm_response`, `tool_result`) with
@@ -67,7 +89,7 @@ pub fn redact_value(set: &PolicySet, v: &mut Value, target: Target, map: &mut Re
 /// alone. Returns how many new values were masked.
 pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &RedactionMap) -> usize {
     let mut map = known.clone();
-    walk_mut(set, v, target, &mut map);
+    walk_mut(set, v, target, &mut map, false);
     map.len() - known.len()
 }
 
@@ -76,7 +98,7 @@ pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
     let mut map = RedactionMap::new();
     if let Value::Object(m) = body {
         for (k, v) in m.iter_mut() {
-            if is_meta_key(k) || matches!(k.as_str(), "stream" | "stream_options" | "metadata") {
+            if kept_in_clear(k, v, true) || matches!(k.as_str(), "stream" | "stream_options") {
                 continue;
             }
             let t = if k == "tools" || k == "functions" {
@@ -84,7 +106,7 @@ pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
             } else {
                 Target::LlmRequest
             };
-            walk_mut(set, v, t, &mut map);
+            walk_mut(set, v, t, &mut map, true);
         }
     }
     map
@@ -901,5 +923,50 @@ mod tests {
         let mut w = StreamRewriter::new(map());
         let e = chat_event("new.person@corp.io", false);
         assert_eq!(w.rewrite(Bytes::from(e.clone())), Bytes::from(e));
+    }
+
+    #[test]
+    fn every_field_that_leaves_is_redacted_but_ids_and_inline_media() {
+        let policy = palisade_policy::Policy::from_json(
+            r#"{"id": "pii", "name": "p", "description": "", "version": "1", "rules": [
+                {"id": "E-1", "name": "email", "category": "pii", "severity": "low",
+                "targets": ["llm_request"], "patterns": {"regex": ["[a-z.]+@[a-z]+\\.(?:com|org)"]},
+                "action": "redact", "redact": {"label": "EMAIL"}, "rationale": "r",
+                "examples": {"positive": ["a@b.com"], "negative": ["nothing"]}}]}"#,
+        )
+        .unwrap();
+        let set = PolicySet::compile(&[policy]).unwrap();
+        let inline = "data:image/png;base64,bob@example.org";
+        let mut body = json!({
+            "model": "m", "user": "bob@example.org",
+            "metadata": {"user_id": "bob@example.org", "note": "for ann@corp.com"},
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "mail bob@example.org"},
+                {"type": "image_url", "image_url": {"url": "https://img.example/?to=bob@example.org"}},
+                {"type": "image_url", "image_url": {"url": inline}}]}],
+            "tools": [{"type": "function", "function": {"name": "send", "description":
+                "Sends mail from ann@corp.com", "parameters": {"type": "object", "properties":
+                {"to": {"type": "string", "description": "e.g. bob@example.org"}}}}}]
+        });
+        let map = redact_request(&set, &mut body);
+        assert_eq!(map.len(), 2, "{map:?}");
+        let text = body.to_string();
+        assert!(!text.contains("ann@corp.com"), "{text}");
+        assert_eq!(body["user"], "[EMAIL_1]");
+        assert_eq!(body["metadata"]["user_id"], "[EMAIL_1]");
+        assert_eq!(
+            body["messages"][0]["content"][1]["image_url"]["url"],
+            "https://img.example/?to=[EMAIL_1]"
+        );
+        assert_eq!(
+            body["messages"][0]["content"][2]["image_url"]["url"],
+            inline
+        );
+        assert_eq!(body["model"], "m");
+        assert_eq!(body["tools"][0]["function"]["name"], "send");
+        assert_eq!(
+            body["tools"][0]["function"]["parameters"]["properties"]["to"]["description"],
+            "e.g. [EMAIL_1]"
+        );
     }
 }

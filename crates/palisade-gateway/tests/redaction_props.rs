@@ -134,7 +134,10 @@ fn a_streamed_answer_is_masked_as_a_whole_answer_would_be() {
         out.extend_from_slice(&w.rewrite(Bytes::from_static(b"data: [DONE]\n\n")));
         let sent = String::from_utf8_lossy(&out);
         for v in &used {
-            assert!(!sent.contains(v), "case {case}: {v} reached the client: {sent}");
+            assert!(
+                !sent.contains(v),
+                "case {case}: {v} reached the client: {sent}"
+            );
         }
         let mut masked = String::new();
         for_each_event(&out, |_, d| {
