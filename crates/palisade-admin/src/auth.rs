@@ -275,19 +275,21 @@ pub struct LoginLimiter {
 }
 
 impl LoginLimiter {
-    fn blocked(&self, keys: &[String]) -> Option<Duration> {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        keys.iter().find_map(|k| {
-            let (n, since) = map.get(k)?;
-            let age = since.elapsed();
-            (*n >= MAX_FAILURES && age < FAILURE_WINDOW).then(|| FAILURE_WINDOW - age)
-        })
-    }
-
-    fn fail(&self, keys: &[String]) {
+    /// Counts an attempt against each key *before* its password is checked, so attempts made
+    /// at the same time all count; refuses it (with the wait) when a key has used up its
+    /// attempts in the window.
+    fn begin(&self, keys: &[String]) -> Result<(), Duration> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
             map.retain(|_, (_, t)| t.elapsed() < FAILURE_WINDOW);
+        }
+        let wait = keys.iter().find_map(|k| {
+            let (n, since) = map.get(k)?;
+            let age = since.elapsed();
+            (*n >= MAX_FAILURES && age < FAILURE_WINDOW).then(|| FAILURE_WINDOW - age)
+        });
+        if let Some(wait) = wait {
+            return Err(wait);
         }
         for k in keys {
             let e = map.entry(k.clone()).or_insert((0, Instant::now()));
@@ -296,8 +298,10 @@ impl LoginLimiter {
             }
             e.0 += 1;
         }
+        Ok(())
     }
 
+    /// A right password: the keys' counts start over.
     fn succeed(&self, keys: &[String]) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         for k in keys {
@@ -305,6 +309,47 @@ impl LoginLimiter {
         }
     }
 }
+
+fn too_many_attempts(wait: Duration) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!(
+            "too many failed password attempts; try again in {} s",
+            wait.as_secs() + 1
+        ),
+    )
+}
+
+/// Password hashes computed at once (each takes tens of MiB and most of a core for a while).
+const HASHING_AT_ONCE: usize = 2;
+/// How long a password check waits for its turn before the server says it is busy.
+const HASHING_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs a password hash or check off the async threads, at most [`HASHING_AT_ONCE`] at a time,
+/// so a burst of logins cannot take the server's memory or every core.
+pub(crate) async fn hashing<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHING_AT_ONCE);
+    let _permit = tokio::time::timeout(HASHING_WAIT, PERMITS.acquire())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many password checks at once; try again shortly",
+            )
+        })?
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// Longest user name and password a login may carry (user names are 1–64 characters).
+const MAX_LOGIN_NAME: usize = 64;
+const MAX_PASSWORD: usize = 1024;
 
 /// Login request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -341,18 +386,22 @@ pub async fn login(
     axum::response::AppendHeaders<[(axum::http::HeaderName, String); 2]>,
     Json<LoginResponse>,
 )> {
-    let ip: IpAddr = peer.ip();
-    let keys = [format!("ip:{ip}"), format!("user:{}", req.username)];
-    if let Some(wait) = state.limiter.blocked(&keys) {
-        return Err(ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs() + 1
-            ),
+    // No user has a longer name: refused before anything is counted, checked or recorded.
+    if req.username.chars().count() > MAX_LOGIN_NAME {
+        return Err(ApiError::field(
+            "username",
+            "is longer than any user name (64 characters)",
         ));
     }
+    if req.password.chars().count() > MAX_PASSWORD {
+        return Err(ApiError::field(
+            "password",
+            "is longer than 1024 characters",
+        ));
+    }
+    let ip: IpAddr = peer.ip();
+    let keys = [format!("ip:{ip}"), format!("user:{}", req.username)];
+    state.limiter.begin(&keys).map_err(too_many_attempts)?;
     let user = state.store.user_by_name(&req.username).await?;
     // Verify against a dummy hash for unknown users so timing does not reveal which names exist.
     let phc = user
@@ -360,15 +409,12 @@ pub async fn login(
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| state.dummy_hash.clone());
     let password = req.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .map_err(ApiError::internal)?;
+    let ok = hashing(move || verify_password(&password, &phc)).await?;
     let actor = Actor {
         name: req.username.clone(),
         request_id: Some(rid.0.clone()),
     };
     let Some(user) = user.filter(|_| ok) else {
-        state.limiter.fail(&keys);
         let _ = state
             .store
             .record_event(
@@ -452,17 +498,37 @@ pub async fn change_password(
         .user_by_name(&user.name)
         .await?
         .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
+    if req.current_password.chars().count() > MAX_PASSWORD
+        || req.new_password.chars().count() > MAX_PASSWORD
+    {
+        return Err(ApiError::field(
+            "new_password",
+            "passwords are at most 1024 characters",
+        ));
+    }
+    // Wrong current passwords count against the user like failed logins (a stolen token must
+    // not be a way to guess the password), and are recorded.
+    let keys = [format!("user:{}", user.name)];
+    state.limiter.begin(&keys).map_err(too_many_attempts)?;
     let (cur, phc) = (req.current_password, row.password_hash);
-    let ok = tokio::task::spawn_blocking(move || verify_password(&cur, &phc))
-        .await
-        .map_err(ApiError::internal)?;
+    let ok = hashing(move || verify_password(&cur, &phc)).await?;
     if !ok {
+        let _ = state
+            .store
+            .record_event(
+                user.actor(),
+                "auth.password_failed",
+                "user",
+                &user.name,
+                None,
+            )
+            .await;
         return Err(ApiError::field("current_password", "is wrong"));
     }
+    state.limiter.succeed(&keys);
     let new = req.new_password;
-    let hash = tokio::task::spawn_blocking(move || hash_password(&new))
-        .await
-        .map_err(ApiError::internal)?
+    let hash = hashing(move || hash_password(&new))
+        .await?
         .map_err(ApiError::internal)?;
     let pv = password_version(&hash);
     state

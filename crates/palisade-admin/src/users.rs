@@ -68,19 +68,16 @@ fn check_role(role: &str) -> ApiResult<()> {
 }
 
 fn check_password(p: &str) -> ApiResult<()> {
-    if p.chars().count() < 12 {
-        return Err(ApiError::field(
-            "password",
-            "must be at least 12 characters",
-        ));
+    let n = p.chars().count();
+    if !(12..=1024).contains(&n) {
+        return Err(ApiError::field("password", "must be 12 to 1024 characters"));
     }
     Ok(())
 }
 
 async fn hash(p: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || hash_password(&p))
-        .await
-        .map_err(ApiError::internal)?
+    crate::auth::hashing(move || hash_password(&p))
+        .await?
         .map_err(ApiError::internal)
 }
 

@@ -650,3 +650,70 @@ async fn summary_and_live_events_follow_traffic() {
     assert_eq!(page["total"], 1);
     assert_eq!(page["items"][0]["decision"], "block");
 }
+
+#[tokio::test]
+async fn password_guesses_are_limited_even_at_once_and_recorded() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let token = viewer(&gw).await;
+    // Wrong current passwords on a password change count like failed logins, and are recorded.
+    let change = |current: String| {
+        let http = gw.http.clone();
+        let url = format!("{}/api/v1/auth/password", gw.admin);
+        let token = token.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({"current_password": current, "new_password": "another-password-123"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for i in 0..10 {
+        assert_eq!(change(format!("guess-{i}")).await, 400);
+    }
+    assert_eq!(change(VIEWER_PASSWORD.to_string()).await, 429);
+    let (_, audit) = gw.get("/api/v1/audit?action=auth.password_failed").await;
+    assert_eq!(audit.as_array().unwrap().len(), 10, "{audit}");
+
+    // Thirty logins sent at once: no more than ten passwords are checked.
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let http = gw.http.clone();
+        let url = format!("{}/api/v1/auth/login", gw.admin);
+        attempts.spawn(async move {
+            http.post(url)
+                .json(&json!({"username": "nobody", "password": format!("guess-{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let statuses = attempts.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(checked <= 10, "{statuses:?}");
+    assert_eq!(checked + refused, 30, "{statuses:?}");
+    // A name longer than any user's is refused before it is checked or recorded.
+    let r = gw
+        .http
+        .post(format!("{}/api/v1/auth/login", gw.admin))
+        .json(&json!({"username": "u".repeat(1000), "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, audit) = gw.get("/api/v1/audit?action=auth.login_failed").await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["target"].as_str().unwrap_or("").len() <= 64),
+        "{audit}"
+    );
+}
