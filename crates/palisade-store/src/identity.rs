@@ -394,10 +394,18 @@ impl Store {
                 Some((old, _)) if !replace => {
                     return Err(StoreError::Conflict(format!("API key `{}` already exists", old.name)));
                 }
+                Some((old, _)) if old.source != source => {
+                    return Err(StoreError::Conflict(format!(
+                        "API key `{}` was issued through the {}; it cannot be taken over (give this key another name)",
+                        old.name,
+                        if old.source == "api" { "API" } else { old.source.as_str() }
+                    )));
+                }
+                // A revoked key stays revoked while its secret is unchanged: reapplying a file
+                // must not undo a revocation (a new secret is a new key).
                 Some((old, old_hash))
                     if old_hash == hash
                         && old.group == group
-                        && old.revoked_at.is_none()
                         && old.expires_at == opts.expires_at
                         && old.allowed_proxies == opts.allowed_proxies
                         && old.allowed_models == opts.allowed_models
@@ -406,18 +414,19 @@ impl Store {
                 {
                     return Ok(old);
                 }
-                Some((old, _)) => {
+                Some((old, old_hash)) => {
+                    let revoked_at = if old_hash == hash { old.revoked_at } else { None };
                     tx.execute(
                         "UPDATE api_keys SET group_name = ?2, key_hash = ?3, prefix = ?4, source = ?5, expires_at = ?6,
-                         revoked_at = NULL, allowed_proxies = ?7, allowed_models = ?8, rpm = ?9, tpm = ?10 WHERE id = ?1",
-                        params![old.id, group, hash.to_vec(), prefix, source, opts.expires_at, ap, am, opts.rpm, opts.tpm],
+                         revoked_at = ?11, allowed_proxies = ?7, allowed_models = ?8, rpm = ?9, tpm = ?10 WHERE id = ?1",
+                        params![old.id, group, hash.to_vec(), prefix, source, opts.expires_at, ap, am, opts.rpm, opts.tpm, revoked_at],
                     )?;
                     let new = ApiKeyRow {
                         group,
                         prefix,
                         source: source.into(),
                         expires_at: opts.expires_at,
-                        revoked_at: None,
+                        revoked_at,
                         allowed_proxies: opts.allowed_proxies,
                         allowed_models: opts.allowed_models,
                         rpm: opts.rpm,

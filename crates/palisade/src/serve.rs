@@ -131,10 +131,21 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Checks what the file names without defining it against the gateway: groups, proxies and
-/// custom policies must exist, so a typo is refused before anything is written.
+/// Checks the file against the gateway before anything is written: what it names without
+/// defining it (groups, proxies, custom policies) must exist, so a typo is refused; and its
+/// keys must not take over keys issued through the API.
 async fn check_references(state: &AppState, cfg: &crate::config::Config) -> anyhow::Result<()> {
     use crate::config::RefKind;
+    if !cfg.api_keys.is_empty() {
+        for row in state.store.list_keys().await? {
+            if row.source != "config" && cfg.api_keys.iter().any(|k| k.name == row.name) {
+                anyhow::bail!(
+                    "api key `{}`: a key of that name was issued through the API; the file cannot take it over (give the file's key another name)",
+                    row.name
+                );
+            }
+        }
+    }
     // Built-in packs are checked here too (`has_policy`), so none is taken as given.
     let refs = cfg.outside_references(&[]);
     if refs.is_empty() {
@@ -232,10 +243,16 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
             tpm: k.tpm,
             expires_at: None,
         };
-        state
+        let row = state
             .put_fixed_key(&k.name, k.group.clone(), &k.key, opts, actor())
             .await
             .map_err(|e| anyhow::anyhow!("api key `{}`: {}", k.name, e.message))?;
+        if row.revoked_at.is_some() {
+            tracing::warn!(
+                key = %k.name,
+                "key stays revoked: it was revoked on the gateway and the file gives the same secret (a new secret makes a new key)"
+            );
+        }
     }
     if let Some(org) = cfg.organization {
         state

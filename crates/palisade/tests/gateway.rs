@@ -847,3 +847,91 @@ async fn small_things_say_what_happened() {
     assert!(s < 300, "{s} {v}");
     assert_eq!(gw.get("/api/v1/groups/gone").await.0, 404);
 }
+
+/// Writes `text` plus a marker group to the gateway's config file and reloads it; with `wait`,
+/// returns once the marker shows (reloads are applied in order).
+async fn reload_with(gw: &Gateway, text: &str, marker: &str, wait: bool) {
+    let path = gw.dir.path().join("palisade.toml");
+    std::fs::write(&path, format!("{text}\n[[groups]]\nname = \"{marker}\"\n")).unwrap();
+    let hup = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(gw.proc.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    if !wait {
+        return;
+    }
+    for _ in 0..100 {
+        if gw.get(&format!("/api/v1/groups/{marker}")).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("marker {marker} never applied");
+}
+
+async fn models_status(url: &str, key: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{url}/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_reload_neither_undoes_a_revocation_nor_takes_over_an_api_key() {
+    let mock = Mock::start(&[]);
+    let base = config_for(&mock.url);
+    let gw = Gateway::start(&base).await;
+    let url = gw.proxy_url("oai").await;
+    // The file's key, revoked on the gateway, stays revoked when the same file is applied.
+    assert_eq!(models_status(&url, CI_KEY).await, 200);
+    let (s, _) = gw.api(Method::DELETE, "/api/v1/keys/ci", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(models_status(&url, CI_KEY).await, 401);
+    reload_with(&gw, &base, "m1", true).await;
+    assert_eq!(
+        models_status(&url, CI_KEY).await,
+        401,
+        "the revocation holds"
+    );
+    let (_, keys) = gw.get("/api/v1/keys").await;
+    let ci = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ci")
+        .unwrap()
+        .clone();
+    assert!(ci["revoked_at"].is_i64(), "{ci}");
+
+    // A file key named like a key issued through the API is refused; the API's key works on.
+    let (s, made) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "k2", "group": "engineering"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{made}");
+    let api_key = made["key"].as_str().unwrap().to_string();
+    let file_key = "pal_config_takeover_key_000000000001";
+    let takeover = format!(
+        "{base}\n[[api_keys]]\nname = \"k2\"\ngroup = \"engineering\"\nkey = \"{file_key}\"\n"
+    );
+    reload_with(&gw, &takeover, "m2", false).await;
+    // The refused file is not applied, so its marker never shows; a good file after it does
+    // (sent once the first signal has surely been taken, so the two are not merged into one).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reload_with(&gw, &base, "m3", true).await;
+    assert_eq!(
+        gw.get("/api/v1/groups/m2").await.0,
+        404,
+        "refused as a whole"
+    );
+    assert_eq!(models_status(&url, &api_key).await, 200);
+    assert_eq!(models_status(&url, file_key).await, 401);
+}
