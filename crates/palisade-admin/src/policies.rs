@@ -19,6 +19,9 @@ use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::{ValidJson, ValidQuery};
 
+/// Compiled sets kept for reuse (each holds ~20 MiB with all shipped packs).
+const MAX_CACHED_SETS: usize = 8;
+
 /// Built-in packs plus custom policies, and a cache of compiled sets by id list.
 #[derive(Default)]
 pub struct PolicyRegistry {
@@ -45,6 +48,27 @@ impl PolicyRegistry {
             .map(|p| (p.clone(), true))
             .or_else(|| self.custom.get(id).map(|p| (p.clone(), false)))
     }
+}
+
+/// Caches `v` under `key`, keeping at most [`MAX_CACHED_SETS`]: entries nobody else holds go
+/// first, then any (whoever holds one keeps it alive). Returns whether entries were dropped.
+fn insert_bounded<V>(
+    cache: &mut HashMap<Vec<String>, Arc<V>>,
+    key: Vec<String>,
+    v: Arc<V>,
+) -> bool {
+    let full = cache.len() >= MAX_CACHED_SETS;
+    if full {
+        cache.retain(|_, s| Arc::strong_count(s) > 1);
+        while cache.len() >= MAX_CACHED_SETS {
+            let Some(k) = cache.keys().next().cloned() else {
+                break;
+            };
+            cache.remove(&k);
+        }
+    }
+    cache.insert(key, v);
+    full
 }
 
 /// Locks the registry (a poisoned lock still holds consistent data: every write is one insert).
@@ -100,12 +124,19 @@ impl AppState {
             }
             out
         };
+        // One compilation at a time: each takes a core and a transient ~100 MiB for a second,
+        // and the playground lets any signed-in user ask for one.
+        static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+        let _turn = COMPILING.acquire().await.map_err(ApiError::internal)?;
         let set = tokio::task::spawn_blocking(move || PolicySet::compile(&policies))
             .await
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::field("policies", e.to_string()))?;
         let set = Arc::new(set);
-        lock(&self.policies).compiled.insert(key, set.clone());
+        let evicted = insert_bounded(&mut lock(&self.policies).compiled, key, set.clone());
+        if evicted {
+            palisade_policy::release_free_memory();
+        }
         Ok(Some(set))
     }
 
@@ -449,4 +480,26 @@ pub async fn update_alert(
             .set_alert_status(&id, &upd.status, u.actor())
             .await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_set_cache_is_bounded_and_keeps_sets_in_use_longest() {
+        let mut cache = HashMap::new();
+        let held: Vec<Arc<u32>> = (0..3).map(Arc::new).collect();
+        for (i, h) in held.iter().enumerate() {
+            insert_bounded(&mut cache, vec![format!("in-use-{i}")], h.clone());
+        }
+        for i in 0..20u32 {
+            insert_bounded(&mut cache, vec![format!("tried-{i}")], Arc::new(i));
+            assert!(cache.len() <= MAX_CACHED_SETS);
+        }
+        for i in 0..3 {
+            assert!(cache.contains_key(&vec![format!("in-use-{i}")]), "{i}");
+        }
+        assert!(cache.contains_key(&vec!["tried-19".to_string()]));
+    }
 }
