@@ -210,6 +210,47 @@ pub enum SealedUpdate {
     Clear,
 }
 
+/// Keeps the database to its owner: it holds password and key hashes, request logs and alert
+/// excerpts. The directory becomes 0700 and the database file 0600 (created so if new; SQLite
+/// gives its `-wal` and `-shm` files the database file's mode).
+fn make_private(data_dir: &Path, db: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let fail = |what: &Path, e: std::io::Error| {
+            StoreError::Corrupt(format!(
+                "cannot restrict {} to its owner: {e}",
+                what.display()
+            ))
+        };
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+        if mode(data_dir).map_err(|e| fail(data_dir, e))? & 0o077 != 0 {
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(data_dir, e))?;
+        }
+        if !db.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(db)
+                .map_err(|e| fail(db, e))?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let f = PathBuf::from(format!("{}{suffix}", db.display()));
+            if let Ok(m) = mode(&f)
+                && m & 0o077 != 0
+            {
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(&f, e))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (data_dir, db);
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) `palisade.db` in `data_dir` and applies pending migrations.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -217,6 +258,7 @@ impl Store {
             StoreError::Corrupt(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join("palisade.db");
+        make_private(data_dir, &path)?;
         let mut conn = open_connection(&path)?;
         let applied = crate::migrations::migrate(&mut conn)?;
         if applied > 0 {
@@ -506,5 +548,34 @@ impl Store {
             Ok(rows)
         })
         .await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_database_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let store = super::Store::open(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        let db = store.path().to_path_buf();
+        assert_eq!(mode(&db), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let f = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+            if f.exists() {
+                assert_eq!(mode(&f), 0o600, "{suffix}");
+            }
+        }
+        // An older database left readable by others is restricted when opened again.
+        drop(store);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _store = super::Store::open(&data).unwrap();
+        assert_eq!(mode(&db), 0o600);
     }
 }
