@@ -135,17 +135,25 @@ impl AppState {
     }
 }
 
-fn validate_key_options(o: &KeyOptions) -> ApiResult<()> {
+/// Checks a key's scope and limits (the API and config files alike).
+pub fn validate_key_options(o: &KeyOptions) -> ApiResult<()> {
     for (i, p) in o.allowed_proxies.iter().enumerate() {
         validate_name(&format!("allowed_proxies[{i}]"), p)?;
+        if o.allowed_proxies[..i].contains(p) {
+            return Err(ApiError::field(
+                format!("allowed_proxies[{i}]"),
+                format!("`{p}` is listed twice"),
+            ));
+        }
     }
-    if o.allowed_models
+    if !o
+        .allowed_models
         .iter()
-        .any(|m| m.is_empty() || m.len() > 200)
+        .all(|m| palisade_core::spend::is_model_name(m))
     {
         return Err(ApiError::field(
             "allowed_models",
-            "entries must be 1-200 characters",
+            "entries must be 1-200 characters, without spaces or control characters",
         ));
     }
     if o.rpm == Some(0) || o.tpm == Some(0) {
@@ -334,6 +342,27 @@ pub async fn create_key(
         tpm: k.tpm,
     };
     validate_key_options(&opts)?;
+    // A key scoped to a proxy that does not exist is a typo that would lock the key out.
+    if !opts.allowed_proxies.is_empty() {
+        let proxies: Vec<String> = s
+            .store
+            .list_proxies()
+            .await?
+            .into_iter()
+            .map(|p| p.spec.name)
+            .collect();
+        if let Some((i, p)) = opts
+            .allowed_proxies
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !proxies.contains(p))
+        {
+            return Err(ApiError::field(
+                format!("allowed_proxies[{i}]"),
+                format!("no proxy named `{p}`"),
+            ));
+        }
+    }
     let key = generate_api_key();
     let record = s
         .store

@@ -29,8 +29,11 @@ pub struct Price {
 impl Price {
     /// Checks the fields.
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.model.is_empty() || self.model.len() > 200 {
-            return Err(FieldError::new("model", "must be 1-200 characters"));
+        if !is_model_name(&self.model) {
+            return Err(FieldError::new(
+                "model",
+                "must be 1-200 characters, without spaces or control characters",
+            ));
         }
         for (f, v) in [
             ("input_per_mtok", Some(self.input_per_mtok)),
@@ -132,6 +135,12 @@ fn civil_from_days(z: i64) -> (i64, i64) {
 pub fn month_key(ms: i64) -> i32 {
     let (y, m) = civil_from_days(ms.div_euclid(86_400_000));
     (y * 100 + m) as i32
+}
+
+/// Whether `m` can be a model name: 1–200 characters, none of them whitespace or control
+/// characters (provider model ids have neither).
+pub fn is_model_name(m: &str) -> bool {
+    !m.is_empty() && m.len() <= 200 && !m.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Unix ms of the first instant of the UTC month containing `ms`.

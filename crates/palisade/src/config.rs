@@ -237,6 +237,14 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
                 k.name
             );
         }
+        palisade_admin::identity::validate_key_options(&palisade_store::KeyOptions {
+            allowed_proxies: k.allowed_proxies.clone(),
+            allowed_models: k.allowed_models.clone(),
+            rpm: k.rpm,
+            tpm: k.tpm,
+            expires_at: None,
+        })
+        .map_err(|e| anyhow::anyhow!("api_keys[{i}] ({}): {}", k.name, e.message))?;
         api_keys.push(KeyConf { key, ..k });
     }
     // Two proxies cannot listen on one port of one address (port 0 picks a free port for each;
@@ -306,6 +314,15 @@ mod tests {
             "{e:#}"
         );
         assert!(parse("[[nonsense]]\n").is_err());
+        let e = parse(
+            "[[api_keys]]\nname='k'\nkey='pal_0123456789abcdefghij'\nallowed_proxies=['p','p']\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .contains("api_keys[0] (k): invalid `allowed_proxies[1]`: `p` is listed twice"),
+            "{e:#}"
+        );
     }
 
     #[test]

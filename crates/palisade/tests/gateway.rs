@@ -935,3 +935,60 @@ async fn a_reload_neither_undoes_a_revocation_nor_takes_over_an_api_key() {
     assert_eq!(models_status(&url, &api_key).await, 200);
     assert_eq!(models_status(&url, file_key).await, 401);
 }
+
+#[tokio::test]
+async fn keys_and_prices_name_only_what_can_exist() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    for (scope, field) in [
+        (json!(["nope"]), "allowed_proxies[0]"),
+        (json!(["oai", "oai"]), "allowed_proxies[1]"),
+    ] {
+        let (s, v) = gw
+            .post(
+                "/api/v1/keys",
+                json!({"name": "scoped", "group": "engineering", "allowed_proxies": scope}),
+            )
+            .await;
+        assert_eq!((s, v["error"]["field"].as_str()), (400, Some(field)), "{v}");
+    }
+    let (s, v) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "scoped", "allowed_models": ["gpt 4\u{0}"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("allowed_models"))
+    );
+    let (_, keys) = gw.get("/api/v1/keys").await;
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["name"] != "scoped"),
+        "nothing was issued: {keys}"
+    );
+    let (s, v) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "scoped", "group": "engineering", "allowed_proxies": ["oai"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    for bad in ["x%00y", "two%20words"] {
+        let (s, v) = gw
+            .api(
+                Method::PUT,
+                &format!("/api/v1/prices/{bad}"),
+                Some(json!({"input_per_mtok": 1.0, "output_per_mtok": 2.0})),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some("model")),
+            "{bad}: {v}"
+        );
+    }
+}
