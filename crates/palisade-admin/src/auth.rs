@@ -581,11 +581,15 @@ pub async fn logout(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .or_else(|| cookie(&headers, SESSION_COOKIE));
+    // Only a live session is ended and recorded (a second logout with the same token, or one
+    // with an expired token, changes nothing).
     if let Some(t) = token
+        && !state.revoked.is_revoked(t)
         && let Some(claims) = state
             .signer
             .verify(t)
             .and_then(|p| serde_json::from_slice::<Claims>(&p).ok())
+            .filter(|c| c.exp > now_ms())
     {
         state.revoked.revoke(t, claims.exp);
         let actor = Actor {

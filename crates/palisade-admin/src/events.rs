@@ -29,6 +29,8 @@ const RING: usize = 512;
 const REQUEST_EVENTS_PER_SEC: u64 = 50;
 /// Consoles connected at once.
 const MAX_SUBSCRIBERS: usize = 64;
+/// Live consoles one user may hold open (a share, so one user cannot take them all).
+const MAX_PER_USER: usize = 8;
 
 /// One pushed event: an SSE event name and its JSON data, serialized once for all consoles.
 #[derive(Debug, Clone)]
@@ -62,6 +64,8 @@ pub struct Hub {
     /// (second, events sent in it) packed as second << 16 | count.
     window: AtomicU64,
     subscribers: AtomicUsize,
+    /// Open streams per user.
+    per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Default for Hub {
@@ -96,6 +100,7 @@ impl Hub {
             alerts: AtomicU64::new(0),
             window: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
+            per_user: Default::default(),
         }
     }
 
@@ -181,15 +186,23 @@ impl Hub {
         }
     }
 
-    fn subscribe(self: &Arc<Self>) -> Option<Subscription> {
+    /// A stream for `user`, unless all streams, or the user's share of them, are taken.
+    fn subscribe(self: &Arc<Self>, user: &str) -> Result<Subscription, &'static str> {
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = per_user.get(user).copied().unwrap_or(0);
+        if mine >= MAX_PER_USER {
+            return Err("you have too many live consoles open; close one and retry");
+        }
         let n = self.subscribers.fetch_add(1, Ordering::AcqRel);
         if n >= MAX_SUBSCRIBERS {
             self.subscribers.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err("too many live consoles are connected; close one and retry");
         }
-        Some(Subscription {
+        per_user.insert(user.to_string(), mine + 1);
+        Ok(Subscription {
             rx: self.tx.subscribe(),
             hub: self.clone(),
+            user: user.to_string(),
         })
     }
 }
@@ -207,11 +220,19 @@ struct Live {
 struct Subscription {
     rx: broadcast::Receiver<LiveEvent>,
     hub: Arc<Hub>,
+    user: String,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.subscribers.fetch_sub(1, Ordering::AcqRel);
+        let mut per_user = self.hub.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -288,11 +309,11 @@ pub async fn stream(
     State(s): State<AppState>,
     v: Viewer,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let sub = s.events.subscribe().ok_or_else(|| {
+    let sub = s.events.subscribe(&v.0.name).map_err(|msg| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "too_many_consoles",
-            "too many live consoles are connected; close one and retry",
+            msg,
         )
     })?;
     let hello = Event::default()

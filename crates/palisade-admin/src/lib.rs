@@ -170,6 +170,50 @@ async fn headers_mw(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Gives every error the API's JSON shape, including those the router and extractors answer
+/// on their own (a method a route does not have, a path that is not UTF-8), which come as
+/// plain text or with no body.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "body_too_large",
+        415 => "unsupported_media_type",
+        _ => "error",
+    };
+    let mut out = axum::response::IntoResponse::into_response(ApiError::new(status, code, message));
+    for name in [axum::http::header::ALLOW, axum::http::header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
 /// Makes the document's composed schemas (`allOf`, from flattened structs such as a proxy's
 /// view: its spec plus run state) valid JSON Schema: a part that says `additionalProperties:
 /// false` (the spec refuses unknown fields on input) would make every real answer, which has the
@@ -275,6 +319,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", axum::routing::get(console::index))
         .route("/ui/{name}", axum::routing::get(console::asset))
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .layer(axum::middleware::from_fn(console::cross_site_guard))
         .layer(axum::middleware::from_fn(headers_mw))

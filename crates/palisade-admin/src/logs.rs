@@ -8,7 +8,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::auth::Viewer;
-use crate::error::{ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ValidQuery;
 
 /// Search the request log (newest first).
@@ -19,6 +19,7 @@ pub async fn requests(
     _v: Viewer,
     ValidQuery(f): ValidQuery<RequestFilter>,
 ) -> ApiResult<Json<RequestPage>> {
+    check_limit(f.limit)?;
     Ok(Json(s.store.query_requests(f).await?))
 }
 
@@ -46,6 +47,7 @@ pub async fn audit(
     _v: Viewer,
     ValidQuery(q): ValidQuery<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
+    check_limit(q.limit)?;
     let f = AuditFilter {
         actor: q.actor,
         action: q.action,
@@ -54,4 +56,12 @@ pub async fn audit(
         before_id: q.before_id,
     };
     Ok(Json(s.store.list_audit(f).await?))
+}
+
+/// A page size must be 1–500 (0 used to be read as 1).
+pub(crate) fn check_limit(limit: Option<u32>) -> ApiResult<()> {
+    match limit {
+        Some(n) if !(1..=500).contains(&n) => Err(ApiError::field("limit", "must be 1 to 500")),
+        _ => Ok(()),
+    }
 }

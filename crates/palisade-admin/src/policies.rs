@@ -448,6 +448,25 @@ pub async fn alerts(
     _v: Viewer,
     ValidQuery(f): ValidQuery<AlertFilter>,
 ) -> ApiResult<Json<AlertPage>> {
+    crate::logs::check_limit(f.limit)?;
+    // A value no alert can have is a typo, not an empty result.
+    if let Some(st) = f.status.as_deref()
+        && !ALERT_STATUSES.contains(&st)
+    {
+        return Err(ApiError::field(
+            "status",
+            format!("must be one of {}", ALERT_STATUSES.join(", ")),
+        ));
+    }
+    const SEVERITIES: [&str; 4] = ["critical", "high", "medium", "low"];
+    if let Some(sev) = f.severity.as_deref()
+        && !SEVERITIES.contains(&sev)
+    {
+        return Err(ApiError::field(
+            "severity",
+            format!("must be one of {}", SEVERITIES.join(", ")),
+        ));
+    }
     Ok(Json(s.store.query_alerts(f).await?))
 }
 

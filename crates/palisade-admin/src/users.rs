@@ -99,6 +99,19 @@ pub async fn create(
     check_name(&req.username)?;
     check_role(&req.role)?;
     check_password(&req.password)?;
+    // Names that differ only in case would read as one person in the audit log.
+    if let Some(other) = s
+        .store
+        .list_users()
+        .await?
+        .into_iter()
+        .find(|x| x.username.eq_ignore_ascii_case(&req.username))
+    {
+        return Err(ApiError::conflict(format!(
+            "user `{}` already exists (user names are compared without case)",
+            other.username
+        )));
+    }
     let h = hash(req.password).await?;
     s.store
         .create_user(

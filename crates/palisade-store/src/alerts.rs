@@ -164,6 +164,10 @@ impl Store {
                 )
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("alert `{id}`")))?;
+            // Setting the status it has changes nothing, so nothing is recorded.
+            if before.status == status {
+                return Ok(before);
+            }
             tx.execute(
                 "UPDATE alerts SET status = ?2, updated_at = ?3 WHERE id = ?1",
                 params![id, status, now_ms()],

@@ -717,3 +717,77 @@ async fn password_guesses_are_limited_even_at_once_and_recorded() {
         "{audit}"
     );
 }
+
+#[tokio::test]
+async fn errors_have_one_shape_filters_refuse_typos_and_shares_are_fair() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let token = viewer(&gw).await;
+    // Errors the router answers itself come in the API's JSON shape.
+    let (s, v) = gw.api(Method::PATCH, "/api/v1/keys", None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{v}"
+    );
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/alerts/%FF",
+            Some(json!({"status": "resolved"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().is_some(), "{v}");
+    // A filter value nothing can have, or a page of nothing, is a mistake said so.
+    for (q, field) in [
+        ("/api/v1/alerts?status=bogus", "status"),
+        ("/api/v1/alerts?severity=bogus", "severity"),
+        ("/api/v1/alerts?limit=0", "limit"),
+        ("/api/v1/requests?limit=0", "limit"),
+        ("/api/v1/audit?limit=501", "limit"),
+    ] {
+        let (s, v) = gw.get(q).await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{q}: {v}"
+        );
+    }
+    // User names are unique without regard to case.
+    let (s, v) = gw
+        .post(
+            "/api/v1/users",
+            json!({"username": "VERA", "password": VIEWER_PASSWORD, "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    // One user cannot hold every live console: the viewer's share runs out, an admin's opens.
+    let open = |t: String| {
+        let http = gw.http.clone();
+        let url = format!("{}/api/v1/events", gw.admin);
+        async move { http.get(url).bearer_auth(t).send().await.unwrap() }
+    };
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let r = open(token.clone()).await;
+        assert_eq!(r.status(), 200);
+        streams.push(r);
+    }
+    assert_eq!(open(token.clone()).await.status(), 503);
+    assert_eq!(open(gw.token.clone()).await.status(), 200);
+    drop(streams);
+    // Logging out ends a session once; a second logout with the token records nothing.
+    for _ in 0..2 {
+        let r = gw
+            .http
+            .post(format!("{}/api/v1/auth/logout", gw.admin))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let (_, audit) = gw.get("/api/v1/audit?action=auth.logout").await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+}
