@@ -222,6 +222,20 @@ fn bench(c: &mut Criterion) {
     // The response side of a redacting proxy: each streamed event's text is checked against the
     // `llm_response` rules (with the text before it, so patterns split across events are seen).
     let set = std::sync::Arc::new(set);
+    // Masking new values in the stream as well (the packs redact answers): text is held back
+    // and released whole values at a time.
+    let mut group = c.benchmark_group("stream_mask_50_events");
+    group.bench_function("whole_stream", |b| {
+        b.iter_batched_ref(
+            || StreamRewriter::new(map.clone()).masking(set.clone(), &map),
+            |u| {
+                let n: usize = events.iter().map(|e| u.rewrite(e.clone()).len()).sum();
+                n + u.finish().len()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
     let mut group = c.benchmark_group("stream_guard");
     for (name, text) in [
         ("answer_4KiB_50_events", answer_text.clone()),

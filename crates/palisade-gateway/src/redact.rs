@@ -507,7 +507,9 @@ impl StreamRewriter {
     fn rewrite_event(&mut self, v: &mut Value, before: &mut Vec<(String, Value)>) {
         // OpenAI chat completions: per-choice content and tool-call argument deltas; flush on
         // finish_reason.
-        if let Some(obj) = v.as_object()
+        // The chunk fields (id, model, created…) are the same in every chunk of a stream.
+        if self.envelope.is_none()
+            && let Some(obj) = v.as_object()
             && obj.contains_key("choices")
         {
             self.envelope = Some(
