@@ -339,6 +339,8 @@ pub(crate) struct CompiledRule {
     pub(crate) sensitive: bool,
     pub(crate) validator: Validator,
     pub(crate) label: String,
+    /// The part of a redacted match that is replaced (`redact.value`); all of it if none.
+    pub(crate) redact_value: Option<Regex>,
     pub(crate) targets: Vec<Target>,
     /// Rule regexes, then keyword regexes (non-ASCII case-insensitive keywords).
     pub(crate) regexes: Vec<LazyRegex>,
@@ -943,6 +945,12 @@ impl PolicySet {
                     sensitive: rule.category == "secrets" || rule.action == Action::Redact,
                     validator: rule.validator(),
                     label: rule.redact_label(),
+                    redact_value: rule
+                        .redact
+                        .as_ref()
+                        .and_then(|r| r.value.as_deref())
+                        .map(|v| compile_regex(&policy.id, &rule.id, v))
+                        .transpose()?,
                     targets,
                     regexes,
                     regex_bounds,

@@ -157,6 +157,11 @@ pub struct Redact {
     /// Optional validator a match must pass.
     #[serde(default, skip_serializing_if = "is_default_validator")]
     pub validator: Validator,
+    /// The part of a match that is replaced, as a regex searched within the match (default:
+    /// all of it). A pattern that needs context to be sure (`phone: +1 415…`) keeps the
+    /// context in clear and masks only the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 fn is_default_validator(v: &Validator) -> bool {
@@ -491,6 +496,9 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
             rid,
             format!("redact label `{}` must match [A-Z0-9_]+", redact.label),
         ));
+    }
+    if let Some(v) = rule.redact.as_ref().and_then(|r| r.value.as_deref()) {
+        compile_regex(pid, rid, v)?;
     }
     for kw in &rule.patterns.keywords {
         if kw.trim().is_empty() {

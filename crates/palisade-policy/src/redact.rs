@@ -258,6 +258,14 @@ impl PolicySet {
             if s < pos {
                 continue;
             }
+            // A rule may mask only the value within its match, keeping the context in clear.
+            let (s, e) = match &self.rules[r as usize].redact_value {
+                Some(re) => re
+                    .find(&text[s..e])
+                    .filter(|m| !m.is_empty())
+                    .map_or((s, e), |m| (s + m.start(), s + m.end())),
+                None => (s, e),
+            };
             let label = self.rules[r as usize].label.as_str();
             let value = &text[s..e];
             let existing = map
@@ -451,6 +459,33 @@ mod tests {
         let (out, used) = set.redact_prefix_into(Target::LlmRequest, "ab\u{e9}cd", 3, &mut map);
         assert_eq!((out.as_str(), used), ("ab", 2));
         assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn a_value_pattern_masks_only_the_value_within_a_match() {
+        let doc = |value: &str| {
+            format!(
+                r#"{{"id": "pii", "name": "p", "description": "", "version": "1", "rules": [{{
+                "id": "P-1", "name": "phone", "category": "pii", "severity": "low",
+                "targets": ["llm_request"], "patterns": {{"regex": ["(?i)phone:?\\s*\\+?[0-9][0-9 ]{{6,}}[0-9]"]}},
+                "action": "redact", "redact": {{"label": "PHONE", "value": "{value}"}}, "rationale": "r",
+                "examples": {{"positive": ["phone +1 415 555 0133"], "negative": ["nothing"]}}}}]}}"#
+            )
+        };
+        let set =
+            crate::PolicySet::compile(&[
+                crate::Policy::from_json(&doc("[+]?[0-9][0-9 ]+[0-9]")).unwrap()
+            ])
+            .unwrap();
+        let r = set.redact(Target::LlmRequest, "call Phone: +1 415 555 0133 today");
+        assert_eq!(r.text, "call Phone: [PHONE_1] today");
+        assert_eq!(r.map, vec![("[PHONE_1]".into(), "+1 415 555 0133".into())]);
+        assert_eq!(unmask(&r.text, &r.map), "call Phone: +1 415 555 0133 today");
+        // A value pattern that does not compile is refused, naming the rule.
+        let err = crate::Policy::from_json(&doc("[0-9"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("P-1"), "{err}");
     }
 
     #[test]
