@@ -791,3 +791,39 @@ async fn errors_have_one_shape_filters_refuse_typos_and_shares_are_fair() {
     let (_, audit) = gw.get("/api/v1/audit?action=auth.logout").await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
 }
+
+#[tokio::test]
+async fn many_password_hashes_at_once_do_not_pile_up_in_memory() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let rss_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", gw.proc.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    // Each Argon2 hash takes 7 MiB while it runs; forty users created at once must not leave
+    // forty of them behind.
+    let mut creations = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let http = gw.http.clone();
+        let url = format!("{}/api/v1/users", gw.admin);
+        let token = gw.token.clone();
+        creations.spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({"username": format!("user{i}"), "password": "password-123456", "role": "viewer"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let statuses = creations.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let rss = rss_kib();
+    assert!(rss < 150 * 1024, "resident {rss} KiB after the hashes");
+}
