@@ -82,6 +82,8 @@ pub struct Findings {
     blocked: bool,
     /// Sensitive values in the answer were masked (`redact` rules acted there too).
     answer_redacted: bool,
+    /// Sensitive values in the request were replaced before it left.
+    request_redacted: bool,
     /// Why the gateway withheld part of the exchange on its own (not a rule): it is logged as
     /// blocked with this error.
     withheld: Option<String>,
@@ -143,6 +145,11 @@ impl Findings {
         self.answer_redacted = true;
     }
 
+    /// Marks that values in the request were replaced by `redact` rules before it left.
+    pub fn set_request_redacted(&mut self) {
+        self.request_redacted = true;
+    }
+
     /// `policy/rule` ids of blocking matches (for the client's error message; no patterns).
     pub fn blocking_rules(&self) -> String {
         self.rule_ids(|m| m.action == Action::Block).join(", ")
@@ -174,9 +181,12 @@ impl Findings {
         if !self.evaluated {
             return;
         }
+        // A redact rule matched where nothing was replaced (a value disguised in the raw text,
+        // which only the normalised scan recognised) did not act.
         let acted = |m: &RuleMatch, answer: bool| match m.action {
             Action::Block => self.blocked,
-            Action::Redact => !answer || self.answer_redacted,
+            Action::Redact if answer => self.answer_redacted,
+            Action::Redact => self.request_redacted,
             _ => true,
         };
         // Something withheld is a block; else the matches decide (with none, what the
@@ -210,7 +220,12 @@ impl Findings {
             rec.matched_rules = Some(self.rule_ids(|_| true).join(","));
         }
         for (target, m, answer) in self.matches {
-            let unredacted = m.action == Action::Redact && answer && !self.answer_redacted;
+            let unredacted = m.action == Action::Redact
+                && !(if answer {
+                    self.answer_redacted
+                } else {
+                    self.request_redacted
+                });
             if m.action == Action::Log
                 || (m.action == Action::Redact
                     && !unredacted
@@ -221,8 +236,10 @@ impl Findings {
             let blocked = self.blocked && m.action == Action::Block;
             let verb = if blocked {
                 "blocked"
+            } else if unredacted && answer {
+                "matched, but the value could not be masked: it reached the client"
             } else if unredacted {
-                "matched (a streamed answer is not rewritten: it reached the client)"
+                "matched, but the value was not replaced (disguised in the raw text, or a body whose shape is unknown): it reached the upstream"
             } else {
                 "matched"
             };
@@ -445,6 +462,8 @@ struct ChatDelta<'a> {
     #[serde(default, borrow)]
     reasoning_content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
 }
 
@@ -495,7 +514,7 @@ pub fn stream_delta_text_json(data: &[u8], out: &mut String) {
     if let Some(choices) = ev.choices {
         for c in choices {
             let Some(d) = c.delta else { continue };
-            for s in [d.content, d.refusal, d.reasoning_content]
+            for s in [d.content, d.refusal, d.reasoning_content, d.reasoning]
                 .into_iter()
                 .flatten()
             {
@@ -526,7 +545,7 @@ pub fn stream_delta_text(v: &Value, out: &mut String) {
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
         for c in choices {
             if let Some(d) = c.get("delta") {
-                for key in ["content", "refusal", "reasoning_content"] {
+                for key in ["content", "refusal", "reasoning_content", "reasoning"] {
                     if let Some(s) = d.get(key).and_then(Value::as_str) {
                         out.push_str(s);
                     }
@@ -763,7 +782,7 @@ mod tests {
         let events = [
             json!({"choices": [{"index": 0, "delta": {"content": "a\"b\u{e9}"}, "finish_reason": null}]}),
             json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"x\":"}}]}}]}),
-            json!({"choices": [{"delta": {"refusal": "no", "reasoning_content": "hm"}}], "usage": null}),
+            json!({"choices": [{"delta": {"refusal": "no", "reasoning_content": "hm", "reasoning": "so"}}], "usage": null}),
             json!({"choices": []}),
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "cd"}}),
             json!({"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": "{}"}}),

@@ -943,6 +943,9 @@ pub(crate) fn check_post(
     }
     if refusals.is_empty() {
         let rewritten = redact_arguments(rt, &mut v, pending);
+        if rewritten.is_some() {
+            findings.set_request_redacted();
+        }
         return Ok(PostOutcome::Forward(rewritten, v));
     }
     rec.decision = Some("block".into());

@@ -426,6 +426,34 @@ impl StreamRewriter {
                 json!({"type": "response.function_call_arguments.delta",
                     "output_index": n(index), "delta": rest}),
             ),
+            "d" => {
+                let (c, field) = index.split_once('.').unwrap_or(("0", "refusal"));
+                let mut delta = Map::new();
+                delta.insert(field.to_string(), Value::String(rest));
+                (
+                    "",
+                    chunk(json!({"index": n(c), "delta": delta, "finish_reason": null})),
+                )
+            }
+            "h" => (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": n(index),
+                    "delta": {"type": "thinking_delta", "thinking": rest}}),
+            ),
+            "s" | "u" => {
+                let (o, i) = index.split_once(':').unwrap_or(("0", "0"));
+                let (ty, at) = if kind == "s" {
+                    ("response.reasoning_summary_text.delta", "summary_index")
+                } else {
+                    ("response.refusal.delta", "content_index")
+                };
+                let mut ev = Map::new();
+                ev.insert("type".into(), json!(ty));
+                ev.insert("output_index".into(), json!(n(o)));
+                ev.insert(at.into(), json!(n(i)));
+                ev.insert("delta".into(), Value::String(rest));
+                (ty, Value::Object(ev))
+            }
             "t" => {
                 let (c, t) = index.split_once('.').unwrap_or(("0", "0"));
                 (
@@ -539,6 +567,14 @@ impl StreamRewriter {
                     if delta.contains_key("content") || !new.is_empty() {
                         delta.insert("content".into(), Value::String(new));
                     }
+                    // Refusals and reasoning are answer text too, each its own channel.
+                    for field in ["refusal", "reasoning_content", "reasoning"] {
+                        if let Some(t) = delta.get(field).and_then(Value::as_str) {
+                            let t = t.to_string();
+                            let new = self.feed(&format!("d{idx}.{field}"), &t);
+                            delta.insert(field.into(), Value::String(new));
+                        }
+                    }
                     for call in delta
                         .get_mut("tool_calls")
                         .and_then(Value::as_array_mut)
@@ -557,9 +593,11 @@ impl StreamRewriter {
                         }
                     }
                     if finished {
+                        self.flush_into(&format!("d{idx}."), None, before);
                         self.flush_into(&format!("t{idx}."), None, before);
                     }
                 } else if let Some(m) = c.get_mut("message") {
+                    self.mask_whole(m);
                     unmask_value(m, &self.map);
                 }
             }
@@ -586,14 +624,22 @@ impl StreamRewriter {
                     {
                         let new = self.feed(&format!("j{index}"), &t);
                         d.insert("partial_json".into(), Value::String(new));
+                    } else if let Some(t) = d
+                        .get("thinking")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                    {
+                        let new = self.feed(&format!("h{index}"), &t);
+                        d.insert("thinking".into(), Value::String(new));
                     } else {
                         d.values_mut().for_each(|x| unmask_value(x, &self.map));
                     }
                 }
             }
             "content_block_stop" => {
-                self.flush_into(&format!("b{index}"), None, before);
-                self.flush_into(&format!("j{index}"), None, before);
+                for kind in ["b", "h", "j"] {
+                    self.flush_into(&format!("{kind}{index}"), None, before);
+                }
             }
             // OpenAI Responses: text deltas per output part and argument deltas per output
             // item; flush before the part's or the arguments' `done`.
@@ -607,6 +653,20 @@ impl StreamRewriter {
             "response.output_text.done" => {
                 let ch = responses_channel(v);
                 self.flush_into(&ch, Some(v), before);
+                self.mask_whole(v);
+                unmask_value(v, &self.map);
+            }
+            "response.reasoning_summary_text.delta" | "response.refusal.delta" => {
+                let ch = responses_side_channel(&ty, v);
+                if let Some(t) = v.get("delta").and_then(Value::as_str).map(str::to_string) {
+                    let new = self.feed(&ch, &t);
+                    v["delta"] = Value::String(new);
+                }
+            }
+            "response.reasoning_summary_text.done" | "response.refusal.done" => {
+                let ch = responses_side_channel(&ty, v);
+                self.flush_into(&ch, Some(v), before);
+                self.mask_whole(v);
                 unmask_value(v, &self.map);
             }
             "response.function_call_arguments.delta" => {
@@ -619,8 +679,57 @@ impl StreamRewriter {
                 self.flush_into(&format!("f{output}"), Some(v), before);
                 unmask_value(v, &self.map);
             }
-            _ => unmask_value(v, &self.map),
+            // Whole texts repeated by closing events (`response.content_part.done`,
+            // `response.output_item.done`, `response.completed`), Anthropic's opening
+            // `content_block_start`, and anything else: masked as a whole.
+            _ => {
+                self.mask_whole(v);
+                unmask_value(v, &self.map);
+            }
         }
+    }
+
+    /// Masks new values in every string of an event that repeats or carries whole texts (with
+    /// the stream's map, so a value gets the placeholder its deltas got). Tool-call arguments
+    /// are left as they are, as in deltas.
+    fn mask_whole(&mut self, v: &mut Value) {
+        if let Some(m) = self.masker.as_mut() {
+            mask_strings(&m.set, v, &mut m.map);
+        }
+    }
+}
+
+/// Masks answer values in every string of `v` but identifiers, inline media and JSON-text
+/// fields (tool-call arguments).
+fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
+    match v {
+        Value::String(s) => {
+            let red = set.redact_into(Target::LlmResponse, s, map);
+            if red != *s {
+                *s = red;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| mask_strings(set, x, map)),
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if !kept_in_clear(k, x, false) && !is_json_text_key(k) {
+                    mask_strings(set, x, map);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The channel of a Responses reasoning-summary or refusal text.
+fn responses_side_channel(ty: &str, v: &Value) -> String {
+    let output = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
+    if ty.starts_with("response.reasoning_summary_text") {
+        let i = v.get("summary_index").and_then(Value::as_u64).unwrap_or(0);
+        format!("s{output}:{i}")
+    } else {
+        let i = v.get("content_index").and_then(Value::as_u64).unwrap_or(0);
+        format!("u{output}:{i}")
     }
 }
 
@@ -970,5 +1079,89 @@ mod tests {
             body["tools"][0]["function"]["parameters"]["properties"]["to"]["description"],
             "e.g. [EMAIL_1]"
         );
+    }
+
+    #[test]
+    fn every_text_of_a_streamed_answer_is_masked_closing_events_included() {
+        let answer = "START val john.doe@example.com after words END";
+        let item = json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": answer}]});
+        let mut events: Vec<String> = pieces(answer, 3)
+            .iter()
+            .map(|p| {
+                let v = json!({"type": "response.output_text.delta", "item_id": "msg_1",
+                    "output_index": 0, "content_index": 0, "delta": p});
+                format!("event: response.output_text.delta\ndata: {v}\n\n")
+            })
+            .collect();
+        for v in [
+            json!({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "text": answer}),
+            json!({"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "part": {"type": "output_text", "text": answer}}),
+            json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+            json!({"type": "response.completed", "response": {"id": "resp_1", "output": [item]}}),
+        ] {
+            events.push(format!(
+                "event: {}\ndata: {v}\n\n",
+                v["type"].as_str().unwrap()
+            ));
+        }
+        let mut w = StreamRewriter::new(Vec::new()).masking(email_answers(), &Vec::new());
+        let out = run(&mut w, &events);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("john.doe"), "{text}");
+        let mut deltas = String::new();
+        for_each_event(&out, |_, d| {
+            let v: Value = serde_json::from_slice(d).unwrap();
+            if v["type"] == "response.output_text.delta" {
+                deltas.push_str(v["delta"].as_str().unwrap());
+            }
+        });
+        assert_eq!(deltas, "START val [EMAIL_1] after words END");
+        assert_eq!(
+            text.matches("START val [EMAIL_1] after words END").count(),
+            5,
+            "{text}"
+        );
+        assert_eq!(w.masked(), 1);
+
+        // Chat refusals and reasoning, Anthropic thinking and a block's opening text.
+        let events: Vec<String> = [
+            json!({"choices": [{"index": 0, "delta": {"reasoning": "mail john.d"}, "finish_reason": null}]}),
+            json!({"choices": [{"index": 0, "delta": {"reasoning": "oe@example.com now", "refusal": "no, ann@corp.io"}, "finish_reason": null}]}),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        ]
+        .iter()
+        .map(|v| format!("data: {v}\n\n"))
+        .chain(
+            [
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": "to ann@corp.io"}}),
+                json!({"type": "content_block_delta", "index": 2, "delta": {"type": "thinking_delta", "thinking": "ask john.doe@exa"}}),
+                json!({"type": "content_block_delta", "index": 2, "delta": {"type": "thinking_delta", "thinking": "mple.com later"}}),
+                json!({"type": "content_block_stop", "index": 2}),
+            ]
+            .iter()
+            .map(|v| format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap())),
+        )
+        .collect();
+        let mut w = StreamRewriter::new(Vec::new()).masking(email_answers(), &Vec::new());
+        let out = run(&mut w, &events);
+        let text = String::from_utf8_lossy(&out);
+        for leak in ["john.d", "oe@example", "ann@corp", "@exa"] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+        let (mut reasoning, mut thinking) = (String::new(), String::new());
+        for_each_event(&out, |_, d| {
+            let v: Value = serde_json::from_slice(d).unwrap();
+            if let Some(r) = v["choices"][0]["delta"]["reasoning"].as_str() {
+                reasoning.push_str(r);
+            }
+            if let Some(t) = v["delta"]["thinking"].as_str() {
+                thinking.push_str(t);
+            }
+        });
+        assert_eq!(reasoning, "mail [EMAIL_1] now");
+        assert_eq!(thinking, "ask [EMAIL_1] later");
     }
 }

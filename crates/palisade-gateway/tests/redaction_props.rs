@@ -151,3 +151,31 @@ fn a_streamed_answer_is_masked_as_a_whole_answer_would_be() {
         assert_eq!(w.masked(), map.len(), "case {case}");
     }
 }
+
+#[test]
+fn card_numbers_with_no_break_spaces_are_redacted() {
+    let set = set();
+    for sep in ["\u{a0}", "\u{202f}", " "] {
+        let card = ["4111", "1111", "1111", "1111"].join(sep);
+        let r = set.redact(
+            palisade_policy::Target::LlmRequest,
+            &format!("card {card} x"),
+        );
+        assert!(!r.text.contains("4111"), "{sep:?}: {}", r.text);
+        assert_eq!(
+            palisade_policy::unmask(&r.text, &r.map),
+            format!("card {card} x")
+        );
+    }
+}
+
+#[test]
+fn ibans_with_no_break_spaces_are_redacted() {
+    let set = set();
+    let iban = "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00";
+    let r = set.redact(
+        palisade_policy::Target::LlmRequest,
+        &format!("iban {iban} x"),
+    );
+    assert!(!r.text.contains("3704"), "{}", r.text);
+}

@@ -43,7 +43,8 @@ pub fn luhn_valid(value: &str) -> bool {
     let mut count = 0usize;
     for c in value.chars().rev() {
         let Some(d) = c.to_digit(10) else {
-            if c == ' ' || c == '-' {
+            // Any space (a no-break space too) or a hyphen separates groups.
+            if c.is_whitespace() || c == '-' {
                 continue;
             }
             return false;
@@ -62,7 +63,10 @@ pub fn luhn_valid(value: &str) -> bool {
 
 /// ISO 13616 IBAN check: country code, check digits, length 15..=34, mod 97 == 1 (spaces ignored).
 pub fn iban_valid(value: &str) -> bool {
-    let chars: Vec<char> = value.chars().filter(|c| *c != ' ' && *c != '-').collect();
+    let chars: Vec<char> = value
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
     if !(15..=34).contains(&chars.len()) {
         return false;
     }
@@ -491,6 +495,7 @@ mod tests {
     #[test]
     fn luhn() {
         assert!(luhn_valid("4111 1111 1111 1111"));
+        assert!(luhn_valid("4111\u{a0}1111\u{a0}1111\u{a0}1111"));
         assert!(luhn_valid("4111-1111-1111-1111"));
         assert!(luhn_valid("5500005555555559"));
         assert!(luhn_valid("378282246310005"));

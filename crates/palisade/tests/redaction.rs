@@ -152,6 +152,31 @@ async fn one_way_redaction_keeps_placeholders() {
 }
 
 #[tokio::test]
+async fn a_value_the_scan_sees_but_redaction_cannot_replace_is_logged_as_an_alert() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    // A zero-width space inside the address: the normalised scan sees an e-mail address, the
+    // raw text holds none to replace.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user",
+            "content": "write to ana.lopez@exa\u{200b}mple.com please"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+    assert_eq!(rows[0]["decision"], "alert", "{}", rows[0]);
+    assert!(rows[0]["redactions"].is_null(), "{}", rows[0]);
+    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
+    let msg = alerts["items"][0]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("not replaced"), "{alerts}");
+}
+
+#[tokio::test]
 async fn governance_prompt_is_injected_with_variables_for_both_shapes() {
     let mock = Mock::start(&[]);
     let gw = Gateway::start(&config(&mock.url, true)).await;
