@@ -140,7 +140,17 @@ pub fn month_key(ms: i64) -> i32 {
 /// Whether `m` can be a model name: 1–200 characters, none of them whitespace or control
 /// characters (provider model ids have neither).
 pub fn is_model_name(m: &str) -> bool {
-    !m.is_empty() && m.len() <= 200 && !m.chars().any(|c| c.is_whitespace() || c.is_control())
+    !m.is_empty()
+        && m.len() <= 200
+        && !m
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+}
+
+/// Characters that show as nothing: a name holding one looks like another name.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fe00}'..='\u{fe0f}')
 }
 
 /// Unix ms of the first instant of the UTC month containing `ms`.

@@ -257,6 +257,11 @@ impl Relay {
     fn finish(&mut self, error: Option<String>) {
         self.done = true;
         if let Some(mut f) = self.finisher.take() {
+            if error.is_some()
+                && let Some(u) = self.unmasker.as_mut()
+            {
+                u.discard();
+            }
             let mut findings = self.guard.take().map(StreamGuard::into_findings);
             let masked = self.unmasker.as_ref().map_or(0, StreamRewriter::masked);
             if masked > 0 {

@@ -305,6 +305,18 @@ impl StreamRewriter {
         self
     }
 
+    /// The stream broke: whatever is held will never be sent. Values in it count as masked
+    /// (withheld from the client), so the record does not say they reached it.
+    pub fn discard(&mut self) {
+        if let Some(m) = self.masker.as_mut() {
+            let channels: Vec<String> = m.held.keys().cloned().collect();
+            for ch in channels {
+                m.feed(&ch, "", true);
+            }
+        }
+        self.held.clear();
+    }
+
     /// How many new values were masked so far.
     pub fn masked(&self) -> usize {
         self.masker.as_ref().map_or(0, |m| m.map.len() - m.known)
@@ -1163,5 +1175,19 @@ mod tests {
         });
         assert_eq!(reasoning, "mail [EMAIL_1] now");
         assert_eq!(thinking, "ask [EMAIL_1] later");
+    }
+
+    #[test]
+    fn a_stream_that_breaks_withholds_what_it_held_and_counts_it() {
+        let mut w = StreamRewriter::new(Vec::new()).masking(email_answers(), &Vec::new());
+        let out = w.rewrite(Bytes::from(chat_event(
+            "write to new.person@corp.io",
+            false,
+        )));
+        assert!(!String::from_utf8_lossy(&out).contains("new.person"));
+        assert_eq!(w.masked(), 0);
+        w.discard();
+        assert_eq!(w.masked(), 1, "the held value was kept from the client");
+        assert!(w.finish().is_empty(), "nothing is sent after a break");
     }
 }

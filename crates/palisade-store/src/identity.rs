@@ -510,6 +510,19 @@ impl Store {
         .await
     }
 
+    /// The name of the key (revoked ones included) whose digest is `hash`, if any.
+    pub async fn key_name_by_hash(&self, hash: [u8; 32]) -> Result<Option<String>, StoreError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT name FROM api_keys WHERE key_hash = ?1",
+                [hash.to_vec()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     /// Digests and identities of every key that is not revoked, with effective limits
     /// (the key's own, else its group's), for the data plane's index.
     pub async fn active_keys(&self) -> Result<Vec<([u8; 32], KeyInfo)>, StoreError> {

@@ -136,6 +136,19 @@ impl std::error::Error for ConfigError {}
 /// keys must not take over keys issued through the API.
 async fn check_references(state: &AppState, cfg: &crate::config::Config) -> anyhow::Result<()> {
     use crate::config::RefKind;
+    // A key value already held by a key of another name (an API key, a revoked one) would be
+    // refused while writing; it is refused here, before anything is written.
+    for k in &cfg.api_keys {
+        let hash = palisade_core::crypto::hash_api_key(&k.key);
+        if let Some(other) = state.store.key_name_by_hash(hash).await?
+            && other != k.name
+        {
+            anyhow::bail!(
+                "api key `{}`: its key value is already registered under the name `{other}`; give this entry its own key",
+                k.name
+            );
+        }
+    }
     if !cfg.api_keys.is_empty() {
         for row in state.store.list_keys().await? {
             if row.source != "config" && cfg.api_keys.iter().any(|k| k.name == row.name) {

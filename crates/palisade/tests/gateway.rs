@@ -934,6 +934,19 @@ async fn a_reload_neither_undoes_a_revocation_nor_takes_over_an_api_key() {
     );
     assert_eq!(models_status(&url, &api_key).await, 200);
     assert_eq!(models_status(&url, file_key).await, 401);
+
+    // A file key reusing the revoked key's value under a new name is refused whole too.
+    let renamed = base.replacen("name = \"ci\"", "name = \"ci-renamed\"", 1);
+    assert_ne!(renamed, base);
+    reload_with(&gw, &renamed, "m4", false).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reload_with(&gw, &base, "m5", true).await;
+    assert_eq!(
+        gw.get("/api/v1/groups/m4").await.0,
+        404,
+        "refused as a whole"
+    );
+    assert_eq!(models_status(&url, CI_KEY).await, 401);
 }
 
 #[tokio::test]
@@ -977,7 +990,7 @@ async fn keys_and_prices_name_only_what_can_exist() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    for bad in ["x%00y", "two%20words"] {
+    for bad in ["x%00y", "two%20words", "gpt%E2%80%8B4o"] {
         let (s, v) = gw
             .api(
                 Method::PUT,
