@@ -344,13 +344,7 @@ pub async fn create_key(
     validate_key_options(&opts)?;
     // A key scoped to a proxy that does not exist is a typo that would lock the key out.
     if !opts.allowed_proxies.is_empty() {
-        let proxies: Vec<String> = s
-            .store
-            .list_proxies()
-            .await?
-            .into_iter()
-            .map(|p| p.spec.name)
-            .collect();
+        let proxies = s.store.proxy_names().await?;
         if let Some((i, p)) = opts
             .allowed_proxies
             .iter()

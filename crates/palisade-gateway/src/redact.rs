@@ -358,6 +358,17 @@ impl StreamRewriter {
         out
     }
 
+    /// Rewrites the string field `field` of `obj` (if it is one) as new text of `channel`.
+    /// Returns whether it was there.
+    fn feed_field(&mut self, obj: &mut Map<String, Value>, field: &str, channel: &str) -> bool {
+        let Some(text) = obj.get(field).and_then(Value::as_str).map(str::to_string) else {
+            return false;
+        };
+        let new = self.feed(channel, &text);
+        obj.insert(field.into(), Value::String(new));
+        true
+    }
+
     /// Everything still held for a channel (its text has ended).
     fn flush(&mut self, channel: &str) -> Option<String> {
         let mut out = match self.masker.as_mut().filter(|_| !is_json_channel(channel)) {
@@ -581,11 +592,7 @@ impl StreamRewriter {
                     }
                     // Refusals and reasoning are answer text too, each its own channel.
                     for field in ["refusal", "reasoning_content", "reasoning"] {
-                        if let Some(t) = delta.get(field).and_then(Value::as_str) {
-                            let t = t.to_string();
-                            let new = self.feed(&format!("d{idx}.{field}"), &t);
-                            delta.insert(field.into(), Value::String(new));
-                        }
+                        self.feed_field(delta, field, &format!("d{idx}.{field}"));
                     }
                     for call in delta
                         .get_mut("tool_calls")
@@ -598,11 +605,7 @@ impl StreamRewriter {
                         else {
                             continue;
                         };
-                        if let Some(a) = f.get("arguments").and_then(Value::as_str) {
-                            let a = a.to_string();
-                            let new = self.feed(&format!("t{idx}.{t}"), &a);
-                            f.insert("arguments".into(), Value::String(new));
-                        }
+                        self.feed_field(f, "arguments", &format!("t{idx}.{t}"));
                     }
                     if finished {
                         self.flush_into(&format!("d{idx}."), None, before);
@@ -620,30 +623,29 @@ impl StreamRewriter {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        // OpenAI Responses: text, refusal, reasoning-summary and argument deltas per output
+        // part; a part's `done` first gets what is held, then is masked as a whole.
+        if let Some(ch) = responses_channel(&ty, v) {
+            if ty.ends_with(".delta") {
+                if let Some(obj) = v.as_object_mut() {
+                    self.feed_field(obj, "delta", &ch);
+                }
+            } else {
+                self.flush_into(&ch, Some(v), before);
+                self.mask_whole(v);
+                unmask_value(v, &self.map);
+            }
+            return;
+        }
         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let output = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
         match ty.as_str() {
             // Anthropic: text and tool-input deltas per content block; flush before it stops.
             "content_block_delta" => {
                 if let Some(d) = v.get_mut("delta").and_then(Value::as_object_mut) {
-                    if let Some(t) = d.get("text").and_then(Value::as_str).map(str::to_string) {
-                        let new = self.feed(&format!("b{index}"), &t);
-                        d.insert("text".into(), Value::String(new));
-                    } else if let Some(t) = d
-                        .get("partial_json")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                    {
-                        let new = self.feed(&format!("j{index}"), &t);
-                        d.insert("partial_json".into(), Value::String(new));
-                    } else if let Some(t) = d
-                        .get("thinking")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                    {
-                        let new = self.feed(&format!("h{index}"), &t);
-                        d.insert("thinking".into(), Value::String(new));
-                    } else {
+                    let fed = [("text", "b"), ("partial_json", "j"), ("thinking", "h")]
+                        .into_iter()
+                        .any(|(field, kind)| self.feed_field(d, field, &format!("{kind}{index}")));
+                    if !fed {
                         d.values_mut().for_each(|x| unmask_value(x, &self.map));
                     }
                 }
@@ -652,44 +654,6 @@ impl StreamRewriter {
                 for kind in ["b", "h", "j"] {
                     self.flush_into(&format!("{kind}{index}"), None, before);
                 }
-            }
-            // OpenAI Responses: text deltas per output part and argument deltas per output
-            // item; flush before the part's or the arguments' `done`.
-            "response.output_text.delta" => {
-                let ch = responses_channel(v);
-                if let Some(t) = v.get("delta").and_then(Value::as_str).map(str::to_string) {
-                    let new = self.feed(&ch, &t);
-                    v["delta"] = Value::String(new);
-                }
-            }
-            "response.output_text.done" => {
-                let ch = responses_channel(v);
-                self.flush_into(&ch, Some(v), before);
-                self.mask_whole(v);
-                unmask_value(v, &self.map);
-            }
-            "response.reasoning_summary_text.delta" | "response.refusal.delta" => {
-                let ch = responses_side_channel(&ty, v);
-                if let Some(t) = v.get("delta").and_then(Value::as_str).map(str::to_string) {
-                    let new = self.feed(&ch, &t);
-                    v["delta"] = Value::String(new);
-                }
-            }
-            "response.reasoning_summary_text.done" | "response.refusal.done" => {
-                let ch = responses_side_channel(&ty, v);
-                self.flush_into(&ch, Some(v), before);
-                self.mask_whole(v);
-                unmask_value(v, &self.map);
-            }
-            "response.function_call_arguments.delta" => {
-                if let Some(t) = v.get("delta").and_then(Value::as_str).map(str::to_string) {
-                    let new = self.feed(&format!("f{output}"), &t);
-                    v["delta"] = Value::String(new);
-                }
-            }
-            "response.function_call_arguments.done" => {
-                self.flush_into(&format!("f{output}"), Some(v), before);
-                unmask_value(v, &self.map);
             }
             // Whole texts repeated by closing events (`response.content_part.done`,
             // `response.output_item.done`, `response.completed`), Anthropic's opening
@@ -733,30 +697,26 @@ fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
     }
 }
 
-/// The channel of a Responses reasoning-summary or refusal text.
-fn responses_side_channel(ty: &str, v: &Value) -> String {
-    let output = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
-    if ty.starts_with("response.reasoning_summary_text") {
-        let i = v.get("summary_index").and_then(Value::as_u64).unwrap_or(0);
-        format!("s{output}:{i}")
-    } else {
-        let i = v.get("content_index").and_then(Value::as_u64).unwrap_or(0);
-        format!("u{output}:{i}")
-    }
-}
-
 /// Channels whose text is JSON (tool-call arguments): unmasked with escaped originals, never
 /// masked.
 fn is_json_channel(ch: &str) -> bool {
     matches!(ch.as_bytes().first(), Some(b't' | b'j' | b'f'))
 }
 
-fn responses_channel(v: &Value) -> String {
-    format!(
-        "r{}:{}",
-        v.get("output_index").and_then(Value::as_u64).unwrap_or(0),
-        v.get("content_index").and_then(Value::as_u64).unwrap_or(0)
-    )
+/// The channel of an OpenAI Responses text event (`….delta`, `….done`), if it is one.
+fn responses_channel(ty: &str, v: &Value) -> Option<String> {
+    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let output = n("output_index");
+    let kind = ty
+        .strip_suffix(".delta")
+        .or_else(|| ty.strip_suffix(".done"))?;
+    Some(match kind {
+        "response.output_text" => format!("r{output}:{}", n("content_index")),
+        "response.reasoning_summary_text" => format!("s{output}:{}", n("summary_index")),
+        "response.refusal" => format!("u{output}:{}", n("content_index")),
+        "response.function_call_arguments" => format!("f{output}"),
+        _ => return None,
+    })
 }
 
 fn push_event(out: &mut Vec<u8>, name: &str, v: &Value) {

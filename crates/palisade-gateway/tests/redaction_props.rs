@@ -47,23 +47,29 @@ const WORDS: &[&str] = &[
     "\n",
 ];
 
+/// Random words with sensitive values among them; returns the text and the values used.
+fn random_text(rng: &mut Rng) -> (String, Vec<&'static str>) {
+    let mut text = String::new();
+    let mut used = Vec::new();
+    for _ in 0..(5 + rng.below(30)) {
+        if rng.below(4) == 0 {
+            let v = VALUES[rng.below(VALUES.len())];
+            used.push(v);
+            text.push_str(v);
+        } else {
+            text.push_str(WORDS[rng.below(WORDS.len())]);
+        }
+        text.push(' ');
+    }
+    (text, used)
+}
+
 #[test]
 fn redact_then_stream_unmask_restores_every_input() {
     let set = set();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for case in 0..300 {
-        let mut text = String::new();
-        let mut used = Vec::new();
-        for _ in 0..(5 + rng.below(30)) {
-            if rng.below(4) == 0 {
-                let v = VALUES[rng.below(VALUES.len())];
-                used.push(v);
-                text.push_str(v);
-            } else {
-                text.push_str(WORDS[rng.below(WORDS.len())]);
-            }
-            text.push(' ');
-        }
+        let (text, used) = random_text(&mut rng);
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
         let map = redact_request(&set, &mut body);
         let upstream = body.to_string();
@@ -105,18 +111,7 @@ fn a_streamed_answer_is_masked_as_a_whole_answer_would_be() {
     let set = std::sync::Arc::new(set());
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     for case in 0..300 {
-        let mut text = String::new();
-        let mut used = Vec::new();
-        for _ in 0..(5 + rng.below(30)) {
-            if rng.below(4) == 0 {
-                let v = VALUES[rng.below(VALUES.len())];
-                used.push(v);
-                text.push_str(v);
-            } else {
-                text.push_str(WORDS[rng.below(WORDS.len())]);
-            }
-            text.push(' ');
-        }
+        let (text, used) = random_text(&mut rng);
         let mut map = Vec::new();
         let want = set.redact_into(palisade_policy::Target::LlmResponse, &text, &mut map);
         // The upstream's answer carries the values in clear, streamed in random chunk sizes.

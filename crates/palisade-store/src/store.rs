@@ -292,6 +292,16 @@ impl Store {
 
     // ---- proxies ----
 
+    /// Names of all proxies.
+    pub async fn proxy_names(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_proxies()
+            .await?
+            .into_iter()
+            .map(|p| p.spec.name)
+            .collect())
+    }
+
     /// All proxies, by name.
     pub async fn list_proxies(&self) -> Result<Vec<ProxyRow>, StoreError> {
         self.call(|c| {

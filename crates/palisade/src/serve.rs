@@ -171,13 +171,7 @@ async fn check_references(state: &AppState, cfg: &crate::config::Config) -> anyh
         .into_iter()
         .map(|g| g.spec.name)
         .collect();
-    let proxies: Vec<String> = state
-        .store
-        .list_proxies()
-        .await?
-        .into_iter()
-        .map(|p| p.spec.name)
-        .collect();
+    let proxies = state.store.proxy_names().await?;
     for r in refs {
         let exists = match r.kind {
             RefKind::Group => groups.contains(&r.name),
