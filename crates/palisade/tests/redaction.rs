@@ -171,8 +171,17 @@ async fn a_value_the_scan_sees_but_redaction_cannot_replace_is_logged_as_an_aler
     let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
     assert_eq!(rows[0]["decision"], "alert", "{}", rows[0]);
     assert!(rows[0]["redactions"].is_null(), "{}", rows[0]);
-    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
-    let msg = alerts["items"][0]["message"].as_str().unwrap_or("");
+    // The mock echoes the prompt, so the answer carries the disguised address too: one alert
+    // for the request (not replaced on its way up) and one for the answer.
+    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 2).await;
+    let request_side = alerts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["target"] == "llm_request")
+        .cloned()
+        .unwrap_or_default();
+    let msg = request_side["message"].as_str().unwrap_or("");
     assert!(msg.contains("not replaced"), "{alerts}");
 }
 
