@@ -262,12 +262,12 @@ impl Findings {
                 excerpt: Some(m.excerpt.clone()),
                 decoded: m.decoded.map(|e| e.as_str().to_owned()),
                 message: format!(
-                    "{} {} rule {}/{} in {}",
+                    "{} rule {}/{} in {}: {}",
                     m.severity.as_str(),
-                    verb,
                     m.policy_id,
                     m.rule_id,
-                    target.as_str()
+                    target.as_str(),
+                    verb
                 ),
                 status: "new".into(),
                 dedup_key: None,

@@ -650,6 +650,25 @@ impl StreamRewriter {
                     }
                 }
             }
+            // Text that opens a block or an output part is the start of its channel: a value
+            // begun there and ended in a delta is held like any other.
+            "content_block_start" => {
+                if let Some(b) = v.get_mut("content_block").and_then(Value::as_object_mut) {
+                    let _ = self.feed_field(b, "text", &format!("b{index}"))
+                        || self.feed_field(b, "thinking", &format!("h{index}"));
+                }
+                self.mask_whole(v);
+                unmask_value(v, &self.map);
+            }
+            "response.content_part.added" => {
+                let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let ch = format!("r{}:{}", n("output_index"), n("content_index"));
+                if let Some(p) = v.get_mut("part").and_then(Value::as_object_mut) {
+                    self.feed_field(p, "text", &ch);
+                }
+                self.mask_whole(v);
+                unmask_value(v, &self.map);
+            }
             "content_block_stop" => {
                 for kind in ["b", "h", "j"] {
                     self.flush_into(&format!("{kind}{index}"), None, before);
@@ -1149,5 +1168,43 @@ mod tests {
         w.discard();
         assert_eq!(w.masked(), 1, "the held value was kept from the client");
         assert!(w.finish().is_empty(), "nothing is sent after a break");
+    }
+
+    #[test]
+    fn a_value_begun_in_an_opening_event_is_held_too() {
+        let events: Vec<String> = [
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "START john.doe@"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "example.com END"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "response.content_part.added", "item_id": "m", "output_index": 1, "content_index": 0, "part": {"type": "output_text", "text": "GO ann@co"}}),
+            json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 1, "content_index": 0, "delta": "rp.io STOP"}),
+            json!({"type": "response.output_text.done", "item_id": "m", "output_index": 1, "content_index": 0, "text": "GO ann@corp.io STOP"}),
+        ]
+        .iter()
+        .map(|v| format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap()))
+        .collect();
+        let mut w = StreamRewriter::new(Vec::new()).masking(email_answers(), &Vec::new());
+        let out = run(&mut w, &events);
+        let text = String::from_utf8_lossy(&out);
+        for leak in ["john.doe", "example.com", "ann@", "rp.io"] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+        let (mut block, mut part) = (String::new(), String::new());
+        for_each_event(&out, |_, d| {
+            let v: Value = serde_json::from_slice(d).unwrap();
+            match v["type"].as_str() {
+                Some("content_block_start") => {
+                    block.push_str(v["content_block"]["text"].as_str().unwrap())
+                }
+                Some("content_block_delta") => block.push_str(v["delta"]["text"].as_str().unwrap()),
+                Some("response.content_part.added") => {
+                    part.push_str(v["part"]["text"].as_str().unwrap())
+                }
+                Some("response.output_text.delta") => part.push_str(v["delta"].as_str().unwrap()),
+                _ => {}
+            }
+        });
+        assert_eq!(block, "START [EMAIL_1] END");
+        assert_eq!(part, "GO [EMAIL_2] STOP");
     }
 }

@@ -150,7 +150,7 @@ fn a_streamed_answer_is_masked_as_a_whole_answer_would_be() {
 #[test]
 fn card_numbers_with_no_break_spaces_are_redacted() {
     let set = set();
-    for sep in ["\u{a0}", "\u{202f}", " "] {
+    for sep in ["\u{a0}", "\u{202f}", "\u{2009}", "\u{3000}", "\t", " "] {
         let card = ["4111", "1111", "1111", "1111"].join(sep);
         let r = set.redact(
             palisade_policy::Target::LlmRequest,

@@ -228,6 +228,9 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         if key.len() < 20 {
             bail!("api_keys[{i}].key: must be at least 20 characters");
         }
+        if key.trim() != key {
+            bail!("api_keys[{i}].key: must not begin or end with spaces (no client could send it)");
+        }
         if api_keys.iter().any(|x: &KeyConf| x.name == k.name) {
             bail!("api_keys[{i}]: duplicate key name `{}`", k.name);
         }
@@ -314,6 +317,8 @@ mod tests {
             "{e:#}"
         );
         assert!(parse("[[nonsense]]\n").is_err());
+        let e = parse("[[api_keys]]\nname='k'\nkey='pal_0123456789abcdefghij '\n").unwrap_err();
+        assert!(format!("{e:#}").contains("spaces"), "{e:#}");
         let e = parse(
             "[[api_keys]]\nname='k'\nkey='pal_0123456789abcdefghij'\nallowed_proxies=['p','p']\n",
         )

@@ -990,7 +990,13 @@ async fn keys_and_prices_name_only_what_can_exist() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    for bad in ["x%00y", "two%20words", "gpt%E2%80%8B4o"] {
+    for bad in [
+        "x%00y",
+        "two%20words",
+        "gpt%E2%80%8B4o",
+        "gpt-4o%F3%A0%81%81x",
+        "gpt%E3%85%A44o",
+    ] {
         let (s, v) = gw
             .api(
                 Method::PUT,
