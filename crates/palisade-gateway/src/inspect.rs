@@ -82,8 +82,8 @@ pub struct Findings {
     blocked: bool,
     /// Sensitive values in the answer were masked (`redact` rules acted there too).
     answer_redacted: bool,
-    /// Sensitive values in the request were replaced before it left.
-    request_redacted: bool,
+    /// Labels of the values replaced in the request before it left (`EMAIL`, `CARD`…).
+    request_labels: HashSet<String>,
     /// Why the gateway withheld part of the exchange on its own (not a rule): it is logged as
     /// blocked with this error.
     withheld: Option<String>,
@@ -145,9 +145,25 @@ impl Findings {
         self.answer_redacted = true;
     }
 
-    /// Marks that values in the request were replaced by `redact` rules before it left.
-    pub fn set_request_redacted(&mut self) {
-        self.request_redacted = true;
+    /// Records the values `redact` rules replaced in the request before it left (its map).
+    pub fn set_request_redacted(&mut self, map: &[(String, String)]) {
+        for (placeholder, _) in map {
+            let label = placeholder
+                .strip_prefix('[')
+                .and_then(|p| p.rsplit_once('_'))
+                .map_or("", |(l, _)| l);
+            self.request_labels.insert(label.to_string());
+        }
+    }
+
+    /// Whether a request-side `redact` match had a value of its kind replaced. A match whose
+    /// kind nothing was replaced for saw a value the raw text does not show as such (disguised),
+    /// or a body whose shape is unknown.
+    fn request_redacted(&self, m: &RuleMatch) -> bool {
+        match &m.redact_label {
+            Some(label) => self.request_labels.contains(&**label),
+            None => !self.request_labels.is_empty(),
+        }
     }
 
     /// `policy/rule` ids of blocking matches (for the client's error message; no patterns).
@@ -186,7 +202,7 @@ impl Findings {
         let acted = |m: &RuleMatch, answer: bool| match m.action {
             Action::Block => self.blocked,
             Action::Redact if answer => self.answer_redacted,
-            Action::Redact => self.request_redacted,
+            Action::Redact => self.request_redacted(m),
             _ => true,
         };
         // Something withheld is a block; else the matches decide (with none, what the
@@ -219,12 +235,13 @@ impl Findings {
         if !self.matches.is_empty() {
             rec.matched_rules = Some(self.rule_ids(|_| true).join(","));
         }
-        for (target, m, answer) in self.matches {
+        let matches = std::mem::take(&mut self.matches);
+        for (target, m, answer) in matches {
             let unredacted = m.action == Action::Redact
                 && !(if answer {
                     self.answer_redacted
                 } else {
-                    self.request_redacted
+                    self.request_redacted(&m)
                 });
             if m.action == Action::Log
                 || (m.action == Action::Redact

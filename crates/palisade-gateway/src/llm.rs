@@ -600,7 +600,7 @@ fn rewrite_request(
             *redactions = redact_request(&insp.set, &mut v);
             if !redactions.is_empty() {
                 rec.redactions = Some(redactions.len() as i64);
-                findings.set_request_redacted();
+                findings.set_request_redacted(redactions);
                 changed = true;
             }
         }

@@ -944,7 +944,7 @@ pub(crate) fn check_post(
     if refusals.is_empty() {
         let rewritten = redact_arguments(rt, &mut v, pending);
         if rewritten.is_some() {
-            findings.set_request_redacted();
+            findings.set_request_redacted(&pending.unmask);
         }
         return Ok(PostOutcome::Forward(rewritten, v));
     }

@@ -228,6 +228,9 @@ pub struct RuleMatch {
     pub excerpt: String,
     /// Set when the match was found in decoded text (outermost encoding).
     pub decoded: Option<Encoding>,
+    /// The placeholder label of a `redact` rule (`EMAIL` for `[EMAIL_1]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redact_label: Option<Arc<str>>,
 }
 
 /// The result of evaluating one text.
@@ -338,7 +341,7 @@ pub(crate) struct CompiledRule {
     /// Matches are masked in excerpts (secrets category or redact action).
     pub(crate) sensitive: bool,
     pub(crate) validator: Validator,
-    pub(crate) label: String,
+    pub(crate) label: Arc<str>,
     /// The part of a redacted match that is replaced (`redact.value`); all of it if none.
     pub(crate) redact_value: Option<Regex>,
     pub(crate) targets: Vec<Target>,
@@ -944,7 +947,7 @@ impl PolicySet {
                     score: rule.effective_score(),
                     sensitive: rule.category == "secrets" || rule.action == Action::Redact,
                     validator: rule.validator(),
-                    label: rule.redact_label(),
+                    label: Arc::from(rule.redact_label()),
                     redact_value: rule
                         .redact
                         .as_ref()
@@ -1500,6 +1503,7 @@ impl PolicySet {
                     span,
                     excerpt: h.excerpt,
                     decoded,
+                    redact_label: (rule.action == Action::Redact).then(|| rule.label.clone()),
                 }
             })
             .collect();

@@ -270,7 +270,7 @@ impl PolicySet {
                     .map_or((s, e), |m| (s + m.start(), s + m.end())),
                 None => (s, e),
             };
-            let label = self.rules[r as usize].label.as_str();
+            let label: &str = &self.rules[r as usize].label;
             let value = &text[s..e];
             let existing = map
                 .iter()

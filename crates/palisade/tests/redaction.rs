@@ -183,6 +183,30 @@ async fn a_value_the_scan_sees_but_redaction_cannot_replace_is_logged_as_an_aler
         .unwrap_or_default();
     let msg = request_side["message"].as_str().unwrap_or("");
     assert!(msg.contains("not replaced"), "{alerts}");
+
+    // With a card number replaced beside it, the disguised address is still reported.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user",
+            "content": format!("card {CARD}, mail ana.lopez@exa\u{200b}mple.com")}]}))
+        .send()
+        .await
+        .unwrap();
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+    assert_eq!(rows[0]["redactions"], 1, "{}", rows[0]);
+    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
+    assert!(
+        alerts["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["target"] == "llm_request"
+                && a["rule_id"] == "GDPR-001"
+                && a["message"].as_str().unwrap_or("").contains("not replaced")),
+        "{alerts}"
+    );
 }
 
 #[tokio::test]
