@@ -145,7 +145,7 @@ pub struct Relay {
     finisher: Option<Finisher>,
     guard: Option<StreamGuard>,
     strip_usage: bool,
-    unmasker: Option<StreamRewriter>,
+    rewriter: Option<StreamRewriter>,
     mapper: Option<Box<dyn EventMapper>>,
     abort_on_failure: bool,
 }
@@ -157,7 +157,7 @@ pub trait EventMapper: Send {
     fn map(&mut self, run: Bytes, findings: &mut Findings) -> Bytes;
     /// Once, when the upstream ended the stream cleanly: events to send last, and an error
     /// for the request's record (e.g. requests the stream never answered).
-    fn end(&mut self, findings: &mut Findings) -> (Bytes, Option<String>);
+    fn end(&mut self) -> (Bytes, Option<String>);
 }
 
 impl Relay {
@@ -190,7 +190,7 @@ impl Relay {
             finisher: Some(finisher),
             guard,
             strip_usage: false,
-            unmasker: None,
+            rewriter: None,
             mapper: None,
             abort_on_failure: false,
         }
@@ -219,7 +219,7 @@ impl Relay {
     /// Rewrites the answer's text (masking new values, restoring the request's) before it is
     /// forwarded.
     pub fn rewrite_with(mut self, u: StreamRewriter) -> Self {
-        self.unmasker = Some(u);
+        self.rewriter = Some(u);
         self
     }
 
@@ -258,12 +258,12 @@ impl Relay {
         self.done = true;
         if let Some(mut f) = self.finisher.take() {
             if error.is_some()
-                && let Some(u) = self.unmasker.as_mut()
+                && let Some(u) = self.rewriter.as_mut()
             {
                 u.discard();
             }
             let mut findings = self.guard.take().map(StreamGuard::into_findings);
-            let masked = self.unmasker.as_ref().map_or(0, StreamRewriter::masked);
+            let masked = self.rewriter.as_ref().map_or(0, StreamRewriter::masked);
             if masked > 0 {
                 findings
                     .as_mut()
@@ -385,7 +385,7 @@ impl Relay {
                     } else {
                         out
                     };
-                    let out = match this.unmasker.as_mut() {
+                    let out = match this.rewriter.as_mut() {
                         Some(u) => u.rewrite(out),
                         None => out,
                     };
@@ -427,7 +427,7 @@ impl Relay {
                     } else {
                         rest
                     };
-                    let rest = match this.unmasker.as_mut() {
+                    let rest = match this.rewriter.as_mut() {
                         Some(u) => {
                             let rest = if rest.is_empty() {
                                 rest
@@ -454,7 +454,7 @@ impl Relay {
                             } else {
                                 m.map(rest, f)
                             };
-                            let (last, err) = m.end(f);
+                            let (last, err) = m.end();
                             if !last.is_empty() {
                                 rest = [rest, last].concat().into();
                             }

@@ -468,6 +468,9 @@ struct DeltaEvent<'a> {
 struct ChatChoice<'a> {
     #[serde(default, borrow)]
     delta: Option<ChatDelta<'a>>,
+    /// Legacy completions stream their text here.
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -530,6 +533,9 @@ pub fn stream_delta_text_json(data: &[u8], out: &mut String) {
     };
     if let Some(choices) = ev.choices {
         for c in choices {
+            if let Some(t) = c.text {
+                out.push_str(&t);
+            }
             let Some(d) = c.delta else { continue };
             for s in [d.content, d.refusal, d.reasoning_content, d.reasoning]
                 .into_iter()
@@ -561,6 +567,9 @@ pub fn stream_delta_text_json(data: &[u8], out: &mut String) {
 pub fn stream_delta_text(v: &Value, out: &mut String) {
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
         for c in choices {
+            if let Some(t) = c.get("text").and_then(Value::as_str) {
+                out.push_str(t);
+            }
             if let Some(d) = c.get("delta") {
                 for key in ["content", "refusal", "reasoning_content", "reasoning"] {
                     if let Some(s) = d.get(key).and_then(Value::as_str) {
@@ -795,11 +804,22 @@ mod tests {
     }
 
     #[test]
+    fn legacy_completion_streams_are_read_too() {
+        let mut out = String::new();
+        stream_delta_text_json(
+            br#"{"id":"c","object":"text_completion","choices":[{"index":0,"text":"mail a@b.io"}]}"#,
+            &mut out,
+        );
+        assert_eq!(out, "mail a@b.io");
+    }
+
+    #[test]
     fn typed_delta_reading_agrees_with_the_tree() {
         let events = [
             json!({"choices": [{"index": 0, "delta": {"content": "a\"b\u{e9}"}, "finish_reason": null}]}),
             json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"x\":"}}]}}]}),
             json!({"choices": [{"delta": {"refusal": "no", "reasoning_content": "hm", "reasoning": "so"}}], "usage": null}),
+            json!({"choices": [{"index": 0, "text": "legacy completion"}]}),
             json!({"choices": []}),
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "cd"}}),
             json!({"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": "{}"}}),

@@ -1397,7 +1397,7 @@ impl EventMapper for Ctx {
 
     /// A stream that ended with requests unanswered: unless the client can resume it (its
     /// events had ids), each of them gets an error, so the client is not left waiting.
-    fn end(&mut self, _findings: &mut Findings) -> (Bytes, Option<String>) {
+    fn end(&mut self) -> (Bytes, Option<String>) {
         let open = self.open_ids();
         if self.resumable || open.is_empty() {
             return (Bytes::new(), None);

@@ -449,6 +449,10 @@ impl StreamRewriter {
                 json!({"type": "response.function_call_arguments.delta",
                     "output_index": n(index), "delta": rest}),
             ),
+            "l" => (
+                "",
+                chunk(json!({"index": n(index), "text": rest, "finish_reason": null})),
+            ),
             "d" => {
                 let (c, field) = index.split_once('.').unwrap_or(("0", "refusal"));
                 let mut delta = Map::new();
@@ -574,6 +578,18 @@ impl StreamRewriter {
             for c in choices.iter_mut() {
                 let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+                // Legacy completions stream their text beside, not in, a delta.
+                if let Some(obj) = c.as_object_mut() {
+                    let ch = format!("l{idx}");
+                    if self.feed_field(obj, "text", &ch)
+                        && finished
+                        && let Some(rest) = self.flush(&ch)
+                    {
+                        let now = obj.get("text").and_then(Value::as_str).unwrap_or("");
+                        let all = format!("{now}{rest}");
+                        obj.insert("text".into(), Value::String(all));
+                    }
+                }
                 if let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) {
                     let ch = format!("c{idx}");
                     let text = delta
@@ -1206,5 +1222,25 @@ mod tests {
         });
         assert_eq!(block, "START [EMAIL_1] END");
         assert_eq!(part, "GO [EMAIL_2] STOP");
+    }
+
+    #[test]
+    fn legacy_completion_streams_are_masked() {
+        let mut w = StreamRewriter::new(Vec::new()).masking(email_answers(), &Vec::new());
+        let events: Vec<String> = ["write to new.pe", "rson@corp.io then", " stop"]
+            .iter()
+            .map(|t| format!("data: {}\n\n", json!({"object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": null}]})))
+            .chain([format!("data: {}\n\n", json!({"choices": [{"index": 0, "text": "!", "finish_reason": "stop"}]}))])
+            .collect();
+        let out = run(&mut w, &events);
+        let mut text = String::new();
+        for_each_event(&out, |_, d| {
+            if let Ok(v) = serde_json::from_slice::<Value>(d)
+                && let Some(t) = v["choices"][0]["text"].as_str()
+            {
+                text.push_str(t);
+            }
+        });
+        assert_eq!(text, "write to [EMAIL_1] then stop!");
     }
 }
