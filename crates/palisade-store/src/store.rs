@@ -588,4 +588,35 @@ mod tests {
         let _store = super::Store::open(&data).unwrap();
         assert_eq!(mode(&db), 0o600);
     }
+
+    #[tokio::test]
+    async fn setting_the_status_an_alert_has_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::Store::open(dir.path()).unwrap();
+        let alert = palisade_core::record::AlertRecord {
+            id: "a1".into(),
+            kind: "policy".into(),
+            status: "new".into(),
+            ..Default::default()
+        };
+        store.insert_alerts(vec![alert]).await.unwrap();
+        for _ in 0..3 {
+            let a = store
+                .set_alert_status("a1", "resolved", super::Actor::system("t"))
+                .await
+                .unwrap();
+            assert_eq!(a.status, "resolved");
+        }
+        let audit = store
+            .list_audit(super::AuditFilter {
+                actor: None,
+                action: Some("alert.status".into()),
+                target: None,
+                limit: 100,
+                before_id: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1, "only the change is recorded");
+    }
 }
