@@ -128,6 +128,10 @@ impl AppState {
         // and the playground lets any signed-in user ask for one.
         static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
         let _turn = COMPILING.acquire().await.map_err(ApiError::internal)?;
+        // A call that waited for the same set finds it compiled by the one before it.
+        if let Some(set) = lock(&self.policies).compiled.get(&key) {
+            return Ok(Some(set.clone()));
+        }
         let set = tokio::task::spawn_blocking(move || PolicySet::compile(&policies))
             .await
             .map_err(ApiError::internal)?

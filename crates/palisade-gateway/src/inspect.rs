@@ -160,10 +160,9 @@ impl Findings {
     /// kind nothing was replaced for saw a value the raw text does not show as such (disguised),
     /// or a body whose shape is unknown.
     fn request_redacted(&self, m: &RuleMatch) -> bool {
-        match &m.redact_label {
-            Some(label) => self.request_labels.contains(&**label),
-            None => !self.request_labels.is_empty(),
-        }
+        m.redact_label
+            .as_ref()
+            .is_some_and(|label| self.request_labels.contains(&**label))
     }
 
     /// `policy/rule` ids of blocking matches (for the client's error message; no patterns).

@@ -165,12 +165,10 @@ pub fn unmask_body(body: Bytes, map: &RedactionMap) -> Bytes {
     let Ok(text) = std::str::from_utf8(&body) else {
         return body;
     };
-    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
-        return body;
-    }
     // Originals go into JSON string literals. When none needs escaping (the usual case) they
     // are put in place in the text; otherwise the answer is rewritten as a tree, since a string
-    // that is itself JSON text (tool-call arguments) needs them escaped twice.
+    // that is itself JSON text (tool-call arguments) needs them escaped twice. Either way a
+    // body that is not JSON is left alone (one parse decides it).
     let needs_escape = |o: &str| o.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
     let out = if map.iter().any(|(_, o)| needs_escape(o)) {
         if !map.iter().any(|(p, _)| text.contains(p.as_str())) {
@@ -182,6 +180,9 @@ pub fn unmask_body(body: Bytes, map: &RedactionMap) -> Bytes {
         unmask_value(&mut v, map);
         v.to_string()
     } else {
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+            return body;
+        }
         unmask(text, map)
     };
     if out.len() == text.len() && out == text {
