@@ -554,7 +554,14 @@ impl CompiledRule {
     /// The earliest valid match. With `hints` (what the shared set saw of this rule's
     /// patterns), only the patterns it saw match are searched, each only where its matches lie;
     /// without, every pattern in the whole text.
-    pub(crate) fn find_first(&self, text: &str, hints: Option<&[Hint]>) -> Option<Range<usize>> {
+    /// The first valid match of the rule's patterns in `text`; with `hints`, only the patterns
+    /// they name, each in its window. `checks` counts the patterns searched.
+    pub(crate) fn find_first(
+        &self,
+        text: &str,
+        hints: Option<&[Hint]>,
+        checks: &mut usize,
+    ) -> Option<Range<usize>> {
         let mut best: Option<Range<usize>> = None;
         let mut consider = |r: Range<usize>| {
             if best.as_ref().is_none_or(|b| r.start < b.start) {
@@ -570,6 +577,7 @@ impl CompiledRule {
                     None => continue,
                 },
             };
+            *checks += 1;
             if !re.may_match(text, span.clone()) {
                 continue;
             }
@@ -594,14 +602,16 @@ impl CompiledRule {
         if hints.is_some_and(|h| !h.iter().any(|h| h.slot == Slot::Keywords)) {
             return best;
         }
-        if let Some(kw) = &self.keywords
-            && let Some(r) = kw
+        if let Some(kw) = &self.keywords {
+            *checks += 1;
+            if let Some(r) = kw
                 .ac
                 .find_overlapping_iter(text)
                 .find(|m| self.accept(text, &m.range(), Some(kw.bounds[m.pattern().as_usize()])))
                 .map(|m| m.range())
-        {
-            consider(r);
+            {
+                consider(r);
+            }
         }
         best
     }
@@ -1297,7 +1307,24 @@ impl PolicySet {
                 st.set_over_budget = true;
                 st.stats.set_budget_exceeded += 1;
                 if let Some(factors) = &self.factors {
-                    factors.for_each_candidate(text, &mut push);
+                    // The factor set's patterns are the shared set's, in the same order: each
+                    // candidate pattern is a hint over the whole text, so a rule's other
+                    // patterns, whose factors did not occur, are not checked.
+                    let mut seen: Vec<Hint> = Vec::new();
+                    factors.for_each_candidate(text, |pattern, rule| {
+                        push(rule);
+                        seen.push(Hint {
+                            rule,
+                            slot: self.set_owner[pattern].1,
+                            ends: MatchEnds {
+                                pattern,
+                                first: 0,
+                                last: text.len(),
+                            },
+                        });
+                    });
+                    seen.sort_unstable_by_key(|h| h.rule);
+                    hints = Some(seen);
                 }
             }
         }
@@ -1320,18 +1347,20 @@ impl PolicySet {
                 let from = h.partition_point(|x| x.rule < r);
                 &h[from..from + h[from..].partition_point(|x| x.rule == r)]
             });
-            let span = rule.find_first(text, rule_hints).or_else(|| {
-                let (model, min_logit) = rule.classifier?;
-                let logit = match logits.iter().find(|(m, _)| std::ptr::eq(*m, model)) {
-                    Some(&(_, l)) => l,
-                    None => {
-                        let l = model.logit(text);
-                        logits.push((model, l));
-                        l
-                    }
-                };
-                (logit >= min_logit).then(|| model.best_window(text).unwrap_or(0..text.len()))
-            });
+            let span = rule
+                .find_first(text, rule_hints, &mut st.stats.pattern_checks)
+                .or_else(|| {
+                    let (model, min_logit) = rule.classifier?;
+                    let logit = match logits.iter().find(|(m, _)| std::ptr::eq(*m, model)) {
+                        Some(&(_, l)) => l,
+                        None => {
+                            let l = model.logit(text);
+                            logits.push((model, l));
+                            l
+                        }
+                    };
+                    (logit >= min_logit).then(|| model.best_window(text).unwrap_or(0..text.len()))
+                });
             let Some(span) = span else {
                 continue;
             };
@@ -1472,6 +1501,9 @@ pub struct ScanStats {
     pub segments: usize,
     /// Candidate rules checked individually (one bounded pass each over its unit).
     pub rule_checks: usize,
+    /// Patterns of those rules searched (a rule's regexes, its keywords as one): only those
+    /// the shared set or the literal factors named.
+    pub pattern_checks: usize,
     /// Units whose candidates came from literal factors, because the shared set's lazy DFA
     /// would have needed too many new states for them.
     pub set_budget_exceeded: usize,
@@ -1751,6 +1783,38 @@ mod tests {
     }
 
     #[test]
+    fn factor_path_searches_only_the_patterns_whose_factors_occur() {
+        let policy = Policy::from_json(
+            r#"{"id":"fp","name":"Factor path","rules":[
+            {"id":"P","name":"Three patterns","category":"c","severity":"high",
+             "targets":["llm_request"],
+             "patterns":{"regex":["(?i)\\bzebra\\s+crossing\\b","\\bq[\\s.]+u[\\s.]+x\\b"],
+                         "keywords":["giraffe"]},
+             "action":"alert"}]}"#,
+        )
+        .unwrap();
+        let s = PolicySet::compile(&[policy]).unwrap();
+        let opts = EvalOptions::default();
+        // (text, patterns searched on the factor path, matched)
+        let cases = [
+            // Only the factorless pattern (its bytes q, u and x occur).
+            ("a q.u.x here", 1, true),
+            // Its factors occur (and the keyword's), not the factorless pattern's bytes.
+            ("the zebra crossing and a giraffe", 2, true),
+            // Its factors occur, apart: searched, no match.
+            ("zebra, then crossing: not next to each other", 1, false),
+            ("nothing of it at all", 0, false),
+        ];
+        for (text, searched, matched) in cases {
+            let (via_set, _) = s.evaluate_inner(Target::LlmRequest, text, &opts, false);
+            let (via_factors, stats) = s.evaluate_inner(Target::LlmRequest, text, &opts, true);
+            assert_eq!(ids(&via_factors), ids(&via_set), "{text}");
+            assert_eq!(!via_factors.is_clean(), matched, "{text}");
+            assert_eq!(stats.pattern_checks, searched, "{text}");
+        }
+    }
+
+    #[test]
     fn rules_are_confirmed_only_where_the_set_saw_their_patterns_end() {
         // Bounded and unbounded regexes, a gapped one whose prefilter keeps only its tail, a
         // word boundary at the window's edge, non-ASCII text before the window (its start is
@@ -2023,7 +2087,7 @@ mod tests {
         // Every in-file example of the shipped packs, alone and inside ordinary prose, on every
         // target: the same matches (and spans) whether candidates come from the shared set's
         // lazy DFA (each rule's patterns searched only where the set saw them end) or from
-        // literal factors (every pattern of a candidate searched in the whole text).
+        // literal factors (each pattern whose factors occur searched in the whole text).
         let prose = "The quarterly report covers shipping volumes, staffing and the new \
                      warehouse lease; the appendix lists the figures by region and month.";
         let packs =

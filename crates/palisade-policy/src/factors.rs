@@ -461,10 +461,10 @@ impl FactorSet {
         }))
     }
 
-    /// Calls `f` with the rule of every pattern that may match in `text`: all of its factor
-    /// sets occur in it (a pattern without factors: always), and it holds the bytes the pattern
-    /// requires. A rule with several such patterns is reported once per pattern.
-    pub(crate) fn for_each_candidate(&self, text: &str, mut f: impl FnMut(u32)) {
+    /// Calls `f` with every pattern that may match in `text` (its index among the entries the
+    /// set was built from, and its rule): all of its factor sets occur in it (a pattern without
+    /// factors: always), and it holds the bytes the pattern requires.
+    pub(crate) fn for_each_candidate(&self, text: &str, mut f: impl FnMut(usize, u32)) {
         let present = bytes_of(text);
         let holds = |slot: usize| {
             self.needs[slot]
@@ -492,7 +492,7 @@ impl FactorSet {
                     found[slot] = after;
                     let (rule, all) = self.patterns[slot];
                     if after != before && after == all && holds(slot) {
-                        f(rule);
+                        f(slot, rule);
                     }
                 }
             }
@@ -500,7 +500,7 @@ impl FactorSet {
         for &slot in &self.factorless {
             let slot = slot as usize;
             if holds(slot) {
-                f(self.patterns[slot].0);
+                f(slot, self.patterns[slot].0);
             }
         }
     }
@@ -667,21 +667,21 @@ mod tests {
                 "(?i)system.*(?:prompt|ignore)",
             ),
             entry(&[&["token"]], 2, "token"),
-            entry(&[&["ignore"]], 3, "(?i)ignore[^\n]*'"),
+            entry(&[&["ignore"]], 0, "(?i)ignore[^\n]*'"),
         ])
         .unwrap()
         .unwrap();
         assert_eq!(fs.len(), 4);
         let run = |text: &str| {
             let mut got = Vec::new();
-            fs.for_each_candidate(text, |r| got.push(r));
+            fs.for_each_candidate(text, |pattern, rule| got.push((pattern, rule)));
             got
         };
-        // Rule 1 needs one of its first set *and* "system".
-        assert_eq!(run("IGNORE the PROMPT, ignore it"), vec![0]);
-        assert_eq!(run("the system prompt; ignore it"), vec![1, 0]);
-        // Rule 3's pattern also needs a quote.
-        assert_eq!(run("ignore 'this'"), vec![0, 3]);
+        // Pattern 1 needs one of its first set *and* "system".
+        assert_eq!(run("IGNORE the PROMPT, ignore it"), vec![(0, 0)]);
+        assert_eq!(run("the system prompt; ignore it"), vec![(1, 1), (0, 0)]);
+        // Pattern 3 (rule 0's second) also needs a quote.
+        assert_eq!(run("ignore 'this'"), vec![(0, 0), (3, 0)]);
         let none = run("nothing here");
         assert!(none.is_empty());
     }
