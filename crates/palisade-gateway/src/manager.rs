@@ -51,6 +51,8 @@ pub struct GatewayShared {
     pub(crate) legacy: crate::mcp_legacy::Sessions,
     /// The API key that opened each Streamable HTTP session, so no other key can use it.
     pub(crate) session_owners: crate::mcp::SessionOwners,
+    pub(crate) task_owners: crate::mcp::TaskOwners,
+    pub(crate) resumable: crate::mcp::Resumable,
 }
 
 impl GatewayShared {
@@ -68,6 +70,8 @@ impl GatewayShared {
             tool_sink,
             legacy: Default::default(),
             session_owners: Default::default(),
+            task_owners: Default::default(),
+            resumable: Default::default(),
         }
     }
 }

@@ -236,50 +236,168 @@ pub(crate) fn finish(
 /// is forgotten (and bound again to the next key that uses it).
 const MAX_SESSION_OWNERS: usize = 20_000;
 
+/// Most tasks (the tasks extension) whose key and tool the gateway remembers; past it the
+/// oldest is forgotten, and its `tasks/*` requests are refused as for an unknown task.
+const MAX_TASKS: usize = 20_000;
+
+/// Ids an upstream handed out on a proxy (sessions, tasks) and what the gateway knows of each,
+/// oldest forgotten first past a fixed number.
+struct Remembered<V> {
+    map: HashMap<(String, String), V>,
+    order: std::collections::VecDeque<(String, String)>,
+    max: usize,
+}
+
+impl<V> Remembered<V> {
+    fn new(max: usize) -> Self {
+        Remembered {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            max,
+        }
+    }
+
+    fn get(&self, proxy: &str, id: &str) -> Option<&V> {
+        self.map.get(&(proxy.to_string(), id.to_string()))
+    }
+
+    fn insert(&mut self, proxy: &str, id: &str, v: V) {
+        let k = (proxy.to_string(), id.to_string());
+        if self.map.insert(k.clone(), v).is_some() {
+            return;
+        }
+        if self.order.len() >= self.max
+            && let Some(old) = self.order.pop_front()
+        {
+            self.map.remove(&old);
+        }
+        self.order.push_back(k);
+    }
+
+    fn remove(&mut self, proxy: &str, id: &str) {
+        let k = (proxy.to_string(), id.to_string());
+        if self.map.remove(&k).is_some() {
+            self.order.retain(|o| *o != k);
+        }
+    }
+}
+
 /// Which API key opened each Streamable HTTP session (`Mcp-Session-Id`) on each proxy: a session
 /// belongs to the key that opened it, as on the legacy transport. A session the gateway does not
 /// know (opened before a restart, or forgotten) is bound to the first key that uses it.
-#[derive(Default)]
 pub(crate) struct SessionOwners {
-    inner: std::sync::Mutex<SessionTable>,
+    inner: std::sync::Mutex<Remembered<String>>,
 }
 
-#[derive(Default)]
-struct SessionTable {
-    owner: HashMap<(String, String), String>,
-    order: std::collections::VecDeque<(String, String)>,
+impl Default for SessionOwners {
+    fn default() -> Self {
+        SessionOwners {
+            inner: std::sync::Mutex::new(Remembered::new(MAX_SESSION_OWNERS)),
+        }
+    }
 }
 
 impl SessionOwners {
-    fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Remembered<String>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `key` may use `session` on `proxy`; binds the session to it when it is new.
     pub(crate) fn claim(&self, proxy: &str, session: &str, key: &str) -> bool {
         let mut t = self.table();
-        let id = (proxy.to_string(), session.to_string());
         // Key ids are not secret; comparing them reveals nothing a caller does not hold.
-        if let Some(owner) = t.owner.get(&id) {
+        if let Some(owner) = t.get(proxy, session) {
             return owner == key;
         }
-        if t.order.len() >= MAX_SESSION_OWNERS
-            && let Some(old) = t.order.pop_front()
-        {
-            t.owner.remove(&old);
-        }
-        t.owner.insert(id.clone(), key.to_string());
-        t.order.push_back(id);
+        t.insert(proxy, session, key.to_string());
         true
     }
 
     /// Forgets a session that was ended.
     pub(crate) fn forget(&self, proxy: &str, session: &str) {
-        let mut t = self.table();
-        let id = (proxy.to_string(), session.to_string());
-        if t.owner.remove(&id).is_some() {
-            t.order.retain(|o| *o != id);
+        self.table().remove(proxy, session);
+    }
+}
+
+/// Most sessions with requests left open on a stream the upstream closed early.
+const MAX_RESUMABLE: usize = 20_000;
+
+/// Requests whose answers may come on a resumed stream: when an upstream closes a POST's event
+/// stream with requests unanswered and its events had ids, the client resumes it with a GET
+/// carrying `Last-Event-ID`, and the answers arrive there. They are checked against these
+/// requests as they would have been on the POST's stream (an answer to no open request is
+/// withheld).
+pub(crate) struct Resumable {
+    inner: std::sync::Mutex<Remembered<Pending>>,
+}
+
+impl Default for Resumable {
+    fn default() -> Self {
+        Resumable {
+            inner: std::sync::Mutex::new(Remembered::new(MAX_RESUMABLE)),
         }
+    }
+}
+
+impl Resumable {
+    fn table(&self) -> std::sync::MutexGuard<'_, Remembered<Pending>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `open` (the unanswered requests of a stream) for the session's next resumption.
+    fn keep(&self, proxy: &str, session: &str, open: Pending) {
+        let mut t = self.table();
+        let mut merged = t.get(proxy, session).cloned().unwrap_or_default();
+        merged.by_id.extend(open.by_id);
+        merged.rename.extend(open.rename);
+        if merged.unmask.is_empty() {
+            merged.unmask = open.unmask;
+        }
+        t.remove(proxy, session);
+        t.insert(proxy, session, merged);
+    }
+
+    /// The requests a resumed stream of the session may answer.
+    fn take(&self, proxy: &str, session: &str) -> Pending {
+        let mut t = self.table();
+        let p = t.get(proxy, session).cloned().unwrap_or_default();
+        t.remove(proxy, session);
+        p
+    }
+}
+
+/// Tasks (the `io.modelcontextprotocol/tasks` extension) an upstream created for a `tools/call`
+/// through the gateway: the key that made the call and the tool. Only that key may reach a task
+/// (`tasks/get`, `tasks/update`, `tasks/cancel`), only while the tool is approved, and its
+/// result is checked like the call's would have been. A request for a task the gateway did not
+/// see created (before a restart, forgotten, or none at all) goes to the upstream, whose error
+/// (unknown task, extension not declared, method removed) the client gets; a result for it is
+/// withheld: nothing says whose task it is or which tool made it.
+pub(crate) struct TaskOwners {
+    inner: std::sync::Mutex<Remembered<(String, String)>>,
+}
+
+impl Default for TaskOwners {
+    fn default() -> Self {
+        TaskOwners {
+            inner: std::sync::Mutex::new(Remembered::new(MAX_TASKS)),
+        }
+    }
+}
+
+impl TaskOwners {
+    fn table(&self) -> std::sync::MutexGuard<'_, Remembered<(String, String)>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, proxy: &str, task: &str, key: &str, tool: &str) {
+        self.table()
+            .insert(proxy, task, (key.to_string(), tool.to_string()));
+    }
+
+    /// The key that created `task` on `proxy`, and its tool.
+    fn lookup(&self, proxy: &str, task: &str) -> Option<(String, String)> {
+        self.table().get(proxy, task).cloned()
     }
 }
 
@@ -363,8 +481,18 @@ async fn serve_checked(
             send(shared, rt, up, pending, rec, findings, t0).await
         }
         Method::GET | Method::DELETE => {
+            // A resumed stream (`Last-Event-ID`) may carry the answers its POST did not get.
+            let pending = match rec.session.as_deref() {
+                Some(session)
+                    if parts.method == Method::GET
+                        && parts.headers.contains_key("last-event-id") =>
+                {
+                    shared.resumable.take(&rt.spec.name, session)
+                }
+                _ => Pending::default(),
+            };
             let up = Upstream::new(parts.method.clone(), &parts.headers, query, None);
-            send(shared, rt, up, Pending::default(), rec, findings, t0).await
+            send(shared, rt, up, pending, rec, findings, t0).await
         }
         _ => Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -793,6 +921,65 @@ pub(crate) async fn send(
     Ok(r)
 }
 
+/// Scans what a client sends a tool — a call's `arguments`, and the `inputResponses` of a call
+/// retried with answers or of a `tasks/update` — with the `tool_arguments` policies. Returns the
+/// refusal's message when they block.
+fn scan_call(
+    rt: &ProxyRuntime,
+    findings: &mut Findings,
+    tool: &str,
+    params: Option<&Value>,
+) -> Option<String> {
+    let insp = rt.inspector.as_ref()?;
+    let mut blocks = false;
+    for field in ["arguments", "inputResponses"] {
+        if let Some(v) = params.and_then(|p| p.get(field)) {
+            blocks |= findings.scan(insp, Target::ToolArguments, &tool_call_text(tool, v));
+        }
+    }
+    if !(blocks && insp.enforces()) {
+        return None;
+    }
+    findings.set_blocked();
+    Some(format!(
+        "tool call blocked by policy (rules: {})",
+        findings.blocking_rules()
+    ))
+}
+
+/// Checks a `tasks/*` request: the task must be one the gateway saw this key's `tools/call`
+/// create, its tool still approved (except to cancel it), and answers sent to it pass the
+/// argument policies. Returns the JSON-RPC error code and message of a refusal.
+fn check_task(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    method: &str,
+    params: Option<&Value>,
+) -> Option<(i64, String)> {
+    // Without a task the gateway knows, the upstream answers (see [`TaskOwners`]).
+    let task = params
+        .and_then(|p| p.get("taskId"))
+        .and_then(Value::as_str)?;
+    let (owner, tool) = shared.task_owners.lookup(&rt.spec.name, task)?;
+    // Key ids are not secret; comparing them reveals nothing a caller does not hold.
+    if Some(owner.as_str()) != rec.key_id.as_deref() {
+        return Some((code::INVALID_PARAMS, unknown_task(task)));
+    }
+    rec.tool = Some(tool.clone());
+    if method != "cancel"
+        && let Some(why) = shared.mcp.refusal(&rt.spec.name, &tool)
+    {
+        return Some((code::NOT_APPROVED, why));
+    }
+    scan_call(rt, findings, &tool, params).map(|msg| (code::POLICY, msg))
+}
+
+fn unknown_task(task: &str) -> String {
+    format!("unknown task `{task}`: the gateway did not see a call with this key create it")
+}
+
 /// Validates a parsed POST body and applies approval and argument policies. Returns an answer to
 /// send instead of forwarding, when every request in it is refused.
 pub(crate) fn check_post(
@@ -823,6 +1010,13 @@ pub(crate) fn check_post(
             ));
         }
     };
+    if batch && crate::mcp_headers::has_message_headers(headers) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            code::HEADER_MISMATCH,
+            "header mismatch: Mcp-Method, Mcp-Name and Mcp-Param-* headers describe one message; a batch may not carry them",
+        ));
+    }
     let mut refusals = Vec::new();
     for m in &msgs {
         if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
@@ -830,6 +1024,15 @@ pub(crate) fn check_post(
                 StatusCode::BAD_REQUEST,
                 code::INVALID_REQUEST,
                 "`jsonrpc` must be \"2.0\"",
+            ));
+        }
+        if let Some(id) = m.get("id")
+            && !(id.is_string() || id.is_i64() || id.is_u64())
+        {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "`id` must be a string or an integer",
             ));
         }
         let method = m.get("method").and_then(Value::as_str);
@@ -878,10 +1081,29 @@ pub(crate) fn check_post(
         };
         let full_list = method.ends_with("/list") && params.and_then(|p| p.get("cursor")).is_none();
         if let Some(id) = &id {
+            // Answers are matched to requests by id: two requests with one id would let the
+            // answer to one pass as the other's (an unfiltered listing as a ping's answer).
+            if pending.by_id.contains_key(&id.to_string()) {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_REQUEST,
+                    &format!("request id {id} appears more than once in the batch"),
+                ));
+            }
             pending.by_id.insert(
                 id.to_string(),
                 (method.to_string(), name.map(str::to_string), full_list),
             );
+        }
+        if let Some(task_method) = method.strip_prefix("tasks/") {
+            if let Some(why) = check_task(shared, rt, rec, findings, task_method, params) {
+                refusals.push(rpc_error(
+                    id.as_ref().unwrap_or(&Value::Null),
+                    why.0,
+                    &why.1,
+                ));
+            }
+            continue;
         }
         let kind = match method {
             "tools/call" => Kind::Tool,
@@ -922,23 +1144,12 @@ pub(crate) fn check_post(
             ));
             continue;
         }
-        if let Some(insp) = &rt.inspector
-            && let Some(args) = params.and_then(|p| p.get("arguments"))
-        {
-            let text = tool_call_text(tool, args);
-            let blocks = findings.scan(insp, Target::ToolArguments, &text);
-            if blocks && insp.enforces() {
-                findings.set_blocked();
-                let msg = format!(
-                    "tool call blocked by policy (rules: {})",
-                    findings.blocking_rules()
-                );
-                refusals.push(rpc_error(
-                    id.as_ref().unwrap_or(&Value::Null),
-                    code::POLICY,
-                    &msg,
-                ));
-            }
+        if let Some(msg) = scan_call(rt, findings, tool, params) {
+            refusals.push(rpc_error(
+                id.as_ref().unwrap_or(&Value::Null),
+                code::POLICY,
+                &msg,
+            ));
         }
     }
     if refusals.is_empty() {
@@ -1174,7 +1385,7 @@ impl Ctx {
             }
             return false;
         }
-        let Some((method, _tool, full)) = matched.filter(|_| !self.answered.contains(&id)) else {
+        let Some((method, tool, full)) = matched.filter(|_| !self.answered.contains(&id)) else {
             // An answer to no request of this exchange (an id of another type or value, a
             // second answer to one, or a replay on a stream the gateway did not open for it)
             // cannot be checked against its method: it is withheld, so nothing reaches the
@@ -1233,7 +1444,35 @@ impl Ctx {
                 }
                 false
             }
-            "tools/call" => {
+            // A task's result is the call's result, fetched later: checked the same way.
+            "tools/call" | "tasks/get" | "tasks/update" | "tasks/cancel" | "tasks/result" => {
+                if method == "tools/call"
+                    && m["result"]["resultType"] == "task"
+                    && let Some(task) = m["result"]["taskId"].as_str()
+                {
+                    self.shared.task_owners.record(
+                        &self.rt.spec.name,
+                        task,
+                        rec.key_id.as_deref().unwrap_or_default(),
+                        tool.as_deref().unwrap_or_default(),
+                    );
+                }
+                if method.starts_with("tasks/") {
+                    // (`tool` holds the request's `taskId`.)
+                    let task = tool.as_deref().unwrap_or_default();
+                    let owned = self
+                        .shared
+                        .task_owners
+                        .lookup(&self.rt.spec.name, task)
+                        .is_some_and(|(owner, _)| Some(owner.as_str()) == rec.key_id.as_deref());
+                    if !owned {
+                        *m = rpc_error(&m["id"], code::INVALID_PARAMS, &unknown_task(task));
+                        return true;
+                    }
+                    if method == "tasks/update" || method == "tasks/cancel" {
+                        return false;
+                    }
+                }
                 let Some(insp) = &self.rt.inspector else {
                     return false;
                 };
@@ -1366,7 +1605,16 @@ impl Ctx {
                         "the upstream MCP server sent a stream message that is not valid JSON ({e}); the gateway withheld it"
                     );
                     self.withheld(findings, &msg);
-                    rpc_error(&Value::Null, code::UPSTREAM, &msg)
+                    // With one request open it was that request's answer: the error says so
+                    // with its id (a client matches errors to requests by id).
+                    let id = match self.open_ids().as_slice() {
+                        [only] => {
+                            self.answered.insert(only.clone());
+                            serde_json::from_str(only).unwrap_or(Value::Null)
+                        }
+                        _ => Value::Null,
+                    };
+                    rpc_error(&id, code::UPSTREAM, &msg)
                 }
             };
             changed = true;
@@ -1399,7 +1647,18 @@ impl EventMapper for Ctx {
     /// events had ids), each of them gets an error, so the client is not left waiting.
     fn end(&mut self) -> (Bytes, Option<String>) {
         let open = self.open_ids();
-        if self.resumable || open.is_empty() {
+        if open.is_empty() {
+            return (Bytes::new(), None);
+        }
+        if self.resumable {
+            // Answered, if at all, on the stream the client resumes: kept for it.
+            if let Some(session) = self.origin.session.as_deref() {
+                let mut left = self.pending.clone();
+                left.by_id.retain(|id, _| open.contains(id));
+                self.shared
+                    .resumable
+                    .keep(&self.rt.spec.name, session, left);
+            }
             return (Bytes::new(), None);
         }
         let msg = "the upstream MCP server ended its stream without answering this request";

@@ -77,18 +77,24 @@ pub fn check(
     let Some(method) = msg.get("method").and_then(Value::as_str) else {
         return Ok(());
     };
-    let stateless = stateless_era(headers);
+    let params = msg.get("params");
+    let meta_version = params
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get(META_VERSION));
+    // The era is the body's as much as the header's: a stateless-era version in `_meta` makes
+    // the headers required, whatever `MCP-Protocol-Version` says (or whether it is sent).
+    let stateless = stateless_era(headers)
+        || meta_version
+            .and_then(Value::as_str)
+            .is_some_and(|v| !is_handshake_version(v));
     let is_request = msg.get("id").is_some();
     for name in ROUTING {
         if headers.get_all(name).iter().count() > 1 {
             return Err(format!("the {name} header appears more than once"));
         }
     }
-    let params = msg.get("params");
     if stateless
-        && let Some(version) = params
-            .and_then(|p| p.get("_meta"))
-            .and_then(|m| m.get(META_VERSION))
+        && let Some(version) = meta_version
         && Some(version.as_str().unwrap_or_default()) != header(headers, "mcp-protocol-version")
     {
         return Err(
@@ -133,6 +139,16 @@ pub fn check(
         check_params(headers, &schema, args)?;
     }
     Ok(())
+}
+
+/// Whether the request carries routing headers that describe one message (`Mcp-Method`,
+/// `Mcp-Name`, `Mcp-Param-*`): a batch may not, since they could only describe one of its
+/// messages and a router would act on that one.
+pub fn has_message_headers(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| {
+        let k = k.as_str();
+        k == "mcp-method" || k == "mcp-name" || k.starts_with("mcp-param-")
+    })
 }
 
 /// An `x-mcp-header` annotation: property path, header token, declared type.
@@ -399,6 +415,18 @@ mod tests {
                 .unwrap_err()
                 .contains("MCP-Protocol-Version")
         );
+        // The body's `_meta` version makes the request stateless-era even without the
+        // header, or with a session-era one: the headers are then required and must agree.
+        for h in [hm(&[]), hm(&[("mcp-protocol-version", "2025-06-18")])] {
+            assert!(
+                check(&h, &msg, |_| None)
+                    .unwrap_err()
+                    .contains("MCP-Protocol-Version")
+            );
+        }
+        assert!(!has_message_headers(&hm(&[MODERN])));
+        assert!(has_message_headers(&hm(&[("mcp-name", "route")])));
+        assert!(has_message_headers(&hm(&[("mcp-param-region", "eu")])));
         // Session era: only headers that are present are compared.
         let session =
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "route"}});

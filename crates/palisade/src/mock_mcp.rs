@@ -29,9 +29,14 @@ struct State {
     received: Mutex<Vec<Value>>,
     /// Misbehaviour for every answer but `initialize`'s (`POST /_mock/quirks`): `string_ids`
     /// (answer id 2 as "2"), `body` (this text instead of the answer), `content_type`,
-    /// `tool_result` (the result of every `tools/call`), `event_ids: false` (SSE events without
-    /// an `id:` line, so a stream cannot be resumed).
+    /// `tool_result` (the result of every `tools/call`), `results` (method → the result of
+    /// every request of that method, known or not), `event_ids: false` (SSE events without
+    /// an `id:` line, so a stream cannot be resumed; with ids, the answer `body` replaced is sent
+    /// on the resumed stream).
     quirks: Mutex<Value>,
+    /// The answer a `body` quirk kept off a resumable event stream, sent when the client
+    /// resumes the stream (`GET /mcp` with `Last-Event-ID`).
+    held: Mutex<Option<String>>,
 }
 
 fn default_catalog() -> Value {
@@ -65,6 +70,7 @@ pub async fn run(addr: SocketAddr, sse: bool, stateless: bool) -> anyhow::Result
         stateless,
         received: Mutex::new(Vec::new()),
         quirks: Mutex::new(json!({})),
+        held: Mutex::new(None),
     });
     loop {
         let (stream, _) = tokio::select! {
@@ -195,6 +201,7 @@ async fn handle(
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let resuming = req.headers().contains_key("last-event-id");
     let body = req
         .into_body()
         .collect()
@@ -264,6 +271,15 @@ async fn handle(
     match method {
         Method::DELETE => return Ok(reply(StatusCode::OK, String::new(), "text/plain", None)),
         Method::GET => {
+            let held = state.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(answer) = held.filter(|_| resuming) {
+                return Ok(reply(
+                    StatusCode::OK,
+                    format!("id: 2\nevent: message\ndata: {answer}\n\n"),
+                    "text/event-stream",
+                    None,
+                ));
+            }
             return Ok(reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 String::new(),
@@ -343,11 +359,19 @@ async fn handle(
     if let Some(result) = quirks.get("tool_result").filter(|_| m == "tools/call") {
         out["result"] = result.clone();
     }
+    if let Some(result) = quirks.get("results").and_then(|r| r.get(m)) {
+        out = json!({"jsonrpc": "2.0", "id": id, "result": result});
+    }
     if quirks["string_ids"] == true && !id.is_string() {
         out["id"] = Value::String(id.to_string());
     }
     let text = match quirks["body"].as_str() {
-        Some(b) => b.to_string(),
+        Some(b) => {
+            if state.sse && quirks["event_ids"] != false {
+                *state.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(out.to_string());
+            }
+            b.to_string()
+        }
         None => out.to_string(),
     };
     let sid = new_session.as_deref().or(session.as_deref());
