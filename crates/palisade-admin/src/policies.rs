@@ -28,6 +28,9 @@ pub struct PolicyRegistry {
     builtin: BTreeMap<String, Arc<Policy>>,
     custom: BTreeMap<String, Arc<Policy>>,
     compiled: HashMap<Vec<String>, Arc<PolicySet>>,
+    /// Counts changes to custom policies: a set compiled from policies read before a change
+    /// is not cached after it.
+    generation: u64,
 }
 
 impl PolicyRegistry {
@@ -40,6 +43,16 @@ impl PolicyRegistry {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Puts (`Some`) or removes a custom policy, forgetting every compiled set that held it.
+    fn set_custom(&mut self, id: &str, p: Option<Policy>) {
+        match p {
+            Some(p) => self.custom.insert(id.to_string(), Arc::new(p)),
+            None => self.custom.remove(id),
+        };
+        self.generation += 1;
+        self.compiled.retain(|k, _| !k.iter().any(|x| x == id));
     }
 
     fn get(&self, id: &str) -> Option<(Arc<Policy>, bool)> {
@@ -71,6 +84,10 @@ fn insert_bounded<V>(
     full
 }
 
+/// Changes to custom policies, one at a time from the store write to the proxies' switch: two
+/// concurrent `PUT`s must leave the proxies with the version the store and the API show.
+static POLICY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Locks the registry (a poisoned lock still holds consistent data: every write is one insert).
 fn lock(r: &Mutex<PolicyRegistry>) -> std::sync::MutexGuard<'_, PolicyRegistry> {
     r.lock().unwrap_or_else(|p| p.into_inner())
@@ -97,6 +114,7 @@ impl AppState {
             }
         }
         reg.compiled.clear();
+        reg.generation += 1;
         Ok(())
     }
 
@@ -107,7 +125,7 @@ impl AppState {
         }
         let mut key = ids.to_vec();
         key.sort();
-        let policies = {
+        let (policies, generation) = {
             let reg = lock(&self.policies);
             if let Some(set) = reg.compiled.get(&key) {
                 return Ok(Some(set.clone()));
@@ -122,7 +140,7 @@ impl AppState {
                 })?;
                 out.push((*p).clone());
             }
-            out
+            (out, reg.generation)
         };
         // One compilation at a time: each takes a core and a transient ~100 MiB for a second,
         // and the playground lets any signed-in user ask for one.
@@ -137,8 +155,10 @@ impl AppState {
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::field("policies", e.to_string()))?;
         let set = Arc::new(set);
-        let evicted = insert_bounded(&mut lock(&self.policies).compiled, key, set.clone());
-        if evicted {
+        let mut reg = lock(&self.policies);
+        // Compiled from policies that changed meanwhile: used by this caller only.
+        if reg.generation == generation && insert_bounded(&mut reg.compiled, key, set.clone()) {
+            drop(reg);
             palisade_policy::release_free_memory();
         }
         Ok(Some(set))
@@ -146,9 +166,6 @@ impl AppState {
 
     /// Recompiles and swaps every running proxy that uses `policy_id` (after it changed).
     async fn refresh_proxies_using(&self, policy_id: &str) -> ApiResult<()> {
-        lock(&self.policies)
-            .compiled
-            .retain(|k, _| !k.iter().any(|id| id == policy_id));
         for row in self.store.list_proxies().await? {
             if row.spec.policies.iter().any(|p| p == policy_id) {
                 let rt = self
@@ -270,6 +287,7 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<PolicyInfo>)> {
     let p = parse_policy(body).await?;
+    let _one_change = POLICY_WRITES.lock().await;
     if lock(&s.policies).get(&p.id).is_some() {
         return Err(ApiError::conflict(format!(
             "a policy with id `{}` already exists",
@@ -280,7 +298,7 @@ pub async fn create(
         .put_policy(&p.id, p.to_json_pretty(), true, u.actor())
         .await?;
     let out = info(&p, false, vec![]);
-    lock(&s.policies).custom.insert(p.id.clone(), Arc::new(p));
+    lock(&s.policies).set_custom(&out.id, Some(p));
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -303,6 +321,7 @@ pub async fn replace(
             "must match the policy id in the path",
         ));
     }
+    let _one_change = POLICY_WRITES.lock().await;
     match lock(&s.policies).get(&id) {
         None => return Err(ApiError::not_found(format!("policy `{id}`"))),
         Some((_, true)) => {
@@ -315,9 +334,7 @@ pub async fn replace(
     s.store
         .put_policy(&id, p.to_json_pretty(), false, u.actor())
         .await?;
-    lock(&s.policies)
-        .custom
-        .insert(id.clone(), Arc::new(p.clone()));
+    lock(&s.policies).set_custom(&id, Some(p.clone()));
     s.refresh_proxies_using(&id).await?;
     Ok(Json(info(&p, false, s.proxies_using(&id).await?)))
 }
@@ -331,6 +348,7 @@ pub async fn delete(
     Admin(u): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let _one_change = POLICY_WRITES.lock().await;
     match lock(&s.policies).get(&id) {
         None => return Err(ApiError::not_found(format!("policy `{id}`"))),
         Some((_, true)) => return Err(ApiError::forbidden("built-in packs cannot be deleted")),
@@ -344,7 +362,7 @@ pub async fn delete(
         )));
     }
     s.store.delete_policy(&id, u.actor()).await?;
-    lock(&s.policies).custom.remove(&id);
+    lock(&s.policies).set_custom(&id, None);
     Ok(StatusCode::NO_CONTENT)
 }
 

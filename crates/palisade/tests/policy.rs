@@ -392,3 +392,77 @@ async fn paths_the_gateway_passes_through_are_checked_both_ways() {
     assert!(!text.contains("sk_live_ABCDEFGHIJKLMNOP"), "{text}");
     assert!(text.contains("the key is ["), "{text}");
 }
+
+/// A one-rule policy blocking a keyword in requests.
+fn keyword_policy(id: &str, rule: &str, word: &str) -> Value {
+    json!({
+        "id": id, "name": rule, "description": "test", "version": "1.0.0",
+        "rules": [{
+            "id": rule, "name": "Keyword", "category": "custom", "severity": "high",
+            "targets": ["llm_request"], "patterns": {"keywords": [word]}, "action": "block"
+        }]
+    })
+}
+
+#[tokio::test]
+async fn a_changed_policy_is_what_proxies_and_the_playground_use() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, "enforce")).await;
+    let matched = |v: &Value| -> Vec<String> {
+        v["matches"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|m| m["rule_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let test = json!({"text": "oldword newword", "policies": ["stale"]});
+    let (s, _) = gw
+        .post(
+            "/api/v1/policies",
+            keyword_policy("stale", "OLD", "oldword"),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, v) = gw.post("/api/v1/policies/test", test.clone()).await;
+    assert_eq!(matched(&v), ["OLD"]);
+    // Deleted and made again under the same id: the new rules, not the cached old ones.
+    let (s, _) = gw.api(Method::DELETE, "/api/v1/policies/stale", None).await;
+    assert_eq!(s, 204);
+    let (s, _) = gw
+        .post(
+            "/api/v1/policies",
+            keyword_policy("stale", "NEW", "newword"),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, v) = gw.post("/api/v1/policies/test", test).await;
+    assert_eq!(matched(&v), ["NEW"]);
+    // Concurrent replacements: the proxy enforces the version the API shows.
+    let url = use_policy(&gw, keyword_policy("race", "W0", "word0")).await;
+    let puts = (1..=8).map(|i| {
+        let gw = &gw;
+        async move {
+            let (s, v) = gw
+                .api(
+                    Method::PUT,
+                    "/api/v1/policies/race",
+                    Some(keyword_policy(
+                        "race",
+                        &format!("W{i}"),
+                        &format!("word{i}"),
+                    )),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+    });
+    futures_util::future::join_all(puts).await;
+    let (_, shown) = gw.get("/api/v1/policies/race").await;
+    let rule = shown["rules"][0]["id"].as_str().unwrap().to_string();
+    for i in 0..=8 {
+        let status = chat(&url, &format!("say word{i}"), false).await.status();
+        let enforced = format!("W{i}") == rule;
+        assert_eq!(status == 403, enforced, "word{i} with {rule} shown");
+    }
+}
