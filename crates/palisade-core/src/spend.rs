@@ -93,18 +93,37 @@ impl PriceTable {
         Self { exact, by_len }
     }
 
-    /// The price of a model: exact name, else the longest known name it starts with.
+    /// The price of a model: exact name, else that of the longest known name of which it is a
+    /// dated snapshot or a tagged version (`gpt-4o-2024-08-06`, `gpt-4-0613`, `…-latest`,
+    /// `claude-3-5-sonnet@20240620`, `llama3:8b`). Another model that merely starts with a
+    /// known name (`o3-pro`, `gpt-4o-mini`, `claude-opus-4-5`) has no price.
     pub fn lookup(&self, model: &str) -> Option<&Price> {
         self.exact.get(model).or_else(|| {
             self.by_len
                 .iter()
                 .find(|k| {
-                    model.starts_with(k.as_str())
-                        && model[k.len()..].starts_with(['-', '@', ':', '.'])
+                    model
+                        .strip_prefix(k.as_str())
+                        .is_some_and(is_version_suffix)
                 })
                 .and_then(|k| self.exact.get(k))
         })
     }
+}
+
+/// Whether what follows a model name marks a version of it rather than another model: `@…` or
+/// `:…` (a provider's version tag), `-latest`, or `-` and a date or snapshot number (four or
+/// more digits, dashes allowed: `-2024-08-06`, `-0613`).
+fn is_version_suffix(rest: &str) -> bool {
+    if let Some(tag) = rest.strip_prefix(['@', ':']) {
+        return !tag.is_empty();
+    }
+    let Some(rest) = rest.strip_prefix('-') else {
+        return false;
+    };
+    rest == "latest"
+        || (rest.bytes().take_while(u8::is_ascii_digit).count() >= 4
+            && rest.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
 }
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
@@ -316,8 +335,25 @@ mod tests {
             },
         ]);
         assert!(t.lookup("m-2024-07-18").is_some());
-        assert_eq!(t.lookup("m-large-2").unwrap().model, "m-large");
-        assert!(t.lookup("mx").is_none());
+        assert_eq!(t.lookup("m-large-2024-07-18").unwrap().model, "m-large");
+        assert_eq!(t.lookup("m-large-0613").unwrap().model, "m-large");
+        assert_eq!(t.lookup("m-large@20240620").unwrap().model, "m-large");
+        assert_eq!(t.lookup("m:8b").unwrap().model, "m");
+        assert_eq!(t.lookup("m-latest").unwrap().model, "m");
+        // Other models that start with a known name are not priced as it.
+        for other in [
+            "mx",
+            "m-large-2",
+            "m-pro",
+            "m-mini",
+            "m-4-5",
+            "m.5",
+            "m-",
+            "m@",
+            "m-2024x",
+        ] {
+            assert!(t.lookup(other).is_none(), "{other}");
+        }
         assert!(default_prices().len() > 10);
     }
 

@@ -99,6 +99,9 @@ pub struct Finisher {
     pub accounting: Arc<Accounting>,
     /// The key's tokens-per-minute limit, charged with the answer's tokens.
     pub key_tpm: Option<u32>,
+    /// For an LLM answer, the prompt tokens to charge when its stream ends before the upstream's
+    /// count arrives (see [`Relay`]): the request body's bytes / 4. `None` for other streams.
+    pub prompt_estimate: Option<i64>,
 }
 
 impl Finisher {
@@ -148,6 +151,10 @@ pub struct Relay {
     rewriter: Option<StreamRewriter>,
     mapper: Option<Box<dyn EventMapper>>,
     abort_on_failure: bool,
+    /// Events relayed: an answer cut short (the client hung up, a policy or the upstream broke
+    /// it) never brings the upstream's token count, yet was generated and is billed; each
+    /// event of a stream carries about a token, so it is charged as many completion tokens.
+    events: i64,
 }
 
 /// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
@@ -193,6 +200,7 @@ impl Relay {
             rewriter: None,
             mapper: None,
             abort_on_failure: false,
+            events: 0,
         }
     }
 
@@ -262,6 +270,17 @@ impl Relay {
             {
                 u.discard();
             }
+            let mut error = error;
+            if let Some(e) = error.as_mut()
+                && let Some(prompt) = f.prompt_estimate
+                && matches!(self.mode, Mode::Sse(_))
+                && self.events > self.usage.completion.unwrap_or(0)
+            {
+                self.usage.completion = Some(self.events);
+                self.usage.prompt.get_or_insert(prompt);
+                self.usage.total = None;
+                e.push_str("; token counts estimated (the upstream's count never arrived)");
+            }
             let mut findings = self.guard.take().map(StreamGuard::into_findings);
             let masked = self.rewriter.as_ref().map_or(0, StreamRewriter::masked);
             if masked > 0 {
@@ -330,12 +349,17 @@ impl Relay {
     /// Returns the blocking rule ids when the run must not be forwarded.
     fn inspect(&mut self, run: &[u8]) -> Option<String> {
         let usage = &mut self.usage;
+        let events = &mut self.events;
         let Some(guard) = self.guard.as_mut() else {
-            for_each_event(run, |_, data| usage.absorb_json(data));
+            for_each_event(run, |_, data| {
+                *events += i64::from(data != b"[DONE]");
+                usage.absorb_json(data);
+            });
             return None;
         };
         let mut text = String::new();
         for_each_event(run, |_, data| {
+            *events += i64::from(data != b"[DONE]");
             usage.absorb_json(data);
             stream_delta_text_json(data, &mut text);
         });

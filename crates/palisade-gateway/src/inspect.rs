@@ -106,11 +106,19 @@ impl Findings {
         }
         self.evaluated = true;
         let ev = insp.set.evaluate(target, text);
-        self.score = self.score.max(ev.score);
         self.decision = self.decision.max(ev.decision);
         let mut blocks = false;
         for m in ev.matches {
             blocks |= m.action == Action::Block;
+            // The risk score is the engine's, over the whole exchange: the sum of the scores of
+            // the rules that matched anywhere in it (each rule once), at most 100.
+            let new_rule = !self
+                .seen
+                .iter()
+                .any(|(p, r, _)| *p == m.policy_id && *r == m.rule_id);
+            if new_rule {
+                self.score = self.score.saturating_add(m.score).min(100);
+            }
             if self
                 .seen
                 .insert((m.policy_id.clone(), m.rule_id.clone(), answer))
@@ -784,6 +792,39 @@ mod tests {
                 "{action}"
             );
         }
+    }
+
+    #[test]
+    fn the_risk_score_sums_the_rules_matched_across_the_exchange() {
+        let policy = palisade_policy::Policy::from_json(
+            r#"{"id":"rs","name":"rs","rules":[
+            {"id":"P","name":"p","category":"test","severity":"low","score":40,
+             "targets":["llm_request"],"patterns":{"keywords":["alphaq"]},"action":"log"},
+            {"id":"T","name":"t","category":"test","severity":"low","score":40,
+             "targets":["tool_result"],"patterns":{"keywords":["betaq"]},"action":"log"},
+            {"id":"R","name":"r","category":"test","severity":"low","score":30,
+             "targets":["llm_response"],"patterns":{"keywords":["gammaq"]},"action":"log"}]}"#,
+        )
+        .unwrap();
+        let insp = Inspector::new(
+            Arc::new(PolicySet::compile(&[policy]).unwrap()),
+            PolicyMode::Enforce,
+        );
+        let mut f = Findings::default();
+        f.scan(&insp, Target::LlmRequest, "alphaq");
+        f.scan(&insp, Target::ToolResult, "betaq");
+        // The same rule again adds nothing.
+        f.scan(&insp, Target::LlmRequest, "alphaq again");
+        f.scan_answer(&insp, Target::LlmResponse, "gammaq");
+        let mut rec = RequestRecord::default();
+        f.finalize(&mut rec, &|_| {});
+        assert_eq!(rec.risk_score, Some(100), "40 + 40 + 30, at most 100");
+        let mut f = Findings::default();
+        f.scan(&insp, Target::LlmRequest, "alphaq");
+        f.scan(&insp, Target::ToolResult, "betaq");
+        let mut rec = RequestRecord::default();
+        f.finalize(&mut rec, &|_| {});
+        assert_eq!(rec.risk_score, Some(80));
     }
 
     #[test]

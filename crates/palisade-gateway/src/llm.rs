@@ -384,6 +384,7 @@ async fn proxy(
     if let Some((name, value)) = &rt.auth_header {
         headers.insert(name.clone(), value.clone());
     }
+    let prompt_estimate = (body.len() / 4) as i64;
     let mut up = Request::new(Full::new(body));
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
@@ -455,6 +456,7 @@ async fn proxy(
             findings: std::mem::take(findings),
             accounting: shared.accounting.clone(),
             key_tpm: key.tpm,
+            prompt_estimate: Some(prompt_estimate),
         };
         let relay = Relay::new(
             up_body,
@@ -528,7 +530,13 @@ async fn proxy(
                             .into(),
                     ));
                 }
-                inspect_response(insp, endpoint, &v, findings)?;
+                // A blocked answer was generated all the same: charged before it is refused.
+                if let Err(e) = inspect_response(insp, endpoint, &v, findings) {
+                    shared
+                        .accounting
+                        .settle(rec, &usage, key.tpm, shared.alert.as_ref());
+                    return Err(e);
+                }
                 if let Some(masked) = redact_answer(insp, &mut v, &redactions, rec, findings) {
                     bytes = masked;
                 }

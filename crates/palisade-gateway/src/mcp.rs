@@ -840,6 +840,7 @@ pub(crate) async fn send(
             findings: f,
             accounting: shared.accounting.clone(),
             key_tpm: None,
+            prompt_estimate: None,
         };
         let relay = Relay::new(
             up_body,

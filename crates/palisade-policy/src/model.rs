@@ -367,20 +367,22 @@ impl Policy {
     pub fn validate(&self) -> Result<()> {
         let pid = &self.id;
         if self.id.is_empty()
+            || self.id.len() > MAX_ID_LEN
             || !self
                 .id
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(PolicyError::InvalidPolicy {
-                policy: pid.clone(),
-                problem: "policy id must match [a-z0-9-]+".into(),
+                // (An over-long id is not repeated whole in the error.)
+                policy: pid.chars().take(MAX_ID_LEN).collect(),
+                problem: format!("policy id must match [a-z0-9-]{{1,{MAX_ID_LEN}}}"),
             });
         }
-        if self.name.trim().is_empty() {
+        if let Some(problem) = name_problem(&self.name) {
             return Err(PolicyError::InvalidPolicy {
                 policy: pid.clone(),
-                problem: "name must not be empty".into(),
+                problem,
             });
         }
         let mut seen = HashSet::new();
@@ -405,17 +407,42 @@ fn rule_err(policy: &str, rule: &str, problem: impl Into<String>) -> PolicyError
     }
 }
 
+/// Longest policy or rule id: ids travel in request logs, alerts, URLs and error messages.
+const MAX_ID_LEN: usize = 100;
+/// Longest policy or rule name, in characters.
+const MAX_NAME_CHARS: usize = 200;
+
+/// What is wrong with a policy or rule name: empty, over-long, or holding control characters
+/// (they would reach terminals and logs as escape sequences).
+fn name_problem(name: &str) -> Option<String> {
+    if name.trim().is_empty() {
+        return Some("name must not be empty".into());
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Some(format!("name must be at most {MAX_NAME_CHARS} characters"));
+    }
+    name.chars()
+        .any(char::is_control)
+        .then(|| "name must not contain control characters".into())
+}
+
 fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
     let rid = rule.id.as_str();
     if rid.is_empty()
+        || rid.len() > MAX_ID_LEN
         || !rid
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
-        return Err(rule_err(pid, rid, "rule id must match [A-Za-z0-9_.-]+"));
+        let shown: String = rid.chars().take(MAX_ID_LEN).collect();
+        return Err(rule_err(
+            pid,
+            &shown,
+            format!("rule id must match [A-Za-z0-9_.-]{{1,{MAX_ID_LEN}}}"),
+        ));
     }
-    if rule.name.trim().is_empty() {
-        return Err(rule_err(pid, rid, "name must not be empty"));
+    if let Some(problem) = name_problem(&rule.name) {
+        return Err(rule_err(pid, rid, problem));
     }
     if rule.category.is_empty()
         || !rule
@@ -1103,10 +1130,37 @@ mod tests {
     #[test]
     fn bad_ids() {
         let err = Policy::from_json(r#"{"id":"Bad Id","name":"x","rules":[]}"#).unwrap_err();
-        assert!(err.to_string().contains("[a-z0-9-]+"), "{err}");
+        assert!(err.to_string().contains("[a-z0-9-]{1,100}"), "{err}");
         let rule = GOOD_RULE.replace(r#""id":"R-1""#, r#""id":"R 1""#);
         let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
         assert!(err.to_string().contains("rule id must match"), "{err}");
+        // Ids are bounded (and not repeated whole in the error); names too, and have no
+        // control characters.
+        let long = "a".repeat(5000);
+        let err = Policy::from_json(&format!(r#"{{"id":"{long}","name":"x","rules":[]}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("{1,100}") && err.len() < 400, "{err}");
+        let rule = GOOD_RULE.replace(r#""id":"R-1""#, &format!(r#""id":"{long}""#));
+        let err = Policy::from_json(&policy_json(&rule))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rule id must match") && err.len() < 400,
+            "{err}"
+        );
+        for (name, want) in [
+            (r"a\u0000b", "control characters"),
+            (r"x\u001b[31m", "control characters"),
+            (&"n".repeat(201), "at most 200"),
+        ] {
+            let err = Policy::from_json(&format!(r#"{{"id":"p","name":"{name}","rules":[]}}"#))
+                .unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+            let rule = GOOD_RULE.replace(r#""name":"n""#, &format!(r#""name":"{name}""#));
+            let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
         let rule = GOOD_RULE.replace("prompt_injection", "Prompt Injection");
         let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
         assert!(err.to_string().contains("snake_case"), "{err}");

@@ -363,3 +363,71 @@ async fn prices_are_editable_through_the_api_and_audited() {
         .await;
     assert!(!audit.as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn answers_cut_short_or_blocked_are_still_charged() {
+    let mock = Mock::start(&["--chunks", "20", "--chunk-delay-ms", "100"]);
+    let gw = Gateway::start(&config(&mock.url, 1000.0, "block")).await;
+    let c = reqwest::Client::new();
+    let (s, v) = gw
+        .post(
+            "/api/v1/policies",
+            json!({"id": "answer-words", "name": "Answer words", "description": "test",
+                "version": "1.0.0", "rules": [{"id": "AW", "name": "Leak word", "category": "custom",
+                "severity": "high", "targets": ["llm_response"], "patterns": {"keywords": ["leakword"]},
+                "action": "block"}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"policies": ["answer-words"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let url = gw.proxy_url("oai").await;
+    // A client that hangs up mid-stream: the upstream generated (and bills) what was relayed,
+    // and its token count never comes.
+    let mut r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "stream": true, "messages": [{"role": "user", "content": "a long answer please"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = 0;
+    while seen < 3 {
+        let chunk = r.chunk().await.unwrap().expect("the stream goes on");
+        seen += String::from_utf8_lossy(&chunk).matches("data: ").count();
+    }
+    drop(r);
+    let rows = gw.wait_requests("proxy=oai", 1).await;
+    let row = &rows[0];
+    assert!(
+        row["error"].as_str().unwrap().contains("estimated"),
+        "{row}"
+    );
+    assert!(row["completion_tokens"].as_i64().unwrap() >= 3, "{row}");
+    assert!(row["prompt_tokens"].as_i64().unwrap() > 0, "{row}");
+    assert!(row["cost_usd"].as_f64().unwrap() > 0.0, "{row}");
+    // An answer a policy refuses was generated all the same.
+    let r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "tell leakword"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let rows = gw.wait_requests("proxy=oai&decision=block", 1).await;
+    assert!(rows[0]["cost_usd"].as_f64().unwrap() > 0.0, "{}", rows[0]);
+    let (_, b) = gw.get("/api/v1/groups/engineering/budget").await;
+    let charged = rows[0]["cost_usd"].as_f64().unwrap() + row["cost_usd"].as_f64().unwrap();
+    assert!(
+        (b["spent_usd"].as_f64().unwrap() - charged).abs() < 1e-9,
+        "{b}"
+    );
+}
