@@ -327,7 +327,14 @@ impl Relay {
         log_message: String,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.abort_on_failure {
+            // The events that end a stream for its requests: for one the client cannot resume,
+            // an error per request still open, so none is left waiting; for one it can, none
+            // (the response is aborted and the client resumes it).
+            let tail = self.mapper.as_mut().map(|m| m.end().0).unwrap_or_default();
             self.finish(Some(log_message.clone()));
+            if !tail.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(tail))));
+            }
             return Poll::Ready(Some(Err(log_message.into())));
         }
         let request_id = self

@@ -52,27 +52,11 @@ impl Kind {
         }
     }
 
-    /// Fields that make up an item's identity for rug-pull detection.
-    fn defining(self) -> &'static [&'static str] {
+    /// Fields that change without the item changing: left out of its fingerprint.
+    fn volatile(self) -> &'static [&'static str] {
         match self {
-            Kind::Tool => &[
-                "name",
-                "title",
-                "description",
-                "inputSchema",
-                "outputSchema",
-                "annotations",
-            ],
-            Kind::Prompt => &["name", "title", "description", "arguments"],
-            Kind::Resource => &[
-                "uri",
-                "name",
-                "title",
-                "description",
-                "mimeType",
-                "annotations",
-            ],
-            Kind::Instructions => &["name", "instructions"],
+            Kind::Resource => &["size"],
+            _ => &[],
         }
     }
 
@@ -98,14 +82,23 @@ impl Kind {
     }
 }
 
-/// The canonical definition: the defining fields only, keys sorted (serde_json's map is
-/// ordered), compact — so key order and whitespace never change the fingerprint.
+/// The canonical definition: every field the client is shown (name, title, description,
+/// schemas, annotations, `icons`, `_meta`, `execution`, any other), but volatile ones, keys
+/// sorted (serde_json's map is ordered), compact — so key order and whitespace never change the
+/// fingerprint, and no field reaches a client unpinned and unscanned.
 pub fn canonical_of(kind: Kind, item: &Value) -> Value {
     let mut m = Map::new();
-    for k in kind.defining() {
-        if let Some(v) = item.get(*k) {
-            m.insert(k.to_string(), v.clone());
+    for (k, v) in item.as_object().into_iter().flatten() {
+        if kind.volatile().contains(&k.as_str()) {
+            continue;
         }
+        // The pin's own keys are kept apart from the item's fields of the same name.
+        let k = if k == "upstream" || k == LISTED_TWICE {
+            format!("item:{k}")
+        } else {
+            k.clone()
+        };
+        m.insert(k, v.clone());
     }
     Value::Object(m)
 }

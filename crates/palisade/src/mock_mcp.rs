@@ -30,7 +30,8 @@ struct State {
     /// Misbehaviour for every answer but `initialize`'s (`POST /_mock/quirks`): `string_ids`
     /// (answer id 2 as "2"), `body` (this text instead of the answer), `content_type`,
     /// `tool_result` (the result of every `tools/call`), `results` (method → the result of
-    /// every request of that method, known or not), `event_ids: false` (SSE events without
+    /// every request of that method, known or not), `truncated` (the connection closes in the
+    /// middle of the answer), `event_ids: false` (SSE events without
     /// an `id:` line, so a stream cannot be resumed; with ids, the answer `body` replaced is sent
     /// on the resumed stream).
     quirks: Mutex<Value>,
@@ -79,12 +80,57 @@ pub async fn run(addr: SocketAddr, sse: bool, stateless: bool) -> anyhow::Result
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(cut_if_asked(handle(state, req).await?).await) }
+            });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+/// Header by which `handle` asks for its answer to be cut off (the `truncated` quirk).
+const CUT: &str = "x-mock-cut";
+
+/// Sends a body's bytes, then (once they had time to leave) fails: the connection closes in
+/// the middle of the answer.
+struct Cut(Option<Bytes>, std::pin::Pin<Box<tokio::time::Sleep>>);
+
+impl hyper::body::Body for Cut {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        if let Some(b) = self.0.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b))));
+        }
+        std::task::ready!(self.1.as_mut().poll(cx));
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("answer cut off"))))
+    }
+}
+
+/// The answer as `handle` made it, or cut off after its bytes when it asked so.
+async fn cut_if_asked(
+    r: Response<Full<Bytes>>,
+) -> Response<http_body_util::Either<Full<Bytes>, Cut>> {
+    use http_body_util::Either;
+    if !r.headers().contains_key(CUT) {
+        return r.map(Either::Left);
+    }
+    let (mut parts, body) = r.into_parts();
+    parts.headers.remove(CUT);
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(never) => match never {},
+    };
+    let pause = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(50)));
+    Response::from_parts(parts, Either::Right(Cut(Some(bytes), pause)))
 }
 
 /// Serves MCP on stdin/stdout. Every `tools/list` reads the tool list from `tools_file` when it
@@ -388,5 +434,10 @@ async fn handle(
         (text, "application/json")
     };
     let ct = quirks["content_type"].as_str().unwrap_or(ct);
-    Ok(reply(StatusCode::OK, body, ct, sid))
+    let mut r = reply(StatusCode::OK, body, ct, sid);
+    if quirks["truncated"] == true {
+        r.headers_mut()
+            .insert(CUT, http::HeaderValue::from_static("1"));
+    }
+    Ok(r)
 }
