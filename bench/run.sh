@@ -355,6 +355,9 @@ S() { # run-or-skip: S CONFIG REFUSAL NAME ARGS...
 }
 OPEN=(--connections 64)
 SAT=(--connections 32)
+# Ordinary chat lines in four languages (eval/corpora, see its NOTICE): the `novel` scenarios'
+# prompts are runs of them, a different one on every request, as in real traffic.
+NOVEL=(--prompt-lines "$ROOT/eval/corpora/chatterbot.jsonl")
 
 chat_scenarios() {
   local c=$1 r=$2
@@ -374,6 +377,8 @@ chat_scenarios() {
     S "$c" "$r" "chat1k-$c-ka-r$rate" --prompt-bytes 1024 --rate "$rate" "${OPEN[@]}"
   done
   S "$c" "$r" "chat1k-$c-ka-sat" --prompt-bytes 1024 "${SAT[@]}"
+  S "$c" "$r" "chat1k-novel-$c-ka-r500" --prompt-bytes 1024 "${NOVEL[@]}" --rate 500 "${OPEN[@]}"
+  S "$c" "$r" "chat1k-novel-$c-ka-sat" --prompt-bytes 1024 "${NOVEL[@]}" "${SAT[@]}"
   S "$c" "$r" "chat16k-$c-ka-r2000" --prompt-bytes 16384 --rate 2000 "${OPEN[@]}"
   S "$c" "$r" "chat16k-$c-ka-sat" --prompt-bytes 16384 "${SAT[@]}"
   S "$c" "$r" "stream50-$c-ka-r500" --prompt-bytes 1024 --stream --rate 500 "${OPEN[@]}"

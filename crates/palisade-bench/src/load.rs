@@ -25,7 +25,10 @@ struct Shared {
     addr: SocketAddr,
     path: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    /// Request bodies, sent in turn (one, unless prompts come from a corpus).
+    bodies: Vec<Bytes>,
+    /// Requests sent so far: which body goes next.
+    sent: std::sync::atomic::AtomicUsize,
     timeout: Duration,
     fresh: bool,
     /// Start of the measured window (end of warm-up).
@@ -97,11 +100,31 @@ fn build_shared(args: &LoadArgs, now: Instant) -> Result<Shared, String> {
             HeaderValue::from_str(value.trim()).map_err(|e| format!("--header `{h}`: {e}"))?,
         );
     }
-    let body = match &args.body_file {
-        Some(p) => {
-            Bytes::from(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?)
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let bodies = match (&args.body_file, &args.prompt_lines) {
+        (Some(p), _) => vec![Bytes::from(read(p)?)],
+        (None, Some(p)) => {
+            let lines = prompt::read_lines(&String::from_utf8_lossy(&read(p)?));
+            let bodies = prompt::corpus_bodies(
+                &lines,
+                args.distinct.max(1),
+                args.prompt_bytes,
+                &args.model,
+                args.stream,
+            );
+            if bodies.is_empty() {
+                return Err(format!("{}: no texts in it", p.display()));
+            }
+            bodies
         }
-        None => prompt::chat_body(&args.model, args.prompt_bytes, args.pii, args.stream),
+        (None, None) => vec![prompt::chat_body(
+            &args.model,
+            args.prompt_bytes,
+            args.pii,
+            args.stream,
+        )],
     };
     let window_start = now + args.warmup();
     let end = window_start + args.duration();
@@ -109,7 +132,8 @@ fn build_shared(args: &LoadArgs, now: Instant) -> Result<Shared, String> {
         addr,
         path,
         headers,
-        body,
+        bodies,
+        sent: std::sync::atomic::AtomicUsize::new(0),
         timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
         fresh: args.fresh_connections,
         window_start,
@@ -157,7 +181,11 @@ async fn one_request(
             .ready()
             .await
             .map_err(|e| ReqError::Io(format!("connection not ready: {e}")))?;
-        let mut req = Request::new(Full::new(shared.body.clone()));
+        let turn = shared
+            .sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = shared.bodies[turn % shared.bodies.len()].clone();
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = shared.path.clone();
         *req.headers_mut() = shared.headers.clone();
@@ -464,7 +492,8 @@ pub async fn run(args: &LoadArgs) -> Result<Value, String> {
         "connections": args.connections,
         "keep_alive": !args.fresh_connections,
         "stream": args.stream,
-        "body_bytes": shared.body.len(),
+        "body_bytes": shared.bodies[0].len(),
+        "distinct_bodies": shared.bodies.len(),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "requests": stats.completed(),

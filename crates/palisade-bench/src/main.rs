@@ -57,6 +57,15 @@ pub struct LoadArgs {
     /// Generate an OpenAI chat completion request whose prompt has this many bytes.
     #[arg(long, default_value_t = 1024)]
     pub prompt_bytes: usize,
+    /// Draw the prompts from this corpus (a text per line: a JSON string or an object with a
+    /// `text` field): `--distinct` prompts, each a different run of its lines, taken in turn,
+    /// so requests bring text the gateway has not seen, as real traffic does (the generated
+    /// prompt is the same on every request).
+    #[arg(long, conflicts_with_all = ["body_file", "pii"])]
+    pub prompt_lines: Option<PathBuf>,
+    /// How many different prompts `--prompt-lines` makes.
+    #[arg(long, default_value_t = 20_000)]
+    pub distinct: usize,
     /// Put an e-mail address and a phone number into the generated prompt about every 256
     /// bytes, so redaction rules have something to do.
     #[arg(long)]

@@ -111,12 +111,66 @@ pub fn prompt(bytes: usize, pii: bool) -> String {
 
 /// The JSON body of a chat completion request with a generated prompt.
 pub fn chat_body(model: &str, prompt_bytes: usize, pii: bool, stream: bool) -> Bytes {
+    body_with(model, &prompt(prompt_bytes, pii), stream)
+}
+
+fn body_with(model: &str, prompt: &str, stream: bool) -> Bytes {
     let body = json!({
         "model": model,
-        "messages": [{"role": "user", "content": prompt(prompt_bytes, pii)}],
+        "messages": [{"role": "user", "content": prompt}],
         "stream": stream,
     });
     Bytes::from(body.to_string())
+}
+
+/// Texts of a corpus file: one per line, a JSON string or a JSON object with a `text` field
+/// (the format of `eval/corpora/*.jsonl`); other lines are skipped.
+pub fn read_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(
+            |l| match serde_json::from_str::<serde_json::Value>(l).ok()? {
+                serde_json::Value::String(s) => Some(s),
+                v => v.get("text")?.as_str().map(str::to_string),
+            },
+        )
+        .filter(|s| !s.trim().is_empty())
+        .collect()
+}
+
+/// `count` chat request bodies whose prompts of `prompt_bytes` bytes (cut at a character
+/// boundary) are each a different pseudo-random run of `lines`: text a gateway has not seen
+/// before on every request, as in real traffic, instead of one prompt repeated.
+pub fn corpus_bodies(
+    lines: &[String],
+    count: usize,
+    prompt_bytes: usize,
+    model: &str,
+    stream: bool,
+) -> Vec<Bytes> {
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..count)
+        .map(|_| {
+            let mut p = String::with_capacity(prompt_bytes + 256);
+            while p.len() < prompt_bytes {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if !p.is_empty() {
+                    p.push(' ');
+                }
+                p.push_str(&lines[(state % lines.len() as u64) as usize]);
+            }
+            let mut cut = prompt_bytes.min(p.len());
+            while !p.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            p.truncate(cut);
+            body_with(model, &p, stream)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -132,6 +186,27 @@ mod tests {
         assert_eq!(prompt(500, false), prompt(500, false));
         assert!(prompt(1024, true).contains("@example.org"));
         assert!(!prompt(1024, false).contains('@'));
+    }
+
+    #[test]
+    fn corpus_prompts_differ_and_have_the_requested_size() {
+        let lines = read_lines(
+            "\"Venus is the second planet.\"\n{\"text\": \"Ça va très bien, merci.\", \"label\": \"benign\"}\nnot json\n\"\"\n\"The tide comes in twice a day.\"\n",
+        );
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let bodies = corpus_bodies(&lines, 50, 300, "mock-gpt", false);
+        assert_eq!(bodies.len(), 50);
+        let prompts: std::collections::HashSet<String> = bodies
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                let p = v["messages"][0]["content"].as_str().unwrap().to_string();
+                assert!(p.len() <= 300 && p.len() > 290, "{}", p.len());
+                p
+            })
+            .collect();
+        assert!(prompts.len() > 45, "{}", prompts.len());
+        assert!(corpus_bodies(&[], 5, 300, "m", false).is_empty());
     }
 
     #[test]
