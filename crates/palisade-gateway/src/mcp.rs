@@ -357,6 +357,13 @@ impl Resumable {
         t.insert(proxy, session, merged);
     }
 
+    /// Whether request `id` of the session still waits for its answer on a stream to resume.
+    fn is_open(&self, proxy: &str, session: &str, id: &str) -> bool {
+        self.table()
+            .get(proxy, session)
+            .is_some_and(|p| p.by_id.contains_key(id))
+    }
+
     /// The requests a resumed stream of the session may answer.
     fn take(&self, proxy: &str, session: &str) -> Pending {
         let mut t = self.table();
@@ -959,11 +966,13 @@ fn check_task(
     method: &str,
     params: Option<&Value>,
 ) -> Option<(i64, String)> {
-    // Without a task the gateway knows, the upstream answers (see [`TaskOwners`]).
-    let task = params
-        .and_then(|p| p.get("taskId"))
-        .and_then(Value::as_str)?;
-    let (owner, tool) = shared.task_owners.lookup(&rt.spec.name, task)?;
+    // Without a task the gateway knows, the upstream answers (see [`TaskOwners`]); what is
+    // sent to it meets the argument policies all the same.
+    let task = params.and_then(|p| p.get("taskId")).and_then(Value::as_str);
+    let Some((owner, tool)) = task.and_then(|t| shared.task_owners.lookup(&rt.spec.name, t)) else {
+        return scan_call(rt, findings, "", params).map(|msg| (code::POLICY, msg));
+    };
+    let task = task.unwrap_or_default();
     // Key ids are not secret; comparing them reveals nothing a caller does not hold.
     if Some(owner.as_str()) != rec.key_id.as_deref() {
         return Some((code::INVALID_PARAMS, unknown_task(task)));
@@ -1047,7 +1056,10 @@ pub(crate) fn check_post(
         }
         let Some(method) = method else { continue };
         let params = m.get("params");
+        // (Every `tasks/*` request names its task, `tasks/result` of 2025-11-25 too, though
+        // no routing header mirrors it there.)
         let name = crate::mcp_headers::name_param(method)
+            .or_else(|| method.starts_with("tasks/").then_some("taskId"))
             .and_then(|k| params.and_then(|p| p.get(k)))
             .and_then(Value::as_str);
         let id = m.get("id").cloned();
@@ -1089,6 +1101,20 @@ pub(crate) fn check_post(
                     StatusCode::BAD_REQUEST,
                     code::INVALID_REQUEST,
                     &format!("request id {id} appears more than once in the batch"),
+                ));
+            }
+            // Nor may it reuse the id of a request still waiting on a stream to resume.
+            if let Some(session) = rec.session.as_deref()
+                && shared
+                    .resumable
+                    .is_open(&rt.spec.name, session, &id.to_string())
+            {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_REQUEST,
+                    &format!(
+                        "request id {id} still waits for its answer in this session (resume its stream with Last-Event-ID)"
+                    ),
                 ));
             }
             pending.by_id.insert(
@@ -1205,10 +1231,15 @@ fn redact_arguments(rt: &ProxyRuntime, v: &mut Value, pending: &mut Pending) -> 
         other => vec![other],
     };
     for m in calls {
-        if m.get("method").and_then(Value::as_str) == Some("tools/call")
-            && let Some(args) = m.get_mut("params").and_then(|p| p.get_mut("arguments"))
-        {
-            redact_value(&insp.set, args, Target::ToolArguments, &mut map);
+        let method = m.get("method").and_then(Value::as_str);
+        if !matches!(method, Some("tools/call" | "tasks/update")) {
+            continue;
+        }
+        // What the client sends a tool: its arguments, and answers to its questions.
+        for field in ["arguments", "inputResponses"] {
+            if let Some(v) = m.get_mut("params").and_then(|p| p.get_mut(field)) {
+                redact_value(&insp.set, v, Target::ToolArguments, &mut map);
+            }
         }
     }
     if map.is_empty() {
@@ -1223,6 +1254,7 @@ fn identity_of(rec: &RequestRecord) -> RequestRecord {
     RequestRecord {
         id: rec.id.clone(),
         proxy: rec.proxy.clone(),
+        key_id: rec.key_id.clone(),
         key_name: rec.key_name.clone(),
         group: rec.group.clone(),
         session: rec.session.clone(),
@@ -1447,9 +1479,15 @@ impl Ctx {
             }
             // A task's result is the call's result, fetched later: checked the same way.
             "tools/call" | "tasks/get" | "tasks/update" | "tasks/cancel" | "tasks/result" => {
+                // A task made for the call: `resultType: "task"` with its fields (2026-07-28), or
+                // a `task` object (2025-11-25).
+                let made = if m["result"]["resultType"] == "task" {
+                    m["result"]["taskId"].as_str()
+                } else {
+                    m["result"]["task"]["taskId"].as_str()
+                };
                 if method == "tools/call"
-                    && m["result"]["resultType"] == "task"
-                    && let Some(task) = m["result"]["taskId"].as_str()
+                    && let Some(task) = made
                 {
                     self.shared.task_owners.record(
                         &self.rt.spec.name,
@@ -1651,15 +1689,16 @@ impl EventMapper for Ctx {
         if open.is_empty() {
             return (Bytes::new(), None);
         }
-        if self.resumable {
-            // Answered, if at all, on the stream the client resumes: kept for it.
-            if let Some(session) = self.origin.session.as_deref() {
-                let mut left = self.pending.clone();
-                left.by_id.retain(|id, _| open.contains(id));
-                self.shared
-                    .resumable
-                    .keep(&self.rt.spec.name, session, left);
-            }
+        // Answered, if at all, on the stream the client resumes (which needs a session of its
+        // own: a stateless-era client has none): kept for it.
+        if self.resumable
+            && let Some(session) = self.origin.session.as_deref()
+        {
+            let mut left = self.pending.clone();
+            left.by_id.retain(|id, _| open.contains(id));
+            self.shared
+                .resumable
+                .keep(&self.rt.spec.name, session, left);
             return (Bytes::new(), None);
         }
         let msg = "the upstream MCP server ended its stream without answering this request";

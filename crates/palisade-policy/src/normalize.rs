@@ -74,13 +74,18 @@ pub fn is_invisible(c: char) -> bool {
         | '\u{034F}' // combining grapheme joiner
         | '\u{061C}' // arabic letter mark
         | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
+        | '\u{17B4}' | '\u{17B5}' // khmer inherent vowels
         | '\u{180E}' // mongolian vowel separator
         | '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
         | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
-        | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+        | '\u{2060}'..='\u{2065}' // word joiner, invisible operators (and the unassigned next)
         | '\u{2066}'..='\u{2069}' // bidi isolates
         | '\u{FE00}'..='\u{FE0F}' // variation selectors
         | '\u{FEFF}' // BOM / zero-width no-break space
+        | '\u{FFF0}'..='\u{FFFB}' // unassigned specials, interlinear annotation controls
+        | '\u{13430}'..='\u{1343F}' // egyptian hieroglyph format controls
+        | '\u{1BCA0}'..='\u{1BCA3}' // shorthand format controls
+        | '\u{1D173}'..='\u{1D17A}' // musical symbol format controls
         | '\u{E0000}'..='\u{E001F}' | '\u{E007F}' // tag controls
         | '\u{E0100}'..='\u{E01EF}' // variation selectors supplement
     )

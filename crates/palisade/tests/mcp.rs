@@ -609,6 +609,35 @@ async fn secrets_in_tool_arguments_are_redacted_and_restored() {
         upstream.contains("_1]"),
         "a placeholder went upstream instead: {upstream}"
     );
+    // So are secrets in answers sent to a tool's questions (a call retried with them, or
+    // `tasks/update`).
+    c.call(
+        "tools/call",
+        json!({"name": "echo", "arguments": {"message": "go"},
+            "inputResponses": {"q-1": {"action": "accept", "content": {"token": secret}}}}),
+    )
+    .await;
+    c.call(
+        "tasks/update",
+        json!({"taskId": "t-9", "inputResponses": {"q-2": {"action": "accept", "content": {"token": secret}}}}),
+    )
+    .await;
+    let got: Value = reqwest::get(format!("{base}/_mock/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent: Vec<&Value> = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m.to_string().contains("inputResponses"))
+        .collect();
+    assert_eq!(sent.len(), 2, "{got}");
+    for m in sent {
+        assert!(!m.to_string().contains(secret), "{m}");
+    }
     // A secret the tool itself returns is masked in its result (the client's own is restored).
     let leaked = "AKIAIOSFODNN7EXAMPLE";
     for sse in [false, true] {
@@ -1527,6 +1556,12 @@ async fn a_stream_that_ends_unanswered_gives_the_request_an_error_unless_it_can_
     assert_eq!(status, 200, "{text}");
     assert!(!text.contains("\"error\""), "{text}");
     assert_eq!(text.matches("data: ").count(), 1, "{text}");
+    // Its id may not be reused while its answer waits: the answer could pass as another's.
+    let r = c
+        .raw(json!({"jsonrpc": "2.0", "id": 32, "method": "ping"}), &[])
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], -32600);
     // Resumed with `Last-Event-ID`, the stream brings the answer, checked as on the POST's
     // stream: the listing is filtered (`add` is not approved).
     let r = c
@@ -1799,7 +1834,13 @@ async fn repeated_or_malformed_ids_and_routing_headers_on_batches_are_refused() 
 
 #[tokio::test]
 async fn tasks_belong_to_their_key_and_tool_and_their_results_are_checked() {
-    let mock = mock_mcp(false);
+    for sse in [false, true] {
+        tasks_on(sse).await;
+    }
+}
+
+async fn tasks_on(sse: bool) {
+    let mock = mock_mcp(sse);
     let other = "pal_second_key_for_tasks_00000001";
     let gw = Gateway::start(&format!(
         "{}\n[[api_keys]]\nname = \"other\"\ngroup = \"engineering\"\nkey = \"{other}\"\n",
@@ -1847,6 +1888,14 @@ async fn tasks_belong_to_their_key_and_tool_and_their_results_are_checked() {
     // A task the gateway did not see created, or another key's, is unknown.
     let unknown = c.call("tasks/get", json!({"taskId": "task-9"})).await;
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    // What is sent to such a task still meets the argument policies before it leaves.
+    let update = c
+        .call(
+            "tasks/update",
+            json!({"taskId": "task-9", "inputResponses": {"q-1": {"content": {"path": "../../../../etc/passwd"}}}}),
+        )
+        .await;
+    assert_eq!(update["error"]["code"], -32002, "{update}");
     let h = reqwest::Client::new();
     let r = h
         .post(&c.url)
