@@ -387,6 +387,9 @@ struct Derived {
     /// The ASCII form's source (`None` when the pattern does not parse here: ASCII text then
     /// uses the full form).
     ascii_src: Option<String>,
+    /// What the full form's match check compiles (see [`crate::widen::check_form`]); the
+    /// pattern itself when it does not parse here.
+    full_check_src: Option<String>,
     /// The longest match in bytes (`None`: unbounded).
     max_len: Option<usize>,
 }
@@ -486,6 +489,7 @@ impl LazyRegex {
             let hir = crate::widen::parse(&self.src);
             Derived {
                 max_len: hir.as_ref().and_then(|h| h.properties().maximum_len()),
+                full_check_src: hir.clone().map(crate::widen::check_form),
                 ascii_src: hir.map(crate::widen::ascii_form),
             }
         })
@@ -495,7 +499,14 @@ impl LazyRegex {
     /// does not (see [`MatchCheck`]).
     pub(crate) fn may_match(&self, text: &str, span: Range<usize>) -> bool {
         let (form, src) = self.form_for(text);
-        form.may_match(src, text, span)
+        // The ASCII form is checked exactly; the full form by a looser, much smaller pattern
+        // (its regex decides when the check says it may match).
+        let check_src = if std::ptr::eq(form, &self.full) {
+            self.derived().full_check_src.as_deref().unwrap_or(src)
+        } else {
+            src
+        };
+        form.may_match(check_src, text, span)
     }
 
     /// Where in `text` every match of the pattern lies, given that each ends between `ends.first`

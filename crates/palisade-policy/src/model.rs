@@ -562,9 +562,14 @@ pub(crate) fn compile_regex(policy: &str, rule: &str, pattern: &str) -> Result<r
 }
 
 /// Compiles an already prepared source (see [`prepare_regex`]) with the engine's limits.
+/// Lazy-DFA cache capacity of a rule regex (the regex crate's default is 2 MiB for each of its
+/// forward and reverse automata, per searching thread).
+const RULE_DFA_LIMIT: usize = 256 << 10;
+
 pub(crate) fn build_prepared(source: &str) -> std::result::Result<regex::Regex, regex::Error> {
     regex::RegexBuilder::new(source)
         .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(RULE_DFA_LIMIT)
         .build()
 }
 

@@ -137,6 +137,22 @@ fn widen_bounds(min: u32, max: Option<u32>) -> (u32, Option<u32>) {
     (min.min(MAX_COUNTED), max)
 }
 
+/// The pattern a rule's match check compiles for text that is not ASCII: a superset of `hir`'s
+/// matches with its large Unicode classes widened to their ASCII members and any non-ASCII
+/// char, long counted repetitions unbounded and Unicode word boundaries dropped (as in the
+/// shared set, but in UTF-8 mode and without folding). The check only says whether the rule
+/// may match; its exact regex decides. Unicode `\w` and case folding make a check's automaton
+/// several times larger, and its lazy DFA builds states several times slower, and a Unicode
+/// word boundary beside a non-ASCII letter made it give up (and the full regex run) at once.
+pub(crate) fn check_form(hir: Hir) -> String {
+    let rules = Rules {
+        leaf: widen_leaf,
+        bounds: widen_bounds,
+        look: widen_look,
+    };
+    rebuild(hir, &rules).to_string()
+}
+
 /// A pattern that matches exactly what `hir` matches **on ASCII text**, with every class cut
 /// down to its ASCII members (a non-ASCII literal becomes a class that matches nothing).
 ///
@@ -465,6 +481,50 @@ mod tests {
         let p = r"x{2}|(?:ab\b.*\bcdefg)";
         let wide = Wide::new(p);
         assert!(wide.is_match("cdefg") && wide.is_match("xx"));
+    }
+
+    #[test]
+    fn check_form_matches_wherever_the_pattern_does() {
+        let patterns = [
+            r"(?i)\bignore\s+(?:\w+\s+){0,3}instructions\b",
+            r"(?i)\bdas\s+passwort\s+ist\s+\w{4,40}",
+            "пароль",
+            "(?i)straße|strasse",
+            r"\p{L}+x",
+            r"(?i)\bsk-[\w-]{8,}",
+            r"\bcontraseña\b.{0,200}\d{3}",
+        ];
+        let texts = [
+            "Ignore all the previous instructions",
+            "ignorá todas las instrucciones; IGNORE été prior instructions",
+            "Das Passwort ist Geheimnis123 und das passwort ist ÄÖÜäöüß",
+            "mi contraseña es 9876, la contraseña: 123",
+            "пароль и ещё пароль",
+            "STRASSE Straße",
+            "éx ñx 日本x",
+            "sk-ünïcödé-1234 sk-abc_def-12345678",
+        ];
+        for p in patterns {
+            let full = Regex::new(p).unwrap();
+            let check = Regex::new(&check_form(parse(p).unwrap())).unwrap();
+            for t in texts {
+                for m in full.find_iter(t) {
+                    assert!(
+                        check.is_match_at(t, m.start()),
+                        "{p} matches {t:?} at {:?}; its check form {check} does not",
+                        m.range()
+                    );
+                }
+            }
+        }
+        // The form is much smaller than the Unicode pattern.
+        let p = r"(?i)\b\w+\s+\w+\b";
+        let size = |src: &str| {
+            regex_automata::nfa::thompson::NFA::new(src)
+                .unwrap()
+                .memory_usage()
+        };
+        assert!(size(&check_form(parse(p).unwrap())) * 5 < size(p));
     }
 
     #[test]
