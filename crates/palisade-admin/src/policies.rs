@@ -84,9 +84,16 @@ fn insert_bounded<V>(
     full
 }
 
-/// Changes to custom policies, one at a time from the store write to the proxies' switch: two
-/// concurrent `PUT`s must leave the proxies with the version the store and the API show.
+/// Changes to custom policies and to the policies of proxies, one at a time from the store
+/// write to the proxies' switch: two concurrent `PUT`s must leave the proxies with the version
+/// the store and the API show, a proxy switched to a policy while it is replaced must get the
+/// new version, and a policy cannot be deleted while a proxy is being switched to it.
 static POLICY_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the turn to change policies or what proxies use (see [`POLICY_WRITES`]).
+pub(crate) async fn policy_change_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    POLICY_WRITES.lock().await
+}
 
 /// Locks the registry (a poisoned lock still holds consistent data: every write is one insert).
 fn lock(r: &Mutex<PolicyRegistry>) -> std::sync::MutexGuard<'_, PolicyRegistry> {

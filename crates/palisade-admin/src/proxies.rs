@@ -118,6 +118,7 @@ impl AppState {
         actor: Actor,
     ) -> ApiResult<ProxyView> {
         spec.validate()?;
+        let _turn = crate::policies::policy_change_turn().await;
         if self.store.get_proxy(&spec.name).await?.is_some() {
             return Err(ApiError::conflict(format!(
                 "proxy `{}` already exists",
@@ -149,6 +150,7 @@ impl AppState {
         actor: Actor,
     ) -> ApiResult<ProxyView> {
         spec.validate()?;
+        let _turn = crate::policies::policy_change_turn().await;
         let current = self.get_row(&spec.name).await?;
         let (sealed, upd) = match key {
             KeyChange::Keep => (current.upstream_key_sealed.clone(), SealedUpdate::Keep),
@@ -225,6 +227,7 @@ impl AppState {
         action: &'static str,
         actor: Actor,
     ) -> ApiResult<ProxyView> {
+        let _turn = crate::policies::policy_change_turn().await;
         let row = self.get_row(name).await?;
         if enabled {
             let rt = self
@@ -453,6 +456,7 @@ pub async fn restart(
     Admin(u): Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ProxyView>> {
+    let _turn = crate::policies::policy_change_turn().await;
     let row = s.get_row(&name).await?;
     let rt = s
         .runtime(&row.spec, row.upstream_key_sealed.as_deref())

@@ -465,4 +465,44 @@ async fn a_changed_policy_is_what_proxies_and_the_playground_use() {
         let enforced = format!("W{i}") == rule;
         assert_eq!(status == 403, enforced, "word{i} with {rule} shown");
     }
+    // A proxy switched to the policy (a slow compilation, with the packs) while the policy is
+    // replaced ends with the new version, and the policy cannot be deleted meanwhile.
+    let packs = json!([
+        "race",
+        "llm-critical-security",
+        "llm-standard-security",
+        "secrets-detection"
+    ]);
+    let later = |d| tokio::time::sleep(std::time::Duration::from_millis(d));
+    let (patched, put, deleted) = tokio::join!(
+        gw.api(
+            Method::PATCH,
+            "/api/v1/proxies/guarded",
+            Some(json!({"policies": packs}))
+        ),
+        async {
+            later(30).await;
+            gw.api(
+                Method::PUT,
+                "/api/v1/policies/race",
+                Some(keyword_policy("race", "W9", "word9")),
+            )
+            .await
+        },
+        async {
+            later(60).await;
+            gw.api(Method::DELETE, "/api/v1/policies/race", None).await
+        }
+    );
+    assert_eq!(patched.0, 200, "{}", patched.1);
+    assert_eq!(put.0, 200, "{}", put.1);
+    assert_eq!(deleted.0, 409, "in use: {}", deleted.1);
+    let guarded = gw.proxy_url("guarded").await;
+    assert_eq!(chat(&guarded, "say word9", false).await.status(), 403);
+    assert_eq!(
+        chat(&guarded, &format!("say word{}", &rule[1..]), false)
+            .await
+            .status(),
+        200
+    );
 }
