@@ -152,9 +152,12 @@ pub struct Relay {
     mapper: Option<Box<dyn EventMapper>>,
     abort_on_failure: bool,
     /// Events relayed: an answer cut short (the client hung up, a policy or the upstream broke
-    /// it) never brings the upstream's token count, yet was generated and is billed; each
-    /// event of a stream carries about a token, so it is charged as many completion tokens.
+    /// it), or from an upstream that sends no count, never brings the upstream's token count,
+    /// yet was generated and is billed; each event of a stream carries about a token, so it is
+    /// charged as many completion tokens.
     events: i64,
+    /// Whether the provider's final token count was read (then nothing is estimated).
+    final_usage: bool,
 }
 
 /// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
@@ -201,6 +204,7 @@ impl Relay {
             mapper: None,
             abort_on_failure: false,
             events: 0,
+            final_usage: false,
         }
     }
 
@@ -271,15 +275,19 @@ impl Relay {
                 u.discard();
             }
             let mut error = error;
-            if let Some(e) = error.as_mut()
-                && let Some(prompt) = f.prompt_estimate
+            if let Some(prompt) = f.prompt_estimate
                 && matches!(self.mode, Mode::Sse(_))
-                && self.events > self.usage.completion.unwrap_or(0)
+                && !self.final_usage
+                && self.events > 0
             {
-                self.usage.completion = Some(self.events);
+                self.usage.completion = Some(self.events.max(self.usage.completion.unwrap_or(0)));
                 self.usage.prompt.get_or_insert(prompt);
                 self.usage.total = None;
-                e.push_str("; token counts estimated (the upstream's count never arrived)");
+                const NOTE: &str = "token counts estimated (the upstream's count never arrived)";
+                error = Some(match error {
+                    Some(e) => format!("{e}; {NOTE}"),
+                    None => NOTE.to_string(),
+                });
             }
             let mut findings = self.guard.take().map(StreamGuard::into_findings);
             let masked = self.rewriter.as_ref().map_or(0, StreamRewriter::masked);
@@ -357,17 +365,19 @@ impl Relay {
     fn inspect(&mut self, run: &[u8]) -> Option<String> {
         let usage = &mut self.usage;
         let events = &mut self.events;
+        let final_usage = &mut self.final_usage;
+        let mut count = |data: &[u8]| {
+            *events += i64::from(data != b"[DONE]");
+            *final_usage |= is_final_usage(data);
+            usage.absorb_json(data);
+        };
         let Some(guard) = self.guard.as_mut() else {
-            for_each_event(run, |_, data| {
-                *events += i64::from(data != b"[DONE]");
-                usage.absorb_json(data);
-            });
+            for_each_event(run, |_, data| count(data));
             return None;
         };
         let mut text = String::new();
         for_each_event(run, |_, data| {
-            *events += i64::from(data != b"[DONE]");
-            usage.absorb_json(data);
+            count(data);
             stream_delta_text_json(data, &mut text);
         });
         if guard.check(&text) {
@@ -522,6 +532,14 @@ fn request_findings<'a>(
     }
 }
 
+/// Whether an event carries the provider's final token count: an OpenAI usage chunk (chat,
+/// completions), a Responses `response.completed`, an Anthropic `message_delta`.
+fn is_final_usage(data: &[u8]) -> bool {
+    let has = |n: &[u8]| data.windows(n.len()).any(|w| w == n);
+    has(b"\"usage\"")
+        && (has(b"\"completion_tokens\"") || has(b"response.completed") || has(b"message_delta"))
+}
+
 fn contains_usage(b: &[u8]) -> bool {
     b.windows(7).any(|w| w == b"\"usage\"")
 }
@@ -530,6 +548,29 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if !self.done {
             self.finish(Some("client disconnected before the answer ended".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_final_usage;
+
+    #[test]
+    fn the_providers_final_count_is_recognised() {
+        for final_event in [
+            r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":17,"total_tokens":26}}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":17}}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":17}}"#,
+        ] {
+            assert!(is_final_usage(final_event.as_bytes()), "{final_event}");
+        }
+        for other in [
+            r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#,
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}"#,
+            r#"{"type":"response.output_text.delta","delta":"usage"}"#,
+        ] {
+            assert!(!is_final_usage(other.as_bytes()), "{other}");
         }
     }
 }

@@ -62,7 +62,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let t0 = Instant::now();
     let endpoint = Endpoint::classify(req.method(), req.uri().path());
-    let mut rec = RequestRecord {
+    let rec = RequestRecord {
         id: palisade_core::crypto::record_id(),
         ts_ms: now_ms(),
         proxy: rt.spec.name.clone(),
@@ -75,8 +75,27 @@ pub async fn handle(
     };
     let span = tracing::debug_span!("request", id = %rec.id, proxy = %rec.proxy);
     let _enter = span.enter();
-    let mut findings = Findings::default();
-    match proxy(&shared, &rt, req, endpoint, &mut rec, &mut findings, t0).await {
+    let mut pending = Unanswered {
+        shared: &shared,
+        rec,
+        findings: Findings::default(),
+        t0,
+        armed: true,
+    };
+    let outcome = proxy(
+        &shared,
+        &rt,
+        req,
+        endpoint,
+        &mut pending.rec,
+        &mut pending.findings,
+        t0,
+    )
+    .await;
+    pending.armed = false;
+    let mut rec = std::mem::take(&mut pending.rec);
+    let findings = std::mem::take(&mut pending.findings);
+    match outcome {
         Ok(resp) => Ok(resp),
         Err(e) => {
             tracing::debug!(error = %e, "request refused");
@@ -92,6 +111,34 @@ pub async fn handle(
             (shared.record)(rec);
             Ok(error_response(rt.spec.api, &e, &id, overhead))
         }
+    }
+}
+
+/// A request whose answer has not begun: if the client goes away meanwhile (the handler is
+/// dropped while it waits for the upstream), it is still logged, as every request is.
+struct Unanswered<'a> {
+    shared: &'a GatewayShared,
+    rec: RequestRecord,
+    findings: Findings,
+    t0: Instant,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut rec = std::mem::take(&mut self.rec);
+        std::mem::take(&mut self.findings).finalize(&mut rec, self.shared.alert.as_ref());
+        // The status nginx and others log for a client that closed the connection first.
+        rec.status = 499;
+        rec.error = Some("client disconnected before the answer began".into());
+        rec.latency_us = self.t0.elapsed().as_micros() as i64;
+        if rec.overhead_us == 0 {
+            rec.overhead_us = rec.latency_us;
+        }
+        (self.shared.record)(rec);
     }
 }
 

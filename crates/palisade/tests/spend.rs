@@ -431,3 +431,32 @@ async fn answers_cut_short_or_blocked_are_still_charged() {
         "{b}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_before_the_answer_is_still_logged() {
+    let mock = Mock::start(&["--latency-ms", "1500"]);
+    let gw = Gateway::start(&config(&mock.url, 1000.0, "block")).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "slow one"}]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up first");
+    let rows = gw.wait_requests("proxy=oai", 1).await;
+    assert_eq!(rows[0]["status"], 499, "{}", rows[0]);
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("before the answer began"),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[0]["key_name"], "ci", "{}", rows[0]);
+}
