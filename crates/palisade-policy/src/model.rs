@@ -379,7 +379,10 @@ impl Policy {
                 problem: format!("policy id must match [a-z0-9-]{{1,{MAX_ID_LEN}}}"),
             });
         }
-        if let Some(problem) = name_problem(&self.name) {
+        let problem = name_problem(&self.name)
+            .or_else(|| text_problem("description", &self.description, MAX_TEXT_CHARS))
+            .or_else(|| text_problem("version", &self.version, MAX_VERSION_CHARS));
+        if let Some(problem) = problem {
             return Err(PolicyError::InvalidPolicy {
                 policy: pid.clone(),
                 problem,
@@ -412,8 +415,15 @@ const MAX_ID_LEN: usize = 100;
 /// Longest policy or rule name, in characters.
 const MAX_NAME_CHARS: usize = 200;
 
-/// What is wrong with a policy or rule name: empty, over-long, or holding control characters
-/// (they would reach terminals and logs as escape sequences).
+/// Longest redaction label (it is written into every placeholder).
+const MAX_LABEL_LEN: usize = 40;
+/// Longest description or rationale, and version, in characters.
+const MAX_TEXT_CHARS: usize = 4000;
+const MAX_VERSION_CHARS: usize = 40;
+
+/// What is wrong with a policy or rule name: empty or only invisible characters, over-long, or
+/// holding control, bidi or other invisible characters (they would reach terminals, logs and
+/// the console as escape sequences or reorder what is shown around them).
 fn name_problem(name: &str) -> Option<String> {
     if name.trim().is_empty() {
         return Some("name must not be empty".into());
@@ -422,8 +432,19 @@ fn name_problem(name: &str) -> Option<String> {
         return Some(format!("name must be at most {MAX_NAME_CHARS} characters"));
     }
     name.chars()
-        .any(char::is_control)
-        .then(|| "name must not contain control characters".into())
+        .any(|c| c.is_control() || crate::normalize::is_invisible(c))
+        .then(|| "name must not contain control, bidi or invisible characters".into())
+}
+
+/// What is wrong with a free text (description, rationale, version): over-long, or holding
+/// control characters other than line breaks and tabs.
+fn text_problem(field: &str, text: &str, max: usize) -> Option<String> {
+    if text.chars().count() > max {
+        return Some(format!("{field} must be at most {max} characters"));
+    }
+    text.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        .then(|| format!("{field} must not contain control characters"))
 }
 
 fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
@@ -441,10 +462,13 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
             format!("rule id must match [A-Za-z0-9_.-]{{1,{MAX_ID_LEN}}}"),
         ));
     }
-    if let Some(problem) = name_problem(&rule.name) {
+    if let Some(problem) = name_problem(&rule.name)
+        .or_else(|| text_problem("rationale", &rule.rationale, MAX_TEXT_CHARS))
+    {
         return Err(rule_err(pid, rid, problem));
     }
     if rule.category.is_empty()
+        || rule.category.len() > MAX_ID_LEN
         || !rule
             .category
             .bytes()
@@ -454,7 +478,7 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
             pid,
             rid,
             format!(
-                "category `{}` must be snake_case ([a-z0-9_]+)",
+                "category `{}` must be snake_case ([a-z0-9_]{{1,{MAX_ID_LEN}}})",
                 rule.category
             ),
         ));
@@ -513,6 +537,7 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
     }
     if let Some(redact) = &rule.redact
         && (redact.label.is_empty()
+            || redact.label.len() > MAX_LABEL_LEN
             || !redact
                 .label
                 .bytes()
@@ -521,7 +546,10 @@ fn validate_rule(pid: &str, rule: &Rule) -> Result<()> {
         return Err(rule_err(
             pid,
             rid,
-            format!("redact label `{}` must match [A-Z0-9_]+", redact.label),
+            format!(
+                "redact label `{}` must match [A-Z0-9_]{{1,{MAX_LABEL_LEN}}}",
+                redact.label.chars().take(MAX_LABEL_LEN).collect::<String>()
+            ),
         ));
     }
     if let Some(v) = rule.redact.as_ref().and_then(|r| r.value.as_deref()) {
@@ -1113,6 +1141,41 @@ mod tests {
     }
 
     #[test]
+    fn free_texts_and_labels_are_bounded() {
+        let long = "x".repeat(5000);
+        let policy =
+            |field: &str, v: &str| format!(r#"{{"id":"p","name":"n","{field}":"{v}","rules":[]}}"#);
+        for (json, want) in [
+            (policy("description", &long), "at most 4000"),
+            (policy("description", r"bell\u0007"), "control"),
+            (policy("version", &long), "at most 40"),
+        ] {
+            let err = Policy::from_json(&json).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        // Line breaks and tabs are text, not controls.
+        Policy::from_json(&policy("description", r"line one\nline two\tend")).unwrap();
+        let rule = GOOD_RULE.replace(
+            r#""action":"block""#,
+            &format!(r#""action":"block","rationale":"{long}""#),
+        );
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("at most 4000"), "{err}");
+        let rule = GOOD_RULE.replace("prompt_injection", &"c".repeat(101));
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("snake_case"), "{err}");
+        let rule = GOOD_RULE.replace(
+            r#""action":"block""#,
+            &format!(
+                r#""action":"redact","redact":{{"label":"{}"}}"#,
+                "L".repeat(41)
+            ),
+        );
+        let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
+        assert!(err.to_string().contains("[A-Z0-9_]{1,40}"), "{err}");
+    }
+
+    #[test]
     fn bad_redact_label() {
         let rule = GOOD_RULE.replace(
             r#""action":"block""#,
@@ -1155,8 +1218,10 @@ mod tests {
             "{err}"
         );
         for (name, want) in [
-            (r"a\u0000b", "control characters"),
-            (r"x\u001b[31m", "control characters"),
+            (r"a\u0000b", "control"),
+            (r"x\u001b[31m", "control"),
+            (r"\u200b\u200b", "invisible"),
+            (r"evil\u202e", "bidi"),
             (&"n".repeat(201), "at most 200"),
         ] {
             let err = Policy::from_json(&format!(r#"{{"id":"p","name":"{name}","rules":[]}}"#))
