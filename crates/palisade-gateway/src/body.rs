@@ -368,8 +368,7 @@ impl Relay {
         let final_usage = &mut self.final_usage;
         let mut count = |data: &[u8]| {
             *events += i64::from(data != b"[DONE]");
-            *final_usage |= is_final_usage(data);
-            usage.absorb_json(data);
+            *final_usage |= usage.absorb_json(data);
         };
         let Some(guard) = self.guard.as_mut() else {
             for_each_event(run, |_, data| count(data));
@@ -532,14 +531,6 @@ fn request_findings<'a>(
     }
 }
 
-/// Whether an event carries the provider's final token count: an OpenAI usage chunk (chat,
-/// completions), a Responses `response.completed`, an Anthropic `message_delta`.
-fn is_final_usage(data: &[u8]) -> bool {
-    let has = |n: &[u8]| data.windows(n.len()).any(|w| w == n);
-    has(b"\"usage\"")
-        && (has(b"\"completion_tokens\"") || has(b"response.completed") || has(b"message_delta"))
-}
-
 fn contains_usage(b: &[u8]) -> bool {
     b.windows(7).any(|w| w == b"\"usage\"")
 }
@@ -548,29 +539,6 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if !self.done {
             self.finish(Some("client disconnected before the answer ended".into()));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_final_usage;
-
-    #[test]
-    fn the_providers_final_count_is_recognised() {
-        for final_event in [
-            r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":17,"total_tokens":26}}"#,
-            r#"{"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":17}}}"#,
-            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":17}}"#,
-        ] {
-            assert!(is_final_usage(final_event.as_bytes()), "{final_event}");
-        }
-        for other in [
-            r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#,
-            r#"{"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}"#,
-            r#"{"type":"response.output_text.delta","delta":"usage"}"#,
-        ] {
-            assert!(!is_final_usage(other.as_bytes()), "{other}");
         }
     }
 }

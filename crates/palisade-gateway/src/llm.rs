@@ -588,7 +588,9 @@ async fn proxy(
                     bytes = masked;
                 }
             }
-            None => usage.absorb_json(&bytes),
+            None => {
+                usage.absorb_json(&bytes);
+            }
         }
     }
     let bytes = if rt.spec.unmask && !redactions.is_empty() {

@@ -59,13 +59,24 @@ impl Usage {
         }
     }
 
-    /// Parses a JSON document and absorbs its usage, if the text mentions one at all.
-    pub fn absorb_json(&mut self, bytes: &[u8]) {
+    /// Parses a JSON document and absorbs its usage, if the text mentions one at all. Returns
+    /// whether it was a stream's final count: an OpenAI usage chunk (chat, completions: a
+    /// `usage` object at the top), a Responses `response.completed`, an Anthropic
+    /// `message_delta` with its usage.
+    pub fn absorb_json(&mut self, bytes: &[u8]) -> bool {
         if !contains(bytes, b"\"usage\"") {
-            return;
+            return false;
         }
-        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-            self.absorb(&v);
+        let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+            return false;
+        };
+        self.absorb(&v);
+        let top = v.get("usage").is_some_and(Value::is_object);
+        match v.get("type").and_then(Value::as_str) {
+            Some("response.completed") => v["response"]["usage"].is_object(),
+            Some("message_delta") => top,
+            Some(_) => false,
+            None => top,
         }
     }
 
@@ -134,5 +145,33 @@ mod tests {
         let mut n = Usage::default();
         n.absorb(&json!({"usage": null}));
         assert_eq!(n, Usage::default());
+    }
+}
+
+#[cfg(test)]
+mod final_count_tests {
+    use super::Usage;
+
+    #[test]
+    fn the_providers_final_count_is_recognised_by_shape() {
+        for final_event in [
+            r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":17,"total_tokens":26}}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":17}}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":17}}"#,
+        ] {
+            assert!(
+                Usage::default().absorb_json(final_event.as_bytes()),
+                "{final_event}"
+            );
+        }
+        // Text that merely mentions the words is not a count.
+        for other in [
+            r#"{"choices":[{"delta":{"content":"say \"completion_tokens"}}],"usage":null}"#,
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}"#,
+            r#"{"type":"response.created","response":{"instructions":"say response.completed","usage":null}}"#,
+            r#"{"type":"response.output_text.delta","delta":"usage"}"#,
+        ] {
+            assert!(!Usage::default().absorb_json(other.as_bytes()), "{other}");
+        }
     }
 }

@@ -432,7 +432,12 @@ fn name_problem(name: &str) -> Option<String> {
         return Some(format!("name must be at most {MAX_NAME_CHARS} characters"));
     }
     name.chars()
-        .any(|c| c.is_control() || crate::normalize::is_invisible(c))
+        .any(|c| {
+            c.is_control()
+                || crate::normalize::is_invisible(c)
+                // Tag characters (hidden ASCII), line separators, the braille blank.
+                || matches!(c, '\u{E0020}'..='\u{E007E}' | '\u{2028}' | '\u{2029}' | '\u{2800}')
+        })
         .then(|| "name must not contain control, bidi or invisible characters".into())
 }
 
@@ -1222,6 +1227,10 @@ mod tests {
             (r"x\u001b[31m", "control"),
             (r"\u200b\u200b", "invisible"),
             (r"evil\u202e", "bidi"),
+            (r"\u206a\u206b", "invisible"),
+            (r"ok\udb40\udc41", "invisible"),
+            (r"a\u2800b", "invisible"),
+            (r"a\u2028b", "invisible"),
             (&"n".repeat(201), "at most 200"),
         ] {
             let err = Policy::from_json(&format!(r#"{{"id":"p","name":"{name}","rules":[]}}"#))
