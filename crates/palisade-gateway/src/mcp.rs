@@ -282,29 +282,35 @@ impl<V> Remembered<V> {
     }
 }
 
+/// A [`Remembered`] table behind a lock (a poisoned lock still holds consistent data: every
+/// write is one insert or removal).
+struct Locked<V>(std::sync::Mutex<Remembered<V>>);
+
+impl<V> Locked<V> {
+    fn new(max: usize) -> Self {
+        Locked(std::sync::Mutex::new(Remembered::new(max)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered<V>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Which API key opened each Streamable HTTP session (`Mcp-Session-Id`) on each proxy: a session
 /// belongs to the key that opened it, as on the legacy transport. A session the gateway does not
 /// know (opened before a restart, or forgotten) is bound to the first key that uses it.
-pub(crate) struct SessionOwners {
-    inner: std::sync::Mutex<Remembered<String>>,
-}
+pub(crate) struct SessionOwners(Locked<String>);
 
 impl Default for SessionOwners {
     fn default() -> Self {
-        SessionOwners {
-            inner: std::sync::Mutex::new(Remembered::new(MAX_SESSION_OWNERS)),
-        }
+        SessionOwners(Locked::new(MAX_SESSION_OWNERS))
     }
 }
 
 impl SessionOwners {
-    fn table(&self) -> std::sync::MutexGuard<'_, Remembered<String>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether `key` may use `session` on `proxy`; binds the session to it when it is new.
     pub(crate) fn claim(&self, proxy: &str, session: &str, key: &str) -> bool {
-        let mut t = self.table();
+        let mut t = self.0.lock();
         // Key ids are not secret; comparing them reveals nothing a caller does not hold.
         if let Some(owner) = t.get(proxy, session) {
             return owner == key;
@@ -315,7 +321,7 @@ impl SessionOwners {
 
     /// Forgets a session that was ended.
     pub(crate) fn forget(&self, proxy: &str, session: &str) {
-        self.table().remove(proxy, session);
+        self.0.lock().remove(proxy, session);
     }
 }
 
@@ -327,26 +333,18 @@ const MAX_RESUMABLE: usize = 20_000;
 /// carrying `Last-Event-ID`, and the answers arrive there. They are checked against these
 /// requests as they would have been on the POST's stream (an answer to no open request is
 /// withheld).
-pub(crate) struct Resumable {
-    inner: std::sync::Mutex<Remembered<Pending>>,
-}
+pub(crate) struct Resumable(Locked<Pending>);
 
 impl Default for Resumable {
     fn default() -> Self {
-        Resumable {
-            inner: std::sync::Mutex::new(Remembered::new(MAX_RESUMABLE)),
-        }
+        Resumable(Locked::new(MAX_RESUMABLE))
     }
 }
 
 impl Resumable {
-    fn table(&self) -> std::sync::MutexGuard<'_, Remembered<Pending>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Keeps `open` (the unanswered requests of a stream) for the session's next resumption.
     fn keep(&self, proxy: &str, session: &str, open: Pending) {
-        let mut t = self.table();
+        let mut t = self.0.lock();
         let mut merged = t.get(proxy, session).cloned().unwrap_or_default();
         merged.by_id.extend(open.by_id);
         merged.rename.extend(open.rename);
@@ -359,14 +357,15 @@ impl Resumable {
 
     /// Whether request `id` of the session still waits for its answer on a stream to resume.
     fn is_open(&self, proxy: &str, session: &str, id: &str) -> bool {
-        self.table()
+        self.0
+            .lock()
             .get(proxy, session)
             .is_some_and(|p| p.by_id.contains_key(id))
     }
 
     /// The requests a resumed stream of the session may answer.
     fn take(&self, proxy: &str, session: &str) -> Pending {
-        let mut t = self.table();
+        let mut t = self.0.lock();
         let p = t.get(proxy, session).cloned().unwrap_or_default();
         t.remove(proxy, session);
         p
@@ -380,31 +379,24 @@ impl Resumable {
 /// see created (before a restart, forgotten, or none at all) goes to the upstream, whose error
 /// (unknown task, extension not declared, method removed) the client gets; a result for it is
 /// withheld: nothing says whose task it is or which tool made it.
-pub(crate) struct TaskOwners {
-    inner: std::sync::Mutex<Remembered<(String, String)>>,
-}
+pub(crate) struct TaskOwners(Locked<(String, String)>);
 
 impl Default for TaskOwners {
     fn default() -> Self {
-        TaskOwners {
-            inner: std::sync::Mutex::new(Remembered::new(MAX_TASKS)),
-        }
+        TaskOwners(Locked::new(MAX_TASKS))
     }
 }
 
 impl TaskOwners {
-    fn table(&self) -> std::sync::MutexGuard<'_, Remembered<(String, String)>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn record(&self, proxy: &str, task: &str, key: &str, tool: &str) {
-        self.table()
+        self.0
+            .lock()
             .insert(proxy, task, (key.to_string(), tool.to_string()));
     }
 
     /// The key that created `task` on `proxy`, and its tool.
     fn lookup(&self, proxy: &str, task: &str) -> Option<(String, String)> {
-        self.table().get(proxy, task).cloned()
+        self.0.lock().get(proxy, task).cloned()
     }
 }
 
