@@ -158,6 +158,12 @@ fn shadowing(name: &str, def: &Value, others: &[(String, String)]) -> Vec<String
     let folded = fold_name(name);
     let mut parts = Vec::new();
     strings(def, &mut parts);
+    // The definition's text as the policies see it, in lower case: mentions spelled with
+    // look-alike letters, invisible characters or another case are found there.
+    let folded_parts: Vec<String> = parts
+        .iter()
+        .map(|s| palisade_policy::normalize(s).to_lowercase())
+        .collect();
     for (proxy, other) in others {
         if other != name && fold_name(other) == folded {
             out.push(format!(
@@ -165,13 +171,10 @@ fn shadowing(name: &str, def: &Value, others: &[(String, String)]) -> Vec<String
             ));
         } else if other != name
             && distinctive(other)
-            && parts.iter().any(|s| {
-                mentions(s, other)
-                    || mentions(
-                        &palisade_policy::normalize(s).to_lowercase(),
-                        &other.to_lowercase(),
-                    )
-            })
+            && (parts.iter().any(|s| mentions(s, other))
+                || folded_parts
+                    .iter()
+                    .any(|s| mentions(s, &other.to_lowercase())))
         {
             out.push(format!(
                 "builtin: mentions tool `{other}` of proxy `{proxy}` (cross-server shadowing)"

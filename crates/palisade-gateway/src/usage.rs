@@ -61,8 +61,8 @@ impl Usage {
 
     /// Parses a JSON document and absorbs its usage, if the text mentions one at all. Returns
     /// whether it was a stream's final count: an OpenAI usage chunk (chat, completions: a
-    /// `usage` object at the top), a Responses `response.completed`, an Anthropic
-    /// `message_delta` with its usage.
+    /// `usage` object at the top), a Responses `response.completed` (or `.incomplete`,
+    /// `.failed`), an Anthropic `message_delta` with its usage.
     pub fn absorb_json(&mut self, bytes: &[u8]) -> bool {
         if !contains(bytes, b"\"usage\"") {
             return false;
@@ -73,7 +73,10 @@ impl Usage {
         self.absorb(&v);
         let top = v.get("usage").is_some_and(Value::is_object);
         match v.get("type").and_then(Value::as_str) {
-            Some("response.completed") => v["response"]["usage"].is_object(),
+            // A Responses stream ends with one of these, each with the response's usage.
+            Some("response.completed" | "response.incomplete" | "response.failed") => {
+                v["response"]["usage"].is_object()
+            }
             Some("message_delta") => top,
             Some(_) => false,
             None => top,
@@ -157,6 +160,8 @@ mod final_count_tests {
         for final_event in [
             r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":17,"total_tokens":26}}"#,
             r#"{"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":17}}}"#,
+            r#"{"type":"response.incomplete","response":{"usage":{"input_tokens":9,"output_tokens":3}}}"#,
+            r#"{"type":"response.failed","response":{"usage":{"input_tokens":9,"output_tokens":3}}}"#,
             r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":17}}"#,
         ] {
             assert!(
