@@ -589,8 +589,39 @@ impl McpRegistry {
                     out.changed.push(rec);
                 }
                 Some(rec) if rec.fingerprint == fp => {
-                    if !rec.present {
-                        rec.present = true;
+                    let mut touched = !rec.present;
+                    rec.present = true;
+                    // The definition did not change, but another server may since offer a tool
+                    // it names: a finding the tool did not have holds it for review (once: an
+                    // approval after it keeps the finding on record).
+                    let new: Vec<String> = if kind == Kind::Tool && listed == 1 {
+                        shadowing(id, &def, &others)
+                            .into_iter()
+                            .filter(|f| !rec.findings.contains(f))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    if !new.is_empty() {
+                        if rec.status == "approved" {
+                            rec.status = "quarantined".into();
+                        }
+                        out.alerts.push(tool_alert(
+                            proxy,
+                            name,
+                            "high",
+                            "Tool now shadows another server's tool",
+                            format!(
+                                "{noun} `{id}` on `{proxy}` is {} for review: {}",
+                                rec.status,
+                                new.join("; ")
+                            ),
+                            None,
+                        ));
+                        rec.findings.extend(new);
+                        touched = true;
+                    }
+                    if touched {
                         rec.updated_ms = now;
                         out.changed.push(rec.clone());
                     }
