@@ -66,6 +66,8 @@ pub struct Hub {
     subscribers: AtomicUsize,
     /// Open streams per user.
     per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The counters `GET /metrics` shows.
+    pub metrics: crate::prometheus::Metrics,
 }
 
 impl Default for Hub {
@@ -101,6 +103,7 @@ impl Hub {
             window: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
             per_user: Default::default(),
+            metrics: Default::default(),
         }
     }
 
@@ -118,6 +121,7 @@ impl Hub {
 
     /// A request was recorded (called on the proxy's task; never blocks).
     pub fn request(&self, r: &RequestRecord) {
+        self.metrics.request(r);
         self.requests.fetch_add(1, Ordering::Relaxed);
         if r.status >= 400 {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -164,6 +168,7 @@ impl Hub {
 
     /// An alert was raised (its excerpt is already masked).
     pub fn alert(&self, a: &AlertRecord) {
+        self.metrics.alert(a);
         self.alerts.fetch_add(1, Ordering::Relaxed);
         self.publish("alert", a);
     }

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod mcp;
 pub mod metrics;
 pub mod policies;
+pub mod prometheus;
 pub mod prompts;
 pub mod proxies;
 pub mod users;
@@ -59,6 +60,8 @@ pub struct AppState {
     limiter: Arc<auth::LoginLimiter>,
     revoked: Arc<auth::RevokedTokens>,
     dummy_hash: String,
+    /// The scrape token of `GET /metrics` (`PALISADE_METRICS_TOKEN`), if set.
+    metrics_token: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -85,6 +88,7 @@ impl AppState {
             limiter: Default::default(),
             revoked: Default::default(),
             dummy_hash,
+            metrics_token: metrics_token()?,
         })
     }
 
@@ -93,6 +97,28 @@ impl AppState {
         self.events = hub;
         self
     }
+}
+
+/// Shortest scrape token accepted.
+const MIN_METRICS_TOKEN: usize = 24;
+
+/// The scrape token of `GET /metrics` from `PALISADE_METRICS_TOKEN`: unset or empty for none;
+/// a short one is refused at start.
+fn metrics_token() -> Result<Option<Arc<str>>, ApiError> {
+    let Ok(t) = std::env::var("PALISADE_METRICS_TOKEN") else {
+        return Ok(None);
+    };
+    let t = t.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if t.chars().count() < MIN_METRICS_TOKEN {
+        return Err(ApiError::field(
+            "PALISADE_METRICS_TOKEN",
+            format!("must be at least {MIN_METRICS_TOKEN} characters"),
+        ));
+    }
+    Ok(Some(t.into()))
 }
 
 #[derive(OpenApi)]
@@ -258,6 +284,7 @@ fn open_composites(mut doc: serde_json::Value) -> serde_json::Value {
 pub fn router(state: AppState) -> Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(prometheus::metrics))
         .routes(routes!(auth::login))
         .routes(routes!(auth::change_password))
         .routes(routes!(auth::logout))

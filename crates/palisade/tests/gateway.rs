@@ -1011,3 +1011,70 @@ async fn keys_and_prices_name_only_what_can_exist() {
         );
     }
 }
+
+#[tokio::test]
+async fn prometheus_metrics_count_requests_for_a_scrape_token_or_a_user() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = c
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth("pal_wrong_key_000000000000000000")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    gw.wait_requests("proxy=oai", 3).await;
+    let scrape = |token: Option<&'static str>| {
+        let mut rb = c.get(format!("{}/metrics", gw.admin));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        rb.send()
+    };
+    assert_eq!(scrape(None).await.unwrap().status(), 401);
+    assert_eq!(
+        scrape(Some("metrics-scrape-token-for-tests-0002"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = scrape(Some(METRICS_TOKEN)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text().await.unwrap();
+    for line in [
+        r#"palisade_requests_total{proxy="oai",status="200",decision="none"} 2"#,
+        r#"palisade_requests_total{proxy="oai",status="401",decision="none"} 1"#,
+        r#"palisade_request_duration_seconds_count{proxy="oai"} 3"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    assert!(text.contains(r#"palisade_tokens_total{proxy="oai",kind="completion"}"#));
+    // A signed-in user may read them too.
+    let r = c
+        .get(format!("{}/metrics", gw.admin))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

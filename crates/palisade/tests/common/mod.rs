@@ -9,6 +9,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
+/// The scrape token of `GET /metrics` in tests.
+#[allow(dead_code)]
+pub const METRICS_TOKEN: &str = "metrics-scrape-token-for-tests-0001";
 pub const CI_KEY: &str = "pal_test_fixed_key_000000000001";
 
 pub fn bin() -> &'static str {
@@ -129,6 +132,7 @@ impl Gateway {
             .arg(dir.path().join("data"))
             .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("PALISADE_CI_KEY", CI_KEY)
+            .env("PALISADE_METRICS_TOKEN", METRICS_TOKEN)
             .env("RUST_LOG", "warn");
         let proc = Proc::spawn(cmd);
         let admin = proc.wait_for("admin API listening on");
