@@ -112,7 +112,7 @@ pub(crate) fn session_cookies(token: &str) -> [(axum::http::HeaderName, String);
     ]
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
         .get(axum::http::header::AUTHORIZATION)?

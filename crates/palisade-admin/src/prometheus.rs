@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use palisade_core::record::{AlertRecord, RequestRecord};
 
@@ -28,6 +28,9 @@ const OVERHEAD_BUCKETS: [f64; 10] = [
 /// Most distinct proxies counted (renamed and deleted proxies keep their series until a
 /// restart); past it, records of new proxies are counted under `(other)`.
 const MAX_PROXIES: usize = 1000;
+/// Most (kind, severity) pairs of alerts counted (both are the gateway's own values; a bound
+/// all the same).
+const MAX_ALERT_SERIES: usize = 1000;
 
 #[derive(Default)]
 struct Histogram {
@@ -108,7 +111,7 @@ impl Metrics {
     pub fn alert(&self, a: &AlertRecord) {
         let mut g = self.lock();
         let key = (a.kind.clone(), a.severity.clone());
-        if g.alerts.len() < MAX_PROXIES || g.alerts.contains_key(&key) {
+        if g.alerts.len() < MAX_ALERT_SERIES || g.alerts.contains_key(&key) {
             *g.alerts.entry(key).or_default() += 1;
         }
     }
@@ -171,48 +174,44 @@ impl Metrics {
                 );
             }
         }
-        family(
-            &mut out,
-            "palisade_tokens_total",
-            "counter",
-            "Tokens of LLM answers, by proxy and kind (prompt, completion).",
-        );
-        for (proxy, p) in &g.proxies {
-            let proxy = escape(proxy);
-            let _ = writeln!(
-                out,
-                "palisade_tokens_total{{proxy=\"{proxy}\",kind=\"prompt\"}} {}\n\
-                 palisade_tokens_total{{proxy=\"{proxy}\",kind=\"completion\"}} {}",
-                p.prompt_tokens, p.completion_tokens
-            );
-        }
-        family(
-            &mut out,
-            "palisade_cost_usd_total",
-            "counter",
-            "Cost of LLM answers from the price table, by proxy.",
-        );
-        for (proxy, p) in &g.proxies {
-            let _ = writeln!(
-                out,
-                "palisade_cost_usd_total{{proxy=\"{}\"}} {}",
-                escape(proxy),
-                p.cost_usd
-            );
-        }
-        family(
-            &mut out,
-            "palisade_redactions_total",
-            "counter",
-            "Values replaced by redact rules, by proxy.",
-        );
-        for (proxy, p) in &g.proxies {
-            let _ = writeln!(
-                out,
-                "palisade_redactions_total{{proxy=\"{}\"}} {}",
-                escape(proxy),
-                p.redactions
-            );
+        // Per-proxy counters: (name, help, extra label, value).
+        type Counter = fn(&PerProxy) -> f64;
+        let counters: [(&str, &str, &str, Counter); 4] = [
+            (
+                "palisade_tokens_total",
+                "Tokens of LLM answers, by proxy and kind (prompt, completion).",
+                ",kind=\"prompt\"",
+                |p| p.prompt_tokens as f64,
+            ),
+            ("palisade_tokens_total", "", ",kind=\"completion\"", |p| {
+                p.completion_tokens as f64
+            }),
+            (
+                "palisade_cost_usd_total",
+                "Cost of LLM answers from the price table, by proxy.",
+                "",
+                |p| p.cost_usd,
+            ),
+            (
+                "palisade_redactions_total",
+                "Values replaced by redact rules, by proxy.",
+                "",
+                |p| p.redactions as f64,
+            ),
+        ];
+        for (name, help, label, value) in counters {
+            // (A family's second series shares its header.)
+            if !help.is_empty() {
+                family(&mut out, name, "counter", help);
+            }
+            for (proxy, p) in &g.proxies {
+                let _ = writeln!(
+                    out,
+                    "{name}{{proxy=\"{}\"{label}}} {}",
+                    escape(proxy),
+                    value(p)
+                );
+            }
         }
         family(
             &mut out,
@@ -259,19 +258,14 @@ fn escape(v: &str) -> String {
         (status = 401, body = crate::error::ErrorBody)))]
 pub async fn metrics(
     State(s): State<AppState>,
-    headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let (mut parts, _) = request.into_parts();
     let scrape_token = s.metrics_token.as_deref().is_some_and(|t| {
-        bearer.is_some_and(|b| palisade_core::crypto::ct_eq(b.as_bytes(), t.as_bytes()))
+        crate::auth::bearer(&parts)
+            .is_some_and(|b| palisade_core::crypto::ct_eq(b.as_bytes(), t.as_bytes()))
     });
     if !scrape_token {
-        let (mut parts, _) = request.into_parts();
         <crate::auth::Viewer as axum::extract::FromRequestParts<AppState>>::from_request_parts(
             &mut parts, &s,
         )
