@@ -103,8 +103,8 @@ impl AppState {
 const MIN_METRICS_TOKEN: usize = 24;
 
 /// The scrape token of `GET /metrics` from `PALISADE_METRICS_TOKEN`: unset or empty for none;
-/// a short one is refused at start.
-fn metrics_token() -> Result<Option<Arc<str>>, ApiError> {
+/// a short one is refused (`serve` checks it before it touches the data directory).
+pub fn metrics_token() -> Result<Option<Arc<str>>, ApiError> {
     let Ok(t) = std::env::var("PALISADE_METRICS_TOKEN") else {
         return Ok(None);
     };

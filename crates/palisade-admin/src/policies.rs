@@ -294,7 +294,7 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<PolicyInfo>)> {
     let p = parse_policy(body).await?;
-    let _one_change = POLICY_WRITES.lock().await;
+    let _one_change = policy_change_turn().await;
     if lock(&s.policies).get(&p.id).is_some() {
         return Err(ApiError::conflict(format!(
             "a policy with id `{}` already exists",
@@ -328,7 +328,7 @@ pub async fn replace(
             "must match the policy id in the path",
         ));
     }
-    let _one_change = POLICY_WRITES.lock().await;
+    let _one_change = policy_change_turn().await;
     match lock(&s.policies).get(&id) {
         None => return Err(ApiError::not_found(format!("policy `{id}`"))),
         Some((_, true)) => {
@@ -355,7 +355,7 @@ pub async fn delete(
     Admin(u): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let _one_change = POLICY_WRITES.lock().await;
+    let _one_change = policy_change_turn().await;
     match lock(&s.policies).get(&id) {
         None => return Err(ApiError::not_found(format!("policy `{id}`"))),
         Some((_, true)) => return Err(ApiError::forbidden("built-in packs cannot be deleted")),

@@ -92,30 +92,23 @@ pub async fn handle(
         t0,
     )
     .await;
-    pending.armed = false;
-    let mut rec = std::mem::take(&mut pending.rec);
-    let findings = std::mem::take(&mut pending.findings);
     match outcome {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => {
+            // Its record is written (a buffered answer) or moves with the stream.
+            pending.armed = false;
+            Ok(resp)
+        }
         Err(e) => {
             tracing::debug!(error = %e, "request refused");
-            findings.finalize(&mut rec, shared.alert.as_ref());
-            let status = e.status();
-            rec.status = status.as_u16();
-            rec.error = Some(e.to_string());
-            rec.latency_us = t0.elapsed().as_micros() as i64;
-            if rec.overhead_us == 0 {
-                rec.overhead_us = rec.latency_us;
-            }
-            let (id, overhead) = (rec.id.clone(), rec.overhead_us);
-            (shared.record)(rec);
+            let (id, overhead) = pending.log(e.status().as_u16(), e.to_string());
             Ok(error_response(rt.spec.api, &e, &id, overhead))
         }
     }
 }
 
-/// A request whose answer has not begun: if the client goes away meanwhile (the handler is
-/// dropped while it waits for the upstream), it is still logged, as every request is.
+/// A request whose answer has not begun: logged with its error, or, if the client goes away
+/// meanwhile (the handler is dropped while it waits for the upstream), as a hang-up — every
+/// request is logged.
 struct Unanswered<'a> {
     shared: &'a GatewayShared,
     rec: RequestRecord,
@@ -124,21 +117,31 @@ struct Unanswered<'a> {
     armed: bool,
 }
 
-impl Drop for Unanswered<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
+impl Unanswered<'_> {
+    /// Logs the request as ended with `status` and `error`; returns its id and the gateway's
+    /// own time (all of it when the upstream was never waited for).
+    fn log(&mut self, status: u16, error: String) -> (String, i64) {
+        self.armed = false;
         let mut rec = std::mem::take(&mut self.rec);
         std::mem::take(&mut self.findings).finalize(&mut rec, self.shared.alert.as_ref());
-        // The status nginx and others log for a client that closed the connection first.
-        rec.status = 499;
-        rec.error = Some("client disconnected before the answer began".into());
+        rec.status = status;
+        rec.error = Some(error);
         rec.latency_us = self.t0.elapsed().as_micros() as i64;
         if rec.overhead_us == 0 {
             rec.overhead_us = rec.latency_us;
         }
+        let out = (rec.id.clone(), rec.overhead_us);
         (self.shared.record)(rec);
+        out
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // The status nginx and others log for a client that closed the connection first.
+            self.log(499, "client disconnected before the answer began".into());
+        }
     }
 }
 

@@ -274,11 +274,11 @@ impl<V> Remembered<V> {
         self.order.push_back(k);
     }
 
-    fn remove(&mut self, proxy: &str, id: &str) {
+    fn remove(&mut self, proxy: &str, id: &str) -> Option<V> {
         let k = (proxy.to_string(), id.to_string());
-        if self.map.remove(&k).is_some() {
-            self.order.retain(|o| *o != k);
-        }
+        let v = self.map.remove(&k)?;
+        self.order.retain(|o| *o != k);
+        Some(v)
     }
 }
 
@@ -345,13 +345,12 @@ impl Resumable {
     /// Keeps `open` (the unanswered requests of a stream) for the session's next resumption.
     fn keep(&self, proxy: &str, session: &str, open: Pending) {
         let mut t = self.0.lock();
-        let mut merged = t.get(proxy, session).cloned().unwrap_or_default();
+        let mut merged = t.remove(proxy, session).unwrap_or_default();
         merged.by_id.extend(open.by_id);
         merged.rename.extend(open.rename);
         if merged.unmask.is_empty() {
             merged.unmask = open.unmask;
         }
-        t.remove(proxy, session);
         t.insert(proxy, session, merged);
     }
 
@@ -365,10 +364,7 @@ impl Resumable {
 
     /// The requests a resumed stream of the session may answer.
     fn take(&self, proxy: &str, session: &str) -> Pending {
-        let mut t = self.0.lock();
-        let p = t.get(proxy, session).cloned().unwrap_or_default();
-        t.remove(proxy, session);
-        p
+        self.0.lock().remove(proxy, session).unwrap_or_default()
     }
 }
 
@@ -1086,9 +1082,10 @@ pub(crate) fn check_post(
         };
         let full_list = method.ends_with("/list") && params.and_then(|p| p.get("cursor")).is_none();
         if let Some(id) = &id {
+            let key = id.to_string();
             // Answers are matched to requests by id: two requests with one id would let the
             // answer to one pass as the other's (an unfiltered listing as a ping's answer).
-            if pending.by_id.contains_key(&id.to_string()) {
+            if pending.by_id.contains_key(&key) {
                 return Err(refuse(
                     StatusCode::BAD_REQUEST,
                     code::INVALID_REQUEST,
@@ -1097,9 +1094,7 @@ pub(crate) fn check_post(
             }
             // Nor may it reuse the id of a request still waiting on a stream to resume.
             if let Some(session) = rec.session.as_deref()
-                && shared
-                    .resumable
-                    .is_open(&rt.spec.name, session, &id.to_string())
+                && shared.resumable.is_open(&rt.spec.name, session, &key)
             {
                 return Err(refuse(
                     StatusCode::BAD_REQUEST,
@@ -1110,7 +1105,7 @@ pub(crate) fn check_post(
                 ));
             }
             pending.by_id.insert(
-                id.to_string(),
+                key,
                 (method.to_string(), name.map(str::to_string), full_list),
             );
         }

@@ -96,9 +96,9 @@ const SET_STATE_CREDIT_MAX: usize = 8 << 20;
 /// Most credit one unit may spend: learning is spread over requests instead of charged to one.
 const SET_STATE_CREDIT_PER_UNIT: usize = 256 << 10;
 /// Fingerprints of texts that went over (needed states not yet built), remembered so that only
-/// a text seen again draws on the credit: a one-off prompt is screened by the factors at once instead of
-/// paying for states it will not use again (with the credit open to every text, one novel
-/// 1–2 KiB prompt on an idle gateway took 20–650 ms; now 2–3 ms).
+/// a text seen again draws on the credit: a one-off prompt is screened by the factors at once
+/// instead of paying for states it will not use again (with the credit open to every text, one
+/// novel 1–2 KiB prompt on an idle gateway took 20–650 ms; now 2–3 ms).
 const SET_STATE_RECENT: usize = 1024;
 
 /// The shared credit of new lazy-DFA state memory (see [`SET_STATE_CREDIT_PER_SEC`]).

@@ -308,6 +308,8 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Bad settings are refused before anything is written.
+    palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let master = master_key(&args.data_dir)?;
