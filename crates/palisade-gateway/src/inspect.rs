@@ -112,10 +112,11 @@ impl Findings {
             blocks |= m.action == Action::Block;
             // The risk score is the engine's, over the whole exchange: the sum of the scores of
             // the rules that matched anywhere in it (each rule once), at most 100.
-            let new_rule = !self
-                .seen
-                .iter()
-                .any(|(p, r, _)| *p == m.policy_id && *r == m.rule_id);
+            let seen = |answer| {
+                self.seen
+                    .contains(&(m.policy_id.clone(), m.rule_id.clone(), answer))
+            };
+            let new_rule = !seen(false) && !seen(true);
             if new_rule {
                 self.score = self.score.saturating_add(m.score).min(100);
             }
@@ -164,6 +165,18 @@ impl Findings {
         }
     }
 
+    /// Whether a match did what its rule asks: a block stopped the request, a redaction
+    /// replaced a value (a redact rule matched where nothing was replaced — a value disguised
+    /// in the raw text, which only the normalised scan recognised — did not act).
+    fn acted(&self, m: &RuleMatch, answer: bool) -> bool {
+        match m.action {
+            Action::Block => self.blocked,
+            Action::Redact if answer => self.answer_redacted,
+            Action::Redact => self.request_redacted(m),
+            _ => true,
+        }
+    }
+
     /// Whether a request-side `redact` match had a value of its kind replaced. A match whose
     /// kind nothing was replaced for saw a value the raw text does not show as such (disguised),
     /// or a body whose shape is unknown.
@@ -204,14 +217,6 @@ impl Findings {
         if !self.evaluated {
             return;
         }
-        // A redact rule matched where nothing was replaced (a value disguised in the raw text,
-        // which only the normalised scan recognised) did not act.
-        let acted = |m: &RuleMatch, answer: bool| match m.action {
-            Action::Block => self.blocked,
-            Action::Redact if answer => self.answer_redacted,
-            Action::Redact => self.request_redacted(m),
-            _ => true,
-        };
         // Something withheld is a block; else the matches decide (with none, what the
         // evaluation said: allow).
         let decision = if self.withheld.is_some() {
@@ -222,7 +227,7 @@ impl Findings {
             self.matches
                 .iter()
                 .map(|(_, m, answer)| {
-                    if acted(m, *answer) {
+                    if self.acted(m, *answer) {
                         decision_of(m.action)
                     } else {
                         Decision::Alert
@@ -244,12 +249,7 @@ impl Findings {
         }
         let matches = std::mem::take(&mut self.matches);
         for (target, m, answer) in matches {
-            let unredacted = m.action == Action::Redact
-                && !(if answer {
-                    self.answer_redacted
-                } else {
-                    self.request_redacted(&m)
-                });
+            let unredacted = m.action == Action::Redact && !self.acted(&m, answer);
             if m.action == Action::Log
                 || (m.action == Action::Redact
                     && !unredacted
