@@ -56,6 +56,7 @@ use crate::decode::{Encoding, Segment, charge_context, find_segments, raw_segmen
 use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, pattern_needs};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
+use crate::hot::{HotPatterns, Verdict};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, build_prepared, checked_regex,
     compile_regex, prepare_regex,
@@ -822,6 +823,8 @@ pub struct PolicySet {
     state_credit: StateCredit,
     /// Rule of each set pattern, and which of the rule's patterns it stands for.
     set_owner: SetOwners,
+    /// The patterns the factors name on most texts, searched together (`crate::hot`).
+    hot: HotPatterns,
 }
 
 impl fmt::Debug for PolicySet {
@@ -1066,6 +1069,7 @@ impl PolicySet {
             set,
             factors,
             state_credit: StateCredit::new(),
+            hot: HotPatterns::new(set_owner.len()),
             set_owner,
         };
         crate::heap::release_free_memory();
@@ -1323,20 +1327,39 @@ impl PolicySet {
                 if let Some(factors) = &self.factors {
                     // The factor set's patterns are the shared set's, in the same order: each
                     // candidate pattern is a hint over the whole text, so a rule's other
-                    // patterns, whose factors did not occur, are not checked.
+                    // patterns, whose factors did not occur, are not checked. The frequent ones
+                    // are first looked up in the hot set's walk of the text.
+                    let hot = self.hot.set().map(|h| h.scan(text));
                     let mut seen: Vec<Hint> = Vec::new();
                     factors.for_each_candidate(text, |pattern, rule| {
+                        if !tm.applies[rule as usize] {
+                            return;
+                        }
+                        let (first, last) = match hot.as_ref().map(|h| h.verdict(pattern)) {
+                            None | Some(Verdict::Unknown) => (0, text.len()),
+                            Some(Verdict::Ends(first, last)) => (first, last),
+                            Some(Verdict::Absent) => {
+                                st.stats.hot_dropped += 1;
+                                return;
+                            }
+                        };
                         push(rule);
                         seen.push(Hint {
                             rule,
                             slot: self.set_owner[pattern].1,
                             ends: MatchEnds {
                                 pattern,
-                                first: 0,
-                                last: text.len(),
+                                first,
+                                last,
                             },
                         });
                     });
+                    if hot.is_none()
+                        && self.hot.calibrating()
+                        && self.hot.count(seen.iter().map(|h| h.ends.pattern))
+                    {
+                        self.hot.build(|p| self.hot_source(p));
+                    }
                     seen.sort_unstable_by_key(|h| h.rule);
                     hints = Some(seen);
                 }
@@ -1397,6 +1420,17 @@ impl PolicySet {
             .collect();
         for hit in &mut st.hits[first_new..] {
             hit.excerpt = self.excerpt(text, &hit.span, &sensitive);
+        }
+    }
+
+    /// The prefilter form of the shared set's pattern `p` for the hot set: rule regexes only
+    /// (keywords are one Aho-Corasick search, cheap already).
+    fn hot_source(&self, p: usize) -> Option<String> {
+        match self.set_owner.get(p)? {
+            &(rule, Slot::Regex(i)) => Some(widen_pattern(
+                self.rules.get(rule as usize)?.regexes.get(i)?.as_str(),
+            )),
+            (_, Slot::Keywords) => None,
         }
     }
 
@@ -1521,6 +1555,8 @@ pub struct ScanStats {
     /// Units whose candidates came from literal factors, because the shared set's lazy DFA
     /// would have needed too many new states for them.
     pub set_budget_exceeded: usize,
+    /// Candidate patterns of the factors that the hot set's walk ruled out (`crate::hot`).
+    pub hot_dropped: usize,
 }
 
 impl PolicySet {
@@ -2139,6 +2175,70 @@ mod tests {
         }
         assert!(checked > 1000, "{checked}");
         assert!(via_dfa * 10 > checked * 9, "{via_dfa} of {checked}");
+    }
+
+    #[test]
+    fn hot_sets_change_no_match() {
+        // The in-file examples on the factor path, with and without hot sets holding the 256
+        // regexes the factors name most often on them (many match, many do not): the same
+        // matches and spans, fewer patterns searched.
+        let prose = "Thanks for the notes. Could you summarise the meeting for the team, with the \
+                     dates, the owners and what we still need from the vendor?";
+        let packs =
+            crate::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")).unwrap();
+        let mut set = PolicySet::compile(&packs).unwrap();
+        let texts: Vec<(String, Target)> = packs
+            .iter()
+            .flat_map(|p| &p.rules)
+            .flat_map(|r| {
+                let target = r.targets[0];
+                r.examples
+                    .positive
+                    .iter()
+                    .chain(&r.examples.negative)
+                    .map(move |t| (format!("{prose} {t} {prose}"), target))
+            })
+            .collect();
+        let factors = set.factors.as_ref().unwrap();
+        let mut counts = vec![0usize; set.set_owner.len()];
+        for (text, _) in &texts {
+            factors.for_each_candidate(&normalize(text), |p, _| counts[p] += 1);
+        }
+        let mut order: Vec<usize> = (0..counts.len()).filter(|&p| counts[p] > 0).collect();
+        order.sort_by_key(|&p| std::cmp::Reverse(counts[p]));
+        let chosen: Vec<(usize, String)> = order
+            .into_iter()
+            .filter_map(|p| set.hot_source(p).map(|s| (p, s)))
+            .take(256)
+            .collect();
+        assert_eq!(chosen.len(), 256);
+        let hot = crate::hot::HotSet::build(counts.len(), &chosen).unwrap();
+        let opts = EvalOptions::default();
+        let key = |e: &Evaluation| -> Vec<(String, Range<usize>, bool)> {
+            e.matches
+                .iter()
+                .map(|m| (m.rule_id.to_string(), m.span.clone(), m.decoded.is_some()))
+                .collect()
+        };
+        set.hot = HotPatterns::fixed(counts.len(), None);
+        let plain: Vec<_> = texts
+            .iter()
+            .map(|(t, target)| set.evaluate_inner(*target, t, &opts, true))
+            .collect();
+        set.hot = HotPatterns::fixed(counts.len(), Some(hot));
+        let (mut dropped, mut searched, mut searched_hot, mut matched) = (0, 0, 0, 0);
+        for ((text, target), (want, stats)) in texts.iter().zip(&plain) {
+            let (got, hot_stats) = set.evaluate_inner(*target, text, &opts, true);
+            assert_eq!(key(&got), key(want), "{text}");
+            assert_eq!(stats.hot_dropped, 0);
+            dropped += hot_stats.hot_dropped;
+            searched += stats.pattern_checks;
+            searched_hot += hot_stats.pattern_checks;
+            matched += usize::from(!got.is_clean());
+        }
+        assert!(matched * 2 > texts.len(), "{matched} of {}", texts.len());
+        assert!(dropped > texts.len() * 10, "{dropped}");
+        assert!(searched_hot * 2 < searched, "{searched_hot} of {searched}");
     }
 
     #[test]

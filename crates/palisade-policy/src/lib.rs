@@ -44,6 +44,7 @@ mod error;
 mod factors;
 mod forward;
 mod heap;
+mod hot;
 mod model;
 mod normalize;
 mod redact;
