@@ -35,6 +35,8 @@ const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 static OVERHEAD: http::HeaderName = http::HeaderName::from_static("x-palisade-overhead-us");
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static UPSTREAM_REQUEST_ID: http::HeaderName =
+    http::HeaderName::from_static("x-upstream-request-id");
 
 /// The few request fields the gateway needs; everything else is skipped without allocation.
 #[derive(Deserialize)]
@@ -704,7 +706,12 @@ fn rewrite_request(
         .map_err(|e| ProxyError::BadRequest(e.to_string()))
 }
 
+/// Sets the gateway's headers on an upstream's answer. The provider's own request id, which its
+/// support asks for, moves to `x-upstream-request-id`.
 fn finish_headers(h: &mut http::HeaderMap, request_id: &str, overhead: Duration) {
+    if let Some(upstream) = h.remove(&REQUEST_ID) {
+        h.insert(UPSTREAM_REQUEST_ID.clone(), upstream);
+    }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(REQUEST_ID.clone(), v);
     }
@@ -712,4 +719,26 @@ fn finish_headers(h: &mut http::HeaderMap, request_id: &str, overhead: Duration)
         OVERHEAD.clone(),
         HeaderValue::from(overhead.as_micros() as u64),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_providers_request_id_is_passed_on_beside_the_gateways() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            REQUEST_ID.clone(),
+            HeaderValue::from_static("req_upstream_1"),
+        );
+        finish_headers(&mut h, "pal-1", Duration::from_micros(42));
+        assert_eq!(h[&REQUEST_ID], "pal-1");
+        assert_eq!(h[&UPSTREAM_REQUEST_ID], "req_upstream_1");
+        assert_eq!(h[&OVERHEAD], "42");
+        let mut h = http::HeaderMap::new();
+        finish_headers(&mut h, "pal-2", Duration::ZERO);
+        assert_eq!(h[&REQUEST_ID], "pal-2");
+        assert!(!h.contains_key(&UPSTREAM_REQUEST_ID));
+    }
 }

@@ -60,13 +60,107 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                 } else {
                     target
                 };
-                walk_mut(set, x, t, map, request);
+                match x {
+                    Value::String(s) if is_json_text_key(k) => {
+                        redact_json_text(set, s, t, map, request);
+                    }
+                    _ => walk_mut(set, x, t, map, request),
+                }
             }
         }
         _ => {}
     }
 }
 
+/// Redacts a string that is JSON text (a tool call's arguments) so that it stays JSON: as text
+/// when the replacements leave it valid (rules that mask only a value keep its quotes), else
+/// member by member in its parsed form, since a match that took a quote with it broke it.
+fn redact_json_text(
+    set: &PolicySet,
+    s: &mut String,
+    target: Target,
+    map: &mut RedactionMap,
+    request: bool,
+) {
+    let before = map.len();
+    let Some(red) = redacted(set, s, target, map, request) else {
+        return;
+    };
+    if serde_json::from_str::<Value>(&red).is_ok() {
+        *s = red;
+        return;
+    }
+    let Ok(mut parsed) = serde_json::from_str::<Value>(s) else {
+        // Not JSON before either: the text's replacements stand.
+        *s = red;
+        return;
+    };
+    map.truncate(before);
+    redact_members(set, &mut parsed, target, map, request);
+    *s = parsed.to_string();
+}
+
+/// `text` with its sensitive values replaced, `None` when it has none.
+fn redacted(
+    set: &PolicySet,
+    text: &str,
+    target: Target,
+    map: &mut RedactionMap,
+    request: bool,
+) -> Option<String> {
+    let mut v = Value::String(text.to_owned());
+    walk_mut(set, &mut v, target, map, request);
+    match v {
+        Value::String(red) if red != text => Some(red),
+        _ => None,
+    }
+}
+
+/// Redacts the strings of parsed JSON, each object member's value with its name as context
+/// (`"password": "…"`): what the match covers of the value is masked, and a match that covers
+/// more (the name, the quotes) masks the whole value.
+fn redact_members(
+    set: &PolicySet,
+    v: &mut Value,
+    target: Target,
+    map: &mut RedactionMap,
+    request: bool,
+) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                let Value::String(value) = x else {
+                    redact_members(set, x, target, map, request);
+                    continue;
+                };
+                let name = format!("{}: ", Value::from(k.as_str()));
+                let member = format!("{name}{}", Value::from(value.as_str()));
+                let before = map.len();
+                let Some(red) = redacted(set, &member, target, map, request) else {
+                    continue;
+                };
+                if let Some(Ok(Value::String(masked))) =
+                    red.strip_prefix(&name).map(serde_json::from_str::<Value>)
+                {
+                    *value = masked;
+                    continue;
+                }
+                // The whole value stands for what the match replaced.
+                if map.len() > before {
+                    map.truncate(before + 1);
+                    map[before].1 = value.clone();
+                    *value = map[before].0.clone();
+                } else if let Some((p, _)) = map.iter().find(|(p, _)| red.contains(p.as_str())) {
+                    *value = p.clone();
+                }
+            }
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|x| redact_members(set, x, target, map, request)),
+        _ => walk_mut(set, v, target, map, request),
+    }
+}
 /// Fields never redacted: identifiers and settings, and inline media (`data:` URLs). In a
 /// request the end-user id and URLs are redacted like any content.
 fn kept_in_clear(k: &str, v: &Value, request: bool) -> bool {
@@ -214,6 +308,10 @@ pub struct StreamRewriter {
     masker: Option<StreamMasker>,
     /// The last chat completion chunk's fields but its choices, for chunks made to flush.
     envelope: Option<Map<String, Value>>,
+    /// Responses events are numbered (`sequence_number`): how many events the gateway has
+    /// added so far (later events move up by as many), and the last number sent.
+    seq_added: u64,
+    last_seq: Option<u64>,
 }
 
 /// Masks new sensitive values in a streamed answer's text. A value can only be masked while
@@ -291,6 +389,8 @@ impl StreamRewriter {
             held: HashMap::new(),
             masker: None,
             envelope: None,
+            seq_added: 0,
+            last_seq: None,
         }
     }
 
@@ -442,7 +542,7 @@ impl StreamRewriter {
                 (
                     "response.output_text.delta",
                     json!({"type": "response.output_text.delta", "output_index": n(o),
-                        "content_index": n(c), "delta": rest}),
+                        "content_index": n(c), "delta": rest, "logprobs": []}),
                 )
             }
             "f" => (
@@ -511,6 +611,9 @@ impl StreamRewriter {
     fn flush_all(&mut self, out: &mut Vec<u8>) -> bool {
         let mut events = Vec::new();
         self.flush_into("", None, &mut events);
+        if let Some(last) = self.last_seq {
+            self.number(&mut events, last + 1 - self.seq_added, None);
+        }
         for (name, v) in &events {
             push_event(out, name, v);
         }
@@ -527,7 +630,11 @@ impl StreamRewriter {
             // letter or ends a string (a placeholder cut after its `[`), while nothing is held
             // back, comes out exactly as it went in, so it is not parsed. (JSON's own arrays,
             // `"choices":[{`, do not count.)
-            if self.masker.is_none() && self.held.is_empty() && !may_hold_placeholder(ev) {
+            if self.masker.is_none()
+                && self.held.is_empty()
+                && self.seq_added == 0
+                && !may_hold_placeholder(ev)
+            {
                 out.extend_from_slice(ev);
                 continue;
             }
@@ -550,6 +657,9 @@ impl StreamRewriter {
             };
             let mut before: Vec<(String, Value)> = Vec::new();
             self.rewrite_event(&mut v, &mut before);
+            if let Some(seq) = v.get("sequence_number").and_then(Value::as_u64) {
+                self.number(&mut before, seq, Some(&mut v));
+            }
             for (n, extra) in before {
                 push_event(&mut out, &n, &extra);
             }
@@ -557,6 +667,24 @@ impl StreamRewriter {
             changed = true;
         }
         if changed { Bytes::from(out) } else { run }
+    }
+
+    /// Numbers the events `added` ahead of the upstream's event numbered `seq` (`v`, `None` at
+    /// the end of the stream), and that event after them: later events move up as many.
+    fn number(&mut self, added: &mut [(String, Value)], seq: u64, v: Option<&mut Value>) {
+        for (_, e) in added.iter_mut() {
+            if let Some(o) = e.as_object_mut() {
+                let n = seq + self.seq_added;
+                o.insert("sequence_number".into(), n.into());
+                self.last_seq = Some(n);
+                self.seq_added += 1;
+            }
+        }
+        if let Some(o) = v.and_then(Value::as_object_mut) {
+            let n = seq + self.seq_added;
+            o.insert("sequence_number".into(), n.into());
+            self.last_seq = Some(n);
+        }
     }
 
     /// Rewrites one event; `before` receives events made to flush held text ahead of it.
@@ -1243,5 +1371,137 @@ mod tests {
             }
         });
         assert_eq!(text, "write to [EMAIL_1] then stop!");
+    }
+
+    #[test]
+    fn tool_call_arguments_stay_json_when_values_in_them_are_masked() {
+        let secrets = palisade_policy::Policy::from_json(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../policies/secrets-detection.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        // A rule whose match takes the quotes with it, and no `redact.value`.
+        let quoted = palisade_policy::Policy::from_json(
+            r#"{"id": "q", "name": "q", "description": "", "version": "1", "rules": [
+                {"id": "Q-1", "name": "quoted", "category": "secrets", "severity": "high",
+                "targets": ["llm_request", "llm_response"],
+                "patterns": {"regex": ["\"pin\":\\s*\"\\d{4}\""]},
+                "action": "redact", "redact": {"label": "PIN"}, "rationale": "r",
+                "examples": {"positive": ["\"pin\": \"1234\""], "negative": ["pin"]}}]}"#,
+        )
+        .unwrap();
+        let set = PolicySet::compile(&[secrets, quoted]).unwrap();
+        let args = json!({
+            "password": "Tr0ub4dor&3",
+            "api_key": "a8f3k2m9x7q1w5e4r6t0",
+            "conn": "postgres://app:s3cretPw@db.internal:5432/app",
+            "pin": "4821",
+            "note": "ok"
+        })
+        .to_string();
+        let answer = |args: &str| {
+            json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "connect", "arguments": args}}]}}]})
+        };
+        let check = |v: &Value, pointer: &str| {
+            let text = v.pointer(pointer).and_then(Value::as_str).unwrap();
+            let parsed: Value =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            for clear in ["Tr0ub4dor&3", "a8f3k2m9x7q1w5e4r6t0", "s3cretPw", "4821"] {
+                assert!(!text.contains(clear), "{clear} in {text}");
+            }
+            assert_eq!(parsed["note"], "ok");
+            parsed
+        };
+        // An answer's new values: masked, the arguments still JSON (the quote-taking rule
+        // sends them string by string).
+        let mut v = answer(&args);
+        assert!(mask_new(&set, &mut v, Target::LlmResponse, &RedactionMap::new()) >= 3);
+        let got = check(&v, "/choices/0/message/tool_calls/0/function/arguments");
+        assert!(
+            got["password"].as_str().unwrap().starts_with("[PASSWORD_"),
+            "{got}"
+        );
+        // Without the quote-taking rule's value the text form stands: the key stays in clear.
+        let mut only_secrets =
+            answer(&json!({"password": "Tr0ub4dor&3", "note": "ok"}).to_string());
+        mask_new(
+            &set,
+            &mut only_secrets,
+            Target::LlmResponse,
+            &RedactionMap::new(),
+        );
+        let text = only_secrets
+            .pointer("/choices/0/message/tool_calls/0/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(text).unwrap(),
+            json!({"password": "[PASSWORD_1]", "note": "ok"})
+        );
+        // A request's history: the same, and the map restores the originals.
+        let mut body = json!({"model": "m", "messages": [
+            {"role": "user", "content": "connect please"},
+            {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "connect", "arguments": args}}]}]});
+        let map = redact_request(&set, &mut body);
+        let sent = check(&body, "/messages/1/tool_calls/0/function/arguments");
+        let mut back = sent.clone();
+        unmask_value(&mut back, &map);
+        assert_eq!(back, serde_json::from_str::<Value>(&args).unwrap());
+    }
+
+    #[test]
+    fn events_added_to_a_responses_stream_are_numbered_in_sequence() {
+        let ev = |seq: u64, v: Value| {
+            let mut v = v;
+            v["sequence_number"] = seq.into();
+            format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap())
+        };
+        // The held tail is flushed before `output_text.done`; a second part's tail at the end.
+        let events = vec![
+            ev(
+                0,
+                json!({"type": "response.created", "response": {"id": "r"}}),
+            ),
+            ev(
+                1,
+                json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 0, "content_index": 0, "delta": "hello there, write to ann@corp.io or [EMA", "logprobs": []}),
+            ),
+            ev(
+                2,
+                json!({"type": "response.output_text.done", "item_id": "m", "output_index": 0, "content_index": 0, "text": "hello there, write to ann@corp.io or [EMA"}),
+            ),
+            ev(
+                3,
+                json!({"type": "response.output_text.delta", "item_id": "n", "output_index": 1, "content_index": 0, "delta": "and bob@corp.io", "logprobs": []}),
+            ),
+        ];
+        for masking in [true, false] {
+            let map = vec![("[EMAIL_1]".to_string(), "ann@corp.io".to_string())];
+            let mut w = StreamRewriter::new(map.clone());
+            if masking {
+                w = w.masking(email_answers(), &map);
+            }
+            let out = run(&mut w, &events);
+            let mut numbers = Vec::new();
+            for_each_event(&out, |_, d| {
+                let v: Value = serde_json::from_slice(d).unwrap();
+                numbers.push(v["sequence_number"].as_u64().expect("numbered"));
+                if v["type"] == "response.output_text.delta" {
+                    assert_eq!(v["logprobs"], json!([]), "{v}");
+                }
+            });
+            let want: Vec<u64> = (0..numbers.len() as u64).collect();
+            assert_eq!(numbers, want, "masking {masking}");
+            assert!(
+                numbers.len() > events.len(),
+                "masking {masking}: held text was flushed"
+            );
+        }
     }
 }

@@ -262,10 +262,12 @@ impl PolicySet {
             if s < pos {
                 continue;
             }
-            // A rule may mask only the value within its match, keeping the context in clear.
+            // A rule may mask only the value within its match (its first group, if it has
+            // one), keeping the context in clear.
             let (s, e) = match &self.rules[r as usize].redact_value {
                 Some(re) => re
-                    .find(&text[s..e])
+                    .captures(&text[s..e])
+                    .and_then(|c| c.get(1).or_else(|| c.get(0)))
                     .filter(|m| !m.is_empty())
                     .map_or((s, e), |m| (s + m.start(), s + m.end())),
                 None => (s, e),
@@ -485,6 +487,36 @@ mod tests {
         assert_eq!(r.text, "call Phone: [PHONE_1] today");
         assert_eq!(r.map, vec![("[PHONE_1]".into(), "+1 415 555 0133".into())]);
         assert_eq!(unmask(&r.text, &r.map), "call Phone: +1 415 555 0133 today");
+        // With a group, only the group is masked: the shipped password rule keeps a JSON
+        // member's quotes.
+        let secrets = crate::Policy::from_json(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../policies/secrets-detection.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let set = crate::PolicySet::compile(&[secrets]).unwrap();
+        for (text, want) in [
+            (
+                r#"{"password": "Tr0ub4dor&3", "n": 1}"#,
+                r#"{"password": "[PASSWORD_1]", "n": 1}"#,
+            ),
+            (
+                r#"{"api_key":"a8f3k2m9x7q1w5e4r6t0"}"#,
+                r#"{"api_key":"[API_KEY_1]"}"#,
+            ),
+            ("db_password = 'hunter2024'", "db_password = '[PASSWORD_1]'"),
+            (
+                "mysql -h my-prod -u root -pS3cretPw",
+                "mysql -h my-prod -u root -p[PASSWORD_1]",
+            ),
+        ] {
+            let r = set.redact(Target::LlmRequest, text);
+            assert_eq!(r.text, want);
+            assert_eq!(unmask(&r.text, &r.map), text);
+        }
         // A value pattern that does not compile is refused, naming the rule.
         let err = crate::Policy::from_json(&doc("[0-9"))
             .unwrap_err()
