@@ -21,6 +21,7 @@ mod mcp_legacy;
 pub mod mcp_tools;
 mod prompts;
 pub mod redact;
+mod remembered;
 mod shape;
 pub mod sse;
 mod upstream;

@@ -21,7 +21,10 @@ use crate::body::{Finisher, ProxyBody, Relay};
 use crate::error::ProxyError;
 use crate::inspect::{Findings, Inspector, request_texts, response_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
-use crate::redact::{RedactionMap, StreamRewriter, mask_new, redact_request, unmask_body};
+use crate::redact::{
+    RedactionMap, StreamRewriter, continued, mask_new, redact_request, redact_request_continuing,
+    unmask_body,
+};
 use crate::shape::{Endpoint, error_body};
 use crate::upstream::{client_response_headers, is_json, upstream_request_headers};
 use crate::usage::Usage;
@@ -392,6 +395,9 @@ async fn proxy(
     let mut body = read_body(body, rt.spec.max_body_bytes, declared).await?;
     let mut strip_usage = false;
     let mut redactions = RedactionMap::new();
+    // A stateful conversation this request belongs to (Responses API), whose placeholders its
+    // answer carries on.
+    let mut conversation: Option<String> = None;
 
     if endpoint.has_json_body() {
         let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
@@ -417,6 +423,7 @@ async fn proxy(
                 rec,
                 findings,
                 &mut redactions,
+                &mut conversation,
             )?;
         }
     }
@@ -537,6 +544,20 @@ async fn proxy(
             if let Some(i) = masking {
                 w = w.masking(i.set.clone(), &known);
             }
+            if endpoint == Endpoint::Responses && !known.is_empty() {
+                let conversations = shared.conversations.clone();
+                let scope = conversation_scope(&rt.spec.name, &key.id);
+                let conversation = conversation.take();
+                w = w.on_end(Box::new(move |id: &str| {
+                    remember_conversation(
+                        &conversations,
+                        &scope,
+                        id,
+                        conversation.as_deref(),
+                        &known,
+                    );
+                }));
+            }
             relay.rewrite_with(w)
         } else {
             relay
@@ -598,6 +619,20 @@ async fn proxy(
             }
         }
     }
+    if endpoint == Endpoint::Responses
+        && !redactions.is_empty()
+        && up_parts.status.is_success()
+        && let Ok(Answered { id: Some(id) }) = serde_json::from_slice::<Answered>(&bytes)
+    {
+        let scope = conversation_scope(&rt.spec.name, &key.id);
+        remember_conversation(
+            &shared.conversations,
+            &scope,
+            &id,
+            conversation.as_deref(),
+            &redactions,
+        );
+    }
     let bytes = if rt.spec.unmask && !redactions.is_empty() {
         unmask_body(bytes, &redactions)
     } else {
@@ -626,6 +661,32 @@ async fn proxy(
     Ok(resp)
 }
 
+/// The id of a Responses answer.
+#[derive(serde::Deserialize)]
+struct Answered {
+    id: Option<String>,
+}
+
+/// Where a key's conversations on a proxy are remembered (`crate::redact::Conversations`).
+fn conversation_scope(proxy: &str, key_id: &str) -> String {
+    format!("{proxy}\u{1f}{key_id}")
+}
+
+/// Remembers a Responses answer's placeholders under its response id and its conversation, for
+/// the turns that continue it.
+fn remember_conversation(
+    conversations: &crate::redact::Conversations,
+    scope: &str,
+    response_id: &str,
+    conversation: Option<&str>,
+    map: &RedactionMap,
+) {
+    conversations.remember(scope, response_id, map);
+    if let Some(c) = conversation {
+        conversations.remember(scope, c, map);
+    }
+}
+
 /// The budget warning of a `warn` group over its limit.
 fn warn_header(h: &mut http::HeaderMap, adm: &Admission) {
     if let Some(w) = &adm.budget_warning
@@ -649,6 +710,7 @@ fn rewrite_request(
     rec: &mut RequestRecord,
     findings: &mut Findings,
     redactions: &mut RedactionMap,
+    conversation: &mut Option<String>,
 ) -> Result<Bytes, ProxyError> {
     let mut v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ProxyError::BadRequest(format!("request body is not valid JSON: {e}")))?;
@@ -659,10 +721,27 @@ fn rewrite_request(
             || insp.set.redacts(Target::ToolResult)
             || insp.set.redacts(Target::ToolDescription)
         {
-            *redactions = redact_request(&insp.set, &mut v);
-            if !redactions.is_empty() {
-                rec.redactions = Some(redactions.len() as i64);
-                findings.set_request_redacted(redactions);
+            // A later turn of a stateful conversation continues its placeholders.
+            let seed = if endpoint == Endpoint::Responses {
+                let scope = conversation_scope(&rt.spec.name, &key.id);
+                let (previous, conv) = continued(&v);
+                *conversation = conv.map(str::to_string);
+                let known =
+                    |id: Option<&str>| id.and_then(|id| shared.conversations.get(&scope, id));
+                known(previous).or_else(|| known(conv)).unwrap_or_default()
+            } else {
+                RedactionMap::new()
+            };
+            let earlier = seed.len();
+            *redactions = if earlier > 0 {
+                redact_request_continuing(&insp.set, &mut v, seed)
+            } else {
+                redact_request(&insp.set, &mut v)
+            };
+            let new = &redactions[earlier..];
+            if !new.is_empty() {
+                rec.redactions = Some(new.len() as i64);
+                findings.set_request_redacted(new);
                 changed = true;
             }
         }

@@ -53,6 +53,8 @@ pub struct GatewayShared {
     pub(crate) session_owners: crate::mcp::SessionOwners,
     pub(crate) task_owners: crate::mcp::TaskOwners,
     pub(crate) resumable: crate::mcp::Resumable,
+    /// Placeholder maps of stateful LLM conversations (Responses API).
+    pub(crate) conversations: Arc<crate::redact::Conversations>,
 }
 
 impl GatewayShared {
@@ -72,6 +74,7 @@ impl GatewayShared {
             session_owners: Default::default(),
             task_owners: Default::default(),
             resumable: Default::default(),
+            conversations: Default::default(),
         }
     }
 }

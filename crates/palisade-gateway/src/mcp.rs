@@ -8,6 +8,7 @@
 //!
 //! Every decision keys on the JSON-RPC body; `Mcp-*` headers are only checked against it.
 
+use crate::remembered::Locked;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -239,62 +240,6 @@ const MAX_SESSION_OWNERS: usize = 20_000;
 /// Most tasks (the tasks extension) whose key and tool the gateway remembers; past it the
 /// oldest is forgotten, and its `tasks/*` requests are refused as for an unknown task.
 const MAX_TASKS: usize = 20_000;
-
-/// Ids an upstream handed out on a proxy (sessions, tasks) and what the gateway knows of each,
-/// oldest forgotten first past a fixed number.
-struct Remembered<V> {
-    map: HashMap<(String, String), V>,
-    order: std::collections::VecDeque<(String, String)>,
-    max: usize,
-}
-
-impl<V> Remembered<V> {
-    fn new(max: usize) -> Self {
-        Remembered {
-            map: HashMap::new(),
-            order: std::collections::VecDeque::new(),
-            max,
-        }
-    }
-
-    fn get(&self, proxy: &str, id: &str) -> Option<&V> {
-        self.map.get(&(proxy.to_string(), id.to_string()))
-    }
-
-    fn insert(&mut self, proxy: &str, id: &str, v: V) {
-        let k = (proxy.to_string(), id.to_string());
-        if self.map.insert(k.clone(), v).is_some() {
-            return;
-        }
-        if self.order.len() >= self.max
-            && let Some(old) = self.order.pop_front()
-        {
-            self.map.remove(&old);
-        }
-        self.order.push_back(k);
-    }
-
-    fn remove(&mut self, proxy: &str, id: &str) -> Option<V> {
-        let k = (proxy.to_string(), id.to_string());
-        let v = self.map.remove(&k)?;
-        self.order.retain(|o| *o != k);
-        Some(v)
-    }
-}
-
-/// A [`Remembered`] table behind a lock (a poisoned lock still holds consistent data: every
-/// write is one insert or removal).
-struct Locked<V>(std::sync::Mutex<Remembered<V>>);
-
-impl<V> Locked<V> {
-    fn new(max: usize) -> Self {
-        Locked(std::sync::Mutex::new(Remembered::new(max)))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered<V>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// Which API key opened each Streamable HTTP session (`Mcp-Session-Id`) on each proxy: a session
 /// belongs to the key that opened it, as on the legacy transport. A session the gateway does not

@@ -14,6 +14,7 @@ use palisade_policy::{PolicySet, Target, unmask};
 use serde_json::{Map, Value, json};
 
 use crate::inspect::is_meta_key;
+use crate::remembered::Locked;
 use crate::sse::{for_each_event, raw_events};
 
 /// The placeholder → original pairs of one request.
@@ -189,7 +190,16 @@ pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &Redactio
 
 /// Replaces sensitive values in a request body's content; returns the placeholder map.
 pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
-    let mut map = RedactionMap::new();
+    redact_request_continuing(set, body, RedactionMap::new())
+}
+
+/// [`redact_request`] for a request that continues a conversation whose earlier turns used the
+/// placeholders of `map`: its values keep them, new ones are numbered after them.
+pub fn redact_request_continuing(
+    set: &PolicySet,
+    body: &mut Value,
+    mut map: RedactionMap,
+) -> RedactionMap {
     if let Value::Object(m) = body {
         for (k, v) in m.iter_mut() {
             if kept_in_clear(k, v, true) || matches!(k.as_str(), "stream" | "stream_options") {
@@ -204,6 +214,53 @@ pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
         }
     }
     map
+}
+
+/// Most conversations whose placeholders the gateway remembers; past it the oldest is forgotten.
+const MAX_CONVERSATIONS: usize = 2048;
+/// Most bytes of placeholders and originals remembered per conversation; a larger map is not
+/// remembered (its next turn numbers placeholders afresh).
+const MAX_CONVERSATION_BYTES: usize = 32 << 10;
+
+/// Placeholder maps of stateful conversations (the Responses API's `previous_response_id` and
+/// `conversation`). The provider keeps the earlier turns, placeholders included, so a later
+/// turn must continue their numbering (else `[EMAIL_1]` would stand for two people) and its
+/// answer must restore them. Kept per proxy and API key (another key's turn gets nothing), in
+/// memory only, bounded.
+pub(crate) struct Conversations(Locked<RedactionMap>);
+
+impl Default for Conversations {
+    fn default() -> Self {
+        Conversations(Locked::new(MAX_CONVERSATIONS))
+    }
+}
+
+impl Conversations {
+    /// The map of the conversation `id` (a response id or a conversation id) in `scope`.
+    pub(crate) fn get(&self, scope: &str, id: &str) -> Option<RedactionMap> {
+        self.0.lock().get(scope, id).cloned()
+    }
+
+    /// Remembers `map` for the conversation `id` in `scope`.
+    pub(crate) fn remember(&self, scope: &str, id: &str, map: &RedactionMap) {
+        let bytes: usize = map.iter().map(|(p, o)| p.len() + o.len()).sum();
+        if map.is_empty() || id.is_empty() || bytes > MAX_CONVERSATION_BYTES {
+            return;
+        }
+        let mut table = self.0.lock();
+        table.remove(scope, id);
+        table.insert(scope, id, map.clone());
+    }
+}
+
+/// The stateful conversation a Responses request continues: the response it follows, and the
+/// conversation it belongs to (a string or `{"id": …}`).
+pub(crate) fn continued(body: &Value) -> (Option<&str>, Option<&str>) {
+    let previous = body.get("previous_response_id").and_then(Value::as_str);
+    let conversation = body
+        .get("conversation")
+        .and_then(|c| c.as_str().or_else(|| c.get("id").and_then(Value::as_str)));
+    (previous, conversation)
 }
 
 /// Restores originals in every string of a JSON value (answers, tool-call arguments). A string
@@ -312,7 +369,13 @@ pub struct StreamRewriter {
     /// added so far (later events move up by as many), and the last number sent.
     seq_added: u64,
     last_seq: Option<u64>,
+    /// A Responses stream's response id, and what to do with it once the stream has ended.
+    response_id: Option<String>,
+    on_end: Option<EndHook>,
 }
+
+/// Called with a Responses stream's response id when the stream has ended whole.
+pub type EndHook = Box<dyn FnOnce(&str) + Send + Sync>;
 
 /// Masks new sensitive values in a streamed answer's text. A value can only be masked while
 /// none of it has been sent, so text is held back per channel while a value may still be in
@@ -391,7 +454,15 @@ impl StreamRewriter {
             envelope: None,
             seq_added: 0,
             last_seq: None,
+            response_id: None,
+            on_end: None,
         }
+    }
+
+    /// Calls `hook` with the response id once a Responses stream has ended whole.
+    pub fn on_end(mut self, hook: EndHook) -> Self {
+        self.on_end = Some(hook);
+        self
     }
 
     /// Also masks new values found by `set`'s `redact` rules for answers; `known` is the
@@ -409,6 +480,7 @@ impl StreamRewriter {
     /// The stream broke: whatever is held will never be sent. Values in it count as masked
     /// (withheld from the client), so the record does not say they reached it.
     pub fn discard(&mut self) {
+        self.on_end = None;
         if let Some(m) = self.masker.as_mut() {
             let channels: Vec<String> = m.held.keys().cloned().collect();
             for ch in channels {
@@ -604,6 +676,9 @@ impl StreamRewriter {
     pub fn finish(&mut self) -> Bytes {
         let mut out = Vec::new();
         self.flush_all(&mut out);
+        if let (Some(id), Some(hook)) = (self.response_id.take(), self.on_end.take()) {
+            hook(&id);
+        }
         Bytes::from(out)
     }
 
@@ -630,9 +705,11 @@ impl StreamRewriter {
             // letter or ends a string (a placeholder cut after its `[`), while nothing is held
             // back, comes out exactly as it went in, so it is not parsed. (JSON's own arrays,
             // `"choices":[{`, do not count.)
+            let want_id = self.on_end.is_some() && self.response_id.is_none();
             if self.masker.is_none()
                 && self.held.is_empty()
                 && self.seq_added == 0
+                && !want_id
                 && !may_hold_placeholder(ev)
             {
                 out.extend_from_slice(ev);
@@ -689,6 +766,12 @@ impl StreamRewriter {
 
     /// Rewrites one event; `before` receives events made to flush held text ahead of it.
     fn rewrite_event(&mut self, v: &mut Value, before: &mut Vec<(String, Value)>) {
+        if self.response_id.is_none()
+            && v.get("type").and_then(Value::as_str) == Some("response.created")
+            && let Some(id) = v.pointer("/response/id").and_then(Value::as_str)
+        {
+            self.response_id = Some(id.to_string());
+        }
         // OpenAI chat completions: per-choice content and tool-call argument deltas; flush on
         // finish_reason.
         // The chunk fields (id, model, created…) are the same in every chunk of a stream.

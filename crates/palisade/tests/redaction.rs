@@ -296,3 +296,83 @@ async fn governance_prompt_is_injected_with_variables_for_both_shapes() {
     let (_, audit) = gw.get("/api/v1/audit?target=team").await;
     assert_eq!(audit[0]["action"], "prompt.create");
 }
+
+#[tokio::test]
+async fn a_stateful_conversation_continues_its_placeholders() {
+    // The Responses API keeps earlier turns at the provider, placeholders included: a turn that
+    // follows one (`previous_response_id`, `conversation`) keeps the earlier values'
+    // placeholders and numbers new ones after them; another key's turn does not see them. A
+    // gateway for each form of answer: the mock names every response `resp_mock`.
+    for stream in [false, true] {
+        conversation_turns(stream).await;
+    }
+}
+
+async fn conversation_turns(stream: bool) {
+    let mock = Mock::start(&["--chunks", "7"]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    let (s, issued) = gw
+        .post(
+            "/api/v1/keys",
+            json!({"name": "other", "group": "engineering"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{issued}");
+    let other = issued["key"].as_str().unwrap().to_string();
+    let (alice, bob) = ("alice.smith@example.com", "bob.jones@example.org");
+    let turn = |key: &str, mut body: Value| {
+        body["model"] = json!("mock-gpt");
+        body["stream"] = json!(stream);
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/responses"))
+            .bearer_auth(key)
+            .json(&body)
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let sent = || async { received(&mock).await.last().unwrap()["input"].to_string() };
+    turn(CI_KEY, json!({"input": format!("My email is {alice}")})).await;
+    assert!(sent().await.contains("[EMAIL_1]"));
+    // The next turn: alice keeps [EMAIL_1], bob is [EMAIL_2]; the answer, which echoes the
+    // placeholders, comes back with both originals.
+    let answer = turn(
+        CI_KEY,
+        json!({"previous_response_id": "resp_mock", "input": format!("cc {bob} and {alice}")}),
+    )
+    .await;
+    let up = sent().await;
+    assert!(
+        up.contains("cc [EMAIL_2] and [EMAIL_1]"),
+        "stream {stream}: {up}"
+    );
+    assert!(
+        answer.contains(&format!("cc {bob} and {alice}")),
+        "stream {stream}: {answer}"
+    );
+    // A conversation id carries the map too.
+    turn(
+        CI_KEY,
+        json!({"conversation": {"id": "conv_1"}, "input": format!("I am {bob}")}),
+    )
+    .await;
+    turn(
+        CI_KEY,
+        json!({"conversation": "conv_1", "input": format!("and {alice}")}),
+    )
+    .await;
+    let up = sent().await;
+    assert!(up.contains("and [EMAIL_2]"), "stream {stream}: {up}");
+    // Another key naming the same response starts afresh.
+    turn(
+        &other,
+        json!({"previous_response_id": "resp_mock", "input": format!("cc {bob}")}),
+    )
+    .await;
+    let up = sent().await;
+    assert!(up.contains("cc [EMAIL_1]"), "stream {stream}: {up}");
+}
