@@ -57,6 +57,12 @@ async fn decide(
     actor: palisade_store::Actor,
 ) -> ApiResult<McpTool> {
     s.mcp_proxy(proxy).await?;
+    // The decision is about the definition the gateway holds now: its save (queued when the
+    // server listed it) is made first, so a listing just before cannot be decided in an older
+    // form, nor land afterwards over the decision (saves older than the row are ignored).
+    if let Some(current) = s.manager.shared().mcp.get(proxy, tool) {
+        s.store.upsert_tool(current).await?;
+    }
     let t = s.store.set_tool_status(proxy, tool, status, actor).await?;
     s.manager.shared().mcp.apply(t.clone());
     s.events.changed("tool", proxy);

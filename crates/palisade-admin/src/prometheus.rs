@@ -73,6 +73,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The request-log writer's counters, once it runs.
+    log: std::sync::OnceLock<std::sync::Arc<palisade_store::WriterStats>>,
 }
 
 impl Metrics {
@@ -105,6 +107,11 @@ impl Metrics {
         p.completion_tokens += r.completion_tokens.unwrap_or(0).max(0) as u64;
         p.cost_usd += r.cost_usd.unwrap_or(0.0).max(0.0);
         p.redactions += r.redactions.unwrap_or(0).max(0) as u64;
+    }
+
+    /// Shows the request-log writer's counters too.
+    pub fn watch_log(&self, stats: std::sync::Arc<palisade_store::WriterStats>) {
+        let _ = self.log.set(stats);
     }
 
     /// Counts an alert.
@@ -226,6 +233,39 @@ impl Metrics {
                 escape(kind),
                 escape(severity)
             );
+        }
+        if let Some(log) = self.log.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (name, help, n) in [
+                (
+                    "palisade_log_records_written_total",
+                    "Request records written to the request log.",
+                    &log.written,
+                ),
+                (
+                    "palisade_log_records_dropped_total",
+                    "Request records dropped: the log's queue was full.",
+                    &log.dropped,
+                ),
+                (
+                    "palisade_log_records_lost_total",
+                    "Request records lost: their batch could not be written (a full disk).",
+                    &log.lost,
+                ),
+                (
+                    "palisade_log_batches_failed_total",
+                    "Request-log batches that could not be written after a retry.",
+                    &log.failed,
+                ),
+                (
+                    "palisade_alerts_lost_total",
+                    "Alerts lost: they could not be written and the waiting list was full.",
+                    &log.alerts_lost,
+                ),
+            ] {
+                family(&mut out, name, "counter", help);
+                let _ = writeln!(out, "{name} {}", n.load(Relaxed));
+            }
         }
         out
     }

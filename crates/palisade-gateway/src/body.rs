@@ -305,6 +305,11 @@ impl Relay {
 
     fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         tracing::warn!(error = %message, "upstream stream ended abnormally");
+        // The client got 200 and then a terminal error event; the log counts it as the upstream
+        // failure it is (error filters, error rates).
+        if let Some(f) = self.finisher.as_mut() {
+            f.record.status = 502;
+        }
         let (t, code) = match self.api {
             LlmApi::Openai => ("upstream_error", "upstream_stream_error"),
             LlmApi::Anthropic => ("api_error", "upstream_stream_error"),
@@ -538,7 +543,7 @@ fn contains_usage(b: &[u8]) -> bool {
 impl Drop for Relay {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(Some("client disconnected before the answer ended".into()));
+            self.finish(Some(crate::listener::cut_short("ended")));
         }
     }
 }

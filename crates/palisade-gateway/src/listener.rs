@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -57,6 +58,9 @@ async fn serve(
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    // The connections' tasks: those still running when the drain time is over are cut, and
+    // waited for, so their requests are logged before the proxy is reported stopped.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -88,7 +92,8 @@ async fn serve(
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), svc);
                 let watched = graceful.watch(conn);
-                tokio::spawn(async move {
+                while conns.try_join_next().is_some() {}
+                conns.spawn(async move {
                     if let Err(e) = watched.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -103,5 +108,22 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("drain time elapsed with requests still in flight; closing them");
+        CUTTING.fetch_add(1, Ordering::SeqCst);
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+        CUTTING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Listeners cutting connections whose requests outlasted the drain time.
+static CUTTING: AtomicUsize = AtomicUsize::new(0);
+
+/// Why a request ended before its answer did: its proxy stopped (the drain time was over), or its
+/// client went away.
+pub(crate) fn cut_short(what: &str) -> String {
+    if CUTTING.load(Ordering::SeqCst) > 0 {
+        format!("the proxy stopped before the answer {what} (drain time over)")
+    } else {
+        format!("client disconnected before the answer {what}")
     }
 }

@@ -145,7 +145,7 @@ impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if self.armed {
             // The status nginx and others log for a client that closed the connection first.
-            self.log(499, "client disconnected before the answer began".into());
+            self.log(499, crate::listener::cut_short("began"));
         }
     }
 }

@@ -402,6 +402,11 @@ impl McpRegistry {
             .cloned()
     }
 
+    /// A tool as the gateway knows it now.
+    pub fn get(&self, proxy: &str, name: &str) -> Option<McpTool> {
+        self.lock().get(proxy).and_then(|m| m.get(name)).cloned()
+    }
+
     /// Applies an administrator's decision made through the store.
     pub fn apply(&self, t: McpTool) {
         self.lock()

@@ -93,7 +93,8 @@ impl Store {
                 &format!(
                     "INSERT INTO mcp_tools ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (proxy, name) DO UPDATE SET status = ?3, fingerprint = ?4, approved_fingerprint = ?5,
-                       definition = ?6, findings = ?7, present = ?8, updated_ms = ?10"
+                       definition = ?6, findings = ?7, present = ?8, updated_ms = ?10
+                     WHERE excluded.updated_ms >= mcp_tools.updated_ms"
                 ),
                 params![
                     t.proxy,

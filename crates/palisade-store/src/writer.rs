@@ -25,8 +25,13 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 enum Msg {
     Record(Box<RequestRecord>),
     Alert(Box<AlertRecord>),
+    /// Nothing to add: write what waits (alerts of a failed batch).
+    Retry,
     Close(oneshot::Sender<()>),
 }
+
+/// Pause before the writer tries again to write alerts whose batch failed.
+const ALERT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Alerts that found the queue full wait here (bounded) instead of being dropped.
 const ALERT_OVERFLOW: usize = 100_000;
@@ -36,10 +41,12 @@ const ALERT_OVERFLOW: usize = 100_000;
 pub struct WriterStats {
     /// Records written.
     pub written: AtomicU64,
-    /// Records dropped because the queue was full.
+    /// Records dropped because the queue was full (or closed: the gateway was stopping).
     pub dropped: AtomicU64,
     /// Batches that failed to write (each is retried once, then counted here).
     pub failed: AtomicU64,
+    /// Records of those batches, lost (their alerts wait for the next batch).
+    pub lost: AtomicU64,
     /// Alerts lost because both the queue and the overflow list were full.
     pub alerts_lost: AtomicU64,
 }
@@ -55,10 +62,16 @@ pub struct LogSink {
 impl LogSink {
     /// Queues a record without waiting; counts it as dropped if the queue is full.
     pub fn record(&self, r: RequestRecord) {
-        if self.tx.try_send(Msg::Record(Box::new(r))).is_err() {
+        if let Err(e) = self.tx.try_send(Msg::Record(Box::new(r))) {
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "request log queue full; records dropped");
+            match e {
+                mpsc::error::TrySendError::Full(_) if n.is_power_of_two() => {
+                    tracing::warn!(dropped = n, "request log queue full; records dropped")
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    tracing::warn!(dropped = n, "request log already closed; record dropped")
+                }
+                _ => {}
             }
         }
     }
@@ -70,19 +83,35 @@ impl LogSink {
             let Msg::Alert(a) = e.into_inner() else {
                 return;
             };
-            let mut o = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
-            if o.len() < ALERT_OVERFLOW {
-                o.push(*a);
-            } else {
-                self.stats.alerts_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(alert = %a.title, "alert overflow full; alert lost");
-            }
+            keep_alerts(&self.overflow, &self.stats, vec![*a]);
         }
     }
 
     /// Writer counters.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// The writer counters, shared (for a metrics endpoint).
+    pub fn stats_handle(&self) -> Arc<WriterStats> {
+        self.stats.clone()
+    }
+}
+
+/// Puts alerts in the overflow list (for the next batch), counting those it has no room for.
+fn keep_alerts(
+    overflow: &std::sync::Mutex<Vec<AlertRecord>>,
+    stats: &WriterStats,
+    alerts: Vec<AlertRecord>,
+) {
+    let mut o = overflow.lock().unwrap_or_else(|p| p.into_inner());
+    for a in alerts {
+        if o.len() < ALERT_OVERFLOW {
+            o.push(a);
+        } else {
+            stats.alerts_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(alert = %a.title, "alert overflow full; alert lost");
+        }
     }
 }
 
@@ -97,6 +126,7 @@ impl LogWriter {
     pub fn start(db_path: PathBuf) -> Result<Self, crate::StoreError> {
         let conn = open_connection(&db_path)?;
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let tx_retry = tx.downgrade();
         let stats = Arc::new(WriterStats::default());
         let st = stats.clone();
         let overflow: Arc<std::sync::Mutex<Vec<AlertRecord>>> = Default::default();
@@ -115,6 +145,7 @@ impl LogWriter {
                     match m {
                         Msg::Record(r) => batch.push(*r),
                         Msg::Alert(a) => alerts.push(*a),
+                        Msg::Retry => {}
                         Msg::Close(ack) => {
                             close = Some(ack);
                             break;
@@ -144,23 +175,41 @@ impl LogWriter {
                         if result.is_err() {
                             result = crate::requests::insert_batch(&mut c, &rows, &alert_rows);
                         }
-                        match result {
+                        let unwritten = match result {
                             Ok(()) => {
                                 st2.written.fetch_add(n, Ordering::Relaxed);
+                                Vec::new()
                             }
                             Err(e) => {
                                 st2.failed.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(error = %e, rows = n, "request log batch could not be written");
+                                st2.lost.fetch_add(n, Ordering::Relaxed);
+                                tracing::error!(error = %e, rows = n, alerts = alert_rows.len(), "request log batch could not be written; its alerts wait for the next batch");
+                                alert_rows
                             }
-                        }
-                        (c, rows)
+                        };
+                        (c, rows, unwritten)
                     })
                     .await;
                     match res {
-                        Ok((c, mut rows)) => {
+                        Ok((c, mut rows, unwritten)) => {
                             conn = Some(c);
                             rows.clear();
                             batch = rows;
+                            // Alerts are never dropped for a failed write (a full disk): they
+                            // go with the next batch. Nothing else may be coming, so the
+                            // writer tries again on its own after a pause.
+                            if !unwritten.is_empty() {
+                                keep_alerts(&ov, &st, unwritten);
+                                if close.is_none() {
+                                    let retry = tx_retry.clone();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(ALERT_RETRY).await;
+                                        if let Some(tx) = retry.upgrade() {
+                                            let _ = tx.try_send(Msg::Retry);
+                                        }
+                                    });
+                                }
+                            }
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "request log writer thread failed");
@@ -237,5 +286,58 @@ mod tests {
         let page = store.query_requests(f).await.unwrap();
         assert_eq!(page.total, 500);
         assert!(page.items.iter().all(|r| r.proxy == "a" && r.status == 502));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alerts_of_a_batch_that_cannot_be_written_are_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let w = LogWriter::start(store.path().to_path_buf()).unwrap();
+        let sink = w.sink();
+        // The request table is gone for a while (as a full disk refuses every write).
+        let side = open_connection(store.path()).unwrap();
+        side.execute_batch("ALTER TABLE requests RENAME TO requests_away")
+            .unwrap();
+        sink.record(RequestRecord {
+            id: "r1".into(),
+            proxy: "a".into(),
+            status: 200,
+            ..Default::default()
+        });
+        sink.alert(AlertRecord {
+            id: "a1".into(),
+            kind: "policy".into(),
+            status: "new".into(),
+            ..Default::default()
+        });
+        let stats = sink.stats_handle();
+        for _ in 0..100 {
+            if stats.failed.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats.lost.load(Ordering::Relaxed), 1);
+        side.execute_batch("ALTER TABLE requests_away RENAME TO requests")
+            .unwrap();
+        // The writer tries again by itself.
+        let mut found = 0;
+        for _ in 0..100 {
+            found = store
+                .query_alerts(crate::AlertFilter {
+                    id: Some("a1".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .total;
+            if found > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(found, 1);
+        assert_eq!(stats.alerts_lost.load(Ordering::Relaxed), 0);
+        w.close().await;
     }
 }

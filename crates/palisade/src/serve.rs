@@ -51,6 +51,18 @@ fn master_key(data_dir: &Path) -> anyhow::Result<MasterKey> {
     match std::fs::read_to_string(&path) {
         Ok(text) => MasterKey::parse(&text).with_context(|| format!("{}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A database made with another key: its sealed secrets and the admin tokens need
+            // that key; a new one would silently seal new secrets differently.
+            let db = data_dir.join("palisade.db");
+            if std::fs::metadata(&db).is_ok_and(|m| m.len() > 0) {
+                anyhow::bail!(
+                    "{} exists but {} is missing: the database's stored secrets need the key \
+                     they were sealed with. Restore master.key (or set PALISADE_MASTER_KEY); to \
+                     start afresh, move the database away",
+                    db.display(),
+                    path.display()
+                );
+            }
             let key = MasterKey::generate();
             write_private(&path, &key.to_hex())?;
             tracing::info!(path = %path.display(), "generated a new master key; back it up with the database");
@@ -312,11 +324,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    // One gateway per data directory: a second one would apply its own configuration to the
+    // same database (revoking the first one's keys) behind its back.
+    let lock_path = args.data_dir.join("palisade.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another palisade is running on the data directory {}",
+            args.data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+        }
+    }
     let master = master_key(&args.data_dir)?;
-    let store = Store::open(&args.data_dir)?;
+    let store = Store::open(&args.data_dir).with_context(|| {
+        format!(
+            "cannot open the database {}",
+            args.data_dir.join("palisade.db").display()
+        )
+    })?;
     let writer = LogWriter::start(store.path().to_path_buf())?;
     // Live console events ride along the log sinks; the hub never waits (see events.rs).
     let hub = Arc::new(palisade_admin::events::Hub::new());
+    hub.metrics.watch_log(writer.sink().stats_handle());
     let sink = writer.sink();
     let h = hub.clone();
     let record: RecordFn = Arc::new(move |r| {
@@ -343,7 +380,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         DRAIN,
     ));
     let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
-        .map_err(|e| anyhow::anyhow!(e.message))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load what the database {} holds: {}",
+                args.data_dir.join("palisade.db").display(),
+                e.message
+            )
+        })?
         .with_events(hub);
     state
         .load_custom_policies()
@@ -417,10 +460,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
-    palisade_admin::serve(listener, state, shutdown_signal()).await?;
+    // On SIGTERM or Ctrl-C the admin API and the proxies stop taking connections together and
+    // drain. The admin API's open connections get a few seconds: a console's live event stream
+    // never ends by itself, and must not hold the proxies open.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut admin = tokio::spawn(palisade_admin::serve(listener, state, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    let admin_ended = tokio::select! {
+        () = shutdown_signal() => None,
+        ended = &mut admin => Some(ended),
+    };
+    let _ = stop_tx.send(true);
     tracing::info!("shutting down: draining proxies");
     manager.stop_all().await;
+    let admin_ended = match admin_ended {
+        Some(ended) => ended,
+        None => match tokio::time::timeout(ADMIN_DRAIN, &mut admin).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                admin.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
     writer.close().await;
     tracing::info!("request log flushed; bye");
+    admin_ended.context("admin API task failed")??;
     Ok(())
 }
+
+/// How long the admin API's open connections may take to finish once shutdown began.
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);

@@ -1069,6 +1069,15 @@ async fn prometheus_metrics_count_requests_for_a_scrape_token_or_a_user() {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
     assert!(text.contains(r#"palisade_tokens_total{proxy="oai",kind="completion"}"#));
+    // The request log's own health: nothing dropped or lost.
+    for line in [
+        "palisade_log_records_dropped_total 0",
+        "palisade_log_records_lost_total 0",
+        "palisade_alerts_lost_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    assert!(text.contains("palisade_log_records_written_total "));
     // A signed-in user may read them too.
     let r = c
         .get(format!("{}/metrics", gw.admin))
@@ -1077,4 +1086,56 @@ async fn prometheus_metrics_count_requests_for_a_scrape_token_or_a_user() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn one_gateway_per_data_directory_and_its_key_is_never_replaced() {
+    let mock = Mock::start(&[]);
+    let mut gw = Gateway::start(&config_for(&mock.url)).await;
+    let data = gw.dir.path().join("data");
+    let serve = |data: &std::path::Path| {
+        std::process::Command::new(bin())
+            .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    // A second gateway on the same directory is refused, and changes nothing.
+    let out = serve(&data);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another palisade is running"), "{err}");
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/models", gw.proxy_url("oai").await))
+        .bearer_auth(CI_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the first one's key still works");
+    // A console's live event stream does not hold the shutdown (the admin API's connections
+    // get a few seconds).
+    let events = reqwest::Client::new()
+        .get(format!("{}/api/v1/events", gw.admin))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let t0 = std::time::Instant::now();
+    let status = gw.proc.terminate();
+    assert!(status.success(), "{status}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+    drop(events);
+    // A database whose master key is missing is not given a new one.
+    let key = std::fs::read(data.join("master.key")).unwrap();
+    std::fs::remove_file(data.join("master.key")).unwrap();
+    let out = serve(&data);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("master.key is missing"), "{err}");
+    assert!(!data.join("master.key").exists());
+    std::fs::write(data.join("master.key"), key).unwrap();
 }
