@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// The group's monthly budget is spent and its action is `block`.
     #[error("{0}; requests are refused until the budget resets")]
     BudgetExceeded(String),
+    /// The gateway holds too many bytes of buffered bodies to take this one now.
+    #[error("gateway busy: {0}; retry shortly")]
+    Busy(String),
     /// A policy rule with action `block` matched (the rule ids, never the patterns).
     #[error("{phase} blocked by policy (rules: {rules})")]
     PolicyBlocked {
@@ -66,6 +69,7 @@ impl ProxyError {
             ProxyError::PolicyBlocked { .. } | ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            ProxyError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -84,6 +88,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) => "permission_error",
             ProxyError::RateLimited { .. } => "rate_limit_error",
             ProxyError::BudgetExceeded(_) => "insufficient_quota",
+            ProxyError::Busy(_) => "server_error",
         }
     }
 
@@ -98,6 +103,7 @@ impl ProxyError {
             ProxyError::PolicyBlocked { .. } | ProxyError::Forbidden(_) => "permission_error",
             ProxyError::RateLimited { .. } => "rate_limit_error",
             ProxyError::BudgetExceeded(_) => "billing_error",
+            ProxyError::Busy(_) => "overloaded_error",
         }
     }
 
@@ -115,6 +121,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) => "key_scope",
             ProxyError::RateLimited { .. } => "rate_limit_exceeded",
             ProxyError::BudgetExceeded(_) => "budget_exceeded",
+            ProxyError::Busy(_) => "gateway_busy",
         }
     }
 }

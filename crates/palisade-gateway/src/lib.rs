@@ -9,6 +9,7 @@
 mod accounting;
 mod body;
 mod bridge;
+mod buffers;
 mod error;
 mod inspect;
 mod listener;

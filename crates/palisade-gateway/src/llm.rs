@@ -1,5 +1,6 @@
 //! The LLM proxy pipeline, one small function per phase.
 
+use crate::buffers::{self, BufferError, Held};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use palisade_core::identity::KeyInfo;
 use palisade_core::model::LlmApi;
@@ -210,24 +211,29 @@ fn authenticate(
 }
 
 /// Phase 2: read the body within the proxy's size limit.
-async fn read_body(body: Incoming, limit: u64, declared: Option<u64>) -> Result<Bytes, ProxyError> {
+async fn read_body(
+    body: Incoming,
+    limit: u64,
+    declared: Option<u64>,
+) -> Result<(Bytes, Held), ProxyError> {
     if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge(limit));
     }
     let collected = tokio::time::timeout(
         CLIENT_BODY_TIMEOUT,
-        Limited::new(body, limit as usize).collect(),
+        buffers::collect(body, usize::try_from(limit).unwrap_or(usize::MAX)),
     )
     .await
     .map_err(|_| ProxyError::ClientBody("timed out".into()))?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge(limit))
-        }
-        Err(e) => Err(ProxyError::ClientBody(e.to_string())),
-    }
+    collected.map_err(|e| match e {
+        BufferError::TooLarge => ProxyError::BodyTooLarge(limit),
+        BufferError::Busy => ProxyError::Busy(BUSY.into()),
+        BufferError::Body(e) => ProxyError::ClientBody(e.to_string()),
+    })
 }
+
+/// Why a body was refused for the shared buffer budget (`crate::buffers`).
+const BUSY: &str = "too many large bodies are being buffered at once";
 
 /// Phase 2b: scan the request's text with the proxy's policies.
 fn inspect_request(
@@ -392,7 +398,8 @@ async fn proxy(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let mut body = read_body(body, rt.spec.max_body_bytes, declared).await?;
+    // The bodies' bytes stay counted against the shared budget until the request is done.
+    let (mut body, _request_held) = read_body(body, rt.spec.max_body_bytes, declared).await?;
     let mut strip_usage = false;
     let mut redactions = RedactionMap::new();
     // A stateful conversation this request belongs to (Responses API), whose placeholders its
@@ -569,18 +576,19 @@ async fn proxy(
     }
 
     let collected =
-        tokio::time::timeout(timeout, Limited::new(up_body, MAX_UPSTREAM_BODY).collect()).await;
-    let mut bytes = match collected {
+        tokio::time::timeout(timeout, buffers::collect(up_body, MAX_UPSTREAM_BODY)).await;
+    let (mut bytes, _answer_held) = match collected {
         Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+        Ok(Err(BufferError::TooLarge)) => {
             return Err(ProxyError::UpstreamTooLarge(MAX_UPSTREAM_BODY as u64));
         }
-        Ok(Err(e)) => {
+        Ok(Err(BufferError::Busy)) => return Err(ProxyError::Busy(BUSY.into())),
+        Ok(Err(BufferError::Body(e))) => {
             return Err(ProxyError::UpstreamUnavailable(format!(
                 "upstream body broke: {e}"
             )));
         }
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Ok(c)) => c,
     };
     let received = Instant::now();
     let mut usage = Usage::default();

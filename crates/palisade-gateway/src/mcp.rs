@@ -8,6 +8,7 @@
 //!
 //! Every decision keys on the JSON-RPC body; `Mcp-*` headers are only checked against it.
 
+use crate::buffers::{BufferError, Held};
 use crate::remembered::Locked;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use palisade_core::identity::KeyInfo;
 use palisade_core::now_ms;
@@ -392,7 +393,8 @@ async fn serve_checked(
     let query = parts.uri.query();
     match parts.method {
         Method::POST => {
-            let bytes = read_body(rt, &parts.headers, body).await?;
+            // Its bytes stay counted against the shared buffer budget until the answer is made.
+            let (bytes, _held) = read_body(rt, &parts.headers, body).await?;
             let v = parse_post(&bytes)?;
             let stateless = crate::mcp_era::is_stateless_request(&parts.headers, &v);
             let mut pending = Pending::default();
@@ -573,9 +575,9 @@ pub(crate) async fn read_body<B>(
     rt: &ProxyRuntime,
     headers: &http::HeaderMap,
     body: B,
-) -> Result<Bytes, Refusal>
+) -> Result<(Bytes, Held), Refusal>
 where
-    B: http_body::Body,
+    B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let ct = headers
@@ -590,22 +592,25 @@ where
         ));
     }
     let limit = rt.spec.max_body_bytes as usize;
-    let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            refuse(
+    crate::buffers::collect(body, limit)
+        .await
+        .map_err(|e| match e {
+            BufferError::TooLarge => refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 code::INVALID_REQUEST,
                 &format!("body exceeds {limit} bytes"),
-            )
-        } else {
-            refuse(
+            ),
+            BufferError::Busy => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::UPSTREAM,
+                "gateway busy: too many large bodies are being buffered at once; retry shortly",
+            ),
+            BufferError::Body(e) => refuse(
                 StatusCode::BAD_REQUEST,
                 code::INVALID_REQUEST,
                 &format!("cannot read body: {e}"),
-            )
-        }
-    })?;
-    Ok(bytes.to_bytes())
+            ),
+        })
 }
 
 /// Parses a POST body as JSON (its JSON-RPC shape is checked by [`check_post`]).
@@ -798,17 +803,25 @@ pub(crate) async fn send(
         return Ok(r);
     }
 
-    let bytes = Limited::new(up_body, MAX_UPSTREAM_BODY)
-        .collect()
+    let (bytes, _held) = crate::buffers::collect(up_body, MAX_UPSTREAM_BODY)
         .await
         .map_err(|e| {
-            refuse_pending(
-                &pending,
-                StatusCode::BAD_GATEWAY,
-                &format!("upstream body broke: {e}"),
-            )
-        })?
-        .to_bytes();
+            let (status, msg) = match e {
+                BufferError::TooLarge => (
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream response exceeds the limit of {MAX_UPSTREAM_BODY} bytes"),
+                ),
+                BufferError::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "gateway busy: too many large bodies are being buffered at once; retry shortly"
+                        .to_string(),
+                ),
+                BufferError::Body(e) => {
+                    (StatusCode::BAD_GATEWAY, format!("upstream body broke: {e}"))
+                }
+            };
+            refuse_pending(&pending, status, &msg)
+        })?;
     // An answer to requests is checked before the client sees it; one the gateway cannot read
     // (not JSON, malformed JSON) cannot be checked, so a successful one is refused, never relayed.
     let answers_requests = !pending.by_id.is_empty();

@@ -411,7 +411,7 @@ async fn accept_message(
     };
     let (parts, body) = req.into_parts();
     let headers = session.upstream_headers(&parts.headers, ACCEPT_BOTH);
-    let bytes = mcp::read_body(rt, &parts.headers, body).await?;
+    let (bytes, _held) = mcp::read_body(rt, &parts.headers, body).await?;
     let v = mcp::parse_post(&bytes)?;
     let requests = requests_of(&v);
     let mut pending = mcp::Pending::default();
