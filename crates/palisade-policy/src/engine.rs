@@ -381,6 +381,9 @@ pub(crate) struct LazyRegex {
     derived: OnceLock<Derived>,
     ascii: Form,
     full: Form,
+    /// The first check on ASCII text of a pattern with long counted gaps (see
+    /// [`crate::widen::ascii_loose_form`]): when it says no, so does the exact check.
+    loose: OnceLock<Option<Box<MatchCheck>>>,
 }
 
 /// Derived from one parse of a rule regex's source.
@@ -393,6 +396,8 @@ struct Derived {
     full_check_src: Option<String>,
     /// The longest match in bytes (`None`: unbounded).
     max_len: Option<usize>,
+    /// The ASCII form with its long counted repetitions unbounded, if that differs.
+    ascii_loose_src: Option<String>,
 }
 
 /// One form of a rule regex: its match check and its regex, each compiled on first need
@@ -472,6 +477,7 @@ impl LazyRegex {
             derived: OnceLock::new(),
             ascii: Form::default(),
             full: Form::default(),
+            loose: OnceLock::new(),
         })
     }
 
@@ -488,10 +494,15 @@ impl LazyRegex {
     fn derived(&self) -> &Derived {
         self.derived.get_or_init(|| {
             let hir = crate::widen::parse(&self.src);
+            let ascii_src = hir.clone().map(crate::widen::ascii_form);
             Derived {
                 max_len: hir.as_ref().and_then(|h| h.properties().maximum_len()),
                 full_check_src: hir.clone().map(crate::widen::check_form),
-                ascii_src: hir.map(crate::widen::ascii_form),
+                ascii_loose_src: hir
+                    .clone()
+                    .map(crate::widen::ascii_loose_form)
+                    .filter(|loose| Some(loose) != ascii_src.as_ref()),
+                ascii_src,
             }
         })
     }
@@ -505,6 +516,16 @@ impl LazyRegex {
         let check_src = if std::ptr::eq(form, &self.full) {
             self.derived().full_check_src.as_deref().unwrap_or(src)
         } else {
+            if let Some(loose) = &self.derived().ascii_loose_src
+                && self
+                    .loose
+                    .get_or_init(|| MatchCheck::build(loose))
+                    .as_ref()
+                    .and_then(|c| c.is_match(text, span.clone()))
+                    == Some(false)
+            {
+                return false;
+            }
             src
         };
         form.may_match(check_src, text, span)

@@ -169,6 +169,21 @@ pub(crate) fn ascii_form(hir: Hir) -> String {
     rebuild(hir, &rules).to_string()
 }
 
+/// [`ascii_form`] with long counted repetitions unbounded (`[^\n]{0,60}?` becomes `[^\n]*?`):
+/// a superset on ASCII text whose automaton does not count.
+///
+/// A lazy DFA for a gapped pattern (`\b(?:add|put)\b.{0,120}?\b(?:in|to)\s+your\b`) needs a
+/// state for every combination of positions inside its gaps that new text brings, so on text it
+/// has not seen it builds states at nearly every byte; the unbounded form needs a handful.
+pub(crate) fn ascii_loose_form(hir: Hir) -> String {
+    let rules = Rules {
+        leaf: ascii_leaf,
+        bounds: widen_bounds,
+        look: Hir::look,
+    };
+    rebuild(hir, &rules).to_string()
+}
+
 /// A pattern parsed as the engine's regexes are (the regex crate's defaults).
 pub(crate) fn parse(pattern: &str) -> Option<Hir> {
     ParserBuilder::new().build().parse(pattern).ok()
@@ -407,6 +422,31 @@ fn widen_class(class: ClassUnicode) -> ClassUnicode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loose_ascii_form_unbounds_only_long_counts() {
+        let loose = |p: &str| {
+            let hir = parse(p).unwrap();
+            let loose = ascii_loose_form(hir.clone());
+            (loose != ascii_form(hir)).then_some(loose)
+        };
+        assert_eq!(loose(r"(?i)\bsecret\s+code\b"), None);
+        assert_eq!(loose(r"a[0-9]{3}b"), None);
+        let p = r"(?i)\b(?:add|put)\b[^\n]{0,60}?\bin\s+your\b";
+        let (exact, wide) = (
+            regex::Regex::new(&ascii_form(parse(p).unwrap())).unwrap(),
+            regex::Regex::new(&loose(p).unwrap()).unwrap(),
+        );
+        let far = format!("add {} in your answer", "x".repeat(80));
+        assert!(!exact.is_match(&far) && wide.is_match(&far));
+        for text in [
+            "put it in your reply",
+            "ADD this, in your notes",
+            "nothing here",
+        ] {
+            assert!(!exact.is_match(text) || wide.is_match(text), "{text}");
+        }
+    }
     use regex::Regex;
 
     /// A widened pattern compiled as the shared set compiles it (UTF-8 mode off), matched
