@@ -647,6 +647,28 @@ async fn proxy(
         bytes
     };
     let mut headers = client_response_headers(&up_parts.headers, false);
+    // An upstream's error page (HTML, plain text) becomes an error in the API's shape, which
+    // SDKs can read; its status stays.
+    let bytes = if up_parts.status.as_u16() >= 400 && !is_json_type(&up_parts.headers) {
+        let snippet: String = String::from_utf8_lossy(&bytes[..bytes.len().min(400)])
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect();
+        let message = format!(
+            "upstream answered {} with a non-JSON body: {}",
+            up_parts.status,
+            snippet.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        let ty = match rt.spec.api {
+            LlmApi::Openai => "upstream_error",
+            LlmApi::Anthropic => "api_error",
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        error_body(rt.spec.api, ty, "upstream_error", &message, &rec.id)
+    } else {
+        bytes
+    };
     let overhead = pre + received.elapsed();
     finish_headers(&mut headers, &rec.id, overhead);
     warn_header(&mut headers, &admission);
@@ -667,6 +689,13 @@ async fn proxy(
         .settle(rec, &usage, key.tpm, shared.alert.as_ref());
     (shared.record)(std::mem::take(rec));
     Ok(resp)
+}
+
+/// Whether an answer says it is JSON.
+fn is_json_type(h: &http::HeaderMap) -> bool {
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"))
 }
 
 /// The id of a Responses answer.

@@ -191,6 +191,19 @@ async fn handle(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let resp = match (&method, path.as_str()) {
+        // A broken upstream's error page (a proxy in front of the provider, say).
+        (&Method::POST, _) if model == "mock-html-error" => {
+            let mut r = Response::new(
+                Full::new(Bytes::from_static(
+                    b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+                ))
+                .boxed(),
+            );
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut()
+                .insert("content-type", http::HeaderValue::from_static("text/html"));
+            r
+        }
         (&Method::GET, "/_mock/requests") => {
             let r = RECEIVED.lock().unwrap_or_else(|p| p.into_inner());
             full(StatusCode::OK, Value::Array(r.iter().cloned().collect()))

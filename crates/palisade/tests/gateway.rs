@@ -1139,3 +1139,47 @@ async fn one_gateway_per_data_directory_and_its_key_is_never_replaced() {
     assert!(!data.join("master.key").exists());
     std::fs::write(data.join("master.key"), key).unwrap();
 }
+
+#[tokio::test]
+async fn an_upstream_error_page_comes_back_in_the_apis_error_shape() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let c = reqwest::Client::new();
+    for (proxy, path, auth) in [
+        ("oai", "/v1/chat/completions", "authorization"),
+        ("ant", "/v1/messages", "x-api-key"),
+    ] {
+        let url = gw.proxy_url(proxy).await;
+        let value = if auth == "authorization" {
+            format!("Bearer {CI_KEY}")
+        } else {
+            CI_KEY.to_string()
+        };
+        let r = c
+            .post(format!("{url}{path}"))
+            .header(auth, value)
+            .json(&json!({"model": "mock-html-error", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "the upstream's status stays");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let v: Value = r.json().await.unwrap();
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("upstream answered 503") && message.contains("Service Temporarily"),
+            "{v}"
+        );
+        if proxy == "ant" {
+            assert_eq!(v["type"], "error", "{v}");
+        } else {
+            assert!(v["error"]["request_id"].is_string(), "{v}");
+        }
+    }
+}
