@@ -291,7 +291,8 @@ impl Relay {
             }
             let mut findings = self.guard.take().map(StreamGuard::into_findings);
             let masked = self.rewriter.as_ref().map_or(0, StreamRewriter::masked);
-            if masked > 0 {
+            let echoed = self.rewriter.as_ref().is_some_and(StreamRewriter::echoed);
+            if masked > 0 || echoed {
                 findings
                     .as_mut()
                     .unwrap_or(&mut f.findings)

@@ -351,11 +351,25 @@ fn redact_answer(
     }
     let new = mask_new(&insp.set, v, Target::LlmResponse, request_map);
     if new == 0 {
+        // A match on a placeholder the answer repeats (`"password": "[PASSWORD_1]"`) is the
+        // client's own value, masked upstream and restored for the client: nothing leaked.
+        if echoes_placeholders(v, request_map) {
+            findings.set_answer_redacted();
+        }
         return None;
     }
     rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
     findings.set_answer_redacted();
     serde_json::to_vec(v).ok().map(Bytes::from)
+}
+
+/// Whether an answer repeats placeholders of the request.
+fn echoes_placeholders(v: &serde_json::Value, request_map: &RedactionMap) -> bool {
+    if request_map.is_empty() {
+        return false;
+    }
+    let text = v.to_string();
+    request_map.iter().any(|(p, _)| text.contains(p.as_str()))
 }
 
 /// Phase 5b: scan a buffered answer (already parsed; an answer that is not JSON is not scanned).

@@ -185,7 +185,55 @@ pub fn redact_value(set: &PolicySet, v: &mut Value, target: Target, map: &mut Re
 pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &RedactionMap) -> usize {
     let mut map = known.clone();
     walk_mut(set, v, target, &mut map, false);
+    propagate(v, &map[known.len()..], false);
     map.len() - known.len()
+}
+
+/// Shortest value replaced wherever else it occurs (shorter ones could be ordinary words).
+const MIN_PROPAGATED: usize = 6;
+
+/// Replaces the values of `found` wherever else they occur in the strings of `v`. A rule finds a
+/// value where its context says what it is (`"password": "…"`, `password=…`); the same value
+/// elsewhere (a copy in a note, a config pasted as text, an array) is just as secret.
+fn propagate(v: &mut Value, found: &[(String, String)], request: bool) {
+    let mut values: Vec<&(String, String)> = found
+        .iter()
+        .filter(|(_, o)| o.len() >= MIN_PROPAGATED)
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    // Longer values first, so a value inside another is not cut out of it first.
+    values.sort_by_key(|(_, o)| std::cmp::Reverse(o.len()));
+    propagate_in(v, &values, false, request);
+}
+
+fn propagate_in(v: &mut Value, values: &[&(String, String)], json_text: bool, request: bool) {
+    match v {
+        Value::String(s) => {
+            for (placeholder, original) in values {
+                let original = if json_text {
+                    json_escaped(original)
+                } else {
+                    original.clone()
+                };
+                if s.contains(original.as_str()) {
+                    *s = s.replace(original.as_str(), placeholder);
+                }
+            }
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|x| propagate_in(x, values, false, request)),
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if !kept_in_clear(k, x, request) {
+                    propagate_in(x, values, is_json_text_key(k), request);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Replaces sensitive values in a request body's content; returns the placeholder map.
@@ -213,14 +261,17 @@ pub fn redact_request_continuing(
             walk_mut(set, v, t, &mut map, true);
         }
     }
+    propagate(body, &map, true);
     map
 }
 
 /// Most conversations whose placeholders the gateway remembers; past it the oldest is forgotten.
-const MAX_CONVERSATIONS: usize = 2048;
-/// Most bytes of placeholders and originals remembered per conversation; a larger map is not
-/// remembered (its next turn numbers placeholders afresh).
-const MAX_CONVERSATION_BYTES: usize = 32 << 10;
+const MAX_CONVERSATIONS: usize = 1024;
+/// Most bytes of placeholders and originals remembered per conversation. Past it the oldest
+/// values are forgotten but their placeholders kept, each standing for itself: the numbering
+/// goes on (a new value never takes a number the provider's history already uses), and those
+/// placeholders are no longer restored.
+const MAX_CONVERSATION_BYTES: usize = 64 << 10;
 
 /// Placeholder maps of stateful conversations (the Responses API's `previous_response_id` and
 /// `conversation`). The provider keeps the earlier turns, placeholders included, so a later
@@ -243,13 +294,28 @@ impl Conversations {
 
     /// Remembers `map` for the conversation `id` in `scope`.
     pub(crate) fn remember(&self, scope: &str, id: &str, map: &RedactionMap) {
-        let bytes: usize = map.iter().map(|(p, o)| p.len() + o.len()).sum();
-        if map.is_empty() || id.is_empty() || bytes > MAX_CONVERSATION_BYTES {
+        if map.is_empty() || id.is_empty() {
             return;
+        }
+        let mut kept = map.clone();
+        let mut bytes: usize = kept.iter().map(|(p, o)| p.len() + o.len()).sum();
+        for (placeholder, original) in kept.iter_mut() {
+            if bytes <= MAX_CONVERSATION_BYTES {
+                break;
+            }
+            bytes = bytes - original.len() + placeholder.len();
+            original.clone_from(placeholder);
         }
         let mut table = self.0.lock();
         table.remove(scope, id);
-        table.insert(scope, id, map.clone());
+        if bytes <= MAX_CONVERSATION_BYTES {
+            table.insert(scope, id, kept);
+        } else {
+            tracing::warn!(
+                placeholders = kept.len(),
+                "conversation has too many placeholders to remember; its next turn numbers afresh"
+            );
+        }
     }
 }
 
@@ -372,6 +438,8 @@ pub struct StreamRewriter {
     /// A Responses stream's response id, and what to do with it once the stream has ended.
     response_id: Option<String>,
     on_end: Option<EndHook>,
+    /// The answer repeated placeholders of the request (which were restored).
+    echoed: bool,
 }
 
 /// Called with a Responses stream's response id when the stream has ended whole.
@@ -456,7 +524,15 @@ impl StreamRewriter {
             last_seq: None,
             response_id: None,
             on_end: None,
+            echoed: false,
         }
+    }
+
+    /// Whether the answer repeated placeholders of the request. A `redact` rule whose match in
+    /// the answer is such a placeholder (`"password": "[PASSWORD_1]"`) masked nothing new: the
+    /// value is the client's own, still masked upstream, and is restored for the client.
+    pub fn echoed(&self) -> bool {
+        self.echoed
     }
 
     /// Calls `hook` with the response id once a Responses stream has ended whole.
@@ -517,6 +593,7 @@ impl StreamRewriter {
             &self.map
         };
         let out = unmask(&s, map);
+        self.echoed |= out != s;
         if let Some(i) = out.rfind('[') {
             let tail = &out[i + 1..];
             if tail.len() + 1 < self.max_len
@@ -1586,5 +1663,66 @@ mod tests {
                 "masking {masking}: held text was flushed"
             );
         }
+    }
+
+    #[test]
+    fn a_value_found_once_is_masked_wherever_else_it_occurs() {
+        let secrets = palisade_policy::Policy::from_json(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../policies/secrets-detection.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let set = PolicySet::compile(&[secrets]).unwrap();
+        let args = json!({
+            "cfg": {"password": "Tr0ub4dor&3"},
+            "as_text": "{\"password\": \"Tr0ub4dor&3\", \"other\": \"x\"}",
+            "arr": [["Tr0ub4dor&3"]],
+        })
+        .to_string();
+        let mut body = json!({"model": "m", "messages": [
+            {"role": "user", "content": "password: Tr0ub4dor&3, and once more: Tr0ub4dor&3"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "f", "arguments": args}}]}]});
+        let original = body.clone();
+        let map = redact_request(&set, &mut body);
+        let sent = body.to_string();
+        assert!(!sent.contains("Tr0ub4dor"), "{sent}");
+        let args = body
+            .pointer("/messages/1/tool_calls/0/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap();
+        serde_json::from_str::<Value>(args).expect("arguments stay JSON");
+        let mut back = body.clone();
+        unmask_value(&mut back, &map);
+        assert_eq!(back, original);
+        // Short values are not chased (they could be ordinary words).
+        let mut short = json!({"messages": [{"role": "user", "content": "pwd=ab1cd then ab1cd"}]});
+        redact_request(&set, &mut short);
+        let text = short.to_string();
+        assert_eq!(text.matches("ab1cd").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_conversation_over_its_bound_keeps_numbering_without_its_oldest_values() {
+        let c = Conversations::default();
+        let mut map: RedactionMap = (1..=3000)
+            .map(|i| (format!("[EMAIL_{i}]"), format!("user{i:05}@example.com")))
+            .take(2500)
+            .collect();
+        c.remember("k", "conv", &map);
+        let kept = c.get("k", "conv").unwrap();
+        assert_eq!(kept.len(), 2500, "every placeholder is kept");
+        // The oldest stand for themselves (not restored); the newest keep their values.
+        assert_eq!(kept[0], ("[EMAIL_1]".into(), "[EMAIL_1]".into()));
+        assert_eq!(kept[2499].1, "user02500@example.com");
+        let bytes: usize = kept.iter().map(|(p, o)| p.len() + o.len()).sum();
+        assert!(bytes <= MAX_CONVERSATION_BYTES);
+        // Far too many even as bare placeholders: forgotten (a stale map is not left behind).
+        map.extend((2501..=9000).map(|i| (format!("[EMAIL_{i}]"), "x".repeat(30))));
+        c.remember("k", "conv", &map);
+        assert!(c.get("k", "conv").is_none());
     }
 }

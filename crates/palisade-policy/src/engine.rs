@@ -1656,6 +1656,14 @@ mod tests {
         PolicySet::compile(&[Policy::from_json(POLICY).unwrap()]).unwrap()
     }
 
+    /// What two evaluations must agree on: each match's rule, span and whether it was decoded.
+    fn match_key(e: &Evaluation) -> Vec<(String, Range<usize>, bool)> {
+        e.matches
+            .iter()
+            .map(|m| (m.rule_id.to_string(), m.span.clone(), m.decoded.is_some()))
+            .collect()
+    }
+
     fn ids(e: &Evaluation) -> Vec<&str> {
         let mut v: Vec<&str> = e.matches.iter().map(|m| &*m.rule_id).collect();
         v.sort_unstable();
@@ -1909,12 +1917,6 @@ mod tests {
         let mut s = PolicySet::compile(&[policy]).unwrap();
         s.state_credit = StateCredit::unlimited();
         let opts = EvalOptions::default();
-        let key = |e: &Evaluation| -> Vec<(String, Range<usize>)> {
-            e.matches
-                .iter()
-                .map(|m| (m.rule_id.to_string(), m.span.clone()))
-                .collect()
-        };
         let cases: [(&str, &[&str]); 9] = [
             ("ééé ünïcödé — the secret code 1234 is here", &["B"]),
             (
@@ -1947,7 +1949,7 @@ mod tests {
         for (text, want) in cases {
             let (via_set, stats) = s.evaluate_inner(Target::LlmRequest, text, &opts, false);
             let (via_factors, _) = s.evaluate_inner(Target::LlmRequest, text, &opts, true);
-            assert_eq!(key(&via_set), key(&via_factors), "{text}");
+            assert_eq!(match_key(&via_set), match_key(&via_factors), "{text}");
             assert_eq!(stats.set_budget_exceeded, 0, "{text}");
             assert_eq!(ids(&via_set), want, "{text}");
         }
@@ -2166,12 +2168,6 @@ mod tests {
         let mut set = PolicySet::compile(&packs).unwrap();
         set.state_credit = StateCredit::unlimited();
         let opts = EvalOptions::default();
-        let key = |e: &Evaluation| -> Vec<(String, Range<usize>, bool)> {
-            e.matches
-                .iter()
-                .map(|m| (m.rule_id.to_string(), m.span.clone(), m.decoded.is_some()))
-                .collect()
-        };
         let (mut checked, mut via_dfa) = (0, 0);
         for rule in packs.iter().flat_map(|p| &p.rules) {
             let examples = rule.examples.positive.iter().chain(&rule.examples.negative);
@@ -2186,7 +2182,12 @@ mod tests {
                 {
                     let (via_set, stats) = set.evaluate_inner(target, &text, &opts, false);
                     let (via_factors, fstats) = set.evaluate_inner(target, &text, &opts, true);
-                    assert_eq!(key(&via_set), key(&via_factors), "{}: {text}", rule.id);
+                    assert_eq!(
+                        match_key(&via_set),
+                        match_key(&via_factors),
+                        "{}: {text}",
+                        rule.id
+                    );
                     // (The lazy DFA also stops at non-ASCII text next to a Unicode `\b`.)
                     via_dfa += usize::from(stats.set_budget_exceeded == 0);
                     assert_eq!(fstats.set_budget_exceeded, fstats.units);
@@ -2235,12 +2236,6 @@ mod tests {
         assert_eq!(chosen.len(), 256);
         let hot = crate::hot::HotSet::build(counts.len(), &chosen).unwrap();
         let opts = EvalOptions::default();
-        let key = |e: &Evaluation| -> Vec<(String, Range<usize>, bool)> {
-            e.matches
-                .iter()
-                .map(|m| (m.rule_id.to_string(), m.span.clone(), m.decoded.is_some()))
-                .collect()
-        };
         set.hot = HotPatterns::fixed(counts.len(), None);
         let plain: Vec<_> = texts
             .iter()
@@ -2250,7 +2245,7 @@ mod tests {
         let (mut dropped, mut searched, mut searched_hot, mut matched) = (0, 0, 0, 0);
         for ((text, target), (want, stats)) in texts.iter().zip(&plain) {
             let (got, hot_stats) = set.evaluate_inner(*target, text, &opts, true);
-            assert_eq!(key(&got), key(want), "{text}");
+            assert_eq!(match_key(&got), match_key(want), "{text}");
             assert_eq!(stats.hot_dropped, 0);
             dropped += hot_stats.hot_dropped;
             searched += stats.pattern_checks;

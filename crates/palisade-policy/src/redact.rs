@@ -274,6 +274,11 @@ impl PolicySet {
             };
             let label: &str = &self.rules[r as usize].label;
             let value = &text[s..e];
+            // A placeholder of the map is never a value (`"password": "[PASSWORD_1]"` in an
+            // answer that repeats what the client sent): it stays, and unmasking restores it.
+            if map.iter().any(|(p, _)| p == value) {
+                continue;
+            }
             let existing = map
                 .iter()
                 .position(|(p, v)| v == value && placeholder_label(p) == label);
@@ -517,6 +522,17 @@ mod tests {
             assert_eq!(r.text, want);
             assert_eq!(unmask(&r.text, &r.map), text);
         }
+        // A placeholder the map already holds is not masked again, whatever the rule's match.
+        let mut map = Vec::new();
+        let first = set.redact_into(
+            Target::LlmRequest,
+            r#"{"password": "Tr0ub4dor&3"}"#,
+            &mut map,
+        );
+        assert_eq!(first, r#"{"password": "[PASSWORD_1]"}"#);
+        let again = set.redact_into(Target::LlmRequest, &first, &mut map);
+        assert_eq!(again, first);
+        assert_eq!(map.len(), 1);
         // A value pattern that does not compile is refused, naming the rule.
         let err = crate::Policy::from_json(&doc("[0-9"))
             .unwrap_err()

@@ -376,3 +376,50 @@ async fn conversation_turns(stream: bool) {
     let up = sent().await;
     assert!(up.contains("cc [EMAIL_1]"), "stream {stream}: {up}");
 }
+
+#[tokio::test]
+async fn an_answer_repeating_the_clients_masked_value_gets_it_back() {
+    // `"password": "[PASSWORD_1]"` in the answer is the client's own value, masked upstream:
+    // it is restored, not masked again as a new value, and no alert says a value leaked.
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    let prompt = r#"{"password": "Tr0ub4dor&3", "note": "rotate"}"#;
+    for stream in [false, true] {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&json!({"model": "mock-gpt", "stream": stream,
+                "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let body = r.text().await.unwrap();
+        let answer = if stream {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|v| {
+                    v["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(String::from)
+                })
+                .collect::<String>()
+        } else {
+            serde_json::from_str::<Value>(&body).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(answer.ends_with(prompt), "stream {stream}: {answer}");
+        let sent = received(&mock).await.last().unwrap().to_string();
+        assert!(!sent.contains("Tr0ub4dor"), "{sent}");
+        gw.wait_requests(&format!("id={id}"), 1).await;
+        let (_, alerts) = gw.get(&format!("/api/v1/alerts?request_id={id}")).await;
+        assert!(
+            !alerts.to_string().contains("reached the client"),
+            "stream {stream}: {alerts}"
+        );
+    }
+}
