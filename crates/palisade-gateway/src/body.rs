@@ -544,6 +544,11 @@ fn contains_usage(b: &[u8]) -> bool {
 impl Drop for Relay {
     fn drop(&mut self) {
         if !self.done {
+            if crate::listener::cutting()
+                && let Some(f) = self.finisher.as_mut()
+            {
+                f.record.status = 503;
+            }
             self.finish(Some(crate::listener::cut_short("ended")));
         }
     }

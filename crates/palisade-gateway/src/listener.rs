@@ -118,10 +118,15 @@ async fn serve(
 /// Listeners cutting connections whose requests outlasted the drain time.
 static CUTTING: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether a listener is cutting connections at the end of its drain time.
+pub(crate) fn cutting() -> bool {
+    CUTTING.load(Ordering::SeqCst) > 0
+}
+
 /// Why a request ended before its answer did: its proxy stopped (the drain time was over), or its
 /// client went away.
 pub(crate) fn cut_short(what: &str) -> String {
-    if CUTTING.load(Ordering::SeqCst) > 0 {
+    if cutting() {
         format!("the proxy stopped before the answer {what} (drain time over)")
     } else {
         format!("client disconnected before the answer {what}")

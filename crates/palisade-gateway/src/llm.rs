@@ -146,7 +146,9 @@ impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if self.armed {
             // The status nginx and others log for a client that closed the connection first.
-            self.log(499, crate::listener::cut_short("began"));
+            // 499 for a client that left, as nginx logs it; 503 for a proxy that stopped.
+            let status = if crate::listener::cutting() { 503 } else { 499 };
+            self.log(status, crate::listener::cut_short("began"));
         }
     }
 }

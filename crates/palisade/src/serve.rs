@@ -344,12 +344,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let master = master_key(&args.data_dir)?;
-    let store = Store::open(&args.data_dir).with_context(|| {
-        format!(
-            "cannot open the database {}",
-            args.data_dir.join("palisade.db").display()
-        )
-    })?;
+    let db = args.data_dir.join("palisade.db");
+    let store = Store::open(&args.data_dir)
+        .with_context(|| format!("cannot open the database {}", db.display()))?;
     let writer = LogWriter::start(store.path().to_path_buf())?;
     // Live console events ride along the log sinks; the hub never waits (see events.rs).
     let hub = Arc::new(palisade_admin::events::Hub::new());
@@ -380,24 +377,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         DRAIN,
     ));
     let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot load what the database {} holds: {}",
-                args.data_dir.join("palisade.db").display(),
-                e.message
-            )
-        })?
+        .map_err(|e| stored(&db, e))?
         .with_events(hub);
     state
         .load_custom_policies()
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
 
-    ensure_admin(&state).await?;
+    // A database that opened but whose rows cannot be read (damaged pages) names itself.
+    ensure_admin(&state)
+        .await
+        .with_context(|| format!("cannot read {}", db.display()))?;
     state
         .store
         .seed_prices(palisade_core::spend::default_prices())
-        .await?;
+        .await
+        .with_context(|| format!("cannot write {}", db.display()))?;
     let init = async {
         state.reload_prices().await?;
         state.reload_groups().await?;
@@ -405,19 +400,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state.load_tools().await?;
         state.seed_spend().await
     };
-    init.await.map_err(|e| anyhow::anyhow!(e.message))?;
-    state
-        .reload_keys()
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    init.await.map_err(|e| stored(&db, e))?;
+    state.reload_keys().await.map_err(|e| stored(&db, e))?;
     if let Some(path) = &args.config {
         apply_config(&state, path).await?;
     }
-    for (name, res) in state
-        .boot_proxies()
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?
-    {
+    for (name, res) in state.boot_proxies().await.map_err(|e| stored(&db, e))? {
         match res {
             Ok(addr) => println!("palisade: proxy `{name}` listening on http://{addr}"),
             Err(e) => tracing::error!(proxy = %name, error = %e, "proxy failed to start"),
@@ -488,6 +476,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("request log flushed; bye");
     admin_ended.context("admin API task failed")??;
     Ok(())
+}
+
+/// A start-up step that failed on what the database holds, naming the database (the admin
+/// API's errors keep details for the log).
+fn stored(db: &Path, e: palisade_admin::ApiError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot load what {} holds: {} (details in the log above)",
+        db.display(),
+        e.message
+    )
 }
 
 /// How long the admin API's open connections may take to finish once shutdown began.
