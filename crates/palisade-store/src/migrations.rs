@@ -176,6 +176,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX mcp_tool_history_tool ON mcp_tool_history (proxy, name, id);
     "#,
+    // The gateway's own settings: the master key's check value.
+    r#"
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

@@ -347,6 +347,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let db = args.data_dir.join("palisade.db");
     let store = Store::open(&args.data_dir)
         .with_context(|| format!("cannot open the database {}", db.display()))?;
+    check_master_key(&store, &master).await?;
     let writer = LogWriter::start(store.path().to_path_buf())?;
     // Live console events ride along the log sinks; the hub never waits (see events.rs).
     let hub = Arc::new(palisade_admin::events::Hub::new());
@@ -476,6 +477,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("request log flushed; bye");
     admin_ended.context("admin API task failed")??;
     Ok(())
+}
+
+/// What the check value seals.
+const KEY_CHECK: &str = "palisade master key check";
+
+/// Refuses a master key other than the one the database's secrets were sealed with (a wrong
+/// `PALISADE_MASTER_KEY`): the database keeps a value sealed with its key, written at its first
+/// start (or the first start of a version that writes it).
+async fn check_master_key(store: &Store, master: &MasterKey) -> anyhow::Result<()> {
+    let db = store.path().display().to_string();
+    match store.setting("master_key_check").await? {
+        Some(sealed) if master.open(&sealed).is_ok_and(|v| v == KEY_CHECK) => Ok(()),
+        Some(_) => anyhow::bail!(
+            "the master key (PALISADE_MASTER_KEY or master.key) is not the one {db} was made \
+             with: its stored secrets cannot be read with it"
+        ),
+        None => {
+            store
+                .set_setting("master_key_check", &master.seal(KEY_CHECK))
+                .await
+                .with_context(|| format!("cannot write {db}"))?;
+            Ok(())
+        }
+    }
 }
 
 /// A start-up step that failed on what the database holds, naming the database (the admin

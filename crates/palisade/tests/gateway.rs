@@ -1138,6 +1138,18 @@ async fn one_gateway_per_data_directory_and_its_key_is_never_replaced() {
     assert!(err.contains("master.key is missing"), "{err}");
     assert!(!data.join("master.key").exists());
     std::fs::write(data.join("master.key"), key).unwrap();
+    // Nor is another key accepted for it.
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("PALISADE_MASTER_KEY", "ab".repeat(32))
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not the one"), "{err}");
 }
 
 #[tokio::test]

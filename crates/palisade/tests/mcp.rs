@@ -1077,8 +1077,9 @@ async fn cross_server_shadowing_is_flagged() {
         c.tool_names().await.is_empty(),
         "it now names another server's tool"
     );
+    // (Two alerts came from the first listing: wait for the third.)
     let a = gw
-        .wait_alerts("kind=mcp_tool&severity=high&limit=100", 1)
+        .wait_alerts("kind=mcp_tool&severity=high&limit=100", 3)
         .await;
     assert!(a.to_string().contains("now shadows"), "{a}");
     let (s, v) = gw
