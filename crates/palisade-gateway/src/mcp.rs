@@ -30,7 +30,7 @@ use crate::body::{EventMapper, Finisher, ProxyBody, Relay};
 use crate::inspect::{Findings, request_texts, tool_call_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
-use crate::redact::{RedactionMap, mask_new, redact_value, unmask_value};
+use crate::redact::{RedactionMap, mask_new, unmask_value};
 use crate::sse::{for_each_event, raw_events};
 use crate::upstream::is_json;
 
@@ -1183,7 +1183,7 @@ fn redact_arguments(rt: &ProxyRuntime, v: &mut Value, pending: &mut Pending) -> 
         // What the client sends a tool: its arguments, and answers to its questions.
         for field in ["arguments", "inputResponses"] {
             if let Some(v) = m.get_mut("params").and_then(|p| p.get_mut(field)) {
-                redact_value(&insp.set, v, Target::ToolArguments, &mut map);
+                crate::redact::redact_arguments(&insp.set, v, Target::ToolArguments, &mut map);
             }
         }
     }

@@ -52,6 +52,7 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
             } else {
                 target
             };
+            let tool_use = matches!(ty, Some("tool_use") | Some("server_tool_use"));
             for (k, x) in m.iter_mut() {
                 if kept_in_clear(k, x, request) {
                     continue;
@@ -64,6 +65,11 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                 match x {
                     Value::String(s) if is_json_text_key(k) => {
                         redact_json_text(set, s, t, map, request);
+                    }
+                    // A tool call's input as an object (Anthropic `tool_use`): its members'
+                    // names are context, as in JSON-text arguments.
+                    Value::Object(_) if tool_use && k == "input" => {
+                        redact_members(set, x, t, map, request);
                     }
                     _ => walk_mut(set, x, t, map, request),
                 }
@@ -176,6 +182,15 @@ fn kept_in_clear(k: &str, v: &Value, request: bool) -> bool {
 /// Replaces sensitive values in every string of `v` as `target`, continuing `map`.
 pub fn redact_value(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap) {
     walk_mut(set, v, target, map, false);
+}
+
+/// Replaces sensitive values in a tool's arguments (an MCP `tools/call`'s `arguments`): each
+/// member's value with its name as context (`"password": "…"`), and a value found anywhere else
+/// it occurs in them.
+pub fn redact_arguments(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap) {
+    let before = map.len();
+    redact_members(set, v, target, map, false);
+    propagate(v, &map[before..], false);
 }
 
 /// Masks sensitive values in an answer (`target`: `llm_response`, `tool_result`) with
@@ -1724,5 +1739,49 @@ mod tests {
         map.extend((2501..=9000).map(|i| (format!("[EMAIL_{i}]"), "x".repeat(30))));
         c.remember("k", "conv", &map);
         assert!(c.get("k", "conv").is_none());
+    }
+
+    #[test]
+    fn tool_inputs_as_objects_are_redacted_with_their_member_names() {
+        let secrets = palisade_policy::Policy::from_json(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../policies/secrets-detection.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let set = PolicySet::compile(&[secrets]).unwrap();
+        let input = json!({"password": "Tr0ub4dor&3", "nested": {"api_key": "a8f3k2m9x7q1w5e4r6t0"},
+            "list": ["Tr0ub4dor&3"], "note": "fine"});
+        // Anthropic: a `tool_use` block in the history.
+        let mut body = json!({"model": "m", "max_tokens": 5, "messages": [
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "connect",
+                "input": input.clone()}]}]});
+        let original = body.clone();
+        let map = redact_request(&set, &mut body);
+        let sent = body.to_string();
+        assert!(
+            !sent.contains("Tr0ub4dor") && !sent.contains("a8f3k2m9"),
+            "{sent}"
+        );
+        assert_eq!(
+            body.pointer("/messages/0/content/0/input/note"),
+            Some(&json!("fine"))
+        );
+        let mut back = body.clone();
+        unmask_value(&mut back, &map);
+        assert_eq!(back, original);
+        // MCP: a `tools/call`'s arguments.
+        let mut args = input.clone();
+        let mut map = RedactionMap::new();
+        redact_arguments(&set, &mut args, Target::ToolArguments, &mut map);
+        let sent = args.to_string();
+        assert!(
+            !sent.contains("Tr0ub4dor") && !sent.contains("a8f3k2m9"),
+            "{sent}"
+        );
+        unmask_value(&mut args, &map);
+        assert_eq!(args, input);
     }
 }
