@@ -73,6 +73,20 @@ impl ProxyError {
         }
     }
 
+    /// Whether the request may be refused before its body is read (key, limits, budget, a
+    /// declared length over the limit).
+    pub fn before_body(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Unauthorized
+                | ProxyError::RateLimited { .. }
+                | ProxyError::BudgetExceeded(_)
+                | ProxyError::Forbidden(_)
+                | ProxyError::BodyTooLarge(_)
+                | ProxyError::Busy(_)
+        )
+    }
+
     /// Error `type` in the OpenAI shape (also a bounded metric label).
     pub fn openai_type(&self) -> &'static str {
         match self {

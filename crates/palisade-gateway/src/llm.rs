@@ -173,6 +173,11 @@ fn error_response(
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(REQUEST_ID.clone(), v);
     }
+    // Refused before its body was read: the connection cannot carry another request (the rest
+    // of this one's body would be read as the next), so the client is told it closes.
+    if e.before_body() {
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if matches!(e, ProxyError::Unauthorized) {
         h.insert(
             http::header::WWW_AUTHENTICATE,

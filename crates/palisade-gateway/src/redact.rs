@@ -283,9 +283,9 @@ pub fn redact_request_continuing(
 /// Most conversations whose placeholders the gateway remembers; past it the oldest is forgotten.
 const MAX_CONVERSATIONS: usize = 1024;
 /// Most bytes of placeholders and originals remembered per conversation. Past it the oldest
-/// values are forgotten but their placeholders kept, each standing for itself: the numbering
-/// goes on (a new value never takes a number the provider's history already uses), and those
-/// placeholders are no longer restored.
+/// values are forgotten but their placeholders kept, each standing for itself, and past that
+/// only the highest placeholder of each label: the numbering goes on (a new value never takes a
+/// number the provider's history already uses), and forgotten placeholders are not restored.
 const MAX_CONVERSATION_BYTES: usize = 64 << 10;
 
 /// Placeholder maps of stateful conversations (the Responses API's `previous_response_id` and
@@ -321,17 +321,50 @@ impl Conversations {
             bytes = bytes - original.len() + placeholder.len();
             original.clone_from(placeholder);
         }
-        let mut table = self.0.lock();
-        table.remove(scope, id);
-        if bytes <= MAX_CONVERSATION_BYTES {
-            table.insert(scope, id, kept);
-        } else {
+        if bytes > MAX_CONVERSATION_BYTES {
+            // Even bare, too many: keep the values that are left and, of the forgotten ones,
+            // the highest placeholder of each label (numbering continues after it).
+            let mut highest: Vec<(String, String)> = Vec::new();
+            for (p, o) in &kept {
+                if p == o {
+                    let label = placeholder_label(p);
+                    match highest
+                        .iter_mut()
+                        .find(|(q, _)| placeholder_label(q) == label)
+                    {
+                        Some(h) if placeholder_number(p) > placeholder_number(&h.0) => {
+                            *h = (p.clone(), o.clone());
+                        }
+                        Some(_) => {}
+                        None => highest.push((p.clone(), o.clone())),
+                    }
+                }
+            }
+            kept.retain(|(p, o)| p != o);
+            kept.extend(highest);
             tracing::warn!(
-                placeholders = kept.len(),
-                "conversation has too many placeholders to remember; its next turn numbers afresh"
+                conversation = id,
+                "conversation has too many placeholders to remember each; the oldest are no longer restored"
             );
         }
+        let mut table = self.0.lock();
+        table.remove(scope, id);
+        table.insert(scope, id, kept);
     }
+}
+
+/// The label of a placeholder (`[EMAIL_12]` → `EMAIL`).
+fn placeholder_label(p: &str) -> &str {
+    p.strip_prefix('[')
+        .and_then(|p| p.rsplit_once('_'))
+        .map_or("", |(l, _)| l)
+}
+
+/// The number of a placeholder (`[EMAIL_12]` → 12).
+fn placeholder_number(p: &str) -> Option<usize> {
+    p.strip_suffix(']')
+        .and_then(|p| p.rsplit_once('_'))
+        .and_then(|(_, n)| n.parse().ok())
 }
 
 /// The stateful conversation a Responses request continues: the response it follows, and the
@@ -1735,10 +1768,27 @@ mod tests {
         assert_eq!(kept[2499].1, "user02500@example.com");
         let bytes: usize = kept.iter().map(|(p, o)| p.len() + o.len()).sum();
         assert!(bytes <= MAX_CONVERSATION_BYTES);
-        // Far too many even as bare placeholders: forgotten (a stale map is not left behind).
+        // Far too many even as bare placeholders: the highest forgotten one of each label is
+        // kept, and the next value is numbered after everything.
         map.extend((2501..=9000).map(|i| (format!("[EMAIL_{i}]"), "x".repeat(30))));
+        map.push(("[PHONE_1]".into(), "+1 415 555 0133".into()));
         c.remember("k", "conv", &map);
-        assert!(c.get("k", "conv").is_none());
+        let kept = c.get("k", "conv").unwrap();
+        let bytes: usize = kept.iter().map(|(p, o)| p.len() + o.len()).sum();
+        assert!(bytes < MAX_CONVERSATION_BYTES * 2, "{bytes}");
+        let email = palisade_policy::Policy::from_json(
+            r#"{"id": "pii", "name": "p", "description": "", "version": "1", "rules": [
+                {"id": "E-1", "name": "email", "category": "pii", "severity": "low",
+                "targets": ["llm_request"], "patterns": {"regex": ["[a-z.]+@[a-z]+\\.(?:com|io)"]},
+                "action": "redact", "redact": {"label": "EMAIL"}, "rationale": "r",
+                "examples": {"positive": ["a@b.io"], "negative": ["nothing"]}}]}"#,
+        )
+        .unwrap();
+        let set = PolicySet::compile(&[email]).unwrap();
+        let mut body = json!({"input": "and carol@example.com"});
+        let map = redact_request_continuing(&set, &mut body, kept);
+        assert_eq!(body["input"], "and [EMAIL_9001]");
+        assert_eq!(map.last().unwrap().1, "carol@example.com");
     }
 
     #[test]

@@ -285,10 +285,14 @@ impl PolicySet {
             let idx = match existing {
                 Some(i) => i,
                 None => {
+                    // After the highest number of the label so far (a map may keep only the
+                    // highest of a long conversation's placeholders).
                     let mut n = map
                         .iter()
                         .filter(|(p, _)| placeholder_label(p) == label)
-                        .count();
+                        .filter_map(|(p, _)| placeholder_number(p))
+                        .max()
+                        .unwrap_or(0);
                     // Skip numbers whose placeholder already appears in the input, so unmasking
                     // never rewrites text the client wrote itself.
                     let literal = literal.get_or_insert_with(|| literal_placeholders(text));
@@ -340,6 +344,14 @@ fn placeholder_label(placeholder: &str) -> &str {
         .strip_prefix('[')
         .and_then(|p| p.rsplit_once('_'))
         .map_or("", |(l, _)| l)
+}
+
+/// The number of a placeholder (`[EMAIL_12]` → 12).
+fn placeholder_number(placeholder: &str) -> Option<usize> {
+    placeholder
+        .strip_suffix(']')
+        .and_then(|p| p.rsplit_once('_'))
+        .and_then(|(_, n)| n.parse().ok())
 }
 
 /// Placeholder-shaped tokens (`[LABEL_12]`) the input already contains, found in one pass.

@@ -11,6 +11,9 @@ use serde::Deserialize;
 #[derive(Debug)]
 pub struct Config {
     pub proxies: Vec<(ProxySpec, Option<String>)>,
+    /// Proxies whose entry says `enabled`: the others keep the run state an administrator gave
+    /// them (a proxy stopped during an incident is not restarted by an unrelated reload).
+    pub run_state_set: std::collections::HashSet<String>,
     pub groups: Vec<GroupSpec>,
     pub api_keys: Vec<KeyConf>,
     pub prices: Vec<Price>,
@@ -170,7 +173,9 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
     let raw: RawConfig = toml::from_str(text)?;
     let mut proxies = Vec::new();
     let mut names = std::collections::HashSet::new();
+    let mut run_state_set = std::collections::HashSet::new();
     for (i, mut table) in raw.proxies.into_iter().enumerate() {
+        let sets_run_state = table.contains_key("enabled");
         let key = match table.remove("upstream_key") {
             None => None,
             Some(toml::Value::String(s)) => {
@@ -185,6 +190,9 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
             .map_err(|e| anyhow::anyhow!("proxies[{i}] ({}): {e}", spec.name))?;
         if !names.insert(spec.name.clone()) {
             bail!("proxies[{i}]: duplicate proxy name `{}`", spec.name);
+        }
+        if sets_run_state {
+            run_state_set.insert(spec.name.clone());
         }
         proxies.push((spec, key));
     }
@@ -277,6 +285,7 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         }
     }
     Ok(Config {
+        run_state_set,
         proxies,
         groups,
         api_keys,

@@ -287,8 +287,13 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
             .await
             .map_err(|e| anyhow::anyhow!("prompt `{name}`: {}", e.message))?;
     }
-    for (spec, key) in cfg.proxies {
+    for (mut spec, key) in cfg.proxies {
         let name = spec.name.clone();
+        if !cfg.run_state_set.contains(&name)
+            && let Some(row) = state.store.get_proxy(&name).await?
+        {
+            spec.enabled = row.spec.enabled;
+        }
         state
             .apply_proxy(spec, key, actor())
             .await

@@ -251,6 +251,8 @@ async fn keys_authenticate_and_revocation_is_immediate() {
 
     let r = c.get(format!("{url}/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // Refused before its body was read: the connection is closed, and the client told so.
+    assert_eq!(r.headers()["connection"], "close");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "authentication_error");
     let r = c
@@ -1194,4 +1196,22 @@ async fn an_upstream_error_page_comes_back_in_the_apis_error_shape() {
             assert!(v["error"]["request_id"].is_string(), "{v}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_reload_keeps_a_proxy_an_administrator_stopped_unless_the_file_says_otherwise() {
+    let mock = Mock::start(&[]);
+    let base = config_for(&mock.url);
+    let gw = Gateway::start(&base).await;
+    let (s, _) = gw.post("/api/v1/proxies/oai/stop", json!({})).await;
+    assert_eq!(s, 200);
+    // The file does not say `enabled`: the run state stays the administrator's.
+    reload_with(&gw, &base, "r1", true).await;
+    let (_, p) = gw.get("/api/v1/proxies/oai").await;
+    assert_eq!(p["enabled"], false, "{p}");
+    // A file that says so starts it.
+    let enabled = base.replacen("name = \"oai\"", "name = \"oai\"\nenabled = true", 1);
+    reload_with(&gw, &enabled, "r2", true).await;
+    let (_, p) = gw.get("/api/v1/proxies/oai").await;
+    assert_eq!(p["enabled"], true, "{p}");
 }
