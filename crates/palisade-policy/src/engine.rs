@@ -1379,7 +1379,7 @@ impl PolicySet {
                         && self.hot.calibrating()
                         && self.hot.count(seen.iter().map(|h| h.ends.pattern))
                     {
-                        self.hot.build(|p| self.hot_source(p));
+                        self.hot.build(|p| self.hot_source(p), widen_pattern, true);
                     }
                     seen.sort_unstable_by_key(|h| h.rule);
                     hints = Some(seen);
@@ -1444,13 +1444,18 @@ impl PolicySet {
         }
     }
 
-    /// The prefilter form of the shared set's pattern `p` for the hot set: rule regexes only
-    /// (keywords are one Aho-Corasick search, cheap already).
+    /// The source of the shared set's pattern `p` for the hot sets (which compile its prefilter
+    /// form): rule regexes only (keywords are one Aho-Corasick search, cheap already).
     fn hot_source(&self, p: usize) -> Option<String> {
         match self.set_owner.get(p)? {
-            &(rule, Slot::Regex(i)) => Some(widen_pattern(
-                self.rules.get(rule as usize)?.regexes.get(i)?.as_str(),
-            )),
+            &(rule, Slot::Regex(i)) => Some(
+                self.rules
+                    .get(rule as usize)?
+                    .regexes
+                    .get(i)?
+                    .as_str()
+                    .to_string(),
+            ),
             (_, Slot::Keywords) => None,
         }
     }
@@ -2230,7 +2235,7 @@ mod tests {
         order.sort_by_key(|&p| std::cmp::Reverse(counts[p]));
         let chosen: Vec<(usize, String)> = order
             .into_iter()
-            .filter_map(|p| set.hot_source(p).map(|s| (p, s)))
+            .filter_map(|p| set.hot_source(p).map(|s| (p, widen_pattern(&s))))
             .take(256)
             .collect();
         assert_eq!(chosen.len(), 256);

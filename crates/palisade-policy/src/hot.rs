@@ -15,10 +15,10 @@
 //! not see is not checked, one it sees is checked only where the set saw it end. The sets learn
 //! ordinary text within a few hundred prompts; a set that would need more new states for a text
 //! than [`GROUP_STATE_BUDGET`] leaves its patterns to the factors for that text, so the result
-//! never depends on these sets, only the time.
+//! never depends on these sets, only the time. The sets are compiled on a thread of their own.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use regex_automata::MatchKind;
 
@@ -50,7 +50,8 @@ pub(crate) struct HotPatterns {
     counted: AtomicU32,
     /// Per shared-set pattern: in how many counted texts the factors named it.
     counts: Box<[AtomicU32]>,
-    set: OnceLock<Option<HotSet>>,
+    /// Shared with the thread that builds it.
+    set: Arc<OnceLock<Option<HotSet>>>,
 }
 
 /// The frequent patterns' sets.
@@ -85,7 +86,7 @@ impl HotPatterns {
         HotPatterns {
             counted: AtomicU32::new(0),
             counts: (0..patterns).map(|_| AtomicU32::new(0)).collect(),
-            set: OnceLock::new(),
+            set: Arc::new(OnceLock::new()),
         }
     }
 
@@ -126,7 +127,15 @@ impl HotPatterns {
 
     /// Builds the set from the counts: the frequent patterns with a prefilter form (`source`
     /// gives it for a shared-set pattern, `None` for patterns the set cannot stand for).
-    pub(crate) fn build(&self, source: impl Fn(usize) -> Option<String>) {
+    /// `source` gives a pattern's source, `form` the prefilter form compiled from it (parsing
+    /// is part of the work done off the request). `background`: on a thread of its own (the
+    /// engine); else before returning (tests).
+    pub(crate) fn build(
+        &self,
+        source: impl Fn(usize) -> Option<String>,
+        form: fn(&str) -> String,
+        background: bool,
+    ) {
         let threshold = FREQUENT_PER_256 * CALIBRATION_UNITS / 256;
         let mut frequent: Vec<(u32, usize)> = self
             .counts
@@ -141,8 +150,26 @@ impl HotPatterns {
             .filter_map(|(_, p)| source(p).map(|s| (p, s)))
             .take(MAX_PATTERNS)
             .collect();
-        self.set
-            .get_or_init(|| HotSet::build(self.counts.len(), &chosen));
+        let (cell, total) = (self.set.clone(), self.counts.len());
+        let build = move || {
+            cell.get_or_init(|| {
+                let forms: Vec<(usize, String)> =
+                    chosen.iter().map(|(p, src)| (*p, form(src))).collect();
+                HotSet::build(total, &forms)
+            });
+        };
+        if background {
+            // Compiling the sets takes tens of milliseconds: not on the request that ended the
+            // count. Until they are there, texts go on with the factors alone.
+            let built = std::thread::Builder::new()
+                .name("palisade-hot-sets".into())
+                .spawn(build.clone());
+            if built.is_err() {
+                build();
+            }
+        } else {
+            build();
+        }
     }
 }
 
@@ -243,7 +270,11 @@ mod tests {
         assert_eq!(ended, 1, "the calibration ends once");
         assert!(hot.set().is_none());
         let sources = ["abc", "def", r"\d{3}", "unused"];
-        hot.build(|p| (p != 2).then(|| sources[p].to_string()));
+        hot.build(
+            |p| (p != 2).then(|| sources[p].to_string()),
+            str::to_string,
+            false,
+        );
         assert!(!hot.calibrating());
         let set = hot.set().expect("built");
         // Pattern 2 is frequent but has no form here: it stays unknown, like 1 and 3.
@@ -263,7 +294,7 @@ mod tests {
         for _ in 0..CALIBRATION_UNITS {
             hot.count(std::iter::empty());
         }
-        hot.build(|_| Some("abc".into()));
+        hot.build(|_| Some("abc".into()), str::to_string, false);
         assert!(hot.set().is_none());
         assert!(!hot.calibrating());
     }
