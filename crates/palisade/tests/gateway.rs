@@ -1205,13 +1205,17 @@ async fn a_reload_keeps_a_proxy_an_administrator_stopped_unless_the_file_says_ot
     let gw = Gateway::start(&base).await;
     let (s, _) = gw.post("/api/v1/proxies/oai/stop", json!({})).await;
     assert_eq!(s, 200);
-    // The file does not say `enabled`: the run state stays the administrator's.
+    // The file does not say `enabled`: the run state stays the administrator's. (A reload's
+    // marker group is applied before its proxies; reloads are applied in order, so the marker
+    // of a second reload shows once the first is done.)
     reload_with(&gw, &base, "r1", true).await;
+    reload_with(&gw, &base, "r1b", true).await;
     let (_, p) = gw.get("/api/v1/proxies/oai").await;
     assert_eq!(p["enabled"], false, "{p}");
     // A file that says so starts it.
     let enabled = base.replacen("name = \"oai\"", "name = \"oai\"\nenabled = true", 1);
     reload_with(&gw, &enabled, "r2", true).await;
+    reload_with(&gw, &enabled, "r2b", true).await;
     let (_, p) = gw.get("/api/v1/proxies/oai").await;
     assert_eq!(p["enabled"], true, "{p}");
 }
