@@ -185,16 +185,22 @@ impl AppState {
         Ok(self.view(after).await)
     }
 
-    /// Creates or updates a proxy from the config file.
+    /// Creates or updates a proxy from the config file. `keep_run_state`: the file does not say
+    /// `enabled`, so an existing proxy keeps the run state an administrator gave it (a proxy
+    /// stopped during an incident is not restarted by an unrelated reload).
     pub async fn apply_proxy(
         &self,
-        spec: ProxySpec,
+        mut spec: ProxySpec,
         key: Option<String>,
+        keep_run_state: bool,
         actor: Actor,
     ) -> ApiResult<ProxyView> {
         match self.store.get_proxy(&spec.name).await? {
             None => self.create_proxy(spec, key, actor).await,
             Some(row) => {
+                if keep_run_state {
+                    spec.enabled = row.spec.enabled;
+                }
                 let change = match key {
                     None => KeyChange::Clear,
                     Some(k) => {

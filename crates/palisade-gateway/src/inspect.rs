@@ -157,10 +157,7 @@ impl Findings {
     /// Records the values `redact` rules replaced in the request before it left (its map).
     pub fn set_request_redacted(&mut self, map: &[(String, String)]) {
         for (placeholder, _) in map {
-            let label = placeholder
-                .strip_prefix('[')
-                .and_then(|p| p.rsplit_once('_'))
-                .map_or("", |(l, _)| l);
+            let label = palisade_policy::placeholder_label(placeholder);
             self.request_labels.insert(label.to_string());
         }
     }

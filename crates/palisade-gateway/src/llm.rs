@@ -613,6 +613,8 @@ async fn proxy(
     };
     let received = Instant::now();
     let mut usage = Usage::default();
+    // A Responses answer's id, once parsed (its placeholders are remembered under it).
+    let mut response_id: Option<String> = None;
     if up_parts.status.is_success() {
         match rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
             Some(insp) => {
@@ -624,6 +626,9 @@ async fn proxy(
                     ))
                 })?;
                 usage.absorb(&v);
+                if endpoint == Endpoint::Responses && !redactions.is_empty() {
+                    response_id = v.get("id").and_then(|id| id.as_str()).map(str::to_string);
+                }
                 // Recorded now too: a blocked answer's record still has them.
                 usage.record_into(rec);
                 if !v.is_object() && endpoint != Endpoint::Other {
@@ -648,11 +653,15 @@ async fn proxy(
             }
         }
     }
-    if endpoint == Endpoint::Responses
-        && !redactions.is_empty()
-        && up_parts.status.is_success()
-        && let Ok(Answered { id: Some(id) }) = serde_json::from_slice::<Answered>(&bytes)
-    {
+    if endpoint == Endpoint::Responses && !redactions.is_empty() && up_parts.status.is_success() {
+        // Parsed above when the policies read answers; else only the id is read.
+        response_id = response_id.or_else(|| {
+            serde_json::from_slice::<Answered>(&bytes)
+                .ok()
+                .and_then(|a| a.id)
+        });
+    }
+    if let Some(id) = response_id {
         let scope = conversation_scope(&rt.spec.name, &key.id);
         remember_conversation(
             &shared.conversations,

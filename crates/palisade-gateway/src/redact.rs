@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use palisade_policy::{PolicySet, Target, unmask};
+use palisade_policy::{PolicySet, Target, placeholder_label, placeholder_number, unmask};
 use serde_json::{Map, Value, json};
 
 use crate::inspect::is_meta_key;
@@ -227,13 +227,15 @@ fn propagate_in(v: &mut Value, values: &[&(String, String)], json_text: bool, re
     match v {
         Value::String(s) => {
             for (placeholder, original) in values {
+                let escaped;
                 let original = if json_text {
-                    json_escaped(original)
+                    escaped = json_escaped(original);
+                    escaped.as_str()
                 } else {
-                    original.clone()
+                    original.as_str()
                 };
-                if s.contains(original.as_str()) {
-                    *s = s.replace(original.as_str(), placeholder);
+                if s.contains(original) {
+                    *s = s.replace(original, placeholder);
                 }
             }
         }
@@ -351,20 +353,6 @@ impl Conversations {
         table.remove(scope, id);
         table.insert(scope, id, kept);
     }
-}
-
-/// The label of a placeholder (`[EMAIL_12]` → `EMAIL`).
-fn placeholder_label(p: &str) -> &str {
-    p.strip_prefix('[')
-        .and_then(|p| p.rsplit_once('_'))
-        .map_or("", |(l, _)| l)
-}
-
-/// The number of a placeholder (`[EMAIL_12]` → 12).
-fn placeholder_number(p: &str) -> Option<usize> {
-    p.strip_suffix(']')
-        .and_then(|p| p.rsplit_once('_'))
-        .and_then(|(_, n)| n.parse().ok())
 }
 
 /// The stateful conversation a Responses request continues: the response it follows, and the
@@ -1332,6 +1320,15 @@ mod tests {
         }
     }
 
+    /// The shipped secrets pack.
+    fn secrets_pack() -> palisade_policy::Policy {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../policies/secrets-detection.json"
+        );
+        palisade_policy::Policy::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
     fn email_answers() -> Arc<PolicySet> {
         let policy = palisade_policy::Policy::from_json(
             r#"{"id": "pii", "name": "p", "description": "", "version": "1", "rules": [
@@ -1583,14 +1580,7 @@ mod tests {
 
     #[test]
     fn tool_call_arguments_stay_json_when_values_in_them_are_masked() {
-        let secrets = palisade_policy::Policy::from_json(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../policies/secrets-detection.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
+        let secrets = secrets_pack();
         // A rule whose match takes the quotes with it, and no `redact.value`.
         let quoted = palisade_policy::Policy::from_json(
             r#"{"id": "q", "name": "q", "description": "", "version": "1", "rules": [
@@ -1715,15 +1705,7 @@ mod tests {
 
     #[test]
     fn a_value_found_once_is_masked_wherever_else_it_occurs() {
-        let secrets = palisade_policy::Policy::from_json(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../policies/secrets-detection.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-        let set = PolicySet::compile(&[secrets]).unwrap();
+        let set = PolicySet::compile(&[secrets_pack()]).unwrap();
         let args = json!({
             "cfg": {"password": "Tr0ub4dor&3"},
             "as_text": "{\"password\": \"Tr0ub4dor&3\", \"other\": \"x\"}",
@@ -1793,15 +1775,7 @@ mod tests {
 
     #[test]
     fn tool_inputs_as_objects_are_redacted_with_their_member_names() {
-        let secrets = palisade_policy::Policy::from_json(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../policies/secrets-detection.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-        let set = PolicySet::compile(&[secrets]).unwrap();
+        let set = PolicySet::compile(&[secrets_pack()]).unwrap();
         let input = json!({"password": "Tr0ub4dor&3", "nested": {"api_key": "a8f3k2m9x7q1w5e4r6t0"},
             "list": ["Tr0ub4dor&3"], "note": "fine"});
         // Anthropic: a `tool_use` block in the history.

@@ -62,7 +62,7 @@ pub use model::{
     Validator, load_dir,
 };
 pub use normalize::{confusable, is_invisible, normalize};
-pub use redact::{Redacted, iban_valid, luhn_valid, unmask};
+pub use redact::{Redacted, iban_valid, luhn_valid, placeholder_label, placeholder_number, unmask};
 
 /// Helpers shared by the crate's unit tests.
 #[cfg(test)]

@@ -339,7 +339,7 @@ fn placeholder(label: &str, n: usize) -> String {
 }
 
 /// The label of a placeholder (`[EMAIL_12]` → `EMAIL`).
-fn placeholder_label(placeholder: &str) -> &str {
+pub fn placeholder_label(placeholder: &str) -> &str {
     placeholder
         .strip_prefix('[')
         .and_then(|p| p.rsplit_once('_'))
@@ -347,7 +347,7 @@ fn placeholder_label(placeholder: &str) -> &str {
 }
 
 /// The number of a placeholder (`[EMAIL_12]` → 12).
-fn placeholder_number(placeholder: &str) -> Option<usize> {
+pub fn placeholder_number(placeholder: &str) -> Option<usize> {
     placeholder
         .strip_suffix(']')
         .and_then(|p| p.rsplit_once('_'))

@@ -287,15 +287,11 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
             .await
             .map_err(|e| anyhow::anyhow!("prompt `{name}`: {}", e.message))?;
     }
-    for (mut spec, key) in cfg.proxies {
+    for (spec, key) in cfg.proxies {
         let name = spec.name.clone();
-        if !cfg.run_state_set.contains(&name)
-            && let Some(row) = state.store.get_proxy(&name).await?
-        {
-            spec.enabled = row.spec.enabled;
-        }
+        let keep_run_state = !cfg.run_state_set.contains(&name);
         state
-            .apply_proxy(spec, key, actor())
+            .apply_proxy(spec, key, keep_run_state, actor())
             .await
             .map_err(|e| anyhow::anyhow!("proxy `{name}`: {}", e.message))?;
     }

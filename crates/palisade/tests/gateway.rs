@@ -1095,16 +1095,20 @@ async fn one_gateway_per_data_directory_and_its_key_is_never_replaced() {
     let mock = Mock::start(&[]);
     let mut gw = Gateway::start(&config_for(&mock.url)).await;
     let data = gw.dir.path().join("data");
-    let serve = |data: &std::path::Path| {
-        std::process::Command::new(bin())
-            .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+    // A second `palisade serve` on the directory; `key`: its PALISADE_MASTER_KEY.
+    let serve_with = |data: &std::path::Path, key: Option<String>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap()
+            .env("RUST_BACKTRACE", "0");
+        if let Some(key) = key {
+            cmd.env("PALISADE_MASTER_KEY", key);
+        }
+        cmd.output().unwrap()
     };
+    let serve = |data: &std::path::Path| serve_with(data, None);
     // A second gateway on the same directory is refused, and changes nothing.
     let out = serve(&data);
     assert!(!out.status.success());
@@ -1141,14 +1145,7 @@ async fn one_gateway_per_data_directory_and_its_key_is_never_replaced() {
     assert!(!data.join("master.key").exists());
     std::fs::write(data.join("master.key"), key).unwrap();
     // Nor is another key accepted for it.
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("PALISADE_MASTER_KEY", "ab".repeat(32))
-        .env("RUST_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
+    let out = serve_with(&data, Some("ab".repeat(32)));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not the one"), "{err}");
