@@ -18,7 +18,7 @@ use crate::accounting::Accounting;
 use crate::inspect::{Findings, Inspector, StreamGuard, stream_delta_text_json};
 use crate::manager::{AlertFn, RecordFn};
 use crate::redact::StreamRewriter;
-use crate::shape::sse_error_event;
+use crate::shape::{last_sequence_number, responses_error_event, sse_error_event};
 use crate::sse::{SseSplitter, for_each_event, raw_events};
 use crate::usage::Usage;
 
@@ -158,6 +158,9 @@ pub struct Relay {
     events: i64,
     /// Whether the provider's final token count was read (then nothing is estimated).
     final_usage: bool,
+    /// A Responses API stream: the `sequence_number` of the last event forwarded, so a terminal
+    /// error event the gateway adds continues the numbering.
+    responses: Option<Option<u64>>,
 }
 
 /// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
@@ -205,7 +208,15 @@ impl Relay {
             abort_on_failure: false,
             events: 0,
             final_usage: false,
+            responses: None,
         }
+    }
+
+    /// The stream is a Responses API stream: a terminal error event takes its event shape
+    /// (`type: error`, the next `sequence_number`).
+    pub fn responses_stream(mut self) -> Self {
+        self.responses = Some(None);
+        self
     }
 
     /// Drops the usage-only chunk from the client's stream (the gateway asked for usage on
@@ -359,7 +370,16 @@ impl Relay {
         let sse = matches!(self.mode, Mode::Sse(_));
         self.finish(Some(log_message.clone()));
         if sse {
-            let ev = sse_error_event(self.api, err_type, code, &client_message, &request_id);
+            let ev = match self.responses {
+                Some(last) => responses_error_event(
+                    err_type,
+                    code,
+                    &client_message,
+                    &request_id,
+                    last.map_or(0, |n| n + 1),
+                ),
+                None => sse_error_event(self.api, err_type, code, &client_message, &request_id),
+            };
             Poll::Ready(Some(Ok(Frame::data(ev))))
         } else {
             Poll::Ready(Some(Err(log_message.into())))
@@ -445,6 +465,11 @@ impl Relay {
                     };
                     if out.is_empty() {
                         continue;
+                    }
+                    if let Some(last) = this.responses.as_mut()
+                        && let Some(n) = last_sequence_number(&out)
+                    {
+                        *last = Some(n);
                     }
                     this.mark_first_byte();
                     // An answer of known length ends with its last byte: the client's side may

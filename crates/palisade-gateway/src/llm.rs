@@ -558,6 +558,11 @@ async fn proxy(
         } else {
             relay
         };
+        let relay = if endpoint == Endpoint::Responses {
+            relay.responses_stream()
+        } else {
+            relay
+        };
         // New sensitive values in a streamed answer are masked as it flows; the request's own
         // values keep their placeholders, which unmasking restores.
         let masking = rt

@@ -95,6 +95,7 @@ fn redact_json_text(
     };
     if serde_json::from_str::<Value>(&red).is_ok() {
         *s = red;
+        unescape_found(&mut map[before..]);
         return;
     }
     let Ok(mut parsed) = serde_json::from_str::<Value>(s) else {
@@ -105,6 +106,18 @@ fn redact_json_text(
     map.truncate(before);
     redact_members(set, &mut parsed, target, map, request);
     *s = parsed.to_string();
+}
+
+/// Values found in JSON text were taken as written there: one with an escape (`p\"q`) is kept
+/// as the string holds it (`p"q`), which unmasking escapes again where it restores into JSON.
+fn unescape_found(found: &mut [(String, String)]) {
+    for (_, original) in found {
+        if original.contains('\\')
+            && let Ok(s) = serde_json::from_str::<String>(&format!("\"{original}\""))
+        {
+            *original = s;
+        }
+    }
 }
 
 /// `text` with its sensitive values replaced, `None` when it has none.
@@ -150,6 +163,7 @@ fn redact_members(
                     red.strip_prefix(&name).map(serde_json::from_str::<Value>)
                 {
                     *value = masked;
+                    unescape_found(&mut map[before..]);
                     continue;
                 }
                 // The whole value stands for what the match replaced.
@@ -1807,5 +1821,35 @@ mod tests {
         );
         unmask_value(&mut args, &map);
         assert_eq!(args, input);
+    }
+
+    #[test]
+    fn passwords_with_escaped_characters_are_redacted_and_restored_whole() {
+        let set = PolicySet::compile(&[secrets_pack()]).unwrap();
+        for password in [r#"p"q&w0rd"#, r"back\sl4sh", r#"x"y"z\w9"#] {
+            // As an object (tool input), the member is read as JSON text: `p\"q&w0rd`.
+            let input = json!({"password": password, "user": "sam"});
+            let mut args = input.clone();
+            let mut map = RedactionMap::new();
+            redact_arguments(&set, &mut args, Target::ToolArguments, &mut map);
+            assert_eq!(args["password"], "[PASSWORD_1]", "{password}: {args}");
+            assert_eq!(map[0].1, password, "the map keeps the string's value");
+            unmask_value(&mut args, &map);
+            assert_eq!(args, input);
+            // As JSON text in a string (chat completions' tool-call arguments).
+            let mut body = json!({"model": "m", "messages": [{"role": "assistant", "content": null,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "login",
+                    "arguments": input.to_string()}}]}]});
+            let original = body.clone();
+            let map = redact_request(&set, &mut body);
+            let sent = body
+                .pointer("/messages/0/tool_calls/0/function/arguments")
+                .unwrap();
+            let sent: Value = serde_json::from_str(sent.as_str().unwrap()).unwrap();
+            assert_eq!(sent["password"], "[PASSWORD_1]", "{password}: {sent}");
+            let mut back = body.clone();
+            unmask_value(&mut back, &map);
+            assert_eq!(back, original, "{password}");
+        }
     }
 }

@@ -98,6 +98,41 @@ pub fn sse_error_event(
     })
 }
 
+/// A terminal error event of a Responses API stream: the event shape of the API (`event:
+/// error`, `type`, `code`, `message`, `param`, `sequence_number`) plus the `error` object of
+/// its error bodies, which the SDKs raise as an error.
+pub fn responses_error_event(
+    err_type: &str,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    sequence_number: u64,
+) -> Bytes {
+    let v = json!({
+        "type": "error",
+        "code": code,
+        "message": message,
+        "param": null,
+        "sequence_number": sequence_number,
+        "error": { "message": message, "type": err_type, "param": null, "code": code, "request_id": request_id },
+    });
+    Bytes::from(format!("event: error\ndata: {v}\n\n"))
+}
+
+/// The last `"sequence_number": N` in a run of Responses events (a byte search: events are
+/// not parsed for it).
+pub fn last_sequence_number(run: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sequence_number\"";
+    let at = run.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = &run[at + KEY.len()..];
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +190,20 @@ mod tests {
         let e = sse_error_event(LlmApi::Anthropic, "api_error", "x", "boom", "r2");
         assert!(e.starts_with(b"event: error\ndata: {"));
         assert!(e.ends_with(b"\n\n"));
+        let e = responses_error_event("upstream_error", "c", "broke", "r3", 7);
+        let data = e.strip_prefix(b"event: error\ndata: ").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(data.trim_ascii_end()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["sequence_number"], 7);
+        assert_eq!(v["code"], "c");
+        assert_eq!(v["error"]["message"], "broke");
+    }
+
+    #[test]
+    fn finds_the_last_sequence_number() {
+        let run = b"event: a\ndata: {\"type\":\"a\",\"sequence_number\":3}\n\n\
+                    event: b\ndata: {\"sequence_number\": 12,\"x\":1}\n\n";
+        assert_eq!(last_sequence_number(run), Some(12));
+        assert_eq!(last_sequence_number(b"data: {}\n\n"), None);
     }
 }

@@ -258,23 +258,10 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         .map_err(|e| anyhow::anyhow!("api_keys[{i}] ({}): {}", k.name, e.message))?;
         api_keys.push(KeyConf { key, ..k });
     }
-    // Two proxies cannot listen on one port of one address (port 0 picks a free port for each;
-    // a wildcard address takes the port on every address).
-    let clash = |a: &str, b: &str| match (
-        a.parse::<std::net::SocketAddr>(),
-        b.parse::<std::net::SocketAddr>(),
-    ) {
-        (Ok(a), Ok(b)) => {
-            a.port() != 0
-                && a.port() == b.port()
-                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-        }
-        _ => a == b && !a.ends_with(":0"),
-    };
     for (i, (p, _)) in proxies.iter().enumerate() {
         if let Some((q, _)) = proxies[..i]
             .iter()
-            .find(|(q, _)| clash(&q.listen, &p.listen))
+            .find(|(q, _)| listens_clash(&q.listen, &p.listen))
         {
             bail!(
                 "proxies[{i}] ({}): listens on `{}` like proxy `{}`",
@@ -293,6 +280,22 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         prompts,
         organization: raw.organization,
     })
+}
+
+/// Whether two proxies' listen addresses take the same port of one address (port 0 picks a free
+/// port for each; a wildcard address takes the port on every address).
+pub fn listens_clash(a: &str, b: &str) -> bool {
+    match (
+        a.parse::<std::net::SocketAddr>(),
+        b.parse::<std::net::SocketAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        _ => a == b && !a.ends_with(":0"),
+    }
 }
 
 #[cfg(test)]

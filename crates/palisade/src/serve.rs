@@ -171,6 +171,32 @@ async fn check_references(state: &AppState, cfg: &crate::config::Config) -> anyh
             }
         }
     }
+    // A proxy of the file may not take the port of a running proxy the file does not name (one
+    // made through the API, or one an earlier file named): found only at bind time, it would
+    // leave the file applied in part.
+    if !cfg.proxies.is_empty() {
+        for name in state.store.proxy_names().await? {
+            if cfg.proxies.iter().any(|(p, _)| p.name == name) {
+                continue;
+            }
+            let palisade_gateway::ProxyStatus::Running(addr) = state.manager.status(&name).await
+            else {
+                continue;
+            };
+            let addr = addr.to_string();
+            if let Some((p, _)) = cfg
+                .proxies
+                .iter()
+                .find(|(p, _)| crate::config::listens_clash(&p.listen, &addr))
+            {
+                anyhow::bail!(
+                    "proxy `{}`: listens on `{}`, where proxy `{name}` runs on the gateway (it is not in the file); choose another address",
+                    p.name,
+                    p.listen,
+                );
+            }
+        }
+    }
     // Built-in packs are checked here too (`has_policy`), so none is taken as given.
     let refs = cfg.outside_references(&[]);
     if refs.is_empty() {
@@ -269,7 +295,7 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
         if row.revoked_at.is_some() {
             tracing::warn!(
                 key = %k.name,
-                "key stays revoked: it was revoked on the gateway and the file gives the same secret (a new secret makes a new key)"
+                "key stays revoked: its secret was revoked (on the gateway, or when a file stopped naming it) and a revoked secret is never valid again; give the entry a new secret"
             );
         }
     }

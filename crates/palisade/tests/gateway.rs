@@ -949,6 +949,28 @@ async fn a_reload_neither_undoes_a_revocation_nor_takes_over_an_api_key() {
         "refused as a whole"
     );
     assert_eq!(models_status(&url, CI_KEY).await, 401);
+
+    // A file proxy on the port of a running proxy the file does not name is refused before
+    // anything is written (it would fail only at bind time, with the file applied in part).
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "api-made", "kind": "llm", "listen": "127.0.0.1:0", "upstream": mock.url}),
+        )
+        .await;
+    assert!(s < 300, "{s} {v}");
+    let taken = gw.proxy_url("api-made").await;
+    let clash = format!(
+        "{base}\n[[proxies]]\nname = \"late\"\nkind = \"llm\"\nlisten = \"{}\"\nupstream = \"{}\"\n",
+        taken.trim_start_matches("http://"),
+        mock.url
+    );
+    reload_with(&gw, &clash, "m6", false).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reload_with(&gw, &base, "m7", true).await;
+    assert_eq!(gw.get("/api/v1/groups/m6").await.0, 404, "refused whole");
+    assert_eq!(gw.get("/api/v1/proxies/late").await.0, 404);
+    assert_eq!(gw.proxy_url("api-made").await, taken);
 }
 
 #[tokio::test]

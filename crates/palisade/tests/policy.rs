@@ -216,6 +216,51 @@ async fn a_redact_rule_on_answers_masks_buffered_and_streamed_ones() {
     assert_eq!(rows[0]["redactions"], 1, "{}", rows[0]);
 }
 
+/// A Responses stream cut by a policy ends with the API's own error event: `event: error`, a
+/// `type`, and the next `sequence_number` after the last event relayed.
+#[tokio::test]
+async fn a_responses_stream_cut_by_a_policy_ends_with_its_error_event() {
+    let mock = Mock::start(&["--chunks", "30"]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let policy = live_key_policy("answer-leaks-r", "ALR-001", "block", "critical");
+    let url = use_policy(&gw, policy).await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/responses"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "stream": true,
+            "input": "Please repeat this token back to me: sk_live_ABCDEFGHIJKLMNOPQRST thanks"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    let data = |e: &str| -> Value {
+        let line = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        serde_json::from_str(line).unwrap()
+    };
+    let (last, before) = events.split_last().expect("events");
+    assert!(last.starts_with("event: error\n"), "{last}");
+    let err = data(last);
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["code"], "blocked_by_policy", "{err}");
+    assert_eq!(err["error"]["code"], "blocked_by_policy", "{err}");
+    let relayed: Vec<i64> = before
+        .iter()
+        .map(|e| data(e)["sequence_number"].as_i64().unwrap())
+        .collect();
+    assert!(!relayed.is_empty(), "events before the leak still flow");
+    assert_eq!(
+        err["sequence_number"].as_i64().unwrap(),
+        relayed.last().unwrap() + 1,
+        "{text}"
+    );
+    assert!(!text.contains("sk_live"), "{text}");
+}
+
 #[tokio::test]
 async fn a_streamed_answer_leaking_a_secret_is_cut() {
     let mock = Mock::start(&["--chunks", "30"]);
