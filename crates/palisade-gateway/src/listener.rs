@@ -13,8 +13,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::body::ProxyBody;
 use crate::manager::{GatewayShared, ProxyRuntime};
-use palisade_core::model::ProxyKind;
+use palisade_core::model::{LlmApi, ProxyKind};
 
 /// A bound, serving listener.
 pub struct RunningListener {
@@ -58,6 +59,9 @@ async fn serve(
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    // Set when the drain time is over: requests still waiting for their answer get a 503 (in
+    // the proxy's shape) instead of a connection closed under them.
+    let (cut_tx, cut_rx) = watch::channel(false);
     // The connections' tasks: those still running when the drain time is over are cut, and
     // waited for, so their requests are logged before the proxy is reported stopped.
     let mut conns = tokio::task::JoinSet::new();
@@ -76,13 +80,23 @@ async fn serve(
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let runtime = runtime.clone();
+                let cut = cut_rx.clone();
                 let svc = service_fn(move |req| {
                     let rt = runtime.load_full();
                     let shared = shared.clone();
+                    let mut cut = cut.clone();
                     async move {
-                        match rt.spec.kind {
-                            ProxyKind::Mcp => crate::mcp::handle(shared, rt, req, peer).await,
-                            _ => crate::llm::handle(shared, rt, req, peer).await,
+                        let (kind, api) = (rt.spec.kind, rt.spec.api);
+                        let handled = async move {
+                            match kind {
+                                ProxyKind::Mcp => crate::mcp::handle(shared, rt, req, peer).await,
+                                _ => crate::llm::handle(shared, rt, req, peer).await,
+                            }
+                        };
+                        tokio::select! {
+                            biased;
+                            answered = handled => answered,
+                            () = cut_signal(&mut cut) => Ok(stopped_response(kind, api)),
                         }
                     }
                 });
@@ -109,10 +123,58 @@ async fn serve(
     {
         tracing::warn!("drain time elapsed with requests still in flight; closing them");
         CUTTING.fetch_add(1, Ordering::SeqCst);
-        conns.abort_all();
-        while conns.join_next().await.is_some() {}
+        // Requests still waiting get their 503 (and are logged as cut by their handlers); the
+        // connections then close, and any left (an answer still streaming) are cut.
+        let _ = cut_tx.send(true);
+        let answered = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(CUT_GRACE, answered).await.is_err() {
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+        }
         CUTTING.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// How long the 503s of requests cut at the end of the drain time have to be written.
+const CUT_GRACE: Duration = Duration::from_millis(500);
+
+/// Resolves when the drain time is over (never when the listener is gone: its requests ended).
+async fn cut_signal(cut: &mut watch::Receiver<bool>) {
+    if cut.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The answer to a request its proxy stopped before the upstream answered: 503 in the
+/// proxy's shape (the API's error body, or a JSON-RPC error), closing the connection.
+fn stopped_response(kind: ProxyKind, api: LlmApi) -> http::Response<ProxyBody> {
+    const WHY: &str = "the proxy stopped before the answer began (drain time over); retry";
+    let body = match kind {
+        ProxyKind::Mcp => {
+            serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": WHY}})
+                .to_string()
+                .into()
+        }
+        _ => {
+            let ty = match api {
+                LlmApi::Openai => "server_error",
+                LlmApi::Anthropic => "api_error",
+            };
+            crate::shape::error_body(api, ty, "proxy_stopped", WHY, "")
+        }
+    };
+    let mut resp = http::Response::new(ProxyBody::full(body));
+    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 /// Listeners cutting connections whose requests outlasted the drain time.

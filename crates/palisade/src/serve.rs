@@ -26,7 +26,6 @@ pub fn builtin_policies() -> anyhow::Result<Vec<palisade_policy::Policy>> {
 }
 
 /// Time in-flight requests get to finish when a proxy stops or the process shuts down.
-const DRAIN: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -39,6 +38,10 @@ pub struct ServeArgs {
     /// Address of the admin API.
     #[arg(long, env = "PALISADE_ADMIN_ADDR", default_value = "127.0.0.1:8080")]
     admin_addr: SocketAddr,
+    /// Seconds a stopping proxy (shutdown, admin stop or restart, a changed listen address)
+    /// waits for requests in flight before it answers them 503 and closes their connections.
+    #[arg(long, env = "PALISADE_DRAIN_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    drain_secs: u64,
 }
 
 /// Loads the master key from `PALISADE_MASTER_KEY`, or from `<data>/master.key`, creating it
@@ -402,7 +405,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let manager = Arc::new(ProxyManager::new(
         Arc::new(GatewayShared::new(record, alert, tool_sink)),
-        DRAIN,
+        Duration::from_secs(args.drain_secs),
     ));
     let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
         .map_err(|e| stored(&db, e))?

@@ -1238,3 +1238,44 @@ async fn a_reload_keeps_a_proxy_an_administrator_stopped_unless_the_file_says_ot
     let (_, p) = gw.get("/api/v1/proxies/oai").await;
     assert_eq!(p["enabled"], true, "{p}");
 }
+
+/// A proxy stopped while a request waits for a slow upstream drains for the drain time, then
+/// answers the request 503 in the API's shape (not a connection closed under the client) and
+/// logs it.
+#[tokio::test]
+async fn requests_outlasting_the_drain_time_get_a_503() {
+    let mock = Mock::start(&["--latency-ms", "20000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw =
+        Gateway::start_with(dir, &config_for(&mock.url), &[("PALISADE_DRAIN_SECS", "1")]).await;
+    let url = gw.proxy_url("oai").await;
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "slow"}]}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    let (s, v) = gw.api(Method::POST, "/api/v1/proxies/oai/stop", None).await;
+    assert!(s < 300, "{s} {v}");
+    let r = waiting
+        .await
+        .unwrap()
+        .expect("an HTTP answer, not a closed connection");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "proxy_stopped", "{body}");
+    let rows = gw.wait_requests("proxy=oai&status=503", 1).await;
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("drain time over"),
+        "{}",
+        rows[0]
+    );
+}

@@ -123,6 +123,11 @@ impl Gateway {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Self {
+        Self::start_with(dir, config, &[]).await
+    }
+
+    /// Starts with extra environment variables (e.g. `PALISADE_DRAIN_SECS`).
+    pub async fn start_with(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Self {
         let cfg = dir.path().join("palisade.toml");
         std::fs::write(&cfg, config).unwrap();
         let mut cmd = Command::new(bin());
@@ -133,7 +138,8 @@ impl Gateway {
             .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("PALISADE_CI_KEY", CI_KEY)
             .env("PALISADE_METRICS_TOKEN", METRICS_TOKEN)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
         let proc = Proc::spawn(cmd);
         let admin = proc.wait_for("admin API listening on");
         let http = reqwest::Client::new();
