@@ -301,11 +301,17 @@ impl LoginLimiter {
         Ok(())
     }
 
-    /// A right password: the keys' counts start over.
+    /// A right password: the user's count starts over; an address's count only takes this
+    /// attempt back (one account's good login must not wipe the guesses made from the same
+    /// address at other accounts).
     fn succeed(&self, keys: &[String]) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         for k in keys {
-            map.remove(k);
+            if k.starts_with("user:") {
+                map.remove(k);
+            } else if let Some((n, _)) = map.get_mut(k) {
+                *n = n.saturating_sub(1);
+            }
         }
     }
 }
@@ -481,11 +487,8 @@ pub async fn change_password(
     headers: axum::http::HeaderMap,
     ValidJson(req): ValidJson<PasswordChange>,
 ) -> ApiResult<axum::response::Response> {
-    if req.new_password.chars().count() < 12 {
-        return Err(ApiError::field(
-            "new_password",
-            "must be at least 12 characters",
-        ));
+    if let Some(why) = crate::users::password_problem(&req.new_password) {
+        return Err(ApiError::field("new_password", why));
     }
     if req.new_password == req.current_password {
         return Err(ApiError::field(
@@ -679,5 +682,34 @@ mod tests {
         assert!(r.is_revoked("a"));
         r.revoke("b", now_ms() + 60_000);
         assert!(!r.is_revoked("old"), "expired entries are pruned");
+    }
+
+    #[test]
+    fn a_good_login_does_not_wipe_an_address_s_failures() {
+        let l = LoginLimiter::default();
+        let keys = |user: &str| ["ip:10.0.0.9".to_string(), format!("user:{user}")];
+        // Guesses at three accounts, each round ended by the guesser's own good login.
+        let mut refused = false;
+        'rounds: for _ in 0..4 {
+            for victim in ["v1", "v2", "v3"] {
+                for _ in 0..3 {
+                    if l.begin(&keys(victim)).is_err() {
+                        refused = true;
+                        break 'rounds;
+                    }
+                }
+            }
+            l.begin(&keys("me")).unwrap();
+            l.succeed(&keys("me"));
+        }
+        assert!(refused, "the address reaches its limit");
+        // The user's own count starts over after a good login.
+        let l = LoginLimiter::default();
+        for _ in 0..(MAX_FAILURES - 1) {
+            l.begin(&["user:u".to_string()]).unwrap();
+        }
+        l.begin(&["user:u".to_string()]).unwrap();
+        l.succeed(&["user:u".to_string()]);
+        l.begin(&["user:u".to_string()]).unwrap();
     }
 }

@@ -92,6 +92,59 @@ pub async fn asset(Path(name): Path<String>) -> Response {
     }
 }
 
+/// Refuses requests that name this server by a host name it was not given (`Host`, or the
+/// authority of an HTTP/2 request): a web page whose name an attacker re-points at the
+/// gateway's address (DNS rebinding) would otherwise use a visitor's browser to reach an admin
+/// API bound to loopback or a private network, guess passwords and read what a token shows. IP
+/// addresses, `localhost` and the names in `PALISADE_ADMIN_HOSTS` are accepted; `/healthz`
+/// answers any name.
+pub async fn host_guard(
+    axum::extract::State(s): axum::extract::State<crate::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}"))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host
+        && !admin_host_allowed(host, &s.admin_hosts)
+    {
+        return ApiError::forbidden(format!(
+            "host `{}` is not an address of this gateway; to reach the admin API by that name, list it in PALISADE_ADMIN_HOSTS",
+            host.chars().take(200).collect::<String>()
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether `host` (`name[:port]`) may name the admin API: an IP address, `localhost` (or a
+/// name under it), or a name the operator listed (`*` for any).
+pub(crate) fn admin_host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        },
+    };
+    let name = name.trim_end_matches('.');
+    if name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+    {
+        return true;
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
+}
+
 /// Refuses state-changing requests that a browser marks as coming from another site, whatever
 /// their credentials: `Sec-Fetch-Site` other than `same-origin`/`none`, or an `Origin` that is
 /// not this server. Clients that are not browsers send neither header and are unaffected.
@@ -122,4 +175,37 @@ pub async fn cross_site_guard(req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::admin_host_allowed;
+
+    #[test]
+    fn admin_hosts_are_addresses_localhost_or_listed() {
+        let listed = vec!["palisade.internal".to_string()];
+        for ok in [
+            "127.0.0.1:8080",
+            "10.1.2.3",
+            "[::1]:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "app.localhost:1",
+            "palisade.internal:8080",
+            "Palisade.Internal",
+        ] {
+            assert!(admin_host_allowed(ok, &listed), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example:8080",
+            "attacker.example",
+            "127.0.0.1.attacker.example",
+            "localhost.attacker.example",
+            "palisade.internal.attacker.example",
+            "",
+        ] {
+            assert!(!admin_host_allowed(bad, &listed), "{bad}");
+        }
+        assert!(admin_host_allowed("anything.example", &["*".to_string()]));
+    }
 }

@@ -21,7 +21,7 @@ where
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
+            .is_some_and(is_json_media_type);
         if !is_json {
             return Err(ApiError::new(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -36,9 +36,27 @@ where
     }
 }
 
-/// Parses JSON into `T`, mapping errors to a field-naming 400.
+/// `application/json`, in any case, with or without parameters (`; charset=utf-8`).
+fn is_json_media_type(v: &str) -> bool {
+    v.split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Parses JSON into `T`, mapping errors to a field-naming 400. The body must be one JSON value:
+/// anything after it (a second object) is refused, as every other parser of the request would
+/// read it differently.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = parse_one(de)?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    Ok(value)
+}
+
+fn parse_one<'de, T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -119,5 +137,26 @@ mod tests {
         );
         let e = parse::<T>(b"{not json").unwrap_err();
         assert!(e.field.is_none() && e.message.contains("invalid JSON"));
+        let e = parse::<T>(br#"{"name": "a", "port": 1} {"name": "b", "port": 2}"#).unwrap_err();
+        assert!(e.message.contains("trailing"), "{}", e.message);
+        assert!(parse::<T>(b"{\"name\": \"a\", \"port\": 1}\n  ").is_ok());
+    }
+
+    #[test]
+    fn json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "application/jsonfoo",
+            "text/json",
+            "application/json-patch+json",
+        ] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
     }
 }

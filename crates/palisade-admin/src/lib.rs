@@ -62,6 +62,9 @@ pub struct AppState {
     dummy_hash: String,
     /// The scrape token of `GET /metrics` (`PALISADE_METRICS_TOKEN`), if set.
     metrics_token: Option<Arc<str>>,
+    /// Host names the admin API answers to besides IP addresses and `localhost`
+    /// (`PALISADE_ADMIN_HOSTS`).
+    admin_hosts: Arc<[String]>,
 }
 
 impl AppState {
@@ -89,6 +92,7 @@ impl AppState {
             revoked: Default::default(),
             dummy_hash,
             metrics_token: metrics_token()?,
+            admin_hosts: admin_hosts(),
         })
     }
 
@@ -97,6 +101,16 @@ impl AppState {
         self.events = hub;
         self
     }
+}
+
+/// `PALISADE_ADMIN_HOSTS`: comma-separated host names (no ports) the admin API answers to.
+fn admin_hosts() -> Arc<[String]> {
+    std::env::var("PALISADE_ADMIN_HOSTS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
 }
 
 /// Shortest scrape token accepted.
@@ -282,6 +296,7 @@ fn open_composites(mut doc: serde_json::Value) -> serde_json::Value {
 
 /// Builds the API router and its OpenAPI document.
 pub fn router(state: AppState) -> Router {
+    let guard_state = state.clone();
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(prometheus::metrics))
@@ -349,6 +364,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .layer(axum::middleware::from_fn(console::cross_site_guard))
+        .layer(axum::middleware::from_fn_with_state(
+            guard_state,
+            console::host_guard,
+        ))
         .layer(axum::middleware::from_fn(headers_mw))
 }
 

@@ -376,8 +376,11 @@ pub async fn replace(
         }
     }
     let spec: ProxySpec = parse(body.to_string().as_bytes())?;
-    let before = s.store.get_proxy(&name).await?.map(|r| r.spec);
-    check_launch(before.as_ref(), &spec)?;
+    let before = s.store.get_proxy(&name).await?;
+    check_launch(before.as_ref().map(|r| &r.spec), &spec)?;
+    if let Some(row) = &before {
+        check_key_destination(row, &spec, &key)?;
+    }
     Ok(Json(s.update_proxy(spec, key, u.actor()).await?))
 }
 
@@ -407,7 +410,41 @@ pub async fn patch(
     }
     let spec: ProxySpec = parse(merged.to_string().as_bytes())?;
     check_launch(Some(&row.spec), &spec)?;
+    check_key_destination(&row, &spec, &key)?;
     Ok(Json(s.update_proxy(spec, key, u.actor()).await?))
+}
+
+/// A stored upstream key is write-only: it may not follow the proxy to another server. An
+/// update that moves the upstream to another origin (scheme, host or port) must give the key
+/// again (`upstream_key`, or `""` for none); otherwise anyone holding an admin token could
+/// point the proxy at a server of theirs and read the provider's key from its requests.
+fn check_key_destination(row: &ProxyRow, spec: &ProxySpec, key: &KeyChange) -> ApiResult<()> {
+    if !matches!(key, KeyChange::Keep)
+        || row.upstream_key_sealed.is_none()
+        || same_origin(&row.spec.upstream, &spec.upstream)
+    {
+        return Ok(());
+    }
+    Err(ApiError::field(
+        "upstream_key",
+        "the upstream moves to another server and the stored upstream key is not sent there unasked; give `upstream_key` again (or \"\" to send none)",
+    ))
+}
+
+/// Whether two upstream URLs name the same origin (scheme, host, port; ports made explicit).
+fn same_origin(a: &str, b: &str) -> bool {
+    fn origin(u: &str) -> Option<(String, String, u16)> {
+        let uri: axum::http::Uri = u.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Some((scheme, uri.host()?.to_ascii_lowercase(), port))
+    }
+    match (origin(a), origin(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// Delete a proxy (stopped first; in-flight requests finish).
@@ -481,4 +518,27 @@ pub async fn restart(
         .update_proxy(spec, SealedUpdate::Keep, "proxy.restart", u.actor())
         .await?;
     Ok(Json(s.view(after).await))
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::same_origin;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert!(same_origin(
+            "http://127.0.0.1:9000",
+            "http://127.0.0.1:9000/"
+        ));
+        assert!(same_origin(
+            "https://API.example.com",
+            "https://api.example.com:443/v1"
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:9000",
+            "http://127.0.0.1:9001"
+        ));
+        assert!(!same_origin("http://a.example", "https://a.example"));
+        assert!(!same_origin("http://a.example", "http://b.example"));
+    }
 }

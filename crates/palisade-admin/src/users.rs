@@ -68,11 +68,36 @@ fn check_role(role: &str) -> ApiResult<()> {
 }
 
 fn check_password(p: &str) -> ApiResult<()> {
+    password_problem(p).map_or(Ok(()), |why| Err(ApiError::field("password", why)))
+}
+
+/// Fewest different characters a password must hold.
+const MIN_DISTINCT: usize = 5;
+
+/// What is wrong with a new password, if anything: 12 to 1024 characters, no control
+/// characters, not only spaces, and at least five different characters (`aaaaaaaaaaaa` and
+/// `121212121212` are refused).
+pub(crate) fn password_problem(p: &str) -> Option<&'static str> {
     let n = p.chars().count();
     if !(12..=1024).contains(&n) {
-        return Err(ApiError::field("password", "must be 12 to 1024 characters"));
+        return Some("must be 12 to 1024 characters");
     }
-    Ok(())
+    if p.chars().any(char::is_control) {
+        return Some("must not contain control characters");
+    }
+    if p.trim().is_empty() {
+        return Some("must not be only spaces");
+    }
+    let mut seen: Vec<char> = Vec::with_capacity(MIN_DISTINCT);
+    for c in p.chars() {
+        if !seen.contains(&c) {
+            seen.push(c);
+            if seen.len() >= MIN_DISTINCT {
+                return None;
+            }
+        }
+    }
+    Some("must contain at least 5 different characters")
 }
 
 async fn hash(p: String) -> ApiResult<String> {
@@ -146,6 +171,12 @@ pub async fn update(
         check_role(r)?;
     }
     if let Some(p) = &req.password {
+        if name == u.name {
+            return Err(ApiError::field(
+                "password",
+                "your own password is changed with POST /api/v1/auth/password, which asks for the current one",
+            ));
+        }
         check_password(p)?;
     }
     if s.store.user_by_name(&name).await?.is_none() {

@@ -428,6 +428,13 @@ impl ProxySpec {
         if uri.query().is_some() {
             return Err(FieldError::new("upstream", "must not carry a query string"));
         }
+        // Stored and shown as it is (proxy listings, audit rows, logs): no credentials in it.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(FieldError::new(
+                "upstream",
+                "must not carry credentials (`user:password@`); give the provider's key as `upstream_key`, which is stored encrypted and never shown",
+            ));
+        }
         Ok(())
     }
 
@@ -546,6 +553,11 @@ mod tests {
         let mut s = spec();
         s.upstream = "ftp://x".into();
         assert_eq!(s.validate().unwrap_err().field, "upstream");
+        let mut s = spec();
+        s.upstream = "http://user:secret@127.0.0.1:9000".into();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, "upstream");
+        assert!(!e.to_string().contains("secret"), "{e}");
         let mut s = spec();
         s.name = "Bad Name".into();
         assert_eq!(s.validate().unwrap_err().field, "name");

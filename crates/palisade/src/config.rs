@@ -168,9 +168,24 @@ pub fn load(path: &Path) -> anyhow::Result<Config> {
     parse(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
+/// A TOML error with its line and column but without the line itself: the line may hold a
+/// key or a password, and the error goes to logs.
+fn syntax_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            anyhow::anyhow!("line {line}, column {column}: {message}")
+        }
+        None => anyhow::anyhow!("{message}"),
+    }
+}
+
 /// Parses and validates config text.
 pub fn parse(text: &str) -> anyhow::Result<Config> {
-    let raw: RawConfig = toml::from_str(text)?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
     let mut proxies = Vec::new();
     let mut names = std::collections::HashSet::new();
     let mut run_state_set = std::collections::HashSet::new();
@@ -340,6 +355,14 @@ mod tests {
                 .contains("api_keys[0] (k): invalid `allowed_proxies[1]`: `p` is listed twice"),
             "{e:#}"
         );
+    }
+
+    #[test]
+    fn syntax_errors_give_the_place_not_the_line() {
+        let text = "[[api_keys]]\nname = 'k'\ngroup = 'g'\nkey = \"pal_LITERAL_fixed_key_zzzz999\" extra\n";
+        let e = format!("{:#}", parse(text).unwrap_err());
+        assert!(e.contains("line 4"), "{e}");
+        assert!(!e.contains("pal_LITERAL"), "{e}");
     }
 
     #[test]

@@ -474,6 +474,39 @@ async fn users_are_managed_by_admins_and_one_admin_always_remains() {
         .await;
     assert_eq!(s, 400);
     assert_eq!(v["error"]["field"], "role");
+    for weak in [
+        "            ",
+        "aaaaaaaaaaaaaaaa",
+        "121212121212",
+        "abc\u{0}defghijklm",
+    ] {
+        let (s, v) = gw
+            .post(
+                "/api/v1/users",
+                json!({"username": "bob", "password": weak, "role": "viewer"}),
+            )
+            .await;
+        assert_eq!(s, 400, "{weak:?}: {v}");
+        assert_eq!(v["error"]["field"], "password");
+    }
+    let (_, users) = gw.get("/api/v1/users").await;
+    assert!(!users.to_string().contains("\"bob\""), "{users}");
+    // An admin's own password is changed where the current one is asked for.
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            Some(json!({"password": "a-new-admin-password-1"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/auth/password"),
+        "{v}"
+    );
     let (s, _) = gw
         .post(
             "/api/v1/users",

@@ -52,6 +52,32 @@ async fn admin_api_requires_auth_and_names_bad_fields() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // A page re-pointed at the gateway by DNS (rebinding) names it by its own host: refused,
+    // even with the right password and a same-origin Origin.
+    let r = c
+        .post(format!("{}/api/v1/auth/login", gw.admin))
+        .header("host", "rebind.attacker.example:8080")
+        .header("origin", "http://rebind.attacker.example:8080")
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PALISADE_ADMIN_HOSTS"),
+        "{body}"
+    );
+    let r = c
+        .get(format!("{}/healthz", gw.admin))
+        .header("host", "lb.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "health checks answer any name");
 
     let (s, v) = gw
         .post(
@@ -349,6 +375,34 @@ async fn upstream_key_is_injected_and_client_key_never_forwarded() {
     let needle = b"sk-provider-secret";
     assert!(!db.windows(needle.len()).any(|w| w == needle));
     assert!(!wal.windows(needle.len()).any(|w| w == needle));
+    // The stored key does not follow the proxy to another server unless given again.
+    let elsewhere = "http://127.0.0.1:9/";
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"upstream": elsewhere})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["field"], "upstream_key", "{v}");
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"upstream": format!("{}/", mock.url)})),
+        )
+        .await;
+    assert_eq!(s, 200, "same server, another path form: {v}");
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"upstream": elsewhere, "upstream_key": ""})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["has_upstream_key"], false);
 }
 
 #[tokio::test]
