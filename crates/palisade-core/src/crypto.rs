@@ -105,9 +105,17 @@ pub fn hash_api_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// The short visible part of a key kept for recognition in lists (e.g. `pal_AbC1…`).
+/// The short visible part of a key kept for recognition in lists (e.g. `pal_AbC1…`): after
+/// the `pal_` marker, six characters, and never more than a quarter of the rest (a key chosen
+/// in a config file may be short).
 pub fn key_display_prefix(key: &str) -> String {
-    key.chars().take(API_KEY_PREFIX.len() + 6).collect()
+    let marker = if key.starts_with(API_KEY_PREFIX) {
+        API_KEY_PREFIX.len()
+    } else {
+        0
+    };
+    let rest = key.chars().count() - marker;
+    key.chars().take(marker + (rest / 4).min(6)).collect()
 }
 
 /// HMAC-SHA256 of `data` under `key`.
@@ -349,5 +357,7 @@ mod tests {
         assert_eq!(hash_api_key(&k), hash_api_key(&k));
         assert_ne!(hash_api_key(&k), hash_api_key("pal_other"));
         assert_eq!(key_display_prefix(&k).len(), 10);
+        assert_eq!(key_display_prefix("pal_0123456789abcdef"), "pal_0123");
+        assert_eq!(key_display_prefix("0123456789abcdefghij"), "01234");
     }
 }

@@ -15,6 +15,26 @@ pub struct Usage {
     pub total: Option<i64>,
 }
 
+/// The members of an answer or stream event that can carry a token count.
+#[derive(serde::Deserialize)]
+struct UsageDoc {
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    response: Option<Wrapped>,
+    #[serde(default)]
+    message: Option<Wrapped>,
+}
+
+/// A Responses `response` or an Anthropic `message`: only its usage is read.
+#[derive(serde::Deserialize)]
+struct Wrapped {
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
 fn int(v: &Value, key: &str) -> Option<i64> {
     v.get(key).and_then(Value::as_i64)
 }
@@ -28,9 +48,13 @@ impl Usage {
             .get("usage")
             .or_else(|| v.get("response").and_then(|r| r.get("usage")))
             .or_else(|| v.get("message").and_then(|m| m.get("usage")));
-        let Some(u) = u.filter(|u| u.is_object()) else {
-            return;
-        };
+        if let Some(u) = u.filter(|u| u.is_object()) {
+            self.absorb_usage(u);
+        }
+    }
+
+    /// Merges one usage object.
+    fn absorb_usage(&mut self, u: &Value) {
         if let Some(p) = int(u, "prompt_tokens") {
             self.prompt = Some(p);
         } else if let Some(p) = int(u, "input_tokens") {
@@ -67,13 +91,42 @@ impl Usage {
         if !contains(bytes, b"\"usage\"") {
             return false;
         }
+        // Only the members that can hold a count are built; the rest (the answer's text,
+        // choices, tool calls) is skipped by the parser without being allocated.
+        let Ok(doc) = serde_json::from_slice::<UsageDoc>(bytes) else {
+            return self.absorb_json_value(bytes);
+        };
+        fn object(u: &Option<Value>) -> Option<&Value> {
+            u.as_ref().filter(|u| u.is_object())
+        }
+        let top = object(&doc.usage);
+        let response = doc.response.as_ref().and_then(|r| object(&r.usage));
+        let found = top
+            .or(response)
+            .or_else(|| doc.message.as_ref().and_then(|m| object(&m.usage)));
+        if let Some(u) = found {
+            self.absorb_usage(u);
+        }
+        match doc.kind.as_deref() {
+            // A Responses stream ends with one of these, each with the response's usage.
+            Some("response.completed" | "response.incomplete" | "response.failed") => {
+                response.is_some()
+            }
+            Some("message_delta") => top.is_some(),
+            Some(_) => false,
+            None => top.is_some(),
+        }
+    }
+
+    /// [`Usage::absorb_json`] through a whole parse, for documents the partial one refuses
+    /// (a member named twice).
+    fn absorb_json_value(&mut self, bytes: &[u8]) -> bool {
         let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
             return false;
         };
         self.absorb(&v);
         let top = v.get("usage").is_some_and(Value::is_object);
         match v.get("type").and_then(Value::as_str) {
-            // A Responses stream ends with one of these, each with the response's usage.
             Some("response.completed" | "response.incomplete" | "response.failed") => {
                 v["response"]["usage"].is_object()
             }
@@ -177,6 +230,25 @@ mod final_count_tests {
             r#"{"type":"response.output_text.delta","delta":"usage"}"#,
         ] {
             assert!(!Usage::default().absorb_json(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_partial_parse_reads_what_the_whole_parse_reads() {
+        for doc in [
+            r#"{"id":"c1","choices":[{"message":{"role":"assistant","content":"a "usage" word"}}],"usage":{"prompt_tokens":9,"completion_tokens":17,"total_tokens":26,"prompt_tokens_details":{"cached_tokens":3}}}"#,
+            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":12,"output_tokens":1,"cache_creation_input_tokens":5}}}"#,
+            r#"{"type":"response.completed","response":{"output":[],"usage":{"input_tokens":3,"output_tokens":4,"input_tokens_details":{"cached_tokens":1}}}}"#,
+            r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#,
+            r#"{"type":"error","message":"has usage in it","usage":{"output_tokens":4}}"#,
+            r#"{"response":"text","usage":{"completion_tokens":8}}"#,
+            r#"{"usage":[1,2]}"#,
+            r#"{"usage": not json"#,
+        ] {
+            let (mut partial, mut whole) = (Usage::default(), Usage::default());
+            let a = partial.absorb_json(doc.as_bytes());
+            let b = whole.absorb_json_value(doc.as_bytes());
+            assert_eq!((a, partial), (b, whole), "{doc}");
         }
     }
 }
