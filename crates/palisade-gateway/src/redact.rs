@@ -514,7 +514,38 @@ const HOLD_MIN: usize = 64;
 /// Most bytes of answer text held back while masking.
 const HOLD_MAX: usize = 8 * 1024;
 
+/// Most bytes of a tool call's arguments held whole while masking; past that they are masked
+/// as text as they flow (a value split at that point may pass).
+const JSON_HOLD_MAX: usize = 64 * 1024;
+
 impl StreamMasker {
+    /// Takes a channel's new JSON text (tool-call arguments): held until the call's arguments
+    /// end, so they are masked whole and stay JSON (a rule's match may take a quote, and only
+    /// the whole text shows which member a value belongs to). Returns what can be sent now.
+    fn feed_json(&mut self, channel: &str, text: &str) -> String {
+        let held = self.held.entry(channel.to_string()).or_default();
+        held.push_str(text);
+        if held.len() <= JSON_HOLD_MAX {
+            return String::new();
+        }
+        self.feed(channel, "", false)
+    }
+
+    /// All of a channel's held JSON text, masked as a whole.
+    fn flush_json(&mut self, channel: &str) -> String {
+        let mut text = self.held.remove(channel).unwrap_or_default();
+        if !text.is_empty() {
+            redact_json_text(
+                &self.set,
+                &mut text,
+                Target::LlmResponse,
+                &mut self.map,
+                false,
+            );
+        }
+        text
+    }
+
     /// Masks a channel's new text; returns what can be sent now (`last`: all of it).
     fn feed(&mut self, channel: &str, text: &str, last: bool) -> String {
         let mut buf = self.held.remove(channel).unwrap_or_default();
@@ -622,12 +653,17 @@ impl StreamRewriter {
     }
 
     /// Rewrites the new text of a channel, holding back a tail that may be a split
-    /// placeholder or a value still in progress. Answer text is masked; tool-call arguments
-    /// (JSON text) are only unmasked.
+    /// placeholder or a value still in progress. Answer text is masked as it flows, tool-call
+    /// arguments (JSON text) when they end.
     fn feed(&mut self, channel: &str, text: &str) -> String {
-        match self.masker.as_mut().filter(|_| !is_json_channel(channel)) {
+        let json = is_json_channel(channel);
+        match self.masker.as_mut() {
             Some(m) => {
-                let masked = m.feed(channel, text, false);
+                let masked = if json {
+                    m.feed_json(channel, text)
+                } else {
+                    m.feed(channel, text, false)
+                };
                 self.unmask_feed(channel, &masked)
             }
             None => self.unmask_feed(channel, text),
@@ -671,9 +707,14 @@ impl StreamRewriter {
 
     /// Everything still held for a channel (its text has ended).
     fn flush(&mut self, channel: &str) -> Option<String> {
-        let mut out = match self.masker.as_mut().filter(|_| !is_json_channel(channel)) {
+        let json = is_json_channel(channel);
+        let mut out = match self.masker.as_mut() {
             Some(m) => {
-                let rest = m.feed(channel, "", true);
+                let rest = if json {
+                    m.flush_json(channel)
+                } else {
+                    m.feed(channel, "", true)
+                };
                 self.unmask_feed(channel, &rest)
             }
             None => String::new(),
@@ -1040,8 +1081,8 @@ impl StreamRewriter {
     }
 
     /// Masks new values in every string of an event that repeats or carries whole texts (with
-    /// the stream's map, so a value gets the placeholder its deltas got). Tool-call arguments
-    /// are left as they are, as in deltas.
+    /// the stream's map, so a value gets the placeholder its deltas got), tool-call arguments
+    /// as JSON text.
     fn mask_whole(&mut self, v: &mut Value) {
         if let Some(m) = self.masker.as_mut() {
             mask_strings(&m.set, v, &mut m.map);
@@ -1049,8 +1090,8 @@ impl StreamRewriter {
     }
 }
 
-/// Masks answer values in every string of `v` but identifiers, inline media and JSON-text
-/// fields (tool-call arguments).
+/// Masks answer values in every string of `v` but identifiers and inline media; JSON-text
+/// fields (tool-call arguments) so that they stay JSON.
 fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
     match v {
         Value::String(s) => {
@@ -1062,8 +1103,14 @@ fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
         Value::Array(a) => a.iter_mut().for_each(|x| mask_strings(set, x, map)),
         Value::Object(o) => {
             for (k, x) in o.iter_mut() {
-                if !kept_in_clear(k, x, false) && !is_json_text_key(k) {
-                    mask_strings(set, x, map);
+                if kept_in_clear(k, x, false) {
+                    continue;
+                }
+                match x {
+                    Value::String(s) if is_json_text_key(k) => {
+                        redact_json_text(set, s, Target::LlmResponse, map, false);
+                    }
+                    _ => mask_strings(set, x, map),
                 }
             }
         }
@@ -1071,8 +1118,8 @@ fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
     }
 }
 
-/// Channels whose text is JSON (tool-call arguments): unmasked with escaped originals, never
-/// masked.
+/// Channels whose text is JSON (tool-call arguments): unmasked with escaped originals, masked
+/// whole when they end.
 fn is_json_channel(ch: &str) -> bool {
     matches!(ch.as_bytes().first(), Some(b't' | b'j' | b'f'))
 }
@@ -1357,6 +1404,90 @@ mod tests {
         )
         .unwrap();
         Arc::new(PolicySet::compile(&[policy]).unwrap())
+    }
+
+    #[test]
+    fn new_values_in_streamed_tool_call_arguments_are_masked_and_stay_json() {
+        let args =
+            r#"{"to":"[EMAIL_1]","cc":"new.person@corp.io","note":"and new.person@corp.io"}"#;
+        let want = json!({"to": "ana@example.com", "cc": "[EMAIL_2]", "note": "and [EMAIL_2]"});
+        for size in [1, 3, 7, 1000] {
+            // OpenAI chat completions.
+            let events: Vec<String> = pieces(args, size)
+                .iter()
+                .map(|p| {
+                    let v = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                        "function": {"arguments": p}}]}, "finish_reason": null}]});
+                    format!("data: {v}\n\n")
+                })
+                .chain([chat_event("", true), "data: [DONE]\n\n".to_string()])
+                .collect();
+            let mut w = StreamRewriter::new(map()).masking(email_answers(), &map());
+            let out = run(&mut w, &events);
+            assert!(
+                !String::from_utf8_lossy(&out).contains("new.person"),
+                "size {size}"
+            );
+            let mut got = String::new();
+            for_each_event(&out, |_, d| {
+                if let Ok(v) = serde_json::from_slice::<Value>(d)
+                    && let Some(a) =
+                        v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+                {
+                    got.push_str(a);
+                }
+            });
+            let parsed: Value = serde_json::from_str(&got).expect(&got);
+            assert_eq!(parsed, want, "chat, size {size}");
+            assert_eq!(w.masked(), 1);
+            // Anthropic tool input, and OpenAI Responses function-call arguments (whose `done`
+            // repeats them whole, masked alike).
+            for (delta, stop) in [
+                (
+                    r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"P"}}"#,
+                    r#"{"type":"content_block_stop","index":1}"#.to_string(),
+                ),
+                (
+                    r#"{"type":"response.function_call_arguments.delta","output_index":2,"item_id":"fc_1","delta":"P"}"#,
+                    json!({"type": "response.function_call_arguments.done", "output_index": 2,
+                        "item_id": "fc_1", "arguments": args})
+                    .to_string(),
+                ),
+            ] {
+                let events: Vec<String> = pieces(args, size)
+                    .iter()
+                    .map(|p| {
+                        let mut v: Value = serde_json::from_str(delta).unwrap();
+                        match v.pointer_mut("/delta/partial_json") {
+                            Some(x) => *x = json!(p),
+                            None => v["delta"] = json!(p),
+                        }
+                        format!("data: {v}\n\n")
+                    })
+                    .chain([format!("data: {stop}\n\n")])
+                    .collect();
+                let mut w = StreamRewriter::new(map()).masking(email_answers(), &map());
+                let out = run(&mut w, &events);
+                assert!(
+                    !String::from_utf8_lossy(&out).contains("new.person"),
+                    "{delta}"
+                );
+                let mut got = String::new();
+                for_each_event(&out, |_, d| {
+                    let v: Value = serde_json::from_slice(d).unwrap();
+                    if let Some(a) = v["delta"]["partial_json"].as_str().or(v["delta"].as_str()) {
+                        got.push_str(a);
+                    }
+                    if v["type"] == "response.function_call_arguments.done" {
+                        let done: Value =
+                            serde_json::from_str(v["arguments"].as_str().unwrap()).unwrap();
+                        assert_eq!(done, want);
+                    }
+                });
+                let parsed: Value = serde_json::from_str(&got).expect(&got);
+                assert_eq!(parsed, want, "{delta}, size {size}");
+            }
+        }
     }
 
     #[test]
