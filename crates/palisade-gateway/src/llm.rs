@@ -222,13 +222,14 @@ async fn read_body(
     body: Incoming,
     limit: u64,
     declared: Option<u64>,
+    parsed: bool,
 ) -> Result<(Bytes, Held), ProxyError> {
     if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge(limit));
     }
     let collected = tokio::time::timeout(
         CLIENT_BODY_TIMEOUT,
-        buffers::collect(body, usize::try_from(limit).unwrap_or(usize::MAX)),
+        buffers::collect(body, usize::try_from(limit).unwrap_or(usize::MAX), parsed),
     )
     .await
     .map_err(|_| ProxyError::ClientBody("timed out".into()))?;
@@ -420,7 +421,10 @@ async fn proxy(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     // The bodies' bytes stay counted against the shared budget until the request is done.
-    let (mut body, _request_held) = read_body(body, rt.spec.max_body_bytes, declared).await?;
+    // With policies, the body is parsed and its texts taken out and rewritten.
+    let parsed = rt.inspector.is_some();
+    let (mut body, _request_held) =
+        read_body(body, rt.spec.max_body_bytes, declared, parsed).await?;
     let mut strip_usage = false;
     let mut redactions = RedactionMap::new();
     // A stateful conversation this request belongs to (Responses API), whose placeholders its
@@ -601,8 +605,13 @@ async fn proxy(
         return Ok(resp);
     }
 
-    let collected =
-        tokio::time::timeout(timeout, buffers::collect(up_body, MAX_UPSTREAM_BODY)).await;
+    // An answer the policies read, or whose placeholders are restored, is parsed and rewritten.
+    let parsed = rt.inspector.is_some() || !redactions.is_empty();
+    let collected = tokio::time::timeout(
+        timeout,
+        buffers::collect(up_body, MAX_UPSTREAM_BODY, parsed),
+    )
+    .await;
     let (mut bytes, _answer_held) = match collected {
         Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
         Ok(Err(BufferError::TooLarge)) => {

@@ -592,7 +592,7 @@ where
         ));
     }
     let limit = rt.spec.max_body_bytes as usize;
-    crate::buffers::collect(body, limit)
+    crate::buffers::collect(body, limit, true)
         .await
         .map_err(|e| match e {
             BufferError::TooLarge => refuse(
@@ -803,7 +803,7 @@ pub(crate) async fn send(
         return Ok(r);
     }
 
-    let (bytes, _held) = crate::buffers::collect(up_body, MAX_UPSTREAM_BODY)
+    let (bytes, _held) = crate::buffers::collect(up_body, MAX_UPSTREAM_BODY, true)
         .await
         .map_err(|e| {
             let (status, msg) = match e {
