@@ -68,17 +68,18 @@ impl AppState {
     pub async fn seed_spend(&self) -> ApiResult<()> {
         let now = self.now();
         for (group, nano) in self.store.month_spend(now).await? {
-            let reset_at = self
-                .store
-                .group(&group)
-                .await?
-                .and_then(|g| g.budget_reset_at)
-                .unwrap_or(0);
+            let row = self.store.group(&group).await?;
+            let reset_at = row.as_ref().and_then(|g| g.budget_reset_at).unwrap_or(0);
+            let budget = row.as_ref().and_then(|g| {
+                g.spec
+                    .budget_nano()
+                    .map(|limit| (limit, g.spec.budget_warn_percent))
+            });
             self.manager
                 .shared()
                 .accounting
                 .spend
-                .set(&group, nano, reset_at, now);
+                .set(&group, nano, reset_at, now, budget);
         }
         Ok(())
     }
@@ -274,7 +275,11 @@ pub async fn reset_budget(
 ) -> ApiResult<Json<BudgetStatus>> {
     let now = s.now();
     s.store.reset_budget(&name, now, u.actor()).await?;
-    s.manager.shared().accounting.spend.set(&name, 0, now, now);
+    s.manager
+        .shared()
+        .accounting
+        .spend
+        .set(&name, 0, now, now, None);
     let g = s
         .store
         .group(&name)

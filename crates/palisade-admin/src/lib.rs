@@ -65,6 +65,8 @@ pub struct AppState {
     /// Host names the admin API answers to besides IP addresses and `localhost`
     /// (`PALISADE_ADMIN_HOSTS`).
     admin_hosts: Arc<[String]>,
+    /// The admin API's own address: no proxy may take it.
+    admin_addr: Option<SocketAddr>,
 }
 
 impl AppState {
@@ -93,7 +95,27 @@ impl AppState {
             dummy_hash,
             metrics_token: metrics_token()?,
             admin_hosts: admin_hosts(),
+            admin_addr: None,
         })
+    }
+
+    /// The address the admin API is bound to (proxies may not listen there).
+    pub fn with_admin_addr(mut self, addr: SocketAddr) -> Self {
+        self.admin_addr = Some(addr);
+        self
+    }
+
+    /// Refuses a proxy listen address that is the admin API's own.
+    pub fn check_listen(&self, listen: &str) -> Result<(), ApiError> {
+        match self.admin_addr {
+            Some(a) if palisade_core::model::listens_clash(listen, &a.to_string()) => {
+                Err(ApiError::field(
+                    "listen",
+                    format!("`{listen}` is the admin API's address ({a}); choose another"),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Uses `hub` for live events (the one the gateway's record and alert sinks feed).

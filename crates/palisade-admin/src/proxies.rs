@@ -118,6 +118,7 @@ impl AppState {
         actor: Actor,
     ) -> ApiResult<ProxyView> {
         spec.validate()?;
+        self.check_listen(&spec.listen)?;
         let _turn = crate::policies::policy_change_turn().await;
         if self.store.get_proxy(&spec.name).await?.is_some() {
             return Err(ApiError::conflict(format!(
@@ -150,6 +151,7 @@ impl AppState {
         actor: Actor,
     ) -> ApiResult<ProxyView> {
         spec.validate()?;
+        self.check_listen(&spec.listen)?;
         let _turn = crate::policies::policy_change_turn().await;
         let current = self.get_row(&spec.name).await?;
         let (sealed, upd) = match key {

@@ -274,6 +274,24 @@ fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY_BYTES
 }
 
+/// Whether two listen addresses take the same port of one address (port 0 picks a free port
+/// for each; a wildcard address takes the port on every address; `::ffff:127.0.0.1` is
+/// `127.0.0.1`).
+pub fn listens_clash(a: &str, b: &str) -> bool {
+    match (
+        a.parse::<std::net::SocketAddr>(),
+        b.parse::<std::net::SocketAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => {
+            let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+            a.port() != 0
+                && a.port() == b.port()
+                && (ia == ib || ia.is_unspecified() || ib.is_unspecified())
+        }
+        _ => a == b && !a.ends_with(":0"),
+    }
+}
+
 /// Validates an object name (proxies, groups, keys): 1–64 of `[a-z0-9_-]`, starting alphanumeric.
 pub fn validate_name(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()

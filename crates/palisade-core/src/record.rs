@@ -68,6 +68,10 @@ pub struct RequestRecord {
     pub session: Option<String>,
     /// MCP tool name (for `tools/call`).
     pub tool: Option<String>,
+    /// Set on a row that stands for this many requests the log could not take one by one (its
+    /// queue was full): their summed tokens and cost, so spend and usage stay whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded: Option<i64>,
 }
 
 /// An MCP tool as the gateway knows it.

@@ -73,7 +73,24 @@ impl RateLimiter {
             at_ms: now,
         });
         Self::refill(b, limit, now);
-        b.tokens -= amount;
+        b.tokens = (b.tokens - amount).min(limit);
+    }
+}
+
+/// Estimated tokens a request holds in tokens-per-minute buckets until it is settled; given
+/// back when dropped.
+pub struct TokenHold {
+    acc: Arc<Accounting>,
+    scopes: Vec<(String, u32)>,
+    tokens: f64,
+}
+
+impl Drop for TokenHold {
+    fn drop(&mut self) {
+        let now = (self.acc.clock)();
+        for (scope, tpm) in &self.scopes {
+            self.acc.limiter.charge(scope, *tpm, -self.tokens, now);
+        }
     }
 }
 
@@ -83,8 +100,10 @@ struct GroupSpend {
     /// Start of the budget period (Unix ms): the month's start, or a manual reset after it.
     period: i64,
     nano: i64,
-    warned: bool,
-    exceeded: bool,
+    /// The budget (nano-dollars) whose warning threshold / whole amount this period's spend
+    /// crossed, alerted once each: a budget changed mid-month alerts again at its new marks.
+    warned: Option<i64>,
+    exceeded: Option<i64>,
 }
 
 /// Spend of each group in the current calendar month (UTC).
@@ -115,13 +134,19 @@ impl SpendBook {
 
     /// Sets a group's spend in the period that started at `period` (start-up seeding from the
     /// store, manual reset); its alerts may be raised again.
-    pub fn set(&self, group: &str, nano: i64, period: i64, now: i64) {
+    ///
+    /// `budget` (the group's budget and warning percent) tells which of its marks the spend
+    /// is already past: their alerts were raised before (a restart does not raise them again).
+    pub fn set(&self, group: &str, nano: i64, period: i64, now: i64, budget: Option<(i64, u8)>) {
         let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let past = |reached: bool, limit: i64| reached.then_some(limit);
         *Self::entry(&mut map, group, now) = GroupSpend {
             month: month_key(now),
             period: period.max(month_start_ms(now)),
             nano,
-            ..Default::default()
+            warned: budget
+                .and_then(|(limit, pct)| past(nano * 100 >= limit * i64::from(pct), limit)),
+            exceeded: budget.and_then(|(limit, _)| past(nano >= limit, limit)),
         };
     }
 
@@ -204,6 +229,26 @@ impl Accounting {
         let now = (self.clock)();
         let groups = self.groups.load();
         let group = key.group.as_ref().and_then(|g| groups.get(g));
+        // The budget first: a request it refuses does not use up the rate limits.
+        let mut out = Admission::default();
+        if let Some(g) = group
+            && let Some(limit) = g.budget_nano()
+        {
+            let spent = self.spend.spent(&g.name, now);
+            if spent >= limit {
+                let msg = format!(
+                    "group `{}` has spent {} of its {} monthly budget",
+                    g.name,
+                    dollars(usd(spent)),
+                    dollars(usd(limit))
+                );
+                self.budget_alert(g, spent, limit, now, true, alert, rec);
+                match g.budget_action {
+                    BudgetAction::Block => return Err(ProxyError::BudgetExceeded(msg)),
+                    BudgetAction::Warn => out.budget_warning = Some(msg),
+                }
+            }
+        }
         if let Some(rpm) = key.rpm {
             self.limiter
                 .acquire(&format!("k:{}", key.id), rpm, 1.0, now)
@@ -220,7 +265,6 @@ impl Accounting {
                     what: format!("key `{}`: {tpm} tokens per minute", key.name),
                 })?;
         }
-        let mut out = Admission::default();
         let Some(g) = group else { return Ok(out) };
         if let Some(rpm) = g.group_rpm {
             self.limiter
@@ -238,23 +282,60 @@ impl Accounting {
                     what: format!("group `{}`: {tpm} tokens per minute", g.name),
                 })?;
         }
-        if let Some(limit) = g.budget_nano() {
-            let spent = self.spend.spent(&g.name, now);
-            if spent >= limit {
-                let msg = format!(
-                    "group `{}` has spent {} of its {} monthly budget",
-                    g.name,
-                    dollars(usd(spent)),
-                    dollars(usd(limit))
-                );
-                self.budget_alert(g, spent, limit, now, true, alert, rec);
-                match g.budget_action {
-                    BudgetAction::Block => return Err(ProxyError::BudgetExceeded(msg)),
-                    BudgetAction::Warn => out.budget_warning = Some(msg),
-                }
-            }
-        }
         Ok(out)
+    }
+
+    /// Takes a request's estimated prompt tokens from its key's and group's tokens-per-minute
+    /// buckets once its body is known: requests sent at once would otherwise all pass the check
+    /// made before any of them was answered (tokens are charged when the answer's count
+    /// arrives). Refused when a bucket is already spent; the hold gives the estimate back when
+    /// dropped, after [`Accounting::settle`] has charged the real count.
+    pub fn hold_tokens(
+        self: &Arc<Self>,
+        key: &KeyInfo,
+        estimate: i64,
+    ) -> Result<Option<TokenHold>, ProxyError> {
+        let mut scopes: Vec<(String, u32, String)> = Vec::new();
+        if let Some(tpm) = key.tpm {
+            scopes.push((
+                format!("t:{}", key.id),
+                tpm,
+                format!("key `{}`: {tpm} tokens per minute", key.name),
+            ));
+        }
+        if let Some(g) = key
+            .group
+            .as_ref()
+            .and_then(|g| self.groups.load().get(g).cloned())
+            && let Some(tpm) = g.group_tpm
+        {
+            scopes.push((
+                format!("gt:{}", g.name),
+                tpm,
+                format!("group `{}`: {tpm} tokens per minute", g.name),
+            ));
+        }
+        if scopes.is_empty() || estimate <= 0 {
+            return Ok(None);
+        }
+        let now = (self.clock)();
+        for (scope, tpm, what) in &scopes {
+            self.limiter
+                .acquire(scope, *tpm, 0.0, now)
+                .map_err(|s| ProxyError::RateLimited {
+                    retry_after: s,
+                    what: what.clone(),
+                })?;
+        }
+        let tokens = estimate as f64;
+        for (scope, tpm, _) in &scopes {
+            self.limiter.charge(scope, *tpm, tokens, now);
+        }
+        Ok(Some(TokenHold {
+            acc: self.clone(),
+            scopes: scopes.into_iter().map(|(s, t, _)| (s, t)).collect(),
+            tokens,
+        }))
     }
 
     /// Checks a request's model against the key's allowed models.
@@ -325,9 +406,10 @@ impl Accounting {
             e.nano += nano;
             let crossed = match g.budget_nano() {
                 Some(limit)
-                    if !e.warned && e.nano * 100 >= limit * i64::from(g.budget_warn_percent) =>
+                    if e.warned != Some(limit)
+                        && e.nano * 100 >= limit * i64::from(g.budget_warn_percent) =>
                 {
-                    e.warned = true;
+                    e.warned = Some(limit);
                     Some(limit)
                 }
                 _ => None,
@@ -356,10 +438,10 @@ impl Accounting {
         if exceeded {
             let mut map = self.spend.groups.lock().unwrap_or_else(|p| p.into_inner());
             let e = SpendBook::entry(&mut map, &g.name, now);
-            if e.exceeded {
+            if e.exceeded == Some(limit) {
                 return;
             }
-            e.exceeded = true;
+            e.exceeded = Some(limit);
         }
         let period = self.spend.period(&g.name, now);
         let (kind, title, severity) = if exceeded {
@@ -392,7 +474,7 @@ impl Accounting {
                 dollars(usd(limit))
             ),
             status: "new".into(),
-            dedup_key: Some(format!("budget-{kind}:{}:{period}", g.name)),
+            dedup_key: Some(format!("budget-{kind}:{}:{period}:{limit}", g.name)),
             ..Default::default()
         });
     }
@@ -518,11 +600,88 @@ mod tests {
             .filter(|a| a.title.contains("exhausted"))
             .count();
         assert_eq!(exceeded, 1);
+        // A raised budget alerts again at its own marks.
+        let mut raised = GroupSpec::named("eng");
+        raised.monthly_budget_usd = Some(2.0);
+        acc.groups.store(Arc::new(
+            [("eng".to_string(), raised)].into_iter().collect(),
+        ));
+        for _ in 0..3 {
+            let mut rec = RequestRecord {
+                group: Some("eng".into()),
+                model: Some("m".into()),
+                ..Default::default()
+            };
+            acc.admit(&key(None), "p", &push, &rec).unwrap();
+            acc.settle(&mut rec, &usage, None, &push);
+        }
+        let _ = acc.admit(&key(None), "p", &push, &rec);
+        let titles: Vec<String> = alerts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.title.clone())
+            .collect();
+        assert_eq!(
+            titles.iter().filter(|t| t.contains("warning")).count(),
+            2,
+            "{titles:?}"
+        );
+        assert_eq!(
+            titles.iter().filter(|t| t.contains("exhausted")).count(),
+            2,
+            "{titles:?}"
+        );
+        // Seeded after a restart past both marks: nothing is raised again.
+        let t = now.load(Ordering::SeqCst);
+        acc.spend
+            .set("eng", 2_100_000_000, 0, t, Some((2_000_000_000, 80)));
+        let _ = acc.admit(&key(None), "p", &push, &rec);
+        assert_eq!(alerts.lock().unwrap().len(), 4);
         // 2026-12-01: a new month, spend is zero again.
         now.store(1_796_083_200_000, Ordering::SeqCst);
         assert_eq!(month_key(now.load(Ordering::SeqCst)), 202612);
         acc.admit(&key(None), "p", &push, &rec).unwrap();
         assert_eq!(acc.spend.spent("eng", now.load(Ordering::SeqCst)), 0);
+    }
+
+    #[test]
+    fn concurrent_requests_hold_their_estimated_tokens() {
+        let now = Arc::new(AtomicI64::new(1_000_000));
+        let n = now.clone();
+        let acc = Arc::new(Accounting {
+            clock: Arc::new(move || n.load(Ordering::SeqCst)),
+            ..Default::default()
+        });
+        let k = KeyInfo {
+            tpm: Some(2000),
+            ..key(None)
+        };
+        // Four requests of ~500 tokens sent at once use the minute's 2 000; the fifth waits.
+        let holds: Vec<TokenHold> = (0..4)
+            .map(|_| acc.hold_tokens(&k, 500).unwrap().expect("held"))
+            .collect();
+        assert!(matches!(
+            acc.hold_tokens(&k, 500),
+            Err(ProxyError::RateLimited { .. })
+        ));
+        // Answered with 100 tokens each: the real counts are charged, the estimates given back.
+        for h in holds {
+            let mut rec = RequestRecord {
+                key_id: Some("k1".into()),
+                ..Default::default()
+            };
+            let usage = Usage {
+                prompt: Some(60),
+                completion: Some(40),
+                ..Default::default()
+            };
+            acc.settle(&mut rec, &usage, k.tpm, &|_| {});
+            drop(h);
+        }
+        assert!(acc.hold_tokens(&k, 1500).unwrap().is_some());
+        // A key without a limit holds nothing.
+        assert!(acc.hold_tokens(&key(None), 500).unwrap().is_none());
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct Finisher {
     /// For an LLM answer, the prompt tokens to charge when its stream ends before the upstream's
     /// count arrives (see [`Relay`]): the request body's bytes / 4. `None` for other streams.
     pub prompt_estimate: Option<i64>,
+    /// The request's estimated tokens held in tokens-per-minute buckets, given back once the
+    /// answer's count is charged.
+    pub token_hold: Option<crate::accounting::TokenHold>,
 }
 
 impl Finisher {
@@ -123,6 +126,8 @@ impl Finisher {
         }
         self.accounting
             .settle(&mut self.record, &usage, self.key_tpm, self.alert.as_ref());
+        // The real count is charged: the estimate held since admission goes back.
+        drop(self.token_hold.take());
         (self.sink)(self.record);
     }
 }
@@ -286,10 +291,12 @@ impl Relay {
                 u.discard();
             }
             let mut error = error;
+            // An answer that began (its headers came) was billed for its prompt by the provider,
+            // also when it was cut before its first event.
             if let Some(prompt) = f.prompt_estimate
                 && matches!(self.mode, Mode::Sse(_))
                 && !self.final_usage
-                && self.events > 0
+                && (self.events > 0 || error.is_some())
             {
                 self.usage.completion = Some(self.events.max(self.usage.completion.unwrap_or(0)));
                 self.usage.prompt.get_or_insert(prompt);

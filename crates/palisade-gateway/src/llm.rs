@@ -476,6 +476,8 @@ async fn proxy(
         headers.insert(name.clone(), value.clone());
     }
     let prompt_estimate = (body.len() / 4) as i64;
+    // Held from the tokens-per-minute buckets until the answer's count is charged.
+    let token_hold = shared.accounting.hold_tokens(&key, prompt_estimate)?;
     let mut up = Request::new(Full::new(body));
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
@@ -548,6 +550,7 @@ async fn proxy(
             accounting: shared.accounting.clone(),
             key_tpm: key.tpm,
             prompt_estimate: Some(prompt_estimate),
+            token_hold,
         };
         let relay = Relay::new(
             up_body,

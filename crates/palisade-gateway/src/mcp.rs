@@ -786,6 +786,7 @@ pub(crate) async fn send(
             accounting: shared.accounting.clone(),
             key_tpm: None,
             prompt_estimate: None,
+            token_hold: None,
         };
         let relay = Relay::new(
             up_body,

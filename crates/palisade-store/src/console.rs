@@ -242,13 +242,15 @@ impl Store {
     ) -> Result<DashboardData, StoreError> {
         let bucket_ms = bucket_ms.max(1_000);
         self.call(move |c| {
+            // A folded row stands for `folded` requests.
+            const N: &str = crate::requests::REQUESTS_OF_ROW;
             // `?3 IS NULL OR` would keep SQLite off the (proxy, ts_ms) index: pick the clause.
             let scope = if proxy.is_some() { "proxy = ?3 AND ts_ms >= ?1" } else { "ts_ms >= ?1 AND ?3 IS NULL" };
             let now = now_ms();
             let mut counts = std::collections::HashMap::new();
             {
                 let mut st = c.prepare(&format!(
-                    "SELECT (ts_ms - ?1) / ?2, COUNT(*), SUM(status >= 400), SUM(decision = 'block')
+                    "SELECT (ts_ms - ?1) / ?2, SUM({N}), SUM((status >= 400) * {N}), SUM((decision = 'block') * {N})
                      FROM requests WHERE {scope} GROUP BY 1"
                 ))?;
                 let rows = st.query_map(params![since_ms, bucket_ms, proxy], |r| {
@@ -273,7 +275,7 @@ impl Store {
                 .collect();
             let proxies = {
                 let mut st = c.prepare(&format!(
-                    "SELECT proxy, COUNT(*), SUM(status >= 400), SUM(decision = 'block'), AVG(latency_us)
+                    "SELECT proxy, SUM({N}), SUM((status >= 400) * {N}), SUM((decision = 'block') * {N}), AVG(latency_us)
                      FROM requests WHERE {scope} AND ?2 > 0 GROUP BY proxy ORDER BY proxy"
                 ))?;
                 st.query_map(params![since_ms, bucket_ms, proxy], |r| {

@@ -688,9 +688,10 @@ impl Store {
             // Days are formed in Rust (UTC), so group by the day number here.
             let key_expr = if dim == "day" { "CAST(ts_ms / 86400000 AS TEXT)" } else { dim };
             let sql = format!(
-                "SELECT {key_expr}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+                "SELECT {key_expr}, SUM({n}), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
                  COALESCE(SUM(cost_nano), 0), COALESCE(SUM(cost_unknown), 0) FROM requests{wh}
-                 GROUP BY 1 ORDER BY 5 DESC, 1"
+                 GROUP BY 1 ORDER BY 5 DESC, 1",
+                n = crate::requests::REQUESTS_OF_ROW
             );
             let mut st = c.prepare(&sql)?;
             let rows = st

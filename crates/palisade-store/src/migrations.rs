@@ -183,6 +183,10 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // Rows standing for several requests the writer's queue had no room for (their totals).
+    r#"
+    ALTER TABLE requests ADD COLUMN folded INTEGER;
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

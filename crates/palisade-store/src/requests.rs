@@ -54,6 +54,9 @@ pub struct RequestPage {
     pub offset: u32,
 }
 
+/// How many requests a row of the request log stands for (a folded row, several).
+pub(crate) const REQUESTS_OF_ROW: &str = "COALESCE(folded, 1)";
+
 pub(crate) fn insert_batch(
     conn: &mut Connection,
     rows: &[RequestRecord],
@@ -66,9 +69,9 @@ pub(crate) fn insert_batch(
             "INSERT OR REPLACE INTO requests (id, ts_ms, proxy, api, method, path, endpoint, model, stream, status,
              key_id, key_name, group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens,
              latency_us, ttfb_us, overhead_us, error, client, decision, risk_score, matched_rules, cost_nano,
-             cost_unknown, prompt, redactions, session, tool)
+             cost_unknown, prompt, redactions, session, tool, folded)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-                     ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
+                     ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
         )?;
         for r in rows {
             st.execute(params![
@@ -103,7 +106,8 @@ pub(crate) fn insert_batch(
                 r.prompt,
                 r.redactions,
                 r.session,
-                r.tool
+                r.tool,
+                r.folded
             ])?;
         }
     }
@@ -139,7 +143,7 @@ impl Store {
             let sql = format!(
                 "SELECT id, ts_ms, proxy, api, method, path, endpoint, model, stream, status, key_id, key_name,
                  group_name, prompt_tokens, completion_tokens, cached_tokens, total_tokens, latency_us, ttfb_us,
-                 overhead_us, error, client, decision, risk_score, matched_rules, cost_nano, cost_unknown, prompt, redactions, session, tool FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
+                 overhead_us, error, client, decision, risk_score, matched_rules, cost_nano, cost_unknown, prompt, redactions, session, tool, folded FROM requests{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
             );
             let mut st = c.prepare(&sql)?;
             let items = st
@@ -178,6 +182,7 @@ impl Store {
                         redactions: r.get(28)?,
                         session: r.get(29)?,
                         tool: r.get(30)?,
+                        folded: r.get(31)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

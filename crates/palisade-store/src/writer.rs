@@ -2,9 +2,12 @@
 //! blocking thread, so the proxies never wait on the database.
 //!
 //! Back-pressure policy: the queue holds 65 536 records (several seconds of saturation load);
-//! when it is full the record is dropped and counted in [`WriterStats::dropped`], because
-//! stalling live traffic for telemetry would break the gateway's first promise. Audit rows do
-//! not travel this way: they are written in the transaction of the change they describe.
+//! when it is full the record is not queued, because stalling live traffic for telemetry would
+//! break the gateway's first promise: it is counted in [`WriterStats::dropped`] and folded into
+//! a summary row (one per proxy, group, key, model, endpoint, status, decision and month) that
+//! carries its tokens and cost, so spend, budgets and usage rebuilt from the log stay whole.
+//! Audit rows do not travel this way: they are written in the transaction of the change they
+//! describe.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +60,113 @@ pub struct LogSink {
     tx: mpsc::Sender<Msg>,
     stats: Arc<WriterStats>,
     overflow: Arc<std::sync::Mutex<Vec<AlertRecord>>>,
+    folds: Arc<std::sync::Mutex<Folds>>,
+}
+
+/// Most summary rows waiting at once; past it, records fold into one row per group and month
+/// (what budgets need), whatever their other fields.
+const MAX_FOLDS: usize = 4_096;
+
+/// Records the queue had no room for, summed per kind until the writer takes them.
+#[derive(Default)]
+struct Folds {
+    rows: std::collections::HashMap<FoldKey, RequestRecord>,
+}
+
+/// What a summary row keeps of the records it sums.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FoldKey {
+    month: i64,
+    group: Option<String>,
+    /// Proxy, key, model, endpoint, status and decision (dropped past [`MAX_FOLDS`] rows).
+    detail: Option<FoldDetail>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FoldDetail {
+    proxy: String,
+    key_name: Option<String>,
+    model: Option<String>,
+    endpoint: String,
+    status: u16,
+    decision: Option<String>,
+}
+
+impl Folds {
+    fn add(&mut self, r: RequestRecord) {
+        let month = palisade_core::spend::month_start_ms(r.ts_ms);
+        let mut key = FoldKey {
+            month,
+            group: r.group.clone(),
+            detail: Some(FoldDetail {
+                proxy: r.proxy.clone(),
+                key_name: r.key_name.clone(),
+                model: r.model.clone(),
+                endpoint: r.endpoint.clone(),
+                status: r.status,
+                decision: r.decision.clone(),
+            }),
+        };
+        if !self.rows.contains_key(&key) && self.rows.len() >= MAX_FOLDS {
+            key.detail = None;
+        }
+        let detailed = key.detail.is_some();
+        let row = self.rows.entry(key).or_insert_with(|| {
+            let mut first = RequestRecord {
+                id: palisade_core::crypto::record_id(),
+                ts_ms: r.ts_ms,
+                group: r.group.clone(),
+                folded: Some(0),
+                cost_usd: Some(0.0),
+                ..Default::default()
+            };
+            if detailed {
+                first.proxy = r.proxy.clone();
+                first.api = r.api.clone();
+                first.method = r.method.clone();
+                first.path = r.path.clone();
+                first.endpoint = r.endpoint.clone();
+                first.model = r.model.clone();
+                first.status = r.status;
+                first.key_id = r.key_id.clone();
+                first.key_name = r.key_name.clone();
+                first.decision = r.decision.clone();
+            }
+            first
+        });
+        let n = row.folded.unwrap_or(0);
+        let add = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        row.prompt_tokens = add(row.prompt_tokens, r.prompt_tokens);
+        row.completion_tokens = add(row.completion_tokens, r.completion_tokens);
+        row.cached_tokens = add(row.cached_tokens, r.cached_tokens);
+        row.total_tokens = add(row.total_tokens, r.total_tokens);
+        // Costs are summed as the nano-dollars each row would have stored.
+        let nano = |c: Option<f64>| {
+            c.map_or(0, |c| {
+                (c * palisade_core::spend::NANO_PER_USD).round() as i64
+            })
+        };
+        let sum = nano(row.cost_usd) + nano(r.cost_usd);
+        row.cost_usd = Some(sum as f64 / palisade_core::spend::NANO_PER_USD);
+        row.cost_unknown |= r.cost_unknown;
+        // The mean latency of the requests it stands for.
+        let mean = |a: i64, b: i64| (a.saturating_mul(n) + b) / (n + 1);
+        row.latency_us = mean(row.latency_us, r.latency_us);
+        row.overhead_us = mean(row.overhead_us, r.overhead_us);
+        row.ts_ms = row.ts_ms.min(r.ts_ms);
+        row.folded = Some(n + 1);
+        row.error = Some(format!(
+            "{} requests the log's queue had no room for, summed in this row",
+            n + 1
+        ));
+    }
+
+    fn take(&mut self) -> Vec<RequestRecord> {
+        self.rows.drain().map(|(_, r)| r).collect()
+    }
 }
 
 impl LogSink {
@@ -65,8 +175,14 @@ impl LogSink {
         if let Err(e) = self.tx.try_send(Msg::Record(Box::new(r))) {
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             match e {
-                mpsc::error::TrySendError::Full(_) if n.is_power_of_two() => {
-                    tracing::warn!(dropped = n, "request log queue full; records dropped")
+                mpsc::error::TrySendError::Full(Msg::Record(r)) => {
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            dropped = n,
+                            "request log queue full; records summed into summary rows"
+                        );
+                    }
+                    self.folds.lock().unwrap_or_else(|p| p.into_inner()).add(*r);
                 }
                 mpsc::error::TrySendError::Closed(_) => {
                     tracing::warn!(dropped = n, "request log already closed; record dropped")
@@ -124,13 +240,19 @@ pub struct LogWriter {
 impl LogWriter {
     /// Starts the writer on its own connection to the database at `db_path`.
     pub fn start(db_path: PathBuf) -> Result<Self, crate::StoreError> {
+        Self::start_sized(db_path, QUEUE)
+    }
+
+    fn start_sized(db_path: PathBuf, queue: usize) -> Result<Self, crate::StoreError> {
         let conn = open_connection(&db_path)?;
-        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Msg>(queue);
         let tx_retry = tx.downgrade();
         let stats = Arc::new(WriterStats::default());
         let st = stats.clone();
         let overflow: Arc<std::sync::Mutex<Vec<AlertRecord>>> = Default::default();
         let ov = overflow.clone();
+        let folds: Arc<std::sync::Mutex<Folds>> = Default::default();
+        let fo = folds.clone();
         let task = tokio::spawn(async move {
             let mut conn = Some(conn);
             let mut batch: Vec<RequestRecord> = Vec::with_capacity(BATCH);
@@ -163,6 +285,7 @@ impl LogWriter {
                     };
                 }
                 alerts.append(&mut ov.lock().unwrap_or_else(|p| p.into_inner()));
+                batch.append(&mut fo.lock().unwrap_or_else(|p| p.into_inner()).take());
                 if !batch.is_empty() || !alerts.is_empty() {
                     let rows = std::mem::take(&mut batch);
                     let alert_rows = std::mem::take(&mut alerts);
@@ -228,6 +351,7 @@ impl LogWriter {
                 tx,
                 stats,
                 overflow,
+                folds,
             },
             task,
         })
@@ -286,6 +410,61 @@ mod tests {
         let page = store.query_requests(f).await.unwrap();
         assert_eq!(page.total, 500);
         assert!(page.items.iter().all(|r| r.proxy == "a" && r.status == 502));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_the_queue_has_no_room_for_are_summed_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let w = LogWriter::start_sized(store.path().to_path_buf(), 4).unwrap();
+        let sink = w.sink();
+        let now = palisade_core::now_ms();
+        let total = 20_000;
+        for i in 0..total {
+            sink.record(RequestRecord {
+                id: format!("r{i}"),
+                ts_ms: now,
+                proxy: "p".into(),
+                group: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
+                status: 200,
+                prompt_tokens: Some(3),
+                completion_tokens: Some(2),
+                cost_usd: Some(0.000_125),
+                ..Default::default()
+            });
+        }
+        w.close().await;
+        let dropped = sink.stats().dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "the queue of 4 overflowed");
+        let page = store
+            .query_requests(RequestFilter {
+                limit: Some(500),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let folded: Vec<&RequestRecord> =
+            page.items.iter().filter(|r| r.folded.is_some()).collect();
+        assert!(!folded.is_empty());
+        let summed: i64 = folded.iter().map(|r| r.folded.unwrap()).sum();
+        assert_eq!(summed as u64, dropped);
+        assert_eq!(page.total as u64 - folded.len() as u64 + dropped, total);
+        // Usage and spend rebuilt from the log count every request and every cent.
+        let usage = store
+            .usage(
+                crate::UsageQuery {
+                    group_by: Some("group".into()),
+                    since_ms: Some(0),
+                    ..Default::default()
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let requests: i64 = usage.iter().map(|r| r.requests).sum();
+        let cost: f64 = usage.iter().map(|r| r.cost_usd).sum();
+        assert_eq!(requests as u64, total);
+        assert!((cost - total as f64 * 0.000_125).abs() < 1e-6, "{cost}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -276,7 +276,7 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
     for (i, (p, _)) in proxies.iter().enumerate() {
         if let Some((q, _)) = proxies[..i]
             .iter()
-            .find(|(q, _)| listens_clash(&q.listen, &p.listen))
+            .find(|(q, _)| palisade_core::model::listens_clash(&q.listen, &p.listen))
         {
             bail!(
                 "proxies[{i}] ({}): listens on `{}` like proxy `{}`",
@@ -295,22 +295,6 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         prompts,
         organization: raw.organization,
     })
-}
-
-/// Whether two proxies' listen addresses take the same port of one address (port 0 picks a free
-/// port for each; a wildcard address takes the port on every address).
-pub fn listens_clash(a: &str, b: &str) -> bool {
-    match (
-        a.parse::<std::net::SocketAddr>(),
-        b.parse::<std::net::SocketAddr>(),
-    ) {
-        (Ok(a), Ok(b)) => {
-            a.port() != 0
-                && a.port() == b.port()
-                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-        }
-        _ => a == b && !a.ends_with(":0"),
-    }
 }
 
 #[cfg(test)]
@@ -377,6 +361,7 @@ mod tests {
             ("127.0.0.1:9000", "127.0.0.1:9000"),
             ("127.0.0.1:9000", "127.0.0.1:09000"),
             ("0.0.0.0:9000", "127.0.0.1:9000"),
+            ("[::ffff:127.0.0.1]:9000", "127.0.0.1:9000"),
         ] {
             let e = two(a, b).unwrap_err();
             assert!(

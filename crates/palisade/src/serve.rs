@@ -174,6 +174,11 @@ async fn check_references(state: &AppState, cfg: &crate::config::Config) -> anyh
             }
         }
     }
+    for (p, _) in &cfg.proxies {
+        state
+            .check_listen(&p.listen)
+            .map_err(|e| anyhow::anyhow!("proxy `{}`: {}", p.name, e.message))?;
+    }
     // A proxy of the file may not take the port of a running proxy the file does not name (one
     // made through the API, or one an earlier file named): found only at bind time, it would
     // leave the file applied in part.
@@ -190,7 +195,7 @@ async fn check_references(state: &AppState, cfg: &crate::config::Config) -> anyh
             if let Some((p, _)) = cfg
                 .proxies
                 .iter()
-                .find(|(p, _)| crate::config::listens_clash(&p.listen, &addr))
+                .find(|(p, _)| palisade_core::model::listens_clash(&p.listen, &addr))
             {
                 anyhow::bail!(
                     "proxy `{}`: listens on `{}`, where proxy `{name}` runs on the gateway (it is not in the file); choose another address",
@@ -316,13 +321,41 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
             .await
             .map_err(|e| anyhow::anyhow!("prompt `{name}`: {}", e.message))?;
     }
+    // Proxies that trade addresses in the file (or take one another gives up) cannot move one
+    // at a time: the holders are stopped first, then each starts at its new address.
+    let mut held_by: Vec<String> = Vec::new();
+    for (q, _) in &cfg.proxies {
+        let palisade_gateway::ProxyStatus::Running(at) = state.manager.status(&q.name).await else {
+            continue;
+        };
+        let at = at.to_string();
+        // Only a proxy the file moves is restarted by its own entry below.
+        let stored = state.store.get_proxy(&q.name).await?;
+        let moves = stored.is_some_and(|r| r.spec.listen != q.listen)
+            && !palisade_core::model::listens_clash(&q.listen, &at);
+        let wanted = cfg
+            .proxies
+            .iter()
+            .any(|(p, _)| p.name != q.name && palisade_core::model::listens_clash(&p.listen, &at));
+        if moves && wanted {
+            held_by.push(q.name.clone());
+        }
+    }
+    for name in &held_by {
+        tracing::info!(proxy = %name, "stopping to give its address to another proxy of the file");
+        state.manager.stop(name).await;
+    }
+    // Each proxy is applied even when one before it failed; the failures are reported together.
+    let mut failed = Vec::new();
     for (spec, key) in cfg.proxies {
         let name = spec.name.clone();
         let keep_run_state = !cfg.run_state_set.contains(&name);
-        state
-            .apply_proxy(spec, key, keep_run_state, actor())
-            .await
-            .map_err(|e| anyhow::anyhow!("proxy `{name}`: {}", e.message))?;
+        if let Err(e) = state.apply_proxy(spec, key, keep_run_state, actor()).await {
+            failed.push(format!("proxy `{name}`: {}", e.message));
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("; "));
     }
     Ok(())
 }
@@ -373,6 +406,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
         }
     }
+    // The admin API's address is taken first: a proxy may not hold it (one stored with it
+    // would otherwise take it at every start, and the gateway could never start again).
+    let listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (the admin API)", args.admin_addr))?;
+    let local = listener.local_addr()?;
     let master = master_key(&args.data_dir)?;
     let db = args.data_dir.join("palisade.db");
     let store = Store::open(&args.data_dir)
@@ -409,7 +448,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
         .map_err(|e| stored(&db, e))?
-        .with_events(hub);
+        .with_events(hub)
+        .with_admin_addr(local);
     state
         .load_custom_policies()
         .await
@@ -433,8 +473,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     init.await.map_err(|e| stored(&db, e))?;
     state.reload_keys().await.map_err(|e| stored(&db, e))?;
+    // A file that is invalid stops the start (nothing was written); one that failed while
+    // being applied (a proxy that cannot bind) leaves the rest serving, and says what failed.
     if let Some(path) = &args.config {
-        apply_config(&state, path).await?;
+        match apply_config(&state, path).await {
+            Ok(()) => {}
+            Err(e @ ConfigError::Refused(_)) => return Err(e.into()),
+            Err(e @ ConfigError::Partial(_)) => tracing::error!(
+                error = %e,
+                "config applied in part; the gateway serves the rest (fix the file and send SIGHUP)"
+            ),
+        }
     }
     for (name, res) in state.boot_proxies().await.map_err(|e| stored(&db, e))? {
         match res {
@@ -448,10 +497,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // idle process keeps those freed pages resident (measured without policies: 11.7 MiB of
     // anonymous memory instead of 4.7).
     palisade_policy::release_free_memory();
-    let listener = tokio::net::TcpListener::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
-    let local = listener.local_addr()?;
     println!("palisade: admin API listening on http://{local}");
     println!("palisade: web console at http://{local}/");
 
