@@ -443,6 +443,32 @@ impl ProxySpec {
         if uri.host().is_none_or(str::is_empty) {
             return Err(FieldError::new("upstream", "must include a host"));
         }
+        if let Some((_, port)) = uri.authority().and_then(|a| a.as_str().rsplit_once(':'))
+            && !port.contains(']')
+            && !port.parse::<u16>().is_ok_and(|p| p > 0)
+        {
+            return Err(FieldError::new("upstream", "port must be 1 to 65535"));
+        }
+        // A proxy in front of itself would send each request round until a limit stops it.
+        if let (Ok(listen), Some(host), Some(port)) = (
+            self.listen.parse::<std::net::SocketAddr>(),
+            uri.host(),
+            uri.port_u16(),
+        ) && port == listen.port()
+            && (host == "localhost"
+                || host
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| {
+                        let (ip, own) = (ip.to_canonical(), listen.ip().to_canonical());
+                        ip == own || own.is_unspecified() && ip.is_loopback()
+                    }))
+        {
+            return Err(FieldError::new(
+                "upstream",
+                "is the proxy's own listen address (it would call itself)",
+            ));
+        }
         if uri.query().is_some() {
             return Err(FieldError::new("upstream", "must not carry a query string"));
         }
@@ -571,6 +597,19 @@ mod tests {
         let mut s = spec();
         s.upstream = "ftp://x".into();
         assert_eq!(s.validate().unwrap_err().field, "upstream");
+        for bad in ["http://127.0.0.1:99999", "http://127.0.0.1:0"] {
+            let mut s = spec();
+            s.upstream = bad.into();
+            assert_eq!(s.validate().unwrap_err().field, "upstream", "{bad}");
+        }
+        for itself in ["http://127.0.0.1:9000/v1", "http://localhost:9000"] {
+            let mut s = spec();
+            s.upstream = itself.into();
+            assert_eq!(s.validate().unwrap_err().field, "upstream", "{itself}");
+        }
+        let mut s = spec();
+        s.upstream = "http://127.0.0.1:9001".into();
+        assert!(s.validate().is_ok());
         let mut s = spec();
         s.upstream = "http://user:secret@127.0.0.1:9000".into();
         let e = s.validate().unwrap_err();

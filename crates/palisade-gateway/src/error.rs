@@ -45,6 +45,11 @@ pub enum ProxyError {
     /// The gateway holds too many bytes of buffered bodies to take this one now.
     #[error("gateway busy: {0}; retry shortly")]
     Busy(String),
+    /// The request body is compressed, and the gateway must read it (policies, model scope).
+    #[error(
+        "request bodies with `Content-Encoding: {0}` are not accepted here: the gateway reads the body (policies, model scope); send it uncompressed"
+    )]
+    EncodedBody(String),
     /// A policy rule with action `block` matched (the rule ids, never the patterns).
     #[error("{phase} blocked by policy (rules: {rules})")]
     PolicyBlocked {
@@ -70,6 +75,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             ProxyError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::EncodedBody(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -84,6 +90,7 @@ impl ProxyError {
                 | ProxyError::Forbidden(_)
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::Busy(_)
+                | ProxyError::EncodedBody(_)
         )
     }
 
@@ -103,6 +110,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limit_error",
             ProxyError::BudgetExceeded(_) => "insufficient_quota",
             ProxyError::Busy(_) => "server_error",
+            ProxyError::EncodedBody(_) => "invalid_request_error",
         }
     }
 
@@ -118,6 +126,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limit_error",
             ProxyError::BudgetExceeded(_) => "billing_error",
             ProxyError::Busy(_) => "overloaded_error",
+            ProxyError::EncodedBody(_) => "invalid_request_error",
         }
     }
 
@@ -136,6 +145,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limit_exceeded",
             ProxyError::BudgetExceeded(_) => "budget_exceeded",
             ProxyError::Busy(_) => "gateway_busy",
+            ProxyError::EncodedBody(_) => "unsupported_content_encoding",
         }
     }
 }

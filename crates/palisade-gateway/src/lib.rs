@@ -31,6 +31,7 @@ mod usage;
 pub use accounting::{Accounting, Clock};
 pub use error::ProxyError;
 pub use inspect::{Findings, Inspector, StreamGuard, request_texts, response_text};
+pub use listener::hurry;
 pub use manager::{
     AlertFn, GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn, ToolFn,
 };

@@ -117,10 +117,16 @@ async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_ok()
+    };
+    let drained = tokio::select! {
+        done = drained => done,
+        () = hurried() => false,
+    };
+    if !drained {
         tracing::warn!("drain time elapsed with requests still in flight; closing them");
         CUTTING.fetch_add(1, Ordering::SeqCst);
         // Requests still waiting get their 503 (and are logged as cut by their handlers); the
@@ -175,6 +181,29 @@ fn stopped_response(kind: ProxyKind, api: LlmApi) -> http::Response<ProxyBody> {
         http::HeaderValue::from_static("close"),
     );
     resp
+}
+
+/// Set by [`hurry`]: drains end at once.
+static HURRY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HURRY_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Ends every drain now (a second shutdown signal): requests still waiting get their 503.
+pub fn hurry() {
+    HURRY.store(true, Ordering::SeqCst);
+    HURRY_NOTIFY.notify_waiters();
+}
+
+/// Resolves once [`hurry`] was called.
+async fn hurried() {
+    loop {
+        let notified = HURRY_NOTIFY.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if HURRY.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// Listeners cutting connections whose requests outlasted the drain time.

@@ -415,6 +415,17 @@ async fn proxy(
         .admit(&key, &rt.spec.name, shared.alert.as_ref(), rec)?;
 
     let (parts, body) = req.into_parts();
+    // A compressed body cannot be read as it is: one the gateway must read (JSON endpoints,
+    // policies, a key limited to some models) is refused rather than passed on unread.
+    if let Some(enc) = parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+        && (endpoint.has_json_body() || rt.inspector.is_some() || !key.allowed_models.is_empty())
+    {
+        return Err(ProxyError::EncodedBody(enc.chars().take(40).collect()));
+    }
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -491,16 +502,18 @@ async fn proxy(
     let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
         Ok(Err(e)) => {
+            // The client's own text ("client error (SendRequest)") says nothing: the innermost
+            // cause does (connection refused, reset, closed before an answer, not HTTP).
+            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+            let mut last = e.to_string();
+            while let Some(s) = src {
+                last = s.to_string();
+                src = s.source();
+            }
             let detail = if e.is_connect() {
-                let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-                let mut last = e.to_string();
-                while let Some(s) = src {
-                    last = s.to_string();
-                    src = s.source();
-                }
                 format!("cannot connect to {}: {last}", rt.spec.upstream)
             } else {
-                e.to_string()
+                format!("{} failed: {last}", rt.spec.upstream)
             };
             return Err(ProxyError::UpstreamUnavailable(detail));
         }

@@ -367,7 +367,7 @@ impl Policy {
     pub fn validate(&self) -> Result<()> {
         let pid = &self.id;
         if self.id.is_empty()
-            || self.id.len() > MAX_ID_LEN
+            || self.id.len() > MAX_POLICY_ID_LEN
             || !self
                 .id
                 .bytes()
@@ -376,7 +376,7 @@ impl Policy {
             return Err(PolicyError::InvalidPolicy {
                 // (An over-long id is not repeated whole in the error.)
                 policy: pid.chars().take(MAX_ID_LEN).collect(),
-                problem: format!("policy id must match [a-z0-9-]{{1,{MAX_ID_LEN}}}"),
+                problem: format!("policy id must match [a-z0-9-]{{1,{MAX_POLICY_ID_LEN}}}"),
             });
         }
         let problem = name_problem(&self.name)
@@ -386,6 +386,12 @@ impl Policy {
             return Err(PolicyError::InvalidPolicy {
                 policy: pid.clone(),
                 problem,
+            });
+        }
+        if self.rules.is_empty() {
+            return Err(PolicyError::InvalidPolicy {
+                policy: pid.clone(),
+                problem: "a policy needs at least one rule".into(),
             });
         }
         let mut seen = HashSet::new();
@@ -412,6 +418,8 @@ fn rule_err(policy: &str, rule: &str, problem: impl Into<String>) -> PolicyError
 
 /// Longest policy or rule id: ids travel in request logs, alerts, URLs and error messages.
 const MAX_ID_LEN: usize = 100;
+/// Longest policy id: proxies name their policies by id, and names are at most 64 characters.
+const MAX_POLICY_ID_LEN: usize = 64;
 /// Longest policy or rule name, in characters.
 const MAX_NAME_CHARS: usize = 200;
 
@@ -1158,8 +1166,11 @@ mod tests {
             let err = Policy::from_json(&json).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }
-        // Line breaks and tabs are text, not controls.
-        Policy::from_json(&policy("description", r"line one\nline two\tend")).unwrap();
+        // Line breaks and tabs are text, not controls (what is refused is the empty rule list).
+        let err = Policy::from_json(&policy("description", r"line one\nline two\tend"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least one rule"), "{err}");
         let rule = GOOD_RULE.replace(
             r#""action":"block""#,
             &format!(r#""action":"block","rationale":"{long}""#),
@@ -1203,7 +1214,7 @@ mod tests {
     #[test]
     fn bad_ids() {
         let err = Policy::from_json(r#"{"id":"Bad Id","name":"x","rules":[]}"#).unwrap_err();
-        assert!(err.to_string().contains("[a-z0-9-]{1,100}"), "{err}");
+        assert!(err.to_string().contains("[a-z0-9-]{1,64}"), "{err}");
         let rule = GOOD_RULE.replace(r#""id":"R-1""#, r#""id":"R 1""#);
         let err = Policy::from_json(&policy_json(&rule)).unwrap_err();
         assert!(err.to_string().contains("rule id must match"), "{err}");
@@ -1213,7 +1224,7 @@ mod tests {
         let err = Policy::from_json(&format!(r#"{{"id":"{long}","name":"x","rules":[]}}"#))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("{1,100}") && err.len() < 400, "{err}");
+        assert!(err.contains("{1,64}") && err.len() < 400, "{err}");
         let rule = GOOD_RULE.replace(r#""id":"R-1""#, &format!(r#""id":"{long}""#));
         let err = Policy::from_json(&policy_json(&rule))
             .unwrap_err()

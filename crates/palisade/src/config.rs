@@ -242,6 +242,9 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
             .map_err(|e| anyhow::anyhow!("prompts[{i}]: {e}"))?;
         p.validate()
             .map_err(|e| anyhow::anyhow!("prompts[{i}] ({}): {e}", p.name))?;
+        if prompts.iter().any(|q: &PromptSpec| q.name == p.name) {
+            bail!("prompts[{i}]: duplicate prompt `{}`", p.name);
+        }
         prompts.push(p);
     }
     let mut api_keys = Vec::new();

@@ -509,7 +509,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 return;
             };
             while hup.recv().await.is_some() {
-                match apply_config(&st, &path).await {
+                let outcome = apply_config(&st, &path).await;
+                // A reload that did not apply whole is in the audit log too, not only on stderr.
+                if let Err(e) = &outcome {
+                    let action = match e {
+                        ConfigError::Refused(_) => "config.reload_refused",
+                        ConfigError::Partial(_) => "config.reload_partial",
+                    };
+                    let _ = st
+                        .store
+                        .record_event(
+                            Actor::system("config"),
+                            action,
+                            "config",
+                            &path.display().to_string(),
+                            Some(serde_json::json!({"error": format!("{e:#}")})),
+                        )
+                        .await;
+                }
+                match outcome {
                     Ok(()) => tracing::info!("config reloaded"),
                     Err(e @ ConfigError::Refused(_)) => tracing::error!(
                         error = %e,
@@ -536,7 +554,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ended = &mut admin => Some(ended),
     };
     let _ = stop_tx.send(true);
-    tracing::info!("shutting down: draining proxies");
+    tracing::info!("shutting down: draining proxies (a second signal cuts what is in flight)");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal: requests still in flight are answered 503 now");
+        palisade_gateway::hurry();
+    });
     manager.stop_all().await;
     let admin_ended = match admin_ended {
         Some(ended) => ended,

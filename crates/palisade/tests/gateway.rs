@@ -988,6 +988,11 @@ async fn a_reload_neither_undoes_a_revocation_nor_takes_over_an_api_key() {
         404,
         "refused as a whole"
     );
+    let (_, audit) = gw.get("/api/v1/audit?action=config.reload_refused").await;
+    assert!(
+        audit.to_string().contains("issued through the API"),
+        "a refused reload is audited: {audit}"
+    );
     assert_eq!(models_status(&url, &api_key).await, 200);
     assert_eq!(models_status(&url, file_key).await, 401);
 
@@ -1332,4 +1337,136 @@ async fn requests_outlasting_the_drain_time_get_a_503() {
         "{}",
         rows[0]
     );
+}
+
+/// Two free loopback ports (bound and released; the kernel does not hand them out again at once).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+fn two_proxies(upstream: &str, a: u16, b: u16) -> String {
+    format!(
+        "{}\n[[proxies]]\nname = \"p1\"\nkind = \"llm\"\nlisten = \"127.0.0.1:{a}\"\nupstream = \"{upstream}\"\n\
+         [[proxies]]\nname = \"p2\"\nkind = \"llm\"\nlisten = \"127.0.0.1:{b}\"\nupstream = \"{upstream}\"\n",
+        config_for(upstream)
+    )
+}
+
+/// Proxies of a file trade addresses on a reload (one at a time, the first could never bind);
+/// no proxy may take the admin API's address.
+#[tokio::test]
+async fn proxies_trade_addresses_and_keep_off_the_admin_address() {
+    let mock = Mock::start(&[]);
+    let (a, b) = free_ports();
+    let gw = Gateway::start(&two_proxies(&mock.url, a, b)).await;
+    assert_eq!(gw.proxy_url("p1").await, format!("http://127.0.0.1:{a}"));
+    reload_with(&gw, &two_proxies(&mock.url, b, a), "swapped", true).await;
+    for _ in 0..100 {
+        let (_, p2) = gw.get("/api/v1/proxies/p2").await;
+        if p2["bound_addr"] == format!("127.0.0.1:{a}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.proxy_url("p1").await, format!("http://127.0.0.1:{b}"));
+    assert_eq!(gw.proxy_url("p2").await, format!("http://127.0.0.1:{a}"));
+    assert_eq!(models_status(&gw.proxy_url("p1").await, CI_KEY).await, 200);
+
+    let admin = gw.admin.trim_start_matches("http://").to_string();
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "on-admin", "kind": "llm", "listen": admin, "upstream": mock.url}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["field"], "listen", "{v}");
+}
+
+/// A start-up file whose proxy cannot bind leaves the gateway serving the rest.
+#[tokio::test]
+async fn a_proxy_that_cannot_bind_at_start_leaves_the_rest_serving() {
+    let mock = Mock::start(&[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (free, _) = free_ports();
+    let gw = Gateway::start(&two_proxies(&mock.url, port, free)).await;
+    assert_eq!(models_status(&gw.proxy_url("p2").await, CI_KEY).await, 200);
+    assert_eq!(models_status(&gw.proxy_url("oai").await, CI_KEY).await, 200);
+    let (s, _) = gw.get("/api/v1/proxies/p1").await;
+    assert_eq!(s, 404, "the proxy that could not bind was not created");
+    drop(taken);
+}
+
+/// A compressed body the gateway must read is refused (415), never passed on unread: on a
+/// pass-through path of a proxy with policies it would skip them.
+#[tokio::test]
+async fn compressed_bodies_the_gateway_must_read_are_refused() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"policies": ["llm-standard-security"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let r = reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .bearer_auth(CI_KEY)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "unsupported_content_encoding",
+            "{body}"
+        );
+    }
+}
+
+/// A second shutdown signal during the drain answers the requests still waiting (503) at once
+/// instead of after the drain time.
+#[tokio::test]
+async fn a_second_signal_cuts_the_drain_short() {
+    let mock = Mock::start(&["--latency-ms", "20000"]);
+    let mut gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "slow"}]}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    let term = |pid: u32| {
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+    };
+    assert!(term(gw.proc.pid()).success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(term(gw.proc.pid()).success());
+    let r = waiting.await.unwrap().expect("an HTTP answer");
+    assert_eq!(r.status(), 503);
+    let status = gw.proc.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
