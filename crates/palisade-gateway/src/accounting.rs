@@ -202,9 +202,11 @@ fn dollars(v: f64) -> String {
     if v.abs() >= 1.0 || v == 0.0 {
         return format!("${v:.2}");
     }
+    // Under a dollar: cents at least ($0.50), more digits only when they are not zero.
     let s = format!("{v:.8}");
-    let s = s.trim_end_matches('0');
-    format!("${}", s.strip_suffix('.').unwrap_or(s))
+    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let frac = frac.trim_end_matches('0');
+    format!("${whole}.{frac:0<2}")
 }
 
 fn usd(nano: i64) -> f64 {
@@ -488,6 +490,8 @@ mod tests {
         assert_eq!(super::dollars(0.0), "$0.00");
         assert_eq!(super::dollars(0.005), "$0.005");
         assert_eq!(super::dollars(0.00001), "$0.00001");
+        assert_eq!(super::dollars(0.5), "$0.50");
+        assert_eq!(super::dollars(0.25), "$0.25");
     }
 
     use super::*;

@@ -400,7 +400,9 @@ impl Relay {
         let events = &mut self.events;
         let final_usage = &mut self.final_usage;
         let mut count = |data: &[u8]| {
-            *events += i64::from(data != b"[DONE]");
+            // Events that carry generated text (deltas): about a token each. Opening and
+            // closing events (`message_start`, `content_block_stop`) are not.
+            *events += i64::from(is_delta(data));
             *final_usage |= usage.absorb_json(data);
         };
         let Some(guard) = self.guard.as_mut() else {
@@ -584,4 +586,11 @@ impl Drop for Relay {
             self.finish(Some(crate::listener::cut_short("ended")));
         }
     }
+}
+
+/// Whether an event's data is a delta (`"delta"` in OpenAI chunks, Anthropic
+/// `content_block_delta`, Responses `….delta` events).
+fn is_delta(data: &[u8]) -> bool {
+    data.windows(7)
+        .any(|w| w == b"\"delta\"" || w == b".delta\"")
 }
