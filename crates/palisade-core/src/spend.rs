@@ -24,6 +24,10 @@ pub struct Price {
     /// USD per million cached input tokens (defaults to the input price).
     #[serde(default)]
     pub cached_input_per_mtok: Option<f64>,
+    /// USD per million input tokens written to a prompt cache (Anthropic
+    /// `cache_creation_input_tokens`; defaults to the input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 impl Price {
@@ -39,6 +43,7 @@ impl Price {
             ("input_per_mtok", Some(self.input_per_mtok)),
             ("output_per_mtok", Some(self.output_per_mtok)),
             ("cached_input_per_mtok", self.cached_input_per_mtok),
+            ("cache_write_per_mtok", self.cache_write_per_mtok),
         ] {
             if let Some(v) = v
                 && !(v.is_finite() && (0.0..=100_000.0).contains(&v))
@@ -55,10 +60,23 @@ impl Price {
     /// Cost in nano-dollars of a request's tokens. `prompt` includes `cached` (OpenAI's
     /// convention; Anthropic usage is normalised to it when read).
     pub fn cost_nano(&self, prompt: i64, completion: i64, cached: i64) -> i64 {
+        self.cost_nano_with_writes(prompt, completion, cached, 0)
+    }
+
+    /// Like [`Price::cost_nano`], `written` of the prompt's tokens being cache writes.
+    pub fn cost_nano_with_writes(
+        &self,
+        prompt: i64,
+        completion: i64,
+        cached: i64,
+        written: i64,
+    ) -> i64 {
         let cached = cached.clamp(0, prompt.max(0));
-        let uncached = (prompt - cached).max(0) as f64;
+        let written = written.clamp(0, (prompt - cached).max(0));
+        let uncached = (prompt - cached - written).max(0) as f64;
         let usd = uncached * self.input_per_mtok
             + cached as f64 * self.cached_input_per_mtok.unwrap_or(self.input_per_mtok)
+            + written as f64 * self.cache_write_per_mtok.unwrap_or(self.input_per_mtok)
             + completion.max(0) as f64 * self.output_per_mtok;
         // per-million prices times tokens = micro-dollars; × 1000 = nano-dollars.
         (usd * 1000.0).round() as i64
@@ -323,9 +341,18 @@ mod tests {
             input_per_mtok: 0.15,
             output_per_mtok: 0.60,
             cached_input_per_mtok: Some(0.075),
+            cache_write_per_mtok: Some(0.1875),
         };
         // 1000 prompt (200 cached), 500 completion: 800*0.15 + 200*0.075 + 500*0.6 = 435 µ$.
         assert_eq!(p.cost_nano(1000, 500, 200), 435_000);
+        // Of which 400 written to the cache: 400*0.15 + 400*0.1875 + 200*0.075 + 500*0.6.
+        assert_eq!(p.cost_nano_with_writes(1000, 500, 200, 400), 450_000);
+        // Shipped Anthropic prices write at 1.25 × input.
+        let claude = default_prices()
+            .into_iter()
+            .find(|p| p.model == "claude-sonnet-4-5")
+            .unwrap();
+        assert_eq!(claude.cache_write_per_mtok, Some(3.75));
         assert_eq!(p.cost_nano(0, 0, 0), 0);
         let t = PriceTable::new([
             p.clone(),

@@ -386,10 +386,11 @@ impl Accounting {
         }
         let model = rec.model.clone().unwrap_or_default();
         let nano = match self.prices.load().lookup(&model) {
-            Some(p) => p.cost_nano(
+            Some(p) => p.cost_nano_with_writes(
                 usage.prompt.unwrap_or(0),
                 usage.completion.unwrap_or(0),
                 usage.cached.unwrap_or(0),
+                usage.cache_write.unwrap_or(0),
             ),
             None => {
                 rec.cost_unknown = true;
@@ -554,6 +555,7 @@ mod tests {
                 input_per_mtok: 100_000.0,
                 output_per_mtok: 0.0,
                 cached_input_per_mtok: None,
+                cache_write_per_mtok: None,
             }])));
         let alerts = Mutex::new(Vec::new());
         let push = |a: AlertRecord| alerts.lock().unwrap().push(a);

@@ -13,6 +13,9 @@ pub struct Usage {
     pub cached: Option<i64>,
     /// Total tokens (computed when the provider omits it).
     pub total: Option<i64>,
+    /// Prompt tokens written to a prompt cache (Anthropic `cache_creation_input_tokens`; part
+    /// of `prompt`, priced apart).
+    pub cache_write: Option<i64>,
 }
 
 /// The members of an answer or stream event that can carry a token count.
@@ -60,9 +63,12 @@ impl Usage {
         } else if let Some(p) = int(u, "input_tokens") {
             // Anthropic counts cache reads and writes apart from `input_tokens`; fold them in so
             // `prompt` always includes cached tokens (OpenAI's convention, used for pricing).
-            let extra = int(u, "cache_read_input_tokens").unwrap_or(0)
-                + int(u, "cache_creation_input_tokens").unwrap_or(0);
+            let written = int(u, "cache_creation_input_tokens");
+            let extra = int(u, "cache_read_input_tokens").unwrap_or(0) + written.unwrap_or(0);
             self.prompt = Some(p + extra);
+            if written.is_some() {
+                self.cache_write = written;
+            }
         }
         if let Some(c) = int(u, "completion_tokens").or_else(|| int(u, "output_tokens")) {
             self.completion = Some(c);
@@ -176,7 +182,8 @@ mod tests {
                 prompt: Some(10),
                 completion: Some(5),
                 cached: Some(4),
-                total: Some(15)
+                total: Some(15),
+                cache_write: None,
             }
         );
     }
@@ -188,6 +195,10 @@ mod tests {
         u.absorb_json(br#"{"type":"content_block_delta","delta":{"text":"hi"}}"#);
         u.absorb_json(br#"{"type":"message_delta","usage":{"output_tokens":30}}"#);
         assert_eq!(u.prompt, Some(14));
+        assert_eq!(u.cache_write, None);
+        let mut w = Usage::default();
+        w.absorb_json(br#"{"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1,"cache_creation_input_tokens":100}}}"#);
+        assert_eq!((w.prompt, w.cache_write), (Some(110), Some(100)));
         assert_eq!(u.completion, Some(30));
         assert_eq!(u.cached, Some(2));
         assert_eq!(u.total_or_sum(), Some(44));

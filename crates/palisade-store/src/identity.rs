@@ -570,7 +570,7 @@ impl Store {
     pub async fn list_prices(&self) -> Result<Vec<Price>, StoreError> {
         self.call(|c| {
             let mut st = c.prepare(
-                "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok FROM prices ORDER BY model",
+                "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok FROM prices ORDER BY model",
             )?;
             let rows = st
                 .query_map([], |r| {
@@ -579,6 +579,7 @@ impl Store {
                         input_per_mtok: r.get(1)?,
                         output_per_mtok: r.get(2)?,
                         cached_input_per_mtok: r.get(3)?,
+                        cache_write_per_mtok: r.get(4)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -593,9 +594,15 @@ impl Store {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for p in &prices {
                 tx.execute(
-                    "INSERT OR IGNORE INTO prices (model, input_per_mtok, output_per_mtok, cached_input_per_mtok, source, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'default', ?5)",
-                    params![p.model, p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok, now_ms()],
+                    "INSERT OR IGNORE INTO prices (model, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok, source, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'default', ?6)",
+                    params![p.model, p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok, p.cache_write_per_mtok, now_ms()],
+                )?;
+                // A shipped price seeded before cache writes had one gets it (edited ones stay).
+                tx.execute(
+                    "UPDATE prices SET cache_write_per_mtok = ?2
+                     WHERE model = ?1 AND source = 'default' AND cache_write_per_mtok IS NULL",
+                    params![p.model, p.cache_write_per_mtok],
                 )?;
             }
             tx.commit()?;
@@ -615,7 +622,7 @@ impl Store {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before = tx
                 .query_row(
-                    "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok FROM prices WHERE model = ?1",
+                    "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok FROM prices WHERE model = ?1",
                     [&p.model],
                     |r| {
                         Ok(Price {
@@ -623,6 +630,7 @@ impl Store {
                             input_per_mtok: r.get(1)?,
                             output_per_mtok: r.get(2)?,
                             cached_input_per_mtok: r.get(3)?,
+                            cache_write_per_mtok: r.get(4)?,
                         })
                     },
                 )
@@ -631,11 +639,11 @@ impl Store {
                 return Ok(());
             }
             tx.execute(
-                "INSERT INTO prices (model, input_per_mtok, output_per_mtok, cached_input_per_mtok, source, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO prices (model, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok, source, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (model) DO UPDATE SET input_per_mtok = ?2, output_per_mtok = ?3,
-                   cached_input_per_mtok = ?4, source = ?5, updated_at = ?6",
-                params![p.model, p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok, source, now_ms()],
+                   cached_input_per_mtok = ?4, cache_write_per_mtok = ?5, source = ?6, updated_at = ?7",
+                params![p.model, p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok, p.cache_write_per_mtok, source, now_ms()],
             )?;
             audit_tx(&tx, &actor, "price.put", "price", &p.model, before.as_ref().map(to_json).as_ref(), Some(&to_json(&p)))?;
             tx.commit()?;

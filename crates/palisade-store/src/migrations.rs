@@ -187,6 +187,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE requests ADD COLUMN folded INTEGER;
     "#,
+    // Prompt-cache writes have a price of their own (Anthropic: 1.25 × input).
+    r#"
+    ALTER TABLE prices ADD COLUMN cache_write_per_mtok REAL;
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.
