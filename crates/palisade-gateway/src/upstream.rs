@@ -67,7 +67,16 @@ impl UpstreamTarget {
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query({
-                let pq = format!("{}{}", self.base_path, path_and_query);
+                // A base given the way SDKs take it (`https://api.openai.com/v1`) and a client
+                // path with its own version (`/v1/chat/completions`) name the version once.
+                let path = match (
+                    self.base_path.ends_with("/v1"),
+                    path_and_query.strip_prefix("/v1"),
+                ) {
+                    (true, Some(rest)) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
+                    _ => path_and_query,
+                };
+                let pq = format!("{}{}", self.base_path, path);
                 if pq.starts_with('/') {
                     pq
                 } else {
@@ -151,6 +160,19 @@ mod tests {
             "https://example.test:8443/openai/v1/models?x=1"
         );
         assert_eq!(t.host, "example.test:8443");
+        let v1 = UpstreamTarget::parse("https://api.example.test/v1/").unwrap();
+        for (client, upstream) in [
+            ("/v1/chat/completions", "/v1/chat/completions"),
+            ("/v1/models?x=1", "/v1/models?x=1"),
+            ("/chat/completions", "/v1/chat/completions"),
+            ("/v1beta/models", "/v1/v1beta/models"),
+        ] {
+            assert_eq!(
+                v1.uri_for(client).unwrap().to_string(),
+                format!("https://api.example.test{upstream}"),
+                "{client}"
+            );
+        }
     }
 
     #[test]
