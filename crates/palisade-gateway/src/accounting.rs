@@ -564,7 +564,8 @@ mod tests {
             completion: Some(0),
             ..Default::default()
         }; // $0.30
-        for _ in 0..4 {
+        // One $0.30 request of the group, admitted and settled.
+        let spend = || {
             let mut rec = RequestRecord {
                 group: Some("eng".into()),
                 model: Some("m".into()),
@@ -573,6 +574,9 @@ mod tests {
             acc.admit(&key(None), "p", &push, &rec).unwrap();
             acc.settle(&mut rec, &usage, None, &push);
             assert_eq!(rec.cost_usd, Some(0.3));
+        };
+        for _ in 0..4 {
+            spend();
         }
         assert_eq!(
             acc.spend.spent("eng", now.load(Ordering::SeqCst)),
@@ -613,13 +617,7 @@ mod tests {
             [("eng".to_string(), raised)].into_iter().collect(),
         ));
         for _ in 0..3 {
-            let mut rec = RequestRecord {
-                group: Some("eng".into()),
-                model: Some("m".into()),
-                ..Default::default()
-            };
-            acc.admit(&key(None), "p", &push, &rec).unwrap();
-            acc.settle(&mut rec, &usage, None, &push);
+            spend();
         }
         let _ = acc.admit(&key(None), "p", &push, &rec);
         let titles: Vec<String> = alerts

@@ -1279,6 +1279,50 @@ mod tests {
         chars.chunks(size).map(|c| c.iter().collect()).collect()
     }
 
+    /// A chat completion stream whose one tool call's arguments come `size` characters a chunk.
+    fn chat_tool_events(args: &str, size: usize) -> Vec<String> {
+        pieces(args, size)
+            .iter()
+            .map(|p| {
+                let v = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                    "function": {"arguments": p}}]}, "finish_reason": null}]});
+                format!("data: {v}\n\n")
+            })
+            .chain([chat_event("", true), "data: [DONE]\n\n".to_string()])
+            .collect()
+    }
+
+    /// The tool-call arguments a rewritten chat completion stream carries, joined.
+    fn chat_tool_arguments(out: &[u8]) -> String {
+        let mut got = String::new();
+        for_each_event(out, |_, d| {
+            if let Ok(v) = serde_json::from_slice::<Value>(d)
+                && let Some(a) =
+                    v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            {
+                got.push_str(a);
+            }
+        });
+        got
+    }
+
+    /// Events like `delta` (an Anthropic `input_json_delta` or a Responses arguments delta)
+    /// carrying `args` `size` characters at a time, then `stop`.
+    fn block_tool_events(args: &str, size: usize, delta: &str, stop: &str) -> Vec<String> {
+        pieces(args, size)
+            .iter()
+            .map(|p| {
+                let mut v: Value = serde_json::from_str(delta).unwrap();
+                match v.pointer_mut("/delta/partial_json") {
+                    Some(x) => *x = json!(p),
+                    None => v["delta"] = json!(p),
+                }
+                format!("data: {v}\n\n")
+            })
+            .chain([format!("data: {stop}\n\n")])
+            .collect()
+    }
+
     #[test]
     fn tool_call_arguments_split_across_events_are_restored_as_valid_json() {
         let key = "-----BEGIN KEY-----\nAB\"C\n-----END KEY-----";
@@ -1290,25 +1334,9 @@ mod tests {
         let want = json!({"to": "ana@example.com", "k": key, "n": "ana@example.com"});
         for size in [1, 2, 3, 7, 100] {
             // OpenAI chat completions.
-            let events: Vec<String> = pieces(args, size)
-                .iter()
-                .map(|p| {
-                    let v = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
-                        "function": {"arguments": p}}]}, "finish_reason": null}]});
-                    format!("data: {v}\n\n")
-                })
-                .chain([chat_event("", true), "data: [DONE]\n\n".to_string()])
-                .collect();
+            let events = chat_tool_events(args, size);
             let out = run(&mut StreamRewriter::new(map.clone()), &events);
-            let mut got = String::new();
-            for_each_event(&out, |_, d| {
-                if let Ok(v) = serde_json::from_slice::<Value>(d)
-                    && let Some(a) =
-                        v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
-                {
-                    got.push_str(a);
-                }
-            });
+            let got = chat_tool_arguments(&out);
             let parsed: Value = serde_json::from_str(&got).expect(&got);
             assert_eq!(parsed, want, "chat, size {size}");
             // Anthropic tool input, and OpenAI Responses function-call arguments.
@@ -1322,18 +1350,7 @@ mod tests {
                     r#"{"type":"response.function_call_arguments.done","output_index":2,"item_id":"fc_1","arguments":"[EMAIL_1]"}"#,
                 ),
             ] {
-                let events: Vec<String> = pieces(args, size)
-                    .iter()
-                    .map(|p| {
-                        let mut v: Value = serde_json::from_str(delta).unwrap();
-                        match v.pointer_mut("/delta/partial_json") {
-                            Some(x) => *x = json!(p),
-                            None => v["delta"] = json!(p),
-                        }
-                        format!("data: {v}\n\n")
-                    })
-                    .chain([format!("data: {stop}\n\n")])
-                    .collect();
+                let events = block_tool_events(args, size, delta, &stop);
                 let out = run(&mut StreamRewriter::new(map.clone()), &events);
                 let mut got = String::new();
                 for_each_event(&out, |_, d| {
@@ -1413,30 +1430,14 @@ mod tests {
         let want = json!({"to": "ana@example.com", "cc": "[EMAIL_2]", "note": "and [EMAIL_2]"});
         for size in [1, 3, 7, 1000] {
             // OpenAI chat completions.
-            let events: Vec<String> = pieces(args, size)
-                .iter()
-                .map(|p| {
-                    let v = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
-                        "function": {"arguments": p}}]}, "finish_reason": null}]});
-                    format!("data: {v}\n\n")
-                })
-                .chain([chat_event("", true), "data: [DONE]\n\n".to_string()])
-                .collect();
+            let events = chat_tool_events(args, size);
             let mut w = StreamRewriter::new(map()).masking(email_answers(), &map());
             let out = run(&mut w, &events);
             assert!(
                 !String::from_utf8_lossy(&out).contains("new.person"),
                 "size {size}"
             );
-            let mut got = String::new();
-            for_each_event(&out, |_, d| {
-                if let Ok(v) = serde_json::from_slice::<Value>(d)
-                    && let Some(a) =
-                        v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
-                {
-                    got.push_str(a);
-                }
-            });
+            let got = chat_tool_arguments(&out);
             let parsed: Value = serde_json::from_str(&got).expect(&got);
             assert_eq!(parsed, want, "chat, size {size}");
             assert_eq!(w.masked(), 1);
@@ -1454,18 +1455,7 @@ mod tests {
                     .to_string(),
                 ),
             ] {
-                let events: Vec<String> = pieces(args, size)
-                    .iter()
-                    .map(|p| {
-                        let mut v: Value = serde_json::from_str(delta).unwrap();
-                        match v.pointer_mut("/delta/partial_json") {
-                            Some(x) => *x = json!(p),
-                            None => v["delta"] = json!(p),
-                        }
-                        format!("data: {v}\n\n")
-                    })
-                    .chain([format!("data: {stop}\n\n")])
-                    .collect();
+                let events = block_tool_events(args, size, delta, &stop);
                 let mut w = StreamRewriter::new(map()).masking(email_answers(), &map());
                 let out = run(&mut w, &events);
                 assert!(

@@ -1308,15 +1308,7 @@ async fn requests_outlasting_the_drain_time_get_a_503() {
     let gw =
         Gateway::start_with(dir, &config_for(&mock.url), &[("PALISADE_DRAIN_SECS", "1")]).await;
     let url = gw.proxy_url("oai").await;
-    let waiting = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/v1/chat/completions"))
-            .bearer_auth(CI_KEY)
-            .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "slow"}]}))
-            .send()
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = slow_request(url).await;
     let t = std::time::Instant::now();
     let (s, v) = gw.api(Method::POST, "/api/v1/proxies/oai/stop", None).await;
     assert!(s < 300, "{s} {v}");
@@ -1444,15 +1436,7 @@ async fn a_second_signal_cuts_the_drain_short() {
     let mock = Mock::start(&["--latency-ms", "20000"]);
     let mut gw = Gateway::start(&config_for(&mock.url)).await;
     let url = gw.proxy_url("oai").await;
-    let waiting = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/v1/chat/completions"))
-            .bearer_auth(CI_KEY)
-            .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "slow"}]}))
-            .send()
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = slow_request(url).await;
     let t = std::time::Instant::now();
     let term = |pid: u32| {
         std::process::Command::new("kill")
@@ -1469,4 +1453,18 @@ async fn a_second_signal_cuts_the_drain_short() {
     let status = gw.proc.terminate();
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// Sends a chat request that waits on a slow upstream; returns once it is in flight.
+async fn slow_request(url: String) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "slow"}]}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting
 }
