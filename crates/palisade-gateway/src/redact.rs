@@ -1350,7 +1350,7 @@ mod tests {
                     r#"{"type":"response.function_call_arguments.done","output_index":2,"item_id":"fc_1","arguments":"[EMAIL_1]"}"#,
                 ),
             ] {
-                let events = block_tool_events(args, size, delta, &stop);
+                let events = block_tool_events(args, size, delta, stop);
                 let out = run(&mut StreamRewriter::new(map.clone()), &events);
                 let mut got = String::new();
                 for_each_event(&out, |_, d| {
