@@ -408,8 +408,10 @@ impl Accounting {
             let e = SpendBook::entry(&mut map, &group, now);
             e.nano += nano;
             let crossed = match g.budget_nano() {
+                // (Past the whole budget already alerted, a warning says nothing new.)
                 Some(limit)
                     if e.warned != Some(limit)
+                        && e.exceeded != Some(limit)
                         && e.nano * 100 >= limit * i64::from(g.budget_warn_percent) =>
                 {
                     e.warned = Some(limit);

@@ -166,6 +166,11 @@ pub struct Relay {
     /// A Responses API stream: the `sequence_number` of the last event forwarded, so a terminal
     /// error event the gateway adds continues the numbering.
     responses: Option<Option<u64>>,
+    /// The upstream's body ends when it closes the connection (neither a length nor chunks):
+    /// an end before the stream's last event is then a broken stream, not a finished one.
+    close_delimited: bool,
+    /// The stream's last event (`[DONE]`, `message_stop`, `response.completed`…) came.
+    ended: bool,
 }
 
 /// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
@@ -214,7 +219,15 @@ impl Relay {
             events: 0,
             final_usage: false,
             responses: None,
+            close_delimited: false,
+            ended: false,
         }
+    }
+
+    /// The upstream's body is delimited by the connection's close.
+    pub fn close_delimited(mut self) -> Self {
+        self.close_delimited = true;
+        self
     }
 
     /// The stream is a Responses API stream: a terminal error event takes its event shape
@@ -399,11 +412,13 @@ impl Relay {
         let usage = &mut self.usage;
         let events = &mut self.events;
         let final_usage = &mut self.final_usage;
+        let ended = &mut self.ended;
         let mut count = |data: &[u8]| {
             // Events that carry generated text (deltas): about a token each. Opening and
             // closing events (`message_start`, `content_block_stop`) are not.
             *events += i64::from(is_delta(data));
             *final_usage |= usage.absorb_json(data);
+            *ended |= is_last_event(data);
         };
         let Some(guard) = self.guard.as_mut() else {
             for_each_event(run, |_, data| count(data));
@@ -502,6 +517,16 @@ impl Relay {
                     {
                         return this.policy_block(rules);
                     }
+                    if this.close_delimited
+                        && !this.ended
+                        && this.mapper.is_none()
+                        && matches!(this.mode, Mode::Sse(_))
+                    {
+                        return this.fail(
+                            "the upstream closed the connection before the stream's last event"
+                                .into(),
+                        );
+                    }
                     let rest = if this.strip_usage && contains_usage(&rest) {
                         Self::without_usage_chunk(rest)
                     } else {
@@ -593,4 +618,40 @@ impl Drop for Relay {
 fn is_delta(data: &[u8]) -> bool {
     data.windows(7)
         .any(|w| w == b"\"delta\"" || w == b".delta\"")
+}
+
+/// Whether an event's data is the last of an LLM stream: `[DONE]` (OpenAI chat and
+/// completions), Anthropic `message_stop`, a Responses `response.completed` / `.incomplete` /
+/// `.failed`. (Quotes inside JSON strings are escaped, so text that names them does not count.)
+fn is_last_event(data: &[u8]) -> bool {
+    let data = data.trim_ascii();
+    data == b"[DONE]"
+        || [
+            &b"\"message_stop\""[..],
+            b"\"response.completed\"",
+            b"\"response.incomplete\"",
+            b"\"response.failed\"",
+        ]
+        .iter()
+        .any(|m| data.windows(m.len()).any(|w| w == *m))
+}
+
+#[cfg(test)]
+mod last_event_tests {
+    use super::is_last_event;
+
+    #[test]
+    fn last_events_are_recognised_and_text_naming_them_is_not() {
+        assert!(is_last_event(b"[DONE]"));
+        assert!(is_last_event(br#"{"type":"message_stop"}"#));
+        assert!(is_last_event(
+            br#"{"type":"response.completed","response":{}}"#
+        ));
+        assert!(!is_last_event(
+            br#"{"choices":[{"delta":{"content":"say \"message_stop\""}}]}"#
+        ));
+        assert!(!is_last_event(
+            br#"{"type":"response.output_text.delta","delta":"[DONE]"}"#
+        ));
+    }
 }

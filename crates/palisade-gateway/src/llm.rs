@@ -583,6 +583,23 @@ async fn proxy(
         } else {
             relay
         };
+        // Neither a length nor chunks: the body ends when the upstream closes the connection,
+        // so only the stream's last event tells a finished stream from a broken one.
+        let close_delimited = matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages
+        ) && !up_parts.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !up_parts
+                .headers
+                .get(http::header::TRANSFER_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+            && up_parts.version < http::Version::HTTP_2;
+        let relay = if close_delimited {
+            relay.close_delimited()
+        } else {
+            relay
+        };
         // New sensitive values in a streamed answer are masked as it flows; the request's own
         // values keep their placeholders, which unmasking restores.
         let masking = rt

@@ -78,7 +78,8 @@ struct Folds {
 struct FoldKey {
     month: i64,
     group: Option<String>,
-    /// Proxy, key, model, endpoint, status and decision (dropped past [`MAX_FOLDS`] rows).
+    /// Proxy, key, model, endpoint, streaming, status and decision (dropped past
+    /// [`MAX_FOLDS`] rows).
     detail: Option<FoldDetail>,
 }
 
@@ -88,6 +89,7 @@ struct FoldDetail {
     key_name: Option<String>,
     model: Option<String>,
     endpoint: String,
+    stream: bool,
     status: u16,
     decision: Option<String>,
 }
@@ -103,6 +105,7 @@ impl Folds {
                 key_name: r.key_name.clone(),
                 model: r.model.clone(),
                 endpoint: r.endpoint.clone(),
+                stream: r.stream,
                 status: r.status,
                 decision: r.decision.clone(),
             }),
@@ -126,6 +129,7 @@ impl Folds {
                 first.method = r.method.clone();
                 first.path = r.path.clone();
                 first.endpoint = r.endpoint.clone();
+                first.stream = r.stream;
                 first.model = r.model.clone();
                 first.status = r.status;
                 first.key_id = r.key_id.clone();

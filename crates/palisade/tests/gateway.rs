@@ -1468,3 +1468,77 @@ async fn slow_request(url: String) -> tokio::task::JoinHandle<reqwest::Result<re
     tokio::time::sleep(Duration::from_millis(300)).await;
     waiting
 }
+
+/// An upstream that answers a stream with a body ended by closing the connection, after
+/// `events` (raw SSE text); it reads one request first.
+async fn close_delimited_upstream(events: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then as many body bytes as they announce.
+                loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(events.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// A stream whose body ends with the connection is finished only by its last event: one the
+/// upstream closes before it is broken (an error event for the client, 502 in the log).
+#[tokio::test]
+async fn a_close_delimited_stream_cut_before_its_last_event_is_an_error() {
+    const CUT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+    const WHOLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    for (events, broken) in [(CUT, true), (WHOLE, false)] {
+        let upstream = close_delimited_upstream(events).await;
+        let gw = Gateway::start(&config_for(&upstream)).await;
+        let url = gw.proxy_url("oai").await;
+        let text = reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&chat_body(true))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(text.contains("upstream_stream_error"), broken, "{text}");
+        let rows = gw.wait_requests("proxy=oai", 1).await;
+        assert_eq!(
+            rows[0]["status"],
+            if broken { 502 } else { 200 },
+            "{}",
+            rows[0]
+        );
+    }
+}
