@@ -41,6 +41,11 @@ impl Inspector {
         self.inspect_responses
     }
 
+    /// Whether some `llm_response` rule blocks.
+    pub fn blocks_responses(&self) -> bool {
+        self.blocks_responses
+    }
+
     /// Whether a blocking finding stops the request.
     pub fn enforces(&self) -> bool {
         self.mode == PolicyMode::Enforce
@@ -632,7 +637,7 @@ const BATCH: usize = 512;
 impl StreamGuard {
     /// A guard continuing the request's findings.
     pub fn new(insp: Inspector, findings: Findings) -> Self {
-        let batched = !(insp.enforces() && insp.blocks_responses);
+        let batched = !(insp.enforces() && insp.blocks_responses());
         Self {
             insp,
             window: String::new(),

@@ -602,10 +602,11 @@ async fn proxy(
         };
         // New sensitive values in a streamed answer are masked as it flows; the request's own
         // values keep their placeholders, which unmasking restores.
-        let masking = rt
-            .inspector
-            .as_ref()
-            .filter(|i| is_sse && i.set.redacts(Target::LlmResponse));
+        // A `block` rule on answers needs the same holding back: a value whose end has not
+        // come yet (the first half of a key) must not have left when the rule matches.
+        let masking = rt.inspector.as_ref().filter(|i| {
+            is_sse && (i.set.redacts(Target::LlmResponse) || i.enforces() && i.blocks_responses())
+        });
         let unmask = is_sse && rt.spec.unmask && !redactions.is_empty();
         let relay = if masking.is_some() || unmask {
             let known = std::mem::take(&mut redactions);

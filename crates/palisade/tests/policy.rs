@@ -297,6 +297,10 @@ async fn a_streamed_answer_leaking_a_secret_is_cut() {
         !content.contains("sk_live_ABCDEFGHIJKLMNOP"),
         "secret reached the client: {content}"
     );
+    assert!(
+        !content.contains("sk_li"),
+        "no part of the secret left before the rule saw it whole: {content}"
+    );
     assert!(!text.contains("[DONE]"), "nothing may follow the block");
     assert!(
         content.starts_with("Mock answer"),
