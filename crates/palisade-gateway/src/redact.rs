@@ -972,6 +972,10 @@ impl StreamRewriter {
                 }
                 if let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) {
                     let ch = format!("c{idx}");
+                    // The text said before a tool call goes out before the call.
+                    if delta.contains_key("tool_calls") {
+                        self.flush_into(&ch, None, before);
+                    }
                     let text = delta
                         .get("content")
                         .and_then(Value::as_str)
@@ -1421,6 +1425,23 @@ mod tests {
         )
         .unwrap();
         Arc::new(PolicySet::compile(&[policy]).unwrap())
+    }
+
+    #[test]
+    fn text_said_before_a_tool_call_goes_out_before_it() {
+        let call = json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+            "id": "c1", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": null}]});
+        let events = vec![
+            chat_event("Calling the tool", false),
+            format!("data: {call}\n\n"),
+            chat_event("", true),
+            "data: [DONE]\n\n".to_string(),
+        ];
+        let mut w = StreamRewriter::new(map()).masking(email_answers(), &map());
+        let out = String::from_utf8(run(&mut w, &events)).unwrap();
+        let text = out.find("Calling the tool").expect(&out);
+        let tool = out.find("tool_calls").expect(&out);
+        assert!(text < tool, "{out}");
     }
 
     #[test]
