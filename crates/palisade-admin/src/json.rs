@@ -36,6 +36,36 @@ where
     }
 }
 
+/// A JSON body the handler parses itself (policies, approvals): like [`ValidJson`], a body
+/// must come as `application/json`; an empty one may come without a type.
+pub struct JsonBody(pub Bytes);
+
+impl<S> FromRequest<S> for JsonBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_media_type);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+        if !is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected `Content-Type: application/json`",
+            ));
+        }
+        Ok(JsonBody(bytes))
+    }
+}
+
 /// `application/json`, in any case, with or without parameters (`; charset=utf-8`).
 fn is_json_media_type(v: &str) -> bool {
     v.split(';')

@@ -1,7 +1,6 @@
 //! MCP tool inventory and approvals.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use palisade_core::model::ProxyKind;
 use palisade_core::record::McpTool;
@@ -10,6 +9,7 @@ use palisade_store::ToolVersion;
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::JsonBody;
 
 impl AppState {
     /// Loads the stored tool inventory into the data plane (at start).
@@ -89,7 +89,7 @@ pub async fn approve(
     State(s): State<AppState>,
     Admin(u): Admin,
     Path((name, tool)): Path<(String, String)>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> ApiResult<Json<McpTool>> {
     let input: ApproveInput = if body.iter().all(u8::is_ascii_whitespace) {
         ApproveInput { fingerprint: None }

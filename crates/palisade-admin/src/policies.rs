@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::{ValidJson, ValidQuery};
+use crate::json::{JsonBody, ValidJson, ValidQuery};
 
 /// Compiled sets kept for reuse (each holds ~20 MiB with all shipped packs).
 const MAX_CACHED_SETS: usize = 8;
@@ -291,7 +291,7 @@ async fn parse_policy(body: Bytes) -> ApiResult<Policy> {
 pub async fn create(
     State(s): State<AppState>,
     Admin(u): Admin,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> ApiResult<(StatusCode, Json<PolicyInfo>)> {
     let p = parse_policy(body).await?;
     let _one_change = policy_change_turn().await;
@@ -319,7 +319,7 @@ pub async fn replace(
     State(s): State<AppState>,
     Admin(u): Admin,
     Path(id): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> ApiResult<Json<PolicyInfo>> {
     let p = parse_policy(body).await?;
     if p.id != id {
@@ -391,7 +391,7 @@ pub struct Validation {
 pub async fn validate(
     State(s): State<AppState>,
     Viewer(u): Viewer,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> ApiResult<Json<Validation>> {
     let out = match parse_policy(body).await {
         Ok(p) => Validation {

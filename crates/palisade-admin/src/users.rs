@@ -77,7 +77,7 @@ const MIN_DISTINCT: usize = 5;
 /// What is wrong with a new password, if anything: 12 to 1024 characters, no control
 /// characters, not only spaces, and at least five different characters (`aaaaaaaaaaaa` and
 /// `121212121212` are refused).
-pub(crate) fn password_problem(p: &str) -> Option<&'static str> {
+pub fn password_problem(p: &str) -> Option<&'static str> {
     let n = p.chars().count();
     if !(12..=1024).contains(&n) {
         return Some("must be 12 to 1024 characters");

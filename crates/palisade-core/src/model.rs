@@ -455,7 +455,7 @@ impl ProxySpec {
             uri.host(),
             uri.port_u16(),
         ) && port == listen.port()
-            && (host == "localhost"
+            && (host.trim_end_matches('.').eq_ignore_ascii_case("localhost")
                 || host
                     .trim_matches(|c| c == '[' || c == ']')
                     .parse::<std::net::IpAddr>()
@@ -602,7 +602,11 @@ mod tests {
             s.upstream = bad.into();
             assert_eq!(s.validate().unwrap_err().field, "upstream", "{bad}");
         }
-        for itself in ["http://127.0.0.1:9000/v1", "http://localhost:9000"] {
+        for itself in [
+            "http://127.0.0.1:9000/v1",
+            "http://localhost:9000",
+            "http://LOCALHOST.:9000",
+        ] {
             let mut s = spec();
             s.upstream = itself.into();
             assert_eq!(s.validate().unwrap_err().field, "upstream", "{itself}");

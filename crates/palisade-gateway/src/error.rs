@@ -50,6 +50,11 @@ pub enum ProxyError {
         "request bodies with `Content-Encoding: {0}` are not accepted here: the gateway reads the body (policies, model scope); send it uncompressed"
     )]
     EncodedBody(String),
+    /// The request came back to this gateway through its own upstream (a proxy loop).
+    #[error(
+        "the request came back to this gateway through its upstream (a proxy loop); check the proxy's upstream"
+    )]
+    Loop,
     /// A policy rule with action `block` matched (the rule ids, never the patterns).
     #[error("{phase} blocked by policy (rules: {rules})")]
     PolicyBlocked {
@@ -76,6 +81,7 @@ impl ProxyError {
             ProxyError::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             ProxyError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::EncodedBody(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::Loop => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -91,6 +97,7 @@ impl ProxyError {
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::Busy(_)
                 | ProxyError::EncodedBody(_)
+                | ProxyError::Loop
         )
     }
 
@@ -111,6 +118,7 @@ impl ProxyError {
             ProxyError::BudgetExceeded(_) => "insufficient_quota",
             ProxyError::Busy(_) => "server_error",
             ProxyError::EncodedBody(_) => "invalid_request_error",
+            ProxyError::Loop => "upstream_error",
         }
     }
 
@@ -127,6 +135,7 @@ impl ProxyError {
             ProxyError::BudgetExceeded(_) => "billing_error",
             ProxyError::Busy(_) => "overloaded_error",
             ProxyError::EncodedBody(_) => "invalid_request_error",
+            ProxyError::Loop => "api_error",
         }
     }
 
@@ -146,6 +155,7 @@ impl ProxyError {
             ProxyError::BudgetExceeded(_) => "budget_exceeded",
             ProxyError::Busy(_) => "gateway_busy",
             ProxyError::EncodedBody(_) => "unsupported_content_encoding",
+            ProxyError::Loop => "proxy_loop",
         }
     }
 }

@@ -406,6 +406,9 @@ async fn proxy(
     findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if crate::upstream::came_round(req.headers()) {
+        return Err(ProxyError::Loop);
+    }
     let key = authenticate(shared, req.headers())?;
     rec.key_id = Some(key.id.clone());
     rec.key_name = Some(key.name.clone());
@@ -417,11 +420,18 @@ async fn proxy(
     let (parts, body) = req.into_parts();
     // A compressed body cannot be read as it is: one the gateway must read (JSON endpoints,
     // policies, a key limited to some models) is refused rather than passed on unread.
+    // Every `Content-Encoding` header and every coding listed in one counts.
     if let Some(enc) = parts
         .headers
-        .get(http::header::CONTENT_ENCODING)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
-        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
         && (endpoint.has_json_body() || rt.inspector.is_some() || !key.allowed_models.is_empty())
     {
         return Err(ProxyError::EncodedBody(enc.chars().take(40).collect()));
@@ -482,6 +492,7 @@ async fn proxy(
         .uri_for(path_and_query)
         .map_err(|e| ProxyError::BadRequest(format!("cannot map path upstream: {e}")))?;
     let mut headers = upstream_request_headers(&parts.headers);
+    headers.append(http::header::VIA, crate::upstream::via_entry().clone());
     headers.insert(http::header::HOST, rt.target.host.clone());
     if let Some((name, value)) = &rt.auth_header {
         headers.insert(name.clone(), value.clone());

@@ -350,6 +350,13 @@ async fn serve(
     findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    if crate::upstream::came_round(req.headers()) {
+        return Err(refuse(
+            StatusCode::LOOP_DETECTED,
+            code::UPSTREAM,
+            "the request came back to this gateway through its upstream (a proxy loop); check the proxy's upstream",
+        ));
+    }
     let key = gate(shared, rt, req.headers(), rec)?;
     let proxy = rt.spec.name.as_str();
     if let Some(s) = rec.session.as_deref()
@@ -678,6 +685,7 @@ pub(crate) async fn send(
         if n == "accept"
             || n == "content-type"
             || n == "last-event-id"
+            || n == "via"
             || n.starts_with("mcp-")
             || n == "mcp-protocol-version"
         {
@@ -685,6 +693,7 @@ pub(crate) async fn send(
         }
     }
     headers.insert(http::header::HOST, rt.target.host.clone());
+    headers.append(http::header::VIA, crate::upstream::via_entry().clone());
     if let Some((name, value)) = rt.upstream_auth() {
         headers.insert(name.clone(), value.clone());
     }

@@ -87,6 +87,31 @@ impl UpstreamTarget {
     }
 }
 
+/// This gateway's `Via` entry (`1.1 palisade-<random>`, one per process), added to every
+/// upstream request: a request that comes back with it went round a loop of proxies.
+pub(crate) fn via_entry() -> &'static HeaderValue {
+    static VIA: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    VIA.get_or_init(|| {
+        let id = palisade_core::crypto::random_token(6).to_ascii_lowercase();
+        HeaderValue::from_str(&format!("1.1 palisade-{id}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("1.1 palisade"))
+    })
+}
+
+/// Whether a request already passed through this gateway (its `Via` names it): a proxy whose
+/// upstream leads back to it, directly or through others.
+pub(crate) fn came_round(headers: &HeaderMap) -> bool {
+    let Ok(mine) = via_entry().to_str() else {
+        return false;
+    };
+    let mine = mine.trim_start_matches("1.1 ");
+    headers
+        .get_all(http::header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|e| e.trim().ends_with(mine)))
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus those the gateway owns on each side.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(

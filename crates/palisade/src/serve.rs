@@ -101,8 +101,8 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         _ => (random_token(18), true),
     };
     // The same rule as every password set through the API.
-    if password.chars().count() < 12 {
-        anyhow::bail!("PALISADE_ADMIN_PASSWORD must be at least 12 characters");
+    if let Some(why) = palisade_admin::users::password_problem(&password) {
+        anyhow::bail!("PALISADE_ADMIN_PASSWORD {why}");
     }
     let p = password.clone();
     let hash = tokio::task::spawn_blocking(move || hash_password(&p)).await??;

@@ -78,6 +78,16 @@ async fn admin_api_requires_auth_and_names_bad_fields() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "health checks answer any name");
+    // Bodies a route parses itself (policies) come as JSON too.
+    let r = c
+        .post(format!("{}/api/v1/policies/validate", gw.admin))
+        .bearer_auth(&gw.token)
+        .header("content-type", "text/plain")
+        .body(r#"{"id":"p","name":"n","rules":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
 
     let (s, v) = gw
         .post(
@@ -1410,17 +1420,26 @@ async fn compressed_bodies_the_gateway_must_read_are_refused() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    for path in ["/v1/chat/completions", "/v1/completions"] {
-        let r = reqwest::Client::new()
+    for (path, codings) in [
+        ("/v1/chat/completions", &["gzip"][..]),
+        ("/v1/completions", &["gzip"]),
+        ("/v1/completions", &["identity", "gzip"]),
+        ("/v1/completions", &["", "gzip"]),
+        ("/v1/completions", &["identity, br"]),
+    ] {
+        let mut req = reqwest::Client::new()
             .post(format!("{url}{path}"))
             .bearer_auth(CI_KEY)
-            .header("content-type", "application/json")
-            .header("content-encoding", "gzip")
+            .header("content-type", "application/json");
+        for c in codings {
+            req = req.header("content-encoding", *c);
+        }
+        let r = req
             .body(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3])
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 415, "{path}");
+        assert_eq!(r.status(), 415, "{path} {codings:?}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(
             body["error"]["code"], "unsupported_content_encoding",
@@ -1541,4 +1560,36 @@ async fn a_close_delimited_stream_cut_before_its_last_event_is_an_error() {
             rows[0]
         );
     }
+}
+
+/// Two proxies that are each other's upstream (with a gateway key as the upstream key) make a
+/// loop: the request that comes back is refused (508) instead of going round until a limit.
+#[tokio::test]
+async fn a_proxy_loop_is_refused() {
+    let (a, b) = free_ports();
+    let proxy = |name: &str, listen: u16, to: u16| {
+        format!(
+            "[[proxies]]\nname = \"{name}\"\nkind = \"llm\"\nlisten = \"127.0.0.1:{listen}\"\n\
+             upstream = \"http://127.0.0.1:{to}\"\nupstream_key = \"env:PALISADE_CI_KEY\"\n"
+        )
+    };
+    let config = format!(
+        "[[groups]]\nname = \"engineering\"\n[[api_keys]]\nname = \"ci\"\ngroup = \"engineering\"\n\
+         key = \"env:PALISADE_CI_KEY\"\n{}{}",
+        proxy("ping", a, b),
+        proxy("pong", b, a)
+    );
+    let gw = Gateway::start(&config).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{a}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 508);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "proxy_loop", "{body}");
+    let rows = gw.wait_requests("status=508", 1).await;
+    assert!(rows.len() <= 3, "went round once: {rows:?}");
 }
