@@ -130,7 +130,19 @@ fn admin_hosts() -> Arc<[String]> {
     std::env::var("PALISADE_ADMIN_HOSTS")
         .unwrap_or_default()
         .split(',')
-        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+        .map(|h| {
+            // A port written with a name (`palisade.internal:8080`) is not part of it.
+            let h = h.trim();
+            let h = match h.rsplit_once(':') {
+                Some((name, port))
+                    if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    name
+                }
+                _ => h,
+            };
+            h.trim_end_matches('.').to_ascii_lowercase()
+        })
         .filter(|h| !h.is_empty())
         .collect()
 }

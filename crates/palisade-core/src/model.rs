@@ -445,7 +445,8 @@ impl ProxySpec {
         }
         if let Some((_, port)) = uri.authority().and_then(|a| a.as_str().rsplit_once(':'))
             && !port.contains(']')
-            && !port.parse::<u16>().is_ok_and(|p| p > 0)
+            && !(port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p > 0))
         {
             return Err(FieldError::new("upstream", "port must be 1 to 65535"));
         }
@@ -597,7 +598,11 @@ mod tests {
         let mut s = spec();
         s.upstream = "ftp://x".into();
         assert_eq!(s.validate().unwrap_err().field, "upstream");
-        for bad in ["http://127.0.0.1:99999", "http://127.0.0.1:0"] {
+        for bad in [
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:+80",
+        ] {
             let mut s = spec();
             s.upstream = bad.into();
             assert_eq!(s.validate().unwrap_err().field, "upstream", "{bad}");

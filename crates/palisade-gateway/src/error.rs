@@ -50,6 +50,9 @@ pub enum ProxyError {
         "request bodies with `Content-Encoding: {0}` are not accepted here: the gateway reads the body (policies, model scope); send it uncompressed"
     )]
     EncodedBody(String),
+    /// The proxy stopped before the answer began (its drain time was over).
+    #[error("the proxy stopped before the answer began (drain time over); retry")]
+    Stopped,
     /// The request came back to this gateway through its own upstream (a proxy loop).
     #[error(
         "the request came back to this gateway through its upstream (a proxy loop); check the proxy's upstream"
@@ -82,6 +85,7 @@ impl ProxyError {
             ProxyError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::EncodedBody(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
+            ProxyError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -119,6 +123,7 @@ impl ProxyError {
             ProxyError::Busy(_) => "server_error",
             ProxyError::EncodedBody(_) => "invalid_request_error",
             ProxyError::Loop => "upstream_error",
+            ProxyError::Stopped => "server_error",
         }
     }
 
@@ -136,6 +141,7 @@ impl ProxyError {
             ProxyError::Busy(_) => "overloaded_error",
             ProxyError::EncodedBody(_) => "invalid_request_error",
             ProxyError::Loop => "api_error",
+            ProxyError::Stopped => "api_error",
         }
     }
 
@@ -156,6 +162,7 @@ impl ProxyError {
             ProxyError::Busy(_) => "gateway_busy",
             ProxyError::EncodedBody(_) => "unsupported_content_encoding",
             ProxyError::Loop => "proxy_loop",
+            ProxyError::Stopped => "proxy_stopped",
         }
     }
 }

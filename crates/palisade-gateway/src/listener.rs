@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::body::ProxyBody;
 use crate::manager::{GatewayShared, ProxyRuntime};
-use palisade_core::model::{LlmApi, ProxyKind};
+use palisade_core::model::ProxyKind;
 
 /// A bound, serving listener.
 pub struct RunningListener {
@@ -86,17 +86,17 @@ async fn serve(
                     let shared = shared.clone();
                     let mut cut = cut.clone();
                     async move {
-                        let (kind, api) = (rt.spec.kind, rt.spec.api);
-                        let handled = async move {
-                            match kind {
-                                ProxyKind::Mcp => crate::mcp::handle(shared, rt, req, peer).await,
-                                _ => crate::llm::handle(shared, rt, req, peer).await,
+                        match rt.spec.kind {
+                            ProxyKind::Mcp => {
+                                let handled = crate::mcp::handle(shared, rt, req, peer);
+                                tokio::select! {
+                                    biased;
+                                    answered = handled => answered,
+                                    () = cut_signal(&mut cut) => Ok(stopped_response()),
+                                }
                             }
-                        };
-                        tokio::select! {
-                            biased;
-                            answered = handled => answered,
-                            () = cut_signal(&mut cut) => Ok(stopped_response(kind, api)),
+                            // An LLM proxy answers a cut request itself (with its record's id).
+                            _ => crate::llm::handle(shared, rt, req, peer, cut).await,
                         }
                     }
                 });
@@ -145,31 +145,18 @@ async fn serve(
 const CUT_GRACE: Duration = Duration::from_millis(500);
 
 /// Resolves when the drain time is over (never when the listener is gone: its requests ended).
-async fn cut_signal(cut: &mut watch::Receiver<bool>) {
+pub(crate) async fn cut_signal(cut: &mut watch::Receiver<bool>) {
     if cut.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
-/// The answer to a request its proxy stopped before the upstream answered: 503 in the
-/// proxy's shape (the API's error body, or a JSON-RPC error), closing the connection.
-fn stopped_response(kind: ProxyKind, api: LlmApi) -> http::Response<ProxyBody> {
+/// The answer to an MCP request its proxy stopped before the upstream answered: 503 with a
+/// JSON-RPC error, closing the connection (an LLM proxy answers its own, in its API's shape).
+fn stopped_response() -> http::Response<ProxyBody> {
     const WHY: &str = "the proxy stopped before the answer began (drain time over); retry";
-    let body = match kind {
-        ProxyKind::Mcp => {
-            serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": WHY}})
-                .to_string()
-                .into()
-        }
-        _ => {
-            let ty = match api {
-                LlmApi::Openai => "server_error",
-                LlmApi::Anthropic => "api_error",
-            };
-            crate::shape::error_body(api, ty, "proxy_stopped", WHY, "")
-        }
-    };
-    let mut resp = http::Response::new(ProxyBody::full(body));
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": WHY}});
+    let mut resp = http::Response::new(ProxyBody::full(body.to_string()));
     *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
     let h = resp.headers_mut();
     h.insert(

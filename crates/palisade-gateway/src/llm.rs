@@ -65,6 +65,7 @@ pub async fn handle(
     rt: Arc<ProxyRuntime>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    mut cut: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let t0 = Instant::now();
     let endpoint = Endpoint::classify(req.method(), req.uri().path());
@@ -88,16 +89,20 @@ pub async fn handle(
         t0,
         armed: true,
     };
-    let outcome = proxy(
-        &shared,
-        &rt,
-        req,
-        endpoint,
-        &mut pending.rec,
-        &mut pending.findings,
-        t0,
-    )
-    .await;
+    // The proxy stopping (its drain time over) ends the wait for the upstream with a 503.
+    let outcome = tokio::select! {
+        biased;
+        outcome = proxy(
+            &shared,
+            &rt,
+            req,
+            endpoint,
+            &mut pending.rec,
+            &mut pending.findings,
+            t0,
+        ) => outcome,
+        () = crate::listener::cut_signal(&mut cut) => Err(ProxyError::Stopped),
+    };
     match outcome {
         Ok(resp) => {
             // Its record is written (a buffered answer) or moves with the stream.

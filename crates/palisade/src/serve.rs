@@ -138,7 +138,7 @@ impl std::fmt::Display for ConfigError {
             Self::Refused(e) => write!(f, "config refused, nothing changed: {e:#}"),
             Self::Partial(e) => write!(
                 f,
-                "config applied only in part (the entries before this one are applied): {e:#}"
+                "config applied only in part (the other entries are applied): {e:#}"
             ),
         }
     }

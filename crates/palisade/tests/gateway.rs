@@ -1328,9 +1328,12 @@ async fn requests_outlasting_the_drain_time_get_a_503() {
         .expect("an HTTP answer, not a closed connection");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(r.status(), 503);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "proxy_stopped", "{body}");
-    let rows = gw.wait_requests("proxy=oai&status=503", 1).await;
+    assert_eq!(body["error"]["request_id"], id.as_str(), "{body}");
+    let rows = gw.wait_requests(&format!("id={id}"), 1).await;
+    assert_eq!(rows[0]["status"], 503, "{}", rows[0]);
     assert!(
         rows[0]["error"]
             .as_str()
