@@ -79,8 +79,11 @@ const MIN_DISTINCT: usize = 5;
 /// `121212121212` are refused).
 pub fn password_problem(p: &str) -> Option<&'static str> {
     let n = p.chars().count();
-    if !(12..=1024).contains(&n) {
-        return Some("must be 12 to 1024 characters");
+    if n < 12 {
+        return Some("must be at least 12 characters");
+    }
+    if n > 1024 {
+        return Some("must be at most 1024 characters");
     }
     if p.chars().any(char::is_control) {
         return Some("must not contain control characters");
