@@ -1187,7 +1187,7 @@ fn redact_arguments(rt: &ProxyRuntime, v: &mut Value, pending: &mut Pending) -> 
     };
     for m in calls {
         let method = m.get("method").and_then(Value::as_str);
-        if !matches!(method, Some("tools/call" | "tasks/update")) {
+        if !matches!(method, Some("tools/call" | "tasks/update" | "prompts/get")) {
             continue;
         }
         // What the client sends a tool: its arguments, and answers to its questions.
@@ -1361,17 +1361,20 @@ impl Ctx {
         let id = m.get("id").map(Value::to_string).unwrap_or_default();
         let matched = self.pending.by_id.get(&id).cloned();
         if matched.is_none() && m.get("result").is_none() {
-            // An error the server could not tie to a request (`id: null`, e.g. a session it no
-            // longer knows) carries nothing to check: it stands for the one open request, if
-            // there is exactly one, and is passed on.
+            // An error the server did not tie to an open request (`id: null`, e.g. a session it
+            // no longer knows, or an id of no request) carries nothing to check: it stands for
+            // the one open request, if there is exactly one, and goes back under that request's
+            // id (under another the client would wait for its answer forever).
             if let [only] = self.open_ids().as_slice() {
+                let only = only.clone();
                 self.answered.insert(only.clone());
-                if m.get("id").is_none_or(Value::is_null) {
-                    m["id"] = serde_json::from_str(only).unwrap_or(Value::Null);
-                    return true;
-                }
+                m["id"] = serde_json::from_str(&only).unwrap_or(Value::Null);
+                return true;
             }
-            return false;
+            if m.get("id").is_none_or(Value::is_null) {
+                return false;
+            }
+            // An error with the id of no request, while several wait: withheld below.
         }
         let Some((method, tool, full)) = matched.filter(|_| !self.answered.contains(&id)) else {
             // An answer to no request of this exchange (an id of another type or value, a
@@ -1432,8 +1435,11 @@ impl Ctx {
                 }
                 false
             }
-            // A task's result is the call's result, fetched later: checked the same way.
-            "tools/call" | "tasks/get" | "tasks/update" | "tasks/cancel" | "tasks/result" => {
+            // A task's result is the call's result, fetched later: checked the same way; so are
+            // a prompt's messages and a resource's contents, which go into the model's context
+            // just as a tool's result does.
+            "tools/call" | "tasks/get" | "tasks/update" | "tasks/cancel" | "tasks/result"
+            | "prompts/get" | "resources/read" => {
                 // A task made for the call: `resultType: "task"` with its fields (2026-07-28), or
                 // a `task` object (2025-11-25).
                 let made = if m["result"]["resultType"] == "task" {

@@ -475,18 +475,30 @@ impl McpRegistry {
         };
         let mut map = self.lock();
         // Tools of the other proxies, for the cross-server checks.
-        let others: Vec<(String, String)> = if kind == Kind::Tool {
+        let others: Vec<(String, String, bool)> = if kind == Kind::Tool {
             map.iter()
                 .filter(|(p, _)| p.as_str() != proxy)
                 .flat_map(|(p, m)| {
                     m.values()
                         .filter(|t| t.present && !RESERVED.iter().any(|r| t.name.starts_with(r)))
-                        .map(|t| (p.clone(), t.name.clone()))
+                        .map(|t| (p.clone(), t.name.clone(), t.status == "approved"))
                 })
                 .collect()
         } else {
             Vec::new()
         };
+        // A tool already approved is held again only for a look-alike that is approved too: a
+        // newcomer that names it (held itself, unseen by clients) must not take it out.
+        let all_others: Vec<(String, String)> = others
+            .iter()
+            .map(|(p, n, _)| (p.clone(), n.clone()))
+            .collect();
+        let approved_others: Vec<(String, String)> = others
+            .iter()
+            .filter(|(_, _, approved)| *approved)
+            .map(|(p, n, _)| (p.clone(), n.clone()))
+            .collect();
+        let others = all_others;
         let upstream = upstream_identity(&rt.spec);
         let inventory = map.entry(proxy.to_string()).or_default();
         let prefix = kind.prefix();
@@ -600,7 +612,12 @@ impl McpRegistry {
                     // it names: a finding the tool did not have holds it for review (once: an
                     // approval after it keeps the finding on record).
                     let new: Vec<String> = if kind == Kind::Tool && listed == 1 {
-                        shadowing(id, &def, &others)
+                        let others = if rec.status == "approved" {
+                            &approved_others
+                        } else {
+                            &others
+                        };
+                        shadowing(id, &def, others)
                             .into_iter()
                             .filter(|f| !rec.findings.contains(f))
                             .collect()
