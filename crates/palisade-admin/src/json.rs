@@ -17,22 +17,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json_media_type);
-        if !is_json {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected `Content-Type: application/json`",
-            ));
+        if !declares_json(&req) {
+            return Err(not_json());
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
-        parse(&bytes).map(ValidJson)
+        parse(&body_bytes(req, state).await?).map(ValidJson)
     }
 }
 
@@ -47,23 +35,37 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json_media_type);
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+        let is_json = declares_json(&req);
+        let bytes = body_bytes(req, state).await?;
         if !is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected `Content-Type: application/json`",
-            ));
+            return Err(not_json());
         }
         Ok(JsonBody(bytes))
     }
+}
+
+/// Whether a request says its body is JSON.
+fn declares_json(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_media_type)
+}
+
+/// The refusal of a body that is not sent as JSON.
+fn not_json() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "expected `Content-Type: application/json`",
+    )
+}
+
+/// A request's body (within the router's limit).
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))
 }
 
 /// `application/json`, in any case, with or without parameters (`; charset=utf-8`).

@@ -297,37 +297,37 @@ impl Accounting {
         key: &KeyInfo,
         estimate: i64,
     ) -> Result<Option<TokenHold>, ProxyError> {
-        let mut scopes: Vec<(String, u32, String)> = Vec::new();
-        if let Some(tpm) = key.tpm {
-            scopes.push((
-                format!("t:{}", key.id),
-                tpm,
-                format!("key `{}`: {tpm} tokens per minute", key.name),
-            ));
-        }
-        if let Some(g) = key
+        // (scope, limit, whose limit: a key's or a group's name)
+        let groups = self.groups.load();
+        let group = key
             .group
             .as_ref()
-            .and_then(|g| self.groups.load().get(g).cloned())
-            && let Some(tpm) = g.group_tpm
-        {
-            scopes.push((
-                format!("gt:{}", g.name),
-                tpm,
-                format!("group `{}`: {tpm} tokens per minute", g.name),
-            ));
+            .and_then(|g| groups.get(g))
+            .and_then(|g| g.group_tpm.map(|t| (g.name.as_str(), t)));
+        let mut scopes: Vec<(String, u32, bool)> = Vec::new();
+        if let Some(tpm) = key.tpm {
+            scopes.push((format!("t:{}", key.id), tpm, true));
+        }
+        if let Some((name, tpm)) = group {
+            scopes.push((format!("gt:{name}"), tpm, false));
         }
         if scopes.is_empty() || estimate <= 0 {
             return Ok(None);
         }
         let now = (self.clock)();
-        for (scope, tpm, what) in &scopes {
-            self.limiter
-                .acquire(scope, *tpm, 0.0, now)
-                .map_err(|s| ProxyError::RateLimited {
+        for (scope, tpm, of_key) in &scopes {
+            self.limiter.acquire(scope, *tpm, 0.0, now).map_err(|s| {
+                let what = match (of_key, group) {
+                    (true, _) | (false, None) => {
+                        format!("key `{}`: {tpm} tokens per minute", key.name)
+                    }
+                    (false, Some((name, _))) => format!("group `{name}`: {tpm} tokens per minute"),
+                };
+                ProxyError::RateLimited {
                     retry_after: s,
-                    what: what.clone(),
-                })?;
+                    what,
+                }
+            })?;
         }
         let tokens = estimate as f64;
         for (scope, tpm, _) in &scopes {

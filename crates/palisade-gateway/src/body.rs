@@ -412,13 +412,16 @@ impl Relay {
         let usage = &mut self.usage;
         let events = &mut self.events;
         let final_usage = &mut self.final_usage;
-        let ended = &mut self.ended;
+        // Only a close-delimited stream needs its last event told apart.
+        let mut ended = self.close_delimited.then_some(&mut self.ended);
         let mut count = |data: &[u8]| {
             // Events that carry generated text (deltas): about a token each. Opening and
             // closing events (`message_start`, `content_block_stop`) are not.
             *events += i64::from(is_delta(data));
             *final_usage |= usage.absorb_json(data);
-            *ended |= is_last_event(data);
+            if let Some(ended) = ended.as_deref_mut() {
+                *ended |= is_last_event(data);
+            }
         };
         let Some(guard) = self.guard.as_mut() else {
             for_each_event(run, |_, data| count(data));

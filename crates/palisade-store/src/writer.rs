@@ -162,14 +162,20 @@ impl Folds {
         row.overhead_us = mean(row.overhead_us, r.overhead_us);
         row.ts_ms = row.ts_ms.min(r.ts_ms);
         row.folded = Some(n + 1);
-        row.error = Some(format!(
-            "{} requests the log's queue had no room for, summed in this row",
-            n + 1
-        ));
     }
 
+    /// The summary rows, each saying what it stands for.
     fn take(&mut self) -> Vec<RequestRecord> {
-        self.rows.drain().map(|(_, r)| r).collect()
+        self.rows
+            .drain()
+            .map(|(_, mut r)| {
+                r.error = Some(format!(
+                    "{} requests the log's queue had no room for, summed in this row",
+                    r.folded.unwrap_or(0)
+                ));
+                r
+            })
+            .collect()
     }
 }
 
