@@ -12,6 +12,7 @@ mod bridge;
 mod buffers;
 mod error;
 mod inspect;
+mod json;
 mod listener;
 mod llm;
 mod manager;

@@ -280,7 +280,8 @@ fn check_pass_through(
     if rt.inspector.is_none() && key.allowed_models.is_empty() {
         return Ok(());
     }
-    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    // A body that is not JSON, or names a member twice, is scanned whole as text (both copies).
+    let parsed = crate::json::parse(body).ok();
     match &parsed {
         Some(v) => {
             let model = v.get("model").and_then(serde_json::Value::as_str);
@@ -684,7 +685,7 @@ async fn proxy(
             Some(insp) => {
                 // One parse serves the usage and the scan. An answer the policies cannot read
                 // is not passed on unchecked.
-                let mut v = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+                let mut v = crate::json::parse(&bytes).map_err(|e| {
                     ProxyError::UpstreamUnavailable(format!(
                         "its answer is not valid JSON ({e}), so the proxy's policies cannot check it"
                     ))
@@ -843,7 +844,7 @@ fn rewrite_request(
     redactions: &mut RedactionMap,
     conversation: &mut Option<String>,
 ) -> Result<Bytes, ProxyError> {
-    let mut v: serde_json::Value = serde_json::from_slice(body)
+    let mut v = crate::json::parse(body)
         .map_err(|e| ProxyError::BadRequest(format!("request body is not valid JSON: {e}")))?;
     let mut changed = false;
     if let Some(insp) = &rt.inspector {

@@ -622,7 +622,7 @@ where
 
 /// Parses a POST body as JSON (its JSON-RPC shape is checked by [`check_post`]).
 pub(crate) fn parse_post(bytes: &[u8]) -> Result<Value, Refusal> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    crate::json::parse(bytes).map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,
             code::PARSE,
@@ -707,11 +707,12 @@ pub(crate) async fn send(
                 &e.to_string(),
             )
         })?;
+    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
+    let reply_to = Arc::new(ReplyTo::new(&uri, &headers, timeout));
     let mut req = Request::new(Full::new(up.body.unwrap_or_default()));
     *req.method_mut() = up.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let pre = t0.elapsed();
     let hide_session = up.hide_session;
     let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
@@ -783,7 +784,8 @@ pub(crate) async fn send(
             "x-palisade-overhead-us",
             HeaderValue::from(overhead.as_micros() as u64),
         );
-        let ctx = Ctx::new(shared, rt, pending, identity_of(rec));
+        let mut ctx = Ctx::new(shared, rt, pending, identity_of(rec));
+        ctx.reply_to = Some(reply_to);
         let mut f = Findings::default();
         std::mem::swap(&mut f, findings);
         let finisher = Finisher {
@@ -846,7 +848,7 @@ pub(crate) async fn send(
         return Err(refuse_pending(&ctx.pending, StatusCode::BAD_GATEWAY, &msg));
     }
     let bytes = if checkable && answers_requests {
-        match serde_json::from_slice::<Value>(&bytes) {
+        match crate::json::parse(&bytes) {
             Ok(mut v) => {
                 let mut changed = ctx.process(&mut v, rec, findings);
                 if status.is_success() {
@@ -1233,6 +1235,17 @@ struct Ctx {
     /// Whether the upstream's stream gave its events ids: a client can then resume it after
     /// the upstream closes it early (and be answered on the resumed stream).
     resumable: bool,
+    /// Where the gateway answers a request the server sent on its own and the policies
+    /// stopped (the upstream's endpoint, with the exchange's session and credential).
+    reply_to: Option<Arc<ReplyTo>>,
+}
+
+/// The upstream endpoint and headers of an exchange, for the gateway's own answers to the
+/// server's requests.
+struct ReplyTo {
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    timeout: Duration,
 }
 
 impl Ctx {
@@ -1250,6 +1263,7 @@ impl Ctx {
             answered: Default::default(),
             withheld_any: false,
             resumable: false,
+            reply_to: None,
         }
     }
 
@@ -1355,8 +1369,7 @@ impl Ctx {
         let is_answer =
             m.get("method").is_none() && (m.get("result").is_some() || m.get("error").is_some());
         if !is_answer {
-            // Requests and notifications from the server: relayed as they are.
-            return false;
+            return self.check_server_message(m, rec, findings);
         }
         let id = m.get("id").map(Value::to_string).unwrap_or_default();
         let matched = self.pending.by_id.get(&id).cloned();
@@ -1499,6 +1512,84 @@ impl Ctx {
         }
     }
 
+    /// Checks a request or notification the server sends on its own (`sampling/createMessage`,
+    /// `elicitation/create`, log messages…): its text reaches the client's model or user just
+    /// as a tool's result does, so the `tool_result` policies judge it and mask its secrets.
+    /// One they block does not reach the client; a blocked request is answered to the server
+    /// with the policy error, so it does not wait for an answer that never comes. Returns
+    /// whether the message changed (`Null`: dropped).
+    fn check_server_message(
+        &mut self,
+        m: &mut Value,
+        rec: &mut RequestRecord,
+        findings: &mut Findings,
+    ) -> bool {
+        let Some(insp) = self.rt.inspector.clone() else {
+            return false;
+        };
+        let Some(method) = m.get("method").and_then(Value::as_str) else {
+            return false;
+        };
+        let text = m.get("params").map(server_message_text).unwrap_or_default();
+        if text.is_empty() {
+            return false;
+        }
+        let blocks = findings.scan_answer(&insp, Target::ToolResult, &text);
+        if blocks && insp.enforces() {
+            findings.set_blocked();
+            rec.decision = Some("block".into());
+            let msg = format!(
+                "`{method}` from the MCP server blocked by policy at the gateway (rules: {})",
+                findings.blocking_rules()
+            );
+            if let Some(id) = m.get("id").filter(|id| !id.is_null()) {
+                self.refuse_upstream(id, &msg);
+            }
+            *m = Value::Null;
+            return true;
+        }
+        if !insp.set.redacts(Target::ToolResult)
+            || !findings.matched(Target::ToolResult, palisade_policy::Action::Redact)
+        {
+            return false;
+        }
+        let Some(params) = m.get_mut("params") else {
+            return false;
+        };
+        let new = mask_new(&insp.set, params, Target::ToolResult, &self.pending.unmask);
+        if new == 0 {
+            return false;
+        }
+        rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
+        findings.set_answer_redacted();
+        true
+    }
+
+    /// Answers the server's request `id` with a policy error, in the background (the server
+    /// takes it like any client's answer: a POST to its endpoint in the same session).
+    fn refuse_upstream(&self, id: &Value, msg: &str) {
+        let proxy = self.rt.spec.name.clone();
+        let Some(to) = self.reply_to.clone() else {
+            tracing::warn!(%proxy, "a request the MCP server sent was blocked, and this exchange has no way back to the server to say so");
+            return;
+        };
+        let body = Bytes::from(rpc_error(id, code::POLICY, msg).to_string());
+        let client = self.shared.client.clone();
+        tokio::spawn(async move {
+            let mut req = Request::new(Full::new(body));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = to.uri.clone();
+            *req.headers_mut() = to.headers.clone();
+            let why = match tokio::time::timeout(to.timeout, client.request(req)).await {
+                Ok(Ok(r)) if r.status().is_success() => return,
+                Ok(Ok(r)) => format!("it answered {}", r.status()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "it did not answer in time".to_string(),
+            };
+            tracing::warn!(%proxy, error = %why, "the MCP server was not told that the gateway blocked its request");
+        });
+    }
+
     /// Masks new sensitive values in a tool's result (`redact` rules on `tool_result`, see
     /// [`mask_new`]; the known values are the call's arguments'). Returns whether it changed.
     fn redact_result(
@@ -1580,7 +1671,7 @@ impl Ctx {
                 out.extend_from_slice(ev);
                 continue;
             };
-            let v = match serde_json::from_slice::<Value>(&data) {
+            let v = match crate::json::parse(&data) {
                 Ok(mut v) => {
                     if !self.process(&mut v, &mut scratch, findings) {
                         out.extend_from_slice(ev);
@@ -1593,11 +1684,6 @@ impl Ctx {
                     }
                     v
                 }
-                // A stream that answers no request (a GET stream) carries no answer to misread.
-                Err(_) if self.pending.by_id.is_empty() => {
-                    out.extend_from_slice(ev);
-                    continue;
-                }
                 Err(e) => {
                     // A message the gateway cannot read may still be read by a lenient client:
                     // it is replaced, never relayed unchecked.
@@ -1605,6 +1691,12 @@ impl Ctx {
                         "the upstream MCP server sent a stream message that is not valid JSON ({e}); the gateway withheld it"
                     );
                     self.withheld(findings, &msg);
+                    // On a stream that answers no request (a GET stream) it could only be a
+                    // message of the server's own: dropped.
+                    if self.pending.by_id.is_empty() {
+                        changed = true;
+                        continue;
+                    }
                     // With one request open it was that request's answer: the error says so
                     // with its id (a client matches errors to requests by id).
                     let id = match self.open_ids().as_slice() {
@@ -1674,6 +1766,55 @@ impl EventMapper for Ctx {
         self.answered.extend(open);
         (Bytes::from(out), Some(msg.to_string()))
     }
+}
+
+impl ReplyTo {
+    /// From the headers of the exchange's upstream request: its session, version, credential
+    /// and `Via`; a JSON-RPC answer's content type.
+    fn new(uri: &http::Uri, sent: &http::HeaderMap, timeout: Duration) -> Self {
+        let mut headers = sent.clone();
+        headers.remove("last-event-id");
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        Self {
+            uri: uri.clone(),
+            headers,
+            timeout,
+        }
+    }
+}
+
+/// The text of a message the server sends on its own: every string of its params (a sampling
+/// request's system prompt and messages, an elicitation's message and schema, a log entry's
+/// data) but identifiers and `_meta`.
+fn server_message_text(params: &Value) -> String {
+    fn walk(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) if !s.is_empty() => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(s);
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "_meta" | "progressToken" | "requestId" | "mimeType"
+                    )
+                })
+                .for_each(|(_, x)| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    walk(params, &mut out);
+    out
 }
 
 /// Whether an SSE event carries a non-empty `id:` field.

@@ -1,8 +1,9 @@
 //! One message connection to an MCP server (a stdio process or a legacy SSE session) shared by
 //! the Streamable HTTP sessions the bridge serves. Request ids and progress tokens are renumbered
 //! so clients never collide on the shared connection; answers go back to the request that asked,
-//! progress to the stream of its request, server requests to a client that can answer them, and
-//! other notifications to every session.
+//! progress to the stream of its request; server requests and log messages only where one client
+//! session alone can have caused them (another session's could carry the first one's data), and
+//! other notifications (list changes, resource updates) to every session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,39 @@ struct HubState {
     /// Open GET streams per session.
     streams: HashMap<String, Sink>,
     closed: Option<String>,
+}
+
+impl HubState {
+    /// The stream of the one client session a message the server sends on its own can belong
+    /// to: the session of every request in flight (the stream of its newest), or, with none in
+    /// flight, the only session with a GET stream open. `None` when no session, or several,
+    /// could have caused it: a server shared by sessions does not say whose it is.
+    fn sole_session(&self) -> Option<&Sink> {
+        let mut newest: Option<(u64, &Waiter)> = None;
+        for (id, w) in &self.waiters {
+            if w.session.is_empty() {
+                continue;
+            }
+            match newest {
+                Some((_, n)) if n.session != w.session => return None,
+                Some((n, _)) if n > *id => {}
+                _ => newest = Some((*id, w)),
+            }
+        }
+        if let Some((_, w)) = newest {
+            return Some(&w.sink);
+        }
+        let mut streams = self.streams.values();
+        match (streams.next(), streams.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    }
+
+    /// Whether any client session is connected (a request in flight or a GET stream open).
+    fn has_clients(&self) -> bool {
+        !self.streams.is_empty() || self.waiters.values().any(|w| !w.session.is_empty())
+    }
 }
 
 /// Whether a message is a response (an id and no method).
@@ -177,24 +211,30 @@ impl Hub {
                 deliver(&self.proxy, &w.sink, m);
             }
             (Some(_), true) => {
-                // A server request (sampling, elicitation, roots): to the stream of the newest
-                // request in flight (it is most likely the cause), else to an open GET stream.
-                let sink = st
-                    .waiters
-                    .iter()
-                    .filter(|(_, w)| !w.session.is_empty())
-                    .max_by_key(|(id, _)| **id)
-                    .map(|(_, w)| w.sink.clone())
-                    .or_else(|| st.streams.values().next().cloned());
-                match sink {
-                    Some(s) => deliver(&self.proxy, &s, m),
+                // A server request (sampling, elicitation, roots): to the one session that can
+                // have caused it. When several could, none gets it (a sampling request may
+                // carry one client's data to another): the server is told why.
+                match st.sole_session() {
+                    Some(s) => deliver(&self.proxy, s, m),
                     None => {
-                        let answer =
-                            rpc_error(&m["id"], -32603, "no client is connected to answer");
+                        let why = if st.has_clients() {
+                            "several client sessions share this MCP server and the gateway cannot tell which one this request is for"
+                        } else {
+                            "no client is connected to answer"
+                        };
+                        let answer = rpc_error(&m["id"], -32603, why);
                         let _ = self.out.try_send(Bytes::from(answer.to_string()));
                     }
                 }
             }
+            // A log message: like a server request, only to the one session that can have
+            // caused it (a log line may name another client's files or data).
+            (Some(method), false) if method == "notifications/message" => match st.sole_session() {
+                Some(s) => deliver(&self.proxy, s, m),
+                None => {
+                    tracing::debug!(proxy = %self.proxy, "a log message of the MCP server was not relayed: no single client session can have caused it")
+                }
+            },
             (Some(_), false) => {
                 let token = m
                     .pointer("/params/progressToken")
@@ -504,11 +544,79 @@ mod tests {
         answer.send(Inbound::Message(note.clone())).await.unwrap();
         assert_eq!(ga.recv().await.unwrap(), note);
         assert_eq!(gb.recv().await.unwrap(), note);
-        // A server request with nobody in flight goes to a GET stream.
+        // A server request or log message with nobody in flight and two sessions listening
+        // goes to neither: it may belong to either one. The server hears why.
+        let log = json!({"jsonrpc": "2.0", "method": "notifications/message",
+            "params": {"level": "info", "data": "reading /home/a/notes.txt"}});
+        answer.send(Inbound::Message(log.clone())).await.unwrap();
         let ask = json!({"jsonrpc": "2.0", "id": 7, "method": "roots/list"});
         answer.send(Inbound::Message(ask.clone())).await.unwrap();
-        let got = tokio::select! { m = ga.recv() => m, m = gb.recv() => m };
-        assert_eq!(got.unwrap(), ask);
+        let e = next_sent(&mut sent).await;
+        assert_eq!(
+            (e["id"].clone(), e["error"]["code"].clone()),
+            (json!(7), json!(-32603))
+        );
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("several client sessions")
+        );
+        assert!(ga.try_recv().is_err() && gb.try_recv().is_err());
+        // With one session left, both reach it.
+        hub.end_session("sb");
+        answer.send(Inbound::Message(log.clone())).await.unwrap();
+        answer.send(Inbound::Message(ask.clone())).await.unwrap();
+        assert_eq!(ga.recv().await.unwrap(), log);
+        assert_eq!(ga.recv().await.unwrap(), ask);
+    }
+
+    #[tokio::test]
+    async fn server_requests_go_to_the_session_whose_requests_are_in_flight() {
+        let (hub, mut sent, answer) = pair();
+        let call = |id: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "x"}});
+        let mut ga = hub.open_stream("sa").unwrap();
+        let mut gb = hub.open_stream("sb").unwrap();
+        // Session a calls a tool; while it runs, the server asks for a sampling.
+        let h = hub.clone();
+        let call_a = tokio::spawn(async move { h.post("sa", vec![call("1")]).await });
+        let sent_a = next_sent(&mut sent).await;
+        let ask =
+            json!({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage", "params": {}});
+        answer.send(Inbound::Message(ask.clone())).await.unwrap();
+        let log =
+            json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x"}});
+        answer.send(Inbound::Message(log.clone())).await.unwrap();
+        // Session b has a stream open but nothing in flight: it sees neither.
+        answer
+            .send(Inbound::Message(
+                json!({"jsonrpc": "2.0", "id": sent_a["id"], "result": {}}),
+            ))
+            .await
+            .unwrap();
+        let (mut rx, _) = call_a.await.unwrap().unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = rx.recv().await {
+            got.push(m);
+        }
+        assert!(got.contains(&ask) && got.contains(&log), "{got:?}");
+        assert!(ga.try_recv().is_err() && gb.try_recv().is_err());
+        // Requests of two sessions in flight: whose it is cannot be told.
+        let h = hub.clone();
+        let _a = tokio::spawn(async move { h.post("sa", vec![call("2")]).await });
+        next_sent(&mut sent).await;
+        let h = hub.clone();
+        let _b = tokio::spawn(async move { h.post("sb", vec![call("3")]).await });
+        next_sent(&mut sent).await;
+        answer
+            .send(Inbound::Message(
+                json!({"jsonrpc": "2.0", "id": "s2", "method": "elicitation/create"}),
+            ))
+            .await
+            .unwrap();
+        let e = next_sent(&mut sent).await;
+        assert_eq!(e["id"], "s2");
+        assert_eq!(e["error"]["code"], -32603);
     }
 
     #[tokio::test]
