@@ -517,7 +517,7 @@ async function requests(ctx, main) {
   const inp = (name, label, ph) => field(label, h('input', { name, value: f[name] || '', placeholder: ph || '' }));
   const form = h('form', { class: 'filters', id: 'request-filters' },
     inp('proxy', 'Proxy'), inp('model', 'Model'), inp('key', 'Key'), inp('group', 'Group'), inp('status', 'HTTP status', '403'),
-    field('Decision', h('select', { name: 'decision' }, ['', 'allow', 'block', 'redact', 'alert', 'log'].map((d) => h('option', { value: d, selected: f.decision === d ? true : null }, d || 'any')))),
+    field('Decision', h('select', { name: 'decision' }, ['', 'allow', 'block', 'redact', 'alert', 'log', 'none'].map((d) => h('option', { value: d, selected: f.decision === d ? true : null }, d === 'none' ? 'none (no policy)' : d || 'any')))),
     field('Outcome', h('select', { name: 'errors' }, [['', 'any'], ['true', 'failed'], ['false', 'succeeded']].map(([v, t]) => h('option', { value: v, selected: f.errors === v ? true : null }, t)))),
     h('button', { type: 'submit', class: 'secondary' }, 'Search'));
   form.addEventListener('submit', (ev) => { ev.preventDefault(); ctx.go('#/requests' + qs(Object.fromEntries(new FormData(form).entries()))); });

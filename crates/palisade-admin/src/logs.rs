@@ -20,6 +20,16 @@ pub async fn requests(
     ValidQuery(f): ValidQuery<RequestFilter>,
 ) -> ApiResult<Json<RequestPage>> {
     check_limit(f.limit)?;
+    // A decision no request can have is a typo, not an empty result.
+    const DECISIONS: [&str; 6] = ["allow", "log", "alert", "redact", "block", "none"];
+    if let Some(d) = f.decision.as_deref()
+        && !DECISIONS.contains(&d)
+    {
+        return Err(ApiError::field(
+            "decision",
+            format!("must be one of {}", DECISIONS.join(", ")),
+        ));
+    }
     Ok(Json(s.store.query_requests(f).await?))
 }
 

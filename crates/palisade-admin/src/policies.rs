@@ -487,6 +487,15 @@ pub async fn alerts(
             format!("must be one of {}", ALERT_STATUSES.join(", ")),
         ));
     }
+    const KINDS: [&str; 4] = ["policy", "budget", "mcp_tool", "mcp_answer"];
+    if let Some(kind) = f.kind.as_deref()
+        && !KINDS.contains(&kind)
+    {
+        return Err(ApiError::field(
+            "kind",
+            format!("must be one of {}", KINDS.join(", ")),
+        ));
+    }
     const SEVERITIES: [&str; 4] = ["critical", "high", "medium", "low"];
     if let Some(sev) = f.severity.as_deref()
         && !SEVERITIES.contains(&sev)

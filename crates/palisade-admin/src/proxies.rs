@@ -237,6 +237,12 @@ impl AppState {
     ) -> ApiResult<ProxyView> {
         let _turn = crate::policies::policy_change_turn().await;
         let row = self.get_row(name).await?;
+        // A running proxy started again, a stopped one stopped again: nothing changes, nothing
+        // is audited. (Starting a proxy that failed to bind tries again.)
+        let running = matches!(self.manager.status(name).await, ProxyStatus::Running(_));
+        if row.spec.enabled == enabled && running == enabled {
+            return Ok(self.view(row).await);
+        }
         if enabled {
             let rt = self
                 .runtime(&row.spec, row.upstream_key_sealed.as_deref())

@@ -15,7 +15,7 @@ use crate::{Actor, Store, StoreError};
 pub struct AlertFilter {
     /// Only the alert with this id.
     pub id: Option<String>,
-    /// Only this kind (`policy`, `budget`).
+    /// Only this kind (`policy`, `budget`, `mcp_tool`, `mcp_answer`).
     pub kind: Option<String>,
     /// Only this severity.
     pub severity: Option<String>,

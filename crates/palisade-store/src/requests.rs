@@ -27,7 +27,8 @@ pub struct RequestFilter {
     pub errors: Option<bool>,
     /// Only this endpoint (`chat_completions`, `messages`, …).
     pub endpoint: Option<String>,
-    /// Only this policy decision (`block`, `alert`, …).
+    /// Only this policy decision (`allow`, `log`, `alert`, `redact`, `block`), or `none`:
+    /// requests no policy judged (as `/metrics` labels them).
     pub decision: Option<String>,
     /// Only this MCP tool.
     pub tool: Option<String>,
@@ -125,10 +126,13 @@ impl Store {
                 .eq("key_name", &f.key)
                 .eq("group_name", &f.group)
                 .eq("endpoint", &f.endpoint)
-                .eq("decision", &f.decision)
+                .eq("decision", &f.decision.clone().filter(|d| d != "none"))
                 .eq("tool", &f.tool)
                 .eq("status", &f.status)
                 .window(f.since_ms, f.until_ms);
+            if f.decision.as_deref() == Some("none") {
+                w.sql.push_str(" AND decision IS NULL");
+            }
             match f.errors {
                 Some(true) => w.sql.push_str(" AND status >= 400"),
                 Some(false) => w.sql.push_str(" AND status < 400"),

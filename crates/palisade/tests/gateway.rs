@@ -206,12 +206,17 @@ async fn proxies_are_managed_at_run_time_and_audited() {
 
     let (s, v) = gw.post("/api/v1/proxies/live/stop", json!({})).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("stopped")));
+    // Stopped again: nothing changes, and the audit log does not say it did (checked below).
+    let (s, v) = gw.post("/api/v1/proxies/live/stop", json!({})).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("stopped")));
     let refused = tokio::net::TcpStream::connect(&addr).await;
     assert!(
         refused.is_err(),
         "a stopped proxy must not accept connections"
     );
 
+    let (s, v) = gw.post("/api/v1/proxies/live/start", json!({})).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
     let (s, v) = gw.post("/api/v1/proxies/live/start", json!({})).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
     let url2 = gw.proxy_url("live").await;
@@ -266,6 +271,10 @@ async fn proxies_are_managed_at_run_time_and_audited() {
         "proxy.delete",
     ] {
         assert!(actions.contains(&a), "audit lacks {a}: {actions:?}");
+    }
+    for a in ["proxy.stop", "proxy.start"] {
+        let n = actions.iter().filter(|x| **x == a).count();
+        assert_eq!(n, 1, "{a} audited once, not for the repeat: {actions:?}");
     }
     let create = audit
         .as_array()
@@ -1162,6 +1171,21 @@ async fn prometheus_metrics_count_requests_for_a_scrape_token_or_a_user() {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
     assert!(text.contains(r#"palisade_tokens_total{proxy="oai",kind="completion"}"#));
+    // The request log finds the rows behind `decision="none"`; a decision or alert kind no row
+    // can have is refused, not answered with an empty page.
+    let (s, v) = gw.get("/api/v1/requests?proxy=oai&decision=none").await;
+    assert_eq!((s, v["total"].as_i64()), (200, Some(3)), "{v}");
+    for q in ["requests?decision=blocked", "alerts?kind=mcp-tool"] {
+        let (s, v) = gw.get(&format!("/api/v1/{q}")).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be one of"),
+            "{v}"
+        );
+    }
     // The request log's own health: nothing dropped or lost.
     for line in [
         "palisade_log_records_dropped_total 0",
