@@ -342,6 +342,13 @@ pub(crate) fn is_meta_key(k: &str) -> bool {
     )
 }
 
+/// Whether member `k` of an object of type `ty` holds no content: [`is_meta_key`], except the
+/// `data` of a text source (an Anthropic plain-text document, `{"type": "text", "data": …}`),
+/// which is text the model reads.
+pub(crate) fn is_meta_member(k: &str, ty: Option<&str>) -> bool {
+    is_meta_key(k) && !(k == "data" && ty == Some("text"))
+}
+
 fn push(out: &mut String, s: &str) {
     if !s.is_empty() {
         if !out.is_empty() {
@@ -384,7 +391,7 @@ fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
                 bucket
             };
             for (k, x) in m {
-                if is_meta_key(k) {
+                if is_meta_member(k, ty) {
                     continue;
                 }
                 let b = if k == "tools" || k == "functions" {

@@ -888,12 +888,7 @@ fn rewrite_request(
             ("organization", org.as_str()),
             ("proxy", rt.spec.name.as_str()),
         ];
-        if crate::prompts::inject(
-            &mut v,
-            rt.spec.api,
-            endpoint,
-            &crate::prompts::render(&p.text, &vars),
-        ) {
+        if crate::prompts::inject(&mut v, endpoint, &crate::prompts::render(&p.text, &vars)) {
             rec.prompt = Some(p.name.clone());
             changed = true;
         }

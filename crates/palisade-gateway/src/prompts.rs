@@ -1,7 +1,7 @@
 //! System-prompt governance: choosing the one applicable prompt, filling its variables, and
 //! injecting it ahead of any client system prompt in each API shape.
 
-use palisade_core::model::{LlmApi, PromptSpec};
+use palisade_core::model::PromptSpec;
 use serde_json::{Value, json};
 
 use crate::shape::Endpoint;
@@ -54,13 +54,16 @@ pub fn render(text: &str, vars: &[(&str, &str)]) -> String {
     out
 }
 
-/// Puts `text` first among the system instructions of a request body.
-pub fn inject(body: &mut Value, api: LlmApi, endpoint: Endpoint, text: &str) -> bool {
+/// Puts `text` first among the system instructions of a request body, where the endpoint's
+/// API reads them (whatever the proxy's `api`: an Anthropic proxy may also be called on its
+/// OpenAI-compatible chat endpoint). Returns false for an endpoint without instructions
+/// (embeddings, other paths): nothing is injected there.
+pub fn inject(body: &mut Value, endpoint: Endpoint, text: &str) -> bool {
     let Some(m) = body.as_object_mut() else {
         return false;
     };
-    match (api, endpoint) {
-        (_, Endpoint::Messages) | (LlmApi::Anthropic, _) => {
+    match endpoint {
+        Endpoint::Messages => {
             match m.get_mut("system") {
                 Some(Value::String(s)) => *s = format!("{text}\n\n{s}"),
                 Some(Value::Array(blocks)) => {
@@ -72,14 +75,14 @@ pub fn inject(body: &mut Value, api: LlmApi, endpoint: Endpoint, text: &str) -> 
             }
             true
         }
-        (_, Endpoint::ChatCompletions) => {
+        Endpoint::ChatCompletions => {
             let Some(Value::Array(msgs)) = m.get_mut("messages") else {
                 return false;
             };
             msgs.insert(0, json!({"role": "system", "content": text}));
             true
         }
-        (_, Endpoint::Responses) => {
+        Endpoint::Responses => {
             let merged = match m.get("instructions").and_then(Value::as_str) {
                 Some(s) if !s.is_empty() => format!("{text}\n\n{s}"),
                 _ => text.to_string(),
@@ -131,22 +134,25 @@ mod tests {
         );
         assert_eq!(t, "Hi ci of eng on 2026-11-25 {{unknown}}");
         let mut chat = json!({"messages": [{"role": "system", "content": "client"}, {"role": "user", "content": "q"}]});
-        assert!(inject(
-            &mut chat,
-            LlmApi::Openai,
-            Endpoint::ChatCompletions,
-            "gov"
-        ));
+        assert!(inject(&mut chat, Endpoint::ChatCompletions, "gov"));
         assert_eq!(chat["messages"][0]["content"], "gov");
         assert_eq!(chat["messages"][1]["content"], "client");
+        assert!(chat.get("system").is_none(), "{chat}");
         let mut msg = json!({"system": "client", "messages": []});
-        inject(&mut msg, LlmApi::Anthropic, Endpoint::Messages, "gov");
+        inject(&mut msg, Endpoint::Messages, "gov");
         assert_eq!(msg["system"], "gov\n\nclient");
         let mut blocks = json!({"system": [{"type": "text", "text": "client"}]});
-        inject(&mut blocks, LlmApi::Anthropic, Endpoint::Messages, "gov");
+        inject(&mut blocks, Endpoint::Messages, "gov");
         assert_eq!(blocks["system"][0]["text"], "gov");
         let mut resp = json!({"input": "q"});
-        inject(&mut resp, LlmApi::Openai, Endpoint::Responses, "gov");
+        inject(&mut resp, Endpoint::Responses, "gov");
         assert_eq!(resp["instructions"], "gov");
+        assert!(resp.get("system").is_none(), "{resp}");
+        // Embeddings and other paths have no instructions: nothing is added.
+        for e in [Endpoint::Embeddings, Endpoint::Other] {
+            let mut body = json!({"input": "q"});
+            assert!(!inject(&mut body, e, "gov"));
+            assert_eq!(body, json!({"input": "q"}));
+        }
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use palisade_policy::{PolicySet, Target, placeholder_label, placeholder_number, unmask};
 use serde_json::{Map, Value, json};
 
-use crate::inspect::is_meta_key;
+use crate::inspect::is_meta_member;
 use crate::remembered::Locked;
 use crate::sse::{for_each_event, raw_events};
 
@@ -53,8 +53,9 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                 target
             };
             let tool_use = matches!(ty, Some("tool_use") | Some("server_tool_use"));
+            let text_type = is_text_type(m);
             for (k, x) in m.iter_mut() {
-                if kept_in_clear(k, x, request) {
+                if kept_in_clear(k, x, request, text_type) {
                     continue;
                 }
                 let t = if k == "tools" || k == "functions" {
@@ -182,14 +183,20 @@ fn redact_members(
         _ => walk_mut(set, v, target, map, request),
     }
 }
+/// Whether an object is `{"type": "text", …}` (see [`kept_in_clear`]).
+fn is_text_type(m: &serde_json::Map<String, Value>) -> bool {
+    m.get("type").and_then(Value::as_str) == Some("text")
+}
+
 /// Fields never redacted: identifiers and settings, and inline media (`data:` URLs). In a
-/// request the end-user id and URLs are redacted like any content.
-fn kept_in_clear(k: &str, v: &Value, request: bool) -> bool {
+/// request the end-user id and URLs are redacted like any content; so is the `data` of a text
+/// source (`text_type`: the object is `{"type": "text", …}`).
+fn kept_in_clear(k: &str, v: &Value, request: bool, text_type: bool) -> bool {
     match k {
         "user" | "url" | "image_url" if request => {
             v.as_str().is_some_and(|s| s.starts_with("data:"))
         }
-        _ => is_meta_key(k),
+        _ => is_meta_member(k, text_type.then_some("text")),
     }
 }
 
@@ -257,8 +264,9 @@ fn propagate_in(v: &mut Value, values: &[&(String, String)], json_text: bool, re
             .iter_mut()
             .for_each(|x| propagate_in(x, values, false, request)),
         Value::Object(m) => {
+            let text_type = is_text_type(m);
             for (k, x) in m.iter_mut() {
-                if !kept_in_clear(k, x, request) {
+                if !kept_in_clear(k, x, request, text_type) {
                     propagate_in(x, values, is_json_text_key(k), request);
                 }
             }
@@ -281,7 +289,8 @@ pub fn redact_request_continuing(
 ) -> RedactionMap {
     if let Value::Object(m) = body {
         for (k, v) in m.iter_mut() {
-            if kept_in_clear(k, v, true) || matches!(k.as_str(), "stream" | "stream_options") {
+            if kept_in_clear(k, v, true, false) || matches!(k.as_str(), "stream" | "stream_options")
+            {
                 continue;
             }
             let t = if k == "tools" || k == "functions" {
@@ -1074,6 +1083,13 @@ impl StreamRewriter {
                     self.flush_into(&format!("{kind}{index}"), None, before);
                 }
             }
+            // An event that ends the answer (or says it failed): whatever is still held was
+            // said before it, so it goes out first (a client stops reading at such an event).
+            t if ends_answer(t, v) => {
+                self.flush_into("", None, before);
+                self.mask_whole(v);
+                unmask_value(v, &self.map);
+            }
             // Whole texts repeated by closing events (`response.content_part.done`,
             // `response.output_item.done`, `response.completed`), Anthropic's opening
             // `content_block_start`, and anything else: masked as a whole.
@@ -1094,6 +1110,21 @@ impl StreamRewriter {
     }
 }
 
+/// Whether a stream event of type `ty` ends the answer: Anthropic's `message_delta` (its stop
+/// reason), `message_stop` and `error`; the Responses API's terminal events; a chat stream's
+/// error chunk (no type, an `error` member).
+fn ends_answer(ty: &str, v: &Value) -> bool {
+    matches!(
+        ty,
+        "message_delta"
+            | "message_stop"
+            | "error"
+            | "response.completed"
+            | "response.incomplete"
+            | "response.failed"
+    ) || (ty.is_empty() && v.get("error").is_some())
+}
+
 /// Masks answer values in every string of `v` but identifiers and inline media; JSON-text
 /// fields (tool-call arguments) so that they stay JSON.
 fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
@@ -1106,8 +1137,9 @@ fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
         }
         Value::Array(a) => a.iter_mut().for_each(|x| mask_strings(set, x, map)),
         Value::Object(o) => {
+            let text_type = is_text_type(o);
             for (k, x) in o.iter_mut() {
-                if kept_in_clear(k, x, false) {
+                if kept_in_clear(k, x, false, text_type) {
                     continue;
                 }
                 match x {
@@ -1399,6 +1431,61 @@ mod tests {
                 let text = String::from_utf8_lossy(&out);
                 assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
             }
+        }
+    }
+
+    /// A stream that ends (or fails) without closing its text first: what is held goes out
+    /// before the event that ends it, not after, where a client no longer reads.
+    #[test]
+    fn held_text_goes_out_before_the_event_that_ends_the_answer() {
+        let named = |v: Value| format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap());
+        let ant_delta = |t: &str| {
+            named(json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": t}}))
+        };
+        let resp_delta = |t: &str| {
+            named(
+                json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
+                "content_index": 0, "delta": t, "sequence_number": 1}),
+            )
+        };
+        let cases: Vec<(Vec<String>, &str)> = vec![
+            (
+                vec![
+                    ant_delta("write to [EMA"),
+                    named(json!({"type": "error", "error": {"type": "overloaded_error"}})),
+                ],
+                "\"error\"",
+            ),
+            (
+                vec![
+                    ant_delta("write to [EMA"),
+                    named(json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}})),
+                ],
+                "message_delta",
+            ),
+            (
+                vec![
+                    chat_event("write to [EMA", false),
+                    format!("data: {}\n\n", json!({"error": {"message": "overloaded"}})),
+                ],
+                "overloaded",
+            ),
+            (
+                vec![
+                    resp_delta("write to [EMA"),
+                    named(json!({"type": "response.incomplete", "sequence_number": 2,
+                        "response": {"id": "r", "status": "incomplete"}})),
+                ],
+                "response.incomplete",
+            ),
+        ];
+        for (events, end) in cases {
+            let out = run(&mut StreamRewriter::new(map()), &events);
+            let text = String::from_utf8_lossy(&out);
+            let held = text.find("[EMA").unwrap_or_else(|| panic!("{text}"));
+            let ending = text.find(end).unwrap();
+            assert!(held < ending, "held text after the end ({end}): {text}");
         }
     }
 
