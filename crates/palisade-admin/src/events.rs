@@ -338,6 +338,17 @@ pub async fn stream(
                 return Some((Ok(ev), (None, live)));
             }
             loop {
+                // The session is checked when due even while events keep coming (a client that
+                // reads slowly always finds one waiting, so the timer alone would never win).
+                if tokio::time::Instant::now() >= live.next_check {
+                    if crate::auth::verify_token(&live.state, &live.token)
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                    live.next_check = tokio::time::Instant::now() + RECHECK;
+                }
                 let got = {
                     let recv = live.sub.rx.recv();
                     let check = tokio::time::sleep_until(live.next_check);
@@ -353,16 +364,8 @@ pub async fn stream(
                         Event::default().event("resync").data(n.to_string())
                     }
                     Some(Err(broadcast::error::RecvError::Closed)) => return None,
-                    None => {
-                        if crate::auth::verify_token(&live.state, &live.token)
-                            .await
-                            .is_err()
-                        {
-                            return None;
-                        }
-                        live.next_check = tokio::time::Instant::now() + RECHECK;
-                        continue;
-                    }
+                    // Time to check the session: at the top of the loop.
+                    None => continue,
                 };
                 return Some((Ok(ev), (None, live)));
             }

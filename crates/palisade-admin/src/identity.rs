@@ -28,6 +28,11 @@ impl AppState {
     /// Rebuilds the data plane's key index from the store; called after every key or group
     /// change so a revoked key is refused by the very next request on every proxy.
     pub async fn reload_keys(&self) -> ApiResult<()> {
+        // One reload at a time, each reading the store after the one before it swapped: a
+        // reload that read before a revocation cannot swap its older index in after the
+        // revocation's own reload.
+        static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = RELOADING.lock().await;
         let keys = self.store.active_keys().await?;
         self.manager
             .shared()

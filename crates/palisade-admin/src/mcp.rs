@@ -54,6 +54,7 @@ async fn decide(
     proxy: &str,
     tool: &str,
     status: &'static str,
+    reviewed: Option<String>,
     actor: palisade_store::Actor,
 ) -> ApiResult<McpTool> {
     s.mcp_proxy(proxy).await?;
@@ -63,7 +64,10 @@ async fn decide(
     if let Some(current) = s.manager.shared().mcp.get(proxy, tool) {
         s.store.upsert_tool(current).await?;
     }
-    let t = s.store.set_tool_status(proxy, tool, status, actor).await?;
+    let t = s
+        .store
+        .set_tool_status(proxy, tool, status, reviewed, actor)
+        .await?;
     s.manager.shared().mcp.apply(t.clone());
     s.events.changed("tool", proxy);
     Ok(t)
@@ -114,17 +118,16 @@ pub async fn approve(
             "tool `{tool}` is listed more than once by its server; it can be approved once the server lists it once"
         )));
     }
-    if let Some(reviewed) = input.fingerprint {
-        let current = current
-            .ok_or_else(|| ApiError::not_found(format!("tool `{tool}` of proxy `{name}`")))?;
-        if current.fingerprint != reviewed {
-            return Err(ApiError::conflict(format!(
-                "tool `{tool}` changed since it was reviewed (fingerprint now {}); review its current definition and approve again",
-                current.fingerprint
-            )));
-        }
+    // A reviewed fingerprint is compared where the approval pins the definition (a listing
+    // between a check here and the pin could otherwise slip in another definition).
+    if input.fingerprint.is_some() && current.is_none() {
+        return Err(ApiError::not_found(format!(
+            "tool `{tool}` of proxy `{name}`"
+        )));
     }
-    Ok(Json(decide(&s, &name, &tool, "approved", u.actor()).await?))
+    Ok(Json(
+        decide(&s, &name, &tool, "approved", input.fingerprint, u.actor()).await?,
+    ))
 }
 
 /// Disable a tool: hidden from listings and refused.
@@ -136,7 +139,9 @@ pub async fn disable(
     Admin(u): Admin,
     Path((name, tool)): Path<(String, String)>,
 ) -> ApiResult<Json<McpTool>> {
-    Ok(Json(decide(&s, &name, &tool, "disabled", u.actor()).await?))
+    Ok(Json(
+        decide(&s, &name, &tool, "disabled", None, u.actor()).await?,
+    ))
 }
 
 /// Definitions a tool has had (newest first), for diffing.

@@ -103,10 +103,10 @@ pub async fn summary(
         return Err(ApiError::field("window", "must be 60–86400 seconds"));
     }
     let bucket = q.bucket.unwrap_or((window / 60).max(1));
-    if bucket < 1 || window / bucket > 1440 {
+    if bucket < 1 || bucket > window || window / bucket > 1440 {
         return Err(ApiError::field(
             "bucket",
-            "must be at least 1 second and give at most 1440 buckets",
+            "must be at least 1 second, at most the window, and give at most 1440 buckets",
         ));
     }
     let now = palisade_core::now_ms();

@@ -100,6 +100,11 @@ fn lock(r: &Mutex<PolicyRegistry>) -> std::sync::MutexGuard<'_, PolicyRegistry> 
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One policy compilation at a time, for a proxy's set, the playground or a policy being
+/// validated or stored: each takes a core and a transient ~100 MiB for a second, and the
+/// playground and validation let any signed-in user ask for one.
+static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 impl AppState {
     /// Whether a policy (built-in pack or custom policy) has this id.
     pub fn has_policy(&self, id: &str) -> bool {
@@ -130,6 +135,17 @@ impl AppState {
         if ids.is_empty() {
             return Ok(None);
         }
+        // A repeated id is refused before anything is copied (each copy of a pack is its whole
+        // rule text, and a 1 MiB list could name one pack tens of thousands of times).
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            if !seen.insert(id.as_str()) {
+                return Err(ApiError::field(
+                    format!("policies[{i}]"),
+                    format!("`{id}` is listed twice"),
+                ));
+            }
+        }
         let mut key = ids.to_vec();
         key.sort();
         let (policies, generation) = {
@@ -149,9 +165,6 @@ impl AppState {
             }
             (out, reg.generation)
         };
-        // One compilation at a time: each takes a core and a transient ~100 MiB for a second,
-        // and the playground lets any signed-in user ask for one.
-        static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
         let _turn = COMPILING.acquire().await.map_err(ApiError::internal)?;
         // A call that waited for the same set finds it compiled by the one before it.
         if let Some(set) = lock(&self.policies).compiled.get(&key) {
@@ -274,6 +287,7 @@ async fn parse_policy(body: Bytes) -> ApiResult<Policy> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("body is not UTF-8"))?
         .to_string();
+    let _turn = COMPILING.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(move || {
         let p = Policy::from_json(&text)?;
         PolicySet::compile(std::slice::from_ref(&p))?;

@@ -270,7 +270,7 @@ impl PolicySet {
                     .and_then(|c| c.get(1).or_else(|| c.get(0)))
                     .filter(|m| !m.is_empty())
                     .map_or((s, e), |m| (s + m.start(), s + m.end())),
-                None => (s, e),
+                None => widen(text, s, e, pos),
             };
             let label: &str = &self.rules[r as usize].label;
             let value = &text[s..e];
@@ -352,6 +352,47 @@ pub fn placeholder_number(placeholder: &str) -> Option<usize> {
         .strip_suffix(']')
         .and_then(|p| p.rsplit_once('_'))
         .and_then(|(_, n)| n.parse().ok())
+}
+
+/// Most characters a replacement takes in on either side of a value (see [`widen`]).
+const WIDEN_MAX: usize = 32;
+
+/// A value whose pattern stopped at a letter of another script (`jоhn.smith@example.com` with
+/// a Cyrillic `о`, `émile@…`, fullwidth `ｊｏｈｎ.smith@…`) would leave part of itself in clear
+/// next to the placeholder. The replacement takes in the run of word characters touching the
+/// value (at most [`WIDEN_MAX`] on each side, never before `floor`, the end of the previous
+/// replacement) when that run holds a Latin, Greek, Cyrillic or fullwidth letter outside ASCII;
+/// an ASCII neighbour alone means the pattern chose to stop there. Other scripts (CJK, Arabic…)
+/// are never taken in: they are the surrounding sentence, not look-alikes.
+fn widen(text: &str, s: usize, e: usize, floor: usize) -> (usize, usize) {
+    fn lookalike(c: char) -> bool {
+        matches!(c, '\u{00C0}'..='\u{024F}' | '\u{0370}'..='\u{03FF}' | '\u{0400}'..='\u{04FF}' | '\u{FF10}'..='\u{FF5A}')
+            && c.is_alphanumeric()
+    }
+    fn word(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-') || lookalike(c)
+    }
+    let mut start = s;
+    let mut odd = false;
+    for (n, (i, c)) in text[floor.min(s)..s].char_indices().rev().enumerate() {
+        if n == WIDEN_MAX || !word(c) {
+            break;
+        }
+        odd |= lookalike(c);
+        start = floor.min(s) + i;
+    }
+    let start = if odd { start } else { s };
+    let mut end = e;
+    let mut odd = false;
+    for (n, (i, c)) in text[e..].char_indices().enumerate() {
+        if n == WIDEN_MAX || !word(c) {
+            break;
+        }
+        odd |= lookalike(c);
+        end = e + i + c.len_utf8();
+    }
+    let end = if odd { end } else { e };
+    (start, end)
 }
 
 /// Placeholder-shaped tokens (`[LABEL_12]`) the input already contains, found in one pass.
@@ -596,6 +637,35 @@ mod tests {
         assert_eq!(placeholder("CARD", 20), "[CARD_20]");
         assert_eq!(placeholder("IBAN", 1_234_567), "[IBAN_1234567]");
         assert_eq!(placeholder_label(&placeholder("API_KEY", 3)), "API_KEY");
+    }
+
+    /// A letter of another script inside a value does not leave the rest of the value in
+    /// clear; the surrounding sentence is not taken in.
+    #[test]
+    fn look_alike_letters_next_to_a_value_go_with_it() {
+        let set = crate::PolicySet::compile(&[email_policy()]).unwrap();
+        for (text, want) in [
+            ("mail j\u{43e}hn@corp.io now", "mail [EMAIL_1] now"),
+            ("mail \u{ff4a}\u{ff4f}hn@corp.io now", "mail [EMAIL_1] now"),
+            ("mail \u{e9}mile@corp.io now", "mail [EMAIL_1] now"),
+            ("mail ann@corp.io\u{e9}t\u{e9} now", "mail [EMAIL_1] now"),
+            // ASCII neighbours: the pattern stopped there on purpose.
+            ("mail X.ann@corp.io now", "mail X.[EMAIL_1] now"),
+            ("mail ann@corp.io. Then", "mail [EMAIL_1]. Then"),
+            // Other scripts are the sentence around the value.
+            (
+                "\u{79c1}\u{306e}ann@corp.io\u{3067}\u{3059}",
+                "\u{79c1}\u{306e}[EMAIL_1]\u{3067}\u{3059}",
+            ),
+        ] {
+            let r = set.redact(crate::Target::LlmRequest, text);
+            assert_eq!(r.text, want, "{text}");
+            assert_eq!(unmask(&r.text, &r.map), text);
+        }
+        // Taken in at most 32 characters on a side.
+        let long = format!("{}ann@corp.io", "\u{e9}".repeat(40));
+        let r = set.redact(crate::Target::LlmRequest, &long);
+        assert_eq!(r.text, format!("{}[EMAIL_1]", "\u{e9}".repeat(8)));
     }
 
     #[test]

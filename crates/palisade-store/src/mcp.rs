@@ -115,12 +115,14 @@ impl Store {
         .await
     }
 
-    /// An administrator's decision on a tool (audited): approve pins the current fingerprint.
+    /// An administrator's decision on a tool (audited): approve pins the current fingerprint,
+    /// which must be `reviewed` when that is given (`Conflict` otherwise).
     pub async fn set_tool_status(
         &self,
         proxy: &str,
         name: &str,
         status: &'static str,
+        reviewed: Option<String>,
         actor: Actor,
     ) -> Result<McpTool, StoreError> {
         let (proxy, name) = (proxy.to_string(), name.to_string());
@@ -134,6 +136,14 @@ impl Store {
                 )
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("tool `{name}` on proxy `{proxy}`")))?;
+            // An approval of a reviewed definition pins that one or nothing: the definition
+            // stored now is compared in the same transaction that pins it.
+            if let Some(fp) = reviewed.filter(|fp| *fp != before.fingerprint) {
+                return Err(StoreError::Conflict(format!(
+                    "tool `{name}` changed since it was reviewed (reviewed {fp}, now {}); review its current definition and approve again",
+                    before.fingerprint
+                )));
+            }
             let approved_fp =
                 if status == "approved" { Some(before.fingerprint.clone()) } else { before.approved_fingerprint.clone() };
             tx.execute(

@@ -677,6 +677,15 @@ async fn summary_and_live_events_follow_traffic() {
     let (s, v) = gw.get("/api/v1/metrics/summary?window=5").await;
     assert_eq!(s, 400);
     assert_eq!(v["error"]["field"], "window");
+    // A bucket longer than the window, or one whose milliseconds overflow, is refused.
+    for q in ["window=60&bucket=3600", "bucket=9223372036854775807"] {
+        let (s, v) = gw.get(&format!("/api/v1/metrics/summary?{q}")).await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some("bucket")),
+            "{q}: {v}"
+        );
+    }
 
     // The request log finds the blocked request by id (the console's detail view).
     let (_, page) = gw.get(&format!("/api/v1/requests?id={rid}")).await;

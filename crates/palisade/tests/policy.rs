@@ -504,6 +504,15 @@ async fn a_changed_policy_is_what_proxies_and_the_playground_use() {
     assert_eq!(s, 201);
     let (_, v) = gw.post("/api/v1/policies/test", test).await;
     assert_eq!(matched(&v), ["NEW"]);
+    // A list that names a policy twice is refused before anything is compiled (a long list of
+    // one pack would otherwise be copied once per entry).
+    let twice = json!({"text": "x", "policies": vec!["llm-standard-security"; 20_000]});
+    let (s, v) = gw.post("/api/v1/policies/test", twice).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("policies[1]")),
+        "{v}"
+    );
     // Concurrent replacements: the proxy enforces the version the API shows.
     let url = use_policy(&gw, keyword_policy("race", "W0", "word0")).await;
     let puts = (1..=8).map(|i| {
