@@ -464,6 +464,9 @@ pub async fn delete(
     Admin(u): Admin,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    // In turn with starts, updates and reloads: one of them between the stop and the delete
+    // would start the proxy again, and its listener would outlive its row.
+    let _turn = crate::policies::policy_change_turn().await;
     s.get_row(&name).await?;
     s.manager.stop(&name).await;
     s.store.delete_proxy(&name, u.actor()).await?;

@@ -185,11 +185,16 @@ pub async fn update(
     if s.store.user_by_name(&name).await?.is_none() {
         return Err(ApiError::not_found(format!("user `{name}`")));
     }
+    // The password is hashed before anything is written: hashing can be refused (busy), and
+    // a role changed without the password asked for with it would be half the request.
+    let hashed = match req.password {
+        Some(p) => Some(hash(p).await?),
+        None => None,
+    };
     if let Some(r) = &req.role {
         s.store.set_user_role(&name, r, u.actor()).await?;
     }
-    if let Some(p) = req.password {
-        let h = hash(p).await?;
+    if let Some(h) = hashed {
         s.store
             .reset_password(&name, h, name != u.name, u.actor())
             .await?;
