@@ -261,9 +261,6 @@ fn inspect_request(
     enforce(insp, findings, blocks, "request")
 }
 
-/// Most text taken from a pass-through body for the policies (the rest is not scanned).
-const MAX_PASS_THROUGH_TEXT: usize = 1 << 20;
-
 /// Phase 2c: a body on a path the gateway does not model (`/v1/completions`, images, audio…)
 /// still meets the key's model scope and the request policies: a JSON body's `model` is checked
 /// and every string in it is scanned as prompt text; any other body (a form, multipart, text)
@@ -299,23 +296,23 @@ fn check_pass_through(
     let Some(insp) = &rt.inspector else {
         return Ok(());
     };
-    // A JSON body's strings; any other body (forms, multipart, text) as text, bounded.
+    // A JSON body's strings; any other body (forms, multipart, text) as text. All of it: the
+    // body is within the proxy's size limit, and the engine's work is linear in the text (text
+    // past a cap would be text no policy saw).
     let text = match &parsed {
         Some(v) => strings_of(v),
-        None => {
-            String::from_utf8_lossy(&body[..body.len().min(MAX_PASS_THROUGH_TEXT)]).into_owned()
-        }
+        None => String::from_utf8_lossy(body).into_owned(),
     };
     let blocks = findings.scan(insp, Target::LlmRequest, &text);
     enforce(insp, findings, blocks, "request")
 }
 
-/// Every string value of `v` but `model`, one per line, up to [`MAX_PASS_THROUGH_TEXT`] bytes:
-/// the text of a JSON body or answer whose shape the gateway does not model.
+/// Every string value of `v` but `model`, one per line: the text of a JSON body or answer whose
+/// shape the gateway does not model.
 fn strings_of(v: &serde_json::Value) -> String {
     fn walk(v: &serde_json::Value, out: &mut String) {
         match v {
-            serde_json::Value::String(s) if out.len() + s.len() < MAX_PASS_THROUGH_TEXT => {
+            serde_json::Value::String(s) => {
                 out.push_str(s);
                 out.push('\n');
             }
@@ -899,6 +896,10 @@ fn rewrite_request(
         let opts = m
             .entry("stream_options")
             .or_insert_with(|| serde_json::json!({}));
+        // `"stream_options": null` (or any non-object) asks for nothing: it becomes an object.
+        if !opts.is_object() {
+            *opts = serde_json::json!({});
+        }
         if let Some(o) = opts.as_object_mut() {
             o.insert("include_usage".into(), serde_json::Value::Bool(true));
             changed = true;

@@ -27,7 +27,7 @@ use palisade_policy::Target;
 use serde_json::{Value, json};
 
 use crate::body::{EventMapper, Finisher, ProxyBody, Relay};
-use crate::inspect::{Findings, request_texts, tool_call_text};
+use crate::inspect::{Findings, tool_call_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
 use crate::redact::{RedactionMap, mask_new, unmask_value};
@@ -1493,8 +1493,10 @@ impl Ctx {
                 if unmasking {
                     unmask_value(&mut m["result"], &self.pending.unmask);
                 }
-                let texts = request_texts(&json!({"result": m["result"].clone()}));
-                let blocks = findings.scan_answer(insp, Target::ToolResult, &texts.prompt);
+                // Every string of the result: a member a chat body uses for a setting (`data`,
+                // `url`, `type`…) is content in a tool's result.
+                let text = server_message_text(&m["result"]);
+                let blocks = findings.scan_answer(insp, Target::ToolResult, &text);
                 if blocks && insp.enforces() {
                     findings.set_blocked();
                     let msg = format!(
@@ -1665,13 +1667,24 @@ impl Ctx {
         for ev in raw_events(&run) {
             self.resumable |= has_event_id(ev);
             let mut data = None;
-            for_each_event(ev, |_, d| data = Some(d.to_vec()));
+            let mut messages = 0;
+            for_each_event(ev, |_, d| {
+                messages += 1;
+                data = Some(d.to_vec());
+            });
             let Some(data) = data.filter(|d| !d.trim_ascii().is_empty()) else {
                 // Comments, and the empty event that primes a resumable stream.
                 out.extend_from_slice(ev);
                 continue;
             };
-            let v = match crate::json::parse(&data) {
+            // One event carries one message; text read as several (which `raw_events` does
+            // not cut) is not relayed as it came: the gateway checked only the last.
+            let parsed = if messages == 1 {
+                crate::json::parse(&data).map_err(|e| e.to_string())
+            } else {
+                Err(format!("{messages} messages in one event"))
+            };
+            let v = match parsed {
                 Ok(mut v) => {
                     if !self.process(&mut v, &mut scratch, findings) {
                         out.extend_from_slice(ev);
@@ -1710,17 +1723,17 @@ impl Ctx {
                 }
             };
             changed = true;
-            let text = String::from_utf8_lossy(ev);
+            // The event again, its lines read as a client reads them (any line end), written
+            // with `\n`, its data replaced.
             let mut wrote_data = false;
-            for line in text.split_inclusive('\n') {
-                let l = line.trim_end_matches(['\r', '\n']);
-                if l.starts_with("data:") {
+            for l in crate::sse::lines(ev) {
+                if l.starts_with(b"data:") {
                     if !wrote_data {
                         out.extend_from_slice(format!("data: {v}\n").as_bytes());
                         wrote_data = true;
                     }
                 } else if !l.is_empty() {
-                    out.extend_from_slice(l.as_bytes());
+                    out.extend_from_slice(l);
                     out.push(b'\n');
                 }
             }
@@ -1787,9 +1800,9 @@ impl ReplyTo {
     }
 }
 
-/// The text of a message the server sends on its own: every string of its params (a sampling
-/// request's system prompt and messages, an elicitation's message and schema, a log entry's
-/// data) but identifiers and `_meta`.
+/// The text of a result or of a message the server sends on its own: every string of it (a
+/// tool's content and structured content, a sampling request's system prompt and messages, an
+/// elicitation's message and schema, a log entry's data) but identifiers and `_meta`.
 fn server_message_text(params: &Value) -> String {
     fn walk(v: &Value, out: &mut String) {
         match v {

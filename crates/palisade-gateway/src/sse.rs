@@ -82,25 +82,31 @@ impl SseSplitter {
     }
 }
 
-/// The raw events of a run, each with its terminator.
+/// The raw events of a run, each with its terminator: an event ends with an empty line, any
+/// two line ends in a row (`\n`, `\r\n` or a lone `\r`, in any mix).
 pub fn raw_events(run: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
+    let mut line_start = false;
     while i < run.len() {
-        let rest = &run[i..];
-        let term = if rest.starts_with(b"\r\n\r\n") {
-            4
-        } else if rest.starts_with(b"\n\n") || rest.starts_with(b"\r\r") {
-            2
+        let b = run[i];
+        if b == b'\n' || b == b'\r' {
+            let end = if b == b'\r' && run.get(i + 1) == Some(&b'\n') {
+                i + 2
+            } else {
+                i + 1
+            };
+            if line_start {
+                out.push(&run[start..end]);
+                start = end;
+                line_start = false;
+            } else {
+                line_start = true;
+            }
+            i = end;
         } else {
-            0
-        };
-        if term > 0 {
-            out.push(&run[start..i + term]);
-            i += term;
-            start = i;
-        } else {
+            line_start = false;
             i += 1;
         }
     }
@@ -110,14 +116,40 @@ pub fn raw_events(run: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// The lines of `run` as the SSE specification reads them: a line ends at `\r\n`, `\n` or a
+/// lone `\r` (a client reads a bare `\r` as a line end, so the gateway must too). Like
+/// splitting on the line ends, a run that ends with one yields a last, empty line.
+pub(crate) fn lines(run: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(run);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.iter().position(|&b| b == b'\n' || b == b'\r') {
+            Some(p) => {
+                let skip = if r[p] == b'\r' && r.get(p + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&r[p + skip..]);
+                Some(&r[..p])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// Calls `f(event_name, data)` for each event in a run of complete events. Multi-line data is
-/// joined with `\n` as the SSE specification says.
+/// joined with `\n` as the SSE specification says; lines end at `\r\n`, `\n` or `\r`, and a
+/// byte-order mark opening the run is skipped.
 pub fn for_each_event(run: &[u8], mut f: impl FnMut(&str, &[u8])) {
     let mut name = String::new();
     let mut data: Vec<u8> = Vec::new();
     let mut has_data = false;
-    for line in run.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let run = run.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(run);
+    for line in lines(run) {
         if line.is_empty() {
             if has_data {
                 f(&name, &data);
@@ -147,6 +179,38 @@ pub fn for_each_event(run: &[u8], mut f: impl FnMut(&str, &[u8])) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_end_at_any_two_line_ends() {
+        let run = b"data: 1\n\ndata: 2\r\n\r\ndata: 3\r\rdata: 4\n\r\ndata: 5\r\n\ndata: 6";
+        let events: Vec<&[u8]> = raw_events(run);
+        assert_eq!(
+            events,
+            [
+                &b"data: 1\n\n"[..],
+                b"data: 2\r\n\r\n",
+                b"data: 3\r\r",
+                b"data: 4\n\r\n",
+                b"data: 5\r\n\n",
+                b"data: 6"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_line_end_the_specification_allows_is_read() {
+        let mut got = Vec::new();
+        let run =
+            b"\xEF\xBB\xBFevent: a\rdata: 1\r\rdata: 2\r\n\r\ndata: 3\n\r\ndata: 4\ndata: 5\n\n";
+        for_each_event(run, |n, d| got.push((n.to_string(), d.to_vec())));
+        let want: Vec<(String, Vec<u8>)> = vec![
+            ("a".into(), b"1".to_vec()),
+            (String::new(), b"2".to_vec()),
+            (String::new(), b"3".to_vec()),
+            (String::new(), b"4\n5".to_vec()),
+        ];
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn whole_events_pass_without_holding() {

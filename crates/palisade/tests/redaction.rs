@@ -321,6 +321,26 @@ async fn governance_prompt_is_injected_with_variables_for_both_shapes() {
     let rows = gw.wait_requests(&format!("id={id}"), 1).await;
     assert!(rows[0]["prompt"].is_null(), "{}", rows[0]);
 
+    // A streamed chat with `"stream_options": null` still asks the upstream for its usage.
+    c.post(format!("{oai}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(
+            &json!({"model": "mock-gpt", "stream": true, "stream_options": null,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last = received(&mock).await.pop().unwrap();
+    assert_eq!(
+        last["stream_options"],
+        json!({"include_usage": true}),
+        "{last}"
+    );
+
     // A group prompt of equal priority outranks the proxy prompt; a higher priority wins.
     let (s, v) = gw
         .post("/api/v1/prompts", json!({"name": "team", "text": "Team rules for {{group}}.", "groups": ["engineering"], "priority": 10}))
