@@ -369,7 +369,9 @@ async fn governance_prompt_is_injected_with_variables_for_both_shapes() {
         .unwrap();
     let got = received(&mock).await;
     assert_eq!(got.last().unwrap()["messages"][0]["content"], "Top rules.");
-    let rows = gw.wait_requests("proxy=oai", 3).await;
+    // Five requests through `oai` so far (chat, embeddings, stream, team, top rules): the
+    // newest row is the last one's once all five are written.
+    let rows = gw.wait_requests("proxy=oai", 5).await;
     assert_eq!(
         rows[0]["prompt"], "house-rules",
         "every injection is recorded in the request log"
