@@ -425,27 +425,34 @@ pub fn request_texts(body: &Value) -> RequestTexts {
     out
 }
 
+/// Appends every string of `v` to `out`, one per line, except under the members named in
+/// `skip` (at any depth): the text of JSON whose every string is content (tool arguments and
+/// results, bodies of unmodelled paths, messages an MCP server sends on its own).
+pub(crate) fn strings_except(v: &Value, skip: &[&str], out: &mut String) {
+    match v {
+        Value::String(s) => push(out, s),
+        Value::Array(a) => a.iter().for_each(|x| strings_except(x, skip, out)),
+        Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .for_each(|(_, x)| strings_except(x, skip, out)),
+        _ => {}
+    }
+}
+
 /// The text a tool call is checked as (target `tool_arguments`): every string value of the
 /// arguments — all of them: keys that name settings in a chat body (`url`, `data`, `id`,
 /// `format`…) are content in a tool's arguments — then the call as compact JSON (tool name,
 /// keys, numbers, booleans), so a rule can also judge the tool's name or a structured argument
 /// (`"recursive": true` beside `"path": "/"`).
 pub fn tool_call_text(tool: &str, args: &Value) -> String {
-    fn strings(v: &Value, out: &mut String) {
-        match v {
-            Value::String(s) => push(out, s),
-            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
-            _ => {}
-        }
-    }
     #[derive(serde::Serialize)]
     struct Call<'a> {
         name: &'a str,
         arguments: &'a Value,
     }
     let mut out = String::new();
-    strings(args, &mut out);
+    strings_except(args, &[], &mut out);
     let call = Call {
         name: tool,
         arguments: args,

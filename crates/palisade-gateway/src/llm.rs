@@ -310,22 +310,8 @@ fn check_pass_through(
 /// Every string value of `v` but `model`, one per line: the text of a JSON body or answer whose
 /// shape the gateway does not model.
 fn strings_of(v: &serde_json::Value) -> String {
-    fn walk(v: &serde_json::Value, out: &mut String) {
-        match v {
-            serde_json::Value::String(s) => {
-                out.push_str(s);
-                out.push('\n');
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            serde_json::Value::Object(o) => o
-                .iter()
-                .filter(|(k, _)| k.as_str() != "model")
-                .for_each(|(_, x)| walk(x, out)),
-            _ => {}
-        }
-    }
     let mut out = String::new();
-    walk(v, &mut out);
+    crate::inspect::strings_except(v, &["model"], &mut out);
     out
 }
 

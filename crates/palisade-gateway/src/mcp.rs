@@ -1804,29 +1804,9 @@ impl ReplyTo {
 /// tool's content and structured content, a sampling request's system prompt and messages, an
 /// elicitation's message and schema, a log entry's data) but identifiers and `_meta`.
 fn server_message_text(params: &Value) -> String {
-    fn walk(v: &Value, out: &mut String) {
-        match v {
-            Value::String(s) if !s.is_empty() => {
-                if !out.is_empty() {
-                    out.push('\n');
-                }
-                out.push_str(s);
-            }
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            Value::Object(o) => o
-                .iter()
-                .filter(|(k, _)| {
-                    !matches!(
-                        k.as_str(),
-                        "_meta" | "progressToken" | "requestId" | "mimeType"
-                    )
-                })
-                .for_each(|(_, x)| walk(x, out)),
-            _ => {}
-        }
-    }
     let mut out = String::new();
-    walk(params, &mut out);
+    let ids = ["_meta", "progressToken", "requestId", "mimeType"];
+    crate::inspect::strings_except(params, &ids, &mut out);
     out
 }
 
