@@ -20,17 +20,21 @@ pub async fn requests(
     ValidQuery(f): ValidQuery<RequestFilter>,
 ) -> ApiResult<Json<RequestPage>> {
     check_limit(f.limit)?;
-    // A decision no request can have is a typo, not an empty result.
     const DECISIONS: [&str; 6] = ["allow", "log", "alert", "redact", "block", "none"];
-    if let Some(d) = f.decision.as_deref()
-        && !DECISIONS.contains(&d)
-    {
-        return Err(ApiError::field(
-            "decision",
-            format!("must be one of {}", DECISIONS.join(", ")),
-        ));
-    }
+    check_one_of("decision", f.decision.as_deref(), &DECISIONS)?;
     Ok(Json(s.store.query_requests(f).await?))
+}
+
+/// A filter value no row can have is a typo, not an empty result: refused, naming the values
+/// that exist.
+pub(crate) fn check_one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> ApiResult<()> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(ApiError::field(
+            field,
+            format!("must be one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Audit log filters.

@@ -492,33 +492,18 @@ pub async fn alerts(
     ValidQuery(f): ValidQuery<AlertFilter>,
 ) -> ApiResult<Json<AlertPage>> {
     crate::logs::check_limit(f.limit)?;
-    // A value no alert can have is a typo, not an empty result.
-    if let Some(st) = f.status.as_deref()
-        && !ALERT_STATUSES.contains(&st)
-    {
-        return Err(ApiError::field(
-            "status",
-            format!("must be one of {}", ALERT_STATUSES.join(", ")),
-        ));
-    }
-    const KINDS: [&str; 4] = ["policy", "budget", "mcp_tool", "mcp_answer"];
-    if let Some(kind) = f.kind.as_deref()
-        && !KINDS.contains(&kind)
-    {
-        return Err(ApiError::field(
-            "kind",
-            format!("must be one of {}", KINDS.join(", ")),
-        ));
-    }
-    const SEVERITIES: [&str; 4] = ["critical", "high", "medium", "low"];
-    if let Some(sev) = f.severity.as_deref()
-        && !SEVERITIES.contains(&sev)
-    {
-        return Err(ApiError::field(
-            "severity",
-            format!("must be one of {}", SEVERITIES.join(", ")),
-        ));
-    }
+    use crate::logs::check_one_of;
+    check_one_of("status", f.status.as_deref(), &ALERT_STATUSES)?;
+    check_one_of(
+        "kind",
+        f.kind.as_deref(),
+        &["policy", "budget", "mcp_tool", "mcp_answer"],
+    )?;
+    check_one_of(
+        "severity",
+        f.severity.as_deref(),
+        &["critical", "high", "medium", "low"],
+    )?;
     Ok(Json(s.store.query_alerts(f).await?))
 }
 
