@@ -342,11 +342,16 @@ pub(crate) fn is_meta_key(k: &str) -> bool {
     )
 }
 
-/// Whether member `k` of an object of type `ty` holds no content: [`is_meta_key`], except the
-/// `data` of a text source (an Anthropic plain-text document, `{"type": "text", "data": …}`),
-/// which is text the model reads.
-pub(crate) fn is_meta_member(k: &str, ty: Option<&str>) -> bool {
-    is_meta_key(k) && !(k == "data" && ty == Some("text"))
+/// Whether member `k` (value `v`) of an object of type `ty` holds no content: a [`is_meta_key`]
+/// name with a plain value (an id, a setting, inline media), except the `data` of a text source
+/// (an Anthropic plain-text document, `{"type": "text", "data": …}`), which is text the model
+/// reads. A meta name holding an object or array is structure the model reads: a tool schema's
+/// property named `data` or `url` and its description, a response format's JSON schema
+/// (`text.format`), a `data` object in a tool's input.
+pub(crate) fn is_meta_member(k: &str, v: &Value, ty: Option<&str>) -> bool {
+    is_meta_key(k)
+        && !matches!(v, Value::Object(_) | Value::Array(_))
+        && !(k == "data" && ty == Some("text"))
 }
 
 fn push(out: &mut String, s: &str) {
@@ -365,16 +370,17 @@ enum Bucket {
     ToolDef,
 }
 
+fn bucket_text(out: &mut RequestTexts, bucket: Bucket) -> &mut String {
+    match bucket {
+        Bucket::Prompt => &mut out.prompt,
+        Bucket::ToolResult => &mut out.tool_results,
+        Bucket::ToolDef => &mut out.tool_descriptions,
+    }
+}
+
 fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
     match v {
-        Value::String(s) => push(
-            match bucket {
-                Bucket::Prompt => &mut out.prompt,
-                Bucket::ToolResult => &mut out.tool_results,
-                Bucket::ToolDef => &mut out.tool_descriptions,
-            },
-            s,
-        ),
+        Value::String(s) => push(bucket_text(out, bucket), s),
         Value::Array(a) => a.iter().for_each(|x| walk(x, bucket, out)),
         Value::Object(m) => {
             // Tool output fed back to the model: OpenAI `role: tool`, Anthropic `tool_result`
@@ -390,8 +396,18 @@ fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
             } else {
                 bucket
             };
+            // A tool call's input as an object (Anthropic `tool_use`): every string is content,
+            // whatever its member is named (`url`, `data`, `id` are arguments here).
+            let tool_use = matches!(
+                ty,
+                Some("tool_use") | Some("server_tool_use") | Some("mcp_tool_use")
+            );
             for (k, x) in m {
-                if is_meta_member(k, ty) {
+                if tool_use && k == "input" {
+                    strings_except(x, &[], bucket_text(out, bucket));
+                    continue;
+                }
+                if is_meta_member(k, x, ty) {
                     continue;
                 }
                 let b = if k == "tools" || k == "functions" {
@@ -750,6 +766,38 @@ mod tests {
         assert!(a.prompt.contains("sys") && a.prompt.contains("question"));
         assert!(!a.prompt.contains("result text"));
         assert_eq!(a.tool_results, "result text");
+    }
+
+    /// Members named like settings are skipped only where they hold a plain value: a tool
+    /// schema's `data` property, a response format's schema and a `tool_use` input's `url`
+    /// are read; an image's `data` and a message's `id` are not.
+    #[test]
+    fn settings_names_holding_structure_are_read() {
+        let t = request_texts(&json!({
+            "model": "m",
+            "text": {"format": {"type": "json_schema", "name": "r",
+                "schema": {"properties": {"a": {"description": "schema words"}}}}},
+            "messages": [
+                {"role": "assistant", "id": "msg_1", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "get",
+                     "input": {"url": "input url words", "data": {"note": "input data words"}}},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                     "data": "iVBORw0KGgo"}}
+                ]}
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                "type": "object",
+                "properties": {"data": {"type": "string", "description": "tool data words"},
+                               "url": {"type": "string", "description": "tool url words"}}}}}]
+        }));
+        for want in ["schema words", "input url words", "input data words"] {
+            assert!(t.prompt.contains(want), "{want} in {:?}", t.prompt);
+        }
+        for want in ["tool data words", "tool url words"] {
+            assert!(t.tool_descriptions.contains(want), "{want}");
+        }
+        assert!(!t.prompt.contains("iVBORw0KGgo") && !t.prompt.contains("msg_1"));
+        assert!(!t.prompt.contains("image/png"));
     }
 
     #[test]

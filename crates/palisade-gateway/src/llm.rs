@@ -402,6 +402,11 @@ async fn proxy(
     rec.key_id = Some(key.id.clone());
     rec.key_name = Some(key.name.clone());
     rec.group = key.group.clone();
+    if let Some(problem) = crate::shape::path_problem(req.uri().path()) {
+        return Err(ProxyError::BadRequest(format!(
+            "the request path has {problem}; send it in its plain form (e.g. `/v1/chat/completions`)"
+        )));
+    }
     let admission = shared
         .accounting
         .admit(&key, &rt.spec.name, shared.alert.as_ref(), rec)?;

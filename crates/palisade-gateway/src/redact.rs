@@ -196,7 +196,7 @@ fn kept_in_clear(k: &str, v: &Value, request: bool, text_type: bool) -> bool {
         "user" | "url" | "image_url" if request => {
             v.as_str().is_some_and(|s| s.starts_with("data:"))
         }
-        _ => is_meta_member(k, text_type.then_some("text")),
+        _ => is_meta_member(k, v, text_type.then_some("text")),
     }
 }
 

@@ -61,6 +61,37 @@ impl Endpoint {
     }
 }
 
+/// Why a request path is not in the one spelling the gateway recognises, if it is not: an
+/// empty segment (`//`), a dot segment (`.`, `..`), or a percent-encoded character that needs no
+/// encoding (a letter, digit, `-._~`, `/` or `\`). An upstream may merge, resolve or decode
+/// these and serve `/v1/chat/%63ompletions` as chat completions, which the gateway would have
+/// taken for a path it does not model (no redaction, no governance prompt, no model check of
+/// its shape); such a path is refused instead.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    let b = path.as_bytes();
+    if path.contains("//") {
+        return Some("an empty segment (`//`)");
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Some("a dot segment (`.` or `..`)");
+    }
+    let hex = |c: u8| (c as char).to_digit(16);
+    for i in 0..b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            let c = (h * 16 + l) as u8;
+            if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) {
+                return Some("a percent-encoded character that needs no encoding");
+            }
+        }
+    }
+    None
+}
+
 /// A JSON error body in the API's own shape, carrying the request id.
 pub fn error_body(
     api: LlmApi,
@@ -163,6 +194,33 @@ mod tests {
             Endpoint::classify(&Method::POST, "/v1/files"),
             Endpoint::Other
         );
+    }
+
+    #[test]
+    fn paths_in_another_spelling_are_named() {
+        for ok in [
+            "/v1/chat/completions",
+            "/v1/models/ft%3Agpt-4o%3Aorg",
+            "/v1/files/a%20b",
+            "/",
+            "/v1/chat/completions/",
+        ] {
+            assert_eq!(path_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "//v1/chat/completions",
+            "/v1//chat/completions",
+            "/v1/./chat/completions",
+            "/v1/x/../chat/completions",
+            "/v1/chat/%63ompletions",
+            "/v1/chat%2Fcompletions",
+            "/v1/chat%2fcompletions",
+            "/v1%5Cchat/completions",
+            "/v1/chat/completions%2E",
+            "/v1/%7Emodels",
+        ] {
+            assert!(path_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

@@ -1475,6 +1475,41 @@ async fn compressed_bodies_the_gateway_must_read_are_refused() {
     }
 }
 
+/// A path in another spelling of a modelled one (`%63` for `c`, `//`, `..`) is refused: the
+/// upstream may serve it as chat completions, which the gateway would not have recognised.
+#[tokio::test]
+async fn paths_in_another_spelling_are_refused() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config_for(&mock.url)).await;
+    let url = gw.proxy_url("oai").await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    for path in [
+        "/v1/chat/%63ompletions",
+        "//v1/chat/completions",
+        "/v1/chat%2Fcompletions",
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .bearer_auth(CI_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("plain form"), "{path}: {v}");
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// A second shutdown signal during the drain answers the requests still waiting (503) at once
 /// instead of after the drain time.
 #[tokio::test]

@@ -51,8 +51,16 @@ struct HubState {
     tokens: HashMap<String, u64>,
     /// Open GET streams per session.
     streams: HashMap<String, Sink>,
+    /// Requests of the server waiting for a client's answer, by the id the gateway gave them:
+    /// the session they went to and the server's own id. Only that session's answer is passed
+    /// on (another session could otherwise answer a sampling request meant for the first).
+    asks: HashMap<String, (String, Value)>,
     closed: Option<String>,
 }
+
+/// Most server requests waiting for a client's answer at once; past it the server is told to
+/// wait.
+const MAX_SERVER_ASKS: usize = 1024;
 
 impl HubState {
     /// The stream of the one client session a message the server sends on its own can belong
@@ -79,6 +87,20 @@ impl HubState {
             (Some(only), None) => Some(only),
             _ => None,
         }
+    }
+
+    /// The session a sink belongs to (a request's stream or a GET stream).
+    fn session_of(&self, sink: &Sink) -> Option<String> {
+        self.waiters
+            .values()
+            .find(|w| w.sink.same_channel(sink) && !w.session.is_empty())
+            .map(|w| w.session.clone())
+            .or_else(|| {
+                self.streams
+                    .iter()
+                    .find(|(_, s)| s.same_channel(sink))
+                    .map(|(k, _)| k.clone())
+            })
     }
 
     /// Whether any client session is connected (a request in flight or a GET stream open).
@@ -214,8 +236,27 @@ impl Hub {
                 // A server request (sampling, elicitation, roots): to the one session that can
                 // have caused it. When several could, none gets it (a sampling request may
                 // carry one client's data to another): the server is told why.
-                match st.sole_session() {
-                    Some(s) => deliver(&self.proxy, s, m),
+                let to = st
+                    .sole_session()
+                    .cloned()
+                    .and_then(|sink| Some((st.session_of(&sink)?, sink)));
+                match to {
+                    Some(_) if st.asks.len() >= MAX_SERVER_ASKS => {
+                        let answer = rpc_error(
+                            &m["id"],
+                            -32603,
+                            "too many requests of this MCP server are waiting for clients",
+                        );
+                        let _ = self.out.try_send(Bytes::from(answer.to_string()));
+                    }
+                    Some((session, sink)) => {
+                        // Renumbered, so only the session it went to can answer it.
+                        let ours =
+                            format!("palisade-ask-{}", self.next.fetch_add(1, Ordering::Relaxed));
+                        let theirs = std::mem::replace(&mut m["id"], Value::from(ours.clone()));
+                        st.asks.insert(ours, (session, theirs));
+                        deliver(&self.proxy, &sink, m);
+                    }
                     None => {
                         let why = if st.has_clients() {
                             "several client sessions share this MCP server and the gateway cannot tell which one this request is for"
@@ -283,9 +324,11 @@ impl Hub {
         Some(rx)
     }
 
-    /// Forgets a session's streams.
+    /// Forgets a session's streams and the server requests waiting for its answer.
     pub(crate) fn end_session(&self, session: &str) {
-        self.lock().streams.remove(session);
+        let mut st = self.lock();
+        st.streams.remove(session);
+        st.asks.retain(|_, (s, _)| s != session);
     }
 
     /// Performs the `initialize` handshake on this connection once; later calls get the same
@@ -395,6 +438,24 @@ impl Hub {
                             },
                         );
                         expected += 1;
+                    }
+                    // An answer to a server request: only from the session it was sent to,
+                    // with the server's own id back.
+                    (None, true) => {
+                        let ours = m["id"].as_str().map(str::to_owned);
+                        match ours.and_then(|id| {
+                            let (s, _) = st.asks.get(&id)?;
+                            (s == session).then_some(id)
+                        }) {
+                            Some(id) => {
+                                let (_, theirs) = st.asks.remove(&id).unwrap_or_default();
+                                m["id"] = theirs;
+                            }
+                            None => {
+                                tracing::debug!(proxy = %self.proxy, "a client answered a server request that was not sent to its session; not passed on");
+                                continue;
+                            }
+                        }
                     }
                     // Sent once by the gateway when it initialized the connection.
                     (Some("notifications/initialized"), false) => continue,
@@ -568,7 +629,9 @@ mod tests {
         answer.send(Inbound::Message(log.clone())).await.unwrap();
         answer.send(Inbound::Message(ask.clone())).await.unwrap();
         assert_eq!(ga.recv().await.unwrap(), log);
-        assert_eq!(ga.recv().await.unwrap(), ask);
+        let got = ga.recv().await.unwrap();
+        assert_eq!(got["method"], "roots/list");
+        assert!(got["id"].as_str().unwrap().starts_with("palisade-ask-"));
     }
 
     #[tokio::test]
@@ -599,8 +662,26 @@ mod tests {
         while let Some(m) = rx.recv().await {
             got.push(m);
         }
-        assert!(got.contains(&ask) && got.contains(&log), "{got:?}");
+        assert!(got.contains(&log), "{got:?}");
+        let relayed = got
+            .iter()
+            .find(|m| m["method"] == "sampling/createMessage")
+            .expect("the server request")
+            .clone();
+        let ours = relayed["id"].as_str().unwrap().to_string();
+        assert!(ours.starts_with("palisade-ask-"), "{relayed}");
         assert!(ga.try_recv().is_err() && gb.try_recv().is_err());
+        // Only session a can answer it, and the server gets its own id back.
+        let reply = json!({"jsonrpc": "2.0", "id": ours, "result": {"content": "x"}});
+        hub.post("sb", vec![reply.clone()]).await.unwrap();
+        hub.post("sa", vec![reply]).await.unwrap();
+        let passed = next_sent(&mut sent).await;
+        assert_eq!(passed["id"], "s1", "{passed}");
+        assert_eq!(passed["result"]["content"], "x");
+        assert!(
+            sent.try_recv().is_err(),
+            "session b's answer was not passed on"
+        );
         // Requests of two sessions in flight: whose it is cannot be told.
         let h = hub.clone();
         let _a = tokio::spawn(async move { h.post("sa", vec![call("2")]).await });
