@@ -28,11 +28,22 @@ impl AppState {
     /// Rebuilds the data plane's key index from the store; called after every key or group
     /// change so a revoked key is refused by the very next request on every proxy.
     pub async fn reload_keys(&self) -> ApiResult<()> {
+        self.reload_keys_revoking(None).await
+    }
+
+    /// [`Self::reload_keys`] after the key named `revoked` was revoked in the store: it leaves
+    /// the data plane's index first, so a failure to read the store again (answered 500) does
+    /// not leave it usable.
+    async fn reload_keys_revoking(&self, revoked: Option<&str>) -> ApiResult<()> {
         // One reload at a time, each reading the store after the one before it swapped: a
         // reload that read before a revocation cannot swap its older index in after the
         // revocation's own reload.
         static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _turn = RELOADING.lock().await;
+        if let Some(name) = revoked {
+            let keys = &self.manager.shared().keys;
+            keys.store(Arc::new(keys.load().without(name)));
+        }
         let keys = self.store.active_keys().await?;
         self.manager
             .shared()
@@ -395,7 +406,7 @@ pub async fn revoke_key(
     Path(name): Path<String>,
 ) -> ApiResult<Json<ApiKeyRow>> {
     let row = s.store.revoke_key(&name, u.actor()).await?;
-    s.reload_keys().await?;
+    s.reload_keys_revoking(Some(&name)).await?;
     Ok(Json(row))
 }
 

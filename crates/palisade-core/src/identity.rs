@@ -51,6 +51,19 @@ impl KeyIndex {
         }
     }
 
+    /// This index without the key named `name` (a revocation takes effect at once, before the
+    /// index is read again from the store).
+    pub fn without(&self, name: &str) -> Self {
+        Self {
+            by_hash: self
+                .by_hash
+                .iter()
+                .filter(|(_, k)| k.name != name)
+                .map(|(h, k)| (*h, k.clone()))
+                .collect(),
+        }
+    }
+
     /// Number of active keys.
     pub fn len(&self) -> usize {
         self.by_hash.len()
@@ -94,5 +107,9 @@ mod tests {
         assert!(idx.lookup("pal_b", 50).is_some());
         assert!(idx.lookup("pal_b", 100).is_none());
         assert!(idx.lookup("pal_c", 0).is_none());
+        let rest = idx.without("a");
+        assert!(rest.lookup("pal_a", 1000).is_none());
+        assert!(rest.lookup("pal_b", 50).is_some());
+        assert_eq!((idx.len(), rest.len()), (2, 1));
     }
 }

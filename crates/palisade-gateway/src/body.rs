@@ -171,7 +171,14 @@ pub struct Relay {
     close_delimited: bool,
     /// The stream's last event (`[DONE]`, `message_stop`, `response.completed`…) came.
     ended: bool,
+    /// A JSON answer relayed as bytes (a path the gateway does not model, such as
+    /// `/v1/completions`): its bytes so far, read for its token count at the end; `None` when
+    /// not wanted or past [`MAX_USAGE_READ`].
+    json_answer: Option<Vec<u8>>,
 }
+
+/// Most bytes of a relayed JSON answer kept to read its token count.
+const MAX_USAGE_READ: usize = 1 << 20;
 
 /// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
 /// what it finds goes into the request's findings, so the request's record shows it.
@@ -221,7 +228,16 @@ impl Relay {
             responses: None,
             close_delimited: false,
             ended: false,
+            json_answer: None,
         }
+    }
+
+    /// The answer is JSON relayed as bytes: its token count (`usage`) is read when it ends.
+    pub fn read_json_usage(mut self) -> Self {
+        if matches!(self.mode, Mode::Raw) {
+            self.json_answer = Some(Vec::new());
+        }
+        self
     }
 
     /// The upstream's body is delimited by the connection's close.
@@ -302,6 +318,21 @@ impl Relay {
                 && let Some(u) = self.rewriter.as_mut()
             {
                 u.discard();
+            }
+            if error.is_none()
+                && let Some(buf) = self.json_answer.take()
+                && self.usage.absorb_json(&buf)
+                && f.record.model.is_none()
+            {
+                // Priced by the model that answered (the request's body was not read).
+                #[derive(serde::Deserialize)]
+                struct Served {
+                    model: Option<String>,
+                }
+                f.record.model = serde_json::from_slice::<Served>(&buf)
+                    .ok()
+                    .and_then(|s| s.model)
+                    .map(|m| m.chars().take(200).collect());
             }
             let mut error = error;
             // An answer that began (its headers came) was billed for its prompt by the provider,
@@ -455,6 +486,13 @@ impl Relay {
                     };
                     let deadline = tokio::time::Instant::now() + this.idle;
                     this.sleep.as_mut().reset(deadline);
+                    if let Some(buf) = this.json_answer.as_mut() {
+                        if buf.len() + data.len() <= MAX_USAGE_READ {
+                            buf.extend_from_slice(&data);
+                        } else {
+                            this.json_answer = None;
+                        }
+                    }
                     let out = match &mut this.mode {
                         Mode::Raw => data,
                         Mode::Sse(split) => match split.push(data) {

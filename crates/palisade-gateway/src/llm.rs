@@ -605,6 +605,13 @@ async fn proxy(
         } else {
             relay
         };
+        // A JSON answer on a path the gateway does not model (`/v1/completions`) is charged
+        // by the token count it carries.
+        let relay = if endpoint == Endpoint::Other && !is_sse && is_json_type(&up_parts.headers) {
+            relay.read_json_usage()
+        } else {
+            relay
+        };
         // New sensitive values in a streamed answer are masked as it flows; the request's own
         // values keep their placeholders, which unmasking restores.
         // A `block` rule on answers needs the same holding back: a value whose end has not

@@ -254,6 +254,14 @@ impl Default for SessionOwners {
 }
 
 impl SessionOwners {
+    /// Whether `key` may use `session` on `proxy`: the session is its own, or not known.
+    pub(crate) fn allows(&self, proxy: &str, session: &str, key: &str) -> bool {
+        self.0
+            .lock()
+            .get(proxy, session)
+            .is_none_or(|owner| owner == key)
+    }
+
     /// Whether `key` may use `session` on `proxy`; binds the session to it when it is new.
     pub(crate) fn claim(&self, proxy: &str, session: &str, key: &str) -> bool {
         let mut t = self.0.lock();
@@ -360,7 +368,7 @@ async fn serve(
     let key = gate(shared, rt, req.headers(), rec)?;
     let proxy = rt.spec.name.as_str();
     if let Some(s) = rec.session.as_deref()
-        && !shared.session_owners.claim(proxy, s, &key.id)
+        && !shared.session_owners.allows(proxy, s, &key.id)
     {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -370,11 +378,18 @@ async fn serve(
     }
     let ending = req.method() == Method::DELETE;
     let resp = serve_checked(shared, rt, req, rec, findings, t0).await?;
-    // A session the upstream just opened belongs to this key; one it ended is forgotten.
+    // A session the upstream just opened belongs to this key, and so does one the gateway did
+    // not know that the upstream accepted (opened before a restart, or forgotten); session ids
+    // the upstream refuses are never remembered (they would crowd out real ones).
     if let Some(s) = resp
         .headers()
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
+    {
+        shared.session_owners.claim(proxy, s, &key.id);
+    } else if resp.status().is_success()
+        && !ending
+        && let Some(s) = rec.session.as_deref()
     {
         shared.session_owners.claim(proxy, s, &key.id);
     }

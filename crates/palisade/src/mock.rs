@@ -219,6 +219,7 @@ async fn handle(
         (&Method::POST, "/v1/responses") => responses(&cfg, &json_body, &model, stream),
         (&Method::POST, "/v1/messages") => messages(&cfg, &json_body, &model, stream),
         (&Method::POST, "/v1/embeddings") => embeddings(&json_body, &model),
+        (&Method::POST, "/v1/completions") => completions(&json_body, &model),
         _ => full(
             StatusCode::NOT_FOUND,
             json!({"error": {"message": format!("mock: no route {method} {path}"), "type": "not_found"}}),
@@ -314,6 +315,19 @@ fn chat(cfg: &MockConfig, body: &Value, model: &str, stream: bool) -> Response<M
     }
     events.push("data: [DONE]\n\n".into());
     sse(cfg, events)
+}
+
+/// A legacy text completion (not streamed), with its token count.
+fn completions(body: &Value, model: &str) -> Response<MockBody> {
+    let prompt = body.get("prompt").and_then(Value::as_str).unwrap_or("");
+    let text = answer_for(prompt);
+    let (pt, ct) = (tokens(prompt), tokens(&text));
+    full(
+        StatusCode::OK,
+        json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}),
+    )
 }
 
 fn responses(cfg: &MockConfig, body: &Value, model: &str, stream: bool) -> Response<MockBody> {

@@ -315,6 +315,27 @@ async fn streams_are_accounted_without_showing_the_usage_chunk() {
     let rows = gw.wait_requests("proxy=oai&model=unpriced-model", 1).await;
     assert_eq!(rows[0]["cost_unknown"], true);
     assert_eq!(rows[0]["cost_usd"], 0.0);
+    // A JSON answer on a path the gateway does not model is charged by its own count.
+    let r = c
+        .post(format!("{url}/v1/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "prompt": "complete this legacy prompt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    let rows = gw.wait_requests("proxy=oai&endpoint=other", 1).await;
+    assert_eq!(
+        rows[0]["prompt_tokens"], answer["usage"]["prompt_tokens"],
+        "{}",
+        rows[0]
+    );
+    assert_eq!(
+        rows[0]["completion_tokens"],
+        answer["usage"]["completion_tokens"]
+    );
+    assert!(rows[0]["cost_usd"].as_f64().unwrap() > 0.0, "{}", rows[0]);
 }
 
 #[tokio::test]
