@@ -83,11 +83,17 @@ pub fn inject(body: &mut Value, endpoint: Endpoint, text: &str) -> bool {
             true
         }
         Endpoint::Responses => {
-            let merged = match m.get("instructions").and_then(Value::as_str) {
-                Some(s) if !s.is_empty() => format!("{text}\n\n{s}"),
-                _ => text.to_string(),
-            };
-            m.insert("instructions".into(), Value::String(merged));
+            match m.get_mut("instructions") {
+                Some(Value::String(s)) if !s.is_empty() => *s = format!("{text}\n\n{s}"),
+                // Instructions given as input items: the prompt goes first among them.
+                Some(Value::Array(items)) => items.insert(
+                    0,
+                    json!({"type": "message", "role": "system", "content": text}),
+                ),
+                _ => {
+                    m.insert("instructions".into(), Value::String(text.to_string()));
+                }
+            }
             true
         }
         _ => false,
@@ -148,6 +154,14 @@ mod tests {
         inject(&mut resp, Endpoint::Responses, "gov");
         assert_eq!(resp["instructions"], "gov");
         assert!(resp.get("system").is_none(), "{resp}");
+        let mut resp = json!({"input": "q", "instructions": "client"});
+        inject(&mut resp, Endpoint::Responses, "gov");
+        assert_eq!(resp["instructions"], "gov\n\nclient");
+        let item = json!({"type": "message", "role": "developer", "content": "client"});
+        let mut resp = json!({"input": "q", "instructions": [item.clone()]});
+        inject(&mut resp, Endpoint::Responses, "gov");
+        assert_eq!(resp["instructions"][0]["content"], "gov");
+        assert_eq!(resp["instructions"][1], item, "the client's own stays");
         // Embeddings and other paths have no instructions: nothing is added.
         for e in [Endpoint::Embeddings, Endpoint::Other] {
             let mut body = json!({"input": "q"});
