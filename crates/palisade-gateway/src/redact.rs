@@ -67,9 +67,10 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                     Value::String(s) if is_json_text_key(k) => {
                         redact_json_text(set, s, t, map, request);
                     }
-                    // A tool call's input as an object (Anthropic `tool_use`): its members'
-                    // names are context, as in JSON-text arguments.
-                    Value::Object(_) if tool_use && k == "input" => {
+                    // A tool call's input as an object (Anthropic `tool_use`), and an MCP
+                    // tool's structured result: every member is content (`url`, `data`, `id`
+                    // too), and its name is context, as in JSON-text arguments.
+                    Value::Object(_) if tool_use && k == "input" || k == "structuredContent" => {
                         redact_members(set, x, t, map, request);
                     }
                     _ => walk_mut(set, x, t, map, request),
@@ -2050,6 +2051,25 @@ mod tests {
         );
         unmask_value(&mut args, &map);
         assert_eq!(args, input);
+    }
+
+    /// An MCP tool's structured result is content whatever its members are named: a secret
+    /// under `data` or `url` is masked like one under `note`; an image's `data` stays.
+    #[test]
+    fn structured_tool_results_are_masked_under_every_member_name() {
+        let set = PolicySet::compile(&[secrets_pack()]).unwrap();
+        let mut result = json!({
+            "content": [{"type": "image", "data": "iVBORw0KGgo", "mimeType": "image/png"}],
+            "structuredContent": {"data": {"password": "Tr0ub4dor&3"},
+                "url": "api_key=a8f3k2m9x7q1w5e4r6t0", "id": "password: Tr0ub4dor&3"}
+        });
+        assert!(mask_new(&set, &mut result, Target::ToolResult, &RedactionMap::new()) >= 2);
+        let sent = result.to_string();
+        assert!(
+            !sent.contains("Tr0ub4dor") && !sent.contains("a8f3k2m9"),
+            "{sent}"
+        );
+        assert_eq!(result["content"][0]["data"], "iVBORw0KGgo");
     }
 
     #[test]
