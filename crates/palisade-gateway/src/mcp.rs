@@ -30,7 +30,7 @@ use crate::body::{EventMapper, Finisher, ProxyBody, Relay};
 use crate::inspect::{Findings, tool_call_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
-use crate::redact::{RedactionMap, mask_new, unmask_value};
+use crate::redact::{RedactionMap, mask_new_everywhere, unmask_value};
 use crate::sse::{for_each_event, raw_events};
 use crate::upstream::is_json;
 
@@ -862,7 +862,10 @@ pub(crate) async fn send(
         ctx.withheld(findings, &msg);
         return Err(refuse_pending(&ctx.pending, StatusCode::BAD_GATEWAY, &msg));
     }
-    let bytes = if checkable && answers_requests {
+    // Every JSON body is read and checked, whatever its status and whatever the client sent:
+    // the answer to a notification, or an error page, can carry messages a client acts on (a
+    // server request, an answer timed to beat the real one).
+    let bytes = if checkable && !bytes.is_empty() {
         match crate::json::parse(&bytes) {
             Ok(mut v) => {
                 let mut changed = ctx.process(&mut v, rec, findings);
@@ -873,15 +876,23 @@ pub(crate) async fn send(
                 if ctx.withheld_any && v.is_object() {
                     status = StatusCode::BAD_GATEWAY;
                 }
-                if changed {
-                    Bytes::from(v.to_string())
-                } else {
-                    bytes
+                match &v {
+                    // Everything in it was withheld.
+                    Value::Null => Bytes::new(),
+                    Value::Array(a) if a.is_empty() => Bytes::new(),
+                    _ if changed => Bytes::from(v.to_string()),
+                    _ => bytes,
                 }
             }
-            Err(_) if !status.is_success() => bytes,
             Err(e) => {
-                let msg = format!("upstream MCP server answered with malformed JSON: {e}");
+                let msg = if status.is_success() {
+                    format!("upstream MCP server answered with malformed JSON: {e}")
+                } else {
+                    format!(
+                        "upstream MCP server answered HTTP {} with malformed JSON: {e}",
+                        status.as_u16()
+                    )
+                };
                 ctx.withheld(findings, &msg);
                 return Err(refuse_pending(&ctx.pending, StatusCode::BAD_GATEWAY, &msg));
             }
@@ -1573,7 +1584,7 @@ impl Ctx {
         let Some(params) = m.get_mut("params") else {
             return false;
         };
-        let new = mask_new(&insp.set, params, Target::ToolResult, &self.pending.unmask);
+        let new = mask_new_everywhere(&insp.set, params, Target::ToolResult, &self.pending.unmask);
         if new == 0 {
             return false;
         }
@@ -1608,7 +1619,7 @@ impl Ctx {
     }
 
     /// Masks new sensitive values in a tool's result (`redact` rules on `tool_result`, see
-    /// [`mask_new`]; the known values are the call's arguments'). Returns whether it changed.
+    /// [`mask_new_everywhere`]; the known values are the call's arguments'). Returns whether it changed.
     fn redact_result(
         &self,
         insp: &crate::inspect::Inspector,
@@ -1621,7 +1632,7 @@ impl Ctx {
         {
             return false;
         }
-        let new = mask_new(&insp.set, result, Target::ToolResult, &self.pending.unmask);
+        let new = mask_new_everywhere(&insp.set, result, Target::ToolResult, &self.pending.unmask);
         if self.rt.spec.unmask && !self.pending.unmask.is_empty() {
             unmask_value(result, &self.pending.unmask);
         }
@@ -1819,9 +1830,25 @@ impl ReplyTo {
 /// tool's content and structured content, a sampling request's system prompt and messages, an
 /// elicitation's message and schema, a log entry's data) but identifiers and `_meta`.
 fn server_message_text(params: &Value) -> String {
+    fn walk(v: &Value, out: &mut String) {
+        match v {
+            Value::String(_) => crate::inspect::strings_except(v, &[], out),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match k.as_str() {
+                        "_meta" | "progressToken" | "requestId" | "mimeType" => {}
+                        // The server's own data: every string, whatever its member is named.
+                        "structuredContent" => crate::inspect::strings_except(x, &[], out),
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
     let mut out = String::new();
-    let ids = ["_meta", "progressToken", "requestId", "mimeType"];
-    crate::inspect::strings_except(params, &ids, &mut out);
+    walk(params, &mut out);
     out
 }
 
@@ -1836,6 +1863,19 @@ fn has_event_id(ev: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_message_text_reads_structured_content_whole() {
+        let text = server_message_text(&json!({
+            "content": [{"type": "text", "text": "shown", "mimeType": "text/plain"}],
+            "_meta": {"note": "meta words"},
+            "structuredContent": {"requestId": "hidden words", "_meta": {"x": "inner words"}}
+        }));
+        for want in ["shown", "hidden words", "inner words"] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        assert!(!text.contains("meta words") && !text.contains("text/plain"));
+    }
 
     #[test]
     fn hosts_and_origins() {

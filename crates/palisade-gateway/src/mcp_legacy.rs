@@ -492,6 +492,14 @@ async fn deliver(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let sse = is_event_stream(resp.headers());
+    // Only what the gateway read and checked goes on the stream: a JSON or event-stream body
+    // (another type is relayed to Streamable HTTP clients as it is, unread).
+    let checked = sse
+        || resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(crate::upstream::is_json);
     let mut answered = vec![false; requests.len()];
     let mut failure: Option<(i64, String)> = None;
     let mut on_message = |data: &[u8]| -> bool {
@@ -538,7 +546,7 @@ async fn deliver(
         match resp.into_body().collect().await {
             Ok(b) => {
                 let bytes = b.to_bytes();
-                if !bytes.is_empty() {
+                if checked && !bytes.is_empty() {
                     on_message(&bytes);
                 }
                 true

@@ -148,11 +148,32 @@ fn redact_members(
     map: &mut RedactionMap,
     request: bool,
 ) {
+    members(set, v, target, map, request, false);
+}
+
+/// [`redact_members`]; `skip_media`: inline media (`data` of an image or audio item, a
+/// resource's `blob`) and `_meta` are left as they are (an MCP result or server message).
+fn members(
+    set: &PolicySet,
+    v: &mut Value,
+    target: Target,
+    map: &mut RedactionMap,
+    request: bool,
+    skip_media: bool,
+) {
     match v {
         Value::Object(m) => {
+            let media = skip_media
+                && matches!(
+                    m.get("type").and_then(Value::as_str),
+                    Some("image") | Some("audio")
+                );
             for (k, x) in m.iter_mut() {
+                if skip_media && (k == "blob" || k == "_meta" || media && k == "data") {
+                    continue;
+                }
                 let Value::String(value) = x else {
-                    redact_members(set, x, target, map, request);
+                    members(set, x, target, map, request, skip_media);
                     continue;
                 };
                 let name = format!("{}: ", Value::from(k.as_str()));
@@ -180,7 +201,7 @@ fn redact_members(
         }
         Value::Array(a) => a
             .iter_mut()
-            .for_each(|x| redact_members(set, x, target, map, request)),
+            .for_each(|x| members(set, x, target, map, request, skip_media)),
         _ => walk_mut(set, v, target, map, request),
     }
 }
@@ -222,6 +243,21 @@ pub fn redact_arguments(set: &PolicySet, v: &mut Value, target: Target, map: &mu
 pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &RedactionMap) -> usize {
     let mut map = known.clone();
     walk_mut(set, v, target, &mut map, false);
+    propagate(v, &map[known.len()..], false);
+    map.len() - known.len()
+}
+
+/// [`mask_new`] for an MCP tool result or a message an MCP server sends on its own: every
+/// string is content there, whatever its member is named (a log line's `data`, a `url`, an
+/// `id`), and is masked with its member's name as context; inline media and `_meta` are not.
+pub fn mask_new_everywhere(
+    set: &PolicySet,
+    v: &mut Value,
+    target: Target,
+    known: &RedactionMap,
+) -> usize {
+    let mut map = known.clone();
+    members(set, v, target, &mut map, false, true);
     propagate(v, &map[known.len()..], false);
     map.len() - known.len()
 }
@@ -2070,6 +2106,29 @@ mod tests {
             "{sent}"
         );
         assert_eq!(result["content"][0]["data"], "iVBORw0KGgo");
+    }
+
+    /// In an MCP result or server message every string is masked, a log line's `data` and a
+    /// `url` too; inline media and `_meta` are left alone.
+    #[test]
+    fn mcp_messages_are_masked_under_every_member_name() {
+        let set = PolicySet::compile(&[secrets_pack()]).unwrap();
+        let mut log = json!({"level": "info", "data": "connecting with password: Tr0ub4dor&3",
+            "logger": "db", "url": "api_key=a8f3k2m9x7q1w5e4r6t0"});
+        assert!(mask_new_everywhere(&set, &mut log, Target::ToolResult, &RedactionMap::new()) >= 2);
+        let sent = log.to_string();
+        assert!(
+            !sent.contains("Tr0ub4dor") && !sent.contains("a8f3k2m9"),
+            "{sent}"
+        );
+        assert_eq!(log["logger"], "db");
+        let mut result = json!({"content": [
+            {"type": "image", "data": "iVBORw0KGgo", "mimeType": "image/png"},
+            {"type": "resource", "resource": {"uri": "file:///a", "blob": "cGFzc3dvcmQ="}}],
+            "_meta": {"trace": "t1"}});
+        let before = result.clone();
+        mask_new_everywhere(&set, &mut result, Target::ToolResult, &RedactionMap::new());
+        assert_eq!(result, before);
     }
 
     #[test]

@@ -31,7 +31,8 @@ struct State {
     /// (answer id 2 as "2"), `body` (this text instead of the answer), `content_type`,
     /// `tool_result` (the result of every `tools/call`), `results` (method → the result of
     /// every request of that method, known or not), `truncated` (the connection closes in the
-    /// middle of the answer), `event_ids: false` (SSE events without
+    /// middle of the answer), `status` (the HTTP status of answers), `notification_body` (this
+    /// JSON text as the answer to a notification), `event_ids: false` (SSE events without
     /// an `id:` line, so a stream cannot be resumed; with ids, the answer `body` replaced is sent
     /// on the resumed stream).
     quirks: Mutex<Value>,
@@ -359,12 +360,18 @@ async fn handle(
         ));
     };
     let Some(id) = msg.get("id") else {
-        return Ok(reply(
-            StatusCode::ACCEPTED,
-            String::new(),
-            "text/plain",
-            None,
-        ));
+        // The `notification_body` quirk: a JSON body where a notification gets none.
+        let quirk = state
+            .quirks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get("notification_body")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        return Ok(match quirk {
+            Some(b) => reply(StatusCode::OK, b, "application/json", None),
+            None => reply(StatusCode::ACCEPTED, String::new(), "text/plain", None),
+        });
     };
     let new_session = (m == "initialize").then(palisade_core::crypto::random_id);
     if m != "initialize" && session.is_none() && !state.stateless {
@@ -434,7 +441,11 @@ async fn handle(
         (text, "application/json")
     };
     let ct = quirks["content_type"].as_str().unwrap_or(ct);
-    let mut r = reply(StatusCode::OK, body, ct, sid);
+    let status = quirks["status"]
+        .as_u64()
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut r = reply(status, body, ct, sid);
     if quirks["truncated"] == true {
         r.headers_mut()
             .insert(CUT, http::HeaderValue::from_static("1"));

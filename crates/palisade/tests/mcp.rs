@@ -1737,6 +1737,26 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
         let (_, text) = c.list_raw(9).await;
         assert!(!text.contains("\"add\""), "sse={sse}: {text}");
         assert!(text.contains("appears twice"), "sse={sse}: {text}");
+        // Nor an error page that names a member twice.
+        mock_set(&mock, "quirks", json!({"body": twice, "status": 500})).await;
+        let (status, text) = c.list_raw(10).await;
+        assert!(!text.contains("\"add\""), "sse={sse}: {text}");
+        if !sse {
+            assert_eq!(status, 502, "{text}");
+            assert!(text.contains("HTTP 500 with malformed JSON"), "{text}");
+        }
+        // The answer to a notification is checked too: an answer to no request in it (timed
+        // to beat the real one) is withheld.
+        let sneaked = r#"{"jsonrpc":"2.0","id":11,"result":{"tools":[{"name":"add"}]}}"#;
+        mock_set(&mock, "quirks", json!({"notification_body": sneaked})).await;
+        let r = c
+            .raw(
+                json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}),
+                &[],
+            )
+            .await;
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("\"add\""), "sse={sse}: {text}");
         // Nor is an answer in a content type the gateway does not check.
         if !sse {
             mock_set(&mock, "quirks", json!({"content_type": "text/plain"})).await;
@@ -1745,7 +1765,7 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
             assert!(!text.contains("\"add\""));
         }
         // Each withheld answer raised an alert.
-        let want = if sse { 3 } else { 4 };
+        let want = if sse { 5 } else { 6 };
         let n = gw.wait_alerts("kind=mcp_answer", want).await["total"].clone();
         assert_eq!(n, want, "sse={sse}: {n} alerts");
         // A well-behaved server works again.
