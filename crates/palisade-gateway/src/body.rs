@@ -172,13 +172,16 @@ pub struct Relay {
     /// The stream's last event (`[DONE]`, `message_stop`, `response.completed`…) came.
     ended: bool,
     /// A JSON answer relayed as bytes (a path the gateway does not model, such as
-    /// `/v1/completions`): its bytes so far, read for its token count at the end; `None` when
-    /// not wanted or past [`MAX_USAGE_READ`].
-    json_answer: Option<Vec<u8>>,
+    /// `/v1/completions`): its bytes, read for its token count at the end; past
+    /// [`MAX_USAGE_READ`] only its last [`USAGE_TAIL`] bytes (the count comes last). `None`
+    /// when not wanted.
+    json_answer: Option<(Vec<u8>, bool)>,
 }
 
-/// Most bytes of a relayed JSON answer kept to read its token count.
+/// Most bytes of a relayed JSON answer kept whole to read its token count.
 const MAX_USAGE_READ: usize = 1 << 20;
+/// Bytes kept of the end of a longer answer.
+const USAGE_TAIL: usize = 64 << 10;
 
 /// Rewrites runs of complete SSE events before they are forwarded (MCP message processing);
 /// what it finds goes into the request's findings, so the request's record shows it.
@@ -235,7 +238,7 @@ impl Relay {
     /// The answer is JSON relayed as bytes: its token count (`usage`) is read when it ends.
     pub fn read_json_usage(mut self) -> Self {
         if matches!(self.mode, Mode::Raw) {
-            self.json_answer = Some(Vec::new());
+            self.json_answer = Some((Vec::new(), false));
         }
         self
     }
@@ -320,8 +323,13 @@ impl Relay {
                 u.discard();
             }
             if error.is_none()
-                && let Some(buf) = self.json_answer.take()
-                && self.usage.absorb_json(&buf)
+                && let Some((buf, tail)) = self.json_answer.take()
+                && if tail {
+                    self.usage.absorb_json_tail(&buf)
+                } else {
+                    self.usage.absorb_json(&buf)
+                }
+                && !tail
                 && f.record.model.is_none()
             {
                 // Priced by the model that answered (the request's body was not read).
@@ -486,11 +494,13 @@ impl Relay {
                     };
                     let deadline = tokio::time::Instant::now() + this.idle;
                     this.sleep.as_mut().reset(deadline);
-                    if let Some(buf) = this.json_answer.as_mut() {
-                        if buf.len() + data.len() <= MAX_USAGE_READ {
-                            buf.extend_from_slice(&data);
-                        } else {
-                            this.json_answer = None;
+                    if let Some((buf, tail)) = this.json_answer.as_mut() {
+                        buf.extend_from_slice(&data);
+                        if buf.len() > MAX_USAGE_READ {
+                            *tail = true;
+                        }
+                        if *tail && buf.len() > 2 * USAGE_TAIL {
+                            buf.drain(..buf.len() - USAGE_TAIL);
                         }
                     }
                     let out = match &mut this.mode {

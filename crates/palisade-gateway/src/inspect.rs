@@ -403,19 +403,53 @@ fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
                 Some("tool_use") | Some("server_tool_use") | Some("mcp_tool_use")
             );
             for (k, x) in m {
-                if tool_use && k == "input" {
-                    strings_except(x, &[], bucket_text(out, bucket));
-                    continue;
-                }
-                if is_meta_member(k, x, ty) {
-                    continue;
-                }
                 let b = if k == "tools" || k == "functions" {
                     Bucket::ToolDef
                 } else {
                     bucket
                 };
+                if tool_use && k == "input" || reads_whole(k, x) {
+                    keys_and_strings(x, bucket_text(out, b));
+                    continue;
+                }
+                if is_meta_member(k, x, ty) {
+                    continue;
+                }
                 walk(x, b, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Members whose value the model reads whole, names included: tool definitions and the JSON
+/// schemas of tools and answer formats (a property's name, its `format` or `id`, are words the
+/// model sees), and a tool call's arguments given as an object.
+fn reads_whole(k: &str, v: &Value) -> bool {
+    matches!(v, Value::Object(_) | Value::Array(_))
+        && matches!(
+            k,
+            "tools"
+                | "functions"
+                | "parameters"
+                | "input_schema"
+                | "schema"
+                | "json_schema"
+                | "response_format"
+                | "format"
+                | "arguments"
+        )
+}
+
+/// Appends every object member's name and every string of `v`, one per line.
+fn keys_and_strings(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => push(out, s),
+        Value::Array(a) => a.iter().for_each(|x| keys_and_strings(x, out)),
+        Value::Object(m) => {
+            for (k, x) in m {
+                push(out, k);
+                keys_and_strings(x, out);
             }
         }
         _ => {}
@@ -430,12 +464,16 @@ pub fn request_texts(body: &Value) -> RequestTexts {
             if is_meta_key(k) || matches!(k.as_str(), "stream" | "stream_options" | "metadata") {
                 continue;
             }
-            let b = if k == "tools" || k == "functions" {
-                Bucket::ToolDef
-            } else {
-                Bucket::Prompt
-            };
-            walk(v, b, &mut out);
+            if reads_whole(k, v) {
+                let b = if k == "tools" || k == "functions" {
+                    Bucket::ToolDef
+                } else {
+                    Bucket::Prompt
+                };
+                keys_and_strings(v, bucket_text(&mut out, b));
+                continue;
+            }
+            walk(v, Bucket::Prompt, &mut out);
         }
     }
     out
@@ -798,6 +836,25 @@ mod tests {
         }
         assert!(!t.prompt.contains("iVBORw0KGgo") && !t.prompt.contains("msg_1"));
         assert!(!t.prompt.contains("image/png"));
+        // Names and settings-named strings inside schemas and object arguments are read too.
+        let t = request_texts(&json!({
+            "model": "m",
+            "response_format": {"type": "json_schema", "json_schema": {"schema": {
+                "properties": {"named words": {"type": "string", "format": "format words"}}}}},
+            "messages": [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": {"url": "argument words"}}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "g",
+                    "input": {"key words": 1}}]}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                "type": "object", "id": "schema id words",
+                "properties": {"property name words": {"type": "string"}}}}}]
+        }));
+        for want in ["named words", "format words", "argument words", "key words"] {
+            assert!(t.prompt.contains(want), "{want} in {:?}", t.prompt);
+        }
+        for want in ["schema id words", "property name words"] {
+            assert!(t.tool_descriptions.contains(want), "{want}");
+        }
     }
 
     #[test]

@@ -275,6 +275,13 @@ fn check_pass_through(
     findings: &mut Findings,
 ) -> Result<(), ProxyError> {
     if rt.inspector.is_none() && key.allowed_models.is_empty() {
+        // Only the model is read, to price the answer (`/v1/completions`, streamed or not).
+        if body.trim_ascii_start().starts_with(b"{") {
+            rec.model = serde_json::from_slice::<Peek<'_>>(body)
+                .ok()
+                .and_then(|p| p.model)
+                .map(|m| m.chars().take(200).collect());
+        }
         return Ok(());
     }
     // A body that is not JSON, or names a member twice, is scanned whole as text (both copies).
@@ -301,7 +308,16 @@ fn check_pass_through(
     // past a cap would be text no policy saw).
     let text = match &parsed {
         Some(v) => strings_of(v),
-        None => String::from_utf8_lossy(body).into_owned(),
+        None => {
+            let raw = String::from_utf8_lossy(body);
+            // A form writes spaces as `+` (`prompt=Ignore+all+previous…`): read both ways (the
+            // engine decodes `%xx` itself).
+            if raw.contains('+') {
+                format!("{raw}\n{}", raw.replace('+', " "))
+            } else {
+                raw.into_owned()
+            }
+        }
     };
     let blocks = findings.scan(insp, Target::LlmRequest, &text);
     enforce(insp, findings, blocks, "request")
@@ -402,9 +418,16 @@ async fn proxy(
     rec.key_id = Some(key.id.clone());
     rec.key_name = Some(key.name.clone());
     rec.group = key.group.clone();
-    if let Some(problem) = crate::shape::path_problem(req.uri().path()) {
+    let path = req.uri().path();
+    let problem = crate::shape::path_problem(path).or_else(|| {
+        // A modelled path in other letter case: servers that ignore case would serve it.
+        (endpoint == Endpoint::Other
+            && Endpoint::classify(req.method(), &path.to_ascii_lowercase()) != Endpoint::Other)
+            .then_some("letters in another case than the API's")
+    });
+    if let Some(problem) = problem {
         return Err(ProxyError::BadRequest(format!(
-            "the request path has {problem}; send it in its plain form (e.g. `/v1/chat/completions`)"
+            "the request path has {problem}; send it in its plain form"
         )));
     }
     let admission = shared

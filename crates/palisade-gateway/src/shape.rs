@@ -75,6 +75,9 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
     if path.split('/').any(|s| s == "." || s == "..") {
         return Some("a dot segment (`.` or `..`)");
     }
+    if path.contains(';') {
+        return Some("a `;` parameter");
+    }
     let hex = |c: u8| (c as char).to_digit(16);
     for i in 0..b.len() {
         if b[i] == b'%'
@@ -218,6 +221,7 @@ mod tests {
             "/v1%5Cchat/completions",
             "/v1/chat/completions%2E",
             "/v1/%7Emodels",
+            "/v1/chat/completions;x=1",
         ] {
             assert!(path_problem(bad).is_some(), "{bad}");
         }

@@ -160,8 +160,46 @@ impl Usage {
     }
 }
 
+impl Usage {
+    /// Reads the count from the end of a JSON answer too long to keep whole: the last
+    /// `"usage"` member in `tail` (a quote inside a string is escaped, so an unescaped
+    /// `"usage"` is a member's name) and the object after it. Returns whether one was read.
+    pub fn absorb_json_tail(&mut self, tail: &[u8]) -> bool {
+        let key = b"\"usage\"";
+        let Some(at) = tail.windows(key.len()).rposition(|w| w == key) else {
+            return false;
+        };
+        let rest = tail[at + key.len()..].trim_ascii_start();
+        let Some(rest) = rest.strip_prefix(b":") else {
+            return false;
+        };
+        let mut de = serde_json::Deserializer::from_slice(rest);
+        match <Value as serde::Deserialize>::deserialize(&mut de) {
+            Ok(u) if u.is_object() => {
+                self.absorb_usage(&u);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    #[test]
+    fn the_count_is_read_from_the_tail_of_a_long_answer() {
+        let mut u = Usage::default();
+        let tail = br#"ext "usage": {"prompt_tokens": 9}"}], "usage": {"prompt_tokens": 1000, "completion_tokens": 300000, "total_tokens": 301000}}"#;
+        assert!(u.absorb_json_tail(tail));
+        assert_eq!((u.prompt, u.completion), (Some(1000), Some(300000)));
+        assert!(!Usage::default().absorb_json_tail(br#"{"text": "no count"}"#));
+    }
 }
 
 #[cfg(test)]

@@ -219,7 +219,7 @@ async fn handle(
         (&Method::POST, "/v1/responses") => responses(&cfg, &json_body, &model, stream),
         (&Method::POST, "/v1/messages") => messages(&cfg, &json_body, &model, stream),
         (&Method::POST, "/v1/embeddings") => embeddings(&json_body, &model),
-        (&Method::POST, "/v1/completions") => completions(&json_body, &model),
+        (&Method::POST, "/v1/completions") => completions(&cfg, &json_body, &model, stream),
         _ => full(
             StatusCode::NOT_FOUND,
             json!({"error": {"message": format!("mock: no route {method} {path}"), "type": "not_found"}}),
@@ -317,17 +317,43 @@ fn chat(cfg: &MockConfig, body: &Value, model: &str, stream: bool) -> Response<M
     sse(cfg, events)
 }
 
-/// A legacy text completion (not streamed), with its token count.
-fn completions(body: &Value, model: &str) -> Response<MockBody> {
+/// A legacy text completion with its token count; streamed, the count comes in a last chunk.
+/// `mock_pad_bytes` in the request pads the answer's text to about that many bytes (a long
+/// answer).
+fn completions(cfg: &MockConfig, body: &Value, model: &str, stream: bool) -> Response<MockBody> {
     let prompt = body.get("prompt").and_then(Value::as_str).unwrap_or("");
-    let text = answer_for(prompt);
+    let mut text = answer_for(prompt);
+    if let Some(n) = body.get("mock_pad_bytes").and_then(Value::as_u64) {
+        let n = (n as usize).min(8 << 20);
+        while text.len() < n {
+            text.push_str(" and more");
+        }
+    }
     let (pt, ct) = (tokens(prompt), tokens(&text));
-    full(
-        StatusCode::OK,
-        json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}],
-            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}),
-    )
+    let usage = json!({"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct});
+    if !stream {
+        return full(
+            StatusCode::OK,
+            json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000, "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}],
+                "usage": usage}),
+        );
+    }
+    let mut events: Vec<String> = split_chunks(&text, cfg.chunks)
+        .into_iter()
+        .map(|piece| {
+            data(
+                &json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000,
+                "model": model, "choices": [{"index": 0, "text": piece, "finish_reason": null}]}),
+            )
+        })
+        .collect();
+    events.push(data(
+        &json!({"id": "cmpl-mock", "object": "text_completion",
+        "created": 1700000000, "model": model, "choices": [], "usage": usage}),
+    ));
+    events.push("data: [DONE]\n\n".into());
+    sse(cfg, events)
 }
 
 fn responses(cfg: &MockConfig, body: &Value, model: &str, stream: bool) -> Response<MockBody> {

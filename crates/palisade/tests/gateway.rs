@@ -1487,6 +1487,8 @@ async fn paths_in_another_spelling_are_refused() {
         "/v1/chat/%63ompletions",
         "//v1/chat/completions",
         "/v1/chat%2Fcompletions",
+        "/V1/Chat/Completions",
+        "/v1/chat/completions;x=1",
     ] {
         let r = reqwest::Client::new()
             .post(format!("{url}{path}"))

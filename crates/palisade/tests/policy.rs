@@ -443,6 +443,16 @@ async fn paths_the_gateway_passes_through_are_checked_both_ways() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // So is one in a URL-encoded form, which writes spaces as `+`.
+    let r = c
+        .post(format!("{url}/v1/audio/transcriptions"))
+        .bearer_auth(CI_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("prompt={}", INJECTION.replace(' ', "+")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     // A JSON answer on such a path meets the answer rules: a key in it is masked.
     let policy = live_key_policy("answer-keys", "AK-001", "redact", "high");
     let url = use_policy(&gw, policy).await;

@@ -336,6 +336,27 @@ async fn streams_are_accounted_without_showing_the_usage_chunk() {
         answer["usage"]["completion_tokens"]
     );
     assert!(rows[0]["cost_usd"].as_f64().unwrap() > 0.0, "{}", rows[0]);
+    // Streamed, and longer than the part of an answer kept whole: priced all the same.
+    for body in [
+        json!({"model": "mock-gpt", "prompt": "stream it", "stream": true}),
+        json!({"model": "mock-gpt", "prompt": "a long one", "mock_pad_bytes": 1_500_000}),
+    ] {
+        let r = c
+            .post(format!("{url}/v1/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let rows = gw.wait_requests("proxy=oai&endpoint=other", 3).await;
+    for row in &rows[..2] {
+        assert_eq!(row["model"], "mock-gpt", "{row}");
+        assert!(row["completion_tokens"].as_i64().unwrap() > 0, "{row}");
+        assert!(row["cost_usd"].as_f64().unwrap() > 0.0, "{row}");
+    }
 }
 
 #[tokio::test]
