@@ -939,6 +939,26 @@ fn scan_call(
     ))
 }
 
+/// Scans a client's answer to a server request as `tool_arguments` (it goes to the server as
+/// a tool's arguments do); returns the refusal when a blocking rule matched in enforce mode.
+fn scan_answer_to_server(
+    rt: &ProxyRuntime,
+    findings: &mut Findings,
+    result: &Value,
+) -> Option<String> {
+    let insp = rt.inspector.as_ref()?;
+    let mut text = String::new();
+    crate::inspect::strings_except(result, &[], &mut text);
+    if !(findings.scan(insp, Target::ToolArguments, &text) && insp.enforces()) {
+        return None;
+    }
+    findings.set_blocked();
+    Some(format!(
+        "the client's answer to the MCP server was blocked by policy at the gateway (rules: {})",
+        findings.blocking_rules()
+    ))
+}
+
 /// Checks a `tasks/*` request: the task must be one the gateway saw this key's `tools/call`
 /// create, its tool still approved (except to cancel it), and answers sent to it pass the
 /// argument policies. Returns the JSON-RPC error code and message of a refusal.
@@ -1012,7 +1032,10 @@ pub(crate) fn check_post(
         ));
     }
     let mut refusals = Vec::new();
-    for m in &msgs {
+    // Client answers to server requests (an elicitation's form, a sampling's text) that a
+    // policy blocks: they go to the server as errors instead.
+    let mut blocked_answers = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
         if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
@@ -1038,7 +1061,16 @@ pub(crate) fn check_post(
                 "message has neither `method` nor a result",
             ));
         }
-        let Some(method) = method else { continue };
+        let Some(method) = method else {
+            // What the client tells the server (an elicitation's answer, a sampling result)
+            // passes the argument policies, as what it sends a tool does.
+            if let Some(result) = m.get("result")
+                && let Some(msg) = scan_answer_to_server(rt, findings, result)
+            {
+                blocked_answers.push((i, msg));
+            }
+            continue;
+        };
         let params = m.get("params");
         // (Every `tasks/*` request names its task, `tasks/result` of 2025-11-25 too, though
         // no routing header mirrors it there.)
@@ -1163,7 +1195,26 @@ pub(crate) fn check_post(
         }
     }
     if refusals.is_empty() {
+        if !blocked_answers.is_empty() {
+            rec.decision = Some("block".into());
+            rec.error = Some(blocked_answers[0].1.clone());
+            let mut items: Vec<&mut Value> = match &mut v {
+                Value::Array(a) => a.iter_mut().collect(),
+                other => vec![other],
+            };
+            for (i, msg) in &blocked_answers {
+                if let Some(m) = items.get_mut(*i) {
+                    let id = m.get("id").cloned().unwrap_or(Value::Null);
+                    **m = rpc_error(&id, code::POLICY, msg);
+                }
+            }
+        }
         let rewritten = redact_arguments(rt, &mut v, pending);
+        // An answer replaced by an error above is sent rewritten too.
+        let rewritten = match rewritten {
+            None if !blocked_answers.is_empty() => Some(Bytes::from(v.to_string())),
+            r => r,
+        };
         if rewritten.is_some() {
             findings.set_request_redacted(&pending.unmask);
         }
@@ -1214,6 +1265,13 @@ fn redact_arguments(rt: &ProxyRuntime, v: &mut Value, pending: &mut Pending) -> 
         other => vec![other],
     };
     for m in calls {
+        if m.get("method").is_none()
+            && let Some(result) = m.get_mut("result")
+        {
+            // A client's answer to a server request.
+            crate::redact::redact_arguments(&insp.set, result, Target::ToolArguments, &mut map);
+            continue;
+        }
         let method = m.get("method").and_then(Value::as_str);
         if !matches!(method, Some("tools/call" | "tasks/update" | "prompts/get")) {
             continue;

@@ -655,6 +655,32 @@ async fn secrets_in_tool_arguments_are_redacted_and_restored() {
     for m in sent {
         assert!(!m.to_string().contains(secret), "{m}");
     }
+    // And in the client's answer to a server request (an elicitation asking for a token).
+    let r = c
+        .raw(
+            json!({"jsonrpc": "2.0", "id": "ask-1",
+                "result": {"action": "accept", "content": {"token": secret}}}),
+            &[],
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let got: Value = reqwest::get(format!("{base}/_mock/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "ask-1")
+        .expect("the answer reached the server");
+    assert!(!answer.to_string().contains(secret), "{answer}");
+    assert!(
+        answer.to_string().contains("_1]") || answer.to_string().contains("_2]"),
+        "{answer}"
+    );
     // A secret the tool itself returns is masked in its result (the client's own is restored).
     let leaked = "AKIAIOSFODNN7EXAMPLE";
     for sse in [false, true] {
