@@ -1515,6 +1515,28 @@ impl Ctx {
                 m["result"][field] = Value::Array(visible);
                 true
             }
+            // A server shared by keys lists every key's tasks: only the caller's own are shown.
+            "tasks/list" => {
+                let Some(tasks) = m["result"]["tasks"].as_array() else {
+                    return false;
+                };
+                let key = rec.key_id.as_deref().unwrap_or_default();
+                let own: Vec<Value> = tasks
+                    .iter()
+                    .filter(|t| {
+                        t["taskId"].as_str().is_some_and(|id| {
+                            self.shared
+                                .task_owners
+                                .lookup(&self.rt.spec.name, id)
+                                .is_some_and(|(owner, _)| owner == key)
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                let changed = own.len() != tasks.len();
+                m["result"]["tasks"] = Value::Array(own);
+                changed
+            }
             "initialize" | "server/discover" => {
                 // The server's instructions reach the model like a tool description does.
                 let text = m["result"].get("instructions").and_then(Value::as_str);

@@ -2171,7 +2171,9 @@ async fn tasks_on(sse: bool) {
                 "tasks/get": {"resultType": "complete", "taskId": "task-1", "status": "completed",
                     "result": {"content": [{"type": "text", "text": injected}]}},
                 "tasks/update": {"resultType": "complete"},
-                "tasks/cancel": {"resultType": "complete"}
+                "tasks/cancel": {"resultType": "complete"},
+                "tasks/list": {"tasks": [{"taskId": "task-1", "status": "working"},
+                    {"taskId": "task-of-another", "status": "working"}]}
             }
         }),
     )
@@ -2183,6 +2185,13 @@ async fn tasks_on(sse: bool) {
         )
         .await;
     assert_eq!(created["result"]["taskId"], "task-1", "{created}");
+    // A listing shows only this key's tasks (the server lists every client's).
+    let listed = c.call("tasks/list", json!({})).await;
+    assert_eq!(
+        listed["result"]["tasks"],
+        json!([{"taskId": "task-1", "status": "working"}]),
+        "{listed}"
+    );
     // The result fetched later is checked as the call's would have been.
     let got = c.call("tasks/get", json!({"taskId": "task-1"})).await;
     assert_eq!(got["error"]["code"], -32002, "{got}");

@@ -54,13 +54,21 @@ struct HubState {
     /// Requests of the server waiting for a client's answer, by the id the gateway gave them:
     /// the session they went to and the server's own id. Only that session's answer is passed
     /// on (another session could otherwise answer a sampling request meant for the first).
-    asks: HashMap<String, (String, Value)>,
+    asks: HashMap<String, (String, Value, std::time::Instant)>,
+    /// The session each task the server made belongs to (from the call's answer): its status
+    /// notifications go there only.
+    tasks: HashMap<String, String>,
     closed: Option<String>,
 }
 
-/// Most server requests waiting for a client's answer at once; past it the server is told to
-/// wait.
+/// Most tasks whose session a hub remembers.
+const MAX_TASKS: usize = 4096;
+
+/// Most server requests waiting for a client's answer at once, and per session; past either
+/// the server's request is answered with an error. One unanswered for [`ASK_TTL`] is forgotten.
 const MAX_SERVER_ASKS: usize = 1024;
+const MAX_SESSION_ASKS: usize = 64;
+const ASK_TTL: Duration = Duration::from_secs(600);
 
 impl HubState {
     /// The stream of the one client session a message the server sends on its own can belong
@@ -229,6 +237,18 @@ impl Hub {
                 if let Some((token, _)) = &w.token {
                     st.tokens.remove(token);
                 }
+                // A task made by the call: `resultType: "task"` with its fields, or a `task`.
+                let task = m["result"]["taskId"]
+                    .as_str()
+                    .or_else(|| m["result"]["task"]["taskId"].as_str());
+                if let Some(task) = task.filter(|_| !w.session.is_empty()) {
+                    if st.tasks.len() >= MAX_TASKS
+                        && let Some(old) = st.tasks.keys().next().cloned()
+                    {
+                        st.tasks.remove(&old);
+                    }
+                    st.tasks.insert(task.to_string(), w.session.clone());
+                }
                 m["id"] = w.client_id;
                 deliver(&self.proxy, &w.sink, m);
             }
@@ -240,8 +260,16 @@ impl Hub {
                     .sole_session()
                     .cloned()
                     .and_then(|sink| Some((st.session_of(&sink)?, sink)));
+                if st.asks.len() >= MAX_SERVER_ASKS / 2 {
+                    st.asks.retain(|_, (_, _, at)| at.elapsed() < ASK_TTL);
+                }
+                let crowded = |st: &HubState, session: &str| {
+                    st.asks.len() >= MAX_SERVER_ASKS
+                        || st.asks.values().filter(|(s, _, _)| s == session).count()
+                            >= MAX_SESSION_ASKS
+                };
                 match to {
-                    Some(_) if st.asks.len() >= MAX_SERVER_ASKS => {
+                    Some((ref session, _)) if crowded(&st, session) => {
                         let answer = rpc_error(
                             &m["id"],
                             -32603,
@@ -254,7 +282,8 @@ impl Hub {
                         let ours =
                             format!("palisade-ask-{}", self.next.fetch_add(1, Ordering::Relaxed));
                         let theirs = std::mem::replace(&mut m["id"], Value::from(ours.clone()));
-                        st.asks.insert(ours, (session, theirs));
+                        st.asks
+                            .insert(ours, (session, theirs, std::time::Instant::now()));
                         deliver(&self.proxy, &sink, m);
                     }
                     None => {
@@ -276,7 +305,7 @@ impl Hub {
                     tracing::debug!(proxy = %self.proxy, "a log message of the MCP server was not relayed: no single client session can have caused it")
                 }
             },
-            (Some(_), false) => {
+            (Some(method), false) => {
                 let token = m
                     .pointer("/params/progressToken")
                     .and_then(Value::as_str)
@@ -288,6 +317,16 @@ impl Hub {
                     deliver(&self.proxy, &w.sink, m);
                     return;
                 }
+                // Progress of a request already answered, and a task's status, belong to one
+                // session: the task's, or none (never every session).
+                let only = if method == "notifications/progress" {
+                    Some(None)
+                } else if method.starts_with("notifications/tasks/") {
+                    let task = m.pointer("/params/taskId").and_then(Value::as_str);
+                    Some(task.and_then(|t| st.tasks.get(t)).cloned())
+                } else {
+                    None
+                };
                 // Everything else goes to every session: its GET stream, or the stream of its
                 // newest request when it has none open.
                 let mut sinks: HashMap<&str, (u64, &Sink)> = HashMap::new();
@@ -303,8 +342,20 @@ impl Hub {
                 for (s, sink) in &st.streams {
                     sinks.insert(s.as_str(), (u64::MAX, sink));
                 }
-                for (_, sink) in sinks.values() {
-                    deliver(&self.proxy, sink, m.clone());
+                match only {
+                    Some(Some(session)) => {
+                        if let Some((_, sink)) = sinks.get(session.as_str()) {
+                            deliver(&self.proxy, sink, m);
+                        }
+                    }
+                    Some(None) => {
+                        tracing::debug!(proxy = %self.proxy, %method, "a notification of the MCP server for no known session was not relayed");
+                    }
+                    None => {
+                        for (_, sink) in sinks.values() {
+                            deliver(&self.proxy, sink, m.clone());
+                        }
+                    }
                 }
             }
             (None, false) => {
@@ -328,7 +379,7 @@ impl Hub {
     pub(crate) fn end_session(&self, session: &str) {
         let mut st = self.lock();
         st.streams.remove(session);
-        st.asks.retain(|_, (s, _)| s != session);
+        st.asks.retain(|_, (s, _, _)| s != session);
     }
 
     /// Performs the `initialize` handshake on this connection once; later calls get the same
@@ -444,12 +495,13 @@ impl Hub {
                     (None, true) => {
                         let ours = m["id"].as_str().map(str::to_owned);
                         match ours.and_then(|id| {
-                            let (s, _) = st.asks.get(&id)?;
+                            let (s, _, _) = st.asks.get(&id)?;
                             (s == session).then_some(id)
                         }) {
                             Some(id) => {
-                                let (_, theirs) = st.asks.remove(&id).unwrap_or_default();
-                                m["id"] = theirs;
+                                if let Some((_, theirs, _)) = st.asks.remove(&id) {
+                                    m["id"] = theirs;
+                                }
                             }
                             None => {
                                 tracing::debug!(proxy = %self.proxy, "a client answered a server request that was not sent to its session; not passed on");
@@ -698,6 +750,43 @@ mod tests {
         let e = next_sent(&mut sent).await;
         assert_eq!(e["id"], "s2");
         assert_eq!(e["error"]["code"], -32603);
+    }
+
+    #[tokio::test]
+    async fn task_status_goes_to_the_tasks_session_only() {
+        let (hub, mut sent, answer) = pair();
+        let mut ga = hub.open_stream("sa").unwrap();
+        let mut gb = hub.open_stream("sb").unwrap();
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "x", "task": {}}});
+        let (mut rx, _) = hub.post("sa", vec![call]).await.unwrap();
+        let up = next_sent(&mut sent).await;
+        answer
+            .send(Inbound::Message(json!({"jsonrpc": "2.0", "id": up["id"],
+                "result": {"task": {"taskId": "t-1", "status": "working"}}})))
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap()["result"]["task"]["taskId"], "t-1");
+        let status = json!({"jsonrpc": "2.0", "method": "notifications/tasks/status",
+            "params": {"taskId": "t-1", "status": "completed"}});
+        answer.send(Inbound::Message(status.clone())).await.unwrap();
+        // Late progress (its request answered) and another task's status go nowhere.
+        for m in [
+            json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": "palisade-1", "progress": 1}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/tasks/status",
+                "params": {"taskId": "t-other", "status": "completed"}}),
+        ] {
+            answer.send(Inbound::Message(m)).await.unwrap();
+        }
+        let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        answer
+            .send(Inbound::Message(changed.clone()))
+            .await
+            .unwrap();
+        assert_eq!(ga.recv().await.unwrap(), status);
+        assert_eq!(ga.recv().await.unwrap(), changed);
+        assert_eq!(gb.recv().await.unwrap(), changed, "b sees no task of a's");
     }
 
     #[tokio::test]

@@ -46,6 +46,9 @@ use crate::upstream::HttpClient;
 pub(crate) const TOKEN_HEADER: &str = "x-palisade-bridge";
 /// Sessions idle this long, with no stream open, are forgotten.
 const SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// Most sessions a bridge keeps at once (each SSE one holds a connection to the server); past
+/// it `initialize` is refused until idle ones are forgotten or ended.
+const MAX_SESSIONS: usize = 4096;
 /// Comment sent on quiet streams so nothing between gives up on them.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Longest pause before restarting a stdio server that keeps exiting.
@@ -260,15 +263,25 @@ async fn sweep(state: Arc<State>) {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let mut idle = Vec::new();
-        lock(&state.sessions).retain(|_, s| {
+        let mut ended = Vec::new();
+        lock(&state.sessions).retain(|sid, s| {
             let keep = s.last_seen.elapsed() < SESSION_IDLE;
-            if !keep && let Some(h) = s.hub.take() {
-                idle.push(h);
+            if !keep {
+                match s.hub.take() {
+                    Some(h) => idle.push(h),
+                    None => ended.push(sid.clone()),
+                }
             }
             keep
         });
         for h in idle {
             h.close();
+        }
+        // A forgotten stdio session's streams and waiting server requests go with it.
+        if let Some(h) = lock(&state.shared).clone() {
+            for sid in ended {
+                h.end_session(&sid);
+            }
         }
     }
 }
@@ -579,6 +592,13 @@ async fn post(
 async fn initialize(state: &State, msg: &Value) -> Response<BridgeBody> {
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+    if lock(&state.sessions).len() >= MAX_SESSIONS {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -32000,
+            "too many open sessions on this MCP server; end unused ones (DELETE) or retry later",
+        );
+    }
     let own_hub = match &state.upstream {
         BridgeUpstream::Stdio(_) => None,
         BridgeUpstream::Sse(t) => match sse_link::connect(&state.proxy, t, state.wait).await {
