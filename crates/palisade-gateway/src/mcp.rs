@@ -970,11 +970,15 @@ fn check_task(
     method: &str,
     params: Option<&Value>,
 ) -> Option<(i64, String)> {
-    // Without a task the gateway knows, the upstream answers (see [`TaskOwners`]); what is
-    // sent to it meets the argument policies all the same.
+    // A request naming no task (`tasks/list`) goes to the upstream, what it carries checked;
+    // one naming a task the gateway did not see this key's call make never leaves (another
+    // key's task, or one forgotten: a cancel or update would act on it upstream).
     let task = params.and_then(|p| p.get("taskId")).and_then(Value::as_str);
-    let Some((owner, tool)) = task.and_then(|t| shared.task_owners.lookup(&rt.spec.name, t)) else {
+    let Some(task_id) = task else {
         return scan_call(rt, findings, "", params).map(|msg| (code::POLICY, msg));
+    };
+    let Some((owner, tool)) = shared.task_owners.lookup(&rt.spec.name, task_id) else {
+        return Some((code::INVALID_PARAMS, unknown_task(task_id)));
     };
     let task = task.unwrap_or_default();
     // Key ids are not secret; comparing them reveals nothing a caller does not hold.
