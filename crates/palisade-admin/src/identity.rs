@@ -40,15 +40,11 @@ impl AppState {
         // revocation's own reload.
         static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _turn = RELOADING.lock().await;
+        let shared = self.manager.shared();
         if let Some(name) = revoked {
-            let keys = &self.manager.shared().keys;
-            keys.store(Arc::new(keys.load().without(name)));
+            shared.set_keys(Arc::new(shared.keys.load().without(name)));
         }
-        let keys = self.store.active_keys().await?;
-        self.manager
-            .shared()
-            .keys
-            .store(Arc::new(KeyIndex::new(keys)));
+        shared.set_keys(Arc::new(KeyIndex::new(self.store.active_keys().await?)));
         Ok(())
     }
 

@@ -51,6 +51,13 @@ impl KeyIndex {
         }
     }
 
+    /// Whether the key with id `id` is active (present and not expired at `now_ms`).
+    pub fn holds(&self, id: &str, now_ms: i64) -> bool {
+        self.by_hash
+            .values()
+            .any(|k| k.id == id && k.expires_at_ms.is_none_or(|exp| exp > now_ms))
+    }
+
     /// This index without the key named `name` (a revocation takes effect at once, before the
     /// index is read again from the store).
     pub fn without(&self, name: &str) -> Self {
@@ -111,5 +118,7 @@ mod tests {
         assert!(rest.lookup("pal_a", 1000).is_none());
         assert!(rest.lookup("pal_b", 50).is_some());
         assert_eq!((idx.len(), rest.len()), (2, 1));
+        assert!(idx.holds("1", 1000) && !rest.holds("1", 1000));
+        assert!(idx.holds("2", 50) && !idx.holds("2", 100));
     }
 }

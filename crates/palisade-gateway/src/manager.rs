@@ -58,6 +58,13 @@ pub struct GatewayShared {
 }
 
 impl GatewayShared {
+    /// Puts a new key index in force; the legacy MCP sessions of keys it no longer holds
+    /// (revoked, expired) are disconnected.
+    pub fn set_keys(&self, index: Arc<KeyIndex>) {
+        self.keys.store(index.clone());
+        self.legacy.close_revoked(&index);
+    }
+
     /// Shared state with an empty key index.
     pub fn new(record: RecordFn, alert: AlertFn, tool_sink: ToolFn) -> Self {
         Self {

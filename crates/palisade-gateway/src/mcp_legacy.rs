@@ -122,6 +122,20 @@ impl Sessions {
         lock(&self.map).remove(id);
     }
 
+    /// Disconnects every legacy session opened with a key that `active` no longer holds
+    /// (revoked, expired): revocation ends the key's open streams too.
+    pub fn close_revoked(&self, active: &palisade_core::identity::KeyIndex) {
+        let now = palisade_core::now_ms();
+        let sessions: Vec<Arc<Session>> = lock(&self.map)
+            .values()
+            .filter(|s| !active.holds(&s.key.id, now))
+            .cloned()
+            .collect();
+        for s in sessions {
+            s.disconnect();
+        }
+    }
+
     /// Disconnects every legacy session of a proxy (it is stopping).
     pub fn close_proxy(&self, proxy: &str) {
         let sessions: Vec<Arc<Session>> = lock(&self.map)

@@ -1591,6 +1591,44 @@ async fn legacy_sse_needs_a_key_and_an_allowed_host() {
     }
 }
 
+/// Revoking a key ends the legacy SSE sessions it opened, not only its next requests.
+#[tokio::test]
+async fn a_revoked_keys_legacy_stream_is_closed() {
+    let mock = mock_mcp(false);
+    let gw = Gateway::start(&config(&mock.url, "")).await;
+    let base = gw.proxy_url("tools").await;
+    let (s, issued) = gw
+        .post("/api/v1/keys", json!({"name": "short-lived"}))
+        .await;
+    assert_eq!(s, 201, "{issued}");
+    let key = issued["key"].as_str().unwrap();
+    let mut r = reqwest::Client::new()
+        .get(format!("{base}/sse"))
+        .bearer_auth(key)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("endpoint"));
+    let (s, v) = gw
+        .api(reqwest::Method::DELETE, "/api/v1/keys/short-lived", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // The stream ends (or breaks off) at once, well before its next keep-alive.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match r.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked key's stream stayed open");
+}
+
 /// A protocol version the gateway does not know is refused with -32022 naming the known ones,
 /// so a client's era probe can pick another; the proxy keeps serving.
 #[tokio::test]
