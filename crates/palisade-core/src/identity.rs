@@ -51,11 +51,13 @@ impl KeyIndex {
         }
     }
 
-    /// Whether the key with id `id` is active (present and not expired at `now_ms`).
-    pub fn holds(&self, id: &str, now_ms: i64) -> bool {
+    /// Ids of the keys active at `now_ms` (present and not expired).
+    pub fn active_ids(&self, now_ms: i64) -> std::collections::HashSet<&str> {
         self.by_hash
             .values()
-            .any(|k| k.id == id && k.expires_at_ms.is_none_or(|exp| exp > now_ms))
+            .filter(|k| k.expires_at_ms.is_none_or(|exp| exp > now_ms))
+            .map(|k| k.id.as_str())
+            .collect()
     }
 
     /// This index without the key named `name` (a revocation takes effect at once, before the
@@ -118,7 +120,7 @@ mod tests {
         assert!(rest.lookup("pal_a", 1000).is_none());
         assert!(rest.lookup("pal_b", 50).is_some());
         assert_eq!((idx.len(), rest.len()), (2, 1));
-        assert!(idx.holds("1", 1000) && !rest.holds("1", 1000));
-        assert!(idx.holds("2", 50) && !idx.holds("2", 100));
+        assert!(idx.active_ids(1000).contains("1") && !rest.active_ids(1000).contains("1"));
+        assert!(idx.active_ids(50).contains("2") && !idx.active_ids(100).contains("2"));
     }
 }
