@@ -31,14 +31,29 @@ pub struct KeyInfo {
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     by_hash: HashMap<[u8; 32], Arc<KeyInfo>>,
+    /// Key id → expiry, for what a key opened to check it is still active.
+    by_id: HashMap<String, Option<i64>>,
 }
 
 impl KeyIndex {
     /// Builds an index from `(digest, info)` pairs.
     pub fn new(entries: impl IntoIterator<Item = ([u8; 32], KeyInfo)>) -> Self {
-        Self {
-            by_hash: entries.into_iter().map(|(h, k)| (h, Arc::new(k))).collect(),
-        }
+        Self::of(entries.into_iter().map(|(h, k)| (h, Arc::new(k))).collect())
+    }
+
+    fn of(by_hash: HashMap<[u8; 32], Arc<KeyInfo>>) -> Self {
+        let by_id = by_hash
+            .values()
+            .map(|k| (k.id.clone(), k.expires_at_ms))
+            .collect();
+        Self { by_hash, by_id }
+    }
+
+    /// Whether the key with id `id` is active at `now_ms` (present and not expired).
+    pub fn holds(&self, id: &str, now_ms: i64) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|exp| exp.is_none_or(|e| e > now_ms))
     }
 
     /// Resolves a presented key. The lookup is by digest: timing reveals nothing about stored
@@ -51,26 +66,16 @@ impl KeyIndex {
         }
     }
 
-    /// Ids of the keys active at `now_ms` (present and not expired).
-    pub fn active_ids(&self, now_ms: i64) -> std::collections::HashSet<&str> {
-        self.by_hash
-            .values()
-            .filter(|k| k.expires_at_ms.is_none_or(|exp| exp > now_ms))
-            .map(|k| k.id.as_str())
-            .collect()
-    }
-
     /// This index without the key named `name` (a revocation takes effect at once, before the
     /// index is read again from the store).
     pub fn without(&self, name: &str) -> Self {
-        Self {
-            by_hash: self
-                .by_hash
+        Self::of(
+            self.by_hash
                 .iter()
                 .filter(|(_, k)| k.name != name)
                 .map(|(h, k)| (*h, k.clone()))
                 .collect(),
-        }
+        )
     }
 
     /// Number of active keys.
@@ -120,7 +125,7 @@ mod tests {
         assert!(rest.lookup("pal_a", 1000).is_none());
         assert!(rest.lookup("pal_b", 50).is_some());
         assert_eq!((idx.len(), rest.len()), (2, 1));
-        assert!(idx.active_ids(1000).contains("1") && !rest.active_ids(1000).contains("1"));
-        assert!(idx.active_ids(50).contains("2") && !idx.active_ids(100).contains("2"));
+        assert!(idx.holds("1", 1000) && !rest.holds("1", 1000));
+        assert!(idx.holds("2", 50) && !idx.holds("2", 100));
     }
 }

@@ -1855,6 +1855,12 @@ impl Ctx {
 
 impl EventMapper for Ctx {
     fn map(&mut self, run: Bytes, findings: &mut Findings) -> Bytes {
+        // A stream of a key revoked (or expired) since it opened carries nothing more.
+        if let Some(key) = self.origin.key_id.as_deref()
+            && !self.shared.keys.load().holds(key, now_ms())
+        {
+            return Bytes::new();
+        }
         self.map_run(run, findings)
     }
 

@@ -125,10 +125,10 @@ impl Sessions {
     /// Disconnects every legacy session opened with a key that `active` no longer holds
     /// (revoked, expired): revocation ends the key's open streams too.
     pub fn close_revoked(&self, active: &palisade_core::identity::KeyIndex) {
-        let ids = active.active_ids(palisade_core::now_ms());
+        let now = palisade_core::now_ms();
         let sessions: Vec<Arc<Session>> = lock(&self.map)
             .values()
-            .filter(|s| !ids.contains(s.key.id.as_str()))
+            .filter(|s| !active.holds(&s.key.id, now))
             .cloned()
             .collect();
         for s in sessions {
