@@ -412,6 +412,24 @@ fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
                     keys_and_strings(x, bucket_text(out, b));
                     continue;
                 }
+                // A role is one of a few words; anything else in it is text some servers put
+                // into the prompt (their chat template writes the role out).
+                if k == "role"
+                    && let Value::String(r) = x
+                    && !matches!(
+                        r.as_str(),
+                        "system"
+                            | "user"
+                            | "assistant"
+                            | "tool"
+                            | "developer"
+                            | "function"
+                            | "model"
+                    )
+                {
+                    push(bucket_text(out, b), r);
+                    continue;
+                }
                 if is_meta_member(k, x, ty) {
                     continue;
                 }
@@ -849,6 +867,8 @@ mod tests {
                 "type": "object", "id": "schema id words",
                 "properties": {"property name words": {"type": "string"}}}}}]
         }));
+        let odd = request_texts(&json!({"messages": [{"role": "odd role words", "content": "x"}]}));
+        assert!(odd.prompt.contains("odd role words"), "{:?}", odd.prompt);
         for want in ["named words", "format words", "argument words", "key words"] {
             assert!(t.prompt.contains(want), "{want} in {:?}", t.prompt);
         }

@@ -975,6 +975,13 @@ fn check_task(
     // key's task, or one forgotten: a cancel or update would act on it upstream).
     let task = params.and_then(|p| p.get("taskId")).and_then(Value::as_str);
     let Some(task_id) = task else {
+        if method != "list" {
+            // A server may read another form of id (an array, an object) as the task's.
+            return Some((
+                code::INVALID_PARAMS,
+                format!("`tasks/{method}` needs `params.taskId` as a string"),
+            ));
+        }
         return scan_call(rt, findings, "", params).map(|msg| (code::POLICY, msg));
     };
     let Some((owner, tool)) = shared.task_owners.lookup(&rt.spec.name, task_id) else {
@@ -1435,7 +1442,8 @@ impl Ctx {
             },
             _ => false,
         };
-        let changed = self.process_answer(m, rec, findings);
+        // An error's text is checked first (its id may yet be renamed or withheld below).
+        let changed = self.check_error(m, rec, findings) | self.process_answer(m, rec, findings);
         if renamed {
             let method = self
                 .pending
@@ -1630,6 +1638,50 @@ impl Ctx {
     /// One they block does not reach the client; a blocked request is answered to the server
     /// with the policy error, so it does not wait for an answer that never comes. Returns
     /// whether the message changed (`Null`: dropped).
+    /// An upstream's JSON-RPC error: its `message` and `data` reach the client (and its model)
+    /// like a result does, so they are checked and masked the same way. Returns whether it
+    /// changed.
+    fn check_error(
+        &mut self,
+        m: &mut Value,
+        rec: &mut RequestRecord,
+        findings: &mut Findings,
+    ) -> bool {
+        let Some(insp) = self.rt.inspector.clone() else {
+            return false;
+        };
+        let Some(error) = m.get_mut("error").filter(|e| e.is_object()) else {
+            return false;
+        };
+        let text = server_message_text(error);
+        if text.is_empty() {
+            return false;
+        }
+        let blocks = findings.scan_answer(&insp, Target::ToolResult, &text);
+        if blocks && insp.enforces() {
+            findings.set_blocked();
+            rec.decision = Some("block".into());
+            let code = error.get("code").cloned().unwrap_or(json!(code::UPSTREAM));
+            *error = json!({"code": code, "message": format!(
+                "the MCP server's error was withheld: blocked by policy at the gateway (rules: {})",
+                findings.blocking_rules()
+            )});
+            return true;
+        }
+        if !insp.set.redacts(Target::ToolResult)
+            || !findings.matched(Target::ToolResult, palisade_policy::Action::Redact)
+        {
+            return false;
+        }
+        let new = mask_new_everywhere(&insp.set, error, Target::ToolResult, &self.pending.unmask);
+        if new == 0 {
+            return false;
+        }
+        rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
+        findings.set_answer_redacted();
+        true
+    }
+
     fn check_server_message(
         &mut self,
         m: &mut Value,
@@ -1920,25 +1972,10 @@ impl ReplyTo {
 /// tool's content and structured content, a sampling request's system prompt and messages, an
 /// elicitation's message and schema, a log entry's data) but identifiers and `_meta`.
 fn server_message_text(params: &Value) -> String {
-    fn walk(v: &Value, out: &mut String) {
-        match v {
-            Value::String(_) => crate::inspect::strings_except(v, &[], out),
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            Value::Object(m) => {
-                for (k, x) in m {
-                    match k.as_str() {
-                        "_meta" | "progressToken" | "requestId" | "mimeType" => {}
-                        // The server's own data: every string, whatever its member is named.
-                        "structuredContent" => crate::inspect::strings_except(x, &[], out),
-                        _ => walk(x, out),
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    // Every string, whatever its member is named: a client may show any of it (`_meta`, an
+    // id) to its model or user, and the server chose all of it.
     let mut out = String::new();
-    walk(params, &mut out);
+    crate::inspect::strings_except(params, &[], &mut out);
     out
 }
 
@@ -1955,16 +1992,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn server_message_text_reads_structured_content_whole() {
+    fn server_message_text_reads_every_member() {
         let text = server_message_text(&json!({
             "content": [{"type": "text", "text": "shown", "mimeType": "text/plain"}],
             "_meta": {"note": "meta words"},
             "structuredContent": {"requestId": "hidden words", "_meta": {"x": "inner words"}}
         }));
-        for want in ["shown", "hidden words", "inner words"] {
+        for want in ["shown", "hidden words", "inner words", "meta words"] {
             assert!(text.contains(want), "{want} in {text}");
         }
-        assert!(!text.contains("meta words") && !text.contains("text/plain"));
     }
 
     #[test]

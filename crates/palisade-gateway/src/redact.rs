@@ -152,7 +152,7 @@ fn redact_members(
 }
 
 /// [`redact_members`]; `skip_media`: inline media (`data` of an image or audio item, a
-/// resource's `blob`) and `_meta` are left as they are (an MCP result or server message).
+/// resource's `blob`) are left as they are (an MCP result or server message).
 fn members(
     set: &PolicySet,
     v: &mut Value,
@@ -169,7 +169,7 @@ fn members(
                     Some("image") | Some("audio")
                 );
             for (k, x) in m.iter_mut() {
-                if skip_media && (k == "blob" || k == "_meta" || media && k == "data") {
+                if skip_media && (k == "blob" || media && k == "data") {
                     continue;
                 }
                 let Value::String(value) = x else {
@@ -249,7 +249,7 @@ pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &Redactio
 
 /// [`mask_new`] for an MCP tool result or a message an MCP server sends on its own: every
 /// string is content there, whatever its member is named (a log line's `data`, a `url`, an
-/// `id`), and is masked with its member's name as context; inline media and `_meta` are not.
+/// `id`, `_meta`), and is masked with its member's name as context; inline media are not.
 pub fn mask_new_everywhere(
     set: &PolicySet,
     v: &mut Value,
@@ -2109,7 +2109,7 @@ mod tests {
     }
 
     /// In an MCP result or server message every string is masked, a log line's `data` and a
-    /// `url` too; inline media and `_meta` are left alone.
+    /// `url` too; inline media are left alone.
     #[test]
     fn mcp_messages_are_masked_under_every_member_name() {
         let set = PolicySet::compile(&[secrets_pack()]).unwrap();
@@ -2124,8 +2124,7 @@ mod tests {
         assert_eq!(log["logger"], "db");
         let mut result = json!({"content": [
             {"type": "image", "data": "iVBORw0KGgo", "mimeType": "image/png"},
-            {"type": "resource", "resource": {"uri": "file:///a", "blob": "cGFzc3dvcmQ="}}],
-            "_meta": {"trace": "t1"}});
+            {"type": "resource", "resource": {"uri": "file:///a", "blob": "cGFzc3dvcmQ="}}]});
         let before = result.clone();
         mask_new_everywhere(&set, &mut result, Target::ToolResult, &RedactionMap::new());
         assert_eq!(result, before);

@@ -90,6 +90,9 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
             if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) {
                 return Some("a percent-encoded character that needs no encoding");
             }
+            if c == b';' || c.is_ascii_control() {
+                return Some("a percent-encoded `;` or control character");
+            }
         }
     }
     None
@@ -222,6 +225,8 @@ mod tests {
             "/v1/chat/completions%2E",
             "/v1/%7Emodels",
             "/v1/chat/completions;x=1",
+            "/v1/chat/completions%3Bx=1",
+            "/v1/chat/completions%00",
         ] {
             assert!(path_problem(bad).is_some(), "{bad}");
         }
