@@ -970,22 +970,22 @@ fn check_task(
     method: &str,
     params: Option<&Value>,
 ) -> Option<(i64, String)> {
-    // A request naming no task (`tasks/list`) goes to the upstream, what it carries checked;
-    // one naming a task the gateway did not see this key's call make never leaves (another
-    // key's task, or one forgotten: a cancel or update would act on it upstream).
-    let task = params.and_then(|p| p.get("taskId")).and_then(Value::as_str);
-    let Some(task_id) = task else {
-        if method != "list" {
-            // A server may read another form of id (an array, an object) as the task's.
-            return Some((
-                code::INVALID_PARAMS,
-                format!("`tasks/{method}` needs `params.taskId` as a string"),
-            ));
-        }
+    // A request naming a task must name it as a string: a server may read another form (an
+    // array, an object) as some task's id, which the ownership check below would not see.
+    let task = params.and_then(|p| p.get("taskId"));
+    if method != "list" && !task.is_some_and(Value::is_string) {
+        return Some((
+            code::INVALID_PARAMS,
+            format!("`tasks/{method}` needs `params.taskId` as a string"),
+        ));
+    }
+    // Without a task the gateway knows (`tasks/list`, one made before a restart or forgotten),
+    // the upstream answers — its errors (an unknown task, a client that did not negotiate
+    // tasks) are the protocol's, and a result for such a task is withheld (see
+    // [`TaskOwners`]); what is sent meets the argument policies all the same.
+    let task = task.and_then(Value::as_str);
+    let Some((owner, tool)) = task.and_then(|t| shared.task_owners.lookup(&rt.spec.name, t)) else {
         return scan_call(rt, findings, "", params).map(|msg| (code::POLICY, msg));
-    };
-    let Some((owner, tool)) = shared.task_owners.lookup(&rt.spec.name, task_id) else {
-        return Some((code::INVALID_PARAMS, unknown_task(task_id)));
     };
     let task = task.unwrap_or_default();
     // Key ids are not secret; comparing them reveals nothing a caller does not hold.

@@ -321,7 +321,9 @@ impl Hub {
                 // session: the task's, or none (never every session).
                 let only = if method == "notifications/progress" {
                     Some(None)
-                } else if method.starts_with("notifications/tasks/") {
+                } else if method == "notifications/tasks"
+                    || method.starts_with("notifications/tasks/")
+                {
                     let task = m.pointer("/params/taskId").and_then(Value::as_str);
                     Some(task.and_then(|t| st.tasks.get(t)).cloned())
                 } else {
