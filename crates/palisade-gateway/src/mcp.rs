@@ -1632,12 +1632,6 @@ impl Ctx {
         }
     }
 
-    /// Checks a request or notification the server sends on its own (`sampling/createMessage`,
-    /// `elicitation/create`, log messages…): its text reaches the client's model or user just
-    /// as a tool's result does, so the `tool_result` policies judge it and mask its secrets.
-    /// One they block does not reach the client; a blocked request is answered to the server
-    /// with the policy error, so it does not wait for an answer that never comes. Returns
-    /// whether the message changed (`Null`: dropped).
     /// An upstream's JSON-RPC error: its `message` and `data` reach the client (and its model)
     /// like a result does, so they are checked and masked the same way. Returns whether it
     /// changed.
@@ -1653,14 +1647,7 @@ impl Ctx {
         let Some(error) = m.get_mut("error").filter(|e| e.is_object()) else {
             return false;
         };
-        let text = server_message_text(error);
-        if text.is_empty() {
-            return false;
-        }
-        let blocks = findings.scan_answer(&insp, Target::ToolResult, &text);
-        if blocks && insp.enforces() {
-            findings.set_blocked();
-            rec.decision = Some("block".into());
+        if self.stops(&insp, &server_message_text(error), rec, findings) {
             let code = error.get("code").cloned().unwrap_or(json!(code::UPSTREAM));
             *error = json!({"code": code, "message": format!(
                 "the MCP server's error was withheld: blocked by policy at the gateway (rules: {})",
@@ -1668,20 +1655,16 @@ impl Ctx {
             )});
             return true;
         }
-        if !insp.set.redacts(Target::ToolResult)
-            || !findings.matched(Target::ToolResult, palisade_policy::Action::Redact)
-        {
-            return false;
-        }
-        let new = mask_new_everywhere(&insp.set, error, Target::ToolResult, &self.pending.unmask);
-        if new == 0 {
-            return false;
-        }
-        rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
-        findings.set_answer_redacted();
-        true
+        self.mask_found(&insp, error, rec, findings)
+            .unwrap_or(false)
     }
 
+    /// Checks a request or notification the server sends on its own (`sampling/createMessage`,
+    /// `elicitation/create`, log messages…): its text reaches the client's model or user just
+    /// as a tool's result does, so the `tool_result` policies judge it and mask its secrets.
+    /// One they block does not reach the client; a blocked request is answered to the server
+    /// with the policy error, so it does not wait for an answer that never comes. Returns
+    /// whether the message changed (`Null`: dropped).
     fn check_server_message(
         &mut self,
         m: &mut Value,
@@ -1695,13 +1678,7 @@ impl Ctx {
             return false;
         };
         let text = m.get("params").map(server_message_text).unwrap_or_default();
-        if text.is_empty() {
-            return false;
-        }
-        let blocks = findings.scan_answer(&insp, Target::ToolResult, &text);
-        if blocks && insp.enforces() {
-            findings.set_blocked();
-            rec.decision = Some("block".into());
+        if self.stops(&insp, &text, rec, findings) {
             let msg = format!(
                 "`{method}` from the MCP server blocked by policy at the gateway (rules: {})",
                 findings.blocking_rules()
@@ -1712,21 +1689,55 @@ impl Ctx {
             *m = Value::Null;
             return true;
         }
+        match m.get_mut("params") {
+            Some(params) => self
+                .mask_found(&insp, params, rec, findings)
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Scans text the server sent (`tool_result` rules); true when a blocking rule matched in
+    /// enforce mode, which marks the exchange blocked.
+    fn stops(
+        &self,
+        insp: &crate::inspect::Inspector,
+        text: &str,
+        rec: &mut RequestRecord,
+        findings: &mut Findings,
+    ) -> bool {
+        if text.is_empty() || !findings.scan_answer(insp, Target::ToolResult, text) {
+            return false;
+        }
+        if !insp.enforces() {
+            return false;
+        }
+        findings.set_blocked();
+        rec.decision = Some("block".into());
+        true
+    }
+
+    /// Masks new sensitive values in what the server sent (see [`mask_new_everywhere`]; the
+    /// known values are the request's) and records them. `None` when no `redact` rule on
+    /// `tool_result` matched in this exchange (nothing to mask); else whether any was masked.
+    fn mask_found(
+        &self,
+        insp: &crate::inspect::Inspector,
+        v: &mut Value,
+        rec: &mut RequestRecord,
+        findings: &mut Findings,
+    ) -> Option<bool> {
         if !insp.set.redacts(Target::ToolResult)
             || !findings.matched(Target::ToolResult, palisade_policy::Action::Redact)
         {
-            return false;
+            return None;
         }
-        let Some(params) = m.get_mut("params") else {
-            return false;
-        };
-        let new = mask_new_everywhere(&insp.set, params, Target::ToolResult, &self.pending.unmask);
-        if new == 0 {
-            return false;
+        let new = mask_new_everywhere(&insp.set, v, Target::ToolResult, &self.pending.unmask);
+        if new > 0 {
+            rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
+            findings.set_answer_redacted();
         }
-        rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
-        findings.set_answer_redacted();
-        true
+        Some(new > 0)
     }
 
     /// Answers the server's request `id` with a policy error, in the background (the server
@@ -1754,8 +1765,8 @@ impl Ctx {
         });
     }
 
-    /// Masks new sensitive values in a tool's result (`redact` rules on `tool_result`, see
-    /// [`mask_new_everywhere`]; the known values are the call's arguments'). Returns whether it changed.
+    /// Masks new sensitive values in a tool's result ([`Self::mask_found`]) and, on a proxy that
+    /// unmasks, restores the call's own. Returns whether it changed.
     fn redact_result(
         &self,
         insp: &crate::inspect::Inspector,
@@ -1763,21 +1774,13 @@ impl Ctx {
         rec: &mut RequestRecord,
         findings: &mut Findings,
     ) -> bool {
-        if !insp.set.redacts(Target::ToolResult)
-            || !findings.matched(Target::ToolResult, palisade_policy::Action::Redact)
-        {
+        let Some(masked) = self.mask_found(insp, result, rec, findings) else {
             return false;
-        }
-        let new = mask_new_everywhere(&insp.set, result, Target::ToolResult, &self.pending.unmask);
+        };
         if self.rt.spec.unmask && !self.pending.unmask.is_empty() {
             unmask_value(result, &self.pending.unmask);
         }
-        if new == 0 {
-            return false;
-        }
-        rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
-        findings.set_answer_redacted();
-        true
+        masked
     }
 
     /// Records a listing in the inventory (persisting changes, raising alerts); returns what

@@ -176,6 +176,17 @@ async fn mock_set(mock: &McpMock, what: &str, body: Value) {
     assert_eq!(r.status(), 200);
 }
 
+/// The messages the mock server received (`GET /_mock/requests`).
+async fn received(mock: &McpMock) -> Value {
+    let base = mock.url.trim_end_matches("/mcp");
+    reqwest::get(format!("{base}/_mock/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn set_tools(mock: &McpMock, tools: Value) {
     mock_set(mock, "tools", tools).await;
 }
@@ -610,13 +621,7 @@ async fn secrets_in_tool_arguments_are_redacted_and_restored() {
         format!("token {secret}"),
         "{r}"
     );
-    let base = mock.url.trim_end_matches("/mcp");
-    let got: Value = reqwest::get(format!("{base}/_mock/requests"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = received(&mock).await;
     let upstream = got.to_string();
     assert!(
         !upstream.contains(secret),
@@ -639,12 +644,7 @@ async fn secrets_in_tool_arguments_are_redacted_and_restored() {
         json!({"taskId": "t-9", "inputResponses": {"q-2": {"action": "accept", "content": {"token": secret}}}}),
     )
     .await;
-    let got: Value = reqwest::get(format!("{base}/_mock/requests"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = received(&mock).await;
     let sent: Vec<&Value> = got
         .as_array()
         .unwrap()
@@ -664,12 +664,7 @@ async fn secrets_in_tool_arguments_are_redacted_and_restored() {
         )
         .await;
     assert!(r.status().is_success(), "{}", r.status());
-    let got: Value = reqwest::get(format!("{base}/_mock/requests"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = received(&mock).await;
     let answer = got
         .as_array()
         .unwrap()
@@ -789,15 +784,9 @@ async fn requests_the_server_sends_on_its_own_are_checked() {
     assert_eq!(got[0]["id"], 41);
     assert_eq!(got[0]["result"]["content"][0]["text"], "done");
     // The server was answered in the client's place, in the same session.
-    let base = mock.url.trim_end_matches("/mcp").to_string();
     let mut answer = None;
     for _ in 0..100 {
-        let seen: Value = reqwest::get(format!("{base}/_mock/requests"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let seen: Value = received(&mock).await;
         answer = seen
             .as_array()
             .unwrap()
@@ -1645,15 +1634,7 @@ async fn error_answers_are_checked_and_tasks_need_a_string_id() {
             .unwrap();
         assert_eq!(r["error"]["code"], -32602, "{r}");
     }
-    let seen = reqwest::get(format!(
-        "{}/_mock/requests",
-        mock.url.trim_end_matches("/mcp")
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let seen = received(&mock).await.to_string();
     assert!(!seen.contains("tasks/cancel"), "{seen}");
 }
 
@@ -2230,13 +2211,7 @@ async fn repeated_or_malformed_ids_and_routing_headers_on_batches_are_refused() 
     ]);
     let r = c.raw(batch.clone(), &[]).await;
     assert_ne!(r.status(), 400, "{}", r.text().await.unwrap());
-    let base = mock.url.trim_end_matches("/mcp");
-    let seen: Value = reqwest::get(format!("{base}/_mock/requests"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen: Value = received(&mock).await;
     assert_eq!(seen.as_array().unwrap().last(), Some(&batch), "forwarded");
 }
 
