@@ -16,6 +16,7 @@ pub mod prometheus;
 pub mod prompts;
 pub mod proxies;
 pub mod users;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct AppState {
     admin_hosts: Arc<[String]>,
     /// The admin API's own address: no proxy may take it.
     admin_addr: Option<SocketAddr>,
+    /// Alert delivery to webhooks.
+    pub webhooks: Arc<webhooks::Deliveries>,
 }
 
 impl AppState {
@@ -96,6 +99,7 @@ impl AppState {
             metrics_token: metrics_token()?,
             admin_hosts: admin_hosts(),
             admin_addr: None,
+            webhooks: Default::default(),
         })
     }
 
@@ -183,6 +187,7 @@ pub fn metrics_token() -> Result<Option<Arc<str>>, ApiError> {
         (name = "spend", description = "Prices, usage and cost"),
         (name = "mcp", description = "MCP tool inventory, approval and history"),
         (name = "prompts", description = "Governance prompts injected into LLM requests"),
+        (name = "webhooks", description = "Alert delivery to webhooks (JSON or Slack), signed, retried until taken"),
         (name = "console", description = "Web console pages and assets"),
         (name = "health", description = "Liveness")
     )
@@ -369,6 +374,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::usage))
         .routes(routes!(prompts::list, prompts::create))
         .routes(routes!(prompts::replace, prompts::delete))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(webhooks::replace, webhooks::delete))
+        .routes(routes!(webhooks::test))
         .routes(routes!(identity::list_keys, identity::create_key))
         .routes(routes!(identity::revoke_key))
         .routes(routes!(logs::requests))

@@ -127,9 +127,6 @@ impl Metrics {
     pub fn render(&self) -> String {
         let g = self.lock();
         let mut out = String::with_capacity(4096);
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         family(
             &mut out,
             "palisade_requests_total",
@@ -271,6 +268,11 @@ impl Metrics {
     }
 }
 
+/// The header of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// The decision as a label: the gateway's few values, nothing a client chose.
 fn decision_label(d: Option<&str>) -> &'static str {
     match d {
@@ -311,15 +313,57 @@ pub async fn metrics(
         )
         .await?;
     }
+    let mut text = s.events.metrics.render();
+    webhook_series(&mut text, &s.store.list_webhooks().await?);
     Ok((
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.events.metrics.render(),
+        text,
     )
         .into_response())
+}
+
+/// Alert delivery per webhook, from its stored state (so it survives restarts): what it has
+/// delivered, what waits, and its current failure streak (alert on it: a receiver that stays
+/// down holds a growing backlog).
+fn webhook_series(out: &mut String, hooks: &[palisade_store::WebhookRow]) {
+    if hooks.is_empty() {
+        return;
+    }
+    for (name, kind, help, value) in [
+        (
+            "palisade_webhook_delivered_total",
+            "counter",
+            "Alerts a webhook's receiver has taken.",
+            (|h: &palisade_store::WebhookRow| h.delivered)
+                as fn(&palisade_store::WebhookRow) -> i64,
+        ),
+        (
+            "palisade_webhook_backlog",
+            "gauge",
+            "Alerts stored since a webhook's last delivery, waiting (before its filters).",
+            |h| h.backlog,
+        ),
+        (
+            "palisade_webhook_failures",
+            "gauge",
+            "Failed delivery attempts of a webhook since its last success.",
+            |h| h.failures,
+        ),
+    ] {
+        family(out, name, kind, help);
+        for h in hooks {
+            let _ = writeln!(
+                out,
+                "{name}{{webhook=\"{}\"}} {}",
+                escape(&h.spec.name),
+                value(h)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod model;
 pub mod record;
 pub mod spend;
+pub mod webhook;
 
 /// Milliseconds since the Unix epoch, the timestamp unit used across the store and the API.
 pub fn now_ms() -> i64 {

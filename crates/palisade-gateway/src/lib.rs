@@ -38,4 +38,5 @@ pub use manager::{
 };
 pub use shape::Endpoint;
 pub use sse::SseSplitter;
+pub use upstream::{HttpClient, Posted, build_client, post_json};
 pub use usage::Usage;

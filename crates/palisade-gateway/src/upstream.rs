@@ -33,6 +33,73 @@ pub fn build_client() -> HttpClient {
         .build(https)
 }
 
+/// What a [`post_json`] receiver answered: its status and the start of its body (for error
+/// messages).
+#[derive(Debug)]
+pub struct Posted {
+    /// HTTP status.
+    pub status: u16,
+    /// At most the first 512 bytes of the answer, as text.
+    pub head: String,
+}
+
+/// POSTs a JSON `body` to `url` with extra `headers`, giving up after `timeout` (connect,
+/// send and answer). Reads at most 64 KiB of the answer. Errors are one line for an operator.
+pub async fn post_json(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&'static str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Posted, String> {
+    use http_body_util::BodyExt;
+    let mut req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::USER_AGENT,
+            concat!("palisade/", env!("CARGO_PKG_VERSION")),
+        );
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("bad request: {e}"))?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            msg
+        })?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut head = Vec::new();
+        while head.len() < 64 * 1024 {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        head.extend_from_slice(d);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("reading the answer: {e}")),
+                None => break,
+            }
+        }
+        head.truncate(512);
+        Ok(Posted {
+            status,
+            head: String::from_utf8_lossy(&head).into_owned(),
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+}
+
 /// Where a proxy sends its traffic.
 #[derive(Debug, Clone)]
 pub struct UpstreamTarget {

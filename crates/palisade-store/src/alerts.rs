@@ -51,30 +51,31 @@ pub struct AlertPage {
 /// The statuses of the alert workflow.
 pub const ALERT_STATUSES: [&str; 4] = ["new", "acknowledged", "resolved", "false_positive"];
 
-const ALERT_COLS: &str = "id, ts_ms, kind, policy_id, rule_id, title, category, severity, action, blocked, target, \
+pub(crate) const ALERT_COLS: &str = "id, ts_ms, kind, policy_id, rule_id, title, category, severity, action, blocked, target, \
     proxy, group_name, key_name, request_id, excerpt, decoded, message, status";
 
-fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
+/// The alert whose [`ALERT_COLS`] start at column `at` of `r`.
+pub(crate) fn alert_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<AlertRecord> {
     Ok(AlertRecord {
-        id: r.get(0)?,
-        ts_ms: r.get(1)?,
-        kind: r.get(2)?,
-        policy_id: r.get(3)?,
-        rule_id: r.get(4)?,
-        title: r.get(5)?,
-        category: r.get(6)?,
-        severity: r.get(7)?,
-        action: r.get(8)?,
-        blocked: r.get(9)?,
-        target: r.get(10)?,
-        proxy: r.get(11)?,
-        group: r.get(12)?,
-        key_name: r.get(13)?,
-        request_id: r.get(14)?,
-        excerpt: r.get(15)?,
-        decoded: r.get(16)?,
-        message: r.get(17)?,
-        status: r.get(18)?,
+        id: r.get(at)?,
+        ts_ms: r.get(at + 1)?,
+        kind: r.get(at + 2)?,
+        policy_id: r.get(at + 3)?,
+        rule_id: r.get(at + 4)?,
+        title: r.get(at + 5)?,
+        category: r.get(at + 6)?,
+        severity: r.get(at + 7)?,
+        action: r.get(at + 8)?,
+        blocked: r.get(at + 9)?,
+        target: r.get(at + 10)?,
+        proxy: r.get(at + 11)?,
+        group: r.get(at + 12)?,
+        key_name: r.get(at + 13)?,
+        request_id: r.get(at + 14)?,
+        excerpt: r.get(at + 15)?,
+        decoded: r.get(at + 16)?,
+        message: r.get(at + 17)?,
+        status: r.get(at + 18)?,
         dedup_key: None,
     })
 }
@@ -139,7 +140,7 @@ impl Store {
                 "SELECT {ALERT_COLS} FROM alerts{wh} ORDER BY ts_ms DESC, id LIMIT ?{li} OFFSET ?{oi}"
             ))?;
             let items = st
-                .query_map(w.params(), alert_from_row)?
+                .query_map(w.params(), |r| alert_from_row(r, 0))?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(AlertPage { items, total })
         })
@@ -160,7 +161,7 @@ impl Store {
                 .query_row(
                     &format!("SELECT {ALERT_COLS} FROM alerts WHERE id = ?1"),
                     [&id],
-                    alert_from_row,
+                    |r| alert_from_row(r, 0),
                 )
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("alert `{id}`")))?;

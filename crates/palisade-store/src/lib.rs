@@ -11,6 +11,7 @@ mod mcp;
 mod migrations;
 mod requests;
 mod store;
+mod webhooks;
 mod writer;
 
 pub use alerts::{ALERT_STATUSES, AlertFilter, AlertPage};
@@ -23,4 +24,5 @@ pub use requests::{RequestFilter, RequestPage};
 pub use store::{
     Actor, AuditEntry, AuditFilter, ProxyRow, SealedUpdate, Store, StoreError, UserRow,
 };
+pub use webhooks::WebhookRow;
 pub use writer::{LogSink, LogWriter, WriterStats};

@@ -191,6 +191,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE prices ADD COLUMN cache_write_per_mtok REAL;
     "#,
+    // Alert delivery: webhooks, each with its place (`cursor`: the last alert row it has) in
+    // the alert log, so an alert raised while a receiver is down is delivered when it is back.
+    // The URL is sealed (a chat webhook's path is its credential); `spec` holds a shown form.
+    r#"
+    CREATE TABLE webhooks (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        url_sealed TEXT NOT NULL,
+        secret_sealed TEXT,
+        cursor INTEGER NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        last_attempt_ms INTEGER,
+        last_success_ms INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use palisade_core::model::{PromptSpec, ProxySpec, validate_name};
 use palisade_core::spend::{GroupSpec, Price};
+use palisade_core::webhook::WebhookSpec;
 use serde::Deserialize;
 
 /// A parsed, validated config file with secrets resolved.
@@ -18,6 +19,8 @@ pub struct Config {
     pub api_keys: Vec<KeyConf>,
     pub prices: Vec<Price>,
     pub prompts: Vec<PromptSpec>,
+    /// Alert webhooks with their signing secrets.
+    pub webhooks: Vec<(WebhookSpec, Option<String>)>,
     pub organization: Option<String>,
 }
 
@@ -34,6 +37,8 @@ struct RawConfig {
     prices: Vec<toml::Table>,
     #[serde(default)]
     prompts: Vec<toml::Table>,
+    #[serde(default)]
+    webhooks: Vec<toml::Table>,
     /// Organisation name for the `{{organization}}` prompt variable.
     #[serde(default)]
     organization: Option<String>,
@@ -247,6 +252,38 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         }
         prompts.push(p);
     }
+    let mut webhooks = Vec::new();
+    for (i, mut table) in raw.webhooks.into_iter().enumerate() {
+        // The URL may be a credential (a chat webhook's path), so it may come from the
+        // environment like the secret.
+        let secret = match table.remove("secret") {
+            None => None,
+            Some(toml::Value::String(s)) => {
+                let s = resolve_secret(&format!("webhooks[{i}].secret"), &s)?;
+                if !(16..=256).contains(&s.len()) {
+                    bail!("webhooks[{i}].secret: must be 16 to 256 bytes");
+                }
+                Some(s)
+            }
+            Some(_) => bail!("webhooks[{i}].secret: must be a string"),
+        };
+        if let Some(toml::Value::String(u)) = table.get("url") {
+            let u = resolve_secret(&format!("webhooks[{i}].url"), u)?;
+            table.insert("url".into(), toml::Value::String(u));
+        }
+        let w: WebhookSpec = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("webhooks[{i}]: {e}"))?;
+        w.validate()
+            .map_err(|e| anyhow::anyhow!("webhooks[{i}] ({}): {e}", w.name))?;
+        if webhooks
+            .iter()
+            .any(|(x, _): &(WebhookSpec, _)| x.name == w.name)
+        {
+            bail!("webhooks[{i}]: duplicate webhook `{}`", w.name);
+        }
+        webhooks.push((w, secret));
+    }
     let mut api_keys = Vec::new();
     for (i, k) in raw.api_keys.into_iter().enumerate() {
         validate_name("name", &k.name).map_err(|e| anyhow::anyhow!("api_keys[{i}]: {e}"))?;
@@ -296,6 +333,7 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         api_keys,
         prices,
         prompts,
+        webhooks,
         organization: raw.organization,
     })
 }

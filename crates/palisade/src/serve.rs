@@ -321,6 +321,13 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
             .await
             .map_err(|e| anyhow::anyhow!("prompt `{name}`: {}", e.message))?;
     }
+    for (w, secret) in cfg.webhooks {
+        let name = w.name.clone();
+        state
+            .apply_webhook(w, secret, actor())
+            .await
+            .map_err(|e| anyhow::anyhow!("webhook `{name}`: {}", e.message))?;
+    }
     // Proxies that trade addresses in the file (or take one another gives up) cannot move one
     // at a time: the holders are stopped first, then each starts at its new address.
     let mut held_by: Vec<String> = Vec::new();
@@ -497,6 +504,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // idle process keeps those freed pages resident (measured without policies: 11.7 MiB of
     // anonymous memory instead of 4.7).
     palisade_policy::release_free_memory();
+    tokio::spawn(palisade_admin::webhooks::deliver_alerts(state.clone()));
     println!("palisade: admin API listening on http://{local}");
     println!("palisade: web console at http://{local}/");
 

@@ -591,3 +591,257 @@ async fn a_changed_policy_is_what_proxies_and_the_playground_use() {
         200
     );
 }
+
+/// A delivery a [`Receiver`] took: path, headers, body (parsed and raw), the status it answered.
+type Delivery = (String, reqwest::header::HeaderMap, Value, u16, bytes::Bytes);
+
+/// A webhook receiver on loopback that records every delivery and answers 503 to the first
+/// `fail_first` deliveries to `/hook`.
+struct Receiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Self {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Delivery>::new()));
+        let g = got.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let g = g.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body.collect().await.unwrap().to_bytes();
+                                let path = parts.uri.path().to_string();
+                                let mut seen = g.lock().unwrap();
+                                let failed = seen.iter().filter(|(p, ..)| p == "/hook").count();
+                                let status = if path == "/hook" && failed < fail_first {
+                                    503
+                                } else {
+                                    200
+                                };
+                                let mut headers = reqwest::header::HeaderMap::new();
+                                for (k, v) in &parts.headers {
+                                    headers.insert(
+                                        reqwest::header::HeaderName::from_bytes(
+                                            k.as_str().as_bytes(),
+                                        )
+                                        .unwrap(),
+                                        reqwest::header::HeaderValue::from_bytes(v.as_bytes())
+                                            .unwrap(),
+                                    );
+                                }
+                                let json: Value =
+                                    serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                                let answer = bytes::Bytes::from_static(b"busy");
+                                seen.push((path, headers, json, status, bytes));
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(http_body_util::Full::new(answer))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        Self { url, got, task }
+    }
+
+    /// Waits until `pred` holds for the deliveries (up to 20 s); returns them.
+    async fn wait(&self, pred: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
+        for _ in 0..400 {
+            {
+                let seen = self.got.lock().unwrap();
+                if pred(&seen) {
+                    return seen.clone();
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("deliveries never arrived: {:?}", self.got.lock().unwrap());
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const HOOK_SECRET: &str = "whsec-0123456789abcdef";
+
+#[tokio::test]
+async fn alerts_reach_webhooks_signed_and_a_failed_delivery_is_sent_again() {
+    let mock = Mock::start(&[]);
+    let rx = Receiver::start(1).await;
+    let cfg = format!(
+        "{}\n[[webhooks]]\nname = \"soc\"\nurl = \"{u}/hook\"\nmin_severity = \"high\"\nsecret = \"{HOOK_SECRET}\"\n\n\
+         [[webhooks]]\nname = \"chat\"\nurl = \"{u}/slack\"\nformat = \"slack\"\nkinds = [\"budget\"]\n",
+        config(&mock.url, "enforce"),
+        u = rx.url
+    );
+    let gw = Gateway::start(&cfg).await;
+    let url = gw.proxy_url("guarded").await;
+    let r = chat(&url, INJECTION, false).await;
+    assert_eq!(r.status(), 403);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
+    let mut want: Vec<String> = alerts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| matches!(a["severity"].as_str(), Some("high" | "critical")))
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert!(!want.is_empty(), "{alerts}");
+
+    // The first delivery meets a 503; the same alerts go again and are taken.
+    let seen = rx
+        .wait(|s| s.iter().any(|(p, _, _, st, _)| p == "/hook" && *st == 200))
+        .await;
+    let hooks: Vec<_> = seen.iter().filter(|(p, ..)| p == "/hook").collect();
+    assert_eq!(hooks[0].3, 503);
+    let ids = |body: &Value| {
+        let mut v: Vec<String> = body["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&hooks[0].2), want, "the filter keeps high and critical");
+    assert_eq!(
+        ids(&hooks[1].2),
+        want,
+        "a refused delivery is sent again whole"
+    );
+    let (_, headers, body, _, raw) = hooks[1];
+    assert_eq!(body["webhook"], "soc");
+    assert_eq!(body["alerts"][0]["request_id"], rid.as_str());
+    // The signature is HMAC-SHA256 of "<t>.<body>" with the secret.
+    let sig = headers["x-palisade-signature"].to_str().unwrap();
+    let (t, v1) = sig
+        .strip_prefix("t=")
+        .and_then(|r| r.split_once(",v1="))
+        .unwrap();
+    let mut msg = format!("{t}.").into_bytes();
+    msg.extend_from_slice(raw);
+    let mac = palisade_core::crypto::hmac_sha256(HOOK_SECRET.as_bytes(), &msg);
+    assert_eq!(
+        v1,
+        palisade_core::crypto::hex(&mac),
+        "signature of the body as sent"
+    );
+    // The chat webhook takes only budget alerts: nothing went there.
+    assert!(seen.iter().all(|(p, ..)| p != "/slack"));
+
+    // The API shows state, never the secret nor the URL's path (a chat webhook's credential).
+    let mut list = Value::Null;
+    for _ in 0..100 {
+        list = gw.get("/api/v1/webhooks").await.1;
+        if list[1]["delivered"].as_i64() == Some(want.len() as i64) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let soc = &list[1];
+    assert_eq!(soc["name"], "soc", "{list}");
+    assert_eq!(soc["delivered"], want.len() as i64, "{list}");
+    assert_eq!(
+        (soc["failures"].as_i64(), soc["has_secret"].as_bool()),
+        (Some(0), Some(true))
+    );
+    assert_eq!(soc["url"], format!("{}/…", rx.url));
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.admin))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!(
+        "palisade_webhook_delivered_total{{webhook=\"soc\"}} {}",
+        want.len()
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+    assert!(metrics.contains("palisade_webhook_failures{webhook=\"soc\"} 0"));
+    let (_, audit) = gw.get("/api/v1/audit?target=soc").await;
+    let text = format!("{list}{audit}");
+    assert!(
+        !text.contains(HOOK_SECRET) && !text.contains("/hook"),
+        "{text}"
+    );
+
+    // A test delivery reaches the chat webhook in its shape.
+    let (s, v) = gw.post("/api/v1/webhooks/chat/test", json!({})).await;
+    assert_eq!((s, v["ok"].as_bool()), (200, Some(true)), "{v}");
+    let seen = rx.wait(|s| s.iter().any(|(p, ..)| p == "/slack")).await;
+    let slack = seen.iter().find(|(p, ..)| p == "/slack").unwrap();
+    assert!(
+        slack.2["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[LOW] Test delivery"),
+        "{}",
+        slack.2
+    );
+    assert!(
+        slack.1.get("x-palisade-signature").is_none(),
+        "no secret, no signature"
+    );
+
+    // Bad input is refused and changes nothing.
+    for (body, field) in [
+        (
+            json!({"name": "x", "url": "http://169.254.169.254/latest"}),
+            "url",
+        ),
+        (json!({"name": "x", "url": "gopher://h/"}), "url"),
+        (
+            json!({"name": "x", "url": "http://h.test/", "min_severity": "urgent"}),
+            "min_severity",
+        ),
+        (
+            json!({"name": "x", "url": "http://h.test/", "secret": "short"}),
+            "secret",
+        ),
+        (
+            json!({"name": "x", "url": "http://h.test/", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let (s, e) = gw.post("/api/v1/webhooks", body).await;
+        assert_eq!((s, e["error"]["field"].as_str()), (400, Some(field)), "{e}");
+    }
+    let (s, _) = gw
+        .post(
+            "/api/v1/webhooks",
+            json!({"name": "soc", "url": "http://h.test/"}),
+        )
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(
+        gw.get("/api/v1/webhooks").await.1.as_array().unwrap().len(),
+        2
+    );
+}

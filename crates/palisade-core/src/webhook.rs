@@ -1,0 +1,293 @@
+//! Alert delivery: the webhooks an administrator points alerts at, and what is sent to them.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::{FieldError, validate_name};
+use crate::record::AlertRecord;
+
+/// The body a webhook receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"webhook": …, "alerts": [AlertRecord…]}`: for SIEMs, scripts and incident tools.
+    #[default]
+    Json,
+    /// `{"text": …}`, one line per alert: a Slack (or Mattermost) incoming webhook.
+    Slack,
+}
+
+/// Alert severities, lowest first.
+pub const SEVERITIES: [&str; 4] = ["low", "medium", "high", "critical"];
+
+/// Rank of a severity in [`SEVERITIES`] (an unknown one ranks highest, so it is never filtered
+/// out by mistake).
+pub fn severity_rank(s: &str) -> usize {
+    SEVERITIES
+        .iter()
+        .position(|x| *x == s)
+        .unwrap_or(SEVERITIES.len())
+}
+
+fn low() -> String {
+    "low".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A destination for alerts. Its signing secret is not part of the spec: it is given beside it,
+/// stored encrypted, and never returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// Unique name.
+    pub name: String,
+    /// `http://` or `https://` URL the alerts are POSTed to.
+    pub url: String,
+    /// Body shape (default `json`).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Lowest severity delivered: `low` (default, every alert), `medium`, `high`, `critical`.
+    #[serde(default = "low")]
+    pub min_severity: String,
+    /// Alert kinds delivered (`policy`, `budget`, `mcp_tool`, `mcp_answer`…); empty: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// A disabled webhook keeps its place in the alert log and delivers nothing until enabled
+    /// again (then it catches up).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl WebhookSpec {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_name("name", &self.name)?;
+        check_url(&self.url)?;
+        if !SEVERITIES.contains(&self.min_severity.as_str()) {
+            return Err(FieldError::new(
+                "min_severity",
+                format!("must be one of {}", SEVERITIES.join(", ")),
+            ));
+        }
+        if self.kinds.len() > 16 {
+            return Err(FieldError::new("kinds", "at most 16 kinds"));
+        }
+        for k in &self.kinds {
+            validate_name("kinds", k)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this webhook takes `a`.
+    pub fn wants(&self, a: &AlertRecord) -> bool {
+        severity_rank(&a.severity) >= severity_rank(&self.min_severity)
+            && (self.kinds.is_empty() || self.kinds.contains(&a.kind))
+    }
+}
+
+/// A webhook URL: absolute `http`/`https` with a host, no credentials in it (they would be shown
+/// to every viewer of the API; use the signing secret), at most 2 KiB; not a link-local
+/// address (`169.254.0.0/16`, `fe80::/10`: cloud metadata services live there, no receiver does).
+fn check_url(url: &str) -> Result<(), FieldError> {
+    let bad = |m: &str| Err(FieldError::new("url", m.to_string()));
+    if url.len() > 2048 {
+        return bad("is longer than 2 KiB");
+    }
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return bad("is not a URL");
+    };
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
+        return bad("must start with http:// or https://");
+    }
+    let Some(auth) = uri.authority() else {
+        return bad("has no host");
+    };
+    if auth.as_str().contains('@') {
+        return bad("must not carry credentials (give a `secret`; requests are signed with it)");
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return bad("has no host");
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        let link_local = match ip {
+            std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified(),
+            std::net::IpAddr::V6(v6) => {
+                (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6.is_unspecified()
+                    || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+            }
+        };
+        if link_local {
+            return bad("is a link-local or unspecified address");
+        }
+    }
+    Ok(())
+}
+
+/// How a webhook URL is shown (API, console, audit log): scheme and host only, since the path
+/// or query of a chat webhook is its credential (`https://hooks.example.test/…`).
+pub fn shown_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => {
+            let rest = u.path_and_query().map_or("", |p| p.as_str());
+            let tail = if rest.is_empty() || rest == "/" {
+                "/"
+            } else {
+                "/…"
+            };
+            format!(
+                "{}://{}{tail}",
+                u.scheme_str().unwrap_or("?"),
+                u.authority().map_or("?", |a| a.as_str())
+            )
+        }
+        Err(_) => "…".into(),
+    }
+}
+
+/// The signature header of a delivery signed with `secret`: `t=<unix seconds>,v1=<hex
+/// HMAC-SHA256 of "<t>.<body>">`. A receiver recomputes it and refuses old timestamps.
+pub fn signature(secret: &str, unix_s: i64, body: &[u8]) -> String {
+    let mut msg = format!("{unix_s}.").into_bytes();
+    msg.extend_from_slice(body);
+    let mac = crate::crypto::hmac_sha256(secret.as_bytes(), &msg);
+    format!("t={unix_s},v1={}", crate::crypto::hex(&mac))
+}
+
+/// The body of one delivery of `alerts` to webhook `name` in `format`.
+pub fn delivery_body(name: &str, format: WebhookFormat, alerts: &[AlertRecord]) -> Vec<u8> {
+    let v = match format {
+        WebhookFormat::Json => serde_json::json!({ "webhook": name, "alerts": alerts }),
+        WebhookFormat::Slack => {
+            let lines: Vec<String> = alerts.iter().map(slack_line).collect();
+            serde_json::json!({ "text": lines.join("\n") })
+        }
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// One alert as a line of chat text. Slack reads `<`, `>` and `&` as markup, so they are escaped.
+fn slack_line(a: &AlertRecord) -> String {
+    let mut s = format!("[{}] {}", a.severity.to_uppercase(), a.title);
+    let mut at = Vec::new();
+    if let Some(p) = &a.proxy {
+        at.push(format!("proxy {p}"));
+    }
+    if let Some(g) = &a.group {
+        at.push(format!("group {g}"));
+    }
+    if let Some(k) = &a.key_name {
+        at.push(format!("key {k}"));
+    }
+    if !at.is_empty() {
+        s.push_str(&format!(" ({})", at.join(", ")));
+    }
+    s.push_str(if a.blocked { ": blocked" } else { ": seen" });
+    if let Some(r) = &a.request_id {
+        s.push_str(&format!(", request {r}"));
+    }
+    s.push_str(&format!(", alert {}", a.id));
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> WebhookSpec {
+        WebhookSpec {
+            name: "ops".into(),
+            url: url.into(),
+            format: WebhookFormat::Json,
+            min_severity: "low".into(),
+            kinds: vec![],
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(
+            spec("https://hooks.example.test/services/x")
+                .validate()
+                .is_ok()
+        );
+        assert!(spec("http://127.0.0.1:9000/alerts").validate().is_ok());
+        for bad in [
+            "ftp://example.test/",
+            "example.test/alerts",
+            "https://user:pw@example.test/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]/x",
+            "http://[::ffff:169.254.169.254]/x",
+            "http://0.0.0.0:80/",
+            "not a url",
+        ] {
+            let e = spec(bad).validate().unwrap_err();
+            assert_eq!(e.field, "url", "{bad}");
+        }
+        let long = format!("https://example.test/{}", "a".repeat(2100));
+        assert!(spec(&long).validate().is_err());
+    }
+
+    #[test]
+    fn urls_are_shown_without_path() {
+        assert_eq!(
+            shown_url("https://hooks.example.test/services/T0/B0/XYZ"),
+            "https://hooks.example.test/…"
+        );
+        assert_eq!(shown_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000/");
+        assert_eq!(shown_url("http://h.test/?token=1"), "http://h.test/…");
+    }
+
+    #[test]
+    fn severity_and_kind_filter() {
+        let mut s = spec("https://example.test/");
+        s.min_severity = "high".into();
+        s.kinds = vec!["policy".into()];
+        let mut a = AlertRecord {
+            kind: "policy".into(),
+            severity: "critical".into(),
+            ..AlertRecord::default()
+        };
+        assert!(s.wants(&a));
+        a.severity = "medium".into();
+        assert!(!s.wants(&a));
+        a.severity = "high".into();
+        a.kind = "budget".into();
+        assert!(!s.wants(&a));
+        s.min_severity = "urgent".into();
+        assert_eq!(s.validate().unwrap_err().field, "min_severity");
+    }
+
+    #[test]
+    fn signature_is_hmac_of_time_and_body() {
+        let sig = signature("s3cret", 1_700_000_000, b"{}");
+        let mac = crate::crypto::hmac_sha256(b"s3cret", b"1700000000.{}");
+        assert_eq!(sig, format!("t=1700000000,v1={}", crate::crypto::hex(&mac)));
+    }
+
+    #[test]
+    fn slack_text_escapes_markup() {
+        let a = AlertRecord {
+            id: "a1".into(),
+            severity: "high".into(),
+            title: "<script> & co".into(),
+            proxy: Some("llm".into()),
+            blocked: true,
+            ..AlertRecord::default()
+        };
+        let body = delivery_body("ops", WebhookFormat::Slack, &[a]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["text"],
+            "[HIGH] &lt;script&gt; &amp; co (proxy llm): blocked, alert a1"
+        );
+    }
+}
