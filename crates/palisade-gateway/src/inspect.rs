@@ -378,9 +378,33 @@ fn bucket_text(out: &mut RequestTexts, bucket: Bucket) -> &mut String {
     }
 }
 
+/// A string that is JSON text written with `\u` escapes (`{"q": "\u0073k-…"}`, a tool call's
+/// arguments or a tool's output), parsed: what the escapes spell is what the model reads, and
+/// what a pattern must see.
+pub(crate) fn escaped_json(s: &str) -> Option<Value> {
+    if !s.contains("\\u") || !s.trim_start().starts_with(['{', '[']) {
+        return None;
+    }
+    serde_json::from_str(s).ok()
+}
+
+/// Whether `r` is one of the role words of the APIs; anything else in a `role` is text (some
+/// servers' chat templates write the role out into the prompt).
+pub(crate) fn is_role_word(r: &str) -> bool {
+    matches!(
+        r,
+        "system" | "user" | "assistant" | "tool" | "developer" | "function" | "model"
+    )
+}
+
 fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
     match v {
-        Value::String(s) => push(bucket_text(out, bucket), s),
+        Value::String(s) => {
+            push(bucket_text(out, bucket), s);
+            if let Some(parsed) = escaped_json(s) {
+                keys_and_strings(&parsed, bucket_text(out, bucket));
+            }
+        }
         Value::Array(a) => a.iter().for_each(|x| walk(x, bucket, out)),
         Value::Object(m) => {
             // Tool output fed back to the model: OpenAI `role: tool`, Anthropic `tool_result`
@@ -416,16 +440,7 @@ fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
                 // into the prompt (their chat template writes the role out).
                 if k == "role"
                     && let Value::String(r) = x
-                    && !matches!(
-                        r.as_str(),
-                        "system"
-                            | "user"
-                            | "assistant"
-                            | "tool"
-                            | "developer"
-                            | "function"
-                            | "model"
-                    )
+                    && !is_role_word(r)
                 {
                     push(bucket_text(out, b), r);
                     continue;
@@ -443,7 +458,7 @@ fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
 /// Members whose value the model reads whole, names included: tool definitions and the JSON
 /// schemas of tools and answer formats (a property's name, its `format` or `id`, are words the
 /// model sees), and a tool call's arguments given as an object.
-fn reads_whole(k: &str, v: &Value) -> bool {
+pub(crate) fn reads_whole(k: &str, v: &Value) -> bool {
     matches!(v, Value::Object(_) | Value::Array(_))
         && matches!(
             k,

@@ -357,12 +357,19 @@ fn redact_answer(
     request_map: &RedactionMap,
     rec: &mut RequestRecord,
     findings: &mut Findings,
+    everywhere: bool,
 ) -> Option<Bytes> {
     // The scan just ran: without a redact match there is nothing to mask (and no walk to pay).
     if !findings.matched(Target::LlmResponse, palisade_policy::Action::Redact) {
         return None;
     }
-    let new = mask_new(&insp.set, v, Target::LlmResponse, request_map);
+    // `everywhere`: a body of no known shape, whose every string was scanned, is masked under
+    // every member name too.
+    let new = if everywhere {
+        crate::redact::mask_new_everywhere(&insp.set, v, Target::LlmResponse, request_map)
+    } else {
+        mask_new(&insp.set, v, Target::LlmResponse, request_map)
+    };
     if new == 0 {
         // A match on a placeholder the answer repeats (`"password": "[PASSWORD_1]"`) is the
         // client's own value, masked upstream and restored for the client: nothing leaked.
@@ -383,6 +390,34 @@ fn echoes_placeholders(v: &serde_json::Value, request_map: &RedactionMap) -> boo
     }
     let text = v.to_string();
     request_map.iter().any(|(p, _)| text.contains(p.as_str()))
+}
+
+/// Scans an upstream's error answer (any status but 2xx) as an answer: every string of a JSON
+/// body, or the whole text of another (an HTML error page). A block replaces it with the
+/// gateway's refusal; `redact` matches are masked in it. A body that is neither JSON nor
+/// UTF-8 text is relayed as it is (there is no text to read).
+fn check_error_answer(
+    insp: &Inspector,
+    bytes: Bytes,
+    request_map: &RedactionMap,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+) -> Result<Bytes, ProxyError> {
+    let (mut v, json) = match crate::json::parse(&bytes) {
+        Ok(v) => (v, true),
+        Err(_) => match std::str::from_utf8(&bytes) {
+            Ok(t) => (serde_json::Value::String(t.to_owned()), false),
+            Err(_) => return Ok(bytes),
+        },
+    };
+    inspect_response(insp, Endpoint::Other, &v, findings)?;
+    let Some(masked) = redact_answer(insp, &mut v, request_map, rec, findings, true) else {
+        return Ok(bytes);
+    };
+    Ok(match (json, v) {
+        (false, serde_json::Value::String(t)) => Bytes::from(t),
+        _ => masked,
+    })
 }
 
 /// Phase 5b: scan a buffered answer (already parsed; an answer that is not JSON is not scanned).
@@ -698,7 +733,13 @@ async fn proxy(
     let mut usage = Usage::default();
     // A Responses answer's id, once parsed (its placeholders are remembered under it).
     let mut response_id: Option<String> = None;
-    if up_parts.status.is_success() {
+    if !up_parts.status.is_success() {
+        // An error answer is read too: its message can carry a secret (a provider quoting
+        // what it was sent) or text meant for the client's model.
+        if let Some(insp) = rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
+            bytes = check_error_answer(insp, bytes, &redactions, rec, findings)?;
+        }
+    } else {
         match rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
             Some(insp) => {
                 // One parse serves the usage and the scan. An answer the policies cannot read
@@ -709,6 +750,14 @@ async fn proxy(
                     ))
                 })?;
                 usage.absorb(&v);
+                // A request that named no model (a background response fetched by id, `GET
+                // /v1/responses/{id}`) is priced by the model that answered.
+                if rec.model.is_none() {
+                    rec.model = v
+                        .get("model")
+                        .and_then(|m| m.as_str())
+                        .map(|m| m.chars().take(200).collect());
+                }
                 if endpoint == Endpoint::Responses && !redactions.is_empty() {
                     response_id = v.get("id").and_then(|id| id.as_str()).map(str::to_string);
                 }
@@ -727,7 +776,14 @@ async fn proxy(
                         .settle(rec, &usage, key.tpm, shared.alert.as_ref());
                     return Err(e);
                 }
-                if let Some(masked) = redact_answer(insp, &mut v, &redactions, rec, findings) {
+                if let Some(masked) = redact_answer(
+                    insp,
+                    &mut v,
+                    &redactions,
+                    rec,
+                    findings,
+                    endpoint == Endpoint::Other,
+                ) {
                     bytes = masked;
                 }
             }

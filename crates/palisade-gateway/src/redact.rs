@@ -13,7 +13,7 @@ use bytes::Bytes;
 use palisade_policy::{PolicySet, Target, placeholder_label, placeholder_number, unmask};
 use serde_json::{Map, Value, json};
 
-use crate::inspect::is_meta_member;
+use crate::inspect::{escaped_json, is_meta_member, is_role_word, reads_whole};
 use crate::remembered::Locked;
 use crate::sse::{for_each_event, raw_events};
 
@@ -52,10 +52,17 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
             } else {
                 target
             };
-            let tool_use = matches!(ty, Some("tool_use") | Some("server_tool_use"));
+            // What the scan reads (`inspect::walk`), this masks: the two must not differ, or a
+            // value would be found and sent on in clear.
+            let tool_use = matches!(
+                ty,
+                Some("tool_use") | Some("server_tool_use") | Some("mcp_tool_use")
+            );
             let text_type = is_text_type(m);
             for (k, x) in m.iter_mut() {
-                if kept_in_clear(k, x, request, text_type) {
+                // A role that is not one of the APIs' words is text the model may read.
+                let odd_role = k == "role" && x.as_str().is_some_and(|r| !is_role_word(r));
+                if !odd_role && kept_in_clear(k, x, request, text_type) {
                     continue;
                 }
                 let t = if k == "tools" || k == "functions" {
@@ -64,13 +71,18 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                     target
                 };
                 match x {
-                    Value::String(s) if is_json_text_key(k) => {
+                    Value::String(s) if is_json_text_key(k) || escaped_json(s).is_some() => {
                         redact_json_text(set, s, t, map, request);
                     }
-                    // A tool call's input as an object (Anthropic `tool_use`), and an MCP
-                    // tool's structured result: every member is content (`url`, `data`, `id`
-                    // too), and its name is context, as in JSON-text arguments.
-                    Value::Object(_) if tool_use && k == "input" || k == "structuredContent" => {
+                    // A tool call's input as an object (Anthropic `tool_use`), arguments given
+                    // as an object, an MCP tool's structured result, tool definitions and JSON
+                    // schemas: every member is content (`url`, `data`, `id`, `format` too),
+                    // and its name is context, as in JSON-text arguments.
+                    Value::Object(_) | Value::Array(_)
+                        if tool_use && k == "input"
+                            || k == "structuredContent"
+                            || reads_whole(k, x) =>
+                    {
                         redact_members(set, x, t, map, request);
                     }
                     _ => walk_mut(set, x, t, map, request),
@@ -92,6 +104,14 @@ fn redact_json_text(
     request: bool,
 ) {
     let before = map.len();
+    // Escapes (`\u0073k-…`) hide a value from a pass over the text: such text is read parsed.
+    if let Some(mut parsed) = escaped_json(s) {
+        redact_members(set, &mut parsed, target, map, request);
+        if map.len() > before {
+            *s = parsed.to_string();
+        }
+        return;
+    }
     let Some(red) = redacted(set, s, target, map, request) else {
         return;
     };

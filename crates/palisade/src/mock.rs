@@ -115,6 +115,9 @@ fn whole_input(body: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The credential `mock-error-leak` quotes in its error (shaped like a provider's key).
+pub const LEAKED_KEY: &str = "sk-proj-Leaked0Leaked1Leaked2Leaked3Leaked4Leaked5abcd";
+
 /// The fixed answer to a prompt.
 pub fn answer_for(prompt: &str) -> String {
     let p: String = prompt.chars().take(200).collect();
@@ -204,6 +207,12 @@ async fn handle(
                 .insert("content-type", http::HeaderValue::from_static("text/html"));
             r
         }
+        // A provider error that quotes a credential (as "incorrect API key" errors do).
+        (&Method::POST, _) if model == "mock-error-leak" => full(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"message": format!("Incorrect API key provided: {LEAKED_KEY}"),
+                "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        ),
         (&Method::GET, "/_mock/requests") => {
             let r = RECEIVED.lock().unwrap_or_else(|p| p.into_inner());
             full(StatusCode::OK, Value::Array(r.iter().cloned().collect()))
@@ -217,6 +226,13 @@ async fn handle(
         ),
         (&Method::POST, "/v1/chat/completions") => chat(&cfg, &json_body, &model, stream),
         (&Method::POST, "/v1/responses") => responses(&cfg, &json_body, &model, stream),
+        // A background response fetched by id: the answer names the model and its usage.
+        (&Method::GET, p) if p.starts_with("/v1/responses/resp_") => {
+            let mut r = responses(&cfg, &json!({"input": "background"}), "mock-gpt", false);
+            r.headers_mut()
+                .insert("x-mock-fetched", http::HeaderValue::from_static("1"));
+            r
+        }
         (&Method::POST, "/v1/messages") => messages(&cfg, &json_body, &model, stream),
         (&Method::POST, "/v1/embeddings") => embeddings(&json_body, &model),
         (&Method::POST, "/v1/completions") => completions(&cfg, &json_body, &model, stream),

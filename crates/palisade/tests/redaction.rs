@@ -513,3 +513,109 @@ async fn an_answer_repeating_the_clients_masked_value_gets_it_back() {
         );
     }
 }
+
+/// What the scan reads, redaction masks: values in tool-call arguments written with `\u`
+/// escapes or given as an object, in an MCP tool-use input, in a tool schema's `format`, in a
+/// role that is not one of the API's words, and in a tool's JSON output with escapes.
+#[tokio::test]
+async fn every_place_the_scan_reads_is_masked() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    // `sk-proj-…` and the address with their first letters written as `\u` escapes.
+    let escaped_key = format!("\\u0073{}", &KEY[1..]);
+    let escaped_mail = EMAIL.replace('@', "\\u0040");
+    let args = format!("{{\"q\": \"{escaped_key}\", \"to\": \"{escaped_mail}\"}}");
+    let bodies = [
+        json!({"model": "mock-gpt", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": args}}]},
+            {"role": "user", "content": "go on"}]}),
+        json!({"model": "mock-gpt", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": {"data": KEY, "id": EMAIL}}}]},
+            {"role": "user", "content": "go on"}]}),
+        json!({"model": "mock-gpt", "messages": [
+            {"role": "assistant", "content": [{"type": "mcp_tool_use", "id": "t", "name": "f",
+                "server_name": "s", "input": {"data": KEY, "url": EMAIL}}]},
+            {"role": "user", "content": "go on"}]}),
+        json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                "properties": {"a": {"type": "string", "format": KEY, "id": EMAIL}}}}}]}),
+        json!({"model": "mock-gpt", "messages": [{"role": format!("user {KEY}"), "content": "hi"}]}),
+        json!({"model": "mock-gpt", "messages": [
+            {"role": "tool", "tool_call_id": "c1", "content": args.clone()},
+            {"role": "user", "content": "go on"}]}),
+    ];
+    let c = reqwest::Client::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let r = c
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "body {i}");
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let got = received(&mock).await;
+        let up = got.last().unwrap().to_string();
+        for leak in [KEY, EMAIL, &KEY[1..], "0073k-proj", "u0040example"] {
+            assert!(
+                !up.contains(leak),
+                "body {i}: `{leak}` reached the upstream: {up}"
+            );
+        }
+        assert!(
+            up.contains("[API_KEY_1]") || up.contains("[EMAIL_1]"),
+            "body {i}: {up}"
+        );
+        let rows = gw.wait_requests(&format!("id={rid}"), 1).await;
+        assert!(
+            rows[0]["redactions"].as_i64().unwrap_or(0) >= 1,
+            "body {i}: {}",
+            rows[0]
+        );
+    }
+}
+
+/// An upstream's error answer is read like an answer: a credential it quotes is masked before
+/// the client sees it, with an alert; the status and the error's shape stay.
+#[tokio::test]
+async fn a_credential_in_an_upstream_error_is_masked() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-error-leak", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(!msg.contains("Leaked0Leaked1"), "{body}");
+    assert!(msg.starts_with("Incorrect API key provided: ["), "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
+    assert!(
+        alerts["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["target"] == "llm_response"),
+        "{alerts}"
+    );
+    // An error page that is not JSON still passes as the gateway relayed it before.
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-html-error", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+}

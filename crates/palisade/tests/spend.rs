@@ -502,3 +502,40 @@ async fn a_client_that_hangs_up_before_the_answer_is_still_logged() {
     );
     assert_eq!(rows[0]["key_name"], "ci", "{}", rows[0]);
 }
+
+/// A background response fetched by id (`GET /v1/responses/{id}`) names no model in its request:
+/// the answer's model prices it, also when the proxy's policies read the answer.
+#[tokio::test]
+async fn a_response_fetched_by_id_is_priced_by_the_model_that_answered() {
+    let mock = Mock::start(&[]);
+    let cfg = format!(
+        "{}\n[[proxies]]\nname = \"guarded\"\nkind = \"llm\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\
+         policies = [\"secrets-detection\"]\n",
+        config(&mock.url, 100.0, "block"),
+        mock.url
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = reqwest::Client::new();
+    for proxy in ["oai", "guarded"] {
+        let url = gw.proxy_url(proxy).await;
+        let r = c
+            .get(format!("{url}/v1/responses/resp_bg1"))
+            .bearer_auth(CI_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        let rows = gw
+            .wait_requests(&format!("proxy={proxy}&endpoint=other"), 1)
+            .await;
+        let row = &rows[0];
+        assert_eq!(row["model"], "mock-gpt", "{proxy}: {row}");
+        assert_eq!(
+            row["prompt_tokens"], answer["usage"]["input_tokens"],
+            "{row}"
+        );
+        assert_eq!(row["cost_unknown"], false, "{proxy}: {row}");
+        assert!(row["cost_usd"].as_f64().unwrap() > 0.0, "{proxy}: {row}");
+    }
+}
