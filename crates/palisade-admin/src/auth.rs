@@ -81,17 +81,21 @@ pub fn csrf_for(token: &str) -> String {
         .to_string()
 }
 
-/// The value of cookie `name` in the request, if any.
+/// The value of cookie `name` in the request, if it is there once. Sent twice (a cookie of the
+/// same name set for another path, by another site on this host), it is ambiguous, and neither
+/// copy is taken: a planted session must not be the one the console acts as.
 pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let mut found = headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
+        .filter_map(|kv| {
             let (k, v) = kv.trim().split_once('=')?;
             (k == name).then_some(v)
-        })
+        });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// `Set-Cookie` values that open a console session with `token`.
@@ -272,7 +276,14 @@ impl RevokedTokens {
 #[derive(Default)]
 pub struct LoginLimiter {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// `(address, user)` pairs that have logged in (bounded; oldest forgotten first). Failures
+    /// for a user from elsewhere do not lock these out: anyone can send ten wrong passwords for
+    /// `admin`, and that must not keep the administrator out.
+    known: Mutex<std::collections::VecDeque<(IpAddr, String)>>,
 }
+
+/// Most `(address, user)` pairs a limiter remembers.
+const KNOWN_PAIRS: usize = 4_096;
 
 impl LoginLimiter {
     /// Counts an attempt against each key *before* its password is checked, so attempts made
@@ -304,10 +315,33 @@ impl LoginLimiter {
     /// A right password: the user's count starts over; an address's count only takes this
     /// attempt back (one account's good login must not wipe the guesses made from the same
     /// address at other accounts).
+    /// The keys an attempt from `ip` as `user` counts against: the address, and the user — or,
+    /// from an address the user has logged in from before, that pair alone, so failures sent
+    /// from elsewhere lock out guessers but not the user's own address.
+    fn keys(&self, ip: IpAddr, user: &str) -> [String; 2] {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.iter().any(|(i, u)| *i == ip && u == user) {
+            [format!("ip:{ip}"), format!("pair:{ip} {user}")]
+        } else {
+            [format!("ip:{ip}"), format!("user:{user}")]
+        }
+    }
+
+    /// Remembers that `user` logged in from `ip`.
+    fn remember(&self, ip: IpAddr, user: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = known.iter().position(|(a, u)| *a == ip && u == user) {
+            known.remove(i);
+        } else if known.len() >= KNOWN_PAIRS {
+            known.pop_front();
+        }
+        known.push_back((ip, user.to_string()));
+    }
+
     fn succeed(&self, keys: &[String]) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         for k in keys {
-            if k.starts_with("user:") {
+            if k.starts_with("user:") || k.starts_with("pair:") {
                 map.remove(k);
             } else if let Some((n, _)) = map.get_mut(k) {
                 *n = n.saturating_sub(1);
@@ -406,7 +440,7 @@ pub async fn login(
         ));
     }
     let ip: IpAddr = peer.ip();
-    let keys = [format!("ip:{ip}"), format!("user:{}", req.username)];
+    let keys = state.limiter.keys(ip, &req.username);
     state.limiter.begin(&keys).map_err(too_many_attempts)?;
     let user = state.store.user_by_name(&req.username).await?;
     // Verify against a dummy hash for unknown users so timing does not reveal which names exist.
@@ -416,11 +450,13 @@ pub async fn login(
         .unwrap_or_else(|| state.dummy_hash.clone());
     let password = req.password;
     let ok = hashing(move || verify_password(&password, &phc)).await?;
-    let actor = Actor {
-        name: req.username.clone(),
-        request_id: Some(rid.0.clone()),
-    };
     let Some(user) = user.filter(|_| ok) else {
+        // Nobody is signed in: the row's actor is not the name a stranger typed (it could
+        // read `config` or `admin`); the name is its target.
+        let actor = Actor {
+            name: "anonymous".into(),
+            request_id: Some(rid.0.clone()),
+        };
         let _ = state
             .store
             .record_event(
@@ -434,6 +470,7 @@ pub async fn login(
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
     state.limiter.succeed(&keys);
+    state.limiter.remember(ip, &user.username);
     let exp = now_ms() + TOKEN_TTL.as_millis() as i64;
     let claims = Claims {
         sub: user.username.clone(),
@@ -448,7 +485,10 @@ pub async fn login(
     state
         .store
         .record_event(
-            actor,
+            Actor {
+                name: user.username.clone(),
+                request_id: Some(rid.0.clone()),
+            },
             "auth.login",
             "user",
             &user.username,
@@ -661,6 +701,12 @@ mod tests {
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("tok.sig"));
         assert_eq!(cookie(&h, CSRF_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "missing"), None);
+        // Twice (one planted for another path): ambiguous, neither is taken.
+        h.append(
+            axum::http::header::COOKIE,
+            "palisade_session=planted".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), None);
     }
 
     #[test]
@@ -682,6 +728,32 @@ mod tests {
         assert!(r.is_revoked("a"));
         r.revoke("b", now_ms() + 60_000);
         assert!(!r.is_revoked("old"), "expired entries are pruned");
+    }
+
+    #[test]
+    fn strangers_guessing_a_name_do_not_lock_out_its_known_address() {
+        let l = LoginLimiter::default();
+        let home: IpAddr = "10.0.0.1".parse().unwrap();
+        let keys = l.keys(home, "admin");
+        l.begin(&keys).unwrap();
+        l.succeed(&keys);
+        l.remember(home, "admin");
+        // Ten wrong passwords for `admin` from ten addresses lock the name for new addresses...
+        for i in 0..MAX_FAILURES {
+            let ip: IpAddr = format!("192.0.2.{i}").parse().unwrap();
+            l.begin(&l.keys(ip, "admin")).unwrap();
+        }
+        let stranger: IpAddr = "192.0.2.200".parse().unwrap();
+        assert!(l.begin(&l.keys(stranger, "admin")).is_err());
+        // ...not for the address the administrator logs in from, which keeps its own count.
+        assert!(l.begin(&l.keys(home, "admin")).is_ok());
+        for _ in 1..MAX_FAILURES {
+            l.begin(&l.keys(home, "admin")).unwrap();
+        }
+        assert!(
+            l.begin(&l.keys(home, "admin")).is_err(),
+            "guessing from it still locks"
+        );
     }
 
     #[test]

@@ -88,9 +88,9 @@ impl WebhookSpec {
     }
 }
 
-/// A webhook URL: absolute `http`/`https` with a host, no credentials in it (they would be shown
-/// to every viewer of the API; use the signing secret), at most 2 KiB; not a link-local
-/// address (`169.254.0.0/16`, `fe80::/10`: cloud metadata services live there, no receiver does).
+/// A webhook URL: absolute `http`/`https` with a host, no credentials in it (use the signing
+/// secret), at most 2 KiB; not a link-local or unspecified address
+/// ([`is_metadata_or_unspecified`]; names resolving to one are refused when delivering).
 fn check_url(url: &str) -> Result<(), FieldError> {
     let bad = |m: &str| Err(FieldError::new("url", m.to_string()));
     if url.len() > 2048 {
@@ -112,20 +112,28 @@ fn check_url(url: &str) -> Result<(), FieldError> {
     if host.is_empty() {
         return bad("has no host");
     }
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        let link_local = match ip {
-            std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified(),
-            std::net::IpAddr::V6(v6) => {
-                (v6.segments()[0] & 0xffc0) == 0xfe80
-                    || v6.is_unspecified()
-                    || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
-            }
-        };
-        if link_local {
-            return bad("is a link-local or unspecified address");
-        }
+    if host.parse().is_ok_and(is_metadata_or_unspecified) {
+        return bad("is a link-local or unspecified address");
     }
     Ok(())
+}
+
+/// Whether an address is link-local (`169.254.0.0/16`, `fe80::/10`: where cloud metadata
+/// services answer, e.g. 169.254.169.254, and no webhook receiver lives), AWS's IPv6 metadata
+/// address, or unspecified (`0.0.0.0` connects to this host). Deliveries never connect to one,
+/// whatever a host name resolves to.
+pub fn is_metadata_or_unspecified(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified(),
+        std::net::IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
+        }
+    }
 }
 
 /// How a webhook URL is shown (API, console, audit log): scheme and host only, since the path

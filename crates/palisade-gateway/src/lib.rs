@@ -38,5 +38,7 @@ pub use manager::{
 };
 pub use shape::Endpoint;
 pub use sse::SseSplitter;
-pub use upstream::{HttpClient, Posted, build_client, post_json};
+pub use upstream::{
+    GuardedClient, HttpClient, Posted, build_client, build_guarded_client, post_json,
+};
 pub use usage::Usage;

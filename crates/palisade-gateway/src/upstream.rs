@@ -15,9 +15,66 @@ use hyper_util::rt::TokioExecutor;
 /// The pooled HTTP/1.1 client (TLS via rustls with the Mozilla root set compiled in).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// A client whose connections never reach a link-local or unspecified address, whatever a
+/// host name resolves to (see [`GuardedResolver`]): for URLs an administrator types in, such
+/// as alert webhooks.
+pub type GuardedClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+
 /// Builds the client shared by all proxies.
 pub fn build_client() -> HttpClient {
-    let mut http = HttpConnector::new();
+    client_with(HttpConnector::new())
+}
+
+/// Builds a [`GuardedClient`].
+pub fn build_guarded_client() -> GuardedClient {
+    client_with(HttpConnector::new_with_resolver(GuardedResolver))
+}
+
+/// Resolves host names like the system does, then drops link-local and unspecified addresses
+/// ([`palisade_core::webhook::is_metadata_or_unspecified`]); a name left with none is an error. Numeric spellings that
+/// the system reads as addresses (`2852039166`, `0251.0376.0251.0376`) go through it too.
+#[derive(Clone, Copy, Debug)]
+pub struct GuardedResolver;
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !palisade_core::webhook::is_metadata_or_unspecified(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("`{host}` resolves only to link-local or unspecified addresses"),
+                ));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+fn client_with<R>(
+    mut http: HttpConnector<R>,
+) -> Client<HttpsConnector<HttpConnector<R>>, Full<Bytes>>
+where
+    HttpsConnector<HttpConnector<R>>:
+        hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -33,25 +90,27 @@ pub fn build_client() -> HttpClient {
         .build(https)
 }
 
-/// What a [`post_json`] receiver answered: its status and the start of its body (for error
-/// messages).
+/// What a [`post_json`] receiver answered.
 #[derive(Debug)]
 pub struct Posted {
     /// HTTP status.
     pub status: u16,
-    /// At most the first 512 bytes of the answer, as text.
-    pub head: String,
 }
 
 /// POSTs a JSON `body` to `url` with extra `headers`, giving up after `timeout` (connect,
-/// send and answer). Reads at most 64 KiB of the answer. Errors are one line for an operator.
-pub async fn post_json(
-    client: &HttpClient,
+/// send and answer). The answer's body is read (up to 64 KiB, so the connection can serve again)
+/// and dropped: what a receiver says is not shown to anyone, since the URL may point at a
+/// service that is no webhook. Errors are one line for an operator.
+pub async fn post_json<C>(
+    client: &Client<C, Full<Bytes>>,
     url: &str,
     headers: &[(&'static str, String)],
     body: Vec<u8>,
     timeout: Duration,
-) -> Result<Posted, String> {
+) -> Result<Posted, String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     use http_body_util::BodyExt;
     let mut req = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -77,23 +136,15 @@ pub async fn post_json(
         })?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
-        let mut head = Vec::new();
-        while head.len() < 64 * 1024 {
+        let mut read = 0;
+        while read < 64 * 1024 {
             match body.frame().await {
-                Some(Ok(f)) => {
-                    if let Some(d) = f.data_ref() {
-                        head.extend_from_slice(d);
-                    }
-                }
+                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
                 Some(Err(e)) => return Err(format!("reading the answer: {e}")),
                 None => break,
             }
         }
-        head.truncate(512);
-        Ok(Posted {
-            status,
-            head: String::from_utf8_lossy(&head).into_owned(),
-        })
+        Ok(Posted { status })
     };
     tokio::time::timeout(timeout, exchange)
         .await
@@ -227,12 +278,30 @@ pub fn upstream_request_headers(src: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Whether a `Set-Cookie` from an upstream names one of the gateway's own cookies. Browsers do
+/// not keep cookies apart by port, so one set through a proxy would reach the admin console on
+/// the same host (a planted session: the console would act as someone else).
+fn sets_console_cookie(v: &HeaderValue) -> bool {
+    let name = v
+        .as_bytes()
+        .split(|&b| b == b'=')
+        .next()
+        .unwrap_or_default();
+    String::from_utf8_lossy(name)
+        .trim()
+        .to_ascii_lowercase()
+        .contains("palisade")
+}
+
 /// Copies upstream response headers for the client, dropping hop-by-hop headers and, when the
 /// gateway re-frames the body, `Content-Length`.
 pub fn client_response_headers(src: &HeaderMap, keep_length: bool) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(src.len() + 4);
     for (name, value) in src {
-        if is_hop_by_hop(name) || (!keep_length && name == http::header::CONTENT_LENGTH) {
+        if is_hop_by_hop(name)
+            || (!keep_length && name == http::header::CONTENT_LENGTH)
+            || (name == http::header::SET_COOKIE && sets_console_cookie(value))
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -243,6 +312,46 @@ pub fn client_response_headers(src: &HeaderMap, keep_length: bool) -> HeaderMap 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn guarded_names_never_resolve_to_metadata_addresses() {
+        use tower_service::Service;
+        let name = |h: &str| {
+            h.parse::<hyper_util::client::legacy::connect::dns::Name>()
+                .unwrap()
+        };
+        for h in [
+            "169.254.169.254",
+            "2852039166",
+            "0251.0376.0251.0376",
+            "0.0.0.0",
+        ] {
+            let e = GuardedResolver.call(name(h)).await.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{h}");
+        }
+        let ok: Vec<_> = GuardedResolver
+            .call(name("127.0.0.1"))
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(ok[0].ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn an_upstream_cannot_set_the_consoles_cookies() {
+        let mut h = HeaderMap::new();
+        for c in [
+            "palisade_session=x; Path=/api",
+            " Palisade_CSRF=y",
+            "__Host-palisade_session=z; Path=/",
+            "lb=abc; Path=/",
+        ] {
+            h.append(http::header::SET_COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        let out = client_response_headers(&h, true);
+        let kept: Vec<_> = out.get_all(http::header::SET_COOKIE).iter().collect();
+        assert_eq!(kept, ["lb=abc; Path=/"]);
+    }
 
     #[test]
     fn target_joins_base_path() {

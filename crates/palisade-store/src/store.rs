@@ -478,6 +478,20 @@ impl Store {
         let (username, role) = (username.to_string(), role.to_string());
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Names that differ only in case would read as one person in the audit log. Checked
+            // here, in the write's transaction, so two creations at once cannot both pass.
+            let same: Option<String> = tx
+                .query_row(
+                    "SELECT username FROM users WHERE lower(username) = lower(?1)",
+                    [&username],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(other) = same {
+                return Err(StoreError::Conflict(format!(
+                    "user `{other}` already exists (user names are compared without case)"
+                )));
+            }
             let now = now_ms();
             tx.execute(
                 "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at)
