@@ -192,3 +192,29 @@ mod tests {
         }
     }
 }
+
+/// What a change does with a stored secret (a proxy's upstream key, a webhook's signing
+/// secret), given in a JSON body beside the object's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretChange {
+    /// Keep it.
+    Keep,
+    /// Replace it.
+    Set(String),
+    /// Remove it.
+    Clear,
+}
+
+/// Splits the secret member `field` out of a JSON object body: absent or `null` keeps the
+/// stored one, `""` removes it.
+pub fn take_secret(body: &mut serde_json::Value, field: &str) -> Result<SecretChange, ApiError> {
+    let serde_json::Value::Object(map) = body else {
+        return Err(ApiError::bad_request("body must be a JSON object"));
+    };
+    match map.remove(field) {
+        None | Some(serde_json::Value::Null) => Ok(SecretChange::Keep),
+        Some(serde_json::Value::String(s)) if s.is_empty() => Ok(SecretChange::Clear),
+        Some(serde_json::Value::String(s)) => Ok(SecretChange::Set(s)),
+        Some(_) => Err(ApiError::field(field, "must be a string")),
+    }
+}

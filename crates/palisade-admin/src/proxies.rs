@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::{ValidJson, parse};
+use crate::json::{SecretChange, ValidJson, parse, take_secret};
 
 /// A proxy as the API shows it: its spec, whether it holds an upstream key, and its run state.
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,29 +44,6 @@ pub struct ProxyInput {
     spec: ProxySpec,
     /// Provider credential injected upstream; stored encrypted, never returned.
     upstream_key: Option<String>,
-}
-
-/// What an update does with the stored upstream key.
-pub enum KeyChange {
-    /// Keep it.
-    Keep,
-    /// Replace it.
-    Set(String),
-    /// Remove it.
-    Clear,
-}
-
-/// Splits `upstream_key` out of a JSON body.
-fn take_key(body: &mut Value) -> ApiResult<KeyChange> {
-    let Value::Object(map) = body else {
-        return Err(ApiError::bad_request("body must be a JSON object"));
-    };
-    match map.remove("upstream_key") {
-        None | Some(Value::Null) => Ok(KeyChange::Keep),
-        Some(Value::String(s)) if s.is_empty() => Ok(KeyChange::Clear),
-        Some(Value::String(s)) => Ok(KeyChange::Set(s)),
-        Some(_) => Err(ApiError::field("upstream_key", "must be a string")),
-    }
 }
 
 impl AppState {
@@ -147,7 +124,7 @@ impl AppState {
     pub async fn update_proxy(
         &self,
         spec: ProxySpec,
-        key: KeyChange,
+        key: SecretChange,
         actor: Actor,
     ) -> ApiResult<ProxyView> {
         spec.validate()?;
@@ -155,9 +132,9 @@ impl AppState {
         let _turn = crate::policies::policy_change_turn().await;
         let current = self.get_row(&spec.name).await?;
         let (sealed, upd) = match key {
-            KeyChange::Keep => (current.upstream_key_sealed.clone(), SealedUpdate::Keep),
-            KeyChange::Clear => (None, SealedUpdate::Clear),
-            KeyChange::Set(k) => {
+            SecretChange::Keep => (current.upstream_key_sealed.clone(), SealedUpdate::Keep),
+            SecretChange::Clear => (None, SealedUpdate::Clear),
+            SecretChange::Set(k) => {
                 let s = self.master.seal(&k);
                 (Some(s.clone()), SealedUpdate::Set(s))
             }
@@ -204,7 +181,7 @@ impl AppState {
                     spec.enabled = row.spec.enabled;
                 }
                 let change = match key {
-                    None => KeyChange::Clear,
+                    None => SecretChange::Clear,
                     Some(k) => {
                         let same = row
                             .upstream_key_sealed
@@ -213,14 +190,14 @@ impl AppState {
                             .as_deref()
                             == Some(k.as_str());
                         if same {
-                            KeyChange::Keep
+                            SecretChange::Keep
                         } else {
-                            KeyChange::Set(k)
+                            SecretChange::Set(k)
                         }
                     }
                 };
                 let change = match (&change, &row.upstream_key_sealed) {
-                    (KeyChange::Clear, None) => KeyChange::Keep,
+                    (SecretChange::Clear, None) => SecretChange::Keep,
                     _ => change,
                 };
                 self.update_proxy(spec, change, actor).await
@@ -349,8 +326,8 @@ pub async fn create(
     Admin(u): Admin,
     ValidJson(mut body): ValidJson<Value>,
 ) -> ApiResult<(StatusCode, Json<ProxyView>)> {
-    let key = match take_key(&mut body)? {
-        KeyChange::Set(k) => Some(k),
+    let key = match take_secret(&mut body, "upstream_key")? {
+        SecretChange::Set(k) => Some(k),
         _ => None,
     };
     let spec: ProxySpec = parse(body.to_string().as_bytes())?;
@@ -371,7 +348,7 @@ pub async fn replace(
     Path(name): Path<String>,
     ValidJson(mut body): ValidJson<Value>,
 ) -> ApiResult<Json<ProxyView>> {
-    let key = take_key(&mut body)?;
+    let key = take_secret(&mut body, "upstream_key")?;
     if let Value::Object(m) = &mut body {
         let named = m
             .entry("name")
@@ -402,7 +379,7 @@ pub async fn patch(
     Path(name): Path<String>,
     ValidJson(mut body): ValidJson<Value>,
 ) -> ApiResult<Json<ProxyView>> {
-    let key = take_key(&mut body)?;
+    let key = take_secret(&mut body, "upstream_key")?;
     let row = s.get_row(&name).await?;
     let mut merged = serde_json::to_value(&row.spec).map_err(ApiError::internal)?;
     if let (Value::Object(m), Value::Object(p)) = (&mut merged, body) {
@@ -426,8 +403,8 @@ pub async fn patch(
 /// update that moves the upstream to another origin (scheme, host or port) must give the key
 /// again (`upstream_key`, or `""` for none); otherwise anyone holding an admin token could
 /// point the proxy at a server of theirs and read the provider's key from its requests.
-fn check_key_destination(row: &ProxyRow, spec: &ProxySpec, key: &KeyChange) -> ApiResult<()> {
-    if !matches!(key, KeyChange::Keep)
+fn check_key_destination(row: &ProxyRow, spec: &ProxySpec, key: &SecretChange) -> ApiResult<()> {
+    if !matches!(key, SecretChange::Keep)
         || row.upstream_key_sealed.is_none()
         || same_origin(&row.spec.upstream, &spec.upstream)
     {

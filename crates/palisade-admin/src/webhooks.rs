@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::{ValidJson, parse};
+use crate::json::{SecretChange, ValidJson, parse, take_secret};
 
 /// Alerts per delivery.
 const BATCH: u32 = 50;
@@ -90,28 +90,14 @@ pub struct WebhookInput {
     secret: Option<String>,
 }
 
-/// What a change does with a stored secret.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SecretChange {
-    /// Keep it.
-    Keep,
-    /// Replace it.
-    Set(String),
-    /// Remove it.
-    Clear,
-}
-
-/// Splits `secret` out of a JSON body.
-fn take_secret(body: &mut Value) -> ApiResult<SecretChange> {
-    let Value::Object(map) = body else {
-        return Err(ApiError::bad_request("body must be a JSON object"));
-    };
-    match map.remove("secret") {
-        None | Some(Value::Null) => Ok(SecretChange::Keep),
-        Some(Value::String(s)) if s.is_empty() => Ok(SecretChange::Clear),
-        Some(Value::String(s)) if (16..=256).contains(&s.len()) => Ok(SecretChange::Set(s)),
-        Some(Value::String(_)) => Err(ApiError::field("secret", "must be 16 to 256 bytes")),
-        Some(_) => Err(ApiError::field("secret", "must be a string")),
+/// Splits `secret` out of a JSON body ([`take_secret`]) and checks its length.
+fn secret_of(body: &mut Value) -> ApiResult<SecretChange> {
+    let change = take_secret(body, "secret")?;
+    match &change {
+        SecretChange::Set(s) if !(16..=256).contains(&s.len()) => {
+            Err(ApiError::field("secret", "must be 16 to 256 bytes"))
+        }
+        _ => Ok(change),
     }
 }
 
@@ -337,7 +323,7 @@ pub async fn create(
     Admin(u): Admin,
     ValidJson(mut body): ValidJson<Value>,
 ) -> ApiResult<(StatusCode, Json<WebhookView>)> {
-    let secret = match take_secret(&mut body)? {
+    let secret = match secret_of(&mut body)? {
         SecretChange::Set(k) => Some(k),
         _ => None,
     };
@@ -358,7 +344,7 @@ pub async fn replace(
     Path(name): Path<String>,
     ValidJson(mut body): ValidJson<Value>,
 ) -> ApiResult<Json<WebhookView>> {
-    let secret = take_secret(&mut body)?;
+    let secret = secret_of(&mut body)?;
     let spec: WebhookSpec = parse(body.to_string().as_bytes())?;
     if spec.name != name {
         return Err(ApiError::field("name", "must match the path"));
