@@ -141,7 +141,7 @@ pub(crate) async fn verify_token(
     if claims.exp <= now_ms() {
         return Err(ApiError::unauthorized("token expired; log in again"));
     }
-    if state.revoked.is_revoked(token) {
+    if state.revoked.is_revoked(token, &claims.sub, claims.exp) {
         return Err(ApiError::unauthorized("logged out; log in again"));
     }
     // The user's current state decides: a deleted user or a changed password revokes the
@@ -244,29 +244,68 @@ impl FromRequestParts<AppState> for Admin {
 
 /// Tokens ended by a logout before their expiry, kept (by digest) until they expire. In
 /// memory: a restart forgets them, which leaves them valid at most until their own expiry.
-#[derive(Default)]
 pub struct RevokedTokens {
-    map: Mutex<HashMap<String, i64>>,
+    /// Most entries kept one by one ([`MAX_REVOKED`]).
+    cap: usize,
+    /// Digest → (user, expiry).
+    map: Mutex<HashMap<String, (String, i64)>>,
+    /// Per user: every token of theirs that expires at or before this time is refused. Where
+    /// the list overflows, forgotten entries become this (never a logged-out token valid
+    /// again: logging in and out in a loop must not push other sessions' logouts out).
+    before: Mutex<HashMap<String, i64>>,
 }
 
-/// Logged-out tokens remembered at most (the oldest expiries are forgotten first beyond it).
+/// Logged-out tokens remembered one by one at most (beyond it, the earliest expiries are folded
+/// into their users' cut-off times).
 const MAX_REVOKED: usize = 100_000;
 
+impl Default for RevokedTokens {
+    fn default() -> Self {
+        Self::with_cap(MAX_REVOKED)
+    }
+}
+
 impl RevokedTokens {
-    fn revoke(&self, token: &str, exp: i64) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        m.retain(|_, e| *e > now);
-        if m.len() >= MAX_REVOKED {
-            let mut exps: Vec<i64> = m.values().copied().collect();
-            exps.sort_unstable();
-            let cut = exps[exps.len() / 10];
-            m.retain(|_, e| *e > cut);
+    fn with_cap(cap: usize) -> Self {
+        Self {
+            cap,
+            map: Default::default(),
+            before: Default::default(),
         }
-        m.insert(palisade_core::crypto::sha256_hex(token.as_bytes()), exp);
     }
 
-    fn is_revoked(&self, token: &str) -> bool {
+    fn revoke(&self, token: &str, user: &str, exp: i64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        m.retain(|_, (_, e)| *e > now);
+        if m.len() >= self.cap {
+            let mut exps: Vec<i64> = m.values().map(|(_, e)| *e).collect();
+            exps.sort_unstable();
+            let cut = exps[exps.len() / 10];
+            let mut before = self.before.lock().unwrap_or_else(|p| p.into_inner());
+            before.retain(|_, e| *e > now);
+            m.retain(|_, (u, e)| {
+                if *e > cut {
+                    return true;
+                }
+                let b = before.entry(u.clone()).or_insert(*e);
+                *b = (*b).max(*e);
+                false
+            });
+        }
+        m.insert(
+            palisade_core::crypto::sha256_hex(token.as_bytes()),
+            (user.to_string(), exp),
+        );
+    }
+
+    fn is_revoked(&self, token: &str, user: &str, exp: i64) -> bool {
+        {
+            let before = self.before.lock().unwrap_or_else(|p| p.into_inner());
+            if before.get(user).is_some_and(|b| exp <= *b) {
+                return true;
+            }
+        }
         let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         !m.is_empty() && m.contains_key(&palisade_core::crypto::sha256_hex(token.as_bytes()))
     }
@@ -627,14 +666,14 @@ pub async fn logout(
     // Only a live session is ended and recorded (a second logout with the same token, or one
     // with an expired token, changes nothing).
     if let Some(t) = token
-        && !state.revoked.is_revoked(t)
         && let Some(claims) = state
             .signer
             .verify(t)
             .and_then(|p| serde_json::from_slice::<Claims>(&p).ok())
             .filter(|c| c.exp > now_ms())
+        && !state.revoked.is_revoked(t, &claims.sub, claims.exp)
     {
-        state.revoked.revoke(t, claims.exp);
+        state.revoked.revoke(t, &claims.sub, claims.exp);
         let actor = Actor {
             name: claims.sub.clone(),
             request_id: Some(rid.0),
@@ -722,12 +761,30 @@ mod tests {
     #[test]
     fn logged_out_tokens_stay_refused_until_they_expire() {
         let r = RevokedTokens::default();
-        assert!(!r.is_revoked("a"));
-        r.revoke("a", now_ms() + 60_000);
-        r.revoke("old", now_ms() - 1);
-        assert!(r.is_revoked("a"));
-        r.revoke("b", now_ms() + 60_000);
-        assert!(!r.is_revoked("old"), "expired entries are pruned");
+        let later = now_ms() + 60_000;
+        assert!(!r.is_revoked("a", "u", later));
+        r.revoke("a", "u", later);
+        r.revoke("old", "u", now_ms() - 1);
+        assert!(r.is_revoked("a", "u", later));
+        r.revoke("b", "u", later);
+        assert!(
+            !r.is_revoked("old", "u", now_ms() - 1),
+            "expired entries are pruned"
+        );
+    }
+
+    #[test]
+    fn a_full_list_never_lets_a_logged_out_token_back_in() {
+        let r = RevokedTokens::with_cap(1_000);
+        let t0 = now_ms() + 3_600_000;
+        // The victim's logged-out token, then a flood of logouts by another user.
+        r.revoke("victim-token", "victim", t0);
+        for i in 0..2_000 {
+            r.revoke(&format!("flood-{i}"), "mallory", t0 + 1 + i);
+        }
+        assert!(r.is_revoked("victim-token", "victim", t0));
+        // The fold refuses the victim's tokens that expire no later; newer ones still work.
+        assert!(!r.is_revoked("victim-new", "victim", t0 + 10_000_000));
     }
 
     #[test]

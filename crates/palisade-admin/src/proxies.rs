@@ -157,11 +157,49 @@ impl AppState {
             (false, false) => Ok(()),
         }
         .map_err(|e| ApiError::conflict(e.to_string()))?;
-        let (_, after) = self
+        let stored = self
             .store
             .update_proxy(spec, upd, "proxy.update", actor)
-            .await?;
+            .await;
+        let (_, after) = self.stored_or_restored(stored, &current, running).await?;
         Ok(self.view(after).await)
+    }
+
+    /// A change the store refused (a busy or full database) leaves no trace: the running proxy
+    /// goes back to the configuration and run state the store still holds, so what serves
+    /// traffic is what the audit log says.
+    async fn stored_or_restored<T>(
+        &self,
+        stored: Result<T, palisade_store::StoreError>,
+        before: &ProxyRow,
+        was_running: bool,
+    ) -> ApiResult<T> {
+        let e = match stored {
+            Ok(t) => return Ok(t),
+            Err(e) => e,
+        };
+        let name = &before.spec.name;
+        let running = matches!(self.manager.status(name).await, ProxyStatus::Running(_));
+        let restored = match self
+            .runtime(&before.spec, before.upstream_key_sealed.as_deref())
+            .await
+        {
+            Ok(rt) => match (was_running, running) {
+                (true, true) => self.manager.reconfigure(rt).await,
+                (true, false) => self.manager.start(rt).await.map(|_| ()),
+                (false, true) => {
+                    self.manager.stop(name).await;
+                    Ok(())
+                }
+                (false, false) => Ok(()),
+            }
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.message),
+        };
+        if let Err(r) = restored {
+            tracing::error!(proxy = %name, error = %r, "a change the database refused could not be undone on the running proxy");
+        }
+        Err(e.into())
     }
 
     /// Creates or updates a proxy from the config file. `keep_run_state`: the file does not say
@@ -233,12 +271,13 @@ impl AppState {
         }
         let spec = ProxySpec {
             enabled,
-            ..row.spec
+            ..row.spec.clone()
         };
-        let (_, after) = self
+        let stored = self
             .store
             .update_proxy(spec, SealedUpdate::Keep, action, actor)
-            .await?;
+            .await;
+        let (_, after) = self.stored_or_restored(stored, &row, running).await?;
         Ok(self.view(after).await)
     }
 
@@ -492,6 +531,7 @@ pub async fn restart(
     let rt = s
         .runtime(&row.spec, row.upstream_key_sealed.as_deref())
         .await?;
+    let running = matches!(s.manager.status(&name).await, ProxyStatus::Running(_));
     s.manager.stop(&name).await;
     s.manager
         .start(rt)
@@ -499,12 +539,13 @@ pub async fn restart(
         .map_err(|e| ApiError::conflict(e.to_string()))?;
     let spec = ProxySpec {
         enabled: true,
-        ..row.spec
+        ..row.spec.clone()
     };
-    let (_, after) = s
+    let stored = s
         .store
         .update_proxy(spec, SealedUpdate::Keep, "proxy.restart", u.actor())
-        .await?;
+        .await;
+    let (_, after) = s.stored_or_restored(stored, &row, running).await?;
     Ok(Json(s.view(after).await))
 }
 

@@ -70,9 +70,19 @@ impl ProxyRow {
                 "has_upstream_key".into(),
                 Value::Bool(self.upstream_key_sealed.is_some()),
             );
+            if let Some(sealed) = &self.upstream_key_sealed {
+                m.insert("upstream_key_version".into(), sealed_version(sealed).into());
+            }
         }
         v
     }
+}
+
+/// A short tag of a sealed secret for the audit log: it changes when the secret is set again
+/// (each sealing is randomised), so a rotation shows as a change, and says nothing of the
+/// secret itself (a hash of its ciphertext).
+pub(crate) fn sealed_version(sealed: &str) -> String {
+    palisade_core::crypto::sha256_hex(sealed.as_bytes())[..12].to_string()
 }
 
 /// A console/API user.

@@ -11,7 +11,7 @@ use palisade_core::webhook::WebhookSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::alerts::{ALERT_COLS, alert_from_row};
-use crate::store::{audit_tx, to_json};
+use crate::store::{audit_tx, sealed_version, to_json};
 use crate::{Actor, SealedUpdate, Store, StoreError};
 
 /// A stored webhook with its delivery state.
@@ -49,6 +49,10 @@ impl WebhookRow {
     fn audit_view(&self) -> serde_json::Value {
         let mut v = to_json(&self.spec);
         v["has_secret"] = self.secret_sealed.is_some().into();
+        v["url_version"] = sealed_version(&self.url_sealed).into();
+        if let Some(s) = &self.secret_sealed {
+            v["secret_version"] = sealed_version(s).into();
+        }
         v
     }
 }
@@ -346,12 +350,32 @@ mod tests {
             (w.cursor, Some("sealed"))
         );
         assert_eq!(w2.url_sealed, "url");
+        // A new secret is a change the audit log shows, without the secret.
+        let w3 = store
+            .update_webhook(
+                w2.spec.clone(),
+                SealedUpdate::Keep,
+                SealedUpdate::Set("sealed-2".into()),
+                Actor::system("t"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(w3.secret_sealed.as_deref(), Some("sealed-2"));
         let audit = store
             .list_audit(crate::AuditFilter::default())
             .await
             .unwrap();
+        let version =
+            |v: &Option<serde_json::Value>| v.as_ref().map(|v| v["secret_version"].clone());
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "webhook.update" && version(&e.before) != version(&e.after)),
+            "{audit:?}"
+        );
         let text = format!("{audit:?}");
-        assert!(text.contains("webhook.update") && text.contains("has_secret"));
+        assert!(text.contains("webhook.update") && text.contains("secret_version"));
+        assert!(!text.contains("sealed-2"), "{text}");
         assert!(!text.contains("\"sealed\""), "{text}");
         assert!(matches!(
             store
