@@ -94,9 +94,17 @@ pub struct WebhookInput {
 fn secret_of(body: &mut Value) -> ApiResult<SecretChange> {
     let change = take_secret(body, "secret")?;
     match &change {
-        SecretChange::Set(s) if !(16..=256).contains(&s.len()) => {
-            Err(ApiError::field("secret", "must be 16 to 256 bytes"))
+        SecretChange::Set(s) if !(16..=256).contains(&s.len()) || s.trim() != s => {
+            Err(ApiError::field(
+                "secret",
+                "must be 16 to 256 bytes, without spaces at either end",
+            ))
         }
+        // `env:` names a variable in the config file; through the API it would be the secret.
+        SecretChange::Set(s) if s.starts_with("env:") => Err(ApiError::field(
+            "secret",
+            "`env:` references are read from the config file only; give the secret itself",
+        )),
         _ => Ok(change),
     }
 }

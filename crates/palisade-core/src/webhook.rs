@@ -17,6 +17,9 @@ pub enum WebhookFormat {
     Slack,
 }
 
+/// The kinds of alert the gateway raises.
+pub const ALERT_KINDS: [&str; 4] = ["policy", "budget", "mcp_tool", "mcp_answer"];
+
 /// Alert severities, lowest first.
 pub const SEVERITIES: [&str; 4] = ["low", "medium", "high", "critical"];
 
@@ -75,8 +78,18 @@ impl WebhookSpec {
         if self.kinds.len() > 16 {
             return Err(FieldError::new("kinds", "at most 16 kinds"));
         }
-        for k in &self.kinds {
-            validate_name("kinds", k)?;
+        if let Some(k) = self
+            .kinds
+            .iter()
+            .find(|k| !ALERT_KINDS.contains(&k.as_str()))
+        {
+            return Err(FieldError::new(
+                "kinds",
+                format!(
+                    "`{k}` is not an alert kind; kinds: {}",
+                    ALERT_KINDS.join(", ")
+                ),
+            ));
         }
         Ok(())
     }
@@ -112,8 +125,30 @@ fn check_url(url: &str) -> Result<(), FieldError> {
     if host.is_empty() {
         return bad("has no host");
     }
-    if host.parse().is_ok_and(is_metadata_or_unspecified) {
-        return bad("is a link-local or unspecified address");
+    if let Some(port) = auth
+        .as_str()
+        .strip_prefix(auth.host())
+        .and_then(|r| r.strip_prefix(':'))
+        && port.parse::<u16>().is_err()
+    {
+        return bad("has an invalid port");
+    }
+    match host.parse() {
+        Ok(ip) if is_metadata_or_unspecified(ip) => {
+            return bad("is a link-local or unspecified address");
+        }
+        Ok(_) => {}
+        // A name whose last label is a number is an address in another spelling
+        // (`2852039166`, `0251.0376.0251.0376`, `169.254.169.254.`), which resolvers accept.
+        Err(_) => {
+            let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+            let lower = last.to_ascii_lowercase();
+            if last.bytes().all(|b| b.is_ascii_digit()) || lower.starts_with("0x") {
+                return bad(
+                    "is an address in an unusual spelling; write IPv4 as four decimal numbers",
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -129,10 +164,20 @@ pub fn is_metadata_or_unspecified(ip: std::net::IpAddr) -> bool {
             (v6.segments()[0] & 0xffc0) == 0xfe80
                 || v6.is_unspecified()
                 || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
+                || embedded_v4(v6).is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
         }
+    }
+}
+
+/// The IPv4 address inside an IPv6 one that carries it: mapped (`::ffff:a.b.c.d`), compatible
+/// (`::a.b.c.d`) or NAT64 (`64:ff9b::a.b.c.d`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s[..6] {
+        [0, 0, 0, 0, 0, 0xffff] | [0x64, 0xff9b, 0, 0, 0, 0] => Some(low),
+        [0, 0, 0, 0, 0, 0] if s[6] != 0 => Some(low),
+        _ => None,
     }
 }
 
@@ -236,6 +281,15 @@ mod tests {
             "http://[::ffff:169.254.169.254]/x",
             "http://0.0.0.0:80/",
             "not a url",
+            "http://2852039166/",
+            "http://0xa9fea9fe/",
+            "http://0251.0376.0251.0376/",
+            "http://169.254.43518/",
+            "http://169.254.169.254./",
+            "http://0/",
+            "http://[::169.254.169.254]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://127.0.0.1:99999/",
         ] {
             let e = spec(bad).validate().unwrap_err();
             assert_eq!(e.field, "url", "{bad}");
@@ -272,6 +326,9 @@ mod tests {
         assert!(!s.wants(&a));
         s.min_severity = "urgent".into();
         assert_eq!(s.validate().unwrap_err().field, "min_severity");
+        s.min_severity = "low".into();
+        s.kinds = vec!["polcy".into()];
+        assert_eq!(s.validate().unwrap_err().field, "kinds");
     }
 
     #[test]

@@ -397,14 +397,22 @@ pub(crate) fn is_role_word(r: &str) -> bool {
     )
 }
 
+/// Whether a member name can carry text worth reading: anything but a plain field name (lower
+/// case letters, digits, `_`), such as the API's own. A secret or an address used as a name
+/// (`{"sk-proj-…": 1}`) is read, and masked, like a value.
+pub(crate) fn key_is_text(k: &str) -> bool {
+    !k.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
     match v {
-        Value::String(s) => {
-            push(bucket_text(out, bucket), s);
-            if let Some(parsed) = escaped_json(s) {
-                keys_and_strings(&parsed, bucket_text(out, bucket));
-            }
-        }
+        Value::String(s) => match escaped_json(s) {
+            // Read as the model reads it: decoded (the escaped spelling matches no pattern,
+            // and an alert's excerpt must not show it).
+            Some(parsed) => keys_and_strings(&parsed, bucket_text(out, bucket)),
+            None => push(bucket_text(out, bucket), s),
+        },
         Value::Array(a) => a.iter().for_each(|x| walk(x, bucket, out)),
         Value::Object(m) => {
             // Tool output fed back to the model: OpenAI `role: tool`, Anthropic `tool_result`
@@ -432,6 +440,9 @@ fn walk(v: &Value, bucket: Bucket, out: &mut RequestTexts) {
                 } else {
                     bucket
                 };
+                if key_is_text(k) {
+                    push(bucket_text(out, b), k);
+                }
                 if tool_use && k == "input" || reads_whole(k, x) {
                     keys_and_strings(x, bucket_text(out, b));
                     continue;
@@ -494,6 +505,9 @@ pub fn request_texts(body: &Value) -> RequestTexts {
     let mut out = RequestTexts::default();
     if let Value::Object(m) = body {
         for (k, v) in m {
+            if key_is_text(k) {
+                push(&mut out.prompt, k);
+            }
             if is_meta_key(k) || matches!(k.as_str(), "stream" | "stream_options" | "metadata") {
                 continue;
             }

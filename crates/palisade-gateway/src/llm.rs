@@ -380,7 +380,31 @@ fn redact_answer(
     }
     rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
     findings.set_answer_redacted();
+    drop_logprobs(v);
     serde_json::to_vec(v).ok().map(Bytes::from)
+}
+
+/// Empties the token log-probabilities of an answer whose text had values masked: they spell
+/// the text again token by token (as strings and as UTF-8 bytes), and a value split over
+/// several tokens matches no pattern there. (`logprobs` becomes `null`, or `[]` where the API
+/// has a list.)
+fn drop_logprobs(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "logprobs" {
+                    *x = match x {
+                        serde_json::Value::Array(_) => serde_json::Value::Array(Vec::new()),
+                        _ => serde_json::Value::Null,
+                    };
+                } else {
+                    drop_logprobs(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_logprobs),
+        _ => {}
+    }
 }
 
 /// Whether an answer repeats placeholders of the request.
@@ -393,9 +417,9 @@ fn echoes_placeholders(v: &serde_json::Value, request_map: &RedactionMap) -> boo
 }
 
 /// Scans an upstream's error answer (any status but 2xx) as an answer: every string of a JSON
-/// body, or the whole text of another (an HTML error page). A block replaces it with the
-/// gateway's refusal; `redact` matches are masked in it. A body that is neither JSON nor
-/// UTF-8 text is relayed as it is (there is no text to read).
+/// body, or the whole text of another (an HTML error page; bytes that are not UTF-8, a Latin-1
+/// page, are read as U+FFFD). A block replaces it with the gateway's refusal; `redact` matches
+/// are masked in it.
 fn check_error_answer(
     insp: &Inspector,
     bytes: Bytes,
@@ -405,10 +429,10 @@ fn check_error_answer(
 ) -> Result<Bytes, ProxyError> {
     let (mut v, json) = match crate::json::parse(&bytes) {
         Ok(v) => (v, true),
-        Err(_) => match std::str::from_utf8(&bytes) {
-            Ok(t) => (serde_json::Value::String(t.to_owned()), false),
-            Err(_) => return Ok(bytes),
-        },
+        Err(_) => (
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+            false,
+        ),
     };
     inspect_response(insp, Endpoint::Other, &v, findings)?;
     let Some(masked) = redact_answer(insp, &mut v, request_map, rec, findings, true) else {
@@ -737,6 +761,18 @@ async fn proxy(
         // An error answer is read too: its message can carry a secret (a provider quoting
         // what it was sent) or text meant for the client's model.
         if let Some(insp) = rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
+            // A compressed error cannot be read (the gateway asks for none): not passed on.
+            let encoded = up_parts
+                .headers
+                .get_all(http::header::CONTENT_ENCODING)
+                .iter()
+                .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+            if encoded {
+                return Err(ProxyError::UpstreamUnavailable(format!(
+                    "its error answer ({}) is compressed, so the proxy's policies cannot check it",
+                    up_parts.status
+                )));
+            }
             bytes = check_error_answer(insp, bytes, &redactions, rec, findings)?;
         }
     } else {

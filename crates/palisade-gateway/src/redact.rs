@@ -13,7 +13,7 @@ use bytes::Bytes;
 use palisade_policy::{PolicySet, Target, placeholder_label, placeholder_number, unmask};
 use serde_json::{Map, Value, json};
 
-use crate::inspect::{escaped_json, is_meta_member, is_role_word, reads_whole};
+use crate::inspect::{escaped_json, is_meta_member, is_role_word, key_is_text, reads_whole};
 use crate::remembered::Locked;
 use crate::sse::{for_each_event, raw_events};
 
@@ -41,6 +41,7 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
             .iter_mut()
             .for_each(|x| walk_mut(set, x, target, map, request)),
         Value::Object(m) => {
+            mask_keys(set, m, target, map, request);
             let role = m.get("role").and_then(Value::as_str);
             let ty = m.get("type").and_then(Value::as_str);
             let target = if role == Some("tool")
@@ -90,6 +91,30 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
             }
         }
         _ => {}
+    }
+}
+
+/// Masks sensitive values in the member names of `m` (`{"sk-proj-…": 1}`): a name that is not
+/// a plain field name ([`key_is_text`]) is redacted like text, and the member renamed.
+fn mask_keys(
+    set: &PolicySet,
+    m: &mut serde_json::Map<String, Value>,
+    target: Target,
+    map: &mut RedactionMap,
+    request: bool,
+) {
+    let renames: Vec<(String, String)> = m
+        .keys()
+        .filter(|k| key_is_text(k))
+        .cloned()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .filter_map(|k| redacted(set, &k, target, map, request).map(|red| (k, red)))
+        .collect();
+    for (old, new) in renames {
+        if let Some(x) = m.remove(&old) {
+            m.insert(new, x);
+        }
     }
 }
 
@@ -183,6 +208,7 @@ fn members(
 ) {
     match v {
         Value::Object(m) => {
+            mask_keys(set, m, target, map, request);
             let media = skip_media
                 && matches!(
                     m.get("type").and_then(Value::as_str),
@@ -345,6 +371,7 @@ pub fn redact_request_continuing(
     mut map: RedactionMap,
 ) -> RedactionMap {
     if let Value::Object(m) = body {
+        mask_keys(set, m, Target::LlmRequest, &mut map, true);
         for (k, v) in m.iter_mut() {
             if kept_in_clear(k, v, true, false) || matches!(k.as_str(), "stream" | "stream_options")
             {
@@ -355,7 +382,13 @@ pub fn redact_request_continuing(
             } else {
                 Target::LlmRequest
             };
-            walk_mut(set, v, t, &mut map, true);
+            match v {
+                // A top-level string that is JSON text with escapes (an embeddings `input`).
+                Value::String(s) if escaped_json(s).is_some() => {
+                    redact_json_text(set, s, t, &mut map, true);
+                }
+                _ => walk_mut(set, v, t, &mut map, true),
+            }
         }
     }
     propagate(body, &map, true);

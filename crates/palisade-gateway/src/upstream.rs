@@ -282,13 +282,14 @@ pub fn upstream_request_headers(src: &HeaderMap) -> HeaderMap {
 /// not keep cookies apart by port, so one set through a proxy would reach the admin console on
 /// the same host (a planted session: the console would act as someone else).
 fn sets_console_cookie(v: &HeaderValue) -> bool {
-    let name = v
+    // The whole `name=value` pair counts: a cookie with an empty name (`=palisade_session=x`)
+    // comes back from browsers as `palisade_session=x`.
+    let pair = v
         .as_bytes()
-        .split(|&b| b == b'=')
+        .split(|&b| b == b';')
         .next()
         .unwrap_or_default();
-    String::from_utf8_lossy(name)
-        .trim()
+    String::from_utf8_lossy(pair)
         .to_ascii_lowercase()
         .contains("palisade")
 }
@@ -344,6 +345,7 @@ mod tests {
             "palisade_session=x; Path=/api",
             " Palisade_CSRF=y",
             "__Host-palisade_session=z; Path=/",
+            "=palisade_session=evil; Path=/",
             "lb=abc; Path=/",
         ] {
             h.append(http::header::SET_COOKIE, HeaderValue::from_str(c).unwrap());

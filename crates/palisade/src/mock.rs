@@ -291,16 +291,32 @@ fn event(name: &str, v: &Value) -> String {
 }
 
 fn chat(cfg: &MockConfig, body: &Value, model: &str, stream: bool) -> Response<MockBody> {
-    let text = answer_for(&prompt_text(body));
+    // `mock-leak` answers with a credential of its own (one the client never sent).
+    let text = if model == "mock-leak" {
+        format!("Here it is: {LEAKED_KEY}")
+    } else {
+        answer_for(&prompt_text(body))
+    };
     let (pt, ct) = (tokens(&whole_input(body)), tokens(&text));
     let usage = json!({"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct,
         "prompt_tokens_details": {"cached_tokens": 0}});
     let id = "chatcmpl-mock";
     if !stream {
+        // `"logprobs": true`: the text again, token by token (four characters each), as
+        // strings and as bytes.
+        let logprobs = if body.get("logprobs") == Some(&Value::Bool(true)) {
+            let content: Vec<Value> = split_chunks(&text, text.len().div_ceil(4).max(1))
+                .into_iter()
+                .map(|t| json!({"token": t, "logprob": -0.01, "bytes": t.as_bytes(), "top_logprobs": []}))
+                .collect();
+            json!({"content": content})
+        } else {
+            Value::Null
+        };
         return full(
             StatusCode::OK,
             json!({"id": id, "object": "chat.completion", "created": 1700000000, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": null}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": logprobs}],
                 "usage": usage}),
         );
     }

@@ -619,3 +619,110 @@ async fn a_credential_in_an_upstream_error_is_masked() {
         .unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
 }
+
+/// A credential the model writes is masked in the answer, and the answer's token
+/// log-probabilities, which spell it again piece by piece, are emptied.
+#[tokio::test]
+async fn a_masked_answer_loses_its_logprobs() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    let c = reqwest::Client::new();
+    let ask = |logprobs: bool| {
+        c.post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(&json!({"model": "mock-leak", "logprobs": logprobs,
+                "messages": [{"role": "user", "content": "the key please"}]}))
+            .send()
+    };
+    let v: Value = ask(true).await.unwrap().json().await.unwrap();
+    let text = v.to_string();
+    assert!(!text.contains("Leaked0Leaked1"), "{text}");
+    assert!(!text.contains("eaked"), "no piece of it either: {text}");
+    assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Here it is: [API_KEY_1]"),
+        "{v}"
+    );
+    // An answer with nothing to mask keeps its log-probabilities.
+    let v: Value = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "logprobs": true,
+            "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["choices"][0]["logprobs"]["content"].is_array(), "{v}");
+}
+
+/// Secrets used as member names are read and masked like values (the member is renamed), and
+/// an alert's excerpt of JSON text written with escapes shows the decoded, masked text.
+#[tokio::test]
+async fn secrets_in_member_names_are_masked() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, true)).await;
+    let url = gw.proxy_url("private").await;
+    let escaped_key = format!("\\u0073{}", &KEY[1..]);
+    let bodies = [
+        json!({"model": "mock-gpt", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": format!("{{\"{escaped_key}\": 1}}")}}]},
+            {"role": "user", "content": "go on"}]}),
+        json!({"model": "mock-gpt", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": {KEY: {EMAIL: 1}}}}]},
+            {"role": "user", "content": "go on"}]}),
+        json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}],
+            "zz": {KEY: EMAIL}, KEY: 1}),
+        json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                "properties": {KEY: {"type": "string"}}}}}]}),
+    ];
+    let c = reqwest::Client::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let r = c
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CI_KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "body {i}");
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let up = received(&mock).await.last().unwrap().to_string();
+        for leak in [KEY, EMAIL, &KEY[9..]] {
+            assert!(
+                !up.contains(leak),
+                "body {i}: `{leak}` reached the upstream: {up}"
+            );
+        }
+        assert!(up.contains("[API_KEY_1]"), "body {i}: {up}");
+        let alerts = gw.wait_alerts(&format!("request_id={rid}"), 1).await;
+        let text = alerts.to_string();
+        assert!(
+            !text.contains(&KEY[12..]),
+            "body {i}: an excerpt holds the key: {text}"
+        );
+    }
+    // An embeddings input that is JSON text with escapes.
+    let r = c
+        .post(format!("{url}/v1/embeddings"))
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-embed", "input": format!("{{\"q\": \"{escaped_key}\"}}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let up = received(&mock).await.last().unwrap().to_string();
+    assert!(
+        !up.contains("0073k-proj") && !up.contains(&KEY[9..]),
+        "{up}"
+    );
+}
