@@ -106,10 +106,7 @@ fn mask_keys(
     let renames: Vec<(String, String)> = m
         .keys()
         .filter(|k| key_is_text(k))
-        .cloned()
-        .collect::<Vec<_>>()
-        .into_iter()
-        .filter_map(|k| redacted(set, &k, target, map, request).map(|red| (k, red)))
+        .filter_map(|k| redacted(set, k, target, map, request).map(|red| (k.clone(), red)))
         .collect();
     for (old, new) in renames {
         if let Some(x) = m.remove(&old) {
