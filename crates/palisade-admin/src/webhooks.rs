@@ -12,7 +12,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use palisade_core::record::AlertRecord;
-use palisade_core::webhook::{WebhookSpec, delivery_body, shown_url, signature};
+use palisade_core::webhook::{WebhookSpec, check_secret, delivery_body, shown_url, signature};
 use palisade_store::{Actor, SealedUpdate, WebhookRow};
 use serde::Serialize;
 use serde_json::Value;
@@ -93,20 +93,17 @@ pub struct WebhookInput {
 /// Splits `secret` out of a JSON body ([`take_secret`]) and checks its length.
 fn secret_of(body: &mut Value) -> ApiResult<SecretChange> {
     let change = take_secret(body, "secret")?;
-    match &change {
-        SecretChange::Set(s) if !(16..=256).contains(&s.len()) || s.trim() != s => {
-            Err(ApiError::field(
-                "secret",
-                "must be 16 to 256 bytes, without spaces at either end",
-            ))
-        }
+    if let SecretChange::Set(s) = &change {
+        check_secret(s)?;
         // `env:` names a variable in the config file; through the API it would be the secret.
-        SecretChange::Set(s) if s.starts_with("env:") => Err(ApiError::field(
-            "secret",
-            "`env:` references are read from the config file only; give the secret itself",
-        )),
-        _ => Ok(change),
+        if s.starts_with("env:") {
+            return Err(ApiError::field(
+                "secret",
+                "`env:` references are read from the config file only; give the secret itself",
+            ));
+        }
     }
+    Ok(change)
 }
 
 impl AppState {

@@ -181,6 +181,18 @@ fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     }
 }
 
+/// Checks a webhook's signing secret: 16 to 256 bytes, no spaces at either end (a receiver
+/// configured with the trimmed text would reject every signature).
+pub fn check_secret(secret: &str) -> Result<(), FieldError> {
+    if !(16..=256).contains(&secret.len()) || secret.trim() != secret {
+        return Err(FieldError::new(
+            "secret",
+            "must be 16 to 256 bytes, without spaces at either end",
+        ));
+    }
+    Ok(())
+}
+
 /// How a webhook URL is shown (API, console, audit log): scheme and host only, since the path
 /// or query of a chat webhook is its credential (`https://hooks.example.test/…`).
 pub fn shown_url(url: &str) -> String {

@@ -382,10 +382,14 @@ fn bucket_text(out: &mut RequestTexts, bucket: Bucket) -> &mut String {
 /// arguments or a tool's output), parsed: what the escapes spell is what the model reads, and
 /// what a pattern must see.
 pub(crate) fn escaped_json(s: &str) -> Option<Value> {
-    if !s.contains("\\u") || !s.trim_start().starts_with(['{', '[']) {
-        return None;
-    }
-    serde_json::from_str(s).ok()
+    looks_escaped_json(s)
+        .then(|| serde_json::from_str(s).ok())
+        .flatten()
+}
+
+/// Whether `s` may be [`escaped_json`] (no parse: a guard for the walks).
+pub(crate) fn looks_escaped_json(s: &str) -> bool {
+    s.contains("\\u") && s.trim_start().starts_with(['{', '['])
 }
 
 /// Whether `r` is one of the role words of the APIs; anything else in a `role` is text (some

@@ -416,6 +416,21 @@ fn echoes_placeholders(v: &serde_json::Value, request_map: &RedactionMap) -> boo
     request_map.iter().any(|(p, _)| text.contains(p.as_str()))
 }
 
+/// The first content coding other than `identity` that `Content-Encoding` headers name (every
+/// header, every coding listed in one), if any: a body in it cannot be read as it is.
+fn content_coding(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+}
+
 /// Scans an upstream's error answer (any status but 2xx) as an answer: every string of a JSON
 /// body, or the whole text of another (an HTML error page; bytes that are not UTF-8, a Latin-1
 /// page, are read as U+FFFD). A block replaces it with the gateway's refusal; `redact` matches
@@ -497,17 +512,7 @@ async fn proxy(
     // A compressed body cannot be read as it is: one the gateway must read (JSON endpoints,
     // policies, a key limited to some models) is refused rather than passed on unread.
     // Every `Content-Encoding` header and every coding listed in one counts.
-    if let Some(enc) = parts
-        .headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .split(',')
-                .map(|c| c.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+    if let Some(enc) = content_coding(&parts.headers)
         && (endpoint.has_json_body() || rt.inspector.is_some() || !key.allowed_models.is_empty())
     {
         return Err(ProxyError::EncodedBody(enc.chars().take(40).collect()));
@@ -762,12 +767,7 @@ async fn proxy(
         // what it was sent) or text meant for the client's model.
         if let Some(insp) = rt.inspector.as_ref().filter(|i| i.inspects_responses()) {
             // A compressed error cannot be read (the gateway asks for none): not passed on.
-            let encoded = up_parts
-                .headers
-                .get_all(http::header::CONTENT_ENCODING)
-                .iter()
-                .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
-            if encoded {
+            if content_coding(&up_parts.headers).is_some() {
                 return Err(ProxyError::UpstreamUnavailable(format!(
                     "its error answer ({}) is compressed, so the proxy's policies cannot check it",
                     up_parts.status

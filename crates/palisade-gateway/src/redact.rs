@@ -13,7 +13,9 @@ use bytes::Bytes;
 use palisade_policy::{PolicySet, Target, placeholder_label, placeholder_number, unmask};
 use serde_json::{Map, Value, json};
 
-use crate::inspect::{escaped_json, is_meta_member, is_role_word, key_is_text, reads_whole};
+use crate::inspect::{
+    escaped_json, is_meta_member, is_role_word, key_is_text, looks_escaped_json, reads_whole,
+};
 use crate::remembered::Locked;
 use crate::sse::{for_each_event, raw_events};
 
@@ -72,7 +74,7 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
                     target
                 };
                 match x {
-                    Value::String(s) if is_json_text_key(k) || escaped_json(s).is_some() => {
+                    Value::String(s) if is_json_text_key(k) || looks_escaped_json(s) => {
                         redact_json_text(set, s, t, map, request);
                     }
                     // A tool call's input as an object (Anthropic `tool_use`), arguments given
@@ -381,7 +383,7 @@ pub fn redact_request_continuing(
             };
             match v {
                 // A top-level string that is JSON text with escapes (an embeddings `input`).
-                Value::String(s) if escaped_json(s).is_some() => {
+                Value::String(s) if looks_escaped_json(s) => {
                     redact_json_text(set, s, t, &mut map, true);
                 }
                 _ => walk_mut(set, v, t, &mut map, true),

@@ -260,9 +260,8 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
             None => None,
             Some(toml::Value::String(s)) => {
                 let s = resolve_secret(&format!("webhooks[{i}].secret"), &s)?;
-                if !(16..=256).contains(&s.len()) {
-                    bail!("webhooks[{i}].secret: must be 16 to 256 bytes");
-                }
+                palisade_core::webhook::check_secret(&s)
+                    .map_err(|e| anyhow::anyhow!("webhooks[{i}]: {e}"))?;
                 Some(s)
             }
             Some(_) => bail!("webhooks[{i}].secret: must be a string"),
