@@ -157,6 +157,12 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// (year, month) of a number of days since 1970-01-01.
 fn civil_from_days(z: i64) -> (i64, i64) {
+    let (y, m, _) = civil_date(z);
+    (y, m)
+}
+
+/// (year, month, day) of a number of days since 1970-01-01.
+fn civil_date(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -165,7 +171,19 @@ fn civil_from_days(z: i64) -> (i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m)
+    (y, m, doy - (153 * mp + 2) / 5 + 1)
+}
+
+/// A Unix-ms time as an RFC 3339 UTC timestamp (`2026-11-28T05:03:07Z`).
+pub fn utc_timestamp(ms: i64) -> String {
+    let (y, m, d) = civil_date(ms.div_euclid(86_400_000));
+    let s = ms.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// The calendar month (UTC) of a Unix-ms time, as `yyyymm`.
@@ -323,6 +341,11 @@ mod tests {
         assert_eq!(month_key(t), 202611);
         assert_eq!(day_string(t), "2026-11-25");
         assert_eq!(day_string(month_start_ms(t)), "2026-11-01");
+        assert_eq!(utc_timestamp(t + 3_723_456), "2026-11-25T17:02:03Z");
+        assert_eq!(
+            utc_timestamp(days_from_civil(2028, 2, 29) * 86_400_000 - 1),
+            "2028-02-28T23:59:59Z"
+        );
         // New year and leap day boundaries.
         let ny = days_from_civil(2027, 1, 1) * 86_400_000;
         assert_eq!(month_key(ny - 1), 202612);

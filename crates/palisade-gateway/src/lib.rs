@@ -24,6 +24,7 @@ pub mod mcp_tools;
 mod prompts;
 pub mod redact;
 mod remembered;
+pub mod scan;
 mod shape;
 pub mod sse;
 mod upstream;

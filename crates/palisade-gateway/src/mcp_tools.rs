@@ -117,7 +117,7 @@ fn upstream_identity(spec: &palisade_core::model::ProxySpec) -> String {
 /// Folds a tool name for look-alike comparison: case, separators, common digit-for-letter
 /// swaps, invisible characters and look-alike letters of other scripts (Cyrillic `а` for `a`,
 /// full-width forms: the policy engine's normalisation) do not count.
-fn fold_name(name: &str) -> String {
+pub(crate) fn fold_name(name: &str) -> String {
     palisade_policy::normalize(name)
         .chars()
         .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
@@ -192,7 +192,7 @@ pub fn fingerprint(canonical: &Value) -> String {
     palisade_core::crypto::sha256_hex(canonical.to_string().as_bytes())
 }
 
-fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+pub(crate) fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     match v {
         Value::String(s) => out.push(s),
         Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
@@ -209,7 +209,7 @@ fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 /// Characters a reader does not see: the policy engine's invisibles (zero-width, soft hyphen,
 /// Hangul fillers, variation selectors, bidi controls, tag characters), plus the line and
 /// paragraph separators, which split a line without showing a break in most renderers.
-fn hidden_char(c: char) -> bool {
+pub(crate) fn hidden_char(c: char) -> bool {
     palisade_policy::is_invisible(c)
         || matches!(
             c,
@@ -217,36 +217,71 @@ fn hidden_char(c: char) -> bool {
         )
 }
 
-/// Poisoning findings of a definition: the proxy's `tool_description` rules over every string
+/// One poisoning finding of a definition.
+#[derive(Debug, Clone)]
+pub struct Poison {
+    /// How serious it is (a rule's severity; hidden characters and escapes count as high).
+    pub severity: palisade_policy::Severity,
+    /// What was found: `builtin: …` or `policy/rule: name`.
+    pub what: String,
+    /// The matched text around the finding (masked), for a rule match.
+    pub excerpt: Option<String>,
+    /// The rule's action, for a rule match.
+    pub action: Option<palisade_policy::Action>,
+}
+
+/// Poisoning findings of a definition: `set`'s `tool_description` rules over every string
 /// (names, descriptions, enums, defaults), plus hidden characters and terminal escapes that
-/// normalisation would otherwise erase.
-pub fn poisoning(def: &Value, insp: Option<&Inspector>) -> Vec<String> {
+/// normalisation would otherwise erase. Every matched rule is returned, whatever its action.
+pub fn poisoning_of(def: &Value, set: Option<&palisade_policy::PolicySet>) -> Vec<Poison> {
     let mut parts = Vec::new();
     strings(def, &mut parts);
     let mut out = Vec::new();
+    let builtin = |what: &str| Poison {
+        severity: palisade_policy::Severity::High,
+        what: format!("builtin: {what}"),
+        excerpt: None,
+        action: None,
+    };
     if parts.iter().any(|s| s.chars().any(hidden_char)) {
-        out.push("builtin: invisible, bidi or tag characters in the definition".to_string());
+        out.push(builtin(
+            "invisible, bidi or tag characters in the definition",
+        ));
     }
     // ESC, and the 8-bit controls a terminal also obeys (CSI U+009B, OSC U+009D, …).
     if parts.iter().any(|s| {
         s.chars()
             .any(|c| c == '\u{1b}' || ('\u{80}'..='\u{9f}').contains(&c))
     }) {
-        out.push("builtin: terminal escape sequences in the definition".to_string());
+        out.push(builtin("terminal escape sequences in the definition"));
     }
-    if let Some(insp) = insp {
+    if let Some(set) = set {
         let text = parts.join("\n");
-        let ev = insp.set.evaluate(Target::ToolDescription, &text);
-        for m in ev.matches {
-            if matches!(
-                m.action,
-                palisade_policy::Action::Block | palisade_policy::Action::Alert
-            ) {
-                out.push(format!("{}/{}: {}", m.policy_id, m.rule_id, m.rule_name));
-            }
+        for m in set.evaluate(Target::ToolDescription, &text).matches {
+            out.push(Poison {
+                severity: m.severity,
+                what: format!("{}/{}: {}", m.policy_id, m.rule_id, m.rule_name),
+                excerpt: Some(m.excerpt),
+                action: Some(m.action),
+            });
         }
     }
     out
+}
+
+/// Poisoning findings of a definition as the gateway raises them: [`poisoning_of`] with the
+/// proxy's rules, keeping the rules that block or alert.
+pub fn poisoning(def: &Value, insp: Option<&Inspector>) -> Vec<String> {
+    poisoning_of(def, insp.map(|i| &*i.set))
+        .into_iter()
+        .filter(|p| {
+            matches!(
+                p.action,
+                None | Some(palisade_policy::Action::Block | palisade_policy::Action::Alert)
+            )
+        })
+        .map(|p| p.what)
+        .collect()
 }
 
 /// Paths where two definitions differ, with before → after values (bounded).

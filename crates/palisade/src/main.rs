@@ -4,6 +4,7 @@
 mod config;
 mod mock;
 mod mock_mcp;
+mod scan;
 mod serve;
 
 use std::net::SocketAddr;
@@ -46,6 +47,10 @@ enum Command {
         #[arg(long)]
         tools_file: Option<std::path::PathBuf>,
     },
+    /// Scan an MCP server for vulnerabilities: tool poisoning, injections in prompts and
+    /// resources, dangerous tools without annotations, broad schemas, missing authentication,
+    /// unchecked Origin, plaintext transport, drift from a baseline.
+    Scan(scan::ScanArgs),
     /// Check a config file without starting anything.
     CheckConfig {
         /// The TOML file.
@@ -72,20 +77,27 @@ struct MockArgs {
     require_key: Option<String>,
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+/// Logs go to standard error for commands whose standard output is their result (`scan`), and
+/// show warnings only there unless `RUST_LOG` says otherwise.
+fn init_tracing(quiet: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+    });
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if quiet {
+        fmt.with_writer(std::io::stderr).init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     // Before any thread exists: compilation garbage then stays trimmable (see the function).
     palisade_policy::use_one_arena();
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(matches!(cli.command, Command::Scan(_)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -109,6 +121,19 @@ fn main() -> anyhow::Result<()> {
             stateless,
             ..
         } => rt.block_on(mock_mcp::run(addr, sse, stateless)),
+        Command::Scan(args) => {
+            // 0 and 1 tell a CI job whether findings reach its threshold; 2 is a scan that
+            // could not run (anyhow's own status would be 1).
+            let code = match rt.block_on(scan::run(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("palisade scan: {e:#}");
+                    2
+                }
+            };
+            drop(rt);
+            std::process::exit(code);
+        }
         Command::CheckConfig { file } => {
             let cfg = config::load(&file)?;
             let builtin: Vec<String> = serve::builtin_policies()?

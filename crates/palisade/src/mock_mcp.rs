@@ -210,8 +210,16 @@ fn answer(id: &Value, method: &str, params: &Value, tools: &Value, catalog: &Val
         "resources/list" => json!({"resources": catalog["resources"]}),
         "prompts/get" => json!({"messages": [{"role": "user",
             "content": {"type": "text", "text": format!("prompt {}", params["name"].as_str().unwrap_or(""))}}]}),
-        "resources/read" => json!({"contents": [{"uri": params["uri"],
-            "text": format!("contents of {}", params["uri"].as_str().unwrap_or(""))}]}),
+        // The catalog's `contents` (URI → text) stands in for what a resource holds.
+        "resources/read" => {
+            let uri = params["uri"].as_str().unwrap_or("");
+            let text = catalog
+                .pointer("/contents")
+                .and_then(|c| c.get(uri))
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("contents of {uri}"), str::to_string);
+            json!({"contents": [{"uri": params["uri"], "text": text}]})
+        }
         "ping" => json!({}),
         "tools/call" => {
             let name = params.get("name").and_then(Value::as_str).unwrap_or("");

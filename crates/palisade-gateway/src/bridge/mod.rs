@@ -10,7 +10,7 @@
 
 mod hub;
 mod sse_link;
-mod stdio;
+pub(crate) mod stdio;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -32,11 +32,16 @@ pub(crate) struct StdioSpec {
 }
 
 /// Kills the child's whole process group when dropped (the link's tasks were aborted or ended).
-struct GroupGuard {
+pub(crate) struct GroupGuard {
     pid: Option<u32>,
 }
 
 impl GroupGuard {
+    /// Guards the process group led by `pid` (a child started with `process_group(0)`).
+    pub(crate) fn new(pid: Option<u32>) -> Self {
+        Self { pid }
+    }
+
     fn kill(&mut self) {
         if let Some(pid) = self.pid.take() {
             let pgid = nix::unistd::Pid::from_raw(pid as i32);
@@ -53,7 +58,7 @@ impl Drop for GroupGuard {
 
 /// Reads one line of at most `max` bytes into `buf` (without the newline). `Ok(false)` at end of
 /// input; a longer line is skipped whole and reported as `Err(len)`.
-async fn read_line<R: AsyncRead + Unpin>(
+pub(crate) async fn read_line<R: AsyncRead + Unpin>(
     r: &mut BufReader<R>,
     buf: &mut Vec<u8>,
     max: usize,
@@ -124,7 +129,7 @@ pub(crate) fn spawn(proxy: &str, spec: &StdioSpec) -> std::io::Result<Link> {
         cmd.current_dir(dir);
     }
     let mut child = cmd.spawn()?;
-    let guard = GroupGuard { pid: child.id() };
+    let guard = GroupGuard::new(child.id());
     tracing::info!(proxy, program = %program, pid = ?child.id(), "MCP server process started");
     let stdin = child
         .stdin
