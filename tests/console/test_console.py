@@ -246,6 +246,18 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     expect(card.locator(".diffview ins").first).to_contain_text("id_rsa")
     shots(page, "14-mcp-quarantine-diff")
 
+    # The scanner: the proxy's upstream, scanned with the proxy's own settings; the poisoned tool shows.
+    nav(page, "scans")
+    expect(page.locator(".empty")).to_contain_text("No scans yet")
+    sf = page.locator("#scan-form")
+    sf.locator("[name=proxy]").select_option("tools")
+    sf.locator("button[type=submit]").click()
+    expect(page.locator('tr[data-rule="mcp-tool-poisoning"]').first).to_contain_text("echo", timeout=60000)
+    expect(page.locator(".stats")).to_contain_text("Tools")
+    shots(page, "14b-mcp-scan")
+    nav(page, "scans")
+    expect(page.locator("table.grid tr[data-scan]")).to_have_count(1)
+
     # --- Prompts, audit log, settings (a new user).
     nav(page, "prompts")
     expect(page.locator(".empty")).to_contain_text("No governance prompts")

@@ -617,6 +617,82 @@ function diffView(a, b) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// MCP scanner
+
+function severityCounts(x) {
+  return h('span', { class: 'btns' }, SEVERITIES.filter((k) => x[k]).map((k) => badge(`${x[k]} ${k}`, k)),
+    SEVERITIES.some((k) => x[k]) ? null : badge('clean', 'ok'));
+}
+
+async function scans(ctx, main) {
+  if (ctx.args[0]) return scanDetail(ctx, main, ctx.args[0]);
+  const [list, proxiesList] = await Promise.all([get('/api/v1/scans'), get('/api/v1/proxies')]);
+  const mcpProxies = proxiesList.filter((p) => p.kind === 'mcp');
+  main.appendChild(header('MCP scanner'));
+  main.appendChild(h('p', { class: 'muted' }, 'Connects to an MCP server as a client, lists its tools, prompts and resources, reads a few text resources, and reports tool poisoning, injections, dangerous tools without annotations, broad schemas, missing authentication, unchecked Origin and drift from an earlier scan. It never calls a tool. The same scan runs on the command line: palisade scan URL.'));
+  if (ctx.admin) {
+    const form = h('form', { class: 'card form', id: 'scan-form', novalidate: true }, h('h2', {}, 'New scan'),
+      h('p', { class: 'form-error', role: 'alert', hidden: true }),
+      h('div', { class: 'grid2' },
+        field('Server URL', h('input', { name: 'url', placeholder: 'https://mcp.example.com/mcp' }), 'A Streamable HTTP endpoint.'),
+        field('…or an MCP proxy\'s upstream', h('select', { name: 'proxy' }, h('option', { value: '' }, '—'),
+          mcpProxies.map((p) => h('option', { value: p.name }, p.name))), 'Scanned with the proxy\'s own upstream credential.')),
+      h('div', { class: 'grid2' },
+        field('Authorization header', h('input', { name: 'authorization', type: 'password', autocomplete: 'off', placeholder: 'Bearer …' }), 'For a URL only; used for this scan, never stored.'),
+        field('Compare with', h('select', { name: 'baseline' }, h('option', { value: '' }, 'no baseline'),
+          list.map((x) => h('option', { value: x.id }, `${fmtTime(x.ts_ms)} · ${x.target}`))), 'Changed, new and removed items become findings.')),
+      h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Scan')));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const fd = new FormData(form);
+      const body = {};
+      const url = fd.get('url').trim();
+      if (url) body.url = url;
+      if (fd.get('proxy')) body.proxy = fd.get('proxy');
+      if (fd.get('authorization')) body.headers = { Authorization: fd.get('authorization') };
+      if (fd.get('baseline')) body.baseline = fd.get('baseline');
+      const btn = form.querySelector('button[type=submit]');
+      btn.disabled = true; btn.textContent = 'Scanning…';
+      try {
+        const r = await post('/api/v1/scans', body);
+        toast(`Scan done: ${r.findings.length} finding(s).`, 'ok');
+        ctx.go(`#/scans/${enc(r.id)}`);
+      } catch (e) { showFormError(form, e); } finally { btn.disabled = false; btn.textContent = 'Scan'; }
+    });
+    main.appendChild(form);
+  }
+  main.appendChild(list.length ? table([
+    { label: 'Time', render: (x) => link(`#/scans/${enc(x.id)}`, fmtTime(x.ts_ms)) },
+    { label: 'Target', render: (x) => h('code', {}, x.target) },
+    { label: 'By', key: 'actor' },
+    { label: 'Findings', render: (x) => severityCounts(x) },
+  ], list, { caption: 'Scans', rowAttrs: (x) => ({ 'data-scan': x.id }) }) : empty('No scans yet', 'Scan an MCP server before you put it behind a proxy, and again later to see what changed.'));
+}
+
+async function scanDetail(ctx, main, id) {
+  const r = await get(`/api/v1/scans/${enc(id)}`);
+  const server = r.server && r.server.name ? `${r.server.name} ${r.server.version || ''}` : 'unnamed server';
+  main.appendChild(header(`Scan of ${r.target}`, link('#/scans', '← All scans'),
+    h('a', { href: `/api/v1/scans/${enc(id)}?format=sarif`, download: `scan-${id}.sarif.json` }, 'Download SARIF')));
+  main.appendChild(h('div', { class: 'stats' },
+    SEVERITIES.map((k) => stat(k[0].toUpperCase() + k.slice(1), String(r.summary[k]), { warn: r.summary[k] > 0 && (k === 'critical' || k === 'high') })),
+    stat('Tools', String(r.counts.tools)), stat('Prompts', String(r.counts.prompts)),
+    stat('Resources', `${r.counts.resources} (${r.counts.resources_read} read)`)));
+  main.appendChild(h('p', { class: 'muted' }, `${server} · protocol ${r.protocol_version} · ${r.transport} · ${fmtTime(Date.parse(r.scanned_at))} · ${fmtNum(r.duration_ms)} ms`));
+  main.appendChild(section('Findings', r.findings.length ? table([
+    { label: 'Severity', render: (f) => badge(f.severity) },
+    { label: 'Rule', render: (f) => h('code', {}, f.rule) },
+    { label: 'Subject', key: 'subject' },
+    { label: 'Finding', render: (f) => h('div', {}, f.message, f.excerpt ? h('pre', { class: 'excerpt' }, f.excerpt) : null) },
+  ], r.findings, { caption: 'Findings', rowAttrs: (f) => ({ 'data-rule': f.rule }) }) : h('p', { class: 'muted' }, 'No findings.')));
+  if (r.notes.length) main.appendChild(section('Notes', h('ul', {}, r.notes.map((n) => h('li', {}, n)))));
+  if (r.inventory) {
+    main.appendChild(section('What the server offers', h('details', {}, h('summary', {}, `${r.inventory.length} item(s)`),
+      h('pre', { class: 'code' }, JSON.stringify(r.inventory, null, 2)))));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Groups, keys, budgets
 
 async function groups(ctx, main) {
@@ -853,4 +929,4 @@ async function settings(ctx, main) {
     h('p', { class: 'muted' }, 'Alert delivery to webhooks, Slack and SIEM, Prometheus metrics and OpenTelemetry export are configured in a later release; until then, poll GET /api/v1/alerts or follow GET /api/v1/events (server-sent events).')));
 }
 
-export const PAGES = { dashboard, proxies, policies, alerts, requests, mcp, groups, prompts, audit, settings };
+export const PAGES = { dashboard, proxies, policies, alerts, requests, mcp, scans, groups, prompts, audit, settings };

@@ -15,6 +15,7 @@ pub mod policies;
 pub mod prometheus;
 pub mod prompts;
 pub mod proxies;
+pub mod scans;
 pub mod users;
 pub mod webhooks;
 
@@ -187,6 +188,7 @@ pub fn metrics_token() -> Result<Option<Arc<str>>, ApiError> {
         (name = "spend", description = "Prices, usage and cost"),
         (name = "mcp", description = "MCP tool inventory, approval and history"),
         (name = "prompts", description = "Governance prompts injected into LLM requests"),
+        (name = "scans", description = "MCP vulnerability scans of servers and of MCP proxies' upstreams"),
         (name = "webhooks", description = "Alert delivery to webhooks (JSON or Slack), signed, retried until taken"),
         (name = "console", description = "Web console pages and assets"),
         (name = "health", description = "Liveness")
@@ -377,6 +379,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::list, webhooks::create))
         .routes(routes!(webhooks::replace, webhooks::delete))
         .routes(routes!(webhooks::test))
+        .routes(routes!(scans::list, scans::create))
+        .routes(routes!(scans::get))
         .routes(routes!(identity::list_keys, identity::create_key))
         .routes(routes!(identity::revoke_key))
         .routes(routes!(logs::requests))

@@ -34,6 +34,15 @@ pub struct PolicyRegistry {
 }
 
 impl PolicyRegistry {
+    /// Ids of every policy, built-in and custom.
+    pub(crate) fn all_ids(&self) -> Vec<String> {
+        self.builtin
+            .keys()
+            .chain(self.custom.keys())
+            .cloned()
+            .collect()
+    }
+
     /// A registry of the given built-in packs.
     pub fn new(builtin: Vec<Policy>) -> Self {
         Self {
@@ -96,7 +105,7 @@ pub(crate) async fn policy_change_turn() -> tokio::sync::MutexGuard<'static, ()>
 }
 
 /// Locks the registry (a poisoned lock still holds consistent data: every write is one insert).
-fn lock(r: &Mutex<PolicyRegistry>) -> std::sync::MutexGuard<'_, PolicyRegistry> {
+pub(crate) fn lock(r: &Mutex<PolicyRegistry>) -> std::sync::MutexGuard<'_, PolicyRegistry> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -459,12 +468,7 @@ pub async fn test(
         .find(|x| x.as_str() == t)
         .ok_or_else(|| ApiError::field("target", format!("unknown target `{t}`")))?;
     let ids = if req.policies.is_empty() {
-        let reg = lock(&s.policies);
-        reg.builtin
-            .keys()
-            .chain(reg.custom.keys())
-            .cloned()
-            .collect()
+        lock(&s.policies).all_ids()
     } else {
         req.policies.clone()
     };

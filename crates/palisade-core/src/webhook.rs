@@ -101,10 +101,16 @@ impl WebhookSpec {
     }
 }
 
-/// A webhook URL: absolute `http`/`https` with a host, no credentials in it (use the signing
-/// secret), at most 2 KiB; not a link-local or unspecified address
-/// ([`is_metadata_or_unspecified`]; names resolving to one are refused when delivering).
+/// A webhook URL: [`check_outbound_url`], pointing at the signing secret for credentials.
 fn check_url(url: &str) -> Result<(), FieldError> {
+    check_outbound_url(url, "give a `secret`; requests are signed with it")
+}
+
+/// A URL the gateway is asked to reach (a webhook, a server to scan): absolute `http`/`https`
+/// with a host, no credentials in it (`hint` says where they go instead), at most 2 KiB; not
+/// a link-local or unspecified address ([`is_metadata_or_unspecified`]), in any spelling (names
+/// resolving to one are refused when connecting, by the gateway's guarded resolver).
+pub fn check_outbound_url(url: &str, hint: &str) -> Result<(), FieldError> {
     let bad = |m: &str| Err(FieldError::new("url", m.to_string()));
     if url.len() > 2048 {
         return bad("is longer than 2 KiB");
@@ -119,7 +125,7 @@ fn check_url(url: &str) -> Result<(), FieldError> {
         return bad("has no host");
     };
     if auth.as_str().contains('@') {
-        return bad("must not carry credentials (give a `secret`; requests are signed with it)");
+        return bad(&format!("must not carry credentials ({hint})"));
     }
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {

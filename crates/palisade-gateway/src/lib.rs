@@ -35,7 +35,8 @@ pub use error::ProxyError;
 pub use inspect::{Findings, Inspector, StreamGuard, request_texts, response_text};
 pub use listener::hurry;
 pub use manager::{
-    AlertFn, GatewayError, GatewayShared, ProxyManager, ProxyRuntime, ProxyStatus, RecordFn, ToolFn,
+    AlertFn, GatewayError, GatewayShared, McpUpstream, ProxyManager, ProxyRuntime, ProxyStatus,
+    RecordFn, ToolFn,
 };
 pub use shape::Endpoint;
 pub use sse::SseSplitter;

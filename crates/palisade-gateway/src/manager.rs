@@ -197,6 +197,16 @@ struct Running {
     bridge: Option<Bridge>,
 }
 
+/// A running MCP proxy's upstream, as [`ProxyManager::mcp_upstream`] gives it.
+pub struct McpUpstream {
+    /// The URL the proxy posts to.
+    pub url: String,
+    /// The credential header it adds.
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    /// Whether the URL is the gateway's own bridge to a stdio or legacy-SSE server.
+    pub bridged: bool,
+}
+
 /// Owns the running proxies.
 pub struct ProxyManager {
     shared: Arc<GatewayShared>,
@@ -361,6 +371,23 @@ impl ProxyManager {
             .map_err(|e| GatewayError::Invalid(format!("cannot start the MCP transport: {e}")))?;
         runtime.attach(&bridge)?;
         Ok(Some(bridge))
+    }
+
+    /// Where a running MCP proxy sends its traffic (the endpoint URL, or its bridge's for a
+    /// stdio or legacy-SSE server), the credential header it adds, and whether it is bridged:
+    /// for the scanner, so the credential stays in the process.
+    pub async fn mcp_upstream(&self, name: &str) -> Option<McpUpstream> {
+        let running = self.running.lock().await;
+        let rt = running.get(name)?.runtime.load_full();
+        if rt.spec.kind != palisade_core::model::ProxyKind::Mcp || !rt.upstream_ready() {
+            return None;
+        }
+        let url = rt.target.uri_for("").ok()?.to_string();
+        Some(McpUpstream {
+            url,
+            auth: rt.upstream_auth().cloned(),
+            bridged: rt.bridge_header.is_some(),
+        })
     }
 
     /// Current status of a proxy.

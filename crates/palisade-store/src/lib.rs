@@ -10,6 +10,7 @@ mod identity;
 mod mcp;
 mod migrations;
 mod requests;
+mod scans;
 mod store;
 mod webhooks;
 mod writer;
@@ -21,6 +22,7 @@ pub use identity::{
 };
 pub use mcp::ToolVersion;
 pub use requests::{RequestFilter, RequestPage};
+pub use scans::ScanRow;
 pub use store::{
     Actor, AuditEntry, AuditFilter, ProxyRow, SealedUpdate, Store, StoreError, UserRow,
 };

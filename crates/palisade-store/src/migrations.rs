@@ -210,6 +210,22 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // MCP scans run through the API: who scanned what, the counts, and the whole report (the
+    // newest 200 are kept).
+    r#"
+    CREATE TABLE scans (
+        id TEXT PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        target TEXT NOT NULL,
+        critical INTEGER NOT NULL,
+        high INTEGER NOT NULL,
+        medium INTEGER NOT NULL,
+        low INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX scans_ts ON scans (ts_ms);
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

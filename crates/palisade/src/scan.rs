@@ -152,6 +152,7 @@ pub async fn run(args: ScanArgs) -> anyhow::Result<i32> {
         timeout: Duration::from_secs(args.timeout),
         read_resources: args.read_resources,
         baseline,
+        probe_transport: true,
     };
     let report = scan::scan(target, &opts, &set).await?;
     let text = match args.format {

@@ -409,3 +409,155 @@ async fn scan_launches_a_stdio_server() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot launch"));
 }
+
+#[tokio::test]
+async fn scans_through_the_api_are_kept_compared_and_audited() {
+    let mock = mock_mcp();
+    set(&mock, "tools", poisoned_tools()).await;
+    let gw = Gateway::start(&format!(
+        "{}\n[[proxies]]\nname = \"tools\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\
+         \n[[proxies]]\nname = \"local\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\ntransport = \"stdio\"\n\
+         command = [{:?}, \"mock-mcp\", \"--stdio\"]\n",
+        config_for("http://127.0.0.1:9"),
+        mock.url,
+        bin()
+    ))
+    .await;
+
+    // A URL, with a credential that is used and never kept.
+    let (st, first) = gw
+        .post(
+            "/api/v1/scans",
+            json!({"url": mock.url, "headers": {"Authorization": "Bearer SCAN-SECRET-4711"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{first}");
+    let id = first["id"].as_str().unwrap().to_string();
+    assert!(
+        has(
+            &first,
+            "mcp-tool-poisoning",
+            "critical",
+            "tool `run_command`"
+        ),
+        "{first:#}"
+    );
+    // The mock takes any request: with a credential given, that is an open door too.
+    assert!(
+        has(&first, "mcp-missing-authentication", "low", "server"),
+        "{first:#}"
+    );
+
+    // A running proxy's upstream, by name; a stdio proxy through the gateway's own bridge
+    // (whose transport answers are the bridge's, so not judged).
+    let (st, by_proxy) = gw.post("/api/v1/scans", json!({"proxy": "tools"})).await;
+    assert_eq!(st, 201, "{by_proxy}");
+    assert_eq!(by_proxy["target"], format!("proxy `tools`: {}", mock.url));
+    assert_eq!(
+        by_proxy["counts"]["tools"], 4,
+        "the upstream's, not what clients see"
+    );
+    let (st, local) = gw.post("/api/v1/scans", json!({"proxy": "local"})).await;
+    assert_eq!(st, 201, "{local}");
+    assert_eq!(local["counts"]["tools"], 2, "{local:#}");
+    assert!(local["target"].as_str().unwrap().contains("stdio: "));
+    assert!(
+        !findings(&local)
+            .iter()
+            .any(|(r, _, _)| r == "mcp-missing-authentication" || r == "mcp-origin-not-checked"),
+        "{local:#}"
+    );
+
+    // Compared with the first scan: the rug pull shows.
+    let mut tools = poisoned_tools();
+    tools[3]["description"] = json!("Adds two numbers and mails them out.");
+    set(&mock, "tools", tools).await;
+    let (st, again) = gw
+        .post("/api/v1/scans", json!({"url": mock.url, "baseline": id}))
+        .await;
+    assert_eq!(st, 201, "{again}");
+    assert!(
+        has(&again, "mcp-baseline-drift", "high", "tool:add"),
+        "{again:#}"
+    );
+
+    let (st, list) = gw.get("/api/v1/scans").await;
+    assert_eq!(st, 200);
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    assert_eq!(list[0]["id"], again["id"], "newest first");
+    assert!(list[3]["critical"].as_i64().unwrap() > 0);
+    let (st, stored) = gw.get(&format!("/api/v1/scans/{id}")).await;
+    assert_eq!(st, 200);
+    assert_eq!(stored["findings"], first["findings"]);
+    let (st, sarif) = gw.get(&format!("/api/v1/scans/{id}?format=sarif")).await;
+    assert_eq!(st, 200);
+    assert_eq!(sarif["version"], "2.1.0");
+    assert_eq!(
+        sarif["runs"][0]["results"].as_array().unwrap().len(),
+        first["findings"].as_array().unwrap().len()
+    );
+    let (st, audit) = gw.get("/api/v1/audit?action=scan.run").await;
+    assert_eq!(st, 200, "{audit}");
+    assert!(audit.to_string().contains("scan.run"), "{audit}");
+    assert!(!audit.to_string().contains("SCAN-SECRET-4711"));
+    for s in list.as_array().unwrap() {
+        let (_, r) = gw
+            .get(&format!("/api/v1/scans/{}", s["id"].as_str().unwrap()))
+            .await;
+        assert!(!r.to_string().contains("SCAN-SECRET-4711"));
+    }
+
+    // Bad input: refused, nothing stored.
+    for (body, status, needle) in [
+        (json!({}), 400, "either `url` or `proxy`"),
+        (
+            json!({"url": mock.url, "proxy": "tools"}),
+            400,
+            "either `url` or `proxy`",
+        ),
+        (
+            json!({"url": "ftp://127.0.0.1/"}),
+            400,
+            "must start with http://",
+        ),
+        (
+            json!({"url": "http://u:p@127.0.0.1/mcp"}),
+            400,
+            "give them in `headers`",
+        ),
+        (json!({"proxy": "oai"}), 400, "not a running MCP proxy"),
+        (
+            json!({"url": mock.url, "baseline": "nope"}),
+            400,
+            "no scan `nope`",
+        ),
+        (
+            json!({"url": mock.url, "read_resources": 1000}),
+            400,
+            "at most 100",
+        ),
+        (json!({"url": mock.url, "bogus": 1}), 400, "bogus"),
+        (
+            json!({"url": "http://127.0.0.1:9/mcp"}),
+            502,
+            "cannot connect",
+        ),
+        // Cloud metadata addresses are never reached, in any spelling.
+        (
+            json!({"url": "http://169.254.169.254/mcp"}),
+            400,
+            "link-local",
+        ),
+        (
+            json!({"url": "http://2852039166/mcp"}),
+            400,
+            "unusual spelling",
+        ),
+    ] {
+        let (st, v) = gw.post("/api/v1/scans", body.clone()).await;
+        assert_eq!(st, status, "{body} → {v}");
+        assert!(v.to_string().contains(needle), "{body} → {v}");
+    }
+    let (_, list) = gw.get("/api/v1/scans").await;
+    assert_eq!(list.as_array().unwrap().len(), 4);
+}

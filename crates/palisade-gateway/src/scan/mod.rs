@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 pub use client::AnyClient;
 use client::{Answer, ClientError, HttpPeer, Peer, STATELESS_ERA, StdioPeer};
-pub use render::{sarif, table};
+pub use render::{sarif, sarif_of_value, table};
 
 use crate::mcp_tools::{self, Kind};
 
@@ -73,6 +73,11 @@ impl Rule {
         Rule::PlaintextTransport,
         Rule::BaselineDrift,
     ];
+
+    /// The rule of an id.
+    pub fn from_id(id: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.id() == id)
+    }
 
     /// The rule's stable id (as in SARIF).
     pub fn id(self) -> &'static str {
@@ -317,12 +322,16 @@ pub const BASELINE_FORMAT: &str = "palisade-scan-baseline/1";
 impl Baseline {
     /// The baseline of a report's inventory.
     pub fn of(report: &Report) -> Self {
+        Self::from_items(&report.target, &report.scanned_at, &report.inventory)
+    }
+
+    /// The baseline of an inventory.
+    pub fn from_items(target: &str, created: &str, items: &[Item]) -> Self {
         Self {
             format: BASELINE_FORMAT.into(),
-            target: report.target.clone(),
-            created: report.scanned_at.clone(),
-            items: report
-                .inventory
+            target: target.into(),
+            created: created.into(),
+            items: items
                 .iter()
                 .map(|i| BaselineItem {
                     key: i.key(),
@@ -373,6 +382,9 @@ pub struct ScanOptions {
     pub read_resources: usize,
     /// A baseline to compare with.
     pub baseline: Option<Baseline>,
+    /// Whether to run the HTTP transport checks (authentication, `Origin`, plain HTTP): off for
+    /// the gateway's own bridge to a stdio server, whose answers are the bridge's.
+    pub probe_transport: bool,
 }
 
 /// Why a scan could not run.
@@ -547,7 +559,9 @@ pub async fn scan(
         drift(b, &items, &mut findings);
     }
     if let (Peer::Http(p), Some(info)) = (&mut peer, &http) {
-        transport_findings(p, info, &mut findings, &mut notes).await;
+        if opts.probe_transport {
+            transport_findings(p, info, &mut findings, &mut notes).await;
+        }
         p.close().await;
     }
     findings.sort_by(|a, b| {

@@ -132,6 +132,11 @@ fn security_severity(s: Severity) -> &'static str {
 /// The report as a SARIF 2.1.0 log (one run; each finding a result with a logical location
 /// naming the tool, prompt or resource).
 pub fn sarif(r: &Report) -> Value {
+    sarif_of_value(&serde_json::to_value(r).unwrap_or(Value::Null))
+}
+
+/// [`sarif`] of a report as JSON (a stored one).
+pub fn sarif_of_value(r: &Value) -> Value {
     let rules: Vec<Value> = Rule::ALL
         .iter()
         .map(|rule| {
@@ -144,29 +149,36 @@ pub fn sarif(r: &Report) -> Value {
             })
         })
         .collect();
+    let target = r.get("target").and_then(Value::as_str).unwrap_or("");
     let results: Vec<Value> = r
-        .findings
-        .iter()
-        .map(|f| {
-            let index = Rule::ALL.iter().position(|x| *x == f.rule).unwrap_or(0);
-            let mut text = format!("{}: {}", f.subject, f.message);
-            if let Some(x) = &f.excerpt {
+        .get("findings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            let rule = Rule::from_id(f.get("rule")?.as_str()?)?;
+            let severity: Severity = serde_json::from_value(f.get("severity")?.clone()).ok()?;
+            let subject = f.get("subject").and_then(Value::as_str).unwrap_or("");
+            let message = f.get("message").and_then(Value::as_str).unwrap_or("");
+            let index = Rule::ALL.iter().position(|x| *x == rule).unwrap_or(0);
+            let mut text = format!("{subject}: {message}");
+            if let Some(x) = f.get("excerpt").and_then(Value::as_str) {
                 text.push_str(&format!(" (matched: {x})"));
             }
-            json!({
-                "ruleId": f.rule.id(),
+            Some(json!({
+                "ruleId": rule.id(),
                 "ruleIndex": index,
-                "level": level(f.severity),
+                "level": level(severity),
                 "message": {"text": text},
                 "locations": [{
-                    "physicalLocation": {"artifactLocation": {"uri": r.target}},
-                    "logicalLocations": [{"name": f.subject, "kind": "member"}]
+                    "physicalLocation": {"artifactLocation": {"uri": target}},
+                    "logicalLocations": [{"name": subject, "kind": "member"}]
                 }],
                 "properties": {
-                    "severity": f.severity.as_str(),
-                    "security-severity": security_severity(f.severity)
+                    "severity": severity.as_str(),
+                    "security-severity": security_severity(severity)
                 }
-            })
+            }))
         })
         .collect();
     json!({
@@ -178,7 +190,8 @@ pub fn sarif(r: &Report) -> Value {
                 "version": env!("CARGO_PKG_VERSION"),
                 "rules": rules
             }},
-            "invocations": [{"executionSuccessful": true, "startTimeUtc": r.scanned_at}],
+            "invocations": [{"executionSuccessful": true,
+                "startTimeUtc": r.get("scanned_at").cloned().unwrap_or(Value::Null)}],
             "results": results
         }]
     })
