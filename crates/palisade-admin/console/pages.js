@@ -182,7 +182,7 @@ function proxyForm(ctx, existing, policyIds, onDone) {
     h('p', { class: 'form-error', role: 'alert', hidden: true }),
     h('div', { class: 'grid2' },
       field('Name', h('input', { name: 'name', value: p.name || '', required: true, readonly: existing ? true : null, placeholder: 'e.g. openai-prod' })),
-      field('Kind', sel('kind', ['llm', 'mcp'], p.kind)),
+      field('Kind', sel('kind', ['llm', 'mcp', 'a2a'], p.kind)),
       field('Listen address', h('input', { name: 'listen', value: p.listen, required: true }), 'host:port; port 0 picks a free port.'),
       field('Upstream URL', h('input', { name: 'upstream', value: p.upstream, required: true, placeholder: 'https://api.openai.com or http://127.0.0.1:9100' })),
       field('API (LLM proxies)', sel('api', ['openai', 'anthropic'], p.api || 'openai')),

@@ -143,6 +143,22 @@ pub struct ProxySpec {
     /// MCP stdio: working directory of the process (default: the gateway's).
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Groups whose keys may use the proxy (empty: every key; a key outside every group is
+    /// then refused too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_groups: Vec<String>,
+    /// Requests per minute the proxy takes from all callers together (an agent's or a
+    /// server's capacity), on top of each key's and group's own limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+}
+
+impl ProxySpec {
+    /// Whether keys of `group` (or of no group) may use the proxy.
+    pub fn admits_group(&self, group: Option<&str>) -> bool {
+        self.allowed_groups.is_empty()
+            || group.is_some_and(|g| self.allowed_groups.iter().any(|a| a == g))
+    }
 }
 
 /// How an MCP proxy reaches its upstream server.
@@ -330,12 +346,6 @@ impl ProxySpec {
     /// Checks every field; the first problem found is returned with its field name.
     pub fn validate(&self) -> Result<(), FieldError> {
         validate_name("name", &self.name)?;
-        if self.kind == ProxyKind::A2a {
-            return Err(FieldError::new(
-                "kind",
-                "proxies of kind `a2a` are not available in this version; use `llm` or `mcp`",
-            ));
-        }
         if self.kind != ProxyKind::Mcp
             && (!self.approved_tools.is_empty() || self.tool_approval == ToolApproval::Auto)
         {
@@ -344,12 +354,12 @@ impl ProxySpec {
                 "tool approval settings apply to `mcp` proxies only",
             ));
         }
-        if self.kind != ProxyKind::Mcp
+        if self.kind == ProxyKind::Llm
             && (!self.allowed_hosts.is_empty() || !self.allowed_origins.is_empty())
         {
             return Err(FieldError::new(
                 "allowed_hosts",
-                "allowed hosts and origins apply to `mcp` proxies only",
+                "allowed hosts and origins apply to `mcp` and `a2a` proxies only",
             ));
         }
         for (i, h) in self.allowed_hosts.iter().enumerate() {
@@ -410,6 +420,15 @@ impl ProxySpec {
         }
         if self.description.len() > 1024 {
             return Err(FieldError::new("description", "must be at most 1024 bytes"));
+        }
+        for (i, g) in self.allowed_groups.iter().enumerate() {
+            validate_name(&format!("allowed_groups[{i}]"), g)?;
+        }
+        if self.requests_per_minute == Some(0) {
+            return Err(FieldError::new(
+                "requests_per_minute",
+                "must be at least 1 (leave it out for no limit)",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
@@ -629,7 +648,9 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().field, "name");
         let mut s = spec();
         s.kind = ProxyKind::A2a;
-        assert_eq!(s.validate().unwrap_err().field, "kind");
+        assert!(s.validate().is_ok());
+        s.transport = McpTransport::Stdio;
+        assert_eq!(s.validate().unwrap_err().field, "transport");
     }
 
     #[test]

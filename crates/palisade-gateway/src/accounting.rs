@@ -215,6 +215,41 @@ fn usd(nano: i64) -> f64 {
 
 impl Accounting {
     /// Phase 1b: key scope, rate limits and budget, before any upstream work.
+    /// [`Accounting::admit`] on a proxy: the proxy's group restriction first, then the key's
+    /// and group's budget and limits, then the proxy's own requests-per-minute limit (shared by
+    /// every caller: an A2A agent's or an MCP server's capacity).
+    pub fn admit_on(
+        &self,
+        key: &KeyInfo,
+        spec: &palisade_core::model::ProxySpec,
+        alert: &dyn Fn(AlertRecord),
+        rec: &RequestRecord,
+    ) -> Result<Admission, ProxyError> {
+        if !spec.admits_group(key.group.as_deref()) {
+            return Err(ProxyError::Forbidden(format!(
+                "key `{}` ({}) may not use proxy `{}`: it is open to groups {}",
+                key.name,
+                key.group
+                    .as_deref()
+                    .map_or("no group".to_string(), |g| format!("group `{g}`")),
+                spec.name,
+                spec.allowed_groups.join(", ")
+            )));
+        }
+        let out = self.admit(key, &spec.name, alert, rec)?;
+        if let Some(rpm) = spec.requests_per_minute {
+            self.limiter
+                .acquire(&format!("p:{}", spec.name), rpm, 1.0, (self.clock)())
+                .map_err(|s| ProxyError::RateLimited {
+                    retry_after: s,
+                    what: format!("proxy `{}`: {rpm} requests per minute", spec.name),
+                })?;
+        }
+        Ok(out)
+    }
+
+    /// Admits a request of `key` on `proxy`: its allowed proxies, its group's budget, and the
+    /// key's and group's rate limits.
     pub fn admit(
         &self,
         key: &KeyInfo,

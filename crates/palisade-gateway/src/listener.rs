@@ -95,6 +95,14 @@ async fn serve(
                                     () = cut_signal(&mut cut) => Ok(stopped_response()),
                                 }
                             }
+                            ProxyKind::A2a => {
+                                let handled = crate::a2a::handle(shared, rt, req, peer);
+                                tokio::select! {
+                                    biased;
+                                    answered = handled => answered,
+                                    () = cut_signal(&mut cut) => Ok(stopped_response()),
+                                }
+                            }
                             // An LLM proxy answers a cut request itself (with its record's id).
                             _ => crate::llm::handle(shared, rt, req, peer, cut).await,
                         }

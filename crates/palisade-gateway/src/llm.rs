@@ -506,7 +506,7 @@ async fn proxy(
     }
     let admission = shared
         .accounting
-        .admit(&key, &rt.spec.name, shared.alert.as_ref(), rec)?;
+        .admit_on(&key, &rt.spec, shared.alert.as_ref(), rec)?;
 
     let (parts, body) = req.into_parts();
     // A compressed body cannot be read as it is: one the gateway must read (JSON endpoints,

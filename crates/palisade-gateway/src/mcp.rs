@@ -580,7 +580,7 @@ pub(crate) fn gate(
     set_identity(rec, &key);
     shared
         .accounting
-        .admit(&key, &rt.spec.name, shared.alert.as_ref(), rec)
+        .admit_on(&key, &rt.spec, shared.alert.as_ref(), rec)
         .map_err(|e| refuse(e.status(), code::INVALID_REQUEST, &e.to_string()))?;
     Ok(key)
 }

@@ -113,6 +113,13 @@ impl Config {
             }
         }
         for (spec, _) in &self.proxies {
+            for g in spec.allowed_groups.iter().filter(|g| !group_here(g)) {
+                refs.push(Reference::new(
+                    format!("proxy `{}`", spec.name),
+                    RefKind::Group,
+                    g,
+                ));
+            }
             for id in spec
                 .policies
                 .iter()

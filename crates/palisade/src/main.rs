@@ -3,6 +3,7 @@
 
 mod config;
 mod mock;
+mod mock_a2a;
 mod mock_mcp;
 mod scan;
 mod serve;
@@ -51,6 +52,12 @@ enum Command {
     /// resources, dangerous tools without annotations, broad schemas, missing authentication,
     /// unchecked Origin, plaintext transport, drift from a baseline.
     Scan(scan::ScanArgs),
+    /// Run a small A2A agent that echoes (for tests and demos).
+    MockA2a {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9300")]
+        addr: SocketAddr,
+    },
     /// Check a config file without starting anything.
     CheckConfig {
         /// The TOML file.
@@ -121,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             stateless,
             ..
         } => rt.block_on(mock_mcp::run(addr, sse, stateless)),
+        Command::MockA2a { addr } => rt.block_on(mock_a2a::run(addr)),
         Command::Scan(args) => {
             // 0 and 1 tell a CI job whether findings reach its threshold; 2 is a scan that
             // could not run (anyhow's own status would be 1).

@@ -1,0 +1,747 @@
+//! A2A proxies: the gateway in front of an Agent-to-Agent agent (JSON-RPC binding, both the 0.3
+//! method names `message/send`… and the 1.0 ones `SendMessage`…). Every request passes the
+//! same gate as an MCP proxy's (Host/Origin, gateway key, rate limits and budget); the text of
+//! every message, task, artifact and status update is checked by the proxy's `a2a_message`
+//! policies in both directions, streamed answers event by event; the agent card is checked (its
+//! skills are what a calling model reads) and its interface URLs point at the gateway. Push
+//! notification settings are refused (they would make the agent call a URL of the client's
+//! choosing, around the gateway), as is any method the gateway does not know.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use palisade_core::record::RequestRecord;
+use palisade_policy::Target;
+use serde_json::{Value, json};
+
+use crate::body::{EventMapper, Finisher, ProxyBody, Relay};
+use crate::buffers::BufferError;
+use crate::inspect::{Findings, strings_except};
+use crate::manager::{GatewayShared, ProxyRuntime};
+use crate::mcp::{
+    Refusal, finish, gate, json_response, new_record, parse_post, read_body, rpc_error,
+};
+use crate::redact::{RedactionMap, mask_new_everywhere, redact_arguments, unmask_value};
+use crate::sse::{for_each_event, raw_events};
+use crate::upstream::is_json;
+
+/// Largest answer (a JSON body or an agent card) the gateway reads from an agent.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// JSON-RPC error codes of the gateway's own refusals (outside the codes A2A assigns).
+mod code {
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// A2A's "push notification not supported".
+    pub const PUSH_NOT_SUPPORTED: i64 = -32003;
+    /// A policy blocked the message or the answer.
+    pub const POLICY: i64 = -32050;
+    /// The agent failed, or the gateway could not reach it.
+    pub const UPSTREAM: i64 = -32000;
+}
+
+/// Member names that identify or label rather than say something: left out of the text the
+/// policies read.
+const NOT_TEXT: [&str; 12] = [
+    "kind",
+    "role",
+    "messageId",
+    "contextId",
+    "taskId",
+    "artifactId",
+    "id",
+    "mimeType",
+    "mediaType",
+    "state",
+    "timestamp",
+    "referenceTaskIds",
+];
+
+/// What a method does, as far as the gateway is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Sends a message; the answer is JSON.
+    Send,
+    /// Sends a message (or re-attaches to a task); the answer is an event stream.
+    Stream,
+    /// Reads or cancels tasks.
+    Task,
+    /// The authenticated extended agent card.
+    Card,
+    /// Push notification settings: refused.
+    Push,
+}
+
+fn classify(method: &str) -> Option<Call> {
+    Some(match method {
+        "message/send" | "SendMessage" => Call::Send,
+        "message/stream" | "SendStreamingMessage" | "tasks/resubscribe" | "SubscribeToTask" => {
+            Call::Stream
+        }
+        "tasks/get" | "GetTask" | "tasks/cancel" | "CancelTask" | "tasks/list" | "ListTasks" => {
+            Call::Task
+        }
+        "agent/getAuthenticatedExtendedCard" | "GetExtendedAgentCard" => Call::Card,
+        m if m.contains("ushNotificationConfig") => Call::Push,
+        _ => return None,
+    })
+}
+
+fn refuse(status: StatusCode, id: &Value, code: i64, msg: &str) -> Refusal {
+    (status, rpc_error(id, code, msg))
+}
+
+/// The text of a message, task or event the policies read: every string but identifiers and
+/// labels.
+fn text_of(v: &Value) -> String {
+    let mut out = String::new();
+    strings_except(v, &NOT_TEXT, &mut out);
+    out
+}
+
+/// Serves one request on an A2A proxy.
+pub async fn handle(
+    shared: Arc<GatewayShared>,
+    rt: Arc<ProxyRuntime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let t0 = Instant::now();
+    let mut rec = new_record(&rt, req.method(), req.uri().path(), peer, None);
+    rec.api = "a2a".into();
+    let mut findings = Findings::default();
+    let result = serve(&shared, &rt, req, &mut rec, &mut findings, t0).await;
+    Ok(finish(&shared, rec, findings, t0, result))
+}
+
+async fn serve(
+    shared: &Arc<GatewayShared>,
+    rt: &Arc<ProxyRuntime>,
+    req: Request<Incoming>,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    if crate::upstream::came_round(req.headers()) {
+        return Err(refuse(
+            StatusCode::LOOP_DETECTED,
+            &Value::Null,
+            code::UPSTREAM,
+            "the request came back to this gateway through its upstream (a proxy loop); check the proxy's upstream",
+        ));
+    }
+    gate(shared, rt, req.headers(), rec)?;
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if parts.method == Method::GET
+        && (path == "/.well-known/agent-card.json" || path == "/.well-known/agent.json")
+    {
+        rec.endpoint = "agent-card".into();
+        return agent_card(shared, rt, &parts.headers, path, rec, findings, t0).await;
+    }
+    if parts.method != Method::POST {
+        return Err(refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &Value::Null,
+            code::INVALID_REQUEST,
+            "use POST for JSON-RPC, or GET /.well-known/agent-card.json",
+        ));
+    }
+    let (bytes, _held) = read_body(rt, &parts.headers, body).await?;
+    let msg = parse_post(&bytes)?;
+    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let method = msg.get("method").and_then(Value::as_str);
+    let (Some(method), true) = (method, msg.get("jsonrpc") == Some(&json!("2.0"))) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            &id,
+            code::INVALID_REQUEST,
+            "not a JSON-RPC 2.0 request (one object with `jsonrpc` and `method`; A2A has no batches)",
+        ));
+    };
+    rec.endpoint = "a2a".into();
+    rec.tool = Some(method.chars().take(128).collect());
+    let Some(call) = classify(method) else {
+        return Err(refuse(
+            StatusCode::OK,
+            &id,
+            code::METHOD_NOT_FOUND,
+            &format!(
+                "method `{}` is not relayed by the gateway",
+                rec.tool.as_deref().unwrap_or("")
+            ),
+        ));
+    };
+    if call == Call::Push {
+        return Err(refuse(
+            StatusCode::OK,
+            &id,
+            code::PUSH_NOT_SUPPORTED,
+            "push notifications are not relayed by the gateway (the agent would call a URL of the client's choosing); use streaming or poll the task",
+        ));
+    }
+    if let Some(task) = msg
+        .pointer("/params/id")
+        .or_else(|| msg.pointer("/params/message/taskId"))
+        .and_then(Value::as_str)
+    {
+        rec.session = Some(task.chars().take(128).collect());
+    }
+    if let Some(insp) = rt.inspector.as_ref()
+        && let Some(params) = msg.get("params")
+    {
+        let blocks = findings.scan(insp, Target::A2aMessage, &text_of(params));
+        if blocks && insp.enforces() {
+            findings.set_blocked();
+            return Err(refuse(
+                StatusCode::OK,
+                &id,
+                code::POLICY,
+                &format!(
+                    "message blocked by policy at the gateway (rules: {})",
+                    findings.blocking_rules()
+                ),
+            ));
+        }
+    }
+    rec.stream = call == Call::Stream;
+    // Values `redact` rules find in the message are replaced by placeholders before it leaves;
+    // the agent's answer gets them back (when the proxy unmasks).
+    let mut map = RedactionMap::new();
+    let bytes = match (rt.inspector.as_ref(), msg) {
+        (Some(insp), mut msg)
+            if insp.set.redacts(Target::A2aMessage)
+                && findings.matched(Target::A2aMessage, palisade_policy::Action::Redact) =>
+        {
+            if let Some(m) = msg.pointer_mut("/params/message") {
+                redact_arguments(&insp.set, m, Target::A2aMessage, &mut map);
+            }
+            if map.is_empty() {
+                bytes
+            } else {
+                findings.set_request_redacted(&map);
+                rec.redactions = Some(map.len() as i64);
+                Bytes::from(msg.to_string())
+            }
+        }
+        _ => bytes,
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let ex = Exchange {
+        id,
+        call,
+        unmask: map,
+    };
+    forward(
+        shared,
+        rt,
+        &parts.headers,
+        path,
+        bytes,
+        ex,
+        rec,
+        findings,
+        t0,
+    )
+    .await
+}
+
+/// What answering a request needs to know of it.
+struct Exchange {
+    /// The request's JSON-RPC id.
+    id: Value,
+    call: Call,
+    /// Values replaced in the request, to restore in the answer.
+    unmask: RedactionMap,
+}
+
+/// The upstream request: the agent's own Host, the proxy's credential (never the client's key),
+/// and only the headers A2A needs.
+fn upstream_request(
+    rt: &ProxyRuntime,
+    client_headers: &http::HeaderMap,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    let uri = rt
+        .target
+        .uri_for(path_and_query)
+        .map_err(|e| e.to_string())?;
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    for (name, value) in client_headers {
+        let n = name.as_str();
+        if matches!(
+            n,
+            "accept"
+                | "content-type"
+                | "a2a-version"
+                | "x-a2a-protocol-version"
+                | "a2a-extensions"
+                | "x-a2a-extensions"
+        ) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    h.insert(http::header::HOST, rt.target.host.clone());
+    h.append(http::header::VIA, crate::upstream::via_entry().clone());
+    if let Some((name, value)) = rt.upstream_auth() {
+        h.insert(name.clone(), value.clone());
+    }
+    Ok(req)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Arc<GatewayShared>,
+    rt: &Arc<ProxyRuntime>,
+    headers: &http::HeaderMap,
+    path_and_query: &str,
+    body: Bytes,
+    ex: Exchange,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let id = ex.id.clone();
+    let req = upstream_request(rt, headers, Method::POST, path_and_query, body)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &id, code::INVALID_REQUEST, &e))?;
+    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
+    let pre = t0.elapsed();
+    let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                &id,
+                code::UPSTREAM,
+                "the agent did not answer in time",
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(refuse(
+                StatusCode::BAD_GATEWAY,
+                &id,
+                code::UPSTREAM,
+                &format!("the agent is unavailable: {e}"),
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let received = Instant::now();
+    let (up, up_body) = resp.into_parts();
+    rec.status = up.status.as_u16();
+    let ct = up
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut out = http::HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&rec.id) {
+        out.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    for (name, value) in &up.headers {
+        if matches!(
+            name.as_str(),
+            "a2a-version" | "x-a2a-protocol-version" | "www-authenticate"
+        ) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if ct.starts_with("text/event-stream") {
+        rec.stream = true;
+        rec.overhead_us = pre.as_micros() as i64;
+        out.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        out.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        out.insert(
+            "x-palisade-overhead-us",
+            HeaderValue::from((pre + received.elapsed()).as_micros() as u64),
+        );
+        let mapper = StreamCheck {
+            rt: rt.clone(),
+            id,
+            unmask: ex.unmask,
+            closed: false,
+        };
+        let finisher = Finisher {
+            record: std::mem::take(rec),
+            t0,
+            sink: shared.record.clone(),
+            alert: shared.alert.clone(),
+            findings: std::mem::take(findings),
+            accounting: shared.accounting.clone(),
+            key_tpm: None,
+            prompt_estimate: None,
+            token_hold: None,
+        };
+        let relay = Relay::new(
+            up_body,
+            true,
+            palisade_core::model::LlmApi::Openai,
+            timeout,
+            finisher,
+            None,
+        )
+        .abort_on_failure()
+        .map_events(Box::new(mapper));
+        let mut r = Response::new(ProxyBody::Relay(Box::new(relay)));
+        *r.status_mut() = up.status;
+        *r.headers_mut() = out;
+        return Ok(r);
+    }
+    let bytes = collect(up_body, &id).await?;
+    if !is_json(&ct) {
+        // What cannot be read cannot be checked: refused, never relayed.
+        findings.set_withheld("the agent's answer is not JSON");
+        return Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            &id,
+            code::UPSTREAM,
+            &format!(
+                "the agent answered HTTP {} with content type `{ct}`; only JSON and event streams can be checked",
+                up.status.as_u16()
+            ),
+        ));
+    }
+    let mut v = crate::json::parse(&bytes).map_err(|e| {
+        findings.set_withheld("the agent's answer is malformed JSON");
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            &id,
+            code::UPSTREAM,
+            &format!("the agent answered with malformed JSON: {e}"),
+        )
+    })?;
+    if let Some(task) = v
+        .pointer("/result/id")
+        .or_else(|| v.pointer("/result/task/id"))
+        .and_then(Value::as_str)
+    {
+        rec.session = Some(task.chars().take(128).collect());
+    }
+    if ex.call == Call::Card
+        && let Some(card) = v.get_mut("result")
+    {
+        point_card_at_gateway(card, rt, headers);
+    }
+    let mut status = up.status;
+    if let Some(message) = check_answer(rt, &v, findings) {
+        v = rpc_error(&id, code::POLICY, &message);
+        status = StatusCode::OK;
+    } else {
+        mask_answer(rt, &mut v, &ex.unmask, rec, findings);
+    }
+    let overhead = pre + received.elapsed();
+    rec.overhead_us = overhead.as_micros() as i64;
+    out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out.insert(
+        "x-palisade-overhead-us",
+        HeaderValue::from(overhead.as_micros() as u64),
+    );
+    let mut r = Response::new(ProxyBody::full(v.to_string()));
+    *r.status_mut() = status;
+    *r.headers_mut() = out;
+    Ok(r)
+}
+
+async fn collect(body: Incoming, id: &Value) -> Result<Bytes, Refusal> {
+    let (bytes, _held) = crate::buffers::collect(body, MAX_ANSWER, true)
+        .await
+        .map_err(|e| {
+            let msg = match e {
+                BufferError::TooLarge => format!("the agent's answer exceeds {MAX_ANSWER} bytes"),
+                BufferError::Busy => {
+                    "gateway busy: too many large bodies are being buffered at once; retry shortly"
+                        .into()
+                }
+                BufferError::Body(e) => format!("the agent's answer broke off: {e}"),
+            };
+            refuse(StatusCode::BAD_GATEWAY, id, code::UPSTREAM, &msg)
+        })?;
+    Ok(bytes)
+}
+
+/// Checks an agent's JSON-RPC answer (result or error) with the answer policies; the refusal's
+/// message when a blocking rule matched in enforce mode.
+fn check_answer(rt: &ProxyRuntime, v: &Value, findings: &mut Findings) -> Option<String> {
+    let insp = rt.inspector.as_ref()?;
+    let mut text = String::new();
+    for part in ["result", "error"] {
+        if let Some(x) = v.get(part) {
+            text.push_str(&text_of(x));
+        }
+    }
+    let blocks = findings.scan_answer(insp, Target::A2aMessage, &text);
+    if !(blocks && insp.enforces()) {
+        return None;
+    }
+    findings.set_blocked();
+    Some(format!(
+        "the agent's answer was blocked by policy at the gateway (rules: {})",
+        findings.blocking_rules()
+    ))
+}
+
+/// Masks the values `redact` rules found in an answer (new ones get placeholders of their own),
+/// and gives back the request's own values when the proxy unmasks.
+fn mask_answer(
+    rt: &ProxyRuntime,
+    v: &mut Value,
+    unmask: &RedactionMap,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+) {
+    let Some(insp) = rt.inspector.as_ref() else {
+        return;
+    };
+    if insp.set.redacts(Target::A2aMessage)
+        && findings.matched(Target::A2aMessage, palisade_policy::Action::Redact)
+    {
+        let mut new = 0;
+        for part in ["result", "error"] {
+            if let Some(x) = v.get_mut(part) {
+                new += mask_new_everywhere(&insp.set, x, Target::A2aMessage, unmask);
+            }
+        }
+        if new > 0 {
+            rec.redactions = Some(rec.redactions.unwrap_or(0) + new as i64);
+            findings.set_answer_redacted();
+        }
+    }
+    if rt.spec.unmask && !unmask.is_empty() {
+        unmask_value(v, unmask);
+    }
+}
+
+/// Checks a streamed answer event by event. A blocked event ends what the client gets with a
+/// JSON-RPC error event; an event the gateway cannot read is withheld.
+struct StreamCheck {
+    rt: Arc<ProxyRuntime>,
+    id: Value,
+    unmask: RedactionMap,
+    closed: bool,
+}
+
+impl EventMapper for StreamCheck {
+    fn map(&mut self, run: Bytes, findings: &mut Findings) -> Bytes {
+        if self.closed {
+            return Bytes::new();
+        }
+        let mut out = Vec::with_capacity(run.len());
+        for ev in raw_events(&run) {
+            let mut keep = true;
+            let mut data_seen = false;
+            for_each_event(ev, |_, data| {
+                data_seen = true;
+                match serde_json::from_slice::<Value>(data) {
+                    Ok(mut v) => {
+                        keep = false;
+                        if let Some(message) = check_answer(&self.rt, &v, findings) {
+                            self.closed = true;
+                            let err = rpc_error(&self.id, code::POLICY, &message);
+                            out.extend_from_slice(format!("data: {err}\n\n").as_bytes());
+                        } else {
+                            // Masked and unmasked as a JSON answer is; rewritten only when
+                            // that changed it.
+                            let before = v.clone();
+                            let mut rec = RequestRecord::default();
+                            mask_answer(&self.rt, &mut v, &self.unmask, &mut rec, findings);
+                            if v == before {
+                                keep = true;
+                            } else {
+                                out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+                            }
+                        }
+                    }
+                    Err(_) => keep = false,
+                }
+            });
+            if self.closed {
+                break;
+            }
+            // Comments and keep-alives (no data) pass; data that is not JSON does not.
+            if keep || !data_seen {
+                out.extend_from_slice(ev);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn end(&mut self) -> (Bytes, Option<String>) {
+        (Bytes::new(), None)
+    }
+}
+
+/// Fetches the agent's card, checks it, and points its JSON-RPC interfaces at the gateway.
+#[allow(clippy::too_many_arguments)]
+async fn agent_card(
+    shared: &Arc<GatewayShared>,
+    rt: &Arc<ProxyRuntime>,
+    headers: &http::HeaderMap,
+    path: &str,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let none = Value::Null;
+    let mut req = upstream_request(rt, headers, Method::GET, path, Bytes::new())
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &none, code::INVALID_REQUEST, &e))?;
+    req.headers_mut()
+        .insert(ACCEPT, HeaderValue::from_static("application/json"));
+    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
+    let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                &none,
+                code::UPSTREAM,
+                "the agent did not answer in time",
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(refuse(
+                StatusCode::BAD_GATEWAY,
+                &none,
+                code::UPSTREAM,
+                &format!("the agent is unavailable: {e}"),
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (up, body) = resp.into_parts();
+    rec.status = up.status.as_u16();
+    let bytes = collect(body, &none).await?;
+    if !up.status.is_success() {
+        return Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            &none,
+            code::UPSTREAM,
+            &format!(
+                "the agent answered HTTP {} for its card",
+                up.status.as_u16()
+            ),
+        ));
+    }
+    let mut card = crate::json::parse(&bytes)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                &none,
+                code::UPSTREAM,
+                "the agent's card is not a JSON object",
+            )
+        })?;
+    if let Some(insp) = rt.inspector.as_ref() {
+        // Skills and descriptions are what a calling model reads: checked like tool definitions.
+        let blocks = findings.scan_answer(insp, Target::ToolDescription, &text_of(&card));
+        if blocks && insp.enforces() {
+            findings.set_blocked();
+            return Err(refuse(
+                StatusCode::BAD_GATEWAY,
+                &none,
+                code::POLICY,
+                &format!(
+                    "the agent's card was blocked by policy at the gateway (rules: {})",
+                    findings.blocking_rules()
+                ),
+            ));
+        }
+    }
+    point_card_at_gateway(&mut card, rt, headers);
+    rec.overhead_us = t0.elapsed().as_micros() as i64;
+    Ok(json_response(StatusCode::OK, &card, &rec.id))
+}
+
+/// Points a card's JSON-RPC interfaces at the gateway (the address the client used, which
+/// [`gate`] checked) and drops the interfaces of other bindings (gRPC, HTTP+JSON), which the
+/// gateway does not relay.
+fn point_card_at_gateway(card: &mut Value, rt: &ProxyRuntime, headers: &http::HeaderMap) {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| rt.spec.listen.clone());
+    let ours = |url: &str| -> String {
+        let path = url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
+            .unwrap_or_else(|| "/".into());
+        format!("http://{host}{path}")
+    };
+    let is_jsonrpc = |i: &Value| {
+        i.get("transport")
+            .or_else(|| i.get("protocolBinding"))
+            .and_then(Value::as_str)
+            .is_none_or(|t| t.eq_ignore_ascii_case("JSONRPC"))
+    };
+    let Some(c) = card.as_object_mut() else {
+        return;
+    };
+    if let Some(u) = c.get("url").and_then(Value::as_str) {
+        let u = ours(u);
+        c.insert("url".into(), Value::String(u));
+    }
+    if c.contains_key("preferredTransport") {
+        c.insert("preferredTransport".into(), json!("JSONRPC"));
+    }
+    for list in ["additionalInterfaces", "supportedInterfaces"] {
+        if let Some(Value::Array(items)) = c.get_mut(list) {
+            items.retain(is_jsonrpc);
+            for i in items.iter_mut() {
+                if let Some(u) = i.get("url").and_then(Value::as_str) {
+                    let u = ours(u);
+                    i["url"] = Value::String(u);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_generations_of_method_names_are_known() {
+        assert_eq!(classify("message/send"), Some(Call::Send));
+        assert_eq!(classify("SendMessage"), Some(Call::Send));
+        assert_eq!(classify("SendStreamingMessage"), Some(Call::Stream));
+        assert_eq!(classify("tasks/resubscribe"), Some(Call::Stream));
+        assert_eq!(classify("CancelTask"), Some(Call::Task));
+        assert_eq!(
+            classify("tasks/pushNotificationConfig/set"),
+            Some(Call::Push)
+        );
+        assert_eq!(
+            classify("CreateTaskPushNotificationConfig"),
+            Some(Call::Push)
+        );
+        assert_eq!(classify("GetExtendedAgentCard"), Some(Call::Card));
+        assert_eq!(classify("tasks/send"), None);
+    }
+
+    #[test]
+    fn text_leaves_out_identifiers() {
+        let v = json!({"message": {"kind": "message", "role": "user", "messageId": "m-1",
+            "parts": [{"kind": "text", "text": "hello"}, {"kind": "data", "data": {"q": "world"}}]}});
+        let t = text_of(&v);
+        assert!(t.contains("hello") && t.contains("world"), "{t}");
+        assert!(!t.contains("m-1") && !t.contains("message\n"), "{t}");
+    }
+}
