@@ -95,6 +95,15 @@ def mock_mcp():
 
 
 @pytest.fixture(scope="session")
+def mock_a2a():
+    proc = Proc([BIN, "mock-a2a", "--addr", "127.0.0.1:0"])
+    try:
+        yield proc.wait_for("listening on").rstrip("/")
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
 def gateway():
     gw = Gateway()
     yield gw

@@ -60,7 +60,7 @@ def mcp_list_tools(url, key):
         return r
 
 
-def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
+def test_admin_journey(gateway, mock_llm, mock_mcp, mock_a2a, browser, shots):
     ctx = browser.new_context(viewport={"width": 1440, "height": 900})
     page = ctx.new_page()
     errors = watch_errors(page)
@@ -257,6 +257,16 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, browser, shots):
     shots(page, "14b-mcp-scan")
     nav(page, "scans")
     expect(page.locator("table.grid tr[data-scan]")).to_have_count(1)
+
+    # An A2A proxy: the agent's card and skills, read through the proxy.
+    gateway.call("POST", "/api/v1/proxies", {"name": "agents", "kind": "a2a", "listen": "127.0.0.1:0",
+                                              "upstream": mock_a2a, "policies": ["mcp-advanced-security"]})
+    nav(page, "agents")
+    agent = page.locator('section[data-agent="agents"]')
+    expect(agent).to_contain_text("Palisade mock agent")
+    expect(agent.locator('tr[data-skill="echo"]')).to_contain_text("Echoes the text")
+    expect(agent).to_contain_text("clean")
+    shots(page, "14c-a2a-agents")
 
     # --- Prompts, audit log, settings (a new user).
     nav(page, "prompts")

@@ -15,7 +15,7 @@ let latestStats = null;
 
 const NAV = [
   ['dashboard', 'Dashboard'], ['proxies', 'Proxies'], ['policies', 'Policies'], ['alerts', 'Alerts'],
-  ['requests', 'Requests'], ['mcp', 'MCP tools'], ['scans', 'MCP scanner'], ['groups', 'Groups & keys'], ['prompts', 'Prompts'],
+  ['requests', 'Requests'], ['mcp', 'MCP tools'], ['scans', 'MCP scanner'], ['agents', 'A2A agents'], ['groups', 'Groups & keys'], ['prompts', 'Prompts'],
   ['audit', 'Audit log'], ['settings', 'Settings'],
 ];
 

@@ -617,6 +617,43 @@ function diffView(a, b) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A2A agents: the agent behind each A2A proxy, its card and skills
+
+async function agents(ctx, main) {
+  const list = (await get('/api/v1/proxies')).filter((p) => p.kind === 'a2a');
+  main.appendChild(header('A2A agents'));
+  if (!list.length) {
+    main.appendChild(empty('No A2A proxies', 'Create a proxy of kind "a2a" in front of an agent. Its card and skills show here; every message to it and every answer is checked by the proxy\'s policies.', link('#/proxies?new=1', 'Create an A2A proxy')));
+    return;
+  }
+  for (const p of list) {
+    const box = section(`${p.name}`, h('p', { class: 'muted' }, `${p.upstream} · ${p.status}${p.bound_addr ? ' on ' + p.bound_addr : ''}`));
+    box.setAttribute('data-agent', p.name);
+    main.appendChild(box);
+    if (p.status !== 'running') { box.appendChild(h('p', { class: 'muted' }, 'Start the proxy to read its agent card.')); continue; }
+    try {
+      const v = await get(`/api/v1/proxies/${enc(p.name)}/agent-card`);
+      const c = v.card || {};
+      const caps = c.capabilities || {};
+      box.appendChild(h('dl', { class: 'kv' },
+        h('dt', {}, 'agent'), h('dd', {}, `${c.name || '—'} ${c.version || ''}`),
+        h('dt', {}, 'description'), h('dd', {}, c.description || '—'),
+        h('dt', {}, 'capabilities'), h('dd', {}, `streaming: ${caps.streaming ? 'yes' : 'no'} · push notifications: ${caps.pushNotifications ? 'yes (not relayed)' : 'no'}`),
+        h('dt', {}, 'card check'), h('dd', {}, v.findings.length ? h('span', {}, v.blocked ? badge('refused to clients', 'bad') : badge('alerts', 'medium'), ' ', v.findings.join('; ')) : badge('clean', 'ok'))));
+      const skills = Array.isArray(c.skills) ? c.skills : [];
+      box.appendChild(skills.length ? table([
+        { label: 'Skill', render: (k) => h('code', {}, k.id || '—') },
+        { label: 'Name', render: (k) => k.name || '—' },
+        { label: 'Description', render: (k) => k.description || '—' },
+        { label: 'Tags', render: (k) => (Array.isArray(k.tags) ? k.tags.join(', ') : '—') },
+      ], skills, { caption: `Skills of ${p.name}`, compact: true, rowAttrs: (k) => ({ 'data-skill': k.id || '' }) }) : h('p', { class: 'muted' }, 'The card lists no skills.'));
+    } catch (e) {
+      box.appendChild(h('p', { class: 'form-error', role: 'alert' }, e.message));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // MCP scanner
 
 function severityCounts(x) {
@@ -929,4 +966,4 @@ async function settings(ctx, main) {
     h('p', { class: 'muted' }, 'Alert delivery to webhooks, Slack and SIEM, Prometheus metrics and OpenTelemetry export are configured in a later release; until then, poll GET /api/v1/alerts or follow GET /api/v1/events (server-sent events).')));
 }
 
-export const PAGES = { dashboard, proxies, policies, alerts, requests, mcp, scans, groups, prompts, audit, settings };
+export const PAGES = { dashboard, proxies, policies, alerts, requests, mcp, scans, agents, groups, prompts, audit, settings };

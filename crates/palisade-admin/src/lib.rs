@@ -359,6 +359,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(proxies::start))
         .routes(routes!(proxies::stop))
         .routes(routes!(proxies::restart))
+        .routes(routes!(proxies::agent_card))
         .routes(routes!(mcp::list))
         .routes(routes!(mcp::approve))
         .routes(routes!(mcp::disable))

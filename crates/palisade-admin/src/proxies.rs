@@ -571,3 +571,25 @@ mod origin_tests {
         assert!(!same_origin("http://a.example", "http://b.example"));
     }
 }
+
+/// A running A2A proxy's agent card, fetched now from the agent with the proxy's credential,
+/// with what the proxy's rules find in it (its skills are what a calling model reads).
+#[utoipa::path(get, path = "/api/v1/proxies/{name}/agent-card", tag = "proxies", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Proxy name")),
+    responses((status = 200, description = "`card`, `findings`, `blocked`", body = Object),
+        (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn agent_card(
+    State(s): State<AppState>,
+    _v: Viewer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<palisade_gateway::a2a::CardView>> {
+    match s.manager.agent_card(&name).await {
+        None => Err(ApiError::not_found(format!("running A2A proxy `{name}`"))),
+        Some(Err(e)) => Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "agent_unavailable",
+            e,
+        )),
+        Some(Ok(v)) => Ok(Json(v)),
+    }
+}

@@ -585,6 +585,70 @@ impl EventMapper for StreamCheck {
     }
 }
 
+/// Fetches the agent's card (`path`: one of the well-known paths) with the proxy's credential:
+/// the card, or why not.
+async fn fetch_card(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+    headers: &http::HeaderMap,
+    path: &str,
+    rec: Option<&mut RequestRecord>,
+) -> Result<Value, (StatusCode, String)> {
+    let mut req = upstream_request(rt, headers, Method::GET, path, Bytes::new())
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    req.headers_mut()
+        .insert(ACCEPT, HeaderValue::from_static("application/json"));
+    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
+    let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
+        Err(_) => {
+            return Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                "the agent did not answer in time".into(),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err((
+                StatusCode::BAD_GATEWAY,
+                format!("the agent is unavailable: {e}"),
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (up, body) = resp.into_parts();
+    if let Some(rec) = rec {
+        rec.status = up.status.as_u16();
+    }
+    let bytes = collect(body, &Value::Null)
+        .await
+        .map_err(|(s, v)| (s, v["error"]["message"].as_str().unwrap_or("").to_string()))?;
+    if !up.status.is_success() {
+        return Err((
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the agent answered HTTP {} for its card",
+                up.status.as_u16()
+            ),
+        ));
+    }
+    crate::json::parse(&bytes)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or((
+            StatusCode::BAD_GATEWAY,
+            "the agent's card is not a JSON object".into(),
+        ))
+}
+
+/// The card's poisoning findings (`policy/rule: name`) under the proxy's `tool_description`
+/// rules, and whether one blocks in enforce mode.
+fn card_findings(rt: &ProxyRuntime, card: &Value, findings: &mut Findings) -> bool {
+    let Some(insp) = rt.inspector.as_ref() else {
+        return false;
+    };
+    // Skills and descriptions are what a calling model reads: checked like tool definitions.
+    findings.scan_answer(insp, Target::ToolDescription, &text_of(card)) && insp.enforces()
+}
+
 /// Fetches the agent's card, checks it, and points its JSON-RPC interfaces at the gateway.
 #[allow(clippy::too_many_arguments)]
 async fn agent_card(
@@ -597,74 +661,59 @@ async fn agent_card(
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let none = Value::Null;
-    let mut req = upstream_request(rt, headers, Method::GET, path, Bytes::new())
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &none, code::INVALID_REQUEST, &e))?;
-    req.headers_mut()
-        .insert(ACCEPT, HeaderValue::from_static("application/json"));
-    let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
-    let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
-        Err(_) => {
-            return Err(refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                &none,
-                code::UPSTREAM,
-                "the agent did not answer in time",
-            ));
-        }
-        Ok(Err(e)) => {
-            return Err(refuse(
-                StatusCode::BAD_GATEWAY,
-                &none,
-                code::UPSTREAM,
-                &format!("the agent is unavailable: {e}"),
-            ));
-        }
-        Ok(Ok(r)) => r,
-    };
-    let (up, body) = resp.into_parts();
-    rec.status = up.status.as_u16();
-    let bytes = collect(body, &none).await?;
-    if !up.status.is_success() {
+    let mut card = fetch_card(shared, rt, headers, path, Some(rec))
+        .await
+        .map_err(|(status, msg)| refuse(status, &none, code::UPSTREAM, &msg))?;
+    if card_findings(rt, &card, findings) {
+        findings.set_blocked();
         return Err(refuse(
             StatusCode::BAD_GATEWAY,
             &none,
-            code::UPSTREAM,
+            code::POLICY,
             &format!(
-                "the agent answered HTTP {} for its card",
-                up.status.as_u16()
+                "the agent's card was blocked by policy at the gateway (rules: {})",
+                findings.blocking_rules()
             ),
         ));
-    }
-    let mut card = crate::json::parse(&bytes)
-        .ok()
-        .filter(Value::is_object)
-        .ok_or_else(|| {
-            refuse(
-                StatusCode::BAD_GATEWAY,
-                &none,
-                code::UPSTREAM,
-                "the agent's card is not a JSON object",
-            )
-        })?;
-    if let Some(insp) = rt.inspector.as_ref() {
-        // Skills and descriptions are what a calling model reads: checked like tool definitions.
-        let blocks = findings.scan_answer(insp, Target::ToolDescription, &text_of(&card));
-        if blocks && insp.enforces() {
-            findings.set_blocked();
-            return Err(refuse(
-                StatusCode::BAD_GATEWAY,
-                &none,
-                code::POLICY,
-                &format!(
-                    "the agent's card was blocked by policy at the gateway (rules: {})",
-                    findings.blocking_rules()
-                ),
-            ));
-        }
     }
     point_card_at_gateway(&mut card, rt, headers);
     rec.overhead_us = t0.elapsed().as_micros() as i64;
     Ok(json_response(StatusCode::OK, &card, &rec.id))
+}
+
+/// An agent's card as an administrator sees it: as the agent serves it, with what the proxy's
+/// rules find in it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CardView {
+    /// The card, as the agent serves it.
+    pub card: Value,
+    /// Rules that match the card's text (`policy/rule: name`).
+    pub findings: Vec<String>,
+    /// Whether the proxy refuses the card to clients (a blocking rule in enforce mode).
+    pub blocked: bool,
+}
+
+/// Fetches a running A2A proxy's agent card for the admin API.
+pub(crate) async fn card_view(
+    shared: &GatewayShared,
+    rt: &ProxyRuntime,
+) -> Result<CardView, String> {
+    let card = fetch_card(
+        shared,
+        rt,
+        &http::HeaderMap::new(),
+        "/.well-known/agent-card.json",
+        None,
+    )
+    .await
+    .map_err(|(_, m)| m)?;
+    let mut f = Findings::default();
+    let blocked = card_findings(rt, &card, &mut f);
+    Ok(CardView {
+        findings: f.rule_names(),
+        card,
+        blocked,
+    })
 }
 
 /// Points a card's JSON-RPC interfaces at the gateway (the address the client used, which

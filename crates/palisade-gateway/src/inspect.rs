@@ -193,6 +193,18 @@ impl Findings {
         self.rule_ids(|m| m.action == Action::Block).join(", ")
     }
 
+    /// `policy/rule: name` of every rule that matched, each once, in order of finding.
+    pub fn rule_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (_, m, _) in &self.matches {
+            let s = format!("{}/{}: {}", m.policy_id, m.rule_id, m.rule_name);
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
     /// `policy/rule` ids of the matches `keep` selects, each once, in order of finding.
     fn rule_ids(&self, keep: impl Fn(&RuleMatch) -> bool) -> Vec<String> {
         let mut ids: Vec<String> = Vec::new();

@@ -6,7 +6,7 @@
 //! control plane swaps atomically, so configuration changes never tear a request in half.
 #![forbid(unsafe_code)]
 
-mod a2a;
+pub mod a2a;
 mod accounting;
 mod body;
 mod bridge;

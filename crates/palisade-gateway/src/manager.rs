@@ -390,6 +390,16 @@ impl ProxyManager {
         })
     }
 
+    /// A running A2A proxy's agent card, fetched now from its agent with the proxy's
+    /// credential, with what the proxy's rules find in it. `None`: no such running A2A proxy.
+    pub async fn agent_card(&self, name: &str) -> Option<Result<crate::a2a::CardView, String>> {
+        let rt = self.running.lock().await.get(name)?.runtime.load_full();
+        if rt.spec.kind != palisade_core::model::ProxyKind::A2a {
+            return None;
+        }
+        Some(crate::a2a::card_view(&self.shared, &rt).await)
+    }
+
     /// Current status of a proxy.
     pub async fn status(&self, name: &str) -> ProxyStatus {
         if let Some(r) = self.running.lock().await.get(name) {

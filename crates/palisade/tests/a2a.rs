@@ -304,11 +304,25 @@ async fn a_poisoned_agent_card_is_refused_and_monitor_mode_only_alerts() {
     )
     .await;
     let base = enforce.proxy_url("agents").await;
+    // The administrator's view of the card: as the agent serves it, and clean.
+    let (st, v) = enforce.get("/api/v1/proxies/agents/agent-card").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["card"]["url"], format!("{}/", agent.url));
+    assert_eq!(v["blocked"], false);
+    assert_eq!(v["findings"], json!([]));
+    let (st, _) = enforce.get("/api/v1/proxies/oai/agent-card").await;
+    assert_eq!(st, 404);
     reqwest::Client::new()
         .post(format!("{}/_mock/poison", agent.url))
         .send()
         .await
         .unwrap();
+    let (_, v) = enforce.get("/api/v1/proxies/agents/agent-card").await;
+    assert_eq!(v["blocked"], true, "{v}");
+    assert!(
+        v["findings"].to_string().contains("mcp-advanced-security/"),
+        "{v}"
+    );
     let r = reqwest::Client::new()
         .get(format!("{base}/.well-known/agent-card.json"))
         .bearer_auth(CI_KEY)
