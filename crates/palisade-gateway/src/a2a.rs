@@ -20,7 +20,7 @@ use palisade_core::record::RequestRecord;
 use palisade_policy::Target;
 use serde_json::{Value, json};
 
-use crate::body::{EventMapper, Finisher, ProxyBody, Relay};
+use crate::body::{EventMapper, ProxyBody};
 use crate::buffers::BufferError;
 use crate::inspect::{Findings, strings_except};
 use crate::manager::{GatewayShared, ProxyRuntime};
@@ -186,6 +186,21 @@ async fn serve(
             "push notifications are not relayed by the gateway (the agent would call a URL of the client's choosing); use streaming or poll the task",
         ));
     }
+    // A push setting can also ride in a message's `configuration`: refused the same way.
+    if ["pushNotificationConfig", "taskPushNotificationConfig"]
+        .iter()
+        .any(|k| {
+            msg.pointer(&format!("/params/configuration/{k}"))
+                .is_some_and(|v| !v.is_null())
+        })
+    {
+        return Err(refuse(
+            StatusCode::OK,
+            &id,
+            code::PUSH_NOT_SUPPORTED,
+            "push notifications are not relayed by the gateway (`configuration` names a push URL); use streaming or poll the task",
+        ));
+    }
     if let Some(task) = msg
         .pointer("/params/id")
         .or_else(|| msg.pointer("/params/message/taskId"))
@@ -219,8 +234,9 @@ async fn serve(
             if insp.set.redacts(Target::A2aMessage)
                 && findings.matched(Target::A2aMessage, palisade_policy::Action::Redact) =>
         {
-            if let Some(m) = msg.pointer_mut("/params/message") {
-                redact_arguments(&insp.set, m, Target::A2aMessage, &mut map);
+            // Everything the policies read: the message and the request's metadata.
+            if let Some(p) = msg.get_mut("params") {
+                redact_arguments(&insp.set, p, Target::A2aMessage, &mut map);
             }
             if map.is_empty() {
                 bytes
@@ -376,27 +392,15 @@ async fn forward(
             unmask: ex.unmask,
             closed: false,
         };
-        let finisher = Finisher {
-            record: std::mem::take(rec),
+        let relay = crate::body::checked_events(
+            shared,
+            rec,
+            findings,
             t0,
-            sink: shared.record.clone(),
-            alert: shared.alert.clone(),
-            findings: std::mem::take(findings),
-            accounting: shared.accounting.clone(),
-            key_tpm: None,
-            prompt_estimate: None,
-            token_hold: None,
-        };
-        let relay = Relay::new(
             up_body,
-            true,
-            palisade_core::model::LlmApi::Openai,
             timeout,
-            finisher,
-            None,
-        )
-        .abort_on_failure()
-        .map_events(Box::new(mapper));
+            Box::new(mapper),
+        );
         let mut r = Response::new(ProxyBody::Relay(Box::new(relay)));
         *r.status_mut() = up.status;
         *r.headers_mut() = out;
@@ -621,6 +625,12 @@ async fn fetch_card(
     let bytes = collect(body, &Value::Null)
         .await
         .map_err(|(s, v)| (s, v["error"]["message"].as_str().unwrap_or("").to_string()))?;
+    if up.status == StatusCode::NOT_FOUND {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("the agent has no card at {path}"),
+        ));
+    }
     if !up.status.is_success() {
         return Err((
             StatusCode::BAD_GATEWAY,

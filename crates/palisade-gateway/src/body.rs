@@ -193,6 +193,34 @@ pub trait EventMapper: Send {
     fn end(&mut self) -> (Bytes, Option<String>);
 }
 
+/// A relay of an upstream's event stream whose runs of events pass through `mapper` (MCP and
+/// A2A answers): the request's record and findings go with it, written when the stream ends;
+/// a broken upstream aborts the response.
+pub(crate) fn checked_events(
+    shared: &crate::manager::GatewayShared,
+    rec: &mut RequestRecord,
+    findings: &mut Findings,
+    t0: Instant,
+    body: Incoming,
+    idle: Duration,
+    mapper: Box<dyn EventMapper>,
+) -> Relay {
+    let finisher = Finisher {
+        record: std::mem::take(rec),
+        t0,
+        sink: shared.record.clone(),
+        alert: shared.alert.clone(),
+        findings: std::mem::take(findings),
+        accounting: shared.accounting.clone(),
+        key_tpm: None,
+        prompt_estimate: None,
+        token_hold: None,
+    };
+    Relay::new(body, true, LlmApi::Openai, idle, finisher, None)
+        .abort_on_failure()
+        .map_events(mapper)
+}
+
 impl Relay {
     /// Relays `inner`; `sse` selects event-wise forwarding; `idle` bounds the gap between chunks;
     /// with an inspector, every run of SSE events is checked before it is forwarded.

@@ -26,7 +26,7 @@ use palisade_core::record::RequestRecord;
 use palisade_policy::Target;
 use serde_json::{Value, json};
 
-use crate::body::{EventMapper, Finisher, ProxyBody, Relay};
+use crate::body::{EventMapper, ProxyBody};
 use crate::inspect::{Findings, tool_call_text};
 use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
@@ -801,29 +801,8 @@ pub(crate) async fn send(
         );
         let mut ctx = Ctx::new(shared, rt, pending, identity_of(rec));
         ctx.reply_to = Some(reply_to);
-        let mut f = Findings::default();
-        std::mem::swap(&mut f, findings);
-        let finisher = Finisher {
-            record: std::mem::take(rec),
-            t0,
-            sink: shared.record.clone(),
-            alert: shared.alert.clone(),
-            findings: f,
-            accounting: shared.accounting.clone(),
-            key_tpm: None,
-            prompt_estimate: None,
-            token_hold: None,
-        };
-        let relay = Relay::new(
-            up_body,
-            true,
-            palisade_core::model::LlmApi::Openai,
-            timeout,
-            finisher,
-            None,
-        )
-        .abort_on_failure()
-        .map_events(Box::new(ctx));
+        let relay =
+            crate::body::checked_events(shared, rec, findings, t0, up_body, timeout, Box::new(ctx));
         let mut r = Response::new(ProxyBody::Relay(Box::new(relay)));
         *r.status_mut() = up_parts.status;
         *r.headers_mut() = headers;

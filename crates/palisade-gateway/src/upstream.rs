@@ -90,6 +90,17 @@ where
         .build(https)
 }
 
+/// An error with its causes, one line (`connect failed: Connection refused (os error 111)`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
+}
+
 /// What a [`post_json`] receiver answered.
 #[derive(Debug)]
 pub struct Posted {
@@ -125,15 +136,7 @@ where
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("bad request: {e}"))?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            msg
-        })?;
+        let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
         let mut read = 0;

@@ -229,7 +229,32 @@ async fn a2a_messages_and_answers_are_checked_both_ways() {
     assert_eq!(events[2]["error"]["code"], -32050);
     assert_eq!(events[2]["id"], 12);
 
-    // Push notifications and unknown methods are refused at the gateway.
+    // A key in the request's metadata is masked too.
+    let mut with_meta = send(17, "SendMessage", "hello");
+    with_meta["params"]["metadata"] = json!({"note": format!("key {KEY}")});
+    let (_, v) = rpc(&url, &with_meta).await;
+    assert!(v.get("result").is_some(), "{v}");
+    let seen = received(&agent).await;
+    let sent = seen.iter().find(|m| m["id"] == 17).unwrap();
+    assert_eq!(sent["params"]["metadata"]["note"], "key [API_KEY_1]");
+
+    // Push notifications (as methods, or inside a message's configuration) and unknown
+    // methods are refused at the gateway.
+    for (id, cfg) in [
+        (
+            18,
+            json!({"pushNotificationConfig": {"url": "http://127.0.0.1:9/hook"}}),
+        ),
+        (
+            19,
+            json!({"taskPushNotificationConfig": {"url": "http://127.0.0.1:9/hook", "token": "t"}}),
+        ),
+    ] {
+        let mut m = send(id, "message/send", "hello");
+        m["params"]["configuration"] = cfg;
+        let (_, v) = rpc(&url, &m).await;
+        assert_eq!(v["error"]["code"], -32003, "{v}");
+    }
     let (_, v) = rpc(
         &url,
         &json!({"jsonrpc": "2.0", "id": 13, "method": "tasks/pushNotificationConfig/set",
@@ -244,7 +269,11 @@ async fn a2a_messages_and_answers_are_checked_both_ways() {
     .await;
     assert_eq!(v["error"]["code"], -32601);
     let seen = received(&agent).await;
-    assert!(!seen.iter().any(|m| m["id"] == 13 || m["id"] == 14));
+    assert!(
+        !seen
+            .iter()
+            .any(|m| [13, 14, 18, 19].contains(&m["id"].as_i64().unwrap_or(0)))
+    );
 
     // Bad input gets a clear error.
     let r = reqwest::Client::new()
@@ -262,7 +291,7 @@ async fn a2a_messages_and_answers_are_checked_both_ways() {
     assert_eq!(st, 400);
 
     // Logged and alerted: the proxy, the method, the task, the decision.
-    let rows = gw.wait_requests("proxy=agents", 14).await;
+    let rows = gw.wait_requests("proxy=agents", 17).await;
     let blocked = rows
         .iter()
         .find(|r| r["decision"] == "block" && r["tool"] == "message/send")

@@ -368,17 +368,19 @@ fn schema(item: &Item, out: &mut Vec<Finding>) {
         });
         return;
     }
-    let dangerous = capabilities(def)
+    // Broad input matters more for a tool that runs commands or writes files.
+    let severity = if capabilities(def)
         .iter()
-        .any(|c| matches!(c, Capability::Shell | Capability::FileWrite));
+        .any(|c| matches!(c, Capability::Shell | Capability::FileWrite))
+    {
+        Severity::Medium
+    } else {
+        Severity::Low
+    };
     if schema.get("additionalProperties") == Some(&Value::Bool(true)) {
         out.push(Finding {
             rule: Rule::BroadSchema,
-            severity: if dangerous {
-                Severity::Medium
-            } else {
-                Severity::Low
-            },
+            severity,
             subject: subject(item),
             message: "additionalProperties: true: arguments the schema does not name are accepted"
                 .into(),
@@ -399,11 +401,7 @@ fn schema(item: &Item, out: &mut Vec<Finding>) {
     if !free.is_empty() {
         out.push(Finding {
             rule: Rule::BroadSchema,
-            severity: if dangerous {
-                Severity::Medium
-            } else {
-                Severity::Low
-            },
+            severity,
             subject: subject(item),
             message: format!(
                 "free-form string parameters that name commands, paths, queries or URLs, with no enum, pattern, format or maxLength: {}",

@@ -70,15 +70,7 @@ impl AnyClient {
             AnyClient::Plain(c) => c.request(req).await,
             AnyClient::Guarded(c) => c.request(req).await,
         };
-        r.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            msg
-        })
+        r.map_err(|e| crate::upstream::error_chain(&e))
     }
 }
 

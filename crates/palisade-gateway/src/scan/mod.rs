@@ -986,19 +986,7 @@ mod tests {
             ),
         ];
         let report_items = old.to_vec();
-        let b = Baseline {
-            format: BASELINE_FORMAT.into(),
-            target: "t".into(),
-            created: "c".into(),
-            items: report_items
-                .iter()
-                .map(|i| BaselineItem {
-                    key: i.key(),
-                    fingerprint: i.fingerprint(),
-                    definition: i.definition.clone(),
-                })
-                .collect(),
-        };
+        let b = Baseline::from_items("t", "c", &report_items);
         let text = serde_json::to_string(&b).unwrap();
         let b = Baseline::parse(&text).unwrap();
         let now = [
