@@ -240,26 +240,39 @@ pub async fn create(
         baseline,
         probe_transport,
     };
-    let mut report = match tokio::time::timeout(WHOLE, scan::scan(target, &opts, &set)).await {
-        Ok(Ok(r)) => r,
+    let shown = label.clone().unwrap_or_else(|| {
+        req.url
+            .as_deref()
+            .map(|u| u.split('?').next().unwrap_or(u).to_string())
+            .unwrap_or_default()
+    });
+    let failed = match tokio::time::timeout(WHOLE, scan::scan(target, &opts, set)).await {
+        Ok(Ok(r)) => Ok(r),
         Ok(Err(ScanError::InvalidTarget(m))) => return Err(ApiError::field("url", m)),
-        Ok(Err(e)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "scan_failed",
-                e.to_string(),
-            ));
-        }
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "scan_timeout",
-                format!("the scan took longer than {} s", WHOLE.as_secs()),
-            ));
+        Ok(Err(ScanError::InvalidHeader(m))) => return Err(ApiError::field("headers", m)),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "scan_failed",
+            e.to_string(),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "scan_timeout",
+            format!("the scan took longer than {} s", WHOLE.as_secs()),
+        )),
+    };
+    palisade_policy::release_free_memory();
+    let mut report = match failed {
+        Ok(r) => r,
+        Err(e) => {
+            // A scan that reached out and failed is audited too.
+            let detail = serde_json::json!({"target": shown, "error": e.message});
+            s.store
+                .record_event(u.actor(), "scan.failed", "scan", "-", Some(detail))
+                .await?;
+            return Err(e);
         }
     };
-    drop(set);
-    palisade_policy::release_free_memory();
     if let Some(l) = label {
         report.target = l;
     }

@@ -170,9 +170,29 @@ pub fn is_metadata_or_unspecified(ip: std::net::IpAddr) -> bool {
             (v6.segments()[0] & 0xffc0) == 0xfe80
                 || v6.is_unspecified()
                 || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-                || embedded_v4(v6).is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
+                || embedded_v4s(v6)
+                    .into_iter()
+                    .flatten()
+                    .any(|v4| v4.is_link_local() || v4.is_unspecified())
         }
     }
+}
+
+/// Every IPv4 address an IPv6 one carries: [`embedded_v4`], a 6to4 gateway (`2002:a.b.c.d::`)
+/// and a Teredo server and client (`2001:0:server::` with the client's address inverted in the
+/// last 32 bits).
+fn embedded_v4s(v6: std::net::Ipv6Addr) -> [Option<std::net::Ipv4Addr>; 3] {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+    };
+    let six_to_four = (s[0] == 0x2002).then(|| v4(s[1], s[2]));
+    let (server, client) = if s[0] == 0x2001 && s[1] == 0 {
+        (Some(v4(s[2], s[3])), Some(v4(!s[6], !s[7])))
+    } else {
+        (None, None)
+    };
+    [embedded_v4(v6).or(six_to_four), server, client]
 }
 
 /// The IPv4 address inside an IPv6 one that carries it: mapped (`::ffff:a.b.c.d`), compatible
@@ -290,6 +310,10 @@ mod tests {
                 .is_ok()
         );
         assert!(spec("http://127.0.0.1:9000/alerts").validate().is_ok());
+        assert!(
+            spec("http://[2002:c000:204::1]/").validate().is_ok(),
+            "6to4 of a public address"
+        );
         for bad in [
             "ftp://example.test/",
             "example.test/alerts",
@@ -307,6 +331,10 @@ mod tests {
             "http://0/",
             "http://[::169.254.169.254]/",
             "http://[64:ff9b::a9fe:a9fe]/",
+            // 6to4 and Teredo (server, and the client's inverted address).
+            "http://[2002:a9fe:a9fe::]/",
+            "http://[2001:0:a9fe:a9fe::1]/",
+            "http://[2001:0:4136:e378:8000:63bf:5601:5601]/",
             "http://127.0.0.1:99999/",
         ] {
             let e = spec(bad).validate().unwrap_err();

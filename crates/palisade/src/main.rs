@@ -135,7 +135,9 @@ fn main() -> anyhow::Result<()> {
             let code = match rt.block_on(scan::run(args)) {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("palisade scan: {e:#}");
+                    // Errors quote what the server said: shown escaped, like the report.
+                    let msg = palisade_gateway::scan::printable(&format!("{e:#}"));
+                    eprintln!("palisade scan: {msg}");
                     2
                 }
             };

@@ -423,6 +423,24 @@ async fn handle(
     if let Some(result) = quirks.get("results").and_then(|r| r.get(m)) {
         out = json!({"jsonrpc": "2.0", "id": id, "result": result});
     }
+    // `pages`: `endless` (every page names a new next one) or `cycle` (two pages naming each
+    // other): a server whose listing never ends.
+    if m == "tools/list"
+        && let Some(how) = quirks["pages"].as_str()
+    {
+        let at = msg
+            .pointer("/params/cursor")
+            .and_then(Value::as_str)
+            .and_then(|c| c.strip_prefix('p'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        let next = if how == "cycle" {
+            1 - at.min(1)
+        } else {
+            at + 1
+        };
+        out["result"]["nextCursor"] = json!(format!("p{next}"));
+    }
     if quirks["string_ids"] == true && !id.is_string() {
         out["id"] = Value::String(id.to_string());
     }

@@ -42,7 +42,7 @@ impl Level {
   palisade scan --baseline tools.json --fail-on high -- npx -y @modelcontextprotocol/server-everything
 
 Exit status: 0 scanned (no finding at or above --fail-on), 1 a finding at or above --fail-on,
-2 the scan could not run.")]
+2 the scan could not run, 130/143 interrupted (SIGINT/SIGTERM).")]
 pub struct ScanArgs {
     /// URL of a Streamable HTTP MCP endpoint (for a stdio server, give its command after `--`).
     url: Option<String>,
@@ -74,6 +74,9 @@ pub struct ScanArgs {
     /// How many text resources to read and check (0: none).
     #[arg(long, default_value_t = 20)]
     read_resources: usize,
+    /// Seconds the whole scan may take.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    max_time: u64,
     /// Seconds each exchange with the server may take.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
     timeout: u64,
@@ -99,12 +102,9 @@ fn rules(extra: &[PathBuf]) -> anyhow::Result<PolicySet> {
 fn headers(args: &ScanArgs) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for h in &args.headers {
-        let (k, v) = h.split_once(':').with_context(|| {
-            format!(
-                "--header `{}` is not `Name: value`",
-                h.chars().take(40).collect::<String>()
-            )
-        })?;
+        let (k, v) = h.split_once(':').context(
+            "a --header is not `Name: value` (it has no colon; its text is not shown, as it may hold a credential)",
+        )?;
         out.push((k.trim().to_string(), v.trim().to_string()));
     }
     if let Some(var) = &args.bearer_env {
@@ -146,7 +146,7 @@ pub async fn run(args: ScanArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let set = rules(&args.policies)?;
+    let set = std::sync::Arc::new(rules(&args.policies)?);
     palisade_policy::release_free_memory();
     let opts = ScanOptions {
         timeout: Duration::from_secs(args.timeout),
@@ -154,7 +154,18 @@ pub async fn run(args: ScanArgs) -> anyhow::Result<i32> {
         baseline,
         probe_transport: true,
     };
-    let report = scan::scan(target, &opts, &set).await?;
+    // Ctrl-C or SIGTERM ends the scan cleanly: dropping it stops a launched server's whole
+    // process group, which a terminal's Ctrl-C does not reach (it runs in a group of its own).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let limit = Duration::from_secs(args.max_time);
+    let report = tokio::select! {
+        r = tokio::time::timeout(limit, scan::scan(target, &opts, set)) => match r {
+            Ok(r) => r?,
+            Err(_) => anyhow::bail!("the scan took longer than --max-time ({} s)", args.max_time),
+        },
+        _ = tokio::signal::ctrl_c() => return Ok(130),
+        _ = term.recv() => return Ok(143),
+    };
     let text = match args.format {
         Format::Table => scan::table(&report),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",

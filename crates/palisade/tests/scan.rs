@@ -291,6 +291,26 @@ async fn scan_finds_poisoning_injections_and_open_doors_and_reports_drift() {
         "the change is shown"
     );
 
+    // A listing that never ends is cut, and the report says so.
+    for (how, needle) in [
+        ("endless", "stopped after 100 pages"),
+        ("cycle", "its pages cycle"),
+    ] {
+        set(&mock, "quirks", json!({"pages": how})).await;
+        let out = scan(
+            &[&mock.url, "--format", "json", "--read-resources", "0"],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(0));
+        let r = json_of(&out);
+        assert!(
+            r["notes"].to_string().contains(needle),
+            "{how}: {}",
+            r["notes"]
+        );
+    }
+    set(&mock, "quirks", json!({})).await;
+
     // Bad input: a clear error and status 2.
     let out = scan(&["ftp://127.0.0.1/"], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -305,6 +325,21 @@ async fn scan_finds_poisoning_injections_and_open_doors_and_reports_drift() {
     let out = scan(&["http://127.0.0.1:9/mcp", "--timeout", "5"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    // A wrong path: the status is named, not an empty JSON-RPC error.
+    let out = scan(&[&format!("{}/nope", base(&mock.url))], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A malformed header is refused without echoing it (it may be a credential).
+    let out = scan(
+        &[&mock.url, "-H", "Authorization Bearer sk-secret-value-123"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sk-secret"));
 }
 
 #[tokio::test]
@@ -538,6 +573,16 @@ async fn scans_through_the_api_are_kept_compared_and_audited() {
         ),
         (json!({"url": mock.url, "bogus": 1}), 400, "bogus"),
         (
+            json!({"url": mock.url, "headers": {"Authorization": "Bearer x\u{1}"}}),
+            400,
+            "\"field\":\"headers\"",
+        ),
+        (
+            json!({"url": "http://[2002:a9fe:a9fe::]/mcp"}),
+            400,
+            "link-local",
+        ),
+        (
             json!({"url": "http://127.0.0.1:9/mcp"}),
             502,
             "cannot connect",
@@ -560,4 +605,15 @@ async fn scans_through_the_api_are_kept_compared_and_audited() {
     }
     let (_, list) = gw.get("/api/v1/scans").await;
     assert_eq!(list.as_array().unwrap().len(), 4);
+    // A scan that reached out and failed is audited; a token in a URL's query is not kept.
+    let (st, _) = gw
+        .post(
+            "/api/v1/scans",
+            json!({"url": format!("http://127.0.0.1:9/mcp?token=QTOKEN-1")}),
+        )
+        .await;
+    assert_eq!(st, 502);
+    let (_, audit) = gw.get("/api/v1/audit?action=scan.failed").await;
+    assert!(audit.to_string().contains("127.0.0.1:9/mcp"), "{audit}");
+    assert!(!audit.to_string().contains("QTOKEN-1"), "{audit}");
 }

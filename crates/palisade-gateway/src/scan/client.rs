@@ -199,7 +199,8 @@ impl HttpPeer {
                 let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
                     ClientError::Protocol(format!("the answer is not valid JSON: {e}"))
                 })?;
-                Some(v)
+                // Only the answer to this request counts (not a batch, not another id).
+                id.as_ref().filter(|id| is_answer_to(&v, id)).map(|_| v)
             } else {
                 None
             }
@@ -211,17 +212,29 @@ impl HttpPeer {
                 .as_ref()
                 .and_then(|m| m.pointer("/error/message"))
                 .and_then(Value::as_str);
-            let detail = headers
-                .get(http::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .filter(|_| status == StatusCode::UNAUTHORIZED)
-                .or(said)
-                .map(|v| v.chars().take(200).collect())
-                .unwrap_or_default();
+            let header = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+            let detail = if status.is_redirection() {
+                format!(
+                    "redirects are not followed (Location: {}); scan the URL it names",
+                    header(http::header::LOCATION).unwrap_or("none")
+                )
+            } else {
+                header(http::header::WWW_AUTHENTICATE)
+                    .filter(|_| status == StatusCode::UNAUTHORIZED)
+                    .or(said)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             return Err(ClientError::Status {
                 status: status.as_u16(),
-                detail,
+                detail: detail.chars().take(300).collect(),
             });
+        }
+        if let (None, Some(id)) = (&message, &id) {
+            return Err(ClientError::Protocol(format!(
+                "HTTP {} with no JSON-RPC answer to request {id}",
+                status.as_u16()
+            )));
         }
         Ok(Answer {
             status: status.as_u16(),

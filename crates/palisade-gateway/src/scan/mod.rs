@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 pub use client::AnyClient;
 use client::{Answer, ClientError, HttpPeer, Peer, STATELESS_ERA, StdioPeer};
-pub use render::{sarif, sarif_of_value, table};
+pub use render::{printable, sarif, sarif_of_value, table};
 
 use crate::mcp_tools::{self, Kind};
 
@@ -28,6 +28,8 @@ use crate::mcp_tools::{self, Kind};
 const MAX_PAGES: usize = 100;
 /// Most items of one kind the scanner keeps.
 const MAX_ITEMS: usize = 10_000;
+/// Most bytes of definitions (all listings together) a scan keeps and checks.
+const MAX_INVENTORY_BYTES: usize = 32 * 1024 * 1024;
 /// Most bytes of resource text read in one scan.
 const MAX_RESOURCE_TEXT: usize = 8 * 1024 * 1024;
 /// The `Origin` of the DNS-rebinding probe: a name that can never be the server's own.
@@ -393,6 +395,9 @@ pub enum ScanError {
     /// The target is malformed.
     #[error("{0}")]
     InvalidTarget(String),
+    /// A header to send is malformed.
+    #[error("{0}")]
+    InvalidHeader(String),
     /// The server wants credentials the scan did not give.
     #[error(
         "the server requires authentication ({0}); give credentials (an Authorization header) and scan again"
@@ -401,6 +406,15 @@ pub enum ScanError {
     /// The server could not be reached or did not complete the handshake.
     #[error("cannot connect: {0}")]
     Connect(String),
+}
+
+/// A URL as reports, baselines and logs show it: without its query, which may carry a token
+/// (`?access_token=…`).
+fn without_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    }
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -437,10 +451,14 @@ fn http_target(
     }
     let mut out = Vec::new();
     for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.trim().as_bytes())
-            .map_err(|_| ScanError::InvalidTarget(format!("invalid header name `{k}`")))?;
+        let name = HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| {
+            ScanError::InvalidHeader(format!(
+                "invalid header name `{}`",
+                render::printable(&k.chars().take(64).collect::<String>())
+            ))
+        })?;
         let mut value = HeaderValue::from_str(v.trim())
-            .map_err(|_| ScanError::InvalidTarget(format!("invalid value for header `{name}`")))?;
+            .map_err(|_| ScanError::InvalidHeader(format!("invalid value for header `{name}`")))?;
         value.set_sensitive(true);
         out.push((name, value));
     }
@@ -448,11 +466,12 @@ fn http_target(
 }
 
 /// Scans a server. `set` holds the rules that read definitions and resource text (the shipped
-/// packs, for the CLI).
+/// packs, for the CLI). What the server sends is bounded (pages, items, bytes, time per
+/// exchange) and the checks run off the async workers, so a caller's time limit holds.
 pub async fn scan(
     target: ScanTarget,
     opts: &ScanOptions,
-    set: &PolicySet,
+    set: std::sync::Arc<PolicySet>,
 ) -> Result<Report, ScanError> {
     let started = Instant::now();
     let scanned_at = palisade_core::spend::utc_timestamp(palisade_core::now_ms());
@@ -469,7 +488,12 @@ pub async fn scan(
                 credentials: !headers.is_empty(),
             };
             let peer = HttpPeer::new(client, uri, headers, opts.timeout);
-            (Peer::Http(peer), url, "streamable-http", Some(info))
+            (
+                Peer::Http(peer),
+                without_query(&url),
+                "streamable-http",
+                Some(info),
+            )
         }
         ScanTarget::Stdio { command } => {
             if command.is_empty() {
@@ -495,6 +519,7 @@ pub async fn scan(
     let mut notes = Vec::new();
     let mut items = Vec::new();
     let mut next_id = 10;
+    let mut budget = MAX_INVENTORY_BYTES;
     let caps = hs.result.get("capabilities").cloned().unwrap_or(json!({}));
     for (method, member, kind, cap) in [
         ("tools/list", "tools", ItemKind::Tool, "tools"),
@@ -513,7 +538,14 @@ pub async fn scan(
         ),
     ] {
         let advertised = caps.get(cap).is_some();
-        match list(&mut peer, hs.modern, method, member, &mut next_id).await {
+        let mut listing = Listing {
+            method,
+            member,
+            modern: hs.modern,
+            budget: &mut budget,
+            notes: &mut notes,
+        };
+        match list(&mut peer, &mut listing, &mut next_id).await {
             Ok(listed) => items.extend(listed.into_iter().map(|definition| {
                 let field = match kind {
                     ItemKind::Resource => "uri",
@@ -543,19 +575,36 @@ pub async fn scan(
             definition: json!({ "instructions": text }),
         });
     }
-    let mut findings = checks::inventory_findings(&items, set);
-    let resources_read = read_resources(
+    let (texts, resources_read) = read_resources(
         &mut peer,
         hs.modern,
         &items,
         opts.read_resources,
         &mut next_id,
-        set,
-        &mut findings,
         &mut notes,
     )
     .await;
+    // The checks read up to tens of MiB: off the async workers, so a time limit around the
+    // scan still holds (what is running finishes in the background, bounded by the caps).
+    let (mut findings, items) = tokio::task::spawn_blocking({
+        let set = set.clone();
+        move || {
+            let mut f = checks::inventory_findings(&items, &set);
+            for (uri, text) in &texts {
+                f.extend(checks::resource_text_findings(uri, text, &set));
+            }
+            (f, items)
+        }
+    })
+    .await
+    .map_err(|e| ScanError::Connect(format!("the checks failed: {e}")))?;
     if let Some(b) = &opts.baseline {
+        if b.target != shown {
+            notes.push(format!(
+                "the baseline was saved for `{}`, not for this target",
+                b.target
+            ));
+        }
         drift(b, &items, &mut findings);
     }
     if let (Peer::Http(p), Some(info)) = (&mut peer, &http) {
@@ -721,55 +770,97 @@ async fn handshake(peer: &mut Peer, id: u64) -> Result<Handshake, ClientError> {
     }
 }
 
-/// Every page of a listing (bounded).
+/// One listing's settings and the scan's shared limits.
+struct Listing<'a> {
+    method: &'static str,
+    member: &'static str,
+    modern: bool,
+    /// Bytes of definitions the scan may still keep.
+    budget: &'a mut usize,
+    notes: &'a mut Vec<String>,
+}
+
+/// Every page of a listing, within the limits: at most [`MAX_PAGES`] pages, [`MAX_ITEMS`]
+/// items and the scan's byte budget; a cursor seen before ends it (a server cycling its pages).
+/// Where a limit cut it short, a note says so.
 async fn list(
     peer: &mut Peer,
-    modern: bool,
-    method: &str,
-    member: &str,
+    l: &mut Listing<'_>,
     next_id: &mut u64,
 ) -> Result<Vec<Value>, ClientError> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
-    for _ in 0..MAX_PAGES {
+    let mut seen = std::collections::HashSet::new();
+    let method = l.method;
+    for page in 0.. {
+        if page == MAX_PAGES {
+            l.notes.push(format!(
+                "{method}: stopped after {MAX_PAGES} pages (the server offers more)"
+            ));
+            break;
+        }
         *next_id += 1;
         let params = match &cursor {
             Some(c) => json!({ "cursor": c }),
             None => json!({}),
         };
         let result = result_of(
-            peer.call(&client::request(*next_id, method, params, modern))
+            peer.call(&client::request(*next_id, method, params, l.modern))
                 .await?,
         )?;
-        let page = result
-            .get(member)
+        let items = result
+            .get(l.member)
             .and_then(Value::as_array)
-            .ok_or_else(|| ClientError::Protocol(format!("the result has no `{member}` list")))?;
-        out.extend(page.iter().filter(|v| v.is_object()).cloned());
-        if out.len() >= MAX_ITEMS {
-            out.truncate(MAX_ITEMS);
-            break;
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("the result has no `{}` list", l.member))
+            })?;
+        for item in items.iter().filter(|v| v.is_object()) {
+            let size = item.to_string().len();
+            if out.len() == MAX_ITEMS || size > *l.budget {
+                l.notes.push(format!(
+                    "{method}: stopped after {} items ({}); what follows was not checked",
+                    out.len(),
+                    if out.len() == MAX_ITEMS {
+                        format!("at most {MAX_ITEMS} are read")
+                    } else {
+                        format!(
+                            "definitions beyond {} MiB in all are not read",
+                            MAX_INVENTORY_BYTES >> 20
+                        )
+                    }
+                ));
+                return Ok(out);
+            }
+            *l.budget -= size;
+            out.push(item.clone());
         }
         match result.get("nextCursor").and_then(Value::as_str) {
-            Some(c) if !c.is_empty() && cursor.as_deref() != Some(c) => cursor = Some(c.into()),
+            Some(c) if !c.is_empty() => {
+                if !seen.insert(c.to_string()) {
+                    l.notes.push(format!(
+                        "{method}: the server sent cursor `{}` twice (its pages cycle); stopped there",
+                        c.chars().take(40).collect::<String>()
+                    ));
+                    break;
+                }
+                cursor = Some(c.into());
+            }
             _ => break,
         }
     }
     Ok(out)
 }
 
-/// Reads up to `max` listed resources whose type is text (or not given) and checks their text.
-#[allow(clippy::too_many_arguments)]
+/// Reads up to `max` listed resources whose type is text (or not given): their texts (bounded
+/// in all) and how many were read.
 async fn read_resources(
     peer: &mut Peer,
     modern: bool,
     items: &[Item],
     max: usize,
     next_id: &mut u64,
-    set: &PolicySet,
-    findings: &mut Vec<Finding>,
     notes: &mut Vec<String>,
-) -> usize {
+) -> (Vec<(String, String)>, usize) {
     let texty = |i: &&Item| {
         i.kind == ItemKind::Resource
             && i.definition
@@ -783,6 +874,7 @@ async fn read_resources(
                 })
     };
     let candidates: Vec<&Item> = items.iter().filter(texty).collect();
+    let mut texts = Vec::new();
     let mut read = 0;
     let mut bytes = 0;
     for item in candidates.iter().take(max) {
@@ -811,7 +903,7 @@ async fn read_resources(
                 {
                     if let Some(text) = c.get("text").and_then(Value::as_str) {
                         bytes += text.len();
-                        findings.extend(checks::resource_text_findings(&item.id, text, set));
+                        texts.push((item.id.clone(), text.to_string()));
                     }
                 }
             }
@@ -820,12 +912,11 @@ async fn read_resources(
     }
     if candidates.len() > max {
         notes.push(format!(
-            "{} of {} text resources read (raise the limit to read more)",
-            read.min(max),
+            "{read} of {} text resources read (raise the limit to read more)",
             candidates.len()
         ));
     }
-    read
+    (texts, read)
 }
 
 /// Differences from a baseline: a changed definition (a rug pull), an item added or removed.
@@ -844,11 +935,17 @@ fn drift(baseline: &Baseline, items: &[Item], findings: &mut Vec<Finding>) {
                     &mcp_tools::canonical_of(kind, &item.definition),
                 );
                 let shown: Vec<&str> = changes.iter().take(3).map(String::as_str).collect();
+                let message = if shown.is_empty() {
+                    // The definitions read the same: the baseline's fingerprint is not theirs.
+                    "changed since the baseline (its fingerprint differs)".to_string()
+                } else {
+                    format!("changed since the baseline: {}", shown.join("; "))
+                };
                 findings.push(Finding {
                     rule: Rule::BaselineDrift,
                     severity: Severity::High,
                     subject: key.clone(),
-                    message: format!("changed since the baseline: {}", shown.join("; ")),
+                    message,
                     excerpt: None,
                 });
             }
@@ -1038,6 +1135,8 @@ mod tests {
         assert_eq!(uri.host(), Some("x"));
         assert!(h[0].1.is_sensitive());
         assert!(is_loopback_host("[::1]") && is_loopback_host("127.0.0.2"));
+        assert_eq!(without_query("http://x/mcp?token=s3cret"), "http://x/mcp?…");
+        assert_eq!(without_query("http://x/mcp"), "http://x/mcp");
         assert!(!is_loopback_host("example.com"));
     }
 }

@@ -9,7 +9,7 @@ use super::{Report, Rule};
 /// Text a server wrote, safe to print on a terminal: control, invisible and bidi characters are
 /// shown as `\u{…}` escapes, so a definition cannot move the cursor, recolour the screen or hide
 /// text.
-fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() || crate::mcp_tools::hidden_char(c) {
@@ -150,6 +150,11 @@ pub fn sarif_of_value(r: &Value) -> Value {
         })
         .collect();
     let target = r.get("target").and_then(Value::as_str).unwrap_or("");
+    // A launched server's location is its program (its arguments may carry settings).
+    let uri = match target.strip_prefix("stdio: ") {
+        Some(cmd) => format!("stdio:{}", cmd.split_whitespace().next().unwrap_or("")),
+        None => target.to_string(),
+    };
     let results: Vec<Value> = r
         .get("findings")
         .and_then(Value::as_array)
@@ -171,7 +176,7 @@ pub fn sarif_of_value(r: &Value) -> Value {
                 "level": level(severity),
                 "message": {"text": text},
                 "locations": [{
-                    "physicalLocation": {"artifactLocation": {"uri": target}},
+                    "physicalLocation": {"artifactLocation": {"uri": uri}},
                     "logicalLocations": [{"name": subject, "kind": "member"}]
                 }],
                 "properties": {
