@@ -52,6 +52,8 @@ pub struct GatewayShared {
     /// The API key that opened each Streamable HTTP session, so no other key can use it.
     pub(crate) session_owners: crate::mcp::SessionOwners,
     pub(crate) task_owners: crate::mcp::TaskOwners,
+    /// Which key each A2A task and context belongs to.
+    pub(crate) a2a_owners: crate::a2a::Owners,
     pub(crate) resumable: crate::mcp::Resumable,
     /// Placeholder maps of stateful LLM conversations (Responses API).
     pub(crate) conversations: Arc<crate::redact::Conversations>,
@@ -80,6 +82,7 @@ impl GatewayShared {
             legacy: Default::default(),
             session_owners: Default::default(),
             task_owners: Default::default(),
+            a2a_owners: Default::default(),
             resumable: Default::default(),
             conversations: Default::default(),
         }

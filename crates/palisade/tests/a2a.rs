@@ -102,7 +102,14 @@ const KEY: &str = "sk-proj-3_pFDwRqKd4-fMBwmDwe1tHBNG_oLrM_4m76ARO55EF8WX9-W8yZc
 #[tokio::test]
 async fn a2a_messages_and_answers_are_checked_both_ways() {
     let agent = mock_agent();
-    let gw = gateway(&agent, POLICIES).await;
+    let other_key = "pal_test_other_key_00000000000001";
+    let gw = gateway(
+        &agent,
+        &format!(
+            "{POLICIES}\n\n[[groups]]\nname = \"sales\"\n\n[[api_keys]]\nname = \"other\"\ngroup = \"sales\"\nkey = \"{other_key}\"\n"
+        ),
+    )
+    .await;
     let base = gw.proxy_url("agents").await;
     let url = format!("{base}/");
 
@@ -149,6 +156,60 @@ async fn a2a_messages_and_answers_are_checked_both_ways() {
     )
     .await;
     assert_eq!(v["result"]["status"]["state"], "canceled");
+
+    // A task belongs to the key it was made for: another key can neither read it, nor
+    // continue it, nor cancel it.
+    let as_other = |body: Value| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(other_key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let v = as_other(
+        json!({"jsonrpc": "2.0", "id": 40, "method": "tasks/get", "params": {"id": task}}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    let mut cont = send(41, "message/send", "hi");
+    cont["params"]["message"]["taskId"] = json!(task);
+    let v = as_other(cont).await;
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    let v = as_other(
+        json!({"jsonrpc": "2.0", "id": 42, "method": "CancelTask", "params": {"id": task}}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    assert!(
+        !received(&agent)
+            .await
+            .iter()
+            .any(|m| [40, 41, 42].contains(&m["id"].as_i64().unwrap_or(0)))
+    );
+
+    // Only the envelope's own members, spelled exactly; push settings in any spelling; no
+    // odd paths.
+    let mut odd = send(43, "message/send", "hello");
+    odd["Params"] = json!({"message": {"parts": [{"kind": "text", "text": "unchecked"}]}});
+    let (st, v) = rpc(&url, &odd).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("`Params`"),
+        "{v}"
+    );
+    let mut snake = send(44, "message/send", "hello");
+    snake["params"]["configuration"] =
+        json!({"push_notification_config": {"url": "http://127.0.0.1:9/x"}});
+    let (_, v) = rpc(&url, &snake).await;
+    assert_eq!(v["error"]["code"], -32003, "{v}");
+    let (st, _) = rpc(&format!("{base}//a"), &send(45, "message/send", "hello")).await;
+    assert_eq!(st, 400);
 
     // An injection in the message: refused, the agent never sees it.
     let (st, v) = rpc(
