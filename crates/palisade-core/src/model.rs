@@ -151,6 +151,11 @@ pub struct ProxySpec {
     /// server's capacity), on top of each key's and group's own limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    /// A2A: the URL clients reach the proxy at (`https://agents.example.com`, behind a proxy
+    /// that ends TLS), written into the agent card; default `http://` and the `Host` the
+    /// client used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 impl ProxySpec {
@@ -423,6 +428,27 @@ impl ProxySpec {
         }
         for (i, g) in self.allowed_groups.iter().enumerate() {
             validate_name(&format!("allowed_groups[{i}]"), g)?;
+        }
+        if let Some(u) = &self.public_url {
+            if self.kind != ProxyKind::A2a {
+                return Err(FieldError::new(
+                    "public_url",
+                    "applies to `a2a` proxies only (it is written into the agent card)",
+                ));
+            }
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|_| FieldError::new("public_url", "is not a URL"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https"))
+                || uri.host().is_none_or(str::is_empty)
+                || uri.query().is_some()
+                || uri.authority().is_some_and(|a| a.as_str().contains('@'))
+            {
+                return Err(FieldError::new(
+                    "public_url",
+                    "must be an http(s) URL with a host, without credentials or a query (e.g. https://agents.example.com)",
+                ));
+            }
         }
         if self.requests_per_minute == Some(0) {
             return Err(FieldError::new(

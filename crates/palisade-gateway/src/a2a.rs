@@ -1047,13 +1047,19 @@ fn point_card_at_gateway(card: &mut Value, rt: &ProxyRuntime, headers: &http::He
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| rt.spec.listen.clone());
+    // Where clients reach the proxy: its configured public URL (behind a proxy that ends TLS),
+    // else the address the client used on the listener, which is plain HTTP.
+    let base = match &rt.spec.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!("http://{host}"),
+    };
     let ours = |url: &str| -> String {
         let path = url
             .parse::<http::Uri>()
             .ok()
             .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
             .unwrap_or_else(|| "/".into());
-        format!("http://{host}{path}")
+        format!("{base}{path}")
     };
     let is_jsonrpc = |i: &Value| {
         i.get("transport")

@@ -387,13 +387,24 @@ async fn a_poisoned_agent_card_is_refused_and_monitor_mode_only_alerts() {
     let alerts = gw.wait_alerts("proxy=agents", 1).await;
     assert!(alerts["total"].as_i64().unwrap() >= 1, "{alerts}");
 
-    // The poisoning rules (tool descriptions) read the card's skills.
+    // The poisoning rules (tool descriptions) read the card's skills; the card names the
+    // proxy's public URL.
     let enforce = gateway(
         &agent,
-        "policies = [\"llm-critical-security\", \"mcp-advanced-security\"]",
+        "policies = [\"llm-critical-security\", \"mcp-advanced-security\"]\npublic_url = \"https://agents.example.test/\"",
     )
     .await;
     let base = enforce.proxy_url("agents").await;
+    let card: Value = reqwest::Client::new()
+        .get(format!("{base}/.well-known/agent-card.json"))
+        .bearer_auth(CI_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(card["url"], "https://agents.example.test/");
     // The administrator's view of the card: as the agent serves it, and clean.
     let (st, v) = enforce.get("/api/v1/proxies/agents/agent-card").await;
     assert_eq!(st, 200, "{v}");
