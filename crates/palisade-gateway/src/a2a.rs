@@ -899,6 +899,10 @@ impl EventMapper for StreamCheck {
     fn end(&mut self) -> (Bytes, Option<String>) {
         (Bytes::new(), None)
     }
+
+    fn closed(&self) -> bool {
+        self.closed
+    }
 }
 
 /// Fetches the agent's card (`path`: one of the well-known paths) with the proxy's credential:

@@ -191,6 +191,11 @@ pub trait EventMapper: Send {
     /// Once, when the upstream ended the stream cleanly: events to send last, and an error
     /// for the request's record (e.g. requests the stream never answered).
     fn end(&mut self) -> (Bytes, Option<String>);
+    /// Whether the mapper has ended what the client gets (a policy stopped the stream): the
+    /// relay then ends the response and lets go of the upstream.
+    fn closed(&self) -> bool {
+        false
+    }
 }
 
 /// A relay of an upstream's event stream whose runs of events pass through `mapper` (MCP and
@@ -566,6 +571,14 @@ impl Relay {
                         }
                         None => out,
                     };
+                    if this.mapper.as_ref().is_some_and(|m| m.closed()) {
+                        this.mark_first_byte();
+                        this.finish(None);
+                        if out.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
                     if out.is_empty() {
                         continue;
                     }
