@@ -294,6 +294,18 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, mock_a2a, browser, shots):
     page.locator('tr[data-user="olivia"] [data-action="reset"]').click()
     page.locator("dialog.confirm [data-confirm]").click()
     expect(page.locator("#reset-password")).to_be_visible()
+    # Alert delivery: a webhook whose receiver is down; the URL is never shown whole.
+    wf = page.locator("#webhook-form")
+    wf.locator("[name=name]").fill("soc")
+    wf.locator("[name=url]").fill("http://127.0.0.1:9/hooks/T000/SECRETPATH")
+    wf.locator("[name=min_severity]").select_option("high")
+    wf.locator('input[name=kinds][value="policy"]').check()
+    wf.locator("button[type=submit]").click()
+    row = page.locator('tr[data-webhook="soc"]')
+    expect(row).to_contain_text("high and above")
+    expect(row).not_to_contain_text("SECRETPATH")
+    row.locator('[data-action="test"]').click()
+    expect(page.locator(".toast-error")).to_contain_text("Test failed")
     shots(page, "17-settings")
 
     # Proxies with health, a proxy's own metrics, and an edit.

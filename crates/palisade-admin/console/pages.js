@@ -961,9 +961,60 @@ async function settings(ctx, main) {
     try { await post('/api/v1/auth/password', { current_password: fd.get('current_password'), new_password: fd.get('new_password') }); toast('Password changed.', 'ok'); pw.reset(); } catch (e) { showFormError(pw, e); }
   });
   main.appendChild(pw);
+  await webhooksSection(ctx, main);
   main.appendChild(section('Integrations',
     h('p', {}, 'Machine access uses the same REST API: log in with POST /api/v1/auth/login and send the token as Authorization: Bearer. The OpenAPI document is at ', h('a', { href: '/api/v1/openapi.json' }, '/api/v1/openapi.json'), '.'),
-    h('p', { class: 'muted' }, 'Alert delivery to webhooks, Slack and SIEM, Prometheus metrics and OpenTelemetry export are configured in a later release; until then, poll GET /api/v1/alerts or follow GET /api/v1/events (server-sent events).')));
+    h('p', {}, 'Prometheus scrapes GET /metrics (with the bearer token set in PALISADE_METRICS_TOKEN). Live events: GET /api/v1/events (server-sent events).'),
+    h('p', { class: 'muted' }, 'Not yet built: OpenTelemetry export and SIEM delivery as syslog/CEF (JSON webhooks reach most SIEMs\' HTTP collectors).')));
+}
+
+const ALERT_KINDS = ['policy', 'budget', 'mcp_tool', 'mcp_answer'];
+
+// Alert delivery: each webhook's state, a test delivery, removal, and a form for a new one.
+async function webhooksSection(ctx, main) {
+  const hooks = await get('/api/v1/webhooks');
+  const box = section('Alert delivery (webhooks)',
+    h('p', { class: 'muted' }, 'Alerts are POSTed as they are raised (JSON for a SIEM or incident tool, or Slack text), signed when a secret is set, and retried until the receiver takes them: nothing is lost while it is down. The URL and the secret are stored encrypted and never shown.'));
+  box.id = 'webhooks';
+  box.appendChild(hooks.length ? table([
+    { label: 'Name', key: 'name' },
+    { label: 'Receiver', render: (w) => h('code', {}, w.url) },
+    { label: 'Format', key: 'format' },
+    { label: 'Delivers', render: (w) => `${w.min_severity} and above · ${w.kinds.length ? w.kinds.join(', ') : 'every kind'}${w.has_secret ? ' · signed' : ''}` },
+    { label: 'State', render: (w) => h('span', {}, w.enabled ? (w.failures ? badge(`failing (${w.failures})`, 'bad') : badge('healthy', 'ok')) : badge('disabled', 'idle'),
+      ` ${fmtNum(w.delivered)} delivered, ${fmtNum(w.backlog)} waiting`, w.last_error ? h('div', { class: 'muted' }, w.last_error) : null) },
+    { label: 'Actions', class: 'nowrap', render: (w) => h('div', { class: 'btns' },
+      act(ctx, 'Send test', async () => {
+        const r = await post(`/api/v1/webhooks/${enc(w.name)}/test`, {});
+        toast(r.ok ? `Test alert taken (HTTP ${r.status}).` : `Test failed: ${r.error || 'HTTP ' + r.status}`, r.ok ? 'ok' : 'error');
+      }, 'secondary', { 'data-action': 'test' }),
+      act(ctx, 'Delete', async () => {
+        if (!(await confirmDialog(`Delete webhook ${w.name}?`, 'Alerts are no longer delivered to it.'))) return;
+        await del(`/api/v1/webhooks/${enc(w.name)}`); toast('Webhook deleted.', 'ok'); ctx.refresh();
+      }, 'danger', { 'data-action': 'delete' })) },
+  ], hooks, { caption: 'Webhooks', rowAttrs: (w) => ({ 'data-webhook': w.name }) }) : h('p', { class: 'muted' }, 'No webhooks yet.'));
+  if (ctx.admin) {
+    const form = h('form', { class: 'form', id: 'webhook-form', novalidate: true }, h('h3', {}, 'New webhook'),
+      h('p', { class: 'form-error', role: 'alert', hidden: true }),
+      h('div', { class: 'grid2' },
+        field('Name', h('input', { name: 'name', required: true, autocomplete: 'off' })),
+        field('Receiver URL', h('input', { name: 'url', type: 'password', required: true, autocomplete: 'off', placeholder: 'https://hooks.example.com/…' }), 'A chat webhook\'s URL is its credential: stored encrypted, shown as scheme and host only.'),
+        field('Format', h('select', { name: 'format' }, ['json', 'slack'].map((f) => h('option', { value: f }, f)))),
+        field('Lowest severity', h('select', { name: 'min_severity' }, SEVERITIES.slice().reverse().map((v) => h('option', { value: v }, v)))),
+        field('Signing secret', h('input', { name: 'secret', type: 'password', autocomplete: 'off' }), 'Optional, 16–256 bytes: deliveries carry x-palisade-signature (HMAC-SHA256).')),
+      h('fieldset', { class: 'checks' }, h('legend', {}, 'Alert kinds (none: every kind)'),
+        ALERT_KINDS.map((k) => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'kinds', value: k }), k))),
+      h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Create webhook')));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const fd = new FormData(form);
+      const body = { name: fd.get('name').trim(), url: fd.get('url').trim(), format: fd.get('format'), min_severity: fd.get('min_severity'), kinds: fd.getAll('kinds') };
+      if (fd.get('secret')) body.secret = fd.get('secret');
+      try { await post('/api/v1/webhooks', body); toast('Webhook created.', 'ok'); ctx.refresh(); } catch (e) { showFormError(form, e); }
+    });
+    box.appendChild(form);
+  }
+  main.appendChild(box);
 }
 
 export const PAGES = { dashboard, proxies, policies, alerts, requests, mcp, scans, agents, groups, prompts, audit, settings };
