@@ -965,7 +965,8 @@ async function settings(ctx, main) {
   main.appendChild(section('Integrations',
     h('p', {}, 'Machine access uses the same REST API: log in with POST /api/v1/auth/login and send the token as Authorization: Bearer. The OpenAPI document is at ', h('a', { href: '/api/v1/openapi.json' }, '/api/v1/openapi.json'), '.'),
     h('p', {}, 'Prometheus scrapes GET /metrics (with the bearer token set in PALISADE_METRICS_TOKEN). Live events: GET /api/v1/events (server-sent events).'),
-    h('p', { class: 'muted' }, 'Not yet built: OpenTelemetry export and SIEM delivery as syslog/CEF (JSON webhooks reach most SIEMs\' HTTP collectors).')));
+    h('p', {}, 'OpenTelemetry: set OTEL_EXPORTER_OTLP_ENDPOINT and every proxied request is exported as a span (OTLP/HTTP, JSON), in the caller\'s trace when it sent a traceparent.'),
+    h('p', { class: 'muted' }, 'Not yet built: SIEM delivery as syslog/CEF (JSON webhooks reach most SIEMs\' HTTP collectors).')));
 }
 
 const ALERT_KINDS = ['policy', 'budget', 'mcp_tool', 'mcp_answer'];

@@ -72,6 +72,10 @@ pub struct RequestRecord {
     /// queue was full): their summed tokens and cost, so spend and usage stay whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folded: Option<i64>,
+    /// The request's W3C `traceparent`, when it carried a valid one (its span joins the
+    /// caller's trace in the OpenTelemetry export; not stored in the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// An MCP tool as the gateway knows it.

@@ -208,6 +208,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let t0 = Instant::now();
     let mut rec = new_record(&rt, req.method(), req.uri().path(), peer, None);
+    rec.trace_parent = crate::mcp::trace_parent(req.headers());
     rec.api = "a2a".into();
     let mut findings = Findings::default();
     let result = serve(&shared, &rt, req, &mut rec, &mut findings, t0).await;

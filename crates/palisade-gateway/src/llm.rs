@@ -78,6 +78,7 @@ pub async fn handle(
         path: req.uri().path().chars().take(512).collect(),
         endpoint: endpoint.as_str().to_string(),
         client: peer.to_string(),
+        trace_parent: crate::mcp::trace_parent(req.headers()),
         ..Default::default()
     };
     let span = tracing::debug_span!("request", id = %rec.id, proxy = %rec.proxy);

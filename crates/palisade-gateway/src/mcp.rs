@@ -176,9 +176,19 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut rec = new_record(&rt, req.method(), req.uri().path(), peer, session);
+    rec.trace_parent = trace_parent(req.headers());
     let mut findings = Findings::default();
     let result = serve(&shared, &rt, req, &mut rec, &mut findings, t0).await;
     Ok(finish(&shared, rec, findings, t0, result))
+}
+
+/// A request's valid W3C `traceparent` header (for the trace export).
+pub(crate) fn trace_parent(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| palisade_core::otlp::parse_traceparent(v).is_some())
+        .map(|v| v.trim().to_string())
 }
 
 /// A request record for a message on `rt`, before anything is known of its body.

@@ -263,6 +263,7 @@ fn open(
 ) -> Response<ProxyBody> {
     let t0 = Instant::now();
     let mut rec = mcp::new_record(&rt, req.method(), req.uri().path(), peer, None);
+    rec.trace_parent = mcp::trace_parent(req.headers());
     rec.endpoint = "sse".into();
     let refused = |rec, r| mcp::finish(&shared, rec, Findings::default(), t0, Err(r));
     let key = match mcp::gate(&shared, &rt, req.headers(), &mut rec) {
@@ -355,6 +356,7 @@ async fn post(
 ) -> Response<ProxyBody> {
     let t0 = Instant::now();
     let mut rec = mcp::new_record(&rt, req.method(), req.uri().path(), peer, None);
+    rec.trace_parent = mcp::trace_parent(req.headers());
     let mut findings = Findings::default();
     let msg = match accept_message(&shared, &rt, req, id, &mut rec, &mut findings).await {
         Ok(m) => m,

@@ -112,15 +112,16 @@ pub struct Posted {
 /// send and answer). The answer's body is read (up to 64 KiB, so the connection can serve again)
 /// and dropped: what a receiver says is not shown to anyone, since the URL may point at a
 /// service that is no webhook. Errors are one line for an operator.
-pub async fn post_json<C>(
+pub async fn post_json<C, K>(
     client: &Client<C, Full<Bytes>>,
     url: &str,
-    headers: &[(&'static str, String)],
+    headers: &[(K, String)],
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Posted, String>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    K: AsRef<str>,
 {
     use http_body_util::BodyExt;
     let mut req = http::Request::post(url)
@@ -130,7 +131,7 @@ where
             concat!("palisade/", env!("CARGO_PKG_VERSION")),
         );
     for (k, v) in headers {
-        req = req.header(*k, v.as_str());
+        req = req.header(k.as_ref(), v.as_str());
     }
     let req = req
         .body(Full::new(Bytes::from(body)))

@@ -187,6 +187,7 @@ impl Store {
                         session: r.get(29)?,
                         tool: r.get(30)?,
                         folded: r.get(31)?,
+                        trace_parent: None,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -5,6 +5,7 @@ mod config;
 mod mock;
 mod mock_a2a;
 mod mock_mcp;
+mod otlp;
 mod scan;
 mod serve;
 

@@ -392,6 +392,8 @@ async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are refused before anything is written.
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
+    let otlp = crate::otlp::OtlpConfig::from_env(|k| std::env::var(k).ok())?
+        .map(|c| Arc::new(crate::otlp::Otlp::start(c)));
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     // One gateway per data directory: a second one would apply its own configuration to the
@@ -430,8 +432,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     hub.metrics.watch_log(writer.sink().stats_handle());
     let sink = writer.sink();
     let h = hub.clone();
+    let traces = otlp.clone();
     let record: RecordFn = Arc::new(move |r| {
         h.request(&r);
+        if let Some(t) = &traces {
+            t.push(&r);
+        }
         sink.record(r)
     });
     let sink = writer.sink();
@@ -580,6 +586,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     writer.close().await;
+    if let Some(o) = &otlp {
+        o.close(Duration::from_secs(5)).await;
+    }
     tracing::info!("request log flushed; bye");
     admin_ended.context("admin API task failed")??;
     Ok(())

@@ -1,0 +1,237 @@
+//! OpenTelemetry traces of proxied requests, in OTLP's JSON encoding (`ExportTraceServiceRequest`
+//! as OTLP/HTTP takes it): one server span per request, in the caller's trace when its request
+//! carried a W3C `traceparent`.
+
+use serde_json::{Value, json};
+
+use crate::record::RequestRecord;
+
+/// The ids of a valid W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`,
+/// neither id all zeros): trace id and parent span id.
+pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let mut parts = v.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    (version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(span, 16)
+        && hex(flags, 2)
+        && !zero(trace)
+        && !zero(span))
+    .then_some((trace, span))
+}
+
+/// A request's span ids: its trace (the caller's, else one of its own), its own span id and
+/// its parent (the caller's span). Derived from the request id, so they are stable.
+pub fn span_ids(rec: &RequestRecord) -> (String, String, Option<String>) {
+    let digest = crate::crypto::sha256_hex(format!("palisade-span:{}", rec.id).as_bytes());
+    let span = digest[..16].to_string();
+    match rec.trace_parent.as_deref().and_then(parse_traceparent) {
+        Some((trace, parent)) => (trace.to_string(), span, Some(parent.to_string())),
+        None => (digest[32..64].to_string(), span, None),
+    }
+}
+
+fn attr(key: &str, v: Value) -> Value {
+    let value = match v {
+        Value::String(s) => json!({ "stringValue": s }),
+        Value::Bool(b) => json!({ "boolValue": b }),
+        Value::Number(n) if n.is_i64() || n.is_u64() => json!({ "intValue": n.to_string() }),
+        Value::Number(n) => json!({ "doubleValue": n }),
+        other => json!({ "stringValue": other.to_string() }),
+    };
+    json!({ "key": key, "value": value })
+}
+
+/// One request as an OTLP span.
+pub fn span(rec: &RequestRecord) -> Value {
+    let (trace, span, parent) = span_ids(rec);
+    let start = rec.ts_ms.max(0) as u128 * 1_000_000;
+    let end = start + rec.latency_us.max(0) as u128 * 1000;
+    let mut attrs = vec![
+        attr("palisade.request_id", json!(rec.id)),
+        attr("palisade.proxy", json!(rec.proxy)),
+        attr("palisade.api", json!(rec.api)),
+        attr("http.request.method", json!(rec.method)),
+        attr("url.path", json!(rec.path)),
+        attr("http.response.status_code", json!(rec.status)),
+        attr("palisade.overhead_us", json!(rec.overhead_us)),
+        attr("client.address", json!(rec.client)),
+    ];
+    let opt = |attrs: &mut Vec<Value>, k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            attrs.push(attr(k, v));
+        }
+    };
+    opt(
+        &mut attrs,
+        "gen_ai.request.model",
+        rec.model.clone().map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "gen_ai.usage.input_tokens",
+        rec.prompt_tokens.map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "gen_ai.usage.output_tokens",
+        rec.completion_tokens.map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "palisade.cost_usd",
+        rec.cost_usd.map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "palisade.key",
+        rec.key_name.clone().map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "palisade.group",
+        rec.group.clone().map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "palisade.decision",
+        rec.decision.clone().map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "palisade.risk_score",
+        rec.risk_score.map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "palisade.matched_rules",
+        rec.matched_rules.clone().map(Value::from),
+    );
+    opt(
+        &mut attrs,
+        "palisade.tool",
+        rec.tool.clone().map(Value::from),
+    );
+    if rec.stream {
+        attrs.push(attr("palisade.stream", json!(true)));
+    }
+    // ERROR for a failure of the gateway or the upstream; a refusal (4xx) is the gateway
+    // working, and a block is in `palisade.decision`.
+    let status = if rec.status >= 500 || (rec.status == 0 && rec.error.is_some()) {
+        json!({"code": 2, "message": rec.error.clone().unwrap_or_default()})
+    } else {
+        json!({"code": 0})
+    };
+    let mut s = json!({
+        "traceId": trace,
+        "spanId": span,
+        "name": format!("{} {}", rec.api, rec.endpoint),
+        "kind": 2,
+        "startTimeUnixNano": start.to_string(),
+        "endTimeUnixNano": end.to_string(),
+        "attributes": attrs,
+        "status": status,
+    });
+    if let Some(p) = parent {
+        s["parentSpanId"] = Value::String(p);
+    }
+    s
+}
+
+/// An OTLP/HTTP JSON export request holding `recs` as spans of `service`.
+pub fn export_body(service: &str, recs: &[RequestRecord]) -> Vec<u8> {
+    let spans: Vec<Value> = recs.iter().map(span).collect();
+    json!({"resourceSpans": [{
+        "resource": {"attributes": [
+            attr("service.name", json!(service)),
+            attr("service.version", json!(env!("CARGO_PKG_VERSION")))
+        ]},
+        "scopeSpans": [{"scope": {"name": "palisade", "version": env!("CARGO_PKG_VERSION")},
+            "spans": spans}]
+    }]})
+    .to_string()
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_checked() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            parse_traceparent(ok),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_request_becomes_a_server_span_in_its_callers_trace() {
+        let rec = RequestRecord {
+            id: "req-1".into(),
+            ts_ms: 1_000,
+            latency_us: 2_500,
+            proxy: "oai".into(),
+            api: "openai".into(),
+            endpoint: "chat.completions".into(),
+            status: 200,
+            model: Some("gpt-x".into()),
+            prompt_tokens: Some(12),
+            trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            ..Default::default()
+        };
+        let s = span(&rec);
+        assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s["parentSpanId"], "00f067aa0ba902b7");
+        assert_eq!(s["spanId"].as_str().unwrap().len(), 16);
+        assert_eq!(s["name"], "openai chat.completions");
+        assert_eq!(s["startTimeUnixNano"], "1000000000");
+        assert_eq!(s["endTimeUnixNano"], "1002500000");
+        assert_eq!(s["status"]["code"], 0);
+        let attrs = s["attributes"].to_string();
+        assert!(
+            attrs.contains(r#""key":"gen_ai.usage.input_tokens","value":{"intValue":"12"}"#),
+            "{attrs}"
+        );
+        // Without a caller's trace, a trace of its own, stable for the request.
+        let own = RequestRecord {
+            trace_parent: None,
+            status: 502,
+            error: Some("upstream down".into()),
+            ..rec
+        };
+        let a = span(&own);
+        assert_eq!(a["traceId"].as_str().unwrap().len(), 32);
+        assert!(a.get("parentSpanId").is_none());
+        assert_eq!(a["status"]["code"], 2);
+        assert_eq!(span(&own)["traceId"], a["traceId"]);
+        let body: Value = serde_json::from_slice(&export_body("palisade", &[own])).unwrap();
+        assert_eq!(
+            body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

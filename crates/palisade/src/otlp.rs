@@ -1,0 +1,273 @@
+//! The OpenTelemetry trace export: a span per proxied request, sent in batches to an OTLP/HTTP
+//! collector in its JSON encoding, configured with the standard `OTEL_*` variables.
+//!
+//! Spans are telemetry, like log lines: the queue is bounded and a span it has no room for (or
+//! a batch the collector keeps refusing) is dropped and counted, never waited for — the request
+//! log and the audit trail, which must not lose anything, do not go through here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use palisade_core::record::RequestRecord;
+use tokio::sync::mpsc;
+
+/// Spans waiting for export.
+const QUEUE: usize = 8192;
+/// Spans per export request.
+const BATCH: usize = 512;
+/// How long a span may wait for its batch to fill.
+const LINGER: Duration = Duration::from_secs(1);
+/// Attempts per batch (waiting 1 s, then 2 s, in between).
+const ATTEMPTS: u32 = 3;
+
+/// Where and how spans go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// The traces endpoint (`…/v1/traces`).
+    pub url: String,
+    /// Extra headers (an API key of a hosted collector).
+    pub headers: Vec<(String, String)>,
+    /// `service.name` of the spans.
+    pub service: String,
+}
+
+impl OtlpConfig {
+    /// Reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL) or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (a base URL, `/v1/traces` appended), `OTEL_EXPORTER_OTLP_HEADERS` (`k=v,k2=v2`),
+    /// `OTEL_SERVICE_NAME` (default `palisade`) and `OTEL_EXPORTER_OTLP_PROTOCOL` (only
+    /// `http/json` is spoken). `None` when no endpoint is set.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Self>> {
+        let url = match (
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.is_empty()),
+            var("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()),
+        ) {
+            (Some(u), _) => u,
+            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
+            (None, None) => return Ok(None),
+        };
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(p) = var(name).filter(|p| !p.is_empty() && p != "http/json") {
+                bail!(
+                    "{name}={p}: Palisade exports traces as OTLP/HTTP with JSON (`http/json`); point it at a collector's HTTP port (4318)"
+                );
+            }
+        }
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("OTLP endpoint `{url}` is not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            bail!("OTLP endpoint `{url}` must be an http:// or https:// URL with a host");
+        }
+        let mut headers = Vec::new();
+        for pair in var("OTEL_EXPORTER_OTLP_HEADERS")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
+            let Some((k, v)) = pair.split_once('=') else {
+                bail!("OTEL_EXPORTER_OTLP_HEADERS: an entry is not `name=value`");
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || http::HeaderValue::from_str(v).is_err()
+            {
+                bail!("OTEL_EXPORTER_OTLP_HEADERS: `{k}` is not a valid header");
+            }
+            headers.push((k.to_string(), v.to_string()));
+        }
+        let service = var("OTEL_SERVICE_NAME")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "palisade".into());
+        Ok(Some(Self {
+            url,
+            headers,
+            service,
+        }))
+    }
+}
+
+/// The exporter's handle: spans go in without waiting.
+pub struct Otlp {
+    tx: mpsc::Sender<RequestRecord>,
+    dropped: Arc<AtomicU64>,
+    stop: Arc<tokio::sync::Notify>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Otlp {
+    /// Starts the export task.
+    pub fn start(cfg: OtlpConfig) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(run(cfg, rx, dropped.clone(), stop.clone()));
+        Self {
+            tx,
+            dropped,
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queues a request's span; a full queue drops it (counted).
+    pub fn push(&self, rec: &RequestRecord) {
+        if self.tx.try_send(rec.clone()).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "trace export queue full; spans dropped");
+            }
+        }
+    }
+
+    /// Sends what is queued (within `limit`) and stops.
+    pub async fn close(&self, limit: Duration) {
+        self.stop.notify_one();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task
+            && tokio::time::timeout(limit, task).await.is_err()
+        {
+            tracing::warn!("trace export: spans still queued at shutdown were not sent");
+        }
+    }
+}
+
+async fn run(
+    cfg: OtlpConfig,
+    mut rx: mpsc::Receiver<RequestRecord>,
+    dropped: Arc<AtomicU64>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let client = palisade_gateway::build_client();
+    tracing::info!(endpoint = %cfg.url, "exporting request traces (OTLP/HTTP JSON)");
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut stopping = false;
+    loop {
+        if stopping {
+            // Shutdown: what is queued goes in batches, then the task ends.
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(first) => batch.push(first),
+                    None => return,
+                },
+                () = stop.notified() => {
+                    stopping = true;
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    _ => break,
+                }
+            }
+        }
+        let body = palisade_core::otlp::export_body(&cfg.service, &batch);
+        let mut wait = Duration::from_secs(1);
+        for attempt in 1..=ATTEMPTS {
+            match palisade_gateway::post_json(
+                &client,
+                &cfg.url,
+                &cfg.headers,
+                body.clone(),
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok(p) if (200..300).contains(&p.status) => break,
+                outcome => {
+                    let why = match outcome {
+                        Ok(p) => format!("HTTP {}", p.status),
+                        Err(e) => e,
+                    };
+                    if attempt == ATTEMPTS {
+                        let n = dropped.fetch_add(batch.len() as u64, Ordering::Relaxed)
+                            + batch.len() as u64;
+                        tracing::warn!(
+                            spans = batch.len(),
+                            dropped_total = n,
+                            "trace export failed ({why}); spans dropped"
+                        );
+                    } else {
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_standard_variables_configure_it() {
+        assert_eq!(OtlpConfig::from_env(env(&[])).unwrap(), None);
+        let c = OtlpConfig::from_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc, team = sec"),
+            ("OTEL_SERVICE_NAME", "edge-gw"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(
+            c.headers,
+            vec![
+                ("x-api-key".into(), "abc".into()),
+                ("team".into(), "sec".into())
+            ]
+        );
+        assert_eq!(c.service, "edge-gw");
+        let c = OtlpConfig::from_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://otel.example/traces",
+            ),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.url, "https://otel.example/traces");
+        for bad in [
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x")],
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+            ],
+        ] {
+            assert!(OtlpConfig::from_env(env(&bad)).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! OpenTelemetry export end to end: a loopback OTLP/HTTP receiver gets a span per proxied
+//! request, in the caller's trace when the request carried a `traceparent`.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// A collector on 127.0.0.1 that keeps every export request's body.
+async fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let keep = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let keep = keep.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let key = req
+                            .headers()
+                            .get("x-collector-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        keep.lock().unwrap().push((format!("{path} {key}"), v));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"{}"),
+                        )))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), got)
+}
+
+fn spans(got: &Mutex<Vec<(String, Value)>>) -> Vec<Value> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, v)| {
+            v.pointer("/resourceSpans/0/scopeSpans/0/spans")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+#[tokio::test]
+async fn proxied_requests_become_spans_in_their_callers_traces() {
+    let (endpoint, got) = collector().await;
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        &config_for(&mock.url),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k-123"),
+            ("OTEL_SERVICE_NAME", "edge-gateway"),
+        ],
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", gw.proxy_url("oai").await);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let http = reqwest::Client::new();
+    for traceparent in [Some(format!("00-{trace}-00f067aa0ba902b7-01")), None] {
+        let mut rb = http.post(&url).bearer_auth(CI_KEY).json(
+            &json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}),
+        );
+        if let Some(t) = &traceparent {
+            rb = rb.header("traceparent", t);
+        }
+        assert_eq!(rb.send().await.unwrap().status(), 200);
+    }
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all = spans(&got);
+        if all.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(all.len(), 2, "{:#?}", got.lock().unwrap());
+    let joined = all
+        .iter()
+        .find(|s| s["traceId"] == trace)
+        .expect("the caller's trace");
+    assert_eq!(joined["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(joined["kind"], 2);
+    assert_eq!(
+        attr(joined, "palisade.proxy").unwrap()["stringValue"],
+        "oai"
+    );
+    assert_eq!(
+        attr(joined, "gen_ai.request.model").unwrap()["stringValue"],
+        "mock-gpt"
+    );
+    assert_eq!(
+        attr(joined, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    assert!(attr(joined, "gen_ai.usage.input_tokens").is_some());
+    let own = all.iter().find(|s| s["traceId"] != trace).unwrap();
+    assert!(own.get("parentSpanId").is_none());
+    // The request's id ties the span to the request log.
+    let rows = gw.wait_requests("proxy=oai", 2).await;
+    let ids: Vec<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
+    let span_id = attr(joined, "palisade.request_id").unwrap()["stringValue"]
+        .as_str()
+        .unwrap();
+    assert!(ids.contains(&span_id), "{ids:?}");
+    let first = got.lock().unwrap()[0].clone();
+    assert_eq!(first.0, "/v1/traces k-123");
+    assert_eq!(
+        first
+            .1
+            .pointer("/resourceSpans/0/resource/attributes/0/value/stringValue"),
+        Some(&json!("edge-gateway"))
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_trace_setting_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("PALISADE_ADMIN_PASSWORD", "admin-password-0001")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http/json"));
+}
