@@ -286,6 +286,13 @@ async fn send(
         .open(&h.url_sealed)
         .map_err(|_| "its URL cannot be decrypted with this master key".to_string())?;
     let body = delivery_body(&h.spec.name, h.spec.format, alerts);
+    if h.spec.format == palisade_core::webhook::WebhookFormat::Syslog {
+        let (host, port) = palisade_core::webhook::syslog_target(&url)
+            .ok_or_else(|| "its address is not tcp://host:port".to_string())?;
+        palisade_gateway::send_tcp(&host, port, &body, TIMEOUT).await?;
+        // Every byte was taken: as a 2xx is for an HTTP receiver.
+        return Ok(palisade_gateway::Posted { status: 200 });
+    }
     let mut headers = vec![
         ("x-palisade-webhook", h.spec.name.clone()),
         ("x-palisade-delivery", palisade_core::crypto::random_id()),

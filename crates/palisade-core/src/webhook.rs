@@ -15,6 +15,9 @@ pub enum WebhookFormat {
     Json,
     /// `{"text": …}`, one line per alert: a Slack (or Mattermost) incoming webhook.
     Slack,
+    /// Syslog over TCP (RFC 5424 messages, octet-counted as RFC 6587 frames them) whose text is
+    /// ArcSight CEF: for a SIEM's syslog collector. The URL is `tcp://host:port`.
+    Syslog,
 }
 
 /// The kinds of alert the gateway raises.
@@ -68,7 +71,10 @@ impl WebhookSpec {
     /// Checks the fields.
     pub fn validate(&self) -> Result<(), FieldError> {
         validate_name("name", &self.name)?;
-        check_url(&self.url)?;
+        match self.format {
+            WebhookFormat::Syslog => check_syslog_url(&self.url)?,
+            _ => check_url(&self.url)?,
+        }
         if !SEVERITIES.contains(&self.min_severity.as_str()) {
             return Err(FieldError::new(
                 "min_severity",
@@ -99,6 +105,40 @@ impl WebhookSpec {
         severity_rank(&a.severity) >= severity_rank(&self.min_severity)
             && (self.kinds.is_empty() || self.kinds.contains(&a.kind))
     }
+}
+
+/// A syslog collector's address: `tcp://host:port`, the host not link-local or unspecified.
+fn check_syslog_url(url: &str) -> Result<(), FieldError> {
+    let bad = |m: &str| Err(FieldError::new("url", m.to_string()));
+    let Some(rest) = url.strip_prefix("tcp://") else {
+        return bad("must be tcp://host:port for format `syslog` (syslog over TCP)");
+    };
+    // The same host checks as an http URL: written as one.
+    check_outbound_url(&format!("http://{rest}"), "syslog takes none")?;
+    let auth = rest.split('/').next().unwrap_or("");
+    if rest.len() != auth.len() && rest != format!("{auth}/") {
+        return bad("must be tcp://host:port, without a path");
+    }
+    if auth
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().map_or(true, |p| p == 0))
+        || auth.ends_with(']')
+    {
+        return bad("must name a port, e.g. tcp://siem.example.com:6514");
+    }
+    Ok(())
+}
+
+/// The host and port of a `tcp://host:port` syslog URL.
+pub fn syslog_target(url: &str) -> Option<(String, u16)> {
+    let auth = url.strip_prefix("tcp://")?.trim_end_matches('/');
+    let (host, port) = auth.rsplit_once(':')?;
+    Some((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port.parse().ok()?,
+    ))
 }
 
 /// A webhook URL: [`check_outbound_url`], pointing at the signing secret for credentials.
@@ -257,8 +297,78 @@ pub fn delivery_body(name: &str, format: WebhookFormat, alerts: &[AlertRecord]) 
             let lines: Vec<String> = alerts.iter().map(slack_line).collect();
             serde_json::json!({ "text": lines.join("\n") })
         }
+        WebhookFormat::Syslog => return syslog_frames(alerts),
     };
     serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// CEF header field: `\` and `|` escaped, line breaks as spaces.
+fn cef_header(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\r', '\n'], " ")
+}
+
+/// CEF extension value: `\` and `=` escaped, line breaks as `\n`.
+fn cef_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('=', "\\=")
+        .replace("\r\n", "\\n")
+        .replace(['\r', '\n'], "\\n")
+}
+
+/// One alert as an RFC 5424 syslog message (facility local0) carrying a CEF event.
+pub fn syslog_message(a: &AlertRecord) -> String {
+    let (cef_sev, sys_sev) = match a.severity.as_str() {
+        "critical" => (10, 2),
+        "high" => (8, 3),
+        "medium" => (5, 4),
+        _ => (3, 5),
+    };
+    let signature = match (&a.policy_id, &a.rule_id) {
+        (Some(p), Some(r)) => format!("{p}/{r}"),
+        _ => a.kind.clone(),
+    };
+    let mut ext = vec![
+        format!("rt={}", a.ts_ms),
+        format!("externalId={}", cef_value(&a.id)),
+        format!("cat={}", cef_value(&a.kind)),
+        format!("act={}", if a.blocked { "blocked" } else { "alerted" }),
+        format!("msg={}", cef_value(&a.message)),
+    ];
+    let mut custom = |n: usize, label: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            ext.push(format!("cs{n}Label={label} cs{n}={}", cef_value(v)));
+        }
+    };
+    custom(1, "proxy", &a.proxy);
+    custom(2, "group", &a.group);
+    custom(3, "key", &a.key_name);
+    custom(4, "requestId", &a.request_id);
+    custom(5, "excerpt", &a.excerpt);
+    let cef = format!(
+        "CEF:0|Palisade|Palisade Gateway|{}|{}|{}|{cef_sev}|{}",
+        env!("CARGO_PKG_VERSION"),
+        cef_header(&signature),
+        cef_header(&a.title),
+        ext.join(" ")
+    );
+    format!(
+        "<{}>1 {} - palisade - alert - {cef}",
+        16 * 8 + sys_sev,
+        crate::spend::utc_timestamp(a.ts_ms)
+    )
+}
+
+/// `alerts` as octet-counted syslog frames (`<length> <message>`), one per alert.
+pub fn syslog_frames(alerts: &[AlertRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in alerts {
+        let m = syslog_message(a);
+        out.extend_from_slice(format!("{} ", m.len()).as_bytes());
+        out.extend_from_slice(m.as_bytes());
+    }
+    out
 }
 
 /// One alert as a line of chat text. Slack reads `<`, `>` and `&` as markup, so they are escaped.
@@ -342,6 +452,62 @@ mod tests {
         }
         let long = format!("https://example.test/{}", "a".repeat(2100));
         assert!(spec(&long).validate().is_err());
+    }
+
+    #[test]
+    fn syslog_targets_are_tcp_addresses() {
+        let mut s = spec("tcp://siem.example.test:6514");
+        s.format = WebhookFormat::Syslog;
+        assert!(s.validate().is_ok());
+        assert_eq!(
+            syslog_target(&s.url),
+            Some(("siem.example.test".to_string(), 6514))
+        );
+        for bad in [
+            "https://siem.example.test/",
+            "tcp://siem.example.test",
+            "tcp://siem.example.test:0",
+            "tcp://169.254.169.254:514",
+            "tcp://siem.example.test:514/path",
+            "tcp://u:p@siem.example.test:514",
+        ] {
+            s.url = bad.into();
+            assert_eq!(s.validate().unwrap_err().field, "url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn syslog_messages_carry_escaped_cef() {
+        let a = AlertRecord {
+            id: "a1".into(),
+            ts_ms: 1_795_622_400_000,
+            kind: "policy".into(),
+            policy_id: Some("p".into()),
+            rule_id: Some("R|1".into()),
+            title: "Prompt injection".into(),
+            severity: "high".into(),
+            blocked: true,
+            proxy: Some("oai".into()),
+            message: "a=b\nnext".into(),
+            ..AlertRecord::default()
+        };
+        let m = syslog_message(&a);
+        assert!(
+            m.starts_with(
+                "<131>1 2026-11-25T16:00:00Z - palisade - alert - CEF:0|Palisade|Palisade Gateway|"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("|p/R\\|1|Prompt injection|8|"), "{m}");
+        assert!(m.contains("msg=a\\=b\\nnext"), "{m}");
+        assert!(
+            m.contains("act=blocked") && m.contains("cs1Label=proxy cs1=oai"),
+            "{m}"
+        );
+        assert!(!m.contains('\n'));
+        let frames = syslog_frames(&[a.clone(), a]);
+        let text = String::from_utf8(frames).unwrap();
+        assert!(text.starts_with(&format!("{} <131>", m.len())), "{text}");
     }
 
     #[test]

@@ -42,6 +42,6 @@ pub use manager::{
 pub use shape::Endpoint;
 pub use sse::SseSplitter;
 pub use upstream::{
-    GuardedClient, HttpClient, Posted, build_client, build_guarded_client, post_json,
+    GuardedClient, HttpClient, Posted, build_client, build_guarded_client, post_json, send_tcp,
 };
 pub use usage::Usage;

@@ -101,6 +101,45 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// Writes `bytes` to `host:port` over TCP (a syslog collector), within `timeout`: connected to
+/// an address the name resolves to that is not link-local or unspecified (as
+/// [`GuardedResolver`] does), written whole, and closed. Success means the collector's system
+/// took every byte (TCP syslog has no receipt of its own).
+pub async fn send_tcp(
+    host: &str,
+    port: u16,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let exchange = async {
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+            .filter(|a| !palisade_core::webhook::is_metadata_or_unspecified(a.ip()))
+            .collect();
+        let mut last = format!("`{host}` resolves only to link-local or unspecified addresses");
+        for a in addrs {
+            match tokio::net::TcpStream::connect(a).await {
+                Ok(mut s) => {
+                    s.write_all(bytes)
+                        .await
+                        .map_err(|e| format!("writing to {a}: {e}"))?;
+                    s.shutdown()
+                        .await
+                        .map_err(|e| format!("closing {a}: {e}"))?;
+                    return Ok(());
+                }
+                Err(e) => last = format!("cannot connect to {a}: {e}"),
+            }
+        }
+        Err(last)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("not done within {} s", timeout.as_secs()))?
+}
+
 /// What a [`post_json`] receiver answered.
 #[derive(Debug)]
 pub struct Posted {

@@ -845,3 +845,67 @@ async fn alerts_reach_webhooks_signed_and_a_failed_delivery_is_sent_again() {
         2
     );
 }
+
+#[tokio::test]
+async fn alerts_reach_a_syslog_collector_as_cef() {
+    use tokio::io::AsyncReadExt;
+    let mock = Mock::start(&[]);
+    // A collector on loopback that keeps what each connection writes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<u8>::new()));
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            keep.lock().await.extend_from_slice(&buf);
+        }
+    });
+    let cfg = format!(
+        "{}\n[[webhooks]]\nname = \"siem\"\nurl = \"tcp://127.0.0.1:{port}\"\nformat = \"syslog\"\n",
+        config(&mock.url, "enforce"),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let url = gw.proxy_url("guarded").await;
+    let r = chat(&url, INJECTION, false).await;
+    assert_eq!(r.status(), 403);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = String::from_utf8_lossy(&got.lock().await).into_owned();
+        if text.contains(&rid) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Octet-counted frames of RFC 5424 messages carrying CEF.
+    let (len, rest) = text.split_once(' ').unwrap_or_else(|| panic!("{text:?}"));
+    let len: usize = len.parse().unwrap();
+    let first = &rest[..len];
+    assert!(first.starts_with('<') && first.contains(">1 "), "{first}");
+    assert!(
+        first.contains(" - palisade - alert - CEF:0|Palisade|Palisade Gateway|"),
+        "{first}"
+    );
+    assert!(
+        first.contains("act=blocked") && first.contains("cs1Label=proxy cs1=guarded"),
+        "{first}"
+    );
+    assert!(
+        text.contains(&format!("cs4Label=requestId cs4={rid}")),
+        "{text}"
+    );
+    let (_, hooks) = gw.get("/api/v1/webhooks").await;
+    assert_eq!(hooks[0]["url"], format!("tcp://127.0.0.1:{port}/"));
+    assert!(hooks[0]["delivered"].as_i64().unwrap() >= 1, "{hooks}");
+    // A syslog address must be tcp://host:port.
+    let (st, v) = gw
+        .post(
+            "/api/v1/webhooks",
+            json!({"name": "bad", "url": "https://x.example/", "format": "syslog"}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("tcp://host:port"), "{v}");
+}
