@@ -223,14 +223,6 @@ async fn serve(
     findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    if crate::upstream::came_round(req.headers()) {
-        return Err(refuse(
-            StatusCode::LOOP_DETECTED,
-            &Value::Null,
-            code::UPSTREAM,
-            "the request came back to this gateway through its upstream (a proxy loop); check the proxy's upstream",
-        ));
-    }
     let key = gate(shared, rt, req.headers(), rec)?;
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();

@@ -368,13 +368,6 @@ async fn serve(
     findings: &mut Findings,
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    if crate::upstream::came_round(req.headers()) {
-        return Err(refuse(
-            StatusCode::LOOP_DETECTED,
-            code::UPSTREAM,
-            "the request came back to this gateway through its upstream (a proxy loop); check the proxy's upstream",
-        ));
-    }
     let key = gate(shared, rt, req.headers(), rec)?;
     let proxy = rt.spec.name.as_str();
     if let Some(s) = rec.session.as_deref()
@@ -543,14 +536,22 @@ async fn send_stateless(
     ))
 }
 
-/// The checks every client request passes before its body is read: DNS-rebinding protection
-/// (`Host`, `Origin`), the gateway key, and the key's budget and rate limits.
+/// The checks every client request passes before its body is read: a request that came round
+/// a proxy loop, DNS-rebinding protection (`Host`, `Origin`), the gateway key, and the key's
+/// budget and rate limits.
 pub(crate) fn gate(
     shared: &GatewayShared,
     rt: &ProxyRuntime,
     headers: &http::HeaderMap,
     rec: &mut RequestRecord,
 ) -> Result<Arc<KeyInfo>, Refusal> {
+    if crate::upstream::came_round(headers) {
+        return Err(refuse(
+            StatusCode::LOOP_DETECTED,
+            code::UPSTREAM,
+            "the request came back to this gateway through its upstream (a proxy loop); check the proxy's upstream",
+        ));
+    }
     // DNS-rebinding protection: the upstream only sees our Host, so the check is ours.
     let host = headers
         .get(http::header::HOST)
