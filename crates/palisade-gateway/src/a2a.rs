@@ -48,21 +48,45 @@ mod code {
     pub const UPSTREAM: i64 = -32000;
 }
 
-/// Member names whose values label rather than say something (`kind: "text"`, `role:
-/// "user"`, `state: "completed"`): left out of the text the policies read when they hold a
-/// short word, read like any other string otherwise.
-const LABELS: [&str; 5] = ["kind", "role", "state", "mediaType", "mimeType"];
-
-fn is_label_word(s: &str) -> bool {
-    s.len() <= 40
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'/' | b'.' | b'+'))
-}
-
-/// Whether a member name is a plain field name (`messageId`, `user_id`); other names (text
-/// with spaces, long strings) are content and are read.
-fn is_field_name(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+/// Whether `v`, the value of member `k`, is one of the protocol's labels (`kind: "text"`,
+/// `role: "user"`, `state: "completed"`, a media type): left out of the text the policies read.
+/// Anything else in those members is read like any string.
+fn is_label(k: &str, v: &str) -> bool {
+    match k {
+        "kind" => matches!(
+            v,
+            "text" | "file" | "data" | "message" | "task" | "status-update" | "artifact-update"
+        ),
+        "role" => matches!(
+            v,
+            "user" | "agent" | "ROLE_USER" | "ROLE_AGENT" | "ROLE_UNSPECIFIED"
+        ),
+        "state" => {
+            v.starts_with("TASK_STATE_")
+                && v.len() <= 40
+                && v.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                || matches!(
+                    v,
+                    "submitted"
+                        | "working"
+                        | "input-required"
+                        | "completed"
+                        | "canceled"
+                        | "failed"
+                        | "rejected"
+                        | "auth-required"
+                        | "unknown"
+                )
+        }
+        "mediaType" | "mimeType" => {
+            v.len() <= 100
+                && v.split_once('/')
+                    .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/.+-;= ".contains(&b))
+        }
+        _ => false,
+    }
 }
 
 /// What a method does, as far as the gateway is concerned.
@@ -100,8 +124,8 @@ fn refuse(status: StatusCode, id: &Value, code: i64, msg: &str) -> Refusal {
 }
 
 /// The text of a message, task or event the policies read: every string, ids included (an id
-/// can carry text as well as any field), and member names that are not plain field names;
-/// only labels holding a short word are left out.
+/// can carry text as well as any field), and every member name (a key can be a secret); only
+/// the protocol's labels are left out.
 fn text_of(v: &Value) -> String {
     fn walk(v: &Value, out: &mut String) {
         match v {
@@ -112,11 +136,9 @@ fn text_of(v: &Value) -> String {
             Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
             Value::Object(m) => {
                 for (k, x) in m {
-                    if !is_field_name(k) {
-                        out.push_str(k);
-                        out.push('\n');
-                    }
-                    if LABELS.contains(&k.as_str()) && x.as_str().is_some_and(is_label_word) {
+                    out.push_str(k);
+                    out.push('\n');
+                    if x.as_str().is_some_and(|v| is_label(k, v)) {
                         continue;
                     }
                     walk(x, out);
@@ -128,6 +150,55 @@ fn text_of(v: &Value) -> String {
     let mut out = String::new();
     walk(v, &mut out);
     out
+}
+
+/// The `text` members of `v`, joined without separators (the chunks of an appended artifact).
+fn parts_text(v: &Value, out: &mut String) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| parts_text(x, out)),
+        Value::Object(m) => {
+            for (k, x) in m {
+                match x {
+                    Value::String(t) if k == "text" => out.push_str(t),
+                    _ => parts_text(x, out),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a `redact` rule still matches `text` (after masking).
+fn still_masks(insp: &crate::inspect::Inspector, text: &str) -> bool {
+    insp.set
+        .evaluate(Target::A2aMessage, text)
+        .matches
+        .iter()
+        .any(|m| m.action == palisade_policy::Action::Redact)
+}
+
+/// The first member of `params` or its message spelled like an id member without being it
+/// (`ID`, `TaskId`, `context_id`, `referencetaskids`).
+fn odd_id_spelling(params: Option<&Value>) -> Option<String> {
+    let fold = |k: &str| -> String {
+        k.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let exact = ["id", "taskId", "contextId", "referenceTaskIds"];
+    let check = |m: &serde_json::Map<String, Value>| {
+        m.keys()
+            .find(|k| !exact.contains(&k.as_str()) && exact.iter().any(|e| fold(e) == fold(k)))
+            .map(|k| k.chars().take(64).collect())
+    };
+    let params = params?.as_object()?;
+    check(params).or_else(|| {
+        params
+            .get("message")
+            .and_then(Value::as_object)
+            .and_then(check)
+    })
 }
 
 /// Whether any member name in `v`, read without case and underscores, names push
@@ -280,18 +351,17 @@ async fn serve(
         ));
     }
     rec.endpoint = "a2a".into();
-    rec.tool = Some(method.chars().take(128).collect());
+    // Only a method the gateway knows is logged by name (a client's text is not logged).
     let Some(call) = classify(method) else {
+        rec.tool = Some("(unknown method)".into());
         return Err(refuse(
             StatusCode::OK,
             &id,
             code::METHOD_NOT_FOUND,
-            &format!(
-                "method `{}` is not relayed by the gateway",
-                rec.tool.as_deref().unwrap_or("")
-            ),
+            "this method is not relayed by the gateway",
         ));
     };
+    rec.tool = Some(method.to_string());
     if call == Call::Push {
         return Err(refuse(
             StatusCode::OK,
@@ -310,44 +380,69 @@ async fn serve(
             "push notifications are not relayed by the gateway (`configuration` names a push URL); use streaming or poll the task",
         ));
     }
-    if let Some(task) = msg
-        .pointer("/params/id")
-        .or_else(|| msg.pointer("/params/message/taskId"))
-        .and_then(Value::as_str)
-    {
-        rec.session = Some(task.chars().take(128).collect());
+    // Ids spelled otherwise than the protocol does (`ID`, `TaskId`, `task_id`) would be read
+    // by a case-blind agent behind the ownership check's back: refused.
+    if let Some(odd) = odd_id_spelling(msg.get("params")) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            &id,
+            code::INVALID_REQUEST,
+            &format!("`{odd}` is not spelled as the protocol spells it"),
+        ));
     }
     // Tasks and contexts belong to the key they were made for: another key's request naming
     // one is refused as for a task that does not exist (which it does not, for that key).
+    let mut named: Vec<(&str, bool)> = Vec::new();
     for p in [
         "/params/id",
         "/params/message/taskId",
         "/params/message/contextId",
         "/params/contextId",
     ] {
-        let Some(named) = msg.pointer(p).and_then(Value::as_str) else {
-            continue;
-        };
+        if let Some(v) = msg.pointer(p) {
+            let Some(s) = v.as_str() else {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    &id,
+                    code::INVALID_REQUEST,
+                    "task and context ids are strings",
+                ));
+            };
+            named.push((s, p.ends_with("contextId")));
+        }
+    }
+    for v in msg
+        .pointer("/params/message/referenceTaskIds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        named.push((v.as_str().unwrap_or(""), false));
+    }
+    for (named, is_context) in named {
         let owner = shared.a2a_owners.owner(&rt.spec.name, named);
         let mine = owner.as_deref() == Some(key.id.as_str());
         // A message may start a context of the client's choosing; tasks are the agent's.
-        let may_start = p.ends_with("contextId") && owner.is_none();
-        if !mine && !may_start {
+        if !(mine || is_context && owner.is_none()) {
             return Err(refuse(
                 StatusCode::OK,
                 &id,
                 code::TASK_NOT_FOUND,
-                &format!(
-                    "task or context `{}` not found",
-                    named.chars().take(128).collect::<String>()
-                ),
+                "task or context not found",
             ));
+        }
+        if !is_context {
+            rec.session = Some(named.chars().take(128).collect());
         }
     }
     if let Some(insp) = rt.inspector.as_ref()
         && let Some(params) = msg.get("params")
     {
-        let blocks = findings.scan(insp, Target::A2aMessage, &text_of(params));
+        let mut text = text_of(params);
+        if let Some(i) = id.as_str() {
+            text.push_str(i);
+        }
+        let blocks = findings.scan(insp, Target::A2aMessage, &text);
         if blocks && insp.enforces() {
             findings.set_blocked();
             return Err(refuse(
@@ -373,6 +468,21 @@ async fn serve(
             // Everything the policies read: the message and the request's metadata.
             if let Some(p) = msg.get_mut("params") {
                 redact_arguments(&insp.set, p, Target::A2aMessage, &mut map);
+            }
+            // What could not be masked (a key that is a plain field name, the envelope's
+            // id) must not leave: checked again after masking.
+            let mut left = msg.get("params").map(text_of).unwrap_or_default();
+            if let Some(i) = msg.get("id").and_then(Value::as_str) {
+                left.push_str(i);
+            }
+            if still_masks(insp, &left) {
+                findings.set_blocked();
+                return Err(refuse(
+                    StatusCode::OK,
+                    &id,
+                    code::POLICY,
+                    "the message holds a value the policies mask where it cannot be masked (a member name or the request id)",
+                ));
             }
             if map.is_empty() {
                 bytes
@@ -830,21 +940,64 @@ impl StreamCheck {
             return;
         }
         if let Some(insp) = self.rt.inspector.as_ref() {
-            let mut text = std::mem::take(&mut self.tail);
+            let mut text = String::new();
             for part in ["result", "error"] {
                 if let Some(x) = v.get(part) {
                     text.push_str(&text_of(x));
                 }
             }
-            let blocks = findings.scan_answer(insp, Target::A2aMessage, &text);
-            let cut = text.char_indices().rev().nth(TAIL).map_or(0, |(i, _)| i);
-            self.tail = text[cut..].to_string();
-            if blocks && insp.enforces() {
+            let mut blocks = findings.scan_answer(insp, Target::A2aMessage, &text);
+            // The text of the parts, joined to what came before as a client joins appended
+            // chunks: a value or an instruction split across events is read whole.
+            let mut content = String::new();
+            if let Some(r) = v.get("result") {
+                parts_text(r, &mut content);
+            }
+            let mut split = false;
+            if !self.tail.is_empty() && !content.is_empty() {
+                let joined = format!("{}{content}", self.tail);
+                let rules = |t: &str| -> Vec<(String, palisade_policy::Action)> {
+                    insp.set
+                        .evaluate(Target::A2aMessage, t)
+                        .matches
+                        .into_iter()
+                        .map(|m| (format!("{}/{}", m.policy_id, m.rule_id), m.action))
+                        .collect()
+                };
+                let alone: Vec<String> = rules(&self.tail)
+                    .into_iter()
+                    .chain(rules(&content))
+                    .map(|(r, _)| r)
+                    .collect();
+                let crossing: Vec<(String, palisade_policy::Action)> = rules(&joined)
+                    .into_iter()
+                    .filter(|(r, _)| !alone.contains(r))
+                    .collect();
+                if !crossing.is_empty() {
+                    blocks |= findings.scan_answer(insp, Target::A2aMessage, &joined);
+                    // A value a `redact` rule masks cannot be masked once half of it has gone:
+                    // the stream ends instead.
+                    split = crossing.iter().any(|(_, a)| {
+                        matches!(
+                            a,
+                            palisade_policy::Action::Redact | palisade_policy::Action::Block
+                        )
+                    });
+                }
+            }
+            let all = format!("{}{content}", self.tail);
+            let cut = all.char_indices().rev().nth(TAIL).map_or(0, |(i, _)| i);
+            self.tail = all[cut..].to_string();
+            if (blocks || split) && insp.enforces() {
                 findings.set_blocked();
-                let message = format!(
-                    "the agent's answer was blocked by policy at the gateway (rules: {})",
-                    findings.blocking_rules()
-                );
+                let message = if blocks {
+                    format!(
+                        "the agent's answer was blocked by policy at the gateway (rules: {})",
+                        findings.blocking_rules()
+                    )
+                } else {
+                    "the agent's answer split a value the policies mask across streamed chunks; the stream was ended".to_string()
+                };
                 self.stop(out, code::POLICY, &message);
                 return;
             }
@@ -1127,7 +1280,7 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} in {t}");
         }
-        assert!(!t.contains("message\n") && !t.contains("user"), "{t}");
+        assert!(!t.contains("user") && !t.contains("\ntext\nkind"), "{t}");
     }
 
     #[test]

@@ -209,6 +209,29 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(task_id.clone(), t);
+            // `SPLIT`: the answer comes as two appended chunks cut in the middle of a key (or
+            // of an instruction, with `INJECT`).
+            if message_text(&params).contains("SPLIT") {
+                let whole = answer_text(&message_text(&params));
+                let cut = whole.len() / 2 + 5;
+                let chunk = |text: &str, append: bool, last: bool| {
+                    json!({"kind": "artifact-update", "taskId": task_id, "contextId": context,
+                        "artifact": {"artifactId": format!("{task_id}-a"), "parts": [{"kind": "text", "text": text}]},
+                        "append": append, "lastChunk": last})
+                };
+                let events = [
+                    task(&task_id, &context, "submitted", None),
+                    chunk(&whole[..cut], false, false),
+                    chunk(&whole[cut..], true, true),
+                    json!({"kind": "status-update", "taskId": task_id, "contextId": context,
+                        "status": {"state": "completed"}, "final": true}),
+                ];
+                let body: String = events
+                    .iter()
+                    .map(|e| format!("data: {}\n\n", json!({"jsonrpc": "2.0", "id": id, "result": e})))
+                    .collect();
+                return reply(StatusCode::OK, "text/event-stream", body);
+            }
             let events = [
                 task(&task_id, &context, "submitted", None),
                 json!({"kind": "status-update", "taskId": task_id, "contextId": context,

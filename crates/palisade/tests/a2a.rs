@@ -299,6 +299,52 @@ async fn a2a_messages_and_answers_are_checked_both_ways() {
     let sent = seen.iter().find(|m| m["id"] == 17).unwrap();
     assert_eq!(sent["params"]["metadata"]["note"], "key [API_KEY_1]");
 
+    // A key where it cannot be masked (a member name) does not leave; ids spelled otherwise
+    // than the protocol does are refused; a referenced task must be the key's own.
+    // All lower case: a plain field name, which redaction does not rename.
+    let gh = "ghp_z9y8x7w6z9y8x7w6z9y8x7w6z9y8x7w6q1r2";
+    let mut as_key = send(50, "message/send", "hello");
+    as_key["params"]["message"]["parts"] = json!([{"kind": "data", "data": {gh: 1}}]);
+    let (_, v) = rpc(&url, &as_key).await;
+    assert_eq!(v["error"]["code"], -32050, "{v}");
+    // A member name that is no field name is renamed to its placeholder instead.
+    let mut renamed = send(55, "message/send", "hello");
+    renamed["params"]["message"]["parts"] = json!([{"kind": "data", "data": {KEY: 1}}]);
+    let (_, v) = rpc(&url, &renamed).await;
+    assert!(v.get("result").is_some(), "{v}");
+    let seen = received(&agent).await;
+    let sent = seen.iter().find(|m| m["id"] == 55).unwrap();
+    assert!(
+        !sent.to_string().contains(KEY) && sent.to_string().contains("[API_KEY_"),
+        "{sent}"
+    );
+    assert!(!seen.iter().any(|m| m["id"] == 50));
+    let mut odd = send(51, "message/send", "hello");
+    odd["params"]["message"]["TaskId"] = json!(task);
+    let (st, _) = rpc(&url, &odd).await;
+    assert_eq!(st, 400);
+    let mut refs = send(52, "message/send", "hello");
+    refs["params"]["message"]["referenceTaskIds"] = json!([task]);
+    let v = as_other(refs).await;
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    assert!(!v.to_string().contains(&task), "ids are not echoed: {v}");
+
+    // A value or an instruction split across appended stream chunks is read whole: the
+    // stream ends before the second half.
+    for (id, text) in [(53, "SPLIT LEAK"), (54, "SPLIT INJECT")] {
+        let events = stream(&url, &send(id, "message/stream", text)).await;
+        let last = events.last().unwrap();
+        assert_eq!(last["error"]["code"], -32050, "{text}: {events:?}");
+        assert!(
+            !events.iter().any(|e| e["result"]["final"] == true),
+            "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| e.to_string().contains("ghijklmnop")),
+            "{events:?}"
+        );
+    }
+
     // Push notifications (as methods, or inside a message's configuration) and unknown
     // methods are refused at the gateway.
     for (id, cfg) in [
