@@ -359,6 +359,14 @@ SAT=(--connections 32)
 # prompts are runs of them, a different one on every request, as in real traffic.
 NOVEL=(--prompt-lines "$ROOT/eval/corpora/chatterbot.jsonl")
 
+# The repeated prompt with a number on every request (`--numbered`): the same words, but no text
+# the policy memo has seen, so these rows show the engine's full cost on every request.
+numbered_scenarios() {
+  local c=$1 r=$2
+  S "$c" "$r" "chat1k-numbered-$c-ka-r2000" --prompt-bytes 1024 --numbered --rate 2000 "${OPEN[@]}"
+  S "$c" "$r" "chat1k-numbered-$c-ka-sat" --prompt-bytes 1024 --numbered "${SAT[@]}"
+}
+
 chat_scenarios() {
   local c=$1 r=$2
   if [ "$QUICK" = 1 ]; then
@@ -370,6 +378,8 @@ chat_scenarios() {
     S "$c" "$r" "chat1k-$c-ka-sat" --prompt-bytes 1024 "${SAT[@]}"
     if [ "$c" = nopolicy ]; then
       S "$c" "$r" "stream50-$c-ka-r500" --prompt-bytes 1024 --stream --rate 500 "${OPEN[@]}"
+    else
+      numbered_scenarios "$c" "$r"
     fi
     return 0
   fi
@@ -377,6 +387,7 @@ chat_scenarios() {
     S "$c" "$r" "chat1k-$c-ka-r$rate" --prompt-bytes 1024 --rate "$rate" "${OPEN[@]}"
   done
   S "$c" "$r" "chat1k-$c-ka-sat" --prompt-bytes 1024 "${SAT[@]}"
+  if [ "$c" != nopolicy ]; then numbered_scenarios "$c" "$r"; fi
   S "$c" "$r" "chat1k-novel-$c-ka-r500" --prompt-bytes 1024 "${NOVEL[@]}" --rate 500 "${OPEN[@]}"
   S "$c" "$r" "chat1k-novel-$c-ka-sat" --prompt-bytes 1024 "${NOVEL[@]}" "${SAT[@]}"
   S "$c" "$r" "chat16k-$c-ka-r2000" --prompt-bytes 16384 --rate 2000 "${OPEN[@]}"

@@ -315,6 +315,7 @@ pub async fn metrics(
     }
     let mut text = s.events.metrics.render();
     webhook_series(&mut text, &s.store.list_webhooks().await?);
+    memo_series(&mut text, &s.manager.memo_stats().await);
     Ok((
         StatusCode::OK,
         [(
@@ -324,6 +325,41 @@ pub async fn metrics(
         text,
     )
         .into_response())
+}
+
+/// The policy memo per proxy (`palisade_policy::Scope`): texts a caller sent again answered
+/// without a scan, texts scanned, and the bytes held (within the set's budget).
+fn memo_series(out: &mut String, memos: &[(String, palisade_policy::MemoStats)]) {
+    if memos.is_empty() {
+        return;
+    }
+    type Get = fn(&palisade_policy::MemoStats) -> u64;
+    let series: [(&str, &str, &str, Get); 3] = [
+        (
+            "palisade_policy_memo_hits_total",
+            "counter",
+            "Texts answered from the policy memo (the same caller sent them lately).",
+            |m| m.hits,
+        ),
+        (
+            "palisade_policy_memo_misses_total",
+            "counter",
+            "Texts the policies scanned (new to the caller, or too short or long to keep).",
+            |m| m.misses,
+        ),
+        (
+            "palisade_policy_memo_bytes",
+            "gauge",
+            "Bytes the policy memo holds (shared by proxies with the same policies).",
+            |m| m.bytes as u64,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        family(out, name, kind, help);
+        for (proxy, m) in memos {
+            let _ = writeln!(out, "{name}{{proxy=\"{}\"}} {}", escape(proxy), get(m));
+        }
+    }
 }
 
 /// Alert delivery per webhook, from its stored state (so it survives restarts): what it has

@@ -119,6 +119,13 @@ fn build_shared(args: &LoadArgs, now: Instant) -> Result<Shared, String> {
             }
             bodies
         }
+        (None, None) if args.numbered => prompt::numbered_bodies(
+            args.distinct.max(1),
+            args.prompt_bytes,
+            args.pii,
+            &args.model,
+            args.stream,
+        ),
         (None, None) => vec![prompt::chat_body(
             &args.model,
             args.prompt_bytes,

@@ -63,7 +63,13 @@ pub struct LoadArgs {
     /// prompt is the same on every request).
     #[arg(long, conflicts_with_all = ["body_file", "pii"])]
     pub prompt_lines: Option<PathBuf>,
-    /// How many different prompts `--prompt-lines` makes.
+    /// Number the generated prompt (`#000001 …` in place of its first words), a different
+    /// number on every request (`--distinct` of them, in turn): the words are the repeated
+    /// prompt's, but no text comes back soon enough for the gateway's policy memo to answer it
+    /// (the mock's answer, which quotes the prompt, differs too).
+    #[arg(long, conflicts_with_all = ["body_file", "prompt_lines"])]
+    pub numbered: bool,
+    /// How many different prompts `--prompt-lines` or `--numbered` makes.
     #[arg(long, default_value_t = 20_000)]
     pub distinct: usize,
     /// Put an e-mail address and a phone number into the generated prompt about every 256

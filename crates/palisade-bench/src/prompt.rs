@@ -123,6 +123,27 @@ fn body_with(model: &str, prompt: &str, stream: bool) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// `count` chat request bodies with the generated prompt of `prompt_bytes` bytes, each with its
+/// own number written over its first bytes (`#000001 `): the same size and words on every
+/// request, never the same text within `count` requests.
+pub fn numbered_bodies(
+    count: usize,
+    prompt_bytes: usize,
+    pii: bool,
+    model: &str,
+    stream: bool,
+) -> Vec<Bytes> {
+    let base = prompt(prompt_bytes, pii);
+    (0..count)
+        .map(|i| {
+            let tag = format!("#{i:06} ");
+            let cut = tag.len().min(base.len());
+            let p = format!("{}{}", &tag[..cut], &base[cut..]);
+            body_with(model, &p, stream)
+        })
+        .collect()
+}
+
 /// Texts of a corpus file: one per line, a JSON string or a JSON object with a `text` field
 /// (the format of `eval/corpora/*.jsonl`); other lines are skipped.
 pub fn read_lines(text: &str) -> Vec<String> {
@@ -207,6 +228,21 @@ mod tests {
             .collect();
         assert!(prompts.len() > 45, "{}", prompts.len());
         assert!(corpus_bodies(&[], 5, 300, "m", false).is_empty());
+    }
+
+    #[test]
+    fn numbered_prompts_differ_and_keep_their_size() {
+        let bodies = numbered_bodies(300, 1024, false, "mock-gpt", false);
+        let prompts: std::collections::HashSet<String> = bodies
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                v["messages"][0]["content"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(prompts.len(), 300);
+        assert!(prompts.iter().all(|p| p.len() == 1024));
+        assert!(prompts.contains(&format!("#000299 {}", &prompt(1024, false)[8..])));
     }
 
     #[test]

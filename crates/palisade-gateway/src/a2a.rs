@@ -295,6 +295,7 @@ async fn serve(
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let key = gate(shared, rt, req.headers(), rec)?;
+    findings.set_caller(&key.id);
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if path.contains("//")

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use palisade_core::model::PolicyMode;
 use palisade_core::now_ms;
 use palisade_core::record::{AlertRecord, RequestRecord};
-use palisade_policy::{Action, Decision, PolicySet, RuleMatch, Target};
+use palisade_policy::{Action, Decision, PolicySet, RuleMatch, Scope, Scoped, Target};
 use serde_json::Value;
 
 /// A proxy's compiled policies and how they act.
@@ -92,9 +92,22 @@ pub struct Findings {
     /// Why the gateway withheld part of the exchange on its own (not a rule): it is logged as
     /// blocked with this error.
     withheld: Option<String>,
+    /// Whose request this is: texts the same caller had scanned lately are answered from the
+    /// compiled set's memo (never another caller's; see `palisade_policy::Scope`).
+    scope: Option<Scope>,
 }
 
 impl Findings {
+    /// Scans the rest of this request as the API key `key_id`'s.
+    pub fn set_caller(&mut self, key_id: &str) {
+        self.scope = Some(Scope::of(key_id));
+    }
+
+    /// The set as this request's caller sees it (its memo scope).
+    pub fn scoped<'a>(&self, insp: &'a Inspector) -> Scoped<'a> {
+        insp.set.scoped(self.scope)
+    }
+
     /// Scans `text` of a request as `target`; returns true when a blocking rule matched.
     pub fn scan(&mut self, insp: &Inspector, target: Target, text: &str) -> bool {
         self.scan_in(insp, target, text, false)
@@ -110,7 +123,7 @@ impl Findings {
             return false;
         }
         self.evaluated = true;
-        let ev = insp.set.evaluate(target, text);
+        let ev = self.scoped(insp).evaluate(target, text);
         self.decision = self.decision.max(ev.decision);
         let mut blocks = false;
         for m in ev.matches {

@@ -491,6 +491,7 @@ async fn proxy(
     }
     let key = authenticate(shared, req.headers())?;
     rec.key_id = Some(key.id.clone());
+    findings.set_caller(&key.id);
     rec.key_name = Some(key.name.clone());
     rec.group = key.group.clone();
     let path = req.uri().path();
@@ -977,9 +978,9 @@ fn rewrite_request(
             };
             let earlier = seed.len();
             *redactions = if earlier > 0 {
-                redact_request_continuing(&insp.set, &mut v, seed)
+                redact_request_continuing(findings.scoped(insp), &mut v, seed)
             } else {
-                redact_request(&insp.set, &mut v)
+                redact_request(findings.scoped(insp), &mut v)
             };
             let new = &redactions[earlier..];
             if !new.is_empty() {

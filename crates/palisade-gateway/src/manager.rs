@@ -403,6 +403,22 @@ impl ProxyManager {
         Some(crate::a2a::card_view(&self.shared, &rt).await)
     }
 
+    /// The policy memo of every running proxy with policies (name order). Proxies with the same
+    /// list of policies share one compiled set, and so one memo.
+    pub async fn memo_stats(&self) -> Vec<(String, palisade_policy::MemoStats)> {
+        let running = self.running.lock().await;
+        let mut out: Vec<_> = running
+            .iter()
+            .filter_map(|(name, r)| {
+                let rt = r.runtime.load();
+                let insp = rt.inspector.as_ref()?;
+                Some((name.clone(), insp.set.memo_stats()))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Current status of a proxy.
     pub async fn status(&self, name: &str) -> ProxyStatus {
         if let Some(r) = self.running.lock().await.get(name) {

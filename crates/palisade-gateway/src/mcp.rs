@@ -369,6 +369,7 @@ async fn serve(
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let key = gate(shared, rt, req.headers(), rec)?;
+    findings.set_caller(&key.id);
     let proxy = rt.spec.name.as_str();
     if let Some(s) = rec.session.as_deref()
         && !shared.session_owners.allows(proxy, s, &key.id)

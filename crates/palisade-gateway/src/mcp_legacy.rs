@@ -393,6 +393,7 @@ async fn accept_message(
     findings: &mut Findings,
 ) -> Result<Message, Refusal> {
     let key = mcp::gate(shared, rt, req.headers(), rec)?;
+    findings.set_caller(&key.id);
     let Some(session) = shared.legacy.get(id).filter(|s| s.proxy == rt.spec.name) else {
         return Err((
             StatusCode::NOT_FOUND,

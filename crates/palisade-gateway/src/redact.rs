@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use palisade_policy::{PolicySet, Target, placeholder_label, placeholder_number, unmask};
+use palisade_policy::{PolicySet, Scoped, Target, placeholder_label, placeholder_number, unmask};
 use serde_json::{Map, Value, json};
 
 use crate::inspect::{
@@ -25,7 +25,13 @@ pub type RedactionMap = Vec<(String, String)>;
 /// Replaces sensitive values in the strings of `v` as `target`. `request`: `v` is (part of) an
 /// LLM request body, where the end-user id, metadata and URLs are content too (they leave for
 /// the provider) and tool definitions get the request's rules as well as their own.
-fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap, request: bool) {
+fn walk_mut(
+    set: &Scoped<'_>,
+    v: &mut Value,
+    target: Target,
+    map: &mut RedactionMap,
+    request: bool,
+) {
     match v {
         Value::String(s) => {
             let mut red = set.redacts(target).then(|| set.redact_into(target, s, map));
@@ -99,7 +105,7 @@ fn walk_mut(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionM
 /// Masks sensitive values in the member names of `m` (`{"sk-proj-…": 1}`): a name that is not
 /// a plain field name ([`key_is_text`]) is redacted like text, and the member renamed.
 fn mask_keys(
-    set: &PolicySet,
+    set: &Scoped<'_>,
     m: &mut serde_json::Map<String, Value>,
     target: Target,
     map: &mut RedactionMap,
@@ -121,7 +127,7 @@ fn mask_keys(
 /// when the replacements leave it valid (rules that mask only a value keep its quotes), else
 /// member by member in its parsed form, since a match that took a quote with it broke it.
 fn redact_json_text(
-    set: &PolicySet,
+    set: &Scoped<'_>,
     s: &mut String,
     target: Target,
     map: &mut RedactionMap,
@@ -168,7 +174,7 @@ fn unescape_found(found: &mut [(String, String)]) {
 
 /// `text` with its sensitive values replaced, `None` when it has none.
 fn redacted(
-    set: &PolicySet,
+    set: &Scoped<'_>,
     text: &str,
     target: Target,
     map: &mut RedactionMap,
@@ -186,7 +192,7 @@ fn redacted(
 /// (`"password": "…"`): what the match covers of the value is masked, and a match that covers
 /// more (the name, the quotes) masks the whole value.
 fn redact_members(
-    set: &PolicySet,
+    set: &Scoped<'_>,
     v: &mut Value,
     target: Target,
     map: &mut RedactionMap,
@@ -198,7 +204,7 @@ fn redact_members(
 /// [`redact_members`]; `skip_media`: inline media (`data` of an image or audio item, a
 /// resource's `blob`) are left as they are (an MCP result or server message).
 fn members(
-    set: &PolicySet,
+    set: &Scoped<'_>,
     v: &mut Value,
     target: Target,
     map: &mut RedactionMap,
@@ -268,16 +274,26 @@ fn kept_in_clear(k: &str, v: &Value, request: bool, text_type: bool) -> bool {
 }
 
 /// Replaces sensitive values in every string of `v` as `target`, continuing `map`.
-pub fn redact_value(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap) {
-    walk_mut(set, v, target, map, false);
+pub fn redact_value<'a>(
+    set: impl Into<Scoped<'a>>,
+    v: &mut Value,
+    target: Target,
+    map: &mut RedactionMap,
+) {
+    walk_mut(&set.into(), v, target, map, false);
 }
 
 /// Replaces sensitive values in a tool's arguments (an MCP `tools/call`'s `arguments`): each
 /// member's value with its name as context (`"password": "…"`), and a value found anywhere else
 /// it occurs in them.
-pub fn redact_arguments(set: &PolicySet, v: &mut Value, target: Target, map: &mut RedactionMap) {
+pub fn redact_arguments<'a>(
+    set: impl Into<Scoped<'a>>,
+    v: &mut Value,
+    target: Target,
+    map: &mut RedactionMap,
+) {
     let before = map.len();
-    redact_members(set, v, target, map, false);
+    redact_members(&set.into(), v, target, map, false);
     propagate(v, &map[before..], false);
 }
 
@@ -285,9 +301,14 @@ pub fn redact_arguments(set: &PolicySet, v: &mut Value, target: Target, map: &mu
 /// placeholders that continue `known` (the request's map): a value the client sent keeps its
 /// placeholder, which unmasking restores, while new ones get new placeholders, which it leaves
 /// alone. Returns how many new values were masked.
-pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &RedactionMap) -> usize {
+pub fn mask_new<'a>(
+    set: impl Into<Scoped<'a>>,
+    v: &mut Value,
+    target: Target,
+    known: &RedactionMap,
+) -> usize {
     let mut map = known.clone();
-    walk_mut(set, v, target, &mut map, false);
+    walk_mut(&set.into(), v, target, &mut map, false);
     propagate(v, &map[known.len()..], false);
     map.len() - known.len()
 }
@@ -295,14 +316,14 @@ pub fn mask_new(set: &PolicySet, v: &mut Value, target: Target, known: &Redactio
 /// [`mask_new`] for an MCP tool result or a message an MCP server sends on its own: every
 /// string is content there, whatever its member is named (a log line's `data`, a `url`, an
 /// `id`, `_meta`), and is masked with its member's name as context; inline media are not.
-pub fn mask_new_everywhere(
-    set: &PolicySet,
+pub fn mask_new_everywhere<'a>(
+    set: impl Into<Scoped<'a>>,
     v: &mut Value,
     target: Target,
     known: &RedactionMap,
 ) -> usize {
     let mut map = known.clone();
-    members(set, v, target, &mut map, false, true);
+    members(&set.into(), v, target, &mut map, false, true);
     propagate(v, &map[known.len()..], false);
     map.len() - known.len()
 }
@@ -358,17 +379,18 @@ fn propagate_in(v: &mut Value, values: &[&(String, String)], json_text: bool, re
 }
 
 /// Replaces sensitive values in a request body's content; returns the placeholder map.
-pub fn redact_request(set: &PolicySet, body: &mut Value) -> RedactionMap {
+pub fn redact_request<'a>(set: impl Into<Scoped<'a>>, body: &mut Value) -> RedactionMap {
     redact_request_continuing(set, body, RedactionMap::new())
 }
 
 /// [`redact_request`] for a request that continues a conversation whose earlier turns used the
 /// placeholders of `map`: its values keep them, new ones are numbered after them.
-pub fn redact_request_continuing(
-    set: &PolicySet,
+pub fn redact_request_continuing<'a>(
+    set: impl Into<Scoped<'a>>,
     body: &mut Value,
     mut map: RedactionMap,
 ) -> RedactionMap {
+    let set = &set.into();
     if let Value::Object(m) = body {
         mask_keys(set, m, Target::LlmRequest, &mut map, true);
         for (k, v) in m.iter_mut() {
@@ -634,7 +656,7 @@ impl StreamMasker {
         let mut text = self.held.remove(channel).unwrap_or_default();
         if !text.is_empty() {
             redact_json_text(
-                &self.set,
+                &self.set.scoped(None),
                 &mut text,
                 Target::LlmResponse,
                 &mut self.map,
@@ -1233,7 +1255,7 @@ fn mask_strings(set: &PolicySet, v: &mut Value, map: &mut RedactionMap) {
                 }
                 match x {
                     Value::String(s) if is_json_text_key(k) => {
-                        redact_json_text(set, s, Target::LlmResponse, map, false);
+                        redact_json_text(&set.scoped(None), s, Target::LlmResponse, map, false);
                     }
                     _ => mask_strings(set, x, map),
                 }

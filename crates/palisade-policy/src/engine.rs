@@ -57,6 +57,7 @@ use crate::error::{PolicyError, Result};
 use crate::factors::{FactorSet, pattern_needs};
 use crate::forward::{DfaCaches, Forward, ForwardConfig, MatchEnds, dfa_caches};
 use crate::hot::{HotPatterns, Verdict};
+use crate::memo::{DEFAULT_MEMO_BYTES, Kind, Memo, MemoCache, MemoStats, Scope};
 use crate::model::{
     Action, Policy, REGEX_SIZE_LIMIT, Severity, Target, Validator, build_prepared, checked_regex,
     compile_regex, prepare_regex,
@@ -829,6 +830,60 @@ impl RedactMatcher {
     }
 }
 
+/// A compiled set as one caller sees it: [`Scoped::evaluate`] and [`Scoped::redact_into`] answer
+/// texts the caller's scope had scanned lately from the set's memo; everything else is the
+/// set's own ([`PolicySet::scoped`]; no scope: nothing is remembered).
+#[derive(Clone, Copy)]
+pub struct Scoped<'a> {
+    set: &'a PolicySet,
+    scope: Option<Scope>,
+}
+
+impl std::ops::Deref for Scoped<'_> {
+    type Target = PolicySet;
+    fn deref(&self) -> &PolicySet {
+        self.set
+    }
+}
+
+impl<'a> From<&'a PolicySet> for Scoped<'a> {
+    /// The set with no scope: nothing remembered.
+    fn from(set: &'a PolicySet) -> Scoped<'a> {
+        set.scoped(None)
+    }
+}
+
+impl<'a> From<&'a Arc<PolicySet>> for Scoped<'a> {
+    fn from(set: &'a Arc<PolicySet>) -> Scoped<'a> {
+        set.scoped(None)
+    }
+}
+
+impl<'a> Scoped<'a> {
+    /// The set itself.
+    pub fn set(&self) -> &'a PolicySet {
+        self.set
+    }
+
+    /// [`PolicySet::evaluate`], remembered for the scope.
+    pub fn evaluate(&self, target: Target, text: &str) -> Evaluation {
+        match self.scope {
+            Some(scope) => self.set.evaluate_in(scope, target, text),
+            None => self.set.evaluate(target, text),
+        }
+    }
+
+    /// [`PolicySet::redact_into`], with the values found remembered for the scope.
+    pub fn redact_into(
+        &self,
+        target: Target,
+        text: &str,
+        map: &mut Vec<(String, String)>,
+    ) -> String {
+        self.set.redact_into_in(self.scope, target, text, map)
+    }
+}
+
 /// All rules of a list of policies, compiled for evaluation. Immutable, `Send + Sync`.
 pub struct PolicySet {
     policies: Vec<PolicySummary>,
@@ -846,6 +901,8 @@ pub struct PolicySet {
     set_owner: SetOwners,
     /// The patterns the factors name on most texts, searched together (`crate::hot`).
     hot: HotPatterns,
+    /// Results of texts seen lately, per caller (`crate::memo`).
+    pub(crate) memo: MemoCache,
 }
 
 impl fmt::Debug for PolicySet {
@@ -1092,6 +1149,7 @@ impl PolicySet {
             state_credit: StateCredit::new(),
             hot: HotPatterns::new(set_owner.len()),
             set_owner,
+            memo: MemoCache::new(DEFAULT_MEMO_BYTES),
         };
         crate::heap::release_free_memory();
         Ok(compiled)
@@ -1131,6 +1189,35 @@ impl PolicySet {
     /// [`PolicySet::evaluate_raw`] for spans in the raw text, or [`PolicySet::redact`] to edit it.
     pub fn evaluate(&self, target: Target, text: &str) -> Evaluation {
         self.evaluate_with(target, text, &EvalOptions::default())
+    }
+
+    /// [`PolicySet::evaluate`] for a caller: a text this `scope` had evaluated lately is
+    /// answered from the set's memo (see [`Scope`]); other scopes' texts never are.
+    pub fn evaluate_in(&self, scope: Scope, target: Target, text: &str) -> Evaluation {
+        if self.targets[target.index()].rules.is_empty() {
+            return Evaluation::default();
+        }
+        match self.memo.get(scope, Kind::Evaluate, target, text) {
+            Ok(Memo::Eval(ev)) => (*ev).clone(),
+            Ok(Memo::Hits(_)) => unreachable!("the kind is part of the memo's key"),
+            Err(slot) => {
+                let ev = self.evaluate(target, text);
+                if let Some(slot) = slot {
+                    self.memo.put(slot, Memo::Eval(Arc::new(ev.clone())));
+                }
+                ev
+            }
+        }
+    }
+
+    /// Hits and misses of the set's memo, and the bytes it holds.
+    pub fn memo_stats(&self) -> MemoStats {
+        self.memo.stats()
+    }
+
+    /// A view of the set that answers for `scope` from the memo ([`Scoped`]).
+    pub fn scoped(&self, scope: Option<Scope>) -> Scoped<'_> {
+        Scoped { set: self, scope }
     }
 
     /// Evaluates `text` as-is: no normalisation, no decoding; spans are offsets into `text`.

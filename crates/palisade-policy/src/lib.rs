@@ -21,6 +21,9 @@
 //!   run of up to 12 words that weighed most. Such rules run on every scanned unit of their
 //!   targets (the model is not part of the prefilter) and cannot redact.
 //! - [`PolicySet::redact`] works on raw text so [`unmask`] restores it byte for byte.
+//! - [`PolicySet::evaluate_in`] and [`Scoped`] answer a text the same [`Scope`] had scanned
+//!   lately from the set's memo (4 MiB; whole texts compared), for callers that send the same
+//!   text again; the plain methods never remember.
 //!
 //! ```
 //! use palisade_policy::{Policy, PolicySet, Target, Decision};
@@ -45,6 +48,7 @@ mod factors;
 mod forward;
 mod heap;
 mod hot;
+mod memo;
 mod model;
 mod normalize;
 mod redact;
@@ -53,10 +57,12 @@ mod widen;
 pub use classifier::{classifier_model, classifier_models};
 pub use decode::{Encoding, Segment, encode_base64, find_segments};
 pub use engine::{
-    Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, mask_secret,
+    Decision, EvalOptions, Evaluation, PolicySet, PolicySummary, RuleMatch, ScanStats, Scoped,
+    mask_secret,
 };
 pub use error::{PolicyError, Result};
 pub use heap::{release_free_memory, use_one_arena};
+pub use memo::{MemoStats, Scope};
 pub use model::{
     Action, ClassifierPattern, Examples, Patterns, Policy, Redact, Rule, Severity, Target,
     Validator, load_dir,

@@ -10,6 +10,7 @@ use std::ops::Range;
 use regex_automata::{Anchored, Input, PatternID};
 
 use crate::engine::{PolicySet, RedactMatcher};
+use crate::memo::{Kind, Memo, Scope};
 use crate::model::{Target, Validator};
 
 /// Text with sensitive values replaced by placeholders, and the map to restore them.
@@ -200,10 +201,34 @@ impl PolicySet {
         text: &str,
         map: &mut Vec<(String, String)>,
     ) -> String {
+        self.redact_into_in(None, target, text, map)
+    }
+
+    /// [`PolicySet::redact_into`] for a caller: the values found in a text this `scope` had
+    /// redacted lately come from the set's memo (placeholders are numbered anew, in `map`).
+    pub(crate) fn redact_into_in(
+        &self,
+        scope: Option<Scope>,
+        target: Target,
+        text: &str,
+        map: &mut Vec<(String, String)>,
+    ) -> String {
         let tm = &self.targets[target.index()];
-        let hits = match &tm.redact {
-            Some(rm) => self.redaction_hits(rm, &tm.applies, text),
-            None => Vec::new(),
+        let Some(rm) = &tm.redact else {
+            return text.to_owned();
+        };
+        let memo = scope.map(|scope| self.memo.get(scope, Kind::Redact, target, text));
+        let hits: Vec<(usize, usize, u32)> = match memo {
+            Some(Ok(Memo::Hits(hits))) => hits.to_vec(),
+            Some(Ok(Memo::Eval(_))) => unreachable!("the kind is part of the memo's key"),
+            Some(Err(slot)) => {
+                let hits = self.redaction_hits(rm, &tm.applies, text);
+                if let Some(slot) = slot {
+                    self.memo.put(slot, Memo::Hits(hits.as_slice().into()));
+                }
+                hits
+            }
+            None => self.redaction_hits(rm, &tm.applies, text),
         };
         if hits.is_empty() {
             return text.to_owned();

@@ -909,3 +909,87 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
     assert_eq!(st, 400, "{v}");
     assert!(v.to_string().contains("tcp://host:port"), "{v}");
 }
+
+/// `palisade_policy_memo_*{proxy="guarded"}` from `/metrics`: (hits, misses).
+async fn memo_counts(gw: &Gateway) -> (u64, u64) {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", gw.admin))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        let prefix = format!("{name}{{proxy=\"guarded\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    (
+        value("palisade_policy_memo_hits_total"),
+        value("palisade_policy_memo_misses_total"),
+    )
+}
+
+#[tokio::test]
+async fn a_prompt_sent_again_gets_the_same_verdict_and_alerts_from_the_memo_of_its_own_key() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.url, "enforce")).await;
+    let url = gw.proxy_url("guarded").await;
+    let (s, other) = gw.post("/api/v1/keys", json!({"name": "other"})).await;
+    assert_eq!(s, 201, "{other}");
+    let other = other["key"].as_str().unwrap().to_string();
+    let send = |key: String, text: &'static str| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(
+                    &json!({"model": "mock-gpt", "messages": [{"role": "user", "content": text}]}),
+                )
+                .send()
+                .await
+                .unwrap();
+            let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            (r.status().as_u16(), id)
+        }
+    };
+    let benign = "What is the capital of France? Please answer briefly.";
+
+    let (s1, blocked1) = send(CI_KEY.into(), INJECTION).await;
+    let (0, misses) = memo_counts(&gw).await else {
+        panic!("nothing was sent before")
+    };
+    let (s2, blocked2) = send(CI_KEY.into(), INJECTION).await;
+    assert_eq!((s1, s2), (403, 403));
+    let (hits, misses2) = memo_counts(&gw).await;
+    assert!(hits >= 1, "the same key's same prompt is remembered");
+    assert_eq!(misses2, misses, "and needs no scan");
+    // Each request still has its own findings: decision, risk and alerts.
+    let rows = gw.wait_requests("proxy=guarded", 2).await;
+    for id in [&blocked1, &blocked2] {
+        let row = rows.iter().find(|r| r["id"] == id.as_str()).unwrap();
+        assert_eq!(row["decision"], "block");
+        assert!(row["risk_score"].as_i64().unwrap() >= 40);
+        let (_, alerts) = gw.get(&format!("/api/v1/alerts?request_id={id}")).await;
+        assert!(alerts["total"].as_i64().unwrap() >= 1, "{alerts}");
+    }
+
+    // Another key's first sending of the same prompt is scanned: nothing of the first key's is
+    // answered to it (hits unchanged), and it is blocked the same.
+    assert_eq!(send(other.clone(), INJECTION).await.0, 403);
+    let (hits_b, misses_b) = memo_counts(&gw).await;
+    assert_eq!(hits_b, hits);
+    assert!(misses_b > misses2);
+    assert_eq!(send(other.clone(), INJECTION).await.0, 403);
+    assert!(memo_counts(&gw).await.0 > hits_b);
+
+    // A benign prompt sent twice passes twice.
+    assert_eq!(send(CI_KEY.into(), benign).await.0, 200);
+    assert_eq!(send(CI_KEY.into(), benign).await.0, 200);
+}
