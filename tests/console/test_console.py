@@ -267,6 +267,11 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, mock_a2a, browser, shots):
     expect(agent.locator('tr[data-skill="echo"]')).to_contain_text("Echoes the text")
     expect(agent).to_contain_text("clean")
     shots(page, "14c-a2a-agents")
+    # The agent turns its card into a poisoned one: the view shown stays the one fetched a moment
+    # ago until an admin asks the agent again.
+    httpx.post(mock_a2a.rstrip("/") + "/_mock/poison").raise_for_status()
+    agent.locator('button[data-refresh="agents"]').click()
+    expect(agent).to_contain_text("refused to clients")
 
     # --- Prompts, audit log, settings (a new user).
     nav(page, "prompts")

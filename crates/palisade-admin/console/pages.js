@@ -631,25 +631,37 @@ async function agents(ctx, main) {
     box.setAttribute('data-agent', p.name);
     main.appendChild(box);
     if (p.status !== 'running') { box.appendChild(h('p', { class: 'muted' }, 'Start the proxy to read its agent card.')); continue; }
-    try {
-      const v = await get(`/api/v1/proxies/${enc(p.name)}/agent-card`);
-      const c = v.card || {};
-      const caps = c.capabilities || {};
-      box.appendChild(h('dl', { class: 'kv' },
-        h('dt', {}, 'agent'), h('dd', {}, `${c.name || '—'} ${c.version || ''}`),
-        h('dt', {}, 'description'), h('dd', {}, c.description || '—'),
-        h('dt', {}, 'capabilities'), h('dd', {}, `streaming: ${caps.streaming ? 'yes' : 'no'} · push notifications: ${caps.pushNotifications ? 'yes (not relayed)' : 'no'}`),
-        h('dt', {}, 'card check'), h('dd', {}, v.findings.length ? h('span', {}, v.blocked ? badge('refused to clients', 'bad') : badge('alerts', 'medium'), ' ', v.findings.join('; ')) : badge('clean', 'ok'))));
-      const skills = Array.isArray(c.skills) ? c.skills : [];
-      box.appendChild(skills.length ? table([
-        { label: 'Skill', render: (k) => h('code', {}, k.id || '—') },
-        { label: 'Name', render: (k) => k.name || '—' },
-        { label: 'Description', render: (k) => k.description || '—' },
-        { label: 'Tags', render: (k) => (Array.isArray(k.tags) ? k.tags.join(', ') : '—') },
-      ], skills, { caption: `Skills of ${p.name}`, compact: true, rowAttrs: (k) => ({ 'data-skill': k.id || '' }) }) : h('p', { class: 'muted' }, 'The card lists no skills.'));
-    } catch (e) {
-      box.appendChild(h('p', { class: 'form-error', role: 'alert' }, e.message));
-    }
+    const card = h('div', {});
+    box.appendChild(card);
+    await agentCard(ctx, p, card, false);
+  }
+}
+
+// One agent's card: as fetched in the last 15 s, or (an admin's refresh) asked for now.
+async function agentCard(ctx, p, box, refresh) {
+  box.replaceChildren();
+  if (ctx.admin) {
+    box.appendChild(h('p', { class: 'btns' }, h('button', { type: 'button', class: 'btn', 'data-refresh': p.name,
+      onclick: () => agentCard(ctx, p, box, true) }, 'Ask the agent now')));
+  }
+  try {
+    const v = await get(`/api/v1/proxies/${enc(p.name)}/agent-card${refresh ? '?refresh=true' : ''}`);
+    const c = v.card || {};
+    const caps = c.capabilities || {};
+    box.appendChild(h('dl', { class: 'kv' },
+      h('dt', {}, 'agent'), h('dd', {}, `${c.name || '—'} ${c.version || ''}`),
+      h('dt', {}, 'description'), h('dd', {}, c.description || '—'),
+      h('dt', {}, 'capabilities'), h('dd', {}, `streaming: ${caps.streaming ? 'yes' : 'no'} · push notifications: ${caps.pushNotifications ? 'yes (not relayed)' : 'no'}`),
+      h('dt', {}, 'card check'), h('dd', {}, v.findings.length ? h('span', {}, v.blocked ? badge('refused to clients', 'bad') : badge('alerts', 'medium'), ' ', v.findings.join('; ')) : badge('clean', 'ok'))));
+    const skills = Array.isArray(c.skills) ? c.skills : [];
+    box.appendChild(skills.length ? table([
+      { label: 'Skill', render: (k) => h('code', {}, k.id || '—') },
+      { label: 'Name', render: (k) => k.name || '—' },
+      { label: 'Description', render: (k) => k.description || '—' },
+      { label: 'Tags', render: (k) => (Array.isArray(k.tags) ? k.tags.join(', ') : '—') },
+    ], skills, { caption: `Skills of ${p.name}`, compact: true, rowAttrs: (k) => ({ 'data-skill': k.id || '' }) }) : h('p', { class: 'muted' }, 'The card lists no skills.'));
+  } catch (e) {
+    box.appendChild(h('p', { class: 'form-error', role: 'alert' }, e.message));
   }
 }
 

@@ -6,14 +6,14 @@ use axum::http::StatusCode;
 use palisade_core::model::{McpTransport, ProxySpec};
 use palisade_gateway::{ProxyRuntime, ProxyStatus};
 use palisade_store::{Actor, ProxyRow, SealedUpdate};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::json::{SecretChange, ValidJson, parse, take_secret};
+use crate::json::{SecretChange, ValidJson, ValidQuery, parse, take_secret};
 
 /// A proxy as the API shows it: its spec, whether it holds an upstream key, and its run state.
 #[derive(Debug, Serialize, ToSchema)]
@@ -572,18 +572,36 @@ mod origin_tests {
     }
 }
 
-/// A running A2A proxy's agent card, fetched now from the agent with the proxy's credential,
-/// with what the proxy's rules find in it (its skills are what a calling model reads).
+/// Query of [`agent_card`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardQuery {
+    /// Ask the agent now instead of showing a card fetched in the last 15 s (admins only).
+    #[serde(default)]
+    pub refresh: bool,
+}
+
+/// A running A2A proxy's agent card, fetched from the agent with the proxy's credential, with
+/// what the proxy's rules find in it (its skills are what a calling model reads). A card
+/// fetched in the last 15 s is shown again (fetches happen one at a time); an admin may ask for
+/// a fresh one with `?refresh=true`.
 #[utoipa::path(get, path = "/api/v1/proxies/{name}/agent-card", tag = "proxies", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Proxy name")),
+    params(("name" = String, Path, description = "Proxy name"),
+        ("refresh" = Option<bool>, Query, description = "Fetch now (admins only)")),
     responses((status = 200, description = "`card`, `findings`, `blocked`", body = Object),
         (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn agent_card(
     State(s): State<AppState>,
-    _v: Viewer,
+    v: Viewer,
     Path(name): Path<String>,
+    ValidQuery(q): ValidQuery<CardQuery>,
 ) -> ApiResult<Json<palisade_gateway::a2a::CardView>> {
-    match s.manager.agent_card(&name).await {
+    if q.refresh && v.0.role != "admin" {
+        return Err(ApiError::forbidden(
+            "only an admin can have the agent asked now (`refresh`)",
+        ));
+    }
+    match s.manager.agent_card(&name, q.refresh).await {
         None => Err(ApiError::not_found(format!("running A2A proxy `{name}`"))),
         Some(Err(e)) => Err(ApiError::new(
             axum::http::StatusCode::BAD_GATEWAY,

@@ -36,7 +36,8 @@ const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 /// JSON-RPC error codes of the gateway's own refusals (outside the codes A2A assigns).
 mod code {
-    pub const INVALID_REQUEST: i64 = -32600;
+    /// JSON-RPC's own codes, as the MCP gateway answers them.
+    pub use crate::mcp::code::{INVALID_REQUEST, UPSTREAM};
     pub const METHOD_NOT_FOUND: i64 = -32601;
     /// A2A's "push notification not supported".
     pub const PUSH_NOT_SUPPORTED: i64 = -32003;
@@ -44,8 +45,6 @@ mod code {
     pub const TASK_NOT_FOUND: i64 = -32001;
     /// A policy blocked the message or the answer.
     pub const POLICY: i64 = -32050;
-    /// The agent failed, or the gateway could not reach it.
-    pub const UPSTREAM: i64 = -32000;
 }
 
 /// Whether `v`, the value of member `k`, is one of the protocol's labels (`kind: "text"`,

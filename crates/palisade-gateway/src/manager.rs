@@ -215,8 +215,22 @@ pub struct ProxyManager {
     shared: Arc<GatewayShared>,
     running: Mutex<HashMap<String, Running>>,
     failures: std::sync::Mutex<HashMap<String, String>>,
+    /// Agent cards fetched for the admin view, per proxy: when, for which runtime, what came.
+    cards: Mutex<HashMap<String, CardFetch>>,
     drain: Duration,
 }
+
+/// An agent card view fetched for [`ProxyManager::agent_card`].
+struct CardFetch {
+    at: std::time::Instant,
+    /// The runtime it was fetched for (a weak handle: the address is never reused meanwhile).
+    runtime: std::sync::Weak<ProxyRuntime>,
+    view: Result<crate::a2a::CardView, String>,
+}
+
+/// How long an agent card view is shown again before the agent is asked anew: console views
+/// (any viewer's) never make the gateway fetch a card more often than this, per proxy.
+const CARD_VIEW_TTL: Duration = Duration::from_secs(15);
 
 impl ProxyManager {
     /// A manager whose proxies drain for at most `drain` when stopped.
@@ -225,6 +239,7 @@ impl ProxyManager {
             shared,
             running: Mutex::new(HashMap::new()),
             failures: Default::default(),
+            cards: Mutex::new(HashMap::new()),
             drain,
         }
     }
@@ -393,14 +408,40 @@ impl ProxyManager {
         })
     }
 
-    /// A running A2A proxy's agent card, fetched now from its agent with the proxy's
-    /// credential, with what the proxy's rules find in it. `None`: no such running A2A proxy.
-    pub async fn agent_card(&self, name: &str) -> Option<Result<crate::a2a::CardView, String>> {
+    /// A running A2A proxy's agent card, fetched from its agent with the proxy's credential,
+    /// with what the proxy's rules find in it. `None`: no such running A2A proxy. Unless
+    /// `refresh`, a view (or failure) fetched in the last [`CARD_VIEW_TTL`] for the same
+    /// runtime is shown again; fetches happen one at a time: viewers cannot make the gateway
+    /// flood an agent.
+    pub async fn agent_card(
+        &self,
+        name: &str,
+        refresh: bool,
+    ) -> Option<Result<crate::a2a::CardView, String>> {
         let rt = self.running.lock().await.get(name)?.runtime.load_full();
         if rt.spec.kind != palisade_core::model::ProxyKind::A2a {
             return None;
         }
-        Some(crate::a2a::card_view(&self.shared, &rt).await)
+        let runtime = Arc::downgrade(&rt);
+        let mut cards = self.cards.lock().await;
+        if !refresh
+            && let Some(c) = cards.get(name)
+            && c.runtime.ptr_eq(&runtime)
+            && c.at.elapsed() < CARD_VIEW_TTL
+        {
+            return Some(c.view.clone());
+        }
+        let view = crate::a2a::card_view(&self.shared, &rt).await;
+        cards.retain(|_, c| c.at.elapsed() < CARD_VIEW_TTL);
+        cards.insert(
+            name.to_string(),
+            CardFetch {
+                at: std::time::Instant::now(),
+                runtime,
+                view: view.clone(),
+            },
+        );
+        Some(view)
     }
 
     /// The policy memo of every running proxy with policies (name order). Proxies with the same

@@ -464,12 +464,53 @@ async fn a_poisoned_agent_card_is_refused_and_monitor_mode_only_alerts() {
         .send()
         .await
         .unwrap();
+    // A view within 15 s shows the card fetched before (viewers cannot make the gateway ask the
+    // agent on every page view); an admin's refresh asks now.
     let (_, v) = enforce.get("/api/v1/proxies/agents/agent-card").await;
+    assert_eq!(v["blocked"], false, "{v}");
+    let (st, v) = enforce
+        .get("/api/v1/proxies/agents/agent-card?refresh=true")
+        .await;
+    assert_eq!(st, 200, "{v}");
     assert_eq!(v["blocked"], true, "{v}");
     assert!(
         v["findings"].to_string().contains("mcp-advanced-security/"),
         "{v}"
     );
+    let (st, v) = enforce
+        .get("/api/v1/proxies/agents/agent-card?refresh=maybe")
+        .await;
+    assert_eq!(st, 400, "{v}");
+    // A viewer sees the cached view but cannot have the agent asked.
+    let (s, v) = enforce
+        .post(
+            "/api/v1/users",
+            json!({"username": "vera", "password": "viewer-password-0001", "role": "viewer", "must_change_password": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let login: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/auth/login", enforce.admin))
+        .json(&json!({"username": "vera", "password": "viewer-password-0001"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap();
+    for (query, status) in [("", 200), ("?refresh=true", 403)] {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/proxies/agents/agent-card{query}",
+                enforce.admin
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{query}");
+    }
     let r = reqwest::Client::new()
         .get(format!("{base}/.well-known/agent-card.json"))
         .bearer_auth(CI_KEY)
