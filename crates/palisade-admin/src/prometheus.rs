@@ -338,19 +338,19 @@ fn memo_series(out: &mut String, memos: &[(String, palisade_policy::MemoStats)])
         (
             "palisade_policy_memo_hits_total",
             "counter",
-            "Texts answered from the policy memo (the same caller sent them lately).",
+            "Texts answered from the policy memo (the same key sent them lately); proxies with the same policies share one memo and show the same value: do not sum across them.",
             |m| m.hits,
         ),
         (
             "palisade_policy_memo_misses_total",
             "counter",
-            "Texts the policies scanned (new to the caller, or too short or long to keep).",
+            "Texts the policies scanned (new to the key, or too short or long to keep); shared like the hits.",
             |m| m.misses,
         ),
         (
             "palisade_policy_memo_bytes",
             "gauge",
-            "Bytes the policy memo holds (shared by proxies with the same policies).",
+            "Bytes the policy memo holds; shared like the hits.",
             |m| m.bytes as u64,
         ),
     ];

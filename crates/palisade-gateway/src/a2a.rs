@@ -946,7 +946,7 @@ impl StreamCheck {
                     text.push_str(&text_of(x));
                 }
             }
-            let mut blocks = findings.scan_answer(insp, Target::A2aMessage, &text);
+            let mut blocks = findings.scan_stream(insp, Target::A2aMessage, &text);
             // The text of the parts, joined to what came before as a client joins appended
             // chunks: a value or an instruction split across events is read whole.
             let mut content = String::new();
@@ -974,7 +974,7 @@ impl StreamCheck {
                     .filter(|(r, _)| !alone.contains(r))
                     .collect();
                 if !crossing.is_empty() {
-                    blocks |= findings.scan_answer(insp, Target::A2aMessage, &joined);
+                    blocks |= findings.scan_stream(insp, Target::A2aMessage, &joined);
                     // A value a `redact` rule masks cannot be masked once half of it has gone:
                     // the stream ends instead.
                     split = crossing.iter().any(|(_, a)| {

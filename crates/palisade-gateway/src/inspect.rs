@@ -118,6 +118,15 @@ impl Findings {
         self.scan_in(insp, target, text, true)
     }
 
+    /// Scans a window of a streamed answer: like [`Findings::scan_answer`], but never through
+    /// the memo (each window is new text; remembering them would only push out what repeats).
+    pub fn scan_stream(&mut self, insp: &Inspector, target: Target, text: &str) -> bool {
+        let scope = self.scope.take();
+        let blocks = self.scan_in(insp, target, text, true);
+        self.scope = scope;
+        blocks
+    }
+
     fn scan_in(&mut self, insp: &Inspector, target: Target, text: &str, answer: bool) -> bool {
         if text.is_empty() {
             return false;
@@ -796,7 +805,7 @@ impl StreamGuard {
         if self.unscanned > 0 {
             self.unscanned = 0;
             self.findings
-                .scan_answer(&self.insp, Target::LlmResponse, &self.window);
+                .scan_stream(&self.insp, Target::LlmResponse, &self.window);
         }
     }
 
@@ -819,7 +828,7 @@ impl StreamGuard {
         self.unscanned = 0;
         let blocks = self
             .findings
-            .scan_answer(&self.insp, Target::LlmResponse, &self.window);
+            .scan_stream(&self.insp, Target::LlmResponse, &self.window);
         if self.window.len() > WINDOW {
             let mut cut = self.window.len() - WINDOW;
             while !self.window.is_char_boundary(cut) {
@@ -963,6 +972,30 @@ mod tests {
         .unwrap();
         let set = Arc::new(PolicySet::compile(&[policy]).unwrap());
         StreamGuard::new(Inspector::new(set, mode), Findings::default())
+    }
+
+    #[test]
+    fn stream_windows_are_not_remembered_but_the_callers_other_texts_are() {
+        let mut g = guard("block", PolicyMode::Enforce);
+        g.findings.set_caller("key-1");
+        let set = g.insp.set.clone();
+        for _ in 0..3 {
+            assert!(!g.check("a long stretch of ordinary streamed answer text, "));
+        }
+        assert_eq!(set.memo_stats(), Default::default());
+        let mut f = g.into_findings();
+        let text = "an answer of more than thirty-two bytes, buffered";
+        f.scan_answer(
+            &Inspector::new(set.clone(), PolicyMode::Enforce),
+            Target::LlmResponse,
+            text,
+        );
+        f.scan_answer(
+            &Inspector::new(set.clone(), PolicyMode::Enforce),
+            Target::LlmResponse,
+            text,
+        );
+        assert_eq!((set.memo_stats().hits, set.memo_stats().misses), (1, 1));
     }
 
     #[test]

@@ -215,8 +215,9 @@ pub struct ProxyManager {
     shared: Arc<GatewayShared>,
     running: Mutex<HashMap<String, Running>>,
     failures: std::sync::Mutex<HashMap<String, String>>,
-    /// Agent cards fetched for the admin view, per proxy: when, for which runtime, what came.
-    cards: Mutex<HashMap<String, CardFetch>>,
+    /// Agent cards fetched for the admin view, per proxy: when, for which runtime, what came
+    /// (each proxy's behind its own lock, so a slow agent holds up only its own views).
+    cards: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<CardFetch>>>>>,
     drain: Duration,
 }
 
@@ -231,6 +232,8 @@ struct CardFetch {
 /// How long an agent card view is shown again before the agent is asked anew: console views
 /// (any viewer's) never make the gateway fetch a card more often than this, per proxy.
 const CARD_VIEW_TTL: Duration = Duration::from_secs(15);
+/// Longest a card fetch for the admin view may take, body included.
+const CARD_VIEW_DEADLINE: Duration = Duration::from_secs(10);
 
 impl ProxyManager {
     /// A manager whose proxies drain for at most `drain` when stopped.
@@ -239,7 +242,7 @@ impl ProxyManager {
             shared,
             running: Mutex::new(HashMap::new()),
             failures: Default::default(),
-            cards: Mutex::new(HashMap::new()),
+            cards: Default::default(),
             drain,
         }
     }
@@ -423,24 +426,38 @@ impl ProxyManager {
             return None;
         }
         let runtime = Arc::downgrade(&rt);
-        let mut cards = self.cards.lock().await;
+        let slot = {
+            let mut cards = self.cards.lock().unwrap_or_else(|p| p.into_inner());
+            // Proxies no longer running leave nothing behind.
+            cards.retain(|_, c| {
+                Arc::strong_count(c) > 1
+                    || c.try_lock()
+                        .is_ok_and(|c| c.as_ref().is_some_and(|c| c.runtime.strong_count() > 0))
+            });
+            cards.entry(name.to_string()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
         if !refresh
-            && let Some(c) = cards.get(name)
+            && let Some(c) = slot.as_ref()
             && c.runtime.ptr_eq(&runtime)
             && c.at.elapsed() < CARD_VIEW_TTL
         {
             return Some(c.view.clone());
         }
-        let view = crate::a2a::card_view(&self.shared, &rt).await;
-        cards.retain(|_, c| c.at.elapsed() < CARD_VIEW_TTL);
-        cards.insert(
-            name.to_string(),
-            CardFetch {
-                at: std::time::Instant::now(),
-                runtime,
-                view: view.clone(),
-            },
-        );
+        let deadline = CARD_VIEW_DEADLINE.min(Duration::from_secs(rt.spec.upstream_timeout_secs));
+        let view = tokio::time::timeout(deadline, crate::a2a::card_view(&self.shared, &rt))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the agent did not send its card within {} s",
+                    deadline.as_secs()
+                ))
+            });
+        *slot = Some(CardFetch {
+            at: std::time::Instant::now(),
+            runtime,
+            view: view.clone(),
+        });
         Some(view)
     }
 

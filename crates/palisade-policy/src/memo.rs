@@ -28,8 +28,10 @@ use crate::model::Target;
 pub const DEFAULT_MEMO_BYTES: usize = 4 << 20;
 /// Shorter texts are scanned each time.
 pub const MIN_TEXT: usize = 32;
-/// What one entry costs besides its text and result (map slot, boxes, counters).
-const ENTRY_OVERHEAD: usize = 96;
+/// What one entry costs besides its text and result: its map slot at the map's lowest fill
+/// (a power-of-two table at most 7/8 full: up to ~2.3 slots per entry), the boxes' headers and
+/// rounding.
+const ENTRY_OVERHEAD: usize = 3 * std::mem::size_of::<(u64, Entry)>() + 64;
 
 /// Whose texts a result belongs to (the gateway: one API key). Made with [`Scope::of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,14 +56,17 @@ pub(crate) enum Memo {
 }
 
 impl Memo {
+    /// Heap bytes of the result (allocated capacities, and the `Arc`'s own block).
     fn bytes(&self) -> usize {
         match self {
-            Memo::Eval(ev) => ev
-                .matches
-                .iter()
-                .map(|m| m.excerpt.len() + 160)
-                .sum::<usize>(),
-            Memo::Hits(h) => h.len() * 24,
+            Memo::Eval(ev) => {
+                64 + ev.matches.capacity() * std::mem::size_of::<crate::RuleMatch>()
+                    + ev.matches
+                        .iter()
+                        .map(|m| m.excerpt.capacity())
+                        .sum::<usize>()
+            }
+            Memo::Hits(h) => 32 + std::mem::size_of_val(&**h),
         }
     }
 }
@@ -107,6 +112,7 @@ struct Generations {
     newer: Map,
     older: Map,
     newer_bytes: usize,
+    older_bytes: usize,
 }
 
 /// Hits and misses of a memo since its set was compiled.
@@ -177,6 +183,7 @@ impl MemoCache {
         }
         if g.older.get(&key).is_some_and(same) {
             let e = g.older.remove(&key).expect("entry just seen");
+            g.older_bytes -= e.cost;
             let memo = e.memo.clone();
             let dropped = self.insert(&mut g, key, e);
             drop(g);
@@ -215,28 +222,32 @@ impl MemoCache {
         drop(dropped);
     }
 
-    /// Adds `e` to the newer generation; when that is full it becomes the older one, and the
-    /// generation it replaces is returned, to be freed outside the lock.
+    /// Adds `e` to the newer generation. When it would not fit there (half the budget), the
+    /// newer becomes the older first, and the generation it replaces is returned, to be freed
+    /// outside the lock: each generation holds at most half the budget.
     fn insert(&self, g: &mut Generations, key: u64, e: Entry) -> Option<Map> {
+        let mut dropped = None;
+        if g.newer_bytes + e.cost > self.budget / 2 {
+            let newer = std::mem::take(&mut g.newer);
+            g.older_bytes = std::mem::replace(&mut g.newer_bytes, 0);
+            dropped = Some(std::mem::replace(&mut g.older, newer));
+            if let Some(old) = g.older.remove(&key) {
+                g.older_bytes -= old.cost;
+            }
+        }
         g.newer_bytes += e.cost;
         if let Some(old) = g.newer.insert(key, e) {
             g.newer_bytes -= old.cost;
         }
-        if g.newer_bytes <= self.budget / 2 {
-            return None;
-        }
-        g.newer_bytes = 0;
-        let newer = std::mem::take(&mut g.newer);
-        Some(std::mem::replace(&mut g.older, newer))
+        dropped
     }
 
     pub(crate) fn stats(&self) -> MemoStats {
         let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        let older: usize = g.older.values().map(|e| e.cost).sum();
         MemoStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
-            bytes: g.newer_bytes + older,
+            bytes: g.newer_bytes + g.older_bytes,
         }
     }
 }
@@ -351,6 +362,18 @@ mod tests {
             ask(t);
             assert!(ask(hot), "a text in use stays");
             assert!(memo.stats().bytes <= 64 << 10, "{:?}", memo.stats());
+        }
+        // What the memo counts is what it holds.
+        {
+            let g = memo.gens.lock().unwrap();
+            let held: usize = g
+                .newer
+                .values()
+                .chain(g.older.values())
+                .map(|e| e.cost)
+                .sum();
+            assert_eq!(held, g.newer_bytes + g.older_bytes);
+            assert!(g.newer_bytes <= 32 << 10 && g.older_bytes <= 32 << 10);
         }
         // The oldest texts were dropped, the latest are there.
         assert!(!ask(&texts[0]));
