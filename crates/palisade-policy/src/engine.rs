@@ -151,12 +151,22 @@ impl StateCredit {
 
     /// Whether `text` went over its budget before (then it may draw on the credit); remembers
     /// it otherwise. The unlimited test credit lets every text draw.
+    ///
+    /// Texts that differ only in their numbers count as the same text: a templated prompt (the
+    /// same words around an order number, an amount, a date) comes back with other digits on
+    /// every request, and the states its words need are the same each time, so building them
+    /// pays off. (A pattern's digit classes make a number's own states few and shared.)
     fn seen_before(&self, text: &str) -> bool {
         if !self.repeats_only {
             return true;
         }
         let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(text, &mut h);
+        for words in text.split(|c: char| c.is_ascii_digit()) {
+            if !words.is_empty() {
+                std::hash::Hasher::write(&mut h, words.as_bytes());
+                std::hash::Hasher::write_u8(&mut h, 0xff);
+            }
+        }
         let fp = std::hash::Hasher::finish(&h);
         let mut g = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         if g.0.contains(&fp) {
@@ -2180,9 +2190,23 @@ mod tests {
         assert!(!credit.seen_before("a one-off prompt"));
         assert!(credit.seen_before("a one-off prompt"));
         assert!(!credit.seen_before("another prompt"));
+        // The same words with other numbers count as seen.
+        assert!(!credit.seen_before("order 1234 of 2026-11-28: where is it?"));
+        assert!(credit.seen_before("order 98 of 2027-01-03: where is it?"));
+        assert!(!credit.seen_before("order 98 of 2027-01-03: where was it?"));
         // The ring forgets the oldest fingerprints once full.
+        let word = |mut i: usize| {
+            let mut w = String::from("filler ");
+            loop {
+                w.push(char::from(b'a' + (i % 26) as u8));
+                i /= 26;
+                if i == 0 {
+                    return w;
+                }
+            }
+        };
         for i in 0..SET_STATE_RECENT {
-            assert!(!credit.seen_before(&format!("filler {i}")));
+            assert!(!credit.seen_before(&word(i)));
         }
         assert!(!credit.seen_before("a one-off prompt"));
         // One unit may spend at most its share of the credit.
