@@ -28,6 +28,15 @@ struct Bucket {
     at_ms: i64,
 }
 
+/// One limit a request must pass: its bucket, the limit per minute, what the request takes
+/// (0: only checked, as for tokens charged later), and what to tell the client.
+struct Check {
+    scope: String,
+    limit: u32,
+    take: f64,
+    what: String,
+}
+
 /// Per-minute limits keyed by scope (`k:<key id>`, `g:<group>`, `t…` for tokens).
 #[derive(Default)]
 pub struct RateLimiter {
@@ -62,6 +71,35 @@ impl RateLimiter {
             let missing = need - b.tokens;
             Err(((missing * 60.0 / limit).ceil() as u64).max(1))
         }
+    }
+
+    /// [`RateLimiter::acquire`] for several buckets at once, all or nothing: the first that
+    /// refuses (in order) is the answer, and then none is taken from — a request refused by one
+    /// limit does not use up the others. Returns the refusing check's index and its wait.
+    fn acquire_all(&self, checks: &[Check], now: i64) -> Result<(), (usize, u64)> {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, b| now - b.at_ms < 120_000);
+        }
+        for (i, c) in checks.iter().enumerate() {
+            let limit = f64::from(c.limit);
+            let b = map.entry(c.scope.clone()).or_insert(Bucket {
+                tokens: limit,
+                at_ms: now,
+            });
+            Self::refill(b, limit, now);
+            let need = c.take.max(f64::MIN_POSITIVE);
+            if b.tokens < need {
+                let missing = need - b.tokens;
+                return Err((i, ((missing * 60.0 / limit).ceil() as u64).max(1)));
+            }
+        }
+        for c in checks {
+            if let Some(b) = map.get_mut(&c.scope) {
+                b.tokens -= c.take;
+            }
+        }
+        Ok(())
     }
 
     /// Charges units after the fact (tokens); the balance may go negative and then refuses.
@@ -236,16 +274,13 @@ impl Accounting {
                 spec.allowed_groups.join(", ")
             )));
         }
-        let out = self.admit(key, &spec.name, alert, rec)?;
-        if let Some(rpm) = spec.requests_per_minute {
-            self.limiter
-                .acquire(&format!("p:{}", spec.name), rpm, 1.0, (self.clock)())
-                .map_err(|s| ProxyError::RateLimited {
-                    retry_after: s,
-                    what: format!("proxy `{}`: {rpm} requests per minute", spec.name),
-                })?;
-        }
-        Ok(out)
+        let proxy_rpm = spec.requests_per_minute.map(|rpm| Check {
+            scope: format!("p:{}", spec.name),
+            limit: rpm,
+            take: 1.0,
+            what: format!("proxy `{}`: {rpm} requests per minute", spec.name),
+        });
+        self.admit_with(key, &spec.name, proxy_rpm, alert, rec)
     }
 
     /// Admits a request of `key` on `proxy`: its allowed proxies, its group's budget, and the
@@ -254,6 +289,19 @@ impl Accounting {
         &self,
         key: &KeyInfo,
         proxy: &str,
+        alert: &dyn Fn(AlertRecord),
+        rec: &RequestRecord,
+    ) -> Result<Admission, ProxyError> {
+        self.admit_with(key, proxy, None, alert, rec)
+    }
+
+    /// [`Accounting::admit`] with one more limit (the proxy's own rate), taken with the
+    /// others, all or nothing.
+    fn admit_with(
+        &self,
+        key: &KeyInfo,
+        proxy: &str,
+        extra: Option<Check>,
         alert: &dyn Fn(AlertRecord),
         rec: &RequestRecord,
     ) -> Result<Admission, ProxyError> {
@@ -286,37 +334,48 @@ impl Accounting {
                 }
             }
         }
+        let mut checks: Vec<Check> = Vec::new();
         if let Some(rpm) = key.rpm {
-            self.limiter
-                .acquire(&format!("k:{}", key.id), rpm, 1.0, now)
-                .map_err(|s| ProxyError::RateLimited {
-                    retry_after: s,
-                    what: format!("key `{}`: {rpm} requests per minute", key.name),
-                })?;
+            checks.push(Check {
+                scope: format!("k:{}", key.id),
+                limit: rpm,
+                take: 1.0,
+                what: format!("key `{}`: {rpm} requests per minute", key.name),
+            });
         }
         if let Some(tpm) = key.tpm {
-            self.limiter
-                .acquire(&format!("t:{}", key.id), tpm, 0.0, now)
-                .map_err(|s| ProxyError::RateLimited {
-                    retry_after: s,
-                    what: format!("key `{}`: {tpm} tokens per minute", key.name),
-                })?;
+            checks.push(Check {
+                scope: format!("t:{}", key.id),
+                limit: tpm,
+                take: 0.0,
+                what: format!("key `{}`: {tpm} tokens per minute", key.name),
+            });
         }
-        let Some(g) = group else { return Ok(out) };
-        if let Some(rpm) = g.group_rpm {
-            self.limiter
-                .acquire(&format!("g:{}", g.name), rpm, 1.0, now)
-                .map_err(|s| ProxyError::RateLimited {
-                    retry_after: s,
+        if let Some(g) = group {
+            if let Some(rpm) = g.group_rpm {
+                checks.push(Check {
+                    scope: format!("g:{}", g.name),
+                    limit: rpm,
+                    take: 1.0,
                     what: format!("group `{}`: {rpm} requests per minute", g.name),
-                })?;
-        }
-        if let Some(tpm) = g.group_tpm {
-            self.limiter
-                .acquire(&format!("gt:{}", g.name), tpm, 0.0, now)
-                .map_err(|s| ProxyError::RateLimited {
-                    retry_after: s,
+                });
+            }
+            if let Some(tpm) = g.group_tpm {
+                checks.push(Check {
+                    scope: format!("gt:{}", g.name),
+                    limit: tpm,
+                    take: 0.0,
                     what: format!("group `{}`: {tpm} tokens per minute", g.name),
+                });
+            }
+        }
+        checks.extend(extra);
+        if !checks.is_empty() {
+            self.limiter
+                .acquire_all(&checks, now)
+                .map_err(|(i, s)| ProxyError::RateLimited {
+                    retry_after: s,
+                    what: std::mem::take(&mut checks[i].what),
                 })?;
         }
         Ok(out)
@@ -572,6 +631,36 @@ mod tests {
             ..key(Some(3))
         };
         acc.admit(&other, "p", &|_| {}, &rec).unwrap();
+    }
+
+    #[test]
+    fn a_request_refused_by_one_limit_uses_up_none_of_the_others() {
+        let acc = Accounting {
+            clock: Arc::new(|| 1_000_000),
+            ..Default::default()
+        };
+        let spec = |name: &str, rpm: Option<u32>| -> palisade_core::model::ProxySpec {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "kind": "llm", "listen": "127.0.0.1:0",
+                "upstream": "http://127.0.0.1:9", "requests_per_minute": rpm
+            }))
+            .unwrap()
+        };
+        let (limited, open) = (spec("limited", Some(1)), spec("open", None));
+        let rec = RequestRecord::default();
+        // The key may make two requests a minute, the proxy `limited` take one.
+        acc.admit_on(&key(Some(2)), &limited, &|_| {}, &rec)
+            .unwrap();
+        match acc.admit_on(&key(Some(2)), &limited, &|_| {}, &rec) {
+            Err(ProxyError::RateLimited { what, .. }) => assert!(what.contains("proxy"), "{what}"),
+            other => panic!("expected the proxy's 429, got {other:?}"),
+        }
+        // The refused request did not take the key's second request.
+        acc.admit_on(&key(Some(2)), &open, &|_| {}, &rec).unwrap();
+        match acc.admit_on(&key(Some(2)), &open, &|_| {}, &rec) {
+            Err(ProxyError::RateLimited { what, .. }) => assert!(what.contains("key"), "{what}"),
+            other => panic!("expected the key's 429, got {other:?}"),
+        }
     }
 
     #[test]
