@@ -29,12 +29,43 @@ struct Bucket {
 }
 
 /// One limit a request must pass: its bucket, the limit per minute, what the request takes
-/// (0: only checked, as for tokens charged later), and what to tell the client.
-struct Check {
+/// (0: only checked, as for tokens charged later), and whose limit it is (for the client's
+/// message, written only when it refuses).
+struct Check<'a> {
     scope: String,
     limit: u32,
     take: f64,
-    what: String,
+    owner: (&'static str, &'a str),
+}
+
+impl<'a> Check<'a> {
+    /// The check of `limit` (none: nothing to check) on bucket `prefix:name`; a requests limit
+    /// takes one, a tokens limit only checks.
+    fn of(
+        limit: Option<u32>,
+        prefix: &str,
+        id: &str,
+        owner: (&'static str, &'a str),
+        tokens: bool,
+    ) -> Option<Check<'a>> {
+        Some(Check {
+            scope: format!("{prefix}:{id}"),
+            limit: limit?,
+            take: if tokens { 0.0 } else { 1.0 },
+            owner,
+        })
+    }
+
+    /// What the client is told when this limit refuses.
+    fn refusal(&self) -> String {
+        let unit = if self.take == 0.0 {
+            "tokens"
+        } else {
+            "requests"
+        };
+        let (kind, name) = self.owner;
+        format!("{kind} `{name}`: {} {unit} per minute", self.limit)
+    }
 }
 
 /// Per-minute limits keyed by scope (`k:<key id>`, `g:<group>`, `t…` for tokens).
@@ -274,12 +305,13 @@ impl Accounting {
                 spec.allowed_groups.join(", ")
             )));
         }
-        let proxy_rpm = spec.requests_per_minute.map(|rpm| Check {
-            scope: format!("p:{}", spec.name),
-            limit: rpm,
-            take: 1.0,
-            what: format!("proxy `{}`: {rpm} requests per minute", spec.name),
-        });
+        let proxy_rpm = Check::of(
+            spec.requests_per_minute,
+            "p",
+            &spec.name,
+            ("proxy", &spec.name),
+            false,
+        );
         self.admit_with(key, &spec.name, proxy_rpm, alert, rec)
     }
 
@@ -301,7 +333,7 @@ impl Accounting {
         &self,
         key: &KeyInfo,
         proxy: &str,
-        extra: Option<Check>,
+        extra: Option<Check<'_>>,
         alert: &dyn Fn(AlertRecord),
         rec: &RequestRecord,
     ) -> Result<Admission, ProxyError> {
@@ -334,40 +366,28 @@ impl Accounting {
                 }
             }
         }
-        let mut checks: Vec<Check> = Vec::new();
-        if let Some(rpm) = key.rpm {
-            checks.push(Check {
-                scope: format!("k:{}", key.id),
-                limit: rpm,
-                take: 1.0,
-                what: format!("key `{}`: {rpm} requests per minute", key.name),
-            });
-        }
-        if let Some(tpm) = key.tpm {
-            checks.push(Check {
-                scope: format!("t:{}", key.id),
-                limit: tpm,
-                take: 0.0,
-                what: format!("key `{}`: {tpm} tokens per minute", key.name),
-            });
-        }
+        let mut checks: Vec<Check> = [
+            Check::of(key.rpm, "k", &key.id, ("key", &key.name), false),
+            Check::of(key.tpm, "t", &key.id, ("key", &key.name), true),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if let Some(g) = group {
-            if let Some(rpm) = g.group_rpm {
-                checks.push(Check {
-                    scope: format!("g:{}", g.name),
-                    limit: rpm,
-                    take: 1.0,
-                    what: format!("group `{}`: {rpm} requests per minute", g.name),
-                });
-            }
-            if let Some(tpm) = g.group_tpm {
-                checks.push(Check {
-                    scope: format!("gt:{}", g.name),
-                    limit: tpm,
-                    take: 0.0,
-                    what: format!("group `{}`: {tpm} tokens per minute", g.name),
-                });
-            }
+            checks.extend(Check::of(
+                g.group_rpm,
+                "g",
+                &g.name,
+                ("group", &g.name),
+                false,
+            ));
+            checks.extend(Check::of(
+                g.group_tpm,
+                "gt",
+                &g.name,
+                ("group", &g.name),
+                true,
+            ));
         }
         checks.extend(extra);
         if !checks.is_empty() {
@@ -375,7 +395,7 @@ impl Accounting {
                 .acquire_all(&checks, now)
                 .map_err(|(i, s)| ProxyError::RateLimited {
                     retry_after: s,
-                    what: std::mem::take(&mut checks[i].what),
+                    what: checks[i].refusal(),
                 })?;
         }
         Ok(out)

@@ -421,21 +421,18 @@ impl ProxyManager {
         name: &str,
         refresh: bool,
     ) -> Option<Result<crate::a2a::CardView, String>> {
-        let rt = self.running.lock().await.get(name)?.runtime.load_full();
-        if rt.spec.kind != palisade_core::model::ProxyKind::A2a {
-            return None;
-        }
-        let runtime = Arc::downgrade(&rt);
-        let slot = {
+        let (rt, slot) = {
+            let running = self.running.lock().await;
+            let rt = running.get(name)?.runtime.load_full();
+            if rt.spec.kind != palisade_core::model::ProxyKind::A2a {
+                return None;
+            }
             let mut cards = self.cards.lock().unwrap_or_else(|p| p.into_inner());
             // Proxies no longer running leave nothing behind.
-            cards.retain(|_, c| {
-                Arc::strong_count(c) > 1
-                    || c.try_lock()
-                        .is_ok_and(|c| c.as_ref().is_some_and(|c| c.runtime.strong_count() > 0))
-            });
-            cards.entry(name.to_string()).or_default().clone()
+            cards.retain(|n, _| running.contains_key(n));
+            (rt, cards.entry(name.to_string()).or_default().clone())
         };
+        let runtime = Arc::downgrade(&rt);
         let mut slot = slot.lock().await;
         if !refresh
             && let Some(c) = slot.as_ref()

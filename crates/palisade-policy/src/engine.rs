@@ -870,11 +870,6 @@ impl<'a> From<&'a Arc<PolicySet>> for Scoped<'a> {
 }
 
 impl<'a> Scoped<'a> {
-    /// The set itself.
-    pub fn set(&self) -> &'a PolicySet {
-        self.set
-    }
-
     /// [`PolicySet::evaluate`], remembered for the scope.
     pub fn evaluate(&self, target: Target, text: &str) -> Evaluation {
         match self.scope {

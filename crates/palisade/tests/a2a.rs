@@ -489,23 +489,14 @@ async fn a_poisoned_agent_card_is_refused_and_monitor_mode_only_alerts() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    let login: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/auth/login", enforce.admin))
-        .json(&json!({"username": "vera", "password": "viewer-password-0001"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap();
+    let token = enforce.login("vera", "viewer-password-0001").await;
     for (query, status) in [("", 200), ("?refresh=true", 403)] {
         let r = reqwest::Client::new()
             .get(format!(
                 "{}/api/v1/proxies/agents/agent-card{query}",
                 enforce.admin
             ))
-            .bearer_auth(token)
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap();

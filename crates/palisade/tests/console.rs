@@ -70,17 +70,7 @@ async fn viewer(gw: &Gateway) -> String {
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["role"], "viewer");
     assert!(v.get("password_hash").is_none());
-    let login: Value = gw
-        .http
-        .post(format!("{}/api/v1/auth/login", gw.admin))
-        .json(&json!({"username": "vera", "password": VIEWER_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    login["token"].as_str().unwrap().to_string()
+    gw.login("vera", VIEWER_PASSWORD).await
 }
 
 #[tokio::test]

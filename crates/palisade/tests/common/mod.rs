@@ -143,16 +143,7 @@ impl Gateway {
         let proc = Proc::spawn(cmd);
         let admin = proc.wait_for("admin API listening on");
         let http = reqwest::Client::new();
-        let login: Value = http
-            .post(format!("{admin}/api/v1/auth/login"))
-            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["token"].as_str().expect("token").to_string();
+        let token = login(&http, &admin, "admin", ADMIN_PASSWORD).await;
         Self {
             proc,
             admin,
@@ -160,6 +151,12 @@ impl Gateway {
             token,
             http,
         }
+    }
+
+    /// Signs `username` in; returns their API token.
+    #[allow(dead_code)]
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        login(&self.http, &self.admin, username, password).await
     }
 
     pub async fn api(
@@ -230,6 +227,20 @@ impl Gateway {
 }
 
 /// A config with one OpenAI-shaped and one Anthropic-shaped proxy in front of `upstream`.
+/// Signs a user in at the admin API `admin`; returns the token.
+async fn login(http: &reqwest::Client, admin: &str, username: &str, password: &str) -> String {
+    let login: Value = http
+        .post(format!("{admin}/api/v1/auth/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    login["token"].as_str().expect("token").to_string()
+}
+
 pub fn config_for(upstream: &str) -> String {
     format!(
         r#"
