@@ -308,9 +308,7 @@ async fn serve(
             "the path must not hold `.` or `..` segments, `//` or a query",
         ));
     }
-    if parts.method == Method::GET
-        && (path == "/.well-known/agent-card.json" || path == "/.well-known/agent.json")
-    {
+    if parts.method == Method::GET && (path == CARD || path == OLD_CARD) {
         rec.endpoint = "agent-card".into();
         return agent_card(shared, rt, &parts.headers, path, rec, findings, t0).await;
     }
@@ -320,6 +318,31 @@ async fn serve(
             &Value::Null,
             code::INVALID_REQUEST,
             "use POST for JSON-RPC, or GET /.well-known/agent-card.json",
+        ));
+    }
+    // Only the JSON-RPC interfaces the agent's card names are relayed to: the agent's other
+    // routes (an admin API, another binding) are not the proxy's to reach with its credential.
+    let served = rt.a2a_paths.paths(shared, rt).await.map_err(|e| {
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            &Value::Null,
+            code::UPSTREAM,
+            &format!("the agent's JSON-RPC paths are unknown: its card could not be read ({e})"),
+        )
+    })?;
+    if !served.iter().any(|p| same_path(p, path)) {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            &Value::Null,
+            code::INVALID_REQUEST,
+            &if served.is_empty() {
+                "the agent's card names no JSON-RPC interface".to_string()
+            } else {
+                format!(
+                    "the agent takes JSON-RPC at {} (its card's interfaces), not at this path",
+                    served.join(", ")
+                )
+            },
         ));
     }
     let (bytes, _held) = read_body(rt, &parts.headers, body).await?;
@@ -1102,6 +1125,22 @@ async fn fetch_card(
             ),
         ));
     }
+    // A card is JSON: a page served instead (a login wall, an error page that parses) is not
+    // taken for one.
+    let ct = up
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !is_json_type(ct) {
+        return Err((
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the agent served its card as `{}`, not as JSON",
+                ct.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
     crate::json::parse(&bytes)
         .ok()
         .filter(Value::is_object)
@@ -1110,6 +1149,124 @@ async fn fetch_card(
             "the agent's card is not a JSON object".into(),
         ))
 }
+
+/// `application/json`, or a JSON media type of its own (`application/…+json`).
+fn is_json_type(ct: &str) -> bool {
+    let t = ct.split(';').next().unwrap_or("").trim();
+    is_json(t)
+        || t.len() > 5
+            && t[..t.len() - 5]
+                .to_ascii_lowercase()
+                .starts_with("application/")
+            && t[t.len() - 5..].eq_ignore_ascii_case("+json")
+}
+
+/// Whether two URL paths are the same route (a trailing `/` aside).
+fn same_path(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// The path of an interface URL (`/` when it has none or does not parse).
+fn path_of(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .map(|u| u.path().to_string())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/".into())
+}
+
+/// Whether an interface entry of a card is a JSON-RPC one (no binding named: JSON-RPC, the
+/// protocol's default).
+fn is_jsonrpc(i: &Value) -> bool {
+    i.get("transport")
+        .or_else(|| i.get("protocolBinding"))
+        .and_then(Value::as_str)
+        .is_none_or(|t| t.eq_ignore_ascii_case("JSONRPC"))
+}
+
+/// The paths of a card's JSON-RPC interfaces: its `url` and those of its JSON-RPC entries in
+/// `additionalInterfaces` (0.3) and `supportedInterfaces` (1.0).
+fn jsonrpc_paths(card: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let urls = card.get("url").and_then(Value::as_str).into_iter().chain(
+        ["additionalInterfaces", "supportedInterfaces"]
+            .into_iter()
+            .filter_map(|list| card.get(list).and_then(Value::as_array))
+            .flatten()
+            .filter(|i| is_jsonrpc(i))
+            .filter_map(|i| i.get("url").and_then(Value::as_str)),
+    );
+    for url in urls {
+        let p = path_of(url);
+        if !out.iter().any(|q| same_path(q, &p)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// How long the paths read from an agent's card are used before the card is read again.
+const PATHS_FRESH: Duration = Duration::from_secs(60);
+/// How long a card that could not be read is not asked for again.
+const PATHS_FAILED: Duration = Duration::from_secs(2);
+
+/// An agent's JSON-RPC paths, or why its card could not be read.
+type Paths = Result<Arc<[String]>, String>;
+
+/// The paths an A2A proxy relays POSTs to, from its agent's card: learned when a client is
+/// served the card, else read (one fetch at a time) when a POST finds them unknown or older
+/// than [`PATHS_FRESH`].
+#[derive(Default)]
+pub(crate) struct Interfaces {
+    known: std::sync::RwLock<Option<(Instant, Paths)>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Interfaces {
+    fn fresh(&self) -> Option<Paths> {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        let (at, paths) = known.as_ref()?;
+        let ttl = if paths.is_ok() {
+            PATHS_FRESH
+        } else {
+            PATHS_FAILED
+        };
+        (at.elapsed() < ttl).then(|| paths.clone())
+    }
+
+    fn set(&self, paths: Paths) {
+        *self.known.write().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), paths));
+    }
+
+    /// Takes the paths of a card the agent just served.
+    fn learn(&self, card: &Value) {
+        self.set(Ok(jsonrpc_paths(card).into()));
+    }
+
+    async fn paths(&self, shared: &GatewayShared, rt: &ProxyRuntime) -> Paths {
+        if let Some(p) = self.fresh() {
+            return p;
+        }
+        let _one = self.fetching.lock().await;
+        if let Some(p) = self.fresh() {
+            return p;
+        }
+        let none = http::HeaderMap::new();
+        let mut card = fetch_card(shared, rt, &none, CARD, None).await;
+        if matches!(&card, Err((StatusCode::NOT_FOUND, _))) {
+            card = fetch_card(shared, rt, &none, OLD_CARD, None).await;
+        }
+        let paths = card
+            .map(|c| Arc::from(jsonrpc_paths(&c)))
+            .map_err(|(_, m)| m);
+        self.set(paths.clone());
+        paths
+    }
+}
+
+/// Where an agent serves its card (and where agents of the 0.2 generation did).
+const CARD: &str = "/.well-known/agent-card.json";
+const OLD_CARD: &str = "/.well-known/agent.json";
 
 /// The card's poisoning findings (`policy/rule: name`) under the proxy's `tool_description`
 /// rules, and whether one blocks in enforce mode.
@@ -1148,6 +1305,7 @@ async fn agent_card(
             ),
         ));
     }
+    rt.a2a_paths.learn(&card);
     point_card_at_gateway(&mut card, rt, headers);
     rec.overhead_us = t0.elapsed().as_micros() as i64;
     Ok(json_response(StatusCode::OK, &card, &rec.id))
@@ -1170,15 +1328,9 @@ pub(crate) async fn card_view(
     shared: &GatewayShared,
     rt: &ProxyRuntime,
 ) -> Result<CardView, String> {
-    let card = fetch_card(
-        shared,
-        rt,
-        &http::HeaderMap::new(),
-        "/.well-known/agent-card.json",
-        None,
-    )
-    .await
-    .map_err(|(_, m)| m)?;
+    let card = fetch_card(shared, rt, &http::HeaderMap::new(), CARD, None)
+        .await
+        .map_err(|(_, m)| m)?;
     let mut f = Findings::default();
     let blocked = card_findings(rt, &card, &mut f);
     Ok(CardView {
@@ -1210,12 +1362,6 @@ fn point_card_at_gateway(card: &mut Value, rt: &ProxyRuntime, headers: &http::He
             .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
             .unwrap_or_else(|| "/".into());
         format!("{base}{path}")
-    };
-    let is_jsonrpc = |i: &Value| {
-        i.get("transport")
-            .or_else(|| i.get("protocolBinding"))
-            .and_then(Value::as_str)
-            .is_none_or(|t| t.eq_ignore_ascii_case("JSONRPC"))
     };
     let Some(c) = card.as_object_mut() else {
         return;
@@ -1311,6 +1457,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v, json!({"jsonrpc": "2.0", "id": 7, "result": {"a": 1}}));
+    }
+
+    #[test]
+    fn only_the_cards_json_rpc_interfaces_are_paths_to_relay_to() {
+        let card = json!({
+            "url": "https://agent.example/a2a/v1",
+            "additionalInterfaces": [
+                {"url": "https://agent.example/a2a/v1/", "transport": "JSONRPC"},
+                {"url": "https://agent.example/grpc", "transport": "GRPC"},
+                {"url": "https://agent.example", "transport": "jsonrpc"}
+            ],
+            "supportedInterfaces": [
+                {"url": "https://agent.example/rest", "protocolBinding": "HTTP+JSON"},
+                {"url": "https://agent.example/rpc"}
+            ]
+        });
+        assert_eq!(jsonrpc_paths(&card), ["/a2a/v1", "/", "/rpc"]);
+        assert!(same_path("/a2a/v1", "/a2a/v1/") && same_path("/", ""));
+        assert!(!same_path("/a2a/v1", "/a2a/v1/x"));
+        assert!(jsonrpc_paths(&json!({"name": "no interfaces"})).is_empty());
+        for (ct, ok) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/a2a+json", true),
+            ("text/html; charset=utf-8", false),
+            ("text/plain+json", false),
+            ("+json", false),
+            ("", false),
+        ] {
+            assert_eq!(is_json_type(ct), ok, "{ct}");
+        }
     }
 
     #[test]

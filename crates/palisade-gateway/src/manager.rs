@@ -119,6 +119,8 @@ pub struct ProxyRuntime {
     /// MCP: what is known of the upstream's protocol era, and the gateway's own session with a
     /// session-era upstream (for stateless-era clients).
     pub(crate) era: crate::mcp_era::EraCache,
+    /// A2A: the paths of the agent's JSON-RPC interfaces, from its card.
+    pub(crate) a2a_paths: crate::a2a::Interfaces,
 }
 
 impl ProxyRuntime {
@@ -160,6 +162,7 @@ impl ProxyRuntime {
             bridge_header: None,
             bridge_key,
             era: Default::default(),
+            a2a_paths: Default::default(),
         })
     }
 

@@ -24,6 +24,8 @@ struct State {
     tasks: Mutex<HashMap<String, Value>>,
     received: Mutex<Vec<Value>>,
     poisoned: std::sync::atomic::AtomicBool,
+    /// The card is served as `text/html` (an agent behind a login wall or a misconfigured host).
+    html_card: std::sync::atomic::AtomicBool,
 }
 
 pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
         tasks: Mutex::new(HashMap::new()),
         received: Mutex::new(Vec::new()),
         poisoned: Default::default(),
+        html_card: Default::default(),
     });
     loop {
         let (stream, _) = tokio::select! {
@@ -141,7 +144,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
                 .poisoned
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        return reply(StatusCode::OK, "application/json", card(&state).to_string());
+        let ct = if state.html_card.load(std::sync::atomic::Ordering::Relaxed) {
+            "text/html; charset=utf-8"
+        } else {
+            "application/json"
+        };
+        return reply(StatusCode::OK, ct, card(&state).to_string());
     }
     if method == Method::GET && path == "/_mock/requests" {
         let r = state.received.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,6 +162,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     if method == Method::POST && path == "/_mock/poison" {
         state
             .poisoned
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        return reply(StatusCode::OK, "application/json", "{}".into());
+    }
+    if method == Method::POST && path == "/_mock/html" {
+        state
+            .html_card
             .store(true, std::sync::atomic::Ordering::Relaxed);
         return reply(StatusCode::OK, "application/json", "{}".into());
     }
@@ -171,6 +185,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         let mut r = state.received.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = msg.clone();
         seen["_authorization"] = auth.map_or(Value::Null, Value::String);
+        seen["_path"] = Value::String(path.clone());
         r.push(seen);
     }
     let id = msg.get("id").cloned().unwrap_or(Value::Null);

@@ -210,6 +210,26 @@ async fn a2a_messages_and_answers_are_checked_both_ways() {
     assert_eq!(v["error"]["code"], -32003, "{v}");
     let (st, _) = rpc(&format!("{base}//a"), &send(45, "message/send", "hello")).await;
     assert_eq!(st, 400);
+    // Only the card's JSON-RPC interface is relayed to: the agent's other routes (here the
+    // gRPC path its card names, and one it does not) are not reached with the proxy's
+    // credential.
+    let before = received(&agent).await.len();
+    for path in ["grpc", "admin/reset"] {
+        let (st, v) = rpc(
+            &format!("{base}/{path}"),
+            &send(46, "message/send", "hello"),
+        )
+        .await;
+        assert_eq!(st, 404, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("takes JSON-RPC at / (its card's interfaces)"),
+            "{v}"
+        );
+    }
+    assert_eq!(received(&agent).await.len(), before);
 
     // An injection in the message: refused, the agent never sees it.
     let (st, v) = rpc(
@@ -517,6 +537,32 @@ async fn a_poisoned_agent_card_is_refused_and_monitor_mode_only_alerts() {
             .contains("card was blocked"),
         "{v}"
     );
+
+    // A card served as a web page is not taken for one.
+    reqwest::Client::new()
+        .post(format!("{}/_mock/html", agent.url))
+        .send()
+        .await
+        .unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{base}/.well-known/agent-card.json"))
+        .bearer_auth(CI_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("served its card as `text/html; charset=utf-8`, not as JSON"),
+        "{v}"
+    );
+    let (_, v) = enforce
+        .get("/api/v1/proxies/agents/agent-card?refresh=true")
+        .await;
+    assert!(v.to_string().contains("not as JSON"), "{v}");
 }
 
 #[tokio::test]
