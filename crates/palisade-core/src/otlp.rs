@@ -39,8 +39,24 @@ pub fn span_ids(rec: &RequestRecord) -> (String, String, Option<String>) {
     }
 }
 
+/// What the spans are shaped for: any OpenTelemetry collector, or Langfuse's OTLP endpoint
+/// (the same spans with the attributes Langfuse maps onto its traces and observations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// Plain OpenTelemetry (semantic conventions and `palisade.*` attributes).
+    #[default]
+    Otel,
+    /// Langfuse: LLM calls become generations, tool calls tools, with user, session, cost,
+    /// level and tags.
+    Langfuse,
+}
+
 fn attr(key: &str, v: Value) -> Value {
     let value = match v {
+        Value::Array(items) => json!({"arrayValue": {"values": items
+            .into_iter()
+            .map(|i| json!({"stringValue": i.as_str().map_or_else(|| i.to_string(), str::to_string)}))
+            .collect::<Vec<_>>()}}),
         Value::String(s) => json!({ "stringValue": s }),
         Value::Bool(b) => json!({ "boolValue": b }),
         Value::Number(n) if n.is_i64() || n.is_u64() => json!({ "intValue": n.to_string() }),
@@ -50,8 +66,68 @@ fn attr(key: &str, v: Value) -> Value {
     json!({ "key": key, "value": value })
 }
 
+/// What Langfuse reads of a request: the observation's type (a model call is a generation, an
+/// MCP tool call a tool), its trace's name, user and session, the cost, and a level and status
+/// message for failures and policy decisions.
+fn langfuse_attrs(rec: &RequestRecord, attrs: &mut Vec<Value>) {
+    let kind = match rec.api.as_str() {
+        "mcp" if rec.tool.is_some() => "tool",
+        "mcp" | "a2a" => "span",
+        _ if rec.model.is_some() || rec.prompt_tokens.is_some() => "generation",
+        _ => "span",
+    };
+    attrs.push(attr("langfuse.observation.type", json!(kind)));
+    attrs.push(attr(
+        "langfuse.trace.name",
+        json!(format!("{} {}", rec.proxy, rec.endpoint)),
+    ));
+    if let Some(user) = &rec.key_name {
+        attrs.push(attr("langfuse.user.id", json!(user)));
+    }
+    if let Some(session) = &rec.session {
+        attrs.push(attr("langfuse.session.id", json!(session)));
+    }
+    if let Some(cost) = rec.cost_usd {
+        attrs.push(attr("gen_ai.usage.cost", json!(cost)));
+    }
+    let mut tags = vec![json!(rec.proxy), json!(rec.api)];
+    if let Some(g) = &rec.group {
+        tags.push(json!(format!("group:{g}")));
+    }
+    if let Some(d) = &rec.decision {
+        tags.push(json!(format!("decision:{d}")));
+    }
+    attrs.push(attr("langfuse.trace.tags", Value::Array(tags)));
+    let failed = rec.status >= 500 || (rec.status == 0 && rec.error.is_some());
+    let flagged = matches!(rec.decision.as_deref(), Some("block" | "alert" | "redact"));
+    let level = if failed {
+        "ERROR"
+    } else if flagged || rec.status >= 400 {
+        "WARNING"
+    } else {
+        "DEFAULT"
+    };
+    attrs.push(attr("langfuse.observation.level", json!(level)));
+    let message = match (&rec.error, &rec.matched_rules) {
+        (Some(e), _) => Some(e.clone()),
+        (None, Some(rules)) if flagged => Some(format!(
+            "{} by policy (rules: {rules})",
+            rec.decision.as_deref().unwrap_or("")
+        )),
+        _ => None,
+    };
+    if let Some(m) = message {
+        attrs.push(attr("langfuse.observation.status_message", json!(m)));
+    }
+}
+
 /// One request as an OTLP span.
 pub fn span(rec: &RequestRecord) -> Value {
+    span_of(rec, Flavor::Otel)
+}
+
+/// One request as an OTLP span of `flavor`.
+pub fn span_of(rec: &RequestRecord, flavor: Flavor) -> Value {
     let (trace, span, parent) = span_ids(rec);
     let start = rec.ts_ms.max(0) as u128 * 1_000_000;
     let end = start + rec.latency_us.max(0) as u128 * 1000;
@@ -123,6 +199,9 @@ pub fn span(rec: &RequestRecord) -> Value {
     if rec.stream {
         attrs.push(attr("palisade.stream", json!(true)));
     }
+    if flavor == Flavor::Langfuse {
+        langfuse_attrs(rec, &mut attrs);
+    }
     // ERROR for a failure of the gateway or the upstream; a refusal (4xx) is the gateway
     // working, and a block is in `palisade.decision`.
     let status = if rec.status >= 500 || (rec.status == 0 && rec.error.is_some()) {
@@ -146,9 +225,20 @@ pub fn span(rec: &RequestRecord) -> Value {
     s
 }
 
+/// The `Authorization` value Langfuse's API takes: HTTP Basic with the project's public key as
+/// the user and its secret key as the password.
+pub fn langfuse_auth(public_key: &str, secret_key: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{public_key}:{secret_key}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
 /// An OTLP/HTTP JSON export request holding `recs` as spans of `service`.
-pub fn export_body(service: &str, recs: &[RequestRecord]) -> Vec<u8> {
-    let spans: Vec<Value> = recs.iter().map(span).collect();
+pub fn export_body(service: &str, flavor: Flavor, recs: &[RequestRecord]) -> Vec<u8> {
+    let spans: Vec<Value> = recs.iter().map(|r| span_of(r, flavor)).collect();
     json!({"resourceSpans": [{
         "resource": {"attributes": [
             attr("service.name", json!(service)),
@@ -225,13 +315,90 @@ mod tests {
         assert!(a.get("parentSpanId").is_none());
         assert_eq!(a["status"]["code"], 2);
         assert_eq!(span(&own)["traceId"], a["traceId"]);
-        let body: Value = serde_json::from_slice(&export_body("palisade", &[own])).unwrap();
+        let body: Value =
+            serde_json::from_slice(&export_body("palisade", Flavor::Otel, &[own])).unwrap();
         assert_eq!(
             body["resourceSpans"][0]["scopeSpans"][0]["spans"]
                 .as_array()
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    fn attr_of<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+        span["attributes"]
+            .as_array()?
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| &a["value"])
+    }
+
+    #[test]
+    fn langfuse_sees_generations_tools_users_costs_and_blocks() {
+        let llm = RequestRecord {
+            id: "req-2".into(),
+            proxy: "oai".into(),
+            api: "openai".into(),
+            endpoint: "chat_completions".into(),
+            status: 403,
+            model: Some("gpt-x".into()),
+            key_name: Some("ci".into()),
+            group: Some("eng".into()),
+            cost_usd: Some(0.25),
+            decision: Some("block".into()),
+            matched_rules: Some("llm-critical-security/ignore-previous".into()),
+            ..Default::default()
+        };
+        let s = span_of(&llm, Flavor::Langfuse);
+        let get = |k: &str| attr_of(&s, k).cloned().unwrap_or(Value::Null);
+        assert_eq!(
+            get("langfuse.observation.type")["stringValue"],
+            "generation"
+        );
+        assert_eq!(
+            get("langfuse.trace.name")["stringValue"],
+            "oai chat_completions"
+        );
+        assert_eq!(get("langfuse.user.id")["stringValue"], "ci");
+        assert_eq!(get("gen_ai.usage.cost")["doubleValue"], 0.25);
+        assert_eq!(get("langfuse.observation.level")["stringValue"], "WARNING");
+        assert_eq!(
+            get("langfuse.observation.status_message")["stringValue"],
+            "block by policy (rules: llm-critical-security/ignore-previous)"
+        );
+        let tags = get("langfuse.trace.tags");
+        let tags: Vec<&str> = tags["arrayValue"]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["stringValue"].as_str().unwrap())
+            .collect();
+        assert_eq!(tags, ["oai", "openai", "group:eng", "decision:block"]);
+        // The plain flavor carries none of it.
+        assert!(attr_of(&span(&llm), "langfuse.observation.type").is_none());
+        // An MCP tool call is a tool in its session; a broken upstream an error.
+        let tool = RequestRecord {
+            api: "mcp".into(),
+            tool: Some("search".into()),
+            session: Some("sess-1".into()),
+            status: 502,
+            error: Some("upstream down".into()),
+            decision: None,
+            ..llm
+        };
+        let s = span_of(&tool, Flavor::Langfuse);
+        let get = |k: &str| attr_of(&s, k).cloned().unwrap_or(Value::Null);
+        assert_eq!(get("langfuse.observation.type")["stringValue"], "tool");
+        assert_eq!(get("langfuse.session.id")["stringValue"], "sess-1");
+        assert_eq!(get("langfuse.observation.level")["stringValue"], "ERROR");
+        assert_eq!(
+            get("langfuse.observation.status_message")["stringValue"],
+            "upstream down"
+        );
+        assert_eq!(
+            langfuse_auth("pk-lf-1", "sk-lf-2"),
+            "Basic cGstbGYtMTpzay1sZi0y"
         );
     }
 }

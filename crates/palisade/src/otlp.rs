@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use palisade_core::otlp::Flavor;
 use palisade_core::record::RequestRecord;
 use tokio::sync::mpsc;
 
@@ -31,6 +32,8 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, String)>,
     /// `service.name` of the spans.
     pub service: String,
+    /// The spans' shape: any collector's, or Langfuse's.
+    pub flavor: Flavor,
 }
 
 impl OtlpConfig {
@@ -87,6 +90,51 @@ impl OtlpConfig {
             url,
             headers,
             service,
+            flavor: Flavor::Otel,
+        }))
+    }
+
+    /// Reads the variables Langfuse's own SDKs read: `LANGFUSE_PUBLIC_KEY` and
+    /// `LANGFUSE_SECRET_KEY` (both, or neither), and `LANGFUSE_HOST` (or `LANGFUSE_BASE_URL`;
+    /// default `https://cloud.langfuse.com`). Spans go to the host's OTLP endpoint
+    /// (`/api/public/otel/v1/traces`). `None` when no key is set.
+    pub fn langfuse_from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Self>> {
+        let public = var("LANGFUSE_PUBLIC_KEY").filter(|v| !v.is_empty());
+        let secret = var("LANGFUSE_SECRET_KEY").filter(|v| !v.is_empty());
+        let (public, secret) = match (public, secret) {
+            (None, None) => return Ok(None),
+            (Some(p), Some(s)) => (p, s),
+            _ => bail!(
+                "Langfuse export needs both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (a project's key pair)"
+            ),
+        };
+        let host = var("LANGFUSE_HOST")
+            .or_else(|| var("LANGFUSE_BASE_URL"))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "https://cloud.langfuse.com".into());
+        let uri: http::Uri = host
+            .parse()
+            .with_context(|| format!("LANGFUSE_HOST `{host}` is not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https"))
+            || uri.host().is_none()
+            || uri.query().is_some()
+        {
+            bail!("LANGFUSE_HOST `{host}` must be an http:// or https:// URL with a host");
+        }
+        let auth = palisade_core::otlp::langfuse_auth(&public, &secret);
+        if http::HeaderValue::from_str(&auth).is_err() {
+            bail!("LANGFUSE_PUBLIC_KEY or LANGFUSE_SECRET_KEY holds characters a header cannot");
+        }
+        Ok(Some(Self {
+            url: format!("{}/api/public/otel/v1/traces", host.trim_end_matches('/')),
+            headers: vec![
+                ("authorization".into(), auth),
+                ("x-langfuse-ingestion-version".into(), "4".into()),
+            ],
+            service: var("OTEL_SERVICE_NAME")
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "palisade".into()),
+            flavor: Flavor::Langfuse,
         }))
     }
 }
@@ -143,7 +191,11 @@ async fn run(
     stop: Arc<tokio::sync::Notify>,
 ) {
     let client = palisade_gateway::build_client();
-    tracing::info!(endpoint = %cfg.url, "exporting request traces (OTLP/HTTP JSON)");
+    let to = match cfg.flavor {
+        Flavor::Otel => "OTLP/HTTP JSON",
+        Flavor::Langfuse => "Langfuse, OTLP/HTTP JSON",
+    };
+    tracing::info!(endpoint = %cfg.url, "exporting request traces ({to})");
     let mut batch = Vec::with_capacity(BATCH);
     let mut stopping = false;
     loop {
@@ -177,7 +229,7 @@ async fn run(
                 }
             }
         }
-        let body = palisade_core::otlp::export_body(&cfg.service, &batch);
+        let body = palisade_core::otlp::export_body(&cfg.service, cfg.flavor, &batch);
         let mut wait = Duration::from_secs(1);
         for attempt in 1..=ATTEMPTS {
             match palisade_gateway::post_json(
@@ -268,6 +320,53 @@ mod tests {
             ],
         ] {
             assert!(OtlpConfig::from_env(env(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn langfuses_own_variables_configure_its_export() {
+        assert_eq!(OtlpConfig::langfuse_from_env(env(&[])).unwrap(), None);
+        let c = OtlpConfig::langfuse_from_env(env(&[
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-2"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.url,
+            "https://cloud.langfuse.com/api/public/otel/v1/traces"
+        );
+        assert_eq!(c.flavor, Flavor::Langfuse);
+        assert_eq!(
+            c.headers,
+            vec![
+                ("authorization".into(), "Basic cGstbGYtMTpzay1sZi0y".into()),
+                ("x-langfuse-ingestion-version".into(), "4".into())
+            ]
+        );
+        let c = OtlpConfig::langfuse_from_env(env(&[
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-2"),
+            ("LANGFUSE_HOST", "http://127.0.0.1:3000/"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:3000/api/public/otel/v1/traces");
+        for bad in [
+            vec![("LANGFUSE_PUBLIC_KEY", "pk-lf-1")],
+            vec![("LANGFUSE_SECRET_KEY", "sk-lf-2")],
+            vec![
+                ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+                ("LANGFUSE_SECRET_KEY", "sk-lf-2"),
+                ("LANGFUSE_HOST", "langfuse.internal"),
+            ],
+            vec![
+                ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+                ("LANGFUSE_SECRET_KEY", "sk\nx"),
+                ("LANGFUSE_HOST", "ftp://langfuse.internal"),
+            ],
+        ] {
+            assert!(OtlpConfig::langfuse_from_env(env(&bad)).is_err(), "{bad:?}");
         }
     }
 }

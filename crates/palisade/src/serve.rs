@@ -392,8 +392,15 @@ async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are refused before anything is written.
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
-    let otlp = crate::otlp::OtlpConfig::from_env(|k| std::env::var(k).ok())?
-        .map(|c| Arc::new(crate::otlp::Otlp::start(c)));
+    let env = |k: &str| std::env::var(k).ok();
+    let otlp: Arc<[crate::otlp::Otlp]> = [
+        crate::otlp::OtlpConfig::from_env(env)?,
+        crate::otlp::OtlpConfig::langfuse_from_env(env)?,
+    ]
+    .into_iter()
+    .flatten()
+    .map(crate::otlp::Otlp::start)
+    .collect();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     // One gateway per data directory: a second one would apply its own configuration to the
@@ -435,7 +442,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let traces = otlp.clone();
     let record: RecordFn = Arc::new(move |r| {
         h.request(&r);
-        if let Some(t) = &traces {
+        for t in traces.iter() {
             t.push(&r);
         }
         sink.record(r)
@@ -586,7 +593,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     writer.close().await;
-    if let Some(o) = &otlp {
+    for o in otlp.iter() {
         o.close(Duration::from_secs(5)).await;
     }
     tracing::info!("request log flushed; bye");

@@ -31,12 +31,15 @@ async fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
                     let keep = keep.clone();
                     async move {
                         let path = req.uri().path().to_string();
-                        let key = req
-                            .headers()
-                            .get("x-collector-key")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
+                        let key = [
+                            "x-collector-key",
+                            "authorization",
+                            "x-langfuse-ingestion-version",
+                        ]
+                        .iter()
+                        .filter_map(|n| req.headers().get(*n)?.to_str().ok())
+                        .collect::<Vec<_>>()
+                        .join(" ");
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                         keep.lock().unwrap().push((format!("{path} {key}"), v));
@@ -149,6 +152,70 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
 }
 
 #[tokio::test]
+async fn langfuse_gets_generations_beside_the_collectors_spans() {
+    let (collector_url, plain) = collector().await;
+    let (langfuse_url, langfuse) = collector().await;
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        &config_for(&mock.url),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-test"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-test"),
+            ("LANGFUSE_HOST", langfuse_url.as_str()),
+        ],
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", gw.proxy_url("oai").await);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(CI_KEY)
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..100 {
+        if !spans(&plain).is_empty() && !spans(&langfuse).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (to, _) = langfuse.lock().unwrap()[0].clone();
+    // Langfuse's OTLP endpoint, its project keys as Basic credentials, its ingestion version.
+    assert_eq!(
+        to,
+        "/api/public/otel/v1/traces Basic cGstbGYtdGVzdDpzay1sZi10ZXN0 4"
+    );
+    let lf = spans(&langfuse);
+    assert_eq!(lf.len(), 1, "{lf:#?}");
+    let s = &lf[0];
+    assert_eq!(
+        attr(s, "langfuse.observation.type").unwrap()["stringValue"],
+        "generation"
+    );
+    assert_eq!(attr(s, "langfuse.user.id").unwrap()["stringValue"], "ci");
+    assert_eq!(
+        attr(s, "gen_ai.request.model").unwrap()["stringValue"],
+        "mock-gpt"
+    );
+    assert!(attr(s, "gen_ai.usage.input_tokens").is_some());
+    assert!(
+        attr(s, "langfuse.trace.tags")
+            .unwrap()
+            .to_string()
+            .contains("group:engineering"),
+        "{s}"
+    );
+    // The collector's span is the same request, without Langfuse's attributes.
+    let ot = spans(&plain);
+    assert_eq!(ot.len(), 1);
+    assert_eq!(ot[0]["spanId"], s["spanId"]);
+    assert!(attr(&ot[0], "langfuse.observation.type").is_none());
+}
+
+#[tokio::test]
 async fn a_wrong_trace_setting_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(bin())
@@ -161,4 +228,15 @@ async fn a_wrong_trace_setting_stops_the_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http/json"));
+    // Half a Langfuse key pair is refused the same way.
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("LANGFUSE_PUBLIC_KEY", "pk-lf-test")
+        .env_remove("LANGFUSE_SECRET_KEY")
+        .env("PALISADE_ADMIN_PASSWORD", "admin-password-0001")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LANGFUSE_SECRET_KEY"));
 }
