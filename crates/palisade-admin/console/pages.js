@@ -299,7 +299,7 @@ async function proxyDetail(ctx, main, name) {
       { name: 'blocked', cls: 'c3', values: s.series.map((x) => x.blocked) }]))));
   if (p.error) main.appendChild(h('p', { class: 'error', role: 'alert' }, `Last start failed: ${p.error}`));
   main.appendChild(section('Configuration', h('dl', { class: 'kv' },
-    ['kind', 'api', 'listen', 'upstream', 'policy_mode', 'upstream_timeout_secs', 'max_body_bytes', 'unmask', 'tool_approval', 'description']
+    ['kind', 'api', 'listen', 'upstream', 'policy_mode', 'upstream_timeout_secs', 'max_body_bytes', 'unmask', 'tool_approval', 'oauth', 'oauth_group', 'description']
       .flatMap((k) => [h('dt', {}, k), h('dd', {}, String(p[k] ?? '—'))]),
     h('dt', {}, 'policies'), h('dd', {}, p.policies.join(', ') || 'none'),
     h('dt', {}, 'upstream key'), h('dd', {}, p.has_upstream_key ? 'stored (encrypted)' : 'none'))));
@@ -926,12 +926,12 @@ async function settings(ctx, main) {
   const resetBox = h('div');
   main.appendChild(header('Settings'));
   main.appendChild(section('Users and roles',
-    h('p', { class: 'muted' }, 'Admins change configuration; viewers see everything but cannot change anything (enforced by the server).'),
+    h('p', { class: 'muted' }, 'Admins change configuration; viewers see everything but cannot change anything (enforced by the server); members cannot use the console and only sign in to let MCP and A2A clients use proxies with OAuth as them.'),
     table([
       { label: 'User', render: (u) => [u.username, u.username === ctx.me.username ? h('span', { class: 'muted' }, ' (you)') : null] },
       { label: 'Role', render: (u) => (ctx.admin ? h('select', { 'aria-label': `Role of ${u.username}`, onchange: async (ev) => {
         try { await patch(`/api/v1/users/${enc(u.username)}`, { role: ev.target.value }); toast(`${u.username} is now ${ev.target.value}.`, 'ok'); } catch (e) { toast(e.message, 'error'); ev.target.value = u.role; }
-      } }, ['admin', 'viewer'].map((r) => h('option', { value: r, selected: r === u.role ? true : null }, r))) : u.role) },
+      } }, ['admin', 'viewer', 'member'].map((r) => h('option', { value: r, selected: r === u.role ? true : null }, r))) : u.role) },
       { label: 'Password', render: (u) => (u.must_change_password ? badge('change pending', 'idle') : 'set') },
       { label: 'Created', render: (u) => fmtTime(u.created_at) },
       { label: 'Actions', class: 'nowrap', render: (u) => h('div', { class: 'btns' },
@@ -951,7 +951,7 @@ async function settings(ctx, main) {
       h('p', { class: 'form-error', role: 'alert', hidden: true }),
       h('div', { class: 'grid2' },
         field('User name', h('input', { name: 'username', required: true, autocomplete: 'off' })),
-        field('Role', h('select', { name: 'role' }, h('option', { value: 'viewer' }, 'viewer'), h('option', { value: 'admin' }, 'admin'))),
+        field('Role', h('select', { name: 'role' }, h('option', { value: 'viewer' }, 'viewer'), h('option', { value: 'admin' }, 'admin'), h('option', { value: 'member' }, 'member'))),
         field('Initial password', h('input', { name: 'password', type: 'password', required: true, autocomplete: 'new-password' }), 'At least 12 characters; the user chooses a new one at first login.')),
       h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Create user')));
     form.addEventListener('submit', async (ev) => {

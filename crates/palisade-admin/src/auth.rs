@@ -159,6 +159,11 @@ pub(crate) async fn verify_token(
             "token revoked: the password changed; log in again",
         ));
     }
+    if row.role == "member" {
+        return Err(ApiError::unauthorized(
+            "a member has no access to the console or the admin API",
+        ));
+    }
     Ok((claims.sub, row.role, claims.pwc))
 }
 
@@ -426,6 +431,68 @@ pub(crate) async fn hashing<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
+/// A user's sign-in on a proxy's OAuth page: the same limits, throttling, constant-time check
+/// and audit as a console login (`oauth.authorize` on success, naming the client and proxy).
+/// Any role may authorize a client; `Err` is the message for the sign-in page.
+pub(crate) async fn oauth_sign_in(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    ip: IpAddr,
+    client: &str,
+    proxy: &str,
+) -> Result<(), String> {
+    let wrong = || "Wrong user name or password.".to_string();
+    if username.chars().count() > MAX_LOGIN_NAME || password.chars().count() > MAX_PASSWORD {
+        return Err(wrong());
+    }
+    let keys = state.limiter.keys(ip, username);
+    state.limiter.begin(&keys).map_err(|wait| {
+        format!(
+            "Too many failed password attempts; try again in {} s.",
+            wait.as_secs() + 1
+        )
+    })?;
+    let unavailable = |_| "The gateway cannot check passwords now; try again shortly.".to_string();
+    let user = state
+        .store
+        .user_by_name(username)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let phc = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| state.dummy_hash.clone());
+    let pw = password.to_string();
+    let ok = hashing(move || verify_password(&pw, &phc))
+        .await
+        .map_err(|e| unavailable(e.message))?;
+    let detail = serde_json::json!({"ip": ip.to_string(), "client_id": client, "proxy": proxy});
+    let Some(user) = user.filter(|_| ok) else {
+        let actor = Actor {
+            name: "anonymous".into(),
+            request_id: None,
+        };
+        let _ = state
+            .store
+            .record_event(actor, "auth.login_failed", "user", username, Some(detail))
+            .await;
+        return Err(wrong());
+    };
+    state.limiter.succeed(&keys);
+    state.limiter.remember(ip, &user.username);
+    let actor = Actor {
+        name: user.username.clone(),
+        request_id: None,
+    };
+    state
+        .store
+        .record_event(actor, "oauth.authorize", "proxy", proxy, Some(detail))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    Ok(())
+}
+
 /// Longest user name and password a login may carry (user names are 1–64 characters).
 const MAX_LOGIN_NAME: usize = 64;
 const MAX_PASSWORD: usize = 1024;
@@ -509,6 +576,11 @@ pub async fn login(
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
     state.limiter.succeed(&keys);
+    if user.role == "member" {
+        return Err(ApiError::forbidden(
+            "a member signs in only to authorize OAuth clients of the gateway's proxies, not to the console",
+        ));
+    }
     state.limiter.remember(ip, &user.username);
     let exp = now_ms() + TOKEN_TTL.as_millis() as i64;
     let claims = Claims {
@@ -617,6 +689,7 @@ pub async fn change_password(
         .store
         .set_password(&user.name, hash, user.actor())
         .await?;
+    state.manager.shared().revoke_oauth_user(&user.name);
     let exp = now_ms() + TOKEN_TTL.as_millis() as i64;
     let claims = Claims {
         sub: user.name.clone(),

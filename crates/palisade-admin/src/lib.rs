@@ -11,6 +11,7 @@ pub mod json;
 pub mod logs;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 pub mod policies;
 pub mod prometheus;
 pub mod prompts;

@@ -60,10 +60,13 @@ fn check_name(name: &str) -> ApiResult<()> {
 }
 
 fn check_role(role: &str) -> ApiResult<()> {
-    if role == "admin" || role == "viewer" {
+    if matches!(role, "admin" | "viewer" | "member") {
         Ok(())
     } else {
-        Err(ApiError::field("role", "must be `admin` or `viewer`"))
+        Err(ApiError::field(
+            "role",
+            "must be `admin`, `viewer` or `member` (a member signs in only to authorize OAuth clients of the proxies)",
+        ))
     }
 }
 
@@ -194,10 +197,16 @@ pub async fn update(
     if let Some(r) = &req.role {
         s.store.set_user_role(&name, r, u.actor()).await?;
     }
+    let hashed_any = hashed.is_some();
     if let Some(h) = hashed {
         s.store
             .reset_password(&name, h, name != u.name, u.actor())
             .await?;
+    }
+    // A new role or password ends what the user authorized (the store took the refresh
+    // tokens in the same change).
+    if req.role.is_some() || hashed_any {
+        s.manager.shared().revoke_oauth_user(&name);
     }
     s.store
         .list_users()
@@ -218,5 +227,6 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.store.delete_user(&name, u.actor()).await?;
+    s.manager.shared().revoke_oauth_user(&name);
     Ok(StatusCode::NO_CONTENT)
 }

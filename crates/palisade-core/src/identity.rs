@@ -41,11 +41,21 @@ impl KeyIndex {
         Self::of(entries.into_iter().map(|(h, k)| (h, Arc::new(k))).collect())
     }
 
-    fn of(by_hash: HashMap<[u8; 32], Arc<KeyInfo>>) -> Self {
-        let by_id = by_hash
-            .values()
-            .map(|k| (k.id.clone(), k.expires_at_ms))
-            .collect();
+    /// An index of shared entries. Entries may share an id (an OAuth grant's successive access
+    /// tokens): the id is active while any of them is.
+    pub fn of(by_hash: HashMap<[u8; 32], Arc<KeyInfo>>) -> Self {
+        let mut by_id: HashMap<String, Option<i64>> = HashMap::with_capacity(by_hash.len());
+        for k in by_hash.values() {
+            by_id
+                .entry(k.id.clone())
+                .and_modify(|e| {
+                    *e = match (*e, k.expires_at_ms) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    }
+                })
+                .or_insert(k.expires_at_ms);
+        }
         Self { by_hash, by_id }
     }
 

@@ -7,6 +7,7 @@
 pub mod crypto;
 pub mod identity;
 pub mod model;
+pub mod oauth;
 pub mod otlp;
 pub mod record;
 pub mod spend;

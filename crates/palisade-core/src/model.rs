@@ -156,6 +156,14 @@ pub struct ProxySpec {
     /// client used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// MCP and A2A: the gateway is the proxy's OAuth 2.1 authorization server, and clients may
+    /// present the access tokens it issues (a user who signed in) besides API keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oauth: bool,
+    /// The group OAuth callers count under (its budget, rate limits and `allowed_groups`); none
+    /// by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_group: Option<String>,
 }
 
 impl ProxySpec {
@@ -429,11 +437,26 @@ impl ProxySpec {
         for (i, g) in self.allowed_groups.iter().enumerate() {
             validate_name(&format!("allowed_groups[{i}]"), g)?;
         }
+        if self.oauth && !matches!(self.kind, ProxyKind::Mcp | ProxyKind::A2a) {
+            return Err(FieldError::new(
+                "oauth",
+                "applies to `mcp` and `a2a` proxies (LLM clients use API keys)",
+            ));
+        }
+        if let Some(g) = &self.oauth_group {
+            if !self.oauth {
+                return Err(FieldError::new(
+                    "oauth_group",
+                    "needs `oauth = true` (it is the group of OAuth callers)",
+                ));
+            }
+            validate_name("oauth_group", g)?;
+        }
         if let Some(u) = &self.public_url {
-            if self.kind != ProxyKind::A2a {
+            if self.kind != ProxyKind::A2a && !self.oauth {
                 return Err(FieldError::new(
                     "public_url",
-                    "applies to `a2a` proxies only (it is written into the agent card)",
+                    "applies to `a2a` proxies (it is written into the agent card) and proxies with `oauth` (it names the resource and the issuer)",
                 ));
             }
             let uri: http::Uri = u

@@ -280,9 +280,13 @@ pub async fn handle(
     let mut rec = new_record(&rt, req.method(), req.uri().path(), peer, None);
     rec.trace_parent = crate::mcp::trace_parent(req.headers());
     rec.api = "a2a".into();
+    let challenge = crate::mcp::unauthorized_challenge(&rt, req.headers());
     let mut findings = Findings::default();
     let result = serve(&shared, &rt, req, &mut rec, &mut findings, t0).await;
-    Ok(finish(&shared, rec, findings, t0, result))
+    Ok(crate::mcp::with_challenge(
+        finish(&shared, rec, findings, t0, result),
+        challenge,
+    ))
 }
 
 async fn serve(
@@ -1034,13 +1038,7 @@ impl StreamCheck {
 impl EventMapper for StreamCheck {
     fn map(&mut self, run: Bytes, findings: &mut Findings) -> Bytes {
         // A stream of a key revoked (or expired) since it opened carries nothing more.
-        if !self.closed
-            && !self
-                .shared
-                .keys
-                .load()
-                .holds(&self.key, palisade_core::now_ms())
-        {
+        if !self.closed && !self.shared.key_active(&self.key, palisade_core::now_ms()) {
             self.closed = true;
         }
         if self.closed {

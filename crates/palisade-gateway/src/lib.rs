@@ -22,6 +22,7 @@ mod mcp_era;
 mod mcp_headers;
 mod mcp_legacy;
 pub mod mcp_tools;
+pub mod oauth;
 mod prompts;
 pub mod redact;
 mod remembered;

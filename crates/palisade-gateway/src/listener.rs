@@ -86,6 +86,9 @@ async fn serve(
                     let shared = shared.clone();
                     let mut cut = cut.clone();
                     async move {
+                        if rt.spec.oauth && crate::oauth::is_oauth_path(req.uri().path()) {
+                            return crate::oauth::handle(shared, rt, req, peer).await;
+                        }
                         match rt.spec.kind {
                             ProxyKind::Mcp => {
                                 let handled = crate::mcp::handle(shared, rt, req, peer);

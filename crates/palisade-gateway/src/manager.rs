@@ -57,14 +57,35 @@ pub struct GatewayShared {
     pub(crate) resumable: crate::mcp::Resumable,
     /// Placeholder maps of stateful LLM conversations (Responses API).
     pub(crate) conversations: Arc<crate::redact::Conversations>,
+    /// OAuth access tokens in force and codes waiting (proxies with `oauth = true`).
+    pub oauth_tokens: crate::oauth::Tokens,
+    /// The users and storage of the OAuth authorization server, set once at start.
+    pub oauth_backend: std::sync::OnceLock<Arc<dyn crate::oauth::OAuthBackend>>,
 }
 
 impl GatewayShared {
     /// Puts a new key index in force; the legacy MCP sessions of keys it no longer holds
     /// (revoked, expired) are disconnected.
     pub fn set_keys(&self, index: Arc<KeyIndex>) {
-        self.keys.store(index.clone());
-        self.legacy.close_revoked(&index);
+        self.keys.store(index);
+        self.close_revoked();
+    }
+
+    /// Whether a caller's identity (an API key, or an OAuth grant's tokens) is still in force.
+    pub(crate) fn key_active(&self, id: &str, now: i64) -> bool {
+        self.keys.load().holds(id, now) || self.oauth_tokens.holds(id, now)
+    }
+
+    /// Ends every OAuth access token of a user (deleted, password reset, role changed) and
+    /// what their identities hold open.
+    pub fn revoke_oauth_user(&self, username: &str) {
+        self.oauth_tokens.revoke_user(username);
+        self.close_revoked();
+    }
+
+    fn close_revoked(&self) {
+        self.legacy
+            .close_revoked(|id, now| self.key_active(id, now));
     }
 
     /// Shared state with an empty key index.
@@ -85,6 +106,8 @@ impl GatewayShared {
             a2a_owners: Default::default(),
             resumable: Default::default(),
             conversations: Default::default(),
+            oauth_tokens: Default::default(),
+            oauth_backend: Default::default(),
         }
     }
 }

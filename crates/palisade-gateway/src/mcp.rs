@@ -88,7 +88,7 @@ fn is_loopback_name(name: &str) -> bool {
 /// Whether a `Host` header names this listener: a loopback name, the listener's own address, or
 /// an operator-allowed name. A listener on every interface with no allowed names answers to any
 /// Host (its API key still guards it); anything else is a DNS-rebinding attempt.
-fn host_allowed(host: &str, listen: &str, allowed: &[String]) -> bool {
+pub(crate) fn host_allowed(host: &str, listen: &str, allowed: &[String]) -> bool {
     if allowed.iter().any(|a| a == "*") {
         return true;
     }
@@ -177,9 +177,39 @@ pub async fn handle(
         .map(str::to_string);
     let mut rec = new_record(&rt, req.method(), req.uri().path(), peer, session);
     rec.trace_parent = trace_parent(req.headers());
+    let challenge = unauthorized_challenge(&rt, req.headers());
     let mut findings = Findings::default();
     let result = serve(&shared, &rt, req, &mut rec, &mut findings, t0).await;
-    Ok(finish(&shared, rec, findings, t0, result))
+    Ok(with_challenge(
+        finish(&shared, rec, findings, t0, result),
+        challenge,
+    ))
+}
+
+/// A proxy with OAuth names its protected-resource metadata in a `401`'s `WWW-Authenticate`
+/// (RFC 9728 §5.1), so an MCP client finds where to sign its user in.
+pub(crate) fn unauthorized_challenge(
+    rt: &ProxyRuntime,
+    headers: &http::HeaderMap,
+) -> Option<HeaderValue> {
+    if !rt.spec.oauth {
+        return None;
+    }
+    let presented = headers.contains_key(http::header::AUTHORIZATION);
+    crate::oauth::challenge(rt, headers, presented)
+}
+
+/// Adds the challenge to a `401`.
+pub(crate) fn with_challenge(
+    mut resp: Response<ProxyBody>,
+    challenge: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    if resp.status() == StatusCode::UNAUTHORIZED
+        && let Some(c) = challenge
+    {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, c);
+    }
+    resp
 }
 
 /// A request's valid W3C `traceparent` header (for the trace export).
@@ -582,11 +612,22 @@ pub(crate) fn gate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or("");
-    let Some(key) = shared.keys.load().lookup(presented, now_ms()) else {
+    let now = now_ms();
+    let found = shared.keys.load().lookup(presented, now).or_else(|| {
+        rt.spec
+            .oauth
+            .then(|| shared.oauth_tokens.lookup(presented, now))
+            .flatten()
+    });
+    let Some(key) = found else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             code::INVALID_REQUEST,
-            "missing or invalid API key",
+            if rt.spec.oauth {
+                "missing or invalid API key or access token"
+            } else {
+                "missing or invalid API key"
+            },
         ));
     };
     set_identity(rec, &key);
@@ -1903,7 +1944,7 @@ impl EventMapper for Ctx {
     fn map(&mut self, run: Bytes, findings: &mut Findings) -> Bytes {
         // A stream of a key revoked (or expired) since it opened carries nothing more.
         if let Some(key) = self.origin.key_id.as_deref()
-            && !self.shared.keys.load().holds(key, now_ms())
+            && !self.shared.key_active(key, now_ms())
         {
             return Bytes::new();
         }

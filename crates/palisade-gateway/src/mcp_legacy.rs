@@ -124,11 +124,11 @@ impl Sessions {
 
     /// Disconnects every legacy session opened with a key that `active` no longer holds
     /// (revoked, expired): revocation ends the key's open streams too.
-    pub fn close_revoked(&self, active: &palisade_core::identity::KeyIndex) {
+    pub fn close_revoked(&self, active: impl Fn(&str, i64) -> bool) {
         let now = palisade_core::now_ms();
         let sessions: Vec<Arc<Session>> = lock(&self.map)
             .values()
-            .filter(|s| !active.holds(&s.key.id, now))
+            .filter(|s| !active(&s.key.id, now))
             .cloned()
             .collect();
         for s in sessions {

@@ -88,11 +88,11 @@ pub struct DashboardData {
 pub const LATENCY_SAMPLE: usize = 20_000;
 
 fn check_role(role: &str) -> Result<(), StoreError> {
-    if role == "admin" || role == "viewer" {
+    if matches!(role, "admin" | "viewer" | "member") {
         Ok(())
     } else {
         Err(StoreError::Conflict(format!(
-            "unknown role `{role}` (admin or viewer)"
+            "unknown role `{role}` (admin, viewer or member)"
         )))
     }
 }
@@ -147,6 +147,7 @@ impl Store {
                 "UPDATE users SET role = ?2, updated_at = ?3 WHERE username = ?1",
                 params![username, role, now_ms()],
             )?;
+            tx.execute("DELETE FROM oauth_refresh WHERE username = ?1", [&username])?;
             audit_tx(
                 &tx,
                 &actor,
@@ -185,6 +186,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("user `{username}`")));
             }
+            tx.execute("DELETE FROM oauth_refresh WHERE username = ?1", [&username])?;
             audit_tx(&tx, &actor, "user.password_reset", "user", &username, None, None)?;
             tx.commit()?;
             Ok(())
@@ -217,6 +219,7 @@ impl Store {
                 }
             }
             tx.execute("DELETE FROM users WHERE username = ?1", [&username])?;
+            tx.execute("DELETE FROM oauth_refresh WHERE username = ?1", [&username])?;
             audit_tx(
                 &tx,
                 &actor,

@@ -9,6 +9,7 @@ mod filter;
 mod identity;
 mod mcp;
 mod migrations;
+mod oauth;
 mod requests;
 mod scans;
 mod store;
@@ -21,6 +22,7 @@ pub use identity::{
     ApiKeyRow, BudgetStatus, GroupRow, KeyOptions, UsageQuery, UsageRow, budget_of,
 };
 pub use mcp::ToolVersion;
+pub use oauth::{MAX_CLIENTS, OAuthClientRow, RefreshGrant, RefreshUse};
 pub use requests::{RequestFilter, RequestPage};
 pub use scans::ScanRow;
 pub use store::{

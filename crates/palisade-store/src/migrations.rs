@@ -226,6 +226,45 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX scans_ts ON scans (ts_ms);
     "#,
+    // OAuth 2.1: users who may only sign in to authorize clients (`member`), the clients that
+    // registered (RFC 7591), and refresh tokens (hashed; one family per sign-in, rotated on
+    // every use, the whole family revoked when a used one comes back).
+    r#"
+    CREATE TABLE users_v2 (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'viewer', 'member')),
+        must_change_password INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    INSERT INTO users_v2 SELECT id, username, password_hash, role, must_change_password, created_at, updated_at FROM users;
+    DROP TABLE users;
+    ALTER TABLE users_v2 RENAME TO users;
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        redirect_uris TEXT NOT NULL,
+        secret_hash BLOB,
+        created_at INTEGER NOT NULL,
+        created_from TEXT NOT NULL
+    );
+    CREATE TABLE oauth_refresh (
+        token_hash BLOB PRIMARY KEY,
+        family TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        proxy TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX oauth_refresh_family ON oauth_refresh (family);
+    CREATE INDEX oauth_refresh_user ON oauth_refresh (username);
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

@@ -539,6 +539,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("user `{username}`")));
             }
+            tx.execute("DELETE FROM oauth_refresh WHERE username = ?1", [&username])?;
             audit_tx(&tx, &actor, "user.password_change", "user", &username, None, None)?;
             tx.commit()?;
             Ok(())

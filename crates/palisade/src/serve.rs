@@ -470,6 +470,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| stored(&db, e))?
         .with_events(hub)
         .with_admin_addr(local);
+    // Proxies with `oauth = true` sign the gateway's users in through the admin side.
+    let _ = manager
+        .shared()
+        .oauth_backend
+        .set(Arc::new(palisade_admin::oauth::Backend::new(state.clone())));
     state
         .load_custom_policies()
         .await

@@ -1,0 +1,1080 @@
+//! The gateway as an OAuth 2.1 authorization server for its MCP and A2A proxies (`oauth =
+//! true`): what an MCP client needs to sign its user in and call the proxy with a token.
+//!
+//! On the proxy's own listener: protected-resource metadata (RFC 9728) and the `401`
+//! challenge naming it, authorization-server metadata (RFC 8414), dynamic client registration
+//! (RFC 7591), the authorization endpoint (a sign-in page for the gateway's users; PKCE with
+//! S256 required) and the token endpoint (authorization codes and refresh tokens, both bound
+//! to the proxy as the resource, RFC 8707).
+//!
+//! Access tokens are random, live an hour, and are held in memory by digest like API keys: a
+//! token resolves to an identity for the user through that client (`oauth:<client>:<user>`,
+//! named after the user, in the proxy's `oauth_group`) that may use this proxy only. Refresh
+//! tokens are stored by digest, rotate on every use within their sign-in's 30 days, and a
+//! used one presented again revokes them all. Codes live a minute, once.
+
+// An endpoint's early answer is its error: one response per request, not worth boxing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use palisade_core::crypto::{ct_eq, hash_api_key, random_token};
+use palisade_core::identity::{KeyIndex, KeyInfo};
+use palisade_core::now_ms;
+use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse};
+use serde_json::{Value, json};
+
+use crate::body::ProxyBody;
+use crate::manager::{GatewayShared, ProxyRuntime};
+
+/// A boxed future of the backend.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the authorization server needs of the rest of the gateway: its users and what it
+/// stores. Implemented by the admin side over the store.
+pub trait OAuthBackend: Send + Sync {
+    /// Checks a user's name and password (throttled and audited as console sign-ins are);
+    /// `Err` carries the message for the sign-in page.
+    fn sign_in<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a str,
+        ip: IpAddr,
+        client: &'a str,
+        proxy: &'a str,
+    ) -> BoxFut<'a, Result<(), String>>;
+    /// Registers a client (audited); `Err` when the store refuses it.
+    fn register(&self, row: OAuthClientRow, from: IpAddr) -> BoxFut<'_, Result<(), String>>;
+    /// A registered client.
+    fn client<'a>(&'a self, id: &'a str) -> BoxFut<'a, Result<Option<OAuthClientRow>, String>>;
+    /// Stores a refresh token's digest and grant.
+    fn put_refresh(&self, hash: [u8; 32], grant: RefreshGrant) -> BoxFut<'_, Result<(), String>>;
+    /// Uses a refresh token.
+    fn use_refresh(&self, hash: [u8; 32]) -> BoxFut<'_, Result<RefreshUse, String>>;
+}
+
+/// How long an access token lives.
+pub const ACCESS_TTL: Duration = Duration::from_secs(3600);
+/// How long a sign-in's refresh tokens live, all rotations together.
+const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long an authorization code lives.
+const CODE_TTL: Duration = Duration::from_secs(60);
+/// Most access tokens held at once (past it, issuing waits for some to expire).
+const MAX_TOKENS: usize = 100_000;
+/// Most codes waiting to be exchanged.
+const MAX_CODES: usize = 10_000;
+/// Most registrations a minute, over all proxies.
+const REGISTRATIONS_PER_MINUTE: u32 = 30;
+/// Largest body an OAuth endpoint reads.
+const MAX_FORM: usize = 16 * 1024;
+/// The one scope: calling the proxy.
+const SCOPE: &str = "mcp";
+
+/// Access tokens in force and authorization codes waiting, in memory.
+#[derive(Default)]
+pub struct Tokens {
+    live: Mutex<HashMap<[u8; 32], Arc<KeyInfo>>>,
+    index: ArcSwap<KeyIndex>,
+    codes: Mutex<HashMap<[u8; 32], Code>>,
+    registrations: Mutex<(i64, u32)>,
+}
+
+/// A code's grant.
+#[derive(Clone)]
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    username: String,
+    proxy: String,
+    resource: String,
+    expires_at: i64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Tokens {
+    /// The identity an access token stands for, if it is in force.
+    pub fn lookup(&self, presented: &str, now: i64) -> Option<Arc<KeyInfo>> {
+        if !presented.starts_with("pat_") {
+            return None;
+        }
+        self.index.load().lookup(presented, now)
+    }
+
+    /// Whether an identity has a token in force.
+    pub fn holds(&self, id: &str, now: i64) -> bool {
+        id.starts_with("oauth:") && self.index.load().holds(id, now)
+    }
+
+    fn publish(&self, live: &mut HashMap<[u8; 32], Arc<KeyInfo>>) {
+        let now = now_ms();
+        live.retain(|_, k| k.expires_at_ms.is_none_or(|e| e > now));
+        self.index.store(Arc::new(KeyIndex::of(live.clone())));
+    }
+
+    fn issue(&self, info: KeyInfo) -> Result<String, String> {
+        let token = format!("pat_{}", random_token(32));
+        let mut live = lock(&self.live);
+        if live.len() >= MAX_TOKENS {
+            self.publish(&mut live);
+            if live.len() >= MAX_TOKENS {
+                return Err(
+                    "the gateway holds as many access tokens as it may; retry later".into(),
+                );
+            }
+        }
+        live.insert(hash_api_key(&token), Arc::new(info));
+        self.publish(&mut live);
+        Ok(token)
+    }
+
+    /// Ends every access token of a user (deleted, password or role changed).
+    pub fn revoke_user(&self, username: &str) {
+        let mut live = lock(&self.live);
+        live.retain(|_, k| k.name != username);
+        self.publish(&mut live);
+    }
+
+    fn put_code(&self, code: &str, grant: Code) -> Result<(), String> {
+        let mut codes = lock(&self.codes);
+        let now = now_ms();
+        codes.retain(|_, c| c.expires_at > now);
+        if codes.len() >= MAX_CODES {
+            return Err("too many sign-ins are waiting to be completed; retry shortly".into());
+        }
+        codes.insert(hash_api_key(code), grant);
+        Ok(())
+    }
+
+    fn take_code(&self, code: &str) -> Option<Code> {
+        let c = lock(&self.codes).remove(&hash_api_key(code))?;
+        (c.expires_at > now_ms()).then_some(c)
+    }
+
+    fn may_register(&self) -> bool {
+        let mut r = lock(&self.registrations);
+        let minute = now_ms() / 60_000;
+        if r.0 != minute {
+            *r = (minute, 0);
+        }
+        r.1 += 1;
+        r.1 <= REGISTRATIONS_PER_MINUTE
+    }
+}
+
+/// Whether a path is one of the authorization server's.
+pub(crate) fn is_oauth_path(path: &str) -> bool {
+    path.starts_with("/.well-known/oauth-")
+        || path.starts_with("/.well-known/openid-configuration")
+        || path.starts_with("/oauth/")
+}
+
+/// Where clients reach the proxy: its `public_url`, else `http://` and the `Host` it was asked
+/// by (checked against the proxy's allowed hosts).
+pub(crate) fn base_url(rt: &ProxyRuntime, headers: &http::HeaderMap) -> Option<String> {
+    if let Some(u) = &rt.spec.public_url {
+        return Some(u.trim_end_matches('/').to_string());
+    }
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
+    crate::mcp::host_allowed(host, &rt.spec.listen, &rt.spec.allowed_hosts)
+        .then(|| format!("http://{host}"))
+}
+
+/// The `WWW-Authenticate` challenge of a proxy with OAuth: where its metadata is.
+pub(crate) fn challenge(
+    rt: &ProxyRuntime,
+    headers: &http::HeaderMap,
+    presented: bool,
+) -> Option<HeaderValue> {
+    let base = base_url(rt, headers)?;
+    let error = if presented {
+        ", error=\"invalid_token\""
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "Bearer resource_metadata=\"{base}/.well-known/oauth-protected-resource\", scope=\"{SCOPE}\"{error}"
+    ))
+    .ok()
+}
+
+fn json_answer(status: StatusCode, v: &Value) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(v.to_string()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<ProxyBody> {
+    json_answer(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
+}
+
+/// Serves an authorization-server path on a proxy with `oauth = true`.
+pub(crate) async fn handle(
+    shared: Arc<GatewayShared>,
+    rt: Arc<ProxyRuntime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let Some(base) = base_url(&rt, req.headers()) else {
+        return Ok(oauth_error(
+            StatusCode::FORBIDDEN,
+            "invalid_request",
+            "this Host is not allowed",
+        ));
+    };
+    let Some(backend) = shared.oauth_backend.get().cloned() else {
+        return Ok(oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the gateway's authorization server is not running",
+        ));
+    };
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let s = Server {
+        shared: &shared,
+        rt: &rt,
+        backend: backend.as_ref(),
+        base,
+        peer: peer.ip(),
+    };
+    Ok(match (method, path.as_str()) {
+        (Method::GET, p) if p.starts_with("/.well-known/oauth-protected-resource") => {
+            json_answer(StatusCode::OK, &s.resource_metadata())
+        }
+        (Method::GET, p) if p.starts_with("/.well-known/oauth-authorization-server") => {
+            json_answer(StatusCode::OK, &s.server_metadata())
+        }
+        (Method::POST, "/oauth/register") => s.register(req).await,
+        (Method::GET, "/oauth/authorize") => {
+            let q = req.uri().query().unwrap_or("").to_string();
+            s.authorize(&pairs(q.as_bytes()), None).await
+        }
+        (Method::POST, "/oauth/authorize") => match read_form(req).await {
+            Ok(form) => s.authorize(&form, Some(())).await,
+            Err(r) => r,
+        },
+        (Method::POST, "/oauth/token") => s.token(req).await,
+        _ => oauth_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "no such endpoint of the authorization server",
+        ),
+    })
+}
+
+/// The parameters of a query or form; a parameter given twice is refused (RFC 6749 §3.1).
+fn pairs(raw: &[u8]) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut twice = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw) {
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            twice.push(k.to_string());
+        }
+    }
+    for k in twice {
+        out.insert(k, String::from('\u{0}'));
+    }
+    out
+}
+
+async fn read_body(
+    req: Request<Incoming>,
+) -> Result<(http::HeaderMap, Bytes), Response<ProxyBody>> {
+    let (parts, body) = req.into_parts();
+    match crate::buffers::collect(body, MAX_FORM, false).await {
+        Ok((b, _)) => Ok((parts.headers, b)),
+        Err(_) => Err(oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            &format!("the request body must be at most {MAX_FORM} bytes"),
+        )),
+    }
+}
+
+async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, Response<ProxyBody>> {
+    let form_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let (_, body) = read_body(req).await?;
+    if !form_type {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send the parameters as application/x-www-form-urlencoded",
+        ));
+    }
+    Ok(pairs(&body))
+}
+
+/// Whether a redirect URI may be registered: `https`, `http` only to this machine (a native
+/// client's loopback listener, RFC 8252 §7.3), or a private-use scheme of an app (§7.1); never a
+/// fragment, credentials, or a scheme a browser would run.
+fn redirect_uri_ok(u: &str) -> bool {
+    if u.len() > 512 || u.contains('#') || u.chars().any(|c| c.is_control() || c == ' ') {
+        return false;
+    }
+    let Some((scheme, rest)) = u.split_once(':') else {
+        return false;
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return false;
+    }
+    match scheme.as_str() {
+        "https" | "http" => {
+            let Ok(uri) = u.parse::<http::Uri>() else {
+                return false;
+            };
+            let Some(auth) = uri.authority() else {
+                return false;
+            };
+            if auth.as_str().contains('@') {
+                return false;
+            }
+            scheme == "https" || matches!(auth.host(), "127.0.0.1" | "[::1]" | "localhost")
+        }
+        "javascript" | "data" | "file" | "vbscript" | "about" | "blob" | "filesystem" | "ws"
+        | "wss" => false,
+        _ => !rest.is_empty(),
+    }
+}
+
+fn pkce_ok(verifier: &str, challenge: &str) -> bool {
+    let well_formed = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    let computed = URL_SAFE_NO_PAD.encode(hash_api_key(verifier));
+    well_formed && ct_eq(computed.as_bytes(), challenge.as_bytes())
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response<ProxyBody> {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>{t}</title><style>body{{font:15px system-ui,sans-serif;background:#f4f5f7;margin:0}}main{{max-width:26rem;margin:8vh auto;background:#fff;padding:2rem;border-radius:8px;box-shadow:0 1px 4px #0002}}\
+h1{{font-size:1.2rem}}label{{display:block;margin:.8rem 0 .2rem}}input[type=text],input[type=password]{{width:100%;padding:.5rem;box-sizing:border-box}}button{{margin-top:1.2rem;padding:.6rem 1.2rem}}\
+.err{{color:#a00}}.who{{color:#444}}code{{word-break:break-all}}</style></head><body><main><h1>{t}</h1>{body}</main></body></html>",
+        t = html_escape(title)
+    );
+    let mut r = Response::new(ProxyBody::full(html));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// A redirect back to the client with `params` (and the issuer, RFC 9207).
+fn back_to(redirect_uri: &str, params: &[(&str, &str)]) -> Response<ProxyBody> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let target = format!("{redirect_uri}{sep}{}", q.finish());
+    let mut r = Response::new(ProxyBody::full(String::new()));
+    *r.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+struct Server<'a> {
+    shared: &'a GatewayShared,
+    rt: &'a ProxyRuntime,
+    backend: &'a dyn OAuthBackend,
+    base: String,
+    peer: IpAddr,
+}
+
+/// A checked authorization request.
+struct AuthRequest {
+    client: OAuthClientRow,
+    redirect_uri: String,
+    state: Option<String>,
+    challenge: String,
+}
+
+impl Server<'_> {
+    /// The resource identifier: the proxy's base URL (every path under it is the resource).
+    fn resource(&self) -> String {
+        format!("{}/", self.base)
+    }
+
+    fn resource_metadata(&self) -> Value {
+        json!({
+            "resource": self.resource(),
+            "authorization_servers": [self.base],
+            "scopes_supported": [SCOPE],
+            "bearer_methods_supported": ["header"],
+            "resource_name": self.rt.spec.name,
+        })
+    }
+
+    fn server_metadata(&self) -> Value {
+        let b = &self.base;
+        json!({
+            "issuer": b,
+            "authorization_endpoint": format!("{b}/oauth/authorize"),
+            "token_endpoint": format!("{b}/oauth/token"),
+            "registration_endpoint": format!("{b}/oauth/register"),
+            "scopes_supported": [SCOPE],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": true,
+        })
+    }
+
+    fn same_resource(&self, asked: Option<&String>) -> bool {
+        asked.is_none_or(|r| r.trim_end_matches('/') == self.base)
+    }
+
+    async fn register(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let bad = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_client_metadata", d);
+        let (_, body) = match read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let Ok(meta) = serde_json::from_slice::<Value>(&body) else {
+            return bad("the registration must be a JSON object");
+        };
+        let Some(meta) = meta.as_object() else {
+            return bad("the registration must be a JSON object");
+        };
+        let uris: Vec<String> = match meta.get("redirect_uris").and_then(Value::as_array) {
+            Some(a) if !a.is_empty() && a.len() <= 10 => {
+                let uris: Vec<String> = a
+                    .iter()
+                    .filter_map(|u| u.as_str().map(str::to_string))
+                    .collect();
+                if uris.len() != a.len() {
+                    return bad("redirect_uris are strings");
+                }
+                uris
+            }
+            _ => return bad("redirect_uris: one to ten URIs"),
+        };
+        if let Some(u) = uris.iter().find(|u| !redirect_uri_ok(u)) {
+            let shown: String = u.chars().take(80).collect();
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_redirect_uri",
+                &format!(
+                    "`{shown}` is not a redirect URI the gateway accepts (https, http to 127.0.0.1, [::1] or localhost, or an app's own scheme; no fragment)"
+                ),
+            );
+        }
+        let method = match meta.get("token_endpoint_auth_method") {
+            None => "client_secret_basic",
+            Some(Value::String(m))
+                if matches!(
+                    m.as_str(),
+                    "none" | "client_secret_post" | "client_secret_basic"
+                ) =>
+            {
+                m.as_str()
+            }
+            Some(_) => {
+                return bad(
+                    "token_endpoint_auth_method: none, client_secret_post or client_secret_basic",
+                );
+            }
+        };
+        for (field, allowed) in [
+            ("grant_types", &["authorization_code", "refresh_token"][..]),
+            ("response_types", &["code"][..]),
+        ] {
+            if let Some(v) = meta.get(field) {
+                let ok = v.as_array().is_some_and(|a| {
+                    a.iter()
+                        .all(|g| g.as_str().is_some_and(|g| allowed.contains(&g)))
+                });
+                if !ok {
+                    return bad(&format!("{field}: only {}", allowed.join(", ")));
+                }
+            }
+        }
+        let name = match meta.get("client_name") {
+            None => "unnamed client".to_string(),
+            Some(Value::String(n)) if !n.trim().is_empty() => {
+                n.chars().filter(|c| !c.is_control()).take(100).collect()
+            }
+            Some(_) => return bad("client_name is a non-empty string"),
+        };
+        if !self.shared.oauth_tokens.may_register() {
+            return oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many clients registered in the last minute; retry shortly",
+            );
+        }
+        let client_id = format!("pcl_{}", random_token(18));
+        let secret = (method != "none").then(|| format!("pcs_{}", random_token(32)));
+        let now = now_ms();
+        let row = OAuthClientRow {
+            client_id: client_id.clone(),
+            name: name.clone(),
+            redirect_uris: uris.clone(),
+            secret_hash: secret.as_deref().map(hash_api_key),
+            created_at: now,
+        };
+        if let Err(e) = self.backend.register(row, self.peer).await {
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &e,
+            );
+        }
+        let mut out = json!({
+            "client_id": client_id,
+            "client_id_issued_at": now / 1000,
+            "client_name": name,
+            "redirect_uris": uris,
+            "token_endpoint_auth_method": method,
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "scope": SCOPE,
+        });
+        if let Some(s) = secret {
+            out["client_secret"] = Value::String(s);
+            out["client_secret_expires_at"] = json!(0);
+        }
+        json_answer(StatusCode::CREATED, &out)
+    }
+
+    /// Checks an authorization request: errors about the client or its redirect URI are shown
+    /// (never redirected to an unchecked URI), the others go back to the client.
+    async fn check_authorization(
+        &self,
+        q: &HashMap<String, String>,
+    ) -> Result<AuthRequest, Response<ProxyBody>> {
+        let shown = |m: &str| {
+            Err(page(
+                StatusCode::BAD_REQUEST,
+                "Cannot sign in",
+                &format!("<p class=\"err\">{}</p>", html_escape(m)),
+            ))
+        };
+        let Some(client_id) = q.get("client_id") else {
+            return shown("The request names no client (client_id).");
+        };
+        let client = match self.backend.client(client_id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return shown("The client is not registered with this gateway."),
+            Err(_) => return shown("The gateway cannot read its clients now; try again."),
+        };
+        let redirect_uri = match q.get("redirect_uri") {
+            Some(u) if client.redirect_uris.iter().any(|r| r == u) => u.clone(),
+            None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+            _ => return shown("The redirect URI is not one the client registered."),
+        };
+        let state = q.get("state").cloned();
+        let back = |error: &str, d: &str| {
+            let mut p = vec![
+                ("error", error),
+                ("error_description", d),
+                ("iss", self.base.as_str()),
+            ];
+            if let Some(s) = &state {
+                p.push(("state", s));
+            }
+            Err(back_to(&redirect_uri, &p))
+        };
+        if q.values().any(|v| v == "\u{0}") {
+            return back("invalid_request", "a parameter is given twice");
+        }
+        if q.get("response_type").map(String::as_str) != Some("code") {
+            return back("unsupported_response_type", "only response_type=code");
+        }
+        let challenge = match (q.get("code_challenge"), q.get("code_challenge_method")) {
+            (Some(c), Some(m)) if m == "S256" && (43..=128).contains(&c.len()) => c.clone(),
+            _ => {
+                return back(
+                    "invalid_request",
+                    "PKCE with code_challenge_method=S256 is required",
+                );
+            }
+        };
+        if !self.same_resource(q.get("resource")) {
+            return back("invalid_target", "the resource is not this proxy");
+        }
+        if q.get("scope")
+            .is_some_and(|s| s.split(' ').any(|w| !w.is_empty() && w != SCOPE))
+        {
+            return back("invalid_scope", "the only scope is `mcp`");
+        }
+        Ok(AuthRequest {
+            client,
+            redirect_uri,
+            state,
+            challenge,
+        })
+    }
+
+    fn sign_in_page(
+        &self,
+        q: &HashMap<String, String>,
+        a: &AuthRequest,
+        error: Option<&str>,
+    ) -> Response<ProxyBody> {
+        let mut hidden = String::new();
+        for k in [
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "code_challenge",
+            "code_challenge_method",
+            "state",
+            "scope",
+            "resource",
+        ] {
+            if let Some(v) = q.get(k) {
+                hidden.push_str(&format!(
+                    "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
+                    html_escape(v)
+                ));
+            }
+        }
+        let to = a
+            .redirect_uri
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .unwrap_or_else(|| a.redirect_uri.chars().take(60).collect());
+        let err = error
+            .map(|e| format!("<p class=\"err\">{}</p>", html_escape(e)))
+            .unwrap_or_default();
+        let username = q
+            .get("username")
+            .map(|u| html_escape(u))
+            .unwrap_or_default();
+        page(
+            if error.is_some() {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            },
+            &format!("Sign in to {}", self.rt.spec.name),
+            &format!(
+                "<p class=\"who\"><b>{client}</b> asks to use <code>{res}</code> as you. Signing in lets it; it then returns to <b>{to}</b>.</p>{err}\
+<form method=\"post\" action=\"/oauth/authorize\">{hidden}\
+<label for=\"u\">User name</label><input type=\"text\" id=\"u\" name=\"username\" autocomplete=\"username\" value=\"{username}\" required>\
+<label for=\"p\">Password</label><input type=\"password\" id=\"p\" name=\"password\" autocomplete=\"current-password\" required>\
+<button type=\"submit\">Sign in and allow</button></form>",
+                client = html_escape(&a.client.name),
+                res = html_escape(&self.resource()),
+                to = html_escape(&to),
+            ),
+        )
+    }
+
+    async fn authorize(
+        &self,
+        q: &HashMap<String, String>,
+        submitted: Option<()>,
+    ) -> Response<ProxyBody> {
+        let a = match self.check_authorization(q).await {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        if submitted.is_none() {
+            return self.sign_in_page(q, &a, None);
+        }
+        let (Some(user), Some(password)) = (q.get("username"), q.get("password")) else {
+            return self.sign_in_page(q, &a, Some("Enter your user name and password."));
+        };
+        if let Err(e) = self
+            .backend
+            .sign_in(
+                user,
+                password,
+                self.peer,
+                &a.client.client_id,
+                &self.rt.spec.name,
+            )
+            .await
+        {
+            return self.sign_in_page(q, &a, Some(&e));
+        }
+        let code = random_token(32);
+        let grant = Code {
+            client_id: a.client.client_id.clone(),
+            redirect_uri: a.redirect_uri.clone(),
+            challenge: a.challenge.clone(),
+            username: user.clone(),
+            proxy: self.rt.spec.name.clone(),
+            resource: self.resource(),
+            expires_at: now_ms() + CODE_TTL.as_millis() as i64,
+        };
+        if let Err(e) = self.shared.oauth_tokens.put_code(&code, grant) {
+            return self.sign_in_page(q, &a, Some(&e));
+        }
+        let mut p = vec![("code", code.as_str()), ("iss", self.base.as_str())];
+        if let Some(s) = &a.state {
+            p.push(("state", s));
+        }
+        back_to(&a.redirect_uri, &p)
+    }
+
+    /// Authenticates the client at the token endpoint: a confidential client by its secret
+    /// (form or Basic), a public one by its id.
+    async fn token_client(
+        &self,
+        headers: &http::HeaderMap,
+        form: &HashMap<String, String>,
+    ) -> Result<OAuthClientRow, Response<ProxyBody>> {
+        let invalid = |d: &str| Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d));
+        let basic = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                let (id, secret) = s.split_once(':')?;
+                let dec = |x: &str| {
+                    form_urlencoded::parse(format!("x={x}").as_bytes())
+                        .next()
+                        .map(|(_, v)| v.to_string())
+                };
+                Some((dec(id)?, dec(secret)?))
+            });
+        let (id, secret) = match (&basic, form.get("client_id")) {
+            (Some((id, secret)), _) => (id.clone(), Some(secret.clone())),
+            (None, Some(id)) => (id.clone(), form.get("client_secret").cloned()),
+            (None, None) => return invalid("the client is not named (client_id)"),
+        };
+        let client = match self.backend.client(&id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return invalid("unknown client"),
+            Err(e) => {
+                return Err(oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    &e,
+                ));
+            }
+        };
+        match (&client.secret_hash, secret) {
+            (None, _) => Ok(client),
+            (Some(h), Some(s)) if ct_eq(h, &hash_api_key(&s)) => Ok(client),
+            (Some(_), _) => invalid("the client's secret is missing or wrong"),
+        }
+    }
+
+    async fn token(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let headers = req.headers().clone();
+        let form = match read_form(req).await {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let bad = |e: &str, d: &str| oauth_error(StatusCode::BAD_REQUEST, e, d);
+        if form.values().any(|v| v == "\u{0}") {
+            return bad("invalid_request", "a parameter is given twice");
+        }
+        let client = match self.token_client(&headers, &form).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if !self.same_resource(form.get("resource")) {
+            return bad("invalid_target", "the resource is not this proxy");
+        }
+        let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let (username, family, refresh_expires) = match get("grant_type") {
+            "authorization_code" => {
+                let Some(code) = self.shared.oauth_tokens.take_code(get("code")) else {
+                    return bad("invalid_grant", "the code is unknown, used or expired");
+                };
+                if code.client_id != client.client_id
+                    || code.redirect_uri != get("redirect_uri")
+                    || code.proxy != self.rt.spec.name
+                    || code.resource != self.resource()
+                {
+                    return bad(
+                        "invalid_grant",
+                        "the code was issued to another client, redirect URI or resource",
+                    );
+                }
+                if !pkce_ok(get("code_verifier"), &code.challenge) {
+                    return bad(
+                        "invalid_grant",
+                        "the code_verifier does not match the code_challenge",
+                    );
+                }
+                (
+                    code.username,
+                    palisade_core::crypto::random_id(),
+                    now_ms() + REFRESH_TTL.as_millis() as i64,
+                )
+            }
+            "refresh_token" => {
+                let presented = get("refresh_token");
+                if !presented.starts_with("prt_") {
+                    return bad("invalid_grant", "the refresh token is unknown or expired");
+                }
+                match self.backend.use_refresh(hash_api_key(presented)).await {
+                    Ok(RefreshUse::Valid(g))
+                        if g.client_id == client.client_id
+                            && g.proxy == self.rt.spec.name
+                            && g.resource == self.resource() =>
+                    {
+                        (g.username, g.family, g.expires_at)
+                    }
+                    Ok(RefreshUse::Valid(_)) => {
+                        return bad(
+                            "invalid_grant",
+                            "the refresh token was issued to another client or resource",
+                        );
+                    }
+                    Ok(RefreshUse::Replayed) => {
+                        return bad(
+                            "invalid_grant",
+                            "the refresh token was used before; its sign-in is revoked (sign in again)",
+                        );
+                    }
+                    Ok(RefreshUse::Invalid) => {
+                        return bad("invalid_grant", "the refresh token is unknown or expired");
+                    }
+                    Err(e) => {
+                        return oauth_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "temporarily_unavailable",
+                            &e,
+                        );
+                    }
+                }
+            }
+            "" => return bad("invalid_request", "grant_type is missing"),
+            _ => {
+                return bad(
+                    "unsupported_grant_type",
+                    "authorization_code or refresh_token",
+                );
+            }
+        };
+        let expires = now_ms() + ACCESS_TTL.as_millis() as i64;
+        let info = KeyInfo {
+            id: format!("oauth:{}:{username}", client.client_id),
+            name: username.clone(),
+            group: self.rt.spec.oauth_group.clone(),
+            expires_at_ms: Some(expires),
+            allowed_proxies: vec![self.rt.spec.name.clone()],
+            ..Default::default()
+        };
+        let access = match self.shared.oauth_tokens.issue(info) {
+            Ok(t) => t,
+            Err(e) => {
+                return oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    &e,
+                );
+            }
+        };
+        let refresh = format!("prt_{}", random_token(32));
+        let grant = RefreshGrant {
+            family,
+            client_id: client.client_id.clone(),
+            username,
+            proxy: self.rt.spec.name.clone(),
+            resource: self.resource(),
+            scope: SCOPE.into(),
+            expires_at: refresh_expires,
+        };
+        if let Err(e) = self
+            .backend
+            .put_refresh(hash_api_key(&refresh), grant)
+            .await
+        {
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &e,
+            );
+        }
+        json_answer(
+            StatusCode::OK,
+            &json!({
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": ACCESS_TTL.as_secs(),
+                "refresh_token": refresh,
+                "scope": SCOPE,
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_are_https_loopback_or_an_apps_own_scheme() {
+        for ok in [
+            "https://app.example/cb",
+            "http://127.0.0.1:6274/oauth/callback",
+            "http://localhost:33418/callback",
+            "http://[::1]:8080/cb",
+            "com.example.app:/oauth2redirect",
+            "cursor://anysphere.cursor-retrieval/oauth/callback",
+        ] {
+            assert!(redirect_uri_ok(ok), "{ok}");
+        }
+        for bad in [
+            "http://app.example/cb",
+            "http://127.0.0.1.evil.example/cb",
+            "https://user:pw@app.example/cb",
+            "https://app.example/cb#frag",
+            "javascript:alert(1)",
+            "data:text/html,hi",
+            "file:///etc/passwd",
+            "no-scheme",
+            "https://app.example/a b",
+            "",
+        ] {
+            assert!(!redirect_uri_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pkce_takes_only_the_verifier_of_the_challenge() {
+        // RFC 7636 appendix B.
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(pkce_ok(verifier, challenge));
+        assert!(!pkce_ok(
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXx",
+            challenge
+        ));
+        assert!(!pkce_ok("short", challenge));
+    }
+
+    #[test]
+    fn tokens_resolve_until_they_expire_or_their_user_is_revoked() {
+        let t = Tokens::default();
+        let info = |name: &str, exp: i64| KeyInfo {
+            id: format!("oauth:c1:{name}"),
+            name: name.into(),
+            expires_at_ms: Some(exp),
+            allowed_proxies: vec!["tools".into()],
+            ..Default::default()
+        };
+        let now = now_ms();
+        let a = t.issue(info("mia", now + 60_000)).unwrap();
+        let b = t.issue(info("mia", now + 120_000)).unwrap();
+        let c = t.issue(info("noa", now + 60_000)).unwrap();
+        assert!(a.starts_with("pat_"));
+        assert_eq!(t.lookup(&a, now).unwrap().name, "mia");
+        assert!(t.lookup(&a, now + 60_000).is_none());
+        // Either token keeps the identity active until the later one expires.
+        assert!(t.holds("oauth:c1:mia", now + 90_000));
+        assert!(!t.holds("oauth:c1:mia", now + 120_000));
+        assert!(t.lookup("pal_not_an_oauth_token", now).is_none());
+        t.revoke_user("mia");
+        assert!(t.lookup(&b, now).is_none());
+        assert!(t.lookup(&c, now).is_some());
+        // Codes: once, while fresh.
+        let code = Code {
+            client_id: "c1".into(),
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            challenge: "x".into(),
+            username: "mia".into(),
+            proxy: "tools".into(),
+            resource: "http://127.0.0.1:1/".into(),
+            expires_at: now + 60_000,
+        };
+        t.put_code("abc", code.clone()).unwrap();
+        assert!(t.take_code("abc").is_some());
+        assert!(t.take_code("abc").is_none());
+        t.put_code(
+            "old",
+            Code {
+                expires_at: now - 1,
+                ..code
+            },
+        )
+        .unwrap();
+        assert!(t.take_code("old").is_none());
+    }
+
+    #[test]
+    fn repeated_parameters_are_marked() {
+        let p = pairs(b"a=1&b=2&a=3");
+        assert_eq!(p["b"], "2");
+        assert_eq!(p["a"], "\u{0}");
+    }
+}
