@@ -90,6 +90,12 @@ fn langfuse_attrs(rec: &RequestRecord, attrs: &mut Vec<Value>) {
     if let Some(cost) = rec.cost_usd {
         attrs.push(attr("gen_ai.usage.cost", json!(cost)));
     }
+    if let Some(c) = &rec.content {
+        attrs.push(attr("langfuse.observation.input", json!(c.input)));
+        if let Some(out) = &c.output {
+            attrs.push(attr("langfuse.observation.output", json!(out)));
+        }
+    }
     let mut tags = vec![json!(rec.proxy), json!(rec.api)];
     if let Some(g) = &rec.group {
         tags.push(json!(format!("group:{g}")));

@@ -76,6 +76,36 @@ pub struct RequestRecord {
     /// caller's trace in the OpenTelemetry export; not stored in the log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// What went to the model and what came back, as the upstream saw them (masked), for the
+    /// Langfuse export when it asks for content; never stored in the log.
+    #[serde(skip)]
+    pub content: Option<std::sync::Arc<Exchanged>>,
+}
+
+/// A model call's text as it crossed the gateway's upstream side: the request body it sent (after
+/// redaction and governance prompts) and the answer it got (before values were restored), each
+/// cut to [`Exchanged::MAX`] bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Exchanged {
+    /// The request body sent upstream.
+    pub input: String,
+    /// The answer's body, when it was read whole (not for streams).
+    pub output: Option<String>,
+}
+
+impl Exchanged {
+    /// Most bytes kept of each side.
+    pub const MAX: usize = 32 * 1024;
+
+    /// `bytes` as text, cut at a character boundary within [`Exchanged::MAX`].
+    pub fn text(bytes: &[u8]) -> String {
+        let s = String::from_utf8_lossy(&bytes[..bytes.len().min(Self::MAX + 4)]);
+        let mut end = s.len().min(Self::MAX);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    }
 }
 
 /// An MCP tool as the gateway knows it.

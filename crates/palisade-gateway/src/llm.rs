@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use palisade_core::identity::KeyInfo;
 use palisade_core::model::LlmApi;
 use palisade_core::now_ms;
-use palisade_core::record::RequestRecord;
+use palisade_core::record::{Exchanged, RequestRecord};
 use serde::Deserialize;
 
 use crate::accounting::Admission;
@@ -581,6 +581,16 @@ async fn proxy(
         headers.insert(name.clone(), value.clone());
     }
     let prompt_estimate = (body.len() / 4) as i64;
+    let capture = endpoint.has_json_body()
+        && shared
+            .capture_content
+            .load(std::sync::atomic::Ordering::Relaxed);
+    if capture {
+        rec.content = Some(Arc::new(Exchanged {
+            input: Exchanged::text(&body),
+            output: None,
+        }));
+    }
     // Held from the tokens-per-minute buckets until the answer's count is charged.
     let token_hold = shared.accounting.hold_tokens(&key, prompt_estimate)?;
     let mut up = Request::new(Full::new(body));
@@ -847,6 +857,10 @@ async fn proxy(
             conversation.as_deref(),
             &redactions,
         );
+    }
+    if let Some(c) = rec.content.as_mut() {
+        // The answer as the upstream gave it (values of the request still masked).
+        Arc::make_mut(c).output = Some(Exchanged::text(&bytes));
     }
     let bytes = if rt.spec.unmask && !redactions.is_empty() {
         unmask_body(bytes, &redactions)

@@ -57,6 +57,9 @@ pub struct GatewayShared {
     pub(crate) resumable: crate::mcp::Resumable,
     /// Placeholder maps of stateful LLM conversations (Responses API).
     pub(crate) conversations: Arc<crate::redact::Conversations>,
+    /// Model calls keep what they sent and got (masked) on their record, for a trace export
+    /// that asks for content (Langfuse with `LANGFUSE_CAPTURE_CONTENT`).
+    pub capture_content: std::sync::atomic::AtomicBool,
     /// OAuth access tokens in force and codes waiting (proxies with `oauth = true`).
     pub oauth_tokens: crate::oauth::Tokens,
     /// The users and storage of the OAuth authorization server, set once at start.
@@ -106,6 +109,7 @@ impl GatewayShared {
             a2a_owners: Default::default(),
             resumable: Default::default(),
             conversations: Default::default(),
+            capture_content: Default::default(),
             oauth_tokens: Default::default(),
             oauth_backend: Default::default(),
         }

@@ -188,6 +188,7 @@ impl Store {
                         tool: r.get(30)?,
                         folded: r.get(31)?,
                         trace_parent: None,
+                        content: None,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -34,6 +34,8 @@ pub struct OtlpConfig {
     pub service: String,
     /// The spans' shape: any collector's, or Langfuse's.
     pub flavor: Flavor,
+    /// Langfuse: model calls carry what they sent and got, masked (`LANGFUSE_CAPTURE_CONTENT`).
+    pub content: bool,
 }
 
 impl OtlpConfig {
@@ -91,6 +93,7 @@ impl OtlpConfig {
             headers,
             service,
             flavor: Flavor::Otel,
+            content: false,
         }))
     }
 
@@ -121,6 +124,13 @@ impl OtlpConfig {
         {
             bail!("LANGFUSE_HOST `{host}` must be an http:// or https:// URL with a host");
         }
+        let content = match var("LANGFUSE_CAPTURE_CONTENT").as_deref() {
+            None | Some("" | "false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => bail!(
+                "LANGFUSE_CAPTURE_CONTENT={other}: `true` sends model calls' requests and answers (as the model saw them, masked), `false` (the default) does not"
+            ),
+        };
         let auth = palisade_core::otlp::langfuse_auth(&public, &secret);
         if http::HeaderValue::from_str(&auth).is_err() {
             bail!("LANGFUSE_PUBLIC_KEY or LANGFUSE_SECRET_KEY holds characters a header cannot");
@@ -135,6 +145,7 @@ impl OtlpConfig {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "palisade".into()),
             flavor: Flavor::Langfuse,
+            content,
         }))
     }
 }
@@ -352,6 +363,19 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(c.url, "http://127.0.0.1:3000/api/public/otel/v1/traces");
+        assert!(!c.content);
+        let keys = [
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-1"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-2"),
+        ];
+        let with = |v: &'static str| {
+            let mut e = keys.to_vec();
+            e.push(("LANGFUSE_CAPTURE_CONTENT", v));
+            OtlpConfig::langfuse_from_env(env(&e))
+        };
+        assert!(with("true").unwrap().unwrap().content);
+        assert!(!with("false").unwrap().unwrap().content);
+        assert!(with("yes please").is_err());
         for bad in [
             vec![("LANGFUSE_PUBLIC_KEY", "pk-lf-1")],
             vec![("LANGFUSE_SECRET_KEY", "sk-lf-2")],

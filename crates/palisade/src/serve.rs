@@ -393,14 +393,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are refused before anything is written.
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
     let env = |k: &str| std::env::var(k).ok();
-    let otlp: Arc<[crate::otlp::Otlp]> = [
+    let exports = [
         crate::otlp::OtlpConfig::from_env(env)?,
         crate::otlp::OtlpConfig::langfuse_from_env(env)?,
-    ]
-    .into_iter()
-    .flatten()
-    .map(crate::otlp::Otlp::start)
-    .collect();
+    ];
+    let capture_content = exports.iter().flatten().any(|c| c.content);
+    let otlp: Arc<[crate::otlp::Otlp]> = exports
+        .into_iter()
+        .flatten()
+        .map(crate::otlp::Otlp::start)
+        .collect();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     // One gateway per data directory: a second one would apply its own configuration to the
@@ -470,6 +472,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| stored(&db, e))?
         .with_events(hub)
         .with_admin_addr(local);
+    manager
+        .shared()
+        .capture_content
+        .store(capture_content, std::sync::atomic::Ordering::Relaxed);
     // Proxies with `oauth = true` sign the gateway's users in through the admin side.
     let _ = manager
         .shared()

@@ -158,20 +158,27 @@ async fn langfuse_gets_generations_beside_the_collectors_spans() {
     let mock = Mock::start(&[]);
     let gw = Gateway::start_with(
         tempfile::tempdir().unwrap(),
-        &config_for(&mock.url),
+        &format!(
+            "{}\n[[proxies]]\nname = \"masked\"\nkind = \"llm\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\napi = \"openai\"\npolicies = [\"secrets-detection\"]\n",
+            config_for(&mock.url),
+            mock.url
+        ),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
             ("LANGFUSE_PUBLIC_KEY", "pk-lf-test"),
             ("LANGFUSE_SECRET_KEY", "sk-lf-test"),
             ("LANGFUSE_HOST", langfuse_url.as_str()),
+            ("LANGFUSE_CAPTURE_CONTENT", "true"),
         ],
     )
     .await;
-    let url = format!("{}/v1/chat/completions", gw.proxy_url("oai").await);
+    // A secret in the prompt: Langfuse gets the text as the model got it, masked.
+    let secret = "sk-proj-3_pFDwRqKd4-fMBwmDwe1tHBNG_oLrM_4m76ARO55EF8WX9-W8yZcvv1";
+    let url = format!("{}/v1/chat/completions", gw.proxy_url("masked").await);
     let r = reqwest::Client::new()
         .post(&url)
         .bearer_auth(CI_KEY)
-        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}))
+        .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": format!("hello, my key is {secret}")}]}))
         .send()
         .await
         .unwrap();
@@ -207,6 +214,24 @@ async fn langfuse_gets_generations_beside_the_collectors_spans() {
             .to_string()
             .contains("group:engineering"),
         "{s}"
+    );
+    let input = attr(s, "langfuse.observation.input").unwrap()["stringValue"]
+        .as_str()
+        .unwrap();
+    assert!(input.contains("hello, my key is "), "{input}");
+    assert!(
+        !input.contains(secret),
+        "the secret left for Langfuse: {input}"
+    );
+    let output = attr(s, "langfuse.observation.output").unwrap()["stringValue"]
+        .as_str()
+        .unwrap();
+    assert!(output.contains("choices"), "{output}");
+    // The collector's span carries no text.
+    assert!(
+        !serde_json::to_string(&spans(&plain))
+            .unwrap()
+            .contains("hello, my key")
     );
     // The collector's span is the same request, without Langfuse's attributes.
     let ot = spans(&plain);
