@@ -54,7 +54,7 @@ class Browser:
             assert "Sign in to " + PROXY in page.text
             params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
             done = await http.post(url.split("?")[0], data={**params, "username": USER, "password": PASSWORD})
-            assert done.status_code == 302, done.text
+            assert done.status_code == 303, done.text
             location = done.headers["location"]
             assert location.startswith(REDIRECT), location
             q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))

@@ -416,7 +416,18 @@ pub(crate) async fn hashing<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> ApiResult<T> {
     static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHING_AT_ONCE);
-    let _permit = tokio::time::timeout(HASHING_WAIT, PERMITS.acquire())
+    hashing_in(&PERMITS, f).await
+}
+
+/// Password checks of the OAuth sign-in pages: a pool of their own, so a flood of them cannot
+/// keep the console's logins waiting.
+static OAUTH_HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+async fn hashing_in<T: Send + 'static>(
+    permits: &'static tokio::sync::Semaphore,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    let _permit = tokio::time::timeout(HASHING_WAIT, permits.acquire())
         .await
         .map_err(|_| {
             ApiError::new(
@@ -431,9 +442,11 @@ pub(crate) async fn hashing<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
-/// A user's sign-in on a proxy's OAuth page: the same limits, throttling, constant-time check
-/// and audit as a console login (`oauth.authorize` on success, naming the client and proxy).
-/// Any role may authorize a client; `Err` is the message for the sign-in page.
+/// A user's sign-in on a proxy's OAuth page: the same limits, constant-time check and audit as
+/// a console login (`oauth.authorize` on success, naming the client and proxy), counted apart
+/// from console logins and hashed in a pool of its own, so guesses sent to a proxy lock out
+/// neither the console nor its administrators. Any role may authorize a client; `Err` is the
+/// message for the sign-in page.
 pub(crate) async fn oauth_sign_in(
     state: &AppState,
     username: &str,
@@ -441,19 +454,90 @@ pub(crate) async fn oauth_sign_in(
     ip: IpAddr,
     client: &str,
     proxy: &str,
-) -> Result<(), String> {
+) -> Result<palisade_gateway::oauth::SignedIn, String> {
+    let user = oauth_check(state, username, password, ip, Some((client, proxy))).await?;
+    Ok(palisade_gateway::oauth::SignedIn {
+        user: palisade_core::oauth::UserStamp {
+            id: user.id,
+            updated_at: user.updated_at,
+        },
+        must_change_password: user.must_change_password,
+    })
+}
+
+/// A user replaces the password an administrator set, on the OAuth sign-in page.
+pub(crate) async fn oauth_change_password(
+    state: &AppState,
+    username: &str,
+    current: &str,
+    new: &str,
+    ip: IpAddr,
+) -> Result<palisade_core::oauth::UserStamp, String> {
+    if let Some(why) = crate::users::password_problem(new) {
+        return Err(format!("The new password {why}."));
+    }
+    if new == current {
+        return Err("The new password must differ from the current one.".into());
+    }
+    if new.chars().count() > MAX_PASSWORD {
+        return Err("Passwords are at most 1024 characters.".into());
+    }
+    oauth_check(state, username, current, ip, None).await?;
+    let busy = |e: String| {
+        tracing::warn!(error = %e, "OAuth sign-in: password change failed");
+        "The gateway cannot change passwords now; try again shortly.".to_string()
+    };
+    let new = new.to_string();
+    let hash = hashing_in(&OAUTH_HASHING, move || hash_password(&new))
+        .await
+        .map_err(|e| busy(e.message))?
+        .map_err(|e| busy(e.to_string()))?;
+    let actor = Actor {
+        name: username.to_string(),
+        request_id: None,
+    };
+    state
+        .store
+        .set_password(username, hash, actor)
+        .await
+        .map_err(|e| busy(e.to_string()))?;
+    let user = state
+        .store
+        .user_by_name(username)
+        .await
+        .map_err(|e| busy(e.to_string()))?
+        .ok_or_else(|| "Wrong user name or password.".to_string())?;
+    Ok(palisade_core::oauth::UserStamp {
+        id: user.id,
+        updated_at: user.updated_at,
+    })
+}
+
+/// Checks a password for the OAuth pages (audited as a sign-in when `grant` names its client
+/// and proxy).
+async fn oauth_check(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    ip: IpAddr,
+    grant: Option<(&str, &str)>,
+) -> Result<palisade_store::UserRow, String> {
     let wrong = || "Wrong user name or password.".to_string();
     if username.chars().count() > MAX_LOGIN_NAME || password.chars().count() > MAX_PASSWORD {
         return Err(wrong());
     }
-    let keys = state.limiter.keys(ip, username);
-    state.limiter.begin(&keys).map_err(|wait| {
+    let limiter = &state.oauth_limiter;
+    let keys = limiter.keys(ip, username);
+    limiter.begin(&keys).map_err(|wait| {
         format!(
             "Too many failed password attempts; try again in {} s.",
             wait.as_secs() + 1
         )
     })?;
-    let unavailable = |_| "The gateway cannot check passwords now; try again shortly.".to_string();
+    let unavailable = |e: String| {
+        tracing::warn!(error = %e, "OAuth sign-in could not be checked");
+        "The gateway cannot check passwords now; try again shortly.".to_string()
+    };
     let user = state
         .store
         .user_by_name(username)
@@ -464,10 +548,14 @@ pub(crate) async fn oauth_sign_in(
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| state.dummy_hash.clone());
     let pw = password.to_string();
-    let ok = hashing(move || verify_password(&pw, &phc))
+    let ok = hashing_in(&OAUTH_HASHING, move || verify_password(&pw, &phc))
         .await
         .map_err(|e| unavailable(e.message))?;
-    let detail = serde_json::json!({"ip": ip.to_string(), "client_id": client, "proxy": proxy});
+    let mut detail = serde_json::json!({"ip": ip.to_string(), "via": "oauth"});
+    if let Some((client, proxy)) = grant {
+        detail["client_id"] = client.into();
+        detail["proxy"] = proxy.into();
+    }
     let Some(user) = user.filter(|_| ok) else {
         let actor = Actor {
             name: "anonymous".into(),
@@ -479,18 +567,20 @@ pub(crate) async fn oauth_sign_in(
             .await;
         return Err(wrong());
     };
-    state.limiter.succeed(&keys);
-    state.limiter.remember(ip, &user.username);
-    let actor = Actor {
-        name: user.username.clone(),
-        request_id: None,
-    };
-    state
-        .store
-        .record_event(actor, "oauth.authorize", "proxy", proxy, Some(detail))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    Ok(())
+    limiter.succeed(&keys);
+    limiter.remember(ip, &user.username);
+    if let Some((_, proxy)) = grant {
+        let actor = Actor {
+            name: user.username.clone(),
+            request_id: None,
+        };
+        state
+            .store
+            .record_event(actor, "oauth.authorize", "proxy", proxy, Some(detail))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+    }
+    Ok(user)
 }
 
 /// Longest user name and password a login may carry (user names are 1–64 characters).

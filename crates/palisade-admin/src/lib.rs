@@ -61,6 +61,8 @@ pub struct AppState {
     /// Live events for consoles.
     pub events: Arc<events::Hub>,
     limiter: Arc<auth::LoginLimiter>,
+    /// Failed sign-ins on the proxies' OAuth pages, counted apart from console logins.
+    oauth_limiter: Arc<auth::LoginLimiter>,
     revoked: Arc<auth::RevokedTokens>,
     dummy_hash: String,
     /// The scrape token of `GET /metrics` (`PALISADE_METRICS_TOKEN`), if set.
@@ -96,6 +98,7 @@ impl AppState {
             ))),
             events: Default::default(),
             limiter: Default::default(),
+            oauth_limiter: Default::default(),
             revoked: Default::default(),
             dummy_hash,
             metrics_token: metrics_token()?,

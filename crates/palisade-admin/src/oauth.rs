@@ -1,11 +1,13 @@
-//! The OAuth authorization server's backend: the gateway's users sign in (as to the console),
-//! clients and refresh tokens are kept in the store.
+//! The OAuth authorization server's backend: the gateway's users sign in (as to the console,
+//! counted apart), clients and refresh tokens are kept in the store. Store failures are logged
+//! here and reach clients as a plain "try again".
 
 use std::net::IpAddr;
 
-use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse};
-use palisade_gateway::oauth::{BoxFut, OAuthBackend};
-use palisade_store::Actor;
+use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
+use palisade_gateway::oauth::{BoxFut, OAuthBackend, SignedIn};
+use palisade_store::{Actor, StoreError};
+use serde_json::Value;
 
 use crate::AppState;
 
@@ -19,6 +21,24 @@ impl Backend {
     }
 }
 
+/// A store failure as a client sees it (the detail goes to the log).
+fn unavailable(e: StoreError) -> String {
+    match e {
+        StoreError::Conflict(m) => m,
+        other => {
+            tracing::warn!(error = %other, "OAuth: the store failed");
+            "the gateway cannot store this now; retry shortly".into()
+        }
+    }
+}
+
+fn anonymous() -> Actor {
+    Actor {
+        name: "anonymous".into(),
+        request_id: None,
+    }
+}
+
 impl OAuthBackend for Backend {
     fn sign_in<'a>(
         &'a self,
@@ -27,9 +47,21 @@ impl OAuthBackend for Backend {
         ip: IpAddr,
         client: &'a str,
         proxy: &'a str,
-    ) -> BoxFut<'a, Result<(), String>> {
+    ) -> BoxFut<'a, Result<SignedIn, String>> {
         Box::pin(crate::auth::oauth_sign_in(
             &self.0, username, password, ip, client, proxy,
+        ))
+    }
+
+    fn change_password<'a>(
+        &'a self,
+        username: &'a str,
+        current: &'a str,
+        new: &'a str,
+        ip: IpAddr,
+    ) -> BoxFut<'a, Result<UserStamp, String>> {
+        Box::pin(crate::auth::oauth_change_password(
+            &self.0, username, current, new, ip,
         ))
     }
 
@@ -46,22 +78,18 @@ impl OAuthBackend for Backend {
                 .store
                 .create_oauth_client(row, from.to_string())
                 .await
-                .map_err(|e| e.to_string())?;
-            let actor = Actor {
-                name: "anonymous".into(),
-                request_id: None,
-            };
+                .map_err(unavailable)?;
             self.0
                 .store
                 .record_event(
-                    actor,
+                    anonymous(),
                     "oauth.client_register",
                     "oauth_client",
                     &id,
                     Some(detail),
                 )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(unavailable)
         })
     }
 
@@ -70,31 +98,62 @@ impl OAuthBackend for Backend {
             if id.len() > 64 {
                 return Ok(None);
             }
-            self.0
-                .store
-                .oauth_client(id)
-                .await
-                .map_err(|e| e.to_string())
+            self.0.store.oauth_client(id).await.map_err(unavailable)
         })
     }
 
-    fn put_refresh(&self, hash: [u8; 32], grant: RefreshGrant) -> BoxFut<'_, Result<(), String>> {
+    fn put_refresh(&self, hash: [u8; 32], grant: RefreshGrant) -> BoxFut<'_, Result<bool, String>> {
         Box::pin(async move {
             self.0
                 .store
                 .put_refresh(hash, grant)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(unavailable)
         })
     }
 
-    fn use_refresh(&self, hash: [u8; 32]) -> BoxFut<'_, Result<RefreshUse, String>> {
+    fn peek_refresh(
+        &self,
+        hash: [u8; 32],
+    ) -> BoxFut<'_, Result<Option<(RefreshGrant, bool)>, String>> {
+        Box::pin(async move { self.0.store.peek_refresh(hash).await.map_err(unavailable) })
+    }
+
+    fn rotate_refresh(
+        &self,
+        old: [u8; 32],
+        next: [u8; 32],
+    ) -> BoxFut<'_, Result<RefreshUse, String>> {
         Box::pin(async move {
             self.0
                 .store
-                .use_refresh(hash)
+                .rotate_refresh(old, next)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(unavailable)
+        })
+    }
+
+    fn revoke_family<'a>(&'a self, family: &'a str) -> BoxFut<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .store
+                .revoke_refresh_family(family)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn audit<'a>(&'a self, action: &'a str, target: &'a str, detail: Value) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self
+                .0
+                .store
+                .record_event(anonymous(), action, "proxy", target, Some(detail))
+                .await
+            {
+                tracing::error!(error = %e, action, "OAuth: an audit record could not be written");
+            }
         })
     }
 }

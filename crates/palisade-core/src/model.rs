@@ -164,6 +164,9 @@ pub struct ProxySpec {
     /// by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth_group: Option<String>,
+    /// The users who may sign in for the proxy (empty: every user of the gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth_users: Vec<String>,
 }
 
 impl ProxySpec {
@@ -321,6 +324,16 @@ pub fn listens_clash(a: &str, b: &str) -> bool {
     }
 }
 
+/// Whether a listen address is on this machine only (a loopback IP, or `localhost`).
+fn listen_is_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(h, _)| h.eq_ignore_ascii_case("localhost")),
+    }
+}
+
 /// Validates an object name (proxies, groups, keys): 1–64 of `[a-z0-9_-]`, starting alphanumeric.
 pub fn validate_name(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
@@ -441,6 +454,36 @@ impl ProxySpec {
             return Err(FieldError::new(
                 "oauth",
                 "applies to `mcp` and `a2a` proxies (LLM clients use API keys)",
+            ));
+        }
+        if !self.oauth_users.is_empty() && !self.oauth {
+            return Err(FieldError::new(
+                "oauth_users",
+                "needs `oauth = true` (it lists who may sign in for the proxy)",
+            ));
+        }
+        if let Some((i, _)) = self
+            .oauth_users
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.is_empty() || u.chars().count() > 64)
+        {
+            return Err(FieldError::new(
+                format!("oauth_users[{i}]"),
+                "is not a user name (1 to 64 characters)",
+            ));
+        }
+        // Passwords and tokens cross the proxy's listener: in the clear only on this machine.
+        if self.oauth
+            && !listen_is_loopback(&self.listen)
+            && !self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"))
+        {
+            return Err(FieldError::new(
+                "oauth",
+                "a proxy that listens beyond this machine needs an https `public_url` for OAuth (TLS ended in front of it): passwords and tokens must not cross the network in the clear",
             ));
         }
         if let Some(g) = &self.oauth_group {

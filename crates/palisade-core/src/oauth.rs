@@ -25,6 +25,9 @@ pub struct RefreshGrant {
     pub client_id: String,
     /// The user who signed in.
     pub username: String,
+    /// The user's id and the time of their last change (password, role) when they signed in:
+    /// a grant of a user since deleted, recreated or changed is void.
+    pub user: UserStamp,
     /// The proxy (resource) it is for.
     pub proxy: String,
     /// The resource identifier (RFC 8707) it is bound to.
@@ -35,13 +38,22 @@ pub struct RefreshGrant {
     pub expires_at: i64,
 }
 
-/// What presenting a refresh token found.
+/// A user as they were at sign-in: their row's id and last change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserStamp {
+    /// The user row's id (a user recreated under the same name has another).
+    pub id: String,
+    /// The row's `updated_at` (a password or role change moves it).
+    pub updated_at: i64,
+}
+
+/// What rotating a refresh token found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshUse {
-    /// Valid and now used: issue its successor.
+    /// It was valid: it is now used, and its successor stored.
     Valid(RefreshGrant),
-    /// Unknown or expired.
+    /// Unknown, expired, or its user changed since the sign-in.
     Invalid,
-    /// Already used: its family is revoked.
-    Replayed,
+    /// Already used: its whole sign-in (this family) is revoked.
+    Replayed(String),
 }

@@ -8,10 +8,12 @@
 //! to the proxy as the resource, RFC 8707).
 //!
 //! Access tokens are random, live an hour, and are held in memory by digest like API keys: a
-//! token resolves to an identity for the user through that client (`oauth:<client>:<user>`,
-//! named after the user, in the proxy's `oauth_group`) that may use this proxy only. Refresh
-//! tokens are stored by digest, rotate on every use within their sign-in's 30 days, and a
-//! used one presented again revokes them all. Codes live a minute, once.
+//! token resolves to the identity of one sign-in (`oauth:<client>:<sign-in>`, named after the
+//! user, in the proxy's `oauth_group`) that may use this proxy only; a sign-in holds one access
+//! token at a time. Refresh tokens are stored by digest and rotate on every use within their
+//! sign-in's 30 days; a used one presented again, or a code presented twice, revokes the
+//! sign-in (its access token too). Codes live a minute, once. Every grant carries its user's
+//! id and last change: a user deleted, recreated or changed since has no grant left.
 
 // An endpoint's early answer is its error: one response per request, not worth boxing.
 #![allow(clippy::result_large_err)]
@@ -33,7 +35,7 @@ use hyper::body::Incoming;
 use palisade_core::crypto::{ct_eq, hash_api_key, random_token};
 use palisade_core::identity::{KeyIndex, KeyInfo};
 use palisade_core::now_ms;
-use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse};
+use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
 use serde_json::{Value, json};
 
 use crate::body::ProxyBody;
@@ -42,11 +44,20 @@ use crate::manager::{GatewayShared, ProxyRuntime};
 /// A boxed future of the backend.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A user whose password checked out.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The user as they are now.
+    pub user: UserStamp,
+    /// An administrator set their password: they choose their own before going on.
+    pub must_change_password: bool,
+}
+
 /// What the authorization server needs of the rest of the gateway: its users and what it
-/// stores. Implemented by the admin side over the store.
+/// stores. Implemented by the admin side over the store. `Err` carries a message fit for the
+/// client (store details are logged, not shown).
 pub trait OAuthBackend: Send + Sync {
-    /// Checks a user's name and password (throttled and audited as console sign-ins are);
-    /// `Err` carries the message for the sign-in page.
+    /// Checks a user's name and password (throttled apart from console logins, audited).
     fn sign_in<'a>(
         &'a self,
         username: &'a str,
@@ -54,15 +65,37 @@ pub trait OAuthBackend: Send + Sync {
         ip: IpAddr,
         client: &'a str,
         proxy: &'a str,
-    ) -> BoxFut<'a, Result<(), String>>;
-    /// Registers a client (audited); `Err` when the store refuses it.
+    ) -> BoxFut<'a, Result<SignedIn, String>>;
+    /// Replaces a user's password set by an administrator with their own (the current one
+    /// checked as in [`OAuthBackend::sign_in`]); the user as they are afterwards.
+    fn change_password<'a>(
+        &'a self,
+        username: &'a str,
+        current: &'a str,
+        new: &'a str,
+        ip: IpAddr,
+    ) -> BoxFut<'a, Result<UserStamp, String>>;
+    /// Registers a client (audited).
     fn register(&self, row: OAuthClientRow, from: IpAddr) -> BoxFut<'_, Result<(), String>>;
     /// A registered client.
     fn client<'a>(&'a self, id: &'a str) -> BoxFut<'a, Result<Option<OAuthClientRow>, String>>;
-    /// Stores a refresh token's digest and grant.
-    fn put_refresh(&self, hash: [u8; 32], grant: RefreshGrant) -> BoxFut<'_, Result<(), String>>;
-    /// Uses a refresh token.
-    fn use_refresh(&self, hash: [u8; 32]) -> BoxFut<'_, Result<RefreshUse, String>>;
+    /// Stores a sign-in's first refresh token; `Ok(false)` when its user changed since.
+    fn put_refresh(&self, hash: [u8; 32], grant: RefreshGrant) -> BoxFut<'_, Result<bool, String>>;
+    /// A refresh token's grant and whether it was used.
+    fn peek_refresh(
+        &self,
+        hash: [u8; 32],
+    ) -> BoxFut<'_, Result<Option<(RefreshGrant, bool)>, String>>;
+    /// Rotates a refresh token to `next`.
+    fn rotate_refresh(
+        &self,
+        old: [u8; 32],
+        next: [u8; 32],
+    ) -> BoxFut<'_, Result<RefreshUse, String>>;
+    /// Revokes a sign-in's refresh tokens.
+    fn revoke_family<'a>(&'a self, family: &'a str) -> BoxFut<'a, Result<(), String>>;
+    /// Records a security event in the audit log (a replayed code or refresh token).
+    fn audit<'a>(&'a self, action: &'a str, target: &'a str, detail: Value) -> BoxFut<'a, ()>;
 }
 
 /// How long an access token lives.
@@ -75,8 +108,9 @@ const CODE_TTL: Duration = Duration::from_secs(60);
 const MAX_TOKENS: usize = 100_000;
 /// Most codes waiting to be exchanged.
 const MAX_CODES: usize = 10_000;
-/// Most registrations a minute, over all proxies.
-const REGISTRATIONS_PER_MINUTE: u32 = 30;
+/// Most registrations a minute from one address, and from all.
+const REGISTRATIONS_PER_MINUTE: u32 = 10;
+const ALL_REGISTRATIONS_PER_MINUTE: u32 = 120;
 /// Largest body an OAuth endpoint reads.
 const MAX_FORM: usize = 16 * 1024;
 /// The one scope: calling the proxy.
@@ -88,19 +122,29 @@ pub struct Tokens {
     live: Mutex<HashMap<[u8; 32], Arc<KeyInfo>>>,
     index: ArcSwap<KeyIndex>,
     codes: Mutex<HashMap<[u8; 32], Code>>,
-    registrations: Mutex<(i64, u32)>,
+    /// Codes exchanged lately, with their sign-in: one presented again revokes it.
+    spent: Mutex<HashMap<[u8; 32], (String, String, i64)>>,
+    registrations: Mutex<(i64, u32, HashMap<IpAddr, u32>)>,
 }
 
 /// A code's grant.
 #[derive(Clone)]
 struct Code {
     client_id: String,
-    redirect_uri: String,
+    /// The redirect URI the request named, if it named one (the token request must repeat it).
+    redirect_uri: Option<String>,
     challenge: String,
     username: String,
+    user: UserStamp,
+    family: String,
     proxy: String,
     resource: String,
     expires_at: i64,
+}
+
+/// The identity of a sign-in's access tokens.
+fn sign_in_id(client_id: &str, family: &str) -> String {
+    format!("oauth:{client_id}:{family}")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,9 +171,11 @@ impl Tokens {
         self.index.store(Arc::new(KeyIndex::of(live.clone())));
     }
 
+    /// Issues an access token; the sign-in's earlier one ends.
     fn issue(&self, info: KeyInfo) -> Result<String, String> {
         let token = format!("pat_{}", random_token(32));
         let mut live = lock(&self.live);
+        live.retain(|_, k| k.id != info.id);
         if live.len() >= MAX_TOKENS {
             self.publish(&mut live);
             if live.len() >= MAX_TOKENS {
@@ -143,10 +189,18 @@ impl Tokens {
         Ok(token)
     }
 
-    /// Ends every access token of a user (deleted, password or role changed).
+    /// Ends every access token and waiting code of a user (deleted, password or role changed).
     pub fn revoke_user(&self, username: &str) {
+        lock(&self.codes).retain(|_, c| c.username != username);
         let mut live = lock(&self.live);
         live.retain(|_, k| k.name != username);
+        self.publish(&mut live);
+    }
+
+    /// Ends a sign-in's access token.
+    fn revoke_id(&self, id: &str) {
+        let mut live = lock(&self.live);
+        live.retain(|_, k| k.id != id);
         self.publish(&mut live);
     }
 
@@ -161,19 +215,45 @@ impl Tokens {
         Ok(())
     }
 
-    fn take_code(&self, code: &str) -> Option<Code> {
-        let c = lock(&self.codes).remove(&hash_api_key(code))?;
-        (c.expires_at > now_ms()).then_some(c)
+    /// Takes a code once. `Err` with its client and sign-in when it was exchanged before.
+    fn take_code(&self, code: &str) -> Result<Option<Code>, (String, String)> {
+        let h = hash_api_key(code);
+        let now = now_ms();
+        let Some(c) = lock(&self.codes).remove(&h) else {
+            let spent = lock(&self.spent);
+            return match spent.get(&h) {
+                Some((client, family, until)) if *until > now => {
+                    Err((client.clone(), family.clone()))
+                }
+                _ => Ok(None),
+            };
+        };
+        let mut spent = lock(&self.spent);
+        spent.retain(|_, (_, _, until)| *until > now);
+        if spent.len() < MAX_CODES {
+            // Kept a while past the code's life: a stolen code tried late still revokes.
+            spent.insert(
+                h,
+                (
+                    c.client_id.clone(),
+                    c.family.clone(),
+                    now + 10 * CODE_TTL.as_millis() as i64,
+                ),
+            );
+        }
+        Ok((c.expires_at > now).then_some(c))
     }
 
-    fn may_register(&self) -> bool {
+    fn may_register(&self, from: IpAddr) -> bool {
         let mut r = lock(&self.registrations);
         let minute = now_ms() / 60_000;
         if r.0 != minute {
-            *r = (minute, 0);
+            *r = (minute, 0, HashMap::new());
         }
         r.1 += 1;
-        r.1 <= REGISTRATIONS_PER_MINUTE
+        let mine = r.2.entry(from).or_insert(0);
+        *mine += 1;
+        *mine <= REGISTRATIONS_PER_MINUTE && r.1 <= ALL_REGISTRATIONS_PER_MINUTE
     }
 }
 
@@ -191,7 +271,10 @@ pub(crate) fn base_url(rt: &ProxyRuntime, headers: &http::HeaderMap) -> Option<S
         return Some(u.trim_end_matches('/').to_string());
     }
     let host = headers.get(http::header::HOST)?.to_str().ok()?;
-    crate::mcp::host_allowed(host, &rt.spec.listen, &rt.spec.allowed_hosts)
+    // Only a well-formed authority is written into metadata and challenges.
+    let well_formed =
+        host.parse::<http::uri::Authority>().is_ok() && !host.contains(['"', '@', '\\', ' ']);
+    (well_formed && crate::mcp::host_allowed(host, &rt.spec.listen, &rt.spec.allowed_hosts))
         .then(|| format!("http://{host}"))
 }
 
@@ -219,6 +302,27 @@ fn json_answer(status: StatusCode, v: &Value) -> Response<ProxyBody> {
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Metadata, registration and tokens are for clients in browsers too (no cookies are
+    // involved: every call carries what it needs).
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    r
+}
+
+/// A CORS preflight of the JSON endpoints.
+fn preflight() -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(String::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("authorization, content-type, mcp-protocol-version"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
     r
 }
 
@@ -260,6 +364,7 @@ pub(crate) async fn handle(
         peer: peer.ip(),
     };
     Ok(match (method, path.as_str()) {
+        (Method::OPTIONS, p) if p != "/oauth/authorize" => preflight(),
         (Method::GET, p) if p.starts_with("/.well-known/oauth-protected-resource") => {
             json_answer(StatusCode::OK, &s.resource_metadata())
         }
@@ -305,10 +410,20 @@ async fn read_body(
     let (parts, body) = req.into_parts();
     match crate::buffers::collect(body, MAX_FORM, false).await {
         Ok((b, _)) => Ok((parts.headers, b)),
-        Err(_) => Err(oauth_error(
+        Err(crate::buffers::BufferError::TooLarge) => Err(oauth_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request",
             &format!("the request body must be at most {MAX_FORM} bytes"),
+        )),
+        Err(crate::buffers::BufferError::Busy) => Err(oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the gateway is busy; retry shortly",
+        )),
+        Err(_) => Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request body could not be read",
         )),
     }
 }
@@ -338,7 +453,11 @@ async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, Re
 /// client's loopback listener, RFC 8252 §7.3), or a private-use scheme of an app (§7.1); never a
 /// fragment, credentials, or a scheme a browser would run.
 fn redirect_uri_ok(u: &str) -> bool {
-    if u.len() > 512 || u.contains('#') || u.chars().any(|c| c.is_control() || c == ' ') {
+    if u.len() > 512
+        || u.contains('#')
+        || !u.bytes().all(|b| b.is_ascii_graphic())
+        || HeaderValue::from_str(u).is_err()
+    {
         return false;
     }
     let Some((scheme, rest)) = u.split_once(':') else {
@@ -360,15 +479,74 @@ fn redirect_uri_ok(u: &str) -> bool {
             let Some(auth) = uri.authority() else {
                 return false;
             };
-            if auth.as_str().contains('@') {
+            if !rest.starts_with("//")
+                || auth.as_str().contains('@')
+                || auth.host().is_empty()
+                || !port_ok(auth.as_str())
+            {
                 return false;
             }
-            scheme == "https" || matches!(auth.host(), "127.0.0.1" | "[::1]" | "localhost")
+            scheme == "https" || is_loopback_host(auth.host())
         }
-        "javascript" | "data" | "file" | "vbscript" | "about" | "blob" | "filesystem" | "ws"
-        | "wss" => false,
-        _ => !rest.is_empty(),
+        // An app's own scheme is a reverse domain name (RFC 8252 §7.1: `com.example.app:/cb`),
+        // so it is not a scheme the system hands to another program (`ms-msdt:`,
+        // `search-ms:`); besides those, the schemes of well-known MCP clients.
+        _ => (scheme.contains('.') || APP_SCHEMES.contains(&scheme.as_str())) && !rest.is_empty(),
     }
+}
+
+/// Whether an authority's port, if it has one, is one (1–65535).
+fn port_ok(authority: &str) -> bool {
+    match authority.rsplit_once(':') {
+        Some((_, p)) if !p.contains(']') => p.parse::<u16>().is_ok_and(|p| p > 0),
+        _ => true,
+    }
+}
+
+/// Redirect schemes of MCP clients that predate reverse-domain schemes.
+const APP_SCHEMES: &[&str] = &["cursor", "vscode", "vscode-insiders", "windsurf", "zed"];
+
+fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+}
+
+/// Whether `asked` is the registered `uri`: exactly, or for a loopback redirect on any port
+/// (RFC 8252 §7.3: a native app's listener takes whatever port is free).
+fn redirect_matches(registered: &str, asked: &str) -> bool {
+    if registered == asked {
+        return true;
+    }
+    let (Ok(r), Ok(a)) = (registered.parse::<http::Uri>(), asked.parse::<http::Uri>()) else {
+        return false;
+    };
+    r.scheme_str() == Some("http")
+        && a.scheme_str() == Some("http")
+        && r.host().is_some_and(is_loopback_host)
+        && r.host() == a.host()
+        && r.path_and_query() == a.path_and_query()
+        && asked.starts_with("http://")
+        && a.authority().is_some_and(|x| !x.as_str().contains('@'))
+}
+
+/// One `application/x-www-form-urlencoded` value (`+` a space, `%XX` a byte), as client
+/// credentials in HTTP Basic are encoded (RFC 6749 §2.3.1).
+fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 fn pkce_ok(verifier: &str, challenge: &str) -> bool {
@@ -427,8 +605,16 @@ h1{{font-size:1.2rem}}label{{display:block;margin:.8rem 0 .2rem}}input[type=text
     r
 }
 
-/// A redirect back to the client with `params` (and the issuer, RFC 9207).
+/// A redirect back to the client with `params` (`302`; `303` after the sign-in's POST).
 fn back_to(redirect_uri: &str, params: &[(&str, &str)]) -> Response<ProxyBody> {
+    redirect_with(StatusCode::FOUND, redirect_uri, params)
+}
+
+fn redirect_with(
+    status: StatusCode,
+    redirect_uri: &str,
+    params: &[(&str, &str)],
+) -> Response<ProxyBody> {
     let mut q = form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {
         q.append_pair(k, v);
@@ -436,7 +622,7 @@ fn back_to(redirect_uri: &str, params: &[(&str, &str)]) -> Response<ProxyBody> {
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let target = format!("{redirect_uri}{sep}{}", q.finish());
     let mut r = Response::new(ProxyBody::full(String::new()));
-    *r.status_mut() = StatusCode::FOUND;
+    *r.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(&target) {
         r.headers_mut().insert(LOCATION, v);
     }
@@ -457,6 +643,8 @@ struct Server<'a> {
 struct AuthRequest {
     client: OAuthClientRow,
     redirect_uri: String,
+    /// Whether the request named the redirect URI (then the token request repeats it).
+    redirect_given: bool,
     state: Option<String>,
     challenge: String,
 }
@@ -570,7 +758,7 @@ impl Server<'_> {
             }
             Some(_) => return bad("client_name is a non-empty string"),
         };
-        if !self.shared.oauth_tokens.may_register() {
+        if !self.shared.oauth_tokens.may_register(self.peer) {
             return oauth_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "temporarily_unavailable",
@@ -630,11 +818,13 @@ impl Server<'_> {
         let client = match self.backend.client(client_id).await {
             Ok(Some(c)) => c,
             Ok(None) => return shown("The client is not registered with this gateway."),
-            Err(_) => return shown("The gateway cannot read its clients now; try again."),
+            Err(e) => return shown(&e),
         };
-        let redirect_uri = match q.get("redirect_uri") {
-            Some(u) if client.redirect_uris.iter().any(|r| r == u) => u.clone(),
-            None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        let (redirect_uri, redirect_given) = match q.get("redirect_uri") {
+            Some(u) if client.redirect_uris.iter().any(|r| redirect_matches(r, u)) => {
+                (u.clone(), true)
+            }
+            None if client.redirect_uris.len() == 1 => (client.redirect_uris[0].clone(), false),
             _ => return shown("The redirect URI is not one the client registered."),
         };
         let state = q.get("state").cloned();
@@ -656,7 +846,14 @@ impl Server<'_> {
             return back("unsupported_response_type", "only response_type=code");
         }
         let challenge = match (q.get("code_challenge"), q.get("code_challenge_method")) {
-            (Some(c), Some(m)) if m == "S256" && (43..=128).contains(&c.len()) => c.clone(),
+            (Some(c), Some(m))
+                if m == "S256"
+                    && c.len() == 43
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                c.clone()
+            }
             _ => {
                 return back(
                     "invalid_request",
@@ -675,16 +872,19 @@ impl Server<'_> {
         Ok(AuthRequest {
             client,
             redirect_uri,
+            redirect_given,
             state,
             challenge,
         })
     }
 
+    /// The sign-in page (or, with `change`, the page that asks for a new password).
     fn sign_in_page(
         &self,
         q: &HashMap<String, String>,
         a: &AuthRequest,
         error: Option<&str>,
+        change: bool,
     ) -> Response<ProxyBody> {
         let mut hidden = String::new();
         for k in [
@@ -704,12 +904,6 @@ impl Server<'_> {
                 ));
             }
         }
-        let to = a
-            .redirect_uri
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|u| u.host().map(str::to_string))
-            .unwrap_or_else(|| a.redirect_uri.chars().take(60).collect());
         let err = error
             .map(|e| format!("<p class=\"err\">{}</p>", html_escape(e)))
             .unwrap_or_default();
@@ -717,6 +911,22 @@ impl Server<'_> {
             .get("username")
             .map(|u| html_escape(u))
             .unwrap_or_default();
+        let fields = if change {
+            format!(
+                "<p>An administrator set your password: choose your own to go on (12 characters or more).</p>\
+<input type=\"hidden\" name=\"username\" value=\"{username}\">\
+<label for=\"p\">Current password</label><input type=\"password\" id=\"p\" name=\"password\" autocomplete=\"current-password\" required>\
+<label for=\"n\">New password</label><input type=\"password\" id=\"n\" name=\"new_password\" autocomplete=\"new-password\" minlength=\"12\" required>\
+<label for=\"r\">New password again</label><input type=\"password\" id=\"r\" name=\"new_password_again\" autocomplete=\"new-password\" required>\
+<button type=\"submit\">Change password, sign in and allow</button>"
+            )
+        } else {
+            format!(
+                "<label for=\"u\">User name</label><input type=\"text\" id=\"u\" name=\"username\" autocomplete=\"username\" value=\"{username}\" required>\
+<label for=\"p\">Password</label><input type=\"password\" id=\"p\" name=\"password\" autocomplete=\"current-password\" required>\
+<button type=\"submit\">Sign in and allow</button>"
+            )
+        };
         page(
             if error.is_some() {
                 StatusCode::UNAUTHORIZED
@@ -725,14 +935,13 @@ impl Server<'_> {
             },
             &format!("Sign in to {}", self.rt.spec.name),
             &format!(
-                "<p class=\"who\"><b>{client}</b> asks to use <code>{res}</code> as you. Signing in lets it; it then returns to <b>{to}</b>.</p>{err}\
-<form method=\"post\" action=\"/oauth/authorize\">{hidden}\
-<label for=\"u\">User name</label><input type=\"text\" id=\"u\" name=\"username\" autocomplete=\"username\" value=\"{username}\" required>\
-<label for=\"p\">Password</label><input type=\"password\" id=\"p\" name=\"password\" autocomplete=\"current-password\" required>\
-<button type=\"submit\">Sign in and allow</button></form>",
+                "<p class=\"who\">A client that calls itself <b>{client}</b> (its name is its own, not checked by the gateway) asks to use <code>{res}</code> as you. \
+Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
+<form method=\"post\" action=\"{action}\">{hidden}{fields}</form>",
                 client = html_escape(&a.client.name),
                 res = html_escape(&self.resource()),
-                to = html_escape(&to),
+                to = html_escape(&a.redirect_uri),
+                action = html_escape(&format!("{}/oauth/authorize", self.base)),
             ),
         )
     }
@@ -747,42 +956,70 @@ impl Server<'_> {
             Err(r) => return r,
         };
         if submitted.is_none() {
-            return self.sign_in_page(q, &a, None);
+            return self.sign_in_page(q, &a, None, false);
         }
         let (Some(user), Some(password)) = (q.get("username"), q.get("password")) else {
-            return self.sign_in_page(q, &a, Some("Enter your user name and password."));
+            return self.sign_in_page(q, &a, Some("Enter your user name and password."), false);
         };
-        if let Err(e) = self
-            .backend
-            .sign_in(
-                user,
-                password,
-                self.peer,
-                &a.client.client_id,
-                &self.rt.spec.name,
-            )
-            .await
-        {
-            return self.sign_in_page(q, &a, Some(&e));
+        let client_id = a.client.client_id.as_str();
+        let stamp = if let Some(new) = q.get("new_password") {
+            if q.get("new_password_again") != Some(new) {
+                return self.sign_in_page(q, &a, Some("The new passwords differ."), true);
+            }
+            match self
+                .backend
+                .change_password(user, password, new, self.peer)
+                .await
+            {
+                Ok(stamp) => {
+                    // The old password's grants end with it.
+                    self.shared.revoke_oauth_user(user);
+                    stamp
+                }
+                Err(e) => return self.sign_in_page(q, &a, Some(&e), true),
+            }
+        } else {
+            match self
+                .backend
+                .sign_in(user, password, self.peer, client_id, &self.rt.spec.name)
+                .await
+            {
+                Ok(s) if s.must_change_password => {
+                    return self.sign_in_page(q, &a, None, true);
+                }
+                Ok(s) => s.user,
+                Err(e) => return self.sign_in_page(q, &a, Some(&e), false),
+            }
+        };
+        // A proxy open to some users only: the password was right, the user is not one of them.
+        if !self.rt.spec.oauth_users.is_empty() && !self.rt.spec.oauth_users.contains(user) {
+            return self.sign_in_page(
+                q,
+                &a,
+                Some("This user may not use this proxy; ask an administrator."),
+                false,
+            );
         }
         let code = random_token(32);
         let grant = Code {
-            client_id: a.client.client_id.clone(),
-            redirect_uri: a.redirect_uri.clone(),
+            client_id: client_id.to_string(),
+            redirect_uri: a.redirect_given.then(|| a.redirect_uri.clone()),
             challenge: a.challenge.clone(),
             username: user.clone(),
+            user: stamp,
+            family: palisade_core::crypto::random_id(),
             proxy: self.rt.spec.name.clone(),
             resource: self.resource(),
             expires_at: now_ms() + CODE_TTL.as_millis() as i64,
         };
         if let Err(e) = self.shared.oauth_tokens.put_code(&code, grant) {
-            return self.sign_in_page(q, &a, Some(&e));
+            return self.sign_in_page(q, &a, Some(&e), false);
         }
         let mut p = vec![("code", code.as_str()), ("iss", self.base.as_str())];
         if let Some(s) = &a.state {
             p.push(("state", s));
         }
-        back_to(&a.redirect_uri, &p)
+        redirect_with(StatusCode::SEE_OTHER, &a.redirect_uri, &p)
     }
 
     /// Authenticates the client at the token endpoint: a confidential client by its secret
@@ -792,10 +1029,21 @@ impl Server<'_> {
         headers: &http::HeaderMap,
         form: &HashMap<String, String>,
     ) -> Result<OAuthClientRow, Response<ProxyBody>> {
-        let invalid = |d: &str| Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d));
-        let basic = headers
+        let authorization = headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.to_str().ok());
+        let used_basic = authorization.is_some_and(|v| v.starts_with("Basic "));
+        let invalid = |d: &str| {
+            let mut r = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d);
+            if used_basic {
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"palisade\""),
+                );
+            }
+            Err(r)
+        };
+        let basic = authorization
             .and_then(|v| v.strip_prefix("Basic "))
             .and_then(|b| {
                 base64::engine::general_purpose::STANDARD
@@ -805,13 +1053,11 @@ impl Server<'_> {
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| {
                 let (id, secret) = s.split_once(':')?;
-                let dec = |x: &str| {
-                    form_urlencoded::parse(format!("x={x}").as_bytes())
-                        .next()
-                        .map(|(_, v)| v.to_string())
-                };
-                Some((dec(id)?, dec(secret)?))
+                Some((form_decode(id)?, form_decode(secret)?))
             });
+        if used_basic && basic.is_none() {
+            return invalid("the Basic credentials are malformed");
+        }
         let (id, secret) = match (&basic, form.get("client_id")) {
             (Some((id, secret)), _) => (id.clone(), Some(secret.clone())),
             (None, Some(id)) => (id.clone(), form.get("client_secret").cloned()),
@@ -835,6 +1081,32 @@ impl Server<'_> {
         }
     }
 
+    /// An access token for a sign-in, in force at once.
+    fn access_for(
+        &self,
+        client_id: &str,
+        family: &str,
+        username: &str,
+    ) -> Result<(String, String), Response<ProxyBody>> {
+        let id = sign_in_id(client_id, family);
+        let info = KeyInfo {
+            id: id.clone(),
+            name: username.to_string(),
+            group: self.rt.spec.oauth_group.clone(),
+            expires_at_ms: Some(now_ms() + ACCESS_TTL.as_millis() as i64),
+            allowed_proxies: vec![self.rt.spec.name.clone()],
+            ..Default::default()
+        };
+        match self.shared.oauth_tokens.issue(info) {
+            Ok(t) => Ok((t, id)),
+            Err(e) => Err(oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &e,
+            )),
+        }
+    }
+
     async fn token(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let headers = req.headers().clone();
         let form = match read_form(req).await {
@@ -842,6 +1114,13 @@ impl Server<'_> {
             Err(r) => return r,
         };
         let bad = |e: &str, d: &str| oauth_error(StatusCode::BAD_REQUEST, e, d);
+        let unavailable = |e: &str| {
+            oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                e,
+            )
+        };
         if form.values().any(|v| v == "\u{0}") {
             return bad("invalid_request", "a parameter is given twice");
         }
@@ -853,13 +1132,39 @@ impl Server<'_> {
             return bad("invalid_target", "the resource is not this proxy");
         }
         let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-        let (username, family, refresh_expires) = match get("grant_type") {
+        let refresh = format!("prt_{}", random_token(32));
+        let access = match get("grant_type") {
             "authorization_code" => {
-                let Some(code) = self.shared.oauth_tokens.take_code(get("code")) else {
-                    return bad("invalid_grant", "the code is unknown, used or expired");
+                let code = match self.shared.oauth_tokens.take_code(get("code")) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return bad("invalid_grant", "the code is unknown or expired"),
+                    Err((client_id, family)) => {
+                        // A code presented twice: whoever holds it, the sign-in ends.
+                        self.shared
+                            .oauth_tokens
+                            .revoke_id(&sign_in_id(&client_id, &family));
+                        let _ = self.backend.revoke_family(&family).await;
+                        self.backend
+                            .audit(
+                                "oauth.code_replayed",
+                                &self.rt.spec.name,
+                                json!({"client_id": client_id, "ip": self.peer.to_string()}),
+                            )
+                            .await;
+                        return bad(
+                            "invalid_grant",
+                            "the code was used before; its sign-in is revoked",
+                        );
+                    }
+                };
+                let redirect_ok = match &code.redirect_uri {
+                    Some(u) => form.get("redirect_uri") == Some(u),
+                    None => form
+                        .get("redirect_uri")
+                        .is_none_or(|u| client.redirect_uris.contains(u)),
                 };
                 if code.client_id != client.client_id
-                    || code.redirect_uri != get("redirect_uri")
+                    || !redirect_ok
                     || code.proxy != self.rt.spec.name
                     || code.resource != self.resource()
                 {
@@ -874,46 +1179,98 @@ impl Server<'_> {
                         "the code_verifier does not match the code_challenge",
                     );
                 }
-                (
-                    code.username,
-                    palisade_core::crypto::random_id(),
-                    now_ms() + REFRESH_TTL.as_millis() as i64,
-                )
+                let (access, id) =
+                    match self.access_for(&client.client_id, &code.family, &code.username) {
+                        Ok(x) => x,
+                        Err(r) => return r,
+                    };
+                let grant = RefreshGrant {
+                    family: code.family,
+                    client_id: client.client_id.clone(),
+                    username: code.username,
+                    user: code.user,
+                    proxy: self.rt.spec.name.clone(),
+                    resource: self.resource(),
+                    scope: SCOPE.into(),
+                    expires_at: now_ms() + REFRESH_TTL.as_millis() as i64,
+                };
+                // Stored only while the user is the one who signed in; the access token issued
+                // just before ends otherwise (a user deleted in between loses it either way).
+                match self
+                    .backend
+                    .put_refresh(hash_api_key(&refresh), grant)
+                    .await
+                {
+                    Ok(true) => access,
+                    Ok(false) => {
+                        self.shared.oauth_tokens.revoke_id(&id);
+                        return bad("invalid_grant", "the user changed since signing in");
+                    }
+                    Err(e) => {
+                        self.shared.oauth_tokens.revoke_id(&id);
+                        return unavailable(&e);
+                    }
+                }
             }
             "refresh_token" => {
                 let presented = get("refresh_token");
-                if !presented.starts_with("prt_") {
-                    return bad("invalid_grant", "the refresh token is unknown or expired");
+                let old = hash_api_key(presented);
+                let gone = || bad("invalid_grant", "the refresh token is unknown or expired");
+                let grant = match self.backend.peek_refresh(old).await {
+                    Ok(Some(g)) if presented.starts_with("prt_") => g,
+                    Ok(_) => return gone(),
+                    Err(e) => return unavailable(&e),
+                };
+                let (g, used) = grant;
+                // Checked before anything is used up: another client's token is not burnt.
+                if g.client_id != client.client_id
+                    || g.proxy != self.rt.spec.name
+                    || g.resource != self.resource()
+                {
+                    return bad(
+                        "invalid_grant",
+                        "the refresh token was issued to another client or resource",
+                    );
                 }
-                match self.backend.use_refresh(hash_api_key(presented)).await {
-                    Ok(RefreshUse::Valid(g))
-                        if g.client_id == client.client_id
-                            && g.proxy == self.rt.spec.name
-                            && g.resource == self.resource() =>
-                    {
-                        (g.username, g.family, g.expires_at)
+                if !used && g.expires_at <= now_ms() {
+                    return gone();
+                }
+                let id = sign_in_id(&g.client_id, &g.family);
+                let access = if used {
+                    None
+                } else {
+                    match self.access_for(&g.client_id, &g.family, &g.username) {
+                        Ok((t, _)) => Some(t),
+                        Err(r) => return r,
                     }
-                    Ok(RefreshUse::Valid(_)) => {
-                        return bad(
-                            "invalid_grant",
-                            "the refresh token was issued to another client or resource",
-                        );
-                    }
-                    Ok(RefreshUse::Replayed) => {
+                };
+                match self
+                    .backend
+                    .rotate_refresh(old, hash_api_key(&refresh))
+                    .await
+                {
+                    Ok(RefreshUse::Valid(_)) if access.is_some() => access.unwrap_or_default(),
+                    Ok(RefreshUse::Replayed(family)) => {
+                        self.shared.oauth_tokens.revoke_id(&id);
+                        self.backend
+                            .audit(
+                                "oauth.refresh_replayed",
+                                &self.rt.spec.name,
+                                json!({"client_id": g.client_id, "user": g.username, "family": family, "ip": self.peer.to_string()}),
+                            )
+                            .await;
                         return bad(
                             "invalid_grant",
                             "the refresh token was used before; its sign-in is revoked (sign in again)",
                         );
                     }
-                    Ok(RefreshUse::Invalid) => {
-                        return bad("invalid_grant", "the refresh token is unknown or expired");
+                    Ok(_) => {
+                        self.shared.oauth_tokens.revoke_id(&id);
+                        return gone();
                     }
                     Err(e) => {
-                        return oauth_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "temporarily_unavailable",
-                            &e,
-                        );
+                        // Nothing was used up: the client may try again with the same token.
+                        return unavailable(&e);
                     }
                 }
             }
@@ -925,46 +1282,6 @@ impl Server<'_> {
                 );
             }
         };
-        let expires = now_ms() + ACCESS_TTL.as_millis() as i64;
-        let info = KeyInfo {
-            id: format!("oauth:{}:{username}", client.client_id),
-            name: username.clone(),
-            group: self.rt.spec.oauth_group.clone(),
-            expires_at_ms: Some(expires),
-            allowed_proxies: vec![self.rt.spec.name.clone()],
-            ..Default::default()
-        };
-        let access = match self.shared.oauth_tokens.issue(info) {
-            Ok(t) => t,
-            Err(e) => {
-                return oauth_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    &e,
-                );
-            }
-        };
-        let refresh = format!("prt_{}", random_token(32));
-        let grant = RefreshGrant {
-            family,
-            client_id: client.client_id.clone(),
-            username,
-            proxy: self.rt.spec.name.clone(),
-            resource: self.resource(),
-            scope: SCOPE.into(),
-            expires_at: refresh_expires,
-        };
-        if let Err(e) = self
-            .backend
-            .put_refresh(hash_api_key(&refresh), grant)
-            .await
-        {
-            return oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                &e,
-            );
-        }
         json_answer(
             StatusCode::OK,
             &json!({
@@ -990,7 +1307,8 @@ mod tests {
             "http://localhost:33418/callback",
             "http://[::1]:8080/cb",
             "com.example.app:/oauth2redirect",
-            "cursor://anysphere.cursor-retrieval/oauth/callback",
+            "cursor.app://anysphere/oauth/callback",
+            "cursor://anysphere.cursor-retrieval/oauth/user-mcp/callback",
         ] {
             assert!(redirect_uri_ok(ok), "{ok}");
         }
@@ -999,15 +1317,46 @@ mod tests {
             "http://127.0.0.1.evil.example/cb",
             "https://user:pw@app.example/cb",
             "https://app.example/cb#frag",
+            "https:evil.example",
+            "http://127.0.0.1:99999/cb",
             "javascript:alert(1)",
             "data:text/html,hi",
             "file:///etc/passwd",
+            "ms-msdt:/id",
+            "search-ms:query=x",
+            "view-source:https://evil.example",
+            "intent://evil.example/cb",
+            "x:y",
+            "app.example:/\u{e9}",
             "no-scheme",
             "https://app.example/a b",
             "",
         ] {
             assert!(!redirect_uri_ok(bad), "{bad}");
         }
+        // A loopback redirect matches on any port; others exactly.
+        assert!(redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:51234/cb"
+        ));
+        assert!(redirect_matches(
+            "http://127.0.0.1:9/cb",
+            "http://127.0.0.1:51234/cb"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:5/other"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://localhost:5/cb"
+        ));
+        assert!(!redirect_matches(
+            "https://app.example/cb",
+            "https://app.example:8443/cb"
+        ));
+        assert_eq!(form_decode("a%2Bb+c%26d").as_deref(), Some("a+b c&d"));
+        assert_eq!(form_decode("bad%2"), None);
     }
 
     #[test]
@@ -1024,51 +1373,62 @@ mod tests {
     }
 
     #[test]
-    fn tokens_resolve_until_they_expire_or_their_user_is_revoked() {
+    fn tokens_resolve_until_they_expire_or_their_sign_in_or_user_ends() {
         let t = Tokens::default();
-        let info = |name: &str, exp: i64| KeyInfo {
-            id: format!("oauth:c1:{name}"),
+        let info = |name: &str, family: &str, exp: i64| KeyInfo {
+            id: sign_in_id("c1", family),
             name: name.into(),
             expires_at_ms: Some(exp),
             allowed_proxies: vec!["tools".into()],
             ..Default::default()
         };
         let now = now_ms();
-        let a = t.issue(info("mia", now + 60_000)).unwrap();
-        let b = t.issue(info("mia", now + 120_000)).unwrap();
-        let c = t.issue(info("noa", now + 60_000)).unwrap();
+        let a = t.issue(info("mia", "f1", now + 60_000)).unwrap();
+        let c = t.issue(info("noa", "f3", now + 60_000)).unwrap();
         assert!(a.starts_with("pat_"));
         assert_eq!(t.lookup(&a, now).unwrap().name, "mia");
         assert!(t.lookup(&a, now + 60_000).is_none());
-        // Either token keeps the identity active until the later one expires.
-        assert!(t.holds("oauth:c1:mia", now + 90_000));
-        assert!(!t.holds("oauth:c1:mia", now + 120_000));
+        // A sign-in holds one token: its next one ends the one before.
+        let b = t.issue(info("mia", "f1", now + 120_000)).unwrap();
+        assert!(t.lookup(&a, now).is_none());
+        assert!(t.holds("oauth:c1:f1", now + 90_000));
+        assert!(!t.holds("oauth:c1:f1", now + 120_000));
         assert!(t.lookup("pal_not_an_oauth_token", now).is_none());
-        t.revoke_user("mia");
-        assert!(t.lookup(&b, now).is_none());
-        assert!(t.lookup(&c, now).is_some());
-        // Codes: once, while fresh.
+        let d = t.issue(info("mia", "f2", now + 60_000)).unwrap();
+        t.revoke_id("oauth:c1:f2");
+        assert!(t.lookup(&d, now).is_none());
+        assert!(t.lookup(&b, now).is_some());
+        // Codes: once, while fresh; presented again, they name their sign-in.
         let code = Code {
             client_id: "c1".into(),
-            redirect_uri: "http://127.0.0.1/cb".into(),
+            redirect_uri: None,
             challenge: "x".into(),
             username: "mia".into(),
+            user: UserStamp::default(),
+            family: "f9".into(),
             proxy: "tools".into(),
             resource: "http://127.0.0.1:1/".into(),
             expires_at: now + 60_000,
         };
         t.put_code("abc", code.clone()).unwrap();
-        assert!(t.take_code("abc").is_some());
-        assert!(t.take_code("abc").is_none());
+        assert!(matches!(t.take_code("abc"), Ok(Some(_))));
+        assert_eq!(t.take_code("abc").err(), Some(("c1".into(), "f9".into())));
+        assert!(matches!(t.take_code("never"), Ok(None)));
         t.put_code(
             "old",
             Code {
                 expires_at: now - 1,
-                ..code
+                ..code.clone()
             },
         )
         .unwrap();
-        assert!(t.take_code("old").is_none());
+        assert!(matches!(t.take_code("old"), Ok(None)));
+        // A user who goes loses their tokens and waiting codes.
+        t.put_code("waiting", code).unwrap();
+        t.revoke_user("mia");
+        assert!(t.lookup(&b, now).is_none());
+        assert!(t.lookup(&c, now).is_some());
+        assert!(matches!(t.take_code("waiting"), Ok(None)));
     }
 
     #[test]

@@ -248,13 +248,16 @@ const MIGRATIONS: &[&str] = &[
         redirect_uris TEXT NOT NULL,
         secret_hash BLOB,
         created_at INTEGER NOT NULL,
-        created_from TEXT NOT NULL
+        created_from TEXT NOT NULL,
+        last_used_at INTEGER
     );
     CREATE TABLE oauth_refresh (
         token_hash BLOB PRIMARY KEY,
         family TEXT NOT NULL,
         client_id TEXT NOT NULL,
         username TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        user_updated_at INTEGER NOT NULL,
         proxy TEXT NOT NULL,
         resource TEXT NOT NULL,
         scope TEXT NOT NULL,
@@ -264,6 +267,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX oauth_refresh_family ON oauth_refresh (family);
     CREATE INDEX oauth_refresh_user ON oauth_refresh (username);
+    CREATE INDEX oauth_refresh_expiry ON oauth_refresh (expires_at);
     "#,
 ];
 

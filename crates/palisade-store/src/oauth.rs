@@ -1,21 +1,96 @@
 //! OAuth 2.1 state the gateway keeps: registered clients (RFC 7591) and refresh tokens.
 //!
 //! Refresh tokens are stored as SHA-256 digests, never as issued. Each sign-in starts a family;
-//! every use marks the token used and the caller issues its successor in the same family; a
-//! used token presented again (stolen, or replayed) revokes the whole family.
+//! a rotation marks the token used and stores its successor in one transaction (a family keeps
+//! at most its current token and the one used last); a used token presented again (stolen, or
+//! replayed) revokes the whole family. A grant holds its user's id and last change: once the
+//! user is deleted, recreated or changed, the family is void.
 
 use palisade_core::now_ms;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Store, StoreError};
 
 /// Most clients that may register (open registration is bounded).
 pub const MAX_CLIENTS: i64 = 10_000;
 
-pub use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse};
+pub use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
+
+/// How long a registered client that never completed a sign-in is kept.
+const UNUSED_CLIENT_MS: i64 = 24 * 3600 * 1000;
+
+const GRANT_COLS: &str = "family, client_id, username, user_id, user_updated_at, proxy, resource, scope, expires_at, used_at";
+
+fn grant_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RefreshGrant, bool)> {
+    Ok((
+        RefreshGrant {
+            family: r.get(0)?,
+            client_id: r.get(1)?,
+            username: r.get(2)?,
+            user: UserStamp {
+                id: r.get(3)?,
+                updated_at: r.get(4)?,
+            },
+            proxy: r.get(5)?,
+            resource: r.get(6)?,
+            scope: r.get(7)?,
+            expires_at: r.get(8)?,
+        },
+        r.get::<_, Option<i64>>(9)?.is_some(),
+    ))
+}
+
+fn get_grant(c: &Connection, hash: &[u8; 32]) -> rusqlite::Result<Option<(RefreshGrant, bool)>> {
+    c.query_row(
+        &format!("SELECT {GRANT_COLS} FROM oauth_refresh WHERE token_hash = ?1"),
+        [hash.to_vec()],
+        grant_of,
+    )
+    .optional()
+}
+
+/// Whether the grant's user is still the one who signed in.
+fn user_holds(c: &Connection, g: &RefreshGrant) -> rusqlite::Result<bool> {
+    Ok(c.query_row(
+        "SELECT COUNT(*) FROM users WHERE username = ?1 AND id = ?2 AND updated_at = ?3",
+        params![g.username, g.user.id, g.user.updated_at],
+        |r| r.get::<_, i64>(0),
+    )? == 1)
+}
+
+fn insert_grant(
+    c: &Connection,
+    hash: &[u8; 32],
+    g: &RefreshGrant,
+    now: i64,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO oauth_refresh (token_hash, family, client_id, username, user_id, user_updated_at, proxy, resource, scope, expires_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            hash.to_vec(),
+            g.family,
+            g.client_id,
+            g.username,
+            g.user.id,
+            g.user.updated_at,
+            g.proxy,
+            g.resource,
+            g.scope,
+            g.expires_at,
+            now
+        ],
+    )?;
+    c.execute(
+        "UPDATE oauth_clients SET last_used_at = ?1 WHERE client_id = ?2",
+        params![now, g.client_id],
+    )?;
+    Ok(())
+}
 
 impl Store {
-    /// Registers a client; refused once [`MAX_CLIENTS`] are registered.
+    /// Registers a client. Clients that never completed a sign-in within a day are dropped
+    /// first; past [`MAX_CLIENTS`] the registration is refused.
     pub async fn create_oauth_client(
         &self,
         row: OAuthClientRow,
@@ -23,6 +98,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM oauth_clients WHERE last_used_at IS NULL AND created_at < ?1",
+                [now_ms() - UNUSED_CLIENT_MS],
+            )?;
             let n: i64 = tx.query_row("SELECT COUNT(*) FROM oauth_clients", [], |r| r.get(0))?;
             if n >= MAX_CLIENTS {
                 return Err(StoreError::Conflict(format!(
@@ -94,69 +173,63 @@ impl Store {
         .await
     }
 
-    /// Stores a refresh token's digest and grant; expired tokens are pruned on the way.
-    pub async fn put_refresh(&self, hash: [u8; 32], g: RefreshGrant) -> Result<(), StoreError> {
+    /// Stores the first refresh token of a sign-in, if its user is still the one who signed
+    /// in (`Ok(false)` when not); expired tokens are pruned on the way.
+    pub async fn put_refresh(&self, hash: [u8; 32], g: RefreshGrant) -> Result<bool, StoreError> {
         self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now_ms();
-            c.execute("DELETE FROM oauth_refresh WHERE expires_at <= ?1", [now])?;
-            c.execute(
-                "INSERT INTO oauth_refresh (token_hash, family, client_id, username, proxy, resource, scope, expires_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    hash.to_vec(),
-                    g.family,
-                    g.client_id,
-                    g.username,
-                    g.proxy,
-                    g.resource,
-                    g.scope,
-                    g.expires_at,
-                    now
-                ],
-            )?;
-            Ok(())
+            tx.execute("DELETE FROM oauth_refresh WHERE expires_at <= ?1", [now])?;
+            if !user_holds(&tx, &g)? {
+                return Ok(false);
+            }
+            insert_grant(&tx, &hash, &g, now)?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
 
-    /// Uses a refresh token: marks it used and returns its grant; a used one revokes its family.
-    pub async fn use_refresh(&self, hash: [u8; 32]) -> Result<RefreshUse, StoreError> {
+    /// A refresh token's grant and whether it was used, without using it.
+    pub async fn peek_refresh(
+        &self,
+        hash: [u8; 32],
+    ) -> Result<Option<(RefreshGrant, bool)>, StoreError> {
+        self.call(move |c| Ok(get_grant(c, &hash)?)).await
+    }
+
+    /// Rotates a refresh token in one transaction: a valid one is marked used and `next` stored
+    /// in its family (the family's older used tokens go); a used one revokes its family; one
+    /// whose user changed since the sign-in revokes it too.
+    pub async fn rotate_refresh(
+        &self,
+        old: [u8; 32],
+        next: [u8; 32],
+    ) -> Result<RefreshUse, StoreError> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now_ms();
-            let row = tx
-                .query_row(
-                    "SELECT family, client_id, username, proxy, resource, scope, expires_at, used_at
-                     FROM oauth_refresh WHERE token_hash = ?1",
-                    [hash.to_vec()],
-                    |r| {
-                        Ok((
-                            RefreshGrant {
-                                family: r.get(0)?,
-                                client_id: r.get(1)?,
-                                username: r.get(2)?,
-                                proxy: r.get(3)?,
-                                resource: r.get(4)?,
-                                scope: r.get(5)?,
-                                expires_at: r.get(6)?,
-                            },
-                            r.get::<_, Option<i64>>(7)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let out = match row {
+            let out = match get_grant(&tx, &old)? {
                 None => RefreshUse::Invalid,
-                Some((g, Some(_))) => {
+                Some((g, true)) => {
                     tx.execute("DELETE FROM oauth_refresh WHERE family = ?1", [&g.family])?;
-                    RefreshUse::Replayed
+                    RefreshUse::Replayed(g.family)
                 }
-                Some((g, None)) if g.expires_at <= now => RefreshUse::Invalid,
-                Some((g, None)) => {
+                Some((g, false)) if g.expires_at <= now => RefreshUse::Invalid,
+                Some((g, false)) if !user_holds(&tx, &g)? => {
+                    tx.execute("DELETE FROM oauth_refresh WHERE family = ?1", [&g.family])?;
+                    RefreshUse::Invalid
+                }
+                Some((g, false)) => {
+                    tx.execute(
+                        "DELETE FROM oauth_refresh WHERE family = ?1 AND used_at IS NOT NULL",
+                        [&g.family],
+                    )?;
                     tx.execute(
                         "UPDATE oauth_refresh SET used_at = ?1 WHERE token_hash = ?2",
-                        params![now, hash.to_vec()],
+                        params![now, old.to_vec()],
                     )?;
+                    insert_grant(&tx, &next, &g, now)?;
                     RefreshUse::Valid(g)
                 }
             };
@@ -164,6 +237,13 @@ impl Store {
             Ok(out)
         })
         .await
+    }
+
+    /// Revokes a sign-in's refresh tokens (its code was presented twice).
+    pub async fn revoke_refresh_family(&self, family: &str) -> Result<usize, StoreError> {
+        let f = family.to_string();
+        self.call(move |c| Ok(c.execute("DELETE FROM oauth_refresh WHERE family = ?1", [&f])?))
+            .await
     }
 
     /// Revokes every refresh token of a user (deleted, password reset, role changed).
@@ -179,50 +259,101 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn refresh_tokens_rotate_and_a_replay_revokes_the_family() {
+    async fn refresh_tokens_rotate_and_a_replay_or_a_changed_user_revokes_the_family() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        store
+            .create_user(
+                "mia",
+                "hash-1".into(),
+                "member",
+                false,
+                crate::Actor::system("test"),
+            )
+            .await
+            .unwrap();
+        let row = store.user_by_name("mia").await.unwrap().unwrap();
+        let stamp = |s: &Store| {
+            let s = s.clone();
+            async move {
+                s.call(|c| {
+                    Ok(c.query_row(
+                        "SELECT id, updated_at FROM users WHERE username = 'mia'",
+                        [],
+                        |r| {
+                            Ok(UserStamp {
+                                id: r.get(0)?,
+                                updated_at: r.get(1)?,
+                            })
+                        },
+                    )?)
+                })
+                .await
+                .unwrap()
+            }
+        };
         let grant = RefreshGrant {
             family: "fam-1".into(),
             client_id: "c1".into(),
             username: "mia".into(),
+            user: stamp(&store).await,
             proxy: "tools".into(),
             resource: "http://127.0.0.1:9/".into(),
             scope: "mcp".into(),
             expires_at: now_ms() + 60_000,
         };
-        store.put_refresh([1; 32], grant.clone()).await.unwrap();
+        assert_eq!(grant.user.id, row.id);
+        assert!(store.put_refresh([1; 32], grant.clone()).await.unwrap());
         assert_eq!(
-            store.use_refresh([1; 32]).await.unwrap(),
+            store.peek_refresh([1; 32]).await.unwrap(),
+            Some((grant.clone(), false))
+        );
+        assert_eq!(
+            store.rotate_refresh([1; 32], [2; 32]).await.unwrap(),
             RefreshUse::Valid(grant.clone())
         );
-        store.put_refresh([2; 32], grant.clone()).await.unwrap();
-        // The first one again: the family (the successor too) is gone.
         assert_eq!(
-            store.use_refresh([1; 32]).await.unwrap(),
-            RefreshUse::Replayed
+            store.rotate_refresh([2; 32], [3; 32]).await.unwrap(),
+            RefreshUse::Valid(grant.clone())
+        );
+        // The family keeps its current token and the one used last.
+        assert_eq!(store.peek_refresh([1; 32]).await.unwrap(), None);
+        // The used one again: the family (the current token too) is gone.
+        assert_eq!(
+            store.rotate_refresh([2; 32], [4; 32]).await.unwrap(),
+            RefreshUse::Replayed("fam-1".into())
         );
         assert_eq!(
-            store.use_refresh([2; 32]).await.unwrap(),
+            store.rotate_refresh([3; 32], [5; 32]).await.unwrap(),
             RefreshUse::Invalid
         );
         assert_eq!(
-            store.use_refresh([9; 32]).await.unwrap(),
+            store.rotate_refresh([9; 32], [6; 32]).await.unwrap(),
             RefreshUse::Invalid
         );
         let old = RefreshGrant {
             expires_at: now_ms() - 1,
             ..grant.clone()
         };
-        store.put_refresh([3; 32], old).await.unwrap();
+        assert!(store.put_refresh([7; 32], old).await.unwrap());
         assert_eq!(
-            store.use_refresh([3; 32]).await.unwrap(),
+            store.rotate_refresh([7; 32], [8; 32]).await.unwrap(),
             RefreshUse::Invalid
         );
-        store.put_refresh([4; 32], grant).await.unwrap();
+        // A user changed since the sign-in: nothing is stored for it, and its family is void.
+        let changed = RefreshGrant {
+            user: UserStamp {
+                updated_at: grant.user.updated_at + 1,
+                ..grant.user.clone()
+            },
+            family: "fam-2".into(),
+            ..grant.clone()
+        };
+        assert!(!store.put_refresh([10; 32], changed).await.unwrap());
+        assert!(store.put_refresh([11; 32], grant.clone()).await.unwrap());
         assert_eq!(store.revoke_user_refresh("mia").await.unwrap(), 1);
         assert_eq!(
-            store.use_refresh([4; 32]).await.unwrap(),
+            store.rotate_refresh([11; 32], [12; 32]).await.unwrap(),
             RefreshUse::Invalid
         );
         // Clients: kept as registered.
@@ -231,7 +362,7 @@ mod tests {
             name: "Inspector".into(),
             redirect_uris: vec!["http://127.0.0.1:6274/cb".into()],
             secret_hash: Some([7; 32]),
-            created_at: 5,
+            created_at: now_ms(),
         };
         store
             .create_oauth_client(c.clone(), "127.0.0.1".into())
@@ -239,5 +370,24 @@ mod tests {
             .unwrap();
         assert_eq!(store.oauth_client("c1").await.unwrap(), Some(c));
         assert_eq!(store.oauth_client("c2").await.unwrap(), None);
+        // One that never signed anyone in is dropped after a day.
+        let stale = OAuthClientRow {
+            client_id: "c3".into(),
+            created_at: now_ms() - UNUSED_CLIENT_MS - 1,
+            ..store.oauth_client("c1").await.unwrap().unwrap()
+        };
+        store
+            .create_oauth_client(stale, "127.0.0.1".into())
+            .await
+            .unwrap();
+        let fresh = OAuthClientRow {
+            client_id: "c4".into(),
+            ..store.oauth_client("c1").await.unwrap().unwrap()
+        };
+        store
+            .create_oauth_client(fresh, "127.0.0.1".into())
+            .await
+            .unwrap();
+        assert_eq!(store.oauth_client("c3").await.unwrap(), None);
     }
 }

@@ -94,10 +94,12 @@ pub struct UserRow {
     pub username: String,
     /// Argon2id PHC hash.
     pub password_hash: String,
-    /// `admin` or `viewer`.
+    /// `admin`, `viewer` or `member`.
     pub role: String,
     /// Set when the password was generated and must be changed at first login.
     pub must_change_password: bool,
+    /// Last change of the row (password, role), Unix ms.
+    pub updated_at: i64,
 }
 
 /// One audit log entry.
@@ -459,7 +461,7 @@ impl Store {
         let username = username.to_string();
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT id, username, password_hash, role, must_change_password FROM users WHERE username = ?1",
+                "SELECT id, username, password_hash, role, must_change_password, updated_at FROM users WHERE username = ?1",
                 [&username],
                 |r| {
                     Ok(UserRow {
@@ -468,6 +470,7 @@ impl Store {
                         password_hash: r.get(2)?,
                         role: r.get(3)?,
                         must_change_password: r.get(4)?,
+                        updated_at: r.get(5)?,
                     })
                 },
             )

@@ -75,7 +75,7 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     let gw = Gateway::start(&format!(
         "{}\n[[proxies]]\nname = \"tools\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
          oauth = true\noauth_group = \"engineering\"\ntool_approval = \"auto\"\n\
-         \n[[proxies]]\nname = \"other\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\noauth = true\n",
+         \n[[proxies]]\nname = \"other\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\noauth = true\noauth_users = [\"someone\"]\n",
         config_for("http://127.0.0.1:9")
     ))
     .await;
@@ -215,14 +215,16 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     );
     form.pop();
     form.push(("password", "member-password-0001"));
-    let r = http().post(&authorize).form(&form).send().await.unwrap();
-    assert_eq!(r.status(), 302);
-    let q = location_query(&r);
+    let sign_in = || async {
+        let r = http().post(&authorize).form(&form).send().await.unwrap();
+        assert_eq!(r.status(), 303);
+        location_query(&r)
+    };
+    let q = sign_in().await;
     assert_eq!(q["state"], "st-1");
     assert_eq!(q["iss"], base);
-    let code = q["code"].clone();
 
-    // The code, once, with its verifier.
+    // The code, with its verifier.
     let exchange = |code: String, verifier: &'static str| {
         let client_id = client_id.clone();
         let base = base.clone();
@@ -240,17 +242,10 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
             .await
         }
     };
-    let (s, tokens) = exchange(code.clone(), VERIFIER).await;
+    let (s, tokens) = exchange(q["code"].clone(), VERIFIER).await;
     assert_eq!(s, 200, "{tokens}");
     assert_eq!(tokens["token_type"], "Bearer");
     let access = tokens["access_token"].as_str().unwrap().to_string();
-    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
-    let (s, v) = exchange(code, VERIFIER).await;
-    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
-    // A code with the wrong verifier is refused.
-    let r = http().post(&authorize).form(&form).send().await.unwrap();
-    let (s, v) = exchange(location_query(&r)["code"].clone(), "x".repeat(43).leak()).await;
-    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
 
     // The token works on its proxy, as the user, in the proxy's OAuth group; not elsewhere.
     let r = call(&mcp, &access).await;
@@ -269,9 +264,22 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
             .contains("error=\"invalid_token\"")
     );
 
-    // Refresh: rotated; the old one again revokes the sign-in.
-    let refresh_form = |rt: String| {
-        let client_id = client_id.clone();
+    // The same code again (stolen): refused, and the sign-in it made ends.
+    let (s, v) = exchange(q["code"].clone(), VERIFIER).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(call(&mcp, &access).await.status(), 401);
+    // A code with the wrong verifier is refused.
+    let (s, v) = exchange(sign_in().await["code"].clone(), "x".repeat(43).leak()).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+
+    // Refresh: rotated, the sign-in's earlier access token ends; the old refresh token again
+    // revokes the sign-in.
+    let (_, tokens) = exchange(sign_in().await["code"].clone(), VERIFIER).await;
+    let (access, refresh) = (
+        tokens["access_token"].as_str().unwrap().to_string(),
+        tokens["refresh_token"].as_str().unwrap().to_string(),
+    );
+    let refresh_with = |rt: String, client: String| {
         let base = base.clone();
         async move {
             token(
@@ -279,29 +287,104 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
                 &[
                     ("grant_type", "refresh_token"),
                     ("refresh_token", &rt),
-                    ("client_id", &client_id),
+                    ("client_id", &client),
                 ],
             )
             .await
         }
     };
-    let (s, second) = refresh_form(refresh.clone()).await;
+    // Another client cannot use it (nor use it up).
+    let (s, _) = refresh_with(refresh.clone(), "pcl_someone-else".into()).await;
+    assert_eq!(s, 401);
+    let (s, second) = refresh_with(refresh.clone(), client_id.clone()).await;
     assert_eq!(s, 200, "{second}");
     let access2 = second["access_token"].as_str().unwrap().to_string();
-    assert_ne!(access2, access);
+    assert_eq!(call(&mcp, &access).await.status(), 401);
     assert_eq!(call(&mcp, &access2).await.status(), 200);
-    let (s, v) = refresh_form(refresh).await;
+    let (s, v) = refresh_with(refresh, client_id.clone()).await;
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
-    let (s, _) = refresh_form(second["refresh_token"].as_str().unwrap().to_string()).await;
-    assert_eq!(s, 400, "the replay revoked the whole sign-in");
+    assert_eq!(
+        call(&mcp, &access2).await.status(),
+        401,
+        "the replay ended the sign-in"
+    );
+    let (s, _) = refresh_with(
+        second["refresh_token"].as_str().unwrap().to_string(),
+        client_id.clone(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (_, audit) = gw.get("/api/v1/audit?action=oauth.refresh_replayed").await;
+    assert!(audit.to_string().contains("mia"), "{audit}");
 
-    // The user deleted: their tokens end at once.
+    // The user deleted: their tokens end at once, and a code waiting is void.
+    let (_, tokens) = exchange(sign_in().await["code"].clone(), VERIFIER).await;
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let waiting = sign_in().await["code"].clone();
     let (s, _) = gw
         .api(reqwest::Method::DELETE, "/api/v1/users/mia", None)
         .await;
     assert_eq!(s, 204);
-    assert_eq!(call(&mcp, &access2).await.status(), 401);
+    assert_eq!(call(&mcp, &access).await.status(), 401);
+    let (s, _) = exchange(waiting, VERIFIER).await;
+    assert_eq!(s, 400);
     // Sign-ins are audited.
     let (_, audit) = gw.get("/api/v1/audit?action=oauth.authorize").await;
     assert!(audit.to_string().contains("\"tools\""), "{audit}");
+
+    // A password an administrator set is changed on the page before going on.
+    let (s, v) = gw
+        .post(
+            "/api/v1/users",
+            json!({"username": "neo", "password": "initial-password-0001", "role": "member"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut neo: Vec<(&str, &str)> = params.to_vec();
+    neo.extend([("username", "neo"), ("password", "initial-password-0001")]);
+    let r = http().post(&authorize).form(&neo).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("choose your own"));
+    neo.extend([
+        ("new_password", "neo-own-password-0001"),
+        ("new_password_again", "neo-own-password-0001"),
+    ]);
+    let r = http().post(&authorize).form(&neo).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let (s, _) = exchange(location_query(&r)["code"].clone(), VERIFIER).await;
+    assert_eq!(s, 200);
+
+    // A proxy open to some users only.
+    let other_base = gw.proxy_url("other").await;
+    let mut on_other: Vec<(&str, &str)> = params.to_vec();
+    let other_resource = format!("{other_base}/");
+    on_other.retain(|(k, _)| *k != "resource");
+    on_other.extend([
+        ("resource", other_resource.as_str()),
+        ("username", "neo"),
+        ("password", "neo-own-password-0001"),
+    ]);
+    let r = http()
+        .post(format!("{other_base}/oauth/authorize"))
+        .form(&on_other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("may not use this proxy"));
+
+    // Guesses on the OAuth page lock out neither the console nor its administrator.
+    form.retain(|(k, _)| *k != "username" && *k != "password");
+    form.extend([("username", "admin"), ("password", "not-the-password-00")]);
+    for _ in 0..12 {
+        http().post(&authorize).form(&form).send().await.unwrap();
+    }
+    let r = http().post(&authorize).form(&form).send().await.unwrap();
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Too many failed password attempts")
+    );
+    gw.login("admin", ADMIN_PASSWORD).await;
 }
