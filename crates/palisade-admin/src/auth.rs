@@ -371,6 +371,16 @@ impl LoginLimiter {
         }
     }
 
+    /// The keys of an OAuth sign-in: as [`LoginLimiter::keys`], but a known pair alone.
+    fn oauth_keys(&self, ip: IpAddr, user: &str) -> Vec<String> {
+        let [a, b] = self.keys(ip, user);
+        if b.starts_with("pair:") {
+            vec![b]
+        } else {
+            vec![a, b]
+        }
+    }
+
     /// Remembers that `user` logged in from `ip`.
     fn remember(&self, ip: IpAddr, user: &str) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -456,6 +466,7 @@ pub(crate) async fn oauth_sign_in(
     proxy: &str,
 ) -> Result<palisade_gateway::oauth::SignedIn, String> {
     let user = oauth_check(state, username, password, ip, Some((client, proxy))).await?;
+    // The grant itself is audited by the authorization server once its code exists.
     Ok(palisade_gateway::oauth::SignedIn {
         user: palisade_core::oauth::UserStamp {
             id: user.id,
@@ -482,7 +493,12 @@ pub(crate) async fn oauth_change_password(
     if new.chars().count() > MAX_PASSWORD {
         return Err("Passwords are at most 1024 characters.".into());
     }
-    oauth_check(state, username, current, ip, None).await?;
+    let user = oauth_check(state, username, current, ip, None).await?;
+    if !user.must_change_password {
+        return Err(
+            "Only a password an administrator set is changed here; sign in with yours.".into(),
+        );
+    }
     let busy = |e: String| {
         tracing::warn!(error = %e, "OAuth sign-in: password change failed");
         "The gateway cannot change passwords now; try again shortly.".to_string()
@@ -527,7 +543,9 @@ async fn oauth_check(
         return Err(wrong());
     }
     let limiter = &state.oauth_limiter;
-    let keys = limiter.keys(ip, username);
+    // From an address the user signed in from before, only that pair counts: guesses at other
+    // names from the same address (everyone behind one TLS terminator) do not lock them out.
+    let keys = limiter.oauth_keys(ip, username);
     limiter.begin(&keys).map_err(|wait| {
         format!(
             "Too many failed password attempts; try again in {} s.",
@@ -569,17 +587,6 @@ async fn oauth_check(
     };
     limiter.succeed(&keys);
     limiter.remember(ip, &user.username);
-    if let Some((_, proxy)) = grant {
-        let actor = Actor {
-            name: user.username.clone(),
-            request_id: None,
-        };
-        state
-            .store
-            .record_event(actor, "oauth.authorize", "proxy", proxy, Some(detail))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-    }
     Ok(user)
 }
 

@@ -144,16 +144,26 @@ impl OAuthBackend for Backend {
         })
     }
 
-    fn audit<'a>(&'a self, action: &'a str, target: &'a str, detail: Value) -> BoxFut<'a, ()> {
+    fn audit<'a>(
+        &'a self,
+        actor: &'a str,
+        action: &'a str,
+        target: &'a str,
+        detail: Value,
+    ) -> BoxFut<'a, Result<(), String>> {
         Box::pin(async move {
-            if let Err(e) = self
-                .0
+            let actor = Actor {
+                name: actor.to_string(),
+                request_id: None,
+            };
+            self.0
                 .store
-                .record_event(anonymous(), action, "proxy", target, Some(detail))
+                .record_event(actor, action, "proxy", target, Some(detail))
                 .await
-            {
-                tracing::error!(error = %e, action, "OAuth: an audit record could not be written");
-            }
+                .map_err(|e| {
+                    tracing::error!(error = %e, action, "OAuth: an audit record could not be written");
+                    "the gateway cannot record this now; retry shortly".to_string()
+                })
         })
     }
 }

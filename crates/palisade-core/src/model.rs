@@ -474,17 +474,29 @@ impl ProxySpec {
             ));
         }
         // Passwords and tokens cross the proxy's listener: in the clear only on this machine.
-        if self.oauth
-            && !listen_is_loopback(&self.listen)
-            && !self
-                .public_url
-                .as_deref()
-                .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"))
-        {
-            return Err(FieldError::new(
-                "oauth",
-                "a proxy that listens beyond this machine needs an https `public_url` for OAuth (TLS ended in front of it): passwords and tokens must not cross the network in the clear",
-            ));
+        if self.oauth {
+            let public = self.public_url.as_deref().map(str::to_ascii_lowercase);
+            let https = public.as_deref().is_some_and(|u| u.starts_with("https://"));
+            let local_http = public.as_deref().is_some_and(|u| {
+                u.parse::<http::Uri>()
+                    .ok()
+                    .and_then(|x| x.host().map(str::to_string))
+                    .is_some_and(|h| matches!(h.as_str(), "127.0.0.1" | "[::1]" | "localhost"))
+            });
+            let ok = match &public {
+                Some(_) => https || local_http,
+                None => listen_is_loopback(&self.listen),
+            };
+            if !ok {
+                return Err(FieldError::new(
+                    if public.is_some() {
+                        "public_url"
+                    } else {
+                        "oauth"
+                    },
+                    "OAuth needs an https `public_url` (TLS ended in front of the proxy) unless the proxy is reached on this machine only: passwords and tokens must not cross the network in the clear",
+                ));
+            }
         }
         if let Some(g) = &self.oauth_group {
             if !self.oauth {
@@ -699,6 +711,42 @@ mod tests {
         assert_eq!(s.api, LlmApi::Openai);
         assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn oauth_is_for_mcp_and_a2a_and_leaves_this_machine_only_over_tls() {
+        let mcp = |extra: serde_json::Value| -> Result<(), FieldError> {
+            let mut v = serde_json::json!({"name": "tools", "kind": "mcp", "listen": "127.0.0.1:9300",
+                "upstream": "http://127.0.0.1:3001/mcp", "oauth": true});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            serde_json::from_value::<ProxySpec>(v).unwrap().validate()
+        };
+        mcp(serde_json::json!({})).unwrap();
+        mcp(serde_json::json!({"oauth_group": "eng", "oauth_users": ["mia"]})).unwrap();
+        mcp(serde_json::json!({"listen": "0.0.0.0:9300", "public_url": "https://tools.example.com"}))
+            .unwrap();
+        mcp(serde_json::json!({"public_url": "http://localhost:9300"})).unwrap();
+        for (extra, field) in [
+            (serde_json::json!({"listen": "0.0.0.0:9300"}), "oauth"),
+            (
+                serde_json::json!({"public_url": "http://tools.example.com"}),
+                "public_url",
+            ),
+            (
+                serde_json::json!({"oauth": false, "oauth_group": "eng"}),
+                "oauth_group",
+            ),
+            (
+                serde_json::json!({"oauth": false, "oauth_users": ["mia"]}),
+                "oauth_users",
+            ),
+            (serde_json::json!({"oauth_users": [""]}), "oauth_users[0]"),
+            (serde_json::json!({"kind": "llm", "api": "openai"}), "oauth"),
+        ] {
+            assert_eq!(mcp(extra.clone()).unwrap_err().field, field, "{extra}");
+        }
     }
 
     #[test]

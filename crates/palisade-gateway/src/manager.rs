@@ -86,7 +86,8 @@ impl GatewayShared {
         self.close_revoked();
     }
 
-    fn close_revoked(&self) {
+    /// Disconnects what identities no longer in force hold open.
+    pub(crate) fn close_revoked(&self) {
         self.legacy
             .close_revoked(|id, now| self.key_active(id, now));
     }

@@ -614,10 +614,12 @@ pub(crate) fn gate(
         .unwrap_or("");
     let now = now_ms();
     let found = shared.keys.load().lookup(presented, now).or_else(|| {
+        // An access token of a user the proxy takes (its `oauth_users` may have narrowed since).
         rt.spec
             .oauth
             .then(|| shared.oauth_tokens.lookup(presented, now))
             .flatten()
+            .filter(|k| rt.spec.oauth_users.is_empty() || rt.spec.oauth_users.contains(&k.name))
     });
     let Some(key) = found else {
         return Err(refuse(

@@ -94,8 +94,15 @@ pub trait OAuthBackend: Send + Sync {
     ) -> BoxFut<'_, Result<RefreshUse, String>>;
     /// Revokes a sign-in's refresh tokens.
     fn revoke_family<'a>(&'a self, family: &'a str) -> BoxFut<'a, Result<(), String>>;
-    /// Records a security event in the audit log (a replayed code or refresh token).
-    fn audit<'a>(&'a self, action: &'a str, target: &'a str, detail: Value) -> BoxFut<'a, ()>;
+    /// Records an event in the audit log (a grant, a replayed code or refresh token) as
+    /// `actor`, about the proxy `target`.
+    fn audit<'a>(
+        &'a self,
+        actor: &'a str,
+        action: &'a str,
+        target: &'a str,
+        detail: Value,
+    ) -> BoxFut<'a, Result<(), String>>;
 }
 
 /// How long an access token lives.
@@ -124,6 +131,8 @@ pub struct Tokens {
     codes: Mutex<HashMap<[u8; 32], Code>>,
     /// Codes exchanged lately, with their sign-in: one presented again revokes it.
     spent: Mutex<HashMap<[u8; 32], (String, String, i64)>>,
+    /// Sign-ins revoked by a replayed code lately (an exchange finishing then undoes itself).
+    revoked: Mutex<HashMap<String, i64>>,
     registrations: Mutex<(i64, u32, HashMap<IpAddr, u32>)>,
 }
 
@@ -244,6 +253,21 @@ impl Tokens {
         Ok((c.expires_at > now).then_some(c))
     }
 
+    fn mark_revoked(&self, family: &str) {
+        let now = now_ms();
+        let mut r = lock(&self.revoked);
+        r.retain(|_, until| *until > now);
+        if r.len() < MAX_CODES {
+            r.insert(family.to_string(), now + 10 * CODE_TTL.as_millis() as i64);
+        }
+    }
+
+    fn is_revoked(&self, family: &str) -> bool {
+        lock(&self.revoked)
+            .get(family)
+            .is_some_and(|until| *until > now_ms())
+    }
+
     fn may_register(&self, from: IpAddr) -> bool {
         let mut r = lock(&self.registrations);
         let minute = now_ms() / 60_000;
@@ -274,8 +298,16 @@ pub(crate) fn base_url(rt: &ProxyRuntime, headers: &http::HeaderMap) -> Option<S
     // Only a well-formed authority is written into metadata and challenges.
     let well_formed =
         host.parse::<http::uri::Authority>().is_ok() && !host.contains(['"', '@', '\\', ' ']);
-    (well_formed && crate::mcp::host_allowed(host, &rt.spec.listen, &rt.spec.allowed_hosts))
-        .then(|| format!("http://{host}"))
+    // Plain HTTP only on this machine: a proxy reached by name through a TLS terminator names
+    // itself with `public_url`.
+    let name = host
+        .parse::<http::uri::Authority>()
+        .map(|a| a.host().to_string())
+        .unwrap_or_default();
+    (well_formed
+        && is_loopback_host(&name)
+        && crate::mcp::host_allowed(host, &rt.spec.listen, &rt.spec.allowed_hosts))
+    .then(|| format!("http://{host}"))
 }
 
 /// The `WWW-Authenticate` challenge of a proxy with OAuth: where its metadata is.
@@ -344,7 +376,7 @@ pub(crate) async fn handle(
         return Ok(oauth_error(
             StatusCode::FORBIDDEN,
             "invalid_request",
-            "this Host is not allowed",
+            "this Host is not allowed here: in plain HTTP the authorization server answers only on this machine (127.0.0.1, [::1], localhost); reached by name, the proxy needs an https public_url",
         ));
     };
     let Some(backend) = shared.oauth_backend.get().cloned() else {
@@ -491,7 +523,13 @@ fn redirect_uri_ok(u: &str) -> bool {
         // An app's own scheme is a reverse domain name (RFC 8252 §7.1: `com.example.app:/cb`),
         // so it is not a scheme the system hands to another program (`ms-msdt:`,
         // `search-ms:`); besides those, the schemes of well-known MCP clients.
-        _ => (scheme.contains('.') || APP_SCHEMES.contains(&scheme.as_str())) && !rest.is_empty(),
+        _ if scheme.contains('.') => !rest.is_empty(),
+        // Those clients' schemes drive the whole application: only a callback path.
+        _ if APP_SCHEMES.contains(&scheme.as_str()) => {
+            let path = rest.split(['?', '#']).next().unwrap_or("");
+            path.contains("/callback") || path.contains("/oauth")
+        }
+        _ => false,
     }
 }
 
@@ -515,6 +553,9 @@ fn is_loopback_host(host: &str) -> bool {
 fn redirect_matches(registered: &str, asked: &str) -> bool {
     if registered == asked {
         return true;
+    }
+    if !redirect_uri_ok(asked) {
+        return false;
     }
     let (Ok(r), Ok(a)) = (registered.parse::<http::Uri>(), asked.parse::<http::Uri>()) else {
         return false;
@@ -962,7 +1003,10 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
             return self.sign_in_page(q, &a, Some("Enter your user name and password."), false);
         };
         let client_id = a.client.client_id.as_str();
-        let stamp = if let Some(new) = q.get("new_password") {
+        let allowed =
+            self.rt.spec.oauth_users.is_empty() || self.rt.spec.oauth_users.contains(user);
+        let not_allowed = "This user may not use this proxy; ask an administrator.";
+        let stamp = if let Some(new) = q.get("new_password").filter(|_| allowed) {
             if q.get("new_password_again") != Some(new) {
                 return self.sign_in_page(q, &a, Some("The new passwords differ."), true);
             }
@@ -984,6 +1028,8 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                 .sign_in(user, password, self.peer, client_id, &self.rt.spec.name)
                 .await
             {
+                // The password was right; the user is not one this proxy takes.
+                Ok(_) if !allowed => return self.sign_in_page(q, &a, Some(not_allowed), false),
                 Ok(s) if s.must_change_password => {
                     return self.sign_in_page(q, &a, None, true);
                 }
@@ -991,14 +1037,18 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                 Err(e) => return self.sign_in_page(q, &a, Some(&e), false),
             }
         };
-        // A proxy open to some users only: the password was right, the user is not one of them.
-        if !self.rt.spec.oauth_users.is_empty() && !self.rt.spec.oauth_users.contains(user) {
-            return self.sign_in_page(
-                q,
-                &a,
-                Some("This user may not use this proxy; ask an administrator."),
-                false,
-            );
+        // The grant is recorded before its code exists: no code without its audit record.
+        if let Err(e) = self
+            .backend
+            .audit(
+                user,
+                "oauth.authorize",
+                &self.rt.spec.name,
+                json!({"client_id": client_id, "ip": self.peer.to_string()}),
+            )
+            .await
+        {
+            return self.sign_in_page(q, &a, Some(&e), false);
         }
         let code = random_token(32);
         let grant = Code {
@@ -1081,6 +1131,12 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
         }
     }
 
+    /// Ends a sign-in's access token and what it holds open.
+    fn revoke(&self, id: &str) {
+        self.shared.oauth_tokens.revoke_id(id);
+        self.shared.close_revoked();
+    }
+
     /// An access token for a sign-in, in force at once.
     fn access_for(
         &self,
@@ -1139,13 +1195,15 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                     Ok(Some(c)) => c,
                     Ok(None) => return bad("invalid_grant", "the code is unknown or expired"),
                     Err((client_id, family)) => {
-                        // A code presented twice: whoever holds it, the sign-in ends.
-                        self.shared
-                            .oauth_tokens
-                            .revoke_id(&sign_in_id(&client_id, &family));
+                        // A code presented twice: whoever holds it, the sign-in ends. Marked
+                        // first, so an exchange of it finishing at this moment undoes itself.
+                        self.shared.oauth_tokens.mark_revoked(&family);
+                        self.revoke(&sign_in_id(&client_id, &family));
                         let _ = self.backend.revoke_family(&family).await;
-                        self.backend
+                        let _ = self
+                            .backend
                             .audit(
+                                "anonymous",
                                 "oauth.code_replayed",
                                 &self.rt.spec.name,
                                 json!({"client_id": client_id, "ip": self.peer.to_string()}),
@@ -1184,6 +1242,7 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                         Ok(x) => x,
                         Err(r) => return r,
                     };
+                let family = code.family.clone();
                 let grant = RefreshGrant {
                     family: code.family,
                     client_id: client.client_id.clone(),
@@ -1201,13 +1260,22 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                     .put_refresh(hash_api_key(&refresh), grant)
                     .await
                 {
+                    Ok(true) if self.shared.oauth_tokens.is_revoked(&family) => {
+                        // Its code was presented again while this exchange ran.
+                        self.revoke(&id);
+                        let _ = self.backend.revoke_family(&family).await;
+                        return bad(
+                            "invalid_grant",
+                            "the code was used before; its sign-in is revoked",
+                        );
+                    }
                     Ok(true) => access,
                     Ok(false) => {
-                        self.shared.oauth_tokens.revoke_id(&id);
+                        self.revoke(&id);
                         return bad("invalid_grant", "the user changed since signing in");
                     }
                     Err(e) => {
-                        self.shared.oauth_tokens.revoke_id(&id);
+                        self.revoke(&id);
                         return unavailable(&e);
                     }
                 }
@@ -1236,6 +1304,14 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                     return gone();
                 }
                 let id = sign_in_id(&g.client_id, &g.family);
+                // A user the proxy no longer takes keeps nothing.
+                if !self.rt.spec.oauth_users.is_empty()
+                    && !self.rt.spec.oauth_users.contains(&g.username)
+                {
+                    self.revoke(&id);
+                    let _ = self.backend.revoke_family(&g.family).await;
+                    return bad("invalid_grant", "this user may no longer use this proxy");
+                }
                 let access = if used {
                     None
                 } else {
@@ -1251,9 +1327,11 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                 {
                     Ok(RefreshUse::Valid(_)) if access.is_some() => access.unwrap_or_default(),
                     Ok(RefreshUse::Replayed(family)) => {
-                        self.shared.oauth_tokens.revoke_id(&id);
-                        self.backend
+                        self.revoke(&id);
+                        let _ = self
+                            .backend
                             .audit(
+                                "anonymous",
                                 "oauth.refresh_replayed",
                                 &self.rt.spec.name,
                                 json!({"client_id": g.client_id, "user": g.username, "family": family, "ip": self.peer.to_string()}),
@@ -1265,11 +1343,12 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                         );
                     }
                     Ok(_) => {
-                        self.shared.oauth_tokens.revoke_id(&id);
+                        self.revoke(&id);
                         return gone();
                     }
                     Err(e) => {
-                        // Nothing was used up: the client may try again with the same token.
+                        // The refresh token was not used up: the client may try it again.
+                        self.revoke(&id);
                         return unavailable(&e);
                     }
                 }

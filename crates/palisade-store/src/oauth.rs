@@ -1,9 +1,9 @@
 //! OAuth 2.1 state the gateway keeps: registered clients (RFC 7591) and refresh tokens.
 //!
 //! Refresh tokens are stored as SHA-256 digests, never as issued. Each sign-in starts a family;
-//! a rotation marks the token used and stores its successor in one transaction (a family keeps
-//! at most its current token and the one used last); a used token presented again (stolen, or
-//! replayed) revokes the whole family. A grant holds its user's id and last change: once the
+//! a rotation marks the token used and stores its successor in one transaction; a used token
+//! presented again (stolen, or replayed) revokes the whole family, however many rotations ago
+//! it was used (used tokens are kept until the family expires, at most [`MAX_ROTATIONS`]). A grant holds its user's id and last change: once the
 //! user is deleted, recreated or changed, the family is void.
 
 use palisade_core::now_ms;
@@ -17,7 +17,12 @@ pub const MAX_CLIENTS: i64 = 10_000;
 pub use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
 
 /// How long a registered client that never completed a sign-in is kept.
-const UNUSED_CLIENT_MS: i64 = 24 * 3600 * 1000;
+const UNUSED_CLIENT_MS: i64 = 3600 * 1000;
+/// How long a client without a live sign-in is kept after its last one.
+const IDLE_CLIENT_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Most rotations of one sign-in (a client refreshes about hourly: 720 in 30 days); past it the
+/// sign-in ends and the user signs in again.
+pub const MAX_ROTATIONS: i64 = 2_000;
 
 const GRANT_COLS: &str = "family, client_id, username, user_id, user_updated_at, proxy, resource, scope, expires_at, used_at";
 
@@ -98,15 +103,25 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
             tx.execute(
-                "DELETE FROM oauth_clients WHERE last_used_at IS NULL AND created_at < ?1",
-                [now_ms() - UNUSED_CLIENT_MS],
+                "DELETE FROM oauth_clients WHERE (last_used_at IS NULL AND created_at < ?1)
+                    OR (last_used_at < ?2 AND client_id NOT IN (SELECT client_id FROM oauth_refresh))",
+                params![now - UNUSED_CLIENT_MS, now - IDLE_CLIENT_MS],
             )?;
             let n: i64 = tx.query_row("SELECT COUNT(*) FROM oauth_clients", [], |r| r.get(0))?;
             if n >= MAX_CLIENTS {
-                return Err(StoreError::Conflict(format!(
-                    "the gateway holds {MAX_CLIENTS} registered clients, its most"
-                )));
+                // Full: the oldest client that never signed anyone in makes room.
+                let evicted = tx.execute(
+                    "DELETE FROM oauth_clients WHERE client_id = (SELECT client_id FROM oauth_clients
+                        WHERE last_used_at IS NULL ORDER BY created_at LIMIT 1)",
+                    [],
+                )?;
+                if evicted == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "the gateway holds {MAX_CLIENTS} registered clients in use, its most"
+                    )));
+                }
             }
             let uris = serde_json::to_string(&row.redirect_uris)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -220,11 +235,17 @@ impl Store {
                     tx.execute("DELETE FROM oauth_refresh WHERE family = ?1", [&g.family])?;
                     RefreshUse::Invalid
                 }
-                Some((g, false)) => {
-                    tx.execute(
-                        "DELETE FROM oauth_refresh WHERE family = ?1 AND used_at IS NOT NULL",
+                Some((g, false))
+                    if tx.query_row(
+                        "SELECT COUNT(*) FROM oauth_refresh WHERE family = ?1",
                         [&g.family],
-                    )?;
+                        |r| r.get::<_, i64>(0),
+                    )? >= MAX_ROTATIONS =>
+                {
+                    tx.execute("DELETE FROM oauth_refresh WHERE family = ?1", [&g.family])?;
+                    RefreshUse::Invalid
+                }
+                Some((g, false)) => {
                     tx.execute(
                         "UPDATE oauth_refresh SET used_at = ?1 WHERE token_hash = ?2",
                         params![now, old.to_vec()],
@@ -316,11 +337,9 @@ mod tests {
             store.rotate_refresh([2; 32], [3; 32]).await.unwrap(),
             RefreshUse::Valid(grant.clone())
         );
-        // The family keeps its current token and the one used last.
-        assert_eq!(store.peek_refresh([1; 32]).await.unwrap(), None);
-        // The used one again: the family (the current token too) is gone.
+        // The first one again, two rotations on: the family (the current token too) is gone.
         assert_eq!(
-            store.rotate_refresh([2; 32], [4; 32]).await.unwrap(),
+            store.rotate_refresh([1; 32], [4; 32]).await.unwrap(),
             RefreshUse::Replayed("fam-1".into())
         );
         assert_eq!(

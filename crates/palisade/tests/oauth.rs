@@ -75,7 +75,7 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     let gw = Gateway::start(&format!(
         "{}\n[[proxies]]\nname = \"tools\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
          oauth = true\noauth_group = \"engineering\"\ntool_approval = \"auto\"\n\
-         \n[[proxies]]\nname = \"other\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\noauth = true\noauth_users = [\"someone\"]\n",
+         \n[[proxies]]\nname = \"other\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\noauth = true\noauth_users = [\"someone\", \"mia\"]\n",
         config_for("http://127.0.0.1:9")
     ))
     .await;
@@ -298,18 +298,25 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     assert_eq!(s, 401);
     let (s, second) = refresh_with(refresh.clone(), client_id.clone()).await;
     assert_eq!(s, 200, "{second}");
-    let access2 = second["access_token"].as_str().unwrap().to_string();
     assert_eq!(call(&mcp, &access).await.status(), 401);
-    assert_eq!(call(&mcp, &access2).await.status(), 200);
+    let (s, third) = refresh_with(
+        second["refresh_token"].as_str().unwrap().to_string(),
+        client_id.clone(),
+    )
+    .await;
+    assert_eq!(s, 200, "{third}");
+    let access3 = third["access_token"].as_str().unwrap().to_string();
+    assert_eq!(call(&mcp, &access3).await.status(), 200);
+    // The first refresh token, two rotations on: the sign-in ends.
     let (s, v) = refresh_with(refresh, client_id.clone()).await;
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
     assert_eq!(
-        call(&mcp, &access2).await.status(),
+        call(&mcp, &access3).await.status(),
         401,
         "the replay ended the sign-in"
     );
     let (s, _) = refresh_with(
-        second["refresh_token"].as_str().unwrap().to_string(),
+        third["refresh_token"].as_str().unwrap().to_string(),
         client_id.clone(),
     )
     .await;
@@ -351,8 +358,24 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     ]);
     let r = http().post(&authorize).form(&neo).send().await.unwrap();
     assert_eq!(r.status(), 303);
-    let (s, _) = exchange(location_query(&r)["code"].clone(), VERIFIER).await;
+    let (s, neo_tokens) = exchange(location_query(&r)["code"].clone(), VERIFIER).await;
     assert_eq!(s, 200);
+    // Once changed, the page changes no password (the step is for an administrator's only).
+    neo.retain(|(k, _)| *k != "password" && !k.starts_with("new_password"));
+    neo.extend([
+        ("password", "neo-own-password-0001"),
+        ("new_password", "neo-third-password-01"),
+        ("new_password_again", "neo-third-password-01"),
+    ]);
+    let r = http().post(&authorize).form(&neo).send().await.unwrap();
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Only a password an administrator set")
+    );
+    let neo_access = neo_tokens["access_token"].as_str().unwrap().to_string();
+    assert_eq!(call(&mcp, &neo_access).await.status(), 200);
 
     // A proxy open to some users only.
     let other_base = gw.proxy_url("other").await;
@@ -372,6 +395,23 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("may not use this proxy"));
+    // The proxy narrowed to other users: the user's tokens stop working at once.
+    let (s, v) = gw
+        .api(
+            reqwest::Method::PATCH,
+            "/api/v1/proxies/tools",
+            Some(json!({"oauth_users": ["someone"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mcp = format!("{}/mcp", gw.proxy_url("tools").await);
+    assert_eq!(call(&mcp, &neo_access).await.status(), 401);
+    let (s, _) = refresh_with(
+        neo_tokens["refresh_token"].as_str().unwrap().to_string(),
+        client_id.clone(),
+    )
+    .await;
+    assert_eq!(s, 400);
 
     // Guesses on the OAuth page lock out neither the console nor its administrator.
     form.retain(|(k, _)| *k != "username" && *k != "password");
