@@ -194,6 +194,7 @@ pub fn metrics_token() -> Result<Option<Arc<str>>, ApiError> {
         (name = "prompts", description = "Governance prompts injected into LLM requests"),
         (name = "scans", description = "MCP vulnerability scans of servers and of MCP proxies' upstreams"),
         (name = "webhooks", description = "Alert delivery to webhooks (JSON or Slack), signed, retried until taken"),
+        (name = "oauth", description = "Clients registered with the proxies' OAuth authorization server"),
         (name = "console", description = "Web console pages and assets"),
         (name = "health", description = "Liveness")
     )
@@ -384,6 +385,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::list, webhooks::create))
         .routes(routes!(webhooks::replace, webhooks::delete))
         .routes(routes!(webhooks::test))
+        .routes(routes!(oauth::list_clients))
+        .routes(routes!(oauth::delete_client))
         .routes(routes!(scans::list, scans::create))
         .routes(routes!(scans::get))
         .routes(routes!(identity::list_keys, identity::create_key))

@@ -9,7 +9,13 @@ use palisade_gateway::oauth::{BoxFut, OAuthBackend, SignedIn};
 use palisade_store::{Actor, StoreError};
 use serde_json::Value;
 
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+
 use crate::AppState;
+use crate::auth::{Admin, Viewer};
+use crate::error::{ApiResult, ErrorBody};
 
 /// The backend over the admin state.
 pub struct Backend(AppState);
@@ -166,4 +172,29 @@ impl OAuthBackend for Backend {
                 })
         })
     }
+}
+
+/// List the OAuth clients that registered with the proxies' authorization server.
+#[utoipa::path(get, path = "/api/v1/oauth/clients", tag = "oauth", security(("bearer" = [])),
+    responses((status = 200, body = [palisade_store::OAuthClientInfo]), (status = 401, body = ErrorBody)))]
+pub async fn list_clients(
+    State(s): State<AppState>,
+    _v: Viewer,
+) -> ApiResult<Json<Vec<palisade_store::OAuthClientInfo>>> {
+    Ok(Json(s.store.list_oauth_clients().await?))
+}
+
+/// Delete an OAuth client: its refresh tokens, access tokens, waiting codes and open streams end
+/// at once (audited). It may register again; its users sign in again.
+#[utoipa::path(delete, path = "/api/v1/oauth/clients/{client_id}", tag = "oauth", security(("bearer" = [])),
+    params(("client_id" = String, Path, description = "Client id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_client(
+    State(s): State<AppState>,
+    Admin(u): Admin,
+    Path(client_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_oauth_client(&client_id, u.actor()).await?;
+    s.manager.shared().revoke_oauth_client(&client_id);
+    Ok(StatusCode::NO_CONTENT)
 }

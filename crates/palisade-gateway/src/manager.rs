@@ -86,6 +86,13 @@ impl GatewayShared {
         self.close_revoked();
     }
 
+    /// Ends every access token and waiting code of an OAuth client (deleted) and what they
+    /// hold open.
+    pub fn revoke_oauth_client(&self, client_id: &str) {
+        self.oauth_tokens.revoke_client(client_id);
+        self.close_revoked();
+    }
+
     /// Disconnects what identities no longer in force hold open.
     pub(crate) fn close_revoked(&self) {
         self.legacy

@@ -206,6 +206,15 @@ impl Tokens {
         self.publish(&mut live);
     }
 
+    /// Ends every access token and waiting code of a client (deleted).
+    pub fn revoke_client(&self, client_id: &str) {
+        lock(&self.codes).retain(|_, c| c.client_id != client_id);
+        let prefix = format!("oauth:{client_id}:");
+        let mut live = lock(&self.live);
+        live.retain(|_, k| !k.id.starts_with(&prefix));
+        self.publish(&mut live);
+    }
+
     /// Ends a sign-in's access token.
     fn revoke_id(&self, id: &str) {
         let mut live = lock(&self.live);
@@ -1502,11 +1511,22 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(t.take_code("old"), Ok(None)));
+        // A deleted client's sign-ins end.
+        let e = t.issue(info("noa", "f4", now + 60_000)).unwrap();
+        let f = KeyInfo {
+            id: "oauth:c2:f5".into(),
+            ..info("noa", "f5", now + 60_000)
+        };
+        let f = t.issue(f).unwrap();
+        t.revoke_client("c1");
+        assert!(t.lookup(&e, now).is_none());
+        assert!(t.lookup(&f, now).is_some());
         // A user who goes loses their tokens and waiting codes.
         t.put_code("waiting", code).unwrap();
         t.revoke_user("mia");
         assert!(t.lookup(&b, now).is_none());
-        assert!(t.lookup(&c, now).is_some());
+        assert!(t.lookup(&c, now).is_none(), "its client was deleted");
+        assert!(t.lookup(&f, now).is_some());
         assert!(matches!(t.take_code("waiting"), Ok(None)));
     }
 

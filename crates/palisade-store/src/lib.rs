@@ -22,7 +22,10 @@ pub use identity::{
     ApiKeyRow, BudgetStatus, GroupRow, KeyOptions, UsageQuery, UsageRow, budget_of,
 };
 pub use mcp::ToolVersion;
-pub use oauth::{MAX_CLIENTS, MAX_ROTATIONS, OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
+pub use oauth::{
+    MAX_CLIENTS, MAX_ROTATIONS, OAuthClientInfo, OAuthClientRow, RefreshGrant, RefreshUse,
+    UserStamp,
+};
 pub use requests::{RequestFilter, RequestPage};
 pub use scans::ScanRow;
 pub use store::{

@@ -16,6 +16,25 @@ pub const MAX_CLIENTS: i64 = 10_000;
 
 pub use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
 
+/// A registered client as administrators see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct OAuthClientInfo {
+    /// The id the gateway gave it.
+    pub client_id: String,
+    /// The name it registered with (its own claim).
+    pub name: String,
+    /// Its redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Whether it holds a secret.
+    pub confidential: bool,
+    /// Registration time, Unix ms.
+    pub created_at: i64,
+    /// Its last completed sign-in or refresh, Unix ms.
+    pub last_used_at: Option<i64>,
+    /// Sign-ins with a live refresh token.
+    pub sign_ins: i64,
+}
+
 /// How long a registered client that never completed a sign-in is kept.
 const UNUSED_CLIENT_MS: i64 = 3600 * 1000;
 /// How long a client without a live sign-in is kept after its last one.
@@ -260,6 +279,75 @@ impl Store {
         .await
     }
 
+    /// Every registered client with its last sign-in and its live sign-ins, newest first.
+    pub async fn list_oauth_clients(&self) -> Result<Vec<OAuthClientInfo>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT client_id, name, redirect_uris, secret_hash IS NOT NULL, created_at, last_used_at,
+                    (SELECT COUNT(DISTINCT family) FROM oauth_refresh r
+                       WHERE r.client_id = oauth_clients.client_id AND r.used_at IS NULL AND r.expires_at > ?1)
+                 FROM oauth_clients ORDER BY created_at DESC",
+            )?;
+            let rows = st.query_map([now_ms()], |r| {
+                Ok((
+                    OAuthClientInfo {
+                        client_id: r.get(0)?,
+                        name: r.get(1)?,
+                        redirect_uris: Vec::new(),
+                        confidential: r.get(3)?,
+                        created_at: r.get(4)?,
+                        last_used_at: r.get(5)?,
+                        sign_ins: r.get(6)?,
+                    },
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut info, uris) = row?;
+                info.redirect_uris =
+                    serde_json::from_str(&uris).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                out.push(info);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes a client and its refresh tokens (audited).
+    pub async fn delete_oauth_client(
+        &self,
+        client_id: &str,
+        actor: crate::Actor,
+    ) -> Result<(), StoreError> {
+        let id = client_id.to_string();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let name: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM oauth_clients WHERE client_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let name = name.ok_or_else(|| StoreError::NotFound(format!("OAuth client `{id}`")))?;
+            let sign_ins = tx.execute("DELETE FROM oauth_refresh WHERE client_id = ?1", [&id])?;
+            tx.execute("DELETE FROM oauth_clients WHERE client_id = ?1", [&id])?;
+            crate::store::audit_tx(
+                &tx,
+                &actor,
+                "oauth.client_delete",
+                "oauth_client",
+                &id,
+                Some(&serde_json::json!({"client_name": name, "refresh_tokens": sign_ins})),
+                None,
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Revokes a sign-in's refresh tokens (its code was presented twice).
     pub async fn revoke_refresh_family(&self, family: &str) -> Result<usize, StoreError> {
         let f = family.to_string();
@@ -408,5 +496,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.oauth_client("c3").await.unwrap(), None);
+        let listed = store.list_oauth_clients().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|c| c.confidential && c.sign_ins == 0));
+        store
+            .delete_oauth_client("c1", crate::Actor::system("test"))
+            .await
+            .unwrap();
+        assert_eq!(store.oauth_client("c1").await.unwrap(), None);
+        assert!(
+            store
+                .delete_oauth_client("c1", crate::Actor::system("test"))
+                .await
+                .is_err()
+        );
     }
 }

@@ -376,6 +376,17 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     );
     let neo_access = neo_tokens["access_token"].as_str().unwrap().to_string();
     assert_eq!(call(&mcp, &neo_access).await.status(), 200);
+    // Administrators see the client and its live sign-in.
+    let (s, clients) = gw.get("/api/v1/oauth/clients").await;
+    assert_eq!(s, 200);
+    let listed = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == client_id.as_str())
+        .unwrap();
+    assert_eq!(listed["name"], "Test <Agent>");
+    assert_eq!(listed["sign_ins"], 1, "{clients}");
 
     // A proxy open to some users only.
     let other_base = gw.proxy_url("other").await;
@@ -427,4 +438,15 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
             .contains("Too many failed password attempts")
     );
     gw.login("admin", ADMIN_PASSWORD).await;
+
+    // An administrator deletes the client: gone, audited.
+    let path = format!("/api/v1/oauth/clients/{client_id}");
+    let (s, _) = gw.api(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(s, 204);
+    let (s, _) = gw.api(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(s, 404);
+    let (_, clients) = gw.get("/api/v1/oauth/clients").await;
+    assert!(!clients.to_string().contains(&client_id));
+    let (_, audit) = gw.get("/api/v1/audit?action=oauth.client_delete").await;
+    assert!(audit.to_string().contains(&client_id), "{audit}");
 }
