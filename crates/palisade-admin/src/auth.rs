@@ -452,10 +452,11 @@ async fn hashing_in<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
-/// A user's sign-in on a proxy's OAuth page: the same limits, constant-time check and audit as
-/// a console login (`oauth.authorize` on success, naming the client and proxy), counted apart
+/// A user's sign-in on a proxy's OAuth page: the same limits and constant-time check as a
+/// console login, a failure audited as one (`auth.login_failed`, `via: oauth`), counted apart
 /// from console logins and hashed in a pool of its own, so guesses sent to a proxy lock out
-/// neither the console nor its administrators. Any role may authorize a client; `Err` is the
+/// neither the console nor its administrators. The grant (`oauth.authorize`) is audited by the
+/// authorization server when it issues the code. Any role may authorize a client; `Err` is the
 /// message for the sign-in page.
 pub(crate) async fn oauth_sign_in(
     state: &AppState,

@@ -415,10 +415,10 @@ pub(crate) async fn handle(
         (Method::POST, "/oauth/register") => s.register(req).await,
         (Method::GET, "/oauth/authorize") => {
             let q = req.uri().query().unwrap_or("").to_string();
-            s.authorize(&pairs(q.as_bytes()), None).await
+            s.authorize(&pairs(q.as_bytes()), false).await
         }
         (Method::POST, "/oauth/authorize") => match read_form(req).await {
-            Ok(form) => s.authorize(&form, Some(())).await,
+            Ok(form) => s.authorize(&form, true).await,
             Err(r) => r,
         },
         (Method::POST, "/oauth/token") => s.token(req).await,
@@ -996,16 +996,12 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
         )
     }
 
-    async fn authorize(
-        &self,
-        q: &HashMap<String, String>,
-        submitted: Option<()>,
-    ) -> Response<ProxyBody> {
+    async fn authorize(&self, q: &HashMap<String, String>, submitted: bool) -> Response<ProxyBody> {
         let a = match self.check_authorization(q).await {
             Ok(a) => a,
             Err(r) => return r,
         };
-        if submitted.is_none() {
+        if !submitted {
             return self.sign_in_page(q, &a, None, false);
         }
         let (Some(user), Some(password)) = (q.get("username"), q.get("password")) else {
