@@ -12,6 +12,7 @@ pub mod logs;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;
+pub mod oidc;
 pub mod policies;
 pub mod prometheus;
 pub mod prompts;
@@ -387,6 +388,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::test))
         .routes(routes!(oauth::list_clients))
         .routes(routes!(oauth::delete_client))
+        .routes(routes!(oidc::list, oidc::create))
+        .routes(routes!(oidc::replace, oidc::delete))
         .routes(routes!(scans::list, scans::create))
         .routes(routes!(scans::get))
         .routes(routes!(identity::list_keys, identity::create_key))

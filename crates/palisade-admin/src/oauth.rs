@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
+use palisade_core::oidc::{IdentityClaims, IdentityProviderSpec};
 use palisade_gateway::oauth::{BoxFut, OAuthBackend, SignedIn};
 use palisade_store::{Actor, StoreError};
 use serde_json::Value;
@@ -148,6 +149,25 @@ impl OAuthBackend for Backend {
                 .map(|_| ())
                 .map_err(unavailable)
         })
+    }
+
+    fn provider<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFut<'a, Result<Option<(IdentityProviderSpec, String)>, String>> {
+        Box::pin(crate::oidc::provider(&self.0, name))
+    }
+
+    fn provider_sign_in<'a>(
+        &'a self,
+        provider: &'a IdentityProviderSpec,
+        who: &'a IdentityClaims,
+        ip: IpAddr,
+        proxy: &'a str,
+    ) -> BoxFut<'a, Result<UserStamp, String>> {
+        Box::pin(crate::oidc::provider_sign_in(
+            &self.0, provider, who, ip, proxy,
+        ))
     }
 
     fn audit<'a>(

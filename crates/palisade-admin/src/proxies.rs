@@ -96,6 +96,7 @@ impl AppState {
     ) -> ApiResult<ProxyView> {
         spec.validate()?;
         self.check_listen(&spec.listen)?;
+        self.check_provider_of(&spec).await?;
         let _turn = crate::policies::policy_change_turn().await;
         if self.store.get_proxy(&spec.name).await?.is_some() {
             return Err(ApiError::conflict(format!(
@@ -129,6 +130,7 @@ impl AppState {
     ) -> ApiResult<ProxyView> {
         spec.validate()?;
         self.check_listen(&spec.listen)?;
+        self.check_provider_of(&spec).await?;
         let _turn = crate::policies::policy_change_turn().await;
         let current = self.get_row(&spec.name).await?;
         let (sealed, upd) = match key {

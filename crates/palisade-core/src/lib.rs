@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod identity;
 pub mod model;
 pub mod oauth;
+pub mod oidc;
 pub mod otlp;
 pub mod record;
 pub mod spend;

@@ -167,6 +167,10 @@ pub struct ProxySpec {
     /// The users who may sign in for the proxy (empty: every user of the gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub oauth_users: Vec<String>,
+    /// The identity provider (OpenID Connect) users sign in through on the proxy's OAuth page,
+    /// by name; none: they sign in with their gateway password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_provider: Option<String>,
 }
 
 impl ProxySpec {
@@ -497,6 +501,15 @@ impl ProxySpec {
                     "OAuth needs an https `public_url` (TLS ended in front of the proxy) unless the proxy is reached on this machine only: passwords and tokens must not cross the network in the clear",
                 ));
             }
+        }
+        if let Some(p) = &self.oauth_provider {
+            if !self.oauth {
+                return Err(FieldError::new(
+                    "oauth_provider",
+                    "needs `oauth = true` (it is where OAuth users sign in)",
+                ));
+            }
+            validate_name("oauth_provider", p)?;
         }
         if let Some(g) = &self.oauth_group {
             if !self.oauth {

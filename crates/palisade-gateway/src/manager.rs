@@ -64,6 +64,8 @@ pub struct GatewayShared {
     pub oauth_tokens: crate::oauth::Tokens,
     /// The users and storage of the OAuth authorization server, set once at start.
     pub oauth_backend: std::sync::OnceLock<Arc<dyn crate::oauth::OAuthBackend>>,
+    /// Sign-ins waiting at identity providers (proxies with `oauth_provider`).
+    pub(crate) provider_sign_ins: crate::oauth::ProviderSignIns,
 }
 
 impl GatewayShared {
@@ -90,6 +92,7 @@ impl GatewayShared {
     /// hold open.
     pub fn revoke_oauth_client(&self, client_id: &str) {
         self.oauth_tokens.revoke_client(client_id);
+        self.provider_sign_ins.revoke_client(client_id);
         self.close_revoked();
     }
 
@@ -120,6 +123,7 @@ impl GatewayShared {
             capture_content: Default::default(),
             oauth_tokens: Default::default(),
             oauth_backend: Default::default(),
+            provider_sign_ins: Default::default(),
         }
     }
 }

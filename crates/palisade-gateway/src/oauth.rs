@@ -36,10 +36,14 @@ use palisade_core::crypto::{ct_eq, hash_api_key, random_token};
 use palisade_core::identity::{KeyIndex, KeyInfo};
 use palisade_core::now_ms;
 use palisade_core::oauth::{OAuthClientRow, RefreshGrant, RefreshUse, UserStamp};
+use palisade_core::oidc::{IdentityClaims, IdentityProviderSpec};
 use serde_json::{Value, json};
 
 use crate::body::ProxyBody;
 use crate::manager::{GatewayShared, ProxyRuntime};
+
+mod provider;
+pub(crate) use provider::ProviderSignIns;
 
 /// A boxed future of the backend.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -94,6 +98,20 @@ pub trait OAuthBackend: Send + Sync {
     ) -> BoxFut<'_, Result<RefreshUse, String>>;
     /// Revokes a sign-in's refresh tokens.
     fn revoke_family<'a>(&'a self, family: &'a str) -> BoxFut<'a, Result<(), String>>;
+    /// The identity provider `name` with its client secret; `Ok(None)` when there is none.
+    fn provider<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFut<'a, Result<Option<(IdentityProviderSpec, String)>, String>>;
+    /// The user an identity provider vouched for (created as a `member` when the provider
+    /// creates users), as they are now; `Err` is the message for the sign-in page (audited).
+    fn provider_sign_in<'a>(
+        &'a self,
+        provider: &'a IdentityProviderSpec,
+        who: &'a IdentityClaims,
+        ip: IpAddr,
+        proxy: &'a str,
+    ) -> BoxFut<'a, Result<UserStamp, String>>;
     /// Records an event in the audit log (a grant, a replayed code or refresh token) as
     /// `actor`, about the proxy `target`.
     fn audit<'a>(
@@ -422,6 +440,10 @@ pub(crate) async fn handle(
             Err(r) => r,
         },
         (Method::POST, "/oauth/token") => s.token(req).await,
+        (Method::GET, "/oauth/callback") if rt.spec.oauth_provider.is_some() => {
+            let q = req.uri().query().unwrap_or("").to_string();
+            s.callback(&pairs(q.as_bytes())).await
+        }
         _ => oauth_error(
             StatusCode::NOT_FOUND,
             "invalid_request",
@@ -1001,6 +1023,16 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
             Ok(a) => a,
             Err(r) => return r,
         };
+        if let Some(name) = &self.rt.spec.oauth_provider {
+            if submitted {
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    "Cannot sign in",
+                    "<p class=\"err\">Users of this proxy sign in through its identity provider, not with a password.</p>",
+                );
+            }
+            return self.to_provider(name, a).await;
+        }
         if !submitted {
             return self.sign_in_page(q, &a, None, false);
         }
@@ -1042,39 +1074,51 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
                 Err(e) => return self.sign_in_page(q, &a, Some(&e), false),
             }
         };
-        // The grant is recorded before its code exists: no code without its audit record.
-        if let Err(e) = self
-            .backend
-            .audit(
-                user,
-                "oauth.authorize",
-                &self.rt.spec.name,
-                json!({"client_id": client_id, "ip": self.peer.to_string()}),
-            )
+        match self
+            .grant(&a, user, stamp, StatusCode::SEE_OTHER, json!({}))
             .await
         {
-            return self.sign_in_page(q, &a, Some(&e), false);
+            Ok(r) => r,
+            Err(e) => self.sign_in_page(q, &a, Some(&e), false),
         }
+    }
+
+    /// Issues the client's code for a user who signed in, and sends them back to the client
+    /// with it (`status`: `303` after a form, `302` after the provider's redirect). The grant is
+    /// recorded (`oauth.authorize`, with `detail`) before its code exists: no code without its
+    /// audit record.
+    async fn grant(
+        &self,
+        a: &AuthRequest,
+        user: &str,
+        stamp: UserStamp,
+        status: StatusCode,
+        mut detail: Value,
+    ) -> Result<Response<ProxyBody>, String> {
+        let client_id = a.client.client_id.as_str();
+        detail["client_id"] = client_id.into();
+        detail["ip"] = self.peer.to_string().into();
+        self.backend
+            .audit(user, "oauth.authorize", &self.rt.spec.name, detail)
+            .await?;
         let code = random_token(32);
         let grant = Code {
             client_id: client_id.to_string(),
             redirect_uri: a.redirect_given.then(|| a.redirect_uri.clone()),
             challenge: a.challenge.clone(),
-            username: user.clone(),
+            username: user.to_string(),
             user: stamp,
             family: palisade_core::crypto::random_id(),
             proxy: self.rt.spec.name.clone(),
             resource: self.resource(),
             expires_at: now_ms() + CODE_TTL.as_millis() as i64,
         };
-        if let Err(e) = self.shared.oauth_tokens.put_code(&code, grant) {
-            return self.sign_in_page(q, &a, Some(&e), false);
-        }
+        self.shared.oauth_tokens.put_code(&code, grant)?;
         let mut p = vec![("code", code.as_str()), ("iss", self.base.as_str())];
         if let Some(s) = &a.state {
             p.push(("state", s));
         }
-        redirect_with(StatusCode::SEE_OTHER, &a.redirect_uri, &p)
+        Ok(redirect_with(status, &a.redirect_uri, &p))
     }
 
     /// Authenticates the client at the token endpoint: a confidential client by its secret

@@ -10,6 +10,7 @@ mod identity;
 mod mcp;
 mod migrations;
 mod oauth;
+mod oidc;
 mod requests;
 mod scans;
 mod store;
@@ -26,6 +27,7 @@ pub use oauth::{
     MAX_CLIENTS, MAX_ROTATIONS, OAuthClientInfo, OAuthClientRow, RefreshGrant, RefreshUse,
     UserStamp,
 };
+pub use oidc::IdentityProviderRow;
 pub use requests::{RequestFilter, RequestPage};
 pub use scans::ScanRow;
 pub use store::{

@@ -269,6 +269,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX oauth_refresh_user ON oauth_refresh (username);
     CREATE INDEX oauth_refresh_expiry ON oauth_refresh (expires_at);
     "#,
+    // OpenID Connect providers users sign in through on the proxies' OAuth pages; the client
+    // secret is sealed with the master key.
+    r#"
+    CREATE TABLE identity_providers (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        secret_sealed TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date; returns the number of migrations applied.

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use palisade_core::model::{PromptSpec, ProxySpec, validate_name};
+use palisade_core::oidc::IdentityProviderSpec;
 use palisade_core::spend::{GroupSpec, Price};
 use palisade_core::webhook::WebhookSpec;
 use serde::Deserialize;
@@ -21,6 +22,8 @@ pub struct Config {
     pub prompts: Vec<PromptSpec>,
     /// Alert webhooks with their signing secrets.
     pub webhooks: Vec<(WebhookSpec, Option<String>)>,
+    /// OpenID Connect providers with their client secrets.
+    pub identity_providers: Vec<(IdentityProviderSpec, String)>,
     pub organization: Option<String>,
 }
 
@@ -39,6 +42,8 @@ struct RawConfig {
     prompts: Vec<toml::Table>,
     #[serde(default)]
     webhooks: Vec<toml::Table>,
+    #[serde(default)]
+    identity_providers: Vec<toml::Table>,
     /// Organisation name for the `{{organization}}` prompt variable.
     #[serde(default)]
     organization: Option<String>,
@@ -290,6 +295,33 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         }
         webhooks.push((w, secret));
     }
+    let mut identity_providers: Vec<(IdentityProviderSpec, String)> = Vec::new();
+    for (i, mut table) in raw.identity_providers.into_iter().enumerate() {
+        let secret = match table.remove("client_secret") {
+            Some(toml::Value::String(s)) => {
+                resolve_secret(&format!("identity_providers[{i}].client_secret"), &s)?
+            }
+            Some(_) => bail!("identity_providers[{i}].client_secret: must be a string"),
+            None => bail!(
+                "identity_providers[{i}].client_secret: required (the secret the provider gave the gateway, e.g. `env:NAME`)"
+            ),
+        };
+        if secret.is_empty() || secret.len() > 1024 || secret.chars().any(char::is_control) {
+            bail!("identity_providers[{i}].client_secret: 1 byte to 1 KiB, no control characters");
+        }
+        let p: IdentityProviderSpec = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("identity_providers[{i}]: {e}"))?;
+        p.validate()
+            .map_err(|e| anyhow::anyhow!("identity_providers[{i}] ({}): {e}", p.name))?;
+        if identity_providers.iter().any(|(x, _)| x.name == p.name) {
+            bail!(
+                "identity_providers[{i}]: duplicate identity provider `{}`",
+                p.name
+            );
+        }
+        identity_providers.push((p, secret));
+    }
     let mut api_keys = Vec::new();
     for (i, k) in raw.api_keys.into_iter().enumerate() {
         validate_name("name", &k.name).map_err(|e| anyhow::anyhow!("api_keys[{i}]: {e}"))?;
@@ -340,6 +372,7 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         prices,
         prompts,
         webhooks,
+        identity_providers,
         organization: raw.organization,
     })
 }

@@ -5,6 +5,7 @@ mod config;
 mod mock;
 mod mock_a2a;
 mod mock_mcp;
+mod mock_oidc;
 mod otlp;
 mod scan;
 mod serve;
@@ -58,6 +59,22 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9300")]
         addr: SocketAddr,
+    },
+    /// Run a small OpenID Connect provider that signs everyone in as one identity (for tests
+    /// and demos of `oauth_provider`).
+    MockOidc {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9400")]
+        addr: SocketAddr,
+        /// The client id it accepts.
+        #[arg(long, default_value = "palisade")]
+        client_id: String,
+        /// The client secret it accepts.
+        #[arg(long, default_value = "mock-oidc-client-secret")]
+        client_secret: String,
+        /// The verified address it signs users in as.
+        #[arg(long, default_value = "mia@example.com")]
+        email: String,
     },
     /// Check a config file without starting anything.
     CheckConfig {
@@ -130,6 +147,12 @@ fn main() -> anyhow::Result<()> {
             ..
         } => rt.block_on(mock_mcp::run(addr, sse, stateless)),
         Command::MockA2a { addr } => rt.block_on(mock_a2a::run(addr)),
+        Command::MockOidc {
+            addr,
+            client_id,
+            client_secret,
+            email,
+        } => rt.block_on(mock_oidc::run(addr, client_id, client_secret, email)),
         Command::Scan(args) => {
             // 0 and 1 tell a CI job whether findings reach its threshold; 2 is a scan that
             // could not run (anyhow's own status would be 1).

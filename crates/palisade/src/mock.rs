@@ -63,6 +63,35 @@ pub async fn run(cfg: MockConfig) -> anyhow::Result<()> {
     }
 }
 
+/// Serves `handle` over HTTP/1 on `listener` until interrupted: the accept loop of the small
+/// test servers whose handler answers with a whole body.
+pub async fn serve_whole<S: Send + Sync + 'static, F, Fut>(
+    listener: tokio::net::TcpListener,
+    state: Arc<S>,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<S>, hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 fn full(status: StatusCode, v: Value) -> Response<MockBody> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *r.status_mut() = status;

@@ -6,7 +6,6 @@
 //! It records every request it receives (`GET /_mock/requests`).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -14,9 +13,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 struct State {
@@ -39,22 +35,7 @@ pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
         poisoned: Default::default(),
         html_card: Default::default(),
     });
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => r?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    crate::mock::serve_whole(listener, state, handle).await
 }
 
 fn reply(status: StatusCode, ct: &str, body: String) -> Response<Full<Bytes>> {

@@ -328,6 +328,14 @@ async fn apply_checked(state: &AppState, cfg: crate::config::Config) -> anyhow::
             .await
             .map_err(|e| anyhow::anyhow!("webhook `{name}`: {}", e.message))?;
     }
+    // Before the proxies that sign in through them.
+    for (p, secret) in cfg.identity_providers {
+        let name = p.name.clone();
+        state
+            .put_identity_provider(p, Some(secret), actor())
+            .await
+            .map_err(|e| anyhow::anyhow!("identity provider `{name}`: {}", e.message))?;
+    }
     // Proxies that trade addresses in the file (or take one another gives up) cannot move one
     // at a time: the holders are stopped first, then each starts at its new address.
     let mut held_by: Vec<String> = Vec::new();

@@ -450,3 +450,250 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     let (_, audit) = gw.get("/api/v1/audit?action=oauth.client_delete").await;
     assert!(audit.to_string().contains(&client_id), "{audit}");
 }
+
+fn mock_oidc() -> (Proc, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "mock-oidc",
+        "--addr",
+        "127.0.0.1:0",
+        "--client-secret",
+        "provider-given-secret-0001",
+    ]);
+    let proc = Proc::spawn_cmd(cmd);
+    let url = proc.wait_for("listening on");
+    let issuer = url.split_whitespace().next().unwrap().trim_end_matches('/');
+    (proc, issuer.to_string())
+}
+
+#[tokio::test]
+async fn users_sign_in_through_an_openid_connect_provider() {
+    let (_mcp, upstream) = mock_mcp();
+    let (_idp, issuer) = mock_oidc();
+    let gw = Gateway::start(&format!(
+        "{}\n[[identity_providers]]\nname = \"corp\"\nissuer = \"{issuer}\"\nclient_id = \"palisade\"\n\
+         client_secret = \"provider-given-secret-0001\"\nallowed_domains = [\"example.com\"]\ncreate_users = true\n\
+         \n[[proxies]]\nname = \"tools\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+         oauth = true\noauth_provider = \"corp\"\ntool_approval = \"auto\"\n",
+        config_for("http://127.0.0.1:9")
+    ))
+    .await;
+    let base = gw.proxy_url("tools").await;
+    let set_identity = |v: Value| {
+        let issuer = issuer.clone();
+        async move {
+            let r = http()
+                .post(format!("{issuer}/_mock/identity"))
+                .json(&v)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+
+    // The provider as the API shows it: no secret; it cannot go while a proxy uses it.
+    let (s, v) = gw.get("/api/v1/identity-providers").await;
+    assert_eq!(s, 200);
+    assert_eq!(v[0]["name"], "corp");
+    assert_eq!(v[0]["callback_path"], "/oauth/callback");
+    assert!(!v.to_string().contains("provider-given-secret"), "{v}");
+    let r = gw
+        .http
+        .delete(format!("{}/api/v1/identity-providers/corp", gw.admin))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let (s, v) = gw
+        .post(
+            "/api/v1/identity-providers",
+            json!({"name": "other", "issuer": "http://idp.example.com", "client_id": "x", "client_secret": "s"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("issuer")),
+        "{v}"
+    );
+    let (s, v) = gw
+        .post(
+            "/api/v1/identity-providers",
+            json!({"name": "other", "issuer": "https://idp.example.com", "client_id": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("client_secret")),
+        "{v}"
+    );
+    let (s, v) = gw
+        .post(
+            "/api/v1/proxies",
+            json!({"name": "p2", "kind": "mcp", "listen": "127.0.0.1:0", "upstream": upstream,
+                "oauth": true, "oauth_provider": "nobody"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("oauth_provider")),
+        "{v}"
+    );
+
+    let reg: Value = http()
+        .post(format!("{base}/oauth/register"))
+        .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Agent", "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = reg["client_id"].as_str().unwrap().to_string();
+    let ch = challenge(VERIFIER);
+    let params = [
+        ("response_type", "code"),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_challenge", ch.as_str()),
+        ("code_challenge_method", "S256"),
+        ("state", "st-9"),
+    ];
+    let authorize = format!("{base}/oauth/authorize");
+    // Through the provider and back: the last answer is the callback's.
+    let sign_in = || async {
+        let r = http().get(&authorize).query(&params).send().await.unwrap();
+        assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+        let to_idp = r.headers()["location"].to_str().unwrap().to_string();
+        assert!(
+            to_idp.starts_with(&format!("{issuer}/authorize?")),
+            "{to_idp}"
+        );
+        let q: HashMap<String, String> =
+            form_urlencoded::parse(to_idp.split_once('?').unwrap().1.as_bytes())
+                .into_owned()
+                .collect();
+        assert_eq!(q["client_id"], "palisade");
+        assert_eq!(q["redirect_uri"], format!("{base}/oauth/callback"));
+        assert_eq!(q["scope"], "openid email profile");
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert!(q["nonce"].len() >= 32 && q["state"].len() >= 32);
+        let r = http().get(&to_idp).send().await.unwrap();
+        assert_eq!(r.status(), 302);
+        let back = r.headers()["location"].to_str().unwrap().to_string();
+        assert!(
+            back.starts_with(&format!("{base}/oauth/callback?")),
+            "{back}"
+        );
+        (http().get(&back).send().await.unwrap(), back)
+    };
+
+    // A password form is not taken on this proxy.
+    let mut form: Vec<(&str, &str)> = params.to_vec();
+    form.extend([("username", "admin"), ("password", "x")]);
+    let r = http().post(&authorize).form(&form).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    let (r, callback) = sign_in().await;
+    assert_eq!(r.status(), 302);
+    let q = location_query(&r);
+    assert_eq!(q["state"], "st-9");
+    assert_eq!(q["iss"], base);
+    let (s, tokens) = token(
+        &base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &q["code"]),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client_id),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(call(&format!("{base}/mcp"), access).await.status(), 200);
+    let rows = gw.wait_requests("proxy=tools&status=200", 1).await;
+    assert_eq!(rows[0]["key_name"], "mia@example.com", "{rows:?}");
+    // The user was created as a member by the provider's sign-in; the grant names it.
+    let (_, users) = gw.get("/api/v1/users").await;
+    let mia = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "mia@example.com")
+        .unwrap_or_else(|| panic!("{users}"));
+    assert_eq!(mia["role"], "member");
+    let (_, audit) = gw.get("/api/v1/audit?action=oauth.authorize").await;
+    assert!(
+        audit.to_string().contains("\"provider\":\"corp\""),
+        "{audit}"
+    );
+    let (_, audit) = gw.get("/api/v1/audit?action=user.create").await;
+    assert!(audit.to_string().contains("oidc:corp"), "{audit}");
+    // The gateway authenticated itself with the secret, and sent the PKCE verifier.
+    let seen: Value = http()
+        .get(format!("{issuer}/_mock/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let exchange = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["path"] == "/token")
+        .unwrap();
+    assert_eq!(exchange["basic_auth"], true);
+    assert!(exchange["form"]["code_verifier"].as_str().unwrap().len() >= 43);
+
+    // The callback again: that sign-in is over.
+    let r = http().get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Refusals: another domain, an unverified address, a token for another sign-in, a
+    // provider that says no. Each is a page with a way back that tells the client.
+    for (identity, status, says) in [
+        (
+            json!({"email": "eve@evil.example.org"}),
+            403,
+            "not in a domain",
+        ),
+        (
+            json!({"email": "mia@example.com", "email_verified": false}),
+            502,
+            "not verified",
+        ),
+        (
+            json!({"email_verified": true, "nonce": "another-sign-in"}),
+            502,
+            "nonce",
+        ),
+        (
+            json!({"nonce": null, "aud": "someone-else"}),
+            502,
+            "another client",
+        ),
+        (
+            json!({"aud": null, "deny": true}),
+            403,
+            "did not sign you in",
+        ),
+    ] {
+        set_identity(identity.clone()).await;
+        let (r, _) = sign_in().await;
+        assert_eq!(r.status(), status, "{identity}");
+        let html = r.text().await.unwrap();
+        assert!(html.contains(says), "{identity}: {html}");
+        assert!(html.contains("error=access_denied"), "{html}");
+        assert!(html.contains("state=st-9"), "{html}");
+    }
+    let (_, audit) = gw.get("/api/v1/audit?action=auth.login_failed").await;
+    assert!(
+        audit.to_string().contains("eve@evil.example.org"),
+        "{audit}"
+    );
+}

@@ -1,0 +1,412 @@
+//! Sign-in through an identity provider (`oauth_provider` on the proxy): the authorization
+//! request of an MCP client is held while its user signs in at the provider (OpenID Connect
+//! authorization code flow with PKCE and a nonce, the gateway a confidential client), and the
+//! code for the client is issued when the provider sends the user back to
+//! `<proxy>/oauth/callback` with the ID token's verified address naming a gateway user.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use palisade_core::crypto::{hash_api_key, random_token};
+use palisade_core::now_ms;
+use palisade_core::oidc::{
+    IdentityProviderSpec, ProviderMetadata, check_id_token, provider_metadata,
+};
+use serde_json::{Value, json};
+
+use super::{AuthRequest, Server, html_escape, lock, page, redirect_with};
+use crate::body::ProxyBody;
+use crate::upstream::GuardedClient;
+
+/// How long a user has to sign in at the provider.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+/// Sign-ins at providers waiting at once.
+const MAX_PENDING: usize = 10_000;
+/// How long a provider's configuration is used before it is read again.
+const METADATA_TTL: Duration = Duration::from_secs(3600);
+/// Providers whose configuration is kept.
+const MAX_METADATA: usize = 64;
+/// How long the provider has to answer.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read from the provider.
+const MAX_ANSWER: usize = 256 * 1024;
+
+/// A sign-in sent to a provider, waiting for the user to come back.
+struct Pending {
+    auth: AuthRequest,
+    proxy: String,
+    provider: String,
+    nonce: String,
+    verifier: String,
+    expires_at: i64,
+}
+
+/// Sign-ins waiting at providers, and the providers' configurations.
+#[derive(Default)]
+pub(crate) struct ProviderSignIns {
+    pending: Mutex<HashMap<[u8; 32], Pending>>,
+    metadata: Mutex<HashMap<String, (i64, ProviderMetadata)>>,
+    client: std::sync::OnceLock<GuardedClient>,
+}
+
+impl ProviderSignIns {
+    fn client(&self) -> &GuardedClient {
+        self.client
+            .get_or_init(crate::upstream::build_guarded_client)
+    }
+
+    fn put(&self, state: &str, p: Pending) -> Result<(), String> {
+        let mut m = lock(&self.pending);
+        let now = now_ms();
+        m.retain(|_, x| x.expires_at > now);
+        if m.len() >= MAX_PENDING {
+            return Err(
+                "Too many sign-ins are waiting at the identity provider; retry shortly.".into(),
+            );
+        }
+        m.insert(hash_api_key(state), p);
+        Ok(())
+    }
+
+    fn take(&self, state: &str) -> Option<Pending> {
+        let p = lock(&self.pending).remove(&hash_api_key(state))?;
+        (p.expires_at > now_ms()).then_some(p)
+    }
+
+    /// Ends the waiting sign-ins of a client (deleted).
+    pub(crate) fn revoke_client(&self, client_id: &str) {
+        lock(&self.pending).retain(|_, p| p.auth.client.client_id != client_id);
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+        let resp = tokio::time::timeout(PROVIDER_TIMEOUT, self.client().request(req))
+            .await
+            .map_err(|_| "it did not answer in time".to_string())?
+            .map_err(|e| format!("it cannot be reached ({e})"))?;
+        let status = resp.status();
+        let body = tokio::time::timeout(
+            PROVIDER_TIMEOUT,
+            Limited::new(resp.into_body(), MAX_ANSWER).collect(),
+        )
+        .await
+        .map_err(|_| "its answer did not arrive in time".to_string())?
+        .map_err(|e| format!("its answer could not be read ({e})"))?
+        .to_bytes();
+        Ok((status, body))
+    }
+
+    /// The provider's configuration, read from `<issuer>/.well-known/openid-configuration`.
+    async fn metadata(&self, issuer: &str) -> Result<ProviderMetadata, String> {
+        let now = now_ms();
+        if let Some((until, m)) = lock(&self.metadata).get(issuer)
+            && *until > now
+        {
+            return Ok(m.clone());
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let req = Request::get(&url)
+            .header(ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("its configuration URL is not valid ({e})"))?;
+        let (status, body) = self.send(req).await?;
+        if !status.is_success() {
+            return Err(format!(
+                "it answered HTTP {} for its configuration",
+                status.as_u16()
+            ));
+        }
+        let doc: Value = serde_json::from_slice(&body)
+            .map_err(|_| "its configuration is not JSON".to_string())?;
+        let m = provider_metadata(&doc, issuer)?;
+        let mut cache = lock(&self.metadata);
+        if cache.len() >= MAX_METADATA {
+            cache.clear();
+        }
+        cache.insert(
+            issuer.to_string(),
+            (now + METADATA_TTL.as_millis() as i64, m.clone()),
+        );
+        Ok(m)
+    }
+
+    /// Exchanges the provider's code for its ID token.
+    async fn exchange(
+        &self,
+        p: &IdentityProviderSpec,
+        secret: &str,
+        m: &ProviderMetadata,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<String, String> {
+        let form = {
+            let mut f = form_urlencoded::Serializer::new(String::new());
+            f.append_pair("grant_type", "authorization_code")
+                .append_pair("code", code)
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("code_verifier", verifier);
+            if m.secret_in_form {
+                f.append_pair("client_id", &p.client_id)
+                    .append_pair("client_secret", secret);
+            }
+            f.finish()
+        };
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(&m.token_endpoint)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json");
+        if !m.secret_in_form {
+            // RFC 6749 §2.3.1: both parts form-encoded before Basic.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(&p.client_id),
+                enc(secret)
+            ));
+            let v = HeaderValue::from_str(&format!("Basic {basic}"))
+                .map_err(|_| "the client credentials cannot be sent".to_string())?;
+            req = req.header(AUTHORIZATION, v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| format!("its token endpoint is not valid ({e})"))?;
+        let (status, body) = self.send(req).await?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let what = v["error"].as_str().unwrap_or("no error code");
+            return Err(format!(
+                "it refused the code (HTTP {}, {})",
+                status.as_u16(),
+                what.chars().take(64).collect::<String>()
+            ));
+        }
+        v["id_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "it sent no ID token (is `openid` among the scopes?)".to_string())
+    }
+}
+
+/// A page that explains why the sign-in stopped and lets the user return to the application
+/// (which then hears `access_denied`).
+fn stopped(s: &Server<'_>, a: &AuthRequest, status: StatusCode, why: &str) -> Response<ProxyBody> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("error", "access_denied")
+        .append_pair("error_description", why)
+        .append_pair("iss", &s.base);
+    if let Some(st) = &a.state {
+        q.append_pair("state", st);
+    }
+    let sep = if a.redirect_uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let back = format!("{}{sep}{}", a.redirect_uri, q.finish());
+    page(
+        status,
+        "Cannot sign in",
+        &format!(
+            "<p class=\"err\">{}</p><p><a href=\"{}\">Return to the application</a></p>",
+            html_escape(why),
+            html_escape(&back)
+        ),
+    )
+}
+
+impl Server<'_> {
+    fn callback_uri(&self) -> String {
+        format!("{}/oauth/callback", self.base)
+    }
+
+    /// Sends the user to the provider to sign in, holding the client's request.
+    pub(super) async fn to_provider(&self, name: &str, a: AuthRequest) -> Response<ProxyBody> {
+        let p = match self.backend.provider(name).await {
+            Ok(Some((p, _))) => p,
+            Ok(None) => {
+                return stopped(
+                    self,
+                    &a,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "The identity provider `{name}` of this proxy is not configured; ask an administrator."
+                    ),
+                );
+            }
+            Err(e) => return stopped(self, &a, StatusCode::SERVICE_UNAVAILABLE, &e),
+        };
+        let signins = &self.shared.provider_sign_ins;
+        let m = match signins.metadata(&p.issuer).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(provider = %p.name, error = %e, "OAuth: identity provider unusable");
+                return stopped(
+                    self,
+                    &a,
+                    StatusCode::BAD_GATEWAY,
+                    &format!("The identity provider {} cannot be used now: {e}.", p.name),
+                );
+            }
+        };
+        let state = random_token(32);
+        let nonce = random_token(32);
+        let verifier = random_token(48);
+        let challenge =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash_api_key(&verifier));
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &p.client_id)
+            .append_pair("redirect_uri", &self.callback_uri())
+            .append_pair("scope", &p.scopes.join(" "))
+            .append_pair("state", &state)
+            .append_pair("nonce", &nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .finish();
+        let pending = Pending {
+            proxy: self.rt.spec.name.clone(),
+            provider: p.name.clone(),
+            nonce,
+            verifier,
+            expires_at: now_ms() + PENDING_TTL.as_millis() as i64,
+            auth: a,
+        };
+        let sep = if m.authorization_endpoint.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let target = format!("{}{sep}{query}", m.authorization_endpoint);
+        if let Err(e) = signins.put(&state, pending) {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot sign in",
+                &format!("<p class=\"err\">{}</p>", html_escape(&e)),
+            );
+        }
+        redirect_with(StatusCode::FOUND, &target, &[])
+    }
+
+    /// The provider sends the user back: the code is exchanged for the ID token, its address
+    /// names the user, and the client gets its code.
+    pub(super) async fn callback(&self, q: &HashMap<String, String>) -> Response<ProxyBody> {
+        let gone = || {
+            page(
+                StatusCode::BAD_REQUEST,
+                "Cannot sign in",
+                "<p class=\"err\">This sign-in has expired or was completed already; start again from the application.</p>",
+            )
+        };
+        let Some(state) = q.get("state") else {
+            return gone();
+        };
+        let Some(pending) = self.shared.provider_sign_ins.take(state) else {
+            return gone();
+        };
+        let a = &pending.auth;
+        if pending.proxy != self.rt.spec.name
+            || self.rt.spec.oauth_provider.as_deref() != Some(pending.provider.as_str())
+        {
+            return gone();
+        }
+        if let Some(err) = q.get("error") {
+            let err: String = err.chars().take(64).collect();
+            return stopped(
+                self,
+                a,
+                StatusCode::FORBIDDEN,
+                &format!("The identity provider did not sign you in ({err})."),
+            );
+        }
+        let Some(code) = q.get("code").filter(|c| !c.is_empty() && c.len() <= 4096) else {
+            return stopped(
+                self,
+                a,
+                StatusCode::BAD_REQUEST,
+                "The identity provider sent no code.",
+            );
+        };
+        let unusable = |e: String| {
+            tracing::warn!(provider = %pending.provider, error = %e, "OAuth: provider sign-in failed");
+            stopped(
+                self,
+                a,
+                StatusCode::BAD_GATEWAY,
+                &format!("The identity provider's answer cannot be used: {e}."),
+            )
+        };
+        let (p, secret) = match self.backend.provider(&pending.provider).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return unusable("it is no longer configured".into()),
+            Err(e) => return stopped(self, a, StatusCode::SERVICE_UNAVAILABLE, &e),
+        };
+        let signins = &self.shared.provider_sign_ins;
+        let m = match signins.metadata(&p.issuer).await {
+            Ok(m) => m,
+            Err(e) => return unusable(e),
+        };
+        let id_token = match signins
+            .exchange(
+                &p,
+                &secret,
+                &m,
+                code,
+                &self.callback_uri(),
+                &pending.verifier,
+            )
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return unusable(e),
+        };
+        let who = match check_id_token(
+            &id_token,
+            &p.issuer,
+            &p.client_id,
+            &pending.nonce,
+            now_ms() / 1000,
+        ) {
+            Ok(w) => w,
+            Err(e) => return unusable(e),
+        };
+        let proxy = self.rt.spec.name.as_str();
+        let stamp = match self
+            .backend
+            .provider_sign_in(&p, &who, self.peer, proxy)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return stopped(self, a, StatusCode::FORBIDDEN, &e),
+        };
+        let users = &self.rt.spec.oauth_users;
+        if !users.is_empty() && !users.contains(&who.email) {
+            return stopped(
+                self,
+                a,
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "The user {} may not use this proxy; ask an administrator.",
+                    who.email
+                ),
+            );
+        }
+        let detail = json!({"provider": p.name, "subject": who.subject});
+        match self
+            .grant(a, &who.email, stamp, StatusCode::FOUND, detail)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => stopped(self, a, StatusCode::SERVICE_UNAVAILABLE, &e),
+        }
+    }
+}
