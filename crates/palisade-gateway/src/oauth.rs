@@ -415,6 +415,7 @@ pub(crate) async fn handle(
     };
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let cookies = provider::cookies(req.headers());
     let s = Server {
         shared: &shared,
         rt: &rt,
@@ -433,16 +434,16 @@ pub(crate) async fn handle(
         (Method::POST, "/oauth/register") => s.register(req).await,
         (Method::GET, "/oauth/authorize") => {
             let q = req.uri().query().unwrap_or("").to_string();
-            s.authorize(&pairs(q.as_bytes()), false).await
+            s.authorize(&pairs(q.as_bytes()), false, &cookies).await
         }
         (Method::POST, "/oauth/authorize") => match read_form(req).await {
-            Ok(form) => s.authorize(&form, true).await,
+            Ok(form) => s.authorize(&form, true, &cookies).await,
             Err(r) => r,
         },
         (Method::POST, "/oauth/token") => s.token(req).await,
         (Method::GET, "/oauth/callback") if rt.spec.oauth_provider.is_some() => {
             let q = req.uri().query().unwrap_or("").to_string();
-            s.callback(&pairs(q.as_bytes())).await
+            s.callback(&pairs(q.as_bytes()), &cookies).await
         }
         _ => oauth_error(
             StatusCode::NOT_FOUND,
@@ -675,6 +676,29 @@ h1{{font-size:1.2rem}}label{{display:block;margin:.8rem 0 .2rem}}input[type=text
         HeaderValue::from_static("nosniff"),
     );
     r
+}
+
+/// The authorization request's parameters as hidden fields of the page's form.
+fn hidden_fields(q: &HashMap<String, String>) -> String {
+    let mut hidden = String::new();
+    for k in [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "code_challenge",
+        "code_challenge_method",
+        "state",
+        "scope",
+        "resource",
+    ] {
+        if let Some(v) = q.get(k) {
+            hidden.push_str(&format!(
+                "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
+                html_escape(v)
+            ));
+        }
+    }
+    hidden
 }
 
 /// A redirect back to the client with `params` (`302`; `303` after the sign-in's POST).
@@ -958,24 +982,7 @@ impl Server<'_> {
         error: Option<&str>,
         change: bool,
     ) -> Response<ProxyBody> {
-        let mut hidden = String::new();
-        for k in [
-            "response_type",
-            "client_id",
-            "redirect_uri",
-            "code_challenge",
-            "code_challenge_method",
-            "state",
-            "scope",
-            "resource",
-        ] {
-            if let Some(v) = q.get(k) {
-                hidden.push_str(&format!(
-                    "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
-                    html_escape(v)
-                ));
-            }
-        }
+        let hidden = hidden_fields(q);
         let err = error
             .map(|e| format!("<p class=\"err\">{}</p>", html_escape(e)))
             .unwrap_or_default();
@@ -1018,20 +1025,22 @@ Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
         )
     }
 
-    async fn authorize(&self, q: &HashMap<String, String>, submitted: bool) -> Response<ProxyBody> {
+    async fn authorize(
+        &self,
+        q: &HashMap<String, String>,
+        submitted: bool,
+        cookies: &HashMap<String, String>,
+    ) -> Response<ProxyBody> {
         let a = match self.check_authorization(q).await {
             Ok(a) => a,
             Err(r) => return r,
         };
         if let Some(name) = &self.rt.spec.oauth_provider {
-            if submitted {
-                return page(
-                    StatusCode::BAD_REQUEST,
-                    "Cannot sign in",
-                    "<p class=\"err\">Users of this proxy sign in through its identity provider, not with a password.</p>",
-                );
-            }
-            return self.to_provider(name, a).await;
+            return if submitted {
+                self.to_provider(name, q, a, cookies).await
+            } else {
+                self.provider_page(name, q, &a)
+            };
         }
         if !submitted {
             return self.sign_in_page(q, &a, None, false);

@@ -451,6 +451,19 @@ async fn an_mcp_client_signs_its_user_in_and_calls_the_proxy_with_a_token() {
     assert!(audit.to_string().contains(&client_id), "{audit}");
 }
 
+/// The `name=value` of the cookie an answer sets, with its attributes checked.
+fn set_cookie(r: &reqwest::Response, name: &str) -> String {
+    let c = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no cookie {name}: {:?}", r.headers()));
+    assert!(c.contains("HttpOnly") && c.contains("SameSite="), "{c}");
+    c.split(';').next().unwrap().to_string()
+}
+
 fn mock_oidc() -> (Proc, String) {
     let mut cmd = Command::new(bin());
     cmd.args([
@@ -561,10 +574,50 @@ async fn users_sign_in_through_an_openid_connect_provider() {
         ("state", "st-9"),
     ];
     let authorize = format!("{base}/oauth/authorize");
+    // The gateway's page names the client; its button (a form with a token also in a cookie)
+    // goes to the provider, which comes back to the callback in the same browser.
+    let page_form = || async {
+        let r = http().get(&authorize).query(&params).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let cookie = set_cookie(&r, "palisade_oauth_form");
+        let html = r.text().await.unwrap();
+        assert!(
+            html.contains("<b>Agent</b>") && html.contains("Sign in with corp"),
+            "{html}"
+        );
+        let token = html
+            .split("name=\"form_token\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut form: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        form.push(("form_token".into(), token));
+        (form, cookie)
+    };
+    let to_provider = |form: Vec<(String, String)>, cookie: String| {
+        let authorize = authorize.clone();
+        async move {
+            http()
+                .post(&authorize)
+                .header("cookie", cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
     // Through the provider and back: the last answer is the callback's.
     let sign_in = || async {
-        let r = http().get(&authorize).query(&params).send().await.unwrap();
-        assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+        let (form, cookie) = page_form().await;
+        let r = to_provider(form, cookie).await;
+        assert_eq!(r.status(), 303);
+        let browser = set_cookie(&r, "palisade_oauth_signin");
         let to_idp = r.headers()["location"].to_str().unwrap().to_string();
         assert!(
             to_idp.starts_with(&format!("{issuer}/authorize?")),
@@ -586,16 +639,38 @@ async fn users_sign_in_through_an_openid_connect_provider() {
             back.starts_with(&format!("{base}/oauth/callback?")),
             "{back}"
         );
-        (http().get(&back).send().await.unwrap(), back)
+        let r = http()
+            .get(&back)
+            .header("cookie", browser.clone())
+            .send()
+            .await
+            .unwrap();
+        (r, back, browser)
     };
 
-    // A password form is not taken on this proxy.
-    let mut form: Vec<(&str, &str)> = params.to_vec();
-    form.extend([("username", "admin"), ("password", "x")]);
-    let r = http().post(&authorize).form(&form).send().await.unwrap();
+    // A form another site submits (no cookie, a wrong one, a password form) does not go on.
+    let (form, cookie) = page_form().await;
+    assert_eq!(to_provider(form.clone(), String::new()).await.status(), 403);
+    let forged = format!("palisade_oauth_form={}", "x".repeat(43));
+    assert_eq!(to_provider(form.clone(), forged).await.status(), 403);
+    let mut password = form.clone();
+    password.retain(|(k, _)| k != "form_token");
+    password.extend([
+        ("username".into(), "admin".into()),
+        ("password".into(), "x".into()),
+    ]);
+    assert_eq!(to_provider(password, cookie.clone()).await.status(), 403);
+    // A link to the provider with this sign-in in it, followed in another browser, completes
+    // nothing (the callback comes without the cookie).
+    let r = to_provider(form, cookie).await;
+    let to_idp = r.headers()["location"].to_str().unwrap().to_string();
+    let r = http().get(&to_idp).send().await.unwrap();
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    let r = http().get(&back).send().await.unwrap();
     assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("another browser"));
 
-    let (r, callback) = sign_in().await;
+    let (r, callback, browser) = sign_in().await;
     assert_eq!(r.status(), 302);
     let q = location_query(&r);
     assert_eq!(q["state"], "st-9");
@@ -651,8 +726,14 @@ async fn users_sign_in_through_an_openid_connect_provider() {
     assert!(exchange["form"]["code_verifier"].as_str().unwrap().len() >= 43);
 
     // The callback again: that sign-in is over.
-    let r = http().get(&callback).send().await.unwrap();
+    let r = http()
+        .get(&callback)
+        .header("cookie", browser)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("expired or was completed"));
 
     // Refusals: another domain, an unverified address, a token for another sign-in, a
     // provider that says no. Each is a page with a way back that tells the client.
@@ -684,7 +765,7 @@ async fn users_sign_in_through_an_openid_connect_provider() {
         ),
     ] {
         set_identity(identity.clone()).await;
-        let (r, _) = sign_in().await;
+        let (r, _, _) = sign_in().await;
         assert_eq!(r.status(), status, "{identity}");
         let html = r.text().await.unwrap();
         assert!(html.contains(says), "{identity}: {html}");

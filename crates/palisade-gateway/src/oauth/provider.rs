@@ -3,6 +3,13 @@
 //! authorization code flow with PKCE and a nonce, the gateway a confidential client), and the
 //! code for the client is issued when the provider sends the user back to
 //! `<proxy>/oauth/callback` with the ID token's verified address naming a gateway user.
+//!
+//! A provider that remembers its user signs them in without a page of its own, so the gateway
+//! shows one first: which client asks, and where the code will go, with a button that goes on
+//! (a form whose token is also in a same-site-only cookie, so another site cannot submit it for
+//! the user). The sign-in is bound to the browser that pressed it (a cookie the callback must
+//! carry), so a link to the provider with someone else's sign-in in it, sent to a user who
+//! is signed in there, completes nothing.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,17 +17,17 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use palisade_core::crypto::{hash_api_key, random_token};
+use palisade_core::crypto::{ct_eq, hash_api_key, random_token};
 use palisade_core::now_ms;
 use palisade_core::oidc::{
     IdentityProviderSpec, ProviderMetadata, check_id_token, provider_metadata,
 };
 use serde_json::{Value, json};
 
-use super::{AuthRequest, Server, html_escape, lock, page, redirect_with};
+use super::{AuthRequest, Server, hidden_fields, html_escape, lock, page, redirect_with};
 use crate::body::ProxyBody;
 use crate::upstream::GuardedClient;
 
@@ -36,10 +43,49 @@ const MAX_METADATA: usize = 64;
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from the provider.
 const MAX_ANSWER: usize = 256 * 1024;
+/// The page's form token, sent back only by pages of this site (`SameSite=Strict`).
+const FORM_COOKIE: &str = "palisade_oauth_form";
+/// The browser that went to the provider; the callback must come back with it.
+const BROWSER_COOKIE: &str = "palisade_oauth_signin";
+
+/// The cookies of a request, by name (the first of a name given twice).
+pub(super) fn cookies(headers: &http::HeaderMap) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for v in headers.get_all(COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for pair in v.split(';') {
+            if let Some((k, val)) = pair.trim().split_once('=') {
+                out.entry(k.to_string()).or_insert_with(|| val.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Adds a cookie for `path` of the proxy, living as long as a waiting sign-in.
+fn set_cookie(
+    r: &mut Response<ProxyBody>,
+    secure: bool,
+    name: &str,
+    value: &str,
+    path: &str,
+    same_site: &str,
+) {
+    let cookie = format!(
+        "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite={same_site}{}",
+        PENDING_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(SET_COOKIE, v);
+    }
+}
 
 /// A sign-in sent to a provider, waiting for the user to come back.
 struct Pending {
     auth: AuthRequest,
+    /// Digest of the browser cookie the callback must carry.
+    browser: [u8; 32],
     proxy: String,
     provider: String,
     nonce: String,
@@ -229,8 +275,75 @@ impl Server<'_> {
         format!("{}/oauth/callback", self.base)
     }
 
-    /// Sends the user to the provider to sign in, holding the client's request.
-    pub(super) async fn to_provider(&self, name: &str, a: AuthRequest) -> Response<ProxyBody> {
+    fn secure(&self) -> bool {
+        self.base.starts_with("https://")
+    }
+
+    /// A path of the proxy as the browser sees it (under `public_url`'s path, if it has one).
+    fn public_path(&self, path: &str) -> String {
+        let prefix = self
+            .base
+            .parse::<http::Uri>()
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        format!("{prefix}{path}")
+    }
+
+    /// The page before the provider: who asks, where the code goes, and a button on.
+    pub(super) fn provider_page(
+        &self,
+        name: &str,
+        q: &HashMap<String, String>,
+        a: &AuthRequest,
+    ) -> Response<ProxyBody> {
+        let token = random_token(32);
+        let mut r = page(
+            StatusCode::OK,
+            &format!("Sign in to {}", self.rt.spec.name),
+            &format!(
+                "<p class=\"who\">A client that calls itself <b>{client}</b> (its name is its own, not checked by the gateway) asks to use <code>{res}</code> as you. \
+Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you started this.</p>\
+<form method=\"post\" action=\"{action}\">{hidden}<input type=\"hidden\" name=\"form_token\" value=\"{token}\">\
+<button type=\"submit\">Sign in with {provider} and allow</button></form>",
+                client = html_escape(&a.client.name),
+                res = html_escape(&self.resource()),
+                to = html_escape(&a.redirect_uri),
+                action = html_escape(&format!("{}/oauth/authorize", self.base)),
+                hidden = hidden_fields(q),
+                provider = html_escape(name),
+            ),
+        );
+        set_cookie(
+            &mut r,
+            self.secure(),
+            FORM_COOKIE,
+            &token,
+            "/oauth/authorize",
+            "Strict",
+        );
+        r
+    }
+
+    /// Sends the user to the provider to sign in, holding the client's request (the button of
+    /// [`Server::provider_page`] was pressed).
+    pub(super) async fn to_provider(
+        &self,
+        name: &str,
+        q: &HashMap<String, String>,
+        a: AuthRequest,
+        cookies: &HashMap<String, String>,
+    ) -> Response<ProxyBody> {
+        let pressed = match (q.get("form_token"), cookies.get(FORM_COOKIE)) {
+            (Some(f), Some(c)) => f.len() >= 32 && ct_eq(f.as_bytes(), c.as_bytes()),
+            _ => false,
+        };
+        if !pressed {
+            return page(
+                StatusCode::FORBIDDEN,
+                "Cannot sign in",
+                "<p class=\"err\">This form was not sent from the gateway's own page, or has expired; start again from the application.</p>",
+            );
+        }
         let p = match self.backend.provider(name).await {
             Ok(Some((p, _))) => p,
             Ok(None) => {
@@ -273,7 +386,9 @@ impl Server<'_> {
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256")
             .finish();
+        let browser = random_token(32);
         let pending = Pending {
+            browser: hash_api_key(&browser),
             proxy: self.rt.spec.name.clone(),
             provider: p.name.clone(),
             nonce,
@@ -294,12 +409,25 @@ impl Server<'_> {
                 &format!("<p class=\"err\">{}</p>", html_escape(&e)),
             );
         }
-        redirect_with(StatusCode::FOUND, &target, &[])
+        let mut r = redirect_with(StatusCode::SEE_OTHER, &target, &[]);
+        set_cookie(
+            &mut r,
+            self.secure(),
+            BROWSER_COOKIE,
+            &browser,
+            "/oauth/callback",
+            "Lax",
+        );
+        r
     }
 
     /// The provider sends the user back: the code is exchanged for the ID token, its address
     /// names the user, and the client gets its code.
-    pub(super) async fn callback(&self, q: &HashMap<String, String>) -> Response<ProxyBody> {
+    pub(super) async fn callback(
+        &self,
+        q: &HashMap<String, String>,
+        cookies: &HashMap<String, String>,
+    ) -> Response<ProxyBody> {
         let gone = || {
             page(
                 StatusCode::BAD_REQUEST,
@@ -313,6 +441,16 @@ impl Server<'_> {
         let Some(pending) = self.shared.provider_sign_ins.take(state) else {
             return gone();
         };
+        let same_browser = cookies
+            .get(BROWSER_COOKIE)
+            .is_some_and(|c| ct_eq(&hash_api_key(c), &pending.browser));
+        if !same_browser {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Cannot sign in",
+                "<p class=\"err\">This sign-in was started in another browser (or its cookie is gone); start again from the application.</p>",
+            );
+        }
         let a = &pending.auth;
         if pending.proxy != self.rt.spec.name
             || self.rt.spec.oauth_provider.as_deref() != Some(pending.provider.as_str())
