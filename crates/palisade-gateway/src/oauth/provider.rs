@@ -318,7 +318,7 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
             self.secure(),
             FORM_COOKIE,
             &token,
-            "/oauth/authorize",
+            &self.public_path("/oauth/authorize"),
             "Strict",
         );
         r
@@ -415,7 +415,7 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
             self.secure(),
             BROWSER_COOKIE,
             &browser,
-            "/oauth/callback",
+            &self.public_path("/oauth/callback"),
             "Lax",
         );
         r
