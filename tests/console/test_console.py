@@ -311,6 +311,19 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, mock_a2a, browser, shots):
     expect(row).not_to_contain_text("SECRETPATH")
     row.locator('[data-action="test"]').click()
     expect(page.locator(".toast-error")).to_contain_text("Test failed")
+    # OAuth sign-in: an identity provider; its client secret is never shown.
+    of = page.locator("#provider-form")
+    of.locator("[name=name]").fill("corp")
+    of.locator("[name=issuer]").fill("https://login.example.com")
+    of.locator("[name=client_id]").fill("palisade-console")
+    of.locator("[name=client_secret]").fill("PROVIDER-SECRET-0001")
+    of.locator("[name=allowed_domains]").fill("example.com")
+    of.locator("button[type=submit]").click()
+    prow = page.locator('tr[data-provider="corp"]')
+    expect(prow).to_contain_text("example.com")
+    expect(page.locator("#oauth")).not_to_contain_text("PROVIDER-SECRET-0001")
+    provider = gateway.call("GET", "/api/v1/identity-providers")[0]
+    assert provider["client_id"] == "palisade-console" and "client_secret" not in provider
     shots(page, "17-settings")
 
     # Proxies with health, a proxy's own metrics, and an edit.

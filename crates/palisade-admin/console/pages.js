@@ -299,7 +299,7 @@ async function proxyDetail(ctx, main, name) {
       { name: 'blocked', cls: 'c3', values: s.series.map((x) => x.blocked) }]))));
   if (p.error) main.appendChild(h('p', { class: 'error', role: 'alert' }, `Last start failed: ${p.error}`));
   main.appendChild(section('Configuration', h('dl', { class: 'kv' },
-    ['kind', 'api', 'listen', 'upstream', 'policy_mode', 'upstream_timeout_secs', 'max_body_bytes', 'unmask', 'tool_approval', 'oauth', 'oauth_group', 'description']
+    ['kind', 'api', 'listen', 'upstream', 'policy_mode', 'upstream_timeout_secs', 'max_body_bytes', 'unmask', 'tool_approval', 'oauth', 'oauth_group', 'oauth_provider', 'description']
       .flatMap((k) => [h('dt', {}, k), h('dd', {}, String(p[k] ?? '—'))]),
     h('dt', {}, 'policies'), h('dd', {}, p.policies.join(', ') || 'none'),
     h('dt', {}, 'upstream key'), h('dd', {}, p.has_upstream_key ? 'stored (encrypted)' : 'none'))));
@@ -974,11 +974,65 @@ async function settings(ctx, main) {
   });
   main.appendChild(pw);
   await webhooksSection(ctx, main);
+  await oauthSection(ctx, main);
   main.appendChild(section('Integrations',
     h('p', {}, 'Machine access uses the same REST API: log in with POST /api/v1/auth/login and send the token as Authorization: Bearer. The OpenAPI document is at ', h('a', { href: '/api/v1/openapi.json' }, '/api/v1/openapi.json'), '.'),
     h('p', {}, 'Prometheus scrapes GET /metrics (with the bearer token set in PALISADE_METRICS_TOKEN). Live events: GET /api/v1/events (server-sent events).'),
     h('p', {}, 'OpenTelemetry: set OTEL_EXPORTER_OTLP_ENDPOINT and every proxied request is exported as a span (OTLP/HTTP, JSON), in the caller\'s trace when it sent a traceparent.'),
     h('p', { class: 'muted' }, 'SIEMs: a webhook of format syslog sends CEF over TCP; JSON webhooks reach HTTP collectors.')));
+}
+
+// OAuth of the MCP and A2A proxies: the identity providers users sign in through, and the
+// clients that registered (deleting one ends its sign-ins at once).
+async function oauthSection(ctx, main) {
+  const [providers, clients] = await Promise.all([get('/api/v1/identity-providers'), get('/api/v1/oauth/clients')]);
+  const box = section('OAuth sign-in',
+    h('p', { class: 'muted' }, 'Proxies with oauth = true are their clients\' authorization server. With oauth_provider, users sign in through an OpenID Connect provider; register <proxy base URL>/oauth/callback as its redirect URI. Client secrets are stored encrypted and never shown.'));
+  box.id = 'oauth';
+  box.appendChild(providers.length ? table([
+    { label: 'Name', key: 'name' },
+    { label: 'Issuer', render: (p) => h('code', {}, p.issuer) },
+    { label: 'Client id', render: (p) => h('code', {}, p.client_id) },
+    { label: 'Who', render: (p) => `${p.allowed_domains.length ? p.allowed_domains.join(', ') : 'any domain'}${p.create_users ? ' · creates members' : ' · existing users only'}` },
+    { label: 'Actions', class: 'nowrap', render: (p) => h('div', { class: 'btns' },
+      act(ctx, 'Delete', async () => {
+        if (!(await confirmDialog(`Delete identity provider ${p.name}?`, 'Proxies that sign in through it must be changed first.'))) return;
+        await del(`/api/v1/identity-providers/${enc(p.name)}`); toast('Identity provider deleted.', 'ok'); ctx.refresh();
+      }, 'danger', { 'data-action': 'delete' })) },
+  ], providers, { caption: 'Identity providers', rowAttrs: (p) => ({ 'data-provider': p.name }) }) : h('p', { class: 'muted' }, 'No identity providers: OAuth users sign in with their gateway password.'));
+  if (ctx.admin) {
+    const form = h('form', { class: 'form', id: 'provider-form', novalidate: true }, h('h3', {}, 'New identity provider'),
+      h('p', { class: 'form-error', role: 'alert', hidden: true }),
+      h('div', { class: 'grid2' },
+        field('Name', h('input', { name: 'name', required: true, autocomplete: 'off' })),
+        field('Issuer', h('input', { name: 'issuer', required: true, autocomplete: 'off', placeholder: 'https://login.example.com' }), 'Its configuration is read from <issuer>/.well-known/openid-configuration.'),
+        field('Client id', h('input', { name: 'client_id', required: true, autocomplete: 'off' })),
+        field('Client secret', h('input', { name: 'client_secret', type: 'password', required: true, autocomplete: 'off' }), 'Stored encrypted, never shown.'),
+        field('Allowed e-mail domains', h('input', { name: 'allowed_domains', autocomplete: 'off', placeholder: 'example.com, example.org' }), 'Empty: any address the provider has verified.')),
+      h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'create_users' }), 'A first sign-in creates a member user'),
+      h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Create identity provider')));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const fd = new FormData(form);
+      const domains = fd.get('allowed_domains').split(',').map((d) => d.trim()).filter(Boolean);
+      const body = { name: fd.get('name').trim(), issuer: fd.get('issuer').trim(), client_id: fd.get('client_id').trim(), client_secret: fd.get('client_secret'), allowed_domains: domains, create_users: fd.get('create_users') === 'on' };
+      try { await post('/api/v1/identity-providers', body); toast('Identity provider created.', 'ok'); ctx.refresh(); } catch (e) { showFormError(form, e); }
+    });
+    box.appendChild(form);
+  }
+  box.appendChild(clients.length ? table([
+    { label: 'Client', render: (c) => h('span', {}, c.name, h('div', { class: 'muted' }, h('code', {}, c.client_id))) },
+    { label: 'Redirect URIs', render: (c) => h('span', {}, c.redirect_uris.map((u) => h('div', {}, h('code', {}, u)))) },
+    { label: 'Registered', render: (c) => fmtTime(c.created_at) },
+    { label: 'Last used', render: (c) => (c.last_used_at ? fmtTime(c.last_used_at) : 'never') },
+    { label: 'Sign-ins', render: (c) => fmtNum(c.sign_ins) },
+    { label: 'Actions', class: 'nowrap', render: (c) => h('div', { class: 'btns' },
+      act(ctx, 'Delete', async () => {
+        if (!(await confirmDialog(`Delete client ${c.name}?`, 'Its refresh and access tokens end at once; its users sign in again.'))) return;
+        await del(`/api/v1/oauth/clients/${enc(c.client_id)}`); toast('Client deleted.', 'ok'); ctx.refresh();
+      }, 'danger', { 'data-action': 'delete' })) },
+  ], clients, { caption: 'Registered OAuth clients (the names are their own claims)', rowAttrs: (c) => ({ 'data-client': c.client_id }) }) : h('p', { class: 'muted' }, 'No OAuth clients have registered.'));
+  main.appendChild(box);
 }
 
 const ALERT_KINDS = ['policy', 'budget', 'mcp_tool', 'mcp_answer'];
