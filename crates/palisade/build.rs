@@ -16,7 +16,7 @@ fn main() {
     });
     files.sort();
     let mut out = String::from(
-        "/// The shipped policy packs: (file name, JSON text).\npub const PACKS: &[(&str, &str)] = &[\n",
+        "/// The shipped policy packs: (file name, JSON text).\npub static PACKS: &[(&str, &str)] = &[\n",
     );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

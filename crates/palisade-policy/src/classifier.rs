@@ -49,10 +49,18 @@ pub const TOKENIZER_VALUES: &str =
     "presence; word features scaled by 2/sqrt(2*tokens-1), shape features by 1";
 
 /// The models built into the crate: (name, JSON text). Written by `examples/train_classifier.rs`.
-const BUILTIN: &[(&str, &str)] = &[(
+static BUILTIN: &[(&str, &str)] = &[(
     "prompt-attack",
     include_str!("../../../policies/models/prompt-attack.json"),
 )];
+
+/// Unmaps the built-in models' JSON text once start-up has parsed what it needs
+/// ([`crate::release_embedded`]; a model parsed later reads it again).
+pub fn release_builtin_models() {
+    for (_, json) in BUILTIN {
+        crate::release_embedded(json);
+    }
+}
 
 /// Names of the built-in classifier models a rule may reference in `patterns.classifier.model`.
 pub fn classifier_models() -> Vec<&'static str> {

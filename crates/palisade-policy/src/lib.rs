@@ -36,7 +36,7 @@
 //! assert_eq!(eval.decision, Decision::Block);
 //! assert_eq!(eval.score, 40);
 //! ```
-// One audited FFI call (`heap::release_free_memory`); everything else is safe code.
+// Audited FFI calls to the allocator and `madvise` (`heap`); everything else is safe code.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -61,7 +61,7 @@ pub use engine::{
     mask_secret,
 };
 pub use error::{PolicyError, Result};
-pub use heap::{release_free_memory, use_one_arena};
+pub use heap::{release_embedded, release_free_memory, use_one_arena};
 pub use memo::{MemoStats, Scope};
 pub use model::{
     Action, ClassifierPattern, Examples, Patterns, Policy, Redact, Rule, Severity, Target,
