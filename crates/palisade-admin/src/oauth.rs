@@ -164,9 +164,15 @@ impl OAuthBackend for Backend {
         who: &'a IdentityClaims,
         ip: IpAddr,
         proxy: &'a str,
-    ) -> BoxFut<'a, Result<UserStamp, String>> {
+        oauth_users: &'a [String],
+    ) -> BoxFut<'a, Result<(String, UserStamp), String>> {
         Box::pin(crate::oidc::provider_sign_in(
-            &self.0, provider, who, ip, proxy,
+            &self.0,
+            provider,
+            who,
+            ip,
+            proxy,
+            oauth_users,
         ))
     }
 

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use palisade_core::oauth::UserStamp;
 use palisade_core::oidc::{IdentityClaims, IdentityProviderSpec};
-use palisade_store::{Actor, IdentityProviderRow, StoreError};
+use palisade_store::{Actor, IdentityProviderRow, ProviderUser};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -17,10 +17,6 @@ use crate::AppState;
 use crate::auth::{Admin, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::{SecretChange, ValidJson, parse, take_secret};
-
-/// Password hash of a user created by a provider's sign-in: not a hash, so no password
-/// matches it (an administrator may set one later).
-const NO_PASSWORD: &str = "!signs-in-through-an-identity-provider";
 
 /// An identity provider as the API shows it (the client secret is stored encrypted and never
 /// returned).
@@ -91,6 +87,18 @@ impl AppState {
         let current = self.store.identity_provider(&spec.name).await?;
         // Sealing is randomised: the same secret again is "keep", so a config file applied
         // twice records no change.
+        // The stored secret goes only where it went before: a new issuer or client id needs
+        // the secret given again (or an administrator could send it to a server of theirs).
+        if secret.is_none()
+            && current
+                .as_ref()
+                .is_some_and(|c| c.spec.issuer != spec.issuer || c.spec.client_id != spec.client_id)
+        {
+            return Err(ApiError::field(
+                "client_secret",
+                "required again when the issuer or the client id changes",
+            ));
+        }
         let sealed = match (secret, &current) {
             (Some(s), Some(c))
                 if self.master.open(&c.secret_sealed).ok().as_deref() == Some(&s) =>
@@ -147,19 +155,18 @@ pub(crate) async fn provider(
     Ok(Some((row.spec, secret)))
 }
 
-/// The user a provider vouched for: an existing user named by the address, or, when the
-/// provider creates users, a new `member`. Refusals are audited as failed sign-ins.
+/// The user a provider vouched for ([`palisade_store::Store::provider_user`]): the account's
+/// linked user, or the member its address names, or, when the provider creates users and the
+/// proxy takes that address (`oauth_users`), a new member. Refusals are audited as failed
+/// sign-ins. Returns the user's name and stamp.
 pub(crate) async fn provider_sign_in(
     state: &AppState,
     p: &IdentityProviderSpec,
     who: &IdentityClaims,
     ip: IpAddr,
     proxy: &str,
-) -> Result<UserStamp, String> {
-    let busy = |e: StoreError| {
-        tracing::warn!(error = %e, "OAuth: provider sign-in could not be checked");
-        "The gateway cannot sign you in now; try again shortly.".to_string()
-    };
+    oauth_users: &[String],
+) -> Result<(String, UserStamp), String> {
     let refused = |reason: String| async move {
         let detail = json!({"via": "oidc", "provider": p.name, "subject": who.subject,
             "proxy": proxy, "ip": ip.to_string(), "reason": reason});
@@ -183,47 +190,41 @@ pub(crate) async fn provider_sign_in(
         ))
         .await;
     }
-    let mut user = state.store.user_by_name(&who.email).await.map_err(busy)?;
-    if user.is_none() && p.create_users {
-        let name_ok = who.email.len() <= 64
-            && who
-                .email
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-        if !name_ok {
-            return refused(format!(
-                "The address {} cannot be a user name here (at most 64 letters, digits, `.`, `_`, `-`, `@`); ask an administrator.",
-                who.email
-            ))
-            .await;
-        }
-        let actor = Actor {
-            name: format!("oidc:{}", p.name),
-            request_id: None,
-        };
-        match state
-            .store
-            .create_user(&who.email, NO_PASSWORD.into(), "member", false, actor)
-            .await
-        {
-            // Created here, or by a sign-in of the same user a moment ago.
-            Ok(()) | Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(busy(e)),
-        }
-        user = state.store.user_by_name(&who.email).await.map_err(busy)?;
-    }
-    match user {
-        Some(u) => Ok(UserStamp {
-            id: u.id,
-            updated_at: u.updated_at,
-        }),
-        None => {
+    let name_ok = who.email.len() <= 64
+        && who
+            .email
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    let create =
+        p.create_users && name_ok && (oauth_users.is_empty() || oauth_users.contains(&who.email));
+    let actor = Actor {
+        name: format!("oidc:{}", p.name),
+        request_id: None,
+    };
+    let found = state
+        .store
+        .provider_user(&p.name, &who.subject, &who.email, create, actor)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "OAuth: provider sign-in could not be checked");
+            "The gateway cannot sign you in now; try again shortly.".to_string()
+        })?;
+    match found {
+        ProviderUser::User(u) => Ok((
+            u.username,
+            UserStamp {
+                id: u.id,
+                updated_at: u.updated_at,
+            },
+        )),
+        ProviderUser::Refused(why) if p.create_users && !name_ok => {
             refused(format!(
-                "The gateway has no user {}; ask an administrator to add one.",
+                "{why} (The address {} cannot be a user name here: at most 64 letters, digits, `.`, `_`, `-`, `@`.)",
                 who.email
             ))
             .await
         }
+        ProviderUser::Refused(why) => refused(why).await,
     }
 }
 

@@ -164,9 +164,13 @@ pub struct ProviderMetadata {
 }
 
 /// Reads a provider's configuration document (OpenID Connect Discovery §3): its issuer must be
-/// the configured one exactly (§4.3), its endpoints [`check_provider_url`], and it must serve
-/// the code flow.
+/// the configured one exactly (§4.3), its endpoints [`check_provider_url`] and on this machine
+/// only when the issuer is (a remote provider's document does not send the gateway, or its
+/// client secret, to a service of the gateway's own host), and it must serve the code flow.
 pub fn provider_metadata(doc: &Value, issuer: &str) -> Result<ProviderMetadata, String> {
+    let local_issuer = issuer
+        .parse::<http::Uri>()
+        .is_ok_and(|u| is_loopback_url(&u));
     if doc["issuer"].as_str() != Some(issuer) {
         return Err(format!(
             "its configuration names another issuer ({}) than the one configured ({issuer})",
@@ -177,7 +181,17 @@ pub fn provider_metadata(doc: &Value, issuer: &str) -> Result<ProviderMetadata, 
         let u = doc[k]
             .as_str()
             .ok_or_else(|| format!("its configuration has no `{k}`"))?;
-        check_provider_url(k, u).map_err(|e| format!("its `{k}` {}", e.message))?;
+        let uri = check_provider_url(k, u).map_err(|e| format!("its `{k}` {}", e.message))?;
+        let local = is_loopback_url(&uri)
+            || uri
+                .host()
+                .and_then(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        if local && !local_issuer {
+            return Err(format!(
+                "its `{k}` is on the gateway's own machine while the issuer is not"
+            ));
+        }
         Ok(u.to_string())
     };
     if let Some(types) = doc["response_types_supported"].as_array()
@@ -364,6 +378,20 @@ mod tests {
         let mut d = doc.clone();
         d["token_endpoint"] = json!("http://id.example.com/token");
         assert!(provider_metadata(&d, "https://id.example.com").is_err());
+        for local in [
+            "https://127.0.0.1:8080/token",
+            "https://localhost/token",
+            "https://[::1]/t",
+            "https://127.0.0.2/t",
+        ] {
+            let mut d = doc.clone();
+            d["token_endpoint"] = json!(local);
+            let e = provider_metadata(&d, "https://id.example.com").unwrap_err();
+            assert!(e.contains("own machine"), "{local}: {e}");
+        }
+        let local = json!({"issuer": "http://127.0.0.1:9400", "response_types_supported": ["code"],
+            "authorization_endpoint": "http://127.0.0.1:9400/authorize", "token_endpoint": "http://localhost:9400/token"});
+        provider_metadata(&local, "http://127.0.0.1:9400").unwrap();
         let mut d = doc.clone();
         d["response_types_supported"] = json!(["id_token"]);
         assert!(provider_metadata(&d, "https://id.example.com").is_err());

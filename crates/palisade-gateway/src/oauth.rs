@@ -103,15 +103,18 @@ pub trait OAuthBackend: Send + Sync {
         &'a self,
         name: &'a str,
     ) -> BoxFut<'a, Result<Option<(IdentityProviderSpec, String)>, String>>;
-    /// The user an identity provider vouched for (created as a `member` when the provider
-    /// creates users), as they are now; `Err` is the message for the sign-in page (audited).
+    /// The user an identity provider vouched for — the one its account is linked to, else a
+    /// `member` named by its address, else, when the provider creates users and `oauth_users`
+    /// (the proxy's list, empty: anyone) names the address, a new member — with their name as
+    /// they are now; `Err` is the message for the sign-in page (audited).
     fn provider_sign_in<'a>(
         &'a self,
         provider: &'a IdentityProviderSpec,
         who: &'a IdentityClaims,
         ip: IpAddr,
         proxy: &'a str,
-    ) -> BoxFut<'a, Result<UserStamp, String>>;
+        oauth_users: &'a [String],
+    ) -> BoxFut<'a, Result<(String, UserStamp), String>>;
     /// Records an event in the audit log (a grant, a replayed code or refresh token) as
     /// `actor`, about the proxy `target`.
     fn audit<'a>(

@@ -218,6 +218,10 @@ impl Store {
                     )));
                 }
             }
+            tx.execute(
+                "DELETE FROM identity_links WHERE user_id IN (SELECT id FROM users WHERE username = ?1)",
+                [&username],
+            )?;
             tx.execute("DELETE FROM users WHERE username = ?1", [&username])?;
             tx.execute("DELETE FROM oauth_refresh WHERE username = ?1", [&username])?;
             audit_tx(

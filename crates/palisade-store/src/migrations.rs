@@ -269,8 +269,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX oauth_refresh_user ON oauth_refresh (username);
     CREATE INDEX oauth_refresh_expiry ON oauth_refresh (expires_at);
     "#,
-    // OpenID Connect providers users sign in through on the proxies' OAuth pages; the client
-    // secret is sealed with the master key.
+    // OpenID Connect providers users sign in through on the proxies' OAuth pages (the client
+    // secret sealed with the master key), and which provider account each such user is: a user
+    // is one account of one provider, named by its `sub`, never by its address alone.
     r#"
     CREATE TABLE identity_providers (
         name TEXT PRIMARY KEY,
@@ -278,6 +279,13 @@ const MIGRATIONS: &[&str] = &[
         secret_sealed TEXT NOT NULL,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE identity_links (
+        provider TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        user_id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (provider, subject)
     );
     "#,
 ];

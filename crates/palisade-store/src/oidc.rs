@@ -54,7 +54,129 @@ fn get_tx(c: &Connection, name: &str) -> Result<Option<IdentityProviderRow>, Sto
     .map_err(Into::into)
 }
 
+/// Whom a provider's sign-in is.
+#[derive(Debug, Clone)]
+pub enum ProviderUser {
+    /// The gateway user of that provider account (created now, linked now, or before).
+    User(crate::UserRow),
+    /// No user may be; the reason, fit to show the person signing in.
+    Refused(String),
+}
+
+/// Password hash of a user created by a provider's sign-in: not a hash, so no password
+/// matches it (an administrator may set one later).
+const NO_PASSWORD: &str = "!signs-in-through-an-identity-provider";
+
+fn user_where(c: &Connection, cond: &str, v: &str) -> rusqlite::Result<Option<crate::UserRow>> {
+    c.query_row(
+        &format!("SELECT id, username, password_hash, role, must_change_password, updated_at FROM users WHERE {cond}"),
+        [v],
+        |r| {
+            Ok(crate::UserRow {
+                id: r.get(0)?,
+                username: r.get(1)?,
+                password_hash: r.get(2)?,
+                role: r.get(3)?,
+                must_change_password: r.get(4)?,
+                updated_at: r.get(5)?,
+            })
+        },
+    )
+    .optional()
+}
+
 impl Store {
+    /// The gateway user of account `subject` of `provider`, whose verified address is `email`
+    /// (lower case). An account signs in as the user it was linked to, whatever its address
+    /// says now. An account not linked yet is linked to the `member` of that name (compared
+    /// without case) if that member has no account linked; administrators and viewers are
+    /// never taken over by an address. With no such user and `create`, a member is created
+    /// (audited as `user.create` by `actor`); links are audited as `identity_provider.link`.
+    pub async fn provider_user(
+        &self,
+        provider: &str,
+        subject: &str,
+        email: &str,
+        create: bool,
+        actor: Actor,
+    ) -> Result<ProviderUser, StoreError> {
+        let (provider, subject, email) =
+            (provider.to_string(), subject.to_string(), email.to_string());
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let linked: Option<String> = tx
+                .query_row(
+                    "SELECT user_id FROM identity_links WHERE provider = ?1 AND subject = ?2",
+                    [&provider, &subject],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = linked {
+                if let Some(u) = user_where(&tx, "id = ?1", &id)? {
+                    return Ok(ProviderUser::User(u));
+                }
+                // Its user was deleted: the account starts afresh.
+                tx.execute(
+                    "DELETE FROM identity_links WHERE provider = ?1 AND subject = ?2",
+                    [&provider, &subject],
+                )?;
+            }
+            let link = |tx: &rusqlite::Transaction<'_>, u: &crate::UserRow| -> Result<(), StoreError> {
+                tx.execute(
+                    "INSERT INTO identity_links (provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![provider, subject, u.id, now_ms()],
+                )?;
+                let detail = serde_json::json!({"provider": provider, "subject": subject});
+                audit_tx(tx, &actor, "identity_provider.link", "user", &u.username, None, Some(&detail))?;
+                Ok(())
+            };
+            let user = match user_where(&tx, "lower(username) = lower(?1)", &email)? {
+                Some(u) => {
+                    let taken: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM identity_links WHERE user_id = ?1)",
+                        [&u.id],
+                        |r| r.get(0),
+                    )?;
+                    if taken {
+                        return Ok(ProviderUser::Refused(format!(
+                            "The gateway user {} signs in through another account; ask an administrator.",
+                            u.username
+                        )));
+                    }
+                    if u.role != "member" {
+                        return Ok(ProviderUser::Refused(format!(
+                            "The gateway user {} is an {}: an identity provider signs in members only.",
+                            u.username,
+                            if u.role == "admin" { "administrator" } else { "viewer" }
+                        )));
+                    }
+                    u
+                }
+                None if create => {
+                    let now = now_ms();
+                    tx.execute(
+                        "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, 'member', 0, ?4, ?4)",
+                        params![palisade_core::crypto::random_id(), email, NO_PASSWORD, now],
+                    )?;
+                    let after = serde_json::json!({"username": email, "role": "member"});
+                    audit_tx(&tx, &actor, "user.create", "user", &email, None, Some(&after))?;
+                    user_where(&tx, "username = ?1", &email)?
+                        .ok_or_else(|| StoreError::Corrupt("user vanished".into()))?
+                }
+                None => {
+                    return Ok(ProviderUser::Refused(format!(
+                        "The gateway has no user {email}; ask an administrator to add one."
+                    )));
+                }
+            };
+            link(&tx, &user)?;
+            tx.commit()?;
+            Ok(ProviderUser::User(user))
+        })
+        .await
+    }
+
     /// Every identity provider, by name.
     pub async fn list_identity_providers(&self) -> Result<Vec<IdentityProviderRow>, StoreError> {
         self.call(|c| {
@@ -176,6 +298,98 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "name": "corp", "issuer": "https://id.example.com", "client_id": client}))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_provider_account_is_one_user_never_an_address_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let user = |r: ProviderUser| match r {
+            ProviderUser::User(u) => u,
+            ProviderUser::Refused(why) => panic!("refused: {why}"),
+        };
+        let refused = |r: ProviderUser| match r {
+            ProviderUser::Refused(why) => why,
+            ProviderUser::User(u) => panic!("signed in as {}", u.username),
+        };
+        // No user and no creation: refused; with creation: a member, linked.
+        let why = refused(
+            store
+                .provider_user("corp", "s-1", "mia@example.com", false, actor())
+                .await
+                .unwrap(),
+        );
+        assert!(why.contains("no user"), "{why}");
+        let mia = user(
+            store
+                .provider_user("corp", "s-1", "mia@example.com", true, actor())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            (mia.username.as_str(), mia.role.as_str()),
+            ("mia@example.com", "member")
+        );
+        // The account keeps its user when its address changes; another account with the
+        // address, of this provider or another, does not get her.
+        let again = user(
+            store
+                .provider_user("corp", "s-1", "mia@new.example.com", true, actor())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(again.id, mia.id);
+        for (p, sub) in [("corp", "s-2"), ("other", "s-1")] {
+            let why = refused(
+                store
+                    .provider_user(p, sub, "MIA@example.com", true, actor())
+                    .await
+                    .unwrap(),
+            );
+            assert!(why.contains("another account"), "{why}");
+        }
+        // An existing member (names compared without case) is linked on first sign-in;
+        // administrators and viewers never are.
+        store
+            .create_user("Noa@Example.com", "h".into(), "member", false, actor())
+            .await
+            .unwrap();
+        store
+            .create_user("boss@example.com", "h".into(), "admin", false, actor())
+            .await
+            .unwrap();
+        let noa = user(
+            store
+                .provider_user("corp", "s-3", "noa@example.com", false, actor())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(noa.username, "Noa@Example.com");
+        let why = refused(
+            store
+                .provider_user("corp", "s-4", "boss@example.com", true, actor())
+                .await
+                .unwrap(),
+        );
+        assert!(why.contains("administrator"), "{why}");
+        // A deleted user's account starts afresh (a new user when creation is on).
+        store.delete_user("mia@example.com", actor()).await.unwrap();
+        let mia2 = user(
+            store
+                .provider_user("corp", "s-1", "mia@example.com", true, actor())
+                .await
+                .unwrap(),
+        );
+        assert_ne!(mia2.id, mia.id);
+        let audit = store
+            .list_audit(crate::AuditFilter {
+                action: Some("identity_provider.link".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 3);
     }
 
     #[tokio::test]

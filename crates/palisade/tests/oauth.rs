@@ -491,6 +491,23 @@ async fn users_sign_in_through_an_openid_connect_provider() {
         config_for("http://127.0.0.1:9")
     ))
     .await;
+    let (s, v) = gw
+        .post(
+            "/api/v1/users",
+            json!({"username": "boss@example.com", "password": "boss-password-0001", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // The stored secret goes only to the issuer it was given for.
+    let r = gw
+        .http
+        .put(format!("{}/api/v1/identity-providers/corp", gw.admin))
+        .bearer_auth(&gw.token)
+        .json(&json!({"name": "corp", "issuer": "http://127.0.0.1:9", "client_id": "palisade"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let base = gw.proxy_url("tools").await;
     let set_identity = |v: Value| {
         let issuer = issuer.clone();
@@ -763,6 +780,14 @@ async fn users_sign_in_through_an_openid_connect_provider() {
             403,
             "did not sign you in",
         ),
+        // Another account of the provider with Mia's address is not Mia; an administrator
+        // named by an address is never signed in through a provider.
+        (
+            json!({"deny": false, "sub": "another-account"}),
+            403,
+            "another account",
+        ),
+        (json!({"email": "boss@example.com"}), 403, "members only"),
     ] {
         set_identity(identity.clone()).await;
         let (r, _, _) = sign_in().await;

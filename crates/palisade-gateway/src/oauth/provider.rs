@@ -32,9 +32,13 @@ use crate::body::ProxyBody;
 use crate::upstream::GuardedClient;
 
 /// How long a user has to sign in at the provider.
-const PENDING_TTL: Duration = Duration::from_secs(600);
+const PENDING_TTL: Duration = Duration::from_secs(300);
 /// Sign-ins at providers waiting at once.
 const MAX_PENDING: usize = 10_000;
+/// Sign-ins at providers waiting at once from one address.
+const MAX_PENDING_PER_ADDRESS: usize = 20;
+/// How long a provider whose configuration could not be read is not asked again.
+const FAILURE_TTL: Duration = Duration::from_secs(15);
 /// How long a provider's configuration is used before it is read again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// Providers whose configuration is kept.
@@ -62,7 +66,8 @@ pub(super) fn cookies(headers: &http::HeaderMap) -> HashMap<String, String> {
     out
 }
 
-/// Adds a cookie for `path` of the proxy, living as long as a waiting sign-in.
+/// Adds a cookie for `path` of the proxy, living as long as a waiting sign-in. Behind https the
+/// name carries the prefix browsers hold to its rules ([`Server::cookie_name`]).
 fn set_cookie(
     r: &mut Response<ProxyBody>,
     secure: bool,
@@ -84,6 +89,8 @@ fn set_cookie(
 /// A sign-in sent to a provider, waiting for the user to come back.
 struct Pending {
     auth: AuthRequest,
+    /// The address that started it.
+    from: std::net::IpAddr,
     /// Digest of the browser cookie the callback must carry.
     browser: [u8; 32],
     proxy: String,
@@ -93,11 +100,15 @@ struct Pending {
     expires_at: i64,
 }
 
+/// A provider's configuration, or why it could not be read.
+type Discovered = Result<ProviderMetadata, String>;
+
 /// Sign-ins waiting at providers, and the providers' configurations.
 #[derive(Default)]
 pub(crate) struct ProviderSignIns {
     pending: Mutex<HashMap<[u8; 32], Pending>>,
-    metadata: Mutex<HashMap<String, (i64, ProviderMetadata)>>,
+    /// Each issuer's configuration (or why it could not be read) and until when it holds.
+    metadata: Mutex<HashMap<String, (i64, Discovered)>>,
     client: std::sync::OnceLock<GuardedClient>,
 }
 
@@ -111,7 +122,8 @@ impl ProviderSignIns {
         let mut m = lock(&self.pending);
         let now = now_ms();
         m.retain(|_, x| x.expires_at > now);
-        if m.len() >= MAX_PENDING {
+        let mine = m.values().filter(|x| x.from == p.from).count();
+        if mine >= MAX_PENDING_PER_ADDRESS || m.len() >= MAX_PENDING {
             return Err(
                 "Too many sign-ins are waiting at the identity provider; retry shortly.".into(),
             );
@@ -120,9 +132,19 @@ impl ProviderSignIns {
         Ok(())
     }
 
-    fn take(&self, state: &str) -> Option<Pending> {
-        let p = lock(&self.pending).remove(&hash_api_key(state))?;
-        (p.expires_at > now_ms()).then_some(p)
+    /// Takes a waiting sign-in once, only for the browser that started it (`Err(())`: another
+    /// browser, which leaves it waiting).
+    fn take(&self, state: &str, browser: Option<&String>) -> Result<Option<Pending>, ()> {
+        let mut m = lock(&self.pending);
+        let key = hash_api_key(state);
+        let Some(p) = m.get(&key) else {
+            return Ok(None);
+        };
+        if !browser.is_some_and(|c| ct_eq(&hash_api_key(c), &p.browser)) {
+            return Err(());
+        }
+        let p = m.remove(&key).ok_or(())?;
+        Ok((p.expires_at > now_ms()).then_some(p))
     }
 
     /// Ends the waiting sign-ins of a client (deleted).
@@ -134,7 +156,11 @@ impl ProviderSignIns {
         let resp = tokio::time::timeout(PROVIDER_TIMEOUT, self.client().request(req))
             .await
             .map_err(|_| "it did not answer in time".to_string())?
-            .map_err(|e| format!("it cannot be reached ({e})"))?;
+            .map_err(|e| {
+                // The connection's detail (addresses, TLS) is for the log, not the page.
+                tracing::warn!(error = %e, "OAuth: identity provider not reachable");
+                "it cannot be reached".to_string()
+            })?;
         let status = resp.status();
         let body = tokio::time::timeout(
             PROVIDER_TIMEOUT,
@@ -142,7 +168,7 @@ impl ProviderSignIns {
         )
         .await
         .map_err(|_| "its answer did not arrive in time".to_string())?
-        .map_err(|e| format!("its answer could not be read ({e})"))?
+        .map_err(|_| "its answer could not be read (too large, or cut off)".to_string())?
         .to_bytes();
         Ok((status, body))
     }
@@ -153,8 +179,26 @@ impl ProviderSignIns {
         if let Some((until, m)) = lock(&self.metadata).get(issuer)
             && *until > now
         {
-            return Ok(m.clone());
+            return m.clone();
         }
+        let read = self.read_metadata(issuer).await;
+        let ttl = if read.is_ok() {
+            METADATA_TTL
+        } else {
+            FAILURE_TTL
+        };
+        let mut cache = lock(&self.metadata);
+        if cache.len() >= MAX_METADATA {
+            cache.clear();
+        }
+        cache.insert(
+            issuer.to_string(),
+            (now + ttl.as_millis() as i64, read.clone()),
+        );
+        read
+    }
+
+    async fn read_metadata(&self, issuer: &str) -> Result<ProviderMetadata, String> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
@@ -172,16 +216,7 @@ impl ProviderSignIns {
         }
         let doc: Value = serde_json::from_slice(&body)
             .map_err(|_| "its configuration is not JSON".to_string())?;
-        let m = provider_metadata(&doc, issuer)?;
-        let mut cache = lock(&self.metadata);
-        if cache.len() >= MAX_METADATA {
-            cache.clear();
-        }
-        cache.insert(
-            issuer.to_string(),
-            (now + METADATA_TTL.as_millis() as i64, m.clone()),
-        );
-        Ok(m)
+        provider_metadata(&doc, issuer)
     }
 
     /// Exchanges the provider's code for its ID token.
@@ -279,6 +314,18 @@ impl Server<'_> {
         self.base.starts_with("https://")
     }
 
+    /// A cookie's name: behind https, `__Host-` (the browser keeps it to this origin, path `/`,
+    /// secure: no other site or port can plant it) or, under a `public_url` with a path,
+    /// `__Secure-`; on plain-HTTP loopback, the name alone.
+    fn cookie_name(&self, name: &str) -> (String, String) {
+        let prefix = self.public_path("");
+        match (self.secure(), prefix.is_empty()) {
+            (true, true) => (format!("__Host-{name}"), "/".into()),
+            (true, false) => (format!("__Secure-{name}"), prefix),
+            (false, _) => (name.to_string(), prefix),
+        }
+    }
+
     /// A path of the proxy as the browser sees it (under `public_url`'s path, if it has one).
     fn public_path(&self, path: &str) -> String {
         let prefix = self
@@ -313,14 +360,13 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
                 provider = html_escape(name),
             ),
         );
-        set_cookie(
-            &mut r,
-            self.secure(),
-            FORM_COOKIE,
-            &token,
-            &self.public_path("/oauth/authorize"),
-            "Strict",
-        );
+        let (cookie, path) = self.cookie_name(FORM_COOKIE);
+        let path = if path == "/" {
+            path
+        } else {
+            format!("{path}/oauth/authorize")
+        };
+        set_cookie(&mut r, self.secure(), &cookie, &token, &path, "Strict");
         r
     }
 
@@ -333,7 +379,10 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
         a: AuthRequest,
         cookies: &HashMap<String, String>,
     ) -> Response<ProxyBody> {
-        let pressed = match (q.get("form_token"), cookies.get(FORM_COOKIE)) {
+        let pressed = match (
+            q.get("form_token"),
+            cookies.get(&self.cookie_name(FORM_COOKIE).0),
+        ) {
             (Some(f), Some(c)) => f.len() >= 32 && ct_eq(f.as_bytes(), c.as_bytes()),
             _ => false,
         };
@@ -367,7 +416,10 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
                     self,
                     &a,
                     StatusCode::BAD_GATEWAY,
-                    &format!("The identity provider {} cannot be used now: {e}.", p.name),
+                    &format!(
+                        "The identity provider {} cannot be used now; try again later (the gateway's log says why).",
+                        p.name
+                    ),
                 );
             }
         };
@@ -389,6 +441,7 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
         let browser = random_token(32);
         let pending = Pending {
             browser: hash_api_key(&browser),
+            from: self.peer,
             proxy: self.rt.spec.name.clone(),
             provider: p.name.clone(),
             nonce,
@@ -410,14 +463,13 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
             );
         }
         let mut r = redirect_with(StatusCode::SEE_OTHER, &target, &[]);
-        set_cookie(
-            &mut r,
-            self.secure(),
-            BROWSER_COOKIE,
-            &browser,
-            &self.public_path("/oauth/callback"),
-            "Lax",
-        );
+        let (cookie, path) = self.cookie_name(BROWSER_COOKIE);
+        let path = if path == "/" {
+            path
+        } else {
+            format!("{path}/oauth/callback")
+        };
+        set_cookie(&mut r, self.secure(), &cookie, &browser, &path, "Lax");
         r
     }
 
@@ -438,19 +490,18 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
         let Some(state) = q.get("state") else {
             return gone();
         };
-        let Some(pending) = self.shared.provider_sign_ins.take(state) else {
-            return gone();
+        let browser = cookies.get(&self.cookie_name(BROWSER_COOKIE).0);
+        let pending = match self.shared.provider_sign_ins.take(state, browser) {
+            Ok(Some(p)) => p,
+            Ok(None) => return gone(),
+            Err(()) => {
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    "Cannot sign in",
+                    "<p class=\"err\">This sign-in was started in another browser (or its cookie is gone); start again from the application.</p>",
+                );
+            }
         };
-        let same_browser = cookies
-            .get(BROWSER_COOKIE)
-            .is_some_and(|c| ct_eq(&hash_api_key(c), &pending.browser));
-        if !same_browser {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "Cannot sign in",
-                "<p class=\"err\">This sign-in was started in another browser (or its cookie is gone); start again from the application.</p>",
-            );
-        }
         let a = &pending.auth;
         if pending.proxy != self.rt.spec.name
             || self.rt.spec.oauth_provider.as_deref() != Some(pending.provider.as_str())
@@ -488,6 +539,10 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
             Ok(None) => return unusable("it is no longer configured".into()),
             Err(e) => return stopped(self, a, StatusCode::SERVICE_UNAVAILABLE, &e),
         };
+        // RFC 9207: a provider that names itself in its answer must be this one.
+        if q.get("iss").is_some_and(|iss| *iss != p.issuer) {
+            return unusable("it came from another issuer".into());
+        }
         let signins = &self.shared.provider_sign_ins;
         let m = match signins.metadata(&p.issuer).await {
             Ok(m) => m,
@@ -518,29 +573,26 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
             Err(e) => return unusable(e),
         };
         let proxy = self.rt.spec.name.as_str();
-        let stamp = match self
+        let users = &self.rt.spec.oauth_users;
+        let (username, stamp) = match self
             .backend
-            .provider_sign_in(&p, &who, self.peer, proxy)
+            .provider_sign_in(&p, &who, self.peer, proxy, users)
             .await
         {
             Ok(s) => s,
             Err(e) => return stopped(self, a, StatusCode::FORBIDDEN, &e),
         };
-        let users = &self.rt.spec.oauth_users;
-        if !users.is_empty() && !users.contains(&who.email) {
+        if !users.is_empty() && !users.contains(&username) {
             return stopped(
                 self,
                 a,
                 StatusCode::FORBIDDEN,
-                &format!(
-                    "The user {} may not use this proxy; ask an administrator.",
-                    who.email
-                ),
+                &format!("The user {username} may not use this proxy; ask an administrator."),
             );
         }
         let detail = json!({"provider": p.name, "subject": who.subject});
         match self
-            .grant(a, &who.email, stamp, StatusCode::FOUND, detail)
+            .grant(a, &username, stamp, StatusCode::FOUND, detail)
             .await
         {
             Ok(r) => r,
