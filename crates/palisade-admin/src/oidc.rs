@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use palisade_core::oauth::UserStamp;
 use palisade_core::oidc::{IdentityClaims, IdentityProviderSpec};
-use palisade_store::{Actor, IdentityProviderRow, ProviderUser};
+use palisade_store::{Actor, IdentityProviderRow, ProviderAccount, ProviderUser};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -195,15 +195,21 @@ pub(crate) async fn provider_sign_in(
             .email
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    let create =
-        p.create_users && name_ok && (oauth_users.is_empty() || oauth_users.contains(&who.email));
     let actor = Actor {
         name: format!("oidc:{}", p.name),
         request_id: None,
     };
+    let account = ProviderAccount {
+        provider: p.name.clone(),
+        issuer: p.issuer.clone(),
+        subject: who.subject.clone(),
+        email: who.email.clone(),
+        create: p.create_users && name_ok,
+        allowed: oauth_users.to_vec(),
+    };
     let found = state
         .store
-        .provider_user(&p.name, &who.subject, &who.email, create, actor)
+        .provider_user(account, actor)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "OAuth: provider sign-in could not be checked");

@@ -182,11 +182,7 @@ pub fn provider_metadata(doc: &Value, issuer: &str) -> Result<ProviderMetadata, 
             .as_str()
             .ok_or_else(|| format!("its configuration has no `{k}`"))?;
         let uri = check_provider_url(k, u).map_err(|e| format!("its `{k}` {}", e.message))?;
-        let local = is_loopback_url(&uri)
-            || uri
-                .host()
-                .and_then(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
-                .is_some_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        let local = uri.host().is_some_and(names_this_machine);
         if local && !local_issuer {
             return Err(format!(
                 "its `{k}` is on the gateway's own machine while the issuer is not"
@@ -208,6 +204,33 @@ pub fn provider_metadata(doc: &Value, issuer: &str) -> Result<ProviderMetadata, 
             && !has("client_secret_basic")
             && has("client_secret_post"),
     })
+}
+
+/// Whether a URL host names this machine in any spelling: `localhost` (and names under it), a
+/// loopback or unspecified address, an IPv4-mapped one, or a number-ended name resolvers read
+/// as an address (`127.1`, `2130706433`). Names that resolve to loopback are not seen here.
+fn names_this_machine(host: &str) -> bool {
+    let h = host
+        .trim_matches(['[', ']'])
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if h == "localhost" || h.ends_with(".localhost") {
+        return true;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => h
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x")),
+    }
 }
 
 /// Who an ID token says signed in.
@@ -381,8 +404,14 @@ mod tests {
         for local in [
             "https://127.0.0.1:8080/token",
             "https://localhost/token",
+            "https://LOCALHOST/token",
+            "https://a.localhost/token",
             "https://[::1]/t",
             "https://127.0.0.2/t",
+            "https://127.1/t",
+            "https://2130706433/t",
+            "https://[::ffff:127.0.0.1]/t",
+            "https://0.0.0.0/t",
         ] {
             let mut d = doc.clone();
             d["token_endpoint"] = json!(local);

@@ -27,7 +27,7 @@ pub use oauth::{
     MAX_CLIENTS, MAX_ROTATIONS, OAuthClientInfo, OAuthClientRow, RefreshGrant, RefreshUse,
     UserStamp,
 };
-pub use oidc::{IdentityProviderRow, ProviderUser};
+pub use oidc::{IdentityProviderRow, ProviderAccount, ProviderUser};
 pub use requests::{RequestFilter, RequestPage};
 pub use scans::ScanRow;
 pub use store::{

@@ -269,9 +269,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX oauth_refresh_user ON oauth_refresh (username);
     CREATE INDEX oauth_refresh_expiry ON oauth_refresh (expires_at);
     "#,
-    // OpenID Connect providers users sign in through on the proxies' OAuth pages (the client
-    // secret sealed with the master key), and which provider account each such user is: a user
-    // is one account of one provider, named by its `sub`, never by its address alone.
+    // OpenID Connect providers users sign in through on the proxies' OAuth pages; the client
+    // secret is sealed with the master key.
     r#"
     CREATE TABLE identity_providers (
         name TEXT PRIMARY KEY,
@@ -280,12 +279,18 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );
+    "#,
+    // Which provider account each user signing in through a provider is: an account is its
+    // issuer's `sub` (a provider renamed, or re-created with another issuer, brings no account
+    // of its old issuer along), linked to one user for good.
+    r#"
     CREATE TABLE identity_links (
-        provider TEXT NOT NULL,
+        issuer TEXT NOT NULL,
         subject TEXT NOT NULL,
+        provider TEXT NOT NULL,
         user_id TEXT NOT NULL UNIQUE,
         created_at INTEGER NOT NULL,
-        PRIMARY KEY (provider, subject)
+        PRIMARY KEY (issuer, subject)
     );
     "#,
 ];

@@ -85,52 +85,89 @@ fn user_where(c: &Connection, cond: &str, v: &str) -> rusqlite::Result<Option<cr
     .optional()
 }
 
+/// Drops the links of accounts of `issuer` when no provider has that issuer any more: their
+/// users may then be linked again, to an account of a provider the gateway has.
+fn forget_issuer(c: &Connection, issuer: &str) -> Result<(), StoreError> {
+    let mut st = c.prepare("SELECT spec FROM identity_providers")?;
+    let specs = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let still = specs
+        .iter()
+        .any(|s| serde_json::from_str::<IdentityProviderSpec>(s).is_ok_and(|p| p.issuer == issuer));
+    if !still {
+        c.execute("DELETE FROM identity_links WHERE issuer = ?1", [issuer])?;
+    }
+    Ok(())
+}
+
+/// A provider account signing in: who vouches, and for whom.
+#[derive(Debug, Clone)]
+pub struct ProviderAccount {
+    /// The provider's name (for the audit log).
+    pub provider: String,
+    /// Its issuer: accounts are its `sub`s.
+    pub issuer: String,
+    /// The account (`sub`).
+    pub subject: String,
+    /// Its verified address, in lower case.
+    pub email: String,
+    /// A member may be created for an address no user has.
+    pub create: bool,
+    /// The users the proxy takes (`oauth_users`, compared without case; empty: anyone).
+    pub allowed: Vec<String>,
+}
+
 impl Store {
-    /// The gateway user of account `subject` of `provider`, whose verified address is `email`
-    /// (lower case). An account signs in as the user it was linked to, whatever its address
-    /// says now. An account not linked yet is linked to the `member` of that name (compared
-    /// without case) if that member has no account linked; administrators and viewers are
-    /// never taken over by an address. With no such user and `create`, a member is created
-    /// (audited as `user.create` by `actor`); links are audited as `identity_provider.link`.
+    /// The gateway user of a provider account. An account signs in as the user it was linked
+    /// to, whatever its address says now, while that user is a member. An account not linked
+    /// yet is linked to the `member` of its address (compared without case) if that member has
+    /// no account linked; administrators and viewers are never signed in through a provider.
+    /// With no such user and `create`, a member is created (audited as `user.create` by
+    /// `actor`); links are audited as `identity_provider.link`. The proxy's list is checked
+    /// before anything is linked or created.
     pub async fn provider_user(
         &self,
-        provider: &str,
-        subject: &str,
-        email: &str,
-        create: bool,
+        a: ProviderAccount,
         actor: Actor,
     ) -> Result<ProviderUser, StoreError> {
-        let (provider, subject, email) =
-            (provider.to_string(), subject.to_string(), email.to_string());
         self.call(move |c| {
+            let admits = |name: &str| {
+                a.allowed.is_empty() || a.allowed.iter().any(|x| x.eq_ignore_ascii_case(name))
+            };
+            let not_here = |name: &str| {
+                ProviderUser::Refused(format!(
+                    "The user {name} may not use this proxy; ask an administrator."
+                ))
+            };
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let linked: Option<String> = tx
                 .query_row(
-                    "SELECT user_id FROM identity_links WHERE provider = ?1 AND subject = ?2",
-                    [&provider, &subject],
+                    "SELECT user_id FROM identity_links WHERE issuer = ?1 AND subject = ?2",
+                    [&a.issuer, &a.subject],
                     |r| r.get(0),
                 )
                 .optional()?;
             if let Some(id) = linked {
                 if let Some(u) = user_where(&tx, "id = ?1", &id)? {
-                    return Ok(ProviderUser::User(u));
+                    return Ok(if u.role != "member" {
+                        ProviderUser::Refused(format!(
+                            "The gateway user {} is no longer a member: an identity provider signs in members only.",
+                            u.username
+                        ))
+                    } else if !admits(&u.username) {
+                        not_here(&u.username)
+                    } else {
+                        ProviderUser::User(u)
+                    });
                 }
                 // Its user was deleted: the account starts afresh.
                 tx.execute(
-                    "DELETE FROM identity_links WHERE provider = ?1 AND subject = ?2",
-                    [&provider, &subject],
+                    "DELETE FROM identity_links WHERE issuer = ?1 AND subject = ?2",
+                    [&a.issuer, &a.subject],
                 )?;
             }
-            let link = |tx: &rusqlite::Transaction<'_>, u: &crate::UserRow| -> Result<(), StoreError> {
-                tx.execute(
-                    "INSERT INTO identity_links (provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![provider, subject, u.id, now_ms()],
-                )?;
-                let detail = serde_json::json!({"provider": provider, "subject": subject});
-                audit_tx(tx, &actor, "identity_provider.link", "user", &u.username, None, Some(&detail))?;
-                Ok(())
-            };
-            let user = match user_where(&tx, "lower(username) = lower(?1)", &email)? {
+            let user = match user_where(&tx, "lower(username) = lower(?1)", &a.email)? {
                 Some(u) => {
                     let taken: bool = tx.query_row(
                         "SELECT EXISTS (SELECT 1 FROM identity_links WHERE user_id = ?1)",
@@ -150,27 +187,37 @@ impl Store {
                             if u.role == "admin" { "administrator" } else { "viewer" }
                         )));
                     }
+                    if !admits(&u.username) {
+                        return Ok(not_here(&u.username));
+                    }
                     u
                 }
-                None if create => {
+                None if !admits(&a.email) => return Ok(not_here(&a.email)),
+                None if a.create => {
                     let now = now_ms();
                     tx.execute(
                         "INSERT INTO users (id, username, password_hash, role, must_change_password, created_at, updated_at)
                          VALUES (?1, ?2, ?3, 'member', 0, ?4, ?4)",
-                        params![palisade_core::crypto::random_id(), email, NO_PASSWORD, now],
+                        params![palisade_core::crypto::random_id(), a.email, NO_PASSWORD, now],
                     )?;
-                    let after = serde_json::json!({"username": email, "role": "member"});
-                    audit_tx(&tx, &actor, "user.create", "user", &email, None, Some(&after))?;
-                    user_where(&tx, "username = ?1", &email)?
+                    let after = serde_json::json!({"username": a.email, "role": "member"});
+                    audit_tx(&tx, &actor, "user.create", "user", &a.email, None, Some(&after))?;
+                    user_where(&tx, "username = ?1", &a.email)?
                         .ok_or_else(|| StoreError::Corrupt("user vanished".into()))?
                 }
                 None => {
                     return Ok(ProviderUser::Refused(format!(
-                        "The gateway has no user {email}; ask an administrator to add one."
+                        "The gateway has no user {}; ask an administrator to add one.",
+                        a.email
                     )));
                 }
             };
-            link(&tx, &user)?;
+            tx.execute(
+                "INSERT INTO identity_links (issuer, subject, provider, user_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![a.issuer, a.subject, a.provider, user.id, now_ms()],
+            )?;
+            let detail = serde_json::json!({"provider": a.provider, "issuer": a.issuer, "subject": a.subject});
+            audit_tx(&tx, &actor, "identity_provider.link", "user", &user.username, None, Some(&detail))?;
             tx.commit()?;
             Ok(ProviderUser::User(user))
         })
@@ -228,6 +275,10 @@ impl Store {
             let json =
                 serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let now = now_ms();
+            let old_issuer = before
+                .as_ref()
+                .map(|b| b.spec.issuer.clone())
+                .filter(|i| *i != spec.issuer);
             tx.execute(
                 "INSERT INTO identity_providers (name, spec, secret_sealed, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?4)
@@ -249,6 +300,9 @@ impl Store {
                 before.as_ref().map(|b| b.audit_view()).as_ref(),
                 Some(&after.audit_view()),
             )?;
+            if let Some(old) = old_issuer {
+                forget_issuer(&tx, &old)?;
+            }
             tx.commit()?;
             Ok(after)
         })
@@ -267,6 +321,7 @@ impl Store {
             let before = get_tx(&tx, &name)?
                 .ok_or_else(|| StoreError::NotFound(format!("identity provider `{name}`")))?;
             tx.execute("DELETE FROM identity_providers WHERE name = ?1", [&name])?;
+            forget_issuer(&tx, &before.spec.issuer)?;
             audit_tx(
                 &tx,
                 &actor,
@@ -300,6 +355,17 @@ mod tests {
         .unwrap()
     }
 
+    fn acct(provider: &str, subject: &str, email: &str, create: bool) -> ProviderAccount {
+        ProviderAccount {
+            provider: provider.into(),
+            issuer: format!("https://{provider}.example.com"),
+            subject: subject.into(),
+            email: email.to_lowercase(),
+            create,
+            allowed: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn a_provider_account_is_one_user_never_an_address_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -315,14 +381,14 @@ mod tests {
         // No user and no creation: refused; with creation: a member, linked.
         let why = refused(
             store
-                .provider_user("corp", "s-1", "mia@example.com", false, actor())
+                .provider_user(acct("corp", "s-1", "mia@example.com", false), actor())
                 .await
                 .unwrap(),
         );
         assert!(why.contains("no user"), "{why}");
         let mia = user(
             store
-                .provider_user("corp", "s-1", "mia@example.com", true, actor())
+                .provider_user(acct("corp", "s-1", "mia@example.com", true), actor())
                 .await
                 .unwrap(),
         );
@@ -334,7 +400,7 @@ mod tests {
         // address, of this provider or another, does not get her.
         let again = user(
             store
-                .provider_user("corp", "s-1", "mia@new.example.com", true, actor())
+                .provider_user(acct("corp", "s-1", "mia@new.example.com", true), actor())
                 .await
                 .unwrap(),
         );
@@ -342,7 +408,7 @@ mod tests {
         for (p, sub) in [("corp", "s-2"), ("other", "s-1")] {
             let why = refused(
                 store
-                    .provider_user(p, sub, "MIA@example.com", true, actor())
+                    .provider_user(acct(p, sub, "MIA@example.com", true), actor())
                     .await
                     .unwrap(),
             );
@@ -360,23 +426,59 @@ mod tests {
             .unwrap();
         let noa = user(
             store
-                .provider_user("corp", "s-3", "noa@example.com", false, actor())
+                .provider_user(acct("corp", "s-3", "noa@example.com", false), actor())
                 .await
                 .unwrap(),
         );
         assert_eq!(noa.username, "Noa@Example.com");
         let why = refused(
             store
-                .provider_user("corp", "s-4", "boss@example.com", true, actor())
+                .provider_user(acct("corp", "s-4", "boss@example.com", true), actor())
                 .await
                 .unwrap(),
         );
         assert!(why.contains("administrator"), "{why}");
+        // The proxy's list is checked before anything is linked or created.
+        let mut outside = acct("corp", "s-5", "zoe@example.com", true);
+        outside.allowed = vec!["Someone@Example.com".into()];
+        let why = refused(store.provider_user(outside.clone(), actor()).await.unwrap());
+        assert!(why.contains("may not use this proxy"), "{why}");
+        assert!(
+            store
+                .user_by_name("zoe@example.com")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        outside.allowed = vec!["ZOE@example.com".into()];
+        user(store.provider_user(outside, actor()).await.unwrap());
+        // A linked user made administrator is not signed in through the provider any more.
+        store
+            .create_user("ava@example.com", "h".into(), "member", false, actor())
+            .await
+            .unwrap();
+        user(
+            store
+                .provider_user(acct("corp", "s-6", "ava@example.com", false), actor())
+                .await
+                .unwrap(),
+        );
+        store
+            .set_user_role("ava@example.com", "admin", actor())
+            .await
+            .unwrap();
+        let why = refused(
+            store
+                .provider_user(acct("corp", "s-6", "ava@example.com", false), actor())
+                .await
+                .unwrap(),
+        );
+        assert!(why.contains("no longer a member"), "{why}");
         // A deleted user's account starts afresh (a new user when creation is on).
         store.delete_user("mia@example.com", actor()).await.unwrap();
         let mia2 = user(
             store
-                .provider_user("corp", "s-1", "mia@example.com", true, actor())
+                .provider_user(acct("corp", "s-1", "mia@example.com", true), actor())
                 .await
                 .unwrap(),
         );
@@ -389,7 +491,43 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(audit.len(), 3);
+        assert_eq!(audit.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_provider_given_another_issuer_brings_no_account_of_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut p = spec("a");
+        p.issuer = "https://corp.example.com".into();
+        store
+            .put_identity_provider(p.clone(), Some("s".into()), actor())
+            .await
+            .unwrap();
+        let mia = match store
+            .provider_user(acct("corp", "42", "mia@example.com", true), actor())
+            .await
+            .unwrap()
+        {
+            ProviderUser::User(u) => u,
+            ProviderUser::Refused(w) => panic!("{w}"),
+        };
+        // The same name with another issuer: its `sub` 42 is someone else.
+        p.issuer = "https://elsewhere.example.com".into();
+        store.put_identity_provider(p, None, actor()).await.unwrap();
+        let mut stranger = acct("corp", "42", "eve@other.example", false);
+        stranger.issuer = "https://elsewhere.example.com".into();
+        assert!(matches!(
+            store.provider_user(stranger, actor()).await.unwrap(),
+            ProviderUser::Refused(_)
+        ));
+        // The old issuer's links are gone with it: Mia may be linked again.
+        let mut again = acct("corp", "7", "mia@example.com", false);
+        again.issuer = "https://elsewhere.example.com".into();
+        match store.provider_user(again, actor()).await.unwrap() {
+            ProviderUser::User(u) => assert_eq!(u.id, mia.id),
+            ProviderUser::Refused(w) => panic!("{w}"),
+        }
     }
 
     #[tokio::test]

@@ -582,7 +582,7 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
             Ok(s) => s,
             Err(e) => return stopped(self, a, StatusCode::FORBIDDEN, &e),
         };
-        if !users.is_empty() && !users.contains(&username) {
+        if !users.is_empty() && !users.iter().any(|u| u.eq_ignore_ascii_case(&username)) {
             return stopped(
                 self,
                 a,
