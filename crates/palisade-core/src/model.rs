@@ -171,6 +171,45 @@ pub struct ProxySpec {
     /// by name; none: they sign in with their gateway password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth_provider: Option<String>,
+    /// Addresses or networks (`10.0.0.5`, `10.0.0.0/8`) of the reverse proxies in front of the
+    /// listener, whose `X-Forwarded-For` names the client the OAuth pages throttle and audit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// An address or network (`addr/prefix`) of `trusted_proxies`.
+pub fn parse_network(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
+        None => max,
+    };
+    Some((ip, prefix))
+}
+
+/// Whether `ip` is in the network `(net, prefix)` (an IPv4-mapped address counts as IPv4).
+pub fn in_network(ip: std::net::IpAddr, (net, prefix): (std::net::IpAddr, u8)) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
 }
 
 impl ProxySpec {
@@ -502,6 +541,17 @@ impl ProxySpec {
                 ));
             }
         }
+        if self.trusted_proxies.len() > 64 {
+            return Err(FieldError::new("trusted_proxies", "at most 64 entries"));
+        }
+        for (i, t) in self.trusted_proxies.iter().enumerate() {
+            if parse_network(t).is_none() {
+                return Err(FieldError::new(
+                    format!("trusted_proxies[{i}]"),
+                    "must be an IP address or a network (`10.0.0.0/8`)",
+                ));
+            }
+        }
         if let Some(p) = &self.oauth_provider {
             if !self.oauth {
                 return Err(FieldError::new(
@@ -724,6 +774,23 @@ mod tests {
         assert_eq!(s.api, LlmApi::Openai);
         assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let net = |s: &str| parse_network(s).unwrap();
+        assert!(in_network(ip("10.1.2.3"), net("10.0.0.0/8")));
+        assert!(!in_network(ip("11.1.2.3"), net("10.0.0.0/8")));
+        assert!(in_network(ip("10.0.0.5"), net("10.0.0.5")));
+        assert!(!in_network(ip("10.0.0.6"), net("10.0.0.5")));
+        assert!(in_network(ip("::ffff:10.0.0.5"), net("10.0.0.0/24")));
+        assert!(in_network(ip("fd00::1"), net("fd00::/8")));
+        assert!(!in_network(ip("fe00::1"), net("fd00::/8")));
+        assert!(in_network(ip("1.2.3.4"), net("0.0.0.0/0")));
+        for bad in ["10.0.0.0/33", "10.0.0", "fd00::/129", "x", "10.0.0.0/"] {
+            assert!(parse_network(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

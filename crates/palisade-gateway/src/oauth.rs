@@ -424,7 +424,7 @@ pub(crate) async fn handle(
         rt: &rt,
         backend: backend.as_ref(),
         base,
-        peer: peer.ip(),
+        peer: client_address(&rt.spec.trusted_proxies, peer.ip(), req.headers()),
     };
     Ok(match (method, path.as_str()) {
         (Method::OPTIONS, p) if p != "/oauth/authorize" => preflight(),
@@ -454,6 +454,35 @@ pub(crate) async fn handle(
             "no such endpoint of the authorization server",
         ),
     })
+}
+
+/// The client's address: the connection's, or, when that is one of the proxy's
+/// `trusted_proxies`, the last address in `X-Forwarded-For` that is not (each trusted proxy
+/// appends the address it was reached from; what comes before it was written by the client).
+fn client_address(trusted: &[String], peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    use palisade_core::model::{in_network, parse_network};
+    if trusted.is_empty() {
+        return peer;
+    }
+    let nets: Vec<_> = trusted.iter().filter_map(|t| parse_network(t)).collect();
+    let is_trusted = |ip: IpAddr| nets.iter().any(|n| in_network(ip, *n));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut hops: Vec<&str> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(v) = v.to_str() else { return peer };
+        hops.extend(v.split(',').map(str::trim));
+    }
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return ip,
+            // A hop that is not an address: nothing before it can be believed.
+            Err(_) => return peer,
+        }
+    }
+    peer
 }
 
 /// The parameters of a query or form; a parameter given twice is refused (RFC 6749 §3.1).
@@ -1580,6 +1609,37 @@ mod tests {
         assert!(t.lookup(&c, now).is_none(), "its client was deleted");
         assert!(t.lookup(&f, now).is_some());
         assert!(matches!(t.take_code("waiting"), Ok(None)));
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_from_trusted_proxies_only() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6, 203.0.113.7".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
+        let trusted = vec!["10.0.0.0/24".to_string()];
+        // From the terminator: the last hop it did not add itself.
+        assert_eq!(
+            client_address(&trusted, ip("10.0.0.1"), &h),
+            ip("203.0.113.7")
+        );
+        // From anyone else, or with no list: the connection.
+        assert_eq!(
+            client_address(&trusted, ip("198.51.100.1"), &h),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client_address(&[], ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        // A hop that is not an address stops the walk.
+        let mut bad = http::HeaderMap::new();
+        bad.append("x-forwarded-for", "203.0.113.7, unknown".parse().unwrap());
+        assert_eq!(
+            client_address(&trusted, ip("10.0.0.1"), &bad),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(&trusted, ip("10.0.0.1"), &http::HeaderMap::new()),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]

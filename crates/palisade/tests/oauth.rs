@@ -487,7 +487,7 @@ async fn users_sign_in_through_an_openid_connect_provider() {
         "{}\n[[identity_providers]]\nname = \"corp\"\nissuer = \"{issuer}\"\nclient_id = \"palisade\"\n\
          client_secret = \"provider-given-secret-0001\"\nallowed_domains = [\"example.com\"]\ncreate_users = true\n\
          \n[[proxies]]\nname = \"tools\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
-         oauth = true\noauth_provider = \"corp\"\ntool_approval = \"auto\"\n",
+         oauth = true\noauth_provider = \"corp\"\ntool_approval = \"auto\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
         config_for("http://127.0.0.1:9")
     ))
     .await;
@@ -656,9 +656,11 @@ async fn users_sign_in_through_an_openid_connect_provider() {
             back.starts_with(&format!("{base}/oauth/callback?")),
             "{back}"
         );
+        // As a TLS terminator on this machine would send it: the client's address is believed.
         let r = http()
             .get(&back)
             .header("cookie", browser.clone())
+            .header("x-forwarded-for", "203.0.113.9")
             .send()
             .await
             .unwrap();
@@ -722,6 +724,7 @@ async fn users_sign_in_through_an_openid_connect_provider() {
         audit.to_string().contains("\"provider\":\"corp\""),
         "{audit}"
     );
+    assert!(audit.to_string().contains("203.0.113.9"), "{audit}");
     let (_, audit) = gw.get("/api/v1/audit?action=user.create").await;
     assert!(audit.to_string().contains("oidc:corp"), "{audit}");
     // The gateway authenticated itself with the secret, and sent the PKCE verifier.
