@@ -114,11 +114,34 @@ impl AppState {
                 ));
             }
         };
-        Ok(self
+        let row = self
             .store
             .put_identity_provider(spec, sealed, actor)
-            .await?
-            .into())
+            .await?;
+        if let Some(before) = current
+            && (before.spec != row.spec || before.secret_sealed != row.secret_sealed)
+        {
+            self.end_sign_ins_through(&row.spec.name).await?;
+        }
+        Ok(row.into())
+    }
+
+    /// Ends the OAuth sign-ins of the proxies that sign in through provider `name` (it changed
+    /// or went: who it vouched for before may not be whom it would vouch for now).
+    pub(crate) async fn end_sign_ins_through(&self, name: &str) -> ApiResult<()> {
+        for p in self.store.list_proxies().await? {
+            if p.spec.oauth_provider.as_deref() == Some(name) {
+                self.end_proxy_sign_ins(&p.spec.name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends every OAuth sign-in for a proxy: refresh tokens, access tokens, codes, streams.
+    pub(crate) async fn end_proxy_sign_ins(&self, proxy: &str) -> ApiResult<()> {
+        self.store.revoke_proxy_refresh(proxy).await?;
+        self.manager.shared().revoke_oauth_proxy(proxy);
+        Ok(())
     }
 
     /// Refuses a proxy that names an identity provider the gateway does not have.
@@ -314,5 +337,6 @@ pub async fn delete(
         )));
     }
     s.store.delete_identity_provider(&name, u.actor()).await?;
+    s.end_sign_ins_through(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

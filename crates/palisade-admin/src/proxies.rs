@@ -164,6 +164,12 @@ impl AppState {
             .update_proxy(spec, upd, "proxy.update", actor)
             .await;
         let (_, after) = self.stored_or_restored(stored, &current, running).await?;
+        // Signed in one way, a user keeps no grant once the proxy signs users in another.
+        if current.spec.oauth_provider != after.spec.oauth_provider
+            || (current.spec.oauth && !after.spec.oauth)
+        {
+            self.end_proxy_sign_ins(&after.spec.name).await?;
+        }
         Ok(self.view(after).await)
     }
 

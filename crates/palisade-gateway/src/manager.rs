@@ -88,6 +88,15 @@ impl GatewayShared {
         self.close_revoked();
     }
 
+    /// Ends every OAuth access token, waiting code and waiting sign-in for a proxy (how its users
+    /// sign in changed: its identity provider was changed or deleted, or it signs in another
+    /// way) and what they hold open.
+    pub fn revoke_oauth_proxy(&self, proxy: &str) {
+        self.oauth_tokens.revoke_proxy(proxy);
+        self.provider_sign_ins.revoke_proxy(proxy);
+        self.close_revoked();
+    }
+
     /// Ends every access token and waiting code of an OAuth client (deleted) and what they
     /// hold open.
     pub fn revoke_oauth_client(&self, client_id: &str) {

@@ -227,6 +227,16 @@ impl Tokens {
         self.publish(&mut live);
     }
 
+    /// Ends every access token and waiting code for a proxy (how its users sign in changed).
+    pub fn revoke_proxy(&self, proxy: &str) {
+        lock(&self.codes).retain(|_, c| c.proxy != proxy);
+        let mut live = lock(&self.live);
+        live.retain(|_, k| {
+            !(k.id.starts_with("oauth:") && k.allowed_proxies.iter().any(|p| p == proxy))
+        });
+        self.publish(&mut live);
+    }
+
     /// Ends every access token and waiting code of a client (deleted).
     pub fn revoke_client(&self, client_id: &str) {
         lock(&self.codes).retain(|_, c| c.client_id != client_id);

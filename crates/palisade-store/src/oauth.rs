@@ -355,6 +355,13 @@ impl Store {
             .await
     }
 
+    /// Revokes every refresh token for a proxy (how its users sign in changed).
+    pub async fn revoke_proxy_refresh(&self, proxy: &str) -> Result<usize, StoreError> {
+        let p = proxy.to_string();
+        self.call(move |c| Ok(c.execute("DELETE FROM oauth_refresh WHERE proxy = ?1", [&p])?))
+            .await
+    }
+
     /// Revokes every refresh token of a user (deleted, password reset, role changed).
     pub async fn revoke_user_refresh(&self, username: &str) -> Result<usize, StoreError> {
         let u = username.to_string();

@@ -745,6 +745,32 @@ async fn users_sign_in_through_an_openid_connect_provider() {
     assert_eq!(exchange["basic_auth"], true);
     assert!(exchange["form"]["code_verifier"].as_str().unwrap().len() >= 43);
 
+    // A change of the provider ends the sign-ins made through it (its access and refresh
+    // tokens); who it vouched for before may not be whom it would vouch for now.
+    let r = gw
+        .http
+        .put(format!("{}/api/v1/identity-providers/corp", gw.admin))
+        .bearer_auth(&gw.token)
+        .json(
+            &json!({"name": "corp", "issuer": issuer, "client_id": "palisade",
+            "allowed_domains": ["example.com", "example.org"], "create_users": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(call(&format!("{base}/mcp"), access).await.status(), 401);
+    let (s, v) = token(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+
     // The callback again: that sign-in is over.
     let r = http()
         .get(&callback)

@@ -147,6 +147,11 @@ impl ProviderSignIns {
         Ok((p.expires_at > now_ms()).then_some(p))
     }
 
+    /// Ends the waiting sign-ins for a proxy.
+    pub(crate) fn revoke_proxy(&self, proxy: &str) {
+        lock(&self.pending).retain(|_, p| p.proxy != proxy);
+    }
+
     /// Ends the waiting sign-ins of a client (deleted).
     pub(crate) fn revoke_client(&self, client_id: &str) {
         lock(&self.pending).retain(|_, p| p.auth.client.client_id != client_id);
