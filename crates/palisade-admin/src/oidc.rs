@@ -213,11 +213,7 @@ pub(crate) async fn provider_sign_in(
         ))
         .await;
     }
-    let name_ok = who.email.len() <= 64
-        && who
-            .email
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    let name_ok = crate::users::is_user_name(&who.email);
     let actor = Actor {
         name: format!("oidc:{}", p.name),
         request_id: None,
@@ -336,7 +332,8 @@ pub async fn delete(
             users.join(", ")
         )));
     }
+    // No proxy signs in through it (checked above, and a proxy cannot name a missing one), so
+    // no sign-in was made through it to end.
     s.store.delete_identity_provider(&name, u.actor()).await?;
-    s.end_sign_ins_through(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

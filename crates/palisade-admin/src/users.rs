@@ -43,13 +43,17 @@ pub struct UserChange {
     pub password: Option<String>,
 }
 
-fn check_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
+/// Whether `name` may be a user name: 1–64 letters, digits, `.`, `_`, `-` or `@`.
+pub(crate) fn is_user_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if is_user_name(name) {
         Ok(())
     } else {
         Err(ApiError::field(

@@ -748,17 +748,22 @@ fn back_to(redirect_uri: &str, params: &[(&str, &str)]) -> Response<ProxyBody> {
     redirect_with(StatusCode::FOUND, redirect_uri, params)
 }
 
+/// `uri` with `params` added to its query.
+fn with_params(uri: &str, params: &[(&str, &str)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}{}", q.finish())
+}
+
 fn redirect_with(
     status: StatusCode,
     redirect_uri: &str,
     params: &[(&str, &str)],
 ) -> Response<ProxyBody> {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        q.append_pair(k, v);
-    }
-    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-    let target = format!("{redirect_uri}{sep}{}", q.finish());
+    let target = with_params(redirect_uri, params);
     let mut r = Response::new(ProxyBody::full(String::new()));
     *r.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(&target) {
@@ -1056,14 +1061,21 @@ impl Server<'_> {
             },
             &format!("Sign in to {}", self.rt.spec.name),
             &format!(
-                "<p class=\"who\">A client that calls itself <b>{client}</b> (its name is its own, not checked by the gateway) asks to use <code>{res}</code> as you. \
-Signing in lets it, and sends you back to <code>{to}</code>.</p>{err}\
-<form method=\"post\" action=\"{action}\">{hidden}{fields}</form>",
-                client = html_escape(&a.client.name),
-                res = html_escape(&self.resource()),
-                to = html_escape(&a.redirect_uri),
+                "{who}{err}<form method=\"post\" action=\"{action}\">{hidden}{fields}</form>",
+                who = self.who_asks(a, ""),
                 action = html_escape(&format!("{}/oauth/authorize", self.base)),
             ),
+        )
+    }
+
+    /// The paragraph of both sign-in pages that says which client asks and where the code goes.
+    fn who_asks(&self, a: &AuthRequest, more: &str) -> String {
+        format!(
+            "<p class=\"who\">A client that calls itself <b>{client}</b> (its name is its own, not checked by the gateway) asks to use <code>{res}</code> as you. \
+Signing in lets it, and sends you back to <code>{to}</code>.{more}</p>",
+            client = html_escape(&a.client.name),
+            res = html_escape(&self.resource()),
+            to = html_escape(&a.redirect_uri),
         )
     }
 

@@ -27,7 +27,9 @@ use palisade_core::oidc::{
 };
 use serde_json::{Value, json};
 
-use super::{AuthRequest, Server, hidden_fields, html_escape, lock, page, redirect_with};
+use super::{
+    AuthRequest, Server, hidden_fields, html_escape, lock, page, redirect_with, with_params,
+};
 use crate::body::ProxyBody;
 use crate::upstream::GuardedClient;
 
@@ -286,19 +288,15 @@ impl ProviderSignIns {
 /// A page that explains why the sign-in stopped and lets the user return to the application
 /// (which then hears `access_denied`).
 fn stopped(s: &Server<'_>, a: &AuthRequest, status: StatusCode, why: &str) -> Response<ProxyBody> {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    q.append_pair("error", "access_denied")
-        .append_pair("error_description", why)
-        .append_pair("iss", &s.base);
+    let mut params = vec![
+        ("error", "access_denied"),
+        ("error_description", why),
+        ("iss", s.base.as_str()),
+    ];
     if let Some(st) = &a.state {
-        q.append_pair("state", st);
+        params.push(("state", st));
     }
-    let sep = if a.redirect_uri.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let back = format!("{}{sep}{}", a.redirect_uri, q.finish());
+    let back = with_params(&a.redirect_uri, &params);
     page(
         status,
         "Cannot sign in",
@@ -353,13 +351,9 @@ impl Server<'_> {
             StatusCode::OK,
             &format!("Sign in to {}", self.rt.spec.name),
             &format!(
-                "<p class=\"who\">A client that calls itself <b>{client}</b> (its name is its own, not checked by the gateway) asks to use <code>{res}</code> as you. \
-Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you started this.</p>\
-<form method=\"post\" action=\"{action}\">{hidden}<input type=\"hidden\" name=\"form_token\" value=\"{token}\">\
+                "{who}<form method=\"post\" action=\"{action}\">{hidden}<input type=\"hidden\" name=\"form_token\" value=\"{token}\">\
 <button type=\"submit\">Sign in with {provider} and allow</button></form>",
-                client = html_escape(&a.client.name),
-                res = html_escape(&self.resource()),
-                to = html_escape(&a.redirect_uri),
+                who = self.who_asks(a, " Go on only if you started this."),
                 action = html_escape(&format!("{}/oauth/authorize", self.base)),
                 hidden = hidden_fields(q),
                 provider = html_escape(name),
@@ -433,16 +427,19 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
         let verifier = random_token(48);
         let challenge =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash_api_key(&verifier));
-        let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &p.client_id)
-            .append_pair("redirect_uri", &self.callback_uri())
-            .append_pair("scope", &p.scopes.join(" "))
-            .append_pair("state", &state)
-            .append_pair("nonce", &nonce)
-            .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256")
-            .finish();
+        let target = with_params(
+            &m.authorization_endpoint,
+            &[
+                ("response_type", "code"),
+                ("client_id", &p.client_id),
+                ("redirect_uri", &self.callback_uri()),
+                ("scope", &p.scopes.join(" ")),
+                ("state", &state),
+                ("nonce", &nonce),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        );
         let browser = random_token(32);
         let pending = Pending {
             browser: hash_api_key(&browser),
@@ -454,12 +451,6 @@ Signing in lets it, and sends you back to <code>{to}</code>. Go on only if you s
             expires_at: now_ms() + PENDING_TTL.as_millis() as i64,
             auth: a,
         };
-        let sep = if m.authorization_endpoint.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        let target = format!("{}{sep}{query}", m.authorization_endpoint);
         if let Err(e) = signins.put(&state, pending) {
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
