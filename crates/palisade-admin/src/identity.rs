@@ -287,11 +287,7 @@ pub async fn reset_budget(
 ) -> ApiResult<Json<BudgetStatus>> {
     let now = s.now();
     s.store.reset_budget(&name, now, u.actor()).await?;
-    s.manager
-        .shared()
-        .accounting
-        .spend
-        .set(&name, 0, now, now, None);
+    s.manager.shared().accounting.spend.reset(&name, now);
     let g = s
         .store
         .group(&name)

@@ -316,6 +316,7 @@ pub async fn metrics(
     let mut text = s.events.metrics.render();
     webhook_series(&mut text, &s.store.list_webhooks().await?);
     memo_series(&mut text, &s.manager.memo_stats().await);
+    cluster_series(&mut text, &s.manager.shared().accounting.cluster);
     Ok((
         StatusCode::OK,
         [(
@@ -359,6 +360,39 @@ fn memo_series(out: &mut String, memos: &[(String, palisade_policy::MemoStats)])
         for (proxy, m) in memos {
             let _ = writeln!(out, "{name}{{proxy=\"{}\"}} {}", escape(proxy), get(m));
         }
+    }
+}
+
+/// The exchanges of shared rate limits and spend with Redis (only when a Redis URL is set):
+/// alert on `palisade_redis_up == 0`, when this node counts alone.
+fn cluster_series(out: &mut String, c: &palisade_gateway::cluster::ClusterStatus) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !c.enabled.load(Relaxed) {
+        return;
+    }
+    let series = [
+        (
+            "palisade_redis_up",
+            "gauge",
+            "1 when the last exchange of shared rate limits and spend with Redis succeeded.",
+            u64::from(c.up.load(Relaxed)),
+        ),
+        (
+            "palisade_redis_exchanges_total",
+            "counter",
+            "Exchanges of shared rate limits and spend with Redis that succeeded.",
+            c.exchanges.load(Relaxed),
+        ),
+        (
+            "palisade_redis_exchange_failures_total",
+            "counter",
+            "Exchanges with Redis that failed (what they carried is sent with the next).",
+            c.failures.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
     }
 }
 

@@ -26,6 +26,24 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 struct Bucket {
     tokens: f64,
     at_ms: i64,
+    /// The limit the bucket was last used with (what the shared bucket refills to).
+    limit: u32,
+    /// Units taken here since the last exchange with the other nodes (`cluster.rs`).
+    pending: f64,
+    /// Last time a request used the bucket (only buckets in use are exchanged).
+    used_ms: i64,
+}
+
+impl Bucket {
+    fn full(limit: u32, now: i64) -> Bucket {
+        Bucket {
+            tokens: f64::from(limit),
+            at_ms: now,
+            limit,
+            pending: 0.0,
+            used_ms: now,
+        }
+    }
 }
 
 /// One limit a request must pass: its bucket, the limit per minute, what the request takes
@@ -68,7 +86,8 @@ impl<'a> Check<'a> {
     }
 }
 
-/// Per-minute limits keyed by scope (`k:<key id>`, `g:<group>`, `t…` for tokens).
+/// Per-minute limits keyed by scope (`k:<key name>`, `g:<group>`, `p:<proxy>`, `t…` for
+/// tokens). Names, not ids: the scopes are the same on every node that shares them.
 #[derive(Default)]
 pub struct RateLimiter {
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -84,19 +103,22 @@ impl RateLimiter {
     /// Checks that `scope` has budget left (> 0) and, with `take`, takes that many units.
     /// On refusal returns the seconds until one unit is available.
     fn acquire(&self, scope: &str, limit: u32, take: f64, now: i64) -> Result<(), u64> {
+        let units = limit;
         let limit = f64::from(limit);
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
-            map.retain(|_, b| now - b.at_ms < 120_000);
+            map.retain(|_, b| now - b.used_ms < 120_000);
         }
-        let b = map.entry(scope.to_string()).or_insert(Bucket {
-            tokens: limit,
-            at_ms: now,
-        });
+        let b = map
+            .entry(scope.to_string())
+            .or_insert_with(|| Bucket::full(units, now));
+        b.limit = units;
+        b.used_ms = now;
         Self::refill(b, limit, now);
         let need = take.max(f64::MIN_POSITIVE);
         if b.tokens >= need {
             b.tokens -= take;
+            b.pending += take;
             Ok(())
         } else {
             let missing = need - b.tokens;
@@ -110,14 +132,15 @@ impl RateLimiter {
     fn acquire_all(&self, checks: &[Check], now: i64) -> Result<(), (usize, u64)> {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
-            map.retain(|_, b| now - b.at_ms < 120_000);
+            map.retain(|_, b| now - b.used_ms < 120_000);
         }
         for (i, c) in checks.iter().enumerate() {
             let limit = f64::from(c.limit);
-            let b = map.entry(c.scope.clone()).or_insert(Bucket {
-                tokens: limit,
-                at_ms: now,
-            });
+            let b = map
+                .entry(c.scope.clone())
+                .or_insert_with(|| Bucket::full(c.limit, now));
+            b.limit = c.limit;
+            b.used_ms = now;
             Self::refill(b, limit, now);
             let need = c.take.max(f64::MIN_POSITIVE);
             if b.tokens < need {
@@ -128,6 +151,7 @@ impl RateLimiter {
         for c in checks {
             if let Some(b) = map.get_mut(&c.scope) {
                 b.tokens -= c.take;
+                b.pending += c.take;
             }
         }
         Ok(())
@@ -135,14 +159,53 @@ impl RateLimiter {
 
     /// Charges units after the fact (tokens); the balance may go negative and then refuses.
     fn charge(&self, scope: &str, limit: u32, amount: f64, now: i64) {
+        let units = limit;
         let limit = f64::from(limit);
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = map.entry(scope.to_string()).or_insert(Bucket {
-            tokens: limit,
-            at_ms: now,
-        });
+        let b = map
+            .entry(scope.to_string())
+            .or_insert_with(|| Bucket::full(units, now));
+        b.limit = units;
+        b.used_ms = now;
         Self::refill(b, limit, now);
         b.tokens = (b.tokens - amount).min(limit);
+        b.pending += amount;
+    }
+
+    /// What this node took from each bucket used in the last ten minutes since the last
+    /// exchange (`(scope, limit, units)`), now counted as sent. (Kept in step that long, a
+    /// bucket used again here starts from the shared level, not from a full one.)
+    pub(crate) fn take_pending(&self, now: i64) -> Vec<(String, u32, f64)> {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter_mut()
+            .filter(|(_, b)| now - b.used_ms < 600_000)
+            .map(|(scope, b)| {
+                let units = std::mem::take(&mut b.pending);
+                (scope.clone(), b.limit, units)
+            })
+            .collect()
+    }
+
+    /// An exchange that failed: what it carried is still to be sent.
+    pub(crate) fn restore_pending(&self, sent: &[(String, u32, f64)]) {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for (scope, _, units) in sent {
+            if let Some(b) = map.get_mut(scope) {
+                b.pending += units;
+            }
+        }
+    }
+
+    /// The shared buckets' levels after an exchange: this node's bucket is the shared one less
+    /// what it took since the exchange began.
+    pub(crate) fn apply_shared(&self, levels: &[(String, f64)], now: i64) {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for (scope, level) in levels {
+            if let Some(b) = map.get_mut(scope) {
+                b.tokens = (level - b.pending).min(f64::from(b.limit));
+                b.at_ms = now;
+            }
+        }
     }
 }
 
@@ -173,7 +236,27 @@ struct GroupSpend {
     /// crossed, alerted once each: a budget changed mid-month alerts again at its new marks.
     warned: Option<i64>,
     exceeded: Option<i64>,
+    /// Spend charged here since the last exchange with the other nodes (`cluster.rs`).
+    pending: i64,
+    /// The shared total at the last exchange (none before the first).
+    shared: Option<i64>,
+    /// Reset here by hand since the last exchange: the shared total starts again too.
+    reset: bool,
 }
+
+/// What one exchange sends of a group's spend.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SpendPush {
+    /// Add to the shared total, which starts at this figure when Redis has none: this node's
+    /// (seeded from its log) at the first exchange, later the total it last saw (a Redis that
+    /// lost its data is filled again by the first node to exchange).
+    Seed(i64),
+    /// Reset by hand: the shared total becomes what was charged since.
+    Reset,
+}
+
+/// One group's spend in one exchange: group, month, what was charged here, how to send it.
+pub(crate) type SpendSent = (String, i32, i64, SpendPush);
 
 /// Spend of each group in the current calendar month (UTC).
 #[derive(Default)]
@@ -216,11 +299,75 @@ impl SpendBook {
             warned: budget
                 .and_then(|(limit, pct)| past(nano * 100 >= limit * i64::from(pct), limit)),
             exceeded: budget.and_then(|(limit, _)| past(nano >= limit, limit)),
+            ..Default::default()
         };
     }
 
+    /// A reset by hand: spend counts from `now`, here and (with shared counters) on every node.
+    pub fn reset(&self, group: &str, now: i64) {
+        self.set(group, 0, now, now, None);
+        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        Self::entry(&mut map, group, now).reset = true;
+    }
+
+    /// Each group's spend charged here since the last exchange, now counted as sent; `known`
+    /// (the configured groups) are exchanged even before this node charged them, so a budget
+    /// spent on other nodes is known here before this node's first request of the group.
+    pub(crate) fn take_pending(&self, known: &[String], now: i64) -> Vec<SpendSent> {
+        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups: Vec<String> = map.keys().cloned().collect();
+        groups.extend(known.iter().filter(|g| !map.contains_key(*g)).cloned());
+        groups
+            .into_iter()
+            .map(|g| {
+                let e = Self::entry(&mut map, &g, now);
+                let push = if std::mem::take(&mut e.reset) {
+                    SpendPush::Reset
+                } else {
+                    SpendPush::Seed(e.shared.unwrap_or(e.nano - e.pending))
+                };
+                (g, e.month, std::mem::take(&mut e.pending), push)
+            })
+            .collect()
+    }
+
+    /// An exchange that failed: what it carried is still to be sent.
+    pub(crate) fn restore_pending(&self, sent: &[SpendSent], now: i64) {
+        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        for (g, month, nano, push) in sent {
+            let e = Self::entry(&mut map, g, now);
+            if e.month == *month {
+                e.pending += nano;
+                e.reset |= *push == SpendPush::Reset;
+            }
+        }
+    }
+
+    /// The shared totals after an exchange (`(group, month, total)`, in the order sent): this
+    /// node's figure is the total plus what it charged since. A total below what this node
+    /// last saw plus what it just sent was reset on another node: the period starts again here
+    /// too, and its alerts may be raised again.
+    pub(crate) fn apply_shared(&self, sent: &[SpendSent], totals: &[i64], now: i64) {
+        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        for ((g, month, nano, push), total) in sent.iter().zip(totals) {
+            let e = Self::entry(&mut map, g, now);
+            if e.month != *month {
+                continue;
+            }
+            if let (Some(prev), SpendPush::Seed(_)) = (e.shared, push)
+                && *total < prev + nano
+            {
+                e.period = now;
+                e.warned = None;
+                e.exceeded = None;
+            }
+            e.shared = Some(*total);
+            e.nano = total + e.pending;
+        }
+    }
+
     /// Start of a group's budget period (Unix ms).
-    fn period(&self, group: &str, now: i64) -> i64 {
+    pub(crate) fn period(&self, group: &str, now: i64) -> i64 {
         let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         Self::entry(&mut map, group, now).period
     }
@@ -251,6 +398,8 @@ pub struct Accounting {
     pub spend: SpendBook,
     /// Time source.
     pub clock: Clock,
+    /// The exchanges with the other nodes, when counters are shared (`cluster.rs`).
+    pub cluster: Arc<crate::cluster::ClusterStatus>,
 }
 
 impl Default for Accounting {
@@ -261,6 +410,7 @@ impl Default for Accounting {
             limiter: RateLimiter::default(),
             spend: SpendBook::default(),
             clock: Arc::new(palisade_core::now_ms),
+            cluster: Arc::default(),
         }
     }
 }
@@ -367,8 +517,8 @@ impl Accounting {
             }
         }
         let mut checks: Vec<Check> = [
-            Check::of(key.rpm, "k", &key.id, ("key", &key.name), false),
-            Check::of(key.tpm, "t", &key.id, ("key", &key.name), true),
+            Check::of(key.rpm, "k", &key.name, ("key", &key.name), false),
+            Check::of(key.tpm, "t", &key.name, ("key", &key.name), true),
         ]
         .into_iter()
         .flatten()
@@ -420,7 +570,7 @@ impl Accounting {
             .and_then(|g| g.group_tpm.map(|t| (g.name.as_str(), t)));
         let mut scopes: Vec<(String, u32, bool)> = Vec::new();
         if let Some(tpm) = key.tpm {
-            scopes.push((format!("t:{}", key.id), tpm, true));
+            scopes.push((format!("t:{}", key.name), tpm, true));
         }
         if let Some((name, tpm)) = group {
             scopes.push((format!("gt:{name}"), tpm, false));
@@ -481,9 +631,9 @@ impl Accounting {
         let now = (self.clock)();
         let tokens = usage.total_or_sum().unwrap_or(0);
         if tokens > 0 {
-            if let (Some(id), Some(tpm)) = (&rec.key_id, key_tpm) {
+            if let (Some(name), Some(tpm)) = (&rec.key_name, key_tpm) {
                 self.limiter
-                    .charge(&format!("t:{id}"), tpm, tokens as f64, now);
+                    .charge(&format!("t:{name}"), tpm, tokens as f64, now);
             }
             if let Some(g) = rec
                 .group
@@ -521,6 +671,7 @@ impl Accounting {
             let mut map = self.spend.groups.lock().unwrap_or_else(|p| p.into_inner());
             let e = SpendBook::entry(&mut map, &group, now);
             e.nano += nano;
+            e.pending += nano;
             let crossed = match g.budget_nano() {
                 // (Past the whole budget already alerted, a warning says nothing new.)
                 Some(limit)
@@ -648,6 +799,7 @@ mod tests {
         // Another key is unaffected.
         let other = KeyInfo {
             id: "k2".into(),
+            name: "batch".into(),
             ..key(Some(3))
         };
         acc.admit(&other, "p", &|_| {}, &rec).unwrap();
@@ -818,7 +970,7 @@ mod tests {
         // Answered with 100 tokens each: the real counts are charged, the estimates given back.
         for h in holds {
             let mut rec = RequestRecord {
-                key_id: Some("k1".into()),
+                key_name: Some("ci".into()),
                 ..Default::default()
             };
             let usage = Usage {

@@ -42,6 +42,17 @@ pub struct ServeArgs {
     /// waits for requests in flight before it answers them 503 and closes their connections.
     #[arg(long, env = "PALISADE_DRAIN_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     drain_secs: u64,
+    /// Redis shared by several gateway nodes for their rate limits and group spend
+    /// (`redis://[[user]:password@]host[:port][/db]`); without it each node counts alone.
+    #[arg(long, env = "PALISADE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Milliseconds between a node's exchanges with Redis: nodes overshoot a shared limit by at
+    /// most what the others admit in one interval.
+    #[arg(long, env = "PALISADE_REDIS_SYNC_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    redis_sync_ms: u64,
+    /// Prefix of the gateway's Redis keys (deployments sharing one Redis keep apart by it).
+    #[arg(long, env = "PALISADE_REDIS_PREFIX", default_value = "palisade:")]
+    redis_prefix: String,
 }
 
 /// Loads the master key from `PALISADE_MASTER_KEY`, or from `<data>/master.key`, creating it
@@ -400,6 +411,15 @@ async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are refused before anything is written.
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
+    let cluster = match &args.redis_url {
+        Some(url) => Some(palisade_gateway::cluster::ClusterConfig {
+            url: palisade_gateway::resp::RedisUrl::parse(url)
+                .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_URL: {e}"))?,
+            interval: Duration::from_millis(args.redis_sync_ms),
+            prefix: args.redis_prefix.clone(),
+        }),
+        None => None,
+    };
     let env = |k: &str| std::env::var(k).ok();
     let exports = [
         crate::otlp::OtlpConfig::from_env(env)?,
@@ -542,6 +562,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         palisade_policy::release_embedded(text);
     }
     palisade_policy::classifier::release_builtin_models();
+    // Spend is seeded from this node's log above: the first exchange starts the shared month
+    // from it unless another node has.
+    if let Some(cluster) = cluster {
+        println!(
+            "palisade: rate limits and group spend shared through {}",
+            cluster.url
+        );
+        tokio::spawn(palisade_gateway::cluster::run(
+            manager.shared().accounting.clone(),
+            cluster,
+        ));
+    }
     tokio::spawn(palisade_admin::webhooks::deliver_alerts(state.clone()));
     println!("palisade: admin API listening on http://{local}");
     println!("palisade: web console at http://{local}/");
