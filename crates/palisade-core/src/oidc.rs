@@ -161,6 +161,8 @@ pub struct ProviderMetadata {
     /// The provider takes the client secret in the form body only (`client_secret_post`);
     /// otherwise in HTTP Basic (`client_secret_basic`, the default of the specification).
     pub secret_in_form: bool,
+    /// Where its signing keys are published (a JWK Set).
+    pub jwks_uri: String,
 }
 
 /// Reads a provider's configuration document (OpenID Connect Discovery §3): its issuer must be
@@ -203,6 +205,7 @@ pub fn provider_metadata(doc: &Value, issuer: &str) -> Result<ProviderMetadata, 
         secret_in_form: methods.is_some()
             && !has("client_secret_basic")
             && has("client_secret_post"),
+        jwks_uri: endpoint("jwks_uri")?,
     })
 }
 
@@ -231,6 +234,149 @@ fn names_this_machine(host: &str) -> bool {
             .next()
             .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x")),
     }
+}
+
+/// Why an ID token's signature was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureError {
+    /// No key of the provider's set fits the token (its keys may have rotated: read them again).
+    NoKey,
+    /// The token is not signed in a way the gateway accepts, or the signature is wrong.
+    Invalid(String),
+}
+
+/// Largest JWK Set whose keys are tried for a token without a key id.
+const MAX_KEYS_TRIED: usize = 16;
+
+/// Checks an ID token's signature (OpenID Connect Core §10): with the provider's published
+/// keys (`jwks`, a JWK Set) for RS256/384/512, PS256/384/512, ES256/384 and EdDSA, or with the
+/// client secret for HS256/384/512 (§10.1). The key is the one the token's `kid` names, or any
+/// key of a fitting type when it names none; a key published for encryption is never used.
+pub fn verify_id_token_signature(
+    token: &str,
+    jwks: &Value,
+    client_secret: &str,
+) -> Result<(), SignatureError> {
+    use base64::Engine as _;
+    use ring::signature as sig;
+    let invalid = |why: &str| SignatureError::Invalid(why.to_string());
+    let b64 = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| invalid("the ID token is not base64url"))
+    };
+    let (signing_input, signature) = token
+        .rsplit_once('.')
+        .ok_or_else(|| invalid("the ID token is not a signed JWT"))?;
+    let (header, _) = signing_input
+        .split_once('.')
+        .ok_or_else(|| invalid("the ID token is not a signed JWT"))?;
+    let header: Value = serde_json::from_slice(&b64(header)?)
+        .map_err(|_| invalid("the ID token's header is not JSON"))?;
+    let signature = b64(signature)?;
+    let alg = header["alg"].as_str().unwrap_or("");
+    let message = signing_input.as_bytes();
+
+    if let Some(bits) = alg.strip_prefix("HS") {
+        use hmac::Mac as _;
+        let ok = match bits {
+            "256" => hmac::Hmac::<sha2::Sha256>::new_from_slice(client_secret.as_bytes())
+                .map(|m| m.chain_update(message).verify_slice(&signature).is_ok()),
+            "384" => hmac::Hmac::<sha2::Sha384>::new_from_slice(client_secret.as_bytes())
+                .map(|m| m.chain_update(message).verify_slice(&signature).is_ok()),
+            "512" => hmac::Hmac::<sha2::Sha512>::new_from_slice(client_secret.as_bytes())
+                .map(|m| m.chain_update(message).verify_slice(&signature).is_ok()),
+            _ => {
+                return Err(invalid(
+                    "the ID token is signed with an algorithm not accepted",
+                ));
+            }
+        };
+        return if ok.unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(invalid("the ID token's signature is wrong"))
+        };
+    }
+    // (key type, curve) the algorithm needs, and how it checks.
+    enum Check {
+        Rsa(&'static sig::RsaParameters),
+        Point(
+            &'static sig::EcdsaVerificationAlgorithm,
+            &'static str,
+            usize,
+        ),
+        Ed25519,
+    }
+    let check = match alg {
+        "RS256" => Check::Rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+        "RS384" => Check::Rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+        "RS512" => Check::Rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+        "PS256" => Check::Rsa(&sig::RSA_PSS_2048_8192_SHA256),
+        "PS384" => Check::Rsa(&sig::RSA_PSS_2048_8192_SHA384),
+        "PS512" => Check::Rsa(&sig::RSA_PSS_2048_8192_SHA512),
+        "ES256" => Check::Point(&sig::ECDSA_P256_SHA256_FIXED, "P-256", 32),
+        "ES384" => Check::Point(&sig::ECDSA_P384_SHA384_FIXED, "P-384", 48),
+        "EdDSA" => Check::Ed25519,
+        _ => {
+            return Err(invalid(
+                "the ID token is signed with an algorithm not accepted",
+            ));
+        }
+    };
+    let kid = header["kid"].as_str();
+    let keys = jwks["keys"]
+        .as_array()
+        .ok_or_else(|| invalid("the provider's key set has no `keys`"))?;
+    let fits = |k: &&Value| {
+        let kty = k["kty"].as_str().unwrap_or("");
+        let kind_fits = match check {
+            Check::Rsa(_) => kty == "RSA",
+            Check::Point(_, crv, _) => kty == "EC" && k["crv"] == crv,
+            Check::Ed25519 => kty == "OKP" && k["crv"] == "Ed25519",
+        };
+        kind_fits
+            && k["use"].as_str().is_none_or(|u| u == "sig")
+            && k["alg"].as_str().is_none_or(|a| a == alg)
+            && kid.is_none_or(|id| k["kid"].as_str() == Some(id))
+    };
+    let candidates: Vec<&Value> = keys.iter().filter(fits).take(MAX_KEYS_TRIED).collect();
+    if candidates.is_empty() {
+        return Err(SignatureError::NoKey);
+    }
+    let member = |k: &Value, name: &str| -> Option<Vec<u8>> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(k[name].as_str()?)
+            .ok()
+    };
+    for k in candidates {
+        let verified = match check {
+            Check::Rsa(params) => match (member(k, "n"), member(k, "e")) {
+                (Some(n), Some(e)) => sig::RsaPublicKeyComponents { n, e }
+                    .verify(params, message, &signature)
+                    .is_ok(),
+                _ => false,
+            },
+            Check::Point(algorithm, _, size) => match (member(k, "x"), member(k, "y")) {
+                (Some(x), Some(y)) if x.len() == size && y.len() == size => {
+                    let point = [&[4u8][..], &x, &y].concat();
+                    sig::UnparsedPublicKey::new(algorithm, point)
+                        .verify(message, &signature)
+                        .is_ok()
+                }
+                _ => false,
+            },
+            Check::Ed25519 => member(k, "x").is_some_and(|x| {
+                sig::UnparsedPublicKey::new(&sig::ED25519, x)
+                    .verify(message, &signature)
+                    .is_ok()
+            }),
+        };
+        if verified {
+            return Ok(());
+        }
+    }
+    Err(invalid("the ID token's signature is wrong"))
 }
 
 /// Who an ID token says signed in.
@@ -392,11 +538,18 @@ mod tests {
             "issuer": "https://id.example.com",
             "authorization_endpoint": "https://id.example.com/auth",
             "token_endpoint": "https://id.example.com/token",
+            "jwks_uri": "https://keys.example.com/jwks",
             "response_types_supported": ["code", "id_token"],
         });
         let m = provider_metadata(&doc, "https://id.example.com").unwrap();
         assert_eq!(m.token_endpoint, "https://id.example.com/token");
+        assert_eq!(m.jwks_uri, "https://keys.example.com/jwks");
         assert!(!m.secret_in_form);
+        let mut d = doc.clone();
+        d.as_object_mut().unwrap().remove("jwks_uri");
+        assert!(provider_metadata(&d, "https://id.example.com").is_err());
+        d["jwks_uri"] = json!("https://localhost/jwks");
+        assert!(provider_metadata(&d, "https://id.example.com").is_err());
         assert!(provider_metadata(&doc, "https://id.example.com/").is_err());
         let mut d = doc.clone();
         d["token_endpoint"] = json!("http://id.example.com/token");
@@ -419,7 +572,8 @@ mod tests {
             assert!(e.contains("own machine"), "{local}: {e}");
         }
         let local = json!({"issuer": "http://127.0.0.1:9400", "response_types_supported": ["code"],
-            "authorization_endpoint": "http://127.0.0.1:9400/authorize", "token_endpoint": "http://localhost:9400/token"});
+            "authorization_endpoint": "http://127.0.0.1:9400/authorize", "token_endpoint": "http://localhost:9400/token",
+            "jwks_uri": "http://127.0.0.1:9400/jwks"});
         provider_metadata(&local, "http://127.0.0.1:9400").unwrap();
         let mut d = doc.clone();
         d["response_types_supported"] = json!(["id_token"]);
@@ -487,5 +641,137 @@ mod tests {
         assert!(check_id_token(&unsigned, iss, "palisade", "n-1", 1_500).is_err());
         assert!(check_id_token("a.b", iss, "palisade", "n-1", 1_500).is_err());
         assert!(check_id_token("!!.!!.!!", iss, "palisade", "n-1", 1_500).is_err());
+    }
+
+    /// A 2048-bit RSA key made for these tests only (PKCS#1, DER, base64).
+    const TEST_RSA_KEY: &str = "MIIEowIBAAKCAQEAwhvFMZ9dTTKYRBKjftrPTThpNV5/CaWN9Pd5ycrGP9l+1jWv/ocggizvEcBTD2e/ZTQHQy96LlojRNNWLliz6Cao16uKNJu7pqRqjC8Rp55oOTj/mxf6/HXaDdNc/RPJNBnm64nfF1Pwu6H/kNjofPXjfq0Wsz5M/Jv/DeUC0dkwF/TVw4r6RLSM9gmtWNKsPVcw85ac1e1oEzfLKEM1SPeMQNEdBn+YbQ4s3UDAGr8/asi/G+pup5ohczjPIL6qtwABdsv6U6wEvfae1NLluI0AeVwy565G0jl2ov/wMWrejXNkNsgqkzXFfTpgpvWz0/tONT/Ee4MlfWhcfokhUQIDAQABAoIBADv6bb/MEP3qHM+n/LoVbYncXPH/PXzjGY6wq4K1c/XFxGH3W+bnpR1kOgj/pwqzEZp5bacOdA//jTdWoCIZCZo52+EsYbuoxV6UHlIrtyZWlbjcymqHiefZmKO+BFU0+G5vdIGia/te1ht8TqZYx9nY9s8tN77yCMLjhveppGnnymCZAMCESk87j28exlkWZv/58mD7eXHzk3XDZd6rkI+4cyvBZWbgy7dhYLr+PTgt8VRL8MmEbhjcthavR7IUfKyv3xSL77AXYYFu00U6zKlnMt2MG1x8XMzRSfNCz5e2KseBSMvOvfHRfkvM1g0DXLpVsGjFWiQe9uJ1tTyEqOMCgYEA9+xeJv5dCSBbvXBCcxTKNJdEGzuHtaPzG5GHIVRqi8HQQheCbK5vu9OZouIKvwqdjvvuW0GyjMTc0zhk4WEUSyxVtfkfNkXMKqsYPEF5C9VXtUpVG9bLbNMMwAErsePt50Pbb4buAVnxxUc2mTVXRBSKsVnPdqcOpsQ98NQegPsCgYEAyG6Y5ZprItlFDLMaLr6fWDKjS+OvuzQDROxzYzd2pgKMcX5IpoSYliBSVefU6Dxeef0ZmOj2SIhFlvPIikK06cNumPqhlNF6XqL0RYL/g+I8jYygfdQw0L2lPfEJ1uzaHB+D1tBCNH4zjxO4+vEJCmWo7ANyPUNqefb0/PQWTSMCgYBplQoLxSvN5S/sn1BNPj9W4kyo5FNJMccoqHNJ6G9vkVylqOlsa2U+MkEtsuIstdKfv/6kcngdpwD8GvorWXKRCRJ/ata2AEeQrEin8KIiPfsaQ8u3DWSYtdCqPFVlbtI0ORvMhUP641kpUMiZurOtVKo0GTFXMJH2x4AxfcR33QKBgBOmTBUOa3xyIoPZNzLn+0UxSbMR8lN/COcD61gJwvcJfu1NfR/eFft51biYTtYpvPVmq9DC3gpEWdYvtjRfz86vGzOiNp8ZXk7S2PHLovMyBc+2vrE3UUXVodKNw/IvLD7flBRGPIda7AEV5OetI77CMqpYuCVra4/jdycpYtpTAoGBAK64D0pMNs7MI884hq10aBo+8DgQeMCkoaN2Txjg0KBoRHgS+AMzc0LzWqCIYcpbE/uC0XkNPbP/adHwJGTfJGrB5Ma4cu+8vBoJYh6AZ7PZUdqnyITmzEvlYDCzww83res7MGWBZskRot0gGYJzR4NlcDx4Oxa27ZN1MJBrKwx/";
+
+    fn b64u(b: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// A token of `header` and some claims, signed by `sign`.
+    fn signed(header: Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let input = format!(
+            "{}.{}",
+            b64u(header.to_string().as_bytes()),
+            b64u(b"{\"sub\":\"1\"}")
+        );
+        let sig = sign(input.as_bytes());
+        format!("{input}.{}", b64u(&sig))
+    }
+
+    #[test]
+    fn id_token_signatures_are_checked_with_the_providers_keys_or_the_client_secret() {
+        use ring::signature::{self as sig, KeyPair as _};
+        let rng = ring::rand::SystemRandom::new();
+        let bad = |r: Result<(), SignatureError>| matches!(r, Err(SignatureError::Invalid(_)));
+
+        // RS256 and PS256 with an RSA key, chosen by `kid`.
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(TEST_RSA_KEY)
+            .unwrap();
+        let rsa = sig::RsaKeyPair::from_der(&der).unwrap();
+        let public: sig::RsaPublicKeyComponents<Vec<u8>> = rsa.public().into();
+        let jwks = json!({"keys": [
+            {"kty": "RSA", "kid": "old", "n": b64u(&public.n), "e": "AQAA"},
+            {"kty": "RSA", "kid": "k1", "use": "sig", "n": b64u(&public.n), "e": b64u(&public.e)},
+        ]});
+        let rs = |alg: &str, kid: &str, pad: &'static dyn sig::RsaEncoding| {
+            signed(json!({"alg": alg, "kid": kid}), |m| {
+                let mut out = vec![0; rsa.public().modulus_len()];
+                rsa.sign(pad, &rng, m, &mut out).unwrap();
+                out
+            })
+        };
+        let t = rs("RS256", "k1", &sig::RSA_PKCS1_SHA256);
+        assert_eq!(verify_id_token_signature(&t, &jwks, "s"), Ok(()));
+        assert_eq!(
+            verify_id_token_signature(&rs("PS256", "k1", &sig::RSA_PSS_SHA256), &jwks, "s"),
+            Ok(())
+        );
+        // Signed with one algorithm, presented as another; an unknown key id; a broken signature.
+        assert!(bad(verify_id_token_signature(
+            &rs("RS384", "k1", &sig::RSA_PKCS1_SHA256),
+            &jwks,
+            "s"
+        )));
+        assert_eq!(
+            verify_id_token_signature(&rs("RS256", "k9", &sig::RSA_PKCS1_SHA256), &jwks, "s"),
+            Err(SignatureError::NoKey)
+        );
+        let mut forged = t.clone();
+        forged.replace_range(t.len() - 6.., "AAAAAA");
+        assert!(bad(verify_id_token_signature(&forged, &jwks, "s")));
+        let (input, sig_part) = t.rsplit_once('.').unwrap();
+        let other_claims = format!(
+            "{}.{}.{sig_part}",
+            input.split('.').next().unwrap(),
+            b64u(b"{\"sub\":\"2\"}")
+        );
+        assert!(bad(verify_id_token_signature(&other_claims, &jwks, "s")));
+        // A key published for encryption is not used to check signatures.
+        let enc = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "enc", "n": b64u(&public.n), "e": b64u(&public.e)}]});
+        assert_eq!(
+            verify_id_token_signature(&t, &enc, "s"),
+            Err(SignatureError::NoKey)
+        );
+
+        // ES256 without a key id: each P-256 key is tried.
+        let pkcs8 =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec = sig::EcdsaKeyPair::from_pkcs8(
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        let point = ec.public_key().as_ref();
+        let ec_jwk =
+            json!({"kty": "EC", "crv": "P-256", "x": b64u(&point[1..33]), "y": b64u(&point[33..])});
+        let jwks_ec = json!({"keys": [jwks["keys"][1].clone(), {"kty": "EC", "crv": "P-256", "x": b64u(&[1; 32]), "y": b64u(&[2; 32])}, ec_jwk]});
+        let t = signed(json!({"alg": "ES256"}), |m| {
+            ec.sign(&rng, m).unwrap().as_ref().to_vec()
+        });
+        assert_eq!(verify_id_token_signature(&t, &jwks_ec, "s"), Ok(()));
+        assert_eq!(
+            verify_id_token_signature(&t, &jwks, "s"),
+            Err(SignatureError::NoKey)
+        );
+
+        // EdDSA.
+        let pkcs8 = sig::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed = sig::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwks_ed = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64u(ed.public_key().as_ref())}]});
+        let t = signed(json!({"alg": "EdDSA"}), |m| ed.sign(m).as_ref().to_vec());
+        assert_eq!(verify_id_token_signature(&t, &jwks_ed, "s"), Ok(()));
+
+        // HS256 with the client secret, and nothing else.
+        use hmac::Mac as _;
+        let hs = |secret: &str| {
+            signed(json!({"alg": "HS256"}), |m| {
+                let mut mac =
+                    hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+                mac.update(m);
+                mac.finalize().into_bytes().to_vec()
+            })
+        };
+        assert_eq!(
+            verify_id_token_signature(&hs("client-secret"), &json!({"keys": []}), "client-secret"),
+            Ok(())
+        );
+        assert!(bad(verify_id_token_signature(
+            &hs("guess"),
+            &json!({"keys": []}),
+            "client-secret"
+        )));
+
+        // Unsigned, or an algorithm not accepted.
+        for alg in ["none", "None", "HS1", "ES512", "RSA-OAEP", ""] {
+            let t = signed(json!({"alg": alg}), |_| b"sig".to_vec());
+            assert!(bad(verify_id_token_signature(&t, &jwks, "s")), "{alg}");
+        }
+        assert!(bad(verify_id_token_signature("a.b", &jwks, "s")));
+        assert!(bad(verify_id_token_signature("!!.!!.!!", &jwks, "s")));
     }
 }

@@ -3,8 +3,10 @@
 //! /_mock/identity` with `email`, `email_verified`, `sub`, `deny`, and, to test a client's
 //! checks, `iss`, `aud` or `nonce` written into the next ID token instead of the right ones).
 //! It checks what a provider checks: the client id, the redirect URI, PKCE (S256), the client
-//! secret (HTTP Basic or form), one use per code. ID tokens are signed with HS256 and the
-//! client secret. Every request is recorded (`GET /_mock/requests`, secrets left out).
+//! secret (HTTP Basic or form), one use per code. ID tokens are signed with ES256 by a key made
+//! at start and published at `/jwks`, or (identity `alg: "HS256"`) with the client secret;
+//! `forge: true` spoils the next signatures. Every request is recorded (`GET /_mock/requests`,
+//! secrets left out).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +31,8 @@ struct Grant {
 
 struct State {
     issuer: String,
+    /// The ES256 signing key (PKCS#8) and its public point.
+    signing_key: ring::signature::EcdsaKeyPair,
     client_id: String,
     secret: String,
     identity: Mutex<Value>,
@@ -46,9 +50,16 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let issuer = format!("http://{addr}");
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng)
+        .map_err(|_| anyhow::anyhow!("cannot make a signing key"))?;
+    let signing_key = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
+        .map_err(|_| anyhow::anyhow!("cannot read the signing key"))?;
     println!("palisade mock-oidc listening on {issuer}/ (client id {client_id})");
     let state = Arc::new(State {
         issuer,
+        signing_key,
         client_id,
         secret,
         identity: Mutex::new(json!({"email": email, "email_verified": true, "sub": "mock-user-1"})),
@@ -119,13 +130,25 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
                 "jwks_uri": format!("{}/jwks", state.issuer),
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["HS256"],
+                "id_token_signing_alg_values_supported": ["ES256", "HS256"],
                 "code_challenge_methods_supported": ["S256"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
                 "scopes_supported": ["openid", "email", "profile"],
             }),
         ),
         (Method::GET, "/authorize") => authorize(&state, &query),
+        (Method::GET, "/jwks") => {
+            use ring::signature::KeyPair as _;
+            let point = state.signing_key.public_key().as_ref();
+            answer(
+                StatusCode::OK,
+                json!({"keys": [{
+                    "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "mock-1",
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+                }]}),
+            )
+        }
         (Method::POST, "/token") => token(&state, &form, basic),
         (Method::POST, "/_mock/identity") => {
             let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(&body) else {
@@ -244,16 +267,35 @@ fn token(
         "iat": now,
         "exp": now + 300,
     });
+    let hs256 = g.identity["alg"] == "HS256";
+    let header = if hs256 {
+        json!({"alg": "HS256", "typ": "JWT"})
+    } else {
+        json!({"alg": "ES256", "typ": "JWT", "kid": "mock-1"})
+    };
     let signing_input = format!(
         "{}.{}",
-        URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string()),
+        URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(state.secret.as_bytes()) else {
-        return oauth_error("server_error", "cannot sign");
+    let mut sig = if hs256 {
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(state.secret.as_bytes())
+        else {
+            return oauth_error("server_error", "cannot sign");
+        };
+        mac.update(signing_input.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    } else {
+        let rng = ring::rand::SystemRandom::new();
+        match state.signing_key.sign(&rng, signing_input.as_bytes()) {
+            Ok(s) => s.as_ref().to_vec(),
+            Err(_) => return oauth_error("server_error", "cannot sign"),
+        }
     };
-    mac.update(signing_input.as_bytes());
-    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    if g.identity["forge"] == true {
+        sig[0] ^= 1;
+    }
+    let sig = URL_SAFE_NO_PAD.encode(sig);
     answer(
         StatusCode::OK,
         json!({

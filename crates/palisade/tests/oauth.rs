@@ -781,11 +781,13 @@ async fn users_sign_in_through_an_openid_connect_provider() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("expired or was completed"));
 
-    // Refusals: another domain, an unverified address, a token for another sign-in, a
-    // provider that says no. Each is a page with a way back that tells the client.
+    // Refusals: a forged signature, another domain, an unverified address, a token for
+    // another sign-in, a provider that says no. Each is a page with a way back that tells the
+    // client.
     for (identity, status, says) in [
+        (json!({"forge": true}), 502, "signature is wrong"),
         (
-            json!({"email": "eve@evil.example.org"}),
+            json!({"forge": false, "email": "eve@evil.example.org"}),
             403,
             "not in a domain",
         ),
@@ -816,7 +818,13 @@ async fn users_sign_in_through_an_openid_connect_provider() {
             403,
             "another account",
         ),
-        (json!({"email": "boss@example.com"}), 403, "members only"),
+        // (Signed with the client secret: accepted, and refused for who it names.)
+        (
+            json!({"email": "boss@example.com", "alg": "HS256"}),
+            403,
+            "members only",
+        ),
+        (json!({"forge": true}), 502, "signature is wrong"),
     ] {
         set_identity(identity.clone()).await;
         let (r, _, _) = sign_in().await;

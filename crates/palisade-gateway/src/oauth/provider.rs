@@ -23,7 +23,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use palisade_core::crypto::{ct_eq, hash_api_key, random_token};
 use palisade_core::now_ms;
 use palisade_core::oidc::{
-    IdentityProviderSpec, ProviderMetadata, check_id_token, provider_metadata,
+    IdentityProviderSpec, ProviderMetadata, SignatureError, check_id_token, provider_metadata,
+    verify_id_token_signature,
 };
 use serde_json::{Value, json};
 
@@ -47,6 +48,8 @@ const METADATA_TTL: Duration = Duration::from_secs(3600);
 const MAX_METADATA: usize = 64;
 /// How long the provider has to answer.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A token naming a key the cached set lacks has the set read again, at most this often.
+const KEYS_REREAD: Duration = Duration::from_secs(60);
 /// Largest answer read from the provider.
 const MAX_ANSWER: usize = 256 * 1024;
 /// The page's form token, sent back only by pages of this site (`SameSite=Strict`).
@@ -111,6 +114,8 @@ pub(crate) struct ProviderSignIns {
     pending: Mutex<HashMap<[u8; 32], Pending>>,
     /// Each issuer's configuration (or why it could not be read) and until when it holds.
     metadata: Mutex<HashMap<String, (i64, Discovered)>>,
+    /// Each provider's signing keys (by `jwks_uri`): when read, and the JWK Set.
+    keys: Mutex<HashMap<String, (i64, Value)>>,
     client: std::sync::OnceLock<GuardedClient>,
 }
 
@@ -226,6 +231,62 @@ impl ProviderSignIns {
         provider_metadata(&doc, issuer)
     }
 
+    /// Checks the ID token's signature: with the client secret (HS256/384/512), or with the
+    /// provider's published keys, read from its `jwks_uri` and kept an hour; a token naming a
+    /// key the kept set lacks (the provider rotated its keys) has the set read again, at most
+    /// once a minute.
+    async fn check_signature(
+        &self,
+        m: &ProviderMetadata,
+        token: &str,
+        secret: &str,
+    ) -> Result<(), String> {
+        let no_key = || "no signing key the provider publishes fits its ID token".to_string();
+        let now = now_ms();
+        let kept = lock(&self.keys).get(&m.jwks_uri).cloned();
+        let (read_at, keys) = match kept {
+            Some((at, keys)) if now - at < METADATA_TTL.as_millis() as i64 => (at, keys),
+            // A token the client secret signs needs no keys.
+            _ => match verify_id_token_signature(token, &json!({"keys": []}), secret) {
+                Err(SignatureError::NoKey) => (now, self.read_keys(&m.jwks_uri).await?),
+                other => return other.map_err(|e| signature_error(e, no_key)),
+            },
+        };
+        match verify_id_token_signature(token, &keys, secret) {
+            Err(SignatureError::NoKey) if now - read_at >= KEYS_REREAD.as_millis() as i64 => {
+                let keys = self.read_keys(&m.jwks_uri).await?;
+                verify_id_token_signature(token, &keys, secret)
+                    .map_err(|e| signature_error(e, no_key))
+            }
+            other => other.map_err(|e| signature_error(e, no_key)),
+        }
+    }
+
+    /// Reads a provider's JWK Set and keeps it.
+    async fn read_keys(&self, jwks_uri: &str) -> Result<Value, String> {
+        let req = Request::get(jwks_uri)
+            .header(ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("its key set URL is not valid ({e})"))?;
+        let (status, body) = self.send(req).await?;
+        if !status.is_success() {
+            return Err(format!(
+                "it answered HTTP {} for its signing keys",
+                status.as_u16()
+            ));
+        }
+        let keys: Value = serde_json::from_slice(&body)
+            .ok()
+            .filter(|k: &Value| k["keys"].is_array())
+            .ok_or("its signing keys are not a JWK Set")?;
+        let mut kept = lock(&self.keys);
+        if kept.len() >= MAX_METADATA {
+            kept.clear();
+        }
+        kept.insert(jwks_uri.to_string(), (now_ms(), keys.clone()));
+        Ok(keys)
+    }
+
     /// Exchanges the provider's code for its ID token.
     async fn exchange(
         &self,
@@ -282,6 +343,13 @@ impl ProviderSignIns {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| "it sent no ID token (is `openid` among the scopes?)".to_string())
+    }
+}
+
+fn signature_error(e: SignatureError, no_key: impl Fn() -> String) -> String {
+    match e {
+        SignatureError::NoKey => no_key(),
+        SignatureError::Invalid(why) => why,
     }
 }
 
@@ -558,6 +626,9 @@ impl Server<'_> {
             Ok(t) => t,
             Err(e) => return unusable(e),
         };
+        if let Err(e) = signins.check_signature(&m, &id_token, &secret).await {
+            return unusable(e);
+        }
         let who = match check_id_token(
             &id_token,
             &p.issuer,
