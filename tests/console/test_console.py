@@ -340,6 +340,21 @@ def test_admin_journey(gateway, mock_llm, mock_mcp, mock_a2a, browser, shots):
     expect(page.locator("dl.kv")).to_contain_text("Demo proxy in front of the mock model")
     assert gateway.call("GET", "/api/v1/proxies/llm-demo")["description"] == "Demo proxy in front of the mock model"
     shots(page, "22-proxy-detail")
+    # The MCP proxy's users sign in through the provider: set in its form.
+    nav(page, "proxies")
+    page.locator('tr[data-proxy="tools"] a[href="#/proxies/tools"]').click()
+    expect(page.locator(".page-head h1")).to_have_text("Proxy tools")
+    page.locator('.page-head [data-action="edit"]').click()
+    oauth = page.locator("#proxy-oauth")
+    oauth.locator("[name=oauth]").check()
+    expect(oauth.locator('[name=oauth_provider] option[value="corp"]')).to_have_count(1)
+    oauth.locator("[name=oauth_provider]").select_option("corp")
+    oauth.locator("[name=oauth_users]").fill("mia, noah")
+    page.locator("#proxy-form button[type=submit]").click()
+    expect(page.locator("dl.kv")).to_contain_text("corp")
+    expect(page.locator("dl.kv")).to_contain_text("mia, noah")
+    tools = gateway.call("GET", "/api/v1/proxies/tools")
+    assert (tools["oauth"], tools["oauth_provider"], tools["oauth_users"]) == (True, "corp", ["mia", "noah"]), tools
 
     # Destructive actions ask first; cancelling keeps the proxy.
     nav(page, "proxies")

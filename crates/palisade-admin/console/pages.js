@@ -193,6 +193,7 @@ function proxyForm(ctx, existing, policyIds, onDone) {
       h('input', { type: 'hidden', name: 'policies' }),
       h('p', { class: 'field-error', 'data-field': 'policies', hidden: true }),
       policyIds.map((id) => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'policy', value: id, checked: (p.policies || []).includes(id) }), id))),
+    oauthFields(p),
     h('div', { class: 'actions' },
       h('button', { type: 'button', class: 'secondary', onclick: () => onDone(null) }, 'Cancel'),
       h('button', { type: 'submit', class: 'primary' }, existing ? 'Save' : 'Create and start')));
@@ -206,6 +207,12 @@ function proxyForm(ctx, existing, policyIds, onDone) {
     };
     const key = fd.get('upstream_key');
     if (key) body.upstream_key = key;
+    const list = (name) => (fd.get(name) || '').split(',').map((x) => x.trim()).filter(Boolean);
+    const text = (name) => (fd.get(name) || '').trim() || null;
+    Object.assign(body, {
+      oauth: fd.get('oauth') === 'on', oauth_provider: text('oauth_provider'), oauth_group: text('oauth_group'),
+      oauth_users: list('oauth_users'), public_url: text('public_url'), trusted_proxies: list('trusted_proxies'),
+    });
     try {
       const r = existing ? await patch(`/api/v1/proxies/${enc(existing.name)}`, body) : await post('/api/v1/proxies', body);
       toast(existing ? `Proxy ${r.name} saved.` : `Proxy ${r.name} created (${r.status}${r.bound_addr ? ' on ' + r.bound_addr : ''}).`, 'ok');
@@ -213,6 +220,27 @@ function proxyForm(ctx, existing, policyIds, onDone) {
     } catch (e) { showFormError(form, e); }
   });
   return form;
+}
+
+// OAuth sign-in of an MCP or A2A proxy's users; the identity providers are filled in once read.
+function oauthFields(p) {
+  const provider = h('select', { name: 'oauth_provider' },
+    h('option', { value: '' }, 'gateway password'),
+    p.oauth_provider ? h('option', { value: p.oauth_provider, selected: true }, p.oauth_provider) : null);
+  get('/api/v1/identity-providers').then((list) => {
+    for (const x of list) {
+      if (x.name !== p.oauth_provider) provider.appendChild(h('option', { value: x.name }, x.name));
+    }
+  }).catch(() => {});
+  return h('fieldset', { class: 'checks', id: 'proxy-oauth' }, h('legend', {}, 'OAuth sign-in (MCP and A2A proxies)'),
+    h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'oauth', checked: p.oauth ? true : null }),
+      'Clients may sign their users in (OAuth 2.1) besides using API keys'),
+    h('div', { class: 'grid2' },
+      field('Users sign in with', provider, 'An OpenID Connect provider (Settings), or their gateway password.'),
+      field('Group of signed-in users', h('input', { name: 'oauth_group', value: p.oauth_group || '' }), 'Budgets and limits of OAuth callers; none by default.'),
+      field('Users allowed', h('input', { name: 'oauth_users', value: (p.oauth_users || []).join(', ') }), 'Comma-separated user names; empty: every user.'),
+      field('Public URL', h('input', { name: 'public_url', value: p.public_url || '', placeholder: 'https://mcp.example.com' }), 'The proxy\'s address as clients see it; https unless on this machine.'),
+      field('Trusted proxies', h('input', { name: 'trusted_proxies', value: (p.trusted_proxies || []).join(', '), placeholder: '10.0.0.0/8' }), 'Comma-separated addresses or networks whose X-Forwarded-For is believed.')));
 }
 
 async function proxies(ctx, main) {
@@ -299,8 +327,8 @@ async function proxyDetail(ctx, main, name) {
       { name: 'blocked', cls: 'c3', values: s.series.map((x) => x.blocked) }]))));
   if (p.error) main.appendChild(h('p', { class: 'error', role: 'alert' }, `Last start failed: ${p.error}`));
   main.appendChild(section('Configuration', h('dl', { class: 'kv' },
-    ['kind', 'api', 'listen', 'upstream', 'policy_mode', 'upstream_timeout_secs', 'max_body_bytes', 'unmask', 'tool_approval', 'oauth', 'oauth_group', 'oauth_provider', 'description']
-      .flatMap((k) => [h('dt', {}, k), h('dd', {}, String(p[k] ?? '—'))]),
+    ['kind', 'api', 'listen', 'upstream', 'policy_mode', 'upstream_timeout_secs', 'max_body_bytes', 'unmask', 'tool_approval', 'oauth', 'oauth_group', 'oauth_provider', 'oauth_users', 'public_url', 'trusted_proxies', 'description']
+      .flatMap((k) => [h('dt', {}, k), h('dd', {}, Array.isArray(p[k]) ? (p[k].join(', ') || '—') : String(p[k] ?? '—'))]),
     h('dt', {}, 'policies'), h('dd', {}, p.policies.join(', ') || 'none'),
     h('dt', {}, 'upstream key'), h('dd', {}, p.has_upstream_key ? 'stored (encrypted)' : 'none'))));
   const reqs = await get(`/api/v1/requests${qs({ proxy: name, limit: 20 })}`);
