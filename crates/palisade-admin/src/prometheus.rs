@@ -378,6 +378,12 @@ fn cluster_series(out: &mut String, c: &palisade_gateway::cluster::ClusterStatus
             u64::from(c.up.load(Relaxed)),
         ),
         (
+            "palisade_redis_last_exchange_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful exchange with Redis (0: none yet); alert when it falls behind.",
+            u64::try_from(c.last_ok_ms.load(Relaxed) / 1000).unwrap_or(0),
+        ),
+        (
             "palisade_redis_exchanges_total",
             "counter",
             "Exchanges of shared rate limits and spend with Redis that succeeded.",

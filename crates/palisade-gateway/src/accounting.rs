@@ -172,13 +172,15 @@ impl RateLimiter {
         b.pending += amount;
     }
 
-    /// What this node took from each bucket used in the last ten minutes since the last
-    /// exchange (`(scope, limit, units)`), now counted as sent. (Kept in step that long, a
-    /// bucket used again here starts from the shared level, not from a full one.)
-    pub(crate) fn take_pending(&self, now: i64) -> Vec<(String, u32, f64)> {
+    /// What this node took from its buckets since the last exchange (`(scope, limit, units)`),
+    /// now counted as sent: every bucket it took from, and those used in the last minute (kept
+    /// in step: used again, they start from the shared level, not from a full one); at most
+    /// `max` (the rest wait for the next exchange).
+    pub(crate) fn take_pending(&self, now: i64, max: usize) -> Vec<(String, u32, f64)> {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         map.iter_mut()
-            .filter(|(_, b)| now - b.used_ms < 600_000)
+            .filter(|(_, b)| b.pending != 0.0 || now - b.used_ms < 60_000)
+            .take(max)
             .map(|(scope, b)| {
                 let units = std::mem::take(&mut b.pending);
                 (scope.clone(), b.limit, units)
@@ -186,23 +188,24 @@ impl RateLimiter {
             .collect()
     }
 
-    /// An exchange that failed: what it carried is still to be sent.
-    pub(crate) fn restore_pending(&self, sent: &[(String, u32, f64)]) {
+    /// Forgets what was taken while the other nodes could not be reached: each node enforced
+    /// the whole limit alone meanwhile, and sending it afterwards would only empty the shared
+    /// buckets for as long again.
+    pub(crate) fn discard_pending(&self) {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        for (scope, _, units) in sent {
-            if let Some(b) = map.get_mut(scope) {
-                b.pending += units;
-            }
+        for b in map.values_mut() {
+            b.pending = 0.0;
         }
     }
 
-    /// The shared buckets' levels after an exchange: this node's bucket is the shared one less
-    /// what it took since the exchange began.
-    pub(crate) fn apply_shared(&self, levels: &[(String, f64)], now: i64) {
+    /// The shared buckets' levels after an exchange (none: Redis could not read that bucket):
+    /// this node's bucket is the shared one less what it took since the exchange began.
+    pub(crate) fn apply_shared(&self, levels: &[(String, Option<f64>)], now: i64) {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         for (scope, level) in levels {
-            if let Some(b) = map.get_mut(scope) {
-                b.tokens = (level - b.pending).min(f64::from(b.limit));
+            if let (Some(b), Some(level)) = (map.get_mut(scope), level) {
+                let limit = f64::from(b.limit);
+                b.tokens = (level - b.pending).clamp(-limit, limit);
                 b.at_ms = now;
             }
         }
@@ -258,6 +261,10 @@ pub(crate) enum SpendPush {
 /// One group's spend in one exchange: group, month, what was charged here, how to send it.
 pub(crate) type SpendSent = (String, i32, i64, SpendPush);
 
+/// Largest shared month's spend taken from Redis (nano-dollars; ~$92 million: its percentages
+/// stay within `i64`).
+const MAX_SHARED_NANO: i64 = i64::MAX / 100;
+
 /// Spend of each group in the current calendar month (UTC).
 #[derive(Default)]
 pub struct SpendBook {
@@ -296,8 +303,12 @@ impl SpendBook {
             month: month_key(now),
             period: period.max(month_start_ms(now)),
             nano,
-            warned: budget
-                .and_then(|(limit, pct)| past(nano * 100 >= limit * i64::from(pct), limit)),
+            warned: budget.and_then(|(limit, pct)| {
+                past(
+                    nano.saturating_mul(100) >= limit.saturating_mul(i64::from(pct)),
+                    limit,
+                )
+            }),
             exceeded: budget.and_then(|(limit, _)| past(nano >= limit, limit)),
             ..Default::default()
         };
@@ -331,38 +342,36 @@ impl SpendBook {
             .collect()
     }
 
-    /// An exchange that failed: what it carried is still to be sent.
-    pub(crate) fn restore_pending(&self, sent: &[SpendSent], now: i64) {
-        let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        for (g, month, nano, push) in sent {
-            let e = Self::entry(&mut map, g, now);
-            if e.month == *month {
-                e.pending += nano;
-                e.reset |= *push == SpendPush::Reset;
-            }
-        }
-    }
-
-    /// The shared totals after an exchange (`(group, month, total)`, in the order sent): this
-    /// node's figure is the total plus what it charged since. A total below what this node
-    /// last saw plus what it just sent was reset on another node: the period starts again here
-    /// too, and its alerts may be raised again.
-    pub(crate) fn apply_shared(&self, sent: &[SpendSent], totals: &[i64], now: i64) {
+    /// The shared totals after an exchange, in the order sent: this node's figure is the total
+    /// plus what it charged since. A total below what this node last saw plus what it just
+    /// sent was reset on another node: the period starts again here too, and its alerts may be
+    /// raised again. A group Redis could not count (none, or a total out of range) keeps this
+    /// node's figure, and what was sent for it is sent again with the next exchange; a group
+    /// reset here while the exchange was under way waits for the next one.
+    pub(crate) fn apply_shared(&self, sent: &[SpendSent], totals: &[Option<i64>], now: i64) {
         let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         for ((g, month, nano, push), total) in sent.iter().zip(totals) {
             let e = Self::entry(&mut map, g, now);
             if e.month != *month {
                 continue;
             }
+            let Some(total) = total.filter(|t| (0..=MAX_SHARED_NANO).contains(t)) else {
+                e.pending = e.pending.saturating_add(*nano);
+                e.reset |= *push == SpendPush::Reset;
+                continue;
+            };
+            if e.reset {
+                continue;
+            }
             if let (Some(prev), SpendPush::Seed(_)) = (e.shared, push)
-                && *total < prev + nano
+                && total < prev.saturating_add(*nano)
             {
                 e.period = now;
                 e.warned = None;
                 e.exceeded = None;
             }
-            e.shared = Some(*total);
-            e.nano = total + e.pending;
+            e.shared = Some(total);
+            e.nano = total.saturating_add(e.pending);
         }
     }
 
@@ -670,14 +679,15 @@ impl Accounting {
         let (spent, crossed) = {
             let mut map = self.spend.groups.lock().unwrap_or_else(|p| p.into_inner());
             let e = SpendBook::entry(&mut map, &group, now);
-            e.nano += nano;
-            e.pending += nano;
+            e.nano = e.nano.saturating_add(nano);
+            e.pending = e.pending.saturating_add(nano);
             let crossed = match g.budget_nano() {
                 // (Past the whole budget already alerted, a warning says nothing new.)
                 Some(limit)
                     if e.warned != Some(limit)
                         && e.exceeded != Some(limit)
-                        && e.nano * 100 >= limit * i64::from(g.budget_warn_percent) =>
+                        && e.nano.saturating_mul(100)
+                            >= limit.saturating_mul(i64::from(g.budget_warn_percent)) =>
                 {
                     e.warned = Some(limit);
                     Some(limit)
@@ -773,6 +783,35 @@ mod tests {
             rpm,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn shared_buckets_follow_the_shared_level_and_forget_an_outage() {
+        let acc = Accounting {
+            clock: Arc::new(|| 1_000_000),
+            ..Default::default()
+        };
+        let rec = RequestRecord::default();
+        let ci = key(Some(6));
+        for _ in 0..2 {
+            acc.admit(&ci, "p", &|_| {}, &rec).unwrap();
+        }
+        let sent = acc.limiter.take_pending(1_000_000, 100);
+        assert_eq!(sent, vec![("k:ci".to_string(), 6, 2.0)]);
+        // Taken meanwhile here, and 3 elsewhere: the bucket is the shared level less this one.
+        acc.admit(&ci, "p", &|_| {}, &rec).unwrap();
+        acc.limiter
+            .apply_shared(&[("k:ci".to_string(), Some(1.0))], 1_000_000);
+        assert!(acc.admit(&ci, "p", &|_| {}, &rec).is_err());
+        // A level below minus the limit (a flood elsewhere) is held there.
+        acc.limiter
+            .apply_shared(&[("k:ci".to_string(), Some(-50.0))], 1_000_000);
+        let sent = acc.limiter.take_pending(1_000_000, 100);
+        assert_eq!(sent[0].2, 1.0);
+        acc.limiter.discard_pending();
+        assert!(acc.limiter.take_pending(1_000_000, 100)[0].2 == 0.0);
+        let map = acc.limiter.buckets.lock().unwrap();
+        assert_eq!(map["k:ci"].tokens, -6.0);
     }
 
     #[test]

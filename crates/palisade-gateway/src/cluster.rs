@@ -1,23 +1,24 @@
 //! Rate limits and group spend shared by several gateway nodes through Redis.
 //!
 //! A request never waits for Redis: each node admits from its own buckets and spend book, as a
-//! single node does. Every `interval` a background task sends what this node took from each
-//! bucket in use and what it charged each group since the last exchange, and reads back the
-//! shared figures in the same round trip:
+//! single node does. Every `interval` a background task sends, in one atomic script call, what
+//! this node took from its buckets and charged each group since the last exchange, and reads
+//! back the shared figures:
 //!
-//! - a bucket is a hash (`tokens`, `at`) that one Lua script refills by Redis's clock, takes the
-//!   nodes' units from and returns, all buckets of an exchange in one atomic call; the node's
-//!   bucket becomes the shared level less what it took while the exchange was in flight;
-//! - a group's month is a counter of nano-dollars (`INCRBY`); the first exchange starts it from
-//!   the node's own figure (its request log) unless another node started it already, later ones
-//!   from the total the node last saw (so a Redis restarted empty is filled again); a reset by
-//!   hand sets it to what was charged since, and the other nodes see their total fall and start
-//!   the period again.
+//! - a bucket is a hash (`tokens`, `at`) refilled by Redis's clock and never below minus its
+//!   limit; the node's bucket becomes the shared level less what it took while the exchange
+//!   was in flight;
+//! - a group's month is a counter of nano-dollars; it starts at the node's own figure (its
+//!   request log at the first exchange, the total it last saw later, so a Redis restarted empty
+//!   is filled again) unless present; a reset by hand sets it to what was charged since, and
+//!   the other nodes see their total fall and start the period again;
+//! - each exchange is numbered, and Redis keeps the last number it applied for each node: an
+//!   exchange whose answer was lost is sent again as it was, and applied once.
 //!
-//! So nodes overshoot a shared limit by at most what the others admit in one interval. When
-//! Redis cannot be reached every node keeps enforcing its own figures, keeps what it took to
-//! send later, and tries again (with back-off); the failure is logged once per outage and
-//! counted in [`ClusterStatus`].
+//! Between exchanges every node may admit what the shared bucket held at the last one. When
+//! Redis cannot be reached every node enforces its own figures; the spend charged meanwhile is
+//! sent later, the buckets' units are dropped (each node enforced the whole limit alone). The
+//! failure is logged once per outage and counted in [`ClusterStatus`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -26,38 +27,74 @@ use std::time::Duration;
 use crate::accounting::{Accounting, SpendPush, SpendSent};
 use crate::resp::{Conn, RedisUrl, Reply};
 
-/// Refills, takes from and returns the buckets named by `KEYS` (`ARGV`: limit and units taken
-/// for each), by the server's clock; levels are returned as strings (Lua numbers would be
-/// truncated to integers).
-const BUCKETS_SCRIPT: &str = r"
+/// One exchange, applied atomically and at most once: `KEYS[1]` holds the last batch number
+/// this node had applied (a batch sent again after its answer was lost is not counted twice);
+/// then the buckets (a hash `tokens`, `at`: refilled by the server's clock, taken from, never
+/// below minus the limit) and the groups' month counters (`S`: started at the given figure if
+/// absent, then added to; `R`: reset to what was charged since). `ARGV`: batch number, bucket
+/// count, group count, each bucket's limit and units, each group's kind, start figure and
+/// nano-dollars. Answers whether the batch was applied now, each bucket's level (a string:
+/// Lua numbers become integers) and each group's total; `nil` for a key Redis could not use
+/// (another type), which leaves the others counted.
+const EXCHANGE_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local seq = tonumber(ARGV[1])
+local nb = tonumber(ARGV[2])
+local ng = tonumber(ARGV[3])
+local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local apply = seq > last
+if apply then redis.call('SET', KEYS[1], ARGV[1], 'PX', 86400000) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local take = tonumber(ARGV[2 * i])
-  local v = redis.call('HMGET', KEYS[i], 'tokens', 'at')
-  local tokens = tonumber(v[1])
-  local at = tonumber(v[2])
-  if tokens == nil or at == nil then
-    tokens = limit
-    at = now
+local out = {apply and 1 or 0}
+for i = 1, nb do
+  local key = KEYS[1 + i]
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local take = 0
+  if apply then take = tonumber(ARGV[3 + 2 * i]) end
+  local v = redis.pcall('HMGET', key, 'tokens', 'at')
+  if v.err then
+    out[#out + 1] = false
+  else
+    local tokens = tonumber(v[1])
+    local at = tonumber(v[2])
+    if tokens == nil or at == nil then
+      tokens = limit
+      at = now
+    end
+    if now > at then tokens = math.min(limit, tokens + (now - at) * limit / 60000) end
+    tokens = math.max(-limit, math.min(limit, tokens - take))
+    redis.call('HSET', key, 'tokens', tostring(tokens), 'at', tostring(now))
+    redis.call('PEXPIRE', key, 180000)
+    out[#out + 1] = tostring(tokens)
   end
-  if now > at then
-    tokens = math.min(limit, tokens + (now - at) * limit / 60000)
+end
+local first = 4 + 2 * nb
+for j = 1, ng do
+  local key = KEYS[1 + nb + j]
+  local kind = ARGV[first + 3 * (j - 1)]
+  local start = ARGV[first + 3 * (j - 1) + 1]
+  local nano = '0'
+  if apply then nano = ARGV[first + 3 * (j - 1) + 2] end
+  local total
+  if kind == 'R' and apply then
+    local r = redis.pcall('SET', key, nano, 'PX', 3456000000)
+    if not r.err then total = tonumber(nano) end
+  elseif kind == 'R' then
+    local r = redis.pcall('GET', key)
+    if type(r) ~= 'table' then total = tonumber(r) or 0 end
+  else
+    redis.pcall('SET', key, start, 'NX', 'PX', 3456000000)
+    local r = redis.pcall('INCRBY', key, nano)
+    if type(r) == 'number' then total = r end
   end
-  tokens = math.min(limit, tokens - take)
-  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'at', tostring(now))
-  redis.call('PEXPIRE', KEYS[i], 180000)
-  out[i] = tostring(tokens)
+  out[#out + 1] = total or false
 end
 return out
 ";
 
-/// Buckets per script call (bounds one command's size).
-const BUCKETS_PER_CALL: usize = 500;
-/// A month's spend counter outlives its month by a few days, then expires.
-const SPEND_TTL_MS: &str = "3456000000";
+/// Buckets sent in one exchange at most (the others wait for the next).
+const MAX_BUCKETS: usize = 5_000;
 /// Longest wait between attempts while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -77,7 +114,7 @@ pub struct ClusterConfig {
 pub struct ClusterStatus {
     /// Counters are shared (a Redis URL is configured).
     pub enabled: AtomicBool,
-    /// Connected and the last exchange succeeded.
+    /// The exchange task runs and its last exchange succeeded.
     pub up: AtomicBool,
     /// Exchanges that failed (connection, timeout, Redis's error).
     pub failures: AtomicU64,
@@ -87,167 +124,191 @@ pub struct ClusterStatus {
     pub last_ok_ms: AtomicI64,
 }
 
-fn cmd(args: &[&[u8]]) -> Vec<Vec<u8>> {
-    args.iter().map(|a| a.to_vec()).collect()
+/// One exchange's content, kept until Redis has answered it.
+struct Batch {
+    seq: u64,
+    buckets: Vec<(String, u32, f64)>,
+    spend: Vec<SpendSent>,
 }
 
-/// The commands of one exchange and where each figure's reply is.
-fn commands(
-    prefix: &str,
-    buckets: &[(String, u32, f64)],
-    spend: &[SpendSent],
-) -> (Vec<Vec<Vec<u8>>>, Vec<usize>) {
-    let mut cmds = Vec::new();
-    for chunk in buckets.chunks(BUCKETS_PER_CALL) {
-        let mut c = vec![
-            b"EVAL".to_vec(),
-            BUCKETS_SCRIPT.as_bytes().to_vec(),
-            chunk.len().to_string().into_bytes(),
-        ];
-        c.extend(
-            chunk
-                .iter()
-                .map(|(scope, _, _)| format!("{prefix}rl:{scope}").into_bytes()),
-        );
-        for (_, limit, units) in chunk {
-            c.push(limit.to_string().into_bytes());
-            c.push(format!("{units}").into_bytes());
-        }
-        cmds.push(c);
+/// The script call of a batch.
+fn command(prefix: &str, node: &str, b: &Batch) -> Vec<Vec<u8>> {
+    let mut keys = vec![format!("{prefix}node:{node}").into_bytes()];
+    let mut args = vec![
+        b.seq.to_string().into_bytes(),
+        b.buckets.len().to_string().into_bytes(),
+        b.spend.len().to_string().into_bytes(),
+    ];
+    for (scope, limit, units) in &b.buckets {
+        keys.push(format!("{prefix}rl:{scope}").into_bytes());
+        args.push(limit.to_string().into_bytes());
+        args.push(format!("{units}").into_bytes());
     }
-    let mut totals = Vec::with_capacity(spend.len());
-    for (group, month, nano, push) in spend {
-        let key = format!("{prefix}spend:{group}:{month}");
-        let k = key.as_bytes();
-        let n = nano.to_string();
-        match push {
-            SpendPush::Reset => {
-                totals.push(cmds.len());
-                cmds.push(cmd(&[
-                    b"SET",
-                    k,
-                    n.as_bytes(),
-                    b"PX",
-                    SPEND_TTL_MS.as_bytes(),
-                ]));
-            }
-            SpendPush::Seed(start) => {
-                let s = start.to_string();
-                cmds.push(cmd(&[
-                    b"SET",
-                    k,
-                    s.as_bytes(),
-                    b"NX",
-                    b"PX",
-                    SPEND_TTL_MS.as_bytes(),
-                ]));
-                totals.push(cmds.len());
-                cmds.push(cmd(&[b"INCRBY", k, n.as_bytes()]));
-            }
-        }
+    for (group, month, nano, push) in &b.spend {
+        keys.push(format!("{prefix}spend:{group}:{month}").into_bytes());
+        let (kind, start) = match push {
+            SpendPush::Reset => ("R", 0),
+            SpendPush::Seed(start) => ("S", *start),
+        };
+        args.push(kind.into());
+        args.push(start.to_string().into_bytes());
+        args.push(nano.to_string().into_bytes());
     }
-    (cmds, totals)
+    let mut cmd = vec![
+        b"EVAL".to_vec(),
+        EXCHANGE_SCRIPT.as_bytes().to_vec(),
+        keys.len().to_string().into_bytes(),
+    ];
+    cmd.extend(keys);
+    cmd.extend(args);
+    cmd
 }
 
-/// What an exchange brought back: each bucket's shared level, each group's shared total.
-type Shared = (Vec<(String, f64)>, Vec<i64>);
+/// What an exchange brought back: each bucket's shared level, each group's shared total
+/// (none: Redis could not count that one).
+type Shared = (Vec<(String, Option<f64>)>, Vec<Option<i64>>);
 
-/// Reads the exchange's replies: each bucket's level, each group's total.
-fn read_replies(
-    buckets: &[(String, u32, f64)],
-    spend: &[SpendSent],
-    replies: &[Reply],
-    totals_at: &[usize],
-) -> Result<Shared, String> {
-    if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
-        return Err(format!("Redis refused the exchange: {e}"));
-    }
-    let mut levels = Vec::with_capacity(buckets.len());
-    for (chunk, reply) in buckets.chunks(BUCKETS_PER_CALL).zip(replies) {
-        let Reply::Array(Some(items)) = reply else {
-            return Err(format!("unexpected reply to the bucket script: {reply:?}"));
-        };
-        if items.len() != chunk.len() {
-            return Err("the bucket script answered for fewer buckets than it was given".into());
-        }
-        for ((scope, _, _), item) in chunk.iter().zip(items) {
-            let level = item
-                .number()
-                .filter(|l| l.is_finite())
-                .ok_or_else(|| format!("unexpected bucket level {item:?}"))?;
-            levels.push((scope.clone(), level));
-        }
-    }
-    let mut totals = Vec::with_capacity(spend.len());
-    for ((_, _, nano, push), &at) in spend.iter().zip(totals_at) {
-        let total = match (push, replies.get(at)) {
-            (SpendPush::Reset, Some(Reply::Status(_))) => *nano,
-            (_, Some(Reply::Int(t))) => *t,
-            (_, other) => return Err(format!("unexpected reply to a spend counter: {other:?}")),
-        };
-        totals.push(total);
-    }
+/// Reads the script's answer to a batch.
+fn read_reply(b: &Batch, reply: &Reply) -> Result<Shared, String> {
+    let items = match reply {
+        Reply::Array(Some(items)) if items.len() == 1 + b.buckets.len() + b.spend.len() => items,
+        Reply::Error(e) => return Err(format!("Redis refused the exchange: {e}")),
+        other => return Err(format!("unexpected answer to the exchange: {other:?}")),
+    };
+    let levels = b
+        .buckets
+        .iter()
+        .zip(&items[1..])
+        .map(|((scope, _, _), item)| (scope.clone(), item.number().filter(|l| l.is_finite())))
+        .collect();
+    let totals = items[1 + b.buckets.len()..]
+        .iter()
+        .map(|item| match item {
+            Reply::Int(t) => Some(*t),
+            _ => None,
+        })
+        .collect();
     Ok((levels, totals))
 }
 
-/// One exchange over `conn`; what it carried is kept for the next one when it fails.
-async fn exchange(conn: &mut Conn, acc: &Accounting, prefix: &str) -> Result<(), String> {
-    let now = (acc.clock)();
-    let buckets = acc.limiter.take_pending(now);
-    let groups: Vec<String> = acc.groups.load().keys().cloned().collect();
-    let spend = acc.spend.take_pending(&groups, now);
-    if buckets.is_empty() && spend.is_empty() {
-        return Ok(());
-    }
-    let (cmds, totals_at) = commands(prefix, &buckets, &spend);
-    let outcome = match conn.run(&cmds).await {
-        Ok(replies) => read_replies(&buckets, &spend, &replies, &totals_at),
-        Err(e) => Err(e),
-    };
-    let now = (acc.clock)();
-    match outcome {
-        Ok((levels, totals)) => {
-            acc.limiter.apply_shared(&levels, now);
-            acc.spend.apply_shared(&spend, &totals, now);
-            Ok(())
+/// The exchange task's state.
+struct Exchanger {
+    acc: Arc<Accounting>,
+    cfg: ClusterConfig,
+    /// This process's name in Redis (its batch numbers are its own).
+    node: String,
+    seq: u64,
+    conn: Option<Conn>,
+    /// A batch sent whose answer did not arrive: sent again, as it is, before anything new.
+    unanswered: Option<Batch>,
+    /// An exchange failed since the last new batch: the buckets' units taken meanwhile are
+    /// dropped (see [`crate::accounting::RateLimiter::discard_pending`]).
+    missed: bool,
+}
+
+impl Exchanger {
+    fn next_batch(&mut self) -> Batch {
+        if let Some(b) = self.unanswered.take() {
+            return b;
         }
-        Err(e) => {
-            // A batch Redis applied but whose answer was lost is sent again: the nodes then
-            // count it twice, erring on the side of the limit.
-            acc.limiter.restore_pending(&buckets);
-            acc.spend.restore_pending(&spend, now);
-            Err(e)
+        if std::mem::take(&mut self.missed) {
+            self.acc.limiter.discard_pending();
+        }
+        let now = (self.acc.clock)();
+        let groups: Vec<String> = self.acc.groups.load().keys().cloned().collect();
+        self.seq += 1;
+        Batch {
+            seq: self.seq,
+            buckets: self.acc.limiter.take_pending(now, MAX_BUCKETS),
+            spend: self.acc.spend.take_pending(&groups, now),
+        }
+    }
+
+    /// One exchange; a batch whose answer did not arrive is kept to be sent again.
+    async fn exchange(&mut self, timeout: Duration) -> Result<(), String> {
+        if self.conn.is_none() {
+            self.conn = Some(Conn::connect(&self.cfg.url, timeout).await?);
+        }
+        let batch = self.next_batch();
+        let cmd = command(&self.cfg.prefix, &self.node, &batch);
+        let sent = match self.conn.as_mut() {
+            Some(conn) => conn.run(std::slice::from_ref(&cmd)).await,
+            None => Err("no connection".to_string()),
+        };
+        let outcome = match sent {
+            Ok(replies) => read_reply(&batch, &replies[0]),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((levels, totals)) => {
+                let now = (self.acc.clock)();
+                self.acc.limiter.apply_shared(&levels, now);
+                self.acc.spend.apply_shared(&batch.spend, &totals, now);
+                if levels.iter().any(|(_, l)| l.is_none()) || totals.iter().any(Option::is_none) {
+                    tracing::warn!(
+                        "shared counters: Redis could not use some of the gateway's keys \
+                         (another type under the same name?); those are counted on this node only"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.conn = None;
+                self.unanswered = Some(batch);
+                self.missed = true;
+                Err(e)
+            }
         }
     }
 }
 
-/// Exchanges with Redis every `cfg.interval` until the process ends.
-pub async fn run(acc: Arc<Accounting>, cfg: ClusterConfig) {
+/// Marks the exchanges down when the task ends, however it ends.
+struct Down(Arc<ClusterStatus>);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        self.0.up.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Exchanges with Redis every `cfg.interval` until `stop` turns true, then once more (what
+/// was charged since the last exchange is not left behind).
+pub async fn run(
+    acc: Arc<Accounting>,
+    cfg: ClusterConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let status = acc.cluster.clone();
     status.enabled.store(true, Ordering::Relaxed);
+    let _down = Down(status.clone());
     let timeout = Duration::from_secs(2).max(cfg.interval);
-    let mut conn: Option<Conn> = None;
-    let mut backoff = cfg.interval;
+    let url = cfg.url.clone();
+    let interval = cfg.interval;
+    let mut ex = Exchanger {
+        acc,
+        cfg,
+        node: palisade_core::crypto::random_token(12),
+        seq: 0,
+        conn: None,
+        unanswered: None,
+        missed: false,
+    };
+    let mut backoff = interval;
     let mut failing = false;
     loop {
-        tokio::time::sleep(backoff).await;
-        let attempt = async {
-            if conn.is_none() {
-                conn = Some(Conn::connect(&cfg.url, timeout).await?);
-            }
-            match conn.as_mut() {
-                Some(c) => exchange(c, &acc, &cfg.prefix).await,
-                None => Ok(()),
-            }
-        }
-        .await;
-        match attempt {
+        let last = tokio::select! {
+            () = tokio::time::sleep(backoff) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        // (Not cut short from outside: a batch taken is either answered or kept; the connection
+        // and each round trip have their own time limits.)
+        match ex.exchange(timeout).await {
             Ok(()) => {
                 if failing {
-                    tracing::info!(redis = %cfg.url, "shared counters: Redis reachable again");
+                    tracing::info!(redis = %url, "shared counters: Redis reachable again");
                 }
                 failing = false;
-                backoff = cfg.interval;
+                backoff = interval;
                 status.up.store(true, Ordering::Relaxed);
                 status.exchanges.fetch_add(1, Ordering::Relaxed);
                 status
@@ -255,12 +316,11 @@ pub async fn run(acc: Arc<Accounting>, cfg: ClusterConfig) {
                     .store(palisade_core::now_ms(), Ordering::Relaxed);
             }
             Err(e) => {
-                conn = None;
                 status.up.store(false, Ordering::Relaxed);
                 status.failures.fetch_add(1, Ordering::Relaxed);
                 if !failing {
                     tracing::error!(
-                        redis = %cfg.url,
+                        redis = %url,
                         error = %e,
                         "shared counters: exchange with Redis failed; this node enforces its own \
                          rate limits and budgets until Redis answers again"
@@ -270,6 +330,9 @@ pub async fn run(acc: Arc<Accounting>, cfg: ClusterConfig) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+        if last {
+            return;
+        }
     }
 }
 
@@ -277,77 +340,107 @@ pub async fn run(acc: Arc<Accounting>, cfg: ClusterConfig) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_exchange_is_one_script_call_per_500_buckets_and_a_command_per_counter() {
-        let buckets: Vec<(String, u32, f64)> =
-            (0..501).map(|i| (format!("k:key{i}"), 60, 1.0)).collect();
-        let spend = vec![
-            ("eng".to_string(), 202611, 500, SpendPush::Seed(1_000)),
-            ("ops".to_string(), 202611, 0, SpendPush::Seed(80)),
-            ("ml".to_string(), 202611, 7, SpendPush::Reset),
-        ];
-        let (cmds, at) = commands("palisade:", &buckets, &spend);
-        assert_eq!(cmds.len(), 2 + 2 + 2 + 1);
-        assert_eq!(cmds[4][2], b"80");
-        assert_eq!(cmds[0][2], b"500");
-        assert_eq!(cmds[0][3], b"palisade:rl:k:key0");
-        assert_eq!(cmds[1][2], b"1");
-        assert_eq!(cmds[2][0], b"SET");
-        assert_eq!(cmds[2][3], b"NX");
-        assert_eq!(
-            cmds[3],
-            cmd(&[b"INCRBY", b"palisade:spend:eng:202611", b"500"])
-        );
-        assert_eq!(at, vec![3, 5, 6]);
-        let replies = vec![
-            Reply::Array(Some(vec![Reply::Bulk(Some(b"59.5".to_vec())); 500])),
-            Reply::Array(Some(vec![Reply::Bulk(Some(b"-2".to_vec()))])),
-            Reply::Bulk(None),
-            Reply::Int(1_700),
-            Reply::Status("OK".into()),
-            Reply::Int(90),
-            Reply::Status("OK".into()),
-        ];
-        let (levels, totals) = read_replies(&buckets, &spend, &replies, &at).unwrap();
-        assert_eq!(levels.len(), 501);
-        assert_eq!(levels[0].1, 59.5);
-        assert_eq!(levels[500], ("k:key500".to_string(), -2.0));
-        assert_eq!(totals, vec![1_700, 90, 7]);
-        let mut refused = replies.clone();
-        refused[5] = Reply::Error("WRONGTYPE".into());
-        assert!(read_replies(&buckets, &spend, &refused, &at).is_err());
-        let mut short = replies;
-        short[1] = Reply::Array(Some(vec![]));
-        assert!(read_replies(&buckets, &spend, &short, &at).is_err());
+    fn batch() -> Batch {
+        Batch {
+            seq: 7,
+            buckets: vec![("k:ci".into(), 60, 1.0), ("g:eng".into(), 600, 0.0)],
+            spend: vec![
+                ("eng".into(), 202611, 500, SpendPush::Seed(1_000)),
+                ("ml".into(), 202611, 7, SpendPush::Reset),
+            ],
+        }
     }
 
     #[test]
-    fn spend_exchanges_keep_what_failed_and_see_resets_made_elsewhere() {
+    fn a_batch_is_one_script_call_with_its_number_and_every_figure() {
+        let b = batch();
+        let cmd = command("palisade:", "n1", &b);
+        let text: Vec<String> = cmd
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert_eq!(text[0], "EVAL");
+        assert_eq!(text[2], "5");
+        assert_eq!(
+            &text[3..8],
+            [
+                "palisade:node:n1",
+                "palisade:rl:k:ci",
+                "palisade:rl:g:eng",
+                "palisade:spend:eng:202611",
+                "palisade:spend:ml:202611"
+            ]
+        );
+        assert_eq!(
+            &text[8..],
+            [
+                "7", "2", "2", "60", "1", "600", "0", "S", "1000", "500", "R", "0", "7"
+            ]
+        );
+        let reply = Reply::Array(Some(vec![
+            Reply::Int(1),
+            Reply::Bulk(Some(b"59.5".to_vec())),
+            Reply::Bulk(None),
+            Reply::Int(1_700),
+            Reply::Bulk(None),
+        ]));
+        let (levels, totals) = read_reply(&b, &reply).unwrap();
+        assert_eq!(
+            levels,
+            vec![
+                ("k:ci".to_string(), Some(59.5)),
+                ("g:eng".to_string(), None)
+            ]
+        );
+        assert_eq!(totals, vec![Some(1_700), None]);
+        assert!(read_reply(&b, &Reply::Error("NOSCRIPT".into())).is_err());
+        assert!(read_reply(&b, &Reply::Array(Some(vec![Reply::Int(1)]))).is_err());
+    }
+
+    #[test]
+    fn spend_exchanges_resend_what_redis_could_not_count_and_see_resets_made_elsewhere() {
         let acc = Accounting::default();
         let now = palisade_core::now_ms();
         acc.spend.set("eng", 1_000, 0, now, None);
         let sent = acc.spend.take_pending(&[], now);
         assert_eq!(sent[0].3, SpendPush::Seed(1_000));
         // Another node had started the month at 5 000: this node's figure follows it.
-        acc.spend.apply_shared(&sent, &[5_000], now);
+        acc.spend.apply_shared(&sent, &[Some(5_000)], now);
         assert_eq!(acc.spend.spent("eng", now), 5_000);
-        // A failed exchange keeps the reset and the spend for the next one.
+        // A reset whose counter Redis could not write is sent again.
         acc.spend.reset("eng", now);
         let sent = acc.spend.take_pending(&[], now);
         assert_eq!(sent[0].3, SpendPush::Reset);
-        acc.spend.restore_pending(&sent, now);
+        acc.spend.apply_shared(&sent, &[None], now);
         let sent = acc.spend.take_pending(&[], now);
         assert_eq!(sent[0].3, SpendPush::Reset);
-        acc.spend.apply_shared(&sent, &[0], now);
-        // Spent elsewhere meanwhile: seen at the next exchange.
+        acc.spend.apply_shared(&sent, &[Some(0)], now);
+        // Spent elsewhere meanwhile: seen at the next exchange; a figure out of range is not.
         let sent = acc.spend.take_pending(&[], now);
         assert_eq!(sent[0].3, SpendPush::Seed(0));
-        acc.spend.apply_shared(&sent, &[2_500], now);
+        acc.spend.apply_shared(&sent, &[Some(2_500)], now);
         assert_eq!(acc.spend.spent("eng", now), 2_500);
-        // The total fell: reset on another node, the period starts again here.
         let sent = acc.spend.take_pending(&[], now);
-        acc.spend.apply_shared(&sent, &[10], now + 5);
+        acc.spend.apply_shared(&sent, &[Some(-4)], now);
+        acc.spend.apply_shared(&sent, &[Some(i64::MAX)], now);
+        assert_eq!(acc.spend.spent("eng", now), 2_500);
+        // A reset made here while an exchange was under way is not undone by its answer.
+        let sent = acc.spend.take_pending(&[], now);
+        acc.spend.reset("eng", now);
+        acc.spend.apply_shared(&sent, &[Some(2_500)], now);
+        assert_eq!(acc.spend.spent("eng", now), 0);
+        let sent = acc.spend.take_pending(&[], now);
+        assert_eq!(sent[0].3, SpendPush::Reset);
+        acc.spend.apply_shared(&sent, &[Some(0)], now);
+        // The total fell: reset on another node, the period starts again here.
+        acc.spend
+            .apply_shared(&acc.spend.take_pending(&[], now), &[Some(900)], now);
+        let sent = acc.spend.take_pending(&[], now);
+        acc.spend.apply_shared(&sent, &[Some(10)], now + 5);
         assert_eq!(acc.spend.spent("eng", now), 10);
         assert_eq!(acc.spend.period("eng", now + 5), now + 5);
+        // Known groups are exchanged before this node charged them.
+        let sent = acc.spend.take_pending(&["ops".to_string()], now);
+        assert!(sent.iter().any(|(g, ..)| g == "ops"));
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Largest reply batch read (the counters' replies are a few bytes per scope).
-const MAX_REPLY: usize = 16 << 20;
+/// Largest reply read (the counters' replies are a few bytes per bucket or group; a reply is
+/// parsed again from its start as it arrives, so the bound also bounds that work).
+const MAX_REPLY: usize = 1 << 20;
 /// Deepest nesting of arrays accepted in a reply.
 const MAX_DEPTH: usize = 4;
 
@@ -81,16 +82,18 @@ impl RedisUrl {
             }
             _ => return Err("expected `redis://[[user]:password@]host[:port][/db]`".into()),
         };
+        // The user and password end at the last `@` (a password may hold `/` or `@`); no part of
+        // them is ever repeated in an error.
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
         if rest.contains(['?', '#']) {
             return Err(
                 "query parameters are not supported; put the database after the `/`".into(),
             );
         }
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (auth, hostport) = match authority.rsplit_once('@') {
-            Some((a, h)) => (Some(a), h),
-            None => (None, authority),
-        };
+        let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (user, password) = match auth {
             None => (None, None),
             Some(a) => {
@@ -125,13 +128,13 @@ impl RedisUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("port `{p}` is not a port number"))?,
+                .ok_or("the port is not a number from 1 to 65535")?,
         };
         let db = match path {
             "" => 0,
             p => p
                 .parse::<u32>()
-                .map_err(|_| format!("`/{p}` is not a database number"))?,
+                .map_err(|_| "what follows the host's `/` is not a database number")?,
         };
         Ok(RedisUrl {
             host,
@@ -325,7 +328,7 @@ impl Conn {
                         if self.buf.len() > MAX_REPLY {
                             return Err("Redis's reply is too large".to_string());
                         }
-                        let mut chunk = [0u8; 8192];
+                        let mut chunk = vec![0u8; 64 * 1024];
                         let n = self
                             .stream
                             .read(&mut chunk)
@@ -365,6 +368,14 @@ mod tests {
         assert_eq!((u.user, u.password.as_deref()), (None, Some("secret")));
         let u = RedisUrl::parse("redis://secret@localhost/").unwrap();
         assert_eq!(u.password.as_deref(), Some("secret"));
+        // A password with `/` and `@` in it, never repeated in an error.
+        let u = RedisUrl::parse("redis://app:Sup3r/S3cr@t@127.0.0.1:7000/2").unwrap();
+        assert_eq!(u.password.as_deref(), Some("Sup3r/S3cr@t"));
+        assert_eq!((u.port, u.db), (7000, 2));
+        for bad in ["redis://app:Sup3r/x@h:nope/0", "redis://app:Sup3r/x@h/db"] {
+            let e = RedisUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("Sup3r") && !e.contains("nope"), "{e}");
+        }
         for bad in [
             "rediss://h",
             "http://h",

@@ -564,15 +564,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     palisade_policy::classifier::release_builtin_models();
     // Spend is seeded from this node's log above: the first exchange starts the shared month
     // from it unless another node has.
+    let (cluster_stop, cluster_stopped) = tokio::sync::watch::channel(false);
+    let mut cluster_task = None;
     if let Some(cluster) = cluster {
         println!(
             "palisade: rate limits and group spend shared through {}",
             cluster.url
         );
-        tokio::spawn(palisade_gateway::cluster::run(
+        cluster_task = Some(tokio::spawn(palisade_gateway::cluster::run(
             manager.shared().accounting.clone(),
             cluster,
-        ));
+            cluster_stopped,
+        )));
     }
     tokio::spawn(palisade_admin::webhooks::deliver_alerts(state.clone()));
     println!("palisade: admin API listening on http://{local}");
@@ -639,6 +642,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         palisade_gateway::hurry();
     });
     manager.stop_all().await;
+    // The spend charged since the last exchange reaches the other nodes.
+    if let Some(task) = cluster_task {
+        let _ = cluster_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shared counters: the last exchange with Redis did not finish");
+        }
+    }
     let admin_ended = match admin_ended {
         Some(ended) => ended,
         None => match tokio::time::timeout(ADMIN_DRAIN, &mut admin).await {

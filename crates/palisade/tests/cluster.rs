@@ -91,12 +91,16 @@ upstream = "{upstream}"
 }
 
 async fn node(cfg: &str, redis_url: &str) -> Gateway {
+    node_syncing(cfg, redis_url, "50").await
+}
+
+async fn node_syncing(cfg: &str, redis_url: &str, sync_ms: &str) -> Gateway {
     Gateway::start_with(
         tempfile::tempdir().unwrap(),
         cfg,
         &[
             ("PALISADE_REDIS_URL", redis_url),
-            ("PALISADE_REDIS_SYNC_MS", "50"),
+            ("PALISADE_REDIS_SYNC_MS", sync_ms),
         ],
     )
     .await
@@ -272,12 +276,82 @@ async fn a_node_serves_while_redis_is_down_and_its_spend_reaches_redis_later() {
     assert!((s - spent_here).abs() < 1e-6, "{s} vs {spent_here}");
 }
 
+/// A connection of the test's own to the same Redis.
+async fn redis_conn(url: &str) -> palisade_gateway::resp::Conn {
+    let url = palisade_gateway::resp::RedisUrl::parse(url).unwrap();
+    palisade_gateway::resp::Conn::connect(&url, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+fn args(a: &[&str]) -> Vec<Vec<u8>> {
+    a.iter().map(|x| x.as_bytes().to_vec()).collect()
+}
+
+#[tokio::test]
+async fn an_exchange_whose_answer_is_lost_in_a_stall_is_counted_once() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let mock = Mock::start(&[]);
+    // Exchanges every 500 ms: the requests below are in the exchange that meets the stall.
+    let a = node_syncing(&config(&mock.url), &url, "500").await;
+    let proxy = a.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    let (status, body) = chat(&c, &proxy, SPENDER_KEY).await;
+    assert_eq!(status, 200);
+    let mut spent_here = cost_of(&body);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Redis is busy for 3 s: the node's exchange, sent meanwhile, waits past its 2 s limit;
+    // Redis then runs it anyway, and the node, not knowing, sends the same batch again.
+    for _ in 0..2 {
+        let (status, body) = chat(&c, &proxy, SPENDER_KEY).await;
+        assert_eq!(status, 200, "{body}");
+        spent_here += cost_of(&body);
+    }
+    let mut busy = redis_conn(&url).await;
+    let stall = tokio::spawn(async move {
+        let script = "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] \
+            while true do local t = redis.call('TIME') \
+            if t[1] * 1000000 + t[2] - t0 > 3000000 then break end end return 1";
+        busy.run(&[args(&["EVAL", script, "0"])]).await.unwrap()
+    });
+    stall.await.unwrap();
+    let mut counted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if metric(&a, "palisade_redis_up").await == Some(1.0)
+            && metric(&a, "palisade_redis_exchange_failures_total").await >= Some(1.0)
+        {
+            counted = true;
+            break;
+        }
+    }
+    assert!(
+        counted,
+        "the stall made an exchange fail, and the node recovered"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let month = palisade_core::spend::month_key(palisade_core::now_ms());
+    let mut conn = redis_conn(&url).await;
+    let key = format!("palisade:spend:engineering:{month}");
+    let total = conn.run(&[args(&["GET", &key])]).await.unwrap()[0]
+        .number()
+        .unwrap();
+    assert!(
+        (total / 1e9 - spent_here).abs() < 1e-6,
+        "Redis holds {} USD, the requests cost {spent_here}",
+        total / 1e9
+    );
+    assert!((spent(&a).await - spent_here).abs() < 1e-6);
+}
+
 #[test]
 fn a_bad_redis_url_stops_the_start_with_the_reason() {
     let out = Command::new(bin())
         .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
         .arg(tempfile::tempdir().unwrap().path().join("data"))
-        .env("PALISADE_REDIS_URL", "rediss://:pw@cache.internal")
+        .env("PALISADE_REDIS_URL", "rediss://:pw/x@cache.internal")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -286,5 +360,5 @@ fn a_bad_redis_url_stops_the_start_with_the_reason() {
         err.contains("PALISADE_REDIS_URL") && err.contains("TLS"),
         "{err}"
     );
-    assert!(!err.contains("pw@"), "{err}");
+    assert!(!err.contains("pw"), "{err}");
 }
