@@ -130,17 +130,9 @@ async fn settle() {
 }
 
 async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.admin))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
+    gw.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.parse().ok())
 }

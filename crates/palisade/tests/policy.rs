@@ -912,15 +912,7 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
 
 /// `palisade_policy_memo_*{proxy="guarded"}` from `/metrics`: (hits, misses).
 async fn memo_counts(gw: &Gateway) -> (u64, u64) {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", gw.admin))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     let value = |name: &str| {
         let prefix = format!("{name}{{proxy=\"guarded\"}} ");
         text.lines()

@@ -215,20 +215,24 @@ impl ProviderSignIns {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let req = Request::get(&url)
+        let doc = self.get_json(&url, "configuration").await?;
+        provider_metadata(&doc, issuer)
+    }
+
+    /// A JSON document of the provider's (`what` names it in errors).
+    async fn get_json(&self, url: &str, what: &str) -> Result<Value, String> {
+        let req = Request::get(url)
             .header(ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
-            .map_err(|e| format!("its configuration URL is not valid ({e})"))?;
+            .map_err(|e| format!("its {what} URL is not valid ({e})"))?;
         let (status, body) = self.send(req).await?;
         if !status.is_success() {
             return Err(format!(
-                "it answered HTTP {} for its configuration",
+                "it answered HTTP {} for its {what}",
                 status.as_u16()
             ));
         }
-        let doc: Value = serde_json::from_slice(&body)
-            .map_err(|_| "its configuration is not JSON".to_string())?;
-        provider_metadata(&doc, issuer)
+        serde_json::from_slice(&body).map_err(|_| format!("its {what} is not JSON"))
     }
 
     /// Checks the ID token's signature: with the client secret (HS256/384/512), or with the
@@ -264,20 +268,8 @@ impl ProviderSignIns {
 
     /// Reads a provider's JWK Set and keeps it.
     async fn read_keys(&self, jwks_uri: &str) -> Result<Value, String> {
-        let req = Request::get(jwks_uri)
-            .header(ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| format!("its key set URL is not valid ({e})"))?;
-        let (status, body) = self.send(req).await?;
-        if !status.is_success() {
-            return Err(format!(
-                "it answered HTTP {} for its signing keys",
-                status.as_u16()
-            ));
-        }
-        let keys: Value = serde_json::from_slice(&body)
-            .ok()
-            .filter(|k: &Value| k["keys"].is_array())
+        let keys = Some(self.get_json(jwks_uri, "signing keys").await?)
+            .filter(|k| k["keys"].is_array())
             .ok_or("its signing keys are not a JWK Set")?;
         let mut kept = lock(&self.keys);
         if kept.len() >= MAX_METADATA {
