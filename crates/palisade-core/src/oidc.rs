@@ -2,10 +2,10 @@
 //! Keycloak…) through which users sign in on the OAuth pages of the gateway's proxies.
 //!
 //! The gateway is an ordinary confidential client of the provider (authorization code flow with
-//! PKCE and a nonce). It reads the ID token it receives straight from the provider's token
-//! endpoint over TLS, so it checks the token's claims (issuer, audience, expiry, nonce) and
-//! relies on the TLS connection for the token's origin, as OpenID Connect Core §3.1.3.7 allows
-//! for a token obtained that way. The user is named by their verified e-mail address.
+//! PKCE and a nonce). It checks the ID token it receives from the provider's token endpoint:
+//! its claims (issuer, audience, expiry, nonce) and its signature, with the provider's published
+//! keys or, where the provider signs with HMAC, the client secret. The user is named by their
+//! verified e-mail address.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -76,6 +76,15 @@ pub fn check_provider_url(field: &str, url: &str) -> Result<http::Uri, FieldErro
     }
     if url.contains('#') {
         return bad("must not have a fragment");
+    }
+    // Where cloud metadata services answer: never a provider.
+    if uri
+        .host()
+        .map(|h| h.trim_matches(['[', ']']))
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .is_some_and(crate::webhook::is_metadata_or_unspecified)
+    {
+        return bad("is a link-local or unspecified address");
     }
     Ok(uri)
 }
@@ -163,6 +172,9 @@ pub struct ProviderMetadata {
     pub secret_in_form: bool,
     /// Where its signing keys are published (a JWK Set).
     pub jwks_uri: String,
+    /// It signs ID tokens with the client secret (an `HS…` algorithm among its
+    /// `id_token_signing_alg_values_supported`): only then is such a token accepted.
+    pub signs_with_secret: bool,
 }
 
 /// Reads a provider's configuration document (OpenID Connect Discovery §3): its issuer must be
@@ -206,6 +218,12 @@ pub fn provider_metadata(doc: &Value, issuer: &str) -> Result<ProviderMetadata, 
             && !has("client_secret_basic")
             && has("client_secret_post"),
         jwks_uri: endpoint("jwks_uri")?,
+        signs_with_secret: doc["id_token_signing_alg_values_supported"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|x| x.as_str().is_some_and(|x| x.starts_with("HS")))
+            }),
     })
 }
 
@@ -250,16 +268,21 @@ const MAX_KEYS_TRIED: usize = 16;
 
 /// Checks an ID token's signature (OpenID Connect Core §10): with the provider's published
 /// keys (`jwks`, a JWK Set) for RS256/384/512, PS256/384/512, ES256/384 and EdDSA, or with the
-/// client secret for HS256/384/512 (§10.1). The key is the one the token's `kid` names, or any
-/// key of a fitting type when it names none; a key published for encryption is never used.
+/// client secret for HS256/384/512 (§10.1; none: the provider does not sign that way, and such a
+/// token is refused). The key is the one the token's `kid` names (or the only fitting key, when
+/// it has no `kid`), or any key of a fitting type when the token names none; a key published
+/// for encryption is never used.
 pub fn verify_id_token_signature(
     token: &str,
     jwks: &Value,
-    client_secret: &str,
+    client_secret: Option<&str>,
 ) -> Result<(), SignatureError> {
     use base64::Engine as _;
     use ring::signature as sig;
     let invalid = |why: &str| SignatureError::Invalid(why.to_string());
+    if token.len() > MAX_ID_TOKEN {
+        return Err(invalid("the ID token is too long"));
+    }
     let b64 = |p: &str| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(p)
@@ -279,6 +302,11 @@ pub fn verify_id_token_signature(
 
     if let Some(bits) = alg.strip_prefix("HS") {
         use hmac::Mac as _;
+        let Some(client_secret) = client_secret else {
+            return Err(invalid(
+                "the ID token is signed with the client secret, which the provider does not say it does",
+            ));
+        };
         let ok = match bits {
             "256" => hmac::Hmac::<sha2::Sha256>::new_from_slice(client_secret.as_bytes())
                 .map(|m| m.chain_update(message).verify_slice(&signature).is_ok()),
@@ -340,7 +368,22 @@ pub fn verify_id_token_signature(
             && k["alg"].as_str().is_none_or(|a| a == alg)
             && kid.is_none_or(|id| k["kid"].as_str() == Some(id))
     };
-    let candidates: Vec<&Value> = keys.iter().filter(fits).take(MAX_KEYS_TRIED).collect();
+    let mut candidates: Vec<&Value> = keys.iter().filter(fits).take(MAX_KEYS_TRIED).collect();
+    if candidates.is_empty() && kid.is_some() {
+        // A provider with one key may publish it without a `kid`.
+        let unnamed: Vec<&Value> = keys
+            .iter()
+            .filter(|k| k["kid"].is_null())
+            .filter(|k| {
+                let mut k = (*k).clone();
+                k["kid"] = Value::from(kid.unwrap_or_default());
+                fits(&&k)
+            })
+            .collect();
+        if unnamed.len() == 1 {
+            candidates = unnamed;
+        }
+    }
     if candidates.is_empty() {
         return Err(SignatureError::NoKey);
     }
@@ -499,6 +542,8 @@ mod tests {
         };
         bad(json!({"issuer": "http://id.example.com"}), "issuer");
         bad(json!({"issuer": "https://u:p@id.example.com"}), "issuer");
+        bad(json!({"issuer": "https://169.254.169.254"}), "issuer");
+        bad(json!({"issuer": "https://[fe80::1]/realm"}), "issuer");
         bad(json!({"issuer": "https://id.example.com/?x=1"}), "issuer");
         bad(json!({"issuer": "not a url"}), "issuer");
         bad(json!({"client_id": ""}), "client_id");
@@ -544,6 +589,14 @@ mod tests {
         let m = provider_metadata(&doc, "https://id.example.com").unwrap();
         assert_eq!(m.token_endpoint, "https://id.example.com/token");
         assert_eq!(m.jwks_uri, "https://keys.example.com/jwks");
+        assert!(!m.signs_with_secret);
+        let mut d = doc.clone();
+        d["id_token_signing_alg_values_supported"] = json!(["RS256", "HS256"]);
+        assert!(
+            provider_metadata(&d, "https://id.example.com")
+                .unwrap()
+                .signs_with_secret
+        );
         assert!(!m.secret_in_form);
         let mut d = doc.clone();
         d.as_object_mut().unwrap().remove("jwks_uri");
@@ -569,7 +622,10 @@ mod tests {
             let mut d = doc.clone();
             d["token_endpoint"] = json!(local);
             let e = provider_metadata(&d, "https://id.example.com").unwrap_err();
-            assert!(e.contains("own machine"), "{local}: {e}");
+            assert!(
+                e.contains("own machine") || e.contains("unspecified"),
+                "{local}: {e}"
+            );
         }
         let local = json!({"issuer": "http://127.0.0.1:9400", "response_types_supported": ["code"],
             "authorization_endpoint": "http://127.0.0.1:9400/authorize", "token_endpoint": "http://localhost:9400/token",
@@ -685,35 +741,39 @@ mod tests {
             })
         };
         let t = rs("RS256", "k1", &sig::RSA_PKCS1_SHA256);
-        assert_eq!(verify_id_token_signature(&t, &jwks, "s"), Ok(()));
+        assert_eq!(verify_id_token_signature(&t, &jwks, Some("s")), Ok(()));
         assert_eq!(
-            verify_id_token_signature(&rs("PS256", "k1", &sig::RSA_PSS_SHA256), &jwks, "s"),
+            verify_id_token_signature(&rs("PS256", "k1", &sig::RSA_PSS_SHA256), &jwks, Some("s")),
             Ok(())
         );
         // Signed with one algorithm, presented as another; an unknown key id; a broken signature.
         assert!(bad(verify_id_token_signature(
             &rs("RS384", "k1", &sig::RSA_PKCS1_SHA256),
             &jwks,
-            "s"
+            Some("s")
         )));
         assert_eq!(
-            verify_id_token_signature(&rs("RS256", "k9", &sig::RSA_PKCS1_SHA256), &jwks, "s"),
+            verify_id_token_signature(&rs("RS256", "k9", &sig::RSA_PKCS1_SHA256), &jwks, Some("s")),
             Err(SignatureError::NoKey)
         );
         let mut forged = t.clone();
         forged.replace_range(t.len() - 6.., "AAAAAA");
-        assert!(bad(verify_id_token_signature(&forged, &jwks, "s")));
+        assert!(bad(verify_id_token_signature(&forged, &jwks, Some("s"))));
         let (input, sig_part) = t.rsplit_once('.').unwrap();
         let other_claims = format!(
             "{}.{}.{sig_part}",
             input.split('.').next().unwrap(),
             b64u(b"{\"sub\":\"2\"}")
         );
-        assert!(bad(verify_id_token_signature(&other_claims, &jwks, "s")));
+        assert!(bad(verify_id_token_signature(
+            &other_claims,
+            &jwks,
+            Some("s")
+        )));
         // A key published for encryption is not used to check signatures.
         let enc = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "enc", "n": b64u(&public.n), "e": b64u(&public.e)}]});
         assert_eq!(
-            verify_id_token_signature(&t, &enc, "s"),
+            verify_id_token_signature(&t, &enc, Some("s")),
             Err(SignatureError::NoKey)
         );
 
@@ -733,9 +793,9 @@ mod tests {
         let t = signed(json!({"alg": "ES256"}), |m| {
             ec.sign(&rng, m).unwrap().as_ref().to_vec()
         });
-        assert_eq!(verify_id_token_signature(&t, &jwks_ec, "s"), Ok(()));
+        assert_eq!(verify_id_token_signature(&t, &jwks_ec, Some("s")), Ok(()));
         assert_eq!(
-            verify_id_token_signature(&t, &jwks, "s"),
+            verify_id_token_signature(&t, &jwks, Some("s")),
             Err(SignatureError::NoKey)
         );
 
@@ -744,7 +804,7 @@ mod tests {
         let ed = sig::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let jwks_ed = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64u(ed.public_key().as_ref())}]});
         let t = signed(json!({"alg": "EdDSA"}), |m| ed.sign(m).as_ref().to_vec());
-        assert_eq!(verify_id_token_signature(&t, &jwks_ed, "s"), Ok(()));
+        assert_eq!(verify_id_token_signature(&t, &jwks_ed, Some("s")), Ok(()));
 
         // HS256 with the client secret, and nothing else.
         use hmac::Mac as _;
@@ -757,21 +817,41 @@ mod tests {
             })
         };
         assert_eq!(
-            verify_id_token_signature(&hs("client-secret"), &json!({"keys": []}), "client-secret"),
+            verify_id_token_signature(
+                &hs("client-secret"),
+                &json!({"keys": []}),
+                Some("client-secret")
+            ),
             Ok(())
         );
         assert!(bad(verify_id_token_signature(
             &hs("guess"),
             &json!({"keys": []}),
-            "client-secret"
+            Some("client-secret")
         )));
+        // ... and only from a provider that says it signs that way.
+        assert!(bad(verify_id_token_signature(
+            &hs("client-secret"),
+            &json!({"keys": []}),
+            None
+        )));
+        // A token naming a key, from a provider publishing its only key without a `kid`.
+        let unnamed = json!({"keys": [{"kty": "EC", "crv": "P-256",
+            "x": b64u(&point[1..33]), "y": b64u(&point[33..])}]});
+        let t = signed(json!({"alg": "ES256", "kid": "k-2026"}), |m| {
+            ec.sign(&rng, m).unwrap().as_ref().to_vec()
+        });
+        assert_eq!(verify_id_token_signature(&t, &unnamed, None), Ok(()));
 
         // Unsigned, or an algorithm not accepted.
         for alg in ["none", "None", "HS1", "ES512", "RSA-OAEP", ""] {
             let t = signed(json!({"alg": alg}), |_| b"sig".to_vec());
-            assert!(bad(verify_id_token_signature(&t, &jwks, "s")), "{alg}");
+            assert!(
+                bad(verify_id_token_signature(&t, &jwks, Some("s"))),
+                "{alg}"
+            );
         }
-        assert!(bad(verify_id_token_signature("a.b", &jwks, "s")));
-        assert!(bad(verify_id_token_signature("!!.!!.!!", &jwks, "s")));
+        assert!(bad(verify_id_token_signature("a.b", &jwks, Some("s"))));
+        assert!(bad(verify_id_token_signature("!!.!!.!!", &jwks, Some("s"))));
     }
 }

@@ -32,6 +32,8 @@ struct Bucket {
     pending: f64,
     /// Last time a request used the bucket (only buckets in use are exchanged).
     used_ms: i64,
+    /// Last time the bucket was sent to the other nodes (the longest unsent go first).
+    sent_ms: i64,
 }
 
 impl Bucket {
@@ -42,6 +44,7 @@ impl Bucket {
             limit,
             pending: 0.0,
             used_ms: now,
+            sent_ms: 0,
         }
     }
 }
@@ -173,17 +176,26 @@ impl RateLimiter {
     }
 
     /// What this node took from its buckets since the last exchange (`(scope, limit, units)`),
-    /// now counted as sent: every bucket it took from, and those used in the last minute (kept
+    /// now counted as sent: the buckets it took from, then those used in the last minute (kept
     /// in step: used again, they start from the shared level, not from a full one); at most
-    /// `max` (the rest wait for the next exchange).
+    /// `max`, the longest unsent first (the rest wait for the next exchange, in turn).
     pub(crate) fn take_pending(&self, now: i64, max: usize) -> Vec<(String, u32, f64)> {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter_mut()
+        let mut due: Vec<(bool, i64, String)> = map
+            .iter()
             .filter(|(_, b)| b.pending != 0.0 || now - b.used_ms < 60_000)
-            .take(max)
-            .map(|(scope, b)| {
+            .map(|(scope, b)| (b.pending == 0.0, b.sent_ms, scope.clone()))
+            .collect();
+        if due.len() > max {
+            due.select_nth_unstable(max);
+            due.truncate(max);
+        }
+        due.into_iter()
+            .filter_map(|(_, _, scope)| {
+                let b = map.get_mut(&scope)?;
+                b.sent_ms = now;
                 let units = std::mem::take(&mut b.pending);
-                (scope.clone(), b.limit, units)
+                Some((scope, b.limit, units))
             })
             .collect()
     }
@@ -345,9 +357,10 @@ impl SpendBook {
     /// The shared totals after an exchange, in the order sent: this node's figure is the total
     /// plus what it charged since. A total below what this node last saw plus what it just
     /// sent was reset on another node: the period starts again here too, and its alerts may be
-    /// raised again. A group Redis could not count (none, or a total out of range) keeps this
-    /// node's figure, and what was sent for it is sent again with the next exchange; a group
-    /// reset here while the exchange was under way waits for the next one.
+    /// raised again. A group Redis could not count (none) keeps this node's figure, and what was
+    /// sent for it is sent again with the next exchange; one whose total is out of range (a
+    /// counter changed by hand) was counted, and keeps this node's figure; a group reset here
+    /// while the exchange was under way waits for the next one.
     pub(crate) fn apply_shared(&self, sent: &[SpendSent], totals: &[Option<i64>], now: i64) {
         let mut map = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         for ((g, month, nano, push), total) in sent.iter().zip(totals) {
@@ -355,11 +368,15 @@ impl SpendBook {
             if e.month != *month {
                 continue;
             }
-            let Some(total) = total.filter(|t| (0..=MAX_SHARED_NANO).contains(t)) else {
+            let Some(total) = total else {
                 e.pending = e.pending.saturating_add(*nano);
                 e.reset |= *push == SpendPush::Reset;
                 continue;
             };
+            if !(0..=MAX_SHARED_NANO).contains(total) {
+                continue;
+            }
+            let total = *total;
             if e.reset {
                 continue;
             }
@@ -812,6 +829,33 @@ mod tests {
         assert!(acc.limiter.take_pending(1_000_000, 100)[0].2 == 0.0);
         let map = acc.limiter.buckets.lock().unwrap();
         assert_eq!(map["k:ci"].tokens, -6.0);
+    }
+
+    #[test]
+    fn buckets_past_the_exchange_size_are_sent_in_turn() {
+        let acc = Accounting {
+            clock: Arc::new(|| 1_000_000),
+            ..Default::default()
+        };
+        let rec = RequestRecord::default();
+        for name in ["a", "b", "c"] {
+            let k = KeyInfo {
+                name: name.into(),
+                ..key(Some(60))
+            };
+            acc.admit(&k, "p", &|_| {}, &rec).unwrap();
+        }
+        let first: Vec<String> = acc
+            .limiter
+            .take_pending(2_000_000, 2)
+            .into_iter()
+            .map(|(s, ..)| s)
+            .collect();
+        assert_eq!(first.len(), 2);
+        let second = acc.limiter.take_pending(2_000_001, 2);
+        // The one left out goes first, with its units.
+        assert!(!first.contains(&second[0].0), "{first:?} {second:?}");
+        assert_eq!(second[0].2, 1.0);
     }
 
     #[test]

@@ -43,7 +43,7 @@ local nb = tonumber(ARGV[2])
 local ng = tonumber(ARGV[3])
 local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local apply = seq > last
-if apply then redis.call('SET', KEYS[1], ARGV[1], 'PX', 86400000) end
+if apply then redis.call('SET', KEYS[1], ARGV[1], 'PX', 3456000000) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {apply and 1 or 0}
@@ -64,8 +64,8 @@ for i = 1, nb do
     end
     if now > at then tokens = math.min(limit, tokens + (now - at) * limit / 60000) end
     tokens = math.max(-limit, math.min(limit, tokens - take))
-    redis.call('HSET', key, 'tokens', tostring(tokens), 'at', tostring(now))
-    redis.call('PEXPIRE', key, 180000)
+    redis.pcall('HSET', key, 'tokens', tostring(tokens), 'at', tostring(now))
+    redis.pcall('PEXPIRE', key, 180000)
     out[#out + 1] = tostring(tokens)
   end
 end
@@ -204,6 +204,8 @@ struct Exchanger {
     /// An exchange failed since the last new batch: the buckets' units taken meanwhile are
     /// dropped (see [`crate::accounting::RateLimiter::discard_pending`]).
     missed: bool,
+    /// Redis could not use some of the keys at the last exchange (logged when it starts).
+    partial: bool,
 }
 
 impl Exchanger {
@@ -224,11 +226,13 @@ impl Exchanger {
         }
     }
 
-    /// One exchange; a batch whose answer did not arrive is kept to be sent again.
-    async fn exchange(&mut self, timeout: Duration) -> Result<(), String> {
+    /// One exchange; a batch whose answer did not arrive is kept to be sent again. Tells
+    /// whether it sent such a batch again (what was charged since is still to send).
+    async fn exchange(&mut self, timeout: Duration) -> Result<bool, String> {
         if self.conn.is_none() {
             self.conn = Some(Conn::connect(&self.cfg.url, timeout).await?);
         }
+        let again = self.unanswered.is_some();
         let batch = self.next_batch();
         let cmd = command(&self.cfg.prefix, &self.node, &batch);
         let sent = match self.conn.as_mut() {
@@ -244,18 +248,20 @@ impl Exchanger {
                 let now = (self.acc.clock)();
                 self.acc.limiter.apply_shared(&levels, now);
                 self.acc.spend.apply_shared(&batch.spend, &totals, now);
-                if levels.iter().any(|(_, l)| l.is_none()) || totals.iter().any(Option::is_none) {
+                let partial =
+                    levels.iter().any(|(_, l)| l.is_none()) || totals.iter().any(Option::is_none);
+                if partial && !self.partial {
                     tracing::warn!(
                         "shared counters: Redis could not use some of the gateway's keys \
                          (another type under the same name?); those are counted on this node only"
                     );
                 }
-                Ok(())
+                self.partial = partial;
+                Ok(again)
             }
             Err(e) => {
                 self.conn = None;
                 self.unanswered = Some(batch);
-                self.missed = true;
                 Err(e)
             }
         }
@@ -292,6 +298,7 @@ pub async fn run(
         conn: None,
         unanswered: None,
         missed: false,
+        partial: false,
     };
     let mut backoff = interval;
     let mut failing = false;
@@ -302,8 +309,13 @@ pub async fn run(
         };
         // (Not cut short from outside: a batch taken is either answered or kept; the connection
         // and each round trip have their own time limits.)
-        match ex.exchange(timeout).await {
-            Ok(()) => {
+        let mut outcome = ex.exchange(timeout).await;
+        if last && outcome == Ok(true) {
+            // The last round sent a batch again: what was charged since goes too.
+            outcome = ex.exchange(timeout).await.map(|_| false);
+        }
+        match outcome {
+            Ok(_) => {
                 if failing {
                     tracing::info!(redis = %url, "shared counters: Redis reachable again");
                 }
@@ -316,6 +328,9 @@ pub async fn run(
                     .store(palisade_core::now_ms(), Ordering::Relaxed);
             }
             Err(e) => {
+                // Whatever failed (even the first connection), the units taken until the next
+                // exchange are this node's alone.
+                ex.missed = true;
                 status.up.store(false, Ordering::Relaxed);
                 status.failures.fetch_add(1, Ordering::Relaxed);
                 if !failing {

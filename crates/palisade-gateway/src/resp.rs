@@ -32,10 +32,11 @@ impl std::fmt::Debug for RedisUrl {
 
 impl std::fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let auth = match (&self.user, &self.password) {
-            (Some(u), _) => format!("{u}:***@"),
-            (None, Some(_)) => ":***@".to_string(),
-            (None, None) => String::new(),
+        // Neither the user nor the password is shown.
+        let auth = if self.user.is_some() || self.password.is_some() {
+            "***@"
+        } else {
+            ""
         };
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -361,7 +362,8 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("app"));
         assert_eq!(u.password.as_deref(), Some("p@ss"));
         assert_eq!((u.port, u.db), (6379, 0));
-        assert_eq!(u.to_string(), "redis://app:***@cache.internal:6379/0");
+        assert_eq!(u.to_string(), "redis://***@cache.internal:6379/0");
+        assert!(!format!("{u:?}").contains("app"));
         assert!(!format!("{u:?}").contains("p@ss"));
         let u = RedisUrl::parse("redis://:secret@[::1]:7000").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 7000));

@@ -36,17 +36,24 @@ impl Redis {
     }
 
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     fn url(&self) -> String {
-        format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/3", self.port)
+        url_of(self.port)
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn url_of(port: u16) -> String {
+    format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/3")
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
@@ -336,6 +343,34 @@ async fn an_exchange_whose_answer_is_lost_in_a_stall_is_counted_once() {
         total / 1e9
     );
     assert!((spent(&a).await - spent_here).abs() < 1e-6);
+}
+
+#[tokio::test]
+async fn requests_admitted_before_redis_first_answers_do_not_empty_the_shared_bucket() {
+    // Redis is not there yet when the node starts: it counts alone.
+    let port = free_port();
+    let mock = Mock::start(&[]);
+    let a = node(&config(&mock.url), &url_of(port)).await;
+    let proxy = a.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    for _ in 0..6 {
+        assert_eq!(chat(&c, &proxy, CI_KEY).await.0, 200);
+    }
+    assert_eq!(chat(&c, &proxy, CI_KEY).await.0, 429);
+    let _redis = Redis::start_on(port);
+    let mut up = false;
+    for _ in 0..80 {
+        if metric(&a, "palisade_redis_up").await == Some(1.0) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the node reaches Redis once it is there");
+    settle().await;
+    // What it admitted alone is not sent: the shared bucket is whole, not emptied (or below).
+    let (status, body) = chat(&c, &proxy, CI_KEY).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

@@ -246,21 +246,21 @@ impl ProviderSignIns {
         secret: &str,
     ) -> Result<(), String> {
         let no_key = || "no signing key the provider publishes fits its ID token".to_string();
+        let hs = m.signs_with_secret.then_some(secret);
         let now = now_ms();
         let kept = lock(&self.keys).get(&m.jwks_uri).cloned();
         let (read_at, keys) = match kept {
             Some((at, keys)) if now - at < METADATA_TTL.as_millis() as i64 => (at, keys),
             // A token the client secret signs needs no keys.
-            _ => match verify_id_token_signature(token, &json!({"keys": []}), secret) {
+            _ => match verify_id_token_signature(token, &json!({"keys": []}), hs) {
                 Err(SignatureError::NoKey) => (now, self.read_keys(&m.jwks_uri).await?),
                 other => return other.map_err(|e| signature_error(e, no_key)),
             },
         };
-        match verify_id_token_signature(token, &keys, secret) {
+        match verify_id_token_signature(token, &keys, hs) {
             Err(SignatureError::NoKey) if now - read_at >= KEYS_REREAD.as_millis() as i64 => {
                 let keys = self.read_keys(&m.jwks_uri).await?;
-                verify_id_token_signature(token, &keys, secret)
-                    .map_err(|e| signature_error(e, no_key))
+                verify_id_token_signature(token, &keys, hs).map_err(|e| signature_error(e, no_key))
             }
             other => other.map_err(|e| signature_error(e, no_key)),
         }
@@ -618,9 +618,6 @@ impl Server<'_> {
             Ok(t) => t,
             Err(e) => return unusable(e),
         };
-        if let Err(e) = signins.check_signature(&m, &id_token, &secret).await {
-            return unusable(e);
-        }
         let who = match check_id_token(
             &id_token,
             &p.issuer,
@@ -631,6 +628,11 @@ impl Server<'_> {
             Ok(w) => w,
             Err(e) => return unusable(e),
         };
+        // (After the claims: a token too long or not for this sign-in is refused before any
+        // key is fetched or tried.)
+        if let Err(e) = signins.check_signature(&m, &id_token, &secret).await {
+            return unusable(e);
+        }
         let proxy = self.rt.spec.name.as_str();
         let users = &self.rt.spec.oauth_users;
         let (username, stamp) = match self
