@@ -1,11 +1,14 @@
-//! A small Redis client: the RESP2 wire protocol over one TCP connection, commands sent as a
-//! pipeline. Only what the shared counters need (`cluster.rs`): connect, authenticate, select a
-//! database, run a batch of commands and read their replies, every read bounded.
+//! A small Redis client: the RESP2 wire protocol over one TCP connection (or TLS over it),
+//! commands sent as a pipeline. Only what the shared counters need (`cluster.rs`): connect,
+//! authenticate, select a database, run a batch of commands and read their replies, every
+//! read bounded.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 /// Largest reply read (the counters' replies are a few bytes per bucket or group; a reply is
 /// parsed again from its start as it arrives, so the bound also bounds that work).
@@ -13,9 +16,12 @@ const MAX_REPLY: usize = 1 << 20;
 /// Deepest nesting of arrays accepted in a reply.
 const MAX_DEPTH: usize = 4;
 
-/// Where the Redis server is: `redis://[[user]:password@]host[:port][/db]`.
+/// Where the Redis server is: `redis://[[user]:password@]host[:port][/db]`, or `rediss://`
+/// for TLS.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
+    /// Over TLS (`rediss://`).
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub user: Option<String>,
@@ -43,7 +49,8 @@ impl std::fmt::Display for RedisUrl {
         } else {
             self.host.clone()
         };
-        write!(f, "redis://{auth}{host}:{}/{}", self.port, self.db)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        write!(f, "{scheme}://{auth}{host}:{}/{}", self.port, self.db)
     }
 }
 
@@ -72,16 +79,14 @@ impl RedisUrl {
     /// Parses a `redis://` URL; anything else (`rediss://`, a path that is not a database
     /// number, a query) is refused with the reason.
     pub fn parse(url: &str) -> Result<RedisUrl, String> {
-        let rest = match url.split_once("://") {
-            Some(("redis", rest)) => rest,
-            Some(("rediss", _)) => {
+        let (tls, rest) = match url.split_once("://") {
+            Some(("redis", rest)) => (false, rest),
+            Some(("rediss", rest)) => (true, rest),
+            _ => {
                 return Err(
-                    "`rediss://` (TLS) is not supported: reach Redis over a private \
-                            network or a local TLS tunnel, with `redis://`"
-                        .into(),
+                    "expected `redis://[[user]:password@]host[:port][/db]` (or `rediss://`)".into(),
                 );
             }
-            _ => return Err("expected `redis://[[user]:password@]host[:port][/db]`".into()),
         };
         // The user and password end at the last `@` (a password may hold `/` or `@`); no part of
         // them is ever repeated in an error.
@@ -138,6 +143,7 @@ impl RedisUrl {
                 .map_err(|_| "what follows the host's `/` is not a database number")?,
         };
         Ok(RedisUrl {
+            tls,
             host,
             port,
             user,
@@ -261,9 +267,67 @@ pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
+/// The roots a Redis server's certificate is checked against: the Mozilla set compiled in, and
+/// the certificates of `ca_file` (PEM) when given.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: a certificate cannot be used: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{} holds no certificate", path.display()));
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The connection's byte stream.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
 /// A connection to one Redis server.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     timeout: Duration,
 }
@@ -272,14 +336,34 @@ pub struct Conn {
 pub type RespResult<T> = Result<T, String>;
 
 impl Conn {
-    /// Connects, authenticates and selects the database, each step within `timeout`.
-    pub async fn connect(url: &RedisUrl, timeout: Duration) -> RespResult<Conn> {
+    /// Connects (over TLS with `tls`'s roots for a `rediss://` URL), authenticates and selects
+    /// the database, each step within `timeout`.
+    pub async fn connect(
+        url: &RedisUrl,
+        timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> RespResult<Conn> {
         let addr = (url.host.as_str(), url.port);
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("no connection to {url} within {timeout:?}"))?
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = if url.tls {
+            let config = tls.ok_or("a `rediss://` URL needs TLS settings")?;
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|_| format!("`{}` cannot be checked against a certificate", url.host))?;
+            let tls = tokio::time::timeout(
+                timeout,
+                tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| format!("no TLS session with {url} within {timeout:?}"))?
+            .map_err(|e| format!("TLS with {url} failed: {e}"))?;
+            Stream::Tls(Box::new(tls))
+        } else {
+            Stream::Plain(tcp)
+        };
         let mut conn = Conn {
             stream,
             buf: Vec::with_capacity(4096),
@@ -378,8 +462,10 @@ mod tests {
             let e = RedisUrl::parse(bad).unwrap_err();
             assert!(!e.contains("Sup3r") && !e.contains("nope"), "{e}");
         }
+        let u = RedisUrl::parse("rediss://:pw@cache.example.com:6380").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.to_string(), "rediss://***@cache.example.com:6380/0");
         for bad in [
-            "rediss://h",
             "http://h",
             "h:6379",
             "redis://",

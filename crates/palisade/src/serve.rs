@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Prefix of the gateway's Redis keys (deployments sharing one Redis keep apart by it).
     #[arg(long, env = "PALISADE_REDIS_PREFIX", default_value = "palisade:")]
     redis_prefix: String,
+    /// Certificates (PEM) a `rediss://` server's certificate may chain to, besides the public
+    /// roots compiled in (a private CA).
+    #[arg(long, env = "PALISADE_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
 }
 
 /// Loads the master key from `PALISADE_MASTER_KEY`, or from `<data>/master.key`, creating it
@@ -412,12 +416,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are refused before anything is written.
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
     let cluster = match &args.redis_url {
-        Some(url) => Some(palisade_gateway::cluster::ClusterConfig {
-            url: palisade_gateway::resp::RedisUrl::parse(url)
-                .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_URL: {e}"))?,
-            interval: Duration::from_millis(args.redis_sync_ms),
-            prefix: args.redis_prefix.clone(),
-        }),
+        Some(url) => {
+            let url = palisade_gateway::resp::RedisUrl::parse(url)
+                .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_URL: {e}"))?;
+            let tls = match (url.tls, &args.redis_ca_file) {
+                (true, ca) => Some(
+                    palisade_gateway::resp::tls_config(ca.as_deref())
+                        .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_CA_FILE: {e}"))?,
+                ),
+                (false, Some(_)) => anyhow::bail!(
+                    "PALISADE_REDIS_CA_FILE is for a `rediss://` URL; PALISADE_REDIS_URL is not one"
+                ),
+                (false, None) => None,
+            };
+            Some(palisade_gateway::cluster::ClusterConfig {
+                url,
+                interval: Duration::from_millis(args.redis_sync_ms),
+                prefix: args.redis_prefix.clone(),
+                tls,
+            })
+        }
         None => None,
     };
     let env = |k: &str| std::env::var(k).ok();

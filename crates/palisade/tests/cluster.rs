@@ -19,10 +19,46 @@ struct Redis {
     port: u16,
 }
 
+/// The test certificates of a TLS Redis: a CA, and a server certificate for `127.0.0.1`
+/// and `localhost` it signed (both valid for a century; for these tests only).
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/redis-tls")
+        .join(name)
+}
+
 impl Redis {
     fn start_on(port: u16) -> Redis {
+        Self::start_with(&["--port", &port.to_string()], port)
+    }
+
+    /// A Redis that speaks TLS only.
+    fn start_tls() -> Redis {
+        let port = free_port();
+        let path = |n: &str| fixture(n).display().to_string();
+        Self::start_with(
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &path("server.pem"),
+                "--tls-key-file",
+                &path("server.key"),
+                "--tls-ca-cert-file",
+                &path("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ],
+            port,
+        )
+    }
+
+    fn start_with(listen: &[&str], port: u16) -> Redis {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        cmd.args(["--bind", "127.0.0.1"])
+            .args(listen)
             .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
             .args(["--requirepass", REDIS_PASSWORD]);
         if which("redis-server").is_none() {
@@ -278,7 +314,10 @@ async fn a_node_serves_while_redis_is_down_and_its_spend_reaches_redis_later() {
 /// A connection of the test's own to the same Redis.
 async fn redis_conn(url: &str) -> palisade_gateway::resp::Conn {
     let url = palisade_gateway::resp::RedisUrl::parse(url).unwrap();
-    palisade_gateway::resp::Conn::connect(&url, Duration::from_secs(10))
+    let tls = url
+        .tls
+        .then(|| palisade_gateway::resp::tls_config(Some(&fixture("ca.pem"))).unwrap());
+    palisade_gateway::resp::Conn::connect(&url, Duration::from_secs(10), tls.as_ref())
         .await
         .unwrap()
 }
@@ -373,18 +412,58 @@ async fn requests_admitted_before_redis_first_answers_do_not_empty_the_shared_bu
     assert_eq!(status, 200, "{body}");
 }
 
+#[tokio::test]
+async fn nodes_reach_redis_over_tls_with_a_private_ca() {
+    let redis = Redis::start_tls();
+    let url = format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{}/3", redis.port);
+    let mock = Mock::start(&[]);
+    let cfg = config(&mock.url);
+    let ca = fixture("ca.pem").display().to_string();
+    let env = [
+        ("PALISADE_REDIS_URL", url.as_str()),
+        ("PALISADE_REDIS_SYNC_MS", "50"),
+        ("PALISADE_REDIS_CA_FILE", ca.as_str()),
+    ];
+    let a = Gateway::start_with(tempfile::tempdir().unwrap(), &cfg, &env).await;
+    // Without the CA the server's certificate is not trusted: no exchange ever succeeds.
+    let untrusting = node(&cfg, &url).await;
+    let proxy = a.proxy_url("oai").await;
+    let c = reqwest::Client::new();
+    let (status, body) = chat(&c, &proxy, SPENDER_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    settle().await;
+    assert_eq!(metric(&a, "palisade_redis_up").await, Some(1.0));
+    let month = palisade_core::spend::month_key(palisade_core::now_ms());
+    let key = format!("palisade:spend:engineering:{month}");
+    let total = redis_conn(&url)
+        .await
+        .run(&[args(&["GET", &key])])
+        .await
+        .unwrap()[0]
+        .number()
+        .unwrap();
+    assert!((total / 1e9 - cost_of(&body)).abs() < 1e-6, "{total}");
+    assert_eq!(metric(&untrusting, "palisade_redis_up").await, Some(0.0));
+    assert!(
+        metric(&untrusting, "palisade_redis_exchange_failures_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
 #[test]
 fn a_bad_redis_url_stops_the_start_with_the_reason() {
     let out = Command::new(bin())
         .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
         .arg(tempfile::tempdir().unwrap().path().join("data"))
-        .env("PALISADE_REDIS_URL", "rediss://:pw/x@cache.internal")
+        .env("PALISADE_REDIS_URL", "redis://:pw/x@cache.internal:nope")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("PALISADE_REDIS_URL") && err.contains("TLS"),
+        err.contains("PALISADE_REDIS_URL") && err.contains("port"),
         "{err}"
     );
     assert!(!err.contains("pw"), "{err}");
