@@ -180,6 +180,17 @@ async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Whether the node's exchanges with Redis succeed within 8 s (its back-off is at most 5 s).
+async fn up(gw: &Gateway) -> bool {
+    for _ in 0..80 {
+        if metric(gw, "palisade_redis_up").await == Some(1.0) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 async fn spent(gw: &Gateway) -> f64 {
     gw.get("/api/v1/groups/engineering/budget").await.1["spent_usd"]
         .as_f64()
@@ -294,15 +305,7 @@ async fn a_node_serves_while_redis_is_down_and_its_spend_reaches_redis_later() {
 
     let _redis = Redis::start_on(port);
     // The node reconnects (its back-off is at most 5 s) and fills the empty Redis again.
-    let mut up = false;
-    for _ in 0..80 {
-        if metric(&a, "palisade_redis_up").await == Some(1.0) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "the node exchanges with Redis again");
+    assert!(up(&a).await, "the node exchanges with Redis again");
     settle().await;
     // A new node with an empty log learns the month's whole spend from Redis.
     let b = node(&cfg, &url).await;
@@ -397,15 +400,7 @@ async fn requests_admitted_before_redis_first_answers_do_not_empty_the_shared_bu
     }
     assert_eq!(chat(&c, &proxy, CI_KEY).await.0, 429);
     let _redis = Redis::start_on(port);
-    let mut up = false;
-    for _ in 0..80 {
-        if metric(&a, "palisade_redis_up").await == Some(1.0) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "the node reaches Redis once it is there");
+    assert!(up(&a).await, "the node reaches Redis once it is there");
     settle().await;
     // What it admitted alone is not sent: the shared bucket is whole, not emptied (or below).
     let (status, body) = chat(&c, &proxy, CI_KEY).await;
