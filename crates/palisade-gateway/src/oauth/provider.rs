@@ -50,6 +50,51 @@ const MAX_METADATA: usize = 64;
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A token naming a key the cached set lacks has the set read again, at most this often.
 const KEYS_REREAD: Duration = Duration::from_secs(60);
+/// While a provider's key set cannot be read, the last one read serves up to this age.
+const KEYS_STALE: Duration = Duration::from_secs(24 * 3600);
+
+/// A provider's key set as kept: the last one read (when, and the JWK Set) and the last read
+/// that failed (when, and why).
+#[derive(Debug, Clone, Default)]
+struct KeySet {
+    keys: Option<(i64, Value)>,
+    failed: Option<(i64, String)>,
+}
+
+/// What a sign-in does with the kept key set.
+#[derive(Debug, PartialEq)]
+enum KeysPlan {
+    /// Check with this set (read at).
+    Use(i64, Value),
+    /// Read the set.
+    Read,
+    /// A read failed a moment ago and no set younger than a day is kept.
+    Fail(String),
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// A set read within the hour is used; after a read that failed in the last 15 s the set is
+/// not read again — the last set read serves if it is younger than a day, or the sign-in
+/// fails; otherwise the set is read.
+fn plan_keys(kept: Option<&KeySet>, now: i64) -> KeysPlan {
+    let read_within = |age: Duration| {
+        kept.and_then(|k| k.keys.as_ref())
+            .filter(|(at, _)| now - at < ms(age))
+            .map(|(at, keys)| KeysPlan::Use(*at, keys.clone()))
+    };
+    if let Some(fresh) = read_within(METADATA_TTL) {
+        return fresh;
+    }
+    match kept.and_then(|k| k.failed.as_ref()) {
+        Some((at, why)) if now - at < ms(FAILURE_TTL) => {
+            read_within(KEYS_STALE).unwrap_or_else(|| KeysPlan::Fail(why.clone()))
+        }
+        _ => KeysPlan::Read,
+    }
+}
 /// Largest answer read from the provider.
 const MAX_ANSWER: usize = 256 * 1024;
 /// The page's form token, sent back only by pages of this site (`SameSite=Strict`).
@@ -114,8 +159,10 @@ pub(crate) struct ProviderSignIns {
     pending: Mutex<HashMap<[u8; 32], Pending>>,
     /// Each issuer's configuration (or why it could not be read) and until when it holds.
     metadata: Mutex<HashMap<String, (i64, Discovered)>>,
-    /// Each provider's signing keys (by `jwks_uri`): when read, and the JWK Set.
-    keys: Mutex<HashMap<String, (i64, Value)>>,
+    /// Each provider's signing keys (by `jwks_uri`).
+    keys: Mutex<HashMap<String, KeySet>>,
+    /// One read of a key set at a time: sign-ins that find it stale wait for that read.
+    reading_keys: tokio::sync::Mutex<()>,
     client: std::sync::OnceLock<GuardedClient>,
 }
 
@@ -236,9 +283,9 @@ impl ProviderSignIns {
     }
 
     /// Checks the ID token's signature: with the client secret (HS256/384/512), or with the
-    /// provider's published keys, read from its `jwks_uri` and kept an hour; a token naming a
-    /// key the kept set lacks (the provider rotated its keys) has the set read again, at most
-    /// once a minute.
+    /// provider's published keys, read from its `jwks_uri` and kept an hour ([`plan_keys`]); a
+    /// token naming a key the kept set lacks (the provider rotated its keys) has the set read
+    /// again, at most once a minute.
     async fn check_signature(
         &self,
         m: &ProviderMetadata,
@@ -247,36 +294,82 @@ impl ProviderSignIns {
     ) -> Result<(), String> {
         let no_key = || "no signing key the provider publishes fits its ID token".to_string();
         let hs = m.signs_with_secret.then_some(secret);
-        let now = now_ms();
-        let kept = lock(&self.keys).get(&m.jwks_uri).cloned();
-        let (read_at, keys) = match kept {
-            Some((at, keys)) if now - at < METADATA_TTL.as_millis() as i64 => (at, keys),
-            // A token the client secret signs needs no keys.
-            _ => match verify_id_token_signature(token, &json!({"keys": []}), hs) {
-                Err(SignatureError::NoKey) => (now, self.read_keys(&m.jwks_uri).await?),
-                other => return other.map_err(|e| signature_error(e, no_key)),
-            },
-        };
+        // A token the client secret signs needs no keys.
+        match verify_id_token_signature(token, &json!({"keys": []}), hs) {
+            Err(SignatureError::NoKey) => {}
+            other => return other.map_err(|e| signature_error(e, no_key)),
+        }
+        let (read_at, keys) = self.keys_for(&m.jwks_uri, None).await?;
         match verify_id_token_signature(token, &keys, hs) {
-            Err(SignatureError::NoKey) if now - read_at >= KEYS_REREAD.as_millis() as i64 => {
-                let keys = self.read_keys(&m.jwks_uri).await?;
+            Err(SignatureError::NoKey) if now_ms() - read_at >= ms(KEYS_REREAD) => {
+                let (_, keys) = self.keys_for(&m.jwks_uri, Some(read_at)).await?;
                 verify_id_token_signature(token, &keys, hs).map_err(|e| signature_error(e, no_key))
             }
             other => other.map_err(|e| signature_error(e, no_key)),
         }
     }
 
-    /// Reads a provider's JWK Set and keeps it.
-    async fn read_keys(&self, jwks_uri: &str) -> Result<Value, String> {
-        let keys = Some(self.get_json(jwks_uri, "signing keys").await?)
-            .filter(|k| k["keys"].is_array())
-            .ok_or("its signing keys are not a JWK Set")?;
+    /// A provider's key set as [`plan_keys`] says, read by one sign-in at a time (the others
+    /// wait and use what it read); `newer_than`: the set must have been read after that (a
+    /// token named a key the set read then lacks).
+    async fn keys_for(
+        &self,
+        jwks_uri: &str,
+        newer_than: Option<i64>,
+    ) -> Result<(i64, Value), String> {
+        let plan = |now| {
+            let kept = lock(&self.keys).get(jwks_uri).cloned();
+            match (plan_keys(kept.as_ref(), now), newer_than) {
+                (KeysPlan::Use(at, _), Some(old)) if at <= old => match kept.and_then(|k| k.failed)
+                {
+                    Some((failed, why)) if now - failed < ms(FAILURE_TTL) => KeysPlan::Fail(why),
+                    _ => KeysPlan::Read,
+                },
+                (plan, _) => plan,
+            }
+        };
+        match plan(now_ms()) {
+            KeysPlan::Use(at, keys) => return Ok((at, keys)),
+            KeysPlan::Fail(why) => return Err(why),
+            KeysPlan::Read => {}
+        }
+        let _one_reader = self.reading_keys.lock().await;
+        let now = now_ms();
+        match plan(now) {
+            KeysPlan::Use(at, keys) => return Ok((at, keys)),
+            KeysPlan::Fail(why) => return Err(why),
+            KeysPlan::Read => {}
+        }
+        let read = self.get_json(jwks_uri, "signing keys").await.and_then(|k| {
+            Some(k)
+                .filter(|k| k["keys"].is_array())
+                .ok_or_else(|| "its signing keys are not a JWK Set".to_string())
+        });
         let mut kept = lock(&self.keys);
-        if kept.len() >= MAX_METADATA {
+        if kept.len() >= MAX_METADATA && !kept.contains_key(jwks_uri) {
             kept.clear();
         }
-        kept.insert(jwks_uri.to_string(), (now_ms(), keys.clone()));
-        Ok(keys)
+        let entry = kept.entry(jwks_uri.to_string()).or_default();
+        match read {
+            Ok(keys) => {
+                *entry = KeySet {
+                    keys: Some((now, keys.clone())),
+                    failed: None,
+                };
+                Ok((now, keys))
+            }
+            Err(why) => {
+                entry.failed = Some((now, why.clone()));
+                // The last set read serves while the provider's cannot be read.
+                match entry.keys.clone() {
+                    Some((at, keys)) if now - at < ms(KEYS_STALE) => {
+                        tracing::warn!(error = %why, "OAuth: a provider's signing keys cannot be read; the last ones read are used");
+                        Ok((at, keys))
+                    }
+                    _ => Err(why),
+                }
+            }
+        }
     }
 
     /// Exchanges the provider's code for its ID token.
@@ -659,5 +752,52 @@ impl Server<'_> {
             Ok(r) => r,
             Err(e) => stopped(self, a, StatusCode::SERVICE_UNAVAILABLE, &e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_set_is_kept_an_hour_and_serves_a_day_while_it_cannot_be_read() {
+        let hour = ms(METADATA_TTL);
+        let set = json!({"keys": [{"kty": "EC"}]});
+        let read_at = 1_000_000;
+        let kept = |failed: Option<i64>| KeySet {
+            keys: Some((read_at, set.clone())),
+            failed: failed.map(|at| (at, "it cannot be reached".to_string())),
+        };
+        assert_eq!(plan_keys(None, read_at), KeysPlan::Read);
+        assert_eq!(
+            plan_keys(Some(&kept(None)), read_at + hour - 1),
+            KeysPlan::Use(read_at, set.clone())
+        );
+        assert_eq!(plan_keys(Some(&kept(None)), read_at + hour), KeysPlan::Read);
+        // A read failed a moment ago: not read again yet; the old set serves, up to a day.
+        let now = read_at + 2 * hour;
+        assert_eq!(
+            plan_keys(Some(&kept(Some(now - 1_000))), now),
+            KeysPlan::Use(read_at, set.clone())
+        );
+        assert_eq!(
+            plan_keys(Some(&kept(Some(now - 20_000))), now),
+            KeysPlan::Read
+        );
+        let day_later = read_at + ms(KEYS_STALE);
+        assert_eq!(
+            plan_keys(Some(&kept(Some(day_later - 1_000))), day_later),
+            KeysPlan::Fail("it cannot be reached".into())
+        );
+        // Never read, and the read failed a moment ago: the sign-in fails without a new read.
+        let never = KeySet {
+            keys: None,
+            failed: Some((read_at, "it answered HTTP 503 for its signing keys".into())),
+        };
+        assert!(matches!(
+            plan_keys(Some(&never), read_at + 5_000),
+            KeysPlan::Fail(_)
+        ));
+        assert_eq!(plan_keys(Some(&never), read_at + 15_000), KeysPlan::Read);
     }
 }
