@@ -103,29 +103,49 @@ impl RateLimiter {
         b.at_ms = now;
     }
 
-    /// Checks that `scope` has budget left (> 0) and, with `take`, takes that many units.
-    /// On refusal returns the seconds until one unit is available.
-    fn acquire(&self, scope: &str, limit: u32, take: f64, now: i64) -> Result<(), u64> {
-        let units = limit;
-        let limit = f64::from(limit);
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+    /// Buckets unused for two minutes go once the map is large.
+    fn prune(map: &mut HashMap<String, Bucket>, now: i64) {
         if map.len() > 100_000 {
             map.retain(|_, b| now - b.used_ms < 120_000);
         }
-        let b = map
-            .entry(scope.to_string())
-            .or_insert_with(|| Bucket::full(units, now));
-        b.limit = units;
+    }
+
+    /// The bucket of `scope` (full when new; the scope's name is copied only then), marked used
+    /// now with `limit`, and refilled to now.
+    fn used<'a>(
+        map: &'a mut HashMap<String, Bucket>,
+        scope: &str,
+        limit: u32,
+        now: i64,
+    ) -> &'a mut Bucket {
+        if !map.contains_key(scope) {
+            map.insert(scope.to_string(), Bucket::full(limit, now));
+        }
+        let b = map.get_mut(scope).expect("inserted above");
+        b.limit = limit;
         b.used_ms = now;
-        Self::refill(b, limit, now);
+        Self::refill(b, f64::from(limit), now);
+        b
+    }
+
+    /// Seconds until `missing` units of a per-minute `limit` are back (at least one).
+    fn wait_secs(missing: f64, limit: f64) -> u64 {
+        ((missing * 60.0 / limit).ceil() as u64).max(1)
+    }
+
+    /// Checks that `scope` has budget left (> 0) and, with `take`, takes that many units.
+    /// On refusal returns the seconds until one unit is available.
+    fn acquire(&self, scope: &str, limit: u32, take: f64, now: i64) -> Result<(), u64> {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        Self::prune(&mut map, now);
+        let b = Self::used(&mut map, scope, limit, now);
         let need = take.max(f64::MIN_POSITIVE);
         if b.tokens >= need {
             b.tokens -= take;
             b.pending += take;
             Ok(())
         } else {
-            let missing = need - b.tokens;
-            Err(((missing * 60.0 / limit).ceil() as u64).max(1))
+            Err(Self::wait_secs(need - b.tokens, f64::from(limit)))
         }
     }
 
@@ -134,21 +154,12 @@ impl RateLimiter {
     /// limit does not use up the others. Returns the refusing check's index and its wait.
     fn acquire_all(&self, checks: &[Check], now: i64) -> Result<(), (usize, u64)> {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, b| now - b.used_ms < 120_000);
-        }
+        Self::prune(&mut map, now);
         for (i, c) in checks.iter().enumerate() {
-            let limit = f64::from(c.limit);
-            let b = map
-                .entry(c.scope.clone())
-                .or_insert_with(|| Bucket::full(c.limit, now));
-            b.limit = c.limit;
-            b.used_ms = now;
-            Self::refill(b, limit, now);
+            let b = Self::used(&mut map, &c.scope, c.limit, now);
             let need = c.take.max(f64::MIN_POSITIVE);
             if b.tokens < need {
-                let missing = need - b.tokens;
-                return Err((i, ((missing * 60.0 / limit).ceil() as u64).max(1)));
+                return Err((i, Self::wait_secs(need - b.tokens, f64::from(c.limit))));
             }
         }
         for c in checks {
@@ -162,16 +173,9 @@ impl RateLimiter {
 
     /// Charges units after the fact (tokens); the balance may go negative and then refuses.
     fn charge(&self, scope: &str, limit: u32, amount: f64, now: i64) {
-        let units = limit;
-        let limit = f64::from(limit);
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = map
-            .entry(scope.to_string())
-            .or_insert_with(|| Bucket::full(units, now));
-        b.limit = units;
-        b.used_ms = now;
-        Self::refill(b, limit, now);
-        b.tokens = (b.tokens - amount).min(limit);
+        let b = Self::used(&mut map, scope, limit, now);
+        b.tokens = (b.tokens - amount).min(f64::from(limit));
         b.pending += amount;
     }
 

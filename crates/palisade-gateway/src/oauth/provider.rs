@@ -78,11 +78,12 @@ fn ms(d: Duration) -> i64 {
 
 /// A set read within the hour is used; after a read that failed in the last 15 s the set is
 /// not read again — the last set read serves if it is younger than a day, or the sign-in
-/// fails; otherwise the set is read.
-fn plan_keys(kept: Option<&KeySet>, now: i64) -> KeysPlan {
+/// fails; otherwise the set is read. `newer_than`: only a set read after then will do (a token
+/// named a key the set read then lacks).
+fn plan_keys(kept: Option<&KeySet>, now: i64, newer_than: Option<i64>) -> KeysPlan {
     let read_within = |age: Duration| {
         kept.and_then(|k| k.keys.as_ref())
-            .filter(|(at, _)| now - at < ms(age))
+            .filter(|(at, _)| now - at < ms(age) && newer_than.is_none_or(|old| *at > old))
             .map(|(at, keys)| KeysPlan::Use(*at, keys.clone()))
     };
     if let Some(fresh) = read_within(METADATA_TTL) {
@@ -317,28 +318,19 @@ impl ProviderSignIns {
         jwks_uri: &str,
         newer_than: Option<i64>,
     ) -> Result<(i64, Value), String> {
-        let plan = |now| {
-            let kept = lock(&self.keys).get(jwks_uri).cloned();
-            match (plan_keys(kept.as_ref(), now), newer_than) {
-                (KeysPlan::Use(at, _), Some(old)) if at <= old => match kept.and_then(|k| k.failed)
-                {
-                    Some((failed, why)) if now - failed < ms(FAILURE_TTL) => KeysPlan::Fail(why),
-                    _ => KeysPlan::Read,
-                },
-                (plan, _) => plan,
-            }
+        // The answer without a read, if there is one.
+        let kept_answer = |now| match plan_keys(lock(&self.keys).get(jwks_uri), now, newer_than) {
+            KeysPlan::Use(at, keys) => Some(Ok((at, keys))),
+            KeysPlan::Fail(why) => Some(Err(why)),
+            KeysPlan::Read => None,
         };
-        match plan(now_ms()) {
-            KeysPlan::Use(at, keys) => return Ok((at, keys)),
-            KeysPlan::Fail(why) => return Err(why),
-            KeysPlan::Read => {}
+        if let Some(answer) = kept_answer(now_ms()) {
+            return answer;
         }
         let _one_reader = self.reading_keys.lock().await;
         let now = now_ms();
-        match plan(now) {
-            KeysPlan::Use(at, keys) => return Ok((at, keys)),
-            KeysPlan::Fail(why) => return Err(why),
-            KeysPlan::Read => {}
+        if let Some(answer) = kept_answer(now) {
+            return answer;
         }
         let read = self.get_json(jwks_uri, "signing keys").await.and_then(|k| {
             Some(k)
@@ -768,25 +760,28 @@ mod tests {
             keys: Some((read_at, set.clone())),
             failed: failed.map(|at| (at, "it cannot be reached".to_string())),
         };
-        assert_eq!(plan_keys(None, read_at), KeysPlan::Read);
+        assert_eq!(plan_keys(None, read_at, None), KeysPlan::Read);
         assert_eq!(
-            plan_keys(Some(&kept(None)), read_at + hour - 1),
+            plan_keys(Some(&kept(None)), read_at + hour - 1, None),
             KeysPlan::Use(read_at, set.clone())
         );
-        assert_eq!(plan_keys(Some(&kept(None)), read_at + hour), KeysPlan::Read);
+        assert_eq!(
+            plan_keys(Some(&kept(None)), read_at + hour, None),
+            KeysPlan::Read
+        );
         // A read failed a moment ago: not read again yet; the old set serves, up to a day.
         let now = read_at + 2 * hour;
         assert_eq!(
-            plan_keys(Some(&kept(Some(now - 1_000))), now),
+            plan_keys(Some(&kept(Some(now - 1_000))), now, None),
             KeysPlan::Use(read_at, set.clone())
         );
         assert_eq!(
-            plan_keys(Some(&kept(Some(now - 20_000))), now),
+            plan_keys(Some(&kept(Some(now - 20_000))), now, None),
             KeysPlan::Read
         );
         let day_later = read_at + ms(KEYS_STALE);
         assert_eq!(
-            plan_keys(Some(&kept(Some(day_later - 1_000))), day_later),
+            plan_keys(Some(&kept(Some(day_later - 1_000))), day_later, None),
             KeysPlan::Fail("it cannot be reached".into())
         );
         // Never read, and the read failed a moment ago: the sign-in fails without a new read.
@@ -795,9 +790,21 @@ mod tests {
             failed: Some((read_at, "it answered HTTP 503 for its signing keys".into())),
         };
         assert!(matches!(
-            plan_keys(Some(&never), read_at + 5_000),
+            plan_keys(Some(&never), read_at + 5_000, None),
             KeysPlan::Fail(_)
         ));
-        assert_eq!(plan_keys(Some(&never), read_at + 15_000), KeysPlan::Read);
+        assert_eq!(
+            plan_keys(Some(&never), read_at + 15_000, None),
+            KeysPlan::Read
+        );
+        // A token named a key the set lacks: only a set read after it will do, not the stale one.
+        assert_eq!(
+            plan_keys(Some(&kept(None)), read_at + 1, Some(read_at)),
+            KeysPlan::Read
+        );
+        assert!(matches!(
+            plan_keys(Some(&kept(Some(now - 1_000))), now, Some(read_at)),
+            KeysPlan::Fail(_)
+        ));
     }
 }
