@@ -429,15 +429,27 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves; in-flight calls finish.
-pub async fn serve(
+pub fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
+    // Built before the future is first polled: once this returns, the admin API's start-up
+    // work is done.
+    let app = router(state.clone());
+    serve_router(listener, state, app, shutdown)
+}
+
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let ticker = tokio::spawn(events::ticker(state.clone()));
+    let ticker = tokio::spawn(events::ticker(state));
     let res = axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;

@@ -194,18 +194,31 @@ pub async fn deliver_alerts(state: AppState) {
     let client = palisade_gateway::build_guarded_client();
     // Failing receivers: when to try again.
     let mut paused: HashMap<String, Instant> = HashMap::new();
+    // Whether the last read found an enabled webhook. Without one there is nothing to poll for:
+    // the worker sleeps until a webhook is created or changed (the wake-up is kept if it comes
+    // while the worker is busy), instead of reading the database every second.
+    let mut any_enabled = true;
+    let mut first = true;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(TICK) => {}
-            () = state.webhooks.wake.notified() => {}
+        if first {
+            first = false;
+        } else if any_enabled {
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = state.webhooks.wake.notified() => {}
+            }
+        } else {
+            state.webhooks.wake.notified().await;
         }
         let hooks = match state.store.list_webhooks().await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "webhooks could not be read; alert delivery waits");
+                any_enabled = true;
                 continue;
             }
         };
+        any_enabled = hooks.iter().any(|h| h.spec.enabled);
         let now = Instant::now();
         paused.retain(|name, _| hooks.iter().any(|h| h.spec.name == *name));
         let due: Vec<WebhookRow> = hooks

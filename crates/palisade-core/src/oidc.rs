@@ -297,6 +297,12 @@ pub fn verify_id_token_signature(
     let header: Value = serde_json::from_slice(&b64(header)?)
         .map_err(|_| invalid("the ID token's header is not JSON"))?;
     let signature = b64(signature)?;
+    // RFC 7515 §4.1.11: extensions the token says must be understood; the gateway knows none.
+    if !header["crit"].is_null() {
+        return Err(invalid(
+            "the ID token names critical header extensions the gateway does not implement",
+        ));
+    }
     let alg = header["alg"].as_str().unwrap_or("");
     let message = signing_input.as_bytes();
 
@@ -842,6 +848,12 @@ mod tests {
             ec.sign(&rng, m).unwrap().as_ref().to_vec()
         });
         assert_eq!(verify_id_token_signature(&t, &unnamed, None), Ok(()));
+        // Correctly signed, but naming an extension that must be understood (RFC 7515 §4.1.11).
+        let t = signed(
+            json!({"alg": "ES256", "kid": "k-2026", "crit": ["exp"], "exp": 1}),
+            |m| ec.sign(&rng, m).unwrap().as_ref().to_vec(),
+        );
+        assert!(bad(verify_id_token_signature(&t, &unnamed, None)));
 
         // Unsigned, or an algorithm not accepted.
         for alg in ["none", "None", "HS1", "ES512", "RSA-OAEP", ""] {

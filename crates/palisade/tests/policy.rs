@@ -862,12 +862,18 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
             keep.lock().await.extend_from_slice(&buf);
         }
     });
-    let cfg = format!(
-        "{}\n[[webhooks]]\nname = \"siem\"\nurl = \"tcp://127.0.0.1:{port}\"\nformat = \"syslog\"\n",
-        config(&mock.url, "enforce"),
-    );
-    let gw = Gateway::start(&cfg).await;
+    // No webhook at start: the delivery worker, finding none enabled, sleeps until one is
+    // created; the one created through the API must wake it.
+    let gw = Gateway::start(&config(&mock.url, "enforce")).await;
     let url = gw.proxy_url("guarded").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (st, v) = gw
+        .post(
+            "/api/v1/webhooks",
+            json!({"name": "siem", "url": format!("tcp://127.0.0.1:{port}"), "format": "syslog"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
     let r = chat(&url, INJECTION, false).await;
     assert_eq!(r.status(), 403);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
