@@ -85,8 +85,8 @@ pub struct Released {
 }
 
 /// Drops the resident pages of the read-only file mappings of the executable and its libraries
-/// (their code and constant data) that no one ever wrote to. Start-up runs much code the serving process never runs
-/// again (argument parsing, migrations, seeding, config checks, the compilers of the policy
+/// (their code and constant data) that no one ever wrote to. Start-up runs much code the
+/// serving process never runs again (argument parsing, migrations, seeding, config checks, the compilers of the policy
 /// set): with 64 KiB fault-around, it leaves most of a 15 MiB code segment resident. After the
 /// drop, the pages the process does run fault back in from the page cache (minor faults, the
 /// same bytes), and the rest stay out. A mapping with any privately written page (relocated
@@ -136,7 +136,7 @@ struct CleanMapping {
 /// (pseudo-mappings such as `[vdso]` are not files and never qualify).
 fn read_only_clean_mappings(smaps: &str) -> Vec<CleanMapping> {
     let mut found = Vec::new();
-    // (mapping, whether it qualifies so far, its Rss)
+    // The mapping being read, and whether it qualifies so far.
     let mut current: Option<(CleanMapping, bool)> = None;
     let mut finish = |current: &mut Option<(CleanMapping, bool)>| {
         if let Some((m, true)) = current.take() {
