@@ -34,7 +34,7 @@ impl Redis {
 
     /// A Redis that speaks TLS only.
     fn start_tls() -> Redis {
-        let port = free_port();
+        let port = unused_port();
         let path = |n: &str| fixture(n).display().to_string();
         Self::start_with(
             &[
@@ -72,20 +72,12 @@ impl Redis {
     }
 
     fn start() -> Redis {
-        Self::start_on(free_port())
+        Self::start_on(unused_port())
     }
 
     fn url(&self) -> String {
         url_of(self.port)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn url_of(port: u16) -> String {
@@ -390,7 +382,7 @@ async fn an_exchange_whose_answer_is_lost_in_a_stall_is_counted_once() {
 #[tokio::test]
 async fn requests_admitted_before_redis_first_answers_do_not_empty_the_shared_bucket() {
     // Redis is not there yet when the node starts: it counts alone.
-    let port = free_port();
+    let port = unused_port();
     let mock = Mock::start(&[]);
     let a = node(&config(&mock.url), &url_of(port)).await;
     let proxy = a.proxy_url("oai").await;

@@ -1369,13 +1369,15 @@ async fn requests_outlasting_the_drain_time_get_a_503() {
 }
 
 /// Two free loopback ports (bound and released; the kernel does not hand them out again at once).
+/// Two distinct unused ports (see `unused_port`: a gateway's own `:0` listeners cannot take them).
 fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
+    let a = unused_port();
+    loop {
+        let b = unused_port();
+        if b != a {
+            return (a, b);
+        }
+    }
 }
 
 fn two_proxies(upstream: &str, a: u16, b: u16) -> String {

@@ -14,6 +14,47 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
 pub const METRICS_TOKEN: &str = "metrics-scrape-token-for-tests-0001";
 pub const CI_KEY: &str = "pal_test_fixed_key_000000000001";
 
+/// A loopback port that nothing listens on now and that the kernel will not hand to a
+/// `:0` bind meanwhile: it is taken from below (or above) the ephemeral range, so a gateway
+/// that binds other listeners to port 0 cannot be given it before the test's config uses it.
+/// Ports are drawn at random, so tests running in parallel rarely draw the same one; a drawn
+/// port that cannot be bound is skipped.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // The wider of the two ranges outside the ephemeral one, above the privileged ports.
+    let (from, to) = if low.saturating_sub(1024) >= 65535u32.saturating_sub(high) {
+        (1024, low.max(1025) - 1)
+    } else {
+        (high + 1, 65535)
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ ((std::process::id() as u64) << 32);
+    for _ in 0..1000 {
+        let n = DRAWS.fetch_add(1, Ordering::Relaxed);
+        // splitmix64 of the seed and the draw number.
+        let mut x = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let port = (from as u64 + x % (to - from + 1) as u64) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {from}..={to}");
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_palisade")
 }
