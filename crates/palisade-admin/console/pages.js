@@ -1007,7 +1007,7 @@ async function settings(ctx, main) {
     h('p', {}, 'Machine access uses the same REST API: log in with POST /api/v1/auth/login and send the token as Authorization: Bearer. The OpenAPI document is at ', h('a', { href: '/api/v1/openapi.json' }, '/api/v1/openapi.json'), '.'),
     h('p', {}, 'Prometheus scrapes GET /metrics (with the bearer token set in PALISADE_METRICS_TOKEN). Live events: GET /api/v1/events (server-sent events).'),
     h('p', {}, 'OpenTelemetry: set OTEL_EXPORTER_OTLP_ENDPOINT and every proxied request is exported as a span (OTLP/HTTP, JSON), in the caller\'s trace when it sent a traceparent.'),
-    h('p', { class: 'muted' }, 'SIEMs: a webhook of format syslog sends CEF over TCP; JSON webhooks reach HTTP collectors.')));
+    h('p', { class: 'muted' }, 'SIEMs: a webhook of format syslog sends CEF over syslog (TLS or TCP); JSON webhooks reach HTTP collectors.')));
 }
 
 // OAuth of the MCP and A2A proxies: the identity providers users sign in through, and the
@@ -1069,7 +1069,7 @@ const ALERT_KINDS = ['policy', 'budget', 'mcp_tool', 'mcp_answer'];
 async function webhooksSection(ctx, main) {
   const hooks = await get('/api/v1/webhooks');
   const box = section('Alert delivery (webhooks)',
-    h('p', { class: 'muted' }, 'Alerts are sent as they are raised (JSON for a SIEM or incident tool, Slack text, or CEF over syslog/TCP), signed when a secret is set, and retried until the receiver takes them: nothing is lost while it is down. The URL and the secret are stored encrypted and never shown.'));
+    h('p', { class: 'muted' }, 'Alerts are sent as they are raised (JSON for a SIEM or incident tool, Slack text, or CEF over syslog, TLS or TCP), signed when a secret is set, and retried until the receiver takes them: nothing is lost while it is down. The URL and the secret are stored encrypted and never shown.'));
   box.id = 'webhooks';
   box.appendChild(hooks.length ? table([
     { label: 'Name', key: 'name' },
@@ -1094,7 +1094,7 @@ async function webhooksSection(ctx, main) {
       h('div', { class: 'grid2' },
         field('Name', h('input', { name: 'name', required: true, autocomplete: 'off' })),
         field('Receiver URL', h('input', { name: 'url', type: 'password', required: true, autocomplete: 'off', placeholder: 'https://hooks.example.com/…' }), 'A chat webhook\'s URL is its credential: stored encrypted, shown as scheme and host only.'),
-        field('Format', h('select', { name: 'format' }, ['json', 'slack', 'syslog'].map((f) => h('option', { value: f }, f))), 'syslog: CEF events over TCP to a SIEM collector; its URL is tcp://host:port.'),
+        field('Format', h('select', { name: 'format' }, ['json', 'slack', 'syslog'].map((f) => h('option', { value: f }, f))), 'syslog: CEF events to a SIEM collector; its URL is tls://host:port (syslog over TLS) or tcp://host:port.'),
         field('Lowest severity', h('select', { name: 'min_severity' }, SEVERITIES.slice().reverse().map((v) => h('option', { value: v }, v)))),
         field('Signing secret', h('input', { name: 'secret', type: 'password', autocomplete: 'off' }), 'Optional, 16–256 bytes: deliveries carry x-palisade-signature (HMAC-SHA256).')),
       h('fieldset', { class: 'checks' }, h('legend', {}, 'Alert kinds (none: every kind)'),

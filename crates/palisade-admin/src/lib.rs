@@ -75,6 +75,8 @@ pub struct AppState {
     admin_addr: Option<SocketAddr>,
     /// Alert delivery to webhooks.
     pub webhooks: Arc<webhooks::Deliveries>,
+    /// The roots webhook receivers' certificates are checked against (`PALISADE_WEBHOOK_CA_FILE`).
+    webhook_tls: palisade_gateway::TlsConfig,
 }
 
 impl AppState {
@@ -106,6 +108,7 @@ impl AppState {
             admin_hosts: admin_hosts(),
             admin_addr: None,
             webhooks: Default::default(),
+            webhook_tls: palisade_gateway::tls_client_config(None).map_err(ApiError::internal)?,
         })
     }
 
@@ -126,6 +129,12 @@ impl AppState {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Checks webhook receivers' certificates against `tls`'s roots.
+    pub fn with_webhook_tls(mut self, tls: palisade_gateway::TlsConfig) -> Self {
+        self.webhook_tls = tls;
+        self
     }
 
     /// Uses `hub` for live events (the one the gateway's record and alert sinks feed).

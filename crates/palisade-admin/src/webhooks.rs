@@ -191,7 +191,7 @@ pub struct Deliveries {
 
 /// Delivers alerts to the enabled webhooks until the process ends.
 pub async fn deliver_alerts(state: AppState) {
-    let client = palisade_gateway::build_guarded_client();
+    let client = palisade_gateway::build_guarded_client_with(&state.webhook_tls);
     // Failing receivers: when to try again.
     let mut paused: HashMap<String, Instant> = HashMap::new();
     // Whether the last read found an enabled webhook. Without one there is nothing to poll for:
@@ -300,9 +300,9 @@ async fn send(
         .map_err(|_| "its URL cannot be decrypted with this master key".to_string())?;
     let body = delivery_body(&h.spec.name, h.spec.format, alerts);
     if h.spec.format == palisade_core::webhook::WebhookFormat::Syslog {
-        let (host, port) = palisade_core::webhook::syslog_target(&url)
-            .ok_or_else(|| "its address is not tcp://host:port".to_string())?;
-        palisade_gateway::send_tcp(&host, port, &body, TIMEOUT).await?;
+        let target = palisade_core::webhook::syslog_target(&url)
+            .ok_or_else(|| "its address is not tls://host:port or tcp://host:port".to_string())?;
+        palisade_gateway::send_syslog(&target, &state.webhook_tls, &body, TIMEOUT).await?;
         // Every byte was taken: as a 2xx is for an HTTP receiver.
         return Ok(palisade_gateway::Posted { status: 200 });
     }
@@ -425,7 +425,7 @@ pub async fn test(
         status: "new".into(),
         ..AlertRecord::default()
     };
-    let client = palisade_gateway::build_guarded_client();
+    let client = palisade_gateway::build_guarded_client_with(&s.webhook_tls);
     let outcome = match send(&s, &client, &h, &[alert]).await {
         Ok(p) => {
             let status = Some(p.status);

@@ -15,8 +15,9 @@ pub enum WebhookFormat {
     Json,
     /// `{"text": …}`, one line per alert: a Slack (or Mattermost) incoming webhook.
     Slack,
-    /// Syslog over TCP (RFC 5424 messages, octet-counted as RFC 6587 frames them) whose text is
-    /// ArcSight CEF: for a SIEM's syslog collector. The URL is `tcp://host:port`.
+    /// Syslog (RFC 5424 messages, octet-counted as RFC 6587 and RFC 5425 frame them) whose text
+    /// is ArcSight CEF: for a SIEM's syslog collector. The URL is `tls://host:port` (syslog over
+    /// TLS, the collector's certificate checked) or `tcp://host:port` (plain TCP).
     Syslog,
 }
 
@@ -107,38 +108,59 @@ impl WebhookSpec {
     }
 }
 
-/// A syslog collector's address: `tcp://host:port`, the host not link-local or unspecified.
+/// A syslog collector's address: `tls://host:port` or `tcp://host:port`, the host not
+/// link-local or unspecified.
 fn check_syslog_url(url: &str) -> Result<(), FieldError> {
     let bad = |m: &str| Err(FieldError::new("url", m.to_string()));
-    let Some(rest) = url.strip_prefix("tcp://") else {
-        return bad("must be tcp://host:port for format `syslog` (syslog over TCP)");
+    let Some(rest) = url
+        .strip_prefix("tls://")
+        .or_else(|| url.strip_prefix("tcp://"))
+    else {
+        return bad(
+            "must be tls://host:port (syslog over TLS) or tcp://host:port (plain TCP) for format `syslog`",
+        );
     };
     // The same host checks as an http URL: written as one.
     check_outbound_url(&format!("http://{rest}"), "syslog takes none")?;
     let auth = rest.split('/').next().unwrap_or("");
     if rest.len() != auth.len() && rest != format!("{auth}/") {
-        return bad("must be tcp://host:port, without a path");
+        return bad("must be tls://host:port or tcp://host:port, without a path");
     }
     if auth
         .rsplit_once(':')
         .is_none_or(|(_, p)| p.parse::<u16>().map_or(true, |p| p == 0))
         || auth.ends_with(']')
     {
-        return bad("must name a port, e.g. tcp://siem.example.com:6514");
+        return bad("must name a port, e.g. tls://siem.example.com:6514");
     }
     Ok(())
 }
 
-/// The host and port of a `tcp://host:port` syslog URL.
-pub fn syslog_target(url: &str) -> Option<(String, u16)> {
-    let auth = url.strip_prefix("tcp://")?.trim_end_matches('/');
-    let (host, port) = auth.rsplit_once(':')?;
-    Some((
-        host.trim_start_matches('[')
+/// Where a syslog webhook sends: a collector's host and port, over TLS or plain TCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogTarget {
+    /// `tls://`: the collector's certificate is checked against the gateway's roots.
+    pub tls: bool,
+    /// A name or an address (an IPv6 one without its brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+/// The collector of a `tls://host:port` or `tcp://host:port` syslog URL.
+pub fn syslog_target(url: &str) -> Option<SyslogTarget> {
+    let (tls, rest) = match url.strip_prefix("tls://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("tcp://")?),
+    };
+    let (host, port) = rest.trim_end_matches('/').rsplit_once(':')?;
+    Some(SyslogTarget {
+        tls,
+        host: host
+            .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string(),
-        port.parse().ok()?,
-    ))
+        port: port.parse().ok()?,
+    })
 }
 
 /// A webhook URL: [`check_outbound_url`], pointing at the signing secret for credentials.
@@ -455,16 +477,33 @@ mod tests {
     }
 
     #[test]
-    fn syslog_targets_are_tcp_addresses() {
-        let mut s = spec("tcp://siem.example.test:6514");
+    fn syslog_targets_are_tls_or_tcp_addresses() {
+        let mut s = spec("tcp://siem.example.test:514");
         s.format = WebhookFormat::Syslog;
         assert!(s.validate().is_ok());
         assert_eq!(
             syslog_target(&s.url),
-            Some(("siem.example.test".to_string(), 6514))
+            Some(SyslogTarget {
+                tls: false,
+                host: "siem.example.test".into(),
+                port: 514
+            })
+        );
+        s.url = "tls://[::1]:6514/".into();
+        assert!(s.validate().is_ok());
+        assert_eq!(
+            syslog_target(&s.url),
+            Some(SyslogTarget {
+                tls: true,
+                host: "::1".into(),
+                port: 6514
+            })
         );
         for bad in [
             "https://siem.example.test/",
+            "udp://siem.example.test:514",
+            "tls://siem.example.test",
+            "tls://169.254.169.254:6514",
             "tcp://siem.example.test",
             "tcp://siem.example.test:0",
             "tcp://169.254.169.254:514",

@@ -107,7 +107,7 @@ pub struct ClusterConfig {
     /// Prefix of every Redis key (`palisade:` by default): gateways of separate deployments
     /// sharing one Redis keep apart by it, or by the URL's database number.
     pub prefix: String,
-    /// TLS settings for a `rediss://` URL ([`crate::resp::tls_config`]).
+    /// TLS settings for a `rediss://` URL ([`crate::tls_client_config`]).
     pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 

@@ -11,6 +11,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio_rustls::rustls;
 
 /// The pooled HTTP/1.1 client (TLS via rustls with the Mozilla root set compiled in).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -25,9 +26,58 @@ pub fn build_client() -> HttpClient {
     client_with(HttpConnector::new())
 }
 
-/// Builds a [`GuardedClient`].
+/// Builds a [`GuardedClient`] that checks servers' certificates against the Mozilla roots.
 pub fn build_guarded_client() -> GuardedClient {
     client_with(HttpConnector::new_with_resolver(GuardedResolver))
+}
+
+/// Builds a [`GuardedClient`] that checks servers' certificates against `tls`'s roots (those of
+/// [`tls_client_config`]: the Mozilla set and an administrator's private CA).
+pub fn build_guarded_client_with(tls: &TlsConfig) -> GuardedClient {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver);
+    prepare(&mut http);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((**tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    pool(https)
+}
+
+/// TLS settings of the gateway's own connections (Redis, webhooks, syslog collectors).
+pub type TlsConfig = std::sync::Arc<rustls::ClientConfig>;
+
+/// TLS settings whose roots are the Mozilla set compiled in, and the certificates of `ca_file`
+/// (PEM) when given: for servers with a private CA's certificate.
+pub fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: a certificate cannot be used: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{} holds no certificate", path.display()));
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Resolves host names like the system does, then drops link-local and unspecified addresses
@@ -75,15 +125,28 @@ where
     HttpsConnector<HttpConnector<R>>:
         hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    http.set_keepalive(Some(Duration::from_secs(60)));
+    prepare(&mut http);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
+    pool(https)
+}
+
+/// The TCP settings of every client's connections.
+fn prepare<R>(http: &mut HttpConnector<R>) {
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+}
+
+/// A pooled client over `https`.
+fn pool<C>(https: C) -> Client<C, Full<Bytes>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(512)
@@ -101,37 +164,60 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Writes `bytes` to `host:port` over TCP (a syslog collector), within `timeout`: connected to
-/// an address the name resolves to that is not link-local or unspecified (as
-/// [`GuardedResolver`] does), written whole, and closed. Success means the collector's system
-/// took every byte (TCP syslog has no receipt of its own).
-pub async fn send_tcp(
-    host: &str,
-    port: u16,
+/// Writes `bytes` to a syslog collector within `timeout`: connected to an address its name
+/// resolves to that is not link-local or unspecified (as [`GuardedResolver`] does), over TLS
+/// when the target says so (the collector's certificate checked against `tls`'s roots, for its
+/// name or address), written whole, and closed (TLS with its `close_notify`). Success means the
+/// collector's system took every byte (syslog has no receipt of its own).
+pub async fn send_syslog(
+    target: &palisade_core::webhook::SyslogTarget,
+    tls: &TlsConfig,
     bytes: &[u8],
     timeout: Duration,
 ) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
+    async fn write_and_close<S: tokio::io::AsyncWrite + Unpin>(
+        s: &mut S,
+        bytes: &[u8],
+        a: std::net::SocketAddr,
+    ) -> Result<(), String> {
+        s.write_all(bytes)
+            .await
+            .map_err(|e| format!("writing to {a}: {e}"))?;
+        s.shutdown().await.map_err(|e| format!("closing {a}: {e}"))
+    }
+    let host = target.host.as_str();
     let exchange = async {
-        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        let server_name = if target.tls {
+            Some(
+                rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|_| format!("`{host}` is not a name a certificate can carry"))?,
+            )
+        } else {
+            None
+        };
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, target.port))
             .await
             .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
             .filter(|a| !palisade_core::webhook::is_metadata_or_unspecified(a.ip()))
             .collect();
         let mut last = format!("`{host}` resolves only to link-local or unspecified addresses");
         for a in addrs {
-            match tokio::net::TcpStream::connect(a).await {
-                Ok(mut s) => {
-                    s.write_all(bytes)
-                        .await
-                        .map_err(|e| format!("writing to {a}: {e}"))?;
-                    s.shutdown()
-                        .await
-                        .map_err(|e| format!("closing {a}: {e}"))?;
-                    return Ok(());
+            let mut s = match tokio::net::TcpStream::connect(a).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = format!("cannot connect to {a}: {e}");
+                    continue;
                 }
-                Err(e) => last = format!("cannot connect to {a}: {e}"),
-            }
+            };
+            let Some(name) = server_name else {
+                return write_and_close(&mut s, bytes, a).await;
+            };
+            let mut t = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, s)
+                .await
+                .map_err(|e| format!("TLS with {a}: {}", error_chain(&e)))?;
+            return write_and_close(&mut t, bytes, a).await;
         }
         Err(last)
     };

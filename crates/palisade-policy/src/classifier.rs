@@ -54,14 +54,6 @@ static BUILTIN: &[(&str, &str)] = &[(
     include_str!("../../../policies/models/prompt-attack.json"),
 )];
 
-/// Unmaps the built-in models' JSON text once start-up has parsed what it needs
-/// ([`crate::release_embedded`]; a model parsed later reads it again).
-pub fn release_builtin_models() {
-    for (_, json) in BUILTIN {
-        crate::release_embedded(json);
-    }
-}
-
 /// Names of the built-in classifier models a rule may reference in `patterns.classifier.model`.
 pub fn classifier_models() -> Vec<&'static str> {
     BUILTIN.iter().map(|(name, _)| *name).collect()

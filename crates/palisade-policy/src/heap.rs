@@ -43,38 +43,6 @@ pub fn use_one_arena() {
     }
 }
 
-/// Unmaps the whole pages of read-only data embedded in the binary (`text`) that start-up has
-/// parsed and the process will not read again soon: the shipped packs and built-in models,
-/// ~3 MB of JSON that would otherwise stay resident for good. The pages stay in the page cache;
-/// a later read maps them again, unchanged. A no-op off Linux.
-pub fn release_embedded(text: &'static str) {
-    #[cfg(target_os = "linux")]
-    #[allow(unsafe_code)]
-    {
-        // SAFETY: `sysconf` has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let Ok(page) = usize::try_from(page) else {
-            return;
-        };
-        if page == 0 {
-            return;
-        }
-        let start = (text.as_ptr() as usize).next_multiple_of(page);
-        let end = (text.as_ptr() as usize + text.len()) / page * page;
-        if end > start {
-            // SAFETY: `[start, end)` is whole pages inside `text`, a `'static` string in the
-            // binary's read-only data, a private file mapping that is never written: dropping its
-            // pages only unmaps them, and the next read faults the same bytes back in from the
-            // file (the running executable cannot be written to). No reference is invalidated.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = text;
-}
-
 /// What [`release_binary_pages`] gave back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Released {

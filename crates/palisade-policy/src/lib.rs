@@ -61,9 +61,7 @@ pub use engine::{
     mask_secret,
 };
 pub use error::{PolicyError, Result};
-pub use heap::{
-    Released, release_binary_pages, release_embedded, release_free_memory, use_one_arena,
-};
+pub use heap::{Released, release_binary_pages, release_free_memory, use_one_arena};
 pub use memo::{MemoStats, Scope};
 pub use model::{
     Action, ClassifierPattern, Examples, Patterns, Policy, Redact, Rule, Severity, Target,

@@ -118,10 +118,25 @@ fn init_tracing(quiet: bool) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// A failed command prints its error and the chain of causes, never a backtrace (whatever
+/// `RUST_BACKTRACE` says: the message is for the operator), and exits with status 1.
+fn main() -> std::process::ExitCode {
     // Before any thread exists: compilation garbage then stays trimmable (see the function).
     palisade_policy::use_one_arena();
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(matches!(cli.command, Command::Scan(_)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

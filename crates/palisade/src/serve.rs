@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// roots compiled in (a private CA).
     #[arg(long, env = "PALISADE_REDIS_CA_FILE")]
     redis_ca_file: Option<PathBuf>,
+    /// Certificates (PEM) the servers that alerts are delivered to (`https://` webhooks,
+    /// `tls://` syslog collectors) may chain to, besides the public roots compiled in (a
+    /// private CA).
+    #[arg(long, env = "PALISADE_WEBHOOK_CA_FILE")]
+    webhook_ca_file: Option<PathBuf>,
 }
 
 /// Loads the master key from `PALISADE_MASTER_KEY`, or from `<data>/master.key`, creating it
@@ -415,13 +420,15 @@ async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are refused before anything is written.
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
+    let webhook_tls = palisade_gateway::tls_client_config(args.webhook_ca_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("PALISADE_WEBHOOK_CA_FILE: {e}"))?;
     let cluster = match &args.redis_url {
         Some(url) => {
             let url = palisade_gateway::resp::RedisUrl::parse(url)
                 .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_URL: {e}"))?;
             let tls = match (url.tls, &args.redis_ca_file) {
                 (true, ca) => Some(
-                    palisade_gateway::resp::tls_config(ca.as_deref())
+                    palisade_gateway::tls_client_config(ca.as_deref())
                         .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_CA_FILE: {e}"))?,
                 ),
                 (false, Some(_)) => anyhow::bail!(
@@ -517,7 +524,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(store, manager.clone(), master, builtin_policies()?)
         .map_err(|e| stored(&db, e))?
         .with_events(hub)
-        .with_admin_addr(local);
+        .with_admin_addr(local)
+        .with_webhook_tls(webhook_tls);
     manager
         .shared()
         .capture_content
@@ -574,12 +582,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // idle process keeps those freed pages resident (measured without policies: 11.7 MiB of
     // anonymous memory instead of 4.7).
     palisade_policy::release_free_memory();
-    // The embedded packs and models were parsed above: their text need not stay mapped
-    // (~3 MB of the idle process's resident size).
-    for (_, text) in packs::PACKS {
-        palisade_policy::release_embedded(text);
-    }
-    palisade_policy::classifier::release_builtin_models();
     // Spend is seeded from this node's log above: the first exchange starts the shared month
     // from it unless another node has.
     let (cluster_stop, cluster_stopped) = tokio::sync::watch::channel(false);

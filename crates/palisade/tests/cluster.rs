@@ -311,7 +311,7 @@ async fn redis_conn(url: &str) -> palisade_gateway::resp::Conn {
     let url = palisade_gateway::resp::RedisUrl::parse(url).unwrap();
     let tls = url
         .tls
-        .then(|| palisade_gateway::resp::tls_config(Some(&fixture("ca.pem"))).unwrap());
+        .then(|| palisade_gateway::tls_client_config(Some(&fixture("ca.pem"))).unwrap());
     palisade_gateway::resp::Conn::connect(&url, Duration::from_secs(10), tls.as_ref())
         .await
         .unwrap()

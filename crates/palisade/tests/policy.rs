@@ -877,14 +877,7 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
     let r = chat(&url, INJECTION, false).await;
     assert_eq!(r.status(), 403);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = String::from_utf8_lossy(&got.lock().await).into_owned();
-        if text.contains(&rid) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let text = received(&got, &rid).await;
     // Octet-counted frames of RFC 5424 messages carrying CEF.
     let (len, rest) = text.split_once(' ').unwrap_or_else(|| panic!("{text:?}"));
     let len: usize = len.parse().unwrap();
@@ -905,7 +898,7 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
     let (_, hooks) = gw.get("/api/v1/webhooks").await;
     assert_eq!(hooks[0]["url"], format!("tcp://127.0.0.1:{port}/"));
     assert!(hooks[0]["delivered"].as_i64().unwrap() >= 1, "{hooks}");
-    // A syslog address must be tcp://host:port.
+    // A syslog address must be tls://host:port or tcp://host:port.
     let (st, v) = gw
         .post(
             "/api/v1/webhooks",
@@ -913,7 +906,197 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
-    assert!(v.to_string().contains("tcp://host:port"), "{v}");
+    assert!(v.to_string().contains("tls://host:port"), "{v}");
+}
+
+/// A receiver over TLS on loopback, with the test certificate that the fixture CA signed for
+/// `127.0.0.1`: a syslog collector (`tls://`, RFC 5425) keeping what each connection sent, or,
+/// with `http`, an HTTPS endpoint keeping each request's body and answering 200.
+async fn tls_collector(http: bool) -> (u16, std::sync::Arc<tokio::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(fixture("redis-tls/server.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(fixture("redis-tls/server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<u8>::new()));
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, keep) = (acceptor.clone(), keep.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing is kept.
+                let Ok(mut t) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                if !http {
+                    let _ = t.read_to_end(&mut buf).await;
+                    keep.lock().await.extend_from_slice(&buf);
+                    return;
+                }
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            keep.lock()
+                                .await
+                                .extend_from_slice(&buf[end + 4..end + 4 + length]);
+                            let _ = t
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            let _ = t.shutdown().await;
+                            return;
+                        }
+                    }
+                    match t.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// What a test receiver keeps, once it holds `needle` (or after 10 s, for the assertions to
+/// show).
+async fn received(got: &tokio::sync::Mutex<Vec<u8>>, needle: &str) -> String {
+    for _ in 0..100 {
+        let text = String::from_utf8_lossy(&got.lock().await).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    String::from_utf8_lossy(&got.lock().await).into_owned()
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Alerts reach a syslog collector over TLS, and an HTTPS webhook, whose certificates chain to
+/// the CA named by `PALISADE_WEBHOOK_CA_FILE`; a gateway without that CA refuses the collector
+/// and sends it nothing, and says why.
+#[tokio::test]
+async fn alerts_reach_a_tls_syslog_collector_that_the_configured_ca_vouches_for() {
+    let mock = Mock::start(&[]);
+    let (port, got) = tls_collector(false).await;
+    let (https_port, posted) = tls_collector(true).await;
+    let ca = fixture("redis-tls/ca.pem");
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        &config(&mock.url, "enforce"),
+        &[("PALISADE_WEBHOOK_CA_FILE", ca.to_str().unwrap())],
+    )
+    .await;
+    let stranger = Gateway::start(&config(&mock.url, "enforce")).await;
+    for g in [&gw, &stranger] {
+        let (st, v) = g
+            .post(
+                "/api/v1/webhooks",
+                json!({"name": "siem", "url": format!("tls://127.0.0.1:{port}"), "format": "syslog"}),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let (st, v) = gw
+        .post(
+            "/api/v1/webhooks",
+            json!({"name": "soc", "url": format!("https://127.0.0.1:{https_port}/hook")}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let r = chat(&gw.proxy_url("guarded").await, INJECTION, false).await;
+    assert_eq!(r.status(), 403);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let r = chat(&stranger.proxy_url("guarded").await, INJECTION, false).await;
+    assert_eq!(r.status(), 403);
+    let other = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let text = received(&got, &rid).await;
+    let (len, rest) = text.split_once(' ').unwrap_or_else(|| panic!("{text:?}"));
+    let first = &rest[..len.parse::<usize>().unwrap()];
+    assert!(
+        first.contains(" - palisade - alert - CEF:0|Palisade|Palisade Gateway|"),
+        "{first}"
+    );
+    assert!(
+        text.contains(&format!("cs4Label=requestId cs4={rid}")),
+        "{text}"
+    );
+    let body = received(&posted, &rid).await;
+    assert!(
+        body.contains(r#""webhook":"soc""#) && body.contains(&rid),
+        "{body}"
+    );
+    let (_, hooks) = gw.get("/api/v1/webhooks").await;
+    let siem = hooks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "siem")
+        .unwrap();
+    assert_eq!(siem["url"], format!("tls://127.0.0.1:{port}/"));
+    assert!(siem["delivered"].as_i64().unwrap() >= 1, "{hooks}");
+    // The gateway without the CA: the certificate is refused, the failure recorded.
+    let mut hooks = Value::Null;
+    for _ in 0..100 {
+        (_, hooks) = stranger.get("/api/v1/webhooks").await;
+        if hooks[0]["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let error = hooks[0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("TLS with 127.0.0.1:") && error.contains("certificate"),
+        "{hooks}"
+    );
+    assert_eq!(hooks[0]["delivered"], 0, "{hooks}");
+    assert!(!String::from_utf8_lossy(&got.lock().await).contains(&other));
+    // A CA file that holds no certificate stops the start, naming the setting.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .env("PALISADE_WEBHOOK_CA_FILE", empty.path())
+        .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("PALISADE_WEBHOOK_CA_FILE") && err.contains("holds no certificate"),
+        "{err}"
+    );
 }
 
 /// `palisade_policy_memo_*{proxy="guarded"}` from `/metrics`: (hits, misses).
