@@ -1,6 +1,6 @@
 //! OpenTelemetry traces of proxied requests, in OTLP's JSON encoding (`ExportTraceServiceRequest`
 //! as OTLP/HTTP takes it): one server span per request, in the caller's trace when its request
-//! carried a W3C `traceparent`.
+//! carried a W3C `traceparent`, and under it a client span for the call to an LLM upstream.
 
 use serde_json::{Value, json};
 
@@ -37,6 +37,63 @@ pub fn span_ids(rec: &RequestRecord) -> (String, String, Option<String>) {
         Some((trace, parent)) => (trace.to_string(), span, Some(parent.to_string())),
         None => (digest[32..64].to_string(), span, None),
     }
+}
+
+/// The span id of a request's upstream call (a child of the request's span), derived from the
+/// request id like [`span_ids`].
+pub fn upstream_span_id(rec: &RequestRecord) -> String {
+    crate::crypto::sha256_hex(format!("palisade-upstream-span:{}", rec.id).as_bytes())[..16]
+        .to_string()
+}
+
+/// The `traceparent` an upstream call carries: the request's trace, the call's own span as the
+/// parent, and the caller's flags (sampled when the caller sent none).
+pub fn upstream_traceparent(rec: &RequestRecord) -> String {
+    let (trace, _, _) = span_ids(rec);
+    let flags = rec
+        .trace_parent
+        .as_deref()
+        .filter(|t| parse_traceparent(t).is_some())
+        .and_then(|t| t.trim().rsplit('-').next())
+        .unwrap_or("01");
+    format!("00-{trace}-{}-{flags}", upstream_span_id(rec))
+}
+
+/// The client span of a request's upstream call, if it made one.
+fn upstream_span(rec: &RequestRecord) -> Option<Value> {
+    let call = rec.upstream.as_ref()?;
+    let (trace, parent, _) = span_ids(rec);
+    let start = rec.ts_ms.max(0) as u128 * 1_000_000 + call.at_us.max(0) as u128 * 1000;
+    let took = call
+        .took_us
+        .unwrap_or_else(|| rec.latency_us.saturating_sub(call.at_us));
+    let end = start + took.max(0) as u128 * 1000;
+    let failed = rec.status >= 500 || rec.status == 0;
+    let status = if failed {
+        json!({"code": 2, "message": rec.error.clone().unwrap_or_default()})
+    } else {
+        json!({"code": 0})
+    };
+    let mut attrs = vec![
+        attr("server.address", json!(call.host)),
+        attr("http.request.method", json!(rec.method)),
+        attr("url.path", json!(rec.path)),
+        attr("palisade.request_id", json!(rec.id)),
+    ];
+    if rec.status > 0 {
+        attrs.push(attr("http.response.status_code", json!(rec.status)));
+    }
+    Some(json!({
+        "traceId": trace,
+        "spanId": upstream_span_id(rec),
+        "parentSpanId": parent,
+        "name": format!("{} upstream", rec.api),
+        "kind": 3,
+        "startTimeUnixNano": start.to_string(),
+        "endTimeUnixNano": end.to_string(),
+        "attributes": attrs,
+        "status": status,
+    }))
 }
 
 /// What the spans are shaped for: any OpenTelemetry collector, or Langfuse's OTLP endpoint
@@ -244,7 +301,14 @@ pub fn langfuse_auth(public_key: &str, secret_key: &str) -> String {
 
 /// An OTLP/HTTP JSON export request holding `recs` as spans of `service`.
 pub fn export_body(service: &str, flavor: Flavor, recs: &[RequestRecord]) -> Vec<u8> {
-    let spans: Vec<Value> = recs.iter().map(|r| span_of(r, flavor)).collect();
+    // Langfuse models a call as one observation: the upstream's own span would be a second.
+    let spans: Vec<Value> = recs
+        .iter()
+        .flat_map(|r| {
+            let call = (flavor == Flavor::Otel).then(|| upstream_span(r)).flatten();
+            std::iter::once(span_of(r, flavor)).chain(call)
+        })
+        .collect();
     json!({"resourceSpans": [{
         "resource": {"attributes": [
             attr("service.name", json!(service)),
@@ -323,6 +387,66 @@ mod tests {
         assert_eq!(span(&own)["traceId"], a["traceId"]);
         let body: Value =
             serde_json::from_slice(&export_body("palisade", Flavor::Otel, &[own])).unwrap();
+        assert_eq!(
+            body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_upstream_call_is_a_client_span_under_its_request() {
+        let rec = RequestRecord {
+            id: "req-2".into(),
+            ts_ms: 1_000,
+            latency_us: 3_000,
+            api: "openai".into(),
+            status: 504,
+            error: Some("upstream timed out".into()),
+            // Not sampled by the caller: the upstream is told the same.
+            trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into()),
+            upstream: Some(crate::record::UpstreamCall {
+                at_us: 400,
+                took_us: None,
+                host: "api.example.test".into(),
+            }),
+            ..Default::default()
+        };
+        let server = span(&rec);
+        let call = upstream_span(&rec).unwrap();
+        assert_eq!(call["traceId"], server["traceId"]);
+        assert_eq!(call["parentSpanId"], server["spanId"]);
+        assert_ne!(call["spanId"], server["spanId"]);
+        assert_eq!(call["kind"], 3);
+        // A call that never answered lasts until the request ended, and failed.
+        assert_eq!(call["startTimeUnixNano"], "1000400000");
+        assert_eq!(call["endTimeUnixNano"], "1003000000");
+        assert_eq!(call["status"]["code"], 2);
+        assert_eq!(
+            upstream_traceparent(&rec),
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-00",
+                call["spanId"].as_str().unwrap()
+            )
+        );
+        let body: Value = serde_json::from_slice(&export_body(
+            "palisade",
+            Flavor::Otel,
+            std::slice::from_ref(&rec),
+        ))
+        .unwrap();
+        assert_eq!(
+            body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        // Langfuse sees the request as one observation.
+        let body: Value =
+            serde_json::from_slice(&export_body("palisade", Flavor::Langfuse, &[rec])).unwrap();
         assert_eq!(
             body["resourceSpans"][0]["scopeSpans"][0]["spans"]
                 .as_array()

@@ -80,6 +80,22 @@ pub struct RequestRecord {
     /// Langfuse export when it asks for content; never stored in the log.
     #[serde(skip)]
     pub content: Option<std::sync::Arc<Exchanged>>,
+    /// The call to the upstream, for the trace export's client span (set only while traces are
+    /// exported; never stored in the log).
+    #[serde(skip)]
+    pub upstream: Option<UpstreamCall>,
+}
+
+/// When a request's upstream call ran, and where to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamCall {
+    /// Sent this many microseconds after the request arrived.
+    pub at_us: i64,
+    /// The whole answer was in after this many microseconds more; `None` for an answer relayed
+    /// as it came (it ended with the request) or a call that failed.
+    pub took_us: Option<i64>,
+    /// The upstream's host (and port), as the `Host` header named it.
+    pub host: String,
 }
 
 /// A model call's text as it crossed the gateway's upstream side: the request body it sent (after

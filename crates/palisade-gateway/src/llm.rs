@@ -603,6 +603,20 @@ async fn proxy(
     let sent = Instant::now();
     let pre = sent.duration_since(t0);
     rec.overhead_us = pre.as_micros() as i64;
+    let traced = shared
+        .trace_upstream
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if traced {
+        // The gateway joins the trace: the upstream's spans nest under its call's span.
+        if let Ok(v) = HeaderValue::from_str(&palisade_core::otlp::upstream_traceparent(rec)) {
+            up.headers_mut().insert("traceparent", v);
+        }
+        rec.upstream = Some(palisade_core::record::UpstreamCall {
+            at_us: pre.as_micros() as i64,
+            took_us: None,
+            host: rt.target.host.to_str().unwrap_or_default().to_string(),
+        });
+    }
     let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
         Ok(Err(e)) => {
@@ -771,6 +785,9 @@ async fn proxy(
         Ok(Ok(c)) => c,
     };
     let received = Instant::now();
+    if let Some(call) = rec.upstream.as_mut() {
+        call.took_us = Some(received.duration_since(sent).as_micros() as i64);
+    }
     let mut usage = Usage::default();
     // A Responses answer's id, once parsed (its placeholders are remembered under it).
     let mut response_id: Option<String> = None;

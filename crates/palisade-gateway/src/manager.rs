@@ -60,6 +60,9 @@ pub struct GatewayShared {
     /// Model calls keep what they sent and got (masked) on their record, for a trace export
     /// that asks for content (Langfuse with `LANGFUSE_CAPTURE_CONTENT`).
     pub capture_content: std::sync::atomic::AtomicBool,
+    /// Traces are exported to an OpenTelemetry collector: LLM calls note their upstream call
+    /// on their record (the client span) and send its `traceparent` upstream.
+    pub trace_upstream: std::sync::atomic::AtomicBool,
     /// OAuth access tokens in force and codes waiting (proxies with `oauth = true`).
     pub oauth_tokens: crate::oauth::Tokens,
     /// The users and storage of the OAuth authorization server, set once at start.
@@ -130,6 +133,7 @@ impl GatewayShared {
             resumable: Default::default(),
             conversations: Default::default(),
             capture_content: Default::default(),
+            trace_upstream: Default::default(),
             oauth_tokens: Default::default(),
             oauth_backend: Default::default(),
             provider_sign_ins: Default::default(),

@@ -189,6 +189,7 @@ impl Store {
                         folded: r.get(31)?,
                         trace_parent: None,
                         content: None,
+                        upstream: None,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

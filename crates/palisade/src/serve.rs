@@ -451,6 +451,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::otlp::OtlpConfig::langfuse_from_env(env)?,
     ];
     let capture_content = exports.iter().flatten().any(|c| c.content);
+    let trace_upstream = exports
+        .iter()
+        .flatten()
+        .any(|c| c.flavor == palisade_core::otlp::Flavor::Otel);
     let otlp: Arc<[crate::otlp::Otlp]> = exports
         .into_iter()
         .flatten()
@@ -530,6 +534,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .shared()
         .capture_content
         .store(capture_content, std::sync::atomic::Ordering::Relaxed);
+    manager
+        .shared()
+        .trace_upstream
+        .store(trace_upstream, std::sync::atomic::Ordering::Relaxed);
     // Proxies with `oauth = true` sign the gateway's users in through the admin side.
     let _ = manager
         .shared()

@@ -57,6 +57,49 @@ async fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
     (format!("http://{addr}"), got)
 }
 
+/// An LLM upstream on 127.0.0.1 that answers every request with one chat completion and keeps
+/// the `traceparent` each request carried.
+async fn traced_upstream() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let keep = keep.clone();
+                    async move {
+                        let parent = req
+                            .headers()
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        keep.lock().unwrap().push(parent);
+                        let _ = req.into_body().collect().await;
+                        let answer = json!({"id": "c1", "object": "chat.completion", "model": "mock-gpt",
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "hi"}}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+                        let mut r =
+                            hyper::Response::new(Full::new(Bytes::from(answer.to_string())));
+                        r.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), got)
+}
+
 fn spans(got: &Mutex<Vec<(String, Value)>>) -> Vec<Value> {
     got.lock()
         .unwrap()
@@ -81,10 +124,10 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 #[tokio::test]
 async fn proxied_requests_become_spans_in_their_callers_traces() {
     let (endpoint, got) = collector().await;
-    let mock = Mock::start(&[]);
+    let (upstream, parents) = traced_upstream().await;
     let gw = Gateway::start_with(
         tempfile::tempdir().unwrap(),
-        &config_for(&mock.url),
+        &config_for(&upstream),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k-123"),
@@ -107,15 +150,16 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
     let mut all = Vec::new();
     for _ in 0..100 {
         all = spans(&got);
-        if all.len() >= 2 {
+        if all.len() >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(all.len(), 2, "{:#?}", got.lock().unwrap());
+    // Each request: its server span, and its upstream call's client span under it.
+    assert_eq!(all.len(), 4, "{:#?}", got.lock().unwrap());
     let joined = all
         .iter()
-        .find(|s| s["traceId"] == trace)
+        .find(|s| s["traceId"] == trace && s["kind"] == 2)
         .expect("the caller's trace");
     assert_eq!(joined["parentSpanId"], "00f067aa0ba902b7");
     assert_eq!(joined["kind"], 2);
@@ -132,8 +176,43 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
         "200"
     );
     assert!(attr(joined, "gen_ai.usage.input_tokens").is_some());
-    let own = all.iter().find(|s| s["traceId"] != trace).unwrap();
+    let own = all
+        .iter()
+        .find(|s| s["traceId"] != trace && s["kind"] == 2)
+        .unwrap();
     assert!(own.get("parentSpanId").is_none());
+    // The upstream calls: children of their requests' spans, inside them, and the span the
+    // upstream was told is its parent.
+    let nanos = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
+    let sent = parents.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for (server, flags) in [(joined, "01"), (own, "01")] {
+        let call = all
+            .iter()
+            .find(|s| s["kind"] == 3 && s["parentSpanId"] == server["spanId"])
+            .unwrap_or_else(|| panic!("no client span under {server}"));
+        assert_eq!(call["traceId"], server["traceId"]);
+        assert_eq!(call["name"], "openai upstream");
+        assert_eq!(
+            attr(call, "server.address").unwrap()["stringValue"],
+            upstream.trim_start_matches("http://")
+        );
+        assert_eq!(
+            attr(call, "http.response.status_code").unwrap()["intValue"],
+            "200"
+        );
+        assert!(nanos(call, "startTimeUnixNano") >= nanos(server, "startTimeUnixNano"));
+        assert!(nanos(call, "endTimeUnixNano") <= nanos(server, "endTimeUnixNano"));
+        let expected = format!(
+            "00-{}-{}-{flags}",
+            server["traceId"].as_str().unwrap(),
+            call["spanId"].as_str().unwrap()
+        );
+        assert!(
+            sent.contains(&Some(expected.clone())),
+            "{expected} not in {sent:?}"
+        );
+    }
     // The request's id ties the span to the request log.
     let rows = gw.wait_requests("proxy=oai", 2).await;
     let ids: Vec<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
@@ -233,11 +312,16 @@ async fn langfuse_gets_generations_beside_the_collectors_spans() {
             .unwrap()
             .contains("hello, my key")
     );
-    // The collector's span is the same request, without Langfuse's attributes.
+    // The collector's span is the same request, without Langfuse's attributes, and the
+    // collector alone gets the upstream call's span under it.
     let ot = spans(&plain);
-    assert_eq!(ot.len(), 1);
+    assert_eq!(ot.len(), 2, "{ot:#?}");
     assert_eq!(ot[0]["spanId"], s["spanId"]);
     assert!(attr(&ot[0], "langfuse.observation.type").is_none());
+    assert_eq!(
+        (&ot[1]["kind"], &ot[1]["parentSpanId"]),
+        (&json!(3), &s["spanId"])
+    );
 }
 
 #[tokio::test]
