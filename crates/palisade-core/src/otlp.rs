@@ -7,8 +7,16 @@ use serde_json::{Value, json};
 use crate::record::RequestRecord;
 
 /// The ids of a valid W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`,
-/// neither id all zeros): trace id and parent span id.
+/// neither id all zeros): trace id and parent span id. A later version (`01`…`fe`) is read the
+/// way the recommendation asks: its first four fields as version 00's, more fields after a `-`
+/// allowed; version `ff` is invalid.
 pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let (trace, span, _) = traceparent_fields(v)?;
+    Some((trace, span))
+}
+
+/// Trace id, parent span id and flags of a valid `traceparent` ([`parse_traceparent`]).
+fn traceparent_fields(v: &str) -> Option<(&str, &str, &str)> {
     let mut parts = v.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -18,14 +26,16 @@ pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let zero = |s: &str| s.bytes().all(|b| b == b'0');
-    (version == "00"
-        && parts.next().is_none()
+    let more_allowed = version != "00";
+    (hex(version, 2)
+        && version != "ff"
+        && (more_allowed || parts.next().is_none())
         && hex(trace, 32)
         && hex(span, 16)
         && hex(flags, 2)
         && !zero(trace)
         && !zero(span))
-    .then_some((trace, span))
+    .then_some((trace, span, flags))
 }
 
 /// A request's span ids: its trace (the caller's, else one of its own), its own span id and
@@ -50,13 +60,14 @@ pub fn upstream_span_id(rec: &RequestRecord) -> String {
 /// parent, and the caller's flags (sampled when the caller sent none).
 pub fn upstream_traceparent(rec: &RequestRecord) -> String {
     let (trace, _, _) = span_ids(rec);
+    // Of the flags only `sampled` is defined (version 00 knows no other).
     let flags = rec
         .trace_parent
         .as_deref()
-        .filter(|t| parse_traceparent(t).is_some())
-        .and_then(|t| t.trim().rsplit('-').next())
-        .unwrap_or("01");
-    format!("00-{trace}-{}-{flags}", upstream_span_id(rec))
+        .and_then(traceparent_fields)
+        .and_then(|(_, _, f)| u8::from_str_radix(f, 16).ok())
+        .map_or(1, |f| f & 1);
+    format!("00-{trace}-{}-{flags:02x}", upstream_span_id(rec))
 }
 
 /// The client span of a request's upstream call, if it made one.
@@ -74,14 +85,22 @@ fn upstream_span(rec: &RequestRecord) -> Option<Value> {
     } else {
         json!({"code": 0})
     };
+    let authority = call.host.parse::<http::uri::Authority>().ok();
     let mut attrs = vec![
-        attr("server.address", json!(call.host)),
+        attr(
+            "server.address",
+            json!(authority.as_ref().map_or(call.host.as_str(), |a| a.host())),
+        ),
         attr("http.request.method", json!(rec.method)),
         attr("url.path", json!(rec.path)),
         attr("palisade.request_id", json!(rec.id)),
     ];
-    if rec.status > 0 {
-        attrs.push(attr("http.response.status_code", json!(rec.status)));
+    if let Some(port) = authority.as_ref().and_then(http::uri::Authority::port_u16) {
+        attrs.push(attr("server.port", json!(port)));
+    }
+    // The upstream's own answer; none when it never answered (refused, timed out).
+    if let Some(status) = call.status {
+        attrs.push(attr("http.response.status_code", json!(status)));
     }
     Some(json!({
         "traceId": trace,
@@ -332,8 +351,20 @@ mod tests {
             parse_traceparent(ok),
             Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
         );
-        for bad in [
+        // A later version is read by its first four fields; `ff` never is.
+        for later in [
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-comes-next",
+        ] {
+            assert_eq!(
+                parse_traceparent(later),
+                Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+                "{later}"
+            );
+        }
+        for bad in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
@@ -411,6 +442,7 @@ mod tests {
                 at_us: 400,
                 took_us: None,
                 host: "api.example.test".into(),
+                status: None,
             }),
             ..Default::default()
         };
@@ -424,6 +456,16 @@ mod tests {
         assert_eq!(call["startTimeUnixNano"], "1000400000");
         assert_eq!(call["endTimeUnixNano"], "1003000000");
         assert_eq!(call["status"]["code"], 2);
+        // The gateway's 504 is not the upstream's answer: it gave none.
+        assert!(
+            attr_of(&call, "http.response.status_code").is_none(),
+            "{call}"
+        );
+        assert_eq!(
+            attr_of(&call, "server.address").unwrap()["stringValue"],
+            "api.example.test"
+        );
+        assert!(attr_of(&call, "server.port").is_none());
         assert_eq!(
             upstream_traceparent(&rec),
             format!(
@@ -431,6 +473,12 @@ mod tests {
                 call["spanId"].as_str().unwrap()
             )
         );
+        let later = RequestRecord {
+            trace_parent: Some("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0b-x".into()),
+            ..rec.clone()
+        };
+        assert!(upstream_traceparent(&later).starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(upstream_traceparent(&later).ends_with("-01"));
         let body: Value = serde_json::from_slice(&export_body(
             "palisade",
             Flavor::Otel,

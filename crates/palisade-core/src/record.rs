@@ -96,6 +96,8 @@ pub struct UpstreamCall {
     pub took_us: Option<i64>,
     /// The upstream's host (and port), as the `Host` header named it.
     pub host: String,
+    /// The status the upstream answered with; `None` when it never answered.
+    pub status: Option<u16>,
 }
 
 /// A model call's text as it crossed the gateway's upstream side: the request body it sent (after

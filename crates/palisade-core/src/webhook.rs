@@ -112,19 +112,18 @@ impl WebhookSpec {
 /// link-local or unspecified.
 fn check_syslog_url(url: &str) -> Result<(), FieldError> {
     let bad = |m: &str| Err(FieldError::new("url", m.to_string()));
-    let Some(rest) = url
-        .strip_prefix("tls://")
-        .or_else(|| url.strip_prefix("tcp://"))
-    else {
+    let Some(rest) = syslog_scheme(url).map(|(_, rest)| rest) else {
         return bad(
             "must be tls://host:port (syslog over TLS) or tcp://host:port (plain TCP) for format `syslog`",
         );
     };
     // The same host checks as an http URL: written as one.
     check_outbound_url(&format!("http://{rest}"), "syslog takes none")?;
-    let auth = rest.split('/').next().unwrap_or("");
+    let auth = rest.split(['/', '?', '#']).next().unwrap_or("");
     if rest.len() != auth.len() && rest != format!("{auth}/") {
-        return bad("must be tls://host:port or tcp://host:port, without a path");
+        return bad(
+            "must be tls://host:port or tcp://host:port, without a path, query or fragment",
+        );
     }
     if auth
         .rsplit_once(':')
@@ -134,6 +133,19 @@ fn check_syslog_url(url: &str) -> Result<(), FieldError> {
         return bad("must name a port, e.g. tls://siem.example.com:6514");
     }
     Ok(())
+}
+
+/// Whether a syslog URL asks for TLS, and what follows its scheme (`tls://` or `tcp://`, in
+/// any case).
+fn syslog_scheme(url: &str) -> Option<(bool, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme.eq_ignore_ascii_case("tls") {
+        Some((true, rest))
+    } else if scheme.eq_ignore_ascii_case("tcp") {
+        Some((false, rest))
+    } else {
+        None
+    }
 }
 
 /// Where a syslog webhook sends: a collector's host and port, over TLS or plain TCP.
@@ -148,10 +160,7 @@ pub struct SyslogTarget {
 
 /// The collector of a `tls://host:port` or `tcp://host:port` syslog URL.
 pub fn syslog_target(url: &str) -> Option<SyslogTarget> {
-    let (tls, rest) = match url.strip_prefix("tls://") {
-        Some(rest) => (true, rest),
-        None => (false, url.strip_prefix("tcp://")?),
-    };
+    let (tls, rest) = syslog_scheme(url)?;
     let (host, port) = rest.trim_end_matches('/').rsplit_once(':')?;
     Some(SyslogTarget {
         tls,
@@ -489,7 +498,7 @@ mod tests {
                 port: 514
             })
         );
-        s.url = "tls://[::1]:6514/".into();
+        s.url = "TLS://[::1]:6514/".into();
         assert!(s.validate().is_ok());
         assert_eq!(
             syslog_target(&s.url),
@@ -508,6 +517,8 @@ mod tests {
             "tcp://siem.example.test:0",
             "tcp://169.254.169.254:514",
             "tcp://siem.example.test:514/path",
+            "tls://siem.example.test:514?x=1",
+            "tls://siem.example.test:514#f",
             "tcp://u:p@siem.example.test:514",
         ] {
             s.url = bad.into();

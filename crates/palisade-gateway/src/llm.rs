@@ -611,10 +611,16 @@ async fn proxy(
         if let Ok(v) = HeaderValue::from_str(&palisade_core::otlp::upstream_traceparent(rec)) {
             up.headers_mut().insert("traceparent", v);
         }
+        // A trace the gateway started (the caller sent no valid `traceparent`) carries none
+        // of the caller's vendor state.
+        if rec.trace_parent.is_none() {
+            up.headers_mut().remove("tracestate");
+        }
         rec.upstream = Some(palisade_core::record::UpstreamCall {
             at_us: pre.as_micros() as i64,
             took_us: None,
             host: rt.target.host.to_str().unwrap_or_default().to_string(),
+            status: None,
         });
     }
     let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
@@ -640,6 +646,9 @@ async fn proxy(
     let headers_at = Instant::now();
     let (up_parts, up_body) = resp.into_parts();
     rec.status = up_parts.status.as_u16();
+    if let Some(call) = rec.upstream.as_mut() {
+        call.status = Some(rec.status);
+    }
     let is_sse = up_parts
         .headers
         .get(CONTENT_TYPE)

@@ -216,7 +216,18 @@ pub async fn send_syslog(
             let mut t = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, s)
                 .await
-                .map_err(|e| format!("TLS with {a}: {}", error_chain(&e)))?;
+                .map_err(|e| {
+                    let why = error_chain(&e);
+                    // webpki's name for a self-signed certificate made with the CA flag set
+                    // (`openssl req -x509` does so by default) says little to an operator.
+                    let hint = if why.contains("CaUsedAsEndEntity") {
+                        " (the collector presents a CA certificate as its own: give it one \
+                         that the CA signed, or a self-signed one made with CA:FALSE)"
+                    } else {
+                        ""
+                    };
+                    format!("TLS with {a}: {why}{hint}")
+                })?;
             return write_and_close(&mut t, bytes, a).await;
         }
         Err(last)

@@ -57,12 +57,15 @@ async fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
     (format!("http://{addr}"), got)
 }
 
+/// The `traceparent` and `tracestate` of each request an upstream got.
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
 /// An LLM upstream on 127.0.0.1 that answers every request with one chat completion and keeps
-/// the `traceparent` each request carried.
-async fn traced_upstream() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+/// the `traceparent` and `tracestate` each request carried.
+async fn traced_upstream() -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let got: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let got: Seen = Arc::default();
     let keep = got.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -71,12 +74,14 @@ async fn traced_upstream() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let keep = keep.clone();
                     async move {
-                        let parent = req
-                            .headers()
-                            .get("traceparent")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        keep.lock().unwrap().push(parent);
+                        let header = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string)
+                        };
+                        let seen = (header("traceparent"), header("tracestate"));
+                        keep.lock().unwrap().push(seen);
                         let _ = req.into_body().collect().await;
                         let answer = json!({"id": "c1", "object": "chat.completion", "model": "mock-gpt",
                             "choices": [{"index": 0, "finish_reason": "stop",
@@ -145,6 +150,7 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
         if let Some(t) = &traceparent {
             rb = rb.header("traceparent", t);
         }
+        rb = rb.header("tracestate", "vendor=abc");
         assert_eq!(rb.send().await.unwrap().status(), 200);
     }
     let mut all = Vec::new();
@@ -186,17 +192,20 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
     let nanos = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
     let sent = parents.lock().unwrap().clone();
     assert_eq!(sent.len(), 2, "{sent:?}");
-    for (server, flags) in [(joined, "01"), (own, "01")] {
+    // The caller's vendor state goes on in the caller's trace, not in one the gateway started.
+    for (server, flags, state) in [(joined, "01", Some("vendor=abc")), (own, "01", None)] {
         let call = all
             .iter()
             .find(|s| s["kind"] == 3 && s["parentSpanId"] == server["spanId"])
             .unwrap_or_else(|| panic!("no client span under {server}"));
         assert_eq!(call["traceId"], server["traceId"]);
         assert_eq!(call["name"], "openai upstream");
-        assert_eq!(
-            attr(call, "server.address").unwrap()["stringValue"],
-            upstream.trim_start_matches("http://")
-        );
+        let (host, port) = upstream
+            .trim_start_matches("http://")
+            .split_once(':')
+            .unwrap();
+        assert_eq!(attr(call, "server.address").unwrap()["stringValue"], host);
+        assert_eq!(attr(call, "server.port").unwrap()["intValue"], port);
         assert_eq!(
             attr(call, "http.response.status_code").unwrap()["intValue"],
             "200"
@@ -208,10 +217,11 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
             server["traceId"].as_str().unwrap(),
             call["spanId"].as_str().unwrap()
         );
-        assert!(
-            sent.contains(&Some(expected.clone())),
-            "{expected} not in {sent:?}"
-        );
+        let got = sent
+            .iter()
+            .find(|(parent, _)| parent.as_deref() == Some(expected.as_str()))
+            .unwrap_or_else(|| panic!("{expected} not in {sent:?}"));
+        assert_eq!(got.1.as_deref(), state, "{sent:?}");
     }
     // The request's id ties the span to the request log.
     let rows = gw.wait_requests("proxy=oai", 2).await;
