@@ -41,25 +41,40 @@ fn traceparent_fields(v: &str) -> Option<(&str, &str, &str)> {
 /// A request's span ids: its trace (the caller's, else one of its own), its own span id and
 /// its parent (the caller's span). Derived from the request id, so they are stable.
 pub fn span_ids(rec: &RequestRecord) -> (String, String, Option<String>) {
-    let digest = crate::crypto::sha256_hex(format!("palisade-span:{}", rec.id).as_bytes());
-    let span = digest[..16].to_string();
-    match rec.trace_parent.as_deref().and_then(parse_traceparent) {
-        Some((trace, parent)) => (trace.to_string(), span, Some(parent.to_string())),
-        None => (digest[32..64].to_string(), span, None),
-    }
+    let ids = Ids::of(rec);
+    (ids.trace, ids.span, ids.parent)
 }
 
-/// The span id of a request's upstream call (a child of the request's span), derived from the
-/// request id like [`span_ids`].
-pub fn upstream_span_id(rec: &RequestRecord) -> String {
-    crate::crypto::sha256_hex(format!("palisade-upstream-span:{}", rec.id).as_bytes())[..16]
-        .to_string()
+/// All the ids of a request's spans, from one digest of its request id: its own span id
+/// (digest bytes 0–7), its upstream call's (8–15), its own trace id (16–31) unless the caller's
+/// trace is joined.
+struct Ids {
+    trace: String,
+    span: String,
+    parent: Option<String>,
+    upstream: String,
+}
+
+impl Ids {
+    fn of(rec: &RequestRecord) -> Ids {
+        let digest = crate::crypto::sha256_hex(format!("palisade-span:{}", rec.id).as_bytes());
+        let (trace, parent) = match rec.trace_parent.as_deref().and_then(parse_traceparent) {
+            Some((trace, parent)) => (trace.to_string(), Some(parent.to_string())),
+            None => (digest[32..64].to_string(), None),
+        };
+        Ids {
+            trace,
+            span: digest[..16].to_string(),
+            parent,
+            upstream: digest[16..32].to_string(),
+        }
+    }
 }
 
 /// The `traceparent` an upstream call carries: the request's trace, the call's own span as the
 /// parent, and the caller's flags (sampled when the caller sent none).
 pub fn upstream_traceparent(rec: &RequestRecord) -> String {
-    let (trace, _, _) = span_ids(rec);
+    let ids = Ids::of(rec);
     // Of the flags only `sampled` is defined (version 00 knows no other).
     let flags = rec
         .trace_parent
@@ -67,24 +82,18 @@ pub fn upstream_traceparent(rec: &RequestRecord) -> String {
         .and_then(traceparent_fields)
         .and_then(|(_, _, f)| u8::from_str_radix(f, 16).ok())
         .map_or(1, |f| f & 1);
-    format!("00-{trace}-{}-{flags:02x}", upstream_span_id(rec))
+    format!("00-{}-{}-{flags:02x}", ids.trace, ids.upstream)
 }
 
 /// The client span of a request's upstream call, if it made one.
 fn upstream_span(rec: &RequestRecord) -> Option<Value> {
     let call = rec.upstream.as_ref()?;
-    let (trace, parent, _) = span_ids(rec);
+    let ids = Ids::of(rec);
     let start = rec.ts_ms.max(0) as u128 * 1_000_000 + call.at_us.max(0) as u128 * 1000;
     let took = call
         .took_us
         .unwrap_or_else(|| rec.latency_us.saturating_sub(call.at_us));
     let end = start + took.max(0) as u128 * 1000;
-    let failed = rec.status >= 500 || rec.status == 0;
-    let status = if failed {
-        json!({"code": 2, "message": rec.error.clone().unwrap_or_default()})
-    } else {
-        json!({"code": 0})
-    };
     let authority = call.host.parse::<http::uri::Authority>().ok();
     let mut attrs = vec![
         attr(
@@ -103,16 +112,26 @@ fn upstream_span(rec: &RequestRecord) -> Option<Value> {
         attrs.push(attr("http.response.status_code", json!(status)));
     }
     Some(json!({
-        "traceId": trace,
-        "spanId": upstream_span_id(rec),
-        "parentSpanId": parent,
+        "traceId": ids.trace,
+        "spanId": ids.upstream,
+        "parentSpanId": ids.span,
         "name": format!("{} upstream", rec.api),
         "kind": 3,
         "startTimeUnixNano": start.to_string(),
         "endTimeUnixNano": end.to_string(),
         "attributes": attrs,
-        "status": status,
+        "status": span_status(rec),
     }))
+}
+
+/// A span's status: ERROR for a failure of the gateway or the upstream; a refusal (4xx) is the
+/// gateway working, and a block is in `palisade.decision`.
+fn span_status(rec: &RequestRecord) -> Value {
+    if rec.status >= 500 || (rec.status == 0 && rec.error.is_some()) {
+        json!({"code": 2, "message": rec.error.clone().unwrap_or_default()})
+    } else {
+        json!({"code": 0})
+    }
 }
 
 /// What the spans are shaped for: any OpenTelemetry collector, or Langfuse's OTLP endpoint
@@ -284,13 +303,6 @@ pub fn span_of(rec: &RequestRecord, flavor: Flavor) -> Value {
     if flavor == Flavor::Langfuse {
         langfuse_attrs(rec, &mut attrs);
     }
-    // ERROR for a failure of the gateway or the upstream; a refusal (4xx) is the gateway
-    // working, and a block is in `palisade.decision`.
-    let status = if rec.status >= 500 || (rec.status == 0 && rec.error.is_some()) {
-        json!({"code": 2, "message": rec.error.clone().unwrap_or_default()})
-    } else {
-        json!({"code": 0})
-    };
     let mut s = json!({
         "traceId": trace,
         "spanId": span,
@@ -299,7 +311,7 @@ pub fn span_of(rec: &RequestRecord, flavor: Flavor) -> Value {
         "startTimeUnixNano": start.to_string(),
         "endTimeUnixNano": end.to_string(),
         "attributes": attrs,
-        "status": status,
+        "status": span_status(rec),
     });
     if let Some(p) = parent {
         s["parentSpanId"] = Value::String(p);

@@ -164,6 +164,21 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// Why a delivery (alerts, a trace export) failed, one line ([`error_chain`]), with a hint
+/// where the TLS library's words say little to an operator: `CaUsedAsEndEntity` is a
+/// self-signed certificate made with the CA flag set, as `openssl req -x509` does by default.
+fn delivery_error(e: &dyn std::error::Error) -> String {
+    let why = error_chain(e);
+    if why.contains("CaUsedAsEndEntity") {
+        format!(
+            "{why} (the receiver presents a CA certificate as its own: give it one that the CA \
+             signed, or a self-signed one made with CA:FALSE)"
+        )
+    } else {
+        why
+    }
+}
+
 /// Writes `bytes` to a syslog collector within `timeout`: connected to an address its name
 /// resolves to that is not link-local or unspecified (as [`GuardedResolver`] does), over TLS
 /// when the target says so (the collector's certificate checked against `tls`'s roots, for its
@@ -216,18 +231,7 @@ pub async fn send_syslog(
             let mut t = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, s)
                 .await
-                .map_err(|e| {
-                    let why = error_chain(&e);
-                    // webpki's name for a self-signed certificate made with the CA flag set
-                    // (`openssl req -x509` does so by default) says little to an operator.
-                    let hint = if why.contains("CaUsedAsEndEntity") {
-                        " (the collector presents a CA certificate as its own: give it one \
-                         that the CA signed, or a self-signed one made with CA:FALSE)"
-                    } else {
-                        ""
-                    };
-                    format!("TLS with {a}: {why}{hint}")
-                })?;
+                .map_err(|e| format!("TLS with {a}: {}", delivery_error(&e)))?;
             return write_and_close(&mut t, bytes, a).await;
         }
         Err(last)
@@ -273,7 +277,7 @@ where
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("bad request: {e}"))?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+        let resp = client.request(req).await.map_err(|e| delivery_error(&e))?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
         let mut read = 0;
