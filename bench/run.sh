@@ -13,6 +13,8 @@
 #          --only REGEX, --bin-dir DIR (use prebuilt palisade and palisade-bench from DIR instead of
 #          building). --repeat N runs each gateway scenario N times (direct, gateway, direct, ...);
 #          the report shows the median of the runs and each run's added latency.
+#          --halt-poll NS sets the guest kernel's halt polling (cpuidle haltpoll, VMs only, root) to NS
+#          nanoseconds for the run and puts the old value back at exit (see bench/README.md).
 # Environment: CARGO_TARGET_DIR (default: the repo's target/), GATEWAY_CPUS (default 1),
 #              CLIENT_CPUS (default 0), LITELLM_VERSION (default below).
 set -euo pipefail
@@ -34,6 +36,7 @@ ONLY=""
 OUT=""
 BIN_DIR=""
 REPEAT=1
+HALT_POLL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -46,7 +49,8 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift ;;
     --out) OUT=$2; shift ;;
     --bin-dir) BIN_DIR=$2; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --halt-poll) HALT_POLL=$2; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -60,6 +64,30 @@ else
   DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}; DRAIN=10
 fi
 
+# ---------------------------------------------------------------- guest idle policy
+# On a VM whose guest kernel uses the haltpoll cpuidle driver, an idle vCPU polls this long for
+# new work before it halts (a halted vCPU is woken through the host: tens to hundreds of µs).
+HALT_POLL_PARAM=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALT_POLL_OLD=""
+if [ -n "$HALT_POLL" ]; then
+  if ! [[ $HALT_POLL =~ ^[0-9]{1,10}$ ]]; then
+    echo "bench/run.sh: --halt-poll takes nanoseconds (0 turns polling off), not '$HALT_POLL'" >&2; exit 2
+  fi
+  if ! [ -w "$HALT_POLL_PARAM" ]; then
+    echo "bench/run.sh: --halt-poll needs the haltpoll cpuidle driver (a VM guest) and root: $HALT_POLL_PARAM is not writable" >&2; exit 2
+  fi
+  HALT_POLL_OLD=$(cat "$HALT_POLL_PARAM")
+fi
+idle_policy() {
+  local drv
+  drv=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)
+  if [ "$drv" = haltpoll ] && [ -r "$HALT_POLL_PARAM" ]; then
+    echo "cpuidle driver haltpoll, guest halt polling $(cat "$HALT_POLL_PARAM") ns$([ -n "$HALT_POLL" ] && echo ' (set by --halt-poll for this run)')"
+  else
+    echo "cpuidle driver $drv"
+  fi
+}
+
 # ---------------------------------------------------------------- processes we start (by PID)
 PIDS=()
 cleanup() {
@@ -67,6 +95,9 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     stop_pid "$pid"
   done
+  if [ -n "$HALT_POLL_OLD" ]; then
+    echo "$HALT_POLL_OLD" >"$HALT_POLL_PARAM" 2>/dev/null || true
+  fi
 }
 # Stops a process and the children it forked (found through /proc, by PID only).
 stop_pid() {
@@ -90,6 +121,10 @@ trap 'exit 130' INT TERM
 # The reason a palisade command gave for refusing something: the innermost cause line.
 reason() { grep -vE '^(Error:|Caused by:|Stack backtrace:|[[:space:]]+[0-9]+: |[[:space:]]+at |[[:space:]]*$)' "$1" | head -n1 | sed 's/^ *//' | cut -c1-160; }
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+if [ -n "$HALT_POLL_OLD" ]; then
+  echo "$HALT_POLL" >"$HALT_POLL_PARAM"
+  log "guest halt polling set to $HALT_POLL ns for this run (was $HALT_POLL_OLD ns)"
+fi
 
 # ---------------------------------------------------------------- CPU pinning
 NCPU=$(nproc)
@@ -617,6 +652,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
   printf '"commit": %s, ' "$(json_str "$commit")"
   printf '"load": %s, ' "$(json_str "load average (1/5/15 min) at start $LOAD_START, at end $LOAD_END")"
   printf '"pinning": %s, ' "$(json_str "$PINNING")"
+  printf '"idle": %s, ' "$(json_str "$(idle_policy)")"
   printf '"mode": %s}\n' "$(json_str "$MODE")"
 } >"$RUN_DIR/meta.json"
 "$BIN/palisade-bench" report "$RUN_DIR" \

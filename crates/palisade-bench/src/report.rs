@@ -372,7 +372,7 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
             "Palisade benchmark — {}",
             m["date"].as_str().unwrap_or("?")
         );
-        for k in ["machine", "commit", "load", "pinning", "mode"] {
+        for k in ["machine", "commit", "load", "pinning", "idle", "mode"] {
             if let Some(v) = m[k].as_str() {
                 let _ = writeln!(out, "  {k:<8} {v}");
             }
