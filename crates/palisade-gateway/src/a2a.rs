@@ -580,7 +580,8 @@ fn upstream_request(
                 | "x-a2a-protocol-version"
                 | "a2a-extensions"
                 | "x-a2a-extensions"
-        ) {
+        ) || crate::upstream::is_trace_context(n)
+        {
             h.append(name.clone(), value.clone());
         }
     }
@@ -605,10 +606,17 @@ async fn forward(
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let id = ex.id.clone();
-    let req = upstream_request(rt, headers, Method::POST, path_and_query, body)
+    let mut req = upstream_request(rt, headers, Method::POST, path_and_query, body)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, &id, code::INVALID_REQUEST, &e))?;
     let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let pre = t0.elapsed();
+    crate::upstream::join_trace(
+        &shared.trace_upstream,
+        rec,
+        req.headers_mut(),
+        &rt.target.host,
+        pre,
+    );
     let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
         Err(_) => {
             return Err(refuse(
@@ -631,6 +639,7 @@ async fn forward(
     let received = Instant::now();
     let (up, up_body) = resp.into_parts();
     rec.status = up.status.as_u16();
+    crate::upstream::note_answer(rec, rec.status);
     let ct = up
         .headers
         .get(CONTENT_TYPE)
@@ -696,6 +705,7 @@ async fn forward(
         return Ok(r);
     }
     let bytes = collect(up_body, &id).await?;
+    crate::upstream::note_answer_read(rec, t0.elapsed().saturating_sub(pre));
     if !is_json(&ct) {
         // What cannot be read cannot be checked: refused, never relayed.
         findings.set_withheld("the agent's answer is not JSON");
@@ -1079,12 +1089,22 @@ async fn fetch_card(
     rt: &ProxyRuntime,
     headers: &http::HeaderMap,
     path: &str,
-    rec: Option<&mut RequestRecord>,
+    mut rec: Option<(&mut RequestRecord, Instant)>,
 ) -> Result<Value, (StatusCode, String)> {
     let mut req = upstream_request(rt, headers, Method::GET, path, Bytes::new())
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     req.headers_mut()
         .insert(ACCEPT, HeaderValue::from_static("application/json"));
+    let sent = Instant::now();
+    if let Some((rec, t0)) = rec.as_mut() {
+        crate::upstream::join_trace(
+            &shared.trace_upstream,
+            rec,
+            req.headers_mut(),
+            &rt.target.host,
+            sent.duration_since(*t0),
+        );
+    }
     let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
         Err(_) => {
@@ -1102,12 +1122,16 @@ async fn fetch_card(
         Ok(Ok(r)) => r,
     };
     let (up, body) = resp.into_parts();
-    if let Some(rec) = rec {
+    if let Some((rec, _)) = rec.as_mut() {
         rec.status = up.status.as_u16();
+        crate::upstream::note_answer(rec, rec.status);
     }
     let bytes = collect(body, &Value::Null)
         .await
         .map_err(|(s, v)| (s, v["error"]["message"].as_str().unwrap_or("").to_string()))?;
+    if let Some((rec, _)) = rec {
+        crate::upstream::note_answer_read(rec, sent.elapsed());
+    }
     if up.status == StatusCode::NOT_FOUND {
         return Err((
             StatusCode::NOT_FOUND,
@@ -1288,7 +1312,7 @@ async fn agent_card(
     t0: Instant,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let none = Value::Null;
-    let mut card = fetch_card(shared, rt, headers, path, Some(rec))
+    let mut card = fetch_card(shared, rt, headers, path, Some((rec, t0)))
         .await
         .map_err(|(status, msg)| refuse(status, &none, code::UPSTREAM, &msg))?;
     if card_findings(rt, &card, findings) {

@@ -603,26 +603,13 @@ async fn proxy(
     let sent = Instant::now();
     let pre = sent.duration_since(t0);
     rec.overhead_us = pre.as_micros() as i64;
-    let traced = shared
-        .trace_upstream
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if traced {
-        // The gateway joins the trace: the upstream's spans nest under its call's span.
-        if let Ok(v) = HeaderValue::from_str(&palisade_core::otlp::upstream_traceparent(rec)) {
-            up.headers_mut().insert("traceparent", v);
-        }
-        // A trace the gateway started (the caller sent no valid `traceparent`) carries none
-        // of the caller's vendor state.
-        if rec.trace_parent.is_none() {
-            up.headers_mut().remove("tracestate");
-        }
-        rec.upstream = Some(palisade_core::record::UpstreamCall {
-            at_us: pre.as_micros() as i64,
-            took_us: None,
-            host: rt.target.host.to_str().unwrap_or_default().to_string(),
-            status: None,
-        });
-    }
+    crate::upstream::join_trace(
+        &shared.trace_upstream,
+        rec,
+        up.headers_mut(),
+        &rt.target.host,
+        pre,
+    );
     let resp = match tokio::time::timeout(timeout, shared.client.request(up)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(rt.spec.upstream_timeout_secs)),
         Ok(Err(e)) => {
@@ -646,9 +633,7 @@ async fn proxy(
     let headers_at = Instant::now();
     let (up_parts, up_body) = resp.into_parts();
     rec.status = up_parts.status.as_u16();
-    if let Some(call) = rec.upstream.as_mut() {
-        call.status = Some(rec.status);
-    }
+    crate::upstream::note_answer(rec, rec.status);
     let is_sse = up_parts
         .headers
         .get(CONTENT_TYPE)
@@ -794,9 +779,7 @@ async fn proxy(
         Ok(Ok(c)) => c,
     };
     let received = Instant::now();
-    if let Some(call) = rec.upstream.as_mut() {
-        call.took_us = Some(received.duration_since(sent).as_micros() as i64);
-    }
+    crate::upstream::note_answer_read(rec, received.duration_since(sent));
     let mut usage = Usage::default();
     // A Responses answer's id, once parsed (its placeholders are remembered under it).
     let mut response_id: Option<String> = None;

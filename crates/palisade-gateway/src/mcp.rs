@@ -757,7 +757,7 @@ pub(crate) async fn send(
             || n == "last-event-id"
             || n == "via"
             || n.starts_with("mcp-")
-            || n == "mcp-protocol-version"
+            || crate::upstream::is_trace_context(n)
         {
             headers.append(name.clone(), value.clone());
         }
@@ -779,11 +779,18 @@ pub(crate) async fn send(
         })?;
     let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let reply_to = Arc::new(ReplyTo::new(&uri, &headers, timeout));
+    let pre = t0.elapsed();
+    crate::upstream::join_trace(
+        &shared.trace_upstream,
+        rec,
+        &mut headers,
+        &rt.target.host,
+        pre,
+    );
     let mut req = Request::new(Full::new(up.body.unwrap_or_default()));
     *req.method_mut() = up.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let pre = t0.elapsed();
     let hide_session = up.hide_session;
     let resp = match tokio::time::timeout(timeout, shared.client.request(req)).await {
         Err(_) => {
@@ -805,6 +812,7 @@ pub(crate) async fn send(
     let received = Instant::now();
     let (up_parts, up_body) = resp.into_parts();
     rec.status = up_parts.status.as_u16();
+    crate::upstream::note_answer(rec, rec.status);
     if let Some(s) = up_parts
         .headers
         .get("mcp-session-id")
@@ -883,6 +891,7 @@ pub(crate) async fn send(
             };
             refuse_pending(&pending, status, &msg)
         })?;
+    crate::upstream::note_answer_read(rec, t0.elapsed().saturating_sub(pre));
     // An answer to requests is checked before the client sees it; one the gateway cannot read
     // (not JSON, malformed JSON) cannot be checked, so a successful one is refused, never relayed.
     let answers_requests = !pending.by_id.is_empty();

@@ -349,6 +349,55 @@ impl UpstreamTarget {
     }
 }
 
+/// W3C Trace Context headers: the MCP and A2A proxies, which send an upstream only the headers
+/// they know, pass these on (the LLM proxy passes all but hop-by-hop ones).
+pub(crate) fn is_trace_context(name: &str) -> bool {
+    name == "traceparent" || name == "tracestate"
+}
+
+/// While a trace collector is configured, an upstream call joins the request's trace: it gets
+/// a `traceparent` naming the call's own span (a client span under the request's), a trace the
+/// gateway started carries none of the caller's `tracestate`, and the call is noted on the record
+/// for the export. `at`: how long after the request arrived the call is sent. Without a
+/// collector the headers stay as they are (one atomic load).
+pub(crate) fn join_trace(
+    traced: &std::sync::atomic::AtomicBool,
+    rec: &mut palisade_core::record::RequestRecord,
+    headers: &mut HeaderMap,
+    host: &HeaderValue,
+    at: Duration,
+) {
+    if !traced.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&palisade_core::otlp::upstream_traceparent(rec)) {
+        headers.insert("traceparent", v);
+    }
+    if rec.trace_parent.is_none() {
+        headers.remove("tracestate");
+    }
+    rec.upstream = Some(palisade_core::record::UpstreamCall {
+        at_us: at.as_micros() as i64,
+        took_us: None,
+        host: host.to_str().unwrap_or_default().to_string(),
+        status: None,
+    });
+}
+
+/// Notes on a traced call (see [`join_trace`]) the status the upstream answered with.
+pub(crate) fn note_answer(rec: &mut palisade_core::record::RequestRecord, status: u16) {
+    if let Some(call) = rec.upstream.as_mut() {
+        call.status = Some(status);
+    }
+}
+
+/// Notes on a traced call that its whole answer was in, `took` after it was sent.
+pub(crate) fn note_answer_read(rec: &mut palisade_core::record::RequestRecord, took: Duration) {
+    if let Some(call) = rec.upstream.as_mut() {
+        call.took_us = Some(took.as_micros() as i64);
+    }
+}
+
 /// This gateway's `Via` entry (`1.1 palisade-<random>`, one per process), added to every
 /// upstream request: a request that comes back with it went round a loop of proxies.
 pub(crate) fn via_entry() -> &'static HeaderValue {

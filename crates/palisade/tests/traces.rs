@@ -57,11 +57,43 @@ async fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
     (format!("http://{addr}"), got)
 }
 
-/// The `traceparent` and `tracestate` of each request an upstream got.
-type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+/// What each request an upstream got was (its JSON-RPC method, or its HTTP method and path),
+/// and the `traceparent` and `tracestate` it carried.
+type Seen = Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>;
 
-/// An LLM upstream on 127.0.0.1 that answers every request with one chat completion and keeps
-/// the `traceparent` and `tracestate` each request carried.
+/// The answer of [`traced_upstream`] to a request: a JSON-RPC result for a JSON-RPC request (an
+/// MCP server's to `initialize`, an A2A agent's message to `message/send`), an agent card for
+/// a GET, a chat completion otherwise.
+fn upstream_answer(method: &hyper::Method, body: &[u8]) -> (String, Value) {
+    let rpc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if let Some(m) = rpc["method"].as_str() {
+        let result = match m {
+            "initialize" => json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                "serverInfo": {"name": "traced", "version": "1"}}),
+            "message/send" => json!({"kind": "message", "messageId": "a-1", "role": "agent",
+                "parts": [{"kind": "text", "text": "done"}]}),
+            _ => json!({}),
+        };
+        return (
+            m.to_string(),
+            json!({"jsonrpc": "2.0", "id": rpc["id"], "result": result}),
+        );
+    }
+    if method == hyper::Method::GET {
+        let card = json!({"name": "traced", "description": "an agent", "version": "1",
+            "url": "http://127.0.0.1:9/", "protocolVersion": "0.3.0", "capabilities": {},
+            "defaultInputModes": ["text"], "defaultOutputModes": ["text"], "skills": []});
+        return ("GET".into(), card);
+    }
+    let answer = json!({"id": "c1", "object": "chat.completion", "model": "mock-gpt",
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+    ("chat".into(), answer)
+}
+
+/// An upstream on 127.0.0.1 for LLM, MCP and A2A proxies ([`upstream_answer`]) that keeps
+/// what each request was and the `traceparent` and `tracestate` it carried.
 async fn traced_upstream() -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -80,13 +112,11 @@ async fn traced_upstream() -> (String, Seen) {
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_string)
                         };
-                        let seen = (header("traceparent"), header("tracestate"));
-                        keep.lock().unwrap().push(seen);
-                        let _ = req.into_body().collect().await;
-                        let answer = json!({"id": "c1", "object": "chat.completion", "model": "mock-gpt",
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": "hi"}}],
-                            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+                        let (parent, state) = (header("traceparent"), header("tracestate"));
+                        let method = req.method().clone();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let (what, answer) = upstream_answer(&method, &body);
+                        keep.lock().unwrap().push((what, parent, state));
                         let mut r =
                             hyper::Response::new(Full::new(Bytes::from(answer.to_string())));
                         r.headers_mut().insert(
@@ -219,9 +249,9 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
         );
         let got = sent
             .iter()
-            .find(|(parent, _)| parent.as_deref() == Some(expected.as_str()))
+            .find(|(_, parent, _)| parent.as_deref() == Some(expected.as_str()))
             .unwrap_or_else(|| panic!("{expected} not in {sent:?}"));
-        assert_eq!(got.1.as_deref(), state, "{sent:?}");
+        assert_eq!(got.2.as_deref(), state, "{sent:?}");
     }
     // The request's id ties the span to the request log.
     let rows = gw.wait_requests("proxy=oai", 2).await;
@@ -238,6 +268,129 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
             .pointer("/resourceSpans/0/resource/attributes/0/value/stringValue"),
         Some(&json!("edge-gateway"))
     );
+}
+
+/// A config with an MCP proxy `tools` and an A2A proxy `agents`, both in front of `upstream`.
+fn mcp_and_a2a_config(upstream: &str) -> String {
+    format!(
+        "{}\n[[proxies]]\nname = \"tools\"\nkind = \"mcp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}/mcp\"\n\
+         \n[[proxies]]\nname = \"agents\"\nkind = \"a2a\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n",
+        config_for(upstream)
+    )
+}
+
+/// Sends an MCP `initialize` to `tools` and an A2A `message/send` to `agents`, each with the
+/// given `traceparent` (when some) and a `tracestate`.
+async fn call_mcp_and_a2a(gw: &Gateway, mcp_parent: Option<&str>, a2a_parent: Option<&str>) {
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let send = json!({"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {
+        "kind": "message", "role": "user", "messageId": "m-1", "parts": [{"kind": "text", "text": "hi"}]}}});
+    for (url, body, parent) in [
+        (
+            format!("{}/mcp", gw.proxy_url("tools").await),
+            init,
+            mcp_parent,
+        ),
+        (
+            format!("{}/", gw.proxy_url("agents").await),
+            send,
+            a2a_parent,
+        ),
+    ] {
+        let mut rb = http
+            .post(&url)
+            .bearer_auth(CI_KEY)
+            .header("accept", "application/json, text/event-stream")
+            .header("tracestate", "vendor=abc")
+            .json(&body);
+        if let Some(p) = parent {
+            rb = rb.header("traceparent", p);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}: {}", r.text().await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn mcp_and_a2a_upstream_calls_are_client_spans_in_the_trace() {
+    let (endpoint, got) = collector().await;
+    let (upstream, seen) = traced_upstream().await;
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        &mcp_and_a2a_config(&upstream),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    )
+    .await;
+    // The MCP call in the caller's trace, not sampled; the A2A call in a trace of its own.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = format!("00-{trace}-00f067aa0ba902b7-00");
+    call_mcp_and_a2a(&gw, Some(&caller), None).await;
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all = spans(&got);
+        if all.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(all.len(), 4, "{all:#?}");
+    let sent = seen.lock().unwrap().clone();
+    let nanos = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
+    for (proxy, what, flags, state) in [
+        ("tools", "initialize", "00", Some("vendor=abc")),
+        ("agents", "message/send", "01", None),
+    ] {
+        let server = all
+            .iter()
+            .find(|s| s["kind"] == 2 && attr(s, "palisade.proxy").unwrap()["stringValue"] == proxy)
+            .unwrap_or_else(|| panic!("no span of {proxy}: {all:#?}"));
+        if proxy == "tools" {
+            assert_eq!(server["traceId"], trace);
+            assert_eq!(server["parentSpanId"], "00f067aa0ba902b7");
+        } else {
+            assert_ne!(server["traceId"], trace);
+        }
+        let call = all
+            .iter()
+            .find(|s| s["kind"] == 3 && s["parentSpanId"] == server["spanId"])
+            .unwrap_or_else(|| panic!("no client span under {server}"));
+        let api = if proxy == "tools" { "mcp" } else { "a2a" };
+        assert_eq!(call["name"], format!("{api} upstream"));
+        assert_eq!(call["traceId"], server["traceId"]);
+        assert_eq!(
+            attr(call, "http.response.status_code").unwrap()["intValue"],
+            "200"
+        );
+        assert!(nanos(call, "startTimeUnixNano") >= nanos(server, "startTimeUnixNano"));
+        assert!(nanos(call, "endTimeUnixNano") <= nanos(server, "endTimeUnixNano"));
+        // The upstream was told the client span is its parent; the caller's vendor state goes
+        // on only in the caller's trace.
+        let expected = format!(
+            "00-{}-{}-{flags}",
+            server["traceId"].as_str().unwrap(),
+            call["spanId"].as_str().unwrap()
+        );
+        let (_, parent, st) = sent
+            .iter()
+            .find(|(w, _, _)| w == what)
+            .unwrap_or_else(|| panic!("the upstream got no {what}: {sent:?}"));
+        assert_eq!(parent.as_deref(), Some(expected.as_str()), "{sent:?}");
+        assert_eq!(st.as_deref(), state, "{sent:?}");
+    }
+    drop(gw);
+
+    // Without a collector the upstreams get the caller's trace context as it came.
+    let (upstream, seen) = traced_upstream().await;
+    let gw = Gateway::start(&mcp_and_a2a_config(&upstream)).await;
+    call_mcp_and_a2a(&gw, Some(&caller), Some(&caller)).await;
+    let sent = seen.lock().unwrap().clone();
+    for what in ["initialize", "message/send"] {
+        let (_, parent, st) = sent.iter().find(|(w, _, _)| w == what).unwrap();
+        assert_eq!(parent.as_deref(), Some(caller.as_str()), "{sent:?}");
+        assert_eq!(st.as_deref(), Some("vendor=abc"), "{sent:?}");
+    }
 }
 
 #[tokio::test]
