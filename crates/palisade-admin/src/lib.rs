@@ -108,7 +108,8 @@ impl AppState {
             admin_hosts: admin_hosts(),
             admin_addr: None,
             webhooks: Default::default(),
-            webhook_tls: palisade_gateway::tls_client_config(None).map_err(ApiError::internal)?,
+            webhook_tls: palisade_gateway::tls_client_config(None, None)
+                .map_err(ApiError::internal)?,
         })
     }
 

@@ -23,35 +23,47 @@ pub type GuardedClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, 
 
 /// Builds the client shared by all proxies.
 pub fn build_client() -> HttpClient {
-    client_with(HttpConnector::new())
+    client_with(HttpConnector::new(), None)
 }
 
 /// Builds a [`GuardedClient`] that checks servers' certificates against the Mozilla roots.
 pub fn build_guarded_client() -> GuardedClient {
-    client_with(HttpConnector::new_with_resolver(GuardedResolver))
+    client_with(HttpConnector::new_with_resolver(GuardedResolver), None)
 }
 
 /// Builds a [`GuardedClient`] that checks servers' certificates against `tls`'s roots (those of
 /// [`tls_client_config`]: the Mozilla set and an administrator's private CA).
 pub fn build_guarded_client_with(tls: &TlsConfig) -> GuardedClient {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver);
-    prepare(&mut http);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((**tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    pool(https)
+    client_with(HttpConnector::new_with_resolver(GuardedResolver), Some(tls))
+}
+
+/// Builds an [`HttpClient`] whose connections use `tls` (see [`tls_client_config`]).
+pub fn build_client_with(tls: &TlsConfig) -> HttpClient {
+    client_with(HttpConnector::new(), Some(tls))
 }
 
 /// TLS settings of the gateway's own connections (Redis, webhooks, syslog collectors).
 pub type TlsConfig = std::sync::Arc<rustls::ClientConfig>;
 
+/// A client certificate (PEM, the gateway's own first, then any intermediates) and its private
+/// key (PEM: PKCS#8, PKCS#1 or SEC1), for servers that ask who connects (mutual TLS).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIdentity<'a> {
+    /// The certificate chain's file.
+    pub cert: &'a std::path::Path,
+    /// The private key's file.
+    pub key: &'a std::path::Path,
+}
+
 /// TLS settings whose roots are the Mozilla set compiled in, and the certificates of `ca_file`
-/// (PEM) when given: for servers with a private CA's certificate.
-pub fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfig, String> {
-    use rustls::pki_types::CertificateDer;
+/// (PEM) when given: for servers with a private CA's certificate; with `identity`, the gateway
+/// shows that certificate to servers that ask for one.
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<TlsConfig, String> {
     use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -75,8 +87,26 @@ pub fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfig,
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some(id) => {
+            let (cert, key) = (id.cert.display(), id.key.display());
+            let pem = std::fs::read(id.cert).map_err(|e| format!("cannot read {cert}: {e}"))?;
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{cert} is not PEM: {e}"))?;
+            if chain.is_empty() {
+                return Err(format!("{cert} holds no certificate"));
+            }
+            let pem = std::fs::read(id.key).map_err(|e| format!("cannot read {key}: {e}"))?;
+            let private = PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| format!("{key} holds no private key in PEM ({e})"))?;
+            config
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| format!("{cert} with {key}: {e}"))?
+        }
+    };
     Ok(std::sync::Arc::new(config))
 }
 
@@ -118,20 +148,23 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
     }
 }
 
+/// A pooled client over `http`, its TLS with `tls` (see [`tls_client_config`]), or with the
+/// Mozilla roots compiled in.
 fn client_with<R>(
     mut http: HttpConnector<R>,
+    tls: Option<&TlsConfig>,
 ) -> Client<HttpsConnector<HttpConnector<R>>, Full<Bytes>>
 where
     HttpsConnector<HttpConnector<R>>:
         hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
     prepare(&mut http);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    pool(https)
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match tls {
+        Some(tls) => builder.with_tls_config((**tls).clone()),
+        None => builder.with_webpki_roots(),
+    };
+    pool(builder.https_or_http().enable_http1().wrap_connector(http))
 }
 
 /// The TCP settings of every client's connections.
@@ -174,16 +207,62 @@ fn delivery_error(e: &dyn std::error::Error) -> String {
             "{why} (the receiver presents a CA certificate as its own: give it one that the CA \
              signed, or a self-signed one made with CA:FALSE)"
         )
+    } else if why.contains("alert: CertificateRequired")
+        || why.contains("alert: BadCertificate")
+        || why.contains("alert: UnknownCA")
+    {
+        format!(
+            "{why} (the receiver asks for a client certificate: none was set, or it does not \
+             take the one that was)"
+        )
     } else {
         why
+    }
+}
+
+/// How long a TLS syslog delivery waits, after closing, for the collector to refuse it.
+const SYSLOG_SETTLE: Duration = Duration::from_secs(1);
+
+/// TLS 1.3 ends the client's side of the handshake before the server has checked the client's
+/// certificate: a collector that refuses it says so with an alert after the client wrote and
+/// closed. So the collector's side is read after the close (until it closes too, for at most
+/// [`SYSLOG_SETTLE`]): an alert is a failed delivery; the collector closing, however abruptly,
+/// or saying nothing, is not.
+async fn refused_after_close<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    a: std::net::SocketAddr,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    let settle = tokio::time::sleep(SYSLOG_SETTLE);
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            () = &mut settle => return Ok(()),
+            r = s.read(&mut sink) => match r {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    drained += n;
+                    if drained > 64 * 1024 {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+                    return Err(format!("TLS with {a}: {}", delivery_error(&e)));
+                }
+                Err(_) => return Ok(()),
+            }
+        }
     }
 }
 
 /// Writes `bytes` to a syslog collector within `timeout`: connected to an address its name
 /// resolves to that is not link-local or unspecified (as [`GuardedResolver`] does), over TLS
 /// when the target says so (the collector's certificate checked against `tls`'s roots, for its
-/// name or address), written whole, and closed (TLS with its `close_notify`). Success means the
-/// collector's system took every byte (syslog has no receipt of its own).
+/// name or address), written whole, and closed (TLS with its `close_notify`, then the
+/// collector given a moment to refuse: [`refused_after_close`]). Success means the collector's
+/// system took every byte (syslog has no receipt of its own).
 pub async fn send_syslog(
     target: &palisade_core::webhook::SyslogTarget,
     tls: &TlsConfig,
@@ -232,7 +311,8 @@ pub async fn send_syslog(
                 .connect(name, s)
                 .await
                 .map_err(|e| format!("TLS with {a}: {}", delivery_error(&e)))?;
-            return write_and_close(&mut t, bytes, a).await;
+            write_and_close(&mut t, bytes, a).await?;
+            return refused_after_close(&mut t, a).await;
         }
         Err(last)
     };

@@ -36,6 +36,73 @@ pub struct OtlpConfig {
     pub flavor: Flavor,
     /// Langfuse: model calls carry what they sent and got, masked (`LANGFUSE_CAPTURE_CONTENT`).
     pub content: bool,
+    /// A private CA for the collector's certificate, or a client certificate for a collector
+    /// that asks for one (`OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE`,
+    /// `…_CLIENT_KEY`); `None`: the public roots compiled in.
+    pub tls: Option<ExportTls>,
+}
+
+/// The TLS settings of the export and the files they were read from.
+#[derive(Debug, Clone)]
+pub struct ExportTls {
+    files: Vec<std::path::PathBuf>,
+    config: palisade_gateway::TlsConfig,
+}
+
+impl PartialEq for ExportTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files
+    }
+}
+
+impl ExportTls {
+    /// Reads the standard variables, the traces-only one first in each pair; `None` when none
+    /// is set.
+    fn from_env(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Self>> {
+        let read = |what: &str| {
+            let traces = format!("OTEL_EXPORTER_OTLP_TRACES_{what}");
+            let all = format!("OTEL_EXPORTER_OTLP_{what}");
+            match var(&traces).filter(|v| !v.is_empty()) {
+                Some(v) => Some((traces, std::path::PathBuf::from(v))),
+                None => var(&all)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (all, std::path::PathBuf::from(v))),
+            }
+        };
+        let (ca, cert, key) = (
+            read("CERTIFICATE"),
+            read("CLIENT_CERTIFICATE"),
+            read("CLIENT_KEY"),
+        );
+        let identity = match (&cert, &key) {
+            (Some((_, cert)), Some((_, key))) => {
+                Some(palisade_gateway::ClientIdentity { cert, key })
+            }
+            (None, None) => None,
+            (Some((name, _)), None) | (None, Some((name, _))) => bail!(
+                "{name} is set alone: a client certificate needs OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY both"
+            ),
+        };
+        if ca.is_none() && identity.is_none() {
+            return Ok(None);
+        }
+        let names: Vec<&str> = [&ca, &cert, &key]
+            .into_iter()
+            .flatten()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let config =
+            palisade_gateway::tls_client_config(ca.as_ref().map(|(_, p)| p.as_path()), identity)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", names.join(" / ")))?;
+        Ok(Some(Self {
+            files: [&ca, &cert, &key]
+                .into_iter()
+                .flatten()
+                .map(|(_, p)| p.clone())
+                .collect(),
+            config,
+        }))
+    }
 }
 
 impl OtlpConfig {
@@ -88,12 +155,14 @@ impl OtlpConfig {
         let service = var("OTEL_SERVICE_NAME")
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "palisade".into());
+        let tls = ExportTls::from_env(&var)?;
         Ok(Some(Self {
             url,
             headers,
             service,
             flavor: Flavor::Otel,
             content: false,
+            tls,
         }))
     }
 
@@ -146,6 +215,7 @@ impl OtlpConfig {
                 .unwrap_or_else(|| "palisade".into()),
             flavor: Flavor::Langfuse,
             content,
+            tls: None,
         }))
     }
 }
@@ -201,7 +271,10 @@ async fn run(
     dropped: Arc<AtomicU64>,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let client = palisade_gateway::build_client();
+    let client = match &cfg.tls {
+        Some(tls) => palisade_gateway::build_client_with(&tls.config),
+        None => palisade_gateway::build_client(),
+    };
     let to = match cfg.flavor {
         Flavor::Otel => "OTLP/HTTP JSON",
         Flavor::Langfuse => "Langfuse, OTLP/HTTP JSON",
@@ -287,6 +360,77 @@ mod tests {
                 .iter()
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn tls_variables_give_a_private_ca_and_a_client_certificate() {
+        let fixture = |p: &str| format!("{}/tests/fixtures/{p}", env!("CARGO_MANIFEST_DIR"));
+        let (ca, cert, key) = (
+            fixture("redis-tls/ca.pem"),
+            fixture("client-tls/client.pem"),
+            fixture("client-tls/client.key"),
+        );
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4318");
+        let c = OtlpConfig::from_env(env(&[base])).unwrap().unwrap();
+        assert_eq!(c.tls, None);
+        // The traces-only variable wins over the general one.
+        let c = OtlpConfig::from_env(env(&[
+            base,
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+        ]))
+        .unwrap()
+        .unwrap();
+        let tls = c.tls.expect("TLS settings");
+        assert_eq!(
+            tls.files,
+            [&ca, &cert, &key].map(std::path::PathBuf::from).to_vec()
+        );
+        assert!(tls.config.client_auth_cert_resolver.has_certs());
+        for (bad, says) in [
+            (
+                vec![
+                    base,
+                    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
+                ],
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE is set alone",
+            ),
+            (
+                vec![
+                    base,
+                    ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+                ],
+                "OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                // A key that is not the certificate's.
+                vec![
+                    base,
+                    (
+                        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                        cert.as_str(),
+                    ),
+                    (
+                        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                        &fixture("redis-tls/server.key"),
+                    ),
+                ],
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE / OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: ",
+            ),
+            (
+                vec![
+                    base,
+                    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", key.as_str()),
+                    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
+                ],
+                "holds no certificate",
+            ),
+        ] {
+            let e = OtlpConfig::from_env(env(&bad)).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
         }
     }
 

@@ -57,11 +57,57 @@ pub struct ServeArgs {
     /// roots compiled in (a private CA).
     #[arg(long, env = "PALISADE_REDIS_CA_FILE")]
     redis_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) the gateway shows a `rediss://` server that asks for one
+    /// (`tls-auth-clients yes`); with `PALISADE_REDIS_CLIENT_KEY`.
+    #[arg(long, env = "PALISADE_REDIS_CLIENT_CERT")]
+    redis_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `PALISADE_REDIS_CLIENT_CERT`.
+    #[arg(long, env = "PALISADE_REDIS_CLIENT_KEY")]
+    redis_client_key: Option<PathBuf>,
     /// Certificates (PEM) the servers that alerts are delivered to (`https://` webhooks,
     /// `tls://` syslog collectors) may chain to, besides the public roots compiled in (a
     /// private CA).
     #[arg(long, env = "PALISADE_WEBHOOK_CA_FILE")]
     webhook_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) the gateway shows the servers alerts are delivered to when they
+    /// ask for one (mutual TLS); with `PALISADE_WEBHOOK_CLIENT_KEY`.
+    #[arg(long, env = "PALISADE_WEBHOOK_CLIENT_CERT")]
+    webhook_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `PALISADE_WEBHOOK_CLIENT_CERT`.
+    #[arg(long, env = "PALISADE_WEBHOOK_CLIENT_KEY")]
+    webhook_client_key: Option<PathBuf>,
+}
+
+/// TLS settings for the gateway's own connections from a group of settings
+/// (`<prefix>_CA_FILE`, `<prefix>_CLIENT_CERT` and `<prefix>_CLIENT_KEY`; the last two both, or
+/// neither); an error names the settings.
+fn tls_settings(
+    prefix: &str,
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> anyhow::Result<palisade_gateway::TlsConfig> {
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some(palisade_gateway::ClientIdentity { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            anyhow::bail!(
+                "{prefix}_CLIENT_CERT is set without {prefix}_CLIENT_KEY: both, or neither"
+            )
+        }
+        (None, Some(_)) => {
+            anyhow::bail!(
+                "{prefix}_CLIENT_KEY is set without {prefix}_CLIENT_CERT: both, or neither"
+            )
+        }
+    };
+    palisade_gateway::tls_client_config(ca.as_deref(), identity).map_err(|e| {
+        if identity.is_some() {
+            anyhow::anyhow!("{prefix}_CA_FILE / {prefix}_CLIENT_CERT / {prefix}_CLIENT_KEY: {e}")
+        } else {
+            anyhow::anyhow!("{prefix}_CA_FILE: {e}")
+        }
+    })
 }
 
 /// Loads the master key from `PALISADE_MASTER_KEY`, or from `<data>/master.key`, creating it
@@ -420,21 +466,29 @@ async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are refused before anything is written.
     palisade_admin::metrics_token().map_err(|e| anyhow::anyhow!(e.message))?;
-    let webhook_tls = palisade_gateway::tls_client_config(args.webhook_ca_file.as_deref())
-        .map_err(|e| anyhow::anyhow!("PALISADE_WEBHOOK_CA_FILE: {e}"))?;
+    let webhook_tls = tls_settings(
+        "PALISADE_WEBHOOK",
+        &args.webhook_ca_file,
+        &args.webhook_client_cert,
+        &args.webhook_client_key,
+    )?;
     let cluster = match &args.redis_url {
         Some(url) => {
             let url = palisade_gateway::resp::RedisUrl::parse(url)
                 .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_URL: {e}"))?;
-            let tls = match (url.tls, &args.redis_ca_file) {
-                (true, ca) => Some(
-                    palisade_gateway::tls_client_config(ca.as_deref())
-                        .map_err(|e| anyhow::anyhow!("PALISADE_REDIS_CA_FILE: {e}"))?,
-                ),
-                (false, Some(_)) => anyhow::bail!(
-                    "PALISADE_REDIS_CA_FILE is for a `rediss://` URL; PALISADE_REDIS_URL is not one"
-                ),
-                (false, None) => None,
+            let tls = if url.tls {
+                Some(tls_settings(
+                    "PALISADE_REDIS",
+                    &args.redis_ca_file,
+                    &args.redis_client_cert,
+                    &args.redis_client_key,
+                )?)
+            } else if args.redis_ca_file.is_some() || args.redis_client_cert.is_some() {
+                anyhow::bail!(
+                    "PALISADE_REDIS_CA_FILE and PALISADE_REDIS_CLIENT_CERT are for a `rediss://` URL; PALISADE_REDIS_URL is not one"
+                );
+            } else {
+                None
             };
             Some(palisade_gateway::cluster::ClusterConfig {
                 url,

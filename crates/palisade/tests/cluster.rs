@@ -19,23 +19,17 @@ struct Redis {
     port: u16,
 }
 
-/// The test certificates of a TLS Redis: a CA, and a server certificate for `127.0.0.1`
-/// and `localhost` it signed (both valid for a century; for these tests only).
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/redis-tls")
-        .join(name)
-}
-
 impl Redis {
     fn start_on(port: u16) -> Redis {
         Self::start_with(&["--port", &port.to_string()], port)
     }
 
-    /// A Redis that speaks TLS only.
+    /// A Redis that speaks TLS only, and takes only clients that show a certificate the
+    /// client fixture CA signed.
     fn start_tls() -> Redis {
         let port = unused_port();
-        let path = |n: &str| fixture(n).display().to_string();
+        let path = |n: &str| fixture(&format!("redis-tls/{n}")).display().to_string();
+        let client_ca = fixture("client-tls/ca.pem").display().to_string();
         Self::start_with(
             &[
                 "--port",
@@ -47,9 +41,9 @@ impl Redis {
                 "--tls-key-file",
                 &path("server.key"),
                 "--tls-ca-cert-file",
-                &path("ca.pem"),
+                &client_ca,
                 "--tls-auth-clients",
-                "no",
+                "yes",
             ],
             port,
         )
@@ -309,9 +303,18 @@ async fn a_node_serves_while_redis_is_down_and_its_spend_reaches_redis_later() {
 /// A connection of the test's own to the same Redis.
 async fn redis_conn(url: &str) -> palisade_gateway::resp::Conn {
     let url = palisade_gateway::resp::RedisUrl::parse(url).unwrap();
-    let tls = url
-        .tls
-        .then(|| palisade_gateway::tls_client_config(Some(&fixture("ca.pem"))).unwrap());
+    let (cert, key) = (
+        fixture("client-tls/client.pem"),
+        fixture("client-tls/client.key"),
+    );
+    let identity = palisade_gateway::ClientIdentity {
+        cert: &cert,
+        key: &key,
+    };
+    let tls = url.tls.then(|| {
+        palisade_gateway::tls_client_config(Some(&fixture("redis-tls/ca.pem")), Some(identity))
+            .unwrap()
+    });
     palisade_gateway::resp::Conn::connect(&url, Duration::from_secs(10), tls.as_ref())
         .await
         .unwrap()
@@ -405,15 +408,23 @@ async fn nodes_reach_redis_over_tls_with_a_private_ca() {
     let url = format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{}/3", redis.port);
     let mock = Mock::start(&[]);
     let cfg = config(&mock.url);
-    let ca = fixture("ca.pem").display().to_string();
+    let ca = fixture("redis-tls/ca.pem").display().to_string();
+    let (cert, key) = (
+        fixture("client-tls/client.pem").display().to_string(),
+        fixture("client-tls/client.key").display().to_string(),
+    );
     let env = [
         ("PALISADE_REDIS_URL", url.as_str()),
         ("PALISADE_REDIS_SYNC_MS", "50"),
         ("PALISADE_REDIS_CA_FILE", ca.as_str()),
+        ("PALISADE_REDIS_CLIENT_CERT", cert.as_str()),
+        ("PALISADE_REDIS_CLIENT_KEY", key.as_str()),
     ];
     let a = Gateway::start_with(tempfile::tempdir().unwrap(), &cfg, &env).await;
-    // Without the CA the server's certificate is not trusted: no exchange ever succeeds.
+    // Without the CA the server's certificate is not trusted, and without a client certificate
+    // the server refuses the node: no exchange ever succeeds.
     let untrusting = node(&cfg, &url).await;
+    let anonymous = Gateway::start_with(tempfile::tempdir().unwrap(), &cfg, &env[..3]).await;
     let proxy = a.proxy_url("oai").await;
     let c = reqwest::Client::new();
     let (status, body) = chat(&c, &proxy, SPENDER_KEY).await;
@@ -430,13 +441,15 @@ async fn nodes_reach_redis_over_tls_with_a_private_ca() {
         .number()
         .unwrap();
     assert!((total / 1e9 - cost_of(&body)).abs() < 1e-6, "{total}");
-    assert_eq!(metric(&untrusting, "palisade_redis_up").await, Some(0.0));
-    assert!(
-        metric(&untrusting, "palisade_redis_exchange_failures_total")
-            .await
-            .unwrap()
-            >= 1.0
-    );
+    for refused in [&untrusting, &anonymous] {
+        assert_eq!(metric(refused, "palisade_redis_up").await, Some(0.0));
+        assert!(
+            metric(refused, "palisade_redis_exchange_failures_total")
+                .await
+                .unwrap()
+                >= 1.0
+        );
+    }
 }
 
 #[test]

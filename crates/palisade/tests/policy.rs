@@ -913,25 +913,17 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
 /// `127.0.0.1`: a syslog collector (`tls://`, RFC 5425) keeping what each connection sent, or,
 /// with `http`, an HTTPS endpoint keeping each request's body and answering 200.
 async fn tls_collector(http: bool) -> (u16, std::sync::Arc<tokio::sync::Mutex<Vec<u8>>>) {
+    tls_receiver(http, false).await
+}
+
+/// [`tls_collector`]; with `mutual`, the receiver asks for a client certificate and takes only
+/// one that the client fixture CA (`client-tls/ca.pem`) signed.
+async fn tls_receiver(
+    http: bool,
+    mutual: bool,
+) -> (u16, std::sync::Arc<tokio::sync::Mutex<Vec<u8>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(fixture("redis-tls/server.pem"))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-    let key = PrivateKeyDer::from_pem_file(fixture("redis-tls/server.key")).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let acceptor = tls_acceptor(mutual);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<u8>::new()));
@@ -995,12 +987,6 @@ async fn received(got: &tokio::sync::Mutex<Vec<u8>>, needle: &str) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     String::from_utf8_lossy(&got.lock().await).into_owned()
-}
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 /// Alerts reach a syslog collector over TLS, and an HTTPS webhook, whose certificates chain to
@@ -1097,6 +1083,117 @@ async fn alerts_reach_a_tls_syslog_collector_that_the_configured_ca_vouches_for(
         err.contains("PALISADE_WEBHOOK_CA_FILE") && err.contains("holds no certificate"),
         "{err}"
     );
+}
+
+/// Receivers that ask who connects (mutual TLS) get alerts from a gateway given a client
+/// certificate their CA signed (`PALISADE_WEBHOOK_CLIENT_CERT` and `…_KEY`), over syslog and
+/// HTTPS; a gateway without one is refused at the handshake and says so. Half a pair, or a key
+/// that is not the certificate's, stops the start.
+#[tokio::test]
+async fn alerts_reach_receivers_that_ask_for_the_gateways_client_certificate() {
+    let mock = Mock::start(&[]);
+    let (port, got) = tls_receiver(false, true).await;
+    let (https_port, posted) = tls_receiver(true, true).await;
+    let ca = fixture("redis-tls/ca.pem");
+    let (cert, key) = (
+        fixture("client-tls/client.pem"),
+        fixture("client-tls/client.key"),
+    );
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        &config(&mock.url, "enforce"),
+        &[
+            ("PALISADE_WEBHOOK_CA_FILE", ca.to_str().unwrap()),
+            ("PALISADE_WEBHOOK_CLIENT_CERT", cert.to_str().unwrap()),
+            ("PALISADE_WEBHOOK_CLIENT_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let anonymous = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        &config(&mock.url, "enforce"),
+        &[("PALISADE_WEBHOOK_CA_FILE", ca.to_str().unwrap())],
+    )
+    .await;
+    for g in [&gw, &anonymous] {
+        for (name, url, format) in [
+            ("siem", format!("tls://127.0.0.1:{port}"), "syslog"),
+            (
+                "soc",
+                format!("https://127.0.0.1:{https_port}/hook"),
+                "json",
+            ),
+        ] {
+            let (st, v) = g
+                .post(
+                    "/api/v1/webhooks",
+                    json!({"name": name, "url": url, "format": format}),
+                )
+                .await;
+            assert_eq!(st, 201, "{v}");
+        }
+    }
+    let r = chat(&gw.proxy_url("guarded").await, INJECTION, false).await;
+    assert_eq!(r.status(), 403);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let r = chat(&anonymous.proxy_url("guarded").await, INJECTION, false).await;
+    assert_eq!(r.status(), 403);
+    let other = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let text = received(&got, &rid).await;
+    assert!(text.contains(&format!("cs4={rid}")), "{text}");
+    let body = received(&posted, &rid).await;
+    assert!(body.contains(&rid), "{body}");
+    // Without a certificate: both receivers end the handshake, nothing is delivered.
+    let mut hooks = Value::Null;
+    for _ in 0..100 {
+        (_, hooks) = anonymous.get("/api/v1/webhooks").await;
+        if hooks
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["last_error"].is_string())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for h in hooks.as_array().unwrap() {
+        let error = h["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("CertificateRequired")
+                && error.contains("the receiver asks for a client certificate"),
+            "{hooks}"
+        );
+        assert_eq!(h["delivered"], 0, "{hooks}");
+    }
+    assert!(!String::from_utf8_lossy(&got.lock().await).contains(&other));
+    assert!(!String::from_utf8_lossy(&posted.lock().await).contains(&other));
+    // Settings that cannot work stop the start, naming them.
+    let wrong_key = fixture("redis-tls/server.key");
+    for (env, says) in [
+        (
+            vec![("PALISADE_WEBHOOK_CLIENT_CERT", cert.as_path())],
+            "PALISADE_WEBHOOK_CLIENT_CERT is set without PALISADE_WEBHOOK_CLIENT_KEY",
+        ),
+        (
+            vec![
+                ("PALISADE_WEBHOOK_CLIENT_CERT", cert.as_path()),
+                ("PALISADE_WEBHOOK_CLIENT_KEY", wrong_key.as_path()),
+            ],
+            "PALISADE_WEBHOOK_CLIENT_KEY: ",
+        ),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(tempfile::tempdir().unwrap().path())
+            .envs(env)
+            .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(says), "{err}");
+    }
 }
 
 /// `palisade_policy_memo_*{proxy="guarded"}` from `/metrics`: (hits, misses).

@@ -14,47 +14,73 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+/// What a test collector keeps: each export request's path and credential headers, and body.
+type Exports = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A collector on 127.0.0.1 that keeps every export request's body.
-async fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+async fn collector() -> (String, Exports) {
+    collector_with(None).await
+}
+
+/// [`collector`], over TLS with `acceptor` (an `https://` URL).
+async fn collector_with(acceptor: Option<tokio_rustls::TlsAcceptor>) -> (String, Exports) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let got: Exports = Arc::default();
     let keep = got.clone();
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let keep = keep.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let keep = keep.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let key = [
-                            "x-collector-key",
-                            "authorization",
-                            "x-langfuse-ingestion-version",
-                        ]
-                        .iter()
-                        .filter_map(|n| req.headers().get(*n)?.to_str().ok())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        keep.lock().unwrap().push((format!("{path} {key}"), v));
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"{}"),
-                        )))
+                match acceptor {
+                    // A client the TLS side refuses gets no further.
+                    Some(a) => {
+                        if let Ok(t) = a.accept(stream).await {
+                            serve_exports(t, keep).await;
+                        }
                     }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                    None => serve_exports(stream, keep).await,
+                }
             });
         }
     });
-    (format!("http://{addr}"), got)
+    (format!("{scheme}://{addr}"), got)
+}
+
+/// Answers export requests on one connection with `{}`, keeping each.
+async fn serve_exports<S>(stream: S, keep: Exports)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let keep = keep.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let key = [
+                "x-collector-key",
+                "authorization",
+                "x-langfuse-ingestion-version",
+            ]
+            .iter()
+            .filter_map(|n| req.headers().get(*n)?.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(" ");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            keep.lock().unwrap().push((format!("{path} {key}"), v));
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                b"{}",
+            ))))
+        }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 /// What each request an upstream got was (its JSON-RPC method, or its HTTP method and path),
@@ -391,6 +417,63 @@ async fn mcp_and_a2a_upstream_calls_are_client_spans_in_the_trace() {
         assert_eq!(parent.as_deref(), Some(caller.as_str()), "{sent:?}");
         assert_eq!(st.as_deref(), Some("vendor=abc"), "{sent:?}");
     }
+}
+
+/// A collector behind a private CA that asks for a client certificate gets the spans from a
+/// gateway given both (`OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`),
+/// and nothing from one without the certificate.
+#[tokio::test]
+async fn spans_reach_a_collector_that_asks_for_a_client_certificate() {
+    let (endpoint, got) = collector_with(Some(tls_acceptor(true))).await;
+    let mock = Mock::start(&[]);
+    let ca = fixture("redis-tls/ca.pem");
+    let (cert, key) = (
+        fixture("client-tls/client.pem"),
+        fixture("client-tls/client.key"),
+    );
+    let with = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            cert.to_str().unwrap(),
+        ),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.to_str().unwrap()),
+    ];
+    let mut ids = Vec::new();
+    let mut gateways = Vec::new();
+    for env in [&with[..], &with[..2]] {
+        let gw =
+            Gateway::start_with(tempfile::tempdir().unwrap(), &config_for(&mock.url), env).await;
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gw.proxy_url("oai").await))
+            .bearer_auth(CI_KEY)
+            .json(&json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(r.headers()["x-request-id"].to_str().unwrap().to_string());
+        gateways.push(gw);
+    }
+    let ids_of = |got: &Exports| -> Vec<String> {
+        spans(got)
+            .iter()
+            .filter_map(|s| attr(s, "palisade.request_id")?["stringValue"].as_str())
+            .map(str::to_string)
+            .collect()
+    };
+    for _ in 0..100 {
+        if ids_of(&got).contains(&ids[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both spans left within the second the export waits for a batch to fill.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let exported = ids_of(&got);
+    assert!(exported.contains(&ids[0]), "{exported:?}");
+    assert!(!exported.contains(&ids[1]), "{exported:?}");
 }
 
 #[tokio::test]
