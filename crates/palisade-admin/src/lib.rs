@@ -76,7 +76,7 @@ pub struct AppState {
     /// Alert delivery to webhooks.
     pub webhooks: Arc<webhooks::Deliveries>,
     /// The roots webhook receivers' certificates are checked against (`PALISADE_WEBHOOK_CA_FILE`).
-    webhook_tls: palisade_gateway::TlsConfig,
+    webhook_tls: std::sync::Arc<palisade_gateway::TlsSource>,
 }
 
 impl AppState {
@@ -108,7 +108,7 @@ impl AppState {
             admin_hosts: admin_hosts(),
             admin_addr: None,
             webhooks: Default::default(),
-            webhook_tls: palisade_gateway::tls_client_config(None, None)
+            webhook_tls: palisade_gateway::TlsSource::open(None, None)
                 .map_err(ApiError::internal)?,
         })
     }
@@ -132,8 +132,9 @@ impl AppState {
         }
     }
 
-    /// Checks webhook receivers' certificates against `tls`'s roots.
-    pub fn with_webhook_tls(mut self, tls: palisade_gateway::TlsConfig) -> Self {
+    /// Checks webhook receivers' certificates against `tls`'s roots (and shows them its client
+    /// certificate, if it has one).
+    pub fn with_webhook_tls(mut self, tls: std::sync::Arc<palisade_gateway::TlsSource>) -> Self {
         self.webhook_tls = tls;
         self
     }

@@ -191,7 +191,8 @@ pub struct Deliveries {
 
 /// Delivers alerts to the enabled webhooks until the process ends.
 pub async fn deliver_alerts(state: AppState) {
-    let client = palisade_gateway::build_guarded_client_with(&state.webhook_tls);
+    let mut tls = state.webhook_tls.current();
+    let mut client = palisade_gateway::build_guarded_client_with(&tls);
     // Failing receivers: when to try again.
     let mut paused: HashMap<String, Instant> = HashMap::new();
     // Whether the last read found an enabled webhook. Without one there is nothing to poll for:
@@ -219,6 +220,12 @@ pub async fn deliver_alerts(state: AppState) {
             }
         };
         any_enabled = hooks.iter().any(|h| h.spec.enabled);
+        // Renewed certificates (their files changed) take a new client.
+        let now_tls = state.webhook_tls.current();
+        if !std::sync::Arc::ptr_eq(&now_tls, &tls) {
+            client = palisade_gateway::build_guarded_client_with(&now_tls);
+            tls = now_tls;
+        }
         let now = Instant::now();
         paused.retain(|name, _| hooks.iter().any(|h| h.spec.name == *name));
         let due: Vec<WebhookRow> = hooks
@@ -302,7 +309,8 @@ async fn send(
     if h.spec.format == palisade_core::webhook::WebhookFormat::Syslog {
         let target = palisade_core::webhook::syslog_target(&url)
             .ok_or_else(|| "its address is not tls://host:port or tcp://host:port".to_string())?;
-        palisade_gateway::send_syslog(&target, &state.webhook_tls, &body, TIMEOUT).await?;
+        palisade_gateway::send_syslog(&target, &state.webhook_tls.current(), &body, TIMEOUT)
+            .await?;
         // Every byte was taken: as a 2xx is for an HTTP receiver.
         return Ok(palisade_gateway::Posted { status: 200 });
     }
@@ -425,7 +433,7 @@ pub async fn test(
         status: "new".into(),
         ..AlertRecord::default()
     };
-    let client = palisade_gateway::build_guarded_client_with(&s.webhook_tls);
+    let client = palisade_gateway::build_guarded_client_with(&s.webhook_tls.current());
     let outcome = match send(&s, &client, &h, &[alert]).await {
         Ok(p) => {
             let status = Some(p.status);

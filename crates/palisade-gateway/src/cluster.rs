@@ -107,8 +107,9 @@ pub struct ClusterConfig {
     /// Prefix of every Redis key (`palisade:` by default): gateways of separate deployments
     /// sharing one Redis keep apart by it, or by the URL's database number.
     pub prefix: String,
-    /// TLS settings for a `rediss://` URL ([`crate::tls_client_config`]).
-    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// TLS settings for a `rediss://` URL ([`crate::TlsSource`]: a renewed client certificate
+    /// is used from the next connection on).
+    pub tls: Option<Arc<crate::TlsSource>>,
 }
 
 /// The exchanges' health, for metrics.
@@ -232,7 +233,8 @@ impl Exchanger {
     /// whether it sent such a batch again (what was charged since is still to send).
     async fn exchange(&mut self, timeout: Duration) -> Result<bool, String> {
         if self.conn.is_none() {
-            self.conn = Some(Conn::connect(&self.cfg.url, timeout, self.cfg.tls.as_ref()).await?);
+            let tls = self.cfg.tls.as_ref().map(|t| t.current());
+            self.conn = Some(Conn::connect(&self.cfg.url, timeout, tls.as_ref()).await?);
         }
         let again = self.unanswered.is_some();
         let batch = self.next_batch();

@@ -110,6 +110,101 @@ pub fn tls_client_config(
     Ok(std::sync::Arc::new(config))
 }
 
+/// TLS settings read from files ([`tls_client_config`]) and read again when one of them
+/// changes, so a renewed certificate (a client certificate rotated by its issuer, a CA bundle
+/// updated) is used without a restart. The files are looked at, at most once a second, when
+/// the settings are asked for; a change that cannot be read (a file half written, a key that
+/// is not the certificate's) is logged and the settings in use stay.
+#[derive(Debug)]
+pub struct TlsSource {
+    ca: Option<std::path::PathBuf>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    state: std::sync::Mutex<TlsState>,
+}
+
+#[derive(Debug)]
+struct TlsState {
+    config: TlsConfig,
+    /// The files' modification times when they were last looked at.
+    stamps: Vec<Option<std::time::SystemTime>>,
+    looked: std::time::Instant,
+}
+
+/// How often a [`TlsSource`] looks at its files.
+const TLS_LOOK: Duration = Duration::from_secs(1);
+
+impl TlsSource {
+    /// Reads the files once: an error here should stop the start.
+    pub fn open(
+        ca_file: Option<&std::path::Path>,
+        identity: Option<ClientIdentity<'_>>,
+    ) -> Result<std::sync::Arc<Self>, String> {
+        let source = Self {
+            ca: ca_file.map(Into::into),
+            cert: identity.map(|i| i.cert.into()),
+            key: identity.map(|i| i.key.into()),
+            state: std::sync::Mutex::new(TlsState {
+                config: tls_client_config(ca_file, identity)?,
+                stamps: Vec::new(),
+                looked: std::time::Instant::now(),
+            }),
+        };
+        let stamps = source.stamps();
+        source.lock().stamps = stamps;
+        Ok(std::sync::Arc::new(source))
+    }
+
+    /// The settings in use, read again first if a file changed.
+    pub fn current(&self) -> TlsConfig {
+        let mut st = self.lock();
+        if self.ca.is_none() && self.cert.is_none() || st.looked.elapsed() < TLS_LOOK {
+            return st.config.clone();
+        }
+        st.looked = std::time::Instant::now();
+        let stamps = self.stamps();
+        if stamps != st.stamps {
+            st.stamps = stamps;
+            let identity = match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+                _ => None,
+            };
+            match tls_client_config(self.ca.as_deref(), identity) {
+                Ok(config) => {
+                    st.config = config;
+                    tracing::info!(files = %self.names(), "TLS files changed: read again");
+                }
+                Err(e) => tracing::warn!(
+                    files = %self.names(),
+                    "TLS files changed but cannot be used ({e}); the previous ones stay in use"
+                ),
+            }
+        }
+        st.config.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TlsState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn files(&self) -> impl Iterator<Item = &std::path::PathBuf> {
+        [&self.ca, &self.cert, &self.key].into_iter().flatten()
+    }
+
+    fn stamps(&self) -> Vec<Option<std::time::SystemTime>> {
+        self.files()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    fn names(&self) -> String {
+        self.files()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Resolves host names like the system does, then drops link-local and unspecified addresses
 /// ([`palisade_core::webhook::is_metadata_or_unspecified`]); a name left with none is an error. Numeric spellings that
 /// the system reads as addresses (`2852039166`, `0251.0376.0251.0376`) go through it too.
@@ -586,6 +681,47 @@ pub fn client_response_headers(src: &HeaderMap, keep_length: bool) -> HeaderMap 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_files_changed_in_place_are_read_again_and_a_bad_change_is_not_taken() {
+        let fixture = |p: &str| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../palisade/tests/fixtures")
+                .join(p)
+        };
+        let dir = std::env::temp_dir().join(format!("palisade-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
+        let put = |from: &str, to: &std::path::Path| {
+            std::fs::copy(fixture(from), to).unwrap();
+        };
+        put("client-tls/stranger.pem", &cert);
+        put("client-tls/stranger.key", &key);
+        let source = TlsSource::open(
+            None,
+            Some(ClientIdentity {
+                cert: &cert,
+                key: &key,
+            }),
+        )
+        .unwrap();
+        let first = source.current();
+        assert!(std::sync::Arc::ptr_eq(&first, &source.current()));
+        // Half a renewal (a key that is not the certificate's): the old settings stay.
+        std::thread::sleep(TLS_LOOK + Duration::from_millis(100));
+        put("client-tls/client.key", &key);
+        assert!(std::sync::Arc::ptr_eq(&first, &source.current()));
+        // The whole renewal: new settings.
+        std::thread::sleep(TLS_LOOK + Duration::from_millis(100));
+        put("client-tls/client.pem", &cert);
+        let renewed = source.current();
+        assert!(!std::sync::Arc::ptr_eq(&first, &renewed));
+        assert!(renewed.client_auth_cert_resolver.has_certs());
+        // Nothing changed since: the same settings, the files looked at once a second at most.
+        std::thread::sleep(TLS_LOOK + Duration::from_millis(100));
+        assert!(std::sync::Arc::ptr_eq(&renewed, &source.current()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn guarded_names_never_resolve_to_metadata_addresses() {

@@ -46,7 +46,7 @@ pub struct OtlpConfig {
 #[derive(Debug, Clone)]
 pub struct ExportTls {
     files: Vec<std::path::PathBuf>,
-    config: palisade_gateway::TlsConfig,
+    source: std::sync::Arc<palisade_gateway::TlsSource>,
 }
 
 impl PartialEq for ExportTls {
@@ -91,8 +91,8 @@ impl ExportTls {
             .flatten()
             .map(|(n, _)| n.as_str())
             .collect();
-        let config =
-            palisade_gateway::tls_client_config(ca.as_ref().map(|(_, p)| p.as_path()), identity)
+        let source =
+            palisade_gateway::TlsSource::open(ca.as_ref().map(|(_, p)| p.as_path()), identity)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", names.join(" / ")))?;
         Ok(Some(Self {
             files: [&ca, &cert, &key]
@@ -100,7 +100,7 @@ impl ExportTls {
                 .flatten()
                 .map(|(_, p)| p.clone())
                 .collect(),
-            config,
+            source,
         }))
     }
 }
@@ -271,8 +271,10 @@ async fn run(
     dropped: Arc<AtomicU64>,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let client = match &cfg.tls {
-        Some(tls) => palisade_gateway::build_client_with(&tls.config),
+    // With TLS files, renewed ones (their files changed) take a new client.
+    let mut tls = cfg.tls.as_ref().map(|t| t.source.current());
+    let mut client = match &tls {
+        Some(tls) => palisade_gateway::build_client_with(tls),
         None => palisade_gateway::build_client(),
     };
     let to = match cfg.flavor {
@@ -311,6 +313,13 @@ async fn run(
                     Ok(Some(r)) => batch.push(r),
                     _ => break,
                 }
+            }
+        }
+        if let (Some(source), Some(used)) = (&cfg.tls, &tls) {
+            let now = source.source.current();
+            if !Arc::ptr_eq(&now, used) {
+                client = palisade_gateway::build_client_with(&now);
+                tls = Some(now);
             }
         }
         let body = palisade_core::otlp::export_body(&cfg.service, cfg.flavor, &batch);
@@ -389,7 +398,7 @@ mod tests {
             tls.files,
             [&ca, &cert, &key].map(std::path::PathBuf::from).to_vec()
         );
-        assert!(tls.config.client_auth_cert_resolver.has_certs());
+        assert!(tls.source.current().client_auth_cert_resolver.has_certs());
         for (bad, says) in [
             (
                 vec![

@@ -86,7 +86,7 @@ fn tls_settings(
     ca: &Option<PathBuf>,
     cert: &Option<PathBuf>,
     key: &Option<PathBuf>,
-) -> anyhow::Result<palisade_gateway::TlsConfig> {
+) -> anyhow::Result<std::sync::Arc<palisade_gateway::TlsSource>> {
     let identity = match (cert, key) {
         (Some(cert), Some(key)) => Some(palisade_gateway::ClientIdentity { cert, key }),
         (None, None) => None,
@@ -101,7 +101,7 @@ fn tls_settings(
             )
         }
     };
-    palisade_gateway::tls_client_config(ca.as_deref(), identity).map_err(|e| {
+    palisade_gateway::TlsSource::open(ca.as_deref(), identity).map_err(|e| {
         if identity.is_some() {
             anyhow::anyhow!("{prefix}_CA_FILE / {prefix}_CLIENT_CERT / {prefix}_CLIENT_KEY: {e}")
         } else {

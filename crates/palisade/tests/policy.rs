@@ -1196,6 +1196,61 @@ async fn alerts_reach_receivers_that_ask_for_the_gateways_client_certificate() {
     }
 }
 
+/// A client certificate renewed in place (its files rewritten) is shown from the next
+/// delivery on, without a restart: a receiver that refused the old one takes the new one.
+#[tokio::test]
+async fn a_renewed_client_certificate_is_used_without_a_restart() {
+    let mock = Mock::start(&[]);
+    let (port, got) = tls_receiver(false, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::copy(fixture("client-tls/stranger.pem"), &cert).unwrap();
+    std::fs::copy(fixture("client-tls/stranger.key"), &key).unwrap();
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        &config(&mock.url, "enforce"),
+        &[
+            (
+                "PALISADE_WEBHOOK_CA_FILE",
+                fixture("redis-tls/ca.pem").to_str().unwrap(),
+            ),
+            ("PALISADE_WEBHOOK_CLIENT_CERT", cert.to_str().unwrap()),
+            ("PALISADE_WEBHOOK_CLIENT_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let (st, v) = gw
+        .post(
+            "/api/v1/webhooks",
+            json!({"name": "siem", "url": format!("tls://127.0.0.1:{port}"), "format": "syslog"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let r = chat(&gw.proxy_url("guarded").await, INJECTION, false).await;
+    assert_eq!(r.status(), 403);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    // The receiver does not know the first certificate's issuer.
+    let mut hooks = Value::Null;
+    for _ in 0..100 {
+        (_, hooks) = gw.get("/api/v1/webhooks").await;
+        if hooks[0]["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let error = hooks[0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the receiver asks for a client certificate"),
+        "{hooks}"
+    );
+    assert_eq!(hooks[0]["delivered"], 0, "{hooks}");
+    // Renewed: the same files, now the certificate the receiver's CA signed.
+    std::fs::copy(fixture("client-tls/client.key"), &key).unwrap();
+    std::fs::copy(fixture("client-tls/client.pem"), &cert).unwrap();
+    let text = received(&got, &rid).await;
+    assert!(text.contains(&format!("cs4={rid}")), "{text}");
+}
+
 /// `palisade_policy_memo_*{proxy="guarded"}` from `/metrics`: (hits, misses).
 async fn memo_counts(gw: &Gateway) -> (u64, u64) {
     let text = gw.metrics_text().await;
