@@ -330,8 +330,47 @@ pub fn langfuse_auth(public_key: &str, secret_key: &str) -> String {
     )
 }
 
+/// How an export request is encoded (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// `http/json`: OTLP's JSON mapping.
+    #[default]
+    Json,
+    /// `http/protobuf`: the binary encoding of `ExportTraceServiceRequest`.
+    Protobuf,
+}
+
+impl Encoding {
+    /// The `Content-Type` of a request in this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Protobuf => "application/x-protobuf",
+        }
+    }
+}
+
+/// An OTLP/HTTP export request holding `recs` as spans of `service`, in `encoding`.
+pub fn export_request(
+    service: &str,
+    flavor: Flavor,
+    encoding: Encoding,
+    recs: &[RequestRecord],
+) -> Vec<u8> {
+    let doc = export_doc(service, flavor, recs);
+    match encoding {
+        Encoding::Json => doc.to_string().into_bytes(),
+        Encoding::Protobuf => protobuf::request(&doc),
+    }
+}
+
 /// An OTLP/HTTP JSON export request holding `recs` as spans of `service`.
 pub fn export_body(service: &str, flavor: Flavor, recs: &[RequestRecord]) -> Vec<u8> {
+    export_request(service, flavor, Encoding::Json, recs)
+}
+
+/// The export request in OTLP's JSON mapping.
+fn export_doc(service: &str, flavor: Flavor, recs: &[RequestRecord]) -> Value {
     // Langfuse models a call as one observation: the upstream's own span would be a second.
     let spans: Vec<Value> = recs
         .iter()
@@ -348,8 +387,150 @@ pub fn export_body(service: &str, flavor: Flavor, recs: &[RequestRecord]) -> Vec
         "scopeSpans": [{"scope": {"name": "palisade", "version": env!("CARGO_PKG_VERSION")},
             "spans": spans}]
     }]})
-    .to_string()
-    .into_bytes()
+}
+
+/// The protobuf encoding of an export request, written from its JSON mapping (the shapes
+/// [`export_doc`] makes), with the field numbers of OTLP's `.proto` files
+/// (`opentelemetry/proto/{collector/trace,trace,common,resource}/v1`).
+mod protobuf {
+    use serde_json::Value;
+
+    const VARINT: u64 = 0;
+    const FIXED64: u64 = 1;
+    const LEN: u64 = 2;
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn tag(out: &mut Vec<u8>, field: u64, wire: u64) {
+        varint(out, (field << 3) | wire);
+    }
+
+    fn bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+        tag(out, field, LEN);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    fn message(out: &mut Vec<u8>, field: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut inner = Vec::new();
+        write(&mut inner);
+        bytes(out, field, &inner);
+    }
+
+    fn string(out: &mut Vec<u8>, field: u64, v: &Value) {
+        if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
+            bytes(out, field, s.as_bytes());
+        }
+    }
+
+    /// A hex id (trace or span) as its bytes; nothing when absent or not hex.
+    fn id(out: &mut Vec<u8>, field: u64, v: &Value) {
+        let Some(hex) = v.as_str() else { return };
+        let raw: Option<Vec<u8>> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        if let Some(raw) = raw.filter(|r| !r.is_empty() && hex.len() % 2 == 0) {
+            bytes(out, field, &raw);
+        }
+    }
+
+    /// A 64-bit number that the JSON mapping writes as a decimal string (or a number).
+    fn number(v: &Value) -> Option<u64> {
+        match v {
+            Value::String(s) => s
+                .parse::<u64>()
+                .ok()
+                .or_else(|| s.parse::<i64>().ok().map(|n| n as u64)),
+            Value::Number(n) => n.as_u64().or_else(|| n.as_i64().map(|n| n as u64)),
+            _ => None,
+        }
+    }
+
+    fn any_value(out: &mut Vec<u8>, v: &Value) {
+        if let Some(s) = v.get("stringValue") {
+            bytes(out, 1, s.as_str().unwrap_or_default().as_bytes());
+        } else if let Some(b) = v.get("boolValue").and_then(Value::as_bool) {
+            tag(out, 2, VARINT);
+            varint(out, u64::from(b));
+        } else if let Some(n) = v.get("intValue").and_then(number) {
+            tag(out, 3, VARINT);
+            varint(out, n);
+        } else if let Some(d) = v.get("doubleValue").and_then(Value::as_f64) {
+            tag(out, 4, FIXED64);
+            out.extend_from_slice(&d.to_le_bytes());
+        } else if let Some(a) = v.get("arrayValue") {
+            message(out, 5, |m| {
+                for item in a["values"].as_array().into_iter().flatten() {
+                    message(m, 1, |m| any_value(m, item));
+                }
+            });
+        }
+    }
+
+    fn attributes(out: &mut Vec<u8>, field: u64, list: &Value) {
+        for kv in list.as_array().into_iter().flatten() {
+            message(out, field, |m| {
+                string(m, 1, &kv["key"]);
+                message(m, 2, |m| any_value(m, &kv["value"]));
+            });
+        }
+    }
+
+    fn span(out: &mut Vec<u8>, s: &Value) {
+        id(out, 1, &s["traceId"]);
+        id(out, 2, &s["spanId"]);
+        string(out, 3, &s["traceState"]);
+        id(out, 4, &s["parentSpanId"]);
+        string(out, 5, &s["name"]);
+        if let Some(kind) = s["kind"].as_u64() {
+            tag(out, 6, VARINT);
+            varint(out, kind);
+        }
+        for (field, key) in [(7, "startTimeUnixNano"), (8, "endTimeUnixNano")] {
+            if let Some(n) = number(&s[key]) {
+                tag(out, field, FIXED64);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        attributes(out, 9, &s["attributes"]);
+        if s["status"].is_object() {
+            message(out, 15, |m| {
+                string(m, 2, &s["status"]["message"]);
+                if let Some(code) = s["status"]["code"].as_u64().filter(|c| *c != 0) {
+                    tag(m, 3, VARINT);
+                    varint(m, code);
+                }
+            });
+        }
+    }
+
+    /// `ExportTraceServiceRequest` from its JSON mapping.
+    pub(super) fn request(doc: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
+            message(&mut out, 1, |m| {
+                message(m, 1, |r| attributes(r, 1, &rs["resource"]["attributes"]));
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    message(m, 2, |m| {
+                        message(m, 1, |sc| {
+                            string(sc, 1, &ss["scope"]["name"]);
+                            string(sc, 2, &ss["scope"]["version"]);
+                        });
+                        for sp in ss["spans"].as_array().into_iter().flatten() {
+                            message(m, 2, |m| span(m, sp));
+                        }
+                    });
+                }
+            });
+        }
+        out
+    }
 }
 
 #[cfg(test)]

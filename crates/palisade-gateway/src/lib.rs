@@ -46,7 +46,7 @@ pub use shape::Endpoint;
 pub use sse::SseSplitter;
 pub use upstream::{
     ClientIdentity, GuardedClient, HttpClient, Posted, TlsConfig, TlsSource, build_client,
-    build_client_with, build_guarded_client, build_guarded_client_with, post_json, send_syslog,
-    tls_client_config,
+    build_client_with, build_guarded_client, build_guarded_client_with, post_body, post_json,
+    send_syslog, tls_client_config,
 };
 pub use usage::Usage;

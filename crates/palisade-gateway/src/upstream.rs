@@ -438,9 +438,25 @@ where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
     K: AsRef<str>,
 {
+    post_body(client, url, "application/json", headers, body, timeout).await
+}
+
+/// [`post_json`] for a body of any `content_type`.
+pub async fn post_body<C, K>(
+    client: &Client<C, Full<Bytes>>,
+    url: &str,
+    content_type: &'static str,
+    headers: &[(K, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Posted, String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    K: AsRef<str>,
+{
     use http_body_util::BodyExt;
     let mut req = http::Request::post(url)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, content_type)
         .header(
             http::header::USER_AGENT,
             concat!("palisade/", env!("CARGO_PKG_VERSION")),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use palisade_core::otlp::Flavor;
+use palisade_core::otlp::{Encoding, Flavor};
 use palisade_core::record::RequestRecord;
 use tokio::sync::mpsc;
 
@@ -34,6 +34,8 @@ pub struct OtlpConfig {
     pub service: String,
     /// The spans' shape: any collector's, or Langfuse's.
     pub flavor: Flavor,
+    /// JSON or protobuf (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub encoding: Encoding,
     /// Langfuse: model calls carry what they sent and got, masked (`LANGFUSE_CAPTURE_CONTENT`).
     pub content: bool,
     /// A private CA for the collector's certificate, or a client certificate for a collector
@@ -119,16 +121,21 @@ impl OtlpConfig {
             (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
             (None, None) => return Ok(None),
         };
-        for name in [
+        // The traces-only setting wins over the general one.
+        let protocol = [
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ] {
-            if let Some(p) = var(name).filter(|p| !p.is_empty() && p != "http/json") {
-                bail!(
-                    "{name}={p}: Palisade exports traces as OTLP/HTTP with JSON (`http/json`); point it at a collector's HTTP port (4318)"
-                );
-            }
-        }
+        ]
+        .into_iter()
+        .find_map(|name| var(name).filter(|p| !p.is_empty()).map(|p| (name, p)));
+        let encoding = match protocol {
+            None => Encoding::Json,
+            Some((_, p)) if p == "http/json" => Encoding::Json,
+            Some((_, p)) if p == "http/protobuf" => Encoding::Protobuf,
+            Some((name, p)) => bail!(
+                "{name}={p}: Palisade exports traces over OTLP/HTTP, as JSON (`http/json`, the default) or protobuf (`http/protobuf`), not gRPC; point it at a collector's HTTP port (4318)"
+            ),
+        };
         let uri: http::Uri = url
             .parse()
             .with_context(|| format!("OTLP endpoint `{url}` is not a URL"))?;
@@ -161,6 +168,7 @@ impl OtlpConfig {
             headers,
             service,
             flavor: Flavor::Otel,
+            encoding,
             content: false,
             tls,
         }))
@@ -214,6 +222,7 @@ impl OtlpConfig {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "palisade".into()),
             flavor: Flavor::Langfuse,
+            encoding: Encoding::Json,
             content,
             tls: None,
         }))
@@ -277,9 +286,10 @@ async fn run(
         Some(tls) => palisade_gateway::build_client_with(tls),
         None => palisade_gateway::build_client(),
     };
-    let to = match cfg.flavor {
-        Flavor::Otel => "OTLP/HTTP JSON",
-        Flavor::Langfuse => "Langfuse, OTLP/HTTP JSON",
+    let to = match (cfg.flavor, cfg.encoding) {
+        (Flavor::Otel, Encoding::Json) => "OTLP/HTTP JSON",
+        (Flavor::Otel, Encoding::Protobuf) => "OTLP/HTTP protobuf",
+        (Flavor::Langfuse, _) => "Langfuse, OTLP/HTTP JSON",
     };
     tracing::info!(endpoint = %cfg.url, "exporting request traces ({to})");
     let mut batch = Vec::with_capacity(BATCH);
@@ -322,12 +332,14 @@ async fn run(
                 tls = Some(now);
             }
         }
-        let body = palisade_core::otlp::export_body(&cfg.service, cfg.flavor, &batch);
+        let body =
+            palisade_core::otlp::export_request(&cfg.service, cfg.flavor, cfg.encoding, &batch);
         let mut wait = Duration::from_secs(1);
         for attempt in 1..=ATTEMPTS {
-            match palisade_gateway::post_json(
+            match palisade_gateway::post_body(
                 &client,
                 &cfg.url,
+                cfg.encoding.content_type(),
                 &cfg.headers,
                 body.clone(),
                 Duration::from_secs(10),
@@ -472,6 +484,26 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(c.url, "https://otel.example/traces");
+        assert_eq!(c.encoding, Encoding::Json);
+        // Protobuf on request; the traces-only setting wins over the general one.
+        for (pairs, encoding) in [
+            (
+                vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+                Encoding::Protobuf,
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+                ],
+                Encoding::Json,
+            ),
+        ] {
+            let mut pairs = pairs;
+            pairs.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318"));
+            let c = OtlpConfig::from_env(env(&pairs)).unwrap().unwrap();
+            assert_eq!(c.encoding, encoding, "{pairs:?}");
+        }
         for bad in [
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x")],
             vec![
