@@ -272,7 +272,6 @@ class McpGateway(Gateway):
         with open(cfg, "w") as f:
             f.write(_KEY_TOML + "\n" + proxies_toml)
         env = dict(os.environ, PALISADE_ADMIN_PASSWORD=ADMIN_PASSWORD, PALISADE_CI_KEY=CI_KEY, RUST_LOG="warn")
-        env.update(extra_env or {})
         self.proc = Proc(
             [BIN, "serve", "--admin-addr", "127.0.0.1:0", "--data-dir", os.path.join(self.dir.name, "data"), "--config", cfg],
             env=env,
