@@ -126,8 +126,8 @@ pub struct TlsSource {
 #[derive(Debug)]
 struct TlsState {
     config: TlsConfig,
-    /// The files' modification times when they were last looked at.
-    stamps: Vec<Option<std::time::SystemTime>>,
+    /// The files' modification times and sizes when they were last looked at.
+    stamps: Vec<Option<(std::time::SystemTime, u64)>>,
     looked: std::time::Instant,
 }
 
@@ -191,9 +191,12 @@ impl TlsSource {
         [&self.ca, &self.cert, &self.key].into_iter().flatten()
     }
 
-    fn stamps(&self) -> Vec<Option<std::time::SystemTime>> {
+    fn stamps(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
         self.files()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            })
             .collect()
     }
 
