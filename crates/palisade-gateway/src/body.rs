@@ -655,6 +655,13 @@ impl Relay {
                             if !last.is_empty() {
                                 rest = [rest, last].concat().into();
                             }
+                            // The upstream ended the stream short of what it owed (requests
+                            // left unanswered): its failure, as for a broken stream.
+                            if err.is_some()
+                                && let Some(f) = this.finisher.as_mut()
+                            {
+                                f.record.status = 502;
+                            }
                             error = err;
                             rest
                         }

@@ -45,8 +45,8 @@ pub use manager::{
 pub use shape::Endpoint;
 pub use sse::SseSplitter;
 pub use upstream::{
-    ClientIdentity, GuardedClient, HttpClient, Posted, TlsConfig, TlsSource, build_client,
-    build_client_with, build_guarded_client, build_guarded_client_with, post_body, post_json,
-    send_syslog, tls_client_config,
+    ClientIdentity, GuardedClient, HttpClient, Posted, TlsConfig, TlsFile, TlsFileError, TlsSource,
+    build_client, build_client_with, build_guarded_client, build_guarded_client_with, post_body,
+    post_json, send_syslog, tls_client_config,
 };
 pub use usage::Usage;

@@ -212,10 +212,15 @@ pub(crate) fn with_challenge(
     resp
 }
 
-/// A request's valid W3C `traceparent` header (for the trace export).
+/// A request's valid W3C `traceparent` header (for the trace export); two of them are none
+/// (W3C Trace Context: the caller's context is then invalid).
 pub(crate) fn trace_parent(headers: &http::HeaderMap) -> Option<String> {
-    headers
-        .get("traceparent")
+    let mut all = headers.get_all("traceparent").iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return None;
+    }
+    first
         .and_then(|v| v.to_str().ok())
         .filter(|v| palisade_core::otlp::parse_traceparent(v).is_some())
         .map(|v| v.trim().to_string())
@@ -780,13 +785,20 @@ pub(crate) async fn send(
     let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let reply_to = Arc::new(ReplyTo::new(&uri, &headers, timeout));
     let pre = t0.elapsed();
-    crate::upstream::join_trace(
-        &shared.trace_upstream,
-        rec,
-        &mut headers,
-        &rt.target.host,
-        pre,
-    );
+    // A legacy SSE or stdio server is reached through the gateway's session bridge (messages,
+    // not one HTTP call per request): no client span, and no trace context for the bridge.
+    if rt.spec.transport == palisade_core::model::McpTransport::StreamableHttp {
+        crate::upstream::join_trace(
+            &shared.trace_upstream,
+            rec,
+            &mut headers,
+            &rt.target.host,
+            pre,
+        );
+    } else {
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+    }
     let mut req = Request::new(Full::new(up.body.unwrap_or_default()));
     *req.method_mut() = up.method;
     *req.uri_mut() = uri;

@@ -326,7 +326,12 @@ impl Conn {
             )
             .await
             .map_err(|_| format!("no TLS session with {url} within {timeout:?}"))?
-            .map_err(|e| format!("TLS with {url} failed: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "TLS with {url} failed: {}",
+                    crate::upstream::delivery_error(&e)
+                )
+            })?;
             Stream::Tls(Box::new(tls))
         } else {
             Stream::Plain(tcp)
@@ -381,11 +386,9 @@ impl Conn {
                             return Err("Redis's reply is too large".to_string());
                         }
                         let mut chunk = vec![0u8; 64 * 1024];
-                        let n = self
-                            .stream
-                            .read(&mut chunk)
-                            .await
-                            .map_err(|e| format!("read from Redis: {e}"))?;
+                        let n = self.stream.read(&mut chunk).await.map_err(|e| {
+                            format!("read from Redis: {}", crate::upstream::delivery_error(&e))
+                        })?;
                         if n == 0 {
                             return Err("Redis closed the connection".to_string());
                         }

@@ -55,56 +55,119 @@ pub struct ClientIdentity<'a> {
     pub key: &'a std::path::Path,
 }
 
+/// Which file of [`tls_client_config`] an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// The CA certificates.
+    Ca,
+    /// The client certificate.
+    Cert,
+    /// The client certificate's private key.
+    Key,
+}
+
+/// Why TLS settings could not be made from their files.
+#[derive(Debug, Clone)]
+pub struct TlsFileError {
+    /// The file at fault; `None` for the TLS library's own defaults.
+    pub file: Option<TlsFile>,
+    /// What is wrong, naming the file.
+    pub message: String,
+}
+
+impl std::fmt::Display for TlsFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TlsFileError {}
+
 /// TLS settings whose roots are the Mozilla set compiled in, and the certificates of `ca_file`
 /// (PEM) when given: for servers with a private CA's certificate; with `identity`, the gateway
 /// shows that certificate to servers that ask for one.
 pub fn tls_client_config(
     ca_file: Option<&std::path::Path>,
     identity: Option<ClientIdentity<'_>>,
-) -> Result<TlsConfig, String> {
+) -> Result<TlsConfig, TlsFileError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fail = |file: TlsFile, message: String| TlsFileError {
+        file: Some(file),
+        message,
+    };
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca_file {
+        let ca = |m: String| fail(TlsFile::Ca, m);
         let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            std::fs::read(path).map_err(|e| ca(format!("cannot read {}: {e}", path.display())))?;
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: a certificate cannot be used: {e}", path.display()))?;
+            let cert = cert.map_err(|e| ca(format!("{} is not PEM: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| {
+                ca(format!(
+                    "{}: a certificate cannot be used: {e}",
+                    path.display()
+                ))
+            })?;
             added += 1;
         }
         if added == 0 {
-            return Err(format!("{} holds no certificate", path.display()));
+            return Err(ca(format!("{} holds no certificate", path.display())));
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .map_err(|e| TlsFileError {
+        file: None,
+        message: e.to_string(),
+    })?
     .with_root_certificates(roots);
     let config = match identity {
         None => config.with_no_client_auth(),
         Some(id) => {
             let (cert, key) = (id.cert.display(), id.key.display());
-            let pem = std::fs::read(id.cert).map_err(|e| format!("cannot read {cert}: {e}"))?;
+            let pem = std::fs::read(id.cert)
+                .map_err(|e| fail(TlsFile::Cert, format!("cannot read {cert}: {e}")))?;
             let chain = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{cert} is not PEM: {e}"))?;
+                .map_err(|e| fail(TlsFile::Cert, format!("{cert} is not PEM: {e}")))?;
             if chain.is_empty() {
-                return Err(format!("{cert} holds no certificate"));
+                return Err(fail(TlsFile::Cert, format!("{cert} holds no certificate")));
             }
-            let pem = std::fs::read(id.key).map_err(|e| format!("cannot read {key}: {e}"))?;
-            let private = PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|e| format!("{key} holds no private key in PEM ({e})"))?;
+            let pem = std::fs::read(id.key)
+                .map_err(|e| fail(TlsFile::Key, format!("cannot read {key}: {e}")))?;
+            if String::from_utf8_lossy(&pem).contains("ENCRYPTED") {
+                return Err(fail(
+                    TlsFile::Key,
+                    format!(
+                        "{key} holds an encrypted private key: give the gateway the key decrypted \
+                         (`openssl pkey -in … -out …`), in a file only its user can read"
+                    ),
+                ));
+            }
+            let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                fail(
+                    TlsFile::Key,
+                    format!("{key} holds no private key in PEM ({e})"),
+                )
+            })?;
             config
                 .with_client_auth_cert(chain, private)
-                .map_err(|e| format!("{cert} with {key}: {e}"))?
+                .map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(_) => fail(
+                        TlsFile::Key,
+                        format!("{key} is not the private key of the certificate in {cert}"),
+                    ),
+                    e => fail(
+                        TlsFile::Key,
+                        format!("{key} cannot be used with {cert}: {e}"),
+                    ),
+                })?
         }
     };
     Ok(std::sync::Arc::new(config))
@@ -139,7 +202,7 @@ impl TlsSource {
     pub fn open(
         ca_file: Option<&std::path::Path>,
         identity: Option<ClientIdentity<'_>>,
-    ) -> Result<std::sync::Arc<Self>, String> {
+    ) -> Result<std::sync::Arc<Self>, TlsFileError> {
         let source = Self {
             ca: ca_file.map(Into::into),
             cert: identity.map(|i| i.cert.into()),
@@ -295,10 +358,10 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Why a delivery (alerts, a trace export) failed, one line ([`error_chain`]), with a hint
+/// Why a delivery (alerts, a trace export, a Redis exchange) failed, one line ([`error_chain`]), with a hint
 /// where the TLS library's words say little to an operator: `CaUsedAsEndEntity` is a
 /// self-signed certificate made with the CA flag set, as `openssl req -x509` does by default.
-fn delivery_error(e: &dyn std::error::Error) -> String {
+pub(crate) fn delivery_error(e: &dyn std::error::Error) -> String {
     let why = error_chain(e);
     if why.contains("CaUsedAsEndEntity") {
         format!(
@@ -318,15 +381,17 @@ fn delivery_error(e: &dyn std::error::Error) -> String {
     }
 }
 
-/// How long a TLS syslog delivery waits, after closing, for the collector to refuse it.
+/// How long a syslog delivery waits, after closing, for the collector to close too or refuse.
 const SYSLOG_SETTLE: Duration = Duration::from_secs(1);
 
-/// TLS 1.3 ends the client's side of the handshake before the server has checked the client's
-/// certificate: a collector that refuses it says so with an alert after the client wrote and
-/// closed. So the collector's side is read after the close (until it closes too, for at most
-/// [`SYSLOG_SETTLE`]): an alert is a failed delivery; the collector closing, however abruptly,
-/// or saying nothing, is not.
-async fn refused_after_close<S: tokio::io::AsyncRead + Unpin>(
+/// What the collector does once the gateway wrote and closed: syslog has no receipt, so its
+/// side is read until it closes too, for at most [`SYSLOG_SETTLE`]. TLS 1.3 ends the client's
+/// side of the handshake before the server has checked the client's certificate: a collector
+/// that refuses it says so with an alert after the client wrote, a failed delivery. A collector
+/// that resets the connection may not have read what was written: a failed delivery too (the
+/// alerts are sent again: a collector may see them twice, never none). Closing, with or without
+/// TLS's `close_notify`, or saying nothing, is delivery.
+async fn after_close<S: tokio::io::AsyncRead + Unpin>(
     s: &mut S,
     a: std::net::SocketAddr,
 ) -> Result<(), String> {
@@ -349,6 +414,11 @@ async fn refused_after_close<S: tokio::io::AsyncRead + Unpin>(
                 Err(e) if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
                     return Err(format!("TLS with {a}: {}", delivery_error(&e)));
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(format!(
+                        "{a} reset the connection instead of closing it: what it read is unknown"
+                    ));
+                }
                 Err(_) => return Ok(()),
             }
         }
@@ -358,9 +428,9 @@ async fn refused_after_close<S: tokio::io::AsyncRead + Unpin>(
 /// Writes `bytes` to a syslog collector within `timeout`: connected to an address its name
 /// resolves to that is not link-local or unspecified (as [`GuardedResolver`] does), over TLS
 /// when the target says so (the collector's certificate checked against `tls`'s roots, for its
-/// name or address), written whole, and closed (TLS with its `close_notify`, then the
-/// collector given a moment to refuse: [`refused_after_close`]). Success means the collector's
-/// system took every byte (syslog has no receipt of its own).
+/// name or address), written whole, and closed (TLS with its `close_notify`), then the
+/// collector given a moment to close too or refuse ([`after_close`]). Success means the
+/// collector's system took every byte (syslog has no receipt of its own).
 pub async fn send_syslog(
     target: &palisade_core::webhook::SyslogTarget,
     tls: &TlsConfig,
@@ -403,14 +473,19 @@ pub async fn send_syslog(
                 }
             };
             let Some(name) = server_name else {
-                return write_and_close(&mut s, bytes, a).await;
+                write_and_close(&mut s, bytes, a).await?;
+                return after_close(&mut s, a).await;
             };
             let mut t = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, s)
                 .await
                 .map_err(|e| format!("TLS with {a}: {}", delivery_error(&e)))?;
-            write_and_close(&mut t, bytes, a).await?;
-            return refused_after_close(&mut t, a).await;
+            return match write_and_close(&mut t, bytes, a).await {
+                Ok(()) => after_close(&mut t, a).await,
+                // A collector that refused the certificate may have closed before the last
+                // write: its alert, still to be read, says why better than the broken pipe.
+                Err(e) => after_close(&mut t, a).await.and(Err(e)),
+            };
         }
         Err(last)
     };
@@ -739,6 +814,26 @@ mod tests {
         // Nothing changed since: the same settings, the files looked at once a second at most.
         std::thread::sleep(TLS_LOOK + Duration::from_millis(100));
         assert!(std::sync::Arc::ptr_eq(&renewed, &source.current()));
+        // Files that cannot be used say which and why.
+        let id = Some(ClientIdentity {
+            cert: &cert,
+            key: &key,
+        });
+        std::fs::write(
+            &key,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = TlsSource::open(None, id).unwrap_err();
+        assert_eq!(e.file, Some(TlsFile::Key));
+        assert!(e.message.contains("encrypted private key"), "{e}");
+        put("client-tls/stranger.key", &key);
+        let e = TlsSource::open(None, id).unwrap_err();
+        assert_eq!(e.file, Some(TlsFile::Key));
+        assert!(e.message.contains("is not the private key of"), "{e}");
+        std::fs::write(&cert, "").unwrap();
+        let e = TlsSource::open(None, id).unwrap_err();
+        assert_eq!(e.file, Some(TlsFile::Cert));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -88,14 +88,19 @@ impl ExportTls {
         if ca.is_none() && identity.is_none() {
             return Ok(None);
         }
-        let names: Vec<&str> = [&ca, &cert, &key]
-            .into_iter()
-            .flatten()
-            .map(|(n, _)| n.as_str())
-            .collect();
         let source =
             palisade_gateway::TlsSource::open(ca.as_ref().map(|(_, p)| p.as_path()), identity)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", names.join(" / ")))?;
+                .map_err(|e| {
+                    let setting = match e.file {
+                        Some(palisade_gateway::TlsFile::Cert) => &cert,
+                        Some(palisade_gateway::TlsFile::Key) => &key,
+                        Some(palisade_gateway::TlsFile::Ca) | None => &ca,
+                    };
+                    let name = setting
+                        .as_ref()
+                        .map_or("OTEL_EXPORTER_OTLP_CERTIFICATE", |(n, _)| n);
+                    anyhow::anyhow!("{name}: {e}")
+                })?;
         Ok(Some(Self {
             files: [&ca, &cert, &key]
                 .into_iter()
@@ -439,7 +444,7 @@ mod tests {
                         &fixture("redis-tls/server.key"),
                     ),
                 ],
-                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE / OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: ",
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: ",
             ),
             (
                 vec![

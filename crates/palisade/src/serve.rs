@@ -102,11 +102,12 @@ fn tls_settings(
         }
     };
     palisade_gateway::TlsSource::open(ca.as_deref(), identity).map_err(|e| {
-        if identity.is_some() {
-            anyhow::anyhow!("{prefix}_CA_FILE / {prefix}_CLIENT_CERT / {prefix}_CLIENT_KEY: {e}")
-        } else {
-            anyhow::anyhow!("{prefix}_CA_FILE: {e}")
-        }
+        let setting = match e.file {
+            Some(palisade_gateway::TlsFile::Cert) => "_CLIENT_CERT",
+            Some(palisade_gateway::TlsFile::Key) => "_CLIENT_KEY",
+            Some(palisade_gateway::TlsFile::Ca) | None => "_CA_FILE",
+        };
+        anyhow::anyhow!("{prefix}{setting}: {e}")
     })
 }
 
@@ -472,6 +473,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &args.webhook_client_cert,
         &args.webhook_client_key,
     )?;
+    let redis_tls_set = args.redis_ca_file.is_some()
+        || args.redis_client_cert.is_some()
+        || args.redis_client_key.is_some();
     let cluster = match &args.redis_url {
         Some(url) => {
             let url = palisade_gateway::resp::RedisUrl::parse(url)
@@ -483,9 +487,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     &args.redis_client_cert,
                     &args.redis_client_key,
                 )?)
-            } else if args.redis_ca_file.is_some() || args.redis_client_cert.is_some() {
+            } else if redis_tls_set {
                 anyhow::bail!(
-                    "PALISADE_REDIS_CA_FILE and PALISADE_REDIS_CLIENT_CERT are for a `rediss://` URL; PALISADE_REDIS_URL is not one"
+                    "PALISADE_REDIS_CA_FILE, PALISADE_REDIS_CLIENT_CERT and PALISADE_REDIS_CLIENT_KEY are for a `rediss://` URL; PALISADE_REDIS_URL is not one"
                 );
             } else {
                 None
@@ -497,6 +501,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 tls,
             })
         }
+        None if redis_tls_set => anyhow::bail!(
+            "PALISADE_REDIS_CA_FILE, PALISADE_REDIS_CLIENT_CERT and PALISADE_REDIS_CLIENT_KEY are for PALISADE_REDIS_URL, which is not set"
+        ),
         None => None,
     };
     let env = |k: &str| std::env::var(k).ok();

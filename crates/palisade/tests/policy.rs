@@ -898,6 +898,50 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
     let (_, hooks) = gw.get("/api/v1/webhooks").await;
     assert_eq!(hooks[0]["url"], format!("tcp://127.0.0.1:{port}/"));
     assert!(hooks[0]["delivered"].as_i64().unwrap() >= 1, "{hooks}");
+    // A collector that resets the connection without reading may have lost the alerts: that
+    // is no delivery, and they are sent again.
+    let resetting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reset_port = resetting.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = resetting.accept().await {
+            // Closed with what was written unread: the kernel answers with a reset.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            drop(s);
+        }
+    });
+    let (st, v) = gw
+        .post(
+            "/api/v1/webhooks",
+            json!({"name": "lossy", "url": format!("tcp://127.0.0.1:{reset_port}"), "format": "syslog"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // A webhook gets the alerts raised after it was made.
+    assert_eq!(chat(&url, INJECTION, false).await.status(), 403);
+    let mut lossy = Value::Null;
+    for _ in 0..100 {
+        let (_, hooks) = gw.get("/api/v1/webhooks").await;
+        lossy = hooks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "lossy")
+            .cloned()
+            .unwrap();
+        if lossy["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        lossy["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reset the connection"),
+        "{lossy}"
+    );
+    assert_eq!(lossy["delivered"], 0, "{lossy}");
+    assert!(lossy["backlog"].as_i64().unwrap() >= 1, "{lossy}");
     // A syslog address must be tls://host:port or tcp://host:port.
     let (st, v) = gw
         .post(
@@ -1181,6 +1225,13 @@ async fn alerts_reach_receivers_that_ask_for_the_gateways_client_certificate() {
                 ("PALISADE_WEBHOOK_CLIENT_KEY", wrong_key.as_path()),
             ],
             "PALISADE_WEBHOOK_CLIENT_KEY: ",
+        ),
+        (
+            vec![
+                ("PALISADE_WEBHOOK_CLIENT_CERT", cert.as_path()),
+                ("PALISADE_WEBHOOK_CLIENT_KEY", wrong_key.as_path()),
+            ],
+            "is not the private key of the certificate in",
         ),
     ] {
         let out = std::process::Command::new(bin())
