@@ -1080,6 +1080,17 @@ impl EventMapper for StreamCheck {
     fn closed(&self) -> bool {
         self.closed
     }
+
+    /// A stream the agent broke off (or let stall past the timeout) ends with a JSON-RPC error
+    /// event for the request, not a response cut in the middle.
+    fn failed(&mut self, message: &str) -> Bytes {
+        if self.closed {
+            return Bytes::new();
+        }
+        let mut out = Vec::new();
+        self.stop(&mut out, code::UPSTREAM, message);
+        Bytes::from(out)
+    }
 }
 
 /// Fetches the agent's card (`path`: one of the well-known paths) with the proxy's credential:

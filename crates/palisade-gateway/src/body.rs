@@ -196,6 +196,12 @@ pub trait EventMapper: Send {
     fn closed(&self) -> bool {
         false
     }
+    /// Once, when the upstream's stream failed (broke off, or sent nothing for the upstream
+    /// timeout): events that tell the client, sent before the response ends. By default those
+    /// of [`EventMapper::end`].
+    fn failed(&mut self, _message: &str) -> Bytes {
+        self.end().0
+    }
 }
 
 /// A relay of an upstream's event stream whose runs of events pass through `mapper` (MCP and
@@ -447,7 +453,11 @@ impl Relay {
             // The events that end a stream for its requests: for one the client cannot resume,
             // an error per request still open, so none is left waiting; for one it can, none
             // (the response is aborted and the client resumes it).
-            let tail = self.mapper.as_mut().map(|m| m.end().0).unwrap_or_default();
+            let tail = self
+                .mapper
+                .as_mut()
+                .map(|m| m.failed(&client_message))
+                .unwrap_or_default();
             self.finish(Some(log_message.clone()));
             if !tail.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(tail))));

@@ -612,3 +612,98 @@ async fn an_agent_is_open_to_its_groups_within_its_own_rate() {
     );
     assert_eq!(received(&agent).await.len(), 3);
 }
+
+/// An agent on 127.0.0.1 that answers a card for a GET and, to a POST, opens an event stream,
+/// sends one `working` status event and then nothing, holding the connection open.
+async fn stalling_agent() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let card = json!({"name": "stalling", "description": "an agent", "version": "1",
+        "url": format!("{url}/"), "protocolVersion": "0.3.0", "capabilities": {"streaming": true},
+        "defaultInputModes": ["text"], "defaultOutputModes": ["text"], "skills": []})
+    .to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let card = card.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The request: headers, then the body its length announces.
+                let (head, length) = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while buf.len() < head + length {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                if buf.starts_with(b"GET") {
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{card}",
+                        card.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let rpc: Value = serde_json::from_slice(&buf[head..]).unwrap_or(Value::Null);
+                let event = json!({"jsonrpc": "2.0", "id": rpc["id"], "result": {
+                    "kind": "status-update", "taskId": "t-1", "contextId": "c-1", "final": false,
+                    "status": {"state": "working"}}});
+                let data = format!("data: {event}\n\n");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{data}\r\n",
+                    data.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            });
+        }
+    });
+    url
+}
+
+/// A stream the agent lets stall past the proxy's upstream timeout ends with a JSON-RPC error
+/// event for the request, and the response ends cleanly: the client is not left with a cut
+/// chunk. The log counts it as the agent's failure.
+#[tokio::test]
+async fn a_stalled_stream_ends_with_an_error_event() {
+    let url = stalling_agent().await;
+    let gw = Gateway::start(&format!(
+        "{}\n[[proxies]]\nname = \"agents\"\nkind = \"a2a\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{url}\"\nupstream_timeout_secs = 1\n",
+        config_for("http://127.0.0.1:9"),
+    ))
+    .await;
+    let base = format!("{}/", gw.proxy_url("agents").await);
+    let events = stream(&base, &send(7, "message/stream", "hello")).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["result"]["status"]["state"], "working");
+    assert_eq!(events[1]["id"], 7, "{events:?}");
+    assert!(
+        events[1]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sent nothing for 1 s")),
+        "{events:?}"
+    );
+    let rows = gw.wait_requests("proxy=agents", 1).await;
+    assert_eq!(rows[0]["status"], 502, "{rows:?}");
+}
