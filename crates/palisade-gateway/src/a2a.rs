@@ -639,7 +639,7 @@ async fn forward(
     let received = Instant::now();
     let (up, up_body) = resp.into_parts();
     rec.status = up.status.as_u16();
-    crate::upstream::note_answer(rec, rec.status);
+    crate::upstream::note_answer(rec);
     let ct = up
         .headers
         .get(CONTENT_TYPE)
@@ -1135,7 +1135,7 @@ async fn fetch_card(
     let (up, body) = resp.into_parts();
     if let Some((rec, _)) = rec.as_mut() {
         rec.status = up.status.as_u16();
-        crate::upstream::note_answer(rec, rec.status);
+        crate::upstream::note_answer(rec);
     }
     let bytes = collect(body, &Value::Null)
         .await

@@ -633,7 +633,7 @@ async fn proxy(
     let headers_at = Instant::now();
     let (up_parts, up_body) = resp.into_parts();
     rec.status = up_parts.status.as_u16();
-    crate::upstream::note_answer(rec, rec.status);
+    crate::upstream::note_answer(rec);
     let is_sse = up_parts
         .headers
         .get(CONTENT_TYPE)

@@ -753,7 +753,10 @@ pub(crate) async fn send(
             "the MCP transport of this proxy is not running",
         ));
     }
-    // Upstream request: the upstream's own Host, our credential (never the client's key).
+    // Upstream request: the upstream's own Host, our credential (never the client's key). A
+    // legacy SSE or stdio server is reached through the gateway's session bridge (messages, not
+    // one HTTP call per request): it gets no trace context, and the request no client span.
+    let direct = rt.spec.transport == palisade_core::model::McpTransport::StreamableHttp;
     let mut headers = http::HeaderMap::new();
     for (name, value) in up.headers {
         let n = name.as_str();
@@ -762,7 +765,7 @@ pub(crate) async fn send(
             || n == "last-event-id"
             || n == "via"
             || n.starts_with("mcp-")
-            || crate::upstream::is_trace_context(n)
+            || (direct && crate::upstream::is_trace_context(n))
         {
             headers.append(name.clone(), value.clone());
         }
@@ -785,9 +788,7 @@ pub(crate) async fn send(
     let timeout = Duration::from_secs(rt.spec.upstream_timeout_secs);
     let reply_to = Arc::new(ReplyTo::new(&uri, &headers, timeout));
     let pre = t0.elapsed();
-    // A legacy SSE or stdio server is reached through the gateway's session bridge (messages,
-    // not one HTTP call per request): no client span, and no trace context for the bridge.
-    if rt.spec.transport == palisade_core::model::McpTransport::StreamableHttp {
+    if direct {
         crate::upstream::join_trace(
             &shared.trace_upstream,
             rec,
@@ -795,9 +796,6 @@ pub(crate) async fn send(
             &rt.target.host,
             pre,
         );
-    } else {
-        headers.remove("traceparent");
-        headers.remove("tracestate");
     }
     let mut req = Request::new(Full::new(up.body.unwrap_or_default()));
     *req.method_mut() = up.method;
@@ -824,7 +822,7 @@ pub(crate) async fn send(
     let received = Instant::now();
     let (up_parts, up_body) = resp.into_parts();
     rec.status = up_parts.status.as_u16();
-    crate::upstream::note_answer(rec, rec.status);
+    crate::upstream::note_answer(rec);
     if let Some(s) = up_parts
         .headers
         .get("mcp-session-id")

@@ -194,6 +194,13 @@ struct TlsState {
     looked: std::time::Instant,
 }
 
+/// Two sources are the same settings when they read the same files.
+impl PartialEq for TlsSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.files().eq(other.files())
+    }
+}
+
 /// How often a [`TlsSource`] looks at its files.
 const TLS_LOOK: Duration = Duration::from_secs(1);
 
@@ -250,7 +257,8 @@ impl TlsSource {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn files(&self) -> impl Iterator<Item = &std::path::PathBuf> {
+    /// The files the settings are read from: CA, certificate, key (those given).
+    pub fn files(&self) -> impl Iterator<Item = &std::path::PathBuf> {
         [&self.ca, &self.cert, &self.key].into_iter().flatten()
     }
 
@@ -653,10 +661,11 @@ pub(crate) fn join_trace(
     });
 }
 
-/// Notes on a traced call (see [`join_trace`]) the status the upstream answered with.
-pub(crate) fn note_answer(rec: &mut palisade_core::record::RequestRecord, status: u16) {
+/// Notes on a traced call (see [`join_trace`]) the status the upstream answered with, once it
+/// is the record's.
+pub(crate) fn note_answer(rec: &mut palisade_core::record::RequestRecord) {
     if let Some(call) = rec.upstream.as_mut() {
-        call.status = Some(status);
+        call.status = Some(rec.status);
     }
 }
 

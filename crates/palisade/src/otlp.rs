@@ -41,75 +41,52 @@ pub struct OtlpConfig {
     /// A private CA for the collector's certificate, or a client certificate for a collector
     /// that asks for one (`OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE`,
     /// `…_CLIENT_KEY`); `None`: the public roots compiled in.
-    pub tls: Option<ExportTls>,
+    pub tls: Option<std::sync::Arc<palisade_gateway::TlsSource>>,
 }
 
-/// The TLS settings of the export and the files they were read from.
-#[derive(Debug, Clone)]
-pub struct ExportTls {
-    files: Vec<std::path::PathBuf>,
-    source: std::sync::Arc<palisade_gateway::TlsSource>,
-}
-
-impl PartialEq for ExportTls {
-    fn eq(&self, other: &Self) -> bool {
-        self.files == other.files
-    }
-}
-
-impl ExportTls {
-    /// Reads the standard variables, the traces-only one first in each pair; `None` when none
-    /// is set.
-    fn from_env(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Self>> {
-        let read = |what: &str| {
-            let traces = format!("OTEL_EXPORTER_OTLP_TRACES_{what}");
-            let all = format!("OTEL_EXPORTER_OTLP_{what}");
-            match var(&traces).filter(|v| !v.is_empty()) {
-                Some(v) => Some((traces, std::path::PathBuf::from(v))),
-                None => var(&all)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| (all, std::path::PathBuf::from(v))),
-            }
-        };
-        let (ca, cert, key) = (
-            read("CERTIFICATE"),
-            read("CLIENT_CERTIFICATE"),
-            read("CLIENT_KEY"),
-        );
-        let identity = match (&cert, &key) {
-            (Some((_, cert)), Some((_, key))) => {
-                Some(palisade_gateway::ClientIdentity { cert, key })
-            }
-            (None, None) => None,
-            (Some((name, _)), None) | (None, Some((name, _))) => bail!(
-                "{name} is set alone: a client certificate needs OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY both"
-            ),
-        };
-        if ca.is_none() && identity.is_none() {
-            return Ok(None);
+/// The export's TLS settings from the standard variables, the traces-only one first in each
+/// pair; `None` when none is set.
+fn tls_from_env(
+    var: &impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<std::sync::Arc<palisade_gateway::TlsSource>>> {
+    let read = |what: &str| {
+        let traces = format!("OTEL_EXPORTER_OTLP_TRACES_{what}");
+        let all = format!("OTEL_EXPORTER_OTLP_{what}");
+        match var(&traces).filter(|v| !v.is_empty()) {
+            Some(v) => Some((traces, std::path::PathBuf::from(v))),
+            None => var(&all)
+                .filter(|v| !v.is_empty())
+                .map(|v| (all, std::path::PathBuf::from(v))),
         }
-        let source =
-            palisade_gateway::TlsSource::open(ca.as_ref().map(|(_, p)| p.as_path()), identity)
-                .map_err(|e| {
-                    let setting = match e.file {
-                        Some(palisade_gateway::TlsFile::Cert) => &cert,
-                        Some(palisade_gateway::TlsFile::Key) => &key,
-                        Some(palisade_gateway::TlsFile::Ca) | None => &ca,
-                    };
-                    let name = setting
-                        .as_ref()
-                        .map_or("OTEL_EXPORTER_OTLP_CERTIFICATE", |(n, _)| n);
-                    anyhow::anyhow!("{name}: {e}")
-                })?;
-        Ok(Some(Self {
-            files: [&ca, &cert, &key]
-                .into_iter()
-                .flatten()
-                .map(|(_, p)| p.clone())
-                .collect(),
-            source,
-        }))
+    };
+    let (ca, cert, key) = (
+        read("CERTIFICATE"),
+        read("CLIENT_CERTIFICATE"),
+        read("CLIENT_KEY"),
+    );
+    let identity = match (&cert, &key) {
+        (Some((_, cert)), Some((_, key))) => Some(palisade_gateway::ClientIdentity { cert, key }),
+        (None, None) => None,
+        (Some((name, _)), None) | (None, Some((name, _))) => bail!(
+            "{name} is set alone: a client certificate needs OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY both"
+        ),
+    };
+    if ca.is_none() && identity.is_none() {
+        return Ok(None);
     }
+    let source = palisade_gateway::TlsSource::open(ca.as_ref().map(|(_, p)| p.as_path()), identity)
+        .map_err(|e| {
+            let setting = match e.file {
+                Some(palisade_gateway::TlsFile::Cert) => &cert,
+                Some(palisade_gateway::TlsFile::Key) => &key,
+                Some(palisade_gateway::TlsFile::Ca) | None => &ca,
+            };
+            let name = setting
+                .as_ref()
+                .map_or("OTEL_EXPORTER_OTLP_CERTIFICATE", |(n, _)| n);
+            anyhow::anyhow!("{name}: {e}")
+        })?;
+    Ok(Some(source))
 }
 
 impl OtlpConfig {
@@ -167,7 +144,7 @@ impl OtlpConfig {
         let service = var("OTEL_SERVICE_NAME")
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "palisade".into());
-        let tls = ExportTls::from_env(&var)?;
+        let tls = tls_from_env(&var)?;
         Ok(Some(Self {
             url,
             headers,
@@ -286,7 +263,7 @@ async fn run(
     stop: Arc<tokio::sync::Notify>,
 ) {
     // With TLS files, renewed ones (their files changed) take a new client.
-    let mut tls = cfg.tls.as_ref().map(|t| t.source.current());
+    let mut tls = cfg.tls.as_ref().map(|t| t.current());
     let mut client = match &tls {
         Some(tls) => palisade_gateway::build_client_with(tls),
         None => palisade_gateway::build_client(),
@@ -331,7 +308,7 @@ async fn run(
             }
         }
         if let (Some(source), Some(used)) = (&cfg.tls, &tls) {
-            let now = source.source.current();
+            let now = source.current();
             if !Arc::ptr_eq(&now, used) {
                 client = palisade_gateway::build_client_with(&now);
                 tls = Some(now);
@@ -412,10 +389,10 @@ mod tests {
         .unwrap();
         let tls = c.tls.expect("TLS settings");
         assert_eq!(
-            tls.files,
+            tls.files().cloned().collect::<Vec<_>>(),
             [&ca, &cert, &key].map(std::path::PathBuf::from).to_vec()
         );
-        assert!(tls.source.current().client_auth_cert_resolver.has_certs());
+        assert!(tls.current().client_auth_cert_resolver.has_certs());
         for (bad, says) in [
             (
                 vec![

@@ -753,14 +753,10 @@ async fn alerts_reach_webhooks_signed_and_a_failed_delivery_is_sent_again() {
     assert!(seen.iter().all(|(p, ..)| p != "/slack"));
 
     // The API shows state, never the secret nor the URL's path (a chat webhook's credential).
-    let mut list = Value::Null;
-    for _ in 0..100 {
-        list = gw.get("/api/v1/webhooks").await.1;
-        if list[1]["delivered"].as_i64() == Some(want.len() as i64) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let list = webhooks_when(&gw, |l| {
+        l[1]["delivered"].as_i64() == Some(want.len() as i64)
+    })
+    .await;
     let soc = &list[1];
     assert_eq!(soc["name"], "soc", "{list}");
     assert_eq!(soc["delivered"], want.len() as i64, "{list}");
@@ -918,21 +914,13 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
     assert_eq!(st, 201, "{v}");
     // A webhook gets the alerts raised after it was made.
     assert_eq!(chat(&url, INJECTION, false).await.status(), 403);
-    let mut lossy = Value::Null;
-    for _ in 0..100 {
-        let (_, hooks) = gw.get("/api/v1/webhooks").await;
-        lossy = hooks
+    let lossy_of = |hooks: &Value| {
+        hooks
             .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["name"] == "lossy")
-            .cloned()
-            .unwrap();
-        if lossy["last_error"].is_string() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            .and_then(|a| a.iter().find(|h| h["name"] == "lossy").cloned())
+            .unwrap_or_default()
+    };
+    let lossy = lossy_of(&webhooks_when(&gw, |h| lossy_of(h)["last_error"].is_string()).await);
     assert!(
         lossy["last_error"]
             .as_str()
@@ -1020,6 +1008,20 @@ async fn tls_receiver(
     (port, got)
 }
 
+/// The gateway's webhooks (`GET /api/v1/webhooks`) once `ready` holds for them (or after
+/// 10 s, for the assertions to show).
+async fn webhooks_when(gw: &Gateway, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut hooks = Value::Null;
+    for _ in 0..100 {
+        hooks = gw.get("/api/v1/webhooks").await.1;
+        if ready(&hooks) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    hooks
+}
+
 /// What a test receiver keeps, once it holds `needle` (or after 10 s, for the assertions to
 /// show).
 async fn received(got: &tokio::sync::Mutex<Vec<u8>>, needle: &str) -> String {
@@ -1097,14 +1099,7 @@ async fn alerts_reach_a_tls_syslog_collector_that_the_configured_ca_vouches_for(
     assert_eq!(siem["url"], format!("tls://127.0.0.1:{port}/"));
     assert!(siem["delivered"].as_i64().unwrap() >= 1, "{hooks}");
     // The gateway without the CA: the certificate is refused, the failure recorded.
-    let mut hooks = Value::Null;
-    for _ in 0..100 {
-        (_, hooks) = stranger.get("/api/v1/webhooks").await;
-        if hooks[0]["last_error"].is_string() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let hooks = webhooks_when(&stranger, |h| h[0]["last_error"].is_string()).await;
     let error = hooks[0]["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("TLS with 127.0.0.1:") && error.contains("certificate"),
@@ -1188,19 +1183,11 @@ async fn alerts_reach_receivers_that_ask_for_the_gateways_client_certificate() {
     let body = received(&posted, &rid).await;
     assert!(body.contains(&rid), "{body}");
     // Without a certificate: both receivers end the handshake, nothing is delivered.
-    let mut hooks = Value::Null;
-    for _ in 0..100 {
-        (_, hooks) = anonymous.get("/api/v1/webhooks").await;
-        if hooks
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|h| h["last_error"].is_string())
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let hooks = webhooks_when(&anonymous, |h| {
+        h.as_array()
+            .is_some_and(|a| a.iter().all(|h| h["last_error"].is_string()))
+    })
+    .await;
     for h in hooks.as_array().unwrap() {
         let error = h["last_error"].as_str().unwrap_or_default();
         assert!(
@@ -1281,14 +1268,7 @@ async fn a_renewed_client_certificate_is_used_without_a_restart() {
     assert_eq!(r.status(), 403);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     // The receiver does not know the first certificate's issuer.
-    let mut hooks = Value::Null;
-    for _ in 0..100 {
-        (_, hooks) = gw.get("/api/v1/webhooks").await;
-        if hooks[0]["last_error"].is_string() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let hooks = webhooks_when(&gw, |h| h[0]["last_error"].is_string()).await;
     let error = hooks[0]["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("the receiver asks for a client certificate"),

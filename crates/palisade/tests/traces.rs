@@ -182,6 +182,49 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|a| &a["value"])
 }
 
+/// The spans the collector has got once there are `n` (or after 10 s, for the assertions to
+/// show).
+async fn wait_spans(got: &Mutex<Vec<(String, Value)>>, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let all = spans(got);
+        if all.len() >= n {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    spans(got)
+}
+
+/// The client span of `server`'s upstream call, checked: named `<api> upstream`, in the same
+/// trace, inside the server span, with the upstream's status 200. Also returns the
+/// `traceparent` the upstream should have got (with the caller's `flags`).
+fn client_span_under<'a>(
+    all: &'a [Value],
+    server: &Value,
+    api: &str,
+    flags: &str,
+) -> (&'a Value, String) {
+    let nanos = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
+    let call = all
+        .iter()
+        .find(|s| s["kind"] == 3 && s["parentSpanId"] == server["spanId"])
+        .unwrap_or_else(|| panic!("no client span under {server}"));
+    assert_eq!(call["traceId"], server["traceId"]);
+    assert_eq!(call["name"], format!("{api} upstream"));
+    assert_eq!(
+        attr(call, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    assert!(nanos(call, "startTimeUnixNano") >= nanos(server, "startTimeUnixNano"));
+    assert!(nanos(call, "endTimeUnixNano") <= nanos(server, "endTimeUnixNano"));
+    let expected = format!(
+        "00-{}-{}-{flags}",
+        server["traceId"].as_str().unwrap(),
+        call["spanId"].as_str().unwrap()
+    );
+    (call, expected)
+}
+
 #[tokio::test]
 async fn proxied_requests_become_spans_in_their_callers_traces() {
     let (endpoint, got) = collector().await;
@@ -209,14 +252,7 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
         rb = rb.header("tracestate", "vendor=abc");
         assert_eq!(rb.send().await.unwrap().status(), 200);
     }
-    let mut all = Vec::new();
-    for _ in 0..100 {
-        all = spans(&got);
-        if all.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all = wait_spans(&got, 4).await;
     // Each request: its server span, and its upstream call's client span under it.
     assert_eq!(all.len(), 4, "{:#?}", got.lock().unwrap());
     let joined = all
@@ -245,34 +281,17 @@ async fn proxied_requests_become_spans_in_their_callers_traces() {
     assert!(own.get("parentSpanId").is_none());
     // The upstream calls: children of their requests' spans, inside them, and the span the
     // upstream was told is its parent.
-    let nanos = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
     let sent = parents.lock().unwrap().clone();
     assert_eq!(sent.len(), 2, "{sent:?}");
     // The caller's vendor state goes on in the caller's trace, not in one the gateway started.
     for (server, flags, state) in [(joined, "01", Some("vendor=abc")), (own, "01", None)] {
-        let call = all
-            .iter()
-            .find(|s| s["kind"] == 3 && s["parentSpanId"] == server["spanId"])
-            .unwrap_or_else(|| panic!("no client span under {server}"));
-        assert_eq!(call["traceId"], server["traceId"]);
-        assert_eq!(call["name"], "openai upstream");
+        let (call, expected) = client_span_under(&all, server, "openai", flags);
         let (host, port) = upstream
             .trim_start_matches("http://")
             .split_once(':')
             .unwrap();
         assert_eq!(attr(call, "server.address").unwrap()["stringValue"], host);
         assert_eq!(attr(call, "server.port").unwrap()["intValue"], port);
-        assert_eq!(
-            attr(call, "http.response.status_code").unwrap()["intValue"],
-            "200"
-        );
-        assert!(nanos(call, "startTimeUnixNano") >= nanos(server, "startTimeUnixNano"));
-        assert!(nanos(call, "endTimeUnixNano") <= nanos(server, "endTimeUnixNano"));
-        let expected = format!(
-            "00-{}-{}-{flags}",
-            server["traceId"].as_str().unwrap(),
-            call["spanId"].as_str().unwrap()
-        );
         let got = sent
             .iter()
             .find(|(_, parent, _)| parent.as_deref() == Some(expected.as_str()))
@@ -353,17 +372,9 @@ async fn mcp_and_a2a_upstream_calls_are_client_spans_in_the_trace() {
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller = format!("00-{trace}-00f067aa0ba902b7-00");
     call_mcp_and_a2a(&gw, Some(&caller), None).await;
-    let mut all = Vec::new();
-    for _ in 0..100 {
-        all = spans(&got);
-        if all.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all = wait_spans(&got, 4).await;
     assert_eq!(all.len(), 4, "{all:#?}");
     let sent = seen.lock().unwrap().clone();
-    let nanos = |s: &Value, k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
     for (proxy, what, flags, state) in [
         ("tools", "initialize", "00", Some("vendor=abc")),
         ("agents", "message/send", "01", None),
@@ -378,26 +389,10 @@ async fn mcp_and_a2a_upstream_calls_are_client_spans_in_the_trace() {
         } else {
             assert_ne!(server["traceId"], trace);
         }
-        let call = all
-            .iter()
-            .find(|s| s["kind"] == 3 && s["parentSpanId"] == server["spanId"])
-            .unwrap_or_else(|| panic!("no client span under {server}"));
         let api = if proxy == "tools" { "mcp" } else { "a2a" };
-        assert_eq!(call["name"], format!("{api} upstream"));
-        assert_eq!(call["traceId"], server["traceId"]);
-        assert_eq!(
-            attr(call, "http.response.status_code").unwrap()["intValue"],
-            "200"
-        );
-        assert!(nanos(call, "startTimeUnixNano") >= nanos(server, "startTimeUnixNano"));
-        assert!(nanos(call, "endTimeUnixNano") <= nanos(server, "endTimeUnixNano"));
         // The upstream was told the client span is its parent; the caller's vendor state goes
         // on only in the caller's trace.
-        let expected = format!(
-            "00-{}-{}-{flags}",
-            server["traceId"].as_str().unwrap(),
-            call["spanId"].as_str().unwrap()
-        );
+        let (_, expected) = client_span_under(&all, server, api, flags);
         let (_, parent, st) = sent
             .iter()
             .find(|(w, _, _)| w == what)
