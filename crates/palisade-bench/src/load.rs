@@ -165,7 +165,7 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
 }
 
 /// Sends one request on the kept-alive connection in `conn` (opening one if needed) and reads
-/// the whole answer. `opened` counts TCP connections.
+/// the whole answer. `opened` counts the TCP connections opened (a failed connect is none).
 async fn one_request(
     shared: &Shared,
     conn: &mut Option<SendRequest<Full<Bytes>>>,
@@ -180,8 +180,9 @@ async fn one_request(
         let mut sender = match conn.take() {
             Some(s) if !s.is_closed() => s,
             _ => {
+                let sender = connect(shared.addr).await.map_err(ReqError::Io)?;
                 *opened += 1;
-                connect(shared.addr).await.map_err(ReqError::Io)?
+                sender
             }
         };
         sender
@@ -531,4 +532,507 @@ pub async fn run(args: &LoadArgs) -> Result<Value, String> {
             "cpu_pct": round1(own_cpu_ms as f64 / 10.0 / window_s),
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The load loops against an in-process HTTP/1.1 target on 127.0.0.1. Only counts,
+    //! orderings and bounds that follow from the order of events are asserted, never speed.
+
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use std::task::{Context, Poll};
+
+    use clap::Parser;
+    use http::StatusCode;
+    use http::header::CONTENT_LENGTH;
+    use hyper::body::{Frame, Incoming};
+    use hyper::service::service_fn;
+    use hyper::{Response, server};
+    use tokio::net::TcpListener;
+    use tokio::task::{JoinHandle, JoinSet};
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    /// An answer body: chunks handed over through a channel, at once or later by a task.
+    struct Chunks(mpsc::UnboundedReceiver<Bytes>);
+
+    impl hyper::body::Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// An answer with a body of known length, sent in one piece.
+    fn answer(
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+        body: &'static str,
+    ) -> Response<Chunks> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(Bytes::from_static(body.as_bytes()));
+        let mut resp = Response::new(Chunks(rx));
+        *resp.status_mut() = StatusCode::from_u16(status).expect("valid status");
+        resp.headers_mut().insert(CONTENT_LENGTH, body.len().into());
+        for (name, value) in headers {
+            resp.headers_mut()
+                .insert(*name, HeaderValue::from_static(value));
+        }
+        resp
+    }
+
+    /// A streamed (chunked) answer: `events` one after the other, `gap` apart.
+    fn sse(events: &'static [&'static str], gap: Duration) -> Response<Chunks> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                if tx.send(Bytes::from_static(e.as_bytes())).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut resp = Response::new(Chunks(rx));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        resp
+    }
+
+    /// The in-process target; stopped (with every connection it serves) when dropped.
+    struct Target {
+        url: String,
+        /// Requests seen, warm-up included.
+        requests: Arc<AtomicU64>,
+        /// TCP connections accepted.
+        accepted: Arc<AtomicU64>,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Target {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Starts a target on 127.0.0.1 answering each request with `handler(n, body)`, `n` being
+    /// the request's rank among all the target has seen (1 for the first).
+    async fn serve<F, Fut>(handler: F) -> Target
+    where
+        F: Fn(u64, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Chunks>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let requests = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let handler = Arc::new(handler);
+        let task = {
+            let (requests, accepted) = (requests.clone(), accepted.clone());
+            tokio::spawn(async move {
+                // Dropping the set (when the task is aborted) aborts every connection.
+                let mut conns = JoinSet::new();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    };
+                    accepted.fetch_add(1, SeqCst);
+                    // Each chunk of a streamed answer leaves when written, as from a real
+                    // server, not held back by Nagle's algorithm until the last one.
+                    let _ = tcp.set_nodelay(true);
+                    let (handler, requests) = (handler.clone(), requests.clone());
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (handler, requests) = (handler.clone(), requests.clone());
+                        async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let n = requests.fetch_add(1, SeqCst) + 1;
+                            Ok::<_, Infallible>(handler(n, body).await)
+                        }
+                    });
+                    conns.spawn(async move {
+                        let _ = server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                    });
+                    while conns.try_join_next().is_some() {}
+                }
+            })
+        };
+        Target {
+            url: format!("http://{addr}/v1/chat/completions"),
+            requests,
+            accepted,
+            task,
+        }
+    }
+
+    /// `palisade-bench load --url URL OPTIONS...` as the command line parses it.
+    fn load_args(url: &str, options: &[&str]) -> LoadArgs {
+        let argv = [
+            "palisade-bench",
+            "load",
+            "--url",
+            url,
+            "--prompt-bytes",
+            "64",
+        ]
+        .into_iter()
+        .chain(options.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Load(args),
+            }) => *args,
+            Ok(_) => panic!("not a load command"),
+            Err(e) => panic!("invalid options {options:?}: {e}"),
+        }
+    }
+
+    async fn load(url: &str, options: &[&str]) -> Value {
+        run(&load_args(url, options)).await.expect("load run")
+    }
+
+    /// The count at `path` (keys separated by dots).
+    fn count(result: &Value, path: &str) -> u64 {
+        path.split('.')
+            .fold(result, |v, k| &v[k])
+            .as_u64()
+            .unwrap_or_else(|| panic!("`{path}` is not a count in {result:#}"))
+    }
+
+    /// Non-2xx answers, I/O errors (timeouts included) and unsent requests.
+    fn errors(result: &Value) -> u64 {
+        count(result, "errors.non_2xx")
+            + count(result, "errors.io")
+            + count(result, "errors.unsent")
+    }
+
+    /// Scheduled requests of an open-loop window: each ends up answered, failed, or unsent.
+    fn accounted(result: &Value) -> u64 {
+        count(result, "requests") + count(result, "errors.io") + count(result, "errors.unsent")
+    }
+
+    fn assert_ordered_percentiles(result: &Value, key: &str) {
+        let p = |q: &str| count(result, &format!("{key}.{q}"));
+        let (p50, p90, p99, p999, max) = (p("p50"), p("p90"), p("p99"), p("p999"), p("max"));
+        assert!(
+            0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+            "{key} percentiles out of order: {:#}",
+            result[key]
+        );
+    }
+
+    #[tokio::test]
+    async fn closed_loop_counts_answers_and_reads_the_overhead_header() {
+        let target = serve(|_, _| async {
+            answer(200, &[("x-palisade-overhead-us", "7")], r#"{"ok":true}"#)
+        })
+        .await;
+        let r = load(&target.url, &["-c", "2", "-d", "0.5", "--warmup", "0.1"]).await;
+
+        assert_eq!(r["mode"], "closed");
+        assert_eq!(r["keep_alive"], true);
+        let requests = count(&r, "requests");
+        assert!(requests > 0, "{r:#}");
+        assert_eq!(count(&r, "ok"), requests);
+        assert_eq!(errors(&r), 0, "{r:#}");
+        assert_eq!(count(&r, "errors.timeouts"), 0);
+        assert!(r["first_error"].is_null(), "{r:#}");
+        assert_eq!(count(&r, "statuses.200"), requests);
+        assert_eq!(r["overhead_us_mean"].as_f64(), Some(7.0), "{r:#}");
+        assert_eq!(count(&r, "overhead_samples"), requests);
+        assert_eq!(count(&r, "bytes_received"), requests * 11);
+        assert!(r["rps"].as_f64().is_some_and(|v| v > 0.0), "{r:#}");
+        assert_eq!(count(&r, "latency_us.count"), requests);
+        assert_eq!(count(&r, "ttfb_us.count"), requests);
+        assert_ordered_percentiles(&r, "latency_us");
+        assert_ordered_percentiles(&r, "ttfb_us");
+        // No schedule in a closed loop.
+        assert_eq!(count(&r, "send_lag_us.count"), 0);
+        // Kept alive: one connection per worker, for the warm-up and the window alike.
+        assert_eq!(count(&r, "connections_opened"), 2);
+        assert_eq!(target.accepted.load(SeqCst), 2);
+        assert!(target.requests.load(SeqCst) >= requests);
+    }
+
+    #[tokio::test]
+    async fn open_loop_sends_every_scheduled_request() {
+        let target = serve(|_, _| async { answer(200, &[], "{}") }).await;
+        let r = load(
+            &target.url,
+            &["--rate", "200", "-c", "4", "-d", "1.5", "--warmup", "0.2"],
+        )
+        .await;
+
+        assert_eq!(r["mode"], "open");
+        assert_eq!(r["rate_target"].as_f64(), Some(200.0));
+        // 1.5 s at 200 RPS: 300 requests scheduled in the window (±1 at its edges).
+        let requests = count(&r, "requests");
+        assert!((150..=330).contains(&requests), "{r:#}");
+        assert!((299..=301).contains(&accounted(&r)), "{r:#}");
+        assert_eq!(count(&r, "ok"), requests);
+        assert_eq!(errors(&r), 0, "{r:#}");
+        assert_eq!(count(&r, "latency_us.count"), requests);
+        assert_eq!(count(&r, "send_lag_us.count"), requests);
+        assert_ordered_percentiles(&r, "latency_us");
+        assert!(target.requests.load(SeqCst) >= requests);
+    }
+
+    #[tokio::test]
+    async fn open_loop_charges_a_stall_to_every_request_it_delays() {
+        // One connection at 100 RPS: while the 50th request (in the window, after 20 warm-up
+        // ones) is held 300 ms, the next ones wait in the generator. Request k after the held
+        // one was due k × 10 ms after it and cannot finish before it, so its latency is at
+        // least 300 − 10k ms whatever the speed of the machine: 21 requests of the ~200 of the
+        // window take 100 ms or more, 31 share at least 4.65 s.
+        let target = serve(|n, _| async move {
+            if n == 50 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            answer(200, &[], "{}")
+        })
+        .await;
+        let r = load(
+            &target.url,
+            &["--rate", "100", "-c", "1", "-d", "2", "--warmup", "0.2"],
+        )
+        .await;
+
+        let requests = count(&r, "requests");
+        assert!((199..=201).contains(&accounted(&r)), "{r:#}");
+        assert_eq!(count(&r, "ok"), requests);
+        assert_eq!(errors(&r), 0, "{r:#}");
+        assert!(
+            target.requests.load(SeqCst) >= 50,
+            "the stall never happened"
+        );
+        let lat = |q: &str| count(&r, &format!("latency_us.{q}"));
+        assert!(lat("max") >= 300_000, "{:#}", r["latency_us"]);
+        assert!(lat("p99") >= 200_000, "{:#}", r["latency_us"]);
+        // Only holds when the requests queued behind the stall are charged their wait: timed
+        // from their actual send, they would look as fast as the others.
+        assert!(lat("p90") >= 80_000, "{:#}", r["latency_us"]);
+        assert!(
+            r["latency_us"]["mean"]
+                .as_f64()
+                .is_some_and(|m| m >= 20_000.0),
+            "{:#}",
+            r["latency_us"]
+        );
+        assert!(lat("p50") < lat("p90"), "{:#}", r["latency_us"]);
+        // They also left late, and the generator says so.
+        assert!(
+            count(&r, "send_lag_us.p99") >= 200_000,
+            "{:#}",
+            r["send_lag_us"]
+        );
+    }
+
+    #[tokio::test]
+    async fn error_answers_are_counted_not_timed() {
+        let target = serve(|_, _| async {
+            answer(
+                500,
+                &[("x-palisade-overhead-us", "7")],
+                r#"{"error":"boom"}"#,
+            )
+        })
+        .await;
+        let r = load(&target.url, &["-c", "2", "-d", "0.3", "--warmup", "0"]).await;
+
+        let requests = count(&r, "requests");
+        assert!(requests > 0, "{r:#}");
+        assert_eq!(count(&r, "ok"), 0);
+        assert_eq!(count(&r, "errors.non_2xx"), requests);
+        assert_eq!(count(&r, "statuses.500"), requests);
+        assert_eq!(count(&r, "errors.io"), 0);
+        assert!(r["first_error"].is_null(), "{r:#}");
+        assert_eq!(count(&r, "latency_us.count"), 0);
+        assert_eq!(count(&r, "ttfb_us.count"), 0);
+        assert_eq!(count(&r, "latency_us.p99"), 0);
+        assert_eq!(count(&r, "overhead_samples"), 0);
+        assert!(r["overhead_us_mean"].is_null(), "{r:#}");
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_io_errors() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        // 0.2 s at 50 RPS: 10 scheduled requests, each refused.
+        let r = load(
+            &url,
+            &["--rate", "50", "-c", "2", "-d", "0.2", "--warmup", "0"],
+        )
+        .await;
+
+        assert_eq!(count(&r, "requests"), 0);
+        assert_eq!(count(&r, "errors.io"), 10, "{r:#}");
+        assert_eq!(count(&r, "errors.timeouts"), 0);
+        assert_eq!(count(&r, "errors.unsent"), 0);
+        let first = r["first_error"].as_str().unwrap_or_default();
+        assert!(first.contains("connect"), "{r:#}");
+        assert_eq!(count(&r, "latency_us.count"), 0);
+        assert_eq!(count(&r, "connections_opened"), 0);
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_time_out() {
+        let target = serve(|_, _| std::future::pending()).await;
+        let r = load(
+            &target.url,
+            &[
+                "-c",
+                "1",
+                "-d",
+                "1",
+                "--warmup",
+                "0",
+                "--timeout",
+                "0.2",
+                "--drain-timeout",
+                "0.5",
+            ],
+        )
+        .await;
+
+        // Each try lasts the 0.2 s timeout: at most 5 start in the 1 s window.
+        let timeouts = count(&r, "errors.timeouts");
+        assert!((1..=5).contains(&timeouts), "{r:#}");
+        // Timeouts are among the I/O errors, and the only ones here.
+        assert_eq!(count(&r, "errors.io"), timeouts);
+        assert_eq!(r["first_error"], "timeout");
+        assert_eq!(count(&r, "requests"), 0);
+        assert_eq!(count(&r, "latency_us.count"), 0);
+        // A connection that timed out may still carry the late answer: never reused.
+        assert_eq!(count(&r, "connections_opened"), timeouts);
+        assert_eq!(target.accepted.load(SeqCst), timeouts);
+    }
+
+    #[tokio::test]
+    async fn fresh_connections_carry_one_request_each() {
+        let target = serve(|_, _| async { answer(200, &[], "{}") }).await;
+        let r = load(
+            &target.url,
+            &[
+                "-c",
+                "2",
+                "-d",
+                "0.4",
+                "--warmup",
+                "0.1",
+                "--fresh-connections",
+            ],
+        )
+        .await;
+
+        assert_eq!(r["keep_alive"], false);
+        let requests = count(&r, "requests");
+        assert!(requests > 0, "{r:#}");
+        assert_eq!(count(&r, "ok"), requests);
+        assert_eq!(errors(&r), 0, "{r:#}");
+        // Warm-up requests open connections too.
+        let opened = count(&r, "connections_opened");
+        assert!(opened >= requests, "{r:#}");
+        assert_eq!(target.accepted.load(SeqCst), opened);
+        assert_eq!(target.requests.load(SeqCst), opened);
+    }
+
+    #[tokio::test]
+    async fn streamed_answers_report_time_to_first_byte() {
+        const EVENTS: &[&str] = &[
+            "data: {\"n\":1}\n\n",
+            "data: {\"n\":2}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let target = serve(|_, body: Bytes| async move {
+            let asked: Value = serde_json::from_slice(&body).unwrap_or_default();
+            if asked["stream"] == true {
+                sse(EVENTS, Duration::from_millis(20))
+            } else {
+                answer(400, &[], "not a stream request")
+            }
+        })
+        .await;
+        let r = load(
+            &target.url,
+            &["-c", "2", "-d", "0.5", "--warmup", "0.1", "--stream"],
+        )
+        .await;
+
+        assert_eq!(r["stream"], true);
+        let requests = count(&r, "requests");
+        assert!(requests > 0, "{r:#}");
+        assert_eq!(count(&r, "ok"), requests);
+        assert_eq!(errors(&r), 0, "{r:#}");
+        let event_bytes: usize = EVENTS.iter().map(|e| e.len()).sum();
+        assert_eq!(count(&r, "bytes_received"), requests * event_bytes as u64);
+        assert_eq!(count(&r, "ttfb_us.count"), requests);
+        assert_ordered_percentiles(&r, "ttfb_us");
+        assert_ordered_percentiles(&r, "latency_us");
+        // The last event leaves 40 ms after the first.
+        assert!(
+            count(&r, "latency_us.p50") >= 40_000,
+            "{:#}",
+            r["latency_us"]
+        );
+        assert!(
+            count(&r, "ttfb_us.p50") < count(&r, "latency_us.p50"),
+            "ttfb {:#} latency {:#}",
+            r["ttfb_us"],
+            r["latency_us"]
+        );
+    }
+
+    #[tokio::test]
+    async fn open_loop_counts_requests_left_unsent_at_the_drain_deadline() {
+        // Each answer takes 100 ms on the one connection, requests are due every 10 ms: by the
+        // drain deadline (0.5 s window + 0.3 s) at most 8 have gone out, of 50 scheduled.
+        let target = serve(|_, _| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer(200, &[], "{}")
+        })
+        .await;
+        let r = load(
+            &target.url,
+            &[
+                "--rate",
+                "100",
+                "-c",
+                "1",
+                "-d",
+                "0.5",
+                "--warmup",
+                "0",
+                "--drain-timeout",
+                "0.3",
+            ],
+        )
+        .await;
+
+        assert_eq!(accounted(&r), 50, "{r:#}");
+        assert!(count(&r, "requests") <= 8, "{r:#}");
+        assert!(count(&r, "errors.unsent") >= 42, "{r:#}");
+        // Only the request in flight at the deadline is cut off.
+        assert!(count(&r, "errors.timeouts") <= 1, "{r:#}");
+        assert_eq!(count(&r, "errors.io"), count(&r, "errors.timeouts"));
+        assert!(target.requests.load(SeqCst) <= 8);
+    }
 }
