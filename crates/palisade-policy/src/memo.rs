@@ -129,7 +129,10 @@ pub struct MemoStats {
 /// A compiled set's memo.
 pub(crate) struct MemoCache {
     budget: usize,
-    keys: RandomState,
+    /// Keys the texts' hashes. Not SipHash (std's default): a text is hashed on every lookup,
+    /// a kibibyte or more each time, and aHash reads it several times faster; it stays keyed
+    /// with a secret of the process, so a sender cannot aim texts at one slot.
+    keys: ahash::RandomState,
     gens: Mutex<Generations>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -144,11 +147,19 @@ pub(crate) struct Slot<'t> {
     text: &'t str,
 }
 
+/// A hasher keyed with four words drawn from std's randomly seeded SipHash (the OS's
+/// randomness), not from aHash's own fallback seeds.
+fn secret_hash_keys() -> ahash::RandomState {
+    let seed = RandomState::new();
+    let [a, b, c, d] = [0u8, 1, 2, 3].map(|i| seed.hash_one(i));
+    ahash::RandomState::with_seeds(a, b, c, d)
+}
+
 impl MemoCache {
     pub(crate) fn new(budget: usize) -> MemoCache {
         MemoCache {
             budget,
-            keys: RandomState::new(),
+            keys: secret_hash_keys(),
             gens: Mutex::new(Generations::default()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),

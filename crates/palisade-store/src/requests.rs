@@ -198,3 +198,77 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record with every logged field set, all of them different from row to row.
+    fn full_record(i: i64) -> RequestRecord {
+        let text = |what: &str| format!("{what}-{i}");
+        RequestRecord {
+            id: format!("{i:04}"),
+            ts_ms: 1_000 + i,
+            proxy: text("proxy"),
+            api: text("api"),
+            method: text("method"),
+            path: text("/path"),
+            endpoint: text("endpoint"),
+            model: Some(text("model")),
+            stream: i % 2 == 0,
+            status: 200 + i as u16,
+            key_id: Some(text("key-id")),
+            key_name: Some(text("key")),
+            group: Some(text("group")),
+            prompt_tokens: Some(10 + i),
+            completion_tokens: Some(20 + i),
+            cached_tokens: Some(30 + i),
+            total_tokens: Some(40 + i),
+            latency_us: 50 + i,
+            ttfb_us: Some(60 + i),
+            overhead_us: 70 + i,
+            error: Some(text("error")),
+            client: text("client"),
+            decision: Some(text("decision")),
+            risk_score: Some(i),
+            matched_rules: Some(text("rules")),
+            cost_usd: Some(i as f64 / 1000.0),
+            cost_unknown: i % 3 == 0,
+            prompt: Some(text("prompt")),
+            redactions: Some(80 + i),
+            session: Some(text("session")),
+            tool: Some(text("tool")),
+            folded: Some(90 + i),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_field_of_a_batch_reads_back_and_a_repeated_id_replaces_its_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut rows: Vec<RequestRecord> = (0..37).map(full_record).collect();
+        // A record written twice (a retried batch) keeps one row, the later.
+        let mut again = full_record(3);
+        again.status = 599;
+        rows.push(again.clone());
+        let mut conn = crate::store::open_connection(store.path()).unwrap();
+        insert_batch(&mut conn, &rows, &[]).unwrap();
+
+        let page = store
+            .query_requests(RequestFilter {
+                limit: Some(500),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut want = rows[..rows.len() - 1].to_vec();
+        want[3] = again;
+        want.reverse();
+        assert_eq!(page.total, want.len() as i64);
+        assert_eq!(
+            page.items, want,
+            "every field of every row reads back as written"
+        );
+    }
+}
