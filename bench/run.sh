@@ -498,7 +498,37 @@ json.dump({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
     echo 'approved_tools = ["echo"]'
     echo 'policies = ["mcp-advanced-security"]'
   } >"$WORK/gateway-mcp.toml"
+  # The gateway passes a tool only once a client listed it (it pins the tool's definition):
+  # list through the gateway, then check that a call is answered by the server, not refused.
+  mcp_ready() { # URL KEY CALL_FILE
+    python3 - "$@" <<'PY'
+import json, sys, urllib.request
+url, key, call = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+def post(body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {
+        "authorization": f"Bearer {key}", "content-type": "application/json",
+        "accept": "application/json, text/event-stream"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+listed = post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+names = [t.get("name") for t in listed.get("result", {}).get("tools", [])]
+if "echo" not in names:
+    sys.exit(f"tools/list through the gateway does not list echo: {json.dumps(listed)[:200]}")
+answer = post(call)
+if "result" not in answer:
+    sys.exit(f"tools/call through the gateway is not answered: {json.dumps(answer)[:200]}")
+PY
+  }
+  MCP_READY=0
   if GW_PROXY=bench-mcp start_gateway mcp "$WORK/gateway-mcp.toml"; then
+    if NOT_READY=$(mcp_ready "http://127.0.0.1:$GW_PORT/mcp" "$KEY" "$WORK/mcp-call.json" 2>&1); then
+      MCP_READY=1
+    else
+      GW_REFUSED="not measured: ${NOT_READY:0:200}"
+      stop_gateway
+    fi
+  fi
+  if [ "$MCP_READY" = 1 ]; then
     for spec in "mcp-toolscall-ka-r2000 --rate 2000 ${OPEN[*]}" "mcp-toolscall-ka-sat ${SAT[*]}"; do
       read -r name args <<<"$spec"
       if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
@@ -514,6 +544,7 @@ json.dump({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
     stop_gateway
   else
     skip mcp-toolscall-ka-r2000 "$GW_REFUSED"
+    skip mcp-toolscall-ka-sat "$GW_REFUSED"
   fi
 else
   skip mcp-toolscall-ka-r2000 "mock-mcp did not start"

@@ -35,6 +35,8 @@ use crate::sse::{for_each_event, raw_events};
 use crate::upstream::is_json;
 
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+/// The gateway's own time in a request, on every answer (as on the LLM proxies').
+const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-palisade-overhead-us");
 
 /// JSON-RPC error codes the gateway answers with.
 pub(crate) mod code {
@@ -257,7 +259,7 @@ pub(crate) fn finish(
     t0: Instant,
     result: Result<Response<ProxyBody>, Refusal>,
 ) -> Response<ProxyBody> {
-    let resp = match result {
+    let mut resp = match result {
         Ok(r) => r,
         Err((status, body)) => {
             rec.status = status.as_u16();
@@ -273,6 +275,10 @@ pub(crate) fn finish(
         if rec.overhead_us == 0 {
             rec.overhead_us = rec.latency_us;
         }
+        // Answers the gateway gave itself (refusals, cards, session replies) say its time too.
+        resp.headers_mut()
+            .entry(OVERHEAD_HEADER)
+            .or_insert_with(|| HeaderValue::from(rec.overhead_us.max(0) as u64));
         findings.finalize(&mut rec, shared.alert.as_ref());
         (shared.record)(rec);
     }
@@ -869,7 +875,7 @@ pub(crate) async fn send(
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         let overhead = pre + received.elapsed();
         headers.insert(
-            "x-palisade-overhead-us",
+            OVERHEAD_HEADER,
             HeaderValue::from(overhead.as_micros() as u64),
         );
         let mut ctx = Ctx::new(shared, rt, pending, identity_of(rec));
@@ -957,7 +963,7 @@ pub(crate) async fn send(
     let overhead = pre + received.elapsed();
     rec.overhead_us = overhead.as_micros() as i64;
     headers.insert(
-        "x-palisade-overhead-us",
+        OVERHEAD_HEADER,
         HeaderValue::from(overhead.as_micros() as u64),
     );
     let mut r = Response::new(ProxyBody::full(bytes));

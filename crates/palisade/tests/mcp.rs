@@ -225,6 +225,24 @@ async fn unapproved_tools_are_hidden_and_refused_until_approved() {
         let mock = mock_mcp(sse);
         let gw = Gateway::start(&config(&mock.url, "approved_tools = [\"echo\"]")).await;
         let mut c = Client::new(&gw).await;
+        // An answer the gateway gives itself (a refusal) also says how long it took.
+        let r = c
+            .raw(
+                json!({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                       "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}),
+                &[],
+            )
+            .await;
+        let spent = r.headers().get("x-palisade-overhead-us").cloned();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], -32003, "{body}");
+        let spent: u64 = spent
+            .expect("overhead header")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(spent > 0);
         only_echo_is_listed_and_callable(&mut c).await;
 
         let (_, tools) = gw.get("/api/v1/proxies/tools/tools").await;
