@@ -238,7 +238,7 @@ pub async fn patch_group(
     if merged.get("name").and_then(Value::as_str) != Some(name.as_str()) {
         return Err(ApiError::field("name", "cannot be changed"));
     }
-    let spec: GroupSpec = parse(merged.to_string().as_bytes())?;
+    let spec: GroupSpec = crate::json::from_value(merged)?;
     Ok(Json(s.put_group(spec, true, u.actor()).await?))
 }
 

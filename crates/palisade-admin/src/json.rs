@@ -89,29 +89,39 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn parse_one<'de, T: DeserializeOwned>(
     de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
 ) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        // Missing/unknown fields are reported on the parent; pull the name out of serde's text.
-        let named = ["missing field `", "unknown field `"].iter().find_map(|p| {
-            msg.split_once(p)
-                .and_then(|(_, r)| r.split_once('`'))
-                .map(|(f, _)| f.to_string())
-        });
-        let field = match (path.as_str(), named) {
-            (".", Some(f)) => f,
-            (p, Some(f)) if p == f || p.ends_with(&format!(".{f}")) => p.to_string(),
-            (_, Some(f)) => format!("{path}.{f}"),
-            (".", None) => String::new(),
-            (p, None) => p.to_string(),
-        };
-        if field.is_empty() || inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(format!("invalid JSON body: {msg}"))
-        } else {
-            ApiError::field(field, msg)
-        }
-    })
+    serde_path_to_error::deserialize(de).map_err(field_error)
+}
+
+/// Reads `T` from a document the gateway put together (a stored object with a request's
+/// members over it): errors name the field, never a line and column of a text the client did
+/// not send.
+pub fn from_value<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(field_error)
+}
+
+/// A deserialization error as a 400 naming the field it concerns.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let msg = inner.to_string();
+    // Missing/unknown fields are reported on the parent; pull the name out of serde's text.
+    let named = ["missing field `", "unknown field `"].iter().find_map(|p| {
+        msg.split_once(p)
+            .and_then(|(_, r)| r.split_once('`'))
+            .map(|(f, _)| f.to_string())
+    });
+    let field = match (path.as_str(), named) {
+        (".", Some(f)) => f,
+        (p, Some(f)) if p == f || p.ends_with(&format!(".{f}")) => p.to_string(),
+        (_, Some(f)) => format!("{path}.{f}"),
+        (".", None) => String::new(),
+        (p, None) => p.to_string(),
+    };
+    if field.is_empty() || inner.is_syntax() || inner.is_eof() {
+        ApiError::bad_request(format!("invalid JSON body: {msg}"))
+    } else {
+        ApiError::field(field, msg)
+    }
 }
 
 /// Like `axum::extract::Query`, but a bad query string is a JSON error (400) in the API's shape.

@@ -14,11 +14,45 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ValidJson;
 
 impl AppState {
+    /// Refuses groups a request names that do not exist (`field` is the member naming them):
+    /// a name mistyped through the API would otherwise switch something off without a word,
+    /// where the config file is refused for it.
+    pub(crate) async fn check_groups_exist(&self, field: &str, names: &[String]) -> ApiResult<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let known = self.store.list_groups().await?;
+        all_known(field, "group", names, known.iter().map(|g| &g.spec.name))
+    }
+
+    /// Refuses proxies a request names that do not exist (as [`AppState::check_groups_exist`]).
+    pub(crate) async fn check_proxies_exist(&self, field: &str, names: &[String]) -> ApiResult<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let known = self.store.list_proxies().await?;
+        all_known(field, "proxy", names, known.iter().map(|p| &p.spec.name))
+    }
+
     /// Reloads prompts into the data plane.
     pub async fn reload_prompts(&self) -> ApiResult<()> {
         let prompts = self.store.list_prompts().await?;
         self.manager.shared().prompts.store(Arc::new(prompts));
         Ok(())
+    }
+
+    /// The groups and proxies a prompt sent to the API names exist (those it adds to the
+    /// stored prompt `before`).
+    async fn check_prompt_names(
+        &self,
+        p: &PromptSpec,
+        before: Option<&PromptSpec>,
+    ) -> ApiResult<()> {
+        use crate::proxies::added;
+        let groups = added(&p.groups, before.map(|b| b.groups.as_slice()));
+        self.check_groups_exist("groups", &groups).await?;
+        let proxies = added(&p.proxies, before.map(|b| b.proxies.as_slice()));
+        self.check_proxies_exist("proxies", &proxies).await
     }
 
     /// Creates or replaces a prompt and applies it.
@@ -32,6 +66,23 @@ impl AppState {
         self.store.put_prompt(spec.clone(), upsert, actor).await?;
         self.reload_prompts().await?;
         Ok(spec)
+    }
+}
+
+/// The first of `names` that is not among `known`, as a 400 on `field`.
+fn all_known<'a>(
+    field: &str,
+    noun: &str,
+    names: &[String],
+    known: impl Iterator<Item = &'a String>,
+) -> ApiResult<()> {
+    let known: Vec<&String> = known.collect();
+    match names.iter().find(|n| !known.contains(n)) {
+        Some(n) => Err(ApiError::field(
+            field,
+            format!("{noun} `{n}` does not exist"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -50,6 +101,7 @@ pub async fn create(
     Admin(u): Admin,
     ValidJson(p): ValidJson<PromptSpec>,
 ) -> ApiResult<(StatusCode, Json<PromptSpec>)> {
+    s.check_prompt_names(&p, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(s.put_prompt(p, false, u.actor()).await?),
@@ -69,9 +121,11 @@ pub async fn replace(
     if p.name != name {
         return Err(ApiError::field("name", "must match the path"));
     }
-    if !s.store.list_prompts().await?.iter().any(|x| x.name == name) {
+    let prompts = s.store.list_prompts().await?;
+    let Some(before) = prompts.iter().find(|x| x.name == name) else {
         return Err(ApiError::not_found(format!("prompt `{name}`")));
-    }
+    };
+    s.check_prompt_names(&p, Some(before)).await?;
     Ok(Json(s.put_prompt(p, true, u.actor()).await?))
 }
 

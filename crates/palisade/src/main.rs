@@ -80,6 +80,9 @@ enum Command {
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+        /// The admin API's address on the gateway that will read it (no proxy may listen there).
+        #[arg(long, env = "PALISADE_ADMIN_ADDR", default_value = "127.0.0.1:8080")]
+        admin_addr: SocketAddr,
     },
 }
 
@@ -183,8 +186,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             drop(rt);
             std::process::exit(code);
         }
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, admin_addr } => {
             let cfg = config::load(&file)?;
+            // `serve` refuses a proxy on its admin API's address.
+            if let Some((p, _)) = cfg.proxies.iter().find(|(p, _)| {
+                palisade_core::model::listens_clash(&p.listen, &admin_addr.to_string())
+            }) {
+                anyhow::bail!(
+                    "{}: proxy `{}` listens on `{}`, the admin API's address ({admin_addr}); choose another (or give the gateway's own with --admin-addr)",
+                    file.display(),
+                    p.name,
+                    p.listen
+                );
+            }
             let builtin: Vec<String> = serve::builtin_policies()?
                 .into_iter()
                 .map(|p| p.id)

@@ -521,6 +521,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .flatten()
         .map(crate::otlp::Otlp::start)
         .collect();
+    // The first run's password, checked before anything is created: a refused start leaves
+    // no files behind (later runs do not read it).
+    if !args.data_dir.join("palisade.db").exists()
+        && let Ok(p) = std::env::var("PALISADE_ADMIN_PASSWORD")
+        && !p.is_empty()
+        && let Some(why) = palisade_admin::users::password_problem(&p)
+    {
+        anyhow::bail!("PALISADE_ADMIN_PASSWORD {why}");
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     // One gateway per data directory: a second one would apply its own configuration to the

@@ -1661,3 +1661,69 @@ async fn a_proxy_loop_is_refused() {
     let rows = gw.wait_requests("status=508", 1).await;
     assert!(rows.len() <= 3, "went round once: {rows:?}");
 }
+
+#[tokio::test]
+async fn a_first_run_password_too_short_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("PALISADE_ADMIN_PASSWORD", "short")
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PALISADE_ADMIN_PASSWORD must be at least 12 characters"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cannot read"),
+        "the database is not blamed: {err}"
+    );
+    assert!(!data.exists(), "nothing is created for a refused start");
+}
+
+#[test]
+fn check_config_refuses_a_proxy_on_the_admin_address_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        "[[proxies]]\nname = \"oai\"\nkind = \"llm\"\nlisten = \"127.0.0.1:18080\"\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let check = |admin: Option<&str>, env: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("check-config")
+            .arg(&path)
+            .env_remove("PALISADE_ADMIN_ADDR");
+        if let Some(a) = admin {
+            cmd.args(["--admin-addr", a]);
+        }
+        if let Some(a) = env {
+            cmd.env("PALISADE_ADMIN_ADDR", a);
+        }
+        cmd.output().unwrap()
+    };
+    for out in [
+        check(Some("127.0.0.1:18080"), None),
+        check(None, Some("0.0.0.0:18080")),
+    ] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("proxy `oai` listens on `127.0.0.1:18080`, the admin API's address"),
+            "{err}"
+        );
+    }
+    let out = check(None, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

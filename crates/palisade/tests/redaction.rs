@@ -383,6 +383,88 @@ async fn governance_prompt_is_injected_with_variables_for_both_shapes() {
         )
         .await;
     assert_eq!((s, v["error"]["field"].as_str()), (400, Some("text")));
+    // A mistyped group or proxy is refused (as in the config file), not stored to apply nowhere.
+    for (field, body) in [
+        (
+            "proxies",
+            json!({"name": "typo", "text": "x", "proxies": ["oia"]}),
+        ),
+        (
+            "groups",
+            json!({"name": "typo", "text": "x", "groups": ["enginering"]}),
+        ),
+    ] {
+        let (s, v) = gw.post("/api/v1/prompts", body).await;
+        assert_eq!((s, v["error"]["field"].as_str()), (400, Some(field)), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not exist"),
+            "{v}"
+        );
+    }
+    let (s, v) = gw
+        .api(
+            Method::PUT,
+            "/api/v1/prompts/team",
+            Some(json!({"name": "team", "text": "x", "groups": ["engineering", "nobody"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("groups")),
+        "{v}"
+    );
+    let (_, prompts) = gw.get("/api/v1/prompts").await;
+    let names: Vec<&str> = prompts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"typo"), "{names:?}");
+    let team = prompts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "team")
+        .unwrap();
+    assert_eq!(
+        team["groups"],
+        json!(["engineering"]),
+        "a refused change changes nothing"
+    );
+    // A proxy open to a group that does not exist would refuse every key.
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"allowed_groups": ["enginering"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("allowed_groups")),
+        "{v}"
+    );
+    // A PATCH's errors speak of the request's members, not of a document it never sent.
+    let (s, v) = gw
+        .api(
+            Method::PATCH,
+            "/api/v1/proxies/oai",
+            Some(json!({"policy_mode": "bogus"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("policy_mode")),
+        "{v}"
+    );
+    assert!(
+        !v["error"]["message"].as_str().unwrap().contains("column"),
+        "{v}"
+    );
     let (_, audit) = gw.get("/api/v1/audit?target=team").await;
     assert_eq!(audit[0]["action"], "prompt.create");
 }
