@@ -403,7 +403,7 @@ pub async fn delete(
 pub struct TestOutcome {
     /// Whether the receiver answered 2xx.
     pub ok: bool,
-    /// Its HTTP status, if it answered.
+    /// Its HTTP status, if it answered (none for a syslog collector, which answers nothing).
     pub status: Option<u16>,
     /// What went wrong.
     pub error: Option<String>,
@@ -436,7 +436,8 @@ pub async fn test(
     let client = palisade_gateway::build_guarded_client_with(&s.webhook_tls.current());
     let outcome = match send(&s, &client, &h, &[alert]).await {
         Ok(p) => {
-            let status = Some(p.status);
+            let syslog = h.spec.format == palisade_core::webhook::WebhookFormat::Syslog;
+            let status = (!syslog).then_some(p.status);
             match taken(p) {
                 Ok(()) => TestOutcome {
                     ok: true,

@@ -894,6 +894,14 @@ async fn alerts_reach_a_syslog_collector_as_cef() {
     let (_, hooks) = gw.get("/api/v1/webhooks").await;
     assert_eq!(hooks[0]["url"], format!("tcp://127.0.0.1:{port}/"));
     assert!(hooks[0]["delivered"].as_i64().unwrap() >= 1, "{hooks}");
+    // A test delivery: taken, and no HTTP status where there is no HTTP.
+    let (st, v) = gw.post("/api/v1/webhooks/siem/test", json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (&v["ok"], &v["status"]),
+        (&json!(true), &Value::Null),
+        "{v}"
+    );
     // A collector that resets the connection without reading may have lost the alerts: that
     // is no delivery, and they are sent again.
     let resetting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
