@@ -237,7 +237,7 @@ summary() { # scenario target
   python3 - "$(result_file "$1" "$2")" <<'EOF' 2>/dev/null || true
 import json, sys
 r = json.load(open(sys.argv[1])); l = r["latency_us"]; e = r["errors"]
-print(f"    {r['target']:<8} rps {r['rps']:>9.1f}  p50 {l['p50']:>7}  p99 {l['p99']:>8}  p99.9 {l['p999']:>8}  errs {e['non_2xx']}/{e['io']+e['unsent']}")
+print(f"    {r['target']:<8} rps {r['rps']:>9.1f}  p50 {l['p50']:>7}  p99 {l['p99']:>8}  p99.9 {l['p999']:>8}  errs {e['non_2xx']+e.get('unexpected',0)}/{e['io']+e['unsent']}")
 EOF
 }
 
@@ -535,10 +535,10 @@ PY
       next_seq
       log "scenario $name"
       # shellcheck disable=SC2086
-      load direct "$name" "http://127.0.0.1:$MCP_PORT/mcp" --body-file "$WORK/mcp-call.json" --watch-pid "$MCP_PID" $args
+      load direct "$name" "http://127.0.0.1:$MCP_PORT/mcp" --body-file "$WORK/mcp-call.json" --expect '"result"' --watch-pid "$MCP_PID" $args
       summary "$name" direct >&2
       # shellcheck disable=SC2086
-      load gateway "$name" "http://127.0.0.1:$GW_PORT/mcp" --key "$KEY" --body-file "$WORK/mcp-call.json" --watch-pid "$GW_PID" $args
+      load gateway "$name" "http://127.0.0.1:$GW_PORT/mcp" --key "$KEY" --body-file "$WORK/mcp-call.json" --expect '"result"' --watch-pid "$GW_PID" $args
       summary "$name" gateway >&2
     done
     stop_gateway

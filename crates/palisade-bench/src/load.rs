@@ -20,6 +20,9 @@ use crate::{LoadArgs, procstat, prompt};
 
 static OVERHEAD: HeaderName = HeaderName::from_static("x-palisade-overhead-us");
 
+/// How much of an answer's start is searched for the `--expect` text.
+const EXPECT_WITHIN: usize = 64 * 1024;
+
 /// Everything a worker needs, shared read-only.
 struct Shared {
     addr: SocketAddr,
@@ -30,6 +33,8 @@ struct Shared {
     /// Requests sent so far: which body goes next.
     sent: std::sync::atomic::AtomicUsize,
     timeout: Duration,
+    /// Text a 2xx answer must contain (`--expect`).
+    expect: Option<Vec<u8>>,
     fresh: bool,
     /// Start of the measured window (end of warm-up).
     window_start: Instant,
@@ -44,6 +49,8 @@ struct Outcome {
     done: Instant,
     overhead_us: Option<u64>,
     bytes: u64,
+    /// The answer lacked the `--expect` text.
+    unexpected: bool,
 }
 
 enum ReqError {
@@ -142,6 +149,10 @@ fn build_shared(args: &LoadArgs, now: Instant) -> Result<Shared, String> {
         bodies,
         sent: std::sync::atomic::AtomicUsize::new(0),
         timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+        expect: match args.expect.as_deref() {
+            Some("") => return Err("--expect needs a text".into()),
+            e => e.map(|t| t.as_bytes().to_vec()),
+        },
         fresh: args.fresh_connections,
         window_start,
         hard_deadline: end + Duration::from_secs_f64(args.drain_timeout.max(0.0)),
@@ -210,6 +221,8 @@ async fn one_request(
         let mut body = resp.into_body();
         let mut first_byte = None;
         let mut bytes = 0u64;
+        // Kept only to look for the `--expect` text (at most EXPECT_WITHIN bytes of it).
+        let mut kept = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ReqError::Io(format!("body: {e}")))?;
             if let Some(d) = frame.data_ref()
@@ -219,8 +232,15 @@ async fn one_request(
                     first_byte = Some(Instant::now());
                 }
                 bytes += d.len() as u64;
+                if shared.expect.is_some() && kept.len() < EXPECT_WITHIN {
+                    kept.extend_from_slice(&d[..d.len().min(EXPECT_WITHIN - kept.len())]);
+                }
             }
         }
+        let unexpected = shared
+            .expect
+            .as_deref()
+            .is_some_and(|t| !kept.windows(t.len().max(1)).any(|w| w == t));
         let done = Instant::now();
         if !shared.fresh {
             *conn = Some(sender);
@@ -231,6 +251,7 @@ async fn one_request(
             done,
             overhead_us,
             bytes,
+            unexpected,
         })
     };
     match tokio::time::timeout(budget, work).await {
@@ -247,7 +268,10 @@ async fn one_request(
 fn record(stats: &mut Stats, shared: &Shared, origin: Instant, o: &Outcome) {
     *stats.statuses.entry(o.status).or_default() += 1;
     stats.bytes_received += o.bytes;
-    if (200..300).contains(&o.status) {
+    if (200..300).contains(&o.status) && o.unexpected {
+        stats.unexpected += 1;
+        stats.first_unexpected(o.status);
+    } else if (200..300).contains(&o.status) {
         stats.ok += 1;
         let total = o.done.saturating_duration_since(origin);
         let first = o
@@ -508,6 +532,7 @@ pub async fn run(args: &LoadArgs) -> Result<Value, String> {
         "ok": stats.ok,
         "errors": {
             "non_2xx": stats.non_2xx,
+            "unexpected": stats.unexpected,
             "io": stats.io_errors,
             "timeouts": stats.timeouts,
             "unsent": stats.unsent,
@@ -867,6 +892,53 @@ mod tests {
         assert_eq!(count(&r, "latency_us.p99"), 0);
         assert_eq!(count(&r, "overhead_samples"), 0);
         assert!(r["overhead_us_mean"].is_null(), "{r:#}");
+    }
+
+    #[tokio::test]
+    async fn answers_without_the_expected_text_are_counted_not_timed() {
+        // Every other answer is a JSON-RPC error sent as HTTP 200, as an MCP refusal is.
+        let target = serve(|n, _| async move {
+            if n % 2 == 0 {
+                answer(
+                    200,
+                    &[],
+                    r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32003}}"#,
+                )
+            } else {
+                answer(200, &[], r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)
+            }
+        })
+        .await;
+        let args = [
+            "-c",
+            "1",
+            "-d",
+            "0.3",
+            "--warmup",
+            "0",
+            "--expect",
+            r#""result""#,
+        ];
+        let r = load(&target.url, &args).await;
+
+        let requests = count(&r, "requests");
+        let unexpected = count(&r, "errors.unexpected");
+        assert!(requests >= 2, "{r:#}");
+        assert_eq!(count(&r, "ok") + unexpected, requests, "{r:#}");
+        assert!(
+            unexpected >= requests / 2 - 1 && unexpected <= requests / 2 + 1,
+            "{r:#}"
+        );
+        assert_eq!(count(&r, "latency_us.count"), count(&r, "ok"));
+        assert_eq!(count(&r, "statuses.200"), requests);
+        assert!(
+            r["first_error"].as_str().unwrap().contains("--expect"),
+            "{r:#}"
+        );
+        // Without --expect, the same answers all count as served.
+        let r = load(&target.url, &["-c", "1", "-d", "0.2", "--warmup", "0"]).await;
+        assert_eq!(count(&r, "errors.unexpected"), 0);
+        assert_eq!(count(&r, "ok"), count(&r, "requests"));
     }
 
     #[tokio::test]

@@ -97,6 +97,11 @@ pub struct LoadArgs {
     /// Open a fresh TCP connection for every request instead of keeping connections alive.
     #[arg(long)]
     pub fresh_connections: bool,
+    /// A 2xx answer must contain this text (e.g. `"result"` for a JSON-RPC call); one that
+    /// does not is counted as `unexpected` (an error, kept out of the latencies): a refusal
+    /// sent as HTTP 200, as MCP's JSON-RPC errors are, is not timed as a served call.
+    #[arg(long)]
+    pub expect: Option<String>,
     /// Per-request timeout in seconds (counted as an I/O error).
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,

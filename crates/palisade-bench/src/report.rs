@@ -94,7 +94,7 @@ fn merge(runs: &[Value]) -> Value {
         out[field]["max"] = max(&[field, "max"]);
         out[field]["count"] = sum(&[field, "count"]);
     }
-    for k in ["io", "non_2xx", "timeouts", "unsent"] {
+    for k in ["io", "non_2xx", "unexpected", "timeouts", "unsent"] {
         out["errors"][k] = sum(&["errors", k]);
     }
     for k in ["ok", "requests", "overhead_samples", "bytes_received"] {
@@ -301,7 +301,7 @@ fn row(out: &mut String, label: &str, r: &Value, metric: &str, extra: bool) {
     if extra {
         let errs = format!(
             "{}/{}",
-            u(r, &["errors", "non_2xx"]),
+            u(r, &["errors", "non_2xx"]) + u(r, &["errors", "unexpected"]),
             u(r, &["errors", "io"]) + u(r, &["errors", "unsent"])
         );
         let _ = write!(line, "{errs:>10}");
@@ -356,7 +356,11 @@ fn overload_note(r: &Value) -> Option<String> {
 /// No errors of any kind and at least one answer.
 fn clean(r: &Value) -> bool {
     u(r, &["ok"]) > 0
-        && u(r, &["errors", "non_2xx"]) + u(r, &["errors", "io"]) + u(r, &["errors", "unsent"]) == 0
+        && u(r, &["errors", "non_2xx"])
+            + u(r, &["errors", "unexpected"])
+            + u(r, &["errors", "io"])
+            + u(r, &["errors", "unsent"])
+            == 0
 }
 
 fn added(base: &Value, other: &Value, p: &str) -> i64 {
@@ -381,7 +385,7 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
     }
     let _ = writeln!(
         out,
-        "Latencies in µs (ms where marked). errs = non-2xx / I/O (incl. timeouts, unsent).\n\
+        "Latencies in µs (ms where marked). errs = non-2xx (and 2xx without the --expect text) / I/O (incl. timeouts, unsent).\n\
          ovh = mean x-palisade-overhead-us. cpu/req = CPU µs per request of the server process\n\
          (the mock on the direct row, the gateway, nginx or LiteLLM on theirs); rss = its peak RSS in the window.\n\
          Open loop latency counts from the scheduled send time (no coordinated omission)."

@@ -27,6 +27,8 @@ pub struct Stats {
     pub send_lag: Histogram<u64>,
     pub ok: u64,
     pub non_2xx: u64,
+    /// 2xx answers without the `--expect` text.
+    pub unexpected: u64,
     pub io_errors: u64,
     pub timeouts: u64,
     pub unsent: u64,
@@ -48,6 +50,7 @@ impl Stats {
             send_lag: histogram(),
             ok: 0,
             non_2xx: 0,
+            unexpected: 0,
             io_errors: 0,
             timeouts: 0,
             unsent: 0,
@@ -68,6 +71,16 @@ impl Stats {
         }
     }
 
+    /// Notes the first answer without the `--expect` text (as the first error, when none came
+    /// before it).
+    pub fn first_unexpected(&mut self, status: u16) {
+        if self.first_error.is_none() {
+            self.first_error = Some(format!(
+                "a {status} answer without the expected text (--expect)"
+            ));
+        }
+    }
+
     pub fn merge(&mut self, o: Stats) {
         // Same bounds everywhere, so adding cannot fail; a failure would only lose samples.
         let _ = self.latency.add(&o.latency);
@@ -75,6 +88,7 @@ impl Stats {
         let _ = self.send_lag.add(&o.send_lag);
         self.ok += o.ok;
         self.non_2xx += o.non_2xx;
+        self.unexpected += o.unexpected;
         self.io_errors += o.io_errors;
         self.timeouts += o.timeouts;
         self.unsent += o.unsent;
@@ -92,7 +106,7 @@ impl Stats {
     }
 
     pub fn completed(&self) -> u64 {
-        self.ok + self.non_2xx
+        self.ok + self.non_2xx + self.unexpected
     }
 }
 
