@@ -911,6 +911,7 @@ pub(crate) async fn send(
     // An answer to requests is checked before the client sees it; one the gateway cannot read
     // (not JSON, malformed JSON) cannot be checked, so a successful one is refused, never relayed.
     let answers_requests = !pending.by_id.is_empty();
+    let single = answers_requests && rec.endpoint != "batch";
     let checkable = is_json(&ct);
     let mut status = up_parts.status;
     let mut ctx = Ctx::new(shared, rt, pending, identity_of(rec));
@@ -934,6 +935,15 @@ pub(crate) async fn send(
                 // A single request whose answer was withheld fails as an upstream failure.
                 if ctx.withheld_any && v.is_object() {
                     status = StatusCode::BAD_GATEWAY;
+                }
+                // A single request is answered by one message, not a batch of one (what is
+                // left when the server's extra copies were withheld).
+                if single
+                    && let Value::Array(a) = &mut v
+                    && a.len() == 1
+                {
+                    v = a.pop().unwrap_or_default();
+                    changed = true;
                 }
                 match &v {
                     // Everything in it was withheld.
@@ -959,6 +969,27 @@ pub(crate) async fn send(
     } else {
         bytes
     };
+    let (bytes, status) = if answers_requests && status.is_success() && bytes.is_empty() {
+        // Requests "accepted" without an answer (a 202, an empty 200): each gets an error, as
+        // for a stream that ends unanswered, instead of a client waiting for its own timeout.
+        let mut v = Value::Null;
+        ctx.complete(&mut v, findings);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let status = if v.is_object() {
+            StatusCode::BAD_GATEWAY
+        } else {
+            StatusCode::OK
+        };
+        (Bytes::from(v.to_string()), status)
+    } else if !answers_requests && bytes.is_empty() && status.is_success() && ctx.withheld_any {
+        // Notifications whose answer was withheld whole: accepted, with no body.
+        headers.remove(CONTENT_TYPE);
+        (bytes, StatusCode::ACCEPTED)
+    } else {
+        (bytes, status)
+    };
+    // The log says what the client got.
+    rec.status = status.as_u16();
     // Time in the gateway: before the upstream call, plus after its answer arrived.
     let overhead = pre + received.elapsed();
     rec.overhead_us = overhead.as_micros() as i64;

@@ -1888,8 +1888,33 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
             assert_eq!(status, 502);
             assert!(!text.contains("\"add\""));
         }
+        if !sse {
+            // A request the server "accepts" without answering gets an error, not a bare 202
+            // that leaves the client waiting; the log says what the client got.
+            mock_set(&mock, "quirks", json!({"body": "", "status": 202})).await;
+            let (status, text) = c.list_raw(12).await;
+            assert_eq!(status, 502, "{text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (&v["id"], &v["error"]["code"]),
+                (&json!(12), &json!(-32000)),
+                "{v}"
+            );
+            let rows = gw.wait_requests("status=502&endpoint=tools/list", 1).await;
+            assert!(!rows.is_empty());
+            // A single request answered twice in a batch gets one message, not a batch.
+            let twice = r#"[{"jsonrpc":"2.0","id":13,"result":{"tools":[]}},{"jsonrpc":"2.0","id":13,"result":{"tools":[]}}]"#;
+            mock_set(&mock, "quirks", json!({"body": twice})).await;
+            let (status, text) = c.list_raw(13).await;
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert!(
+                v.is_object() && v["id"] == 13 && v["result"].is_object(),
+                "{text}"
+            );
+            assert_eq!(status, 200);
+        }
         // Each withheld answer raised an alert.
-        let want = if sse { 5 } else { 6 };
+        let want = if sse { 5 } else { 8 };
         let n = gw.wait_alerts("kind=mcp_answer", want).await["total"].clone();
         assert_eq!(n, want, "sse={sse}: {n} alerts");
         // A well-behaved server works again.

@@ -216,7 +216,7 @@ impl HttpPeer {
             let detail = if status.is_redirection() {
                 format!(
                     "redirects are not followed (Location: {}); scan the URL it names",
-                    header(http::header::LOCATION).unwrap_or("none")
+                    header(http::header::LOCATION).map_or("none".into(), super::shown_location)
                 )
             } else {
                 header(http::header::WWW_AUTHENTICATE)

@@ -408,6 +408,23 @@ pub enum ScanError {
     Connect(String),
 }
 
+/// A redirect's target as a report shows it: without a query or fragment (a token may ride in
+/// either) and without credentials before the host.
+pub(crate) fn shown_location(url: &str) -> String {
+    let cut = url.find(['?', '#']);
+    let mut shown = url[..cut.unwrap_or(url.len())].to_string();
+    if let Some(start) = shown.find("://").map(|i| i + 3) {
+        let end = shown[start..].find('/').map_or(shown.len(), |i| start + i);
+        if let Some(at) = shown[start..end].rfind('@') {
+            shown.replace_range(start..start + at + 1, "…@");
+        }
+    }
+    if cut.is_some() {
+        shown.push_str("?…");
+    }
+    shown
+}
+
 /// A URL as reports, baselines and logs show it: without its query, which may carry a token
 /// (`?access_token=…`).
 fn without_query(url: &str) -> String {
@@ -1136,6 +1153,21 @@ mod tests {
         assert!(h[0].1.is_sensitive());
         assert!(is_loopback_host("[::1]") && is_loopback_host("127.0.0.2"));
         assert_eq!(without_query("http://x/mcp?token=s3cret"), "http://x/mcp?…");
+        for (location, shown) in [
+            (
+                "http://127.0.0.1:1/mcp?token=abc",
+                "http://127.0.0.1:1/mcp?…",
+            ),
+            (
+                "https://u:pw@h.example/mcp#t=abc",
+                "https://…@h.example/mcp?…",
+            ),
+            ("/login?next=/mcp", "/login?…"),
+            ("https://h.example/mcp", "https://h.example/mcp"),
+            ("https://h.example/a@b", "https://h.example/a@b"),
+        ] {
+            assert_eq!(shown_location(location), shown, "{location}");
+        }
         assert_eq!(without_query("http://x/mcp"), "http://x/mcp");
         assert!(!is_loopback_host("example.com"));
     }
