@@ -643,6 +643,32 @@ impl McpRegistry {
                 Some(rec) if rec.fingerprint == fp => {
                     let mut touched = !rec.present;
                     rec.present = true;
+                    // Held at first sight only for another server's tool that is no longer
+                    // offered (a look-alike listed first, then withdrawn): with nothing found
+                    // now, a never-approved tool gets what a new one would, so a server cannot
+                    // keep another's tool out of service by having once listed a look-alike.
+                    if rec.status == "pending"
+                        && rec.approved_fingerprint.is_none()
+                        && kind == Kind::Tool
+                        && !rec.findings.is_empty()
+                        && pre_approved(rt, kind, name)
+                        && findings_of(&def).is_empty()
+                    {
+                        rec.status = "approved".into();
+                        rec.approved_fingerprint = Some(fp.clone());
+                        rec.findings.clear();
+                        out.alerts.push(tool_alert(
+                            proxy,
+                            name,
+                            "medium",
+                            "Held tool approved",
+                            format!(
+                                "{noun} `{id}` on `{proxy}` is approved: what held it (another server's tool) is no longer offered"
+                            ),
+                            None,
+                        ));
+                        touched = true;
+                    }
                     // The definition did not change, but another server may since offer a tool
                     // it names: a finding the tool did not have holds it for review (once: an
                     // approval after it keeps the finding on record).
