@@ -352,6 +352,16 @@ async fn serve(
     let (bytes, _held) = read_body(rt, &parts.headers, body).await?;
     let msg = parse_post(&bytes)?;
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    // JSON-RPC 2.0 ids are strings, numbers or null; an agent may match another shape to
+    // another request (and the error cannot name it, so it answers under null).
+    if !(id.is_string() || id.is_number() || id.is_null()) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            code::INVALID_REQUEST,
+            "the request id must be a string, a number or null",
+        ));
+    }
     let method = msg.get("method").and_then(Value::as_str);
     let (Some(method), true) = (method, msg.get("jsonrpc") == Some(&json!("2.0"))) else {
         return Err(refuse(

@@ -208,6 +208,17 @@ async fn a2a_messages_and_answers_are_checked_both_ways() {
         json!({"push_notification_config": {"url": "http://127.0.0.1:9/x"}});
     let (_, v) = rpc(&url, &snake).await;
     assert_eq!(v["error"]["code"], -32003, "{v}");
+    // JSON-RPC ids are strings, numbers or null.
+    for odd_id in [json!({"x": 1}), json!([1]), json!(true)] {
+        let mut body = send(46, "message/send", "hello");
+        body["id"] = odd_id;
+        let (st, v) = rpc(&url, &body).await;
+        assert_eq!(
+            (st, &v["error"]["code"], &v["id"]),
+            (400, &json!(-32600), &Value::Null),
+            "{v}"
+        );
+    }
     let (st, _) = rpc(&format!("{base}//a"), &send(45, "message/send", "hello")).await;
     assert_eq!(st, 400);
     // Only the card's JSON-RPC interface is relayed to: the agent's other routes (here the
