@@ -1180,17 +1180,6 @@ pub(crate) fn check_post(
             .and_then(|k| params.and_then(|p| p.get(k)))
             .and_then(Value::as_str);
         let id = m.get("id").cloned();
-        // A version the gateway does not speak first: which headers a message needs depends on
-        // the version.
-        if let Some(requested) = crate::mcp_era::unsupported_version(headers, m) {
-            let mut e = rpc_error(
-                id.as_ref().unwrap_or(&Value::Null),
-                code::UNSUPPORTED_VERSION,
-                &format!("unsupported protocol version `{requested}`"),
-            );
-            e["error"]["data"] = json!({"supported": rt.era.supported(), "requested": requested});
-            return Err((StatusCode::BAD_REQUEST, e));
-        }
         // Headers may only repeat the body; a mismatch is refused outright.
         if !batch
             && let Err(why) = crate::mcp_headers::check(headers, m, |tool| {
@@ -1205,6 +1194,15 @@ pub(crate) fn check_post(
                     &format!("header mismatch: {why}"),
                 ),
             ));
+        }
+        if let Some(requested) = crate::mcp_era::unsupported_version(headers, m) {
+            let mut e = rpc_error(
+                id.as_ref().unwrap_or(&Value::Null),
+                code::UNSUPPORTED_VERSION,
+                &format!("unsupported protocol version `{requested}`"),
+            );
+            e["error"]["data"] = json!({"supported": rt.era.supported(), "requested": requested});
+            return Err((StatusCode::BAD_REQUEST, e));
         }
         rec.endpoint = if batch {
             "batch".into()
