@@ -912,6 +912,7 @@ pub(crate) async fn send(
     // (not JSON, malformed JSON) cannot be checked, so a successful one is refused, never relayed.
     let answers_requests = !pending.by_id.is_empty();
     let single = answers_requests && rec.endpoint != "batch";
+    let answered_nothing = bytes.is_empty();
     let checkable = is_json(&ct);
     let mut status = up_parts.status;
     let mut ctx = Ctx::new(shared, rt, pending, identity_of(rec));
@@ -969,18 +970,21 @@ pub(crate) async fn send(
     } else {
         bytes
     };
-    let (bytes, status) = if answers_requests && status.is_success() && bytes.is_empty() {
+    let mut unanswered = Value::Null;
+    let (bytes, status) = if answers_requests
+        && status.is_success()
+        && answered_nothing
+        && ctx.complete(&mut unanswered, findings)
+    {
         // Requests "accepted" without an answer (a 202, an empty 200): each gets an error, as
         // for a stream that ends unanswered, instead of a client waiting for its own timeout.
-        let mut v = Value::Null;
-        ctx.complete(&mut v, findings);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let status = if v.is_object() {
+        let status = if unanswered.is_object() {
             StatusCode::BAD_GATEWAY
         } else {
             StatusCode::OK
         };
-        (Bytes::from(v.to_string()), status)
+        (Bytes::from(unanswered.to_string()), status)
     } else if !answers_requests && bytes.is_empty() && status.is_success() && ctx.withheld_any {
         // Notifications whose answer was withheld whole: accepted, with no body.
         headers.remove(CONTENT_TYPE);
