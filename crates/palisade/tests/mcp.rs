@@ -1927,8 +1927,10 @@ async fn answers_the_gateway_cannot_check_never_reach_the_client() {
                 &[],
             )
             .await;
+        assert_eq!(r.status(), 202, "accepted, as a notification is");
         let text = r.text().await.unwrap();
         assert!(!text.contains("\"add\""), "sse={sse}: {text}");
+        assert!(text.is_empty(), "{text}");
         // Nor is an answer in a content type the gateway does not check.
         if !sse {
             mock_set(&mock, "quirks", json!({"content_type": "text/plain"})).await;
