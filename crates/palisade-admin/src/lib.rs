@@ -17,6 +17,7 @@ pub mod policies;
 pub mod prometheus;
 pub mod prompts;
 pub mod proxies;
+mod refs;
 pub mod scans;
 pub mod users;
 pub mod webhooks;

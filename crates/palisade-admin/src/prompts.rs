@@ -14,26 +14,6 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ValidJson;
 
 impl AppState {
-    /// Refuses groups a request names that do not exist (`field` is the member naming them):
-    /// a name mistyped through the API would otherwise switch something off without a word,
-    /// where the config file is refused for it.
-    pub(crate) async fn check_groups_exist(&self, field: &str, names: &[String]) -> ApiResult<()> {
-        if names.is_empty() {
-            return Ok(());
-        }
-        let known = self.store.list_groups().await?;
-        all_known(field, "group", names, known.iter().map(|g| &g.spec.name))
-    }
-
-    /// Refuses proxies a request names that do not exist (as [`AppState::check_groups_exist`]).
-    pub(crate) async fn check_proxies_exist(&self, field: &str, names: &[String]) -> ApiResult<()> {
-        if names.is_empty() {
-            return Ok(());
-        }
-        let known = self.store.list_proxies().await?;
-        all_known(field, "proxy", names, known.iter().map(|p| &p.spec.name))
-    }
-
     /// Reloads prompts into the data plane.
     pub async fn reload_prompts(&self) -> ApiResult<()> {
         let prompts = self.store.list_prompts().await?;
@@ -48,11 +28,11 @@ impl AppState {
         p: &PromptSpec,
         before: Option<&PromptSpec>,
     ) -> ApiResult<()> {
-        use crate::proxies::added;
-        let groups = added(&p.groups, before.map(|b| b.groups.as_slice()));
-        self.check_groups_exist("groups", &groups).await?;
-        let proxies = added(&p.proxies, before.map(|b| b.proxies.as_slice()));
-        self.check_proxies_exist("proxies", &proxies).await
+        let groups = before.map(|b| b.groups.as_slice());
+        self.check_groups_exist("groups", &p.groups, groups).await?;
+        let proxies = before.map(|b| b.proxies.as_slice());
+        self.check_proxies_exist("proxies", &p.proxies, proxies)
+            .await
     }
 
     /// Creates or replaces a prompt and applies it.
@@ -66,23 +46,6 @@ impl AppState {
         self.store.put_prompt(spec.clone(), upsert, actor).await?;
         self.reload_prompts().await?;
         Ok(spec)
-    }
-}
-
-/// The first of `names` that is not among `known`, as a 400 on `field`.
-fn all_known<'a>(
-    field: &str,
-    noun: &str,
-    names: &[String],
-    known: impl Iterator<Item = &'a String>,
-) -> ApiResult<()> {
-    let known: Vec<&String> = known.collect();
-    match names.iter().find(|n| !known.contains(n)) {
-        Some(n) => Err(ApiError::field(
-            field,
-            format!("{noun} `{n}` does not exist"),
-        )),
-        None => Ok(()),
     }
 }
 

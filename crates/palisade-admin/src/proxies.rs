@@ -379,7 +379,7 @@ pub async fn create(
     };
     let spec: ProxySpec = parse(body.to_string().as_bytes())?;
     check_launch(None, &spec)?;
-    s.check_groups_exist("allowed_groups", &spec.allowed_groups)
+    s.check_groups_exist("allowed_groups", &spec.allowed_groups, None)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -413,7 +413,7 @@ pub async fn replace(
     let before = s.store.get_proxy(&name).await?;
     check_launch(before.as_ref().map(|r| &r.spec), &spec)?;
     let kept = before.as_ref().map(|r| r.spec.allowed_groups.as_slice());
-    s.check_groups_exist("allowed_groups", &added(&spec.allowed_groups, kept))
+    s.check_groups_exist("allowed_groups", &spec.allowed_groups, kept)
         .await?;
     if let Some(row) = &before {
         check_key_destination(row, &spec, &key)?;
@@ -448,19 +448,10 @@ pub async fn patch(
     let spec: ProxySpec = crate::json::from_value(merged)?;
     check_launch(Some(&row.spec), &spec)?;
     let kept = Some(row.spec.allowed_groups.as_slice());
-    s.check_groups_exist("allowed_groups", &added(&spec.allowed_groups, kept))
+    s.check_groups_exist("allowed_groups", &spec.allowed_groups, kept)
         .await?;
     check_key_destination(&row, &spec, &key)?;
     Ok(Json(s.update_proxy(spec, key, u.actor()).await?))
-}
-
-/// The names of `now` that `before` did not have: an update is refused only for names it adds,
-/// not for one the stored configuration kept after its group or proxy was deleted.
-pub(crate) fn added(now: &[String], before: Option<&[String]>) -> Vec<String> {
-    now.iter()
-        .filter(|n| !before.is_some_and(|b| b.contains(n)))
-        .cloned()
-        .collect()
 }
 
 /// A stored upstream key is write-only: it may not follow the proxy to another server. An

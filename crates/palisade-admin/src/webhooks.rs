@@ -300,7 +300,7 @@ async fn send(
     client: &palisade_gateway::GuardedClient,
     h: &WebhookRow,
     alerts: &[AlertRecord],
-) -> Result<palisade_gateway::Posted, String> {
+) -> Result<Option<u16>, String> {
     let url = state
         .master
         .open(&h.url_sealed)
@@ -311,8 +311,8 @@ async fn send(
             .ok_or_else(|| "its address is not tls://host:port or tcp://host:port".to_string())?;
         palisade_gateway::send_syslog(&target, &state.webhook_tls.current(), &body, TIMEOUT)
             .await?;
-        // Every byte was taken: as a 2xx is for an HTTP receiver.
-        return Ok(palisade_gateway::Posted { status: 200 });
+        // Every byte was taken; a collector answers nothing, so there is no status.
+        return Ok(None);
     }
     let mut headers = vec![
         ("x-palisade-webhook", h.spec.name.clone()),
@@ -326,17 +326,18 @@ async fn send(
         let now = palisade_core::now_ms() / 1000;
         headers.push(("x-palisade-signature", signature(&secret, now, &body)));
     }
-    palisade_gateway::post_json(client, &url, &headers, body, TIMEOUT).await
+    palisade_gateway::post_json(client, &url, &headers, body, TIMEOUT)
+        .await
+        .map(|p| Some(p.status))
 }
 
-/// A receiver's answer as a delivery outcome: 2xx took the alerts; anything else is an error
-/// naming the status (not the answer's body: the URL may be a service that is no webhook, and
-/// the error is shown to every viewer).
-fn taken(p: palisade_gateway::Posted) -> Result<(), String> {
-    if (200..300).contains(&p.status) {
-        Ok(())
-    } else {
-        Err(format!("receiver answered HTTP {}", p.status))
+/// A receiver's answer as a delivery outcome: 2xx (or a syslog collector's taking every byte,
+/// `None`) took the alerts; anything else is an error naming the status (not the answer's
+/// body: the URL may be a service that is no webhook, and the error is shown to every viewer).
+fn taken(status: Option<u16>) -> Result<(), String> {
+    match status {
+        Some(s) if !(200..300).contains(&s) => Err(format!("receiver answered HTTP {s}")),
+        _ => Ok(()),
     }
 }
 
@@ -435,22 +436,18 @@ pub async fn test(
     };
     let client = palisade_gateway::build_guarded_client_with(&s.webhook_tls.current());
     let outcome = match send(&s, &client, &h, &[alert]).await {
-        Ok(p) => {
-            let syslog = h.spec.format == palisade_core::webhook::WebhookFormat::Syslog;
-            let status = (!syslog).then_some(p.status);
-            match taken(p) {
-                Ok(()) => TestOutcome {
-                    ok: true,
-                    status,
-                    error: None,
-                },
-                Err(e) => TestOutcome {
-                    ok: false,
-                    status,
-                    error: Some(e),
-                },
-            }
-        }
+        Ok(status) => match taken(status) {
+            Ok(()) => TestOutcome {
+                ok: true,
+                status,
+                error: None,
+            },
+            Err(e) => TestOutcome {
+                ok: false,
+                status,
+                error: Some(e),
+            },
+        },
         Err(e) => TestOutcome {
             ok: false,
             status: None,

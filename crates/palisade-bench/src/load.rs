@@ -240,7 +240,7 @@ async fn one_request(
         let unexpected = shared
             .expect
             .as_deref()
-            .is_some_and(|t| !kept.windows(t.len().max(1)).any(|w| w == t));
+            .is_some_and(|t| !kept.windows(t.len()).any(|w| w == t));
         let done = Instant::now();
         if !shared.fresh {
             *conn = Some(sender);

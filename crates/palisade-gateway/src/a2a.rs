@@ -688,7 +688,7 @@ async fn forward(
         );
         out.insert("x-accel-buffering", HeaderValue::from_static("no"));
         out.insert(
-            "x-palisade-overhead-us",
+            crate::upstream::OVERHEAD_HEADER,
             HeaderValue::from((pre + received.elapsed()).as_micros() as u64),
         );
         let mapper = StreamCheck {
@@ -786,7 +786,7 @@ async fn forward(
     rec.overhead_us = overhead.as_micros() as i64;
     out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     out.insert(
-        "x-palisade-overhead-us",
+        crate::upstream::OVERHEAD_HEADER,
         HeaderValue::from(overhead.as_micros() as u64),
     );
     let mut r = Response::new(ProxyBody::full(v.to_string()));

@@ -37,7 +37,6 @@ const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 /// Time a client gets to send its whole request body.
 const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
-static OVERHEAD: http::HeaderName = http::HeaderName::from_static("x-palisade-overhead-us");
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 static UPSTREAM_REQUEST_ID: http::HeaderName =
     http::HeaderName::from_static("x-upstream-request-id");
@@ -194,7 +193,7 @@ fn error_response(
         h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
     }
     h.insert(
-        OVERHEAD.clone(),
+        crate::upstream::OVERHEAD_HEADER,
         HeaderValue::from(overhead_us.max(0) as u64),
     );
     resp
@@ -1061,7 +1060,7 @@ fn finish_headers(h: &mut http::HeaderMap, request_id: &str, overhead: Duration)
         h.insert(REQUEST_ID.clone(), v);
     }
     h.insert(
-        OVERHEAD.clone(),
+        crate::upstream::OVERHEAD_HEADER,
         HeaderValue::from(overhead.as_micros() as u64),
     );
 }
@@ -1080,7 +1079,7 @@ mod tests {
         finish_headers(&mut h, "pal-1", Duration::from_micros(42));
         assert_eq!(h[&REQUEST_ID], "pal-1");
         assert_eq!(h[&UPSTREAM_REQUEST_ID], "req_upstream_1");
-        assert_eq!(h[&OVERHEAD], "42");
+        assert_eq!(h[&crate::upstream::OVERHEAD_HEADER], "42");
         let mut h = http::HeaderMap::new();
         finish_headers(&mut h, "pal-2", Duration::ZERO);
         assert_eq!(h[&REQUEST_ID], "pal-2");

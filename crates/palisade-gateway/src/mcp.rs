@@ -32,11 +32,9 @@ use crate::manager::{GatewayShared, ProxyRuntime};
 use crate::mcp_tools::Kind;
 use crate::redact::{RedactionMap, mask_new_everywhere, unmask_value};
 use crate::sse::{for_each_event, raw_events};
-use crate::upstream::is_json;
+use crate::upstream::{OVERHEAD_HEADER, is_json};
 
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
-/// The gateway's own time in a request, on every answer (as on the LLM proxies').
-const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-palisade-overhead-us");
 
 /// JSON-RPC error codes the gateway answers with.
 pub(crate) mod code {

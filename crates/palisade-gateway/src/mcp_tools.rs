@@ -151,6 +151,16 @@ fn mentions(hay: &str, word: &str) -> bool {
     })
 }
 
+/// How [`shadowing`]'s findings end: what tells them from findings on the tool itself.
+const LOOK_ALIKE: &str = "(look-alike)";
+const SHADOWING: &str = "(cross-server shadowing)";
+
+/// Whether a finding is about another server's tool (from [`shadowing`]), so it goes away when
+/// that tool does.
+fn is_cross_server(finding: &str) -> bool {
+    finding.ends_with(LOOK_ALIKE) || finding.ends_with(SHADOWING)
+}
+
 /// Cross-server findings of a tool: a name that looks like another proxy's tool without being
 /// it, or text that names another proxy's tool (instructions that shadow it).
 fn shadowing(name: &str, def: &Value, others: &[(String, String)]) -> Vec<String> {
@@ -167,7 +177,7 @@ fn shadowing(name: &str, def: &Value, others: &[(String, String)]) -> Vec<String
     for (proxy, other) in others {
         if other != name && fold_name(other) == folded {
             out.push(format!(
-                "builtin: name `{name}` looks like tool `{other}` of proxy `{proxy}` (look-alike)"
+                "builtin: name `{name}` looks like tool `{other}` of proxy `{proxy}` {LOOK_ALIKE}"
             ));
         } else if other != name
             && distinctive(other)
@@ -177,7 +187,7 @@ fn shadowing(name: &str, def: &Value, others: &[(String, String)]) -> Vec<String
                     .any(|s| mentions(s, &other.to_lowercase())))
         {
             out.push(format!(
-                "builtin: mentions tool `{other}` of proxy `{proxy}` (cross-server shadowing)"
+                "builtin: mentions tool `{other}` of proxy `{proxy}` {SHADOWING}"
             ));
         }
         if out.len() >= 5 {
@@ -647,12 +657,14 @@ impl McpRegistry {
                     // offered (a look-alike listed first, then withdrawn): with nothing found
                     // now, a never-approved tool gets what a new one would, so a server cannot
                     // keep another's tool out of service by having once listed a look-alike.
+                    // (The definition is the same: only its cross-server findings can have gone.)
                     if rec.status == "pending"
                         && rec.approved_fingerprint.is_none()
                         && kind == Kind::Tool
                         && !rec.findings.is_empty()
+                        && rec.findings.iter().all(|f| is_cross_server(f))
                         && pre_approved(rt, kind, name)
-                        && findings_of(&def).is_empty()
+                        && shadowing(id, &def, &others).is_empty()
                     {
                         rec.status = "approved".into();
                         rec.approved_fingerprint = Some(fp.clone());

@@ -55,6 +55,10 @@ pub struct ClientIdentity<'a> {
     pub key: &'a std::path::Path,
 }
 
+/// The gateway's own time in a request (microseconds, the upstream's wait left out), on every
+/// answer of every proxy kind, so users can check the overhead on their own traffic.
+pub(crate) const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-palisade-overhead-us");
+
 /// Which file of [`tls_client_config`] an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsFile {
